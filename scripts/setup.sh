@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Idempotent setup: Debian packages the product and its tests need, then .venv.
+# Quick on a second run: apt is only called when a package is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(
+  # the product's runtime
+  busybox-static squashfs-tools kmod cpio zstd ipxe pxelinux syslinux-common
+  qemu-system-x86 qemu-utils ovmf mmdebstrap iproute2 nftables
+  # real peers for the tests and benchmarks
+  isc-dhcp-client atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server
+  tcpdump curl nginx-light chromium
+)
+
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  # Keep package maintainer scripts from starting daemons (tftpd-hpa, nginx,
+  # kea) on the host's real ports: the tests start their own, in namespaces.
+  created_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ((created_policy)); then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ramboot-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
+echo "setup: ok"

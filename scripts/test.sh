@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole suite. Never green without tests: pytest's exit 5 becomes a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p test-artifacts
+.venv/bin/python -m pytest -n "${RAMBOOT_TEST_WORKERS:-3}" --dist loadgroup -rfEs "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "test: pytest collected no tests; failing" >&2
+  exit 1
+fi
+exit "$rc"

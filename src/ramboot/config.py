@@ -1,0 +1,136 @@
+"""The TOML config, validated by pydantic.
+
+A wrong key or value stops with one line naming the key and what is allowed
+(`ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased as one line for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NetworkConfig(_Section):
+    interface: str = "rb0"
+    address: ipaddress.IPv4Address | None = None
+
+
+class DhcpConfig(_Section):
+    mode: Literal["full", "proxy", "off"] = "full"
+    range: str | None = None
+    lease_time: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    router: ipaddress.IPv4Address | None = None
+    dns: list[ipaddress.IPv4Address] = []
+    domain: str | None = None
+    netmask: ipaddress.IPv4Address | None = None
+
+    @field_validator("range")
+    @classmethod
+    def _range_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        first, sep, last = v.partition("-")
+        if not sep:
+            raise ValueError("expected FIRST-LAST, e.g. 172.22.33.100-172.22.33.200")
+        a, b = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
+        if int(b) < int(a):
+            raise ValueError("the last address is below the first")
+        return f"{a}-{b}"
+
+    def range_bounds(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        assert self.range is not None
+        first, _, last = self.range.partition("-")
+        return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+
+    @model_validator(mode="after")
+    def _full_needs_range(self) -> "DhcpConfig":
+        if self.mode == "full" and self.range is None:
+            raise ValueError("dhcp.mode = \"full\" needs dhcp.range = \"FIRST-LAST\"")
+        return self
+
+
+class TftpConfig(_Section):
+    port: int = Field(69, ge=1, le=65535)
+    max_windowsize: int = Field(64, ge=1, le=1024)
+    max_blksize: int = Field(65464, ge=512, le=65464)
+    max_transfers: int = Field(512, ge=1)
+    max_per_source: int = Field(16, ge=1)
+
+
+class HttpConfig(_Section):
+    port: int = Field(80, ge=1, le=65535)
+    bind: str = "0.0.0.0"
+
+
+class BootConfig(_Section):
+    default_image: str = "demo"
+    unknown_nodes: Literal["boot", "discover", "ignore"] = "boot"
+    loader: Literal["ipxe", "pxelinux"] = "ipxe"
+    kernel_args: str = "console=ttyS0,115200 console=tty0"
+
+
+class DatabaseConfig(_Section):
+    url: str | None = None  # default: sqlite in data_dir
+
+
+class ApiConfig(_Section):
+    token: str | None = None
+    read_requires_token: bool = False
+
+
+class Config(_Section):
+    data_dir: Path = Path("/var/lib/ramboot")
+    network: NetworkConfig = NetworkConfig()
+    dhcp: DhcpConfig = DhcpConfig(mode="off")
+    tftp: TftpConfig = TftpConfig()
+    http: HttpConfig = HttpConfig()
+    boot: BootConfig = BootConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    api: ApiConfig = ApiConfig()
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'ramboot.db'}"
+
+
+def _one_line(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "literal_error":
+        msg = f"must be one of {first['ctx']['expected']}"
+    return f"{where}: {key}: {msg}"
+
+
+def parse_config(text: str, where: str = "config") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, where)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    return parse_config(text, str(p))

@@ -1,0 +1,66 @@
+"""The store's tables: nodes, leases, boot events and hardware inventory."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    mac: Mapped[str] = mapped_column(String(17), primary_key=True)
+    uuid: Mapped[str | None] = mapped_column(String(36), index=True)
+    hostname: Mapped[str | None] = mapped_column(String(253))
+    ip: Mapped[str | None] = mapped_column(String(15), unique=True)
+    image: Mapped[str | None] = mapped_column(String(128))
+    loader: Mapped[str | None] = mapped_column(String(16))
+    kernel_args: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    discovered: Mapped[bool] = mapped_column(default=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Lease(Base):
+    __tablename__ = "leases"
+
+    ip: Mapped[str] = mapped_column(String(15), primary_key=True)
+    mac: Mapped[str] = mapped_column(String(17), index=True)
+    client_id: Mapped[str | None] = mapped_column(String(255))
+    hostname: Mapped[str | None] = mapped_column(String(253))
+    expires: Mapped[float] = mapped_column(Float)  # unix time
+
+
+class Event(Base):
+    """One boot stage of one node, from the server (what it served) or the node."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_mac_at", "mac", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mac: Mapped[str] = mapped_column(String(17))
+    stage: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(8), default="server")  # server | node
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    at: Mapped[float] = mapped_column(Float)  # unix time, sub-second
+
+
+class Inventory(Base):
+    """A hardware report; every report is kept, so history is visible."""
+
+    __tablename__ = "inventory"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mac: Mapped[str] = mapped_column(String(17), index=True)
+    data: Mapped[dict] = mapped_column(JSON)
+    at: Mapped[float] = mapped_column(Float)

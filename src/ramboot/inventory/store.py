@@ -1,0 +1,173 @@
+"""The store: SQLAlchemy 2 over SQLite by default, so PostgreSQL is a URL change.
+
+Synchronous and short: every call is one small transaction. The DHCP server
+batches lease writes itself (`save_leases`) so durability costs one commit per
+batch, not per packet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..macaddr import normalize_mac
+from .models import Base, Event, Inventory, Lease, Node
+
+
+@dataclass
+class NodeSpec:
+    """What an operator says about a node; the store's input and output."""
+
+    mac: str
+    image: str | None = None
+    hostname: str | None = None
+    ip: str | None = None
+    loader: str | None = None
+    uuid: str | None = None
+    kernel_args: str = ""
+    labels: dict = field(default_factory=dict)
+    discovered: bool = False
+
+
+@dataclass
+class LeaseRecord:
+    ip: str
+    mac: str
+    expires: float
+    client_id: str | None = None
+    hostname: str | None = None
+
+
+@dataclass
+class EventRecord:
+    mac: str
+    stage: str
+    at: float
+    source: str = "server"
+    detail: dict = field(default_factory=dict)
+
+
+class StoreError(Exception):
+    pass
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        cur = dbapi_conn.cursor()
+        # WAL + NORMAL: a committed transaction survives the process being
+        # killed (kill -9); only a power loss may drop the last commits.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.close()
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url, future=True)
+        if url.startswith("sqlite"):
+            _sqlite_pragmas(self.engine)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- nodes -----------------------------------------------------------
+    def put_node(self, spec: NodeSpec) -> NodeSpec:
+        mac = normalize_mac(spec.mac)
+        with self._session.begin() as s:
+            if spec.ip:
+                other = s.scalar(select(Node).where(Node.ip == spec.ip, Node.mac != mac))
+                if other is not None:
+                    raise StoreError(f"address {spec.ip} is already fixed for {other.mac}")
+            row = s.get(Node, mac) or Node(mac=mac)
+            for k in ("image", "hostname", "ip", "loader", "uuid", "kernel_args", "labels", "discovered"):
+                setattr(row, k, getattr(spec, k))
+            s.add(row)
+        return self.get_node(mac)  # type: ignore[return-value]
+
+    def get_node(self, mac: str) -> NodeSpec | None:
+        with self._session() as s:
+            row = s.get(Node, normalize_mac(mac))
+            return _node_spec(row) if row else None
+
+    def node_by_uuid(self, uuid: str) -> NodeSpec | None:
+        with self._session() as s:
+            row = s.scalar(select(Node).where(Node.uuid == uuid))
+            return _node_spec(row) if row else None
+
+    def list_nodes(self) -> list[NodeSpec]:
+        with self._session() as s:
+            return [_node_spec(r) for r in s.scalars(select(Node).order_by(Node.mac))]
+
+    def remove_node(self, mac: str) -> bool:
+        with self._session.begin() as s:
+            return s.execute(delete(Node).where(Node.mac == normalize_mac(mac))).rowcount > 0
+
+    # -- leases ----------------------------------------------------------
+    def load_leases(self) -> list[LeaseRecord]:
+        with self._session() as s:
+            return [
+                LeaseRecord(ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname)
+                for r in s.scalars(select(Lease))
+            ]
+
+    def save_leases(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = ()) -> None:
+        """Write a batch of lease changes in one transaction (group commit)."""
+        with self._session.begin() as s:
+            for ip in deletes:
+                s.execute(delete(Lease).where(Lease.ip == ip))
+            for rec in upserts:
+                s.execute(delete(Lease).where(Lease.mac == rec.mac, Lease.ip != rec.ip))
+                s.merge(Lease(ip=rec.ip, mac=rec.mac, expires=rec.expires, client_id=rec.client_id, hostname=rec.hostname))
+
+    # -- events and inventory ---------------------------------------------
+    def add_events(self, events: Iterable[EventRecord]) -> None:
+        with self._session.begin() as s:
+            for e in events:
+                s.add(Event(mac=normalize_mac(e.mac), stage=e.stage, at=e.at, source=e.source, detail=e.detail))
+
+    def add_event(self, mac: str, stage: str, source: str = "server", at: float | None = None, **detail) -> None:
+        self.add_events([EventRecord(mac=mac, stage=stage, at=at or time.time(), source=source, detail=detail)])
+
+    def events(self, mac: str, limit: int = 200) -> list[EventRecord]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(Event).where(Event.mac == normalize_mac(mac)).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
+            )
+            out = [EventRecord(mac=r.mac, stage=r.stage, at=r.at, source=r.source, detail=r.detail or {}) for r in rows]
+        out.reverse()
+        return out
+
+    def add_inventory(self, mac: str, data: dict, at: float | None = None) -> None:
+        with self._session.begin() as s:
+            s.add(Inventory(mac=normalize_mac(mac), data=data, at=at or time.time()))
+
+    def inventory(self, mac: str) -> dict | None:
+        with self._session() as s:
+            row = s.scalar(
+                select(Inventory).where(Inventory.mac == normalize_mac(mac)).order_by(Inventory.at.desc()).limit(1)
+            )
+            return dict(row.data) if row else None
+
+
+def _node_spec(r: Node) -> NodeSpec:
+    return NodeSpec(
+        mac=r.mac,
+        image=r.image,
+        hostname=r.hostname,
+        ip=r.ip,
+        loader=r.loader,
+        uuid=r.uuid,
+        kernel_args=r.kernel_args or "",
+        labels=dict(r.labels or {}),
+        discovered=bool(r.discovered),
+    )

@@ -1,0 +1,72 @@
+"""Boot events from every server, written to the store in batches.
+
+Servers call `record()` on the hot path; it only appends. A background task
+flushes to the store a few times a second and wakes live watchers (the status
+page's event stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from ..inventory.store import EventRecord, Store
+from ..macaddr import normalize_mac
+
+log = logging.getLogger("ramboot.events")
+
+
+class EventLog:
+    def __init__(self, store: Store, flush_interval: float = 0.2):
+        self.store = store
+        self.flush_interval = flush_interval
+        self.mac_by_ip: dict[str, str] = {}  # learnt from DHCP, so TFTP/HTTP can name the node
+        self._pending: list[EventRecord] = []
+        self._watchers: list[Callable[[EventRecord], None]] = []
+        self._task: asyncio.Task | None = None
+
+    def record(self, mac: str, stage: str, source: str = "server", **detail) -> None:
+        rec = EventRecord(mac=normalize_mac(mac), stage=stage, at=time.time(), source=source, detail=detail)
+        self._pending.append(rec)
+        log.info("event", extra={"mac": rec.mac, "stage": stage, "detail": detail})
+        for w in list(self._watchers):
+            try:
+                w(rec)
+            except Exception:  # a broken watcher never stops the server
+                log.exception("event watcher failed")
+
+    def record_by_ip(self, ip: str, stage: str, **detail) -> None:
+        mac = self.mac_by_ip.get(ip)
+        if mac:
+            self.record(mac, stage, **detail)
+
+    def watch(self, fn: Callable[[EventRecord], None]) -> Callable[[], None]:
+        self._watchers.append(fn)
+        return lambda: self._watchers.remove(fn) if fn in self._watchers else None
+
+    def flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.store.add_events(batch)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                self.flush()
+            except Exception:
+                log.exception("event flush failed")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.flush()
