@@ -1,0 +1,118 @@
+"""`ramboot serve`: wires the store, the booter and the three servers together.
+
+Runs in the foreground, logs to stderr, and stops cleanly on SIGTERM: the
+servers close, pending events and leases are flushed, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import ipaddress
+import logging
+import signal
+import socket
+import struct
+
+from ..config import Config, ConfigError
+from ..inventory.store import Store
+from ..namespace import Namespace, install_loaders
+from ..policy import Booter
+from .events import EventLog
+
+log = logging.getLogger("ramboot.serve")
+
+SIOCGIFADDR = 0x8915
+
+
+def interface_ipv4(ifname: str) -> str | None:
+    """The interface's first IPv4 address, or None if it has none or does not exist."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("256s", ifname.encode()[:15])
+        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)[20:24])
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def server_address(config: Config) -> str:
+    if config.network.address is not None:
+        return str(config.network.address)
+    addr = interface_ipv4(config.network.interface)
+    if addr is None:
+        raise ConfigError(
+            f"network.interface: {config.network.interface!r} has no IPv4 address; "
+            "set network.address or give the interface an address"
+        )
+    return addr
+
+
+class Services:
+    """The running servers, so tests and the CLI can start and stop them as one."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.server_ip = server_address(config)
+        validate_range(config, self.server_ip)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.database_url)
+        self.booter = Booter(config, self.store, self.server_ip)
+        self.namespace = Namespace(config.data_dir, self.booter)
+        self.events = EventLog(self.store)
+        self.servers: list = []
+
+    async def start(self) -> None:
+        from .dhcp import start_dhcp
+        from .http import start_http
+        from .tftp import start_tftp
+
+        loaders = install_loaders(self.config.data_dir)
+        log.info("boot programs: %s", ", ".join(loaders) or "none found")
+        self.events.start()
+        self.servers.append(await start_http(self.config, self.namespace, self.booter, self.store, self.events))
+        self.servers.append(await start_tftp(self.config, self.namespace, self.events))
+        if self.config.dhcp.mode != "off":
+            self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip))
+        log.info(
+            "serving on %s: dhcp=%s tftp=%d http=%d data=%s",
+            self.server_ip,
+            self.config.dhcp.mode,
+            self.config.tftp.port,
+            self.config.http.port,
+            self.config.data_dir,
+        )
+
+    async def stop(self) -> None:
+        for srv in reversed(self.servers):
+            try:
+                await srv.close()
+            except Exception:
+                log.exception("error while stopping %s", type(srv).__name__)
+        self.servers.clear()
+        await self.events.stop()
+        self.store.close()
+
+
+async def serve(config: Config) -> None:
+    services = Services(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await services.start()
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await services.stop()
+    log.info("stopped")
+
+
+def validate_range(config: Config, server_ip: str) -> None:
+    """The DHCP range must be on the server's subnet side; catch typos early."""
+    if config.dhcp.mode == "full" and config.dhcp.range:
+        first, last = config.dhcp.range_bounds()
+        if int(first) <= int(ipaddress.IPv4Address(server_ip)) <= int(last):
+            raise ConfigError(f"dhcp.range: includes the server's own address {server_ip}")

@@ -1,0 +1,29 @@
+"""The store: nodes, leases (batched), events and inventory survive a reopen."""
+
+import pytest
+
+from ramboot.inventory.store import LeaseRecord, NodeSpec, Store, StoreError
+
+
+def test_nodes_leases_events_roundtrip(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    s = Store(url)
+    s.put_node(NodeSpec(mac="52-54-00-12-34-56", image="demo", ip="172.22.33.50", labels={"rack": "a1"}))
+    with pytest.raises(StoreError, match="already fixed"):
+        s.put_node(NodeSpec(mac="52:54:00:00:00:01", ip="172.22.33.50"))
+    s.save_leases([LeaseRecord(ip="172.22.33.100", mac="52:54:00:00:00:02", expires=100.0)])
+    s.save_leases([LeaseRecord(ip="172.22.33.101", mac="52:54:00:00:00:02", expires=200.0)])
+    s.add_event("52:54:00:12:34:56", "dhcp-ack", ip="172.22.33.50")
+    s.add_event("52:54:00:12:34:56", "booted", source="node")
+    s.add_inventory("52:54:00:12:34:56", {"cpu": {"count": 2}})
+    s.close()
+
+    s = Store(url)
+    node = s.get_node("52:54:00:12:34:56")
+    assert node.image == "demo" and node.labels == {"rack": "a1"}
+    leases = s.load_leases()
+    assert [(l.ip, l.expires) for l in leases] == [("172.22.33.101", 200.0)]  # one lease per MAC
+    assert [e.stage for e in s.events("52:54:00:12:34:56")] == ["dhcp-ack", "booted"]
+    assert s.inventory("52:54:00:12:34:56") == {"cpu": {"count": 2}}
+    assert s.remove_node("52:54:00:12:34:56") and s.get_node("52:54:00:12:34:56") is None
+    s.close()
