@@ -10,7 +10,7 @@ DEBS=(
   qemu-system-x86 qemu-utils ovmf mmdebstrap iproute2 nftables
   # real peers for the tests and benchmarks
   isc-dhcp-client atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server
-  tcpdump curl nginx-light chromium
+  tcpdump curl nginx-light chromium wrk
 )
 
 missing=()
