@@ -1,0 +1,442 @@
+"""TFTP read side, sans-IO: packet codec and the read-request state machine.
+
+RFC 1350 (the protocol), 2347 (option extension, OACK), 2348 (blksize),
+2349 (timeout, tsize) and 7440 (windowsize). Nothing here touches a socket or a
+clock: packets come in as bytes, time comes in as a float, and each call
+returns the datagrams to send. The asyncio shell in `ramboot.server.tftp`
+only moves bytes.
+
+Design points:
+- Block numbers on the wire are 16 bits; the machine counts absolute blocks
+  and maps ACKs back, so transfers past 65535 blocks roll over to 0.
+- Duplicate ACKs are ignored (RFC 1123 4.2.3.1): only the timer retransmits,
+  so a duplicated packet can never double every later window (Sorcerer's
+  Apprentice). An ACK inside the window (RFC 7440 gap report) restarts the
+  window after it.
+- With options, nothing but a small OACK is sent before the client answers
+  from the address it claims, so a spoofed RRQ cannot make us flood anyone.
+- Data is read through `DataSource.readinto` into a ring of `windowsize`
+  preallocated buffers: each block is read exactly once, in order, and memory
+  per transfer is bounded by windowsize x blksize.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Callable, Protocol
+
+RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
+
+MIN_BLKSIZE, MAX_BLKSIZE = 8, 65464  # RFC 2348
+DEFAULT_BLKSIZE = 512
+MAX_WINDOWSIZE = 65535  # RFC 7440
+MIN_TIMEOUT, MAX_TIMEOUT = 1, 255  # RFC 2349
+
+
+class ErrorCode(IntEnum):
+    NOT_DEFINED = 0
+    FILE_NOT_FOUND = 1
+    ACCESS_VIOLATION = 2
+    DISK_FULL = 3
+    ILLEGAL_OPERATION = 4
+    UNKNOWN_TID = 5
+    FILE_EXISTS = 6
+    NO_SUCH_USER = 7
+    OPTION_REFUSED = 8  # RFC 2347
+
+
+class MalformedPacket(ValueError):
+    """The datagram is not a TFTP packet we can make sense of; the caller drops it."""
+
+
+# --------------------------------------------------------------------- codec
+
+
+@dataclass(frozen=True)
+class Request:
+    """RRQ or WRQ. Option names are lower-cased; the first of a repeated name wins."""
+
+    opcode: int
+    filename: str
+    mode: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        parts = [self.filename.encode(), self.mode.encode()]
+        for k, v in self.options.items():
+            parts += [k.encode("ascii"), v.encode("ascii")]
+        return struct.pack("!H", self.opcode) + b"".join(p + b"\0" for p in parts)
+
+
+@dataclass(frozen=True)
+class Data:
+    block: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        return struct.pack("!HH", DATA, self.block) + self.payload
+
+
+@dataclass(frozen=True)
+class Ack:
+    block: int
+
+    def encode(self) -> bytes:
+        return struct.pack("!HH", ACK, self.block)
+
+
+@dataclass(frozen=True)
+class Error:
+    code: int
+    message: str = ""
+
+    def encode(self) -> bytes:
+        msg = self.message.encode("ascii", "replace").replace(b"\0", b"?")
+        return struct.pack("!HH", ERROR, self.code) + msg + b"\0"
+
+
+@dataclass(frozen=True)
+class OAck:
+    options: dict[str, str]
+
+    def encode(self) -> bytes:
+        body = b"".join(k.encode("ascii") + b"\0" + v.encode("ascii") + b"\0" for k, v in self.options.items())
+        return struct.pack("!H", OACK) + body
+
+
+Packet = Request | Data | Ack | Error | OAck
+
+
+def _strings(body: bytes) -> list[bytes]:
+    """NUL-terminated strings; trailing NUL padding (some PXE ROMs send it) is dropped."""
+    if not body.endswith(b"\0"):
+        raise MalformedPacket("string field not NUL-terminated")
+    fields = body[:-1].split(b"\0")
+    while len(fields) > 2 and fields[-1] == b"":
+        fields.pop()
+    return fields
+
+
+def _parse_options(fields: list[bytes]) -> dict[str, str]:
+    if len(fields) % 2:
+        raise MalformedPacket("option name without a value")
+    opts: dict[str, str] = {}
+    for i in range(0, len(fields), 2):
+        try:
+            name, value = fields[i].decode("ascii").lower(), fields[i + 1].decode("ascii")
+        except UnicodeDecodeError:
+            raise MalformedPacket("option is not ASCII") from None
+        if not name:
+            raise MalformedPacket("empty option name")
+        opts.setdefault(name, value)
+    return opts
+
+
+def parse(packet: bytes) -> Packet:
+    """Decode one datagram, or raise MalformedPacket."""
+    if len(packet) < 2:
+        raise MalformedPacket("shorter than an opcode")
+    (op,) = struct.unpack_from("!H", packet)
+    if op in (RRQ, WRQ):
+        fields = _strings(packet[2:])
+        if len(fields) < 2:
+            raise MalformedPacket("request without filename and mode")
+        try:
+            filename = fields[0].decode("utf-8")
+            mode = fields[1].decode("ascii").lower()
+        except UnicodeDecodeError:
+            raise MalformedPacket("filename or mode not decodable") from None
+        if not filename or not mode:
+            raise MalformedPacket("empty filename or mode")
+        return Request(op, filename, mode, _parse_options(fields[2:]))
+    if op == DATA:
+        if len(packet) < 4:
+            raise MalformedPacket("DATA shorter than its header")
+        return Data(struct.unpack_from("!H", packet, 2)[0], bytes(packet[4:]))
+    if op == ACK:
+        if len(packet) < 4:
+            raise MalformedPacket("ACK shorter than 4 bytes")
+        return Ack(struct.unpack_from("!H", packet, 2)[0])
+    if op == ERROR:
+        if len(packet) < 4:
+            raise MalformedPacket("ERROR shorter than its header")
+        (code,) = struct.unpack_from("!H", packet, 2)
+        msg = bytes(packet[4:]).split(b"\0", 1)[0].decode("ascii", "replace")
+        return Error(code, msg)
+    if op == OACK:
+        body = packet[2:]
+        return OAck(_parse_options(_strings(body)) if body else {})
+    raise MalformedPacket(f"unknown opcode {op}")
+
+
+# ------------------------------------------------------------- data sources
+
+
+class DataSource(Protocol):
+    """Where a transfer's bytes come from.
+
+    `readinto(buf, index)` fills `buf` (len == blksize) with block `index`
+    (0-based) and returns the byte count; fewer than len(buf) means the end.
+    The machine calls it once per block, in increasing order.
+    `size` is the transfer size in bytes when known (for tsize).
+    """
+
+    size: int | None
+
+    def readinto(self, buf: memoryview, index: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class BytesSource:
+    """Generated content (pxelinux.cfg, scripts): already in memory and small."""
+
+    def __init__(self, data: bytes):
+        self._data = memoryview(data)
+        self.size = len(data)
+
+    def readinto(self, buf: memoryview, index: int) -> int:
+        chunk = self._data[index * len(buf) : (index + 1) * len(buf)]
+        buf[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self._data.release()
+
+
+class FileSource:
+    """A file opened once; blocks read with pread so nothing but the ring is held."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+
+    def readinto(self, buf: memoryview, index: int) -> int:
+        want, got = len(buf), 0
+        offset = index * want
+        while got < want:
+            n = os.preadv(self.fd, [buf[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class NetasciiSource:
+    """RFC 1350 netascii (LF -> CR LF, CR -> CR NUL) over a sequential reader of raw bytes.
+
+    The translation is per byte and needs no look-ahead, so it streams with a
+    buffer of at most one read chunk plus one block.
+    """
+
+    CHUNK = 65536
+
+    def __init__(self, read: Callable[[int], bytes], close: Callable[[], None] = lambda: None, size: int | None = None):
+        self._read = read
+        self._close = close
+        self._pending = bytearray()
+        self._eof = False
+        self.size = size  # translated size, when the caller knows it
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "NetasciiSource":
+        view = memoryview(data)
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            chunk = view[pos : pos + n]
+            pos += len(chunk)
+            return bytes(chunk)
+
+        return cls(read, view.release, len(data) + data.count(b"\n") + data.count(b"\r"))
+
+    def readinto(self, buf: memoryview, index: int) -> int:
+        want = len(buf)
+        while len(self._pending) < want and not self._eof:
+            raw = self._read(self.CHUNK)
+            if raw:
+                self._pending += to_netascii(raw)
+            else:
+                self._eof = True
+        n = min(want, len(self._pending))
+        buf[:n] = self._pending[:n]
+        del self._pending[:n]
+        return n
+
+    def close(self) -> None:
+        self._close()
+
+
+def to_netascii(data: bytes) -> bytes:
+    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+
+
+# ------------------------------------------------------------- negotiation
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds: option values are clamped to these, retries give up after them."""
+
+    max_blksize: int = MAX_BLKSIZE
+    max_windowsize: int = 64
+    timeout: float = 1.0  # first retransmission when the client names no timeout
+    max_timeout: float = 8.0  # backoff cap (a larger client timeout is kept as is)
+    max_retries: int = 5
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    blksize: int = DEFAULT_BLKSIZE
+    windowsize: int = 1
+    timeout: float = 1.0
+    oack: dict[str, str] = field(default_factory=dict)  # empty: the client gets DATA 1 at once
+
+
+def _int(value: str) -> int | None:
+    v = value.strip()
+    return int(v) if v.isascii() and v.isdigit() and len(v) <= 10 else None
+
+
+def negotiate(options: dict[str, str], limits: Limits, size: int | None) -> Negotiated:
+    """Answer the options we support; invalid values are ignored as if not sent (RFC 2347)."""
+    blksize, windowsize, timeout = DEFAULT_BLKSIZE, 1, limits.timeout
+    oack: dict[str, str] = {}
+    for name, value in options.items():
+        n = _int(value)
+        if name == "blksize" and n is not None and n >= MIN_BLKSIZE:
+            blksize = min(n, MAX_BLKSIZE, limits.max_blksize)
+            oack[name] = str(blksize)
+        elif name == "windowsize" and n is not None and n >= 1:
+            windowsize = min(n, MAX_WINDOWSIZE, limits.max_windowsize)
+            oack[name] = str(windowsize)
+        elif name == "timeout" and n is not None and MIN_TIMEOUT <= n <= MAX_TIMEOUT:
+            timeout = float(n)  # RFC 2349: accept as sent or not at all
+            oack[name] = str(n)
+        elif name == "tsize" and n is not None and size is not None:
+            oack[name] = str(size)
+    return Negotiated(blksize, windowsize, timeout, oack)
+
+
+# ----------------------------------------------------------- read transfer
+
+
+class ReadTransfer:
+    """One RRQ being served: feed it packets and timer ticks, send what it returns.
+
+    Returned packets may be views into the transfer's ring buffers: send them
+    before the next call. `deadline` says when `on_timer` next has work;
+    `done` ends the transfer, with `outcome` one of ok, timeout, aborted.
+    """
+
+    def __init__(self, request: Request, source: DataSource, limits: Limits = Limits()):
+        self.request = request
+        self.source = source
+        self.limits = limits
+        self.neg = negotiate(request.options, limits, source.size)
+        w, bs = self.neg.windowsize, self.neg.blksize
+        self._slots = [bytearray(4 + bs) for _ in range(w)]
+        self._views = [memoryview(s) for s in self._slots]
+        self._lens = [0] * w
+        self._awaiting_oack_ack = bool(self.neg.oack)
+        self.acked = 0  # absolute blocks the client has acknowledged
+        self.sent = 0  # absolute blocks read into the ring and sent at least once
+        self.last: int | None = None  # absolute number of the final (short) block, once read
+        self.bytes_sent = 0  # payload bytes, each counted once
+        self.retransmits = 0
+        self.retries = 0
+        self.deadline: float | None = None
+        self.outcome: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def start(self, now: float) -> list[bytes | memoryview]:
+        self._arm(now)
+        if self._awaiting_oack_ack:
+            return [OAck(self.neg.oack).encode()]
+        return self._window()
+
+    def on_packet(self, packet: bytes, now: float) -> list[bytes | memoryview]:
+        """A datagram from the client's TID. Junk and stale ACKs are ignored."""
+        if self.done:
+            return []
+        try:
+            p = parse(packet)
+        except MalformedPacket:
+            return []
+        if isinstance(p, Error):
+            self._finish("aborted")
+            return []
+        if not isinstance(p, Ack):
+            return []
+        if self._awaiting_oack_ack:
+            if p.block != 0:
+                return []
+            self._awaiting_oack_ack = False
+        else:
+            delta = (p.block - self.acked) & 0xFFFF
+            if delta == 0 or delta > self.sent - self.acked:
+                return []  # duplicate or stale: never answered (Sorcerer's Apprentice)
+            self.acked += delta
+            if self.last is not None and self.acked >= self.last:
+                self._finish("ok")
+                return []
+        self._arm(now)
+        return self._window()
+
+    def on_timer(self, now: float) -> list[bytes | memoryview]:
+        """Retransmit the unacknowledged window with backoff, or give up."""
+        if self.done or self.deadline is None or now < self.deadline:
+            return []
+        self.retries += 1
+        if self.retries > self.limits.max_retries:
+            self._finish("timeout")
+            return [Error(ErrorCode.NOT_DEFINED, "timed out").encode()]
+        cap = max(self.neg.timeout, self.limits.max_timeout)
+        self.deadline = now + min(self.neg.timeout * 2**self.retries, cap)
+        if self._awaiting_oack_ack:
+            self.retransmits += 1
+            return [OAck(self.neg.oack).encode()]
+        return self._window()
+
+    def _arm(self, now: float) -> None:
+        self.retries = 0
+        self.deadline = now + self.neg.timeout
+
+    def _finish(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.deadline = None
+
+    def _window(self) -> list[bytes | memoryview]:
+        """Blocks acked+1 .. acked+windowsize: re-sent from the ring, or read once and sent."""
+        w, bs = self.neg.windowsize, self.neg.blksize
+        out: list[bytes | memoryview] = []
+        for b in range(self.acked + 1, self.acked + w + 1):
+            if self.last is not None and b > self.last:
+                break
+            slot = b % w
+            if b > self.sent:
+                n = self.source.readinto(self._views[slot][4:], b - 1)
+                struct.pack_into("!HH", self._slots[slot], 0, DATA, b & 0xFFFF)
+                self._lens[slot] = 4 + n
+                self.sent = b
+                self.bytes_sent += n
+                if n < bs:
+                    self.last = b
+            else:
+                self.retransmits += 1
+            out.append(self._views[slot][: self._lens[slot]])
+        return out
+
+
+def error_packet(code: ErrorCode, message: str) -> bytes:
+    return Error(code, message).encode()

@@ -1,0 +1,286 @@
+"""The TFTP server: a thin asyncio shell around `ramboot.proto.tftp`.
+
+One listening socket takes requests; each transfer gets its own ephemeral
+socket (its TID), bound to the address the request arrived on. Sockets are
+driven with `add_reader` and plain `sendto`/`recvfrom` rather than asyncio
+transports: on the hot path a window is a burst of sendto calls from
+preallocated ring buffers, and a reader callback drains every queued datagram.
+
+Nothing a client sends stops the server: junk is dropped, transfers are
+capped per source and in total, and each transfer has one lazily re-armed timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from .. import metrics
+from ..config import Config
+from ..namespace import GeneratedFile, Namespace, PathRefused
+from ..proto import tftp as proto
+from .events import EventLog
+
+log = logging.getLogger("ramboot.tftp")
+
+IP_PKTINFO = 8  # Linux value; Python 3.11's socket module lacks the constant
+_CMSG_SPACE = socket.CMSG_SPACE(12)
+_RECV_SIZE = 65536
+
+# Event stage for each namespace kind; other kinds are served without an event.
+STAGES = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script",
+          "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
+
+
+def _limits(config: Config) -> proto.Limits:
+    return proto.Limits(max_blksize=config.tftp.max_blksize, max_windowsize=config.tftp.max_windowsize)
+
+
+@dataclass
+class _Transfer:
+    machine: proto.ReadTransfer
+    sock: socket.socket
+    peer: tuple[str, int]
+    name: str
+    kind: str
+    started: float
+    timer: asyncio.TimerHandle | None = None
+
+
+class TftpServer:
+    def __init__(self, config: Config, namespace: Namespace, events: EventLog):
+        self.config = config
+        self.namespace = namespace
+        self.events = events
+        self.limits = _limits(config)
+        self.loop = asyncio.get_running_loop()
+        self.sock: socket.socket | None = None
+        self.port = 0
+        self.transfers: dict[int, _Transfer] = {}  # by transfer socket fd
+        self.per_source: dict[str, int] = {}
+
+    def listen(self, host: str, port: int) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            s.setblocking(False)
+            s.bind((host, port))
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+        self.port = s.getsockname()[1]
+        self.loop.add_reader(s.fileno(), self._on_request_ready)
+
+    async def close(self) -> None:
+        for t in list(self.transfers.values()):
+            self._end(t)
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    # ---------------------------------------------------------- requests
+
+    def _on_request_ready(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):  # bounded, so a flood cannot starve running transfers
+            try:
+                data, anc, _flags, peer = self.sock.recvmsg(_RECV_SIZE, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # e.g. ICMP errors surfacing as ECONNREFUSED
+                log.debug("tftp: recv error %s", e)
+                continue
+            try:
+                self._on_request(data, peer, _local_address(anc))
+            except Exception:  # a bad request never stops the server
+                log.exception("tftp: request from %s failed", peer)
+
+    def _reply_error(self, peer, code: proto.ErrorCode, message: str) -> None:
+        try:
+            self.sock.sendto(proto.error_packet(code, message), peer)
+        except OSError:
+            pass
+
+    def _on_request(self, data: bytes, peer: tuple[str, int], local: str | None) -> None:
+        try:
+            req = proto.parse(data)
+        except proto.MalformedPacket as e:
+            log.debug("tftp: malformed packet from %s: %s", peer, e)
+            return
+        if not isinstance(req, proto.Request):
+            return  # stray DATA/ACK/ERROR on the request port: not worth an answer
+        if req.opcode == proto.WRQ:
+            self._reply_error(peer, proto.ErrorCode.ACCESS_VIOLATION, "read-only server")
+            return
+        if req.mode not in ("octet", "netascii"):
+            self._reply_error(peer, proto.ErrorCode.ILLEGAL_OPERATION, f"mode {req.mode} not supported")
+            return
+        ip = peer[0]
+        if len(self.transfers) >= self.config.tftp.max_transfers or \
+                self.per_source.get(ip, 0) >= self.config.tftp.max_per_source:
+            metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
+            self._reply_error(peer, proto.ErrorCode.NOT_DEFINED, "server busy, try again")
+            return
+        try:
+            resolved = self.namespace.resolve(req.filename)
+        except PathRefused as e:
+            log.info("tftp: refused %r from %s: %s", req.filename, ip, e)
+            metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
+            self._reply_error(peer, proto.ErrorCode.ACCESS_VIOLATION, "access violation")
+            return
+        if resolved is None:
+            metrics.TFTP_TRANSFERS.labels(outcome="not-found").inc()
+            self._reply_error(peer, proto.ErrorCode.FILE_NOT_FOUND, "file not found")
+            return
+        try:
+            source = _open_source(resolved, req.mode)
+        except OSError as e:
+            log.warning("tftp: cannot open %s: %s", req.filename, e)
+            self._reply_error(peer, proto.ErrorCode.FILE_NOT_FOUND, "file not found")
+            return
+        try:
+            sock = self._transfer_socket(local)
+        except OSError as e:
+            source.close()
+            log.warning("tftp: no socket for a transfer: %s", e)
+            self._reply_error(peer, proto.ErrorCode.NOT_DEFINED, "server busy, try again")
+            return
+        t = _Transfer(proto.ReadTransfer(req, source, self.limits), sock, peer, req.filename,
+                      resolved.kind, time.monotonic())
+        self.transfers[sock.fileno()] = t
+        self.per_source[ip] = self.per_source.get(ip, 0) + 1
+        self.loop.add_reader(sock.fileno(), self._on_transfer_ready, t)
+        self._send(t, t.machine.start(self.loop.time()))
+        self._after(t)
+
+    def _transfer_socket(self, local: str | None) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            s.bind((local or self.sock.getsockname()[0], 0))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    # --------------------------------------------------------- transfers
+
+    def _on_transfer_ready(self, t: _Transfer) -> None:
+        sock, m = t.sock, t.machine
+        while not m.done:
+            try:
+                data, peer = sock.recvfrom(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # ICMP port unreachable from a vanished client
+                if e.errno == errno.ECONNREFUSED:
+                    continue
+                raise
+            if peer != t.peer:
+                # RFC 1350: another TID gets ERROR 5 and the transfer goes on.
+                try:
+                    sock.sendto(proto.error_packet(proto.ErrorCode.UNKNOWN_TID, "unknown transfer ID"), peer)
+                except OSError:
+                    pass
+                continue
+            before, rexmit = m.bytes_sent, m.retransmits
+            self._send(t, m.on_packet(data, self.loop.time()))
+            metrics.TFTP_BYTES.inc(m.bytes_sent - before)
+            if m.retransmits != rexmit:
+                metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
+        self._after(t)
+
+    def _on_timer(self, t: _Transfer) -> None:
+        t.timer = None
+        m = t.machine
+        rexmit = m.retransmits
+        self._send(t, m.on_timer(self.loop.time()))
+        metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
+        self._after(t)
+
+    def _send(self, t: _Transfer, packets) -> None:
+        sendto, peer = t.sock.sendto, t.peer
+        for p in packets:
+            try:
+                sendto(p, peer)
+            except BlockingIOError:
+                return  # send buffer full: the rest counts as lost, the timer resends
+            except OSError as e:
+                log.debug("tftp: send to %s failed: %s", peer, e)
+                return
+
+    def _after(self, t: _Transfer) -> None:
+        """End a finished transfer, or make sure its timer fires by the machine's deadline."""
+        m = t.machine
+        if m.done:
+            self._end(t)
+            return
+        if m.deadline is not None and t.timer is None:
+            # Lazily armed: the timer fires at the old deadline, finds a later one and re-arms.
+            t.timer = self.loop.call_at(m.deadline, self._on_timer, t)
+
+    def _end(self, t: _Transfer) -> None:
+        fd = t.sock.fileno()
+        if self.transfers.pop(fd, None) is None:
+            return
+        self.loop.remove_reader(fd)
+        if t.timer is not None:
+            t.timer.cancel()
+        t.sock.close()
+        t.machine.source.close()
+        ip = t.peer[0]
+        left = self.per_source.get(ip, 1) - 1
+        if left:
+            self.per_source[ip] = left
+        else:
+            self.per_source.pop(ip, None)
+        m = t.machine
+        outcome = m.outcome or "aborted"
+        metrics.TFTP_TRANSFERS.labels(outcome=outcome).inc()
+        seconds = time.monotonic() - t.started
+        log.info("tftp: %s %s to %s: %d bytes in %.3fs", outcome, t.name, ip, m.bytes_sent, seconds)
+        stage = STAGES.get(t.kind)
+        if outcome == "ok" and stage:
+            self.events.record_by_ip(ip, stage, file=t.name, bytes=m.bytes_sent, seconds=round(seconds, 3))
+
+
+def _open_source(resolved, mode: str) -> proto.DataSource:
+    if isinstance(resolved, GeneratedFile):
+        if mode == "netascii":
+            return proto.NetasciiSource.from_bytes(resolved.data)
+        return proto.BytesSource(resolved.data)
+    fd = os.open(resolved.path, os.O_RDONLY | os.O_CLOEXEC)
+    if mode == "netascii":
+        return proto.NetasciiSource(lambda n: os.read(fd, n), lambda: os.close(fd))
+    try:
+        return proto.FileSource(fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _local_address(ancdata) -> str | None:
+    """The local address a request reached (IP_PKTINFO's ipi_spec_dst), to answer from it."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntoa(data[4:8])
+    return None
+
+
+async def start_tftp(config: Config, namespace: Namespace, events: EventLog,
+                     host: str = "0.0.0.0", port: int | None = None) -> TftpServer:
+    """Listen for TFTP requests; `port=None` means `[tftp] port`, 0 an ephemeral one."""
+    server = TftpServer(config, namespace, events)
+    server.listen(host, config.tftp.port if port is None else port)
+    log.info("tftp: listening on %s:%d", host, server.port)
+    return server
