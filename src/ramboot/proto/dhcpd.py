@@ -1,0 +1,475 @@
+"""DHCPv4 server logic, sans-IO: a datagram and the time in, replies and actions out.
+
+`DhcpServer.handle()` never touches a socket or the store. It asks two
+injected callables: `boot_file(Client)` (the policy seam, `Booter.boot_file`)
+and `node(mac, uuid)` (the operator's fixed address and hostname). Lease
+changes come back as `Result.upserts`/`deletes`; the shell must commit them
+before it sends `Result.sends`, so an ACKed lease is on disk first.
+
+Modes (config `dhcp.mode`):
+- `full`: leases from the range, fixed addresses for known nodes, the whole
+  RFC 2131 state machine (DISCOVER/OFFER, REQUEST in SELECTING, INIT-REBOOT,
+  RENEWING and REBINDING, ACK/NAK, DECLINE, RELEASE, INFORM, relays).
+- `proxy`: proxyDHCP (PXE 2.1): boot information only, to PXE clients only,
+  on port 67 (DISCOVER) and 4011 (REQUEST); never an address.
+
+Answering iPXE at once: iPXE's `dhcp_discovery_rx()` leaves the discovery
+state as soon as it has an address offer AND either a ProxyDHCP offer (any
+reply with option 60 "PXEClient" and a server id) or option 175.176
+(`no_pxedhcp`). Otherwise it waits DHCP_DISC_PROXY_TIMEOUT_SEC for a
+ProxyDHCP offer. So every answer to a PXEClient carries option 60 "PXEClient"
+with siaddr and a boot file (iPXE's `dhcp_has_pxeopts()`, so it needs no
+ProxyDHCPREQUEST either), and full-mode answers to iPXE also carry 175.176=1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..config import Config
+from ..inventory.store import LeaseRecord, NodeSpec
+from ..policy import BootFile, Client
+from .dhcp import (
+    BOOTREPLY,
+    BOOTREQUEST,
+    FLAG_BROADCAST,
+    IPXE_NO_PXEDHCP,
+    PXE_DISCOVERY_CONTROL,
+    PXE_DISCOVERY_USE_BOOTFILE,
+    ZERO_IP,
+    DhcpDecodeError,
+    DhcpEncodeError,
+    DhcpPacket,
+    MsgType,
+    Opt,
+    decode,
+    encode,
+    encode_suboptions,
+)
+
+SERVER_PORT = 67
+CLIENT_PORT = 68
+PXE_PORT = 4011
+BROADCAST = "255.255.255.255"
+OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
+_CLASS_OPTIONS = (Opt.CLIENT_ARCH, Opt.VENDOR_CLASS, Opt.USER_CLASS, Opt.IPXE_ENCAP)
+
+
+@dataclass(frozen=True)
+class Send:
+    """One reply datagram. `new_client`: unicast to an address the client does not
+    answer ARP for yet (RFC 2131 §4.1); the shell may broadcast it instead."""
+
+    data: bytes
+    host: str
+    port: int
+    src_port: int = SERVER_PORT
+    new_client: bool = False
+
+
+@dataclass(frozen=True)
+class BootEvent:
+    mac: str
+    stage: str
+    detail: dict
+
+
+@dataclass
+class Result:
+    """What one datagram caused. `kind`/`outcome` label the metrics."""
+
+    kind: str
+    outcome: str
+    sends: list[Send] = field(default_factory=list)
+    upserts: list[LeaseRecord] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    events: list[BootEvent] = field(default_factory=list)
+    bound: tuple[str, str] | None = None  # (ip, mac) of a new or renewed lease
+
+    @property
+    def needs_commit(self) -> bool:
+        return bool(self.upserts or self.deletes)
+
+
+@dataclass
+class _Lease:
+    ip: int
+    key: str
+    mac: str
+    expires: float
+    bound: bool
+    client_id: str | None = None
+    hostname: str | None = None
+    client: Client | None = None  # what the DISCOVER said, so the ACK boots the same file
+
+
+def client_of(pkt: DhcpPacket, mac: str) -> Client:
+    users = pkt.user_classes
+    return Client(
+        mac=mac,
+        arch=pkt.arch,
+        vendor_class=pkt.vendor_class,
+        user_class="iPXE" if "iPXE" in users else (users[0] if users else ""),
+        uuid=pkt.uuid,
+        ipxe=Opt.IPXE_ENCAP in pkt.options,
+    )
+
+
+def _key(pkt: DhcpPacket, mac: str) -> str:
+    cid = pkt.client_id
+    return "id:" + cid.hex() if cid else "hw:" + mac
+
+
+def _ipint(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def _ipstr(n: int) -> str:
+    return str(ipaddress.IPv4Address(n))
+
+
+class DhcpServer:
+    def __init__(
+        self,
+        config: Config,
+        server_ip: str,
+        boot_file: Callable[[Client], BootFile | None],
+        node: Callable[[str, str | None], NodeSpec | None],
+        reserved: Callable[[], dict[str, str]] = dict,
+        leases: list[LeaseRecord] = (),  # type: ignore[assignment]
+        netmask: str | None = None,
+    ):
+        self.mode = config.dhcp.mode
+        self.dhcp = config.dhcp
+        self.server_ip = server_ip
+        self._server_id = ipaddress.IPv4Address(server_ip).packed
+        self.boot_file = boot_file
+        self.node = node
+        self.reserved = reserved
+        self.lease_time = config.dhcp.lease_time
+        self.by_ip: dict[int, _Lease] = {}
+        self.by_key: dict[str, int] = {}
+        self.declined: dict[int, float] = {}
+        if self.mode == "full":
+            first, last = config.dhcp.range_bounds()
+            self.first, self.last = int(first), int(last)
+            mask = netmask or (str(config.dhcp.netmask) if config.dhcp.netmask else None)
+            if mask is None:
+                span = ipaddress.summarize_address_range(first, last)
+                prefix = min(24, min(n.prefixlen for n in span))
+                mask = str(ipaddress.IPv4Network(f"{first}/{prefix}", strict=False).netmask)
+            self.network = ipaddress.IPv4Network(f"{first}/{mask}", strict=False)
+            self._cursor = self.first
+            for rec in leases:
+                key = "id:" + rec.client_id if rec.client_id else "hw:" + rec.mac
+                self._put(_Lease(_ipint(rec.ip), key, rec.mac, rec.expires, True, rec.client_id, rec.hostname))
+
+    # -- entry point -----------------------------------------------------
+    def handle(self, data: bytes, src: tuple[str, int], port: int, now: float) -> Result:
+        """One received datagram on `port` (67 or 4011) from `src`."""
+        try:
+            pkt = decode(data)
+        except DhcpDecodeError:
+            return Result("malformed", "dropped")
+        mt = pkt.msg_type
+        kind = MsgType(mt).name.lower() if mt and mt <= 8 else ("bootp" if mt is None else "other")
+        mac = pkt.mac
+        if pkt.op != BOOTREQUEST or mt is None or mac is None:
+            return Result(kind, "ignored")
+        try:
+            if self.mode == "proxy":
+                return self._proxy(pkt, kind, mac, src, port)
+            if self.mode == "full" and port == SERVER_PORT:
+                return self._full(pkt, mt, kind, mac, now)
+        except DhcpEncodeError:
+            return Result(kind, "too-big")
+        return Result(kind, "ignored")
+
+    # -- proxy mode --------------------------------------------------------
+    def _proxy(self, pkt: DhcpPacket, kind: str, mac: str, src: tuple[str, int], port: int) -> Result:
+        client = client_of(pkt, mac)
+        if not client.is_pxe:
+            return Result(kind, "ignored")
+        if port == SERVER_PORT and pkt.msg_type == MsgType.DISCOVER:
+            reply_type, dest = MsgType.OFFER, self._dest(pkt, MsgType.OFFER, ZERO_IP)
+        elif port == PXE_PORT and pkt.msg_type in (MsgType.REQUEST, MsgType.INFORM):
+            # The client has its address now and talks to us directly.
+            reply_type, dest = MsgType.ACK, (src[0], src[1], False)
+        else:
+            return Result(kind, "ignored")
+        bf = self.boot_file(client)
+        if bf is None:
+            return Result(kind, "ignored")
+        reply = self._reply(pkt, reply_type, ZERO_IP)
+        self._boot_options(reply, client, bf)
+        if Opt.CLIENT_UUID in pkt.options:  # PXE 2.1: echo the client machine identifier
+            reply.options[Opt.CLIENT_UUID] = pkt.options[Opt.CLIENT_UUID]
+        send = Send(encode(reply, pkt.max_message_size), dest[0], dest[1], port, dest[2])
+        ev = BootEvent(mac, "proxy-offer", {"bootfile": bf.filename, "firmware": client.firmware.value, "port": port})
+        return Result(kind, "offer" if reply_type == MsgType.OFFER else "ack", [send], events=[ev])
+
+    # -- full mode ---------------------------------------------------------
+    def _full(self, pkt: DhcpPacket, mt: int, kind: str, mac: str, now: float) -> Result:
+        if pkt.giaddr != ZERO_IP and ipaddress.IPv4Address(pkt.giaddr) not in self.network:
+            return Result(kind, "ignored")  # a relay for a subnet we have no range on
+        if mt == MsgType.DISCOVER:
+            return self._discover(pkt, kind, mac, now)
+        if mt == MsgType.REQUEST:
+            return self._request(pkt, kind, mac, now)
+        if mt == MsgType.DECLINE:
+            return self._decline(pkt, kind, mac, now)
+        if mt == MsgType.RELEASE:
+            return self._release(pkt, kind, mac)
+        if mt == MsgType.INFORM:
+            return self._inform(pkt, kind, mac)
+        return Result(kind, "ignored")
+
+    def _discover(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
+        client = client_of(pkt, mac)
+        bf = self.boot_file(client)
+        if bf is None:
+            return Result(kind, "ignored")
+        spec = self.node(mac, client.uuid)
+        key = _key(pkt, mac)
+        ip = self._allocate(pkt, key, mac, spec, now)
+        if ip is None:
+            return Result(kind, "exhausted")
+        lease = self.by_ip.get(ip)
+        if lease is None or lease.key != key or not lease.bound:
+            lease = _Lease(ip, key, mac, now + OFFER_HOLD, False)
+            self._put(lease)
+        lease.client = client
+        yiaddr = _ipstr(ip)
+        reply = self._reply(pkt, MsgType.OFFER, yiaddr)
+        self._lease_options(reply, spec)
+        self._boot_options(reply, client, bf)
+        send = self._send(pkt, reply, MsgType.OFFER)
+        ev = BootEvent(mac, "dhcp-offer", {"ip": yiaddr, "bootfile": bf.filename, "firmware": client.firmware.value})
+        return Result(kind, "offer", [send], events=[ev])
+
+    def _request(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
+        key = _key(pkt, mac)
+        sid = pkt.server_id
+        if sid is not None:  # SELECTING
+            if sid != self.server_ip:
+                self._drop_offer(key)
+                return Result(kind, "other-server")
+            want = pkt.requested_ip
+        elif pkt.requested_ip:  # INIT-REBOOT
+            want = pkt.requested_ip
+        elif pkt.ciaddr != ZERO_IP:  # RENEWING (unicast) or REBINDING (broadcast)
+            want = pkt.ciaddr
+        else:
+            return Result(kind, "ignored")
+        if want is None:
+            return Result(kind, "ignored")
+        held = self.by_ip.get(self.by_key.get(key, -1))
+        client = client_of(pkt, mac)
+        if held is not None and held.client is not None and not any(o in pkt.options for o in _CLASS_OPTIONS):
+            client = held.client  # the REQUEST repeats no class: boot what was offered
+        bf = self.boot_file(client)
+        if bf is None:
+            return Result(kind, "ignored")
+        spec = self.node(mac, client.uuid)
+        ip = _ipint(want)
+        if not self._may_bind(ip, key, mac, spec, now):
+            return Result(kind, "nak", [self._nak(pkt, "address not available")])
+        lease = _Lease(ip, key, mac, now + self.lease_time, True, key[3:] if key.startswith("id:") else None,
+                       _hostname(pkt), client)
+        self._put(lease)
+        yiaddr = want
+        reply = self._reply(pkt, MsgType.ACK, yiaddr)
+        self._lease_options(reply, spec)
+        self._boot_options(reply, client, bf)
+        send = self._send(pkt, reply, MsgType.ACK)
+        rec = LeaseRecord(ip=yiaddr, mac=mac, expires=lease.expires, client_id=lease.client_id, hostname=lease.hostname)
+        ev = BootEvent(mac, "dhcp-ack", {"ip": yiaddr, "bootfile": bf.filename, "firmware": client.firmware.value})
+        return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=(yiaddr, mac))
+
+    def _decline(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
+        """The client found the address in use (ARP): quarantine it for a lease time."""
+        if pkt.server_id not in (None, self.server_ip) or not pkt.requested_ip:
+            return Result(kind, "ignored")
+        ip = _ipint(pkt.requested_ip)
+        lease = self.by_ip.get(ip)
+        if lease is None or lease.key != _key(pkt, mac):
+            return Result(kind, "ignored")
+        self._remove(lease)
+        self.declined[ip] = now + self.lease_time
+        return Result(kind, "declined", deletes=[pkt.requested_ip])
+
+    def _release(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
+        if pkt.ciaddr == ZERO_IP:
+            return Result(kind, "ignored")
+        lease = self.by_ip.get(_ipint(pkt.ciaddr))
+        if lease is None or lease.key != _key(pkt, mac):
+            return Result(kind, "ignored")
+        self._remove(lease)
+        return Result(kind, "released", deletes=[pkt.ciaddr])
+
+    def _inform(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
+        """RFC 2131 §3.4: configuration only, no yiaddr and no lease time."""
+        client = client_of(pkt, mac)
+        bf = self.boot_file(client)
+        if bf is None:
+            return Result(kind, "ignored")
+        reply = self._reply(pkt, MsgType.ACK, ZERO_IP)
+        self._lease_options(reply, self.node(mac, client.uuid), lease=False)
+        self._boot_options(reply, client, bf)
+        return Result(kind, "ack", [self._send(pkt, reply, MsgType.ACK)])
+
+    # -- address allocation ------------------------------------------------
+    def _fixed(self, spec: NodeSpec | None) -> int | None:
+        if spec is None or not spec.ip:
+            return None
+        ip = _ipint(spec.ip)
+        return ip if ipaddress.IPv4Address(ip) in self.network else None
+
+    def _usable(self, ip: int, key: str, mac: str, now: float, reserved: dict[str, str]) -> bool:
+        if ip == _ipint(self.server_ip):
+            return False
+        net = self.network
+        if ip in (int(net.network_address), int(net.broadcast_address)):
+            return False
+        if self.declined.get(ip, 0) > now:
+            return False
+        other = reserved.get(_ipstr(ip))
+        if other is not None and other != mac:
+            return False
+        lease = self.by_ip.get(ip)
+        return lease is None or lease.key == key or lease.expires <= now
+
+    def _allocate(self, pkt: DhcpPacket, key: str, mac: str, spec: NodeSpec | None, now: float) -> int | None:
+        """Fixed address, else this client's lease or offer, else its wish, else the next free."""
+        fixed = self._fixed(spec)
+        if fixed is not None:
+            return fixed
+        reserved = self.reserved()
+        mine = self.by_key.get(key)
+        if mine is not None and self.first <= mine <= self.last and self._usable(mine, key, mac, now, reserved):
+            return mine
+        wish = pkt.requested_ip
+        if wish:
+            w = _ipint(wish)
+            if self.first <= w <= self.last and self._usable(w, key, mac, now, reserved):
+                return w
+        size = self.last - self.first + 1
+        cur = self._cursor
+        for _ in range(size):
+            ip = cur
+            cur = self.first if cur >= self.last else cur + 1
+            if self._usable(ip, key, mac, now, reserved):
+                self._cursor = cur
+                return ip
+        return None
+
+    def _may_bind(self, ip: int, key: str, mac: str, spec: NodeSpec | None, now: float) -> bool:
+        fixed = self._fixed(spec)
+        if fixed is not None:
+            return ip == fixed
+        if not self.first <= ip <= self.last:
+            return False
+        return self._usable(ip, key, mac, now, self.reserved())
+
+    def _put(self, lease: _Lease) -> None:
+        old = self.by_key.get(lease.key)
+        if old is not None and old != lease.ip:
+            prev = self.by_ip.get(old)
+            if prev is not None and prev.key == lease.key:
+                del self.by_ip[old]
+        self.by_ip[lease.ip] = lease
+        self.by_key[lease.key] = lease.ip
+
+    def _remove(self, lease: _Lease) -> None:
+        self.by_ip.pop(lease.ip, None)
+        if self.by_key.get(lease.key) == lease.ip:
+            del self.by_key[lease.key]
+
+    def _drop_offer(self, key: str) -> None:
+        """The client chose another server: our unbound offer is free again."""
+        lease = self.by_ip.get(self.by_key.get(key, -1))
+        if lease is not None and not lease.bound:
+            self._remove(lease)
+
+    # -- building replies --------------------------------------------------
+    def _reply(self, req: DhcpPacket, mt: MsgType, yiaddr: str) -> DhcpPacket:
+        rep = DhcpPacket(
+            op=BOOTREPLY, htype=req.htype, hlen=req.hlen, xid=req.xid, flags=req.flags,
+            ciaddr=req.ciaddr if mt == MsgType.ACK else ZERO_IP,
+            yiaddr=yiaddr, giaddr=req.giaddr, chaddr=req.chaddr,
+        )
+        rep.options[Opt.MESSAGE_TYPE] = bytes((mt,))
+        rep.options[Opt.SERVER_ID] = self._server_id
+        if Opt.RELAY_AGENT in req.options:  # RFC 3046 §2.2: echo to the relay
+            rep.options[Opt.RELAY_AGENT] = req.options[Opt.RELAY_AGENT]
+        return rep
+
+    def _lease_options(self, rep: DhcpPacket, spec: NodeSpec | None, lease: bool = True) -> None:
+        o = rep.options
+        if lease:
+            lt = self.lease_time
+            o[Opt.LEASE_TIME] = struct.pack("!I", lt)
+            o[Opt.RENEWAL_TIME] = struct.pack("!I", lt // 2)
+            o[Opt.REBINDING_TIME] = struct.pack("!I", lt * 7 // 8)
+        o[Opt.SUBNET_MASK] = self.network.netmask.packed
+        if self.dhcp.router:
+            o[Opt.ROUTER] = self.dhcp.router.packed
+        if self.dhcp.dns:
+            o[Opt.DNS] = b"".join(a.packed for a in self.dhcp.dns)
+        if self.dhcp.domain:
+            o[Opt.DOMAIN] = self.dhcp.domain.encode()
+        if spec is not None and spec.hostname:
+            o[Opt.HOSTNAME] = spec.hostname.encode()
+
+    def _boot_options(self, rep: DhcpPacket, client: Client, bf: BootFile) -> None:
+        """The boot program, as both the `file` field and option 67 (ROMs read one or the other)."""
+        name = bf.filename.encode()
+        rep.siaddr = self.server_ip
+        rep.file = name if len(name) <= 127 else b""
+        o = rep.options
+        o[Opt.BOOTFILE] = name
+        o[Opt.TFTP_SERVER] = self.server_ip.encode()
+        if bf.http:
+            o[Opt.VENDOR_CLASS] = b"HTTPClient"  # UEFI HTTP boot only takes an offer that says so
+        elif client.vendor_class.startswith("PXEClient") or client.ipxe:
+            o[Opt.VENDOR_CLASS] = b"PXEClient"
+            if not client.ipxe:
+                o[Opt.VENDOR_SPECIFIC] = encode_suboptions(
+                    {PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True
+                )
+        if client.ipxe and self.mode == "full":
+            o[Opt.IPXE_ENCAP] = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
+
+    def _dest(self, req: DhcpPacket, mt: MsgType, yiaddr: str) -> tuple[str, int, bool]:
+        """RFC 2131 §4.1: where a reply goes. The flag marks a not-yet-ARPable client."""
+        if req.giaddr != ZERO_IP:
+            return req.giaddr, SERVER_PORT, False
+        if mt == MsgType.NAK:
+            return BROADCAST, CLIENT_PORT, False
+        if req.ciaddr != ZERO_IP:
+            return req.ciaddr, CLIENT_PORT, False
+        if req.broadcast_flag or yiaddr == ZERO_IP:
+            return BROADCAST, CLIENT_PORT, False
+        return yiaddr, CLIENT_PORT, True
+
+    def _send(self, req: DhcpPacket, rep: DhcpPacket, mt: MsgType) -> Send:
+        host, port, new = self._dest(req, mt, rep.yiaddr)
+        return Send(encode(rep, req.max_message_size), host, port, SERVER_PORT, new)
+
+    def _nak(self, req: DhcpPacket, why: str) -> Send:
+        rep = DhcpPacket(op=BOOTREPLY, htype=req.htype, hlen=req.hlen, xid=req.xid, giaddr=req.giaddr,
+                         chaddr=req.chaddr, flags=req.flags | (FLAG_BROADCAST if req.giaddr != ZERO_IP else 0))
+        rep.options[Opt.MESSAGE_TYPE] = bytes((MsgType.NAK,))
+        rep.options[Opt.SERVER_ID] = self._server_id
+        rep.options[Opt.MESSAGE] = why.encode()
+        if Opt.RELAY_AGENT in req.options:
+            rep.options[Opt.RELAY_AGENT] = req.options[Opt.RELAY_AGENT]
+        return self._send(req, rep, MsgType.NAK)
+
+
+def _hostname(pkt: DhcpPacket) -> str | None:
+    v = pkt.options.get(Opt.HOSTNAME)
+    return v.decode("latin-1")[:253] if v else None
