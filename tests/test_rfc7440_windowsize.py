@@ -1,0 +1,92 @@
+"""RFC 7440 windowsize: bursts, in-window ACKs, loss, duplicates and rollover."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ramboot.proto import tftp
+from tftp_sim import rrq, run
+
+
+def _blocks(out):
+    return [tftp.parse(bytes(p)).block for p in out]
+
+
+def test_window_is_sent_as_one_burst():
+    data = os.urandom(512 * 10)
+    m = tftp.ReadTransfer(rrq(windowsize=4), tftp.BytesSource(data))
+    m.start(0.0)
+    assert _blocks(m.on_packet(tftp.Ack(0).encode(), 0.0)) == [1, 2, 3, 4]
+    assert _blocks(m.on_packet(tftp.Ack(4).encode(), 0.0)) == [5, 6, 7, 8]
+    # the client saw a gap after 6: the next window starts at 7 (7 and 8 come from the ring)
+    assert _blocks(m.on_packet(tftp.Ack(6).encode(), 0.0)) == [7, 8, 9, 10]
+    assert m.retransmits == 2
+    assert _blocks(m.on_packet(tftp.Ack(10).encode(), 0.0)) == [11]  # the empty last block
+    m.on_packet(tftp.Ack(11).encode(), 0.0)
+    assert m.outcome == "ok" and m.bytes_sent == len(data)
+
+
+def test_window_never_passes_the_last_block():
+    m = tftp.ReadTransfer(rrq(windowsize=16), tftp.BytesSource(b"y" * 1100))
+    m.start(0.0)
+    assert _blocks(m.on_packet(tftp.Ack(0).encode(), 0.0)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("windowsize", [1, 2, 8, 16, 64])
+@pytest.mark.parametrize("loss", ["none", "every 13th", "first of each window", "whole window once"])
+def test_windowed_transfer_with_loss(windowsize, loss):
+    data = os.urandom(1024 * 200 + 5)
+    drops = {
+        "none": lambda i, p: False,
+        "every 13th": lambda i, p: i % 13 == 5,
+        "first of each window": lambda i, p: i % (windowsize + 1) == 1,
+        "whole window once": lambda i, p: 1 <= i <= windowsize,
+    }
+    m = tftp.ReadTransfer(rrq(blksize=1024, windowsize=windowsize), tftp.BytesSource(data))
+    r = run(m, drop=drops[loss])
+    assert r.outcome == "ok" and r.data == data
+    if loss == "none":
+        assert m.retransmits == 0
+
+
+@pytest.mark.parametrize("windowsize", [4, 16])
+def test_duplicate_acks_never_resend_a_window(windowsize):
+    data = os.urandom(512 * 200)
+    m = tftp.ReadTransfer(rrq(windowsize=windowsize), tftp.BytesSource(data))
+    r = run(m, dup_acks=True)
+    assert r.data == data and m.retransmits == 0
+    assert len(r.blocks_on_wire) == 201  # each block exactly once
+
+
+def test_each_block_is_read_once():
+    reads = []
+
+    class Counting(tftp.BytesSource):
+        def readinto(self, buf, index):
+            reads.append(index)
+            return super().readinto(buf, index)
+
+    data = os.urandom(512 * 100)
+    r = run(tftp.ReadTransfer(rrq(windowsize=8), Counting(data)), drop=lambda i, p: i % 5 == 2)
+    assert r.data == data
+    assert reads == sorted(set(reads)) == list(range(101))
+
+
+def test_windowed_rollover():
+    """>65535 blocks with windows: wrapped ACK numbers still map to the right blocks."""
+    data = os.urandom(8 * 140_000)
+    m = tftp.ReadTransfer(rrq(blksize=8, windowsize=64), tftp.BytesSource(data))
+    r = run(m, drop=lambda i, p: i % 997 == 500)
+    assert r.outcome == "ok" and r.data == data
+    assert m.sent == 140_001
+
+
+def test_ack_beyond_the_window_after_wrap_is_stale():
+    m = tftp.ReadTransfer(rrq(blksize=8, windowsize=4), tftp.BytesSource(b"z" * 8 * 100))
+    m.start(0.0)
+    m.on_packet(tftp.Ack(0).encode(), 0.0)  # 1..4 out
+    assert m.on_packet(tftp.Ack(65535).encode(), 0.0) == []  # "block -1": stale
+    assert m.on_packet(tftp.Ack(5).encode(), 0.0) == []  # never sent
+    assert m.acked == 0
