@@ -1,0 +1,280 @@
+"""Shared plumbing for the benchmarks: namespaces, child processes, /proc figures.
+
+Everything here is created by the benchmark and torn down by it: namespaces are
+named `rbb<random>-s` / `rbb<random>-c`, and processes are killed by the PID we
+started, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+SERVER_IP = "10.77.0.1"
+CLIENT_IP = "10.77.255.254"
+PREFIX = 16
+
+
+def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), check=check, capture_output=True, text=True, **kw)
+
+
+@dataclass
+class NetnsPair:
+    """Two namespaces joined by a veth pair, like BASELINES.md's `dsrv`/`dcli`.
+
+    The server side is `srv_if` in `srv` with 10.77.0.1/16, the client side
+    `cli_if` in `cli` with 10.77.255.254/16. Loopback is up in both.
+    """
+
+    tag: str = field(default_factory=lambda: "rbb" + secrets.token_hex(3))
+    srv_ip: str = SERVER_IP
+    cli_ip: str = CLIENT_IP
+
+    @property
+    def srv(self) -> str:
+        return f"{self.tag}-s"
+
+    @property
+    def cli(self) -> str:
+        return f"{self.tag}-c"
+
+    @property
+    def srv_if(self) -> str:
+        return f"{self.tag}s"
+
+    @property
+    def cli_if(self) -> str:
+        return f"{self.tag}c"
+
+    def up(self) -> "NetnsPair":
+        try:
+            run("ip", "netns", "add", self.srv)
+            run("ip", "netns", "add", self.cli)
+            run("ip", "link", "add", self.srv_if, "type", "veth", "peer", "name", self.cli_if)
+            run("ip", "link", "set", self.srv_if, "netns", self.srv)
+            run("ip", "link", "set", self.cli_if, "netns", self.cli)
+            for ns, ifname, ip in ((self.srv, self.srv_if, self.srv_ip), (self.cli, self.cli_if, self.cli_ip)):
+                run("ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", ifname)
+                run("ip", "-n", ns, "link", "set", ifname, "up")
+                run("ip", "-n", ns, "link", "set", "lo", "up")
+        except subprocess.CalledProcessError as e:
+            self.down()
+            raise RuntimeError(f"netns setup failed: {' '.join(e.cmd)}: {e.stderr.strip()}") from None
+        return self
+
+    def down(self) -> None:
+        for ns in (self.srv, self.cli):
+            run("ip", "netns", "del", ns, check=False)
+        # the veth goes with its namespace; this only matters if setup failed half-way
+        run("ip", "link", "del", self.srv_if, check=False)
+
+    def __enter__(self) -> "NetnsPair":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def exec(self, ns: str, *cmd: str) -> list[str]:
+        """A command line that runs `cmd` in namespace `ns` (ip exec()s it: same PID)."""
+        return ["ip", "netns", "exec", ns, *cmd]
+
+
+class Child:
+    """A child process we started; stopped by its PID only."""
+
+    def __init__(self, cmd: list[str], log: Path | None = None, env: dict | None = None, cwd: str | None = None):
+        self.cmd = cmd
+        self.log_path = log
+        self._log = open(log, "wb") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        return self.proc.returncode
+
+    def tail(self, n: int = 20) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+# -- /proc figures -----------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def tree(pid: int) -> list[int]:
+    """pid and all its descendants (nginx's workers, ip-netns-exec'd children)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = _stat(int(d))
+            if st:
+                children.setdefault(int(st[1]), []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int, include_children: bool = True) -> float:
+    """User + system CPU seconds of pid (and its live descendants)."""
+    total = 0
+    for p in tree(pid) if include_children else [pid]:
+        st = _stat(p)
+        if st:
+            # fields after comm: state(0) ppid(1) ... utime(11) stime(12)
+            total += int(st[11]) + int(st[12])
+    return total / CLK_TCK
+
+
+def rss_bytes(pid: int, include_children: bool = True) -> int:
+    total = 0
+    for p in tree(pid) if include_children else [pid]:
+        st = _stat(p)
+        if st:
+            total += int(st[21]) * PAGE  # rss in pages
+    return total
+
+
+class RssSampler:
+    """Samples a process tree's RSS in a background thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        import threading
+
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self.peak = rss_bytes(self.pid)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def wait_for(pred, timeout: float = 15, interval: float = 0.05, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def ramboot_exe() -> str:
+    """The `ramboot` next to the running interpreter (the venv's), else on PATH."""
+    import sys
+
+    cand = Path(sys.executable).with_name("ramboot")
+    return str(cand) if cand.exists() else (shutil.which("ramboot") or "ramboot")
+
+
+# -- images ------------------------------------------------------------------
+
+
+def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int = 0, initrd_bytes: int = 0) -> dict:
+    """A synthetic image (random bytes) with a real manifest; returns {file: sha256}.
+
+    The bytes are random so nothing on the path can compress or dedupe them.
+    """
+    import hashlib
+
+    from ..images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest
+
+    d = Path(data_dir) / "images" / name
+    d.mkdir(parents=True, exist_ok=True)
+    sizes = {KERNEL: kernel_bytes or max(rootfs_bytes // 16, 64 << 10), INITRD: initrd_bytes or max(rootfs_bytes // 8, 64 << 10), ROOTFS: rootfs_bytes}
+    files = {}
+    for fname, size in sizes.items():
+        p = d / fname
+        h = hashlib.sha256()
+        if p.exists() and p.stat().st_size == size:
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        else:
+            with open(p, "wb") as f:
+                left = size
+                while left:
+                    chunk = os.urandom(min(left, 1 << 20))
+                    h.update(chunk)
+                    f.write(chunk)
+                    left -= len(chunk)
+        files[fname] = FileEntry(size=size, sha256=h.hexdigest())
+    m = Manifest(name=name, source="bench:random", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 kernel_version="bench", files=files)
+    (d / MANIFEST).write_text(m.to_toml())
+    return {k: v.sha256 for k, v in files.items()}
+
+
+# -- output ------------------------------------------------------------------
+
+
+def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    if title:
+        lines.append(f"\n== {title} ==")
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines.append(fmt.format(*cells[0]))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += [fmt.format(*r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def ratio(ours: float | None, peer: float | None) -> str:
+    if not ours or not peer:
+        return "-"
+    return f"{ours / peer:.2f}x"
