@@ -129,6 +129,15 @@ class Store:
                 s.execute(delete(Lease).where(Lease.mac == rec.mac, Lease.ip != rec.ip))
                 s.merge(Lease(ip=rec.ip, mac=rec.mac, expires=rec.expires, client_id=rec.client_id, hostname=rec.hostname))
 
+    def lease_for_mac(self, mac: str, now: float | None = None) -> LeaseRecord | None:
+        """The unexpired lease a MAC holds, if any (node reports are checked against it)."""
+        now = time.time() if now is None else now
+        with self._session() as s:
+            r = s.scalar(
+                select(Lease).where(Lease.mac == normalize_mac(mac), Lease.expires > now).order_by(Lease.expires.desc()).limit(1)
+            )
+            return LeaseRecord(ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname) if r else None
+
     # -- events and inventory ---------------------------------------------
     def add_events(self, events: Iterable[EventRecord]) -> None:
         with self._session.begin() as s:
@@ -147,6 +156,11 @@ class Store:
         out.reverse()
         return out
 
+    def event_macs(self) -> list[str]:
+        """Every MAC that has events, registered or not (unknown nodes boot too)."""
+        with self._session() as s:
+            return list(s.scalars(select(Event.mac).distinct().order_by(Event.mac)))
+
     def add_inventory(self, mac: str, data: dict, at: float | None = None) -> None:
         with self._session.begin() as s:
             s.add(Inventory(mac=normalize_mac(mac), data=data, at=at or time.time()))
@@ -157,6 +171,14 @@ class Store:
                 select(Inventory).where(Inventory.mac == normalize_mac(mac)).order_by(Inventory.at.desc()).limit(1)
             )
             return dict(row.data) if row else None
+
+    def inventory_history(self, mac: str, limit: int = 50) -> list[tuple[float, dict]]:
+        """Past hardware reports, newest first, as (unix time, report)."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(Inventory).where(Inventory.mac == normalize_mac(mac)).order_by(Inventory.at.desc()).limit(limit)
+            )
+            return [(r.at, dict(r.data)) for r in rows]
 
 
 def _node_spec(r: Node) -> NodeSpec:
