@@ -1,0 +1,191 @@
+"""The REST API's pydantic models: request and response bodies, and the OpenAPI source.
+
+They live beside the store (not in the server) so the CLI's remote mode can
+parse the same shapes without importing aiohttp.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..macaddr import normalize_mac
+
+IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+STAGE = r"^[a-z][a-z0-9-]{0,31}$"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeIn(_Strict):
+    """What an operator sets on a node (PUT replaces all of it)."""
+
+    image: str | None = Field(None, pattern=IMAGE_NAME, description="image name; default: boot.default_image")
+    hostname: str | None = Field(None, pattern=HOSTNAME, max_length=253)
+    ip: str | None = Field(None, description="fixed IPv4 address (full DHCP mode)")
+    loader: Literal["ipxe", "pxelinux"] | None = None
+    uuid: str | None = Field(None, description="SMBIOS UUID (DHCP option 97)")
+    kernel_args: str = Field("", max_length=4096)
+    labels: dict[str, str] = {}
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        return None if v is None else str(ipaddress.IPv4Address(v))
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _UUID.match(v):
+            raise ValueError("not a UUID")
+        h = v.replace("-", "").lower()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class NodeCreate(NodeIn):
+    mac: str
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        return normalize_mac(v)
+
+
+class NodeOut(BaseModel):
+    mac: str
+    image: str | None
+    hostname: str | None
+    ip: str | None
+    loader: str | None
+    uuid: str | None
+    kernel_args: str
+    labels: dict[str, str]
+    discovered: bool
+    stage: str | None = Field(None, description="stage of the last boot")
+    updated: float | None = Field(None, description="unix time of the last event")
+
+
+class EventOut(BaseModel):
+    stage: str
+    source: Literal["server", "node"] | str
+    at: float
+    detail: dict
+
+
+class BootOut(BaseModel):
+    """One boot, from its first DHCP/loader/script event to `booted` or `failed`."""
+
+    stage: str
+    started: float
+    updated: float
+    duration: float | None = Field(None, description="seconds to `booted`")
+    download_mbps: float | None = None
+    failure: str | None = None
+    events: list[EventOut]
+
+
+class Cpu(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = ""
+    count: int = Field(0, ge=0)
+
+
+class Nic(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    mac: str | None = None
+    speed_mbps: int | None = None
+
+
+class Disk(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    size_bytes: int | None = Field(None, ge=0)
+    model: str | None = None
+
+
+class Dmi(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    vendor: str | None = None
+    product: str | None = None
+    serial: str | None = None
+    uuid: str | None = None
+
+
+class InventoryReport(BaseModel):
+    """A node's hardware, as its initramfs reports it (CONTRACTS.md); extra keys are kept."""
+
+    model_config = ConfigDict(extra="allow")
+    cpu: Cpu = Cpu()
+    memory_kib: int = Field(0, ge=0)
+    nics: list[Nic] = []
+    disks: list[Disk] = []
+    dmi: Dmi = Dmi()
+
+
+class InventoryOut(BaseModel):
+    at: float
+    report: InventoryReport
+
+
+class NodeDetail(NodeOut):
+    inventory: InventoryOut | None = None
+    last_boot: BootOut | None = None
+
+
+class NodeStatus(BaseModel):
+    """One row of the status page: registered or not, with its last boot."""
+
+    mac: str
+    registered: bool
+    discovered: bool = False
+    hostname: str | None = None
+    image: str | None = None
+    inventory: InventoryOut | None = None
+    last_boot: BootOut | None = None
+
+
+class EventIn(_Strict):
+    stage: str = Field(pattern=STAGE)
+    detail: dict = {}
+
+
+class ImageFile(BaseModel):
+    name: str
+    size: int
+    sha256: str
+
+
+class ImageOut(BaseModel):
+    name: str
+    source: str
+    created: str
+    kernel_version: str
+    initramfs: str
+    files: list[ImageFile]
+
+
+class LeaseOut(BaseModel):
+    ip: str
+    mac: str
+    expires: float
+    active: bool
+    client_id: str | None = None
+    hostname: str | None = None
+
+
+class Accepted(BaseModel):
+    ok: bool = True
+
+
+class ErrorOut(BaseModel):
+    error: str

@@ -1,0 +1,121 @@
+"""Boot timelines: a node's event stream cut into boots, and each boot summed up.
+
+One place decides where a boot starts and what stage it has reached, so the
+API, the CLI, the status page and the metrics all agree.
+
+A boot ends at `booted` or `failed`. After that, DHCP events alone (an OS
+renewing its lease) stay with the finished boot; a new boot begins when the
+server serves a loader or script again, or the node reports, taking any DHCP
+events just before it along. A silence longer than `GAP` followed by a DHCP,
+loader or script event also starts a new boot (a node that hung and was reset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .store import EventRecord
+
+SERVER_STAGES = ("dhcp-offer", "dhcp-ack", "proxy-offer", "loader", "script", "kernel", "initrd", "rootfs")
+NODE_STAGES = ("initramfs", "download-start", "download-done", "verified", "failed", "switch-root", "booted")
+TERMINAL = frozenset({"booted", "failed"})
+DHCP = frozenset({"dhcp-offer", "dhcp-ack", "proxy-offer"})
+START = DHCP | {"loader", "script"}
+GAP = 600.0
+
+
+@dataclass
+class Boot:
+    events: list[EventRecord]
+
+    @property
+    def started(self) -> float:
+        return self.events[0].at
+
+    @property
+    def updated(self) -> float:
+        return self.events[-1].at
+
+    @property
+    def stage(self) -> str:
+        """The terminal stage if the boot reached one, else the latest stage."""
+        for e in reversed(self.events):
+            if e.stage in TERMINAL:
+                return e.stage
+        return self.events[-1].stage
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first event to `booted`; None until it boots."""
+        for e in self.events:
+            if e.stage == "booted":
+                return e.at - self.started
+        return None
+
+    @property
+    def download_mbps(self) -> float | None:
+        """Root download speed: the node's own figure, else what the server measured."""
+        for stage in ("download-done", "rootfs"):
+            for e in reversed(self.events):
+                if e.stage == stage:
+                    mbps = mbps_of(e.detail)
+                    if mbps is not None:
+                        return mbps
+        return None
+
+    @property
+    def failure(self) -> str | None:
+        for e in reversed(self.events):
+            if e.stage == "failed":
+                return str(e.detail.get("reason", "")) or "failed"
+        return None
+
+
+def mbps_of(detail: dict) -> float | None:
+    """Megabits per second from an event's `bytes` and `seconds`, if both are sane."""
+    try:
+        nbytes, seconds = float(detail["bytes"]), float(detail["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if nbytes <= 0 or seconds <= 0:
+        return None
+    return nbytes * 8 / seconds / 1e6
+
+
+def split_boots(events: Iterable[EventRecord]) -> list[Boot]:
+    """Cut a node's events (oldest first) into boots."""
+    boots: list[Boot] = []
+    cur: list[EventRecord] = []
+    held: list[EventRecord] = []  # DHCP events after an end or a gap: renewal or new boot?
+    ended = False
+    for e in events:
+        if not cur:
+            cur, ended = [e], e.stage in TERMINAL
+            continue
+        gap = e.at - cur[-1].at > GAP
+        if ended or gap:
+            if e.stage in DHCP:
+                held.append(e)
+                continue
+            if ended or held or e.stage in START:
+                boots.append(Boot(cur))
+                cur, held, ended = held + [e], [], e.stage in TERMINAL
+                continue
+        cur.extend(held)
+        held = []
+        cur.append(e)
+        ended = ended or e.stage in TERMINAL
+    if held and not ended:
+        boots.append(Boot(cur))
+        cur = held
+    else:
+        cur.extend(held)
+    if cur:
+        boots.append(Boot(cur))
+    return boots
+
+
+def last_boot(events: Iterable[EventRecord]) -> Boot | None:
+    boots = split_boots(events)
+    return boots[-1] if boots else None

@@ -1,0 +1,36 @@
+"""Prometheus metrics, all named `ramboot_*`, in the process-wide default registry.
+
+Every server appends its own here, so `/metrics` shows them all in one place.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+HTTP_BYTES = Counter("ramboot_http_bytes", "Bytes sent over HTTP, by kind of file", ["kind"])
+BOOTS = Counter("ramboot_boots", "Boot events seen, by stage", ["stage"])
+BOOT_DURATION = Histogram(
+    "ramboot_boot_duration_seconds",
+    "From a node's first DHCP or script event to its `booted` event",
+    buckets=(5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200),
+)
+ROOT_DOWNLOAD_MBPS = Histogram(
+    "ramboot_root_download_mbps",
+    "Root image download throughput reported by the node (megabits per second)",
+    buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000),
+)
+
+# TFTP (ramboot.server.tftp)
+TFTP_TRANSFERS = Counter("ramboot_tftp_transfers", "TFTP read requests, by outcome", ["outcome"])
+TFTP_BYTES = Counter("ramboot_tftp_bytes", "TFTP payload bytes sent, each block counted once")
+TFTP_RETRANSMITS = Counter("ramboot_tftp_retransmits", "TFTP packets sent again (timeouts and window restarts)")
+
+# DHCP (ramboot.server.dhcp): every datagram counted once, by message type and what we did.
+DHCP_PACKETS = Counter(
+    "ramboot_dhcp_packets", "DHCP datagrams received, by message type and outcome", ["type", "outcome"]
+)
+DHCP_COMMIT_SECONDS = Histogram(
+    "ramboot_dhcp_lease_commit_seconds",
+    "Time to commit one batch of lease changes (group commit before the ACKs go out)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+)

@@ -1,0 +1,631 @@
+"""The REST API under `/api/v1`, its OpenAPI document, and the live event stream.
+
+One route table drives both the router and the OpenAPI document, so the two
+cannot drift. Access (docs/api.md):
+- `write` routes need `Authorization: Bearer <api.token>`; with no token
+  configured they are allowed from loopback only;
+- `read` routes are open unless `api.read_requires_token`;
+- `node` routes (the initramfs's reports) need no token but are accepted only
+  from the address holding the MAC's lease, or from anywhere when ramboot holds
+  no lease for it (proxy/off mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+
+from .. import metrics
+from ..images.manifest import ManifestError, images_dir, load_manifest
+from ..inventory import schemas as S
+from ..inventory.store import EventRecord, NodeSpec, Store, StoreError
+from ..inventory.timeline import SERVER_STAGES, Boot, last_boot, mbps_of
+from ..macaddr import BadMac, normalize_mac
+from .http import CTX, Ctx
+
+log = logging.getLogger("ramboot.api")
+
+PREFIX = "/api/v1"
+_RESERVED_DETAIL = {"mac", "stage", "source"}  # EventLog.record's own parameters
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    if isinstance(data, BaseModel):
+        body = data.model_dump_json()
+    elif isinstance(data, list):
+        body = "[" + ",".join(d.model_dump_json() if isinstance(d, BaseModel) else json.dumps(d) for d in data) + "]"
+    else:
+        body = json.dumps(data)
+    return web.Response(text=body, status=status, content_type="application/json")
+
+
+def error_json(status: int, message: str, headers: dict | None = None) -> web.Response:
+    return web.Response(
+        text=json.dumps({"error": message}), status=status, content_type="application/json", headers=headers
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """API errors are JSON `{"error": ...}` with the right status; other paths are untouched."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except ApiError as e:
+        headers = {"WWW-Authenticate": 'Bearer realm="ramboot"'} if e.status == 401 else None
+        return error_json(e.status, e.message, headers)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_json(e.status, e.reason.lower(), {k: v for k, v in e.headers.items() if k == "Allow"})
+    except Exception:
+        log.exception("api handler failed", extra={"path": request.path})
+        return error_json(500, "internal error; see the server log")
+
+
+# -- access -------------------------------------------------------------------
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def _given_token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if request.method == "GET":  # EventSource cannot set headers
+        return request.query.get("access_token")
+    return None
+
+
+def authorize(request: web.Request, access: str) -> None:
+    api = request.app[CTX].config.api
+    if access == "node" or (access == "read" and not api.read_requires_token):
+        return
+    if api.token is None:
+        if _is_loopback(request.remote):
+            return
+        raise ApiError(403, "no api.token is configured, so this is allowed from loopback only")
+    given = _given_token(request)
+    if given is None:
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <api.token>)")
+    if not hmac.compare_digest(given.encode(), api.token.encode()):
+        raise ApiError(403, "wrong bearer token")
+
+
+async def check_reporter(request: web.Request, mac: str) -> None:
+    """A node report is accepted only from the address that holds the MAC's lease."""
+    ctx = request.app[CTX]
+    lease = await asyncio.to_thread(ctx.store.lease_for_mac, mac)
+    if lease is not None and lease.ip != request.remote:
+        raise ApiError(403, f"{request.remote} does not hold the lease for {mac}")
+
+
+# -- helpers ------------------------------------------------------------------
+def mac_param(request: web.Request) -> str:
+    try:
+        return normalize_mac(request.match_info["mac"])
+    except BadMac as e:
+        raise ApiError(400, str(e)) from None
+
+
+async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ApiError(400, f"{where}: {msg}") from None
+
+
+def boot_out(boot: Boot | None) -> S.BootOut | None:
+    if boot is None:
+        return None
+    return S.BootOut(
+        stage=boot.stage,
+        started=boot.started,
+        updated=boot.updated,
+        duration=boot.duration,
+        download_mbps=boot.download_mbps,
+        failure=boot.failure,
+        events=[S.EventOut(stage=e.stage, source=e.source, at=e.at, detail=e.detail) for e in boot.events],
+    )
+
+
+def inventory_out(store: Store, mac: str) -> S.InventoryOut | None:
+    hist = store.inventory_history(mac, limit=1)
+    if not hist:
+        return None
+    at, data = hist[0]
+    try:
+        return S.InventoryOut(at=at, report=S.InventoryReport.model_validate(data))
+    except ValidationError:  # stored by an older, looser version: show what we can
+        return S.InventoryOut(at=at, report=S.InventoryReport())
+
+
+def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut, **extra: Any) -> S.NodeOut:
+    return cls(
+        mac=spec.mac,
+        image=spec.image,
+        hostname=spec.hostname,
+        ip=spec.ip,
+        loader=spec.loader,
+        uuid=spec.uuid,
+        kernel_args=spec.kernel_args,
+        labels={str(k): str(v) for k, v in spec.labels.items()},
+        discovered=spec.discovered,
+        stage=boot.stage if boot else None,
+        updated=boot.updated if boot else None,
+        **extra,
+    )
+
+
+def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
+    spec = store.get_node(mac)
+    if spec is None:
+        return None
+    boot = last_boot(store.events(mac))
+    return node_out(spec, boot, S.NodeDetail, inventory=inventory_out(store, mac), last_boot=boot_out(boot))  # type: ignore[return-value]
+
+
+def node_status(store: Store, mac: str) -> S.NodeStatus:
+    spec = store.get_node(mac)
+    return S.NodeStatus(
+        mac=mac,
+        registered=spec is not None,
+        discovered=bool(spec and spec.discovered),
+        hostname=spec.hostname if spec else None,
+        image=spec.image if spec else None,
+        inventory=inventory_out(store, mac),
+        last_boot=boot_out(last_boot(store.events(mac))),
+    )
+
+
+def all_status(store: Store) -> list[S.NodeStatus]:
+    macs = sorted({n.mac for n in store.list_nodes()} | set(store.event_macs()))
+    return [node_status(store, m) for m in macs]
+
+
+def spec_from(mac: str, body: S.NodeIn) -> NodeSpec:
+    return NodeSpec(
+        mac=mac,
+        image=body.image,
+        hostname=body.hostname,
+        ip=body.ip,
+        loader=body.loader,
+        uuid=body.uuid,
+        kernel_args=body.kernel_args,
+        labels=dict(body.labels),
+        discovered=False,  # an operator has now said what it is
+    )
+
+
+async def _put(store: Store, spec: NodeSpec) -> NodeSpec:
+    try:
+        return await asyncio.to_thread(store.put_node, spec)
+    except StoreError as e:
+        raise ApiError(409, str(e)) from None
+
+
+# -- handlers -----------------------------------------------------------------
+async def list_nodes(request: web.Request) -> web.Response:
+    store = request.app[CTX].store
+
+    def work() -> list[S.NodeOut]:
+        return [node_out(n, last_boot(store.events(n.mac, limit=100))) for n in store.list_nodes()]
+
+    return json_response(await asyncio.to_thread(work))
+
+
+async def get_node(request: web.Request) -> web.Response:
+    mac = mac_param(request)
+    detail = await asyncio.to_thread(node_detail, request.app[CTX].store, mac)
+    if detail is None:
+        raise ApiError(404, f"no node {mac}")
+    return json_response(detail)
+
+
+async def put_node(request: web.Request) -> web.Response:
+    mac = mac_param(request)
+    body = await body_of(request, S.NodeIn)
+    store = request.app[CTX].store
+    old = await asyncio.to_thread(store.get_node, mac)
+    await _put(store, spec_from(mac, body))
+    request.app[BROADCAST].poke(mac)
+    return json_response(await asyncio.to_thread(node_detail, store, mac), 200 if old else 201)
+
+
+async def create_node(request: web.Request) -> web.Response:
+    body = await body_of(request, S.NodeCreate)
+    store = request.app[CTX].store
+    if await asyncio.to_thread(store.get_node, body.mac) is not None:
+        raise ApiError(409, f"node {body.mac} exists; PUT {PREFIX}/nodes/{body.mac} to change it")
+    await _put(store, spec_from(body.mac, body))
+    request.app[BROADCAST].poke(body.mac)
+    return json_response(await asyncio.to_thread(node_detail, store, body.mac), 201)
+
+
+async def delete_node(request: web.Request) -> web.Response:
+    mac = mac_param(request)
+    if not await asyncio.to_thread(request.app[CTX].store.remove_node, mac):
+        raise ApiError(404, f"no node {mac}")
+    request.app[BROADCAST].poke(mac)
+    return web.Response(status=204)
+
+
+async def node_events(request: web.Request) -> web.Response:
+    mac = mac_param(request)
+    try:
+        limit = max(1, min(int(request.query.get("limit", "200")), 5000))
+    except ValueError:
+        raise ApiError(400, "limit: must be an integer") from None
+    evs = await asyncio.to_thread(request.app[CTX].store.events, mac, limit)
+    return json_response([S.EventOut(stage=e.stage, source=e.source, at=e.at, detail=e.detail) for e in evs])
+
+
+async def node_inventory(request: web.Request) -> web.Response:
+    mac = mac_param(request)
+    hist = await asyncio.to_thread(request.app[CTX].store.inventory_history, mac, 50)
+    if not hist:
+        raise ApiError(404, f"no inventory for {mac}")
+    return json_response([S.InventoryOut(at=at, report=S.InventoryReport.model_validate(d)) for at, d in hist])
+
+
+async def report_event(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    mac = mac_param(request)
+    await check_reporter(request, mac)
+    body = await body_of(request, S.EventIn)
+    if body.stage in SERVER_STAGES:
+        raise ApiError(400, f"stage {body.stage!r} is recorded by the server, not reported by nodes")
+    if clash := _RESERVED_DETAIL & set(body.detail):
+        raise ApiError(400, f"detail: reserved key {sorted(clash)[0]!r}")
+    if request.remote:
+        ctx.events.mac_by_ip.setdefault(request.remote, mac)
+    ctx.events.record(mac, body.stage, source="node", **body.detail)
+    return json_response(S.Accepted(), 202)
+
+
+async def report_inventory(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    mac = mac_param(request)
+    await check_reporter(request, mac)
+    report = await body_of(request, S.InventoryReport)
+    boot = ctx.config.boot
+
+    def work() -> bool:
+        ctx.store.add_inventory(mac, report.model_dump(mode="json"))
+        if boot.unknown_nodes != "discover" or ctx.store.get_node(mac) is not None:
+            return False
+        uuid = report.dmi.uuid
+        try:
+            uuid = S.NodeIn(uuid=uuid).uuid if uuid else None
+        except ValidationError:
+            uuid = None
+        ctx.store.put_node(NodeSpec(mac=mac, image=boot.default_image, uuid=uuid, discovered=True))
+        return True
+
+    try:
+        discovered = await asyncio.to_thread(work)
+    except StoreError as e:
+        raise ApiError(409, str(e)) from None
+    if discovered:
+        log.info("node discovered", extra={"mac": mac})
+    request.app[BROADCAST].poke(mac)
+    return json_response(S.Accepted(), 202)
+
+
+async def list_images(request: web.Request) -> web.Response:
+    data_dir = request.app[CTX].config.data_dir
+
+    def work() -> list[S.ImageOut]:
+        out = []
+        root = images_dir(data_dir)
+        for d in sorted(root.iterdir()) if root.is_dir() else []:
+            try:
+                out.append(_image_out(load_manifest(data_dir, d.name)))
+            except ManifestError:
+                continue
+        return out
+
+    return json_response(await asyncio.to_thread(work))
+
+
+def _image_out(m: Any) -> S.ImageOut:
+    return S.ImageOut(
+        name=m.name,
+        source=m.source,
+        created=m.created,
+        kernel_version=m.kernel_version,
+        initramfs=m.initramfs,
+        files=[S.ImageFile(name=k, size=v.size, sha256=v.sha256) for k, v in sorted(m.files.items())],
+    )
+
+
+async def get_image(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not re.match(S.IMAGE_NAME, name):
+        raise ApiError(400, f"not an image name: {name!r}")
+    try:
+        m = await asyncio.to_thread(load_manifest, request.app[CTX].config.data_dir, name)
+    except ManifestError:
+        raise ApiError(404, f"no image {name}") from None
+    return json_response(_image_out(m))
+
+
+async def list_leases(request: web.Request) -> web.Response:
+    now = time.time()
+    leases = await asyncio.to_thread(request.app[CTX].store.load_leases)
+    return json_response(
+        [
+            S.LeaseOut(ip=l.ip, mac=l.mac, expires=l.expires, active=l.expires > now, client_id=l.client_id, hostname=l.hostname)
+            for l in sorted(leases, key=lambda l: ipaddress.IPv4Address(l.ip))
+        ]
+    )
+
+
+async def status(request: web.Request) -> web.Response:
+    return json_response(await asyncio.to_thread(all_status, request.app[CTX].store))
+
+
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one `node` message (a NodeStatus) whenever a node changes."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    q = request.app[BROADCAST].subscribe()
+    try:
+        await resp.write(b"retry: 2000\n: connected\n\n")
+        while True:
+            try:
+                msg = await asyncio.wait_for(q.get(), timeout=15)
+            except asyncio.TimeoutError:
+                msg = b": keep-alive\n\n"
+            if msg is None:
+                break
+            await resp.write(msg)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        request.app[BROADCAST].unsubscribe(q)
+    return resp
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document())
+
+
+async def api_not_found(request: web.Request) -> web.Response:
+    allowed = sorted({r.method for r in ROUTES if _template(r).match(request.path)})
+    if allowed:
+        return error_json(405, f"{request.method} is not allowed here; use {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
+    raise ApiError(404, f"no such API endpoint: {request.method} {request.path}")
+
+
+def _template(r: Route) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\\{[a-z]+\\}", "[^/]+", re.escape(PREFIX + r.path)) + "$")
+
+
+# -- the live feed: metrics and SSE, from EventLog.watch ------------------------
+class Broadcaster:
+    """Turns the event log's records into metrics and SSE messages.
+
+    The watcher only queues (it runs on DHCP's and TFTP's hot path); a task
+    drains the queue in batches, flushes the event log once, and sends each
+    changed node's status to every subscriber.
+    """
+
+    def __init__(self, ctx: Ctx):
+        self.ctx = ctx
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self.subscribers: set[asyncio.Queue] = set()
+        self._unwatch: Callable[[], None] | None = None
+        self._task: asyncio.Task | None = None
+
+    def on_event(self, rec: EventRecord) -> None:
+        metrics.BOOTS.labels(rec.stage).inc()
+        if rec.stage == "download-done":
+            mbps = mbps_of(rec.detail)
+            if mbps is not None:
+                metrics.ROOT_DOWNLOAD_MBPS.observe(mbps)
+        if rec.stage == "booted" or self.subscribers:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self.pending.put_nowait, (rec.mac, rec.stage == "booted"))
+
+    def poke(self, mac: str) -> None:
+        """A change that is no boot event (inventory, node edits): refresh that row."""
+        if self.subscribers:
+            self.pending.put_nowait((mac, False))
+
+    def subscribe(self) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        self.subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self.subscribers.discard(q)
+
+    async def start(self, _app: web.Application) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._unwatch = self.ctx.events.watch(self.on_event)
+        self._task = self.loop.create_task(self._run())
+
+    async def stop(self, _app: web.Application) -> None:
+        if self._unwatch:
+            self._unwatch()
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for q in list(self.subscribers):
+            _offer(q, None)
+
+    async def _run(self) -> None:
+        while True:
+            keys = {await self.pending.get()}
+            await asyncio.sleep(0.05)  # gather a burst into one batch
+            while not self.pending.empty():
+                keys.add(self.pending.get_nowait())
+            try:
+                self.ctx.events.flush()
+                await self._publish(keys)
+            except Exception:
+                log.exception("live update failed")
+
+    async def _publish(self, keys: set[tuple[str, bool]]) -> None:
+        booted = {mac for mac, is_booted in keys if is_booted}
+        macs = {mac for mac, _ in keys}
+        store = self.ctx.store
+        rows = await asyncio.to_thread(lambda: [node_status(store, m) for m in sorted(macs)])
+        for row in rows:
+            boot = row.last_boot
+            if row.mac in booted and boot and boot.duration is not None:
+                metrics.BOOT_DURATION.observe(boot.duration)
+            msg = f"event: node\ndata: {row.model_dump_json()}\n\n".encode()
+            for q in list(self.subscribers):
+                _offer(q, msg)
+
+
+def _offer(q: asyncio.Queue, msg: bytes | None) -> None:
+    """Never block the feed on one slow browser: drop its oldest message instead."""
+    if q.full():
+        q.get_nowait()
+    q.put_nowait(msg)
+
+
+BROADCAST = web.AppKey("ramboot-broadcast", Broadcaster)
+
+
+# -- the route table: router and OpenAPI from one list -------------------------------
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    access: str  # read | write | node
+    summary: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    many: bool = False
+    status: int = 200
+
+
+ROUTES = [
+    Route("GET", "/nodes", list_nodes, "read", "List registered nodes with their last boot stage", response=S.NodeOut, many=True),
+    Route("POST", "/nodes", create_node, "write", "Register a node", S.NodeCreate, S.NodeDetail, status=201),
+    Route("GET", "/nodes/{mac}", get_node, "read", "A node with its inventory and last boot timeline", response=S.NodeDetail),
+    Route("PUT", "/nodes/{mac}", put_node, "write", "Create or replace a node", S.NodeIn, S.NodeDetail),
+    Route("DELETE", "/nodes/{mac}", delete_node, "write", "Remove a node (its events and inventory stay)", status=204),
+    Route("GET", "/nodes/{mac}/events", node_events, "read", "A node's events, oldest first", response=S.EventOut, many=True),
+    Route("POST", "/nodes/{mac}/events", report_event, "node", "A node reports a boot stage", S.EventIn, S.Accepted, status=202),
+    Route("GET", "/nodes/{mac}/inventory", node_inventory, "read", "A node's hardware reports, newest first", response=S.InventoryOut, many=True),
+    Route("POST", "/nodes/{mac}/inventory", report_inventory, "node", "A node reports its hardware", S.InventoryReport, S.Accepted, status=202),
+    Route("GET", "/images", list_images, "read", "List images (from their manifests)", response=S.ImageOut, many=True),
+    Route("GET", "/images/{name}", get_image, "read", "One image's manifest", response=S.ImageOut),
+    Route("GET", "/leases", list_leases, "read", "DHCP leases", response=S.LeaseOut, many=True),
+    Route("GET", "/status", status, "read", "Every node seen, registered or not, with its last boot", response=S.NodeStatus, many=True),
+    Route("GET", "/events/stream", event_stream, "read", "Live node updates (server-sent events, `event: node`, data: NodeStatus)"),
+    Route("GET", "/openapi.json", openapi, "read", "This document"),
+]
+
+
+def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        authorize(request, route.access)
+        return await route.handler(request)
+
+    return handler
+
+
+def add_routes(app: web.Application) -> None:
+    broadcaster = Broadcaster(app[CTX])
+    app[BROADCAST] = broadcaster
+    app.on_startup.append(broadcaster.start)
+    app.on_shutdown.append(broadcaster.stop)
+    for r in ROUTES:
+        app.router.add_route(r.method, PREFIX + r.path, _guarded(r))
+    app.router.add_route("*", "/api/{tail:.*}", api_not_found)
+
+
+_OPENAPI: dict | None = None
+
+
+def openapi_document() -> dict:
+    """OpenAPI 3.1, its schemas generated from the pydantic models."""
+    global _OPENAPI
+    if _OPENAPI is not None:
+        return _OPENAPI
+    models = {S.ErrorOut}
+    for r in ROUTES:
+        models.update(m for m in (r.body, r.response) if m is not None)
+    ordered = sorted(models, key=lambda m: m.__name__)
+    _, top = models_json_schema([(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}")
+    schemas = top.get("$defs", {})
+
+    def ref(m: type[BaseModel]) -> dict:
+        return {"$ref": f"#/components/schemas/{m.__name__}"}
+
+    error = {"description": "error", "content": {"application/json": {"schema": ref(S.ErrorOut)}}}
+    paths: dict[str, dict] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__}
+        params = []
+        for name in ("mac", "name"):
+            if "{" + name + "}" in r.path:
+                params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
+        if r.handler is node_events:
+            params.append({"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 5000}})
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(r.body)}}}
+        if r.response is not None:
+            schema = {"type": "array", "items": ref(r.response)} if r.many else ref(r.response)
+            ok = {"description": "ok", "content": {"application/json": {"schema": schema}}}
+        elif r.handler is event_stream:
+            ok = {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+        elif r.handler is openapi:
+            ok = {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}
+        else:
+            ok = {"description": "done"}
+        op["responses"] = {str(r.status): ok, "4XX": error}
+        if r.access == "write" or r.access == "read":
+            op["security"] = [{"bearer": []}] if r.access == "write" else [{}, {"bearer": []}]
+        else:
+            op["security"] = [{}]
+            op["description"] = "Accepted only from the address holding the MAC's lease (any address when there is none)."
+        paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
+    _OPENAPI = {
+        "openapi": "3.1.0",
+        "info": {"title": "ramboot", "version": "1", "description": "Nodes, images, leases, boot events and inventory."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+    return _OPENAPI
+
