@@ -1,0 +1,225 @@
+"""The DHCP server's asyncio shell: sockets, the group commit, events and metrics.
+
+All decisions live in `ramboot.proto.dhcpd`. This module only moves bytes:
+- UDP sockets on port 67 (and 4011 in proxy mode), bound to the configured
+  interface (SO_BINDTODEVICE), with SO_BROADCAST; `recvmsg` + IP_PKTINFO tells
+  which interface a request came in on, and replies leave by that interface.
+- Replies that RFC 2131 §4.1 would unicast to a client that has no address yet
+  (no ARP entry, broadcast flag clear) are broadcast instead: adding ARP
+  entries needs privileges and a per-packet netlink call; every client accepts
+  a broadcast reply, so it is the robust choice.
+- Lease changes are committed in groups: datagrams that change leases are
+  held for a few milliseconds, their changes go to the store in one
+  transaction (in a worker thread, so the loop keeps reading), and only then
+  do their ACKs go out. An ACKed lease is therefore already committed.
+- Any exception for one datagram is logged and the datagram dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import metrics
+from ..config import Config
+from ..inventory.store import LeaseRecord, Store
+from ..policy import Booter
+from ..proto.dhcpd import BROADCAST, PXE_PORT, SERVER_PORT, DhcpServer, Result
+from .events import EventLog
+
+log = logging.getLogger("ramboot.dhcp")
+
+IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks the constant
+SIOCGIFNETMASK = 0x891B
+_PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+BATCH_WINDOW = 0.002  # seconds lease-changing replies wait to share one commit
+RESERVED_TTL = 2.0  # seconds the fixed-address map is cached between store reads
+
+
+def interface_netmask(ifname: str) -> str | None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("256s", ifname.encode()[:15])
+        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFNETMASK, req)[20:24])
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def _udp_socket(interface: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.bind(("0.0.0.0", port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class DhcpService:
+    """The running DHCP server; `close()` commits pending leases and stops."""
+
+    def __init__(self, config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
+                 port: int, pxe_port: int):
+        self.config = config
+        self.booter = booter
+        self.store = store
+        self.events = events
+        self.interface = config.network.interface
+        self._reserved: dict[str, str] = {}
+        self._reserved_at = -RESERVED_TTL
+        mask = None
+        if config.dhcp.mode == "full" and config.dhcp.netmask is None:
+            mask = interface_netmask(self.interface)
+            first, last = config.dhcp.range_bounds()
+            if mask is not None:
+                net = ipaddress.IPv4Network(f"{server_ip}/{mask}", strict=False)
+                if first not in net or last not in net:
+                    mask = None  # the range is behind a relay: let the core derive its subnet
+        self.core = DhcpServer(
+            config, server_ip, booter.boot_file, booter.node, self._reserved_map,
+            leases=store.load_leases() if config.dhcp.mode == "full" else [], netmask=mask,
+        )
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dhcp-commit")
+        self._pending: list[tuple[Result, int]] = []
+        self._flusher: asyncio.Task | None = None
+        self._socks: dict[int, socket.socket] = {}  # logical port (67/4011) -> socket
+        ports = {SERVER_PORT: port}
+        if config.dhcp.mode == "proxy":
+            ports[PXE_PORT] = pxe_port
+        try:
+            for logical, real in ports.items():
+                sock = _udp_socket(self.interface, real)
+                self._socks[logical] = sock
+                self._loop.add_reader(sock.fileno(), self._readable, sock, logical)
+        except OSError:
+            self._close_sockets()
+            raise
+        self.ports = {logical: s.getsockname()[1] for logical, s in self._socks.items()}
+
+    def _reserved_map(self) -> dict[str, str]:
+        """ip -> mac of every fixed address, re-read at most every RESERVED_TTL seconds."""
+        now = time.monotonic()
+        if now - self._reserved_at >= RESERVED_TTL:
+            self._reserved = {n.ip: n.mac for n in self.store.list_nodes() if n.ip}
+            self._reserved_at = now
+        return self._reserved
+
+    # -- receiving ---------------------------------------------------------
+    def _readable(self, sock: socket.socket, logical: int) -> None:
+        for _ in range(64):  # drain a burst, then let the loop breathe
+            try:
+                data, anc, _flags, src = sock.recvmsg(4096, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("dhcp: receive failed on port %d: %s", logical, e)
+                return
+            ifindex = 0
+            for level, typ, val in anc:
+                if level == socket.IPPROTO_IP and typ == IP_PKTINFO and len(val) >= _PKTINFO.size:
+                    ifindex = _PKTINFO.unpack_from(val)[0]
+            try:
+                res = self.core.handle(data, src, logical, time.time())
+            except Exception:  # a hostile packet never stops the server
+                log.exception("dhcp: dropped a datagram from %s that broke the handler", src[0])
+                metrics.DHCP_PACKETS.labels("error", "dropped").inc()
+                continue
+            metrics.DHCP_PACKETS.labels(res.kind, res.outcome).inc()
+            if res.outcome == "dropped":
+                log.debug("dhcp: malformed datagram from %s:%d dropped", *src)
+            if res.needs_commit:
+                self._pending.append((res, ifindex))
+                if self._flusher is None:
+                    self._flusher = self._loop.create_task(self._flush_loop())
+            else:
+                self._emit(res, ifindex)
+
+    # -- group commit --------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(BATCH_WINDOW)
+                await self._flush_once()
+        finally:
+            self._flusher = None
+
+    async def _flush_once(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        final: dict[str, LeaseRecord | None] = {}  # in arrival order, the last change per address wins
+        for res, _ in batch:
+            for ip in res.deletes:
+                final[ip] = None
+            for rec in res.upserts:
+                final[rec.ip] = rec
+        upserts = [r for r in final.values() if r is not None]
+        deletes = [ip for ip, r in final.items() if r is None]
+        started = time.perf_counter()
+        try:
+            await self._loop.run_in_executor(self._executor, self.store.save_leases, upserts, deletes)
+        except Exception:
+            # Without the commit, no ACK: the clients retry and we answer again.
+            log.exception("dhcp: lease commit failed; %d replies withheld", len(batch))
+            return
+        metrics.DHCP_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        for res, ifindex in batch:
+            self._emit(res, ifindex)
+
+    # -- sending -------------------------------------------------------------
+    def _emit(self, res: Result, ifindex: int) -> None:
+        for s in res.sends:
+            sock = self._socks.get(s.src_port) or self._socks[SERVER_PORT]
+            host = BROADCAST if s.new_client else s.host
+            anc = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, bytes(4), bytes(4)))] if ifindex else []
+            try:
+                sock.sendmsg([s.data], anc, 0, (host, s.port))
+            except OSError as e:
+                log.warning("dhcp: send to %s:%d failed: %s", host, s.port, e)
+        for ev in res.events:
+            self.events.record(ev.mac, ev.stage, **ev.detail)
+        if res.bound:
+            ip, mac = res.bound
+            self.events.mac_by_ip[ip] = mac
+
+    # -- shutdown --------------------------------------------------------------
+    def _close_sockets(self) -> None:
+        for sock in self._socks.values():
+            try:
+                self._loop.remove_reader(sock.fileno())
+            except (ValueError, RuntimeError):
+                pass
+            sock.close()
+        self._socks.clear()
+
+    async def close(self) -> None:
+        for sock in self._socks.values():
+            self._loop.remove_reader(sock.fileno())  # no new work; finish what is pending
+        if self._flusher is not None:
+            await self._flusher
+        await self._flush_once()  # anything left: commit, then answer
+        self._close_sockets()
+        self._executor.shutdown(wait=True)
+
+
+async def start_dhcp(config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
+                     *, port: int = SERVER_PORT, pxe_port: int = PXE_PORT) -> DhcpService:
+    """Start answering on the configured interface; `port`/`pxe_port` exist for tests."""
+    svc = DhcpService(config, booter, store, events, server_ip, port, pxe_port)
+    log.info("dhcp: %s mode on %s, ports %s", config.dhcp.mode, svc.interface,
+             ", ".join(str(p) for p in svc.ports.values()))
+    return svc

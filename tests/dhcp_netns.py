@@ -1,0 +1,126 @@
+"""Network namespaces for DHCP interop tests: a server side and a client side on a veth.
+
+Names are `rbd<random>` so parallel runs never collide; everything made here
+is removed on exit, and only processes started here are killed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SERVER_IP = "10.231.7.1"
+RANGE = "10.231.7.100-10.231.7.150"
+HERE = Path(__file__).parent
+
+
+def need(*tools: str) -> None:
+    """A missing tool is a failure, never a skip (`make setup` installs them)."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing tools {missing}: run `make setup`")
+
+
+def sh(*cmd: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+class NetnsPair:
+    def __init__(self) -> None:
+        need("ip")
+        if os.geteuid() != 0:
+            pytest.fail("netns tests need root")
+        tag = "rbd" + secrets.token_hex(3)
+        self.srv_ns, self.cli_ns = tag + "s", tag + "c"
+        self.srv_if, self.cli_if = tag + "a", tag + "b"
+        self.procs: list[subprocess.Popen] = []
+        sh("ip", "netns", "add", self.srv_ns)
+        sh("ip", "netns", "add", self.cli_ns)
+        sh("ip", "link", "add", self.srv_if, "type", "veth", "peer", "name", self.cli_if)
+        sh("ip", "link", "set", self.srv_if, "netns", self.srv_ns)
+        sh("ip", "link", "set", self.cli_if, "netns", self.cli_ns)
+        sh("ip", "-n", self.srv_ns, "addr", "add", f"{SERVER_IP}/24", "dev", self.srv_if)
+        for ns, ifname in ((self.srv_ns, self.srv_if), (self.cli_ns, self.cli_if)):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def run(self, ns: str, *cmd: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", ns, *cmd, timeout=timeout, check=check)
+
+    def popen(self, ns: str, *cmd: str, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
+        self.procs.append(p)
+        return p
+
+    def start_server(self, tmp: Path, mode: str = "full", extra: str = "", data_dir: Path | None = None) -> subprocess.Popen:
+        data_dir = data_dir or tmp / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cfg = tmp / "ramboot.toml"
+        rng = f'range = "{RANGE}"\n' if mode == "full" else ""
+        cfg.write_text(
+            f'data_dir = "{data_dir}"\n[network]\ninterface = "{self.srv_if}"\naddress = "{SERVER_IP}"\n'
+            f'[dhcp]\nmode = "{mode}"\n{rng}lease_time = 600\n{extra}'
+        )
+        log = open(tmp / "server.log", "ab")
+        p = self.popen(self.srv_ns, sys.executable, str(HERE / "dhcp_server_main.py"), str(cfg), SERVER_IP,
+                       stdout=subprocess.PIPE, stderr=log)
+        line = _readline(p, 15)
+        if line.strip() != b"ready":
+            pytest.fail(f"dhcp server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+        return p
+
+    def stop(self, p: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        for ns in (self.srv_ns, self.cli_ns):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def _readline(p: subprocess.Popen, timeout: float) -> bytes:
+    import select
+
+    assert p.stdout is not None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r, _, _ = select.select([p.stdout], [], [], 0.2)
+        if r:
+            return p.stdout.readline()
+        if p.poll() is not None:
+            return b""
+    return b""
+
+
+def udhcpc(pair: NetnsPair, tmp: Path, *args: str, timeout: float = 20) -> dict[str, str]:
+    """One busybox udhcpc run; returns the environment its script saw on `bound`."""
+    need("busybox")
+    out = tmp / f"udhcpc-{secrets.token_hex(3)}.env"
+    script = tmp / "udhcpc.sh"
+    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > "$UDHCPC_OUT"\nexit 0\n')
+    script.chmod(0o755)
+    res = pair.run(pair.cli_ns, "env", f"UDHCPC_OUT={out}", "busybox", "udhcpc", "-i", pair.cli_if, "-f", "-q", "-n",
+                   "-t", "5", "-T", "1", "-s", str(script), *args, timeout=timeout, check=False)
+    if not out.exists():
+        pytest.fail(f"udhcpc got no lease (rc {res.returncode}): {res.stderr[-1500:]}")
+    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
