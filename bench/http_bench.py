@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""HTTP: a 200 MB root image from nginx vs from ramboot's HTTP server.
+
+Both servers serve the same file from the same directory on the loopback of a
+namespace the benchmark creates (`rbb<random>-s`), one after the other. The
+load is `wrk` (one thread, C connections, `--timeout 300s`) for 1, 10 and 100
+concurrent clients. For each it reports aggregate MB/s, the server's CPU
+seconds per GB sent (utime+stime of the server's whole process tree, from
+/proc/PID/stat) and the server's peak RSS, which must stay flat in the number
+of clients.
+
+nginx is tuned the usual way: `worker_processes auto` (2 here), `sendfile on`,
+`tcp_nopush on`, `access_log off`. ramboot runs as `ramboot serve` with DHCP off.
+
+Usage: .venv/bin/python bench/http_bench.py [--size-mb 200] [--duration 10] [--clients 1,10,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ramboot.bench.util import Child, NetnsPair, RssSampler, cpu_seconds, have, make_image, ramboot_exe, ratio, run, table  # noqa: E402
+
+PORT = 18480
+URL_PATH = "/images/bench/rootfs.squashfs"
+
+
+@dataclass
+class Run:
+    server: str
+    clients: int
+    mb_s: float = 0.0
+    gb: float = 0.0
+    requests: int = 0
+    cpu_s: float = 0.0
+    cpu_s_per_gb: float = 0.0
+    rss_mb: float = 0.0
+    errors: str = ""
+
+
+NGINX_CONF = """\
+user root;
+worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {work}/tmp/body;
+    proxy_temp_path {work}/tmp/proxy;
+    fastcgi_temp_path {work}/tmp/fastcgi;
+    uwsgi_temp_path {work}/tmp/uwsgi;
+    scgi_temp_path {work}/tmp/scgi;
+    types {{ application/octet-stream squashfs; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+
+def start_nginx(net: NetnsPair, work: Path, data: Path) -> Child:
+    (work / "tmp").mkdir(exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, port=PORT, root=data))
+    return Child(net.exec(net.srv, "nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"), log=work / "nginx.log")
+
+
+def start_ramboot(net: NetnsPair, work: Path, data: Path) -> Child:
+    cfg = work / "ramboot.toml"
+    cfg.write_text(f"""data_dir = "{data}"
+[network]
+interface = "lo"
+address = "127.0.0.1"
+[dhcp]
+mode = "off"
+[tftp]
+port = 16969
+[http]
+port = {PORT}
+bind = "127.0.0.1"
+[boot]
+default_image = "bench"
+""")
+    return Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(cfg)), log=work / "ramboot.log")
+
+
+SERVERS = {"nginx": start_nginx, "ramboot": start_ramboot}
+
+
+def wait_http(net: NetnsPair, child: Child, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not child.alive():
+            raise RuntimeError(f"server exited: {child.tail(5)}")
+        r = run(*net.exec(net.srv, "curl", "-sf", "-o", "/dev/null", "-r", "0-0", f"http://127.0.0.1:{PORT}{URL_PATH}"), check=False)
+        if r.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"server not answering after {timeout}s: {child.tail(5)}")
+
+
+_SIZE = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def _bytes(num: str, unit: str) -> float:
+    return float(num) * _SIZE[unit]
+
+
+def parse_wrk(out: str) -> tuple[int, float, float, str]:
+    """(requests, seconds, bytes read, error text) from wrk's summary."""
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s), ([\d.]+)(B|KB|MB|GB|TB) read", out)
+    if not m:
+        return 0, 0.0, 0.0, f"unparsed wrk output: {out.strip()[-200:]}"
+    secs = float(m.group(2)) * (60 if m.group(3) == "m" else 1) if m.group(3) != "ms" else float(m.group(2)) / 1000
+    errs = []
+    e = re.search(r"Socket errors: (.*)", out)
+    if e:
+        # timeouts only mean "a 200 MB response took longer than --timeout"; connect/read/write are real
+        parts = dict(p.strip().split(" ") for p in e.group(1).split(","))
+        bad = {k: v for k, v in parts.items() if k != "timeout" and v != "0"}
+        if bad:
+            errs.append("socket errors " + ", ".join(f"{k} {v}" for k, v in bad.items()))
+    n = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if n:
+        errs.append(f"{n.group(1)} non-2xx")
+    return int(m.group(1)), secs, _bytes(m.group(4), m.group(5)), "; ".join(errs)
+
+
+def one(net: NetnsPair, srv: Child, name: str, clients: int, duration: int) -> Run:
+    r = Run(name, clients)
+    threads = 1 if clients < 10 else 2
+    cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{duration}s", "--timeout", "300s", f"http://127.0.0.1:{PORT}{URL_PATH}"]
+    cpu0 = cpu_seconds(srv.pid)
+    with RssSampler(srv.pid) as rss:
+        out = run(*net.exec(net.srv, *cmd), check=False, timeout=duration + 120)
+    r.cpu_s = cpu_seconds(srv.pid) - cpu0
+    r.rss_mb = rss.peak / 2**20
+    req, secs, nbytes, err = parse_wrk(out.stdout + out.stderr)
+    r.requests, r.errors = req, err
+    if secs:
+        r.mb_s = nbytes / 2**20 / secs
+        r.gb = nbytes / 2**30
+        r.cpu_s_per_gb = r.cpu_s / r.gb if r.gb else 0.0
+    if not srv.alive():
+        r.errors = (r.errors + "; " if r.errors else "") + "server died"
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mb", type=int, default=200)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per point")
+    ap.add_argument("--clients", default="1,10,100")
+    ap.add_argument("--servers", default="nginx,ramboot")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="keep logs here")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("http_bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    for tool in ("wrk", "curl"):
+        if not have(tool):
+            print(f"http_bench: {tool} not installed (make setup adds it)", file=sys.stderr)
+            return 2
+    clients = [int(c) for c in a.clients.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="rbb-http-"))
+    data = work / "data"
+    runs: list[Run] = []
+    try:
+        make_image(data, "bench", a.size_mb << 20)
+        for name in a.servers.split(","):
+            if name == "nginx" and not have("nginx"):
+                runs.append(Run(name, 0, errors="nginx not installed"))
+                continue
+            with NetnsPair() as net:
+                srv = SERVERS[name](net, work, data)
+                try:
+                    wait_http(net, srv)
+                    # warm the page cache so neither side pays for the first read
+                    run(*net.exec(net.srv, "curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{PORT}{URL_PATH}"), check=False)
+                    for c in clients:
+                        r = one(net, srv, name, c, a.duration)
+                        print(f"  {name:8s} c={c:<4d} {r.mb_s:9.1f} MB/s  {r.cpu_s_per_gb:6.2f} CPU s/GB  RSS {r.rss_mb:6.1f} MB"
+                              + (f"  {r.errors}" if r.errors else ""), flush=True)
+                        runs.append(r)
+                except RuntimeError as e:
+                    runs.append(Run(name, 0, errors=str(e)))
+                    print(f"  {name}: {e}", flush=True)
+                finally:
+                    srv.stop()
+                    if a.keep:
+                        a.keep.mkdir(parents=True, exist_ok=True)
+                        for f in work.glob("*.log"):
+                            shutil.copy(f, a.keep / f.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    peer = {r.clients: r for r in runs if r.server == "nginx"}
+    rows = []
+    for r in runs:
+        p = peer.get(r.clients)
+        rows.append([r.server, r.clients or "-", f"{r.mb_s:,.0f}", f"{r.cpu_s_per_gb:.2f}", f"{r.rss_mb:.1f}",
+                     ratio(r.mb_s, p.mb_s) if p and r.server != "nginx" else "", r.errors])
+    print(table(["server", "clients", "MB/s", "CPU s/GB", "peak RSS MB", "vs nginx", "errors"], rows,
+                title=f"HTTP: {a.size_mb} MB file over loopback, wrk --timeout 300s -d {a.duration}s"))
+    if a.json:
+        a.json.write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
