@@ -111,16 +111,16 @@ Packet = Request | Data | Ack | Error | OAck
 
 
 def _strings(body: bytes) -> list[bytes]:
-    """NUL-terminated strings; trailing NUL padding (some PXE ROMs send it) is dropped."""
     if not body.endswith(b"\0"):
         raise MalformedPacket("string field not NUL-terminated")
-    fields = body[:-1].split(b"\0")
-    while len(fields) > 2 and fields[-1] == b"":
-        fields.pop()
-    return fields
+    return body[:-1].split(b"\0")
 
 
 def _parse_options(fields: list[bytes]) -> dict[str, str]:
+    # Trailing NUL padding (some PXE ROMs send it) is dropped; an empty *value*
+    # (RFC 2090's "multicast") is kept.
+    while fields and fields[-1] == b"" and (len(fields) % 2 or fields[-2] == b""):
+        fields = fields[:-1]
     if len(fields) % 2:
         raise MalformedPacket("option name without a value")
     opts: dict[str, str] = {}
