@@ -1,0 +1,390 @@
+"""Blank QEMU VMs that PXE-boot on the lab bridge, watched until they reach their RAM root.
+
+A VM has no disk, only a virtio NIC on its own tap in the lab bridge, and its
+serial console (`-nographic`) is copied live to stdout while being scanned for
+the boot's milestones. It has reached its RAM root when the console prints
+`ramboot: booted` or the server records a `booted` event for its MAC.
+
+BIOS is SeaBIOS with QEMU's own iPXE option ROM. UEFI is OVMF with the NIC's
+option ROM emptied, so OVMF's own PXE client (arch 7) fetches the `.efi` loader
+over TFTP and the whole UEFI chain is exercised.
+
+`/dev/kvm` may exist while a KVM guest hangs, so KVM is used only after a
+bounded probe has booted a kernel to user space under it; otherwise TCG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ..macaddr import normalize_mac
+from .netns import Lab, LabError, stop_pid
+
+QEMU = "qemu-system-x86_64"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+FIRMWARES = ("bios", "uefi")
+PROBE_MARK = "ramboot-kvm-probe-ok"
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>cDEHM78]")
+
+# Console text -> milestone, for the timeline and for "where did it stop".
+# Markers from ramboot's own scripts come first; the rest are the firmwares' words.
+_CONSOLE_MILESTONES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^ramboot: booted\b"), "booted"),
+    (re.compile(r"^ramboot: FAILED\b"), "failed"),
+    (re.compile(r"^ramboot: stage (\S+)"), r"\1"),
+    (re.compile(r"^ramboot: booting "), "script"),
+    (re.compile(r"iPXE \d|iPXE initialising"), "ipxe"),
+    (re.compile(r">>Start PXE over IPv4"), "uefi-pxe"),
+    (re.compile(r"Configuring \(net\d"), "ipxe-dhcp"),
+    (re.compile(r"Station IP address is"), "uefi-dhcp"),
+    (re.compile(r"PXELINUX \d"), "pxelinux"),
+    (re.compile(r"Linux version \d"), "kernel-start"),
+    (re.compile(r"Run /init as init process|Freeing unused kernel"), "kernel-init"),
+]
+
+
+def random_mac() -> str:
+    """A MAC in QEMU's 52:54:00 range, random enough that parallel VMs never collide."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def tap_name(mac: str) -> str:
+    return "rbt" + normalize_mac(mac).replace(":", "")[6:]
+
+
+# -- KVM probe -------------------------------------------------------------------
+
+def _probe_initrd(path: Path) -> Path:
+    """A one-file initramfs: static busybox printing a marker and powering off."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    tree = path.parent / "probe-root"
+    shutil.rmtree(tree, ignore_errors=True)
+    (tree / "bin").mkdir(parents=True)
+    shutil.copy(busybox, tree / "bin" / "busybox")
+    init = tree / "init"
+    init.write_text(f"#!/bin/busybox sh\n/bin/busybox echo {PROBE_MARK}\n/bin/busybox poweroff -f\n")
+    init.chmod(0o755)
+    files = subprocess.run(["find", "."], cwd=tree, capture_output=True, text=True, check=True).stdout
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files.encode(), capture_output=True, check=True)
+    path.write_bytes(cpio.stdout)
+    shutil.rmtree(tree, ignore_errors=True)
+    return path
+
+
+def probe_kvm(kernel: Path | None, workdir: Path, timeout: float = 15.0) -> tuple[bool, str]:
+    """Boot `kernel` with a tiny initramfs under KVM; True only if it reaches user space in time."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    if kernel is None or not kernel.is_file():
+        return False, "no kernel to probe KVM with yet"
+    workdir.mkdir(parents=True, exist_ok=True)
+    initrd = _probe_initrd(workdir / "kvm-probe.cpio")
+    cmd = [QEMU, "-accel", "kvm", "-display", "none", "-nodefaults", "-no-reboot", "-m", "256",
+           "-kernel", str(kernel), "-initrd", str(initrd), "-append", "console=ttyS0 quiet panic=-1",
+           "-serial", "stdio", "-monitor", "none"]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False, f"a KVM guest did not reach user space within {timeout:.0f} s (it hangs on this host)"
+    finally:
+        initrd.unlink(missing_ok=True)
+    if PROBE_MARK.encode() in p.stdout:
+        return True, f"a KVM guest reached user space in {time.monotonic() - t0:.1f} s"
+    return False, f"a KVM guest failed: {p.stderr.decode(errors='replace').strip()[:200] or 'no output'}"
+
+
+def choose_accel(lab: Lab, kernel: Path | None) -> tuple[str, str]:
+    """kvm or tcg, and why. `RAMBOOT_LAB_ACCEL` forces one; a probe result is kept per lab dir."""
+    forced = os.environ.get("RAMBOOT_LAB_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced, "forced by RAMBOOT_LAB_ACCEL"
+    cache = lab.root / "accel.json"
+    try:
+        saved = json.loads(cache.read_text())
+        return saved["accel"], saved["reason"] + " (cached)"
+    except (OSError, ValueError, KeyError):
+        pass
+    ok, reason = probe_kvm(kernel, lab.root / "probe")
+    accel = "kvm" if ok else "tcg"
+    if ok or kernel is not None:  # "no kernel yet" is not a verdict worth keeping
+        lab.root.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"accel": accel, "reason": reason}))
+    return accel, reason
+
+
+# -- the VM ------------------------------------------------------------------------
+
+def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024) -> list[str]:
+    """The QEMU command line for a blank network-booting VM with no disk."""
+    if firmware not in FIRMWARES:
+        raise LabError(f"unknown firmware {firmware!r}: use bios or uefi")
+    argv = [QEMU, "-name", f"ramboot-{mac}", "-accel", accel, "-m", str(memory_mb),
+            "-nographic", "-monitor", "none", "-no-reboot",
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
+    if firmware == "bios":
+        argv += ["-machine", "pc", "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1"]
+    else:
+        if not OVMF_CODE.is_file():
+            raise LabError(f"{OVMF_CODE} is missing; install it with: apt-get install ovmf")
+        vars_copy = workdir / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, vars_copy)
+        argv += ["-machine", "q35",
+                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+                 # romfile= empty: no iPXE ROM, so OVMF's own PXE client boots.
+                 "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"]
+    return argv
+
+
+@dataclass
+class Mark:
+    at: float  # epoch seconds
+    stage: str
+    source: str  # console | server | node
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class BootResult:
+    ok: bool
+    mac: str
+    firmware: str
+    accel: str
+    started: float
+    ended: float
+    stopped_at: str  # the last milestone seen
+    reason: str
+    marks: list[Mark]
+    console_log: Path
+    last_console: list[str]
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+    def first(self, stage: str) -> Mark | None:
+        return next((m for m in self.marks if m.stage == stage), None)
+
+
+class _Console:
+    """Copies QEMU's output to `echo` as it comes and keeps timestamped, cleaned lines."""
+
+    def __init__(self, stream: IO[bytes], log: Path, echo: IO[bytes] | None):
+        self.lines: list[tuple[float, str]] = []
+        self.cond = threading.Condition()
+        self.closed = False
+        self._t = threading.Thread(target=self._pump, args=(stream, log, echo), daemon=True)
+        self._t.start()
+
+    def _pump(self, stream: IO[bytes], log: Path, echo: IO[bytes] | None) -> None:
+        buf = b""
+        with open(log, "wb") as lf:
+            while True:
+                chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
+                if not chunk:
+                    break
+                lf.write(chunk)
+                lf.flush()
+                if echo is not None:
+                    try:
+                        echo.write(chunk)
+                        echo.flush()
+                    except (OSError, ValueError):
+                        echo = None
+                buf += chunk
+                *done, buf = re.split(rb"\r\n|\n|\r", buf)
+                now = time.time()
+                with self.cond:
+                    for raw in done:
+                        text = _ANSI.sub("", raw.decode("utf-8", "replace")).strip()
+                        if text:
+                            self.lines.append((now, text))
+                    self.cond.notify_all()
+        with self.cond:
+            if buf.strip():
+                self.lines.append((time.time(), _ANSI.sub("", buf.decode("utf-8", "replace")).strip()))
+            self.closed = True
+            self.cond.notify_all()
+
+    def join(self, timeout: float = 2.0) -> None:
+        self._t.join(timeout)
+
+
+def console_marks(lines: list[tuple[float, str]]) -> list[Mark]:
+    """Milestones from the console, each stage once (its first sighting)."""
+    seen: set[str] = set()
+    out = []
+    for at, text in lines:
+        for pat, stage in _CONSOLE_MILESTONES:
+            m = pat.search(text)
+            if not m:
+                continue
+            name = m.expand(stage)
+            if name not in seen:
+                seen.add(name)
+                detail = {"line": text[:160]}
+                if name == "failed":
+                    detail["reason"] = text.split("FAILED", 1)[1].strip()
+                out.append(Mark(at, name, "console", detail))
+            break
+    return out
+
+
+def events_from_api(node: dict | None, since: float) -> list[Mark]:
+    """Server and node events for this boot from `GET /api/v1/nodes/{mac}`, oldest first."""
+    if not isinstance(node, dict):
+        return []
+    raw = node.get("events")
+    for key in ("last_boot", "timeline", "boot"):
+        if raw is None and isinstance(node.get(key), dict):
+            raw = node[key].get("events")
+    out = []
+    for e in raw or []:
+        try:
+            at = float(e["at"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if at >= since - 1.0:
+            out.append(Mark(at, str(e.get("stage")), str(e.get("source") or "server"), dict(e.get("detail") or {})))
+    out.sort(key=lambda m: m.at)
+    return out
+
+
+def boot_vm(
+    lab: Lab,
+    firmware: str = "bios",
+    mac: str | None = None,
+    timeout: float = 300.0,
+    echo: IO[bytes] | None = None,
+    api_base: str | None = None,
+    accel: str | None = None,
+    memory_mb: int = 1024,
+    stop_on_failure: bool = True,
+) -> BootResult:
+    """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout)."""
+    if not lab.exists():
+        raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
+    mac = normalize_mac(mac) if mac else random_mac()
+    tap = tap_name(mac)
+    workdir = lab.root / "vms" / mac.replace(":", "")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if accel is None:
+        kernel = next(iter(sorted(lab.data_dir.glob("images/*/vmlinuz"))), None)
+        accel, why = choose_accel(lab, kernel)
+        if echo is not None:
+            echo.write(f"ramboot lab: {accel.upper()} ({why})\n".encode())
+    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb)
+    base = api_base or lab.base_url
+    key = f"vm-{mac}"
+    lab.add_tap(tap)
+    started = time.time()
+    proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    console = _Console(proc.stdout, workdir / "console.log", echo)
+    ok, reason, api_events = False, "", []
+    deadline = time.monotonic() + timeout
+    next_poll = 0.0
+    try:
+        while True:
+            with console.cond:
+                console.cond.wait(0.5)
+                lines = list(console.lines)
+            marks = console_marks(lines)
+            stages = {m.stage for m in marks}
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 1.0
+                api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}", base), started)
+                stages |= {m.stage for m in api_events}
+            if "booted" in stages:
+                ok, reason = True, "reached its RAM root"
+                break
+            if "failed" in stages and stop_on_failure:
+                fail = next((m for m in marks + api_events if m.stage == "failed"), None)
+                reason = f"the node reported a failure: {(fail.detail.get('reason') if fail else '') or 'see the console'}"
+                break
+            if proc.poll() is not None:
+                reason = f"QEMU exited with status {proc.returncode}"
+                break
+            if time.monotonic() >= deadline:
+                reason = f"timed out after {timeout:.0f} s"
+                break
+    finally:
+        ended = time.time()
+        stop_pid(proc.pid, None, grace=5)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        lab.forget(key)
+        lab.del_tap(tap)
+        console.join()
+    time.sleep(0.5)  # the server batches events a few times a second
+    api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}", base), started) or api_events
+    marks = merge_marks(console_marks(console.lines), api_events)
+    stopped = marks[-1].stage if marks else "no firmware output"
+    return BootResult(ok, mac, firmware, accel, started, ended, stopped, reason, marks,
+                      workdir / "console.log", [t for _, t in console.lines[-5:]])
+
+
+def merge_marks(console: list[Mark], events: list[Mark]) -> list[Mark]:
+    """One ordered list: every server event, node stages once (the node's own report first)."""
+    have = {m.stage for m in events}
+    out = list(events) + [m for m in console if m.stage not in have]
+    out.sort(key=lambda m: m.at)
+    return out
+
+
+# -- the timeline ------------------------------------------------------------------
+
+def _fmt_detail(m: Mark) -> str:
+    d = m.detail
+    if m.stage in ("dhcp-offer", "dhcp-ack", "proxy-offer"):
+        parts = [str(d[k]) for k in ("ip", "firmware", "bootfile") if d.get(k)]
+        return " ".join(parts)
+    if "bytes" in d and "seconds" in d:
+        try:
+            nbytes, secs = float(d["bytes"]), float(d["seconds"])
+        except (TypeError, ValueError):
+            return ""
+        what = d.get("file") or d.get("url") or ""
+        rate = f", {nbytes / 1e6 / secs:.1f} MB/s" if secs > 0 else ""
+        return f"{Path(str(what)).name} {nbytes / 1e6:.2f} MB in {secs:.2f} s{rate}".strip()
+    if m.stage == "failed":
+        return str(d.get("reason", ""))
+    if m.stage == "verified" and d.get("sha256"):
+        return f"sha256 {str(d['sha256'])[:16]}…"
+    if m.source == "console":
+        return d.get("line", "")[:70]
+    return " ".join(f"{k}={v}" for k, v in d.items())[:70]
+
+
+def format_timeline(result: BootResult) -> str:
+    """The boot as a table: seconds since QEMU started, the step's own time, and what happened."""
+    head = (f"boot timeline for {result.mac} ({result.firmware}, {result.accel.upper()}): "
+            f"{'RAM root reached' if result.ok else 'NOT booted'} in {result.seconds:.1f} s")
+    rows = [head, f"  {'t (s)':>7} {'+step':>6}  {'stage':<15} {'from':<7} detail"]
+    prev = result.started
+    for m in result.marks:
+        rows.append(f"  {m.at - result.started:7.1f} {m.at - prev:6.1f}  {m.stage:<15} {m.source:<7} {_fmt_detail(m)}")
+        prev = m.at
+    if not result.ok:
+        rows.append(f"  stopped after: {result.stopped_at} ({result.reason})")
+        rows.append(f"  console log: {result.console_log}")
+    return "\n".join(rows)
+
+
+def stdout_bytes() -> IO[bytes]:
+    return sys.stdout.buffer
