@@ -30,7 +30,7 @@ from .. import metrics
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import EventRecord, NodeSpec, Store, StoreError
-from ..inventory.timeline import SERVER_STAGES, Boot, last_boot, mbps_of
+from ..inventory.timeline import SERVER_STAGES, Boot, last_boot, mbps_of, split_boots
 from ..macaddr import BadMac, normalize_mac
 from .http import CTX, Ctx
 
@@ -441,7 +441,7 @@ class Broadcaster:
     def __init__(self, ctx: Ctx):
         self.ctx = ctx
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.pending: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self.pending: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()  # (mac, booted at)
         self.subscribers: set[asyncio.Queue] = set()
         self._unwatch: Callable[[], None] | None = None
         self._task: asyncio.Task | None = None
@@ -454,12 +454,12 @@ class Broadcaster:
                 metrics.ROOT_DOWNLOAD_MBPS.observe(mbps)
         if rec.stage == "booted" or self.subscribers:
             assert self.loop is not None
-            self.loop.call_soon_threadsafe(self.pending.put_nowait, (rec.mac, rec.stage == "booted"))
+            self.loop.call_soon_threadsafe(self.pending.put_nowait, (rec.mac, rec.at if rec.stage == "booted" else None))
 
     def poke(self, mac: str) -> None:
         """A change that is no boot event (inventory, node edits): refresh that row."""
         if self.subscribers:
-            self.pending.put_nowait((mac, False))
+            self.pending.put_nowait((mac, None))
 
     def subscribe(self) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue(maxsize=1000)
@@ -498,18 +498,29 @@ class Broadcaster:
             except Exception:
                 log.exception("live update failed")
 
-    async def _publish(self, keys: set[tuple[str, bool]]) -> None:
-        booted = {mac for mac, is_booted in keys if is_booted}
-        macs = {mac for mac, _ in keys}
+    async def _publish(self, keys: set[tuple[str, float | None]]) -> None:
         store = self.ctx.store
-        rows = await asyncio.to_thread(lambda: [node_status(store, m) for m in sorted(macs)])
+        for mac, at in keys:
+            if at is not None:
+                duration = await asyncio.to_thread(boot_duration, store, mac, at)
+                if duration is not None:
+                    metrics.BOOT_DURATION.observe(duration)
+        if not self.subscribers:
+            return
+        macs = sorted({mac for mac, _ in keys})
+        rows = await asyncio.to_thread(lambda: [node_status(store, m) for m in macs])
         for row in rows:
-            boot = row.last_boot
-            if row.mac in booted and boot and boot.duration is not None:
-                metrics.BOOT_DURATION.observe(boot.duration)
             msg = f"event: node\ndata: {row.model_dump_json()}\n\n".encode()
             for q in list(self.subscribers):
                 _offer(q, msg)
+
+
+def boot_duration(store: Store, mac: str, booted_at: float) -> float | None:
+    """The duration of the boot that reached `booted` at this time (later boots may have begun)."""
+    for boot in split_boots(store.events(mac)):
+        if any(e.stage == "booted" and e.at == booted_at for e in boot.events):
+            return boot.duration
+    return None
 
 
 def _offer(q: asyncio.Queue, msg: bytes | None) -> None:
