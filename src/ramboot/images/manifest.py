@@ -34,6 +34,8 @@ class Manifest:
     kernel_version: str
     initramfs: str = "ramboot"
     files: dict[str, FileEntry] = field(default_factory=dict)
+    kernel_source: str = ""
+    build_seconds: float = 0.0
 
     def to_toml(self) -> str:
         lines = [
@@ -42,6 +44,8 @@ class Manifest:
             f'created = "{self.created}"',
             f'kernel_version = "{_esc(self.kernel_version)}"',
             f'initramfs = "{self.initramfs}"',
+            f'kernel_source = "{_esc(self.kernel_source)}"',
+            f"build_seconds = {self.build_seconds:.1f}",
             "",
         ]
         for fname in sorted(self.files):
@@ -75,6 +79,8 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
             kernel_version=raw.get("kernel_version", ""),
             initramfs=raw.get("initramfs", "ramboot"),
             files=files,
+            kernel_source=raw.get("kernel_source", ""),
+            build_seconds=float(raw.get("build_seconds", 0.0)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None

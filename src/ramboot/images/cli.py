@@ -1,0 +1,131 @@
+"""`ramboot image …`: build, list, show, rm, verify.
+
+Every failure is one line on stderr and exit status 1: never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .build import build_image, list_images, remove_image, verify_image
+from .errors import ImageError
+from .manifest import MANIFEST, ROOTFS, ManifestError, images_dir, load_manifest
+
+
+def _data_dir(data_dir: Path | None, config: Path | None) -> Path:
+    if data_dir is not None:
+        return data_dir
+    if config is not None:
+        from ..config import ConfigError, load_config
+
+        try:
+            return Path(load_config(config).data_dir)
+        except ConfigError as e:
+            _die(str(e))
+    _die("give --data-dir DIR (or --config FILE)")
+    raise AssertionError  # unreachable: _die exits
+
+
+def _die(msg: str) -> None:
+    click.echo(f"ramboot: error: {msg}", err=True)
+    sys.exit(1)
+
+
+_dd = click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), help="the server's data directory")
+_cf = click.option("--config", type=click.Path(path_type=Path, dir_okay=False), help="take data_dir from this config")
+
+
+@click.group()
+def image() -> None:
+    """Build and manage boot images (kernel, initramfs, root filesystem)."""
+
+
+@image.command()
+@click.argument("name")
+@click.option("--rootfs", default=None, metavar="SRC",
+              help="DIR, FILE.tar[.gz], oci:PATH, docker-archive:PATH or debian:SUITE[:pkg,...]; "
+                   "default: the built-in busybox root")
+@click.option("--kernel", default=None, metavar="SRC",
+              help="a bzImage path, an unpacked kernel tree, a version in /boot, "
+                   "debian (the cloud kernel, the default) or debian:generic")
+@click.option("--initramfs", type=click.Choice(["ramboot", "dracut"]), default="ramboot", show_default=True)
+@_dd
+@_cf
+def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, data_dir: Path | None,
+          config: Path | None) -> None:
+    """Build image NAME into DATA_DIR/images/NAME."""
+    dd = _data_dir(data_dir, config)
+    console = Console(stderr=True)
+    try:
+        m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console)
+    except (ImageError, ManifestError) as e:
+        _die(str(e))
+    except KeyboardInterrupt:
+        _die("interrupted; nothing was installed")
+    root = m.files[ROOTFS]
+    click.echo(f"built {name} in {m.build_seconds:.1f} s: kernel {m.kernel_version}, "
+               f"rootfs {root.size} bytes sha256 {root.sha256}")
+    click.echo(str(images_dir(dd) / name))
+
+
+@image.command("list")
+@_dd
+@_cf
+def list_(data_dir: Path | None, config: Path | None) -> None:
+    """List the images with their kernel and root image sum."""
+    try:
+        images = list_images(_data_dir(data_dir, config))
+    except ManifestError as e:
+        _die(str(e))
+    for m in images:
+        root = m.files.get(ROOTFS)
+        size = f"{root.size / 1048576:.1f} MiB" if root else "-"
+        click.echo(f"{m.name}\t{m.created}\t{m.kernel_version}\t{m.initramfs}\t{size}\t{m.source}")
+
+
+@image.command()
+@click.argument("name")
+@_dd
+@_cf
+def show(name: str, data_dir: Path | None, config: Path | None) -> None:
+    """Print an image's manifest."""
+    dd = _data_dir(data_dir, config)
+    try:
+        load_manifest(dd, name)
+        click.echo((images_dir(dd) / name / MANIFEST).read_text(), nl=False)
+    except ManifestError as e:
+        _die(str(e))
+
+
+@image.command()
+@click.argument("name")
+@_dd
+@_cf
+def rm(name: str, data_dir: Path | None, config: Path | None) -> None:
+    """Delete an image."""
+    try:
+        remove_image(_data_dir(data_dir, config), name)
+    except (ImageError, OSError) as e:
+        _die(str(e))
+    click.echo(f"removed {name}")
+
+
+@image.command()
+@click.argument("name")
+@_dd
+@_cf
+def verify(name: str, data_dir: Path | None, config: Path | None) -> None:
+    """Re-hash an image's files against its manifest; exit 1 on any drift."""
+    try:
+        problems = verify_image(_data_dir(data_dir, config), name)
+    except (ImageError, ManifestError) as e:
+        _die(str(e))
+    for fname, why in problems:
+        click.echo(f"DRIFT {name}/{fname}: {why}")
+    if problems:
+        sys.exit(1)
+    click.echo(f"{name}: ok")

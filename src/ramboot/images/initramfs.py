@@ -1,0 +1,220 @@
+"""ramboot's own initramfs: busybox-static, our init, and the kernel's modules it needs.
+
+Modules are picked by name (filesystems, NICs, disks for the inventory) and
+closed over their dependencies through the kernel's own `modules.dep` (plus
+`modules.softdep`); the copied `modules.dep`/`modules.alias` are the kernel's,
+filtered to what we carry, so busybox modprobe can coldplug by modalias.
+The archive is a newc cpio written here, entries sorted and every timestamp
+fixed, so the same kernel gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import ImageError
+from .kernel import Kernel
+from .rootfs import source_epoch
+
+REQUIRED = ("squashfs", "loop", "overlay")
+# NICs a VM or cloud host presents; whichever of these the kernel has.
+CLOUD_NICS = ("virtio_net", "virtio_pci", "e1000", "e1000e", "vmxnet3", "ena", "gve", "hv_netvsc",
+              "xen_netfront", "8139cp", "8139too", "ne2k_pci", "pcnet32")
+# Disks, only so the inventory can list them.
+DISKS = ("virtio_blk", "virtio_scsi", "sd_mod", "nvme", "ahci", "ata_piix")
+GENERIC_NIC_DIRS = ("kernel/drivers/net/ethernet/",)
+
+
+def norm(name: str) -> str:
+    """Module names: `xen-netfront.ko.xz` and `xen_netfront` are the same module."""
+    base = name.rsplit("/", 1)[-1]
+    base = re.sub(r"\.ko(\.(xz|gz|zst))?$", "", base)
+    return base.replace("-", "_")
+
+
+@dataclass
+class ModuleIndex:
+    """The kernel's modules.dep (name → path, deps), softdeps and builtins."""
+
+    dir: Path
+    path: dict[str, str] = field(default_factory=dict)
+    deps: dict[str, list[str]] = field(default_factory=dict)
+    soft: dict[str, list[str]] = field(default_factory=dict)
+    builtin: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, mods: Path) -> "ModuleIndex":
+        idx = cls(mods)
+        try:
+            lines = (mods / "modules.dep").read_text().splitlines()
+        except OSError as e:
+            raise ImageError(f"{mods}/modules.dep: {e.strerror}") from None
+        for line in lines:
+            target, sep, rest = line.partition(":")
+            if not sep:
+                continue
+            n = norm(target)
+            idx.path[n] = target
+            idx.deps[n] = [norm(d) for d in rest.split()]
+        for line in _lines(mods / "modules.softdep"):
+            words = line.split()
+            if len(words) >= 2 and words[0] == "softdep":
+                idx.soft[norm(words[1])] = [norm(w) for w in words[2:] if not w.endswith(":")]
+        idx.builtin = {norm(x) for x in _lines(mods / "modules.builtin")}
+        return idx
+
+    def has(self, name: str) -> bool:
+        return name in self.path or name in self.builtin
+
+    def closure(self, names: list[str]) -> list[str]:
+        """Every module needed to load `names`, through modules.dep and softdeps."""
+        seen: set[str] = set()
+        todo = [n for n in names if n in self.path]
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            todo += [d for d in self.deps.get(n, []) + self.soft.get(n, []) if d in self.path and d not in seen]
+        return sorted(seen)
+
+
+def _lines(p: Path) -> list[str]:
+    try:
+        return p.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def select_modules(k: Kernel, idx: ModuleIndex) -> tuple[list[str], list[str]]:
+    """(modules to carry, NIC modules); a kernel lacking a required one is refused."""
+    missing = [m for m in REQUIRED if not idx.has(m)]
+    if missing:
+        raise ImageError(f"kernel {k.version} lacks the modules ramboot needs: {', '.join(missing)}")
+    if k.flavor == "generic":
+        nics = sorted({n for n, p in idx.path.items() if p.startswith(GENERIC_NIC_DIRS)} |
+                      {n for n in CLOUD_NICS if idx.has(n)})
+    else:
+        nics = [n for n in CLOUD_NICS if idx.has(n)]
+    if not any(n not in ("virtio_pci",) for n in nics):
+        raise ImageError(f"kernel {k.version} has no NIC driver ramboot knows (looked for {', '.join(CLOUD_NICS)})")
+    wanted = list(REQUIRED) + nics + [d for d in DISKS if idx.has(d)]
+    return idx.closure(wanted), nics
+
+
+class Cpio:
+    """A newc archive in memory: root-owned, fixed mtime, inode numbers in order."""
+
+    def __init__(self, mtime: int):
+        self.mtime = mtime
+        self.entries: dict[str, tuple[int, bytes, int]] = {}  # path → (mode, data, rdev)
+
+    def dir(self, path: str, mode: int = 0o755) -> None:
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            self.entries.setdefault("/".join(parts[:i]), (stat.S_IFDIR | mode, b"", 0))
+
+    def file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._parent(path)
+        self.entries[path] = (stat.S_IFREG | mode, data, 0)
+
+    def symlink(self, path: str, target: str) -> None:
+        self._parent(path)
+        self.entries[path] = (stat.S_IFLNK | 0o777, target.encode(), 0)
+
+    def chardev(self, path: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._parent(path)
+        self.entries[path] = (stat.S_IFCHR | mode, b"", os.makedev(major, minor))
+
+    def _parent(self, path: str) -> None:
+        if "/" in path:
+            self.dir(path.rsplit("/", 1)[0])
+
+    def bytes(self) -> bytes:
+        out = io.BytesIO()
+        for ino, name in enumerate(sorted(self.entries), start=1):
+            mode, data, rdev = self.entries[name]
+            self._entry(out, ino, name, mode, data, rdev)
+        self._entry(out, 0, "TRAILER!!!", 0, b"", 0)
+        return out.getvalue()
+
+    def _entry(self, out: io.BytesIO, ino: int, name: str, mode: int, data: bytes, rdev: int) -> None:
+        nlink = 2 if stat.S_ISDIR(mode) else 1
+        fields = (ino, mode, 0, 0, nlink, self.mtime if name != "TRAILER!!!" else 0, len(data), 0, 0,
+                  os.major(rdev), os.minor(rdev), len(name) + 1, 0)
+        out.write(b"070701" + b"".join(b"%08X" % f for f in fields))
+        out.write(name.encode() + b"\0")
+        out.write(b"\0" * (-out.tell() % 4))
+        out.write(data)
+        out.write(b"\0" * (-out.tell() % 4))
+
+
+def build_initramfs(k: Kernel, out: Path) -> dict[str, object]:
+    """Write the compressed initramfs to `out`; returns facts for the manifest."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise ImageError("busybox-static (/bin/busybox) not found: run `make setup`")
+    idx = ModuleIndex.load(k.modules)
+    mods, nics = select_modules(k, idx)
+    c = Cpio(source_epoch())
+    for d in ("dev", "proc", "sys", "run", "tmp", "newroot", "etc/ramboot", "root"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3, 0o666)
+    c.file("bin/busybox", busybox.read_bytes(), 0o755)
+    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
+    for rel in applets.split():
+        if rel != "bin/busybox":
+            c.symlink(rel, "/bin/busybox")
+    data = resources.files("ramboot.images") / "initramfs"
+    c.file("init", (data / "init").read_bytes(), 0o755)
+    c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)
+    c.file("etc/ramboot/nic-modules", ("\n".join(nics) + "\n").encode())
+    base = f"lib/modules/{k.version}"
+    keep = {idx.path[m] for m in mods}
+    for rel in sorted(keep):
+        c.file(f"{base}/{rel}", (k.modules / rel).read_bytes())
+    c.file(f"{base}/modules.dep", _filter_dep(k.modules / "modules.dep", keep))
+    c.file(f"{base}/modules.alias", _filter_names(k.modules / "modules.alias", set(mods), "alias", 2))
+    c.file(f"{base}/modules.softdep", _filter_names(k.modules / "modules.softdep", set(mods), "softdep", 1))
+    for extra in ("modules.builtin", "modules.order"):
+        if (k.modules / extra).is_file():
+            c.file(f"{base}/{extra}", (k.modules / extra).read_bytes())
+    comp = _compressor(k)
+    raw = c.bytes()
+    proc = subprocess.run(comp, input=raw, capture_output=True)
+    if proc.returncode != 0:
+        raise ImageError(f"{comp[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
+    out.write_bytes(proc.stdout)
+    return {"modules": len(mods), "nic_modules": nics, "compression": comp[0]}
+
+
+def _filter_dep(p: Path, keep: set[str]) -> bytes:
+    lines = [ln for ln in p.read_text().splitlines() if ln.partition(":")[0] in keep]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _filter_names(p: Path, names: set[str], keyword: str, col: int) -> bytes:
+    """Lines `alias PATTERN module` / `softdep module ...` for modules we carry."""
+    out = []
+    for ln in _lines(p):
+        w = ln.split()
+        if len(w) > col and w[0] == keyword and norm(w[col]) in names:
+            out.append(ln)
+    return ("\n".join(out) + "\n").encode()
+
+
+def _compressor(k: Kernel) -> list[str]:
+    """zstd when the kernel can unpack it (its config says so), else gzip."""
+    cfg = k.config
+    if cfg is not None and "CONFIG_RD_ZSTD=y" in cfg.read_text(errors="replace") and shutil.which("zstd"):
+        return ["zstd", "-q", "-19", "-T0", "-c"]
+    return ["gzip", "-n", "-9", "-c"]

@@ -1,0 +1,194 @@
+"""Kernels: from a path, from /boot + /lib/modules, or from Debian's kernel packages.
+
+`debian` (the default) is the current cloud kernel (`linux-image-cloud-amd64`):
+small, and enough for VMs. `debian:generic` is `linux-image-amd64`, which real
+servers need; its initramfs then carries every Ethernet driver. Debian packages
+are fetched with `apt-get download` (so apt's own sources, proxy and keys
+apply) and unpacked with `dpkg-deb -x` into a cache — the host's own kernel
+and /boot are never touched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import ImageError
+
+DEBIAN_META = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    image: Path  # the bzImage
+    version: str  # `uname -r`
+    modules: Path  # .../lib/modules/VERSION, with modules.dep
+    flavor: str  # cloud | generic: which NIC drivers the initramfs carries
+    source: str  # as the user wrote it, for the manifest
+
+    @property
+    def config(self) -> Path | None:
+        """The kernel's build config, when it ships one (tells us the initramfs compressions)."""
+        for p in (self.image.parent / f"config-{self.version}", self.modules / "config"):
+            if p.is_file():
+                return p
+        return None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ramboot"
+
+
+def resolve_kernel(spec: str | None, console: Console) -> Kernel:
+    """`--kernel`: None/`debian`/`debian:cloud`, `debian:generic`, a file, a tree, or a version."""
+    spec = spec or "debian"
+    if spec == "debian" or spec.startswith("debian:"):
+        flavor = spec.partition(":")[2] or "cloud"
+        if flavor not in DEBIAN_META:
+            raise ImageError(f"--kernel {spec}: unknown Debian kernel flavour {flavor!r} (cloud or generic)")
+        return debian_kernel(flavor, spec, console)
+    p = Path(spec)
+    if p.is_dir():
+        return _from_tree(p, spec)
+    if p.is_file():
+        if not os.access(p, os.R_OK):
+            raise ImageError(f"--kernel {spec}: permission denied")
+        version = bzimage_version(p)
+        for base in (p.parent.parent, Path("/")):
+            mods = base / "lib/modules" / version
+            if mods.is_dir():
+                return Kernel(p, version, _with_depmod(mods, version), _flavor(version), spec)
+        raise ImageError(f"--kernel {spec}: no modules for kernel {version} (looked for lib/modules/{version} "
+                         f"beside it and in /lib/modules)")
+    if "/" not in spec and (Path("/boot") / f"vmlinuz-{spec}").is_file():
+        mods = Path("/lib/modules") / spec
+        if not mods.is_dir():
+            raise ImageError(f"--kernel {spec}: /lib/modules/{spec} is missing")
+        return Kernel(Path("/boot") / f"vmlinuz-{spec}", spec, _with_depmod(mods, spec), _flavor(spec), spec)
+    raise ImageError(f"--kernel {spec}: not a file, a kernel tree, a version in /boot, debian or debian:generic")
+
+
+def _flavor(version: str) -> str:
+    return "cloud" if "cloud" in version else "generic"
+
+
+def _from_tree(root: Path, spec: str) -> Kernel:
+    """An unpacked kernel package: boot/vmlinuz-V and lib/modules/V."""
+    images = sorted((root / "boot").glob("vmlinuz-*"))
+    if not images:
+        raise ImageError(f"--kernel {spec}: no boot/vmlinuz-* in that directory")
+    img = images[-1]
+    version = img.name[len("vmlinuz-"):]
+    mods = root / "lib/modules" / version
+    if not mods.is_dir():
+        mods = root / "usr/lib/modules" / version
+    if not mods.is_dir():
+        raise ImageError(f"--kernel {spec}: no lib/modules/{version} beside boot/{img.name}")
+    return Kernel(img, version, _with_depmod(mods, version), _flavor(version), spec)
+
+
+def bzimage_version(path: Path) -> str:
+    """The version string from an x86 bzImage's setup header (what `file` prints)."""
+    with open(path, "rb") as f:
+        head = f.read(0x4000)
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        raise ImageError(f"--kernel {path}: not an x86 bzImage kernel")
+    off = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+    with open(path, "rb") as f:
+        f.seek(off)
+        raw = f.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
+    version = raw.split(" ", 1)[0]
+    if not re.fullmatch(r"[0-9][0-9A-Za-z.+_~-]*", version):
+        raise ImageError(f"--kernel {path}: cannot read its version")
+    return version
+
+
+def _with_depmod(mods: Path, version: str) -> Path:
+    if not (mods / "modules.dep").is_file():
+        if not os.access(mods, os.W_OK):
+            raise ImageError(f"{mods}: no modules.dep (run depmod {version})")
+        _depmod(mods.parent.parent.parent, version)
+    return mods
+
+
+def _depmod(base: Path, version: str) -> None:
+    depmod = shutil.which("depmod") or "/sbin/depmod"
+    if not Path(depmod).exists():
+        raise ImageError("depmod not found (Debian package kmod): run `make setup`")
+    proc = subprocess.run([depmod, "-b", str(base), version], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"depmod failed for {version}: {proc.stderr.strip()}")
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    except FileNotFoundError:
+        raise ImageError(f"{what}: {cmd[0]} not found (a Debian host with apt is needed)") from None
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        errs = [ln for ln in lines if ln.startswith("E:")] or lines[-1:] or [f"exit {proc.returncode}"]
+        raise ImageError(f"{what}: {errs[0]}")
+    return proc.stdout
+
+
+def debian_package(flavor: str) -> tuple[str, str]:
+    """The versioned package the metapackage currently depends on, and its candidate version."""
+    meta = DEBIAN_META[flavor]
+    out = _run(["apt-cache", "depends", meta], f"resolving {meta}")
+    pkgs = re.findall(r"^\s*Depends:\s*(linux-image-\S+)", out, re.M)
+    if not pkgs:
+        raise ImageError(f"resolving {meta}: apt knows no linux-image dependency (run apt-get update?)")
+    pkg = pkgs[0]
+    show = _run(["apt-cache", "policy", pkg], f"resolving {pkg}")
+    m = re.search(r"Candidate:\s*(\S+)", show)
+    if not m or m.group(1) == "(none)":
+        raise ImageError(f"resolving {meta}: no installable version of {pkg}")
+    return pkg, m.group(1)
+
+
+def debian_kernel(flavor: str, spec: str, console: Console) -> Kernel:
+    """Download and unpack the Debian kernel once; later builds reuse the cache."""
+    pkg, version = debian_package(flavor)
+    root = cache_dir() / "kernels"
+    root.mkdir(parents=True, exist_ok=True)
+    tree = root / f"{pkg}_{version}"
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builds (and test workers) fetch it once
+        if not (tree / ".complete").exists():
+            _fetch_unpack(pkg, version, tree, root, console)
+    kver = pkg[len("linux-image-"):]
+    k = _from_tree(tree, spec)
+    if k.version != kver:
+        raise ImageError(f"{pkg}: unpacked kernel is {k.version}, expected {kver}")
+    return Kernel(k.image, k.version, k.modules, flavor, spec)
+
+
+def _fetch_unpack(pkg: str, version: str, tree: Path, root: Path, console: Console) -> None:
+    with tempfile.TemporaryDirectory(dir=root, prefix=".dl-") as tmp:
+        tmpd = Path(tmp)
+        with console.status(f"downloading {pkg} {version}…"):
+            _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{pkg}={version}"],
+                 f"downloading {pkg}", cwd=tmpd)
+        debs = list(tmpd.glob("*.deb"))
+        if len(debs) != 1:
+            raise ImageError(f"downloading {pkg}: apt-get produced no package")
+        unpack = tmpd / "tree"
+        with console.status(f"unpacking {pkg}…"):
+            _run(["dpkg-deb", "-x", str(debs[0]), str(unpack)], f"unpacking {pkg}")
+        kver = pkg[len("linux-image-"):]
+        base = unpack if (unpack / "lib/modules" / kver).is_dir() else unpack / "usr"
+        _depmod(base, kver)
+        (unpack / ".complete").write_text(f"{pkg} {version}\n")
+        if tree.exists():
+            shutil.rmtree(tree)
+        os.rename(unpack, tree)

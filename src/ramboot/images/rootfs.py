@@ -1,0 +1,521 @@
+"""Root filesystems: a source becomes a directory tree, the tree a zstd squashfs.
+
+Sources: a directory, a `.tar`/`.tar.gz` (`docker export`), `oci:PATH` (an OCI
+image layout), `docker-archive:PATH` (`docker save`), `debian:SUITE[:pkg,...]`
+(mmdebstrap), or nothing for the small built-in busybox root.
+
+Layers are applied by our own extractor rather than `tarfile.extractall`,
+because layer semantics (whiteouts, opaque directories, replacing what a lower
+layer left) and containment (no member may land outside the tree, not even
+through a symlink a lower layer planted) are exactly what a generic extractor
+gets wrong.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import IO, Callable, Iterable
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .errors import ImageError
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+SCHEMES = ("oci", "docker-archive", "debian")
+
+
+def source_epoch() -> int:
+    """SOURCE_DATE_EPOCH, or 0: every timestamp in the image is this one."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise ImageError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # builtin | dir | tar | oci | docker-archive | debian
+    arg: str
+    text: str  # as the user wrote it, for the manifest
+
+
+def parse_source(text: str | None) -> Source:
+    """Classify a `--rootfs` argument; a missing path or unknown scheme is an ImageError."""
+    if not text:
+        return Source("builtin", "", "builtin")
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in SCHEMES:
+        if not rest:
+            raise ImageError(f"--rootfs {text}: nothing after '{scheme}:'")
+        if scheme == "debian":
+            return Source("debian", rest, text)
+        _readable(Path(rest), text)
+        return Source(scheme, rest, text)
+    p = Path(text)
+    if not p.exists() and not p.is_symlink():
+        if sep and "/" not in scheme and len(scheme) > 1:
+            raise ImageError(
+                f"--rootfs {text}: unknown scheme '{scheme}:' "
+                "(expected a directory, .tar, .tar.gz, oci:PATH, docker-archive:PATH or debian:SUITE[:pkgs])"
+            )
+        raise ImageError(f"--rootfs {text}: no such file or directory")
+    _readable(p, text)
+    if p.is_dir():
+        return Source("dir", str(p), text)
+    try:
+        is_tar = tarfile.is_tarfile(p)
+    except OSError as e:
+        raise ImageError(f"--rootfs {text}: cannot read: {e.strerror}") from None
+    if not is_tar:
+        raise ImageError(f"--rootfs {text}: not a directory or a tar archive")
+    return Source("tar", str(p), text)
+
+
+def _readable(p: Path, text: str) -> None:
+    if not p.exists():
+        raise ImageError(f"--rootfs {text}: no such file or directory: {p}")
+    need = os.R_OK | (os.X_OK if p.is_dir() else 0)
+    if not os.access(p, need):
+        raise ImageError(f"--rootfs {text}: permission denied: {p}")
+
+
+def populate(src: Source, workdir: Path, console: Console) -> Path:
+    """The tree to squash: the source directory itself, or one built under workdir."""
+    if src.kind == "dir":
+        return Path(src.arg)
+    tree = workdir / "tree"
+    tree.mkdir(mode=0o755)
+    os.chmod(tree, 0o755)
+    if src.kind == "builtin":
+        builtin_tree(tree)
+    elif src.kind == "tar":
+        with _progress(console) as prog:
+            apply_layers(tree, [(Path(src.arg).name, lambda: open(src.arg, "rb"), None)], prog)
+    elif src.kind == "oci":
+        with _progress(console) as prog:
+            apply_layers(tree, oci_layers(Path(src.arg)), prog)
+    elif src.kind == "docker-archive":
+        with _progress(console) as prog, tarfile.open(src.arg, "r:*") as outer:
+            apply_layers(tree, docker_archive_layers(outer, src.arg), prog)
+    elif src.kind == "debian":
+        from .debian import bootstrap
+
+        bootstrap(src.arg, tree, console)
+    return tree
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+# --- the built-in busybox root ---------------------------------------------
+
+
+def builtin_tree(tree: Path) -> None:
+    """A small busybox root: init mounts the API filesystems, reports, and gives a shell."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise ImageError("the built-in root needs busybox-static (/bin/busybox): run `make setup`")
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys", "dev", "run", "tmp", "root", "var/log"):
+        (tree / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(tree / "tmp", 0o1777)
+    os.chmod(tree / "root", 0o700)
+    shutil.copyfile(busybox, tree / "bin/busybox")
+    os.chmod(tree / "bin/busybox", 0o755)
+    install_applets(tree)
+    data = resources.files("ramboot.images") / "initramfs"
+    files = {
+        "etc/inittab": ("root-inittab", 0o644),
+        "etc/init.d/rcS": ("root-rcS", 0o755),
+        "usr/lib/ramboot/booted": ("booted", 0o755),
+    }
+    for dest, (name, mode) in files.items():
+        (tree / dest).parent.mkdir(parents=True, exist_ok=True)
+        (tree / dest).write_bytes((data / name).read_bytes())
+        os.chmod(tree / dest, mode)
+    (tree / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (tree / "etc/group").write_text("root:x:0:\n")
+    (tree / "etc/hostname").write_text("ramboot\n")
+    (tree / "etc/profile").write_text('export PATH=/bin:/sbin:/usr/bin:/usr/sbin\nPS1="\\h:\\w# "\n')
+    (tree / "etc/os-release").write_text('NAME="ramboot busybox"\nID=ramboot\n')
+
+
+def install_applets(tree: Path) -> None:
+    """Symlink every busybox applet at build time, so the image never changes at boot."""
+    out = subprocess.run([str(tree / "bin/busybox"), "--list-full"], capture_output=True, text=True, check=True)
+    for rel in sorted(out.stdout.split()):
+        link = tree / rel
+        if rel == "bin/busybox" or link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink("/bin/busybox", link)
+
+
+# --- layered sources ---------------------------------------------------------
+
+# (label, opener returning a binary stream, expected "sha256:..." digest or None)
+Layer = tuple[str, Callable[[], IO[bytes]], str | None]
+
+
+def oci_layers(layout: Path) -> list[Layer]:
+    """The layers of an OCI image layout, bottom first, with their digests checked."""
+    if not layout.is_dir():
+        raise ImageError(f"oci:{layout}: not a directory (an OCI image layout has index.json and blobs/)")
+    index = _json(layout / "index.json", f"oci:{layout}")
+    manifest = _oci_pick(layout, index, f"oci:{layout}")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise ImageError(f"oci:{layout}: the image manifest lists no layers")
+    out: list[Layer] = []
+    for i, desc in enumerate(layers):
+        digest = desc.get("digest", "") if isinstance(desc, dict) else ""
+        blob = _blob_path(layout, digest, f"oci:{layout}")
+        out.append((f"layer {i + 1}/{len(layers)}", (lambda b=blob: open(b, "rb")), digest))
+    return out
+
+
+def _oci_pick(layout: Path, index: dict, where: str, depth: int = 0) -> dict:
+    """Follow an index (possibly nested) to one linux/amd64 image manifest."""
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list) or not manifests:
+        raise ImageError(f"{where}: index lists no manifests")
+    if depth > 4:
+        raise ImageError(f"{where}: indexes nest too deeply")
+
+    def platform_ok(m: dict) -> bool:
+        p = m.get("platform") or {}
+        return p.get("os", "linux") == "linux" and p.get("architecture", "amd64") == "amd64"
+
+    chosen = next((m for m in manifests if isinstance(m, dict) and platform_ok(m)), None)
+    if chosen is None:
+        raise ImageError(f"{where}: no linux/amd64 image in the index")
+    doc = _json(_blob_path(layout, chosen.get("digest", ""), where), where)
+    if "manifests" in doc:
+        return _oci_pick(layout, doc, where, depth + 1)
+    return doc
+
+
+def _blob_path(layout: Path, digest: str, where: str) -> Path:
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdef" for c in hexd):
+        raise ImageError(f"{where}: bad digest {digest!r}")
+    p = layout / "blobs" / "sha256" / hexd
+    if not p.is_file():
+        raise ImageError(f"{where}: missing blob {digest}")
+    return p
+
+
+def _json(path: Path, where: str) -> dict:
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ImageError(f"{where}: missing {path.name}") from None
+    except (OSError, ValueError) as e:
+        raise ImageError(f"{where}: unreadable {path.name}: {e}") from None
+    if not isinstance(doc, dict):
+        raise ImageError(f"{where}: {path.name} is not a JSON object")
+    return doc
+
+
+def docker_archive_layers(outer: tarfile.TarFile, where: str) -> list[Layer]:
+    """The layers of a `docker save` archive, bottom first, read in place."""
+    where = f"docker-archive:{where}"
+    try:
+        raw = outer.extractfile("manifest.json")
+    except KeyError:
+        raise ImageError(f"{where}: no manifest.json (not a `docker save` archive)") from None
+    try:
+        doc = json.loads(raw.read()) if raw else None
+    except ValueError as e:
+        raise ImageError(f"{where}: unreadable manifest.json: {e}") from None
+    if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict):
+        raise ImageError(f"{where}: manifest.json lists no image")
+    names = doc[0].get("Layers")
+    if not isinstance(names, list):
+        raise ImageError(f"{where}: manifest.json lists no layers")
+    out: list[Layer] = []
+    for i, name in enumerate(names):
+        try:
+            member = outer.getmember(str(name))
+        except KeyError:
+            raise ImageError(f"{where}: missing layer {name}") from None
+
+        def opener(m=member, n=name) -> IO[bytes]:
+            f = outer.extractfile(m)
+            if f is None:
+                raise ImageError(f"{where}: layer {n} is not a file")
+            return f
+
+        out.append((f"layer {i + 1}/{len(names)}", opener, None))
+    return out
+
+
+class _Reader(io.RawIOBase):
+    """Counts (for progress) and hashes (for the digest) what the tar reader consumes."""
+
+    def __init__(self, raw: IO[bytes], advance: Callable[[int], None]):
+        self.raw, self.advance, self.sha = raw, advance, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        data = self.raw.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        self.sha.update(data)
+        self.advance(n)
+        return n
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def _size_of(f: IO[bytes]) -> int | None:
+    try:
+        here = f.tell()
+        end = f.seek(0, os.SEEK_END)
+        f.seek(here)
+        return end - here
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+
+
+def apply_layers(tree: Path, layers: Iterable[Layer], prog: Progress) -> None:
+    for label, opener, digest in layers:
+        with opener() as raw:
+            task = prog.add_task(label, total=_size_of(raw))
+            reader = _Reader(raw, lambda n, t=task: prog.advance(t, n))
+            _apply_stream(tree, io.BufferedReader(reader, 1 << 20), label)
+            reader.drain()
+            if digest and "sha256:" + reader.sha.hexdigest() != digest:
+                raise ImageError(f"{label}: blob {digest} is corrupt (its sha256 differs)")
+            prog.update(task, visible=False)
+
+
+def _apply_stream(tree: Path, stream: IO[bytes], label: str) -> None:
+    head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
+    if head == ZSTD_MAGIC:
+        proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        feeder = threading.Thread(target=_feed, args=(stream, proc.stdin), daemon=True)
+        feeder.start()
+        try:
+            _apply_tar(tree, proc.stdout, label)
+        finally:
+            proc.stdout.close()
+            feeder.join()
+            if proc.wait() != 0:
+                raise ImageError(f"{label}: zstd could not decompress the layer")
+    else:
+        _apply_tar(tree, stream, label)
+
+
+def _feed(src: IO[bytes], dst: IO[bytes]) -> None:
+    try:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    except (BrokenPipeError, ValueError):
+        pass
+    finally:
+        try:
+            dst.close()
+        except BrokenPipeError:
+            pass
+
+
+def _apply_tar(tree: Path, stream: IO[bytes], label: str) -> None:
+    try:
+        tf = tarfile.open(fileobj=stream, mode="r|*")
+    except tarfile.TarError as e:
+        raise ImageError(f"{label}: not a tar archive: {e}") from None
+    layer = _LayerWriter(tree, label)
+    try:
+        for m in tf:
+            layer.member(m, tf)
+    except tarfile.TarError as e:
+        raise ImageError(f"{label}: damaged tar archive: {e}") from None
+
+
+class _LayerWriter:
+    """Applies one layer's members onto the tree, in the archive's order."""
+
+    def __init__(self, tree: Path, label: str):
+        self.tree = tree
+        self.label = label
+        self.written: set[str] = set()  # paths this layer created (opaque dirs keep them)
+
+    def refuse(self, name: str, why: str) -> ImageError:
+        return ImageError(f"{self.label}: refusing hostile member {name!r}: {why}")
+
+    def parts(self, name: str) -> list[str]:
+        if name.startswith("/"):
+            raise self.refuse(name, "absolute path")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise self.refuse(name, "'..' in the path")
+        return parts
+
+    def resolve_dir(self, name: str, parts: list[str]) -> Path:
+        """The real directory for `parts`, following symlinks as if chrooted in the tree.
+
+        A symlink that climbs out of the tree is hostile: it is refused, never followed.
+        """
+        done: list[str] = []
+        todo = list(parts)
+        hops = 0
+        while todo:
+            p = todo.pop(0)
+            if p in ("", "."):
+                continue
+            if p == "..":
+                if not done:
+                    raise self.refuse(name, "a symlink on its path leads out of the root")
+                done.pop()
+                continue
+            cand = self.tree.joinpath(*done, p)
+            if cand.is_symlink():
+                hops += 1
+                if hops > 40:
+                    raise self.refuse(name, "too many symlinks on its path")
+                target = os.readlink(cand)
+                if target.startswith("/"):
+                    done = []
+                todo = target.split("/") + todo
+                continue
+            done.append(p)
+        d = self.tree.joinpath(*done)
+        if d.exists() and not d.is_dir():
+            raise ImageError(f"{self.label}: {name!r}: {'/'.join(done)} is not a directory")
+        return d
+
+    def member(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        parts = self.parts(m.name)
+        if not parts:  # the root itself
+            self.meta(self.tree, m)
+            return
+        base = parts[-1]
+        if base.startswith(WHITEOUT):
+            parent = self.resolve_dir(m.name, parts[:-1])
+            if base == OPAQUE:
+                self.opaque(parent)
+            elif not base.startswith(WHITEOUT + WHITEOUT):  # other .wh..wh. markers carry nothing
+                self.remove(parent / base[len(WHITEOUT):])
+            return
+        parent = self.resolve_dir(m.name, parts[:-1])
+        parent.mkdir(parents=True, exist_ok=True)
+        dst = parent / base
+        self.written.add(str(dst))
+        if m.isdir():
+            if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+                self.remove(dst)
+            dst.mkdir(exist_ok=True)
+            self.meta(dst, m)
+            return
+        if dst.is_symlink() or dst.exists():
+            self.remove(dst)
+        if m.isreg():
+            src = tf.extractfile(m)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)  # type: ignore[arg-type]
+        elif m.issym():
+            os.symlink(m.linkname, dst)
+        elif m.islnk():
+            lparts = self.parts(m.linkname)
+            if not lparts:
+                raise self.refuse(m.name, "hard link to the root")
+            target = self.resolve_dir(m.linkname, lparts[:-1]) / lparts[-1]
+            if not (target.is_symlink() or target.exists()):
+                raise ImageError(f"{self.label}: hard link {m.name!r} to missing {m.linkname!r}")
+            os.link(target, dst, follow_symlinks=False)
+            return
+        elif m.ischr() or m.isblk():
+            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+            os.mknod(dst, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+        elif m.isfifo():
+            os.mkfifo(dst, 0o600)
+        else:
+            raise ImageError(f"{self.label}: {m.name!r}: unsupported tar member type {m.type!r}")
+        self.meta(dst, m)
+
+    def meta(self, dst: Path, m: tarfile.TarInfo) -> None:
+        os.lchown(dst, m.uid, m.gid)
+        if not m.issym():
+            os.chmod(dst, m.mode & 0o7777)
+        for key, value in (m.pax_headers or {}).items():
+            if key.startswith("SCHILY.xattr."):
+                try:
+                    os.setxattr(dst, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"),
+                                follow_symlinks=False)
+                except OSError:
+                    pass  # a filesystem without that xattr namespace: the file itself still counts
+
+    def remove(self, p: Path) -> None:
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            p.unlink()
+        elif p.is_dir():
+            shutil.rmtree(p)
+
+    def opaque(self, d: Path) -> None:
+        """Hide everything lower layers put under d; keep what this layer wrote."""
+        for dirpath, dirnames, filenames in os.walk(d):
+            for n in filenames:
+                p = os.path.join(dirpath, n)
+                if p not in self.written:
+                    self.remove(Path(p))
+            keep = []
+            for n in dirnames:
+                p = os.path.join(dirpath, n)
+                if p in self.written:
+                    keep.append(n)
+                else:
+                    self.remove(Path(p))
+            dirnames[:] = keep
+
+
+# --- squashfs ---------------------------------------------------------------
+
+
+def make_squashfs(tree: Path, out: Path, console: Console) -> None:
+    """zstd squashfs with every timestamp fixed: the same tree gives the same bytes."""
+    if shutil.which("mksquashfs") is None:
+        raise ImageError("mksquashfs not found (Debian package squashfs-tools): run `make setup`")
+    epoch = str(source_epoch())
+    cmd = ["mksquashfs", str(tree), str(out), "-noappend", "-comp", "zstd", "-all-time", epoch,
+           "-mkfs-time", epoch, "-quiet", "-no-progress"]
+    with console.status(f"squashing {tree.name}…"):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        msg = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        last = msg[-1] if msg else f"exit {proc.returncode}"
+        if "No space left" in proc.stderr + proc.stdout:
+            raise ImageError(f"no space left on device while writing {out}")
+        raise ImageError(f"mksquashfs failed: {last}")
+
+
+def is_enospc(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC
