@@ -1,0 +1,78 @@
+"""The status page in headless Chromium (Debian's package, driven by Playwright): a node's row goes live to "booted"."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from conftest import write_fake_image
+from httpserver import LiveServer
+
+pytestmark = pytest.mark.xdist_group("http")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+MAC = "52:54:00:c0:ff:ee"
+assert os.access(CHROMIUM, os.X_OK), "Debian's chromium is a required test peer (make setup installs it)"
+
+
+def test_row_reaches_booted_live(data_dir):
+    write_fake_image(data_dir, "demo")
+    srv = LiveServer(data_dir)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 600})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(srv.base + "/")
+            page.wait_for_selector("#conn:text('live')", timeout=10_000)
+            assert page.locator("#empty").is_visible()
+            page.evaluate("window.__notReloaded = true")
+
+            srv.run(lambda: srv.events.record(MAC, "dhcp-offer"))
+            row = page.locator(f'tr[data-mac="{MAC}"]')
+            row.wait_for(timeout=10_000)
+            assert row.locator(".stage").inner_text() == "dhcp-offer"
+            for stage in ("dhcp-ack", "script", "kernel", "initrd"):
+                srv.run(lambda s=stage: srv.events.record(MAC, s))
+                time.sleep(0.05)
+            for stage, detail in [
+                ("initramfs", {}),
+                ("download-start", {"url": "http://x/rootfs.squashfs"}),
+                ("download-done", {"url": "http://x/rootfs.squashfs", "bytes": 120_000_000, "seconds": 1.2}),
+                ("verified", {}),
+                ("switch-root", {}),
+            ]:
+                assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": stage, "detail": detail})[0] == 202
+                time.sleep(0.05)
+            inv = {"cpu": {"model": "QEMU Virtual CPU", "count": 2}, "memory_kib": 2097152,
+                   "nics": [{"name": "eth0", "mac": MAC, "speed_mbps": 1000}], "disks": [],
+                   "dmi": {"vendor": "QEMU", "product": "Standard PC (i440FX)", "serial": "", "uuid": None}}
+            assert srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", inv)[0] == 202
+            assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "booted"})[0] == 202
+
+            page.wait_for_selector(f'tr[data-mac="{MAC}"] .stage[data-stage="booted"]', timeout=10_000)
+            assert page.evaluate("window.__notReloaded") is True
+            assert "800 Mb/s" in row.inner_text()
+            assert "QEMU Virtual CPU" in row.inner_text()
+            assert row.locator(".seg").count() == 11
+            assert "booted in" in row.inner_text()
+            # accessible: a captioned table with column headers, live region on the body
+            assert page.locator("#nodes caption").count() == 1
+            assert page.locator("#nodes thead th[scope=col]").count() == 5
+            assert page.locator("#nodes tbody").get_attribute("aria-live") == "polite"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+            assert not errors, errors
+            browser.close()
+    finally:
+        srv.close()
