@@ -124,3 +124,48 @@ def udhcpc(pair: NetnsPair, tmp: Path, *args: str, timeout: float = 20) -> dict[
     if not out.exists():
         pytest.fail(f"udhcpc got no lease (rc {res.returncode}): {res.stderr[-1500:]}")
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+
+
+def dhclient(pair: NetnsPair, tmp: Path, conf: str = "", timeout: float = 30) -> dict[str, str]:
+    """One ISC dhclient run (-1: one try); returns its script's environment on BOUND."""
+    need("dhclient")
+    tag = secrets.token_hex(3)
+    out = tmp / f"dhclient-{tag}.env"
+    script = tmp / f"dhclient-{tag}.sh"
+    script.write_text(f'#!/bin/sh\n[ "$reason" = BOUND ] && env > "{out}"\nexit 0\n')
+    script.chmod(0o755)
+    cf = tmp / f"dhclient-{tag}.conf"
+    cf.write_text("option arch code 93 = unsigned integer 16;\n" + conf)
+    # -d keeps dhclient in the foreground after BOUND: wait for the script, then stop it.
+    p = pair.popen(pair.cli_ns, "dhclient", "-1", "-d", "-v", "-cf", str(cf), "-lf", str(tmp / f"{tag}.leases"),
+                   "-pf", str(tmp / f"{tag}.pid"), "-sf", str(script), pair.cli_if,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    end = time.monotonic() + timeout
+    while not out.exists() and p.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(0.05)  # let the script finish writing
+    pair.stop(p)
+    if not out.exists():
+        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+        pytest.fail(f"dhclient got no lease: {err[-1500:]}")
+    return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+
+
+def udp_payloads(pcap: bytes) -> list[tuple[int, int, bytes]]:
+    """(src port, dst port, payload) of each IPv4/UDP frame in a classic Ethernet pcap."""
+    import struct
+
+    magic = pcap[:4]
+    endian = "<" if magic == b"\xd4\xc3\xb2\xa1" else ">"
+    out, i = [], 24
+    while i + 16 <= len(pcap):
+        _, _, incl, _ = struct.unpack(endian + "IIII", pcap[i : i + 16])
+        frame = pcap[i + 16 : i + 16 + incl]
+        i += 16 + incl
+        if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+            continue
+        ihl = (frame[14] & 0x0F) * 4
+        udp = frame[14 + ihl :]
+        sport, dport, ulen = struct.unpack("!HHH", udp[:6])
+        out.append((sport, dport, udp[8:ulen]))
+    return out

@@ -31,7 +31,7 @@ from typing import Callable
 
 from ..config import Config
 from ..inventory.store import LeaseRecord, NodeSpec
-from ..policy import BootFile, Client
+from ..policy import BootFile, Client, Firmware
 from .dhcp import (
     BOOTREPLY,
     BOOTREQUEST,
@@ -432,15 +432,16 @@ class DhcpServer:
         o = rep.options
         o[Opt.BOOTFILE] = name
         o[Opt.TFTP_SERVER] = self.server_ip.encode()
+        ipxe = client.firmware is Firmware.IPXE
         if bf.http:
             o[Opt.VENDOR_CLASS] = b"HTTPClient"  # UEFI HTTP boot only takes an offer that says so
-        elif client.vendor_class.startswith("PXEClient") or client.ipxe:
+        elif client.vendor_class.startswith("PXEClient") or ipxe:
             o[Opt.VENDOR_CLASS] = b"PXEClient"
-            if not client.ipxe:
+            if not ipxe:
                 o[Opt.VENDOR_SPECIFIC] = encode_suboptions(
                     {PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True
                 )
-        if client.ipxe and self.mode == "full":
+        if ipxe and self.mode == "full":
             o[Opt.IPXE_ENCAP] = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
 
     def _dest(self, req: DhcpPacket, mt: MsgType, yiaddr: str) -> tuple[str, int, bool]:
