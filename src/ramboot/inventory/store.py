@@ -1,5 +1,7 @@
 """The store: SQLAlchemy 2 over SQLite by default, so PostgreSQL is a URL change.
 
+Opening a Store runs the schema migrations to head (`migrate.py`).
+
 Synchronous and short: every call is one small transaction. The DHCP server
 batches lease writes itself (`save_leases`) so durability costs one commit per
 batch, not per packet.
@@ -16,7 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..macaddr import normalize_mac
-from .models import Base, Event, Inventory, Lease, Node
+from .migrate import upgrade_to_head
+from .models import Event, Inventory, Lease, Node
 
 
 @dataclass
@@ -74,7 +77,7 @@ class Store:
         self.engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
             _sqlite_pragmas(self.engine)
-        Base.metadata.create_all(self.engine)
+        upgrade_to_head(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
