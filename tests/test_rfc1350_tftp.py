@@ -81,12 +81,13 @@ def test_first_packet_is_data_1_without_options():
     assert [bytes(p) for p in m.start(0.0)] == [b"\x00\x03\x00\x01abc"]
 
 
-def test_file_source_reads_through_pread(tmp_path):
+@pytest.mark.parametrize("windowsize", [1, 16])
+def test_file_source_reads_through_pread(tmp_path, windowsize):
     data = os.urandom(300_000)
     (tmp_path / "f").write_bytes(data)
     src = tftp.FileSource(os.open(tmp_path / "f", os.O_RDONLY))
     try:
-        assert run(tftp.ReadTransfer(rrq(), src)).data == data
+        assert run(tftp.ReadTransfer(rrq(windowsize=windowsize), src)).data == data
     finally:
         src.close()
 

@@ -178,15 +178,16 @@ def parse(packet: bytes) -> Packet:
 class DataSource(Protocol):
     """Where a transfer's bytes come from.
 
-    `readinto(buf, index)` fills `buf` (len == blksize) with block `index`
-    (0-based) and returns the byte count; fewer than len(buf) means the end.
-    The machine calls it once per block, in increasing order.
+    `readinto(bufs, index)` fills consecutive blocks, `bufs[0]` being block
+    `index` (0-based, each buffer blksize long), and returns the byte count;
+    less than the buffers hold means the end. The machine asks for each block
+    once, in increasing order, a window at a time (one pread for a file).
     `size` is the transfer size in bytes when known (for tsize).
     """
 
     size: int | None
 
-    def readinto(self, buf: memoryview, index: int) -> int: ...
+    def readinto(self, bufs: list[memoryview], index: int) -> int: ...
 
     def close(self) -> None: ...
 
@@ -198,10 +199,14 @@ class BytesSource:
         self._data = memoryview(data)
         self.size = len(data)
 
-    def readinto(self, buf: memoryview, index: int) -> int:
-        chunk = self._data[index * len(buf) : (index + 1) * len(buf)]
-        buf[: len(chunk)] = chunk
-        return len(chunk)
+    def readinto(self, bufs: list[memoryview], index: int) -> int:
+        pos, total = index * len(bufs[0]), 0
+        for buf in bufs:
+            chunk = self._data[pos : pos + len(buf)]
+            buf[: len(chunk)] = chunk
+            pos += len(chunk)
+            total += len(chunk)
+        return total
 
     def close(self) -> None:
         self._data.release()
@@ -214,15 +219,20 @@ class FileSource:
         self.fd = fd
         self.size = os.fstat(fd).st_size
 
-    def readinto(self, buf: memoryview, index: int) -> int:
-        want, got = len(buf), 0
-        offset = index * want
-        while got < want:
-            n = os.preadv(self.fd, [buf[got:]], offset + got)
+    def readinto(self, bufs: list[memoryview], index: int) -> int:
+        offset = index * len(bufs[0])
+        total = 0
+        while bufs:
+            n = os.preadv(self.fd, bufs, offset + total)
             if n == 0:
                 break
-            got += n
-        return got
+            total += n
+            while bufs and n >= len(bufs[0]):  # a short read mid-file: resume after it
+                n -= len(bufs[0])
+                bufs = bufs[1:]
+            if bufs and n:
+                bufs = [bufs[0][n:]] + bufs[1:]
+        return total
 
     def close(self) -> None:
         os.close(self.fd)
@@ -257,18 +267,21 @@ class NetasciiSource:
 
         return cls(read, view.release, len(data) + data.count(b"\n") + data.count(b"\r"))
 
-    def readinto(self, buf: memoryview, index: int) -> int:
-        want = len(buf)
-        while len(self._pending) < want and not self._eof:
-            raw = self._read(self.CHUNK)
-            if raw:
-                self._pending += to_netascii(raw)
-            else:
-                self._eof = True
-        n = min(want, len(self._pending))
-        buf[:n] = self._pending[:n]
-        del self._pending[:n]
-        return n
+    def readinto(self, bufs: list[memoryview], index: int) -> int:
+        total = 0
+        for buf in bufs:
+            want = len(buf)
+            while len(self._pending) < want and not self._eof:
+                raw = self._read(self.CHUNK)
+                if raw:
+                    self._pending += to_netascii(raw)
+                else:
+                    self._eof = True
+            n = min(want, len(self._pending))
+            buf[:n] = self._pending[:n]
+            del self._pending[:n]
+            total += n
+        return total
 
     def close(self) -> None:
         self._close()
@@ -419,23 +432,24 @@ class ReadTransfer:
     def _window(self) -> list[bytes | memoryview]:
         """Blocks acked+1 .. acked+windowsize: re-sent from the ring, or read once and sent."""
         w, bs = self.neg.windowsize, self.neg.blksize
-        out: list[bytes | memoryview] = []
-        for b in range(self.acked + 1, self.acked + w + 1):
-            if self.last is not None and b > self.last:
-                break
-            slot = b % w
-            if b > self.sent:
-                n = self.source.readinto(self._views[slot][4:], b - 1)
-                struct.pack_into("!HH", self._slots[slot], 0, DATA, b & 0xFFFF)
-                self._lens[slot] = 4 + n
+        end, resent = self.acked + w, self.sent
+        if self.last is None and self.sent < end:
+            fresh = range(self.sent + 1, end + 1)
+            left = self.source.readinto([self._views[b % w][4:] for b in fresh], self.sent)
+            for b in fresh:
+                n = min(bs, left)
+                left -= n
+                struct.pack_into("!HH", self._slots[b % w], 0, DATA, b & 0xFFFF)
+                self._lens[b % w] = 4 + n
                 self.sent = b
                 self.bytes_sent += n
                 if n < bs:
                     self.last = b
-            else:
-                self.retransmits += 1
-            out.append(self._views[slot][: self._lens[slot]])
-        return out
+                    break
+        if self.last is not None:
+            end = min(end, self.last)
+        self.retransmits += max(0, min(resent, end) - self.acked)
+        return [self._views[b % w][: self._lens[b % w]] for b in range(self.acked + 1, end + 1)]
 
 
 def error_packet(code: ErrorCode, message: str) -> bytes:
