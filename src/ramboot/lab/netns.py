@@ -199,6 +199,11 @@ class Lab:
         with self._state() as s:
             return dict(s)
 
+    def remember(self, **values) -> None:
+        """Keep facts for later commands (the server's URL, its config)."""
+        with self._state() as s:
+            s.update(values)
+
     # -- network -----------------------------------------------------------
     def exists(self) -> bool:
         return Path(f"/run/netns/{self.ns}").exists()

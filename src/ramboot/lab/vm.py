@@ -244,16 +244,10 @@ def console_marks(lines: list[tuple[float, str]]) -> list[Mark]:
     return out
 
 
-def events_from_api(node: dict | None, since: float) -> list[Mark]:
-    """Server and node events for this boot from `GET /api/v1/nodes/{mac}`, oldest first."""
-    if not isinstance(node, dict):
-        return []
-    raw = node.get("events")
-    for key in ("last_boot", "timeline", "boot"):
-        if raw is None and isinstance(node.get(key), dict):
-            raw = node[key].get("events")
+def events_from_api(raw: list | None, since: float) -> list[Mark]:
+    """This boot's server and node events from `GET /api/v1/nodes/{mac}/events`, oldest first."""
     out = []
-    for e in raw or []:
+    for e in raw if isinstance(raw, list) else []:
         try:
             at = float(e["at"])
         except (KeyError, TypeError, ValueError):
@@ -306,7 +300,7 @@ def boot_vm(
             stages = {m.stage for m in marks}
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + 1.0
-                api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}", base), started)
+                api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base), started)
                 stages |= {m.stage for m in api_events}
             if "booted" in stages:
                 ok, reason = True, "reached its RAM root"
@@ -332,7 +326,7 @@ def boot_vm(
         lab.del_tap(tap)
         console.join()
     time.sleep(0.5)  # the server batches events a few times a second
-    api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}", base), started) or api_events
+    api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base), started) or api_events
     marks = merge_marks(console_marks(console.lines), api_events)
     stopped = marks[-1].stage if marks else "no firmware output"
     return BootResult(ok, mac, firmware, accel, started, ended, stopped, reason, marks,

@@ -1,0 +1,107 @@
+"""The lab's server: its config, its image, and `ramboot serve` run inside the lab namespace.
+
+Shared by `ramboot lab up` and the end-to-end tests, so both start the server
+exactly the way a user would: the real CLI in its own process, logging to a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..config import Config, load_config
+from .netns import Lab, LabError
+
+SERVER_KEY = "server"
+
+
+def ramboot_cmd() -> list[str]:
+    """The `ramboot` entry point of the running interpreter's environment."""
+    script = Path(sys.executable).parent / "ramboot"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from ramboot.cli import main; sys.exit(main())"]
+
+
+def lab_config_text(lab: Lab, data_dir: Path, extra: str = "", dhcp: str | None = None) -> str:
+    """The lab's default config: full DHCP for the lab subnet, standard ports."""
+    net = lab.server_ip.rsplit(".", 1)[0]
+    dhcp = dhcp if dhcp is not None else f'mode = "full"\nrange = "{net}.100-{net}.200"\n'
+    return (
+        f'data_dir = "{data_dir}"\n'
+        f"[network]\ninterface = \"{lab.bridge}\"\naddress = \"{lab.server_ip}\"\n"
+        f"[dhcp]\n{dhcp}"
+        "[tftp]\nport = 69\n"
+        "[http]\nport = 80\n"
+        f"{extra}"
+    )
+
+
+def has_image(data_dir: Path, name: str) -> bool:
+    return (Path(data_dir) / "images" / name / "image.toml").is_file()
+
+
+def build_image(data_dir: Path, name: str, log: Path | None = None, echo: bool = True) -> None:
+    """`ramboot image build NAME --data-dir DIR` (the built-in busybox root), via the real CLI."""
+    cmd = [*ramboot_cmd(), "image", "build", name, "--data-dir", str(data_dir)]
+    out = None if echo else open(log or os.devnull, "ab")
+    try:
+        p = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL)
+    finally:
+        if out:
+            out.close()
+    if p.returncode != 0:
+        raise LabError(f"building image {name} failed (exit {p.returncode}): {' '.join(cmd)}")
+
+
+def link_image(src_dir: Path, dest_data_dir: Path, name: str, copy: bool = False) -> Path:
+    """Put an already built image into another data dir: hard links (or copies, to alter it)."""
+    dest = Path(dest_data_dir) / "images" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in Path(src_dir).iterdir():
+        target = dest / f.name
+        target.unlink(missing_ok=True)
+        if copy:
+            shutil.copyfile(f, target)
+        else:
+            try:
+                os.link(f, target)
+            except OSError:
+                shutil.copyfile(f, target)
+    return dest
+
+
+def http_base(config: Config, lab: Lab) -> str:
+    host = str(config.network.address or lab.server_ip)
+    return f"http://{host}" + ("" if config.http.port == 80 else f":{config.http.port}")
+
+
+def start_server(lab: Lab, config_path: Path, log: Path, wait: float = 30.0) -> str:
+    """Start `ramboot serve` in the lab namespace and wait until its API answers; returns its base URL."""
+    config = load_config(config_path)
+    base = http_base(config, lab)
+    if lab.alive(SERVER_KEY):
+        return base
+    lab.spawn(SERVER_KEY, [*ramboot_cmd(), "serve", "--config", str(config_path)], log=log)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        status, _ = lab.http(f"{base}/api/v1/nodes", timeout=1.0)
+        if status:
+            return base
+        if not lab.alive(SERVER_KEY):
+            lab.forget(SERVER_KEY)
+            raise LabError(f"ramboot serve exited at start:\n{tail(log)}")
+        time.sleep(0.2)
+    lab.stop(SERVER_KEY)
+    raise LabError(f"ramboot serve did not answer on {base} within {wait:.0f} s:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
