@@ -508,7 +508,9 @@ def make_squashfs(tree: Path, out: Path, console: Console) -> None:
     cmd = ["mksquashfs", str(tree), str(out), "-noappend", "-comp", "zstd", "-all-time", epoch,
            "-mkfs-time", epoch, "-quiet", "-no-progress"]
     with console.status(f"squashing {tree.name}…"):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times: we pass ours explicitly.
+        env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         msg = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         last = msg[-1] if msg else f"exit {proc.returncode}"

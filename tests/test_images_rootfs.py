@@ -1,0 +1,344 @@
+"""Root filesystem sources: every kind, layer semantics, hostile archives, reproducibility.
+
+The squashfs each source produces is read back with `unsquashfs -lln`, so the
+assertions are about what a node would really see.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from ramboot.images.errors import ImageError
+from ramboot.images.rootfs import make_squashfs, parse_source, populate
+
+QUIET = Console(file=io.StringIO())
+
+for tool in ("mksquashfs", "unsquashfs", "zstd"):
+    if shutil.which(tool) is None:
+        raise RuntimeError(f"{tool} is missing: run `make setup`")
+
+
+# --- helpers: craft layers, read images back ---------------------------------
+
+
+def tar_bytes(entries: list[tuple], gz: bool = False) -> bytes:
+    """entries: (name, kind, payload, extra) with kind in file|dir|sym|link|chr|fifo."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, payload, *extra in entries:
+            opts = extra[0] if extra else {}
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 1_600_000_000
+            ti.uid, ti.gid = opts.get("owner", (0, 0))
+            ti.mode = opts.get("mode", 0o755 if kind == "dir" else 0o644)
+            data = None
+            if kind == "file":
+                data = payload.encode() if isinstance(payload, str) else payload
+                ti.size = len(data)
+            elif kind == "dir":
+                ti.type = tarfile.DIRTYPE
+            elif kind == "sym":
+                ti.type, ti.linkname = tarfile.SYMTYPE, payload
+            elif kind == "link":
+                ti.type, ti.linkname = tarfile.LNKTYPE, payload
+            elif kind == "chr":
+                ti.type = tarfile.CHRTYPE
+                ti.devmajor, ti.devminor = payload
+            elif kind == "fifo":
+                ti.type = tarfile.FIFOTYPE
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0) if gz else raw
+
+
+LOWER = [
+    ("etc", "dir", None),
+    ("etc/a", "file", "a"),
+    ("etc/b", "file", "b"),
+    ("opq", "dir", None),
+    ("opq/old", "file", "old"),
+    ("opq/sub", "dir", None),
+    ("opq/sub/deep", "file", "deep"),
+    ("bin", "dir", None),
+    ("bin/tool", "file", "#!/bin/sh\n", {"mode": 0o4755, "owner": (1234, 5678)}),
+    ("bin/tool-hard", "link", "bin/tool"),
+    ("bin/tool-sym", "sym", "tool"),
+    ("dev", "dir", None),
+    ("dev/null", "chr", (1, 3), {"mode": 0o666}),
+    ("run", "dir", None),
+    ("run/fifo", "fifo", None),
+    ("lib", "sym", "usr/lib"),
+    ("usr", "dir", None),
+    ("usr/lib", "dir", None),
+]
+UPPER = [
+    ("etc/.wh.a", "file", ""),
+    ("opq", "dir", None),
+    ("opq/new", "file", "new"),
+    ("opq/.wh..wh..opq", "file", ""),
+    ("lib/libx.so", "file", "x"),  # through the lower layer's lib -> usr/lib symlink
+    ("etc/b", "file", "b2"),
+]
+
+
+def listing(img: Path) -> dict[str, str]:
+    """path -> `unsquashfs -lln` line (mode, owner, size or device, path)."""
+    out = subprocess.run(["unsquashfs", "-lln", str(img)], capture_output=True, text=True, check=True).stdout
+    res = {}
+    for line in out.splitlines():
+        if " squashfs-root" not in line:
+            continue
+        path = line.split(" squashfs-root", 1)[1].split(" -> ")[0] or "/"
+        res[path] = line
+    return res
+
+
+def cat(img: Path, path: str, tmp: Path) -> bytes:
+    dest = tmp / ("x" + hashlib.sha1(path.encode()).hexdigest()[:8])
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(img), path.lstrip("/")], check=True,
+                   capture_output=True)
+    return (dest / path.lstrip("/")).read_bytes()
+
+
+def build(src: str, tmp: Path) -> Path:
+    work = tmp / f"work{len(list(tmp.glob('work*')))}"
+    work.mkdir()
+    tree = populate(parse_source(src), work, QUIET)
+    out = work / "rootfs.squashfs"
+    make_squashfs(tree, out, QUIET)
+    return out
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def docker_archive(path: Path, layers: list[bytes]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        names = []
+        for i, data in enumerate(layers):
+            name = f"{i:064x}/layer.tar"
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+            names.append(name)
+        man = json.dumps([{"Config": "config.json", "RepoTags": ["t:latest"], "Layers": names}]).encode()
+        ti = tarfile.TarInfo("manifest.json")
+        ti.size = len(man)
+        tf.addfile(ti, io.BytesIO(man))
+    return path
+
+
+def oci_layout(path: Path, layers: list[tuple[bytes, str]]) -> Path:
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        h = hashlib.sha256(data).hexdigest()
+        (blobs / h).write_bytes(data)
+        return "sha256:" + h
+
+    descs = [{"mediaType": mt, "digest": put(d), "size": len(d)} for d, mt in layers]
+    cfg = put(b'{"architecture":"amd64","os":"linux"}')
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": cfg, "size": 10}, "layers": descs}).encode()
+    mdig = put(manifest)
+    (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdig, "size": len(manifest),
+         "platform": {"architecture": "amd64", "os": "linux"}}]}))
+    return path
+
+
+def assert_layered(img: Path, tmp: Path) -> None:
+    ls = listing(img)
+    assert not [p for p in ls if "/.wh." in p], "a whiteout reached the image"
+    assert "/etc/a" not in ls  # whiteout
+    assert cat(img, "/etc/b", tmp) == b"b2"  # replaced by the upper layer
+    assert "/opq/old" not in ls and "/opq/sub" not in ls  # opaque directory
+    assert cat(img, "/opq/new", tmp) == b"new"
+    assert cat(img, "/usr/lib/libx.so", tmp) == b"x"  # written through an in-root symlink
+    assert ls["/lib"].startswith("lrwxrwxrwx")
+    assert_metadata(ls)
+
+
+def assert_metadata(ls: dict[str, str]) -> None:
+    tool = ls["/bin/tool"].split()
+    assert tool[0] == "-rwsr-xr-x" and tool[1] == "1234/5678"
+    assert ls["/bin/tool-sym"].startswith("lrwxrwxrwx")
+    assert ls["/dev/null"].startswith("crw-rw-rw-") and "1,  3" in ls["/dev/null"].replace("1,3", "1,  3")
+    assert ls["/run/fifo"].startswith("prw-r--r--")
+
+
+# --- sources -----------------------------------------------------------------
+
+
+def test_builtin_root_has_busybox_init(tmp_path: Path) -> None:
+    img = build("", tmp_path)
+    ls = listing(img)
+    for p in ("/bin/busybox", "/sbin/init", "/bin/sh", "/usr/bin/wget", "/etc/inittab", "/etc/init.d/rcS",
+              "/usr/lib/ramboot/booted", "/proc", "/sys", "/dev", "/run"):
+        assert p in ls, p
+    assert b"ramboot: booted" in cat(img, "/usr/lib/ramboot/booted", tmp_path)
+    assert img.stat().st_size < 4 * 1024 * 1024
+
+
+def test_directory_source_keeps_links_devices_modes_owners(tmp_path: Path) -> None:
+    d = tmp_path / "root"
+    (d / "bin").mkdir(parents=True)
+    (d / "dev").mkdir()
+    (d / "run").mkdir()
+    tool = d / "bin/tool"
+    tool.write_text("#!/bin/sh\n")
+    os.chown(tool, 1234, 5678)
+    os.chmod(tool, 0o4755)
+    os.link(tool, d / "bin/tool-hard")
+    os.symlink("tool", d / "bin/tool-sym")
+    os.mknod(d / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.chmod(d / "dev/null", 0o666)
+    os.mkfifo(d / "run/fifo", 0o644)
+    os.chmod(d / "run/fifo", 0o644)
+    img = build(str(d), tmp_path)
+    ls = listing(img)
+    assert_metadata(ls)
+    # a hard link stays one inode: its link count is 2
+    out = subprocess.run(["unsquashfs", "-stat", str(img)], capture_output=True, text=True).stdout
+    assert "Number of inodes" in out
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["tar", "tar.gz"])
+def test_tarball_source(tmp_path: Path, gz: bool) -> None:
+    p = tmp_path / ("root.tar.gz" if gz else "root.tar")
+    p.write_bytes(tar_bytes(LOWER, gz=gz))
+    img = build(str(p), tmp_path)
+    ls = listing(img)
+    assert_metadata(ls)
+    assert cat(img, "/etc/a", tmp_path) == b"a"
+    hard = [ln for p_, ln in ls.items() if p_ in ("/bin/tool", "/bin/tool-hard")]
+    assert len(hard) == 2
+
+
+def test_docker_archive_layers_whiteouts_opaque(tmp_path: Path) -> None:
+    arc = docker_archive(tmp_path / "img.tar", [tar_bytes(LOWER), tar_bytes(UPPER)])
+    img = build(f"docker-archive:{arc}", tmp_path)
+    assert_layered(img, tmp_path)
+
+
+def test_oci_layout_layers_gzip_and_zstd(tmp_path: Path) -> None:
+    upper = subprocess.run(["zstd", "-q", "-c"], input=tar_bytes(UPPER), capture_output=True, check=True).stdout
+    lay = oci_layout(tmp_path / "oci", [
+        (tar_bytes(LOWER, gz=True), "application/vnd.oci.image.layer.v1.tar+gzip"),
+        (upper, "application/vnd.oci.image.layer.v1.tar+zstd"),
+    ])
+    img = build(f"oci:{lay}", tmp_path)
+    assert_layered(img, tmp_path)
+
+
+def test_oci_corrupt_blob_is_refused(tmp_path: Path) -> None:
+    lay = oci_layout(tmp_path / "oci", [(tar_bytes(LOWER), "application/vnd.oci.image.layer.v1.tar")])
+    manifest = next(p for p in (lay / "blobs/sha256").iterdir() if b'"layers"' in p.read_bytes())
+    layer_digest = json.loads(manifest.read_bytes())["layers"][0]["digest"].split(":")[1]
+    blob = lay / "blobs/sha256" / layer_digest
+    blob.write_bytes(tar_bytes(LOWER[:3]))
+    with pytest.raises(ImageError, match="corrupt"):
+        build(f"oci:{lay}", tmp_path)
+
+
+# --- hostile layers ------------------------------------------------------------
+
+HOSTILE = {
+    "absolute": [("/tmp/rbi-pwned", "file", "x")],
+    "dotdot": [("etc", "dir", None), ("etc/../../rbi-pwned", "file", "x")],
+    "symlink-escape": [("evil", "sym", "../../../../../../.."), ("evil/tmp/rbi-pwned", "file", "x")],
+    "symlink-escape-later-layer": [("evil", "sym", "../.."), ("evil/rbi-pwned", "file", "x")],
+    "hardlink-out": [("h", "link", "../../etc/passwd")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("kind", ["docker-archive", "oci", "tar"])
+def test_hostile_member_is_refused(tmp_path: Path, case: str, kind: str) -> None:
+    entries = HOSTILE[case]
+    if case == "symlink-escape-later-layer":
+        layers = [tar_bytes(entries[:1]), tar_bytes(entries[1:])]
+    else:
+        layers = [tar_bytes(entries)]
+    if kind == "docker-archive":
+        src = f"docker-archive:{docker_archive(tmp_path / 'a.tar', layers)}"
+    elif kind == "oci":
+        src = f"oci:{oci_layout(tmp_path / 'oci', [(x, 'application/vnd.oci.image.layer.v1.tar') for x in layers])}"
+    else:
+        if len(layers) > 1:
+            layers = [tar_bytes(entries)]
+        (tmp_path / "a.tar").write_bytes(layers[0])
+        src = str(tmp_path / "a.tar")
+    with pytest.raises(ImageError, match="hostile|escapes|out of the root|'\\.\\.'"):
+        build(src, tmp_path)
+    assert not Path("/tmp/rbi-pwned").exists()
+    assert not (tmp_path / "rbi-pwned").exists()
+
+
+def test_absolute_symlink_resolves_inside_the_root(tmp_path: Path) -> None:
+    """`lib -> /usr/lib` is the image's own /usr/lib, never the host's."""
+    t = tmp_path / "a.tar"
+    t.write_bytes(tar_bytes([("usr", "dir", None), ("usr/lib", "dir", None), ("lib", "sym", "/usr/lib"),
+                             ("lib/rbi-inside", "file", "in")]))
+    img = build(str(t), tmp_path)
+    assert cat(img, "/usr/lib/rbi-inside", tmp_path) == b"in"
+    assert not Path("/usr/lib/rbi-inside").exists()
+
+
+# --- reproducibility ---------------------------------------------------------------
+
+
+def test_same_input_same_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = tmp_path / "r.tar.gz"
+    t.write_bytes(tar_bytes(LOWER, gz=True))
+    arc = docker_archive(tmp_path / "img.tar", [tar_bytes(LOWER), tar_bytes(UPPER)])
+    for src in (str(t), f"docker-archive:{arc}", ""):
+        assert sha(build(src, tmp_path)) == sha(build(src, tmp_path)), src
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = build(str(t), tmp_path)
+    assert sha(a) == sha(build(str(t), tmp_path))
+    assert "2023-11-14" in listing(a)["/etc/a"]
+
+
+# --- bad sources -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src,msg", [
+    ("/nonexistent/rbi-root", "no such file"),
+    ("ftp:thing", "unknown scheme 'ftp:'"),
+    ("oci:/nonexistent/rbi", "no such file"),
+    ("docker-archive:", "nothing after"),
+])
+def test_bad_source_is_one_clear_error(src: str, msg: str) -> None:
+    with pytest.raises(ImageError, match=msg):
+        parse_source(src)
+
+
+def test_not_a_tarball(tmp_path: Path) -> None:
+    p = tmp_path / "junk.tar"
+    p.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ImageError, match="not a directory or a tar archive"):
+        parse_source(str(p))
+
+
+def test_docker_archive_without_manifest(tmp_path: Path) -> None:
+    p = tmp_path / "a.tar"
+    p.write_bytes(tar_bytes(LOWER))
+    with pytest.raises(ImageError, match="manifest.json"):
+        build(f"docker-archive:{p}", tmp_path)
