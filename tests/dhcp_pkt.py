@@ -38,17 +38,19 @@ def wire(pkt: DhcpPacket) -> bytes:
 class Rig:
     """A `DhcpServer` over a real store and booter, plus a clock."""
 
-    def __init__(self, data_dir: Path, mode: str = "full", extra: str = "", leases=()):
-        rng = f'range = "{RANGE}"\n' if mode == "full" else ""
+    def __init__(self, data_dir: Path, mode: str = "full", extra: str = "", leases=(), server: str = SERVER,
+                 range_: str = RANGE):
+        rng = f'range = "{range_}"\n' if mode == "full" else ""
+        self.server_ip = server
         self.config = parse_config(f'data_dir = "{data_dir}"\n[dhcp]\nmode = "{mode}"\n{rng}lease_time = 600\n{extra}')
         self.store = Store(self.config.database_url)
-        self.booter = Booter(self.config, self.store, SERVER)
+        self.booter = Booter(self.config, self.store, server)
         self.now = 1_000_000.0
         self.server = self.make(leases)
 
     def make(self, leases=()) -> DhcpServer:
         reserved = lambda: {n.ip: n.mac for n in self.store.list_nodes() if n.ip}  # noqa: E731
-        return DhcpServer(self.config, SERVER, self.booter.boot_file, self.booter.node, reserved, list(leases))
+        return DhcpServer(self.config, self.server_ip, self.booter.boot_file, self.booter.node, reserved, list(leases))
 
     def send(self, pkt: DhcpPacket | bytes, port: int = 67, src=("0.0.0.0", 68)):
         data = pkt if isinstance(pkt, bytes) else wire(pkt)
@@ -60,7 +62,7 @@ class Rig:
         _, offers = self.send(request(MsgType.DISCOVER, mac, options=options))
         offer = offers[0]
         res, acks = self.send(request(MsgType.REQUEST, mac, options={
-            **options, Opt.SERVER_ID: SERVER, Opt.REQUESTED_IP: offer.yiaddr}))
+            **options, Opt.SERVER_ID: self.server_ip, Opt.REQUESTED_IP: offer.yiaddr}))
         return offer, acks[0], res
 
     def close(self) -> None:

@@ -1,0 +1,158 @@
+"""RFC 4578 / PXE 2.1 / proxyDHCP: the boot answer per firmware, and what iPXE needs to go on at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from dhcp_pkt import GOLDEN, HTTP_UEFI, IPXE, PXE_BIOS, PXE_UEFI, SERVER, Rig, request
+from ramboot.proto.dhcp import IPXE_NO_PXEDHCP, MsgType, Opt, decode, decode_suboptions
+
+A = "52:54:00:00:00:01"
+SCRIPT = f"http://{SERVER}/boot/52-54-00-00-00-01.ipxe"
+
+
+@pytest.fixture
+def rig(data_dir):
+    r = Rig(data_dir)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def proxy(data_dir):
+    r = Rig(data_dir, mode="proxy")
+    yield r
+    r.close()
+
+
+FIRMWARES = [
+    ("bios", PXE_BIOS, "undionly.kpxe", b"PXEClient"),
+    ("uefi", PXE_UEFI, "snponly.efi", b"PXEClient"),
+    ("uefi-http", HTTP_UEFI, f"http://{SERVER}/snponly.efi", b"HTTPClient"),
+    ("ipxe", IPXE, SCRIPT, b"PXEClient"),
+]
+
+
+@pytest.mark.parametrize("name, options, bootfile, vendor", FIRMWARES, ids=[f[0] for f in FIRMWARES])
+def test_offer_and_ack_carry_the_same_boot_answer(rig, name, options, bootfile, vendor):
+    offer, ack, res = rig.dora(A, options)
+    for p in (offer, ack):
+        assert p.boot_file == bootfile
+        assert p.options[Opt.BOOTFILE].decode() == bootfile
+        assert p.siaddr == SERVER and p.options[Opt.TFTP_SERVER] == SERVER.encode()
+        assert p.options[Opt.VENDOR_CLASS] == vendor
+    assert res.events[0].detail == {"ip": ack.yiaddr, "bootfile": bootfile, "firmware": name}
+
+
+def test_request_without_class_options_boots_what_was_offered(rig):
+    _, [offer] = rig.send(request(MsgType.DISCOVER, A, options=PXE_UEFI))
+    _, [ack] = rig.send(request(MsgType.REQUEST, A, options={Opt.SERVER_ID: SERVER, Opt.REQUESTED_IP: offer.yiaddr}))
+    assert ack.boot_file == offer.boot_file == "snponly.efi"
+
+
+def test_ipxe_is_told_to_skip_proxydhcp(rig):
+    """iPXE leaves discovery at once if the offer says PXEClient (with siaddr and a file) or
+    175.176 no_pxedhcp; either alone suffices, we send both (src/net/udp/dhcp.c)."""
+    offer, ack, _ = rig.dora(A, IPXE)
+    for p in (offer, ack):
+        assert decode_suboptions(p.options[Opt.IPXE_ENCAP]) == {IPXE_NO_PXEDHCP: b"\x01"}
+        assert p.options[Opt.VENDOR_CLASS][:9] == b"PXEClient" and p.server_id == SERVER
+        assert p.siaddr != "0.0.0.0" and p.boot_file  # iPXE's dhcp_has_pxeopts(): no ProxyDHCPREQUEST
+        assert Opt.VENDOR_SPECIFIC not in p.options  # a menu would send iPXE to boot server discovery
+
+
+def test_pxe_rom_gets_discovery_control_use_bootfile(rig):
+    offer, _, _ = rig.dora(A, PXE_BIOS)
+    assert decode_suboptions(offer.options[Opt.VENDOR_SPECIFIC]) == {6: b"\x08"}
+    assert Opt.IPXE_ENCAP not in offer.options
+
+
+def test_plain_client_gets_no_pxe_vendor_options(rig):
+    offer, _, _ = rig.dora(A)
+    assert Opt.VENDOR_CLASS not in offer.options and Opt.VENDOR_SPECIFIC not in offer.options
+
+
+def test_pxelinux_loader_for_bios(data_dir):
+    r = Rig(data_dir, extra='[boot]\nloader = "pxelinux"\n')
+    try:
+        offer, ack, _ = r.dora(A, PXE_BIOS)
+        assert offer.boot_file == ack.boot_file == "pxelinux.0"
+    finally:
+        r.close()
+
+
+def test_long_http_url_goes_in_option_67_only(rig):
+    rig.booter.config.http.port = 8080
+    mac = "52:54:00:00:00:0a"
+    offer, _, _ = rig.dora(mac, IPXE)
+    assert offer.options[Opt.BOOTFILE] == b"http://10.231.9.1:8080/boot/52-54-00-00-00-0a.ipxe"
+
+
+# -- proxy mode ---------------------------------------------------------------
+@pytest.mark.parametrize("name, options, bootfile, vendor", FIRMWARES, ids=[f[0] for f in FIRMWARES])
+def test_proxy_offer_on_67_never_gives_an_address(proxy, name, options, bootfile, vendor):
+    uuid = {Opt.CLIENT_UUID: b"\x00" + bytes(range(16))}
+    res, [o] = proxy.send(request(MsgType.DISCOVER, A, options={**options, **uuid}))
+    assert o.msg_type == MsgType.OFFER and o.yiaddr == "0.0.0.0"
+    assert Opt.LEASE_TIME not in o.options and Opt.SUBNET_MASK not in o.options
+    assert o.server_id == SERVER and o.siaddr == SERVER and o.boot_file == bootfile
+    assert o.options[Opt.VENDOR_CLASS] == vendor
+    assert o.options[Opt.CLIENT_UUID] == uuid[Opt.CLIENT_UUID]  # PXE 2.1: echoed
+    assert Opt.IPXE_ENCAP not in o.options  # no_pxedhcp would make iPXE drop this very offer
+    assert (res.sends[0].host, res.sends[0].port, res.sends[0].src_port) == ("255.255.255.255", 68, 67)
+    assert not res.needs_commit and res.events[0].stage == "proxy-offer"
+
+
+def test_proxy_answers_requests_on_4011_to_the_sender(proxy):
+    req = request(MsgType.REQUEST, A, ciaddr="10.231.9.150", options={**PXE_UEFI, Opt.SERVER_ID: SERVER})
+    res, [ack] = proxy.send(req, port=4011, src=("10.231.9.150", 68))
+    assert ack.msg_type == MsgType.ACK and ack.boot_file == "snponly.efi" and ack.yiaddr == "0.0.0.0"
+    s = res.sends[0]
+    assert (s.host, s.port, s.src_port) == ("10.231.9.150", 68, 4011)
+
+
+@pytest.mark.parametrize(
+    "mt, options, port",
+    [
+        (MsgType.DISCOVER, {}, 67),  # not a PXE client
+        (MsgType.DISCOVER, {Opt.VENDOR_CLASS: b"MSFT 5.0"}, 67),
+        (MsgType.REQUEST, PXE_BIOS, 67),  # the address belongs to the other server
+        (MsgType.DISCOVER, PXE_BIOS, 4011),
+        (MsgType.RELEASE, PXE_BIOS, 67),
+    ],
+)
+def test_proxy_stays_silent(proxy, mt, options, port):
+    res, sends = proxy.send(request(mt, A, options=options), port=port)
+    assert sends == [] and not res.needs_commit
+
+
+def test_proxy_respects_unknown_nodes_ignore(data_dir):
+    r = Rig(data_dir, mode="proxy", extra='[boot]\nunknown_nodes = "ignore"\n')
+    try:
+        assert r.send(request(MsgType.DISCOVER, A, options=PXE_BIOS))[1] == []
+    finally:
+        r.close()
+
+
+# -- golden: what real clients sent, answered by the core ------------------------
+CAPTURE_SERVER = "10.231.7.1"  # where tests/golden/capture_dhcp.py ran its server
+EXPECTED = {"bios": "undionly.kpxe", "uefi": "snponly.efi", "http": f"http://{CAPTURE_SERVER}/snponly.efi"}
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*-00-in-discover.hex")), ids=lambda p: p.stem)
+def test_golden_client_exchange_gets_the_right_boot_file(data_dir, path):
+    """Replay what udhcpc/dhclient really sent; OFFER and ACK name the same file."""
+    rig = Rig(data_dir, server=CAPTURE_SERVER, range_="10.231.7.100-10.231.7.150")
+    try:
+        fw = path.name.split("-")[1]
+        data = bytes.fromhex(path.read_text())
+        mac = decode(data).mac
+        want = EXPECTED.get(fw) or f"http://{CAPTURE_SERVER}/boot/{mac.replace(':', '-')}.ipxe"
+        _, [offer] = rig.send(data)
+        req = bytes.fromhex((path.parent / path.name.replace("00-in-discover", "02-in-request")).read_text())
+        _, [ack] = rig.send(req)
+        assert (offer.msg_type, ack.msg_type) == (MsgType.OFFER, MsgType.ACK)
+        assert offer.boot_file == ack.boot_file == want
+        assert ack.yiaddr == decode(req).requested_ip
+    finally:
+        rig.close()
