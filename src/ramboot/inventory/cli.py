@@ -1,0 +1,246 @@
+"""`ramboot node add|list|show|rm`: against the local store (`--config`) or a server (`--server`, `--token`).
+
+Both ways go through the same pydantic models as the REST API, so a node
+looks the same from the CLI, the API and the status page.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..config import ConfigError, load_config
+from ..macaddr import BadMac, normalize_mac
+from . import schemas as S
+
+
+class Local:
+    def __init__(self, config_path: str):
+        from .store import Store
+
+        self.config = load_config(config_path)
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.config.database_url)
+
+    def put(self, mac: str, body: S.NodeIn) -> S.NodeDetail:
+        from ..images.manifest import ManifestError, load_manifest
+        from .store import NodeSpec, StoreError
+        from .views import node_detail
+
+        if body.image:
+            try:
+                load_manifest(self.config.data_dir, body.image)
+            except ManifestError as e:
+                click.echo(f"warning: {e}; the node will not boot until it is built", err=True)
+        try:
+            self.store.put_node(NodeSpec(mac=mac, **body.model_dump()))
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
+        return node_detail(self.store, mac)  # type: ignore[return-value]
+
+    def list(self) -> list[S.NodeOut]:
+        from .timeline import last_boot
+        from .views import node_out
+
+        return [node_out(n, last_boot(self.store.events(n.mac, limit=100))) for n in self.store.list_nodes()]
+
+    def show(self, mac: str) -> S.NodeDetail:
+        from .views import node_detail
+
+        detail = node_detail(self.store, mac)
+        if detail is None:
+            raise click.ClickException(f"no node {mac}")
+        return detail
+
+    def rm(self, mac: str) -> None:
+        if not self.store.remove_node(mac):
+            raise click.ClickException(f"no node {mac}")
+
+
+class Remote:
+    def __init__(self, url: str, token: str | None):
+        if not url.startswith(("http://", "https://")):
+            raise click.ClickException(f"--server: expected http://HOST[:PORT], got {url!r}")
+        self.base = url.rstrip("/") + "/api/v1"
+        self.token = token
+
+    def call(self, method: str, path: str, body: dict | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            try:
+                msg = json.loads(e.read())["error"]
+            except (ValueError, KeyError, TypeError):
+                msg = e.reason
+            raise click.ClickException(f"server said {e.code}: {msg}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise click.ClickException(f"cannot reach {self.base}: {reason}") from None
+        return json.loads(raw) if raw else None
+
+    def put(self, mac: str, body: S.NodeIn) -> S.NodeDetail:
+        return S.NodeDetail.model_validate(self.call("PUT", f"/nodes/{mac}", body.model_dump()))
+
+    def list(self) -> list[S.NodeOut]:
+        return [S.NodeOut.model_validate(n) for n in self.call("GET", "/nodes")]
+
+    def show(self, mac: str) -> S.NodeDetail:
+        return S.NodeDetail.model_validate(self.call("GET", f"/nodes/{mac}"))
+
+    def rm(self, mac: str) -> None:
+        self.call("DELETE", f"/nodes/{mac}")
+
+
+def _open(config_path: str | None, server: str | None, token: str | None) -> Local | Remote:
+    if server:
+        return Remote(server, token)
+    if not config_path:
+        raise click.UsageError("give --config FILE (local store) or --server URL (a running server)")
+    try:
+        return Local(config_path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _mac(value: str) -> str:
+    try:
+        return normalize_mac(value)
+    except BadMac as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _ago(t: float | None) -> str:
+    if t is None:
+        return "—"
+    s = max(0, time.time() - t)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def _backend_options(f):
+    f = click.option("--token", envvar="RAMBOOT_TOKEN", help="API bearer token (or $RAMBOOT_TOKEN)")(f)
+    f = click.option("--server", metavar="URL", help="a running ramboot server instead of the local store")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (local store)")(f)
+    return f
+
+
+@click.group()
+def node() -> None:
+    """Register nodes and see their hardware and boots."""
+
+
+@node.command()
+@click.argument("mac", callback=lambda c, p, v: _mac(v))
+@click.option("--image", required=True, help="image name (DATA/images/NAME)")
+@click.option("--hostname")
+@click.option("--ip", help="fixed IPv4 address (full DHCP mode)")
+@click.option("--loader", type=click.Choice(["ipxe", "pxelinux"]))
+@click.option("--kernel-args", default="", help="extra kernel arguments")
+@click.option("--uuid", help="SMBIOS UUID, to match the node by DHCP option 97")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
+@_backend_options
+def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, config_path, server, token) -> None:
+    """Register a node (or replace what is registered for it)."""
+    pairs = {}
+    for item in labels:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
+        pairs[k] = v
+    try:
+        body = S.NodeIn(image=image, hostname=hostname, ip=ip, loader=loader, kernel_args=kernel_args, uuid=uuid, labels=pairs)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise click.BadParameter(first["msg"].removeprefix("Value error, "), param_hint=f"--{str(first['loc'][0]).replace('_', '-')}") from None
+    n = _open(config_path, server, token).put(mac, body)
+    click.echo(f"node {n.mac}: image {n.image}" + (f", ip {n.ip}" if n.ip else "") + (f", hostname {n.hostname}" if n.hostname else ""))
+
+
+@node.command("list")
+@_backend_options
+def list_(config_path, server, token) -> None:
+    """All registered nodes with their last boot stage."""
+    nodes = _open(config_path, server, token).list()
+    table = Table(box=box.SIMPLE)
+    for col in ("MAC", "hostname", "IP", "image", "loader", "stage", "seen"):
+        table.add_column(col, no_wrap=col != "hostname")
+    for n in nodes:
+        stage = n.stage or "—"
+        style = "green" if stage == "booted" else "red" if stage == "failed" else None
+        table.add_row(
+            n.mac + (" (discovered)" if n.discovered else ""),
+            n.hostname or "",
+            n.ip or "",
+            n.image or "(default)",
+            n.loader or "(default)",
+            f"[{style}]{stage}[/]" if style else stage,
+            _ago(n.updated),
+        )
+    Console().print(table if nodes else "no nodes registered")
+
+
+@node.command()
+@click.argument("mac", callback=lambda c, p, v: _mac(v))
+@_backend_options
+def show(mac, config_path, server, token) -> None:
+    """One node: what it boots, its inventory and its last boot timeline."""
+    n = _open(config_path, server, token).show(mac)
+    con = Console()
+    con.print(f"[bold]{n.mac}[/]" + (" (discovered)" if n.discovered else ""))
+    for k in ("hostname", "ip", "image", "loader", "uuid", "kernel_args"):
+        v = getattr(n, k)
+        if v:
+            con.print(f"  {k}: {v}")
+    if n.labels:
+        con.print("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())))
+    if n.inventory:
+        r = n.inventory.report
+        con.print(f"inventory ({_ago(n.inventory.at)}):")
+        con.print(f"  cpu: {r.cpu.count} x {r.cpu.model}")
+        con.print(f"  memory: {r.memory_kib // 1024} MiB")
+        for nic in r.nics:
+            con.print(f"  nic {nic.name}: {nic.mac or '?'}" + (f" {nic.speed_mbps} Mb/s" if nic.speed_mbps else ""))
+        for d in r.disks:
+            con.print(f"  disk {d.name}: {d.size_bytes or 0} bytes {d.model or ''}".rstrip())
+        dmi = " ".join(x for x in (r.dmi.vendor, r.dmi.product, r.dmi.serial) if x)
+        if dmi:
+            con.print(f"  dmi: {dmi}")
+    else:
+        con.print("inventory: no report yet")
+    b = n.last_boot
+    if b is None:
+        con.print("last boot: none")
+        return
+    extra = f", booted in {b.duration:.1f} s" if b.duration is not None else ""
+    extra += f", root download {b.download_mbps:.0f} Mb/s" if b.download_mbps is not None else ""
+    con.print(f"last boot: {b.stage}{extra}")
+    table = Table("+s", "stage", "from", "detail")
+    for e in b.events:
+        detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
+        table.add_row(f"{e.at - b.started:7.2f}", e.stage, e.source, detail)
+    con.print(table)
+
+
+@node.command()
+@click.argument("mac", callback=lambda c, p, v: _mac(v))
+@_backend_options
+def rm(mac, config_path, server, token) -> None:
+    """Forget a node (its events and inventory are kept)."""
+    _open(config_path, server, token).rm(mac)
+    click.echo(f"node {mac} removed")

@@ -1,0 +1,79 @@
+"""Read models shared by the API and the CLI: nodes with their last boot and inventory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import schemas as S
+from .store import NodeSpec, Store
+from .timeline import Boot, last_boot
+
+
+def boot_out(boot: Boot | None) -> S.BootOut | None:
+    if boot is None:
+        return None
+    return S.BootOut(
+        stage=boot.stage,
+        started=boot.started,
+        updated=boot.updated,
+        duration=boot.duration,
+        download_mbps=boot.download_mbps,
+        failure=boot.failure,
+        events=[S.EventOut(stage=e.stage, source=e.source, at=e.at, detail=e.detail) for e in boot.events],
+    )
+
+
+def inventory_out(store: Store, mac: str) -> S.InventoryOut | None:
+    hist = store.inventory_history(mac, limit=1)
+    if not hist:
+        return None
+    at, data = hist[0]
+    try:
+        return S.InventoryOut(at=at, report=S.InventoryReport.model_validate(data))
+    except ValidationError:  # stored by an older, looser version: show what we can
+        return S.InventoryOut(at=at, report=S.InventoryReport())
+
+
+def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut, **extra: Any) -> S.NodeOut:
+    return cls(
+        mac=spec.mac,
+        image=spec.image,
+        hostname=spec.hostname,
+        ip=spec.ip,
+        loader=spec.loader,
+        uuid=spec.uuid,
+        kernel_args=spec.kernel_args,
+        labels={str(k): str(v) for k, v in spec.labels.items()},
+        discovered=spec.discovered,
+        stage=boot.stage if boot else None,
+        updated=boot.updated if boot else None,
+        **extra,
+    )
+
+
+def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
+    spec = store.get_node(mac)
+    if spec is None:
+        return None
+    boot = last_boot(store.events(mac))
+    return node_out(spec, boot, S.NodeDetail, inventory=inventory_out(store, mac), last_boot=boot_out(boot))  # type: ignore[return-value]
+
+
+def node_status(store: Store, mac: str) -> S.NodeStatus:
+    spec = store.get_node(mac)
+    return S.NodeStatus(
+        mac=mac,
+        registered=spec is not None,
+        discovered=bool(spec and spec.discovered),
+        hostname=spec.hostname if spec else None,
+        image=spec.image if spec else None,
+        inventory=inventory_out(store, mac),
+        last_boot=boot_out(last_boot(store.events(mac))),
+    )
+
+
+def all_status(store: Store) -> list[S.NodeStatus]:
+    macs = sorted({n.mac for n in store.list_nodes()} | set(store.event_macs()))
+    return [node_status(store, m) for m in macs]

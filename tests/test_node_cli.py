@@ -1,0 +1,102 @@
+"""`ramboot node add|list|show|rm` against the local store and against a live server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_fake_image
+from httpserver import LiveServer
+from ramboot.inventory.cli import node
+
+pytestmark = pytest.mark.xdist_group("http")
+
+MAC = "52:54:00:11:22:33"
+
+
+@pytest.fixture
+def cfg(data_dir: Path) -> str:
+    write_fake_image(data_dir, "demo")
+    p = data_dir.parent / "ramboot.toml"
+    p.write_text(f'data_dir = "{data_dir}"\n')
+    return str(p)
+
+
+def run(*args: str):
+    return CliRunner().invoke(node, list(args), catch_exceptions=False)
+
+
+def test_local_add_list_show_rm(cfg):
+    r = run("add", MAC.upper(), "--image", "demo", "--hostname", "n1", "--ip", "172.22.33.60", "--loader", "pxelinux", "--label", "rack=a1", "--config", cfg)
+    assert r.exit_code == 0, r.output
+    assert f"node {MAC}: image demo, ip 172.22.33.60" in r.output
+    r = run("list", "--config", cfg)
+    assert r.exit_code == 0 and MAC in r.output and "n1" in r.output and "pxelinux" in r.output
+    r = run("show", MAC.replace(":", "-"), "--config", cfg)
+    assert r.exit_code == 0 and "rack=a1" in r.output and "last boot: none" in r.output
+    assert run("rm", MAC, "--config", cfg).exit_code == 0
+    r = run("rm", MAC, "--config", cfg)
+    assert r.exit_code == 1 and f"no node {MAC}" in r.output
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["add", "zz", "--image", "demo"], "not a MAC address"),
+        (["add", MAC, "--image", "demo", "--ip", "1.2.3"], "--ip"),
+        (["add", MAC, "--image", "demo", "--loader", "grub"], "--loader"),
+        (["add", MAC, "--image", "demo", "--label", "novalue"], "KEY=VALUE"),
+        (["add", MAC, "--image", "../x"], "--image"),
+        (["show", MAC], f"no node {MAC}"),
+    ],
+)
+def test_bad_input_one_line(cfg, args, fragment):
+    r = run(*args, "--config", cfg)
+    assert r.exit_code != 0 and fragment in r.output
+    assert "Traceback" not in r.output
+
+
+def test_needs_config_or_server():
+    r = run("list")
+    assert r.exit_code == 2 and "--config FILE" in r.output
+    r = run("list", "--config", "/nonexistent/ramboot.toml")
+    assert r.exit_code == 1 and "cannot read config" in r.output
+
+
+def test_remote_with_token(data_dir):
+    write_fake_image(data_dir, "demo")
+    srv = LiveServer(data_dir, '[api]\ntoken = "tkn"\n')
+    try:
+        r = run("add", MAC, "--image", "demo", "--server", srv.base)
+        assert r.exit_code == 1 and "server said 401" in r.output
+        r = run("add", MAC, "--image", "demo", "--hostname", "remote1", "--server", srv.base, "--token", "tkn")
+        assert r.exit_code == 0, r.output
+        srv.run(lambda: srv.events.record(MAC, "dhcp-offer"))
+        srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "booted"})
+        srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", {"cpu": {"model": "Xeon", "count": 8}, "memory_kib": 8388608})
+        srv.run(srv.events.flush)
+        r = run("list", "--server", srv.base)
+        assert r.exit_code == 0 and "remote1" in r.output and "booted" in r.output
+        r = run("show", MAC, "--server", srv.base)
+        assert r.exit_code == 0 and "cpu: 8 x Xeon" in r.output and "last boot: booted" in r.output and "dhcp-offer" in r.output
+        assert run("rm", MAC, "--server", srv.base, "--token", "tkn").exit_code == 0
+        assert srv.store.get_node(MAC) is None
+    finally:
+        srv.close()
+    r = run("list", "--server", srv.base)
+    assert r.exit_code == 1 and "cannot reach" in r.output
+
+
+def test_real_subprocess(cfg):
+    exe = Path(sys.executable).with_name("ramboot")
+    assert exe.exists(), "the venv's ramboot console script"
+    p = subprocess.run([str(exe), "node", "add", MAC, "--image", "demo", "--config", cfg], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(exe), "node", "list", "--config", cfg], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and MAC in p.stdout
+    p = subprocess.run([str(exe), "node", "add", "nope", "--image", "demo", "--config", cfg], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "not a MAC address" in p.stderr and "Traceback" not in p.stderr
