@@ -380,23 +380,19 @@ class ReadTransfer:
 
     def on_packet(self, packet: bytes, now: float) -> list[bytes | memoryview]:
         """A datagram from the client's TID. Junk and stale ACKs are ignored."""
-        if self.done:
+        if self.done or len(packet) < 4:
             return []
-        try:
-            p = parse(packet)
-        except MalformedPacket:
+        if packet[1] != ACK or packet[0]:  # hot path: no Packet object for an ACK
+            if packet[:2] == b"\0\5":
+                self._finish("aborted")
             return []
-        if isinstance(p, Error):
-            self._finish("aborted")
-            return []
-        if not isinstance(p, Ack):
-            return []
+        block = packet[2] << 8 | packet[3]
         if self._awaiting_oack_ack:
-            if p.block != 0:
+            if block != 0:
                 return []
             self._awaiting_oack_ack = False
         else:
-            delta = (p.block - self.acked) & 0xFFFF
+            delta = (block - self.acked) & 0xFFFF
             if delta == 0 or delta > self.sent - self.acked:
                 return []  # duplicate or stale: never answered (Sorcerer's Apprentice)
             self.acked += delta

@@ -13,7 +13,6 @@ capped per source and in total, and each transfer has one lazily re-armed timer.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
@@ -51,6 +50,7 @@ class _Transfer:
     kind: str
     started: float
     timer: asyncio.TimerHandle | None = None
+    counted: int = 0  # bytes already added to the Prometheus counter
 
 
 class TftpServer:
@@ -176,29 +176,36 @@ class TftpServer:
     # --------------------------------------------------------- transfers
 
     def _on_transfer_ready(self, t: _Transfer) -> None:
+        """One datagram per wake-up: the selector is level-triggered, and in
+        lock-step there is never a second one, so no EAGAIN round trip."""
         sock, m = t.sock, t.machine
-        while not m.done:
+        try:
+            data, peer = sock.recvfrom(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # e.g. ICMP port unreachable from a vanished client
+            log.debug("tftp: recv error %s", e)
+            return
+        if peer != t.peer:
+            # RFC 1350: another TID gets ERROR 5 and the transfer goes on.
             try:
-                data, peer = sock.recvfrom(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:  # ICMP port unreachable from a vanished client
-                if e.errno == errno.ECONNREFUSED:
-                    continue
-                raise
-            if peer != t.peer:
-                # RFC 1350: another TID gets ERROR 5 and the transfer goes on.
-                try:
-                    sock.sendto(proto.error_packet(proto.ErrorCode.UNKNOWN_TID, "unknown transfer ID"), peer)
-                except OSError:
-                    pass
-                continue
-            before, rexmit = m.bytes_sent, m.retransmits
-            self._send(t, m.on_packet(data, self.loop.time()))
-            metrics.TFTP_BYTES.inc(m.bytes_sent - before)
-            if m.retransmits != rexmit:
-                metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
-        self._after(t)
+                sock.sendto(proto.error_packet(proto.ErrorCode.UNKNOWN_TID, "unknown transfer ID"), peer)
+            except OSError:
+                pass
+            return
+        rexmit = m.retransmits
+        self._send(t, m.on_packet(data, self.loop.time()))
+        if m.retransmits != rexmit:
+            metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
+        if m.bytes_sent - t.counted >= 1 << 20 or m.done:
+            self._count_bytes(t)
+        if m.done or t.timer is None:
+            self._after(t)
+
+    def _count_bytes(self, t: _Transfer) -> None:
+        """Feed the bytes counter in 1 MiB steps, not per packet (it takes a lock)."""
+        metrics.TFTP_BYTES.inc(t.machine.bytes_sent - t.counted)
+        t.counted = t.machine.bytes_sent
 
     def _on_timer(self, t: _Transfer) -> None:
         t.timer = None
@@ -234,6 +241,7 @@ class TftpServer:
         if self.transfers.pop(fd, None) is None:
             return
         self.loop.remove_reader(fd)
+        self._count_bytes(t)
         if t.timer is not None:
             t.timer.cancel()
         t.sock.close()
