@@ -47,7 +47,7 @@ if want storm; then
   if ((QUICK)); then sizes="8"; ns="100"; else sizes="8 64"; ns="100 500 1000"; fi
   for size in $sizes; do
     for n in $ns; do
-      bench "storm-n$n-${size}m" $PY -m ramboot.bench.storm -n "$n" --image-mb "$size" --json "$OUT/storm-n$n-${size}m.json"
+      bench "storm-n$n-${size}m" $PY -m ramboot.bench storm -n "$n" --image-mb "$size" --json "$OUT/storm-n$n-${size}m.json"
     done
   done
 fi

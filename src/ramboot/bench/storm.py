@@ -1,0 +1,644 @@
+"""`ramboot bench storm`: N PXE clients booting at once against a real `ramboot serve`.
+
+The orchestrator (run as root) makes two namespaces joined by a veth pair
+(`rbb<random>-s` with the server on 10.77.0.1/16, `rbb<random>-c` for the
+clients), writes a data directory with a synthetic image of the given size and
+a config in full DHCP mode, starts `ramboot serve` in the server namespace and
+then this same module in the client namespace as the load generator.
+
+Each simulated client does the network side of a whole BIOS PXE -> iPXE boot:
+
+1. DHCP DISCOVER/REQUEST with the PXE vendor class, arch 0 and its own MAC;
+2. the TFTP fetch of the boot program it was given (lock-step, blksize 1456,
+   like a PXE ROM), checked against the file's sha256;
+3. a second DHCP exchange as iPXE (user class `iPXE`), which must hand it the
+   http URL of its script (no chainload loop);
+4. the iPXE script over HTTP, then the kernel, initrd and root image it names,
+   each checked against its sha256 (the root's from `ramboot.sha256=` on the
+   kernel command line, and all three against the image's manifest);
+5. the `booted` report: `POST /api/v1/nodes/{mac}/events`, from its leased address.
+
+All clients share one interface: DHCP goes out of one socket bound to port 68
+(distinct chaddr, broadcast flag set), and the replies are demultiplexed by
+xid. The leased addresses are made local in the client namespace with one
+"AnyIP" route (`ip route add local POOL dev lo`), so each client's TFTP and
+HTTP traffic really comes from its own leased address.
+
+The report: completion time p50/p99/max and per phase, failures with reasons,
+server CPU seconds and peak RSS (from /proc), and the aggregate transfer rate
+against the link bound (raw TCP over the same veth, one Python receiver, no
+hashing), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+POOL_NET = "10.77.16.0/20"
+POOL = ("10.77.16.0", "10.77.31.254")
+TFTP_PORT = 69
+HTTP_PORT = 80
+BLAST_PORT = 19999
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+
+PXE_VENDOR = b"PXEClient:Arch:00000:UNDI:002001"
+PARAM_REQUEST = bytes([1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60, 66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135, 175])
+# PXE 2.1 DHCP timeouts (seconds before the next DISCOVER), then give up
+DHCP_TIMEOUTS = (4, 8, 16, 32)
+
+
+# =========================================================================
+# The load generator (runs inside the client namespace)
+# =========================================================================
+
+
+@dataclass
+class ClientResult:
+    mac: str
+    ok: bool = False
+    error: str = ""
+    ip: str = ""
+    start: float = 0.0
+    total: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    bytes: int = 0
+    dhcp_retries: int = 0
+    tftp_retries: int = 0
+
+
+class Failed(Exception):
+    pass
+
+
+class DhcpMux:
+    """One UDP socket on port 68 shared by every client; replies go to their xid."""
+
+    def __init__(self, ifname: str):
+        from ..proto import dhcp as D
+
+        self.D = D
+        self.loop = asyncio.get_running_loop()
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+            except OSError:
+                pass
+        s.bind(("0.0.0.0", 68))
+        s.setblocking(False)
+        self.sock = s
+        self.waiters: dict[int, tuple[bytes, set[int], asyncio.Future]] = {}
+        self.loop.add_reader(s.fileno(), self._readable)
+        self.stray = 0
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def _readable(self) -> None:
+        D = self.D
+        for _ in range(256):
+            try:
+                data = self.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            try:
+                pkt = D.decode(data)
+            except D.DhcpDecodeError:
+                self.stray += 1
+                continue
+            w = self.waiters.get(pkt.xid)
+            if w is None or pkt.op != D.BOOTREPLY or pkt.chaddr[:6] != w[0] or pkt.msg_type not in w[1] or w[2].done():
+                self.stray += 1
+                continue
+            w[2].set_result(pkt)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.sock.sendto(data, ("255.255.255.255", 67))
+        except (BlockingIOError, InterruptedError):
+            pass  # the retransmission timer covers it, as on a real wire
+
+    async def exchange(self, mac: bytes, xid: int, data: bytes, want: set[int], res: ClientResult, timeouts=DHCP_TIMEOUTS):
+        fut = self.loop.create_future()
+        self.waiters[xid] = (mac, want, fut)
+        try:
+            for i, t in enumerate(timeouts):
+                if i:
+                    res.dhcp_retries += 1
+                self._send(data)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), t)
+                except asyncio.TimeoutError:
+                    continue
+            raise Failed(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'} after {sum(timeouts)} s")
+        finally:
+            self.waiters.pop(xid, None)
+
+    def packet(self, mac: bytes, xid: int, msg: int, ipxe: bool, extra: dict | None = None) -> bytes:
+        D = self.D
+        opts = {
+            D.Opt.MESSAGE_TYPE: bytes([msg]),
+            D.Opt.MAX_MESSAGE_SIZE: struct.pack("!H", 1472),
+            D.Opt.PARAM_REQUEST: PARAM_REQUEST,
+            D.Opt.VENDOR_CLASS: PXE_VENDOR,
+            D.Opt.CLIENT_ARCH: b"\x00\x00",
+            D.Opt.CLIENT_NDI: b"\x01\x02\x01",
+            D.Opt.CLIENT_UUID: b"\x00" + hashlib.md5(mac).digest(),
+        }
+        if ipxe:
+            opts[D.Opt.USER_CLASS] = b"iPXE"
+            opts[D.Opt.IPXE_ENCAP] = bytes([1, 1, 1, 19, 1, 1])  # priority, http feature
+        if extra:
+            opts.update(extra)
+        pkt = D.DhcpPacket(op=D.BOOTREQUEST, xid=xid, flags=D.FLAG_BROADCAST, chaddr=mac, options=opts)
+        return D.encode(pkt, max_message=1472)
+
+    async def dora(self, mac: bytes, ipxe: bool, res: ClientResult):
+        """DISCOVER, OFFER, REQUEST, ACK; returns the ACK."""
+        D = self.D
+        for _attempt in range(3):
+            xid = random.getrandbits(32)
+            offer = await self.exchange(mac, xid, self.packet(mac, xid, D.MsgType.DISCOVER, ipxe), {D.MsgType.OFFER}, res)
+            req = self.packet(mac, xid, D.MsgType.REQUEST, ipxe, {
+                D.Opt.REQUESTED_IP: D.socket_aton(offer.yiaddr),
+                D.Opt.SERVER_ID: offer.options[D.Opt.SERVER_ID],
+            })
+            ack = await self.exchange(mac, xid, req, {D.MsgType.ACK, D.MsgType.NAK}, res)
+            if ack.msg_type == D.MsgType.ACK:
+                return ack
+            res.dhcp_retries += 1
+        raise Failed("dhcp: NAK three times")
+
+
+class TftpClient(asyncio.DatagramProtocol):
+    """A lock-step (or windowed) RRQ client over ramboot's TFTP codec."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.queue.put_nowait((data, addr))
+
+    def error_received(self, exc) -> None:
+        pass
+
+    @staticmethod
+    async def fetch(local_ip: str, server: str, name: str, blksize: int, windowsize: int, res: ClientResult) -> bytes:
+        from ..proto import tftp as T
+
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_datagram_endpoint(TftpClient, local_addr=(local_ip, 0))
+        try:
+            opts = {"tsize": "0"}
+            if blksize != 512:
+                opts["blksize"] = str(blksize)
+            if windowsize > 1:
+                opts["windowsize"] = str(windowsize)
+            last_sent = T.Request(T.RRQ, name, "octet", opts).encode()
+            transport.sendto(last_sent, (server, TFTP_PORT))
+            peer = None
+            blk, win = 512, 1
+            expected = 1
+            chunks: list[bytes] = []
+            tries = 0
+            while True:
+                try:
+                    data, addr = await asyncio.wait_for(proto.queue.get(), 1.0)
+                except asyncio.TimeoutError:
+                    tries += 1
+                    res.tftp_retries += 1
+                    if tries > 8:
+                        raise Failed(f"tftp: {name}: timed out at block {expected}")
+                    transport.sendto(last_sent, peer or (server, TFTP_PORT))
+                    continue
+                if peer is None:
+                    peer = addr
+                elif addr != peer:
+                    transport.sendto(T.Error(T.ErrorCode.UNKNOWN_TID, "unknown transfer id").encode(), addr)
+                    continue
+                try:
+                    pkt = T.parse(data)
+                except T.MalformedPacket as e:
+                    raise Failed(f"tftp: {name}: malformed packet: {e}") from None
+                if isinstance(pkt, T.Error):
+                    raise Failed(f"tftp: {name}: error {pkt.code} {pkt.message}")
+                if isinstance(pkt, T.OAck):
+                    blk = int(pkt.options.get("blksize", 512))
+                    win = int(pkt.options.get("windowsize", 1))
+                    last_sent = T.Ack(0).encode()
+                    transport.sendto(last_sent, peer)
+                    tries = 0
+                    continue
+                if isinstance(pkt, T.Data):
+                    if pkt.block == (expected & 0xFFFF):
+                        chunks.append(pkt.payload)
+                        expected += 1
+                        tries = 0
+                        final = len(pkt.payload) < blk
+                        if final or (expected - 1) % win == 0:
+                            last_sent = T.Ack(pkt.block).encode()
+                            transport.sendto(last_sent, peer)
+                        if final:
+                            return b"".join(chunks)
+                    else:
+                        # out of order (a window lost a packet): ack what we have, RFC 7440 §4
+                        last_sent = T.Ack((expected - 1) & 0xFFFF).encode()
+                        transport.sendto(last_sent, peer)
+        finally:
+            transport.close()
+
+
+_KERNEL = re.compile(r"^kernel\s+(\S+)(.*)$", re.M)
+_INITRD = re.compile(r"^initrd\s+(\S+)", re.M)
+
+
+async def http_get(session, url: str, res: ClientResult, sha: str | None = None, what: str = "") -> bytes | None:
+    """GET url; with sha, stream it through sha256 and keep nothing."""
+    async with session.get(url) as r:
+        if r.status != 200:
+            raise Failed(f"http: {what or url}: status {r.status}")
+        if sha is None:
+            body = await r.read()
+            res.bytes += len(body)
+            return body
+        h = hashlib.sha256()
+        n = 0
+        async for chunk in r.content.iter_chunked(1 << 18):
+            h.update(chunk)
+            n += len(chunk)
+        res.bytes += n
+        if h.hexdigest() != sha:
+            raise Failed(f"http: {what}: sha256 mismatch after {n} bytes")
+        return None
+
+
+async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) -> ClientResult:
+    import aiohttp
+
+    from ..proto import dhcp as D
+
+    macs = ":".join(f"{b:02x}" for b in mac)
+    res = ClientResult(macs)
+    await asyncio.sleep(max(0.0, t_start - time.monotonic()))
+    t0 = time.monotonic()
+    res.start = t0
+    mark = t0
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        res.phases[name] = round(now - mark, 4)
+        mark = now
+
+    try:
+        # 1. the PXE ROM's DHCP
+        ack = await mux.dora(mac, False, res)
+        res.ip = ack.yiaddr
+        bootfile = ack.boot_file
+        nxt = ack.siaddr if ack.siaddr != D.ZERO_IP else (ack.ip_option(D.Opt.SERVER_ID) or p["server"])
+        if not bootfile or bootfile.startswith("http"):
+            raise Failed(f"dhcp: PXE client was given {bootfile!r}, not a TFTP boot program")
+        phase("dhcp")
+        # 2. the boot program over TFTP
+        data = await TftpClient.fetch(res.ip, nxt, bootfile, p["blksize"], p["windowsize"], res)
+        res.bytes += len(data)
+        want = p["loaders"].get(bootfile)
+        if want and hashlib.sha256(data).hexdigest() != want:
+            raise Failed(f"tftp: {bootfile}: sha256 mismatch ({len(data)} bytes)")
+        phase("tftp")
+        # 3. iPXE's own DHCP: must get the script URL straight away
+        ack2 = await mux.dora(mac, True, res)
+        script_url = ack2.boot_file
+        if not script_url.startswith("http://"):
+            raise Failed(f"dhcp: iPXE was given {script_url!r}, not its http script (chainload loop)")
+        if ack2.yiaddr != res.ip:
+            raise Failed(f"dhcp: address changed between PXE ({res.ip}) and iPXE ({ack2.yiaddr})")
+        phase("dhcp-ipxe")
+        # 4. HTTP: script, kernel, initrd, root
+        conn = aiohttp.TCPConnector(local_addr=(res.ip, 0), limit=2)
+        timeout = aiohttp.ClientTimeout(total=p["timeout"], sock_connect=30)
+        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+            script = (await http_get(s, script_url, res, what="script")).decode()
+            km, im = _KERNEL.search(script), _INITRD.search(script)
+            if not km or not im:
+                raise Failed(f"http: script has no kernel/initrd line: {script[:200]!r}")
+            kernel_url, args = km.group(1), km.group(2).split()
+            kv = dict(a.split("=", 1) for a in args if "=" in a)
+            root_url, root_sha = kv.get("ramboot.url"), kv.get("ramboot.sha256")
+            if not root_url or not root_sha:
+                raise Failed("http: kernel command line lacks ramboot.url or ramboot.sha256")
+            man = p["manifest"]
+            if root_sha != man["rootfs.squashfs"]:
+                raise Failed("http: ramboot.sha256 on the command line differs from the manifest")
+            phase("script")
+            await http_get(s, kernel_url, res, man["vmlinuz"], "kernel")
+            await http_get(s, im.group(1), res, man["initrd.img"], "initrd")
+            phase("kernel+initrd")
+            await http_get(s, root_url, res, root_sha, "rootfs")
+            phase("rootfs")
+            # 5. the boot report, from the leased address
+            server = kv.get("ramboot.server", f"http://{p['server']}")
+            async with s.post(f"{server}/api/v1/nodes/{macs}/events", json={"stage": "booted", "detail": {"storm": idx}}) as r:
+                if r.status // 100 != 2:
+                    raise Failed(f"api: booted report refused: {r.status} {(await r.text())[:120]}")
+            phase("report")
+        res.ok = True
+    except Failed as e:
+        res.error = str(e)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        res.error = f"{type(e).__name__}: {e}"[:300]
+    except Exception as e:  # a bug in the generator must not hide the other clients
+        res.error = f"generator: {type(e).__name__}: {e}"[:300]
+    res.total = round(time.monotonic() - t0, 4)
+    return res
+
+
+async def measure_bound(server: str, seconds: float = 2.0, conns: int = 4) -> float:
+    """MB/s from the blaster over the veth into one Python receiver (no hashing)."""
+    total = 0
+    end = time.monotonic() + seconds
+
+    async def one() -> None:
+        nonlocal total
+        r, w = await asyncio.open_connection(server, BLAST_PORT)
+        try:
+            while time.monotonic() < end:
+                b = await r.read(1 << 20)
+                if not b:
+                    break
+                total += len(b)
+        finally:
+            w.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(conns)), return_exceptions=True)
+    return total / 2**20 / (time.monotonic() - t0)
+
+
+async def run_clients(p: dict) -> dict:
+    """One generator process: either the link-bound probe or its share of the clients."""
+    if p.get("mode") == "bound":
+        try:
+            return {"bound_mb_s": await measure_bound(p["server"], p["bound_seconds"])}
+        except OSError:
+            return {"bound_mb_s": 0.0}
+    mux = DhcpMux(p["ifname"])
+    try:
+        prefix = bytes.fromhex(p["mac_prefix"])
+        start = time.monotonic() + (p["start_at"] - time.time())
+        ramp, n, first, count = p["ramp"], p["n"], p["first"], p["count"]
+        tasks = [
+            boot_one(i, prefix + i.to_bytes(3, "big"), p, mux, start + (ramp * i / n if ramp else 0.0))
+            for i in range(first, first + count)
+        ]
+        results = await asyncio.gather(*tasks)
+        wall = time.monotonic() - start
+    finally:
+        mux.close()
+    return {"wall": wall, "stray_dhcp": mux.stray, "results": [asdict(r) for r in results]}
+
+
+# =========================================================================
+# The orchestrator
+# =========================================================================
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))
+    return xs[k]
+
+
+def server_config(data_dir: Path, ifname: str, lease_time: int = 3600) -> str:
+    return f"""data_dir = "{data_dir}"
+[network]
+interface = "{ifname}"
+address = "10.77.0.1"
+[dhcp]
+mode = "full"
+range = "{POOL[0]}-{POOL[1]}"
+lease_time = {lease_time}
+[tftp]
+port = {TFTP_PORT}
+[http]
+port = {HTTP_PORT}
+[boot]
+default_image = "bench"
+unknown_nodes = "boot"
+"""
+
+
+def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize: int = 0, ramp: float = 0.0,
+              timeout: float = 600, keep: Path | None = None, bound_seconds: float = 2.0, verbose: bool = True,
+              workers: int = 2) -> dict:
+    """Run one storm end to end (namespaces, server, clients); returns the summary dict."""
+    from ..namespace import install_loaders
+    from .util import Child, NetnsPair, RssSampler, cpu_seconds, make_image, ramboot_exe, rss_bytes, run
+
+    if os.geteuid() != 0:
+        raise click.ClickException("bench storm needs root (it makes network namespaces)")
+    if n > 4000:
+        raise click.ClickException("bench storm: at most 4000 clients (the pool is a /20)")
+    work = Path(tempfile.mkdtemp(prefix="rbb-storm-"))
+    data = work / "data"
+    say = (lambda *a: click.echo(" ".join(str(x) for x in a), err=True)) if verbose else (lambda *a: None)
+    try:
+        man = make_image(data, "bench", int(image_mb * 2**20))
+        install_loaders(data)
+        ldir = data / "loaders"
+        if not (ldir / "undionly.kpxe").exists():  # no ipxe package: any bytes will do for the transfer
+            (ldir / "undionly.kpxe").write_bytes(os.urandom(70_000))
+        loaders = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in ldir.iterdir() if f.is_file()}
+        with NetnsPair() as net:
+            run("ip", "-n", net.cli, "route", "add", "local", POOL_NET, "dev", "lo")
+            cfg = work / "ramboot.toml"
+            cfg.write_text(server_config(data, net.srv_if))
+            srv = Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(cfg)), log=work / "server.log")
+            blaster = None
+            try:
+                end = time.monotonic() + 30
+                while "serving on" not in (work / "server.log").read_text(errors="replace"):
+                    if not srv.alive() or time.monotonic() > end:
+                        raise click.ClickException(f"bench storm: the server did not start:\n{srv.tail(10)}")
+                    time.sleep(0.05)
+                if bound_seconds:
+                    blaster = Child(net.exec(net.srv, sys.executable, "-m", "ramboot.bench", "storm", "--blast",
+                                             str(data / "images" / "bench" / "rootfs.squashfs")), log=work / "blast.log")
+                    time.sleep(0.3)
+                base = {
+                    "n": n, "ifname": net.cli_if, "server": net.srv_ip, "blksize": blksize, "windowsize": windowsize,
+                    "ramp": ramp, "timeout": timeout, "loaders": loaders, "manifest": man,
+                    "mac_prefix": "02" + secrets.token_hex(2), "bound_seconds": bound_seconds,
+                }
+
+                def generators(mode: str, start_at: float = 0.0) -> list[dict]:
+                    procs = []
+                    for w in range(workers):
+                        first, count = n * w // workers, n * (w + 1) // workers - n * w // workers
+                        pf, of = work / f"params-{mode}-{w}.json", work / f"out-{mode}-{w}.json"
+                        pf.write_text(json.dumps(dict(base, mode=mode, first=first, count=count, start_at=start_at)))
+                        procs.append((Child(net.exec(net.cli, sys.executable, "-m", "ramboot.bench", "storm", "--client-params",
+                                                     str(pf), "--client-out", str(of)), log=work / f"gen-{mode}-{w}.log"), of))
+                    outs = []
+                    for child, of in procs:
+                        try:
+                            child.proc.wait(timeout + 300)
+                        except Exception:
+                            child.stop()
+                        if child.proc.returncode != 0 or not of.exists():
+                            raise click.ClickException(f"bench storm: a load generator failed:\n{child.tail(20)}")
+                        outs.append(json.loads(of.read_text()))
+                    return outs
+
+                bound = 0.0
+                if bound_seconds:
+                    bound = sum(o["bound_mb_s"] for o in generators("bound"))
+                say(f"storm: {n} clients in {workers} generator processes, image {image_mb} MB, server pid {srv.pid} in {net.srv}")
+                rss0 = rss_bytes(srv.pid)
+                cpu0 = cpu_seconds(srv.pid)
+                with RssSampler(srv.pid) as rs:
+                    t0 = time.monotonic()
+                    outs = generators("storm", time.time() + 1.0 + 0.1 * workers)
+                    wall = time.monotonic() - t0
+                cpu = cpu_seconds(srv.pid) - cpu0
+                out = {"wall": max(o["wall"] for o in outs), "bound_mb_s": bound,
+                       "stray_dhcp": sum(o["stray_dhcp"] for o in outs), "results": [r for o in outs for r in o["results"]]}
+                (work / "out.json").write_text(json.dumps(out))
+                server_alive = srv.alive()
+            finally:
+                if blaster:
+                    blaster.stop()
+                srv.stop()
+        results = out["results"]
+        ok = [r for r in results if r["ok"]]
+        bad = [r for r in results if not r["ok"]]
+        times = [r["total"] for r in ok]
+        nbytes = sum(r["bytes"] for r in results)
+        reasons: dict[str, int] = {}
+        for r in bad:
+            key = re.sub(r"\d+(\.\d+)?", "N", r["error"])[:120]
+            reasons[key] = reasons.get(key, 0) + 1
+        phases = sorted({k for r in ok for k in r["phases"]}, key=lambda k: list(ok[0]["phases"]).index(k) if ok and k in ok[0]["phases"] else 99)
+        summary = {
+            "clients": n, "image_mb": image_mb, "ok": len(ok), "failed": len(bad), "failure_reasons": reasons,
+            "p50_s": _pct(times, 0.5), "p99_s": _pct(times, 0.99), "max_s": max(times, default=0.0),
+            "wall_s": out["wall"],
+            "phase_p50_s": {k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.5) for k in phases},
+            "phase_p99_s": {k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.99) for k in phases},
+            "dhcp_retries": sum(r["dhcp_retries"] for r in results), "tftp_retries": sum(r["tftp_retries"] for r in results),
+            "bytes": nbytes, "aggregate_mb_s": nbytes / 2**20 / out["wall"] if out["wall"] else 0.0,
+            "bound_mb_s": out["bound_mb_s"],
+            "server_cpu_s": cpu, "server_cpu_pct": 100 * cpu / wall if wall else 0.0,
+            "server_rss_mb_start": rss0 / 2**20, "server_rss_mb_peak": rs.peak / 2**20,
+            "server_alive": server_alive, "stray_dhcp": out["stray_dhcp"], "workers": workers,
+        }
+        if keep:
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in [*work.glob("*.log"), *work.glob("*.json"), work / "ramboot.toml"]:
+                if f.exists():
+                    shutil.copy(f, keep / f.name)
+        return summary
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def format_summary(s: dict) -> str:
+    bound = s["bound_mb_s"]
+    lines = [
+        f"storm: {s['clients']} clients, image {s['image_mb']} MB: {s['ok']} booted, {s['failed']} failed"
+        + ("" if s["server_alive"] else "  (SERVER DIED)"),
+        f"  completion   p50 {s['p50_s']:.2f} s   p99 {s['p99_s']:.2f} s   max {s['max_s']:.2f} s   (wall {s['wall_s']:.2f} s)",
+        "  phase p50    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p50_s"].items()),
+        "  phase p99    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p99_s"].items()),
+        f"  retries      dhcp {s['dhcp_retries']}   tftp {s['tftp_retries']}",
+        f"  transfer     {s['bytes'] / 2**20:,.0f} MB at {s['aggregate_mb_s']:,.0f} MB/s aggregate"
+        + (f"; link bound {bound:,.0f} MB/s (raw TCP into the same generator processes, no hashing) -> {s['aggregate_mb_s'] / bound:.0%}" if bound else ""),
+        f"  server       CPU {s['server_cpu_s']:.1f} s ({s['server_cpu_pct']:.0f}% of one core)   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
+    ]
+    for reason, count in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  FAILED x{count}: {reason}")
+    return "\n".join(lines)
+
+
+def _blast(path: str) -> None:
+    """The link-bound helper: serve `path` over and over with sendfile to whoever connects."""
+    import threading
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", BLAST_PORT))
+    srv.listen(64)
+    size = os.path.getsize(path)
+
+    def serve(c: socket.socket) -> None:
+        with c, open(path, "rb") as f:
+            try:
+                while True:
+                    off = 0
+                    while off < size:
+                        off += os.sendfile(c.fileno(), f.fileno(), off, size - off)
+            except OSError:
+                pass
+
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+
+@click.command()
+@click.option("-n", "--clients", "n", type=click.IntRange(1, 4000), default=100, show_default=True, help="PXE clients booting at once")
+@click.option("--image-mb", type=float, default=8, show_default=True, help="root image size (kernel is 1/16, initrd 1/8 of it)")
+@click.option("--blksize", type=int, default=1456, show_default=True, help="TFTP blksize the clients ask for")
+@click.option("--windowsize", type=int, default=0, show_default=True, help="TFTP windowsize the clients ask for (0: none, like a PXE ROM)")
+@click.option("--ramp", type=float, default=0.0, show_default=True, help="spread the power-ons over this many seconds")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="load generator processes (the clients are split among them)")
+@click.option("--timeout", type=float, default=600, show_default=True, help="per-client HTTP timeout, seconds")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the summary here")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="keep the server log and raw results here")
+@click.option("--client-params", hidden=True, type=click.Path(dir_okay=False))
+@click.option("--client-out", hidden=True, type=click.Path(dir_okay=False))
+@click.option("--blast", hidden=True, type=click.Path(dir_okay=False))
+def storm(n, image_mb, blksize, windowsize, ramp, workers, timeout, json_out, keep, client_params, client_out, blast) -> None:
+    """Simulate N PXE clients booting at once against a real `ramboot serve` in a namespace."""
+    if blast:
+        _blast(blast)
+        return
+    if client_params:  # the load generator itself, inside the client namespace
+        p = json.loads(Path(client_params).read_text())
+        out = asyncio.run(run_clients(p))
+        Path(client_out).write_text(json.dumps(out))
+        return
+    s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers)
+    click.echo(format_summary(s))
+    if json_out:
+        json_out.write_text(json.dumps(s, indent=1))
+    if s["failed"] or not s["server_alive"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    storm(prog_name="ramboot bench storm")
