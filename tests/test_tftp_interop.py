@@ -305,3 +305,39 @@ def test_junk_datagrams_leave_it_serving(env, tmp_path):
     assert run([tool("atftp"), "--option", "windowsize 16", "-g", "-r", "blob.bin", "-l", str(tmp_path / "o2"),
                 "127.0.0.1", str(env.port)], tmp_path).returncode == 0
     assert sha((tmp_path / "o2").read_bytes()) == sha(env.blob)
+
+
+
+def test_total_transfer_cap(data_dir, make_booter):
+    """max_transfers = 2: a third concurrent request is refused; it is served once a slot frees up."""
+    booter = make_booter("[tftp]\nmax_transfers = 2\n", server_ip="127.0.0.1")
+    (data_dir / "loaders").mkdir()
+    (data_dir / "loaders" / "f").write_bytes(b"x" * 100)
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.store))
+    socks = [raw_socket() for _ in range(3)]
+    server = ("127.0.0.1", srv.port)
+    rrq = tftp.Request(tftp.RRQ, "f", "octet", {"tsize": "0"}).encode()
+    try:
+        replies = []
+        for s in socks:
+            s.sendto(rrq, server)
+            data, peer = s.recvfrom(100)
+            replies.append((tftp.parse(data), peer))
+        assert [r for r, _ in replies[:2]] == [tftp.OAck({"tsize": "100"})] * 2
+        assert isinstance(replies[2][0], tftp.Error) and replies[2][1] == server
+        tid = replies[0][1]
+        socks[0].sendto(tftp.Ack(0).encode(), tid)
+        assert tftp.parse(socks[0].recvfrom(200)[0]) == tftp.Data(1, b"x" * 100)
+        socks[0].sendto(tftp.Ack(1).encode(), tid)  # transfer 1 done: a slot is free
+        deadline = time.monotonic() + 5
+        while True:
+            socks[2].sendto(rrq, server)
+            reply = tftp.parse(socks[2].recvfrom(100)[0])
+            if isinstance(reply, tftp.OAck) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert reply == tftp.OAck({"tsize": "100"})
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
