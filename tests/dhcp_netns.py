@@ -34,23 +34,50 @@ def sh(*cmd: str, check: bool = True, timeout: float = 20) -> subprocess.Complet
 
 
 class NetnsPair:
-    def __init__(self) -> None:
+    def __init__(self, bridge: bool = False) -> None:
+        """`bridge`: the server side is a bridge, so `add_host()` can join more namespaces."""
         need("ip")
         if os.geteuid() != 0:
             pytest.fail("netns tests need root")
-        tag = "rbd" + secrets.token_hex(3)
+        self.tag = tag = "rbd" + secrets.token_hex(3)
         self.srv_ns, self.cli_ns = tag + "s", tag + "c"
-        self.srv_if, self.cli_if = tag + "a", tag + "b"
+        self.srv_port, self.cli_if = tag + "a", tag + "b"
+        self.srv_if = tag + "r" if bridge else self.srv_port
+        self.namespaces = [self.srv_ns, self.cli_ns]
         self.procs: list[subprocess.Popen] = []
-        sh("ip", "netns", "add", self.srv_ns)
-        sh("ip", "netns", "add", self.cli_ns)
-        sh("ip", "link", "add", self.srv_if, "type", "veth", "peer", "name", self.cli_if)
-        sh("ip", "link", "set", self.srv_if, "netns", self.srv_ns)
-        sh("ip", "link", "set", self.cli_if, "netns", self.cli_ns)
-        sh("ip", "-n", self.srv_ns, "addr", "add", f"{SERVER_IP}/24", "dev", self.srv_if)
-        for ns, ifname in ((self.srv_ns, self.srv_if), (self.cli_ns, self.cli_if)):
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "link", "set", ifname, "up")
+        try:
+            sh("ip", "netns", "add", self.srv_ns)
+            sh("ip", "netns", "add", self.cli_ns)
+            for ns in self.namespaces:
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+            if bridge:
+                sh("ip", "-n", self.srv_ns, "link", "add", self.srv_if, "type", "bridge")
+                sh("ip", "-n", self.srv_ns, "link", "set", self.srv_if, "up")
+            self._veth(self.srv_port, self.cli_ns, self.cli_if)
+            sh("ip", "-n", self.srv_ns, "addr", "add", f"{SERVER_IP}/24", "dev", self.srv_if)
+        except BaseException:
+            self.close()
+            raise
+
+    def _veth(self, port: str, ns: str, ifname: str) -> None:
+        sh("ip", "link", "add", port, "type", "veth", "peer", "name", ifname)
+        sh("ip", "link", "set", port, "netns", self.srv_ns)
+        sh("ip", "link", "set", ifname, "netns", ns)
+        if port != self.srv_if:
+            sh("ip", "-n", self.srv_ns, "link", "set", port, "master", self.srv_if)
+        sh("ip", "-n", self.srv_ns, "link", "set", port, "up")
+        sh("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def add_host(self, suffix: str, address: str | None = None) -> tuple[str, str]:
+        """Another namespace on the server's bridge; returns (namespace, interface)."""
+        ns, ifname = self.tag + suffix, self.tag + suffix + "i"
+        sh("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self._veth(self.tag + suffix + "p", ns, ifname)
+        if address:
+            sh("ip", "-n", ns, "addr", "add", address, "dev", ifname)
+        return ns, ifname
 
     def run(self, ns: str, *cmd: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", ns, *cmd, timeout=timeout, check=check)
@@ -94,7 +121,7 @@ class NetnsPair:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 pass
-        for ns in (self.srv_ns, self.cli_ns):
+        for ns in self.namespaces:
             sh("ip", "netns", "del", ns, check=False)
 
 
