@@ -357,6 +357,7 @@ class ReadTransfer:
         w, bs = self.neg.windowsize, self.neg.blksize
         self._slots = [bytearray(4 + bs) for _ in range(w)]
         self._views = [memoryview(s) for s in self._slots]
+        self._payloads = [v[4:] for v in self._views]
         self._lens = [0] * w
         self._awaiting_oack_ack = bool(self.neg.oack)
         self.acked = 0  # absolute blocks the client has acknowledged
@@ -431,7 +432,7 @@ class ReadTransfer:
         end, resent = self.acked + w, self.sent
         if self.last is None and self.sent < end:
             fresh = range(self.sent + 1, end + 1)
-            left = self.source.readinto([self._views[b % w][4:] for b in fresh], self.sent)
+            left = self.source.readinto([self._payloads[b % w] for b in fresh], self.sent)
             for b in fresh:
                 n = min(bs, left)
                 left -= n
