@@ -255,6 +255,8 @@ def test_each_transfer_has_its_own_port_and_wrong_tid_gets_error_5(env):
         s.sendto(tftp.Ack(0).encode(), tid)
         while True:
             d = tftp.parse(s.recvfrom(70000)[0])
+            if d == tftp.OAck({"blksize": "1024"}) or (isinstance(d, tftp.Data) and d.block == block & 0xFFFF):
+                continue  # a retransmission, when this machine is slow
             assert isinstance(d, tftp.Data) and d.block == (block + 1) & 0xFFFF
             block += 1
             got += d.payload
@@ -327,7 +329,9 @@ def test_total_transfer_cap(data_dir, make_booter):
         assert isinstance(replies[2][0], tftp.Error) and replies[2][1] == server
         tid = replies[0][1]
         socks[0].sendto(tftp.Ack(0).encode(), tid)
-        assert tftp.parse(socks[0].recvfrom(200)[0]) == tftp.Data(1, b"x" * 100)
+        while (reply := tftp.parse(socks[0].recvfrom(200)[0])) == tftp.OAck({"tsize": "100"}):
+            pass  # a retransmitted OACK, when this machine is slow
+        assert reply == tftp.Data(1, b"x" * 100)
         socks[0].sendto(tftp.Ack(1).encode(), tid)  # transfer 1 done: a slot is free
         deadline = time.monotonic() + 5
         while True:
