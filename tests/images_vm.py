@@ -8,6 +8,7 @@ context manager, and only the processes started here are killed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 HERE = Path(__file__).parent
 SUBNET = "10.232.7"
@@ -108,7 +111,7 @@ class BootNet:
         log = self.work / f"{name}.serial"
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(mem), "-smp", "1", "-nographic", "-no-reboot",
                "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
-               "-append", f"console=ttyS0 panic=-1 {append}",
+               "-append", f"console=ttyS0 panic=-1 quiet {append}",
                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
                "-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
         return Vm(self.spawn(cmd, log.name), log, self)
@@ -137,3 +140,24 @@ class Vm:
                 raise AssertionError(f"QEMU exited ({self.proc.returncode}) before {pattern!r}:\n{t[-4000:]}")
             time.sleep(0.2)
         raise AssertionError(f"no {pattern!r} on the console within {timeout} s:\n{self.text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def demo_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default image (built-in root, Debian cloud kernel), built once per test session.
+
+    xdist workers share it through their common base directory and a file lock;
+    the kernel download itself is cached across sessions by the build.
+    """
+    from rich.console import Console
+
+    from ramboot.images.build import build_image
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    data = shared / "rbi-demo-data"
+    with open(shared / "rbi-demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (data / "images/demo/image.toml").exists():
+            build_image(data, "demo", console=Console(stderr=True, quiet=True))
+    return data / "images/demo"

@@ -1,0 +1,144 @@
+"""`ramboot image build` end to end (no VM): the manifest, the initramfs contents,
+reproducibility, the CLI's list/show/verify/rm, and every bad input as one line."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from images_vm import demo_image  # noqa: F401  (session fixture)
+from ramboot.images.build import build_image
+from ramboot.images.cli import image
+from ramboot.images.manifest import INITRD, KERNEL, ROOTFS, load_manifest
+
+IMAGE_CLI = [sys.executable, "-c", "from ramboot.images.cli import image; image()"]
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_manifest_sums_match_the_files(demo_image: Path) -> None:
+    m = load_manifest(demo_image.parent.parent, "demo")
+    assert m.name == "demo" and m.source == "builtin" and m.initramfs == "ramboot"
+    assert m.kernel_version.endswith("-cloud-amd64") and m.kernel_source == "debian"
+    assert set(m.files) == {KERNEL, INITRD, ROOTFS}
+    for fname, entry in m.files.items():
+        p = demo_image / fname
+        assert entry.size == p.stat().st_size
+        assert entry.sha256 == sha(p)
+    assert not [p for p in demo_image.parent.iterdir() if p.name.startswith(".")]  # no build leftovers
+
+
+def test_initramfs_carries_modules_with_their_dependencies(demo_image: Path, tmp_path: Path) -> None:
+    raw = subprocess.run(["zstd", "-dc", str(demo_image / INITRD)], capture_output=True, check=True).stdout
+    names = subprocess.run(["cpio", "-it", "--quiet"], input=raw, capture_output=True, check=True).stdout.decode()
+    names = set(names.split())
+    version = load_manifest(demo_image.parent.parent, "demo").kernel_version
+    mods = f"lib/modules/{version}"
+    for p in ("init", "bin/busybox", "etc/ramboot/udhcpc.script", "dev/console", f"{mods}/modules.dep",
+              f"{mods}/modules.alias"):
+        assert p in names, p
+    ko = {n.rsplit("/", 1)[1] for n in names if n.endswith(".ko")}
+    # virtio_net needs net_failover and failover: modules.dep's closure, not a hand list
+    assert {"virtio_net.ko", "net_failover.ko", "failover.ko", "squashfs.ko", "overlay.ko", "loop.ko"} <= ko
+    subprocess.run(["cpio", "-id", "--quiet", f"{mods}/modules.dep"], input=raw, cwd=tmp_path, check=True)
+    dep = (tmp_path / mods / "modules.dep").read_text()
+    listed = {ln.split(":")[0] for ln in dep.splitlines()}
+    assert listed == {n[len(mods) + 1:] for n in names if n.endswith(".ko")}
+
+
+def test_rebuild_gives_the_same_bytes(demo_image: Path, tmp_path: Path) -> None:
+    m = build_image(tmp_path / "data", "again")
+    first = load_manifest(demo_image.parent.parent, "demo")
+    for fname in (KERNEL, INITRD, ROOTFS):
+        assert m.files[fname].sha256 == first.files[fname].sha256, fname
+
+
+def test_cli_list_show_verify_rm(demo_image: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(demo_image, data / "images" / "demo")
+    run = CliRunner().invoke
+    r = run(image, ["list", "--data-dir", str(data)])
+    assert r.exit_code == 0 and r.output.startswith("demo\t")
+    r = run(image, ["show", "demo", "--data-dir", str(data)])
+    assert r.exit_code == 0 and 'name = "demo"' in r.output
+    r = run(image, ["verify", "demo", "--data-dir", str(data)])
+    assert r.exit_code == 0 and "demo: ok" in r.output
+    with open(data / "images/demo" / ROOTFS, "r+b") as f:
+        f.seek(100)
+        f.write(b"drift")
+    r = run(image, ["verify", "demo", "--data-dir", str(data)])
+    assert r.exit_code == 1 and "DRIFT demo/rootfs.squashfs: sha256" in r.output
+    (data / "images/demo" / INITRD).unlink()
+    r = run(image, ["verify", "demo", "--data-dir", str(data)])
+    assert "DRIFT demo/initrd.img: missing" in r.output
+    r = run(image, ["rm", "demo", "--data-dir", str(data)])
+    assert r.exit_code == 0 and not (data / "images/demo").exists()
+
+
+def one_line_error(args: list[str], match: str, data: Path) -> None:
+    proc = subprocess.run(IMAGE_CLI + args, capture_output=True, text=True)
+    assert proc.returncode != 0, proc.stdout
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert match in err, err
+    leftovers = list((data / "images").iterdir()) if (data / "images").exists() else []
+    assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("rootfs,match", [
+    ("/nonexistent/rbi-root", "no such file or directory"),
+    ("ftp:some/where", "unknown scheme 'ftp:'"),
+    ("oci:/nonexistent/rbi-oci", "no such file or directory"),
+])
+def test_cli_bad_source(tmp_path: Path, rootfs: str, match: str) -> None:
+    one_line_error(["build", "x", "--rootfs", rootfs, "--data-dir", str(tmp_path)], match, tmp_path)
+
+
+def test_cli_damaged_archive(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"\0" * 10 + b"garbage" * 1000)
+    one_line_error(["build", "x", "--rootfs", str(bad), "--data-dir", str(tmp_path / "d")],
+                   "not a directory or a tar archive", tmp_path / "d")
+
+
+def test_cli_bad_name_and_missing_data_dir(tmp_path: Path) -> None:
+    one_line_error(["build", "../evil", "--data-dir", str(tmp_path)], "bad image name", tmp_path)
+    one_line_error(["build", "x"], "--data-dir", tmp_path)
+
+
+def test_cli_kernel_without_needed_modules(demo_image: Path, tmp_path: Path) -> None:
+    version = load_manifest(demo_image.parent.parent, "demo").kernel_version
+    tree = tmp_path / "k"
+    (tree / "boot").mkdir(parents=True)
+    shutil.copyfile(demo_image / KERNEL, tree / "boot" / f"vmlinuz-{version}")
+    mods = tree / "lib/modules" / version
+    mods.mkdir(parents=True)
+    (mods / "modules.dep").write_text("kernel/fs/squashfs/squashfs.ko:\n")
+    one_line_error(["build", "x", "--kernel", str(tree), "--data-dir", str(tmp_path / "d")],
+                   "lacks the modules ramboot needs: loop, overlay", tmp_path / "d")
+    one_line_error(["build", "x", "--kernel", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d")],
+                   "--kernel", tmp_path / "d")
+
+
+def test_cli_full_disk_leaves_nothing(demo_image: Path, tmp_path: Path) -> None:
+    """A 4 MiB tmpfs (in a private mount namespace) cannot hold the kernel."""
+    data = tmp_path / "small"
+    data.mkdir()
+    # demo_image has cached the kernel: only the disk can fail
+    script = (f"mount -t tmpfs -o size=4m tmpfs {data} && "
+              f"{' '.join(IMAGE_CLI[:2])} \"{IMAGE_CLI[2]}\" build x --data-dir {data}; rc=$?; "
+              f"echo LEFT:$(ls -A {data}/images); exit $rc")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "no space left" in err, err
+    assert "LEFT:\n" in proc.stdout + "\n" and proc.stdout.strip() == "LEFT:", proc.stdout
