@@ -21,7 +21,6 @@ from ramboot.inventory.store import LeaseRecord
 from ramboot.server import api
 from ramboot.server.http import CTX, Ctx
 
-pytestmark = pytest.mark.xdist_group("http")
 
 MAC = "52:54:00:aa:bb:01"
 TOKEN = "s3cret-token"

@@ -14,7 +14,6 @@ import pytest
 from conftest import write_fake_image
 from httpserver import LiveServer
 
-pytestmark = pytest.mark.xdist_group("http")
 assert shutil.which("curl"), "curl is a required test peer (make setup installs it)"
 
 MAC = "52:54:00:12:34:56"

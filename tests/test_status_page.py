@@ -12,7 +12,6 @@ from playwright.sync_api import sync_playwright
 from conftest import write_fake_image
 from httpserver import LiveServer
 
-pytestmark = pytest.mark.xdist_group("http")
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
