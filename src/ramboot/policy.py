@@ -131,13 +131,15 @@ class Booter:
         if plan is None:
             return None
         fw = client.firmware
+        if plan.loader == "pxelinux" and fw in (Firmware.BIOS, Firmware.IPXE) and client.arch in (None, ARCH_BIOS):
+            # The classic path even from a BIOS iPXE ROM (QEMU's): pxelinux.0 reuses the
+            # cached DHCP answer, so this cannot loop.
+            return BootFile(LOADER_PXELINUX, http=False)
         if fw is Firmware.IPXE:
             # Already iPXE: straight to its script, so it never chainloads itself.
             return BootFile(self.script_url(plan.mac), http=False)
         if fw is Firmware.UEFI_HTTP:
             return BootFile(f"{self.http_base}/{LOADER_UEFI}", http=True)
-        if plan.loader == "pxelinux" and fw is Firmware.BIOS:
-            return BootFile(LOADER_PXELINUX, http=False)
         return BootFile(LOADER_UEFI if fw is Firmware.UEFI else LOADER_BIOS, http=False)
 
     def script_url(self, mac: str) -> str:
