@@ -345,3 +345,24 @@ def test_total_transfer_cap(data_dir, make_booter):
         for s in socks:
             s.close()
         srv.close()
+
+
+def test_read_error_ends_the_transfer_not_the_server(env, tmp_path, monkeypatch):
+    """An I/O error while reading gets the client an ERROR, frees the slot, and the next fetch works."""
+    from ramboot.proto.tftp import FileSource
+
+    real = FileSource.readinto
+    calls = {"n": 0}
+
+    def flaky(self, bufs, index):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(5, "Input/output error")
+        return real(self, bufs, index)
+
+    monkeypatch.setattr(FileSource, "readinto", flaky)
+    r = curl(env, "blob.bin", tmp_path / "a")
+    assert r.returncode != 0
+    r = curl(env, "blob.bin", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    assert sha((tmp_path / "b").read_bytes()) == sha(env.blob)

@@ -346,7 +346,7 @@ class ReadTransfer:
 
     Returned packets may be views into the transfer's ring buffers: send them
     before the next call. `deadline` says when `on_timer` next has work;
-    `done` ends the transfer, with `outcome` one of ok, timeout, aborted.
+    `done` ends the transfer, with `outcome` one of ok, timeout, aborted, error.
     """
 
     def __init__(self, request: Request, source: DataSource, limits: Limits = Limits()):
@@ -417,6 +417,11 @@ class ReadTransfer:
             self.retransmits += 1
             return [OAck(self.neg.oack).encode()]
         return self._window()
+
+    def fail(self, message: str) -> list[bytes]:
+        """The data source failed (an I/O error): end with outcome `error` and tell the client."""
+        self._finish("error")
+        return [Error(ErrorCode.NOT_DEFINED, message).encode()]
 
     def _arm(self, now: float) -> None:
         self.retries = 0

@@ -159,7 +159,7 @@ class TftpServer:
         self.transfers[sock.fileno()] = t
         self.per_source[ip] = self.per_source.get(ip, 0) + 1
         self.loop.add_reader(sock.fileno(), self._on_transfer_ready, t)
-        self._send(t, t.machine.start(self.loop.time()))
+        self._drive(t, t.machine.start)
         self._after(t)
 
     def _transfer_socket(self, local: str | None) -> socket.socket:
@@ -194,7 +194,7 @@ class TftpServer:
                 pass
             return
         rexmit = m.retransmits
-        self._send(t, m.on_packet(data, self.loop.time()))
+        self._drive(t, m.on_packet, data)
         if m.retransmits != rexmit:
             metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         if m.bytes_sent - t.counted >= 1 << 20 or m.done:
@@ -211,9 +211,18 @@ class TftpServer:
         t.timer = None
         m = t.machine
         rexmit = m.retransmits
-        self._send(t, m.on_timer(self.loop.time()))
+        self._drive(t, m.on_timer)
         metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         self._after(t)
+
+    def _drive(self, t: _Transfer, step, *args) -> None:
+        """Run one machine step and send its packets; a read error ends the transfer, never the server."""
+        try:
+            packets = step(*args, self.loop.time())
+        except OSError as e:
+            log.warning("tftp: reading %s failed: %s", t.name, e)
+            packets = t.machine.fail("read error")
+        self._send(t, packets)
 
     def _send(self, t: _Transfer, packets) -> None:
         sendto, peer = t.sock.sendto, t.peer
