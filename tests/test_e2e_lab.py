@@ -69,10 +69,10 @@ class LabRun:
         self.config = root / "ramboot.toml"
         self.base = ""
 
-    def start(self, extra: str = "", dhcp: str | None = None, copy_image: bool = False) -> None:
+    def start(self, boot: dict[str, str] | None = None, dhcp: str | None = None, copy_image: bool = False) -> None:
         self.lab.create()
         link_image(self.image, self.lab.data_dir, "demo", copy=copy_image)
-        self.config.write_text(lab_config_text(self.lab, self.lab.data_dir, extra=extra, dhcp=dhcp))
+        self.config.write_text(lab_config_text(self.lab, self.lab.data_dir, dhcp=dhcp, boot=boot))
         self.base = start_server(self.lab, self.config, self.lab.log_file)
 
     def node_add(self, mac: str, *args: str) -> None:
@@ -184,7 +184,7 @@ def test_proxy_mode_beside_site_dhcp(lab_run: LabRun, tmp_path: Path) -> None:
 
 
 def test_unknown_nodes_ignore(lab_run: LabRun) -> None:
-    lab_run.start(extra='[boot]\nunknown_nodes = "ignore"\n')
+    lab_run.start(boot={"unknown_nodes": "ignore"})
     known, unknown = random_mac(), random_mac()
     lab_run.node_add(known)
     with ThreadPoolExecutor(2) as pool:

@@ -27,17 +27,23 @@ def ramboot_cmd() -> list[str]:
     return [sys.executable, "-c", "import sys; from ramboot.cli import main; sys.exit(main())"]
 
 
-def lab_config_text(lab: Lab, data_dir: Path, extra: str = "", dhcp: str | None = None) -> str:
-    """The lab's default config: full DHCP for the lab subnet, standard ports."""
+# The serial console last, so /dev/console is ttyS0: the initramfs's markers then
+# reach `lab vm`, which reads the serial line.
+LAB_KERNEL_ARGS = "console=tty0 console=ttyS0,115200"
+
+
+def lab_config_text(lab: Lab, data_dir: Path, dhcp: str | None = None, boot: dict[str, str] | None = None) -> str:
+    """The lab's default config: full DHCP for the lab subnet, standard ports, serial console."""
     net = lab.server_ip.rsplit(".", 1)[0]
     dhcp = dhcp if dhcp is not None else f'mode = "full"\nrange = "{net}.100-{net}.200"\n'
+    boot = {"kernel_args": LAB_KERNEL_ARGS, **(boot or {})}
     return (
         f'data_dir = "{data_dir}"\n'
         f"[network]\ninterface = \"{lab.bridge}\"\naddress = \"{lab.server_ip}\"\n"
         f"[dhcp]\n{dhcp}"
         "[tftp]\nport = 69\n"
         "[http]\nport = 80\n"
-        f"{extra}"
+        "[boot]\n" + "".join(f'{k} = "{v}"\n' for k, v in boot.items())
     )
 
 
