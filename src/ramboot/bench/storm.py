@@ -149,7 +149,8 @@ class DhcpMux:
                     res.dhcp_retries += 1
                 self._send(data)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), t)
+                    # RFC 2131 4.1: each wait randomised by -1..+1 s, so a storm's retries do not stay in step
+                    return await asyncio.wait_for(asyncio.shield(fut), t + random.uniform(-1, 1))
                 except asyncio.TimeoutError:
                     continue
             raise Failed(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'} after {sum(timeouts)} s")

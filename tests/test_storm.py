@@ -1,0 +1,42 @@
+"""The boot-storm generator stays working: 20 PXE clients against a real `ramboot serve`.
+
+Runs the whole chain in two namespaces the test makes (DHCP as PXE then as
+iPXE, TFTP loader, HTTP script/kernel/initrd/root with sha256, the `booted`
+report) and checks every client got through. A few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from ramboot.bench.storm import _pct, format_summary, run_storm
+
+needs_netns = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 for network namespaces"
+)
+
+
+def test_percentiles() -> None:
+    xs = [float(i) for i in range(1, 101)]
+    assert _pct(xs, 0.5) in (50.0, 51.0)
+    assert _pct(xs, 0.99) == 99.0
+    assert _pct([], 0.5) == 0.0
+    assert _pct([3.0], 0.99) == 3.0
+
+
+@pytest.mark.netns
+@needs_netns
+def test_storm_20_clients_all_boot() -> None:
+    s = run_storm(n=20, image_mb=1, bound_seconds=0, verbose=False, workers=1, timeout=60)
+    text = format_summary(s)
+    assert s["server_alive"], text
+    assert s["failed"] == 0, text
+    assert s["ok"] == 20, text
+    # every client moved the loader, the script, kernel, initrd and the 1 MiB root
+    assert s["bytes"] >= 20 * (1 << 20), text
+    assert 0 < s["p50_s"] <= s["p99_s"] <= s["max_s"], text
+    assert set(s["phase_p50_s"]) == {"dhcp", "tftp", "dhcp-ipxe", "script", "kernel+initrd", "rootfs", "report"}, text
+    assert s["server_rss_mb_peak"] > 0 and s["server_cpu_s"] > 0, text
