@@ -7,11 +7,14 @@ traceback.
 from __future__ import annotations
 
 import asyncio
-import importlib
 
 import click
 
 from .config import ConfigError, load_config
+from .doctor import doctor
+from .images.cli import image
+from .inventory.cli import node
+from .lab.cli import lab
 from .logs import setup_logging
 
 
@@ -39,13 +42,7 @@ def serve(config_path: str, verbose: bool) -> None:
 
 
 # Sub-command groups live beside the code they drive.
-for _module, _name in (
-    ("ramboot.inventory.cli", "node"),
-    ("ramboot.images.cli", "image"),
-    ("ramboot.lab.cli", "lab"),
-    ("ramboot.doctor", "doctor"),
-):
-    try:
-        main.add_command(getattr(importlib.import_module(_module), _name))
-    except (ImportError, AttributeError):  # part not landed yet in this tree
-        pass
+main.add_command(node)
+main.add_command(image)
+main.add_command(lab)
+main.add_command(doctor)
