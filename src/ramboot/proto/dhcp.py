@@ -13,6 +13,7 @@ are overloaded (option 52).
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class DhcpPacket:
 
     def ip_option(self, code: int) -> str | None:
         v = self.options.get(code)
-        return str(ipaddress.IPv4Address(v)) if v and len(v) == 4 else None
+        return _ip(v) if v and len(v) == 4 else None
 
     def u32_option(self, code: int) -> int | None:
         v = self.options.get(code)
@@ -376,7 +377,10 @@ def encode(pkt: DhcpPacket, max_message: int | None = None) -> bytes:
 
 
 def socket_aton(ip: str) -> bytes:
-    return ipaddress.IPv4Address(ip).packed
+    try:
+        return socket.inet_aton(ip) if ip.count(".") == 3 else ipaddress.IPv4Address(ip).packed
+    except OSError:
+        raise DhcpEncodeError(f"not an IPv4 address: {ip!r}") from None
 
 
 def decode_suboptions(v: bytes) -> dict[int, bytes]:

@@ -48,6 +48,7 @@ from .dhcp import (
     decode,
     encode,
     encode_suboptions,
+    socket_aton,
 )
 
 SERVER_PORT = 67
@@ -124,11 +125,11 @@ def _key(pkt: DhcpPacket, mac: str) -> str:
 
 
 def _ipint(ip: str) -> int:
-    return int(ipaddress.IPv4Address(ip))
+    return int.from_bytes(socket_aton(ip), "big")
 
 
 def _ipstr(n: int) -> str:
-    return str(ipaddress.IPv4Address(n))
+    return "%d.%d.%d.%d" % (n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255)
 
 
 class DhcpServer:
@@ -146,6 +147,7 @@ class DhcpServer:
         self.dhcp = config.dhcp
         self.server_ip = server_ip
         self._server_id = ipaddress.IPv4Address(server_ip).packed
+        self._server_int = int(ipaddress.IPv4Address(server_ip))
         self.boot_file = boot_file
         self.node = node
         self.reserved = reserved
@@ -162,6 +164,8 @@ class DhcpServer:
                 prefix = min(24, min(n.prefixlen for n in span))
                 mask = str(ipaddress.IPv4Network(f"{first}/{prefix}", strict=False).netmask)
             self.network = ipaddress.IPv4Network(f"{first}/{mask}", strict=False)
+            self._net_first = int(self.network.network_address)
+            self._net_last = int(self.network.broadcast_address)
             self._cursor = self.first
             for rec in leases:
                 key = "id:" + rec.client_id if rec.client_id else "hw:" + rec.mac
@@ -329,10 +333,7 @@ class DhcpServer:
         return ip if ipaddress.IPv4Address(ip) in self.network else None
 
     def _usable(self, ip: int, key: str, mac: str, now: float, reserved: dict[str, str]) -> bool:
-        if ip == _ipint(self.server_ip):
-            return False
-        net = self.network
-        if ip in (int(net.network_address), int(net.broadcast_address)):
+        if ip == self._server_int or ip == self._net_first or ip == self._net_last:
             return False
         if self.declined.get(ip, 0) > now:
             return False

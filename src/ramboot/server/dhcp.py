@@ -18,6 +18,7 @@ All decisions live in `ramboot.proto.dhcpd`. This module only moves bytes:
 from __future__ import annotations
 
 import asyncio
+import copy
 import fcntl
 import ipaddress
 import logging
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import metrics
 from ..config import Config
-from ..inventory.store import LeaseRecord, Store
+from ..inventory.store import LeaseRecord, NodeSpec, Store
 from ..policy import Booter
 from ..proto.dhcpd import BROADCAST, PXE_PORT, SERVER_PORT, DhcpServer, Result
 from .events import EventLog
@@ -38,8 +39,9 @@ log = logging.getLogger("ramboot.dhcp")
 IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks the constant
 SIOCGIFNETMASK = 0x891B
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+RCVBUF = 4 << 20
 BATCH_WINDOW = 0.002  # seconds lease-changing replies wait to share one commit
-RESERVED_TTL = 2.0  # seconds the fixed-address map is cached between store reads
+NODES_TTL = 2.0  # seconds a snapshot of the nodes table serves lookups before it is re-read
 
 
 def interface_netmask(ifname: str) -> str | None:
@@ -53,11 +55,50 @@ def interface_netmask(ifname: str) -> str | None:
         s.close()
 
 
+class _NodeSnapshot:
+    """The store's node lookups, answered from one `list_nodes()` read every NODES_TTL seconds.
+
+    Two ORM lookups per packet cost milliseconds; a snapshot costs one query
+    per TTL, so the hot path has no database read. A node added or changed is
+    seen within NODES_TTL seconds.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._at = -NODES_TTL
+        self._by_mac: dict[str, NodeSpec] = {}
+        self._by_uuid: dict[str, NodeSpec] = {}
+        self.reserved: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._at < NODES_TTL:
+            return
+        nodes = self.store.list_nodes()
+        self._by_mac = {n.mac: n for n in nodes}
+        self._by_uuid = {n.uuid: n for n in nodes if n.uuid}
+        self.reserved = {n.ip: n.mac for n in nodes if n.ip}
+        self._at = now
+
+    def get_node(self, mac: str) -> NodeSpec | None:
+        self.refresh()
+        return self._by_mac.get(mac)
+
+    def node_by_uuid(self, uuid: str) -> NodeSpec | None:
+        self.refresh()
+        return self._by_uuid.get(uuid)
+
+    def reserved_map(self) -> dict[str, str]:
+        self.refresh()
+        return self.reserved
+
+
 def _udp_socket(interface: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # absorb bursts (PXE storms)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.bind(("0.0.0.0", port))
@@ -78,8 +119,11 @@ class DhcpService:
         self.store = store
         self.events = events
         self.interface = config.network.interface
-        self._reserved: dict[str, str] = {}
-        self._reserved_at = -RESERVED_TTL
+        self.nodes = _NodeSnapshot(store)
+        # The same Booter (class, config, server address), reading nodes from the snapshot:
+        # the boot decision still comes only from Booter.boot_file.
+        fast_booter = copy.copy(booter)
+        fast_booter.store = self.nodes  # type: ignore[assignment]
         mask = None
         if config.dhcp.mode == "full" and config.dhcp.netmask is None:
             mask = interface_netmask(self.interface)
@@ -89,7 +133,7 @@ class DhcpService:
                 if first not in net or last not in net:
                     mask = None  # the range is behind a relay: let the core derive its subnet
         self.core = DhcpServer(
-            config, server_ip, booter.boot_file, booter.node, self._reserved_map,
+            config, server_ip, fast_booter.boot_file, fast_booter.node, self.nodes.reserved_map,
             leases=store.load_leases() if config.dhcp.mode == "full" else [], netmask=mask,
         )
         self._loop = asyncio.get_running_loop()
@@ -109,14 +153,6 @@ class DhcpService:
             self._close_sockets()
             raise
         self.ports = {logical: s.getsockname()[1] for logical, s in self._socks.items()}
-
-    def _reserved_map(self) -> dict[str, str]:
-        """ip -> mac of every fixed address, re-read at most every RESERVED_TTL seconds."""
-        now = time.monotonic()
-        if now - self._reserved_at >= RESERVED_TTL:
-            self._reserved = {n.ip: n.mac for n in self.store.list_nodes() if n.ip}
-            self._reserved_at = now
-        return self._reserved
 
     # -- receiving ---------------------------------------------------------
     def _readable(self, sock: socket.socket, logical: int) -> None:

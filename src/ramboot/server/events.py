@@ -55,7 +55,8 @@ class EventLog:
         while True:
             await asyncio.sleep(self.flush_interval)
             try:
-                self.flush()
+                # In a worker thread: a big batch of inserts must not stall the servers' loop.
+                await asyncio.to_thread(self.flush)
             except Exception:
                 log.exception("event flush failed")
 
