@@ -1,0 +1,165 @@
+"""`debian:SUITE[:pkg,...]`: a Debian root bootstrapped with mmdebstrap.
+
+The mirror is whatever the host's apt already uses (read from /etc/apt), so a
+site mirror or proxy applies and no host name is baked into ramboot. The root
+gets what a diskless node needs: systemd as init, systemd-networkd doing DHCP
+on every Ethernet NIC, a root shell on the console (the RAM root is a lab and
+debugging tool; log in over ssh with keys you add), the `booted` report, and
+fresh ssh host keys generated at each boot when openssh-server is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import ImageError
+
+BASE_PACKAGES = ["systemd-sysv", "udev", "iproute2", "netbase", "ca-certificates", "procps", "less"]
+SSH_PACKAGES = {"ssh", "openssh-server"}
+NO_SECURITY = {"sid", "unstable", "experimental", "rc-buggy"}
+
+NETWORK = """\
+# ramboot: DHCP on every Ethernet NIC (the initramfs already has the boot NIC up).
+[Match]
+Type=ether
+
+[Network]
+DHCP=ipv4
+"""
+
+BOOTED_UNIT = """\
+[Unit]
+Description=Tell the console and the ramboot server that this node booted
+After=network.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/ramboot/booted
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+AUTOLOGIN = """\
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty -o '-p -f -- \\\\u' --noclear --keep-baud --autologin root %I 115200,38400,9600 $TERM
+"""
+
+SSH_KEYS = """\
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+"""
+
+
+def apt_sources(etc: Path = Path("/etc/apt")) -> list[tuple[str, list[str]]]:
+    """(URI, suites) of the host's enabled `deb` sources, one-line and deb822 forms."""
+    out: list[tuple[str, list[str]]] = []
+    files = [etc / "sources.list"] + sorted((etc / "sources.list.d").glob("*.list"))
+    for f in files:
+        for line in _read(f).splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb":
+                out.append((words[1], [words[2]]))
+    for f in sorted((etc / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", _read(f)):
+            fields: dict[str, str] = {}
+            for ln in stanza.splitlines():
+                if ln.startswith("#") or ":" not in ln:
+                    continue
+                k, _, v = ln.partition(":")
+                fields[k.strip().lower()] = v.strip()
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
+                for uri in fields.get("uris", "").split():
+                    out.append((uri, fields.get("suites", "").split()))
+    return out
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_text()
+    except OSError:
+        return ""
+
+
+def mirror_lines(suite: str, sources: list[tuple[str, list[str]]]) -> list[str]:
+    """The host's Debian archive (and security archive) for `suite`."""
+    plain = [u for u, suites in sources if any(s and "-" not in s and "/" not in s for s in suites)]
+    main = next((u for u in plain if u.rstrip("/").endswith("/debian")), plain[0] if plain else None)
+    if main is None:
+        raise ImageError("debian: no Debian archive among apt's sources in /etc/apt (mmdebstrap needs one)")
+    lines = [f"deb {main} {suite} main"]
+    if any(s.endswith("-updates") for _, suites in sources for s in suites) and suite not in NO_SECURITY:
+        lines.append(f"deb {main} {suite}-updates main")
+    sec = next((u for u, suites in sources if any(s.endswith("-security") for s in suites)), None)
+    if sec and suite not in NO_SECURITY:
+        lines.append(f"deb {sec} {suite}-security main")
+    return lines
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    suite, _, pkgs = spec.partition(":")
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", suite):
+        raise ImageError(f"--rootfs debian:{spec}: bad suite name {suite!r}")
+    extra = [p for p in pkgs.split(",") if p]
+    bad = [p for p in extra if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p)]
+    if bad:
+        raise ImageError(f"--rootfs debian:{spec}: bad package name {bad[0]!r}")
+    return suite, extra
+
+
+def bootstrap(spec: str, tree: Path, console: Console) -> None:
+    suite, extra = parse_spec(spec)
+    if shutil.which("mmdebstrap") is None:
+        raise ImageError("mmdebstrap not found: run `make setup`")
+    if SSH_PACKAGES & set(extra):
+        extra = [p for p in extra if p != "ssh"] + ["openssh-server"]
+    pkgs = sorted(set(BASE_PACKAGES + extra))
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
+           f"--include={','.join(pkgs)}", suite, str(tree), *mirror_lines(suite, apt_sources())]
+    with console.status(f"bootstrapping Debian {suite} with mmdebstrap ({len(pkgs)} extra packages)…"):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("E:", "mmdebstrap: error"))]
+        why = (lines or proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"])[0]
+        raise ImageError(f"mmdebstrap {suite} failed: {why}")
+    configure(tree, ssh="openssh-server" in pkgs)
+
+
+def configure(tree: Path, ssh: bool) -> None:
+    """What a RAM-booted node needs on top of the packages."""
+    etc = tree / "etc"
+    (etc / "systemd/network").mkdir(parents=True, exist_ok=True)
+    (etc / "systemd/network/50-ramboot.network").write_text(NETWORK)
+    (etc / "systemd/system/ramboot-booted.service").write_text(BOOTED_UNIT)
+    booted = tree / "usr/lib/ramboot/booted"
+    booted.parent.mkdir(parents=True, exist_ok=True)
+    booted.write_bytes((resources.files("ramboot.images") / "initramfs" / "booted").read_bytes())
+    os.chmod(booted, 0o755)
+    for unit in ("serial-getty@.service.d", "getty@.service.d"):
+        (etc / "systemd/system" / unit).mkdir(parents=True, exist_ok=True)
+        (etc / "systemd/system" / unit / "ramboot-autologin.conf").write_text(AUTOLOGIN)
+    units = ["systemd-networkd.service", "ramboot-booted.service"]
+    if ssh:
+        for key in (etc / "ssh").glob("ssh_host_*"):
+            key.unlink()  # every node makes its own at boot: never one shared host key
+        (etc / "systemd/system/ssh.service.d").mkdir(parents=True, exist_ok=True)
+        (etc / "systemd/system/ssh.service.d/ramboot-keys.conf").write_text(SSH_KEYS)
+    proc = subprocess.run(["chroot", str(tree), "systemctl", "enable", *units], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"enabling {', '.join(units)} in the Debian root failed: {proc.stderr.strip()}")
+    (etc / "hostname").write_text("ramboot\n")
+    (etc / "fstab").write_text("# ramboot: the root is a RAM overlay; nothing to mount\n")
+    (etc / "machine-id").write_text("")  # a fresh one per boot
+    dbus_id = tree / "var/lib/dbus/machine-id"
+    if dbus_id.is_file() and not dbus_id.is_symlink():
+        dbus_id.unlink()
