@@ -16,8 +16,9 @@ Stacks:
   python's `http.server` (`root=live:http://...`).
 - `dnsmasq-ipxe`: the best-tuned dnsmasq + iPXE chain: a client with user
   class iPXE gets an http script URL in the first offer, with iPXE's option
-  175.176 (no-pxedhcp) so it does not wait for ProxyDHCP offers; kernel,
-  initrd and root over HTTP (python `http.server`); others get
+  175.176 (no-pxedhcp) so it does not wait for ProxyDHCP offers, and router
+  advertisements (`--enable-ra`, ra-only) so iPXE's IPv6 configurator ends at
+  once; kernel, initrd and root over HTTP (python `http.server`); others get
   `undionly.kpxe` over TFTP.
 
 Usage: .venv/bin/python bench/e2e_bench.py [--runs 1] [--stacks ramboot,seed,dnsmasq-ipxe] [--accel tcg]
@@ -104,8 +105,11 @@ def start_dnsmasq_ipxe(lab: Lab, work: Path, img: Path) -> str | None:
         f"initrd {base}/initrd.img\nboot\n")
     for p in (work, tftp, www):
         p.chmod(0o755)
+    # dnsmasq can end iPXE's IPv6 wait too, with router advertisements (ra-only);
+    # it needs an IPv6 prefix on the interface to advertise.
+    lab.ip("addr", "add", "fd77:22:33::2/64", "dev", "rb0", "nodad")
     lab.spawn("dnsmasq", dnsmasq_cmd(
-        work, "--enable-tftp", f"--tftp-root={tftp}",
+        work, "--enable-tftp", f"--tftp-root={tftp}", "--enable-ra", "--dhcp-range=::,constructor:rb0,ra-only",
         "--dhcp-userclass=set:ipxe,iPXE",
         f"--dhcp-boot=tag:ipxe,{base}/boot.ipxe",
         "--dhcp-boot=tag:!ipxe,undionly.kpxe",
