@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import bindparam, create_engine, delete, event, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -124,13 +124,60 @@ class Store:
             ]
 
     def save_leases(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = ()) -> None:
-        """Write a batch of lease changes in one transaction (group commit)."""
-        with self._session.begin() as s:
-            for ip in deletes:
-                s.execute(delete(Lease).where(Lease.ip == ip))
-            for rec in upserts:
-                s.execute(delete(Lease).where(Lease.mac == rec.mac, Lease.ip != rec.ip))
-                s.merge(Lease(ip=rec.ip, mac=rec.mac, expires=rec.expires, client_id=rec.client_id, hostname=rec.hostname))
+        """Write a batch of lease changes in one transaction (group commit).
+
+        Deletes by address first, then each upsert in order, keeping one lease per
+        MAC (a MAC's other addresses go). Core executemany statements, not ORM
+        objects: a batch of hundreds costs a few statements.
+        """
+        rows: dict[str, dict] = {}  # ip -> row; a later upsert for a MAC replaces its earlier one
+        ip_of_mac: dict[str, str] = {}
+        others: dict[tuple[str, str], None] = {}  # (mac, ip): the MAC's leases elsewhere go
+        dropped: dict[str, None] = {}
+        for rec in upserts:
+            others[(rec.mac, rec.ip)] = None
+            prev = ip_of_mac.get(rec.mac)
+            if prev is not None and prev != rec.ip and rows.get(prev, {}).get("mac") == rec.mac:
+                del rows[prev]
+                dropped[prev] = None  # written, then moved: whatever was stored there goes too
+            old = rows.get(rec.ip)
+            if old is not None and old["mac"] != rec.mac and ip_of_mac.get(old["mac"]) == rec.ip:
+                del ip_of_mac[old["mac"]]
+            ip_of_mac[rec.mac] = rec.ip
+            dropped.pop(rec.ip, None)
+            rows[rec.ip] = {"ip": rec.ip, "mac": rec.mac, "expires": rec.expires, "client_id": rec.client_id,
+                            "hostname": rec.hostname}
+        gone = [{"d_ip": ip} for ip in (*deletes, *dropped)]
+        with self.engine.begin() as conn:
+            if gone:
+                conn.execute(_DELETE_LEASE_IP, gone)
+            if rows:
+                # The MACs' other stored leases; the rows written below are already one per MAC.
+                conn.execute(_DELETE_LEASE_MAC, [{"d_mac": m, "d_ip": ip} for m, ip in others])
+                upsert = self._lease_upsert()
+                if upsert is None:  # a dialect without ON CONFLICT: clear the addresses, then insert
+                    conn.execute(_DELETE_LEASE_IP, [{"d_ip": ip} for ip in rows])
+                    upsert = insert(Lease.__table__)
+                conn.execute(upsert, list(rows.values()))
+
+    def _lease_upsert(self):
+        """INSERT ... ON CONFLICT (ip) DO UPDATE for SQLite and PostgreSQL; None elsewhere."""
+        if not hasattr(self, "_upsert_stmt"):
+            table = Lease.__table__
+            name = self.engine.dialect.name
+            stmt = None
+            if name in ("sqlite", "postgresql"):
+                if name == "sqlite":
+                    from sqlalchemy.dialects.sqlite import insert as dialect_insert
+                else:
+                    from sqlalchemy.dialects.postgresql import insert as dialect_insert
+                ins = dialect_insert(table)
+                stmt = ins.on_conflict_do_update(
+                    index_elements=[table.c.ip],
+                    set_={c: ins.excluded[c] for c in ("mac", "expires", "client_id", "hostname")},
+                )
+            self._upsert_stmt = stmt
+        return self._upsert_stmt
 
     def lease_for_mac(self, mac: str, now: float | None = None) -> LeaseRecord | None:
         """The unexpired lease a MAC holds, if any (node reports are checked against it)."""
@@ -143,9 +190,11 @@ class Store:
 
     # -- events and inventory ---------------------------------------------
     def add_events(self, events: Iterable[EventRecord]) -> None:
-        with self._session.begin() as s:
-            for e in events:
-                s.add(Event(mac=normalize_mac(e.mac), stage=e.stage, at=e.at, source=e.source, detail=e.detail))
+        rows = [{"mac": normalize_mac(e.mac), "stage": e.stage, "at": e.at, "source": e.source, "detail": e.detail}
+                for e in events]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(Event.__table__), rows)  # one executemany
 
     def add_event(self, mac: str, stage: str, source: str = "server", at: float | None = None, **detail) -> None:
         self.add_events([EventRecord(mac=mac, stage=stage, at=at or time.time(), source=source, detail=detail)])
@@ -182,6 +231,12 @@ class Store:
                 select(Inventory).where(Inventory.mac == normalize_mac(mac)).order_by(Inventory.at.desc()).limit(limit)
             )
             return [(r.at, dict(r.data)) for r in rows]
+
+
+_DELETE_LEASE_IP = delete(Lease.__table__).where(Lease.__table__.c.ip == bindparam("d_ip"))
+_DELETE_LEASE_MAC = delete(Lease.__table__).where(
+    Lease.__table__.c.mac == bindparam("d_mac"), Lease.__table__.c.ip != bindparam("d_ip")
+)
 
 
 def _node_spec(r: Node) -> NodeSpec:
