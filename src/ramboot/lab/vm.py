@@ -21,7 +21,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 FIRMWARES = ("bios", "uefi")
 PROBE_MARK = "ramboot-kvm-probe-ok"
+REPORT_GRACE = 10.0  # seconds a node gets to post what its console said, before its VM is stopped
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>cDEHM78]")
 
@@ -289,6 +289,7 @@ def boot_vm(
     proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     console = _Console(proc.stdout, workdir / "console.log", echo)
     ok, reason, api_events = False, "", []
+    end_seen = 0.0
     deadline = time.monotonic() + timeout
     next_poll = 0.0
     try:
@@ -302,6 +303,14 @@ def boot_vm(
                 next_poll = time.monotonic() + 1.0
                 api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base), started)
                 stages |= {m.stage for m in api_events}
+            for end in ("booted", "failed"):
+                # Seen on the console: give the node a moment to post the same event
+                # to the server before the VM is stopped, so the server's record is whole.
+                if end in stages and not any(m.stage == end for m in api_events):
+                    end_seen = end_seen or time.monotonic()
+                    if time.monotonic() - end_seen < REPORT_GRACE:
+                        next_poll = 0.0
+                        stages.discard(end)
             if "booted" in stages:
                 ok, reason = True, "reached its RAM root"
                 break
@@ -378,7 +387,3 @@ def format_timeline(result: BootResult) -> str:
         rows.append(f"  stopped after: {result.stopped_at} ({result.reason})")
         rows.append(f"  console log: {result.console_log}")
     return "\n".join(rows)
-
-
-def stdout_bytes() -> IO[bytes]:
-    return sys.stdout.buffer
