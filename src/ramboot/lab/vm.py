@@ -380,8 +380,12 @@ def format_timeline(result: BootResult) -> str:
             f"{'RAM root reached' if result.ok else 'NOT booted'} in {result.seconds:.1f} s")
     rows = [head, f"  {'t (s)':>7} {'+step':>6}  {'stage':<15} {'from':<7} detail"]
     prev = result.started
+    kernel = result.first("kernel-start")
     for m in result.marks:
-        rows.append(f"  {m.at - result.started:7.1f} {m.at - prev:6.1f}  {m.stage:<15} {m.source:<7} {_fmt_detail(m)}")
+        detail = _fmt_detail(m)
+        if kernel and m.at >= kernel.at and m.stage in ("dhcp-offer", "dhcp-ack"):
+            detail = f"{m.detail.get('ip', '')} (the initramfs's own DHCP)"
+        rows.append(f"  {m.at - result.started:7.1f} {m.at - prev:6.1f}  {m.stage:<15} {m.source:<7} {detail}")
         prev = m.at
     if not result.ok:
         rows.append(f"  stopped after: {result.stopped_at} ({result.reason})")
