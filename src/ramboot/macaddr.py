@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _HEX12 = re.compile(r"^[0-9a-f]{12}$")
+_CANONICAL = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 class BadMac(ValueError):
@@ -13,6 +14,8 @@ class BadMac(ValueError):
 
 def normalize_mac(text: str) -> str:
     """Accept colon, hyphen, dot or bare hex forms (and pxelinux's `01-` prefix)."""
+    if _CANONICAL.fullmatch(text):  # already `aa:bb:...` (the hot path: DHCP events)
+        return text
     s = text.strip().lower()
     if s.startswith("01-") and len(s) == 20:
         s = s[3:]

@@ -143,7 +143,7 @@ class DhcpPacket:
         """`aa:bb:...` for Ethernet clients, else None (we boot only Ethernet)."""
         if self.htype != 1 or self.hlen != 6:
             return None
-        return ":".join(f"{b:02x}" for b in self.chaddr[:6])
+        return self.chaddr[:6].hex(":")
 
     @property
     def broadcast_flag(self) -> bool:
@@ -221,8 +221,7 @@ def parse_user_class(v: bytes) -> list[str]:
     return out
 
 
-def _ip(b: bytes) -> str:
-    return "%d.%d.%d.%d" % (b[0], b[1], b[2], b[3])
+_ip = socket.inet_ntoa  # 4 bytes -> dotted quad
 
 
 def _parse_field(buf: bytes, out: dict[int, bytes], where: str, need_end: bool) -> None:
@@ -302,8 +301,8 @@ def decode(data: bytes) -> DhcpPacket:
 
 def _chunks(code: int, value: bytes) -> list[bytes]:
     """One option as wire chunks; values over 255 bytes repeat the code (RFC 3396 §5)."""
-    if not value:
-        return [bytes((code, 0))]
+    if len(value) <= 255:
+        return [bytes((code, len(value))) + value]
     return [bytes((code, len(part))) + part for part in (value[i : i + 255] for i in range(0, len(value), 255))]
 
 
@@ -337,6 +336,13 @@ def _pack_fields(options: list[tuple[int, bytes]], caps: list[int]) -> list[byte
     return [bytes(f) for f in fields]
 
 
+_FRAMING = frozenset({Opt.PAD, Opt.END, Opt.OVERLOAD})
+
+
+def _not_message_type(item: tuple[int, bytes]) -> bool:
+    return item[0] != 53
+
+
 def encode(pkt: DhcpPacket, max_message: int | None = None) -> bytes:
     """Serialise, overloading `file` then `sname` (option 52) if the options do not fit.
 
@@ -346,10 +352,12 @@ def encode(pkt: DhcpPacket, max_message: int | None = None) -> bytes:
         raise DhcpEncodeError("sname/file too long for their fields (63/127 bytes)")
     limit = (max_message or DEFAULT_MAX_MESSAGE) - IP_UDP_HEADERS - MIN_LEN
     # Message type first: some ROMs look for it there.
-    order = sorted(pkt.options, key=lambda c: c != Opt.MESSAGE_TYPE)
-    opts = [(c, pkt.options[c]) for c in order if c not in (Opt.PAD, Opt.END, Opt.OVERLOAD)]
+    options = pkt.options
+    opts = [(c, v) for c, v in options.items() if c not in _FRAMING]
+    if Opt.MESSAGE_TYPE in options:
+        opts.sort(key=_not_message_type)  # stable: the others keep their order
     sname, file = pkt.sname, pkt.file
-    plain = b"".join(w for c, v in opts for w in _chunks(c, v))
+    plain = b"".join([bytes((c, len(v))) + v if len(v) <= 255 else b"".join(_chunks(c, v)) for c, v in opts])
     if len(plain) + 1 <= limit:
         body = plain + b"\xff"
     else:

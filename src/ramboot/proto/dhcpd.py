@@ -56,6 +56,8 @@ CLIENT_PORT = 68
 PXE_PORT = 4011
 BROADCAST = "255.255.255.255"
 OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
+_PXE_USE_BOOTFILE = encode_suboptions({PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True)
+_IPXE_NO_PXEDHCP = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
 _CLASS_OPTIONS = (Opt.CLIENT_ARCH, Opt.VENDOR_CLASS, Opt.USER_CLASS, Opt.IPXE_ENCAP)
 
 
@@ -170,6 +172,7 @@ class DhcpServer:
             for rec in leases:
                 key = "id:" + rec.client_id if rec.client_id else "hw:" + rec.mac
                 self._put(_Lease(_ipint(rec.ip), key, rec.mac, rec.expires, True, rec.client_id, rec.hostname))
+        self._constant_options()
 
     # -- entry point -----------------------------------------------------
     def handle(self, data: bytes, src: tuple[str, int], port: int, now: float) -> Result:
@@ -217,7 +220,7 @@ class DhcpServer:
 
     # -- full mode ---------------------------------------------------------
     def _full(self, pkt: DhcpPacket, mt: int, kind: str, mac: str, now: float) -> Result:
-        if pkt.giaddr != ZERO_IP and ipaddress.IPv4Address(pkt.giaddr) not in self.network:
+        if pkt.giaddr != ZERO_IP and not self._net_first <= _ipint(pkt.giaddr) <= self._net_last:
             return Result(kind, "ignored")  # a relay for a subnet we have no range on
         if mt == MsgType.DISCOVER:
             return self._discover(pkt, kind, mac, now)
@@ -411,19 +414,29 @@ class DhcpServer:
     def _lease_options(self, rep: DhcpPacket, spec: NodeSpec | None, lease: bool = True) -> None:
         o = rep.options
         if lease:
-            lt = self.lease_time
-            o[Opt.LEASE_TIME] = struct.pack("!I", lt)
-            o[Opt.RENEWAL_TIME] = struct.pack("!I", lt // 2)
-            o[Opt.REBINDING_TIME] = struct.pack("!I", lt * 7 // 8)
-        o[Opt.SUBNET_MASK] = self.network.netmask.packed
-        if self.dhcp.router:
-            o[Opt.ROUTER] = self.dhcp.router.packed
-        if self.dhcp.dns:
-            o[Opt.DNS] = b"".join(a.packed for a in self.dhcp.dns)
-        if self.dhcp.domain:
-            o[Opt.DOMAIN] = self.dhcp.domain.encode()
+            o.update(self._lease_opts)
+        o.update(self._net_opts)
         if spec is not None and spec.hostname:
             o[Opt.HOSTNAME] = spec.hostname.encode()
+
+    def _constant_options(self) -> None:
+        """The options that are the same in every reply, encoded once."""
+        lt = self.lease_time
+        self._lease_opts = {
+            Opt.LEASE_TIME: struct.pack("!I", lt),
+            Opt.RENEWAL_TIME: struct.pack("!I", lt // 2),
+            Opt.REBINDING_TIME: struct.pack("!I", lt * 7 // 8),
+        }
+        net: dict[int, bytes] = {}
+        if self.mode == "full":
+            net[Opt.SUBNET_MASK] = self.network.netmask.packed
+        if self.dhcp.router:
+            net[Opt.ROUTER] = self.dhcp.router.packed
+        if self.dhcp.dns:
+            net[Opt.DNS] = b"".join(a.packed for a in self.dhcp.dns)
+        if self.dhcp.domain:
+            net[Opt.DOMAIN] = self.dhcp.domain.encode()
+        self._net_opts = net
 
     def _boot_options(self, rep: DhcpPacket, client: Client, bf: BootFile) -> None:
         """The boot program, as both the `file` field and option 67 (ROMs read one or the other)."""
@@ -439,11 +452,9 @@ class DhcpServer:
         elif client.vendor_class.startswith("PXEClient") or ipxe:
             o[Opt.VENDOR_CLASS] = b"PXEClient"
             if not ipxe:
-                o[Opt.VENDOR_SPECIFIC] = encode_suboptions(
-                    {PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True
-                )
+                o[Opt.VENDOR_SPECIFIC] = _PXE_USE_BOOTFILE
         if ipxe and self.mode == "full":
-            o[Opt.IPXE_ENCAP] = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
+            o[Opt.IPXE_ENCAP] = _IPXE_NO_PXEDHCP
 
     def _dest(self, req: DhcpPacket, mt: MsgType, yiaddr: str) -> tuple[str, int, bool]:
         """RFC 2131 §4.1: where a reply goes. The flag marks a not-yet-ARPable client."""

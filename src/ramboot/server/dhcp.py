@@ -41,6 +41,8 @@ SIOCGIFNETMASK = 0x891B
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 RCVBUF = 4 << 20
 BATCH_WINDOW = 0.002  # seconds lease-changing replies wait to share one commit
+import os
+_INLINE_COMMIT = os.environ.get("RAMBOOT_DHCP_COMMIT", "inline") == "inline"
 NODES_TTL = 2.0  # seconds a snapshot of the nodes table serves lookups before it is re-read
 
 
@@ -139,6 +141,8 @@ class DhcpService:
         self._loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dhcp-commit")
         self._pending: list[tuple[Result, int]] = []
+        self._counters: dict[tuple[str, str], object] = {}
+        self._anc: dict[int, list] = {0: []}  # ifindex -> the IP_PKTINFO ancillary data to send with
         self._flusher: asyncio.Task | None = None
         self._socks: dict[int, socket.socket] = {}  # logical port (67/4011) -> socket
         ports = {SERVER_PORT: port}
@@ -155,10 +159,18 @@ class DhcpService:
         self.ports = {logical: s.getsockname()[1] for logical, s in self._socks.items()}
 
     # -- receiving ---------------------------------------------------------
+    def _count(self, kind: str, outcome: str) -> None:
+        """metrics.DHCP_PACKETS[kind, outcome] += 1, with the labelled child looked up once."""
+        c = self._counters.get((kind, outcome))
+        if c is None:
+            c = self._counters[(kind, outcome)] = metrics.DHCP_PACKETS.labels(kind, outcome)
+        c.inc()
+
     def _readable(self, sock: socket.socket, logical: int) -> None:
+        recvmsg, handle, now = sock.recvmsg, self.core.handle, time.time
         for _ in range(64):  # drain a burst, then let the loop breathe
             try:
-                data, anc, _flags, src = sock.recvmsg(4096, 64)
+                data, anc, _flags, src = recvmsg(4096, 64)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -169,12 +181,12 @@ class DhcpService:
                 if level == socket.IPPROTO_IP and typ == IP_PKTINFO and len(val) >= _PKTINFO.size:
                     ifindex = _PKTINFO.unpack_from(val)[0]
             try:
-                res = self.core.handle(data, src, logical, time.time())
+                res = handle(data, src, logical, now())
             except Exception:  # a hostile packet never stops the server
                 log.exception("dhcp: dropped a datagram from %s that broke the handler", src[0])
-                metrics.DHCP_PACKETS.labels("error", "dropped").inc()
+                self._count("error", "dropped")
                 continue
-            metrics.DHCP_PACKETS.labels(res.kind, res.outcome).inc()
+            self._count(res.kind, res.outcome)
             if res.outcome == "dropped":
                 log.debug("dhcp: malformed datagram from %s:%d dropped", *src)
             if res.needs_commit:
@@ -207,7 +219,10 @@ class DhcpService:
         deletes = [ip for ip, r in final.items() if r is None]
         started = time.perf_counter()
         try:
-            await self._loop.run_in_executor(self._executor, self.store.save_leases, upserts, deletes)
+            if _INLINE_COMMIT:
+                self.store.save_leases(upserts, deletes)
+            else:
+                await self._loop.run_in_executor(self._executor, self.store.save_leases, upserts, deletes)
         except Exception:
             # Without the commit, no ACK: the clients retry and we answer again.
             log.exception("dhcp: lease commit failed; %d replies withheld", len(batch))
@@ -218,10 +233,12 @@ class DhcpService:
 
     # -- sending -------------------------------------------------------------
     def _emit(self, res: Result, ifindex: int) -> None:
+        anc = self._anc.get(ifindex)
+        if anc is None:
+            anc = self._anc[ifindex] = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, bytes(4), bytes(4)))]
         for s in res.sends:
             sock = self._socks.get(s.src_port) or self._socks[SERVER_PORT]
             host = BROADCAST if s.new_client else s.host
-            anc = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, bytes(4), bytes(4)))] if ifindex else []
             try:
                 sock.sendmsg([s.data], anc, 0, (host, s.port))
             except OSError as e:

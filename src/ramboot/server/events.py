@@ -17,6 +17,10 @@ from ..macaddr import normalize_mac
 
 log = logging.getLogger("ramboot.events")
 
+# One per DISCOVER, thousands a second in a boot storm: logged at debug (the ACK that
+# follows is logged at info). Every stage is still recorded in the store.
+DEBUG_STAGES = frozenset({"dhcp-offer"})
+
 
 class EventLog:
     def __init__(self, store: Store, flush_interval: float = 0.2):
@@ -30,7 +34,11 @@ class EventLog:
     def record(self, mac: str, stage: str, source: str = "server", **detail) -> None:
         rec = EventRecord(mac=normalize_mac(mac), stage=stage, at=time.time(), source=source, detail=detail)
         self._pending.append(rec)
-        log.info("event", extra={"mac": rec.mac, "stage": stage, "detail": detail})
+        level = logging.DEBUG if stage in DEBUG_STAGES else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "event", extra={"mac": rec.mac, "stage": stage, "detail": detail})
+        if not self._watchers:
+            return
         for w in list(self._watchers):
             try:
                 w(rec)
