@@ -363,6 +363,8 @@ def _fmt_detail(m: Mark) -> str:
         except (TypeError, ValueError):
             return ""
         what = d.get("file") or d.get("url") or ""
+        if nbytes < 100_000:  # a script or config: its size says more than a rate
+            return f"{Path(str(what)).name} {nbytes:.0f} bytes"
         rate = f", {nbytes / 1e6 / secs:.1f} MB/s" if secs > 0 else ""
         return f"{Path(str(what)).name} {nbytes / 1e6:.2f} MB in {secs:.2f} s{rate}".strip()
     if m.stage == "failed":
