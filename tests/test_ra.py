@@ -21,3 +21,23 @@ def test_ra_is_bare_and_not_a_default_router() -> None:
 
 def test_ra_without_mac_has_no_options() -> None:
     assert len(router_advertisement(None)) == 16
+
+
+def test_answering_follows_the_mode_and_the_switch() -> None:
+    import asyncio
+
+    from ramboot.config import parse_config
+    from ramboot.server.ra import start_ra
+
+    async def started(text: str) -> bool:
+        r = await start_ra(parse_config('[network]\ninterface = "lo"\n' + text))
+        if r is None:
+            return False
+        await r.close()
+        return True
+
+    full = '[dhcp]\nmode = "full"\nrange = "10.0.0.10-10.0.0.20"\n'
+    assert asyncio.run(started(full))
+    assert not asyncio.run(started('[dhcp]\nmode = "proxy"\n'))
+    assert asyncio.run(started('answer_router_solicitations = true\n[dhcp]\nmode = "proxy"\n'))
+    assert not asyncio.run(started('answer_router_solicitations = false\n' + full))

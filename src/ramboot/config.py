@@ -25,6 +25,10 @@ class _Section(BaseModel):
 class NetworkConfig(_Section):
     interface: str = "rb0"
     address: ipaddress.IPv4Address | None = None
+    # Answer IPv6 router solicitations with an empty RA so iPXE stops waiting
+    # for IPv6 (server/ra.py). "auto": only in full DHCP mode, where ramboot
+    # owns the network; set true in proxy mode when no IPv6 router is present.
+    answer_router_solicitations: Literal["auto"] | bool = "auto"
 
 
 class DhcpConfig(_Section):

@@ -75,7 +75,7 @@ class Services:
         self.servers.append(await start_tftp(self.config, self.namespace, self.events))
         if self.config.dhcp.mode != "off":
             self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip))
-        # Full mode owns the network: answer IPv6 router solicitations so iPXE's
+        # Answer IPv6 router solicitations (full mode by default) so iPXE's
         # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra.py).
         from .ra import start_ra
 

@@ -12,8 +12,9 @@ each Router Solicitation on the provisioning interface with the smallest RA
 that says nothing: router lifetime 0 (not a default router), no prefix, M=O=0,
 no DNS. A host receiving it changes nothing.
 
-Only in full DHCP mode, where ramboot owns the provisioning network; in proxy
-mode a real router may be advertising prefixes that a client should use.
+By default only in full DHCP mode, where ramboot owns the provisioning network;
+in proxy mode a real router may be advertising prefixes (or M=1) that a client
+should use, so `network.answer_router_solicitations = true` is opt-in there.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ class RaResponder:
 
 
 async def start_ra(config) -> RaResponder | None:
-    """Answer router solicitations on the DHCP interface in full mode; None if not applicable."""
-    if config.dhcp.mode != "full":
+    """Answer router solicitations on the DHCP interface when configured; None if not."""
+    wanted = config.network.answer_router_solicitations
+    if wanted is False or (wanted == "auto" and config.dhcp.mode != "full"):
         return None
     try:
         r = RaResponder(config.network.interface)
