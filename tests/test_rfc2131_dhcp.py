@@ -54,6 +54,14 @@ def test_client_identifier_keys_the_lease(rig):
     assert o.yiaddr == ack.yiaddr
 
 
+def test_loader_sending_hw_client_id_keeps_the_firmwares_lease(rig):
+    """OVMF's PXE sends no option 61; the iPXE it loads sends 01+MAC. One lease, not two."""
+    _, ack, _ = rig.dora(A)
+    hw_cid = {Opt.CLIENT_ID: b"\x01" + bytes.fromhex(A.replace(":", ""))}
+    _, ack2, _ = rig.dora(A, hw_cid)
+    assert ack2.yiaddr == ack.yiaddr
+
+
 def test_pool_exhaustion_means_silence_and_expired_leases_are_reused(rig):
     macs = [f"52:54:00:00:01:{i:02x}" for i in range(5)]
     for m in macs:

@@ -122,8 +122,16 @@ def client_of(pkt: DhcpPacket, mac: str) -> Client:
 
 
 def _key(pkt: DhcpPacket, mac: str) -> str:
-    cid = pkt.client_id
-    return "id:" + cid.hex() if cid else "hw:" + mac
+    return _lease_key(pkt.client_id.hex() if pkt.client_id else None, mac)
+
+
+def _lease_key(client_id_hex: str | None, mac: str) -> str:
+    """Who holds a lease. A client id that is just `01` + the MAC (iPXE, udhcpc,
+    dhclient) is the MAC: the firmware sent none, and the loader it chains to
+    must get the same address, not a second lease."""
+    if not client_id_hex or client_id_hex == "01" + mac.replace(":", ""):
+        return "hw:" + mac
+    return "id:" + client_id_hex
 
 
 def _ipint(ip: str) -> int:
@@ -170,7 +178,7 @@ class DhcpServer:
             self._net_last = int(self.network.broadcast_address)
             self._cursor = self.first
             for rec in leases:
-                key = "id:" + rec.client_id if rec.client_id else "hw:" + rec.mac
+                key = _lease_key(rec.client_id, rec.mac)
                 self._put(_Lease(_ipint(rec.ip), key, rec.mac, rec.expires, True, rec.client_id, rec.hostname))
         self._constant_options()
 
