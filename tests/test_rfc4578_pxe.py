@@ -156,3 +156,47 @@ def test_golden_client_exchange_gets_the_right_boot_file(data_dir, path):
         assert ack.yiaddr == decode(req).requested_ip
     finally:
         rig.close()
+
+
+# -- golden: QEMU's iPXE ROM, OVMF's own PXE and iPXE's snponly.efi, captured in the lab --
+LAB_SERVER = "172.22.33.2"  # the lab's server, where these were captured with tcpdump on rb0
+QEMU_GOLDEN = GOLDEN.parent / "dhcp-qemu"
+
+
+@pytest.mark.parametrize(
+    "stem, want_ipxe_script, want_file",
+    [
+        ("qemu-ipxe-rom-bios", True, None),  # SeaBIOS + QEMU's iPXE ROM: already iPXE
+        ("ovmf-uefi-pxe", False, "snponly.efi"),  # OVMF's own PXE: arch 7, no client id
+        ("ipxe-snponly-uefi", True, None),  # the iPXE that OVMF loaded: script, never itself again
+    ],
+)
+def test_golden_firmware_exchange(data_dir, stem, want_ipxe_script, want_file):
+    """Replay real firmware packets: the OFFER and ACK agree, the right program, one lease."""
+    rig = Rig(data_dir, server=LAB_SERVER, range_="172.22.33.100-172.22.33.200")
+    try:
+        discover = bytes.fromhex((QEMU_GOLDEN / f"{stem}-00-discover.hex").read_text())
+        req = bytes.fromhex((QEMU_GOLDEN / f"{stem}-02-request.hex").read_text())
+        mac = decode(discover).mac
+        want = f"http://{LAB_SERVER}/boot/{mac.replace(':', '-')}.ipxe" if want_ipxe_script else want_file
+        _, [offer] = rig.send(discover)
+        _, [ack] = rig.send(req)
+        assert (offer.msg_type, ack.msg_type) == (MsgType.OFFER, MsgType.ACK)
+        assert offer.boot_file == ack.boot_file == want
+        assert ack.yiaddr == decode(req).requested_ip
+        # iPXE proceeds at once: PXEClient echoed (no ProxyDHCP wait)
+        assert offer.options.get(Opt.VENDOR_CLASS) == b"PXEClient"
+    finally:
+        rig.close()
+
+
+def test_golden_ovmf_then_its_ipxe_keep_one_address(data_dir):
+    """OVMF's PXE sends no client id; the iPXE it loads sends 01+MAC: same lease."""
+    rig = Rig(data_dir, server=LAB_SERVER, range_="172.22.33.100-172.22.33.200")
+    try:
+        rig.send(bytes.fromhex((QEMU_GOLDEN / "ovmf-uefi-pxe-00-discover.hex").read_text()))
+        _, [ack] = rig.send(bytes.fromhex((QEMU_GOLDEN / "ovmf-uefi-pxe-02-request.hex").read_text()))
+        _, [offer] = rig.send(bytes.fromhex((QEMU_GOLDEN / "ipxe-snponly-uefi-00-discover.hex").read_text()))
+        assert offer.yiaddr == ack.yiaddr
+    finally:
+        rig.close()
