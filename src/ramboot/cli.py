@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import click
 
@@ -24,6 +25,17 @@ def main() -> None:
     """Boot diskless machines over the network into a root held in RAM."""
 
 
+def _loop_factory():
+    """uvloop when installed (a cheaper loop per datagram); RAMBOOT_UVLOOP=0 keeps asyncio's own."""
+    if os.environ.get("RAMBOOT_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+        except ImportError:
+            return None
+        return uvloop.new_event_loop
+    return None
+
+
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="TOML config file")
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
@@ -34,7 +46,8 @@ def serve(config_path: str, verbose: bool) -> None:
     setup_logging(verbose)
     try:
         config = load_config(config_path)
-        asyncio.run(run(config))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run(config))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
