@@ -10,6 +10,9 @@ inherits another's state.
 
 For each server it reports the highest offered rate at which both exchanges
 (DISCOVER-OFFER and REQUEST-ACK) dropped under 1 %, and the ratio to Kea.
+The servers are measured in turn at each rate of one ladder (a failing point
+is retried once; a server leaves after two failing rates in a row), so load
+from other jobs on the machine hits all of them alike.
 
 ramboot runs as `ramboot serve --config FILE` with its normal durable lease
 store (SQLite, WAL): no in-memory shortcut.
@@ -214,38 +217,56 @@ def measure(server: str, rate: int, duration: int, keep: Path | None) -> Point:
     return pt
 
 
-def sweep(server: str, duration: int, start: int, keep: Path | None, verbose: bool) -> Result:
-    res = Result(server)
-    ladder = [r for r in LADDER if r >= start]
-    last_ok, first_bad = None, None
-    for rate in ladder:
-        pt = measure(server, rate, duration, keep)
-        if not pt.ok and not pt.error:
-            # one retry: another engineer's test may have stolen the CPU for a moment
-            retry = measure(server, rate, duration, keep)
-            if retry.ok:
-                pt = retry
-        res.points.append(pt)
-        if verbose:
-            print(f"  {server:8s} {rate:6d}/s  achieved {pt.achieved:8.1f}  drops {pt.drops_do:6.3f}% / {pt.drops_ra:6.3f}%"
-                  f"  delay {pt.delay_do_ms:.2f}/{pt.delay_ra_ms:.2f} ms  cpu {pt.server_cpu_s:.2f}s"
-                  + (f"  ERROR {pt.error}" if pt.error else ""), flush=True)
-        if pt.error and not res.points[:-1]:
-            res.error = pt.error
-            return res
-        if pt.ok:
-            last_ok = rate
-        else:
-            first_bad = rate
+def _line(server: str, pt: Point, note: str = "") -> str:
+    return (f"  {server:8s} {pt.rate:6d}/s  achieved {pt.achieved:8.1f}  drops {pt.drops_do:6.3f}% / {pt.drops_ra:6.3f}%"
+            f"  delay {pt.delay_do_ms:.2f}/{pt.delay_ra_ms:.2f} ms  cpu {pt.server_cpu_s:.2f}s"
+            + (f"  ERROR {pt.error}" if pt.error else "") + (f"  ({note})" if note else ""))
+
+
+def sweep_all(servers: list[str], duration: int, starts: dict[str, int], keep: Path | None, verbose: bool) -> list[Result]:
+    """Walk the rate ladder once, measuring every still-running server at each rate in turn.
+
+    Interleaving keeps a neighbour's load from favouring one server. A server
+    leaves the sweep after two failing rates in a row (a failure is retried
+    once first), or at once if it cannot start.
+    """
+    results = {s: Result(s) for s in servers}
+    fails = {s: 0 for s in servers}
+    active = list(servers)
+    for rate in LADDER:
+        for server in list(active):
+            if rate < starts.get(server, 100):
+                continue
+            pt = measure(server, rate, duration, keep)
+            if not pt.ok and not pt.error:
+                retry = measure(server, rate, duration, keep)
+                if retry.ok:
+                    pt = retry
+            res = results[server]
+            res.points.append(pt)
+            if verbose:
+                print(_line(server, pt), flush=True)
+            if pt.error and not any(p.ok for p in res.points):
+                res.error = pt.error
+                active.remove(server)
+                continue
+            fails[server] = 0 if pt.ok else fails[server] + 1
+            if fails[server] >= 2:
+                active.remove(server)
+        if not active:
             break
-    # refine once between the last good and the first bad rate
-    if last_ok and first_bad and first_bad - last_ok > max(50, last_ok // 5):
-        mid = (last_ok + first_bad) // 2
-        pt = measure(server, mid, duration, keep)
-        res.points.append(pt)
-        if verbose:
-            print(f"  {server:8s} {mid:6d}/s  achieved {pt.achieved:8.1f}  drops {pt.drops_do:6.3f}% / {pt.drops_ra:6.3f}%  (refine)", flush=True)
-    return res
+    # refine once between each server's best rate and the next ladder rate
+    for server, res in results.items():
+        b = res.best
+        if b is None:
+            continue
+        higher = [p.rate for p in res.points if p.rate > b.rate]
+        if higher and min(higher) - b.rate > max(50, b.rate // 5):
+            pt = measure(server, (b.rate + min(higher)) // 2, duration, keep)
+            res.points.append(pt)
+            if verbose:
+                print(_line(server, pt, "refine"), flush=True)
+    return [results[s] for s in servers]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,13 +286,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     starts = dict((k, int(v)) for k, v in (kv.split("=") for kv in a.start.split(",")))
     results: list[Result] = []
+    names = []
     for name in a.servers.split(","):
         if NEEDS.get(name) and not have(NEEDS[name]):
             results.append(Result(name, error=f"{NEEDS[name]} not installed"))
-            continue
-        if not a.quiet:
-            print(f"dhcp: sweeping {name}", flush=True)
-        results.append(sweep(name, a.duration, starts.get(name, 100), a.keep, not a.quiet))
+        else:
+            names.append(name)
+    if not a.quiet:
+        print(f"dhcp: sweeping {', '.join(names)} (interleaved at each rate)", flush=True)
+    results += sweep_all(names, a.duration, starts, a.keep, not a.quiet)
 
     kea = next((r.best.rate for r in results if r.server == "kea" and r.best), None)
     rows = []
