@@ -1,0 +1,78 @@
+"""`--initramfs dracut`: the seed's classic path (dracut's livenet + dmsquash-live).
+
+dracut is run from Debian's packages unpacked into ramboot's cache
+(`apt-get download` + `dpkg-deb -x`) rather than installed: installing the
+`dracut` package would replace the host's initramfs-tools. The host tools
+dracut copies into the image (udev, dmsetup, kpartx, dhclient, arping) come
+from `make setup`. The node's command line then needs the dracut form:
+`root=live:URL rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import ImageError
+from .kernel import Kernel, _run, cache_dir
+from .rootfs import source_epoch
+
+PACKAGES = ("dracut-core", "dracut-live", "dracut-network")
+HOST_TOOLS = ("udevadm", "dmsetup", "kpartx", "dhclient", "arping", "cpio")
+
+
+def dracut_tree(console: Console) -> Path:
+    """The unpacked dracut packages, fetched once and cached by version."""
+    versions = []
+    for pkg in PACKAGES:
+        out = _run(["apt-cache", "policy", pkg], f"resolving {pkg}")
+        cand = next((ln.split()[1] for ln in out.splitlines() if "Candidate:" in ln), "(none)")
+        if cand == "(none)":
+            raise ImageError(f"--initramfs dracut: apt knows no installable {pkg}")
+        versions.append(f"{pkg}={cand}")
+    root = cache_dir() / "dracut"
+    root.mkdir(parents=True, exist_ok=True)
+    tree = root / "_".join(v.replace("=", "-") for v in versions)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tree / ".complete").exists():
+            with tempfile.TemporaryDirectory(dir=root, prefix=".dl-") as tmp, console.status("downloading dracut…"):
+                _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", *versions],
+                     "downloading dracut", cwd=Path(tmp))
+                unpack = Path(tmp) / "tree"
+                for deb in sorted(Path(tmp).glob("*.deb")):
+                    _run(["dpkg-deb", "-x", str(deb), str(unpack)], f"unpacking {deb.name}")
+                (unpack / ".complete").write_text("\n".join(versions) + "\n")
+                if tree.exists():
+                    shutil.rmtree(tree)
+                os.rename(unpack, tree)
+    return tree
+
+
+def build_dracut(k: Kernel, out: Path, console: Console) -> None:
+    missing = [t for t in HOST_TOOLS if shutil.which(t) is None and not Path("/sbin", t).exists()]
+    if missing:
+        raise ImageError(f"--initramfs dracut needs {', '.join(missing)} on this host: run `make setup`")
+    tree = dracut_tree(console)
+    base = tree / "usr/lib/dracut"
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".dracut-") as tmp:
+        confdir = Path(tmp) / "conf.d"
+        confdir.mkdir()
+        cmd = ["bash", str(tree / "usr/bin/dracut"), "--force", "--no-hostonly", "--no-hostonly-cmdline",
+               "--kver", k.version, "--kmoddir", str(k.modules), "--add", "livenet dmsquash-live network-legacy",
+               "--omit", "systemd-networkd network-manager",
+               "--conf", "/dev/null", "--confdir", str(confdir), "--tmpdir", tmp, "--reproducible",
+               "--zstd", str(out)]
+        env = dict(os.environ, dracutbasedir=str(base), SOURCE_DATE_EPOCH=str(source_epoch()))
+        with console.status("building the dracut initramfs…"):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not out.is_file():
+        errs = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln or "FATAL" in ln]
+        raise ImageError(f"dracut failed: {(errs or proc.stderr.strip().splitlines()[-1:] or ['no image'])[0]}")
+    os.chmod(out, 0o644)
