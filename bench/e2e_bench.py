@@ -57,6 +57,7 @@ def image_dir(cache: Path) -> Path:
     img = cache / "data" / "images" / "demo"
     if not (img / "image.toml").is_file():
         print(f"e2e: building the built-in image into {cache} (once)", flush=True)
+        cache.mkdir(parents=True, exist_ok=True)
         build_image(cache / "data", "demo", log=cache / "build.log", echo=False)
     return img
 
