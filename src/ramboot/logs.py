@@ -28,6 +28,12 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def setup_logging(verbose: bool = False) -> None:
+    # The formatter prints none of these, and gathering them costs on every record
+    # (the logging docs' "Optimization" section): the caller's frame, thread, process.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()

@@ -58,6 +58,7 @@ BROADCAST = "255.255.255.255"
 OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
 _PXE_USE_BOOTFILE = encode_suboptions({PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True)
 _IPXE_NO_PXEDHCP = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
+_KIND = {None: "bootp", **{int(m): m.name.lower() for m in MsgType}}  # metrics label per message type
 _CLASS_OPTIONS = (Opt.CLIENT_ARCH, Opt.VENDOR_CLASS, Opt.USER_CLASS, Opt.IPXE_ENCAP)
 
 
@@ -190,7 +191,7 @@ class DhcpServer:
         except DhcpDecodeError:
             return Result("malformed", "dropped")
         mt = pkt.msg_type
-        kind = MsgType(mt).name.lower() if mt and mt <= 8 else ("bootp" if mt is None else "other")
+        kind = _KIND.get(mt, "other")
         mac = pkt.mac
         if pkt.op != BOOTREQUEST or mt is None or mac is None:
             return Result(kind, "ignored")
@@ -348,9 +349,10 @@ class DhcpServer:
             return False
         if self.declined.get(ip, 0) > now:
             return False
-        other = reserved.get(_ipstr(ip))
-        if other is not None and other != mac:
-            return False
+        if reserved:
+            other = reserved.get(_ipstr(ip))
+            if other is not None and other != mac:
+                return False
         lease = self.by_ip.get(ip)
         return lease is None or lease.key == key or lease.expires <= now
 

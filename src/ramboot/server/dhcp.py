@@ -244,7 +244,7 @@ class DhcpService:
             except OSError as e:
                 log.warning("dhcp: send to %s:%d failed: %s", host, s.port, e)
         for ev in res.events:
-            self.events.record(ev.mac, ev.stage, **ev.detail)
+            self.events.add(ev.mac, ev.stage, ev.detail)
         if res.bound:
             ip, mac = res.bound
             self.events.mac_by_ip[ip] = mac

@@ -32,7 +32,11 @@ class EventLog:
         self._task: asyncio.Task | None = None
 
     def record(self, mac: str, stage: str, source: str = "server", **detail) -> None:
-        rec = EventRecord(mac=normalize_mac(mac), stage=stage, at=time.time(), source=source, detail=detail)
+        self.add(mac, stage, detail, source)
+
+    def add(self, mac: str, stage: str, detail: dict, source: str = "server") -> None:
+        """`record()` with the detail as a dict (the DHCP hot path: no keyword unpacking)."""
+        rec = EventRecord(normalize_mac(mac), stage, time.time(), source, detail)
         self._pending.append(rec)
         level = logging.DEBUG if stage in DEBUG_STAGES else logging.INFO
         if log.isEnabledFor(level):
