@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,9 @@ def test_refuses_a_corrupted_image(demo_image: Path, tmp_path: Path) -> None:
                                   f"ramboot.server={SERVER_URL}")
         log = vm.wait_for(r"^ramboot: FAILED sha256 mismatch", 90, fail_on=r"^ramboot: booted")
         assert "ROOT IMAGE REJECTED" in log and "stage switch-root" not in log
+        deadline = time.monotonic() + 15  # the console marker comes just before the POST
+        while "failed" not in stages(net) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert stages(net)[-1] == "failed" and "verified" not in stages(net)
 
 
