@@ -88,3 +88,15 @@ def test_pxelinux_config_uses_live_root(make_booter, data_dir):
     default = booter.pxelinux_config(None)
     assert "BOOTIF" not in default.split("APPEND", 1)[1].split("\n")[0]
     assert "IPAPPEND 2" in default
+
+
+def test_dracut_image_gets_the_livenet_command_line(make_booter, data_dir):
+    m = write_fake_image(data_dir, "classic")
+    m.initramfs = "dracut"
+    (data_dir / "images" / "classic" / "image.toml").write_text(m.to_toml())
+    booter = make_booter()
+    booter.store.put_node(NodeSpec(mac=MAC, image="classic"))
+    script = booter.ipxe_script(MAC)
+    assert "root=live:http://172.22.33.2/images/classic/rootfs.squashfs" in script
+    assert "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1" in script
+    assert "ramboot.url=" not in script

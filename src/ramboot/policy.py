@@ -29,6 +29,8 @@ LOADER_BIOS = "undionly.kpxe"
 LOADER_UEFI = "snponly.efi"
 LOADER_PXELINUX = "pxelinux.0"
 
+DRACUT_LIVE_ARGS = "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1"
+
 
 class Firmware(str, Enum):
     BIOS = "bios"
@@ -154,11 +156,16 @@ class Booter:
         try:
             manifest = load_manifest(self.config.data_dir, plan.image)
             sha = manifest.files[ROOTFS].sha256
+            dracut = manifest.initramfs == "dracut"
         except (ManifestError, KeyError):
-            sha = None
+            sha, dracut = None, False
         root = f"{self.http_base}/images/{plan.image}/{ROOTFS}"
         args = [self.config.boot.kernel_args]
-        args.append(f"root=live:{root}" if live_form else f"ramboot.url={root}")
+        args.append(f"root=live:{root}" if live_form or dracut else f"ramboot.url={root}")
+        if dracut:
+            # dracut's livenet needs the network up in the initramfs, and an overlayfs
+            # (not device-mapper) writable layer over the squashfs.
+            args.append(DRACUT_LIVE_ARGS)
         if sha:
             args.append(f"ramboot.sha256={sha}")
         args.append(f"ramboot.server={self.http_base}")
