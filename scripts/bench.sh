@@ -52,7 +52,8 @@ if want storm; then
   done
 fi
 if want e2e && [ -f bench/e2e_bench.py ]; then
-  bench e2e $PY bench/e2e_bench.py --json "$OUT/e2e.json"
+  if ((QUICK)); then r=1; else r=2; fi
+  bench e2e $PY bench/e2e_bench.py --runs $r --json "$OUT/e2e.json"
 fi
 
 echo
