@@ -162,11 +162,12 @@ class Store:
                     upsert = insert(Lease.__table__)
                 self._executemany(conn, upsert, list(rows.values()), _LEASE_COLUMNS)
 
-    def _executemany(self, conn, stmt, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
+    def _executemany(self, conn, stmt, rows: list, columns: tuple[str, ...] | None = None) -> None:
         """`stmt` compiled once for this dialect, then run as one DBAPI executemany.
 
         The hot batches (leases, events) skip SQLAlchemy's per-call compilation and
-        per-row bind processing; the rows must hold driver-ready values.
+        per-row bind processing; the rows must hold driver-ready values, as dicts or
+        as tuples in `columns` order.
         """
         key = (id(stmt), columns)
         hit = self._compiled.get(key)
@@ -175,7 +176,15 @@ class Store:
                              for_executemany=True)
             hit = self._compiled[key] = (str(c), tuple(c.positiontup) if c.positional else None)
         sql, order = hit
-        conn.exec_driver_sql(sql, [tuple([r[k] for k in order]) for r in rows] if order else rows)
+        if rows and isinstance(rows[0], tuple):
+            if order is None:
+                rows = [dict(zip(columns, r)) for r in rows]  # type: ignore[arg-type]
+            elif order != columns:
+                idx = [columns.index(k) for k in order]  # type: ignore[union-attr]
+                rows = [tuple([r[i] for i in idx]) for r in rows]
+        elif order:
+            rows = [tuple([r[k] for k in order]) for r in rows]
+        conn.exec_driver_sql(sql, rows)
 
     def _lease_upsert(self):
         """INSERT ... ON CONFLICT (ip) DO UPDATE for SQLite and PostgreSQL; None elsewhere."""
@@ -208,8 +217,7 @@ class Store:
     # -- events and inventory ---------------------------------------------
     def add_events(self, events: Iterable[EventRecord]) -> None:
         dumps = json.dumps  # what the JSON column's bind processor does, done here for the batch
-        rows = [{"mac": normalize_mac(e.mac), "stage": e.stage, "at": e.at, "source": e.source, "detail": dumps(e.detail)}
-                for e in events]
+        rows = [(normalize_mac(e.mac), e.stage, e.source, dumps(e.detail), e.at) for e in events]  # _EVENT_COLUMNS
         if rows:
             with self.engine.begin() as conn:
                 self._executemany(conn, _INSERT_EVENT, rows, _EVENT_COLUMNS)
@@ -252,7 +260,7 @@ class Store:
 
 
 _LEASE_COLUMNS = ("ip", "mac", "expires", "client_id", "hostname")
-_EVENT_COLUMNS = ("mac", "stage", "at", "source", "detail")
+_EVENT_COLUMNS = ("mac", "stage", "source", "detail", "at")  # the table's order: rows pass through as they are
 _INSERT_EVENT = insert(Event.__table__)
 _DELETE_LEASE_IP = delete(Lease.__table__).where(Lease.__table__.c.ip == bindparam("d_ip"))
 _DELETE_LEASE_MAC = delete(Lease.__table__).where(

@@ -106,6 +106,7 @@ _FIXED_LEN = {
 }
 _MULTIPLE_OF = {Opt.ROUTER: 4, Opt.DNS: 4, Opt.CLIENT_ARCH: 2}
 _MIN_LEN = {Opt.CLIENT_ID: 2, Opt.PARAM_REQUEST: 1, Opt.VENDOR_CLASS: 1, Opt.USER_CLASS: 1, Opt.HOSTNAME: 1}
+_CHECKED = frozenset(_FIXED_LEN) | frozenset(_MULTIPLE_OF) | frozenset(_MIN_LEN)
 
 
 @dataclass
@@ -249,7 +250,8 @@ def _parse_field(buf: bytes, out: dict[int, bytes], where: str, need_end: bool) 
 
 
 def _check_lengths(opts: dict[int, bytes]) -> None:
-    for code, v in opts.items():
+    for code in opts.keys() & _CHECKED:
+        v = opts[code]
         want = _FIXED_LEN.get(code)
         if want is not None and len(v) != want:
             raise DhcpDecodeError(f"option {code}: length {len(v)}, must be {want}")
