@@ -10,8 +10,9 @@ All decisions live in `ramboot.proto.dhcpd`. This module only moves bytes:
   a broadcast reply, so it is the robust choice.
 - Lease changes are committed in groups: datagrams that change leases are
   held for a few milliseconds, their changes go to the store in one
-  transaction (in a worker thread, so the loop keeps reading), and only then
-  do their ACKs go out. An ACKed lease is therefore already committed.
+  transaction (in the loop: one executemany costs less than handing the GIL
+  to a worker thread; RAMBOOT_DHCP_COMMIT=thread restores the worker), and
+  only then do their ACKs go out. An ACKed lease is therefore already committed.
 - Any exception for one datagram is logged and the datagram dropped.
 """
 
@@ -22,6 +23,7 @@ import copy
 import fcntl
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -41,7 +43,6 @@ SIOCGIFNETMASK = 0x891B
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 RCVBUF = 4 << 20
 BATCH_WINDOW = 0.002  # seconds lease-changing replies wait to share one commit
-import os
 _INLINE_COMMIT = os.environ.get("RAMBOOT_DHCP_COMMIT", "inline") == "inline"
 NODES_TTL = 2.0  # seconds a snapshot of the nodes table serves lookups before it is re-read
 
