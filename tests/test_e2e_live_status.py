@@ -8,7 +8,6 @@ a reload.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import threading

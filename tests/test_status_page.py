@@ -6,7 +6,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import sync_playwright
 
 from conftest import write_fake_image

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from sqlalchemy import bindparam, create_engine, delete, event, insert, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from ..macaddr import normalize_mac
 from .migrate import upgrade_to_head

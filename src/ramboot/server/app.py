@@ -7,36 +7,19 @@ servers close, pending events and leases are flushed, nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import ipaddress
 import logging
 import signal
-import socket
-import struct
 
 from ..config import Config, ConfigError
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
+from ..netif import interface_ipv4
 from ..policy import Booter
 from .events import EventLog
 
 log = logging.getLogger("ramboot.serve")
-
-SIOCGIFADDR = 0x8915
-
-
-def interface_ipv4(ifname: str) -> str | None:
-    """The interface's first IPv4 address, or None if it has none or does not exist."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        req = struct.pack("256s", ifname.encode()[:15])
-        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)[20:24])
-    except OSError:
-        return None
-    finally:
-        s.close()
-
 
 def server_address(config: Config) -> str:
     if config.network.address is not None:

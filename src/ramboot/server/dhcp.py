@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import fcntl
 import ipaddress
 import logging
 import os
@@ -32,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import metrics
 from ..config import Config
 from ..inventory.store import LeaseRecord, NodeSpec, Store
+from ..netif import interface_netmask
 from ..policy import Booter
 from ..proto.dhcpd import BROADCAST, PXE_PORT, SERVER_PORT, DhcpServer, Result
 from .events import EventLog
@@ -39,23 +39,11 @@ from .events import EventLog
 log = logging.getLogger("ramboot.dhcp")
 
 IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks the constant
-SIOCGIFNETMASK = 0x891B
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 RCVBUF = 4 << 20
 BATCH_WINDOW = 0.002  # seconds lease-changing replies wait to share one commit
 _INLINE_COMMIT = os.environ.get("RAMBOOT_DHCP_COMMIT", "inline") == "inline"
 NODES_TTL = 2.0  # seconds a snapshot of the nodes table serves lookups before it is re-read
-
-
-def interface_netmask(ifname: str) -> str | None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        req = struct.pack("256s", ifname.encode()[:15])
-        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), SIOCGIFNETMASK, req)[20:24])
-    except OSError:
-        return None
-    finally:
-        s.close()
 
 
 class _NodeSnapshot:

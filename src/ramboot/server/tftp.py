@@ -16,7 +16,6 @@ import asyncio
 import logging
 import os
 import socket
-import struct
 import time
 from dataclasses import dataclass
 

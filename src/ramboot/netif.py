@@ -1,0 +1,30 @@
+"""What the kernel knows about a network interface (its IPv4 address and mask)."""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+
+SIOCGIFADDR = 0x8915
+SIOCGIFNETMASK = 0x891B
+
+
+def _ioctl_ipv4(ifname: str, request: int) -> str | None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        req = struct.pack("256s", ifname.encode()[:15])
+        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), request, req)[20:24])
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def interface_ipv4(ifname: str) -> str | None:
+    """The interface's first IPv4 address, or None if it has none or does not exist."""
+    return _ioctl_ipv4(ifname, SIOCGIFADDR)
+
+
+def interface_netmask(ifname: str) -> str | None:
+    return _ioctl_ipv4(ifname, SIOCGIFNETMASK)
