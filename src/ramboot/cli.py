@@ -11,6 +11,7 @@ import os
 
 import click
 
+from .bench import bench
 from .config import ConfigError, load_config
 from .doctor import doctor
 from .images.cli import image
@@ -59,3 +60,4 @@ main.add_command(node)
 main.add_command(image)
 main.add_command(lab)
 main.add_command(doctor)
+main.add_command(bench)

@@ -69,7 +69,7 @@ class TftpConfig(_Section):
     port: int = Field(69, ge=1, le=65535)
     max_windowsize: int = Field(64, ge=1, le=1024)
     max_blksize: int = Field(65464, ge=512, le=65464)
-    max_transfers: int = Field(512, ge=1)
+    max_transfers: int = Field(1024, ge=1)
     max_per_source: int = Field(16, ge=1)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import resource
 import signal
 
 from ..config import Config, ConfigError
@@ -33,6 +34,13 @@ def server_address(config: Config) -> str:
     return addr
 
 
+def raise_fd_limit() -> None:
+    """Every TFTP transfer holds a socket and a file: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class Services:
     """The running servers, so tests and the CLI can start and stop them as one."""
 
@@ -51,6 +59,8 @@ class Services:
         from .dhcp import start_dhcp
         from .http import start_http
         from .tftp import start_tftp
+
+        raise_fd_limit()
 
         loaders = install_loaders(self.config.data_dir)
         log.info("boot programs: %s", ", ".join(loaders) or "none found")

@@ -126,8 +126,10 @@ class TftpServer:
         ip = peer[0]
         if len(self.transfers) >= self.config.tftp.max_transfers or \
                 self.per_source.get(ip, 0) >= self.config.tftp.max_per_source:
-            metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
-            self._reply_error(peer, proto.ErrorCode.NOT_DEFINED, "server busy, try again")
+            # Over a cap we stay silent: a PXE ROM gives up on an ERROR but resends
+            # an unanswered RRQ, so in a boot storm it simply comes back a second
+            # later; and a spoofed flood gets nothing at all.
+            metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
             return
         try:
             resolved = self.namespace.resolve(req.filename)
@@ -151,8 +153,8 @@ class TftpServer:
         except OSError as e:
             source.close()
             log.warning("tftp: no socket for a transfer: %s", e)
-            self._reply_error(peer, proto.ErrorCode.NOT_DEFINED, "server busy, try again")
-            return
+            metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
+            return  # silent, as over a cap: the client resends
         t = _Transfer(proto.ReadTransfer(req, source, self.limits), sock, peer, req.filename,
                       resolved.kind, time.monotonic())
         self.transfers[sock.fileno()] = t
