@@ -142,3 +142,20 @@ def test_cli_full_disk_leaves_nothing(demo_image: Path, tmp_path: Path) -> None:
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "no space left" in err, err
     assert "LEFT:\n" in proc.stdout + "\n" and proc.stdout.strip() == "LEFT:", proc.stdout
+
+
+def test_generic_kernel_carries_every_ethernet_driver(tmp_path: Path) -> None:
+    """`--kernel debian:generic`: real servers' NICs come up, whatever they are."""
+    m = build_image(tmp_path / "data", "gen", kernel="debian:generic")
+    assert m.kernel_version.endswith("-amd64") and not m.kernel_version.endswith("cloud-amd64")
+    raw = subprocess.run(["zstd", "-dc", str(tmp_path / "data" / "images" / "gen" / INITRD)],
+                         capture_output=True, check=True).stdout
+    names = subprocess.run(["cpio", "-it", "--quiet"], input=raw, capture_output=True, check=True).stdout.decode()
+    carried = {n.rsplit("/", 1)[1] for n in names.split() if "/drivers/net/ethernet/" in n and ".ko" in n}
+    from ramboot.images.kernel import cache_dir
+
+    shipped = {p.name for p in cache_dir().glob(f"kernels/*/lib/modules/{m.kernel_version}/kernel/drivers/net/ethernet/**/*.ko*")}
+    assert shipped, "the generic kernel's own module tree should be in the cache"
+    assert carried == shipped, sorted(shipped - carried)
+    assert {"e1000e.ko", "igb.ko", "ixgbe.ko", "i40e.ko", "ice.ko", "mlx5_core.ko", "bnxt_en.ko", "tg3.ko"} <= {
+        n.split(".ko")[0] + ".ko" for n in carried}
