@@ -34,9 +34,10 @@ def test_window_never_passes_the_last_block():
     assert _blocks(m.on_packet(tftp.Ack(0).encode(), 0.0)) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["packets", "runs+read-ahead"])
 @pytest.mark.parametrize("windowsize", [1, 2, 8, 16, 64])
 @pytest.mark.parametrize("loss", ["none", "every 13th", "first of each window", "whole window once"])
-def test_windowed_transfer_with_loss(windowsize, loss):
+def test_windowed_transfer_with_loss(windowsize, loss, batched):
     data = os.urandom(1024 * 200 + 5)
     drops = {
         "none": lambda i, p: False,
@@ -44,8 +45,8 @@ def test_windowed_transfer_with_loss(windowsize, loss):
         "first of each window": lambda i, p: i % (windowsize + 1) == 1,
         "whole window once": lambda i, p: 1 <= i <= windowsize,
     }
-    m = tftp.ReadTransfer(rrq(blksize=1024, windowsize=windowsize), tftp.BytesSource(data))
-    r = run(m, drop=drops[loss])
+    m = tftp.ReadTransfer(rrq(blksize=1024, windowsize=windowsize), tftp.BytesSource(data), runs=batched)
+    r = run(m, drop=drops[loss], read_ahead=batched)
     assert r.outcome == "ok" and r.data == data
     if loss == "none":
         assert m.retransmits == 0
@@ -73,6 +74,37 @@ def test_each_block_is_read_once():
     assert r.data == data
     assert reads == list(range(len(reads)))  # never twice, never backwards
     assert 101 <= len(reads) <= 101 + 8  # the last window may ask past the end once
+
+
+def test_a_window_is_at_most_two_runs_of_whole_packets():
+    """Runs are what one GSO send takes: packets of 4 + blksize, but the file's last, which ends a run."""
+    data = os.urandom(512 * 50 + 100)
+    m = tftp.ReadTransfer(rrq(windowsize=8), tftp.BytesSource(data), runs=True)
+    m.start(0.0)
+    acks = [0, 8, 16, 19, 27, 30, 38, 46]  # in-window ACKs shift the window off the ring's slots
+    for ack in acks:
+        out = m.on_packet(tftp.Ack(ack).encode(), 0.0)
+        m.read_ahead()
+        assert 1 <= len(out) <= 2 and all(len(r) % m.segment == 0 for r in out[:-1])
+        assert b"".join(out) == b"".join(
+            tftp.Data(b & 0xFFFF, data[(b - 1) * 512 : b * 512]).encode() for b in range(ack + 1, min(ack + 8, 51) + 1))
+    assert len(out[-1]) % m.segment == 104  # the short last block closes the last run
+
+
+def test_read_ahead_reads_each_block_once_in_batches():
+    reads = []
+
+    class Counting(tftp.BytesSource):
+        def readinto(self, bufs, index):
+            reads.append((index, len(bufs)))
+            return super().readinto(bufs, index)
+
+    data = os.urandom(1468 * 1000)
+    r = run(tftp.ReadTransfer(rrq(blksize=1468), Counting(data), runs=True), read_ahead=True)
+    assert r.data == data
+    blocks = [b for index, n in reads for b in range(index, index + n)]
+    assert blocks == list(range(len(blocks))) and len(blocks) <= 1001 + 44  # in order, once
+    assert len(reads) < 1001 / 16  # lock-step, yet each read fills many slots
 
 
 def test_windowed_rollover():

@@ -8,6 +8,7 @@ the test: it never skips.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -376,3 +377,90 @@ def test_read_error_ends_the_transfer_not_the_server(env, tmp_path, monkeypatch)
     r = curl(env, "blob.bin", tmp_path / "b")
     assert r.returncode == 0, r.stderr
     assert sha((tmp_path / "b").read_bytes()) == sha(env.blob)
+
+
+# ---------------------------------------------------------------- UDP GSO
+
+SEGMENT = 4 + 1468
+
+
+class RecordingSocket:
+    """A transfer socket that notes each send's size; `refuse_gso` fails the first
+    GSO send with EINVAL, as a route without offload (or a segment over the MTU) does."""
+
+    def __init__(self, sock: socket.socket, sends: list[int], refuse_gso: bool):
+        self._sock, self._sends, self._refuse = sock, sends, refuse_gso
+
+    def sendto(self, data, addr):
+        self._sends.append(len(data))
+        return self._sock.sendto(data, addr)
+
+    def sendmsg(self, buffers, ancdata, flags, addr):
+        self._sends.append(sum(len(b) for b in buffers))
+        if self._refuse:
+            self._refuse = False
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return self._sock.sendmsg(buffers, ancdata, flags, addr)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class SendLog(list):
+    refuse_gso = False
+
+
+@pytest.fixture
+def sends(monkeypatch):
+    """Sizes of every send on transfer sockets; `sends.refuse_gso = True` makes routes refuse GSO."""
+    from ramboot.server.tftp import TftpServer
+
+    record = SendLog()
+    real = TftpServer._transfer_socket
+    monkeypatch.setattr(TftpServer, "_transfer_socket",
+                        lambda self, local: RecordingSocket(real(self, local), record, record.refuse_gso))
+    return record
+
+
+def _windowed_fetch(env, tmp_path) -> tuple[bytes, int]:
+    """atftp, windowsize 64, of a file of 30 windows and a short last block: (file, blocks)."""
+    data = os.urandom(1468 * 64 * 30 + 1000)
+    (env.data_dir / "loaders" / "windows.bin").write_bytes(data)
+    r = atftp(env, "windows.bin", tmp_path / "out", windowsize=64)
+    assert r.returncode == 0, r.stderr
+    assert sha((tmp_path / "out").read_bytes()) == sha(data)
+    return data, len(data) // 1468 + 1
+
+
+def test_windows_go_out_as_gso_sends(env, tmp_path, sends):
+    data, blocks = _windowed_fetch(env, tmp_path)
+    assert env.server.gso is True
+    gso = [n for n in sends if n > SEGMENT]
+    assert gso and max(gso) <= 65507
+    assert all(n % SEGMENT in (0, 1004) for n in gso)  # whole datagrams; the short last one ends a send
+    assert len(sends) <= blocks // 20  # 64 blocks in two sends, not 64
+
+
+def test_gso_off_sends_one_datagram_at_a_time(env, tmp_path, sends):
+    env.server.gso = False  # as on a kernel without UDP_SEGMENT
+    data, blocks = _windowed_fetch(env, tmp_path)
+    assert max(sends) <= SEGMENT and len(sends) >= blocks
+
+
+def test_a_route_refusing_gso_falls_back_mid_transfer(env, tmp_path, sends):
+    sends.refuse_gso = True
+    data, blocks = _windowed_fetch(env, tmp_path)
+    assert len([n for n in sends if n > SEGMENT]) == 1  # the refused send only; its datagrams went one by one
+    assert len(sends) >= blocks
+
+
+def test_gso_never_splits_an_oack_longer_than_a_block(env):
+    """blksize 8: the OACK (and any ERROR) is longer than a DATA segment, and must still go out whole."""
+    opts = {"blksize": "8", "windowsize": "4", "tsize": "0"}
+    with raw_socket() as s:
+        s.sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", opts).encode(), ("127.0.0.1", env.port))
+        oack, tid = s.recvfrom(1000)
+        assert tftp.parse(oack) == tftp.OAck({**opts, "tsize": str(len(env.blob))})
+        s.sendto(tftp.Ack(0).encode(), tid)
+        window = [tftp.parse(s.recvfrom(1000)[0]) for _ in range(4)]
+        assert [(d.block, d.payload) for d in window] == [(b, env.blob[(b - 1) * 8 : b * 8]) for b in range(1, 5)]

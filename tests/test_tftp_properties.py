@@ -59,3 +59,17 @@ def test_any_loss_pattern_delivers_exact_bytes(data, blksize, windowsize, lost):
                           tftp.Limits(max_retries=50))
     r = run(m, drop=lambda i, p: i in lost)
     assert r.outcome == "ok" and r.data == data
+
+
+@settings(max_examples=60)
+@given(st.binary(max_size=5000), st.integers(8, 700), st.integers(1, 20),
+       st.sets(st.integers(0, 200), max_size=40), st.booleans())
+def test_runs_and_read_ahead_put_the_same_datagrams_on_the_wire(data, blksize, windowsize, lost, dup_acks):
+    """The shell's mode (runs for GSO, read-ahead after each send) changes no datagram, nor their order."""
+    def machine(runs):
+        return tftp.ReadTransfer(rrq(blksize=blksize, windowsize=windowsize), tftp.BytesSource(data),
+                                 tftp.Limits(max_retries=50), runs=runs)
+
+    plain = run(machine(False), drop=lambda i, p: i in lost, dup_acks=dup_acks)
+    batched = run(machine(True), drop=lambda i, p: i in lost, dup_acks=dup_acks, read_ahead=True)
+    assert batched.sent == plain.sent and batched.data == data

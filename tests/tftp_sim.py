@@ -17,13 +17,25 @@ class Run:
     now: float = 0.0
 
 
+def datagrams(machine: tftp.ReadTransfer, out) -> list[bytes]:
+    """The datagrams a step's output puts on the wire: runs split as UDP GSO splits them."""
+    seg, dgrams = machine.segment, []
+    for item in out:
+        item = bytes(item)
+        if machine.runs and len(item) > seg and item[1] == tftp.DATA:
+            dgrams += [item[i : i + seg] for i in range(0, len(item), seg)]
+        else:
+            dgrams.append(item)
+    return dgrams
+
+
 def run(machine: tftp.ReadTransfer, drop=lambda i, pkt: False, dup_acks: bool = False,
-        step_limit: int = 5_000_000) -> Run:
+        step_limit: int = 5_000_000, read_ahead: bool = False) -> Run:
     """Drive `machine` like an RFC 7440 client: ACK the last in-order block after each burst.
 
     `drop(i, pkt)` loses the i-th datagram the machine sends. `dup_acks` sends every
     ACK twice (the network duplicating packets). With nothing delivered, time jumps
-    to the machine's deadline.
+    to the machine's deadline. `read_ahead` calls it after every step, as the server does.
     """
     now = 0.0
     out = machine.start(now)
@@ -36,8 +48,10 @@ def run(machine: tftp.ReadTransfer, drop=lambda i, pkt: False, dup_acks: bool = 
         steps += 1
         assert steps < step_limit, "simulation did not converge"
         ack: int | None = None
+        out = datagrams(machine, out)
+        if read_ahead:
+            machine.read_ahead()
         for pkt in out:
-            pkt = bytes(pkt)
             i = len(r.sent)
             r.sent.append(pkt)
             if drop(i, pkt):

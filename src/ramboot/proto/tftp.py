@@ -15,9 +15,16 @@ Design points:
   window after it.
 - With options, nothing but a small OACK is sent before the client answers
   from the address it claims, so a spoofed RRQ cannot make us flood anyone.
-- Data is read through `DataSource.readinto` into a ring of `windowsize`
-  preallocated buffers: each block is read exactly once, in order, and memory
-  per transfer is bounded by windowsize x blksize.
+- Data is read through `DataSource.readinto` straight into one preallocated
+  ring of whole DATA packets (header in front of each payload): each block is
+  read exactly once, in order, with one preadv per batch. The ring holds two
+  windows (more for small ones, up to 64 KiB), so `read_ahead` can read the
+  next window while the client is busy with this one; memory per transfer is
+  bounded by max(2 x windowsize x (4 + blksize), 64 KiB), or one window when
+  that is over 1 MiB.
+- With `runs=True` a window comes back as at most two contiguous runs of
+  packets (the ring wraps once), each packet 4 + blksize bytes but the file's
+  last: what one UDP GSO send takes.
 """
 
 from __future__ import annotations
@@ -212,6 +219,9 @@ class BytesSource:
         self._data.release()
 
 
+_IOV_MAX = 1024  # Linux's limit on buffers per preadv
+
+
 class FileSource:
     """A file opened once; blocks read with pread so nothing but the ring is held."""
 
@@ -223,7 +233,7 @@ class FileSource:
         offset = index * len(bufs[0])
         total = 0
         while bufs:
-            n = os.preadv(self.fd, bufs, offset + total)
+            n = os.preadv(self.fd, bufs[:_IOV_MAX], offset + total)
             if n == 0:
                 break
             total += n
@@ -341,28 +351,41 @@ def negotiate(options: dict[str, str], limits: Limits, size: int | None) -> Nego
 # ----------------------------------------------------------- read transfer
 
 
+_BLOCK = struct.Struct("!H")
+_READ_BATCH = 1 << 16  # a small window's ring is grown to this, so read-ahead reads in batches
+_RING_MAX = 1 << 20  # above this, the ring holds one window and nothing is read ahead
+
+
 class ReadTransfer:
     """One RRQ being served: feed it packets and timer ticks, send what it returns.
 
-    Returned packets may be views into the transfer's ring buffers: send them
-    before the next call. `deadline` says when `on_timer` next has work;
-    `done` ends the transfer, with `outcome` one of ok, timeout, aborted, error.
+    Returned packets are views into the transfer's ring: send them before the
+    next call. With `runs=True`, DATA comes as runs of consecutive packets
+    (see the module notes) and `segment` is their size. `deadline` says when
+    `on_timer` next has work; `done` ends the transfer, with `outcome` one of
+    ok, timeout, aborted, error.
     """
 
-    def __init__(self, request: Request, source: DataSource, limits: Limits = Limits()):
+    def __init__(self, request: Request, source: DataSource, limits: Limits = Limits(), runs: bool = False):
         self.request = request
         self.source = source
         self.limits = limits
+        self.runs = runs
         self.neg = negotiate(request.options, limits, source.size)
         w, bs = self.neg.windowsize, self.neg.blksize
-        self._slots = [bytearray(4 + bs) for _ in range(w)]
-        self._views = [memoryview(s) for s in self._slots]
-        self._payloads = [v[4:] for v in self._views]
-        self._lens = [0] * w
+        self.segment = seg = 4 + bs
+        window = w * seg
+        self._nslots = w if 2 * window > _RING_MAX else w * max(2, _READ_BATCH // window)
+        self._ring = bytearray(self._nslots * seg)
+        self._ring[1::seg] = bytes([DATA]) * self._nslots  # opcodes once; block numbers per read
+        self._view = memoryview(self._ring)
+        self._payloads = [self._view[i * seg + 4 : (i + 1) * seg] for i in range(self._nslots)]
         self._awaiting_oack_ack = bool(self.neg.oack)
         self.acked = 0  # absolute blocks the client has acknowledged
-        self.sent = 0  # absolute blocks read into the ring and sent at least once
+        self.sent = 0  # absolute blocks sent at least once
+        self.read = 0  # absolute blocks read into the ring
         self.last: int | None = None  # absolute number of the final (short) block, once read
+        self._last_len = 0  # its payload length
         self.bytes_sent = 0  # payload bytes, each counted once
         self.retransmits = 0
         self.retries = 0
@@ -400,7 +423,8 @@ class ReadTransfer:
             if self.last is not None and self.acked >= self.last:
                 self._finish("ok")
                 return []
-        self._arm(now)
+        self.retries = 0
+        self.deadline = now + self.neg.timeout
         return self._window()
 
     def on_timer(self, now: float) -> list[bytes | memoryview]:
@@ -418,6 +442,15 @@ class ReadTransfer:
             return [OAck(self.neg.oack).encode()]
         return self._window()
 
+    def read_ahead(self) -> None:
+        """Read the blocks after the window into free ring slots, in one batch.
+
+        Call it right after sending: the read then overlaps the client's work
+        instead of delaying the answer to its next ACK.
+        """
+        if not self.done and self.last is None and self.acked + self._nslots - self.read >= self._nslots // 2:
+            self._fill(self.acked + self._nslots)
+
     def fail(self, message: str) -> list[bytes]:
         """The data source failed (an I/O error): end with outcome `error` and tell the client."""
         self._finish("error")
@@ -431,27 +464,58 @@ class ReadTransfer:
         self.outcome = outcome
         self.deadline = None
 
+    def _fill(self, upto: int) -> None:
+        """Read blocks read+1 .. upto (never past the last) into their slots and number them."""
+        first, n = self.read + 1, self._nslots
+        count = upto - self.read
+        if count <= 0 or self.last is not None:
+            return
+        bs, seg = self.neg.blksize, self.segment
+        slot = (first - 1) % n
+        bufs = self._payloads[slot : slot + count]
+        if slot + count > n:
+            bufs += self._payloads[: slot + count - n]
+        got = self.source.readinto(bufs, self.read)
+        if got < count * bs:
+            count = got // bs + 1
+            self.last, self._last_len = self.read + count, got % bs
+        ring, off, end, pack = self._ring, slot * seg + 2, n * seg, _BLOCK.pack_into
+        for b in range(first, first + count):
+            pack(ring, off, b & 0xFFFF)
+            off += seg
+            if off >= end:
+                off = 2
+        self.read += count
+
     def _window(self) -> list[bytes | memoryview]:
-        """Blocks acked+1 .. acked+windowsize: re-sent from the ring, or read once and sent."""
-        w, bs = self.neg.windowsize, self.neg.blksize
-        end, resent = self.acked + w, self.sent
-        if self.last is None and self.sent < end:
-            fresh = range(self.sent + 1, end + 1)
-            left = self.source.readinto([self._payloads[b % w] for b in fresh], self.sent)
-            for b in fresh:
-                n = min(bs, left)
-                left -= n
-                struct.pack_into("!HH", self._slots[b % w], 0, DATA, b & 0xFFFF)
-                self._lens[b % w] = 4 + n
-                self.sent = b
-                self.bytes_sent += n
-                if n < bs:
-                    self.last = b
-                    break
-        if self.last is not None:
-            end = min(end, self.last)
-        self.retransmits += max(0, min(resent, end) - self.acked)
-        return [self._views[b % w][: self._lens[b % w]] for b in range(self.acked + 1, end + 1)]
+        """Blocks acked+1 .. acked+windowsize, from the ring; what is not read yet is read now."""
+        end = self.acked + self.neg.windowsize
+        if self.read < end:
+            self._fill(end)
+        last = self.last
+        if last is not None and last < end:
+            end = last
+        first, sent = self.acked + 1, self.sent
+        if end > sent:
+            self.retransmits += sent - self.acked
+            self.bytes_sent += (end - sent) * self.neg.blksize
+            if end == last:
+                self.bytes_sent -= self.neg.blksize - self._last_len
+            self.sent = end
+        elif end >= first:
+            self.retransmits += end - self.acked
+        if end < first:
+            return []
+        seg, n, view = self.segment, self._nslots, self._view
+        tail = 4 + self._last_len if end == last else seg  # size of the window's final packet
+        slot, count = (first - 1) % n, end - first + 1
+        if not self.runs:
+            packets = [view[((b - 1) % n) * seg : ((b - 1) % n + 1) * seg] for b in range(first, end)]
+            packets.append(view[((end - 1) % n) * seg : ((end - 1) % n) * seg + tail])
+            return packets
+        if slot + count <= n:
+            return [view[slot * seg : (slot + count - 1) * seg + tail]]
+        return [view[slot * seg :], view[: (slot + count - n - 1) * seg + tail]]
 
 
 def error_packet(code: ErrorCode, message: str) -> bytes:

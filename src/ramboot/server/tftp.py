@@ -3,8 +3,11 @@
 One listening socket takes requests; each transfer gets its own ephemeral
 socket (its TID), bound to the address the request arrived on. Sockets are
 driven with `add_reader` and plain `sendto`/`recvfrom` rather than asyncio
-transports: on the hot path a window is a burst of sendto calls from
-preallocated ring buffers, and a reader callback drains every queued datagram.
+transports: on the hot path a window is one burst of sends from the
+transfer's preallocated ring, and the reader callback takes one datagram.
+Windows go out with UDP GSO (UDP_SEGMENT) when the kernel has it: one send
+carries up to 64 KiB of equal-sized datagrams, split by the kernel, so the
+wire sees exactly the datagrams a send per packet would.
 
 Nothing a client sends stops the server: junk is dropped, transfers are
 capped per source and in total, and each transfer has one lazily re-armed timer.
@@ -13,9 +16,11 @@ capped per source and in total, and each transfer has one lazily re-armed timer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -28,8 +33,12 @@ from .events import EventLog
 log = logging.getLogger("ramboot.tftp")
 
 IP_PKTINFO = 8  # Linux value; Python 3.11's socket module lacks the constant
+SOL_UDP, UDP_SEGMENT = 17, 103  # Linux values; not in Python 3.11 either
+_GSO_MAX_BYTES, _GSO_MAX_SEGMENTS = 65507, 64  # one UDP datagram's payload; the kernel's segment cap
+_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT)  # no offload on the route, or a segment over the MTU
 _CMSG_SPACE = socket.CMSG_SPACE(12)
 _RECV_SIZE = 65536
+_ACK_RECV_SIZE = 1024  # a transfer socket only needs ACK and ERROR headers; longer datagrams are cut
 
 # Event stage for each namespace kind; other kinds are served without an event.
 STAGES = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script",
@@ -50,6 +59,8 @@ class _Transfer:
     started: float
     timer: asyncio.TimerHandle | None = None
     counted: int = 0  # bytes already added to the Prometheus counter
+    gso_bytes: int = 0  # bytes per GSO send, a whole number of segments; 0: one send per datagram
+    gso_cmsg: list | None = None  # the UDP_SEGMENT ancillary data for those sends
 
 
 class TftpServer:
@@ -63,6 +74,7 @@ class TftpServer:
         self.port = 0
         self.transfers: dict[int, _Transfer] = {}  # by transfer socket fd
         self.per_source: dict[str, int] = {}
+        self.gso: bool | None = None  # kernel UDP GSO: None until the first windowed transfer asks
 
     def listen(self, host: str, port: int) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -155,8 +167,10 @@ class TftpServer:
             log.warning("tftp: no socket for a transfer: %s", e)
             metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
             return  # silent, as over a cap: the client resends
-        t = _Transfer(proto.ReadTransfer(req, source, self.limits), sock, peer, req.filename,
+        t = _Transfer(proto.ReadTransfer(req, source, self.limits, runs=True), sock, peer, req.filename,
                       resolved.kind, time.monotonic())
+        if t.machine.neg.windowsize > 1:
+            self._gso_on(t)
         self.transfers[sock.fileno()] = t
         self.per_source[ip] = self.per_source.get(ip, 0) + 1
         self.loop.add_reader(sock.fileno(), self._on_transfer_ready, t)
@@ -174,14 +188,36 @@ class TftpServer:
             raise
         return s
 
+    def _gso_on(self, t: _Transfer) -> None:
+        """Send a windowed transfer's runs with UDP GSO, if the kernel has it (asked once).
+
+        The segment size goes with each run's send, not on the socket, so an
+        OACK or ERROR longer than a tiny block is never split.
+        """
+        segment = t.machine.segment
+        segments = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment)
+        if self.gso is False or segments < 2:
+            return
+        if self.gso is None:
+            try:
+                t.sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+                self.gso = True
+            except OSError as e:
+                self.gso = False
+                log.debug("tftp: no UDP GSO (%s): one send per datagram", e)
+                return
+        t.gso_bytes = segments * segment
+        t.gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
+
     # --------------------------------------------------------- transfers
 
     def _on_transfer_ready(self, t: _Transfer) -> None:
         """One datagram per wake-up: the selector is level-triggered, and in
-        lock-step there is never a second one, so no EAGAIN round trip."""
+        lock-step there is never a second one, so no EAGAIN round trip. The
+        ACK-to-DATA path is inlined; the read for the next ACK follows the send."""
         sock, m = t.sock, t.machine
         try:
-            data, peer = sock.recvfrom(_RECV_SIZE)
+            data, peer = sock.recvfrom(_ACK_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:  # e.g. ICMP port unreachable from a vanished client
@@ -195,7 +231,13 @@ class TftpServer:
                 pass
             return
         rexmit = m.retransmits
-        self._drive(t, m.on_packet, data)
+        try:
+            packets = m.on_packet(data, self.loop.time())
+        except OSError as e:
+            packets = self._read_failed(t, e)
+        if packets:
+            self._send(t, packets)
+            self._read_ahead(t)
         if m.retransmits != rexmit:
             metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         if m.bytes_sent - t.counted >= 1 << 20 or m.done:
@@ -216,25 +258,61 @@ class TftpServer:
         metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         self._after(t)
 
-    def _drive(self, t: _Transfer, step, *args) -> None:
-        """Run one machine step and send its packets; a read error ends the transfer, never the server."""
+    def _drive(self, t: _Transfer, step) -> None:
+        """Run one machine step, send its packets and read ahead; a read error ends the transfer, never the server."""
         try:
-            packets = step(*args, self.loop.time())
+            packets = step(self.loop.time())
         except OSError as e:
-            log.warning("tftp: reading %s failed: %s", t.name, e)
-            packets = t.machine.fail("read error")
+            packets = self._read_failed(t, e)
         self._send(t, packets)
+        self._read_ahead(t)
+
+    def _read_ahead(self, t: _Transfer) -> None:
+        try:
+            t.machine.read_ahead()
+        except OSError as e:
+            self._send(t, self._read_failed(t, e))
+
+    def _read_failed(self, t: _Transfer, e: OSError) -> list[bytes]:
+        log.warning("tftp: reading %s failed: %s", t.name, e)
+        return t.machine.fail("read error")
 
     def _send(self, t: _Transfer, packets) -> None:
-        sendto, peer = t.sock.sendto, t.peer
+        """Send a step's packets: a run of DATA packets in GSO sends, or one datagram at a time.
+
+        A full send buffer drops the rest (the timer resends); a route that
+        refuses GSO turns it off for this socket and the run goes on without.
+        """
+        sendto, peer, seg = t.sock.sendto, t.peer, t.machine.segment
         for p in packets:
             try:
-                sendto(p, peer)
+                if len(p) <= seg or p[1] != proto.DATA:
+                    sendto(p, peer)
+                    continue
+                pos, size = 0, len(p)
+                if t.gso_bytes:
+                    try:
+                        step, sendmsg, cmsg = t.gso_bytes, t.sock.sendmsg, t.gso_cmsg
+                        while pos < size:
+                            sendmsg([p[pos : pos + step]], cmsg, 0, peer)
+                            pos += step
+                        continue
+                    except OSError as e:
+                        if e.errno not in _GSO_REFUSED:
+                            raise
+                        self._gso_off(t, e)
+                while pos < size:
+                    sendto(p[pos : pos + seg], peer)
+                    pos += seg
             except BlockingIOError:
-                return  # send buffer full: the rest counts as lost, the timer resends
+                return
             except OSError as e:
                 log.debug("tftp: send to %s failed: %s", peer, e)
                 return
+
+    def _gso_off(self, t: _Transfer, e: OSError) -> None:
+        t.gso_bytes = 0
+        log.debug("tftp: UDP GSO refused to %s (%s): one send per datagram", t.peer[0], e)
 
     def _after(self, t: _Transfer) -> None:
         """End a finished transfer, or make sure its timer fires by the machine's deadline."""
