@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""TFTP: one 50 MB file from tftpd-hpa and from ramboot, side by side in one run.
+"""TFTP: one 50 MB file from tftpd-hpa, dnsmasq and ramboot, side by side in one run.
 
-Both servers serve the same directory on 127.0.0.1 (random high ports), each
-in its own process (ramboot's is this script with `--serve`). Clients, as in
-BASELINES.md: curl lock-step with 512 and 1468 byte blocks, and atftp with
-blksize 1468 and windowsize 8/16/64 (tftpd-hpa refuses windowsize, so it
-falls back to lock-step there). Each cell is the best of `--repeat` runs, and
-every download is checked byte for byte. Children are killed by their PID.
+The three servers serve the same directory over loopback, each in its own
+process: tftpd-hpa and ramboot on 127.0.0.1 (random high ports), dnsmasq on
+port 69 of a random 127.77.x.y (it has no listen-port option for TFTP).
+ramboot's side is this script with `--serve`, on the event loop `ramboot serve`
+uses (uvloop when installed). Clients, as in BASELINES.md: curl lock-step with
+512 and 1468 byte blocks, and atftp with blksize 1468 and windowsize 8/16/64
+(tftpd-hpa and dnsmasq refuse windowsize, so they answer those lock-step).
+Every cell is measured `--repeat` times, the servers' order rotating each
+round so load drift hits them alike; the median is reported (the best beside
+it), and every download is checked byte for byte. Then `--concurrent` curl clients (blksize 1468) fetch the file at once
+from each server: aggregate MB/s, and any failed transfer is reported. The
+load average is printed at the start and the end. Children are killed by
+their PID.
 
-Usage: .venv/bin/python bench/tftp_bench.py [--size-mb 50] [--repeat 3]
+Usage: .venv/bin/python bench/tftp_bench.py [--size-mb 50] [--repeat 3] [--concurrent 50]
+       [--src OLD_TREE/src]   (serve another ramboot tree, for before/after runs)
 """
 
 from __future__ import annotations
@@ -17,31 +25,39 @@ import argparse
 import asyncio
 import filecmp
 import os
+import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 FILE = "bench.bin"
-
-CLIENTS = [
-    ("curl blksize 512", lambda port, out: ["curl", "-sS", "--tftp-blksize", "512", "-o", out, f"tftp://127.0.0.1:{port}/{FILE}"]),
-    ("curl blksize 1468", lambda port, out: ["curl", "-sS", "--tftp-blksize", "1468", "-o", out, f"tftp://127.0.0.1:{port}/{FILE}"]),
-] + [
-    (f"atftp 1468 window {w}", lambda port, out, w=w: ["atftp", "--option", "blksize 1468", "--option", f"windowsize {w}",
-                                                       "-g", "-r", FILE, "-l", out, "127.0.0.1", str(port)])
-    for w in (8, 16, 64)
-]
+SERVERS = ("tftpd-hpa", "dnsmasq", "ramboot")
 
 
-def serve(data_dir: str, port: int) -> None:
+def curl(blksize: int):
+    return lambda host, port, out: ["curl", "-sS", "--tftp-blksize", str(blksize), "-o", out,
+                                    f"tftp://{host}:{port}/{FILE}"]
+
+
+def atftp(window: int):
+    return lambda host, port, out: ["atftp", "--option", "blksize 1468", "--option", f"windowsize {window}",
+                                    "-g", "-r", FILE, "-l", out, host, str(port)]
+
+
+CLIENTS = [("curl blksize 512", curl(512)), ("curl blksize 1468", curl(1468))] + \
+          [(f"atftp 1468 window {w}", atftp(w)) for w in (8, 16, 64)]
+
+
+def serve(src: str, data_dir: str, port: int) -> None:
     """The ramboot side: the real server with a real namespace over `data_dir`."""
-    from ramboot.config import Config
+    sys.path.insert(0, src)
+    from ramboot.cli import _loop_factory
+    from ramboot.config import Config, TftpConfig
     from ramboot.inventory.store import Store
     from ramboot.namespace import Namespace
     from ramboot.policy import Booter
@@ -49,13 +65,14 @@ def serve(data_dir: str, port: int) -> None:
     from ramboot.server.tftp import start_tftp
 
     async def main() -> None:
-        cfg = Config(data_dir=Path(data_dir))
+        cfg = Config(data_dir=Path(data_dir), tftp=TftpConfig(max_per_source=256))  # all clients are 127.0.0.1
         store = Store(f"sqlite:///{data_dir}/bench.db")
         await start_tftp(cfg, Namespace(Path(data_dir), Booter(cfg, store, "127.0.0.1")), EventLog(store),
                          host="127.0.0.1", port=port)
         await asyncio.Event().wait()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
 
 
 def free_port() -> int:
@@ -64,20 +81,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(port: int, proc: subprocess.Popen) -> None:
+def free_loopback_69() -> str:
+    """A 127.77.x.y whose port 69 is free, for dnsmasq."""
+    for _ in range(20):
+        host = f"127.77.{random.randrange(256)}.{random.randrange(1, 255)}"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((host, 69))
+                return host
+            except OSError:
+                continue
+    sys.exit("no free 127.77.x.y:69 for dnsmasq")
+
+
+def wait_ready(host: str, port: int, proc: subprocess.Popen) -> None:
     """Ready when a request for a missing file gets a TFTP ERROR back."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         for _ in range(50):
             if proc.poll() is not None:
                 sys.exit(f"server exited early with status {proc.returncode}")
-            s.sendto(b"\x00\x01no-such-file\x00octet\x00", ("127.0.0.1", port))
+            s.sendto(b"\x00\x01no-such-file\x00octet\x00", (host, port))
             try:
                 if s.recvfrom(600)[0][:2] == b"\x00\x05":
                     return
             except socket.timeout:
                 pass
-    sys.exit(f"no TFTP server answering on port {port}")
+    sys.exit(f"no TFTP server answering on {host}:{port}")
 
 
 def measure(cmd: list[str], out: Path, src: Path, size: int) -> float:
@@ -90,20 +120,42 @@ def measure(cmd: list[str], out: Path, src: Path, size: int) -> float:
     return size / dt / 1e6
 
 
+def concurrent(n: int, host: str, port: int, outdir: Path, src: Path, size: int) -> tuple[float, int]:
+    """`n` curl clients at once: aggregate MB/s over the whole batch, and how many failed."""
+    outs = [outdir / f"c{i}.bin" for i in range(n)]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(curl(1468)(host, port, str(o)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for o in outs]
+    codes = [p.wait(timeout=900) for p in procs]
+    dt = time.perf_counter() - t0
+    failed = sum(1 for c, o in zip(codes, outs) if c != 0 or not o.exists() or not filecmp.cmp(o, src, shallow=False))
+    for o in outs:
+        o.unlink(missing_ok=True)
+    return n * size / dt / 1e6, failed
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--concurrent", type=int, default=50, help="clients in the concurrent point (0: skip it)")
+    ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"),
+                    help="the ramboot source tree to serve")
     ap.add_argument("--serve", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
+        serve(args.src, args.serve[0], int(args.serve[1]))
         return
-    for tool in ("in.tftpd", "curl", "atftp"):
+    for tool in ("in.tftpd", "dnsmasq", "curl", "atftp"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed (make setup installs tftpd-hpa, curl and atftp)")
+            sys.exit(f"{tool} is not installed (make setup installs tftpd-hpa, dnsmasq, curl and atftp)")
 
     work = Path(tempfile.mkdtemp(prefix="rbt-tftp-bench-"))
+    shm = Path(tempfile.mkdtemp(prefix="rbt-tftp-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     children: list[subprocess.Popen] = []
     try:
         data = work / "data"
@@ -113,40 +165,61 @@ def main() -> None:
         with open(src, "wb") as f:
             f.write(os.urandom(size))
         for p in (work, data, data / "loaders"):
-            p.chmod(0o755)  # tftpd-hpa drops privileges before reading
+            p.chmod(0o755)  # tftpd-hpa and dnsmasq drop privileges before reading
         src.chmod(0o644)
 
-        hpa_port, rb_port = free_port(), free_port()
-        hpa = subprocess.Popen(["in.tftpd", "-L", "-4", "-a", f"127.0.0.1:{hpa_port}", "-s", str(data / "loaders")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        children.append(hpa)
-        rb = subprocess.Popen([sys.executable, __file__, "--serve", str(data), str(rb_port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        children.append(rb)
-        wait_ready(hpa_port, hpa)
-        wait_ready(rb_port, rb)
+        addr = {"tftpd-hpa": ("127.0.0.1", free_port()), "dnsmasq": (free_loopback_69(), 69),
+                "ramboot": ("127.0.0.1", free_port())}
+        cmds = {
+            "tftpd-hpa": ["in.tftpd", "-L", "-4", "-a", "%s:%d" % addr["tftpd-hpa"], "-s", str(data / "loaders")],
+            "dnsmasq": ["dnsmasq", "--no-daemon", "--port=0", "--enable-tftp", f"--tftp-root={data / 'loaders'}",
+                        f"--listen-address={addr['dnsmasq'][0]}", "--bind-interfaces", "--tftp-max=256",
+                        "--conf-file=/dev/null", "--pid-file=", "--log-facility=-", "--quiet-tftp"],
+            "ramboot": [sys.executable, __file__, "--src", args.src, "--serve", str(data), str(addr["ramboot"][1])],
+        }
+        for name in SERVERS:
+            children.append(subprocess.Popen(cmds[name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_ready(*addr[name], children[-1])
 
+        print(f"load average at start: {loadavg()}", file=sys.stderr)
         out = work / "out.bin"
         rows = []
         for name, cmd in CLIENTS:
-            best = {"tftpd-hpa": 0.0, "ramboot": 0.0}
-            for _ in range(args.repeat):  # interleaved, so drift hits both servers alike
-                best["tftpd-hpa"] = max(best["tftpd-hpa"], measure(cmd(hpa_port, str(out)), out, src, size))
-                best["ramboot"] = max(best["ramboot"], measure(cmd(rb_port, str(out)), out, src, size))
-            rows.append((name, best["tftpd-hpa"], best["ramboot"]))
-            print(f"  {name}: tftpd-hpa {best['tftpd-hpa']:.1f} MB/s, ramboot {best['ramboot']:.1f} MB/s", file=sys.stderr)
+            runs: dict[str, list[float]] = {s: [] for s in SERVERS}
+            for i in range(args.repeat):
+                for s in SERVERS[i % 3:] + SERVERS[: i % 3]:  # each server goes first in turn
+                    runs[s].append(measure(cmd(*addr[s], str(out)), out, src, size))
+            rows.append((name, runs))
+            print(f"  {name}: " + ", ".join(f"{s} median {statistics.median(v):.1f} (best {max(v):.1f})"
+                                           for s, v in runs.items()) + f" MB/s; load {loadavg()}", file=sys.stderr)
 
-        hpa_lockstep = dict((n, h) for n, h, _ in rows)["curl blksize 1468"]
-        print(f"\nTFTP, {args.size_mb} MB file over loopback, best of {args.repeat} (MB/s)\n")
-        print(f"| client | tftpd-hpa | ramboot | ratio | ramboot vs tftpd-hpa curl 1468 |")
-        print(f"|---|---|---|---|---|")
-        for name, h, r in rows:
-            print(f"| {name} | {h:.1f} | {r:.1f} | {r / h:.2f}x | {r / hpa_lockstep:.2f}x |")
+        storm = {}
+        if args.concurrent:
+            for s in SERVERS:
+                storm[s] = concurrent(args.concurrent, *addr[s], shm, src, size)
+                print(f"  {args.concurrent} concurrent curl 1468: {s} {storm[s][0]:.1f} MB/s, "
+                      f"{storm[s][1]} failed; load {loadavg()}", file=sys.stderr)
+
+        print(f"\nTFTP, {args.size_mb} MB file over loopback, MB/s: median (best) of {args.repeat} rounds, "
+              f"ratios of medians; load average at the end {loadavg()}\n")
+        print("| client | tftpd-hpa | dnsmasq | ramboot | vs tftpd-hpa | vs dnsmasq |")
+        print("|---|---|---|---|---|---|")
+        for name, runs in rows:
+            h, d, r = (statistics.median(runs[s]) for s in SERVERS)
+            cells = " | ".join(f"{statistics.median(runs[s]):.1f} ({max(runs[s]):.1f})" for s in SERVERS)
+            print(f"| {name} | {cells} | {r / h:.2f}x | {r / d:.2f}x |")
+        if storm:
+            h, d, r = (storm[s][0] for s in SERVERS)
+            cells = " | ".join(f"{storm[s][0]:.1f}, {storm[s][1]} failed" for s in SERVERS)
+            print(f"| {args.concurrent} concurrent curl 1468 (aggregate) | {cells} | {r / h:.2f}x | {r / d:.2f}x |")
+        if any(f for _, f in storm.values()):
+            sys.exit("failed transfers in the concurrent point")
     finally:
         for c in children:
             c.kill()
             c.wait()
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ if want dhcp; then
   bench dhcp $PY bench/dhcp_bench.py --duration $d --json "$OUT/dhcp.json"
 fi
 if want tftp && [ -f bench/tftp_bench.py ]; then
-  bench tftp $PY bench/tftp_bench.py
+  if ((QUICK)); then a="--size-mb 10 --repeat 1 --concurrent 10"; else a=""; fi
+  bench tftp $PY bench/tftp_bench.py $a
 fi
 if want http; then
   if ((QUICK)); then d=3; r=1; else d=10; r=2; fi
