@@ -18,10 +18,10 @@ Design points:
 - Data is read through `DataSource.readinto` straight into one preallocated
   ring of whole DATA packets (header in front of each payload): each block is
   read exactly once, in order, with one preadv per batch. The ring holds two
-  windows (more for small ones, up to 64 KiB), so `read_ahead` can read the
-  next window while the client is busy with this one; memory per transfer is
-  bounded by max(2 x windowsize x (4 + blksize), 64 KiB), or one window when
-  that is over 1 MiB.
+  windows (more for small ones: up to 16 KiB or 32 slots), so `read_ahead`
+  can read the next window while the client is busy with this one. Memory per
+  transfer is max(2 windows, 16 KiB) at most, or one window when two would be
+  over 1 MiB; a lock-step transfer of 1456-byte blocks holds 11 slots.
 - With `runs=True` a window comes back as at most two contiguous runs of
   packets (the ring wraps once), each packet 4 + blksize bytes but the file's
   last: what one UDP GSO send takes.
@@ -352,7 +352,7 @@ def negotiate(options: dict[str, str], limits: Limits, size: int | None) -> Nego
 
 
 _BLOCK = struct.Struct("!H")
-_READ_BATCH = 1 << 16  # a small window's ring is grown to this, so read-ahead reads in batches
+_READ_BATCH, _BATCH_SLOTS = 1 << 14, 32  # a small window's ring grows to about this, so reads come in batches
 _RING_MAX = 1 << 20  # above this, the ring holds one window and nothing is read ahead
 
 
@@ -375,7 +375,7 @@ class ReadTransfer:
         w, bs = self.neg.windowsize, self.neg.blksize
         self.segment = seg = 4 + bs
         window = w * seg
-        self._nslots = w if 2 * window > _RING_MAX else w * max(2, _READ_BATCH // window)
+        self._nslots = w if 2 * window > _RING_MAX else w * max(2, min(_READ_BATCH // window, _BATCH_SLOTS // w))
         self._ring = bytearray(self._nslots * seg)
         self._ring[1::seg] = bytes([DATA]) * self._nslots  # opcodes once; block numbers per read
         self._view = memoryview(self._ring)
