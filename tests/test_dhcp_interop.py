@@ -108,16 +108,52 @@ def test_proxy_beside_dnsmasq_and_junk_on_67_and_4011(tmp_path):
                    "--no-ping", stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         time.sleep(0.5)
         _junk(pair, dns_ns, [67, 4011], count=1500)  # x2 ports: 3,000 datagrams
-        env = udhcpc(pair, tmp_path, "-x", "0x5d:0007", "-V", "PXEClient:Arch:00007:UNDI:003016")
-        assert env["serverid"] == "10.231.7.5" and env["ip"].startswith("10.231.7.2")  # dnsmasq's address
-        # the proxy offer, as a PXE ROM sees it: ask on 4011 from the leased address
+        # a PXE DISCOVER draws two offers: dnsmasq's address and our boot file with no address.
+        # (udhcpc is no PXE client: it would take whichever offer came first, so we look ourselves.)
+        offers = _pxe_discover_offers(pair)
+        assert offers.get("10.231.7.5", {}).get("yiaddr", "").startswith("10.231.7.2"), offers
+        ours = offers.get(SERVER_IP)
+        assert ours and ours["yiaddr"] == "0.0.0.0" and ours["file"] == "snponly.efi", offers
+        assert ours["vendor"] == "PXEClient", offers
+        # a non-PXE client gets nothing from us: only dnsmasq answers, with no boot file
+        env = udhcpc(pair, tmp_path, "-V", "plain")
+        assert env["serverid"] == "10.231.7.5" and env["ip"].startswith("10.231.7.2") and "boot_file" not in env
+        # the proxy's answer on 4011, as a PXE ROM asks it from the leased address
         ack = _ask_4011(pair, env["ip"])
         assert ack["file"] == "snponly.efi" and ack["yiaddr"] == "0.0.0.0" and ack["vendor"] == "PXEClient"
-        # and a non-PXE client gets nothing from us (only dnsmasq answers)
-        env2 = udhcpc(pair, tmp_path, "-V", "plain")
-        assert env2["serverid"] == "10.231.7.5" and "boot_file" not in env2
     finally:
         pair.close()
+
+
+def _pxe_discover_offers(pair: NetnsPair, wait: float = 3.0) -> dict[str, dict]:
+    """Broadcast a UEFI PXE DISCOVER from the client namespace; every offer by server id."""
+    code = f"""
+import json, socket, sys, time
+sys.path.insert(0, {str(Path(__file__).parent.parent / "src")!r})
+from ramboot.proto.dhcp import DhcpPacket, decode, encode
+mac = open('/sys/class/net/{pair.cli_if}/address').read().strip()
+p = DhcpPacket(xid=78, flags=0x8000, chaddr=bytes.fromhex(mac.replace(':', '')),
+               options={{53: b'\\x01', 60: b'PXEClient:Arch:00007:UNDI:003016', 93: b'\\x00\\x07'}})
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'{pair.cli_if}')
+s.bind(('0.0.0.0', 68))
+out, end = {{}}, time.monotonic() + {wait}
+while time.monotonic() < end:
+    if not out:
+        s.sendto(encode(p), ('255.255.255.255', 67))
+    s.settimeout(0.5)
+    try:
+        r = decode(s.recvfrom(2048)[0])
+    except (socket.timeout, ValueError):
+        continue
+    if r.xid == 78 and r.server_id:
+        out[r.server_id] = {{'yiaddr': r.yiaddr, 'file': r.boot_file, 'vendor': r.vendor_class}}
+print(json.dumps(out))
+"""
+    import json
+
+    return json.loads(pair.run(pair.cli_ns, "python3", "-c", code).stdout)
 
 
 def _ask_4011(pair: NetnsPair, client_ip: str) -> dict:

@@ -259,3 +259,15 @@ def test_full_mode_ignores_port_4011(rig):
     res, sends = rig.send(request(MsgType.REQUEST, A, ciaddr="10.231.9.100", options=PXE_BIOS), port=4011)
     assert sends == []
 
+
+
+def test_an_operating_systems_own_dhcp_gets_an_address_and_nothing_to_boot(rig):
+    """The initramfs's udhcpc or the booted OS: a lease, no boot program, recorded as "os"."""
+    offer, ack, res = rig.dora(A, {Opt.VENDOR_CLASS: b"udhcp 1.35.0"})
+    assert ack.yiaddr == offer.yiaddr
+    for p in (offer, ack):
+        assert Opt.BOOTFILE not in p.options and p.file in (b"", b"\x00" * 128) and Opt.VENDOR_CLASS not in p.options
+    assert res.events[0].detail == {"ip": ack.yiaddr, "firmware": "os"}
+    # a PXE ROM on the same machine still gets its loader
+    _, pxe_ack, _ = rig.dora(A, {Opt.VENDOR_CLASS: b"PXEClient:Arch:00000:UNDI:002001", Opt.CLIENT_ARCH: b"\x00\x00"})
+    assert pxe_ack.options[Opt.BOOTFILE] == b"undionly.kpxe"

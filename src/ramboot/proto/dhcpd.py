@@ -126,6 +126,13 @@ def _key(pkt: DhcpPacket, mac: str) -> str:
     return _lease_key(pkt.client_id.hex() if pkt.client_id else None, mac)
 
 
+def _detail(ip: str, client: Client, bf: BootFile) -> dict:
+    """What a DHCP event records: the address, and what was booted, if anything."""
+    if not client.is_pxe:
+        return {"ip": ip, "firmware": "os"}
+    return {"ip": ip, "bootfile": bf.filename, "firmware": client.firmware.value}
+
+
 def _lease_key(client_id_hex: str | None, mac: str) -> str:
     """Who holds a lease. A client id that is just `01` + the MAC (iPXE, udhcpc,
     dhclient) is the MAC: the firmware sent none, and the loader it chains to
@@ -263,7 +270,7 @@ class DhcpServer:
         self._lease_options(reply, spec)
         self._boot_options(reply, client, bf)
         send = self._send(pkt, reply, MsgType.OFFER)
-        ev = BootEvent(mac, "dhcp-offer", {"ip": yiaddr, "bootfile": bf.filename, "firmware": client.firmware.value})
+        ev = BootEvent(mac, "dhcp-offer", _detail(yiaddr, client, bf))
         return Result(kind, "offer", [send], events=[ev])
 
     def _request(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
@@ -302,7 +309,7 @@ class DhcpServer:
         self._boot_options(reply, client, bf)
         send = self._send(pkt, reply, MsgType.ACK)
         rec = LeaseRecord(ip=yiaddr, mac=mac, expires=lease.expires, client_id=lease.client_id, hostname=lease.hostname)
-        ev = BootEvent(mac, "dhcp-ack", {"ip": yiaddr, "bootfile": bf.filename, "firmware": client.firmware.value})
+        ev = BootEvent(mac, "dhcp-ack", _detail(yiaddr, client, bf))
         return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=(yiaddr, mac))
 
     def _decline(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
@@ -449,7 +456,13 @@ class DhcpServer:
         self._net_opts = net
 
     def _boot_options(self, rep: DhcpPacket, client: Client, bf: BootFile) -> None:
-        """The boot program, as both the `file` field and option 67 (ROMs read one or the other)."""
+        """The boot program, as both the `file` field and option 67 (ROMs read one or the other).
+
+        Only for PXE/HTTP-boot firmware and iPXE: an operating system's own DHCP
+        client (the initramfs, the booted root) gets its address and nothing to boot.
+        """
+        if not client.is_pxe:
+            return
         name = bf.filename.encode()
         rep.siaddr = self.server_ip
         rep.file = name if len(name) <= 127 else b""
