@@ -70,6 +70,8 @@ def test_serve_answers_dhcp_tftp_http_and_stops_on_sigterm_keeping_leases(tmp_pa
         ("[http]\nport = 0\n", "http.port"),
         ('[network]\ninterface = "no-such-if0"\n', "no-such-if0"),
         ("data_dir = [\n", "not valid TOML"),
+        ('[network]\naddress = "10.9.0.5"\n[dhcp]\nmode = "full"\nrange = "10.9.0.1-10.9.0.9"\n',
+         "dhcp.range: includes the server's own address 10.9.0.5"),
     ],
 )
 def test_bad_config_stops_with_one_line(tmp_path: Path, config: str, expected: str) -> None:

@@ -18,9 +18,14 @@ from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
 from ..netif import interface_ipv4
 from ..policy import Booter
+from .dhcp import start_dhcp
 from .events import EventLog
+from .http import start_http
+from .ra import start_ra
+from .tftp import start_tftp
 
 log = logging.getLogger("ramboot.serve")
+
 
 def server_address(config: Config) -> str:
     if config.network.address is not None:
@@ -41,6 +46,14 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def validate_range(config: Config, server_ip: str) -> None:
+    """A full-mode range that holds the server's own address is a typo: refuse it at start."""
+    if config.dhcp.mode == "full" and config.dhcp.range:
+        first, last = config.dhcp.range_bounds()
+        if int(first) <= int(ipaddress.IPv4Address(server_ip)) <= int(last):
+            raise ConfigError(f"dhcp.range: includes the server's own address {server_ip}")
+
+
 class Services:
     """The running servers, so tests and the CLI can start and stop them as one."""
 
@@ -56,12 +69,7 @@ class Services:
         self.servers: list = []
 
     async def start(self) -> None:
-        from .dhcp import start_dhcp
-        from .http import start_http
-        from .tftp import start_tftp
-
         raise_fd_limit()
-
         loaders = install_loaders(self.config.data_dir)
         log.info("boot programs: %s", ", ".join(loaders) or "none found")
         self.events.start()
@@ -71,8 +79,6 @@ class Services:
             self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip))
         # Answer IPv6 router solicitations (full mode by default) so iPXE's
         # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra.py).
-        from .ra import start_ra
-
         ra = await start_ra(self.config)
         if ra is not None:
             self.servers.append(ra)
@@ -126,10 +132,3 @@ async def serve(config: Config) -> None:
         await services.stop()
     log.info("stopped")
 
-
-def validate_range(config: Config, server_ip: str) -> None:
-    """The DHCP range must be on the server's subnet side; catch typos early."""
-    if config.dhcp.mode == "full" and config.dhcp.range:
-        first, last = config.dhcp.range_bounds()
-        if int(first) <= int(ipaddress.IPv4Address(server_ip)) <= int(last):
-            raise ConfigError(f"dhcp.range: includes the server's own address {server_ip}")
