@@ -11,8 +11,7 @@ All decisions live in `ramboot.proto.dhcpd`. This module only moves bytes:
 - Lease changes are committed in groups: datagrams that change leases are
   held for a few milliseconds, their changes go to the store in one
   transaction (in the loop: one executemany costs less than handing the GIL
-  to a worker thread; RAMBOOT_DHCP_COMMIT=thread restores the worker), and
-  only then do their ACKs go out. An ACKed lease is therefore already committed.
+  to a worker thread), and only then do their ACKs go out. An ACKed lease is therefore already committed.
 - Any exception for one datagram is logged and the datagram dropped.
 """
 
@@ -22,11 +21,9 @@ import asyncio
 import copy
 import ipaddress
 import logging
-import os
 import socket
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .. import metrics
 from ..config import Config
@@ -42,7 +39,6 @@ IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks the constant
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 RCVBUF = 4 << 20
 BATCH_WINDOW = 0.002  # seconds lease-changing replies wait to share one commit
-_INLINE_COMMIT = os.environ.get("RAMBOOT_DHCP_COMMIT", "inline") == "inline"
 NODES_TTL = 2.0  # seconds a snapshot of the nodes table serves lookups before it is re-read
 
 
@@ -128,7 +124,6 @@ class DhcpService:
             leases=store.load_leases() if config.dhcp.mode == "full" else [], netmask=mask,
         )
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dhcp-commit")
         self._pending: list[tuple[Result, int]] = []
         self._counters: dict[tuple[str, str], object] = {}
         self._anc: dict[int, list] = {0: []}  # ifindex -> the IP_PKTINFO ancillary data to send with
@@ -190,11 +185,11 @@ class DhcpService:
         try:
             while self._pending:
                 await asyncio.sleep(BATCH_WINDOW)
-                await self._flush_once()
+                self._flush_once()
         finally:
             self._flusher = None
 
-    async def _flush_once(self) -> None:
+    def _flush_once(self) -> None:
         batch, self._pending = self._pending, []
         if not batch:
             return
@@ -208,10 +203,7 @@ class DhcpService:
         deletes = [ip for ip, r in final.items() if r is None]
         started = time.perf_counter()
         try:
-            if _INLINE_COMMIT:
-                self.store.save_leases(upserts, deletes)
-            else:
-                await self._loop.run_in_executor(self._executor, self.store.save_leases, upserts, deletes)
+            self.store.save_leases(upserts, deletes)
         except Exception:
             # Without the commit, no ACK: the clients retry and we answer again.
             log.exception("dhcp: lease commit failed; %d replies withheld", len(batch))
@@ -253,9 +245,8 @@ class DhcpService:
             self._loop.remove_reader(sock.fileno())  # no new work; finish what is pending
         if self._flusher is not None:
             await self._flusher
-        await self._flush_once()  # anything left: commit, then answer
+        self._flush_once()  # anything left: commit, then answer
         self._close_sockets()
-        self._executor.shutdown(wait=True)
 
 
 async def start_dhcp(config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
