@@ -1,4 +1,4 @@
-"""What the kernel knows about a network interface (its IPv4 address and mask)."""
+"""What the kernel knows about a network interface (its IPv4 address and mask, its MAC)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,12 @@ def interface_ipv4(ifname: str) -> str | None:
 
 def interface_netmask(ifname: str) -> str | None:
     return _ioctl_ipv4(ifname, SIOCGIFNETMASK)
+
+
+def interface_mac(ifname: str) -> bytes | None:
+    """The interface's hardware address (6 bytes for Ethernet), or None if unreadable."""
+    try:
+        with open(f"/sys/class/net/{ifname}/address") as f:
+            return bytes.fromhex(f.read().strip().replace(":", ""))
+    except (OSError, ValueError):
+        return None

@@ -24,6 +24,8 @@ import logging
 import socket
 import struct
 
+from ..netif import interface_mac
+
 log = logging.getLogger("ramboot.ra")
 
 ICMPV6_RS = 133
@@ -40,14 +42,6 @@ def router_advertisement(mac: bytes | None) -> bytes:
     if mac and len(mac) == 6:
         body += struct.pack("!BB6s", 1, 1, mac)
     return body  # the kernel fills the checksum of raw ICMPv6 sockets
-
-
-def _mac(ifname: str) -> bytes | None:
-    try:
-        text = open(f"/sys/class/net/{ifname}/address").read().strip()
-        return bytes.fromhex(text.replace(":", ""))
-    except (OSError, ValueError):
-        return None
 
 
 class RaResponder:
@@ -71,7 +65,7 @@ class RaResponder:
             s.close()
             raise
         self.sock = s
-        self.ra = router_advertisement(_mac(ifname))
+        self.ra = router_advertisement(interface_mac(ifname))
         self.answered = 0
         self.loop.add_reader(s.fileno(), self._readable)
 
