@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .config import Config
-from .images.manifest import INITRD, KERNEL, ROOTFS, ManifestError, load_manifest
+from .images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, Manifest, ManifestError, images_dir, load_manifest
 from .inventory.store import NodeSpec, Store
 from .macaddr import mac_hyphen, normalize_mac
 
@@ -96,6 +96,7 @@ class Booter:
         self.config = config
         self.store = store
         self.server_ip = str(ipaddress.IPv4Address(server_ip))
+        self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # image -> ((mtime_ns, size), manifest)
 
     @property
     def http_base(self) -> str:
@@ -151,10 +152,27 @@ class Booter:
         """`/boot.ipxe`: for clients pointed at us by another DHCP server."""
         return f"#!ipxe\nchain {self.http_base}/boot/${{netX/mac:hexhyp}}.ipxe || shell\n"
 
+    def manifest(self, image: str) -> Manifest:
+        """An image's manifest, read again only when its image.toml changes; raises ManifestError.
+
+        Boot scripts and HTTP ETags ask for it per request: one stat, not a parse.
+        """
+        try:
+            st = (images_dir(self.config.data_dir) / image / MANIFEST).stat()
+        except OSError:
+            self._manifests.pop(image, None)
+            return load_manifest(self.config.data_dir, image)  # raises the right ManifestError
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._manifests.get(image)
+        if cached is None or cached[0] != key:
+            cached = (key, load_manifest(self.config.data_dir, image))
+            self._manifests[image] = cached
+        return cached[1]
+
     def kernel_cmdline(self, plan: BootPlan, live_form: bool = False) -> str:
         """Kernel arguments: the root URL, its sha256 and where to report."""
         try:
-            manifest = load_manifest(self.config.data_dir, plan.image)
+            manifest = self.manifest(plan.image)
             sha = manifest.files[ROOTFS].sha256
             dracut = manifest.initramfs == "dracut"
         except (ManifestError, KeyError):

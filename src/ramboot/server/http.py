@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import metrics
 from ..config import Config
-from ..images.manifest import MANIFEST, ManifestError, load_manifest
+from ..images.manifest import ManifestError
 from ..inventory.store import Store
 from ..macaddr import BadMac, normalize_mac
 from ..namespace import GeneratedFile, Namespace, PathRefused, split_request
@@ -52,23 +52,13 @@ class Ctx:
     booter: Booter
     store: Store
     events: EventLog
-    _manifests: dict = field(default_factory=dict)  # image -> (mtime_ns, Manifest)
 
     def manifest_sha(self, image: str, fname: str, size: int) -> str | None:
         """The manifest's sha256 for a file, if the manifest lists it at this size."""
-        mpath = self.config.data_dir / "images" / image / MANIFEST
         try:
-            mtime = mpath.stat().st_mtime_ns
-        except OSError:
+            entry = self.booter.manifest(image).files.get(fname)
+        except ManifestError:
             return None
-        cached = self._manifests.get(image)
-        if cached is None or cached[0] != mtime:
-            try:
-                cached = (mtime, load_manifest(self.config.data_dir, image))
-            except ManifestError:
-                return None
-            self._manifests[image] = cached
-        entry = cached[1].files.get(fname)
         return entry.sha256 if entry is not None and entry.size == size else None
 
 
