@@ -123,14 +123,19 @@ def _is_ramboot(pid: int) -> bool:
         return False
 
 
-def check_ports(cfg: Config) -> list[Finding]:
+def service_ports(cfg: Config) -> list[tuple[str, int, str]]:
+    """(proto, port, role) of every port the server listens on with this config."""
     wanted = [("tcp", cfg.http.port, "HTTP"), ("udp", cfg.tftp.port, "TFTP")]
     if cfg.dhcp.mode != "off":
         wanted.append(("udp", 67, "DHCP"))
     if cfg.dhcp.mode == "proxy":
         wanted.append(("udp", 4011, "proxyDHCP"))
+    return wanted
+
+
+def check_ports(cfg: Config) -> list[Finding]:
     out = []
-    for proto, port, role in wanted:
+    for proto, port, role in service_ports(cfg):
         holders = port_holders(proto, port)
         others = [(n, pid) for n, pid in holders if not _is_ramboot(pid)]
         if not holders:
@@ -323,11 +328,7 @@ def check_firewall(cfg: Config) -> list[Finding]:
         ruleset = [x for x in json.loads(p.stdout or '{"nftables": []}')["nftables"] if isinstance(x, dict)]
     except (ValueError, KeyError):
         ruleset = []
-    ports = [("tcp", cfg.http.port), ("udp", cfg.tftp.port)]
-    if cfg.dhcp.mode != "off":
-        ports.append(("udp", 67))
-    if cfg.dhcp.mode == "proxy":
-        ports.append(("udp", 4011))
+    ports = [(proto, port) for proto, port, _role in service_ports(cfg)]
     firewalld = shutil.which("firewall-cmd") and subprocess.run(
         ["firewall-cmd", "--state"], capture_output=True).returncode == 0
     ifname = cfg.network.interface
