@@ -349,7 +349,7 @@ class DhcpServer:
         if spec is None or not spec.ip:
             return None
         ip = _ipint(spec.ip)
-        return ip if ipaddress.IPv4Address(ip) in self.network else None
+        return ip if self._net_first <= ip <= self._net_last else None
 
     def _usable(self, ip: int, key: str, mac: str, now: float, reserved: dict[str, str]) -> bool:
         if ip == self._server_int or ip == self._net_first or ip == self._net_last:
