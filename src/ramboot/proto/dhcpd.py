@@ -496,13 +496,10 @@ class DhcpServer:
         return Send(encode(rep, req.max_message_size), host, port, SERVER_PORT, new)
 
     def _nak(self, req: DhcpPacket, why: str) -> Send:
-        rep = DhcpPacket(op=BOOTREPLY, htype=req.htype, hlen=req.hlen, xid=req.xid, giaddr=req.giaddr,
-                         chaddr=req.chaddr, flags=req.flags | (FLAG_BROADCAST if req.giaddr != ZERO_IP else 0))
-        rep.options[Opt.MESSAGE_TYPE] = bytes((MsgType.NAK,))
-        rep.options[Opt.SERVER_ID] = self._server_id
+        rep = self._reply(req, MsgType.NAK, ZERO_IP)
+        if req.giaddr != ZERO_IP:
+            rep.flags |= FLAG_BROADCAST  # §4.3.2: the relay must broadcast a NAK
         rep.options[Opt.MESSAGE] = why.encode()
-        if Opt.RELAY_AGENT in req.options:
-            rep.options[Opt.RELAY_AGENT] = req.options[Opt.RELAY_AGENT]
         return self._send(req, rep, MsgType.NAK)
 
 
