@@ -7,22 +7,23 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import schemas as S
-from .store import NodeSpec, Store
+from .store import EventRecord, NodeSpec, Store
 from .timeline import Boot, last_boot
 
 
+def event_out(e: EventRecord) -> S.EventOut:
+    return S.EventOut.model_validate(e, from_attributes=True)
+
+
 def boot_out(boot: Boot | None) -> S.BootOut | None:
-    if boot is None:
-        return None
-    return S.BootOut(
-        stage=boot.stage,
-        started=boot.started,
-        updated=boot.updated,
-        duration=boot.duration,
-        download_mbps=boot.download_mbps,
-        failure=boot.failure,
-        events=[S.EventOut(stage=e.stage, source=e.source, at=e.at, detail=e.detail) for e in boot.events],
-    )
+    return None if boot is None else S.BootOut.model_validate(boot, from_attributes=True)
+
+
+def report_of(data: dict) -> S.InventoryReport:
+    try:
+        return S.InventoryReport.model_validate(data)
+    except ValidationError:  # stored by an older, looser version: show what we can
+        return S.InventoryReport()
 
 
 def inventory_out(store: Store, mac: str) -> S.InventoryOut | None:
@@ -30,10 +31,7 @@ def inventory_out(store: Store, mac: str) -> S.InventoryOut | None:
     if not hist:
         return None
     at, data = hist[0]
-    try:
-        return S.InventoryOut(at=at, report=S.InventoryReport.model_validate(data))
-    except ValidationError:  # stored by an older, looser version: show what we can
-        return S.InventoryOut(at=at, report=S.InventoryReport())
+    return S.InventoryOut(at=at, report=report_of(data))
 
 
 def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut, **extra: Any) -> S.NodeOut:

@@ -31,7 +31,7 @@ from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import EventRecord, NodeSpec, Store, StoreError
 from ..inventory.timeline import SERVER_STAGES, last_boot, mbps_of, split_boots
-from ..inventory.views import all_status, node_detail, node_out, node_status
+from ..inventory.views import all_status, event_out, node_detail, node_out, node_status, report_of
 from ..macaddr import BadMac, normalize_mac
 from .http import CTX, Ctx
 
@@ -217,7 +217,7 @@ async def node_events(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(400, "limit: must be an integer") from None
     evs = await asyncio.to_thread(request.app[CTX].store.events, mac, limit)
-    return json_response([S.EventOut(stage=e.stage, source=e.source, at=e.at, detail=e.detail) for e in evs])
+    return json_response([event_out(e) for e in evs])
 
 
 async def node_inventory(request: web.Request) -> web.Response:
@@ -225,7 +225,7 @@ async def node_inventory(request: web.Request) -> web.Response:
     hist = await asyncio.to_thread(request.app[CTX].store.inventory_history, mac, 50)
     if not hist:
         raise ApiError(404, f"no inventory for {mac}")
-    return json_response([S.InventoryOut(at=at, report=S.InventoryReport.model_validate(d)) for at, d in hist])
+    return json_response([S.InventoryOut(at=at, report=report_of(d)) for at, d in hist])
 
 
 async def report_event(request: web.Request) -> web.Response:
