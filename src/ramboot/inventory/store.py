@@ -120,10 +120,7 @@ class Store:
     # -- leases ----------------------------------------------------------
     def load_leases(self) -> list[LeaseRecord]:
         with self._session() as s:
-            return [
-                LeaseRecord(ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname)
-                for r in s.scalars(select(Lease))
-            ]
+            return [_lease_record(r) for r in s.scalars(select(Lease))]
 
     def save_leases(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = ()) -> None:
         """Write a batch of lease changes in one transaction (group commit).
@@ -212,7 +209,7 @@ class Store:
             r = s.scalar(
                 select(Lease).where(Lease.mac == normalize_mac(mac), Lease.expires > now).order_by(Lease.expires.desc()).limit(1)
             )
-            return LeaseRecord(ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname) if r else None
+            return _lease_record(r) if r else None
 
     # -- events and inventory ---------------------------------------------
     def add_events(self, events: Iterable[EventRecord]) -> None:
@@ -266,6 +263,10 @@ _DELETE_LEASE_IP = delete(Lease.__table__).where(Lease.__table__.c.ip == bindpar
 _DELETE_LEASE_MAC = delete(Lease.__table__).where(
     Lease.__table__.c.mac == bindparam("d_mac"), Lease.__table__.c.ip != bindparam("d_ip")
 )
+
+
+def _lease_record(r: Lease) -> LeaseRecord:
+    return LeaseRecord(ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname)
 
 
 def _node_spec(r: Node) -> NodeSpec:
