@@ -45,6 +45,7 @@ class StaticFile:
 class GeneratedFile:
     data: bytes
     kind: str  # pxelinux-cfg | ipxe-script
+    mac: str | None = None  # the machine it was generated for, when its name says
 
 
 Resolved = StaticFile | GeneratedFile
@@ -107,7 +108,7 @@ class Namespace:
             except BadMac:
                 return None
             script = self.booter.ipxe_script(mac)
-            return GeneratedFile(script.encode(), "ipxe-script") if script else None
+            return GeneratedFile(script.encode(), "ipxe-script", mac) if script else None
         if parts == ["boot.ipxe"]:
             return GeneratedFile(self.booter.entry_script().encode(), "ipxe-script")
         if parts[0] == IMAGES_DIR and len(parts) == 3:
@@ -133,6 +134,7 @@ class Namespace:
         return real if real.is_file() else None
 
     def _pxelinux_cfg(self, leaf: str) -> Resolved | None:
+        mac = None
         if leaf == "default":
             cfg = self.booter.pxelinux_config(None)
         elif leaf.startswith("01-"):
@@ -143,4 +145,4 @@ class Namespace:
             cfg = self.booter.pxelinux_config(mac)
         else:
             return None  # UUID and hex-IP names: fall through to 01-<mac> or default
-        return GeneratedFile(cfg.encode(), "pxelinux-cfg") if cfg else None
+        return GeneratedFile(cfg.encode(), "pxelinux-cfg", mac) if cfg else None

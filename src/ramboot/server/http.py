@@ -25,7 +25,6 @@ from .. import metrics
 from ..config import Config
 from ..images.manifest import ManifestError
 from ..inventory.store import Store
-from ..macaddr import BadMac, normalize_mac
 from ..namespace import GeneratedFile, Namespace, PathRefused, split_request
 from ..policy import Booter
 from .events import EventLog
@@ -225,17 +224,6 @@ async def send_file(request: web.Request, path: Path, etag_sha: str | None, cont
 
 
 # -- the namespace ---------------------------------------------------------
-def _script_mac(parts: list[str]) -> str | None:
-    """The MAC a generated script is for, from its name (`boot/<mac>.ipxe`, `pxelinux.cfg/01-<mac>`)."""
-    leaf = parts[-1].removesuffix(".ipxe")
-    if len(parts) != 2 or parts[0] not in ("boot", "pxelinux.cfg"):
-        return None
-    try:
-        return normalize_mac(leaf)
-    except BadMac:
-        return None
-
-
 async def namespace_file(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     why = raw_refusal(request.raw_path)
@@ -261,10 +249,9 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         resp = web.Response(body=resolved.data, content_type="text/plain", headers={"Cache-Control": "no-store"})
         if request.method == "GET":
             metrics.HTTP_BYTES.labels("script").inc(len(resolved.data))
-            mac = _script_mac(parts)
-            if mac:
-                ctx.events.mac_by_ip.setdefault(ip, mac)
-                ctx.events.record(mac, "script", file=name, bytes=len(resolved.data))
+            if resolved.mac:
+                ctx.events.mac_by_ip.setdefault(ip, resolved.mac)
+                ctx.events.record(resolved.mac, "script", file=name, bytes=len(resolved.data))
             else:
                 ctx.events.record_by_ip(ip, "script", file=name, bytes=len(resolved.data))
         return resp
