@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ramboot.bench.util import table  # noqa: E402
+from ramboot.images.manifest import INITRD, KERNEL, ROOTFS, images_dir  # noqa: E402
 from ramboot.lab.netns import Lab, LabError  # noqa: E402
-from ramboot.lab.server import LAB_KERNEL_ARGS, build_image, lab_config_text, link_image, start_server  # noqa: E402
+from ramboot.lab.server import LAB_KERNEL_ARGS, build_image, has_image, lab_config_text, link_image, start_server  # noqa: E402
 from ramboot.lab.vm import boot_vm, format_timeline  # noqa: E402
 
 SERVER = "172.22.33.2"
@@ -50,16 +51,15 @@ HTTP_PORT = 8000
 PXELINUX = Path("/usr/lib/PXELINUX/pxelinux.0")
 LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")
-IMAGE_FILES = ("vmlinuz", "initrd.img", "rootfs.squashfs")
+IMAGE_FILES = (KERNEL, INITRD, ROOTFS)
 
 
 def image_dir(cache: Path) -> Path:
-    img = cache / "data" / "images" / "demo"
-    if not (img / "image.toml").is_file():
+    if not has_image(cache / "data", "demo"):
         print(f"e2e: building the built-in image into {cache} (once)", flush=True)
         cache.mkdir(parents=True, exist_ok=True)
         build_image(cache / "data", "demo", log=cache / "build.log", echo=False)
-    return img
+    return images_dir(cache / "data") / "demo"
 
 
 def dnsmasq_cmd(work: Path, *extra: str) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from .config import Config, ConfigError, load_config
+from .images.manifest import MANIFEST, images_dir
 from .namespace import LOADERS_DIR, SYSTEM_LOADERS
 from .proto.dhcp import DhcpDecodeError, DhcpPacket, MsgType, Opt, decode, encode
 
@@ -375,10 +376,10 @@ def check_boot_files(cfg: Config) -> list[Finding]:
     if not out:
         out.append(Finding(True, "boot programs present: " + ", ".join(LOADER_PACKAGES)))
     image = cfg.boot.default_image
-    if (data / "images" / image / "image.toml").is_file():
-        out.append(Finding(True, f"default image {image} is in {data}/images"))
+    if (images_dir(data) / image / MANIFEST).is_file():
+        out.append(Finding(True, f"default image {image} is in {images_dir(data)}"))
     else:
-        out.append(Finding(False, f"default image {image} is not in {data}/images",
+        out.append(Finding(False, f"default image {image} is not in {images_dir(data)}",
                            f"ramboot image build {image} --data-dir {data}"))
     return out
 

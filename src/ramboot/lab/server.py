@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..config import Config, load_config
+from ..images.manifest import MANIFEST, images_dir
 from .netns import Lab, LabError
 
 SERVER_KEY = "server"
@@ -48,7 +49,7 @@ def lab_config_text(lab: Lab, data_dir: Path, dhcp: str | None = None, boot: dic
 
 
 def has_image(data_dir: Path, name: str) -> bool:
-    return (Path(data_dir) / "images" / name / "image.toml").is_file()
+    return (images_dir(data_dir) / name / MANIFEST).is_file()
 
 
 def build_image(data_dir: Path, name: str, log: Path | None = None, echo: bool = True) -> None:
@@ -66,7 +67,7 @@ def build_image(data_dir: Path, name: str, log: Path | None = None, echo: bool =
 
 def link_image(src_dir: Path, dest_data_dir: Path, name: str, copy: bool = False) -> Path:
     """Put an already built image into another data dir: hard links (or copies, to alter it)."""
-    dest = Path(dest_data_dir) / "images" / name
+    dest = images_dir(dest_data_dir) / name
     dest.mkdir(parents=True, exist_ok=True)
     for f in Path(src_dir).iterdir():
         target = dest / f.name
