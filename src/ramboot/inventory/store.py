@@ -213,14 +213,16 @@ class Store:
 
     # -- events and inventory ---------------------------------------------
     def add_events(self, events: Iterable[EventRecord]) -> None:
+        """A batch of events whose MACs are already normalised (EventLog does it as each is recorded)."""
         dumps = json.dumps  # what the JSON column's bind processor does, done here for the batch
-        rows = [(normalize_mac(e.mac), e.stage, e.source, dumps(e.detail), e.at) for e in events]  # _EVENT_COLUMNS
+        rows = [(e.mac, e.stage, e.source, dumps(e.detail), e.at) for e in events]  # _EVENT_COLUMNS
         if rows:
             with self.engine.begin() as conn:
                 self._executemany(conn, _INSERT_EVENT, rows, _EVENT_COLUMNS)
 
     def add_event(self, mac: str, stage: str, source: str = "server", at: float | None = None, **detail) -> None:
-        self.add_events([EventRecord(mac=mac, stage=stage, at=at or time.time(), source=source, detail=detail)])
+        rec = EventRecord(mac=normalize_mac(mac), stage=stage, at=at or time.time(), source=source, detail=detail)
+        self.add_events([rec])
 
     def events(self, mac: str, limit: int = 200) -> list[EventRecord]:
         with self._session() as s:
