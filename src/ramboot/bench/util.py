@@ -230,20 +230,19 @@ def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int =
     """
     import hashlib
 
-    from ..images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest
+    from ..images.build import sha256_file
+    from ..images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir
 
-    d = Path(data_dir) / "images" / name
+    d = images_dir(data_dir) / name
     d.mkdir(parents=True, exist_ok=True)
     sizes = {KERNEL: kernel_bytes or max(rootfs_bytes // 16, 64 << 10), INITRD: initrd_bytes or max(rootfs_bytes // 8, 64 << 10), ROOTFS: rootfs_bytes}
     files = {}
     for fname, size in sizes.items():
         p = d / fname
-        h = hashlib.sha256()
         if p.exists() and p.stat().st_size == size:
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
+            sha = sha256_file(p)
         else:
+            h = hashlib.sha256()
             with open(p, "wb") as f:
                 left = size
                 while left:
@@ -251,7 +250,8 @@ def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int =
                     h.update(chunk)
                     f.write(chunk)
                     left -= len(chunk)
-        files[fname] = FileEntry(size=size, sha256=h.hexdigest())
+            sha = h.hexdigest()
+        files[fname] = FileEntry(size=size, sha256=sha)
     m = Manifest(name=name, source="bench:random", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  kernel_version="bench", files=files)
     (d / MANIFEST).write_text(m.to_toml())
