@@ -229,8 +229,6 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     why = raw_refusal(request.raw_path)
     if why:
         return text_error(400, f"refused: {why}")
-    if request.path.startswith("//"):
-        return text_error(400, "refused: absolute path")
     name = request.path[1:]
     try:
         parts = split_request(name)
