@@ -48,10 +48,9 @@ class Local:
         return node_detail(self.store, mac)  # type: ignore[return-value]
 
     def list(self) -> list[S.NodeOut]:
-        from .timeline import last_boot
-        from .views import node_out
+        from .views import node_list
 
-        return [node_out(n, last_boot(self.store.events(n.mac, limit=100))) for n in self.store.list_nodes()]
+        return node_list(self.store)
 
     def show(self, mac: str) -> S.NodeDetail:
         from .views import node_detail

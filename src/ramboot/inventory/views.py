@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,20 +36,14 @@ def inventory_out(store: Store, mac: str) -> S.InventoryOut | None:
 
 
 def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut, **extra: Any) -> S.NodeOut:
-    return cls(
-        mac=spec.mac,
-        image=spec.image,
-        hostname=spec.hostname,
-        ip=spec.ip,
-        loader=spec.loader,
-        uuid=spec.uuid,
-        kernel_args=spec.kernel_args,
-        labels={str(k): str(v) for k, v in spec.labels.items()},
-        discovered=spec.discovered,
-        stage=boot.stage if boot else None,
-        updated=boot.updated if boot else None,
-        **extra,
-    )
+    fields = asdict(spec)
+    fields["labels"] = {str(k): str(v) for k, v in spec.labels.items()}
+    return cls(**fields, stage=boot.stage if boot else None, updated=boot.updated if boot else None, **extra)
+
+
+def node_list(store: Store) -> list[S.NodeOut]:
+    """Every registered node with its last boot (from its latest 100 events)."""
+    return [node_out(n, last_boot(store.events(n.mac, limit=100))) for n in store.list_nodes()]
 
 
 def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
@@ -60,7 +55,10 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
 
 
 def node_status(store: Store, mac: str) -> S.NodeStatus:
-    spec = store.get_node(mac)
+    return _status(store, mac, store.get_node(mac))
+
+
+def _status(store: Store, mac: str, spec: NodeSpec | None) -> S.NodeStatus:
     return S.NodeStatus(
         mac=mac,
         registered=spec is not None,
@@ -73,5 +71,5 @@ def node_status(store: Store, mac: str) -> S.NodeStatus:
 
 
 def all_status(store: Store) -> list[S.NodeStatus]:
-    macs = sorted({n.mac for n in store.list_nodes()} | set(store.event_macs()))
-    return [node_status(store, m) for m in macs]
+    specs = {n.mac: n for n in store.list_nodes()}
+    return [_status(store, m, specs.get(m)) for m in sorted(specs.keys() | set(store.event_macs()))]

@@ -30,8 +30,8 @@ from .. import metrics
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import EventRecord, NodeSpec, Store, StoreError
-from ..inventory.timeline import SERVER_STAGES, last_boot, mbps_of, split_boots
-from ..inventory.views import all_status, event_out, node_detail, node_out, node_status, report_of
+from ..inventory.timeline import SERVER_STAGES, mbps_of, split_boots
+from ..inventory.views import all_status, event_out, node_detail, node_list, node_status, report_of
 from ..macaddr import BadMac, normalize_mac
 from .http import CTX, Ctx
 
@@ -166,12 +166,7 @@ async def _put(store: Store, spec: NodeSpec) -> NodeSpec:
 
 # -- handlers -----------------------------------------------------------------
 async def list_nodes(request: web.Request) -> web.Response:
-    store = request.app[CTX].store
-
-    def work() -> list[S.NodeOut]:
-        return [node_out(n, last_boot(store.events(n.mac, limit=100))) for n in store.list_nodes()]
-
-    return json_response(await asyncio.to_thread(work))
+    return json_response(await asyncio.to_thread(node_list, request.app[CTX].store))
 
 
 async def get_node(request: web.Request) -> web.Response:
