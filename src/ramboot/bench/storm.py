@@ -50,6 +50,8 @@ from pathlib import Path
 
 import click
 
+from ..macaddr import mac_from_bytes
+
 POOL_NET = "10.77.16.0/20"
 POOL = ("10.77.16.0", "10.77.31.254")
 TFTP_PORT = 69
@@ -300,7 +302,7 @@ async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) 
 
     from ..proto import dhcp as D
 
-    macs = ":".join(f"{b:02x}" for b in mac)
+    macs = mac_from_bytes(mac)
     res = ClientResult(macs)
     await asyncio.sleep(max(0.0, t_start - time.monotonic()))
     t0 = time.monotonic()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..macaddr import normalize_mac
+from ..macaddr import mac_from_bytes, normalize_mac
 from .netns import Lab, LabError, stop_pid
 
 QEMU = "qemu-system-x86_64"
@@ -58,7 +58,7 @@ _CONSOLE_MILESTONES: list[tuple[re.Pattern, str]] = [
 
 def random_mac() -> str:
     """A MAC in QEMU's 52:54:00 range, random enough that parallel VMs never collide."""
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+    return mac_from_bytes(b"\x52\x54\x00" + secrets.token_bytes(3))
 
 
 def tap_name(mac: str) -> str:
