@@ -169,8 +169,9 @@ class Booter:
             self._manifests[image] = cached
         return cached[1]
 
-    def kernel_cmdline(self, plan: BootPlan, live_form: bool = False) -> str:
-        """Kernel arguments: the root URL, its sha256 and where to report."""
+    def kernel_cmdline(self, plan: BootPlan, live_form: bool = False, bootif: bool = True) -> str:
+        """Kernel arguments: the root URL, its sha256 and where to report (and BOOTIF, unless the
+        loader appends it itself)."""
         try:
             manifest = self.manifest(plan.image)
             sha = manifest.files[ROOTFS].sha256
@@ -187,7 +188,8 @@ class Booter:
         if sha:
             args.append(f"ramboot.sha256={sha}")
         args.append(f"ramboot.server={self.http_base}")
-        args.append(f"BOOTIF=01-{mac_hyphen(plan.mac)}")
+        if bootif:
+            args.append(f"BOOTIF=01-{mac_hyphen(plan.mac)}")
         if plan.hostname:
             args.append(f"ramboot.hostname={plan.hostname}")
         if plan.kernel_args:
@@ -218,9 +220,7 @@ class Booter:
             if plan is None:
                 return None
         img = f"images/{plan.image}"
-        cmdline = self.kernel_cmdline(plan, live_form=True)
-        if mac is None:
-            cmdline = " ".join(a for a in cmdline.split() if not a.startswith("BOOTIF="))
+        cmdline = self.kernel_cmdline(plan, live_form=True, bootif=mac is not None)  # default: IPAPPEND 2
         return (
             "DEFAULT ramboot\n"
             "PROMPT 0\n"
