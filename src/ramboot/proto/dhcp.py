@@ -83,8 +83,7 @@ class Opt(IntEnum):
     END = 255
 
 
-# iPXE's encapsulated options (src/include/ipxe/dhcp.h, option 175).
-IPXE_PRIORITY = 1
+# iPXE's encapsulated option (src/include/ipxe/dhcp.h, option 175) that skips ProxyDHCP.
 IPXE_NO_PXEDHCP = 176
 # PXE vendor options (option 43 when option 60 is "PXEClient"; PXE 2.1 spec).
 PXE_DISCOVERY_CONTROL = 6
@@ -134,10 +133,6 @@ class DhcpPacket:
     def msg_type(self) -> int | None:
         v = self.options.get(Opt.MESSAGE_TYPE)
         return v[0] if v else None
-
-    @property
-    def hwaddr(self) -> bytes:
-        return self.chaddr[: self.hlen]
 
     @property
     def mac(self) -> str | None:
