@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dhcp_netns import SERVER_IP, NetnsPair, dhclient, need, udhcpc
+from ramboot.macaddr import mac_hyphen
 
 pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("dhcp-netns")]
 
@@ -52,7 +53,7 @@ def full(tmp_path_factory):
 def test_udhcpc_gets_lease_and_boot_file(full, fw, args, bootfile, vendor):
     pair, tmp = full
     env = udhcpc(pair, tmp, *args)
-    mac = client_mac(pair).replace(":", "-")
+    mac = mac_hyphen(client_mac(pair))
     assert env["ip"].startswith("10.231.7.") and env["serverid"] == SERVER_IP
     assert env["boot_file"] == env["bootfile"] == bootfile.format(mac)
     assert env["siaddr"] == SERVER_IP and env["vendor"] == vendor
@@ -62,7 +63,7 @@ def test_udhcpc_gets_lease_and_boot_file(full, fw, args, bootfile, vendor):
 def test_dhclient_gets_lease_and_boot_file(full, fw, conf, bootfile):
     pair, tmp = full
     env = dhclient(pair, tmp, conf)
-    mac = client_mac(pair).replace(":", "-")
+    mac = mac_hyphen(client_mac(pair))
     assert env["new_ip_address"].startswith("10.231.7.")
     assert env["new_filename"] == bootfile.format(mac)
     assert env["new_dhcp_server_identifier"] == SERVER_IP

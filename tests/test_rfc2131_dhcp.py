@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dhcp_pkt import PXE_BIOS, SERVER, Rig, request, wire
+from dhcp_pkt import PXE_BIOS, SERVER, Rig, mac_bytes, request, wire
 from ramboot.inventory.store import LeaseRecord, NodeSpec
 from ramboot.proto.dhcp import FLAG_BROADCAST, MsgType, Opt
 from ramboot.proto.dhcpd import OFFER_HOLD
@@ -57,7 +57,7 @@ def test_client_identifier_keys_the_lease(rig):
 def test_loader_sending_hw_client_id_keeps_the_firmwares_lease(rig):
     """OVMF's PXE sends no option 61; the iPXE it loads sends 01+MAC. One lease, not two."""
     _, ack, _ = rig.dora(A)
-    hw_cid = {Opt.CLIENT_ID: b"\x01" + bytes.fromhex(A.replace(":", ""))}
+    hw_cid = {Opt.CLIENT_ID: b"\x01" + mac_bytes(A)}
     _, ack2, _ = rig.dora(A, hw_cid)
     assert ack2.yiaddr == ack.yiaddr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dhcp_pkt import GOLDEN, HTTP_UEFI, IPXE, PXE_BIOS, PXE_UEFI, SERVER, Rig, request
+from ramboot.macaddr import mac_hyphen
 from ramboot.proto.dhcp import IPXE_NO_PXEDHCP, MsgType, Opt, decode, decode_suboptions
 
 A = "52:54:00:00:00:01"
@@ -147,7 +148,7 @@ def test_golden_client_exchange_gets_the_right_boot_file(data_dir, path):
         fw = path.name.split("-")[1]
         data = bytes.fromhex(path.read_text())
         mac = decode(data).mac
-        want = EXPECTED.get(fw) or f"http://{CAPTURE_SERVER}/boot/{mac.replace(':', '-')}.ipxe"
+        want = EXPECTED.get(fw) or f"http://{CAPTURE_SERVER}/boot/{mac_hyphen(mac)}.ipxe"
         _, [offer] = rig.send(data)
         req = bytes.fromhex((path.parent / path.name.replace("00-in-discover", "02-in-request")).read_text())
         _, [ack] = rig.send(req)
@@ -178,7 +179,7 @@ def test_golden_firmware_exchange(data_dir, stem, want_ipxe_script, want_file):
         discover = bytes.fromhex((QEMU_GOLDEN / f"{stem}-00-discover.hex").read_text())
         req = bytes.fromhex((QEMU_GOLDEN / f"{stem}-02-request.hex").read_text())
         mac = decode(discover).mac
-        want = f"http://{LAB_SERVER}/boot/{mac.replace(':', '-')}.ipxe" if want_ipxe_script else want_file
+        want = f"http://{LAB_SERVER}/boot/{mac_hyphen(mac)}.ipxe" if want_ipxe_script else want_file
         _, [offer] = rig.send(discover)
         _, [ack] = rig.send(req)
         assert (offer.msg_type, ack.msg_type) == (MsgType.OFFER, MsgType.ACK)
