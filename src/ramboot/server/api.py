@@ -144,7 +144,7 @@ async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 def spec_from(mac: str, body: S.NodeIn) -> NodeSpec:
-    return NodeSpec(mac=mac, **body.model_dump(), discovered=False)  # an operator has now said what it is
+    return NodeSpec(mac=mac, **body.model_dump(exclude={"mac"}), discovered=False)  # an operator has now said what it is
 
 
 async def _put(store: Store, spec: NodeSpec) -> NodeSpec:
