@@ -96,6 +96,9 @@ class Namespace:
     def __init__(self, data_dir: Path, booter: Booter):
         self.data_dir = Path(data_dir).resolve()
         self.booter = booter
+        # The trees files are served from, resolved once (not per request).
+        self._images = (self.data_dir / IMAGES_DIR).resolve()
+        self._loaders = (self.data_dir / LOADERS_DIR).resolve()
 
     def resolve(self, name: str) -> Resolved | None:
         """Map a request to a file or generated content; None if it does not exist."""
@@ -112,15 +115,15 @@ class Namespace:
         if parts == ["boot.ipxe"]:
             return GeneratedFile(self.booter.entry_script().encode(), "ipxe-script")
         if parts[0] == IMAGES_DIR and len(parts) == 3:
-            path = self._inside(self.data_dir / IMAGES_DIR, parts[1:])
+            path = self._inside(self._images, parts[1:])
             return StaticFile(path, _KINDS.get(parts[2], "file")) if path else None
         if len(parts) == 1:
-            path = self._inside(self.data_dir / LOADERS_DIR, parts)
+            path = self._inside(self._loaders, parts)
             return StaticFile(path, "loader") if path else None
         return None
 
     def _inside(self, root: Path, parts: list[str]) -> Path | None:
-        """The real path of root/parts if it is a regular file under root, else None."""
+        """The real path of root/parts if it is a regular file under root (already resolved), else None."""
         candidate = root.joinpath(*parts)
         try:
             real = candidate.resolve(strict=True)
@@ -128,8 +131,7 @@ class Namespace:
             return None
         except (OSError, RuntimeError) as e:  # symlink loops and the like
             raise PathRefused(f"unresolvable path: {e}") from None
-        root_real = root.resolve()
-        if not real.is_relative_to(root_real):
+        if not real.is_relative_to(root):
             raise PathRefused("path leaves the data directory")
         return real if real.is_file() else None
 
