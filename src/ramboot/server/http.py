@@ -11,12 +11,14 @@ HEAD. The RAW request path is checked before aiohttp's decoding, so `%2e%2e`,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -168,13 +170,18 @@ async def _sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTran
         os.close(fd)
 
 
-async def send_file(request: web.Request, path: Path, etag_sha: str | None, content_type: str) -> tuple[web.StreamResponse, int]:
-    """Serve one regular file with sendfile; returns the response and the body bytes sent."""
+async def send_file(request: web.Request, path: Path, content_type: str,
+                    sha_for: Callable[[int], str | None] | None = None) -> tuple[web.StreamResponse, int]:
+    """Serve one regular file with sendfile; returns the response and the body bytes sent.
+
+    `sha_for(size)` gives the file's sha256 for a strong ETag (the manifest's), or None.
+    """
     loop = asyncio.get_running_loop()
     f = open(path, "rb")  # noqa: SIM115 - closed in finally, after sendfile
     try:
         st = os.fstat(f.fileno())
         size = st.st_size
+        etag_sha = sha_for(size) if sha_for is not None else None
         etag = f'"{etag_sha}"' if etag_sha else f'"{size:x}-{st.st_mtime_ns:x}"'
         headers = {
             "ETag": etag,
@@ -253,9 +260,9 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
             else:
                 ctx.events.record_by_ip(ip, "script", file=name, bytes=len(resolved.data))
         return resp
-    sha = ctx.manifest_sha(parts[1], parts[2], resolved.path.stat().st_size) if parts[0] == "images" else None
+    sha_for = functools.partial(ctx.manifest_sha, parts[1], parts[2]) if parts[0] == "images" else None
     ctype = "application/toml" if name.endswith(".toml") else "application/octet-stream"
-    resp, sent = await send_file(request, resolved.path, sha, ctype)
+    resp, sent = await send_file(request, resolved.path, ctype, sha_for)
     if sent:
         seconds = round(time.monotonic() - t0, 6)
         metrics.HTTP_BYTES.labels(resolved.kind).inc(sent)
