@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import ImageError
 from .kernel import Kernel
-from .rootfs import source_epoch
+from .rootfs import busybox_applets, source_epoch
 
 REQUIRED = ("squashfs", "loop", "overlay")
 # NICs a VM or cloud host presents; whichever of these the kernel has.
@@ -170,10 +170,8 @@ def build_initramfs(k: Kernel, out: Path) -> dict[str, object]:
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/null", 1, 3, 0o666)
     c.file("bin/busybox", busybox.read_bytes(), 0o755)
-    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
-    for rel in applets.split():
-        if rel != "bin/busybox":
-            c.symlink(rel, "/bin/busybox")
+    for rel in busybox_applets(busybox):
+        c.symlink(rel, "/bin/busybox")
     data = resources.files("ramboot.images") / "initramfs"
     c.file("init", (data / "init").read_bytes(), 0o755)
     c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)

@@ -164,12 +164,17 @@ def builtin_tree(tree: Path) -> None:
     (tree / "etc/os-release").write_text('NAME="ramboot busybox"\nID=ramboot\n')
 
 
+def busybox_applets(busybox: Path) -> list[str]:
+    """Where busybox installs its applets (`bin/sh`, `usr/bin/wget`, …), sorted, busybox itself left out."""
+    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
+    return sorted(rel for rel in out.split() if rel != "bin/busybox")
+
+
 def install_applets(tree: Path) -> None:
     """Symlink every busybox applet at build time, so the image never changes at boot."""
-    out = subprocess.run([str(tree / "bin/busybox"), "--list-full"], capture_output=True, text=True, check=True)
-    for rel in sorted(out.stdout.split()):
+    for rel in busybox_applets(tree / "bin/busybox"):
         link = tree / rel
-        if rel == "bin/busybox" or link.exists() or link.is_symlink():
+        if link.exists() or link.is_symlink():
             continue
         link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink("/bin/busybox", link)
