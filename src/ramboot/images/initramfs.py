@@ -157,8 +157,8 @@ class Cpio:
         out.write(b"\0" * (-out.tell() % 4))
 
 
-def build_initramfs(k: Kernel, out: Path) -> dict[str, object]:
-    """Write the compressed initramfs to `out`; returns facts for the manifest."""
+def build_initramfs(k: Kernel, out: Path) -> None:
+    """Write the compressed initramfs to `out`."""
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise ImageError("busybox-static (/bin/busybox) not found: run `make setup`")
@@ -192,7 +192,6 @@ def build_initramfs(k: Kernel, out: Path) -> dict[str, object]:
     if proc.returncode != 0:
         raise ImageError(f"{comp[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
     out.write_bytes(proc.stdout)
-    return {"modules": len(mods), "nic_modules": nics, "compression": comp[0]}
 
 
 def _filter_dep(p: Path, keep: set[str]) -> bytes:
