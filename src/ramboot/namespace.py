@@ -50,6 +50,10 @@ class GeneratedFile:
 
 Resolved = StaticFile | GeneratedFile
 
+# The boot stage (CONTRACTS.md) a kind is when served; other kinds are served without one.
+STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script",
+                 "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
+
 
 def install_loaders(data_dir: Path) -> list[str]:
     """Copy the boot programs into the data directory (not symlinks: those would leave it)."""

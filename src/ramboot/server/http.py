@@ -27,7 +27,7 @@ from .. import metrics
 from ..config import Config
 from ..images.manifest import ManifestError
 from ..inventory.store import Store
-from ..namespace import GeneratedFile, Namespace, PathRefused, split_request
+from ..namespace import STAGE_OF_KIND, GeneratedFile, Namespace, PathRefused, split_request
 from ..policy import Booter
 from .events import EventLog
 
@@ -39,8 +39,6 @@ STATIC_FILES = {
     "status.css": "text/css",
     "status.js": "text/javascript",
 }
-# Namespace kinds that are boot stages when served (CONTRACTS.md).
-STAGE_OF_KIND = {"loader": "loader", "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
 _RAW_REFUSED = ("%2e", "%2f", "%5c", "%00", "\\")
 
 

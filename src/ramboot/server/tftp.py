@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .. import metrics
 from ..config import Config
-from ..namespace import GeneratedFile, Namespace, PathRefused
+from ..namespace import STAGE_OF_KIND, GeneratedFile, Namespace, PathRefused
 from ..proto import tftp as proto
 from .events import EventLog
 
@@ -39,10 +39,6 @@ _GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT)  # no offload on the
 _CMSG_SPACE = socket.CMSG_SPACE(12)
 _RECV_SIZE = 65536
 _ACK_RECV_SIZE = 1024  # a transfer socket only needs ACK and ERROR headers; longer datagrams are cut
-
-# Event stage for each namespace kind; other kinds are served without an event.
-STAGES = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script",
-          "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
 
 
 def _limits(config: Config) -> proto.Limits:
@@ -345,7 +341,7 @@ class TftpServer:
         metrics.TFTP_TRANSFERS.labels(outcome=outcome).inc()
         seconds = time.monotonic() - t.started
         log.info("tftp: %s %s to %s: %d bytes in %.3fs", outcome, t.name, ip, m.bytes_sent, seconds)
-        stage = STAGES.get(t.kind)
+        stage = STAGE_OF_KIND.get(t.kind)
         if outcome == "ok" and stage:
             self.events.record_by_ip(ip, stage, file=t.name, bytes=m.bytes_sent, seconds=round(seconds, 3))
 
