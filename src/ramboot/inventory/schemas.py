@@ -20,6 +20,14 @@ STAGE = r"^[a-z][a-z0-9-]{0,31}$"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
+def normalize_uuid(v: str) -> str:
+    """An SMBIOS UUID in lower-case 8-4-4-4-12 form; ValueError if it is none."""
+    if not _UUID.match(v):
+        raise ValueError("not a UUID")
+    h = v.replace("-", "").lower()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,12 +51,7 @@ class NodeIn(_Strict):
     @field_validator("uuid")
     @classmethod
     def _uuid(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        if not _UUID.match(v):
-            raise ValueError("not a UUID")
-        h = v.replace("-", "").lower()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return None if v is None else normalize_uuid(v)
 
 
 class NodeCreate(NodeIn):

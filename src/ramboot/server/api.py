@@ -239,10 +239,9 @@ async def report_inventory(request: web.Request) -> web.Response:
         ctx.store.add_inventory(mac, report.model_dump(mode="json"))
         if boot.unknown_nodes != "discover" or ctx.store.get_node(mac) is not None:
             return False
-        uuid = report.dmi.uuid
         try:
-            uuid = S.NodeIn(uuid=uuid).uuid if uuid else None
-        except ValidationError:
+            uuid = S.normalize_uuid(report.dmi.uuid) if report.dmi.uuid else None
+        except ValueError:
             uuid = None
         ctx.store.put_node(NodeSpec(mac=mac, image=boot.default_image, uuid=uuid, discovered=True))
         return True
