@@ -46,6 +46,7 @@ class ModuleIndex:
 
     dir: Path
     path: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, str] = field(default_factory=dict)  # module path → its modules.dep line
     deps: dict[str, list[str]] = field(default_factory=dict)
     soft: dict[str, list[str]] = field(default_factory=dict)
     builtin: set[str] = field(default_factory=set)
@@ -63,6 +64,7 @@ class ModuleIndex:
                 continue
             n = norm(target)
             idx.path[n] = target
+            idx.lines[target] = line
             idx.deps[n] = [norm(d) for d in rest.split()]
         for line in _lines(mods / "modules.softdep"):
             words = line.split()
@@ -180,7 +182,7 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     keep = {idx.path[m] for m in mods}
     for rel in sorted(keep):
         c.file(f"{base}/{rel}", (k.modules / rel).read_bytes())
-    c.file(f"{base}/modules.dep", _filter_dep(k.modules / "modules.dep", keep))
+    c.file(f"{base}/modules.dep", ("\n".join(ln for t, ln in idx.lines.items() if t in keep) + "\n").encode())
     c.file(f"{base}/modules.alias", _filter_names(k.modules / "modules.alias", set(mods), "alias", 2))
     c.file(f"{base}/modules.softdep", _filter_names(k.modules / "modules.softdep", set(mods), "softdep", 1))
     for extra in ("modules.builtin", "modules.order"):
@@ -192,11 +194,6 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     if proc.returncode != 0:
         raise ImageError(f"{comp[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
     out.write_bytes(proc.stdout)
-
-
-def _filter_dep(p: Path, keep: set[str]) -> bytes:
-    lines = [ln for ln in p.read_text().splitlines() if ln.partition(":")[0] in keep]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def _filter_names(p: Path, names: set[str], keyword: str, col: int) -> bytes:
