@@ -196,7 +196,9 @@ def test_boot_timeline_inventory_and_discover(data_dir):
         assert node["discovered"] is True and node["image"] == "demo"
         assert node["uuid"] == "12345678-1234-1234-1234-1234567890ab"
         assert node["inventory"]["report"]["cpu"] == {"model": "QEMU Virtual CPU", "count": 2}
-        boot = wait_for(lambda: s.request("GET", f"/api/v1/nodes/{MAC}")[1]["last_boot"])
+        # events reach the store in batches (every 0.2 s): wait for the whole boot, not its first events
+        last_boot = lambda: s.request("GET", f"/api/v1/nodes/{MAC}")[1]["last_boot"]  # noqa: E731
+        boot = wait_for(lambda: (b := last_boot()) and b["stage"] == "booted" and b)
         assert boot["stage"] == "booted"
         assert [e["stage"] for e in boot["events"]][:3] == ["dhcp-offer", "dhcp-ack", "script"]
         assert boot["download_mbps"] == pytest.approx(800.0)
