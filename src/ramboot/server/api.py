@@ -13,6 +13,7 @@ cannot drift. Access (docs/api.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -396,10 +397,8 @@ class Broadcaster:
             self._unwatch()
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         for q in list(self.subscribers):
             _offer(q, None)
 
