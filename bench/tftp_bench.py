@@ -62,7 +62,7 @@ def serve(src: str, data_dir: str, port: int) -> None:
     from ramboot.namespace import Namespace
     from ramboot.policy import Booter
     from ramboot.server.events import EventLog
-    from ramboot.server.tftp import start_tftp
+    from ramboot.server.tftp_server import start_tftp
 
     async def main() -> None:
         cfg = Config(data_dir=Path(data_dir), tftp=TftpConfig(max_per_source=256))  # all clients are 127.0.0.1

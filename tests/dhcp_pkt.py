@@ -7,8 +7,9 @@ from pathlib import Path
 from ramboot.config import parse_config
 from ramboot.inventory.store import Store
 from ramboot.policy import Booter
-from ramboot.proto.dhcp import DhcpPacket, MsgType, Opt, decode, encode, socket_aton
-from ramboot.proto.dhcpd import DhcpServer
+from ramboot.proto.dhcp_codec import DhcpPacket, MsgType, Opt, decode, encode, socket_aton
+from ramboot.proto.dhcp_core import DhcpCore
+from ramboot.server.dhcp_server import dhcp_settings
 
 SERVER = "10.231.9.1"
 RANGE = "10.231.9.100-10.231.9.104"
@@ -36,7 +37,7 @@ def wire(pkt: DhcpPacket) -> bytes:
 
 
 class Rig:
-    """A `DhcpServer` over a real store and booter, plus a clock."""
+    """A `DhcpCore` over a real store and booter, plus a clock."""
 
     def __init__(self, data_dir: Path, mode: str = "full", extra: str = "", leases=(), server: str = SERVER,
                  range_: str = RANGE):
@@ -48,9 +49,9 @@ class Rig:
         self.now = 1_000_000.0
         self.server = self.make(leases)
 
-    def make(self, leases=()) -> DhcpServer:
+    def make(self, leases=()) -> DhcpCore:
         reserved = lambda: {n.ip: n.mac for n in self.store.list_nodes() if n.ip}  # noqa: E731
-        return DhcpServer(self.config, self.server_ip, self.booter.boot_file, self.booter.node, reserved, list(leases))
+        return DhcpCore(dhcp_settings(self.config, self.server_ip), self.booter.decide, reserved, list(leases))
 
     def send(self, pkt: DhcpPacket | bytes, port: int = 67, src=("0.0.0.0", 68)):
         data = pkt if isinstance(pkt, bytes) else wire(pkt)

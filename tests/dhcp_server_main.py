@@ -14,7 +14,7 @@ import sys
 from ramboot.config import load_config
 from ramboot.inventory.store import Store
 from ramboot.policy import Booter
-from ramboot.server.dhcp import start_dhcp
+from ramboot.server.dhcp_server import start_dhcp
 from ramboot.server.events import EventLog
 
 

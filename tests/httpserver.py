@@ -14,7 +14,7 @@ from ramboot.inventory.store import Store
 from ramboot.namespace import Namespace
 from ramboot.policy import Booter
 from ramboot.server.events import EventLog
-from ramboot.server.http import start_http
+from ramboot.server.http_server import start_http
 
 
 class LiveServer:

@@ -11,6 +11,8 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+
+from ramboot.proto.dhcp_core import lease_key
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -19,7 +21,7 @@ from httpserver import LiveServer
 from ramboot.config import parse_config
 from ramboot.inventory.store import LeaseRecord
 from ramboot.server import api
-from ramboot.server.http import CTX, Ctx
+from ramboot.server.http_context import CTX, Ctx
 
 
 MAC = "52:54:00:aa:bb:01"
@@ -141,16 +143,16 @@ def test_no_token_means_loopback_writes_only():
 
 
 def test_node_reports_checked_against_lease(srv):
-    srv.store.save_leases([LeaseRecord(ip="172.22.33.101", mac=MAC, expires=time.time() + 600)])
+    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.101", mac=MAC, expires=time.time() + 600)])
     st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
     assert st == 403 and "does not hold the lease" in body["error"]
     st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY)
     assert st == 403
-    srv.store.save_leases([LeaseRecord(ip="127.0.0.1", mac=MAC, expires=time.time() + 600)])
+    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 600)])
     assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
     # an expired lease is no lease: any address may report (proxy/off mode)
     other = "52:54:00:aa:bb:09"
-    srv.store.save_leases([LeaseRecord(ip="172.22.33.102", mac=other, expires=time.time() - 1)])
+    srv.store.save_leases([LeaseRecord(key=lease_key(None, other), ip="172.22.33.102", mac=other, expires=time.time() - 1)])
     assert srv.request("POST", f"/api/v1/nodes/{other}/events", {"stage": "initramfs"})[0] == 202
 
 
@@ -227,7 +229,7 @@ def test_images_and_leases(srv):
     assert {f["name"] for f in imgs[0]["files"]} == {"vmlinuz", "initrd.img", "rootfs.squashfs"}
     st, img = srv.request("GET", "/api/v1/images/demo")
     assert st == 200 and img == imgs[0]
-    srv.store.save_leases([LeaseRecord(ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
+    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
     st, leases = srv.request("GET", "/api/v1/leases")
     assert leases == [{"ip": "172.22.33.150", "mac": MAC, "expires": pytest.approx(leases[0]["expires"]), "active": True, "client_id": None, "hostname": None}]
 

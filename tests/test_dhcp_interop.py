@@ -131,7 +131,7 @@ def _pxe_discover_offers(pair: NetnsPair, wait: float = 3.0) -> dict[str, dict]:
     code = f"""
 import json, socket, sys, time
 sys.path.insert(0, {str(Path(__file__).parent.parent / "src")!r})
-from ramboot.proto.dhcp import DhcpPacket, decode, encode
+from ramboot.proto.dhcp_codec import DhcpPacket, decode, encode
 mac = open('/sys/class/net/{pair.cli_if}/address').read().strip()
 p = DhcpPacket(xid=78, flags=0x8000, chaddr=bytes.fromhex(mac.replace(':', '')),
                options={{53: b'\\x01', 60: b'PXEClient:Arch:00007:UNDI:003016', 93: b'\\x00\\x07'}})
@@ -162,7 +162,7 @@ def _ask_4011(pair: NetnsPair, client_ip: str) -> dict:
     code = f"""
 import json, socket, sys
 sys.path.insert(0, {str(Path(__file__).parent.parent / "src")!r})
-from ramboot.proto.dhcp import DhcpPacket, decode, encode
+from ramboot.proto.dhcp_codec import DhcpPacket, decode, encode
 mac = open('/sys/class/net/{pair.cli_if}/address').read().strip()
 p = DhcpPacket(xid=77, ciaddr='{client_ip}', chaddr=bytes.fromhex(mac.replace(':', '')),
                options={{53: b'\\x03', 60: b'PXEClient:Arch:00007:UNDI:003016', 93: b'\\x00\\x07',

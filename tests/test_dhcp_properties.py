@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dhcp_pkt import Rig
-from ramboot.proto.dhcp import MAGIC, DhcpDecodeError, DhcpEncodeError, DhcpPacket, Opt, decode, encode
+from ramboot.proto.dhcp_codec import MAGIC, DhcpDecodeError, DhcpEncodeError, DhcpPacket, Opt, decode, encode
 
 ips = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: "%d.%d.%d.%d" % t)
 # free-form option codes (not ones with a fixed form, nor PAD/END/overload)

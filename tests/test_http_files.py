@@ -103,7 +103,7 @@ def test_head_and_fallback_etag(srv):
 
 def test_scripts(srv):
     r = curl(f"{srv.base}/boot.ipxe")
-    assert r.stdout.startswith(b"#!ipxe\nchain ")
+    assert r.stdout.startswith(b"#!ipxe\nisset ${uuid} && chain ")
     r = curl("-D", "-", f"{srv.base}/boot/52-54-00-12-34-56.ipxe")
     assert b"200" in r.stdout.split(b"\r\n")[0]
     assert b"kernel http://127.0.0.1:80/images/demo/vmlinuz" in r.stdout or b"kernel http://127.0.0.1/images/demo/vmlinuz" in r.stdout

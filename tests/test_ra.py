@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from ramboot.server.ra import ICMPV6_RA, router_advertisement
+from ramboot.server.ra_server import ICMPV6_RA, router_advertisement
 
 
 def test_ra_is_bare_and_not_a_default_router() -> None:
@@ -27,7 +27,7 @@ def test_answering_follows_the_mode_and_the_switch() -> None:
     import asyncio
 
     from ramboot.config import parse_config
-    from ramboot.server.ra import start_ra
+    from ramboot.server.ra_server import start_ra
 
     async def started(text: str) -> bool:
         r = await start_ra(parse_config('[network]\ninterface = "lo"\n' + text))

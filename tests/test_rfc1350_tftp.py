@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from ramboot.proto import tftp
+from ramboot.proto import tftp_core as tftp
+from ramboot.server.tftp_server import FileSource
 from tftp_sim import rrq, run
 
 
@@ -85,7 +86,7 @@ def test_first_packet_is_data_1_without_options():
 def test_file_source_reads_through_pread(tmp_path, windowsize):
     data = os.urandom(300_000)
     (tmp_path / "f").write_bytes(data)
-    src = tftp.FileSource(os.open(tmp_path / "f", os.O_RDONLY))
+    src = FileSource(os.open(tmp_path / "f", os.O_RDONLY))
     try:
         assert run(tftp.ReadTransfer(rrq(windowsize=windowsize), src)).data == data
     finally:

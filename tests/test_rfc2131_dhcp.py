@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from ramboot.proto.dhcp_core import lease_key
+
 from dhcp_pkt import PXE_BIOS, SERVER, Rig, mac_bytes, request, wire
 from ramboot.inventory.store import LeaseRecord, NodeSpec
-from ramboot.proto.dhcp import FLAG_BROADCAST, MsgType, Opt
-from ramboot.proto.dhcpd import OFFER_HOLD
+from ramboot.proto.dhcp_codec import FLAG_BROADCAST, MsgType, Opt
+from ramboot.proto.dhcp_core import OFFER_HOLD
 
 A = "52:54:00:00:00:01"
 B = "52:54:00:00:00:02"
@@ -171,7 +173,7 @@ def test_fixed_address_outside_the_range_but_on_the_subnet(rig):
 
 
 def test_leases_loaded_at_start_are_honoured(rig):
-    srv = rig.make([LeaseRecord(ip="10.231.9.103", mac=A, expires=rig.now + 300)])
+    srv = rig.make([LeaseRecord(key=lease_key(None, A), ip="10.231.9.103", mac=A, expires=rig.now + 300)])
     rig.server = srv
     _, [o] = rig.send(request(MsgType.DISCOVER, A))
     assert o.yiaddr == "10.231.9.103"

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from dhcp_pkt import GOLDEN
-from ramboot.proto.dhcp import (
+from ramboot.proto.dhcp_codec import (
     MAGIC,
     DhcpDecodeError,
     DhcpEncodeError,
@@ -43,7 +43,9 @@ def raw(options: bytes, **hdr) -> bytes:
         (b"\x5d\x04\x00\x10\x00\x07\xff", "arch", 16),  # several arches: the first is preferred
         (b"\x4d\x04iPXE\xff", "user_classes", ["iPXE"]),  # iPXE's bare string
         (b"\x4d\x0a\x04iPXE\x04boot\xff", "user_classes", ["iPXE", "boot"]),  # RFC 3004 form
-        (b"\x61\x11\x00" + bytes(range(16)) + b"\xff", "uuid", "00010203-0405-0607-0809-0a0b0c0d0e0f"),
+        # EFI GUID order on the wire (RFC 4578 §2.3, iPXE, edk2): the first three fields little-endian
+        (b"\x61\x11\x00" + bytes(range(16)) + b"\xff", "uuid", "03020100-0504-0706-0809-0a0b0c0d0e0f"),
+        (b"\x61\x11\x00" + bytes(16) + b"\xff", "uuid", None),  # QEMU without -uuid: no identity
         (b"\x61\x11\x01" + bytes(16) + b"\xff", "uuid", None),  # only type 0 is a GUID
         (b"\x37\x03\x01\x03\x43\xff", "param_request", b"\x01\x03\x43"),
         (b"\x43\x0bpxelinux.0\x00\xff", "boot_file", "pxelinux.0"),

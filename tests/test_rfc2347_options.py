@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ramboot.proto import tftp
+from ramboot.proto import tftp_core as tftp
 from tftp_sim import rrq, run
 
 LIMITS = tftp.Limits(max_blksize=1468, max_windowsize=32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ramboot.proto.dhcp import MAGIC, DhcpEncodeError, DhcpPacket, Opt, decode, encode
+from ramboot.proto.dhcp_codec import MAGIC, DhcpEncodeError, DhcpPacket, Opt, decode, encode
 
 
 def header(sname: bytes = b"", file: bytes = b"") -> bytearray:

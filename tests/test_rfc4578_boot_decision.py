@@ -1,13 +1,29 @@
-"""The policy seam: option 93 / 60 / 77 decide the boot program (SPEC, RFC 4578)."""
+"""The policy seam: one `Decision` per request, from option 93 / 60 / 77 / 97 (SPEC, RFC 4578).
+
+Table-driven over an in-memory directory: no store, no server.
+"""
+
+from __future__ import annotations
 
 import pytest
 
-from ramboot.inventory.store import NodeSpec
-from ramboot.policy import Client, Firmware
-
 from conftest import write_fake_image
+from directory_fakes import FakeDirectory
+from ramboot import names, render
+from ramboot.config import parse_config
+from ramboot.inventory.records import NodeSpec
+from ramboot.policy import Booter
+from ramboot.proto.pxe import Client, Firmware
 
 MAC = "52:54:00:12:34:56"
+NEW_NIC = "52:54:00:aa:bb:cc"
+UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+BASE = "http://172.22.33.2"
+
+
+def booter(data_dir, *nodes: NodeSpec, extra: str = "") -> Booter:
+    cfg = parse_config(f'data_dir = "{data_dir}"\n{extra}')
+    return Booter(cfg, FakeDirectory(*nodes), "172.22.33.2")
 
 
 @pytest.mark.parametrize(
@@ -17,57 +33,82 @@ MAC = "52:54:00:12:34:56"
         (Client(MAC, arch=7, vendor_class="PXEClient:Arch:00007:UNDI:003016"), Firmware.UEFI, "snponly.efi", False),
         (Client(MAC, arch=9, vendor_class="PXEClient:Arch:00009:UNDI:003016"), Firmware.UEFI, "snponly.efi", False),
         (Client(MAC, arch=16, vendor_class="HTTPClient:Arch:00016:UNDI:003001"), Firmware.UEFI_HTTP,
-         "http://172.22.33.2/snponly.efi", True),
+         f"{BASE}/snponly.efi", True),
         (Client(MAC, arch=0, vendor_class="PXEClient:Arch:00000", user_class="iPXE", ipxe=True), Firmware.IPXE,
-         "http://172.22.33.2/boot/52-54-00-12-34-56.ipxe", False),
+         f"{BASE}/boot/52-54-00-12-34-56.ipxe", False),
         (Client(MAC, arch=7, vendor_class="PXEClient:Arch:00007", ipxe=True), Firmware.IPXE,
-         "http://172.22.33.2/boot/52-54-00-12-34-56.ipxe", False),
+         f"{BASE}/boot/52-54-00-12-34-56.ipxe", False),
+        (Client(MAC, arch=7, ipxe=True, uuid=UUID), Firmware.IPXE, f"{BASE}/boot/52-54-00-12-34-56/{UUID}.ipxe", False),
         (Client(MAC), Firmware.BIOS, "undionly.kpxe", False),
     ],
 )
-def test_boot_file_by_firmware(make_booter, client, firmware, filename, http):
-    booter = make_booter()
+def test_boot_file_by_firmware(data_dir, client, firmware, filename, http):
     assert client.firmware is firmware
-    bf = booter.boot_file(client)
-    assert (bf.filename, bf.http) == (filename, http)
+    d = booter(data_dir).decide(client)
+    assert d is not None and (d.boot_file.filename, d.boot_file.http) == (filename, http)
 
 
-def test_ipxe_never_gets_a_loader_again(make_booter):
+def test_ipxe_never_gets_a_loader_again(data_dir):
     """No chainload loop: whatever the arch, a client that is iPXE gets its script."""
-    booter = make_booter()
+    b = booter(data_dir)
     for arch in (0, 6, 7, 9, 16):
-        bf = booter.boot_file(Client(MAC, arch=arch, user_class="iPXE"))
-        assert bf.filename.endswith(".ipxe")
+        d = b.decide(Client(MAC, arch=arch, user_class="iPXE"))
+        assert d is not None and d.boot_file.filename.endswith(".ipxe")
 
 
-def test_pxelinux_loader_for_bios_node(make_booter):
-    booter = make_booter()
-    booter.store.put_node(NodeSpec(mac=MAC, image="demo", loader="pxelinux"))
-    assert booter.boot_file(Client(MAC, arch=0)).filename == "pxelinux.0"
+@pytest.mark.parametrize(
+    "nodes, client, extra, want",
+    [
+        # specificity: this MAC, else this UUID, else the default for unknown machines
+        ([NodeSpec(MAC, image="by-mac")], Client(MAC), "", ("by-mac", MAC)),
+        ([NodeSpec(MAC, image="by-uuid", uuid=UUID)], Client(NEW_NIC, uuid=UUID), "", ("by-uuid", MAC)),
+        ([NodeSpec(MAC, image="by-uuid", uuid=UUID), NodeSpec(NEW_NIC, image="by-mac")], Client(NEW_NIC, uuid=UUID),
+         "", ("by-mac", NEW_NIC)),
+        ([], Client(MAC), "", ("demo", None)),
+        ([], Client(MAC), '[boot]\ndefault_image = "other"', ("other", None)),
+        ([], Client(MAC), '[boot]\nunknown_nodes = "ignore"', None),
+        ([NodeSpec(MAC, image="x", uuid=UUID)], Client(NEW_NIC, uuid=UUID), '[boot]\nunknown_nodes = "ignore"',
+         ("x", MAC)),
+        ([NodeSpec(MAC, image="x", uuid=UUID)], Client(NEW_NIC), '[boot]\nunknown_nodes = "ignore"', None),
+    ],
+    ids=["mac", "uuid", "mac-beats-uuid", "unknown", "unknown-default", "ignore", "ignore-but-uuid", "ignore-no-uuid"],
+)
+def test_which_node_and_image(data_dir, nodes, client, extra, want):
+    d = booter(data_dir, *nodes, extra=extra).decide(client)
+    assert (None if d is None else (d.image, d.node)) == want
+
+
+def test_pxelinux_loader_for_bios_node(data_dir):
+    b = booter(data_dir, NodeSpec(MAC, image="demo", loader="pxelinux"))
+    assert b.decide(Client(MAC, arch=0)).boot_file.filename == "pxelinux.0"
     # UEFI has no pxelinux.0: it still gets iPXE.
-    assert booter.boot_file(Client(MAC, arch=7)).filename == "snponly.efi"
+    assert b.decide(Client(MAC, arch=7)).boot_file.filename == "snponly.efi"
 
 
-def test_unknown_nodes_ignore(make_booter):
-    booter = make_booter('[boot]\nunknown_nodes = "ignore"')
-    assert booter.boot_file(Client(MAC, arch=0)) is None
-    assert booter.ipxe_script(MAC) is None
-    booter.store.put_node(NodeSpec(mac=MAC, image="demo"))
-    assert booter.boot_file(Client(MAC, arch=0)).filename == "undionly.kpxe"
+def test_decision_holds_identity_and_fixed_address(data_dir):
+    node = NodeSpec(MAC, image="demo", hostname="n1", ip="172.22.33.50", uuid=UUID)
+    d = booter(data_dir, node).decide(Client(NEW_NIC, uuid=UUID, ipxe=True))
+    assert (d.mac, d.uuid, d.node, d.hostname, d.fixed_ip) == (NEW_NIC, UUID, MAC, "n1", "172.22.33.50")
+    assert d.root_urls == (f"{BASE}/images/demo/rootfs.squashfs",)
+    assert d.kernel == names.image_file("demo", "vmlinuz")
+    assert "BOOTIF=01-52-54-00-aa-bb-cc" in d.cmdline  # the NIC that booted, not the registered one
 
 
-def test_uuid_identifies_a_node_with_a_new_nic(make_booter):
-    booter = make_booter('[boot]\nunknown_nodes = "ignore"')
-    booter.store.put_node(NodeSpec(mac=MAC, image="big", uuid="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"))
-    plan = booter.plan("52:54:00:aa:bb:cc", uuid="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
-    assert plan is not None and plan.image == "big"
+def test_uuid_script_name_finds_the_node_the_dhcp_answer_found(data_dir):
+    """The DHCP answer hands out a name that carries the UUID; the script request parses it back."""
+    b = booter(data_dir, NodeSpec(MAC, image="big", uuid=UUID), extra='[boot]\nunknown_nodes = "ignore"')
+    answer = b.decide(Client(NEW_NIC, uuid=UUID, ipxe=True))
+    name = answer.boot_file.filename.removeprefix(f"{BASE}/")
+    parsed = names.parse(name)
+    assert parsed == names.Script(NEW_NIC, UUID)
+    again = b.decide(Client(parsed.mac, uuid=parsed.uuid, ipxe=True))
+    assert again == answer
 
 
-def test_ipxe_script_carries_root_url_and_sha(make_booter, data_dir):
+def test_ipxe_script_carries_root_url_and_sha(data_dir):
     m = write_fake_image(data_dir, "demo")
-    booter = make_booter('[http]\nport = 8080')
-    booter.store.put_node(NodeSpec(mac=MAC, image="demo", hostname="n1", kernel_args="quiet"))
-    script = booter.ipxe_script(MAC)
+    b = booter(data_dir, NodeSpec(MAC, image="demo", hostname="n1", kernel_args="quiet"), extra="[http]\nport = 8080")
+    script = render.ipxe_script(b.decide(Client(MAC, ipxe=True)))
     assert script.startswith("#!ipxe\n")
     assert "kernel http://172.22.33.2:8080/images/demo/vmlinuz initrd=initrd.img" in script
     assert "initrd http://172.22.33.2:8080/images/demo/initrd.img" in script
@@ -77,26 +118,39 @@ def test_ipxe_script_carries_root_url_and_sha(make_booter, data_dir):
     assert "ramboot.hostname=n1" in script and " quiet" in script
 
 
-def test_pxelinux_config_uses_live_root(make_booter, data_dir):
+def test_pxelinux_config_uses_live_root(data_dir):
     write_fake_image(data_dir, "demo")
-    booter = make_booter()
-    booter.store.put_node(NodeSpec(mac=MAC, image="demo", loader="pxelinux"))
-    cfg = booter.pxelinux_config(MAC)
+    b = booter(data_dir, NodeSpec(MAC, image="demo", loader="pxelinux"))
+    cfg = render.pxelinux_config(b.decide(Client(MAC, arch=0), loader="pxelinux"))
     assert "KERNEL images/demo/vmlinuz" in cfg
     assert "INITRD images/demo/initrd.img" in cfg
     assert "root=live:http://172.22.33.2/images/demo/rootfs.squashfs" in cfg
-    default = booter.pxelinux_config(None)
+    assert "IPAPPEND" not in cfg
+    default = render.pxelinux_config(b.decide(Client("", arch=0), loader="pxelinux"))
     assert "BOOTIF" not in default.split("APPEND", 1)[1].split("\n")[0]
     assert "IPAPPEND 2" in default
 
 
-def test_dracut_image_gets_the_livenet_command_line(make_booter, data_dir):
+def test_dracut_image_gets_the_livenet_command_line(data_dir):
     m = write_fake_image(data_dir, "classic")
     m.initramfs = "dracut"
     (data_dir / "images" / "classic" / "image.toml").write_text(m.to_toml())
-    booter = make_booter()
-    booter.store.put_node(NodeSpec(mac=MAC, image="classic"))
-    script = booter.ipxe_script(MAC)
+    script = render.ipxe_script(booter(data_dir, NodeSpec(MAC, image="classic")).decide(Client(MAC, ipxe=True)))
     assert "root=live:http://172.22.33.2/images/classic/rootfs.squashfs" in script
     assert "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1" in script
     assert "ramboot.url=" not in script
+
+
+def test_entry_script_chains_by_uuid_then_mac(data_dir):
+    script = render.entry_script(BASE)
+    assert "isset ${uuid} && chain http://172.22.33.2/boot/${netX/mac:hexhyp}/${uuid}.ipxe ||" in script
+    assert "chain http://172.22.33.2/boot/${netX/mac:hexhyp}.ipxe || shell" in script
+
+
+def test_discovery_is_policy(data_dir):
+    b = booter(data_dir, NodeSpec(MAC, uuid=UUID), extra='[boot]\nunknown_nodes = "discover"')
+    assert b.discovered(MAC, None) is None  # registered
+    assert b.discovered(NEW_NIC, UUID) is None  # a known machine on a new NIC
+    spec = b.discovered("52:54:00:00:00:09", None)
+    assert spec is not None and spec.discovered and spec.image == "demo"
+    assert booter(data_dir).discovered("52:54:00:00:00:09", None) is None  # not in discover mode

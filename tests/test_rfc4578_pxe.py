@@ -6,7 +6,8 @@ import pytest
 
 from dhcp_pkt import GOLDEN, HTTP_UEFI, IPXE, PXE_BIOS, PXE_UEFI, SERVER, Rig, request
 from ramboot.macaddr import mac_hyphen
-from ramboot.proto.dhcp import IPXE_NO_PXEDHCP, MsgType, Opt, decode, decode_suboptions
+from ramboot.proto.pxe import uuid_from_wire
+from ramboot.proto.dhcp_codec import IPXE_NO_PXEDHCP, MsgType, Opt, decode, decode_suboptions
 
 A = "52:54:00:00:00:01"
 SCRIPT = f"http://{SERVER}/boot/52-54-00-00-00-01.ipxe"
@@ -93,6 +94,8 @@ def test_long_http_url_goes_in_option_67_only(rig):
 @pytest.mark.parametrize("name, options, bootfile, vendor", FIRMWARES, ids=[f[0] for f in FIRMWARES])
 def test_proxy_offer_on_67_never_gives_an_address(proxy, name, options, bootfile, vendor):
     uuid = {Opt.CLIENT_UUID: b"\x00" + bytes(range(16))}
+    if name == "ipxe":  # the script's name carries the UUID, so the script request finds the same node
+        bootfile = f"http://{SERVER}/boot/52-54-00-00-00-01/{uuid_from_wire(bytes(range(16)))}.ipxe"
     res, [o] = proxy.send(request(MsgType.DISCOVER, A, options={**options, **uuid}))
     assert o.msg_type == MsgType.OFFER and o.yiaddr == "0.0.0.0"
     assert Opt.LEASE_TIME not in o.options and Opt.SUBNET_MASK not in o.options

@@ -2,7 +2,9 @@
 
 import pytest
 
-from ramboot.inventory.store import LeaseRecord, NodeSpec, Store, StoreError
+from ramboot.proto.dhcp_core import lease_key
+
+from ramboot.inventory.store import EventRecord, LeaseRecord, NodeSpec, Store, StoreError
 
 
 def test_nodes_leases_events_roundtrip(tmp_path):
@@ -11,10 +13,10 @@ def test_nodes_leases_events_roundtrip(tmp_path):
     s.put_node(NodeSpec(mac="52-54-00-12-34-56", image="demo", ip="172.22.33.50", labels={"rack": "a1"}))
     with pytest.raises(StoreError, match="already fixed"):
         s.put_node(NodeSpec(mac="52:54:00:00:00:01", ip="172.22.33.50"))
-    s.save_leases([LeaseRecord(ip="172.22.33.100", mac="52:54:00:00:00:02", expires=100.0)])
-    s.save_leases([LeaseRecord(ip="172.22.33.101", mac="52:54:00:00:00:02", expires=200.0)])
-    s.add_event("52:54:00:12:34:56", "dhcp-ack", ip="172.22.33.50")
-    s.add_event("52:54:00:12:34:56", "booted", source="node")
+    s.save_leases([LeaseRecord(key=lease_key(None, "52:54:00:00:00:02"), ip="172.22.33.100", mac="52:54:00:00:00:02", expires=100.0)])
+    s.save_leases([LeaseRecord(key=lease_key(None, "52:54:00:00:00:02"), ip="172.22.33.101", mac="52:54:00:00:00:02", expires=200.0)])
+    s.add_events([EventRecord("52:54:00:12:34:56", "dhcp-ack", 1.0, detail={"ip": "172.22.33.50"}),
+                  EventRecord("52:54:00:12:34:56", "booted", 2.0, source="node")])
     s.add_inventory("52:54:00:12:34:56", {"cpu": {"count": 2}})
     s.close()
 
@@ -22,7 +24,7 @@ def test_nodes_leases_events_roundtrip(tmp_path):
     node = s.get_node("52:54:00:12:34:56")
     assert node.image == "demo" and node.labels == {"rack": "a1"}
     leases = s.load_leases()
-    assert [(l.ip, l.expires) for l in leases] == [("172.22.33.101", 200.0)]  # one lease per MAC
+    assert [(l.ip, l.expires) for l in leases] == [("172.22.33.101", 200.0)]  # one lease per key (here: the MAC)
     assert [e.stage for e in s.events("52:54:00:12:34:56")] == ["dhcp-ack", "booted"]
     assert s.inventory("52:54:00:12:34:56") == {"cpu": {"count": 2}}
     assert s.remove_node("52:54:00:12:34:56") and s.get_node("52:54:00:12:34:56") is None

@@ -22,10 +22,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ramboot.inventory.store import NodeSpec
+from ramboot import render
 from ramboot.namespace import Namespace
-from ramboot.proto import tftp
+from ramboot.proto.pxe import Client
+from ramboot.proto import tftp_core as tftp
 from ramboot.server.events import EventLog
-from ramboot.server.tftp import start_tftp
+from ramboot.server.tftp_server import start_tftp
 
 MAC = "52:54:00:12:34:56"
 
@@ -60,13 +62,13 @@ class ServerThread:
 def env(data_dir: Path, make_booter):
     """Server plus a data dir holding loaders/blob.bin (3 MB) and a pxelinux node."""
     booter = make_booter("[tftp]\nmax_per_source = 3\n", server_ip="127.0.0.1")
-    booter.store.put_node(NodeSpec(mac=MAC, image="demo", loader="pxelinux"))
+    booter.directory.put_node(NodeSpec(mac=MAC, image="demo", loader="pxelinux"))
     (data_dir / "loaders").mkdir()
     (data_dir / "images" / "demo").mkdir(parents=True)
     blob = os.urandom(3 * 1024 * 1024 + 123)
     (data_dir / "loaders" / "blob.bin").write_bytes(blob)
     (data_dir / "images" / "demo" / "vmlinuz").write_bytes(os.urandom(200_000))
-    events = EventLog(booter.store)
+    events = EventLog(booter.directory)
     events.mac_by_ip["127.0.0.1"] = MAC
     srv = ServerThread(Namespace(data_dir, booter), events)
     srv.data_dir, srv.blob, srv.events, srv.booter = data_dir, blob, events, booter
@@ -143,7 +145,7 @@ def test_generated_pxelinux_cfg(env, tmp_path):
     r = tftp_hpa(env, name, tmp_path / "cfg")
     assert r.returncode == 0, r.stderr
     got = (tmp_path / "cfg").read_text()
-    assert got == env.booter.pxelinux_config(MAC)
+    assert got == render.pxelinux_config(env.booter.decide(Client(MAC, arch=0), loader="pxelinux"))
     assert "root=live:http://127.0.0.1" in got and "BOOTIF=01-52-54-00-12-34-56" in got
     _wait_event(env, "script", name)
 
@@ -319,7 +321,7 @@ def test_total_transfer_cap(data_dir, make_booter):
     booter = make_booter("[tftp]\nmax_transfers = 2\n", server_ip="127.0.0.1")
     (data_dir / "loaders").mkdir()
     (data_dir / "loaders" / "f").write_bytes(b"x" * 100)
-    srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.store))
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.directory))
     socks = [raw_socket() for _ in range(3)]
     server = ("127.0.0.1", srv.port)
     rrq = tftp.Request(tftp.RRQ, "f", "octet", {"tsize": "0"}).encode()
@@ -360,7 +362,7 @@ def test_total_transfer_cap(data_dir, make_booter):
 
 def test_read_error_ends_the_transfer_not_the_server(env, tmp_path, monkeypatch):
     """An I/O error while reading gets the client an ERROR, frees the slot, and the next fetch works."""
-    from ramboot.proto.tftp import FileSource
+    from ramboot.server.tftp_server import FileSource
 
     real = FileSource.readinto
     calls = {"n": 0}
@@ -413,7 +415,7 @@ class SendLog(list):
 @pytest.fixture
 def sends(monkeypatch):
     """Sizes of every send on transfer sockets; `sends.refuse_gso = True` makes routes refuse GSO."""
-    from ramboot.server.tftp import TftpServer
+    from ramboot.server.tftp_server import TftpServer
 
     record = SendLog()
     real = TftpServer._transfer_socket

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ramboot.proto import tftp
+from ramboot.proto import tftp_core as tftp
 from tftp_sim import rrq, run
 
 _text = st.text(st.characters(min_codepoint=1, max_codepoint=127), min_size=1, max_size=40)

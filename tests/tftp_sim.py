@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ramboot.proto import tftp
+from ramboot.proto import tftp_core as tftp
 
 
 @dataclass

@@ -27,7 +27,7 @@ import click
 from .config import Config, ConfigError, load_config
 from .images.manifest import MANIFEST, images_dir
 from .namespace import LOADERS_DIR, SYSTEM_LOADERS
-from .proto.dhcp import DhcpDecodeError, DhcpPacket, MsgType, Opt, decode, encode
+from .proto.dhcp_codec import DhcpDecodeError, DhcpPacket, MsgType, Opt, decode, encode
 
 DEFAULT_CONFIG = Path("/etc/ramboot/ramboot.toml")
 # Labels a confined service may read the data dir under (the seed fought tftpdir_rw_t

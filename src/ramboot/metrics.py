@@ -20,12 +20,12 @@ ROOT_DOWNLOAD_MBPS = Histogram(
     buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000),
 )
 
-# TFTP (ramboot.server.tftp)
+# TFTP (ramboot.server.tftp_server)
 TFTP_TRANSFERS = Counter("ramboot_tftp_transfers", "TFTP read requests, by outcome", ["outcome"])
 TFTP_BYTES = Counter("ramboot_tftp_bytes", "TFTP payload bytes sent, each block counted once")
 TFTP_RETRANSMITS = Counter("ramboot_tftp_retransmits", "TFTP packets sent again (timeouts and window restarts)")
 
-# DHCP (ramboot.server.dhcp): every datagram counted once, by message type and what we did.
+# DHCP (ramboot.server.dhcp_server): every datagram counted once, by message type and what we did.
 DHCP_PACKETS = Counter(
     "ramboot_dhcp_packets", "DHCP datagrams received, by message type and outcome", ["type", "outcome"]
 )

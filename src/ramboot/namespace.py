@@ -14,11 +14,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .macaddr import BadMac, normalize_mac
+from . import names, render
+from .names import PathRefused
 from .policy import Booter
+from .proto.pxe import Client
+
+__all__ = ["GeneratedFile", "Namespace", "PathRefused", "Resolved", "StaticFile", "install_loaders"]
 
 LOADERS_DIR = "loaders"
-IMAGES_DIR = "images"
 
 # Where Debian's packages put the boot programs we serve.
 SYSTEM_LOADERS = {
@@ -31,10 +34,6 @@ SYSTEM_LOADERS = {
 }
 
 
-class PathRefused(Exception):
-    """The request names something outside the namespace; never served."""
-
-
 @dataclass(frozen=True)
 class StaticFile:
     path: Path
@@ -45,15 +44,10 @@ class StaticFile:
 class GeneratedFile:
     data: bytes
     kind: str  # pxelinux-cfg | ipxe-script
-    mac: str | None = None  # the machine it was generated for, when its name says
+    mac: str | None = None  # the NIC it was generated for, when its name says
 
 
 Resolved = StaticFile | GeneratedFile
-
-# The boot stage (CONTRACTS.md) a kind is when served; other kinds are served without one.
-STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script",
-                 "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
-
 
 def install_loaders(data_dir: Path) -> list[str]:
     """Copy the boot programs into the data directory (not symlinks: those would leave it)."""
@@ -73,26 +67,6 @@ def install_loaders(data_dir: Path) -> list[str]:
     return installed
 
 
-def split_request(name: str) -> list[str]:
-    """Validate a request path and split it into segments, or raise PathRefused.
-
-    `name` is what the client sent, already percent-decoded once by the HTTP
-    layer (TFTP has no encoding). A `%` left after that is refused too, so
-    double encoding cannot smuggle `..` past us.
-    """
-    if not name or len(name) > 1024:
-        raise PathRefused("empty or overlong path")
-    if any(c in name for c in ("\\", "\x00", "%")) or any(ord(c) < 0x20 for c in name):
-        raise PathRefused("backslash, NUL, control or percent character in path")
-    if name.startswith("/"):
-        raise PathRefused("absolute path")
-    parts = name.split("/")
-    for p in parts:
-        if p in ("", ".", ".."):
-            raise PathRefused("empty, '.' or '..' segment")
-    return parts
-
-
 _KINDS = {"vmlinuz": "kernel", "initrd.img": "initrd", "rootfs.squashfs": "rootfs", "image.toml": "manifest"}
 
 
@@ -101,30 +75,35 @@ class Namespace:
         self.data_dir = Path(data_dir).resolve()
         self.booter = booter
         # The trees files are served from, resolved once (not per request).
-        self._images = (self.data_dir / IMAGES_DIR).resolve()
+        self._images = (self.data_dir / names.IMAGES).resolve()
         self._loaders = (self.data_dir / LOADERS_DIR).resolve()
 
     def resolve(self, name: str) -> Resolved | None:
         """Map a request to a file or generated content; None if it does not exist."""
-        parts = split_request(name)
-        if parts[0] == "pxelinux.cfg" and len(parts) == 2:
-            return self._pxelinux_cfg(parts[1])
-        if parts[0] == "boot" and len(parts) == 2 and parts[1].endswith(".ipxe"):
-            try:
-                mac = normalize_mac(parts[1][: -len(".ipxe")])
-            except BadMac:
-                return None
-            script = self.booter.ipxe_script(mac)
-            return GeneratedFile(script.encode(), "ipxe-script", mac) if script else None
-        if parts == ["boot.ipxe"]:
-            return GeneratedFile(self.booter.entry_script().encode(), "ipxe-script")
-        if parts[0] == IMAGES_DIR and len(parts) == 3:
-            path = self._inside(self._images, parts[1:])
-            return StaticFile(path, _KINDS.get(parts[2], "file")) if path else None
-        if len(parts) == 1:
-            path = self._inside(self._loaders, parts)
+        return self.lookup(names.parse(name))
+
+    def lookup(self, name: names.Name | None) -> Resolved | None:
+        """A parsed name's file or content; generated ones ask the Booter once."""
+        if isinstance(name, names.ImageFile):
+            path = self._inside(self._images, [name.image, name.file])
+            return StaticFile(path, _KINDS.get(name.file, "file")) if path else None
+        if isinstance(name, names.Loader):
+            path = self._inside(self._loaders, [name.file])
             return StaticFile(path, "loader") if path else None
+        if isinstance(name, names.Script):
+            d = self.booter.decide(Client(name.mac, uuid=name.uuid, user_class="iPXE", ipxe=True))
+            return GeneratedFile(render.ipxe_script(d).encode(), "ipxe-script", name.mac) if d else None
+        if isinstance(name, names.EntryScript):
+            return GeneratedFile(render.entry_script(self.booter.http_base).encode(), "ipxe-script")
+        if isinstance(name, names.PxelinuxConfig):
+            return self._pxelinux(name)
         return None
+
+    def _pxelinux(self, name: names.PxelinuxConfig) -> Resolved | None:
+        d = self.booter.decide(Client(name.mac or "", arch=0, uuid=name.uuid), loader="pxelinux")
+        if d is None or (name.uuid and d.node is None):
+            return None  # a UUID nobody registered: pxelinux goes on to 01-<mac>, then default
+        return GeneratedFile(render.pxelinux_config(d).encode(), "pxelinux-cfg", name.mac)
 
     def _inside(self, root: Path, parts: list[str]) -> Path | None:
         """The real path of root/parts if it is a regular file under root (already resolved), else None."""
@@ -138,17 +117,3 @@ class Namespace:
         if not real.is_relative_to(root):
             raise PathRefused("path leaves the data directory")
         return real if real.is_file() else None
-
-    def _pxelinux_cfg(self, leaf: str) -> Resolved | None:
-        mac = None
-        if leaf == "default":
-            cfg = self.booter.pxelinux_config(None)
-        elif leaf.startswith("01-"):
-            try:
-                mac = normalize_mac(leaf)
-            except BadMac:
-                return None
-            cfg = self.booter.pxelinux_config(mac)
-        else:
-            return None  # UUID and hex-IP names: fall through to 01-<mac> or default
-        return GeneratedFile(cfg.encode(), "pxelinux-cfg", mac) if cfg else None

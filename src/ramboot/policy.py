@@ -1,28 +1,26 @@
-"""The one policy seam: "who is this machine" in, "what does it boot" out.
+"""The one policy seam: "who is this machine" in, a `Decision` out.
 
-DHCP, TFTP and HTTP all ask the `Booter`; none of them holds policy. Like
-Pixiecore's Booter, it is the only place that knows about nodes, images,
-loaders and kernel arguments.
+DHCP, TFTP and HTTP each ask `Booter.decide()` once per request; none of them
+holds policy. Like Pixiecore's `BootSpec`, a `Decision` is a plain frozen value
+that says everything about one boot: which node this is, what it boots, how,
+and with which kernel command line. Boot scripts and configs are pure renderers
+of it (`render.py`). The node is chosen by specificity, as matchbox does: a
+node registered with this MAC, else one registered with this UUID, else the
+default for unknown machines (`[boot] unknown_nodes`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from enum import Enum
+from typing import Protocol
 
+from . import names
 from .config import Config
 from .images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, Manifest, ManifestError, images_dir, load_manifest
-from .inventory.store import NodeSpec, Store
+from .inventory.records import NodeSpec
 from .macaddr import mac_hyphen, normalize_mac
-
-# RFC 4578 option 93 values (IANA "Processor Architecture Types").
-ARCH_BIOS = 0
-ARCH_UEFI_IA32 = 6
-ARCH_UEFI_X64 = 7
-ARCH_UEFI_BC = 9  # EFI byte code; firmwares also send it for x64
-ARCH_UEFI_X64_HTTP = 16
-UEFI_ARCHES = {ARCH_UEFI_IA32, ARCH_UEFI_X64, ARCH_UEFI_BC, ARCH_UEFI_X64_HTTP}
+from .proto.pxe import ARCH_BIOS, BootFile, Client, Firmware
 
 # Boot programs, in the namespace's top level (copied from Debian's packages).
 LOADER_BIOS = "undionly.kpxe"
@@ -32,126 +30,138 @@ LOADER_PXELINUX = "pxelinux.0"
 DRACUT_LIVE_ARGS = "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1"
 
 
-class Firmware(str, Enum):
-    BIOS = "bios"
-    UEFI = "uefi"
-    UEFI_HTTP = "uefi-http"
-    IPXE = "ipxe"
+class Directory(Protocol):
+    """The nodes an operator registered: the store, a snapshot of it, or a test's dict."""
+
+    def get_node(self, mac: str) -> NodeSpec | None: ...
+
+    def node_by_uuid(self, uuid: str) -> NodeSpec | None: ...
 
 
 @dataclass(frozen=True)
-class Client:
-    """What the network tells us about a machine (from its DHCP request)."""
+class Decision:
+    """Everything about one machine's boot, decided once, rendered by DHCP, TFTP and HTTP."""
 
-    mac: str
-    arch: int | None = None
-    vendor_class: str = ""
-    user_class: str = ""
-    uuid: str | None = None
-    ipxe: bool = False  # user class "iPXE" or option 175 present
-
-    @property
-    def firmware(self) -> Firmware:
-        if self.ipxe or self.user_class == "iPXE":
-            return Firmware.IPXE
-        if self.vendor_class.startswith("HTTPClient") or self.arch == ARCH_UEFI_X64_HTTP:
-            return Firmware.UEFI_HTTP
-        if self.arch in UEFI_ARCHES:
-            return Firmware.UEFI
-        return Firmware.BIOS
-
-    @property
-    def is_pxe(self) -> bool:
-        """A PXE or HTTP-boot firmware (or iPXE): the clients proxy mode answers."""
-        return (
-            self.vendor_class.startswith(("PXEClient", "HTTPClient"))
-            or self.ipxe
-            or self.user_class == "iPXE"
-        )
-
-
-@dataclass(frozen=True)
-class BootPlan:
-    """What one machine boots. `known` is False for an unknown node booting the default."""
-
-    mac: str
+    mac: str  # the NIC that asked ("" for pxelinux's `default` and UUID names, which carry none)
+    uuid: str | None  # the machine's SMBIOS UUID, when it said
+    node: str | None  # the registered node's MAC; None for a machine nobody registered
     image: str
-    loader: str
-    kernel_args: str
+    loader: str  # ipxe | pxelinux
+    boot_file: BootFile  # what the DHCP answer names
+    fixed_ip: str | None
     hostname: str | None
-    ip: str | None
-    known: bool
+    http_base: str
+    kernel: str  # served names, `images/<image>/vmlinuz`
+    initrd: str
+    cmdline: str  # the whole kernel command line
+    root_urls: tuple[str, ...]  # in the order the initramfs tries them
 
-
-@dataclass(frozen=True)
-class BootFile:
-    """The DHCP answer's boot program: a TFTP file name or an http URL."""
-
-    filename: str
-    http: bool  # the client must be told vendor class "HTTPClient" back
+    @property
+    def script(self) -> str:
+        """The served name of this machine's iPXE script; it carries the MAC and the UUID."""
+        return names.script(self.mac, self.uuid)
 
 
 class Booter:
-    def __init__(self, config: Config, store: Store, server_ip: str):
+    """Decides; holds the config, the node directory and a manifest cache, nothing per request."""
+
+    def __init__(self, config: Config, directory: Directory, server_ip: str):
         self.config = config
-        self.store = store
+        self.directory = directory
         self.server_ip = str(ipaddress.IPv4Address(server_ip))
         self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # image -> ((mtime_ns, size), manifest)
+
+    def using(self, directory: Directory) -> Booter:
+        """The same policy over another directory (the DHCP server's snapshot); shares the manifest cache."""
+        other = Booter(self.config, directory, self.server_ip)
+        other._manifests = self._manifests
+        return other
 
     @property
     def http_base(self) -> str:
         port = self.config.http.port
         return f"http://{self.server_ip}" + ("" if port == 80 else f":{port}")
 
-    def node(self, mac: str, uuid: str | None = None) -> NodeSpec | None:
-        spec = self.store.get_node(mac)
-        if spec is None and uuid:
-            spec = self.store.node_by_uuid(uuid)
-        return spec
+    # -- the decision ---------------------------------------------------------------
+    def decide(self, client: Client, loader: str | None = None) -> Decision | None:
+        """What this machine boots; None: do not boot it (unknown, and `unknown_nodes = "ignore"`).
 
-    def plan(self, mac: str, uuid: str | None = None) -> BootPlan | None:
-        """None means: do not boot this machine (unknown and `unknown_nodes = "ignore"`)."""
-        mac = normalize_mac(mac)
-        spec = self.node(mac, uuid)
+        `loader` is set when the request itself says which loader asks (a pxelinux config).
+        """
+        mac = normalize_mac(client.mac) if client.mac else ""
+        spec = self.directory.get_node(mac) if mac else None
+        if spec is None and client.uuid:
+            spec = self.directory.node_by_uuid(client.uuid)
         boot = self.config.boot
-        if spec is None:
-            if boot.unknown_nodes == "ignore":
-                return None
-            return BootPlan(mac, boot.default_image, boot.loader, "", None, None, known=False)
-        return BootPlan(
+        if spec is None and boot.unknown_nodes == "ignore":
+            return None
+        image = (spec.image if spec else None) or boot.default_image
+        loader = loader or (spec.loader if spec else None) or boot.loader
+        hostname = spec.hostname if spec else None
+        root_urls = (f"{self.http_base}/{names.image_file(image, ROOTFS)}",)
+        return Decision(
             mac=mac,
-            image=spec.image or boot.default_image,
-            loader=spec.loader or boot.loader,
-            kernel_args=spec.kernel_args,
-            hostname=spec.hostname,
-            ip=spec.ip,
-            known=True,
+            uuid=client.uuid,
+            node=spec.mac if spec else None,
+            image=image,
+            loader=loader,
+            boot_file=self._boot_file(client, loader, mac, client.uuid),
+            fixed_ip=spec.ip if spec else None,
+            hostname=hostname,
+            http_base=self.http_base,
+            kernel=names.image_file(image, KERNEL),
+            initrd=names.image_file(image, INITRD),
+            cmdline=self._cmdline(image, loader, mac, hostname, spec.kernel_args if spec else "", root_urls),
+            root_urls=root_urls,
         )
 
-    def boot_file(self, client: Client) -> BootFile | None:
-        """The boot program for a DHCP answer; the OFFER and the ACK both use this."""
-        plan = self.plan(client.mac, client.uuid)
-        if plan is None:
-            return None
+    def _boot_file(self, client: Client, loader: str, mac: str, uuid: str | None) -> BootFile:
         fw = client.firmware
-        if plan.loader == "pxelinux" and fw in (Firmware.BIOS, Firmware.IPXE) and client.arch in (None, ARCH_BIOS):
+        if loader == "pxelinux" and fw in (Firmware.BIOS, Firmware.IPXE) and client.arch in (None, ARCH_BIOS):
             # The classic path even from a BIOS iPXE ROM (QEMU's): pxelinux.0 reuses the
             # cached DHCP answer, so this cannot loop.
             return BootFile(LOADER_PXELINUX, http=False)
         if fw is Firmware.IPXE:
             # Already iPXE: straight to its script, so it never chainloads itself.
-            return BootFile(self.script_url(plan.mac), http=False)
+            return BootFile(f"{self.http_base}/{names.script(mac, uuid)}", http=False)
         if fw is Firmware.UEFI_HTTP:
             return BootFile(f"{self.http_base}/{LOADER_UEFI}", http=True)
         return BootFile(LOADER_UEFI if fw is Firmware.UEFI else LOADER_BIOS, http=False)
 
-    def script_url(self, mac: str) -> str:
-        return f"{self.http_base}/boot/{mac_hyphen(mac)}.ipxe"
+    def _cmdline(self, image: str, loader: str, mac: str, hostname: str | None, node_args: str,
+                 root_urls: tuple[str, ...]) -> str:
+        """The root URLs, the root's sha256 and where to report; BOOTIF when the MAC is known
+        (pxelinux appends it itself otherwise: IPAPPEND 2)."""
+        try:
+            manifest = self.manifest(image)
+            sha: str | None = manifest.files[ROOTFS].sha256
+            dracut = manifest.initramfs == "dracut"
+        except (ManifestError, KeyError):
+            sha, dracut = None, False
+        args = [self.config.boot.kernel_args]
+        if loader == "pxelinux" or dracut:
+            # The classic form; dracut's livenet takes one root, ramboot's initramfs any.
+            args.append(f"root=live:{root_urls[0]}")
+            if not dracut:
+                args += [f"ramboot.url={u}" for u in root_urls[1:]]
+        else:
+            args += [f"ramboot.url={u}" for u in root_urls]
+        if dracut:
+            # dracut's livenet needs the network up in the initramfs, and an overlayfs
+            # (not device-mapper) writable layer over the squashfs.
+            args.append(DRACUT_LIVE_ARGS)
+        if sha:
+            args.append(f"ramboot.sha256={sha}")
+        args.append(f"ramboot.server={self.http_base}")
+        if mac:
+            args.append(f"BOOTIF=01-{mac_hyphen(mac)}")
+        if hostname:
+            args.append(f"ramboot.hostname={hostname}")
+        if node_args:
+            args.append(node_args)
+        return " ".join(a for a in args if a)
 
-    def entry_script(self) -> str:
-        """`/boot.ipxe`: for clients pointed at us by another DHCP server."""
-        return f"#!ipxe\nchain {self.http_base}/boot/${{netX/mac:hexhyp}}.ipxe || shell\n"
-
+    # -- images ---------------------------------------------------------------------
     def manifest(self, image: str) -> Manifest:
         """An image's manifest, read again only when its image.toml changes; raises ManifestError.
 
@@ -169,65 +179,22 @@ class Booter:
             self._manifests[image] = cached
         return cached[1]
 
-    def kernel_cmdline(self, plan: BootPlan, live_form: bool = False, bootif: bool = True) -> str:
-        """Kernel arguments: the root URL, its sha256 and where to report (and BOOTIF, unless the
-        loader appends it itself)."""
+    def file_sha256(self, image: str, file: str, size: int) -> str | None:
+        """The manifest's sha256 for an image file, if the manifest lists it at this size (strong ETags)."""
         try:
-            manifest = self.manifest(plan.image)
-            sha = manifest.files[ROOTFS].sha256
-            dracut = manifest.initramfs == "dracut"
-        except (ManifestError, KeyError):
-            sha, dracut = None, False
-        root = f"{self.http_base}/images/{plan.image}/{ROOTFS}"
-        args = [self.config.boot.kernel_args]
-        args.append(f"root=live:{root}" if live_form or dracut else f"ramboot.url={root}")
-        if dracut:
-            # dracut's livenet needs the network up in the initramfs, and an overlayfs
-            # (not device-mapper) writable layer over the squashfs.
-            args.append(DRACUT_LIVE_ARGS)
-        if sha:
-            args.append(f"ramboot.sha256={sha}")
-        args.append(f"ramboot.server={self.http_base}")
-        if bootif:
-            args.append(f"BOOTIF=01-{mac_hyphen(plan.mac)}")
-        if plan.hostname:
-            args.append(f"ramboot.hostname={plan.hostname}")
-        if plan.kernel_args:
-            args.append(plan.kernel_args)
-        return " ".join(a for a in args if a)
-
-    def ipxe_script(self, mac: str) -> str | None:
-        plan = self.plan(mac)
-        if plan is None:
+            entry = self.manifest(image).files.get(file)
+        except ManifestError:
             return None
-        base = f"{self.http_base}/images/{plan.image}"
-        return (
-            "#!ipxe\n"
-            f"echo ramboot: booting {plan.image} on {plan.mac}\n"
-            f"kernel {base}/{KERNEL} initrd={INITRD} {self.kernel_cmdline(plan)}\n"
-            f"initrd {base}/{INITRD}\n"
-            "boot\n"
-        )
+        return entry.sha256 if entry is not None and entry.size == size else None
 
-    def pxelinux_config(self, mac: str | None) -> str | None:
-        """`pxelinux.cfg/01-<mac>` (or `default` when mac is None and unknowns boot)."""
-        if mac is None:
-            if self.config.boot.unknown_nodes == "ignore":
-                return None
-            plan = BootPlan("00:00:00:00:00:00", self.config.boot.default_image, "pxelinux", "", None, None, False)
-        else:
-            plan = self.plan(mac)
-            if plan is None:
-                return None
-        img = f"images/{plan.image}"
-        cmdline = self.kernel_cmdline(plan, live_form=True, bootif=mac is not None)  # default: IPAPPEND 2
-        return (
-            "DEFAULT ramboot\n"
-            "PROMPT 0\n"
-            "TIMEOUT 0\n"
-            "LABEL ramboot\n"
-            f"  KERNEL {img}/{KERNEL}\n"
-            f"  INITRD {img}/{INITRD}\n"
-            f"  APPEND {cmdline}\n"
-            + ("  IPAPPEND 2\n" if mac is None else "")
-        )
+    # -- discovery --------------------------------------------------------------------
+    def discovered(self, mac: str, uuid: str | None) -> NodeSpec | None:
+        """The node to register for a machine that reported its hardware, or None.
+
+        Only in `unknown_nodes = "discover"` and only for a machine nobody registered.
+        """
+        if self.config.boot.unknown_nodes != "discover" or self.directory.get_node(mac) is not None:
+            return None
+        if uuid and self.directory.node_by_uuid(uuid) is not None:
+            return None  # a known machine on a new NIC: it is registered already
+        return NodeSpec(mac=normalize_mac(mac), image=self.config.boot.default_image, uuid=uuid, discovered=True)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from dhcp_netns import NetnsPair, dhclient, udhcpc, udp_payloads  # noqa: E402
 
-from ramboot.proto.dhcp import MsgType, decode  # noqa: E402
+from ramboot.proto.dhcp_codec import MsgType, decode  # noqa: E402
 
 UDHCPC = {
     "bios": ["-x", "0x5d:0000", "-V", "PXEClient:Arch:00000:UNDI:002001"],

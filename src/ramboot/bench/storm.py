@@ -209,7 +209,7 @@ class TftpClient(asyncio.DatagramProtocol):
 
     @staticmethod
     async def fetch(local_ip: str, server: str, name: str, blksize: int, windowsize: int, res: ClientResult) -> bytes:
-        from ..proto import tftp as T
+        from ..proto import tftp_core as T
 
         loop = asyncio.get_running_loop()
         transport, proto = await loop.create_datagram_endpoint(TftpClient, local_addr=(local_ip, 0))

@@ -32,9 +32,13 @@ class Node(Base):
 
 
 class Lease(Base):
+    """A bound lease; one per lease key (the DHCP core's `lease_key`: client id, else MAC)."""
+
     __tablename__ = "leases"
+    __table_args__ = (Index("ux_leases_key", "key", unique=True),)
 
     ip: Mapped[str] = mapped_column(String(15), primary_key=True)
+    key: Mapped[str] = mapped_column(String(300))
     mac: Mapped[str] = mapped_column(String(17), index=True)
     client_id: Mapped[str | None] = mapped_column(String(255))
     hostname: Mapped[str | None] = mapped_column(String(253))

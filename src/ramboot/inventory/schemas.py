@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..macaddr import normalize_mac
+from ..proto import pxe
 
 IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -21,11 +22,13 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F
 
 
 def normalize_uuid(v: str) -> str:
-    """An SMBIOS UUID in lower-case 8-4-4-4-12 form; ValueError if it is none."""
+    """An SMBIOS UUID in lower-case 8-4-4-4-12 form; ValueError if it is none, or null."""
     if not _UUID.match(v):
         raise ValueError("not a UUID")
-    h = v.replace("-", "").lower()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    out = pxe.normalize_uuid(v)
+    if out is None:
+        raise ValueError("a null UUID (all zeros or all ones) names no machine")
+    return out
 
 
 class _Strict(BaseModel):

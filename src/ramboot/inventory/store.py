@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Iterable
 
 from sqlalchemy import bindparam, create_engine, delete, event, insert, select
@@ -19,41 +18,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from ..macaddr import normalize_mac
+from ..proto.dhcp_core import LeaseRecord
 from .migrate import upgrade_to_head
 from .models import Event, Inventory, Lease, Node
+from .records import EventRecord, NodeSpec
 
-
-@dataclass
-class NodeSpec:
-    """What an operator says about a node; the store's input and output."""
-
-    mac: str
-    image: str | None = None
-    hostname: str | None = None
-    ip: str | None = None
-    loader: str | None = None
-    uuid: str | None = None
-    kernel_args: str = ""
-    labels: dict = field(default_factory=dict)
-    discovered: bool = False
-
-
-@dataclass
-class LeaseRecord:
-    ip: str
-    mac: str
-    expires: float
-    client_id: str | None = None
-    hostname: str | None = None
-
-
-@dataclass
-class EventRecord:
-    mac: str
-    stage: str
-    at: float
-    source: str = "server"
-    detail: dict = field(default_factory=dict)
+__all__ = ["EventRecord", "LeaseRecord", "NodeSpec", "Store", "StoreError"]
 
 
 class StoreError(Exception):
@@ -125,34 +95,33 @@ class Store:
     def save_leases(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = ()) -> None:
         """Write a batch of lease changes in one transaction (group commit).
 
-        Deletes by address first, then each upsert in order, keeping one lease per
-        MAC (a MAC's other addresses go). Core executemany statements, not ORM
-        objects: a batch of hundreds costs a few statements.
+        The store writes what the DHCP core decided, with the core's rule: one
+        lease per lease key (`LeaseRecord.key`). Deletes by address first, then
+        each upsert in order; a key's other addresses go. Core executemany
+        statements, not ORM objects: a batch of hundreds costs a few statements.
         """
-        rows: dict[str, dict] = {}  # ip -> row; a later upsert for a MAC replaces its earlier one
-        ip_of_mac: dict[str, str] = {}
-        others: dict[tuple[str, str], None] = {}  # (mac, ip): the MAC's leases elsewhere go
+        rows: dict[str, dict] = {}  # ip -> row; a later upsert for a key replaces its earlier one
+        ip_of_key: dict[str, str] = {}
         dropped: dict[str, None] = {}
         for rec in upserts:
-            others[(rec.mac, rec.ip)] = None
-            prev = ip_of_mac.get(rec.mac)
-            if prev is not None and prev != rec.ip and rows.get(prev, {}).get("mac") == rec.mac:
+            prev = ip_of_key.get(rec.key)
+            if prev is not None and prev != rec.ip and rows.get(prev, {}).get("key") == rec.key:
                 del rows[prev]
                 dropped[prev] = None  # written, then moved: whatever was stored there goes too
             old = rows.get(rec.ip)
-            if old is not None and old["mac"] != rec.mac and ip_of_mac.get(old["mac"]) == rec.ip:
-                del ip_of_mac[old["mac"]]
-            ip_of_mac[rec.mac] = rec.ip
+            if old is not None and old["key"] != rec.key and ip_of_key.get(old["key"]) == rec.ip:
+                del ip_of_key[old["key"]]
+            ip_of_key[rec.key] = rec.ip
             dropped.pop(rec.ip, None)
-            rows[rec.ip] = {"ip": rec.ip, "mac": rec.mac, "expires": rec.expires, "client_id": rec.client_id,
-                            "hostname": rec.hostname}
+            rows[rec.ip] = {"ip": rec.ip, "key": rec.key, "mac": rec.mac, "expires": rec.expires,
+                            "client_id": rec.client_id, "hostname": rec.hostname}
         gone = [{"d_ip": ip} for ip in (*deletes, *dropped)]
         with self.engine.begin() as conn:
             if gone:
                 self._executemany(conn, _DELETE_LEASE_IP, gone)
             if rows:
-                # The MACs' other stored leases; the rows written below are already one per MAC.
-                self._executemany(conn, _DELETE_LEASE_MAC, [{"d_mac": m, "d_ip": ip} for m, ip in others])
+                # The keys' other stored leases; the rows written below are already one per key.
+                self._executemany(conn, _DELETE_LEASE_KEY, [{"d_key": k, "d_ip": ip} for k, ip in ip_of_key.items()])
                 upsert = self._lease_upsert()
                 if upsert is None:  # a dialect without ON CONFLICT: clear the addresses, then insert
                     self._executemany(conn, _DELETE_LEASE_IP, [{"d_ip": ip} for ip in rows])
@@ -197,7 +166,7 @@ class Store:
                 ins = dialect_insert(table)
                 stmt = ins.on_conflict_do_update(
                     index_elements=[table.c.ip],
-                    set_={c: ins.excluded[c] for c in ("mac", "expires", "client_id", "hostname")},
+                    set_={c: ins.excluded[c] for c in ("key", "mac", "expires", "client_id", "hostname")},
                 )
             self._upsert_stmt = stmt
         return self._upsert_stmt
@@ -219,10 +188,6 @@ class Store:
         if rows:
             with self.engine.begin() as conn:
                 self._executemany(conn, _INSERT_EVENT, rows, _EVENT_COLUMNS)
-
-    def add_event(self, mac: str, stage: str, source: str = "server", at: float | None = None, **detail) -> None:
-        rec = EventRecord(mac=normalize_mac(mac), stage=stage, at=at or time.time(), source=source, detail=detail)
-        self.add_events([rec])
 
     def events(self, mac: str, limit: int = 200) -> list[EventRecord]:
         with self._session() as s:
@@ -258,17 +223,17 @@ class Store:
             return [(r.at, dict(r.data)) for r in rows]
 
 
-_LEASE_COLUMNS = ("ip", "mac", "expires", "client_id", "hostname")
+_LEASE_COLUMNS = ("ip", "key", "mac", "expires", "client_id", "hostname")
 _EVENT_COLUMNS = ("mac", "stage", "source", "detail", "at")  # the table's order: rows pass through as they are
 _INSERT_EVENT = insert(Event.__table__)
 _DELETE_LEASE_IP = delete(Lease.__table__).where(Lease.__table__.c.ip == bindparam("d_ip"))
-_DELETE_LEASE_MAC = delete(Lease.__table__).where(
-    Lease.__table__.c.mac == bindparam("d_mac"), Lease.__table__.c.ip != bindparam("d_ip")
+_DELETE_LEASE_KEY = delete(Lease.__table__).where(
+    Lease.__table__.c.key == bindparam("d_key"), Lease.__table__.c.ip != bindparam("d_ip")
 )
 
 
 def _lease_record(r: Lease) -> LeaseRecord:
-    return LeaseRecord(ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname)
+    return LeaseRecord(key=r.key, ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname)
 
 
 def _node_spec(r: Node) -> NodeSpec:

@@ -18,7 +18,6 @@ from typing import Iterable
 from .store import EventRecord
 
 SERVER_STAGES = ("dhcp-offer", "dhcp-ack", "proxy-offer", "loader", "script", "kernel", "initrd", "rootfs")
-NODE_STAGES = ("initramfs", "download-start", "download-done", "verified", "failed", "switch-root", "booted")
 TERMINAL = frozenset({"booted", "failed"})
 DHCP = frozenset({"dhcp-offer", "dhcp-ack", "proxy-offer"})
 START = DHCP | {"loader", "script"}

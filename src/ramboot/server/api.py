@@ -1,7 +1,8 @@
-"""The REST API under `/api/v1`, its OpenAPI document, and the live event stream.
+"""The REST API under `/api/v1`: its handlers, access rules and route table.
 
-One route table drives both the router and the OpenAPI document, so the two
-cannot drift. Access (docs/api.md):
+One route table drives both the router and the OpenAPI document
+(`openapi.py`), so the two cannot drift; the live event stream is
+`event_stream.py`. Access (docs/api.md):
 - `write` routes need `Authorization: Bearer <api.token>`; with no token
   configured they are allowed from loopback only;
 - `read` routes are open unless `api.read_requires_token`;
@@ -13,32 +14,31 @@ cannot drift. Access (docs/api.md):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
-import json
 import logging
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from pydantic.json_schema import models_json_schema
 
-from .. import metrics
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
-from ..inventory.store import EventRecord, NodeSpec, Store, StoreError
-from ..inventory.timeline import SERVER_STAGES, mbps_of, split_boots
-from ..inventory.views import all_status, event_out, node_detail, node_list, node_status, report_of
+from ..inventory.store import NodeSpec, Store, StoreError
+from ..inventory.timeline import SERVER_STAGES
+from ..inventory.views import all_status, event_out, node_detail, node_list, report_of
 from ..macaddr import BadMac, normalize_mac
-from .http import CTX, Ctx
+from ..proto.pxe import normalize_uuid
+from . import openapi as oa
+from .event_stream import BROADCAST, event_stream
+from .http_context import CTX, error_json, json_response
+from .openapi import PREFIX, Route
 
 log = logging.getLogger("ramboot.api")
 
-PREFIX = "/api/v1"
 _RESERVED_DETAIL = {"mac", "stage", "source"}  # EventLog.record's own parameters
 
 
@@ -47,22 +47,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    if isinstance(data, BaseModel):
-        body = data.model_dump_json()
-    elif isinstance(data, list):
-        body = "[" + ",".join(d.model_dump_json() if isinstance(d, BaseModel) else json.dumps(d) for d in data) + "]"
-    else:
-        body = json.dumps(data)
-    return web.Response(text=body, status=status, content_type="application/json")
-
-
-def error_json(status: int, message: str, headers: dict | None = None) -> web.Response:
-    return web.Response(
-        text=json.dumps({"error": message}), status=status, content_type="application/json", headers=headers
-    )
 
 
 @web.middleware
@@ -224,7 +208,7 @@ async def report_event(request: web.Request) -> web.Response:
     if clash := _RESERVED_DETAIL & set(body.detail):
         raise ApiError(400, f"detail: reserved key {sorted(clash)[0]!r}")
     if request.remote:
-        ctx.events.mac_by_ip.setdefault(request.remote, mac)
+        ctx.events.bind(request.remote, mac)
     ctx.events.record(mac, body.stage, source="node", **body.detail)
     return json_response(S.Accepted(), 202)
 
@@ -234,18 +218,17 @@ async def report_inventory(request: web.Request) -> web.Response:
     mac = mac_param(request)
     await check_reporter(request, mac)
     report = await body_of(request, S.InventoryReport)
-    boot = ctx.config.boot
 
     def work() -> bool:
         ctx.store.add_inventory(mac, report.model_dump(mode="json"))
-        if boot.unknown_nodes != "discover" or ctx.store.get_node(mac) is not None:
-            return False
         try:
-            uuid = S.normalize_uuid(report.dmi.uuid) if report.dmi.uuid else None
+            uuid = normalize_uuid(report.dmi.uuid) if report.dmi.uuid else None
         except ValueError:
             uuid = None
-        ctx.store.put_node(NodeSpec(mac=mac, image=boot.default_image, uuid=uuid, discovered=True))
-        return True
+        spec = ctx.booter.discovered(mac, uuid)
+        if spec is not None:
+            ctx.store.put_node(spec)
+        return spec is not None
 
     try:
         discovered = await asyncio.to_thread(work)
@@ -310,30 +293,14 @@ async def status(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(all_status, request.app[CTX].store))
 
 
-async def event_stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one `node` message (a NodeStatus) whenever a node changes."""
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    q = request.app[BROADCAST].subscribe()
-    try:
-        await resp.write(b"retry: 2000\n: connected\n\n")
-        while True:
-            try:
-                msg = await asyncio.wait_for(q.get(), timeout=15)
-            except asyncio.TimeoutError:
-                msg = b": keep-alive\n\n"
-            if msg is None:
-                break
-            await resp.write(msg)
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        request.app[BROADCAST].unsubscribe(q)
-    return resp
-
-
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document())
+    global _OPENAPI
+    if _OPENAPI is None:
+        _OPENAPI = oa.document(ROUTES)
+    return json_response(_OPENAPI)
+
+
+_OPENAPI: dict[str, Any] | None = None
 
 
 async def api_not_found(request: web.Request) -> web.Response:
@@ -347,129 +314,15 @@ def _template(r: Route) -> re.Pattern:
     return re.compile("^" + re.sub(r"\\{[a-z]+\\}", "[^/]+", re.escape(PREFIX + r.path)) + "$")
 
 
-# -- the live feed: metrics and SSE, from EventLog.watch ------------------------
-class Broadcaster:
-    """Turns the event log's records into metrics and SSE messages.
-
-    The watcher only queues (it runs on DHCP's and TFTP's hot path); a task
-    drains the queue in batches, flushes the event log once, and sends each
-    changed node's status to every subscriber.
-    """
-
-    def __init__(self, ctx: Ctx):
-        self.ctx = ctx
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.pending: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()  # (mac, booted at)
-        self.subscribers: set[asyncio.Queue] = set()
-        self._unwatch: Callable[[], None] | None = None
-        self._task: asyncio.Task | None = None
-
-    def on_event(self, rec: EventRecord) -> None:
-        metrics.BOOTS.labels(rec.stage).inc()
-        if rec.stage == "download-done":
-            mbps = mbps_of(rec.detail)
-            if mbps is not None:
-                metrics.ROOT_DOWNLOAD_MBPS.observe(mbps)
-        if rec.stage == "booted" or self.subscribers:
-            assert self.loop is not None
-            self.loop.call_soon_threadsafe(self.pending.put_nowait, (rec.mac, rec.at if rec.stage == "booted" else None))
-
-    def poke(self, mac: str) -> None:
-        """A change that is no boot event (inventory, node edits): refresh that row."""
-        if self.subscribers:
-            self.pending.put_nowait((mac, None))
-
-    def subscribe(self) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        self.subscribers.add(q)
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue) -> None:
-        self.subscribers.discard(q)
-
-    async def start(self, _app: web.Application) -> None:
-        self.loop = asyncio.get_running_loop()
-        self._unwatch = self.ctx.events.watch(self.on_event)
-        self._task = self.loop.create_task(self._run())
-
-    async def stop(self, _app: web.Application) -> None:
-        if self._unwatch:
-            self._unwatch()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for q in list(self.subscribers):
-            _offer(q, None)
-
-    async def _run(self) -> None:
-        while True:
-            keys = {await self.pending.get()}
-            await asyncio.sleep(0.05)  # gather a burst into one batch
-            while not self.pending.empty():
-                keys.add(self.pending.get_nowait())
-            try:
-                self.ctx.events.flush()
-                await self._publish(keys)
-            except Exception:
-                log.exception("live update failed")
-
-    async def _publish(self, keys: set[tuple[str, float | None]]) -> None:
-        store = self.ctx.store
-        for mac, at in keys:
-            if at is not None:
-                duration = await asyncio.to_thread(boot_duration, store, mac, at)
-                if duration is not None:
-                    metrics.BOOT_DURATION.observe(duration)
-        if not self.subscribers:
-            return
-        macs = sorted({mac for mac, _ in keys})
-        rows = await asyncio.to_thread(lambda: [node_status(store, m) for m in macs])
-        for row in rows:
-            msg = f"event: node\ndata: {row.model_dump_json()}\n\n".encode()
-            for q in list(self.subscribers):
-                _offer(q, msg)
-
-
-def boot_duration(store: Store, mac: str, booted_at: float) -> float | None:
-    """The duration of the boot that reached `booted` at this time (later boots may have begun)."""
-    for boot in split_boots(store.events(mac)):
-        if any(e.stage == "booted" and e.at == booted_at for e in boot.events):
-            return boot.duration
-    return None
-
-
-def _offer(q: asyncio.Queue, msg: bytes | None) -> None:
-    """Never block the feed on one slow browser: drop its oldest message instead."""
-    if q.full():
-        q.get_nowait()
-    q.put_nowait(msg)
-
-
-BROADCAST = web.AppKey("ramboot-broadcast", Broadcaster)
-
-
 # -- the route table: router and OpenAPI from one list -------------------------------
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    access: str  # read | write | node
-    summary: str
-    body: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
-    many: bool = False
-    status: int = 200
-
-
 ROUTES = [
     Route("GET", "/nodes", list_nodes, "read", "List registered nodes with their last boot stage", response=S.NodeOut, many=True),
     Route("POST", "/nodes", create_node, "write", "Register a node", S.NodeCreate, S.NodeDetail, status=201),
     Route("GET", "/nodes/{mac}", get_node, "read", "A node with its inventory and last boot timeline", response=S.NodeDetail),
     Route("PUT", "/nodes/{mac}", put_node, "write", "Create or replace a node", S.NodeIn, S.NodeDetail),
     Route("DELETE", "/nodes/{mac}", delete_node, "write", "Remove a node (its events and inventory stay)", status=204),
-    Route("GET", "/nodes/{mac}/events", node_events, "read", "A node's events, oldest first", response=S.EventOut, many=True),
+    Route("GET", "/nodes/{mac}/events", node_events, "read", "A node's events, oldest first", response=S.EventOut, many=True,
+          query={"limit": {"type": "integer", "minimum": 1, "maximum": 5000}}),
     Route("POST", "/nodes/{mac}/events", report_event, "node", "A node reports a boot stage", S.EventIn, S.Accepted, status=202),
     Route("GET", "/nodes/{mac}/inventory", node_inventory, "read", "A node's hardware reports, newest first", response=S.InventoryOut, many=True),
     Route("POST", "/nodes/{mac}/inventory", report_inventory, "node", "A node reports its hardware", S.InventoryReport, S.Accepted, status=202),
@@ -477,8 +330,9 @@ ROUTES = [
     Route("GET", "/images/{name}", get_image, "read", "One image's manifest", response=S.ImageOut),
     Route("GET", "/leases", list_leases, "read", "DHCP leases", response=S.LeaseOut, many=True),
     Route("GET", "/status", status, "read", "Every node seen, registered or not, with its last boot", response=S.NodeStatus, many=True),
-    Route("GET", "/events/stream", event_stream, "read", "Live node updates (server-sent events, `event: node`, data: NodeStatus)"),
-    Route("GET", "/openapi.json", openapi, "read", "This document"),
+    Route("GET", "/events/stream", event_stream, "read", "Live node updates (server-sent events, `event: node`, data: NodeStatus)",
+          produces=("text/event-stream", "event stream")),
+    Route("GET", "/openapi.json", openapi, "read", "This document", produces=("application/json", "OpenAPI document")),
 ]
 
 
@@ -491,68 +345,6 @@ def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
 
 def add_routes(app: web.Application) -> None:
-    broadcaster = Broadcaster(app[CTX])
-    app[BROADCAST] = broadcaster
-    app.on_startup.append(broadcaster.start)
-    app.on_shutdown.append(broadcaster.stop)
     for r in ROUTES:
         app.router.add_route(r.method, PREFIX + r.path, _guarded(r))
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)
-
-
-_OPENAPI: dict | None = None
-
-
-def openapi_document() -> dict:
-    """OpenAPI 3.1, its schemas generated from the pydantic models."""
-    global _OPENAPI
-    if _OPENAPI is not None:
-        return _OPENAPI
-    models = {S.ErrorOut}
-    for r in ROUTES:
-        models.update(m for m in (r.body, r.response) if m is not None)
-    ordered = sorted(models, key=lambda m: m.__name__)
-    _, top = models_json_schema([(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}")
-    schemas = top.get("$defs", {})
-
-    def ref(m: type[BaseModel]) -> dict:
-        return {"$ref": f"#/components/schemas/{m.__name__}"}
-
-    error = {"description": "error", "content": {"application/json": {"schema": ref(S.ErrorOut)}}}
-    paths: dict[str, dict] = {}
-    for r in ROUTES:
-        op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler.__name__}
-        params = []
-        for name in ("mac", "name"):
-            if "{" + name + "}" in r.path:
-                params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
-        if r.handler is node_events:
-            params.append({"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 5000}})
-        if params:
-            op["parameters"] = params
-        if r.body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(r.body)}}}
-        if r.response is not None:
-            schema = {"type": "array", "items": ref(r.response)} if r.many else ref(r.response)
-            ok = {"description": "ok", "content": {"application/json": {"schema": schema}}}
-        elif r.handler is event_stream:
-            ok = {"description": "event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}
-        elif r.handler is openapi:
-            ok = {"description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}
-        else:
-            ok = {"description": "done"}
-        op["responses"] = {str(r.status): ok, "4XX": error}
-        if r.access == "write" or r.access == "read":
-            op["security"] = [{"bearer": []}] if r.access == "write" else [{}, {"bearer": []}]
-        else:
-            op["security"] = [{}]
-            op["description"] = "Accepted only from the address holding the MAC's lease (any address when there is none)."
-        paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
-    _OPENAPI = {
-        "openapi": "3.1.0",
-        "info": {"title": "ramboot", "version": "1", "description": "Nodes, images, leases, boot events and inventory."},
-        "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    }
-    return _OPENAPI
-

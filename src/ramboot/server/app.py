@@ -18,11 +18,11 @@ from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
 from ..netif import interface_ipv4
 from ..policy import Booter
-from .dhcp import start_dhcp
+from .dhcp_server import start_dhcp
 from .events import EventLog
-from .http import start_http
-from .ra import start_ra
-from .tftp import start_tftp
+from .http_server import start_http
+from .ra_server import start_ra
+from .tftp_server import start_tftp
 
 log = logging.getLogger("ramboot.serve")
 

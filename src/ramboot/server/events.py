@@ -23,12 +23,16 @@ log = logging.getLogger("ramboot.events")
 # recorded in the store, counted in /metrics and streamed to the status page.
 DEBUG_STAGES = frozenset({"dhcp-offer", "dhcp-ack"})
 
+# The boot stage (CONTRACTS.md) a served file's kind is; other kinds are served without one.
+STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script",
+                 "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
+
 
 class EventLog:
     def __init__(self, store: Store, flush_interval: float = 0.2):
         self.store = store
         self.flush_interval = flush_interval
-        self.mac_by_ip: dict[str, str] = {}  # learnt from DHCP, so TFTP/HTTP can name the node
+        self.mac_by_ip: dict[str, str] = {}  # who holds an address, so TFTP/HTTP can name the node
         self._pending: list[EventRecord] = []
         self._watchers: list[Callable[[EventRecord], None]] = []
         self._task: asyncio.Task | None = None
@@ -51,10 +55,24 @@ class EventLog:
             except Exception:  # a broken watcher never stops the server
                 log.exception("event watcher failed")
 
-    def record_by_ip(self, ip: str, stage: str, **detail) -> None:
-        mac = self.mac_by_ip.get(ip)
+    def bind(self, ip: str, mac: str, lease: bool = False) -> None:
+        """Learn which machine has an address. A DHCP lease (`lease=True`) is the
+        authority; a served name or a node report only fills a gap (proxy mode)."""
+        if lease:
+            self.mac_by_ip[ip] = mac
+        else:
+            self.mac_by_ip.setdefault(ip, mac)
+
+    def served(self, ip: str, kind: str, name: str, mac: str | None, nbytes: int, seconds: float,
+               protocol: str) -> None:
+        """TFTP and HTTP: a file went out in full. A generated file's name says whose it
+        is (its MAC), which binds the address; other files are named by the address."""
         if mac:
-            self.record(mac, stage, **detail)
+            self.bind(ip, mac)
+        stage = STAGE_OF_KIND.get(kind)
+        who = mac or self.mac_by_ip.get(ip)
+        if stage and who:
+            self.add(who, stage, {"file": name, "bytes": nbytes, "seconds": seconds, "protocol": protocol})
 
     def watch(self, fn: Callable[[EventRecord], None]) -> Callable[[], None]:
         self._watchers.append(fn)

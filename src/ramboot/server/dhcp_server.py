@@ -1,6 +1,7 @@
 """The DHCP server's asyncio shell: sockets, the group commit, events and metrics.
 
-All decisions live in `ramboot.proto.dhcpd`. This module only moves bytes:
+All decisions live in `ramboot.proto.dhcp_core` and the policy it is handed
+(`Booter.decide`, over a snapshot of the nodes). This module only moves bytes:
 - UDP sockets on port 67 (and 4011 in proxy mode), bound to the configured
   interface (SO_BINDTODEVICE), with SO_BROADCAST; `recvmsg` + IP_PKTINFO tells
   which interface a request came in on, and replies leave by that interface.
@@ -18,7 +19,6 @@ All decisions live in `ramboot.proto.dhcpd`. This module only moves bytes:
 from __future__ import annotations
 
 import asyncio
-import copy
 import ipaddress
 import logging
 import socket
@@ -30,7 +30,7 @@ from ..config import Config
 from ..inventory.store import LeaseRecord, NodeSpec, Store
 from ..netif import interface_netmask
 from ..policy import Booter
-from ..proto.dhcpd import BROADCAST, PXE_PORT, SERVER_PORT, DhcpServer, Result
+from ..proto.dhcp_core import BROADCAST, PXE_PORT, SERVER_PORT, DhcpCore, DhcpSettings, Result
 from .events import EventLog
 
 log = logging.getLogger("ramboot.dhcp")
@@ -96,21 +96,33 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
     return sock
 
 
-class DhcpService:
+def dhcp_settings(config: Config, server_ip: str, netmask: str | None = None) -> DhcpSettings:
+    """The core's plain settings from the config; `netmask` is the interface's when the config names none."""
+    d = config.dhcp
+    first = last = None
+    if d.mode == "full":
+        lo, hi = d.range_bounds()
+        first, last = str(lo), str(hi)
+    return DhcpSettings(
+        mode=d.mode, server_ip=server_ip, range_first=first, range_last=last,
+        netmask=str(d.netmask) if d.netmask else netmask,
+        router=str(d.router) if d.router else None, dns=tuple(str(a) for a in d.dns), domain=d.domain,
+        lease_time=d.lease_time,
+    )
+
+
+class DhcpServer:
     """The running DHCP server; `close()` commits pending leases and stops."""
 
     def __init__(self, config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
                  port: int, pxe_port: int):
         self.config = config
-        self.booter = booter
         self.store = store
         self.events = events
         self.interface = config.network.interface
         self.nodes = _NodeSnapshot(store)
-        # The same Booter (class, config, server address), reading nodes from the snapshot:
-        # the boot decision still comes only from Booter.boot_file.
-        fast_booter = copy.copy(booter)
-        fast_booter.store = self.nodes  # type: ignore[assignment]
+        # The same policy, reading nodes from the snapshot: no database read per packet.
+        self.booter = booter.using(self.nodes)
         mask = None
         if config.dhcp.mode == "full" and config.dhcp.netmask is None:
             mask = interface_netmask(self.interface)
@@ -119,9 +131,9 @@ class DhcpService:
                 net = ipaddress.IPv4Network(f"{server_ip}/{mask}", strict=False)
                 if first not in net or last not in net:
                     mask = None  # the range is behind a relay: let the core derive its subnet
-        self.core = DhcpServer(
-            config, server_ip, fast_booter.boot_file, fast_booter.node, self.nodes.reserved_map,
-            leases=store.load_leases() if config.dhcp.mode == "full" else [], netmask=mask,
+        self.core = DhcpCore(
+            dhcp_settings(config, server_ip, mask), self.booter.decide, self.nodes.reserved_map,
+            leases=store.load_leases() if config.dhcp.mode == "full" else [],
         )
         self._loop = asyncio.get_running_loop()
         self._pending: list[tuple[Result, int]] = []
@@ -228,7 +240,7 @@ class DhcpService:
             self.events.add(ev.mac, ev.stage, ev.detail)
         if res.bound:
             ip, mac = res.bound
-            self.events.mac_by_ip[ip] = mac
+            self.events.bind(ip, mac, lease=True)
 
     # -- shutdown --------------------------------------------------------------
     def _close_sockets(self) -> None:
@@ -250,9 +262,9 @@ class DhcpService:
 
 
 async def start_dhcp(config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
-                     *, port: int = SERVER_PORT, pxe_port: int = PXE_PORT) -> DhcpService:
+                     *, port: int = SERVER_PORT, pxe_port: int = PXE_PORT) -> DhcpServer:
     """Start answering on the configured interface; `port`/`pxe_port` exist for tests."""
-    svc = DhcpService(config, booter, store, events, server_ip, port, pxe_port)
+    svc = DhcpServer(config, booter, store, events, server_ip, port, pxe_port)
     log.info("dhcp: %s mode on %s, ports %s", config.dhcp.mode, svc.interface,
              ", ".join(str(p) for p in svc.ports.values()))
     return svc

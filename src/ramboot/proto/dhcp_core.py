@@ -1,12 +1,18 @@
 """DHCPv4 server logic, sans-IO: a datagram and the time in, replies and actions out.
 
-`DhcpServer.handle()` never touches a socket or the store. It asks two
-injected callables: `boot_file(Client)` (the policy seam, `Booter.boot_file`)
-and `node(mac, uuid)` (the operator's fixed address and hostname). Lease
-changes come back as `Result.upserts`/`deletes`; the shell must commit them
-before it sends `Result.sends`, so an ACKed lease is on disk first.
+`DhcpCore.handle()` never touches a socket, a clock or the store. It is built
+from plain frozen `DhcpSettings` and asks two injected callables: `decide(Client)`
+(the policy seam: the boot program, the fixed address and the hostname, once
+per request) and `reserved()` (the fixed addresses of every node, so no lease
+takes one). Lease changes come back as `Result.upserts`/`deletes`; the shell
+must commit them before it sends `Result.sends`, so an ACKed lease is on disk
+first.
 
-Modes (config `dhcp.mode`):
+One lease rule, here and nowhere else: a lease belongs to the client
+identifier (option 61), or to the MAC when there is none (RFC 2131 §4.2), see
+`lease_key`. The store keeps one lease per key, exactly as the core does.
+
+Modes (`DhcpSettings.mode`):
 - `full`: leases from the range, fixed addresses for known nodes, the whole
   RFC 2131 state machine (DISCOVER/OFFER, REQUEST in SELECTING, INIT-REBOOT,
   RENEWING and REBINDING, ACK/NAK, DECLINE, RELEASE, INFORM, relays).
@@ -26,13 +32,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
-from ..config import Config
-from ..inventory.store import LeaseRecord, NodeSpec
-from ..policy import BootFile, Client, Firmware
-from .dhcp import (
+from .dhcp_codec import (
     BOOTREPLY,
     BOOTREQUEST,
     FLAG_BROADCAST,
@@ -50,6 +54,7 @@ from .dhcp import (
     encode_suboptions,
     socket_aton,
 )
+from .pxe import BootFile, Client, Firmware
 
 SERVER_PORT = 67
 CLIENT_PORT = 68
@@ -60,6 +65,49 @@ _PXE_USE_BOOTFILE = encode_suboptions({PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVE
 _IPXE_NO_PXEDHCP = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
 _KIND = {None: "bootp", **{int(m): m.name.lower() for m in MsgType}}  # metrics label per message type
 _CLASS_OPTIONS = (Opt.CLIENT_ARCH, Opt.VENDOR_CLASS, Opt.USER_CLASS, Opt.IPXE_ENCAP)
+
+
+@dataclass(frozen=True)
+class DhcpSettings:
+    """What the core needs from the configuration, as plain values."""
+
+    mode: str  # full | proxy (the shell runs no core for "off")
+    server_ip: str
+    range_first: str | None = None  # full mode
+    range_last: str | None = None
+    netmask: str | None = None  # None: derived from the range
+    router: str | None = None
+    dns: tuple[str, ...] = ()
+    domain: str | None = None
+    lease_time: int = 3600
+
+
+class Answer(Protocol):
+    """What the policy says about one client; `policy.Decision` is one."""
+
+    @property
+    def boot_file(self) -> BootFile: ...
+
+    @property
+    def fixed_ip(self) -> str | None: ...
+
+    @property
+    def hostname(self) -> str | None: ...
+
+
+Decide = Callable[[Client], Answer | None]  # None: do not answer this client at all
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """One bound lease as the store keeps it; `key` is `lease_key()`'s."""
+
+    key: str
+    ip: str
+    mac: str
+    expires: float
+    client_id: str | None = None
+    hostname: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,20 +171,24 @@ def client_of(pkt: DhcpPacket, mac: str) -> Client:
 
 
 def _key(pkt: DhcpPacket, mac: str) -> str:
-    return _lease_key(pkt.client_id.hex() if pkt.client_id else None, mac)
+    return lease_key(pkt.client_id.hex() if pkt.client_id else None, mac)
 
 
-def _detail(ip: str, client: Client, bf: BootFile) -> dict:
+def _detail(ip: str, client: Client, bf: BootFile) -> dict[str, str]:
     """What a DHCP event records: the address, and what was booted, if anything."""
     if not client.is_pxe:
         return {"ip": ip, "firmware": "os"}
     return {"ip": ip, "bootfile": bf.filename, "firmware": client.firmware.value}
 
 
-def _lease_key(client_id_hex: str | None, mac: str) -> str:
-    """Who holds a lease. A client id that is just `01` + the MAC (iPXE, udhcpc,
-    dhclient) is the MAC: the firmware sent none, and the loader it chains to
-    must get the same address, not a second lease."""
+def lease_key(client_id_hex: str | None, mac: str) -> str:
+    """Who holds a lease: the client identifier, else the MAC (RFC 2131 §4.2).
+
+    A client id that is just `01` + the MAC (iPXE, udhcpc, dhclient) is the
+    MAC: the firmware sent none, and the loader it chains to must get the same
+    address, not a second lease. Any other client id is its own client, even
+    on a MAC that also holds a lease without one.
+    """
     if not client_id_hex or client_id_hex == "01" + mac.replace(":", ""):
         return "hw:" + mac
     return "id:" + client_id_hex
@@ -150,33 +202,35 @@ def _ipstr(n: int) -> str:
     return "%d.%d.%d.%d" % (n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255)
 
 
-class DhcpServer:
+class DhcpCore:
+    """The DHCP state machine for one server address; see the module notes."""
+
     def __init__(
         self,
-        config: Config,
-        server_ip: str,
-        boot_file: Callable[[Client], BootFile | None],
-        node: Callable[[str, str | None], NodeSpec | None],
-        reserved: Callable[[], dict[str, str]] = dict,
-        leases: list[LeaseRecord] = (),  # type: ignore[assignment]
-        netmask: str | None = None,
+        settings: DhcpSettings,
+        decide: Decide,
+        reserved: Callable[[], Mapping[str, str]] = dict,
+        leases: Iterable[LeaseRecord] = (),
     ):
-        self.mode = config.dhcp.mode
-        self.dhcp = config.dhcp
-        self.server_ip = server_ip
+        self.settings = settings
+        self.mode = settings.mode
+        self.server_ip = server_ip = settings.server_ip
         self._server_id = ipaddress.IPv4Address(server_ip).packed
         self._server_int = int(ipaddress.IPv4Address(server_ip))
-        self.boot_file = boot_file
-        self.node = node
+        self.decide = decide
         self.reserved = reserved
-        self.lease_time = config.dhcp.lease_time
+        self.lease_time = settings.lease_time
         self.by_ip: dict[int, _Lease] = {}
         self.by_key: dict[str, int] = {}
         self.declined: dict[int, float] = {}
+        self.first = self.last = self._net_first = self._net_last = self._cursor = 0
+        self.network: ipaddress.IPv4Network | None = None
         if self.mode == "full":
-            first, last = config.dhcp.range_bounds()
+            if settings.range_first is None or settings.range_last is None:
+                raise ValueError("full mode needs a range")
+            first, last = ipaddress.IPv4Address(settings.range_first), ipaddress.IPv4Address(settings.range_last)
             self.first, self.last = int(first), int(last)
-            mask = netmask or (str(config.dhcp.netmask) if config.dhcp.netmask else None)
+            mask = settings.netmask
             if mask is None:
                 span = ipaddress.summarize_address_range(first, last)
                 prefix = min(24, min(n.prefixlen for n in span))
@@ -186,8 +240,7 @@ class DhcpServer:
             self._net_last = int(self.network.broadcast_address)
             self._cursor = self.first
             for rec in leases:
-                key = _lease_key(rec.client_id, rec.mac)
-                self._put(_Lease(_ipint(rec.ip), key, rec.mac, rec.expires, True, rec.client_id, rec.hostname))
+                self._put(_Lease(_ipint(rec.ip), rec.key, rec.mac, rec.expires, True, rec.client_id, rec.hostname))
         self._constant_options()
 
     # -- entry point -----------------------------------------------------
@@ -223,9 +276,10 @@ class DhcpServer:
             reply_type, dest = MsgType.ACK, (src[0], src[1], False)
         else:
             return Result(kind, "ignored")
-        bf = self.boot_file(client)
-        if bf is None:
+        answer = self.decide(client)
+        if answer is None:
             return Result(kind, "ignored")
+        bf = answer.boot_file
         reply = self._reply(pkt, reply_type, ZERO_IP)
         self._boot_options(reply, client, bf)
         if Opt.CLIENT_UUID in pkt.options:  # PXE 2.1: echo the client machine identifier
@@ -252,12 +306,11 @@ class DhcpServer:
 
     def _discover(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
         client = client_of(pkt, mac)
-        bf = self.boot_file(client)
-        if bf is None:
+        answer = self.decide(client)
+        if answer is None:
             return Result(kind, "ignored")
-        spec = self.node(mac, client.uuid)
         key = _key(pkt, mac)
-        ip = self._allocate(pkt, key, mac, spec, now)
+        ip = self._allocate(pkt, key, mac, answer.fixed_ip, now)
         if ip is None:
             return Result(kind, "exhausted")
         lease = self.by_ip.get(ip)
@@ -267,10 +320,10 @@ class DhcpServer:
         lease.client = client
         yiaddr = _ipstr(ip)
         reply = self._reply(pkt, MsgType.OFFER, yiaddr)
-        self._lease_options(reply, spec)
-        self._boot_options(reply, client, bf)
+        self._lease_options(reply, answer.hostname)
+        self._boot_options(reply, client, answer.boot_file)
         send = self._send(pkt, reply, MsgType.OFFER)
-        ev = BootEvent(mac, "dhcp-offer", _detail(yiaddr, client, bf))
+        ev = BootEvent(mac, "dhcp-offer", _detail(yiaddr, client, answer.boot_file))
         return Result(kind, "offer", [send], events=[ev])
 
     def _request(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
@@ -293,23 +346,22 @@ class DhcpServer:
         client = client_of(pkt, mac)
         if held is not None and held.client is not None and not any(o in pkt.options for o in _CLASS_OPTIONS):
             client = held.client  # the REQUEST repeats no class: boot what was offered
-        bf = self.boot_file(client)
-        if bf is None:
+        answer = self.decide(client)
+        if answer is None:
             return Result(kind, "ignored")
-        spec = self.node(mac, client.uuid)
         ip = _ipint(want)
-        if not self._may_bind(ip, key, mac, spec, now):
+        if not self._may_bind(ip, key, mac, answer.fixed_ip, now):
             return Result(kind, "nak", [self._nak(pkt, "address not available")])
         lease = _Lease(ip, key, mac, now + self.lease_time, True, key[3:] if key.startswith("id:") else None,
                        _hostname(pkt), client)
         self._put(lease)
         yiaddr = want
         reply = self._reply(pkt, MsgType.ACK, yiaddr)
-        self._lease_options(reply, spec)
-        self._boot_options(reply, client, bf)
+        self._lease_options(reply, answer.hostname)
+        self._boot_options(reply, client, answer.boot_file)
         send = self._send(pkt, reply, MsgType.ACK)
-        rec = LeaseRecord(ip=yiaddr, mac=mac, expires=lease.expires, client_id=lease.client_id, hostname=lease.hostname)
-        ev = BootEvent(mac, "dhcp-ack", _detail(yiaddr, client, bf))
+        rec = LeaseRecord(key, yiaddr, mac, lease.expires, lease.client_id, lease.hostname)
+        ev = BootEvent(mac, "dhcp-ack", _detail(yiaddr, client, answer.boot_file))
         return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=(yiaddr, mac))
 
     def _decline(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
@@ -336,22 +388,23 @@ class DhcpServer:
     def _inform(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
         """RFC 2131 §3.4: configuration only, no yiaddr and no lease time."""
         client = client_of(pkt, mac)
-        bf = self.boot_file(client)
-        if bf is None:
+        answer = self.decide(client)
+        if answer is None:
             return Result(kind, "ignored")
         reply = self._reply(pkt, MsgType.ACK, ZERO_IP)
-        self._lease_options(reply, self.node(mac, client.uuid), lease=False)
-        self._boot_options(reply, client, bf)
+        self._lease_options(reply, answer.hostname, lease=False)
+        self._boot_options(reply, client, answer.boot_file)
         return Result(kind, "ack", [self._send(pkt, reply, MsgType.ACK)])
 
     # -- address allocation ------------------------------------------------
-    def _fixed(self, spec: NodeSpec | None) -> int | None:
-        if spec is None or not spec.ip:
+    def _fixed(self, fixed_ip: str | None) -> int | None:
+        """The node's fixed address as an integer, if it is on our subnet."""
+        if not fixed_ip:
             return None
-        ip = _ipint(spec.ip)
+        ip = _ipint(fixed_ip)
         return ip if self._net_first <= ip <= self._net_last else None
 
-    def _usable(self, ip: int, key: str, mac: str, now: float, reserved: dict[str, str]) -> bool:
+    def _usable(self, ip: int, key: str, mac: str, now: float, reserved: Mapping[str, str]) -> bool:
         if ip == self._server_int or ip == self._net_first or ip == self._net_last:
             return False
         if self.declined.get(ip, 0) > now:
@@ -363,9 +416,9 @@ class DhcpServer:
         lease = self.by_ip.get(ip)
         return lease is None or lease.key == key or lease.expires <= now
 
-    def _allocate(self, pkt: DhcpPacket, key: str, mac: str, spec: NodeSpec | None, now: float) -> int | None:
+    def _allocate(self, pkt: DhcpPacket, key: str, mac: str, fixed_ip: str | None, now: float) -> int | None:
         """Fixed address, else this client's lease or offer, else its wish, else the next free."""
-        fixed = self._fixed(spec)
+        fixed = self._fixed(fixed_ip)
         if fixed is not None:
             return fixed
         reserved = self.reserved()
@@ -387,8 +440,8 @@ class DhcpServer:
                 return ip
         return None
 
-    def _may_bind(self, ip: int, key: str, mac: str, spec: NodeSpec | None, now: float) -> bool:
-        fixed = self._fixed(spec)
+    def _may_bind(self, ip: int, key: str, mac: str, fixed_ip: str | None, now: float) -> bool:
+        fixed = self._fixed(fixed_ip)
         if fixed is not None:
             return ip == fixed
         if not self.first <= ip <= self.last:
@@ -428,13 +481,13 @@ class DhcpServer:
             rep.options[Opt.RELAY_AGENT] = req.options[Opt.RELAY_AGENT]
         return rep
 
-    def _lease_options(self, rep: DhcpPacket, spec: NodeSpec | None, lease: bool = True) -> None:
+    def _lease_options(self, rep: DhcpPacket, hostname: str | None, lease: bool = True) -> None:
         o = rep.options
         if lease:
             o.update(self._lease_opts)
         o.update(self._net_opts)
-        if spec is not None and spec.hostname:
-            o[Opt.HOSTNAME] = spec.hostname.encode()
+        if hostname:
+            o[Opt.HOSTNAME] = hostname.encode()
 
     def _constant_options(self) -> None:
         """The options that are the same in every reply, encoded once."""
@@ -445,14 +498,15 @@ class DhcpServer:
             Opt.REBINDING_TIME: struct.pack("!I", lt * 7 // 8),
         }
         net: dict[int, bytes] = {}
-        if self.mode == "full":
+        st = self.settings
+        if self.network is not None:
             net[Opt.SUBNET_MASK] = self.network.netmask.packed
-        if self.dhcp.router:
-            net[Opt.ROUTER] = self.dhcp.router.packed
-        if self.dhcp.dns:
-            net[Opt.DNS] = b"".join(a.packed for a in self.dhcp.dns)
-        if self.dhcp.domain:
-            net[Opt.DOMAIN] = self.dhcp.domain.encode()
+        if st.router:
+            net[Opt.ROUTER] = socket_aton(st.router)
+        if st.dns:
+            net[Opt.DNS] = b"".join(socket_aton(a) for a in st.dns)
+        if st.domain:
+            net[Opt.DOMAIN] = st.domain.encode()
         self._net_opts = net
 
     def _boot_options(self, rep: DhcpPacket, client: Client, bf: BootFile) -> None:

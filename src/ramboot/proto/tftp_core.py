@@ -3,8 +3,9 @@
 RFC 1350 (the protocol), 2347 (option extension, OACK), 2348 (blksize),
 2349 (timeout, tsize) and 7440 (windowsize). Nothing here touches a socket or a
 clock: packets come in as bytes, time comes in as a float, and each call
-returns the datagrams to send. The asyncio shell in `ramboot.server.tftp`
-only moves bytes.
+returns the datagrams to send. Bytes to send come from an injected reader
+(`DataSource`); the asyncio shell in `ramboot.server.tftp_server` opens files
+and only moves bytes.
 
 Design points:
 - Block numbers on the wire are 16 bits; the machine counts absolute blocks
@@ -29,11 +30,11 @@ Design points:
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 
@@ -217,35 +218,6 @@ class BytesSource:
 
     def close(self) -> None:
         self._data.release()
-
-
-_IOV_MAX = 1024  # Linux's limit on buffers per preadv
-
-
-class FileSource:
-    """A file opened once; blocks read with pread so nothing but the ring is held."""
-
-    def __init__(self, fd: int):
-        self.fd = fd
-        self.size = os.fstat(fd).st_size
-
-    def readinto(self, bufs: list[memoryview], index: int) -> int:
-        offset = index * len(bufs[0])
-        total = 0
-        while bufs:
-            n = os.preadv(self.fd, bufs[:_IOV_MAX], offset + total)
-            if n == 0:
-                break
-            total += n
-            while bufs and n >= len(bufs[0]):  # a short read mid-file: resume after it
-                n -= len(bufs[0])
-                bufs = bufs[1:]
-            if bufs and n:
-                bufs = [bufs[0][n:]] + bufs[1:]
-        return total
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 class NetasciiSource:

@@ -44,7 +44,7 @@ def router_advertisement(mac: bytes | None) -> bytes:
     return body  # the kernel fills the checksum of raw ICMPv6 sockets
 
 
-class RaResponder:
+class RaServer:
     def __init__(self, ifname: str):
         self.ifname = ifname
         self.ifindex = socket.if_nametoindex(ifname)
@@ -66,7 +66,6 @@ class RaResponder:
             raise
         self.sock = s
         self.ra = router_advertisement(interface_mac(ifname))
-        self.answered = 0
         self.loop.add_reader(s.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -82,7 +81,6 @@ class RaResponder:
                 continue
             try:
                 self.sock.sendto(self.ra, (ALL_NODES, 0, 0, self.ifindex))
-                self.answered += 1
             except OSError as e:
                 log.debug("ra: send failed: %s", e)
 
@@ -94,13 +92,13 @@ class RaResponder:
         self.sock.close()
 
 
-async def start_ra(config) -> RaResponder | None:
+async def start_ra(config) -> RaServer | None:
     """Answer router solicitations on the DHCP interface when configured; None if not."""
     wanted = config.network.answer_router_solicitations
     if wanted is False or (wanted == "auto" and config.dhcp.mode != "full"):
         return None
     try:
-        r = RaResponder(config.network.interface)
+        r = RaServer(config.network.interface)
     except OSError as e:  # no IPv6 on this host or interface: iPXE only waits longer
         log.info("ra: not answering IPv6 router solicitations on %s: %s", config.network.interface, e)
         return None

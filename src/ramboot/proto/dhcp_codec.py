@@ -15,9 +15,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from enum import IntEnum
+
+from .pxe import uuid_from_wire
 
 MAGIC = b"\x63\x82\x53\x63"
 HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s64s128s")
@@ -187,11 +188,12 @@ class DhcpPacket:
 
     @property
     def uuid(self) -> str | None:
-        """Option 97's GUID (type 0), as a UUID string; None if absent or not type 0."""
+        """Option 97's GUID (type 0) in the form SMBIOS tools print (`pxe.uuid_from_wire`);
+        None if absent, not type 0, or null."""
         v = self.options.get(Opt.CLIENT_UUID)
         if not v or v[0] != 0:
             return None
-        return str(uuidlib.UUID(bytes=v[1:17]))
+        return uuid_from_wire(v[1:17])
 
     @property
     def param_request(self) -> bytes:

@@ -1,4 +1,4 @@
-"""The TFTP server: a thin asyncio shell around `ramboot.proto.tftp`.
+"""The TFTP server: a thin asyncio shell around `ramboot.proto.tftp_core`.
 
 One listening socket takes requests; each transfer gets its own ephemeral
 socket (its TID), bound to the address the request arrived on. Sockets are
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from .. import metrics
 from ..config import Config
-from ..namespace import STAGE_OF_KIND, GeneratedFile, Namespace, PathRefused
-from ..proto import tftp as proto
+from ..namespace import GeneratedFile, Namespace, PathRefused, Resolved
+from ..proto import tftp_core as proto
 from .events import EventLog
 
 log = logging.getLogger("ramboot.tftp")
@@ -52,6 +52,7 @@ class _Transfer:
     peer: tuple[str, int]
     name: str
     kind: str
+    mac: str | None  # the NIC a generated file was made for, when its name says
     started: float
     timer: asyncio.TimerHandle | None = None
     counted: int = 0  # bytes already added to the Prometheus counter
@@ -163,8 +164,9 @@ class TftpServer:
             log.warning("tftp: no socket for a transfer: %s", e)
             metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
             return  # silent, as over a cap: the client resends
+        mac = resolved.mac if isinstance(resolved, GeneratedFile) else None
         t = _Transfer(proto.ReadTransfer(req, source, self.limits, runs=True), sock, peer, req.filename,
-                      resolved.kind, time.monotonic())
+                      resolved.kind, mac, time.monotonic())
         if t.machine.neg.windowsize > 1:
             self._gso_on(t)
         self.transfers[sock.fileno()] = t
@@ -341,12 +343,41 @@ class TftpServer:
         metrics.TFTP_TRANSFERS.labels(outcome=outcome).inc()
         seconds = time.monotonic() - t.started
         log.info("tftp: %s %s to %s: %d bytes in %.3fs", outcome, t.name, ip, m.bytes_sent, seconds)
-        stage = STAGE_OF_KIND.get(t.kind)
-        if outcome == "ok" and stage:
-            self.events.record_by_ip(ip, stage, file=t.name, bytes=m.bytes_sent, seconds=round(seconds, 3))
+        if outcome == "ok":
+            self.events.served(ip, t.kind, t.name, t.mac, m.bytes_sent, round(seconds, 3), "tftp")
 
 
-def _open_source(resolved, mode: str) -> proto.DataSource:
+_IOV_MAX = 1024  # Linux's limit on buffers per preadv
+
+
+class FileSource:
+    """The transfer machine's reader for a file: opened once, blocks read with preadv,
+    so nothing but the machine's ring is held."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+
+    def readinto(self, bufs: list[memoryview], index: int) -> int:
+        offset = index * len(bufs[0])
+        total = 0
+        while bufs:
+            n = os.preadv(self.fd, bufs[:_IOV_MAX], offset + total)
+            if n == 0:
+                break
+            total += n
+            while bufs and n >= len(bufs[0]):  # a short read mid-file: resume after it
+                n -= len(bufs[0])
+                bufs = bufs[1:]
+            if bufs and n:
+                bufs = [bufs[0][n:]] + bufs[1:]
+        return total
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _open_source(resolved: Resolved, mode: str) -> proto.DataSource:
     if isinstance(resolved, GeneratedFile):
         if mode == "netascii":
             return proto.NetasciiSource.from_bytes(resolved.data)
@@ -355,7 +386,7 @@ def _open_source(resolved, mode: str) -> proto.DataSource:
     if mode == "netascii":
         return proto.NetasciiSource(lambda n: os.read(fd, n), lambda: os.close(fd))
     try:
-        return proto.FileSource(fd)
+        return FileSource(fd)
     except OSError:
         os.close(fd)
         raise

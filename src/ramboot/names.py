@@ -1,0 +1,157 @@
+"""The one grammar of served names: built here, parsed here, nowhere else.
+
+TFTP and HTTP share one namespace. A name is one of:
+
+| name                          | what                                              |
+|-------------------------------|---------------------------------------------------|
+| `boot.ipxe`                   | the entry script, for clients another DHCP sent   |
+| `boot/<mac>.ipxe`             | a machine's iPXE script                           |
+| `boot/<mac>/<uuid>.ipxe`      | the same, for a machine that told its UUID        |
+| `pxelinux.cfg/01-<mac>`       | a machine's pxelinux config                       |
+| `pxelinux.cfg/<uuid>`         | the same, asked by UUID (pxelinux asks this first)|
+| `pxelinux.cfg/default`        | the config of a machine nobody knows              |
+| `images/<image>/<file>`       | a file of an image                                |
+| `<file>`                      | a boot program (`undionly.kpxe`, `snponly.efi`…)  |
+
+The name a DHCP answer hands out carries everything the next request needs
+(MAC and UUID), so the script request finds the node the DHCP answer found.
+Validation is part of parsing: `..`, absolute paths, backslashes, NUL,
+control and percent characters never name anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .macaddr import BadMac, mac_hyphen, normalize_mac
+from .proto.pxe import normalize_uuid, uuid_from_wire
+
+ENTRY_SCRIPT = "boot.ipxe"
+IMAGES = "images"
+SCRIPTS = "boot"
+PXELINUX_CFG = "pxelinux.cfg"
+MAX_NAME = 1024
+
+_UUID_LEAF = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class PathRefused(Exception):
+    """The request names something outside the namespace; never served."""
+
+
+@dataclass(frozen=True)
+class EntryScript:
+    pass
+
+
+@dataclass(frozen=True)
+class Script:
+    mac: str
+    uuid: str | None = None
+
+
+@dataclass(frozen=True)
+class PxelinuxConfig:
+    """`mac` and `uuid` both None: the `default` file."""
+
+    mac: str | None = None
+    uuid: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    image: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Loader:
+    file: str
+
+
+Name = EntryScript | Script | PxelinuxConfig | ImageFile | Loader
+
+
+# -- building -------------------------------------------------------------------
+def script(mac: str, uuid: str | None = None) -> str:
+    return f"{SCRIPTS}/{mac_hyphen(mac)}/{uuid}.ipxe" if uuid else f"{SCRIPTS}/{mac_hyphen(mac)}.ipxe"
+
+
+def pxelinux_config(mac: str) -> str:
+    return f"{PXELINUX_CFG}/01-{mac_hyphen(mac)}"
+
+
+def image_file(image: str, file: str) -> str:
+    return f"{IMAGES}/{image}/{file}"
+
+
+# -- parsing ----------------------------------------------------------------------
+def split(name: str) -> list[str]:
+    """Validate a request path and split it into segments, or raise PathRefused.
+
+    `name` is what the client sent, already percent-decoded once by the HTTP
+    layer (TFTP has no encoding). A `%` left after that is refused too, so
+    double encoding cannot smuggle `..` past us.
+    """
+    if not name or len(name) > MAX_NAME:
+        raise PathRefused("empty or overlong path")
+    if any(c in name for c in ("\\", "\x00", "%")) or any(ord(c) < 0x20 for c in name):
+        raise PathRefused("backslash, NUL, control or percent character in path")
+    if name.startswith("/"):
+        raise PathRefused("absolute path")
+    parts = name.split("/")
+    for p in parts:
+        if p in ("", ".", ".."):
+            raise PathRefused("empty, '.' or '..' segment")
+    return parts
+
+
+def parse(name: str) -> Name | None:
+    """What a request names; None if the grammar has no such name. Raises PathRefused."""
+    parts = split(name)
+    head, n = parts[0], len(parts)
+    if parts == [ENTRY_SCRIPT]:
+        return EntryScript()
+    if n == 1:
+        return Loader(head)
+    if head == SCRIPTS and parts[-1].endswith(".ipxe") and n in (2, 3):
+        return _script(parts[1:])
+    if head == PXELINUX_CFG and n == 2:
+        return _pxelinux(parts[1])
+    if head == IMAGES and n == 3:
+        return ImageFile(parts[1], parts[2])
+    return None
+
+
+def _mac(text: str) -> str | None:
+    try:
+        return normalize_mac(text)
+    except BadMac:
+        return None
+
+
+def _script(rest: list[str]) -> Script | None:
+    if len(rest) == 1:
+        mac = _mac(rest[0][: -len(".ipxe")])
+        return Script(mac) if mac else None
+    mac = _mac(rest[0])
+    try:
+        uuid = normalize_uuid(rest[1][: -len(".ipxe")])
+    except ValueError:
+        return None
+    return Script(mac, uuid) if mac else None
+
+
+def _pxelinux(leaf: str) -> PxelinuxConfig | None:
+    if leaf == "default":
+        return PxelinuxConfig()
+    if leaf.startswith("01-"):
+        mac = _mac(leaf[3:])
+        return PxelinuxConfig(mac=mac) if mac else None
+    if _UUID_LEAF.match(leaf):
+        # pxelinux prints option 97's bytes in the order they came, so the
+        # first three fields are swapped from the SMBIOS form (proto.pxe).
+        uuid = uuid_from_wire(bytes.fromhex(leaf.replace("-", "")))
+        return PxelinuxConfig(uuid=uuid) if uuid else None
+    return None  # hex-IP names: pxelinux goes on to 01-<mac> or default

@@ -1,0 +1,188 @@
+"""The namespace's files and scripts over HTTP, and the status page's static files.
+
+Files go out with sendfile, Range, a strong ETag (the manifest's sha256 where
+the image has one, else size and mtime), If-None-Match, If-Match, If-Range and
+HEAD; what to answer is decided by `proto.http_conditional`. The RAW request
+path is checked before aiohttp's decoding, so `%2e%2e`, `%2f` and backslashes
+never reach the namespace; the namespace itself refuses `..`, absolute paths
+and symlinks that leave the data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from .. import metrics, names
+from ..names import PathRefused
+from ..namespace import GeneratedFile
+from ..proto import http_conditional
+from .http_context import CTX, text_error
+
+log = logging.getLogger("ramboot.http")
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Only these names are served from STATIC_DIR: no path is ever joined from a request.
+STATIC_FILES = {
+    "status.css": "text/css",
+    "status.js": "text/javascript",
+}
+_RAW_REFUSED = ("%2e", "%2f", "%5c", "%00", "\\")
+
+
+def raw_refusal(raw_path: str) -> str | None:
+    """Why the raw request path is refused, or None. Checked before any decoding."""
+    path = raw_path.split("?", 1)[0]
+    low = path.lower()
+    if any(bad in low for bad in _RAW_REFUSED):
+        return "encoded dot, slash, backslash or NUL in path"
+    if any(seg in (".", "..") for seg in path.split("/")):
+        return "'.' or '..' segment in path"
+    return None
+
+
+async def _sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, f: IO[bytes], start: int,
+                    count: int) -> None:
+    """sendfile(2) from `f` to the client: no copy through Python, no buffer per client.
+
+    asyncio's own loop has `loop.sendfile`; uvloop raises NotImplementedError
+    for it, and the copying fallback then costs ~3 MB of buffers and CPU per
+    client. So on such loops we run the non-blocking sendfile ourselves, on a
+    dup of the socket's descriptor (uvloop refuses add_writer on a descriptor
+    one of its transports owns). TLS cannot use sendfile: NotImplementedError.
+    """
+    try:
+        await loop.sendfile(transport, f, start, count)
+        return
+    except NotImplementedError:
+        pass
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.get_extra_info("sslcontext") is not None:
+        raise NotImplementedError("no plain socket under this transport")
+    while transport.get_write_buffer_size():  # the headers go out first
+        if transport.is_closing():
+            raise ConnectionResetError("client went away")
+        await asyncio.sleep(0.001)
+    fd = os.dup(sock.fileno())
+    try:
+        offset, left = start, count
+        while left:
+            try:
+                n = os.sendfile(fd, f.fileno(), offset, min(left, 1 << 30))
+            except (BlockingIOError, InterruptedError):
+                writable = loop.create_future()
+                loop.add_writer(fd, lambda: writable.done() or writable.set_result(None))
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
+                continue
+            if n == 0:
+                raise ConnectionResetError("file shrank while sending")
+            offset += n
+            left -= n
+    finally:
+        os.close(fd)
+
+
+async def send_file(request: web.Request, path: Path, content_type: str,
+                    sha_for: Callable[[int], str | None] | None = None) -> tuple[web.StreamResponse, int]:
+    """Serve one regular file with sendfile; returns the response and the body bytes sent.
+
+    `sha_for(size)` gives the file's sha256 for a strong ETag (the manifest's), or None.
+    """
+    loop = asyncio.get_running_loop()
+    f = open(path, "rb")  # noqa: SIM115 - closed in finally, after sendfile
+    try:
+        st = os.fstat(f.fileno())
+        size = st.st_size
+        etag_sha = sha_for(size) if sha_for is not None else None
+        etag = f'"{etag_sha}"' if etag_sha else f'"{size:x}-{st.st_mtime_ns:x}"'
+        modified = formatdate(st.st_mtime, usegmt=True)
+        p = http_conditional.plan(request.headers, etag, size)
+        if p.status == 304:
+            return web.Response(status=304, headers={"ETag": etag, "Last-Modified": modified}), 0
+        if p.status in (412, 416):
+            return web.Response(status=p.status, headers={"ETag": etag, **p.headers}), 0
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Last-Modified": modified, "Content-Type": content_type,
+                   **p.headers}
+        resp = web.StreamResponse(status=p.status, headers=headers)
+        resp.content_length = p.count
+        await resp.prepare(request)
+        if request.method == "HEAD" or p.count == 0:
+            await resp.write_eof()
+            return resp, 0
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        try:
+            await _sendfile(loop, transport, f, p.start, p.count)
+        except NotImplementedError:  # e.g. TLS in front: copy in bounded chunks
+            f.seek(p.start)
+            left = p.count
+            while left:
+                chunk = await loop.run_in_executor(None, f.read, min(left, 1 << 20))
+                if not chunk:
+                    raise ConnectionResetError("file shrank while sending") from None
+                await resp.write(chunk)
+                left -= len(chunk)
+        await resp.write_eof()
+        return resp, p.count
+    finally:
+        f.close()
+
+
+async def namespace_file(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    why = raw_refusal(request.raw_path)
+    if why:
+        return text_error(400, f"refused: {why}")
+    name = request.path[1:]
+    try:
+        parsed = names.parse(name)
+    except PathRefused as e:
+        return text_error(400, f"refused: {e}")
+    try:
+        resolved = await asyncio.to_thread(ctx.namespace.lookup, parsed)
+    except PathRefused as e:
+        log.warning("path refused", extra={"path": name, "client": request.remote, "why": str(e)})
+        return text_error(403, f"refused: {e}")
+    if resolved is None:
+        return text_error(404, f"not found: {name}")
+    ip = request.remote or ""
+    t0 = time.monotonic()
+    if isinstance(resolved, GeneratedFile):
+        resp = web.Response(body=resolved.data, content_type="text/plain", headers={"Cache-Control": "no-store"})
+        if request.method == "GET":
+            metrics.HTTP_BYTES.labels("script").inc(len(resolved.data))
+            ctx.events.served(ip, resolved.kind, name, resolved.mac, len(resolved.data), 0.0, "http")
+        return resp
+    sha_for = (functools.partial(ctx.booter.file_sha256, parsed.image, parsed.file)
+               if isinstance(parsed, names.ImageFile) else None)
+    ctype = "application/toml" if name.endswith(".toml") else "application/octet-stream"
+    resp, sent = await send_file(request, resolved.path, ctype, sha_for)
+    if sent:
+        metrics.HTTP_BYTES.labels(resolved.kind).inc(sent)
+        ctx.events.served(ip, resolved.kind, name, None, sent, round(time.monotonic() - t0, 6), "http")
+    return resp
+
+
+async def status_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    ctype = STATIC_FILES.get(name)
+    if ctype is None:
+        return text_error(404, f"not found: static/{name}")
+    return web.FileResponse(STATIC_DIR / name, headers={"Content-Type": f"{ctype}; charset=utf-8"})

@@ -1,0 +1,19 @@
+"""An in-memory node directory for policy tests (matchbox's testfakes style): no SQLite."""
+
+from __future__ import annotations
+
+from ramboot.inventory.records import NodeSpec
+from ramboot.macaddr import normalize_mac
+
+
+class FakeDirectory:
+    """`policy.Directory` over a dict; `nodes` as given, looked up as the store does."""
+
+    def __init__(self, *nodes: NodeSpec):
+        self.by_mac = {normalize_mac(n.mac): n for n in nodes}
+
+    def get_node(self, mac: str) -> NodeSpec | None:
+        return self.by_mac.get(normalize_mac(mac))
+
+    def node_by_uuid(self, uuid: str) -> NodeSpec | None:
+        return next((n for n in self.by_mac.values() if n.uuid == uuid), None)
