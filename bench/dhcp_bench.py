@@ -79,7 +79,9 @@ def start_kea(net: NetnsPair, work: Path) -> Child:
     cfg = {
         "Dhcp4": {
             "interfaces-config": {"interfaces": [net.srv_if], "dhcp-socket-type": "raw"},
-            "lease-database": {"type": "memfile", "persist": True, "name": str(work / "kea-leases4.csv"), "lfc-interval": 0},
+            "lease-database": {
+                "type": "memfile", "persist": True, "name": str(work / "kea-leases4.csv"), "lfc-interval": 0,
+            },
             "valid-lifetime": 3600,
             "subnet4": [{"id": 1, "subnet": "10.77.0.0/16", "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}]}],
             "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "stderr"}]}],
@@ -88,7 +90,8 @@ def start_kea(net: NetnsPair, work: Path) -> Child:
     (work / "kea.json").write_text(json.dumps(cfg, indent=1))
     env = dict(os.environ, KEA_PIDFILE_DIR=str(work), KEA_LOCKFILE_DIR=str(work))
     c = Child(net.exec(net.srv, "kea-dhcp4", "-c", str(work / "kea.json")), log=work / "kea.log", env=env)
-    _settle(c, lambda: "DHCP4_STARTED" in _read(work / "kea.log") or "DHCP4_MULTI_THREADING_INFO" in _read(work / "kea.log"))
+    _settle(c, lambda: "DHCP4_STARTED" in _read(work / "kea.log")
+            or "DHCP4_MULTI_THREADING_INFO" in _read(work / "kea.log"))
     return c
 
 
@@ -127,7 +130,8 @@ def start_ramboot(net: NetnsPair, work: Path) -> Child:
     data = work / "ramboot-data"
     data.mkdir(exist_ok=True)
     (work / "ramboot.toml").write_text(ramboot_config(net, data))
-    c = Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(work / "ramboot.toml")), log=work / "ramboot.log")
+    c = Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(work / "ramboot.toml")),
+              log=work / "ramboot.log")
     _settle(c, lambda: "serving on" in _read(work / "ramboot.log"), timeout=30)
     return c
 
@@ -196,7 +200,8 @@ def measure(server: str, rate: int, duration: int, keep: Path | None) -> Point:
                 return pt
             try:
                 cpu0 = cpu_seconds(srv.pid)
-                r = run(*net.exec(net.cli, *perfdhcp_cmd(net.cli_if, rate, duration)), check=False, timeout=duration + 60)
+                r = run(*net.exec(net.cli, *perfdhcp_cmd(net.cli_if, rate, duration)),
+                        check=False, timeout=duration + 60)
                 pt.server_cpu_s = cpu_seconds(srv.pid) - cpu0
                 pt.server_rss_mb = rss_bytes(srv.pid) / 2**20
                 if not srv.alive():
@@ -218,12 +223,15 @@ def measure(server: str, rate: int, duration: int, keep: Path | None) -> Point:
 
 
 def _line(server: str, pt: Point, note: str = "") -> str:
-    return (f"  {server:8s} {pt.rate:6d}/s  achieved {pt.achieved:8.1f}  drops {pt.drops_do:6.3f}% / {pt.drops_ra:6.3f}%"
+    return (f"  {server:8s} {pt.rate:6d}/s  achieved {pt.achieved:8.1f}"
+            f"  drops {pt.drops_do:6.3f}% / {pt.drops_ra:6.3f}%"
             f"  delay {pt.delay_do_ms:.2f}/{pt.delay_ra_ms:.2f} ms  cpu {pt.server_cpu_s:.2f}s"
             + (f"  ERROR {pt.error}" if pt.error else "") + (f"  ({note})" if note else ""))
 
 
-def sweep_all(servers: list[str], duration: int, starts: dict[str, int], keep: Path | None, verbose: bool) -> list[Result]:
+def sweep_all(
+    servers: list[str], duration: int, starts: dict[str, int], keep: Path | None, verbose: bool
+) -> list[Result]:
     """Walk the rate ladder once, measuring every still-running server at each rate in turn.
 
     Interleaving keeps a neighbour's load from favouring one server. A server
@@ -305,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         dora = b.achieved * a.duration or 1
         rows.append([
-            r.server, f"{b.rate:,}", f"{b.drops_do:.3f}% / {b.drops_ra:.3f}%", f"{b.delay_do_ms:.2f} / {b.delay_ra_ms:.2f}",
+            r.server, f"{b.rate:,}", f"{b.drops_do:.3f}% / {b.drops_ra:.3f}%",
+            f"{b.delay_do_ms:.2f} / {b.delay_ra_ms:.2f}",
             f"{1000 * b.server_cpu_s / dora:.3f}", ratio(b.rate, kea), "",
         ])
     print(table(["server", "max DORA/s <1% drops", "drops D-O / R-A", "avg delay ms", "CPU ms/DORA", "vs Kea", "note"],

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import dhcp_bench  # noqa: E402
+
 from ramboot.bench.util import NetnsPair  # noqa: E402
 
 dhcp_bench.NetnsPair = lambda: NetnsPair(tag="rbp" + secrets.token_hex(3))  # our own namespace names
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                 points.setdefault((server, rate), []).append((pt, before))
                 print(f"  round {rnd + 1}  load {before:>5}  " + dhcp_bench._line(server, pt)[2:], flush=True)
     print()
-    print(f"{'server':8s} {'rate':>6s}  {'median drops D-O / R-A':>24s}  {'median delay ms':>16s}  {'CPU ms/DORA':>11s}  ok rounds")
+    print(f"{'server':8s} {'rate':>6s}  {'median drops D-O / R-A':>24s}  {'median delay ms':>16s}"
+          f"  {'CPU ms/DORA':>11s}  ok rounds")
     best: dict[str, int] = {}
     for (server, rate), pts in points.items():
         do = statistics.median(p.drops_do for p, _ in pts)
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ramboot / Kea: {best['ramboot'] / best['kea']:.2f}")
     print(f"load {load()} at the end")
     if a.json:
-        a.json.write_text(json.dumps({f"{s}@{r}": [dict(asdict(p), load_before=l) for p, l in v]
+        a.json.write_text(json.dumps({f"{s}@{r}": [dict(asdict(p), load_before=ld) for p, ld in v]
                                       for (s, r), v in points.items()}, indent=1))
     return 0
 

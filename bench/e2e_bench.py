@@ -102,7 +102,8 @@ def start_dnsmasq_ipxe(lab: Lab, work: Path, img: Path) -> str | None:
     base = f"http://{SERVER}:{HTTP_PORT}"
     (www / "boot.ipxe").write_text(
         "#!ipxe\n"
-        f"kernel {base}/vmlinuz initrd=initrd.img {LAB_KERNEL_ARGS} root=live:{base}/rootfs.squashfs BOOTIF=01-${{netX/mac:hexhyp}}\n"
+        f"kernel {base}/vmlinuz initrd=initrd.img {LAB_KERNEL_ARGS} root=live:{base}/rootfs.squashfs"
+        " BOOTIF=01-${netX/mac:hexhyp}\n"
         f"initrd {base}/initrd.img\nboot\n")
     for p in (work, tftp, www):
         p.chmod(0o755)
@@ -135,7 +136,8 @@ def milestones(res) -> dict[str, float | None]:
         m = res.first(stage)
         return round(m.at - res.started, 2) if m else None
 
-    return {k: t(k) for k in ("ipxe", "ipxe-dhcp", "pxelinux", "script", "kernel-start", "initramfs", "download-done", "booted")}
+    return {k: t(k) for k in ("ipxe", "ipxe-dhcp", "pxelinux", "script", "kernel-start", "initramfs", "download-done",
+                              "booted")}
 
 
 def boot_once(stack: str, img: Path, accel: str, timeout: float, keep: Path | None) -> dict:
@@ -211,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([s, f"{len(ok)}/{len(runs[s])}", f"{t:.1f}" if t else "-", m.get("ipxe-dhcp") or "-",
                      m.get("kernel-start") or "-", m.get("initramfs") or "-", m.get("booted") or "-",
                      f"{t / seed:.2f}x" if t and seed else "-"])
-    print(table(["stack", "booted", "QEMU start -> init (s)", "iPXE DHCP done", "kernel starts", "initramfs", "root init", "vs seed"],
+    print(table(["stack", "booted", "QEMU start -> init (s)", "iPXE DHCP done", "kernel starts", "initramfs",
+                 "root init", "vs seed"],
                 rows, title=f"End to end: blank SeaBIOS/iPXE-ROM VM, {a.accel.upper()}, median of {a.runs}"))
     if a.json:
-        a.json.write_text(json.dumps({s: [{k: v for k, v in r.items() if k != "timeline"} for r in rs] for s, rs in runs.items()}, indent=1))
+        a.json.write_text(json.dumps({s: [{k: v for k, v in r.items() if k != "timeline"} for r in rs]
+                                      for s, rs in runs.items()}, indent=1))
     return 0 if all(r["ok"] for rs in runs.values() for r in rs) else 1
 
 

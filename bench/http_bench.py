@@ -25,13 +25,23 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ramboot.bench.util import Child, NetnsPair, RssSampler, cpu_seconds, have, make_image, ramboot_exe, ratio, run, table  # noqa: E402
+from ramboot.bench.util import (  # noqa: E402
+    Child,
+    NetnsPair,
+    RssSampler,
+    cpu_seconds,
+    have,
+    make_image,
+    ramboot_exe,
+    ratio,
+    run,
+    table,
+)
 
 PORT = 18480
 URL_PATH = "/images/bench/rootfs.squashfs"
@@ -80,7 +90,8 @@ def start_nginx(net: NetnsPair, work: Path, data: Path, port: int) -> Child:
     (work / "tmp").mkdir(exist_ok=True)
     conf = work / "nginx.conf"
     conf.write_text(NGINX_CONF.format(work=work, port=port, root=data))
-    return Child(net.exec(net.srv, "nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"), log=work / "nginx.log")
+    return Child(net.exec(net.srv, "nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"),
+                 log=work / "nginx.log")
 
 
 def start_ramboot(net: NetnsPair, work: Path, data: Path, port: int) -> Child:
@@ -203,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
                     port = PORT + i
                     servers[name] = SERVERS[name](net, work, data, port)
                     wait_http(net, servers[name], port)
-                    run(*net.exec(net.srv, "curl", "-s", "-o", "/dev/null", url(port)), check=False)  # warm the page cache
+                    # warm the page cache
+                    run(*net.exec(net.srv, "curl", "-s", "-o", "/dev/null", url(port)), check=False)
                 for c in clients:
-                    for rnd in range(a.rounds):
+                    for _ in range(a.rounds):
                         for i, name in enumerate(names):
                             r = one(net, servers[name], name, c, a.duration, PORT + i)
-                            print(f"  {name:8s} c={c:<4d} {r.mb_s:9.1f} MB/s  {r.cpu_s_per_gb:6.2f} CPU s/GB  RSS {r.rss_mb:6.1f} MB"
+                            print(f"  {name:8s} c={c:<4d} {r.mb_s:9.1f} MB/s  {r.cpu_s_per_gb:6.2f} CPU s/GB"
+                                  f"  RSS {r.rss_mb:6.1f} MB"
                                   + (f"  {r.errors}" if r.errors else ""), flush=True)
                             runs.append(r)
             except RuntimeError as e:

@@ -105,7 +105,7 @@ def wait_ready(host: str, port: int, proc: subprocess.Popen) -> None:
             try:
                 if s.recvfrom(600)[0][:2] == b"\x00\x05":
                     return
-            except socket.timeout:
+            except TimeoutError:
                 pass
     sys.exit(f"no TFTP server answering on {host}:{port}")
 
@@ -128,7 +128,8 @@ def concurrent(n: int, host: str, port: int, outdir: Path, src: Path, size: int)
              for o in outs]
     codes = [p.wait(timeout=900) for p in procs]
     dt = time.perf_counter() - t0
-    failed = sum(1 for c, o in zip(codes, outs) if c != 0 or not o.exists() or not filecmp.cmp(o, src, shallow=False))
+    failed = sum(1 for c, o in zip(codes, outs, strict=True)
+                 if c != 0 or not o.exists() or not filecmp.cmp(o, src, shallow=False))
     for o in outs:
         o.unlink(missing_ok=True)
     return n * size / dt / 1e6, failed
@@ -171,7 +172,8 @@ def main() -> None:
         addr = {"tftpd-hpa": ("127.0.0.1", free_port()), "dnsmasq": (free_loopback_69(), 69),
                 "ramboot": ("127.0.0.1", free_port())}
         cmds = {
-            "tftpd-hpa": ["in.tftpd", "-L", "-4", "-a", "%s:%d" % addr["tftpd-hpa"], "-s", str(data / "loaders")],
+            "tftpd-hpa": ["in.tftpd", "-L", "-4", "-a", f"{addr['tftpd-hpa'][0]}:{addr['tftpd-hpa'][1]:d}",
+                          "-s", str(data / "loaders")],
             "dnsmasq": ["dnsmasq", "--no-daemon", "--port=0", "--enable-tftp", f"--tftp-root={data / 'loaders'}",
                         f"--listen-address={addr['dnsmasq'][0]}", "--bind-interfaces", "--tftp-max=256",
                         "--conf-file=/dev/null", "--pid-file=", "--log-facility=-", "--quiet-tftp"],

@@ -79,11 +79,13 @@ def check_interface(cfg: Config, cfg_path: str) -> list[Finding]:
         except OSError:
             carrier = False
         out.append(Finding(carrier, f"interface {ifname} is up" + ("" if carrier else " but has no carrier"),
-                           None if carrier else f"connect {ifname} to the provisioning network (cable, switch port, bridge port)"))
+                           None if carrier
+                           else f"connect {ifname} to the provisioning network (cable, switch port, bridge port)"))
     addrs = ipv4_addrs(ifname)
     want = cfg.network.address
     if want is not None and not any(a.ip == want for a in addrs):
-        out.append(Finding(False, f"{want} (network.address) is not on {ifname}", f"ip addr add {want}/24 dev {ifname}"))
+        out.append(Finding(False, f"{want} (network.address) is not on {ifname}",
+                           f"ip addr add {want}/24 dev {ifname}"))
     elif not addrs:
         out.append(Finding(False, f"{ifname} has no IPv4 address", f"ip addr add ADDRESS/PREFIX dev {ifname}"))
     else:
@@ -216,10 +218,12 @@ def check_other_dhcp(cfg: Config, cfg_path: str, seconds: float) -> list[Finding
                            f"sed -i 's/^mode *= *\"proxy\"/mode = \"full\"\\nrange = \"{rng}\"/' {cfg_path}"))
     for sid, src, _ in proxies:
         out.append(Finding(False, f"another PXE/proxyDHCP server {sid} (from {src}) answers boot requests on {ifname}",
-                           f"stop the PXE service on {sid}, or set dhcp.mode = \"off\" in {cfg_path} and point it at ramboot"))
+                           f"stop the PXE service on {sid}, or set dhcp.mode = \"off\" in {cfg_path}"
+                           " and point it at ramboot"))
     if not out:
         seen = ", ".join(a[0] for a in leasing) or "none"
-        out.append(Finding(True, f"DHCP servers answering on {ifname} besides ramboot: {seen} (fits mode {cfg.dhcp.mode})"))
+        out.append(Finding(True, f"DHCP servers answering on {ifname} besides ramboot: {seen}"
+                                 f" (fits mode {cfg.dhcp.mode})"))
     return out
 
 

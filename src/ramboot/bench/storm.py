@@ -61,7 +61,8 @@ SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 
 PXE_VENDOR = b"PXEClient:Arch:00000:UNDI:002001"
-PARAM_REQUEST = bytes([1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60, 66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135, 175])
+PARAM_REQUEST = bytes([1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41, 42, 43, 50, 51, 54, 58, 59, 60,
+                       66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135, 175])
 # PXE 2.1 DHCP timeouts (seconds before the next DISCOVER), then give up
 DHCP_TIMEOUTS = (4, 8, 16, 32)
 
@@ -93,7 +94,7 @@ class DhcpMux:
     """One UDP socket on port 68 shared by every client; replies go to their xid."""
 
     def __init__(self, ifname: str):
-        from ..proto import dhcp as D
+        from ..proto import dhcp_codec as D
 
         self.D = D
         self.loop = asyncio.get_running_loop()
@@ -142,7 +143,9 @@ class DhcpMux:
         except (BlockingIOError, InterruptedError):
             pass  # the retransmission timer covers it, as on a real wire
 
-    async def exchange(self, mac: bytes, xid: int, data: bytes, want: set[int], res: ClientResult, timeouts=DHCP_TIMEOUTS):
+    async def exchange(
+        self, mac: bytes, xid: int, data: bytes, want: set[int], res: ClientResult, timeouts=DHCP_TIMEOUTS
+    ):
         fut = self.loop.create_future()
         self.waiters[xid] = (mac, want, fut)
         try:
@@ -153,9 +156,10 @@ class DhcpMux:
                 try:
                     # RFC 2131 4.1: each wait randomised by -1..+1 s, so a storm's retries do not stay in step
                     return await asyncio.wait_for(asyncio.shield(fut), t + random.uniform(-1, 1))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
-            raise Failed(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'} after {sum(timeouts)} s")
+            raise Failed(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'}"
+                         f" after {sum(timeouts)} s")
         finally:
             self.waiters.pop(xid, None)
 
@@ -183,7 +187,8 @@ class DhcpMux:
         D = self.D
         for _attempt in range(3):
             xid = random.getrandbits(32)
-            offer = await self.exchange(mac, xid, self.packet(mac, xid, D.MsgType.DISCOVER, ipxe), {D.MsgType.OFFER}, res)
+            offer = await self.exchange(mac, xid, self.packet(mac, xid, D.MsgType.DISCOVER, ipxe),
+                                        {D.MsgType.OFFER}, res)
             req = self.packet(mac, xid, D.MsgType.REQUEST, ipxe, {
                 D.Opt.REQUESTED_IP: D.socket_aton(offer.yiaddr),
                 D.Opt.SERVER_ID: offer.options[D.Opt.SERVER_ID],
@@ -229,11 +234,11 @@ class TftpClient(asyncio.DatagramProtocol):
             while True:
                 try:
                     data, addr = await asyncio.wait_for(proto.queue.get(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     tries += 1
                     res.tftp_retries += 1
                     if tries > 8:
-                        raise Failed(f"tftp: {name}: timed out at block {expected}")
+                        raise Failed(f"tftp: {name}: timed out at block {expected}") from None
                     transport.sendto(last_sent, peer or (server, TFTP_PORT))
                     continue
                 if peer is None:
@@ -300,7 +305,7 @@ async def http_get(session, url: str, res: ClientResult, sha: str | None = None,
 async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) -> ClientResult:
     import aiohttp
 
-    from ..proto import dhcp as D
+    from ..proto import dhcp_codec as D
 
     macs = mac_from_bytes(mac)
     res = ClientResult(macs)
@@ -363,14 +368,15 @@ async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) 
             phase("rootfs")
             # 5. the boot report, from the leased address
             server = kv.get("ramboot.server", f"http://{p['server']}")
-            async with s.post(f"{server}/api/v1/nodes/{macs}/events", json={"stage": "booted", "detail": {"storm": idx}}) as r:
+            async with s.post(f"{server}/api/v1/nodes/{macs}/events",
+                              json={"stage": "booted", "detail": {"storm": idx}}) as r:
                 if r.status // 100 != 2:
                     raise Failed(f"api: booted report refused: {r.status} {(await r.text())[:120]}")
             phase("report")
         res.ok = True
     except Failed as e:
         res.error = str(e)
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError, OSError) as e:
         res.error = f"{type(e).__name__}: {e}"[:300]
     except Exception as e:  # a bug in the generator must not hide the other clients
         res.error = f"generator: {type(e).__name__}: {e}"[:300]
@@ -490,7 +496,8 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                     time.sleep(0.05)
                 if bound_seconds:
                     blaster = Child(net.exec(net.srv, sys.executable, "-m", "ramboot.bench", "storm", "--blast",
-                                             str(data / "images" / "bench" / "rootfs.squashfs")), log=work / "blast.log")
+                                             str(data / "images" / "bench" / "rootfs.squashfs")),
+                                    log=work / "blast.log")
                     time.sleep(0.3)
                 base = {
                     "n": n, "ifname": net.cli_if, "server": net.srv_ip, "blksize": blksize, "windowsize": windowsize,
@@ -504,8 +511,9 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                         first, count = n * w // workers, n * (w + 1) // workers - n * w // workers
                         pf, of = work / f"params-{mode}-{w}.json", work / f"out-{mode}-{w}.json"
                         pf.write_text(json.dumps(dict(base, mode=mode, first=first, count=count, start_at=start_at)))
-                        procs.append((Child(net.exec(net.cli, sys.executable, "-m", "ramboot.bench", "storm", "--client-params",
-                                                     str(pf), "--client-out", str(of)), log=work / f"gen-{mode}-{w}.log"), of))
+                        cmd = net.exec(net.cli, sys.executable, "-m", "ramboot.bench", "storm", "--client-params",
+                                       str(pf), "--client-out", str(of))
+                        procs.append((Child(cmd, log=work / f"gen-{mode}-{w}.log"), of))
                     outs = []
                     for child, of in procs:
                         try:
@@ -520,7 +528,8 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 bound = 0.0
                 if bound_seconds:
                     bound = sum(o["bound_mb_s"] for o in generators("bound"))
-                say(f"storm: {n} clients in {workers} generator processes, image {image_mb} MB, server pid {srv.pid} in {net.srv}")
+                say(f"storm: {n} clients in {workers} generator processes, image {image_mb} MB,"
+                    f" server pid {srv.pid} in {net.srv}")
                 rss0 = rss_bytes(srv.pid)
                 cpu0 = cpu_seconds(srv.pid)
                 with RssSampler(srv.pid) as rs:
@@ -529,7 +538,8 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                     wall = time.monotonic() - t0
                 cpu = cpu_seconds(srv.pid) - cpu0
                 out = {"wall": max(o["wall"] for o in outs), "bound_mb_s": bound,
-                       "stray_dhcp": sum(o["stray_dhcp"] for o in outs), "results": [r for o in outs for r in o["results"]]}
+                       "stray_dhcp": sum(o["stray_dhcp"] for o in outs),
+                       "results": [r for o in outs for r in o["results"]]}
                 (work / "out.json").write_text(json.dumps(out))
                 server_alive = srv.alive()
             finally:
@@ -545,14 +555,16 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
         for r in bad:
             key = re.sub(r"\d+(\.\d+)?", "N", r["error"])[:120]
             reasons[key] = reasons.get(key, 0) + 1
-        phases = sorted({k for r in ok for k in r["phases"]}, key=lambda k: list(ok[0]["phases"]).index(k) if ok and k in ok[0]["phases"] else 99)
+        phases = sorted({k for r in ok for k in r["phases"]},
+                        key=lambda k: list(ok[0]["phases"]).index(k) if ok and k in ok[0]["phases"] else 99)
         summary = {
             "clients": n, "image_mb": image_mb, "ok": len(ok), "failed": len(bad), "failure_reasons": reasons,
             "p50_s": _pct(times, 0.5), "p99_s": _pct(times, 0.99), "max_s": max(times, default=0.0),
             "wall_s": out["wall"],
             "phase_p50_s": {k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.5) for k in phases},
             "phase_p99_s": {k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.99) for k in phases},
-            "dhcp_retries": sum(r["dhcp_retries"] for r in results), "tftp_retries": sum(r["tftp_retries"] for r in results),
+            "dhcp_retries": sum(r["dhcp_retries"] for r in results),
+            "tftp_retries": sum(r["tftp_retries"] for r in results),
             "bytes": nbytes, "aggregate_mb_s": nbytes / 2**20 / out["wall"] if out["wall"] else 0.0,
             "bound_mb_s": out["bound_mb_s"],
             "server_cpu_s": cpu, "server_cpu_pct": 100 * cpu / wall if wall else 0.0,
@@ -574,13 +586,16 @@ def format_summary(s: dict) -> str:
     lines = [
         f"storm: {s['clients']} clients, image {s['image_mb']} MB: {s['ok']} booted, {s['failed']} failed"
         + ("" if s["server_alive"] else "  (SERVER DIED)"),
-        f"  completion   p50 {s['p50_s']:.2f} s   p99 {s['p99_s']:.2f} s   max {s['max_s']:.2f} s   (wall {s['wall_s']:.2f} s)",
+        f"  completion   p50 {s['p50_s']:.2f} s   p99 {s['p99_s']:.2f} s   max {s['max_s']:.2f} s"
+        f"   (wall {s['wall_s']:.2f} s)",
         "  phase p50    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p50_s"].items()),
         "  phase p99    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p99_s"].items()),
         f"  retries      dhcp {s['dhcp_retries']}   tftp {s['tftp_retries']}",
         f"  transfer     {s['bytes'] / 2**20:,.0f} MB at {s['aggregate_mb_s']:,.0f} MB/s aggregate"
-        + (f"; link bound {bound:,.0f} MB/s (raw TCP into the same generator processes, no hashing) -> {s['aggregate_mb_s'] / bound:.0%}" if bound else ""),
-        f"  server       CPU {s['server_cpu_s']:.1f} s ({s['server_cpu_pct']:.0f}% of one core)   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
+        + (f"; link bound {bound:,.0f} MB/s (raw TCP into the same generator processes, no hashing)"
+           f" -> {s['aggregate_mb_s'] / bound:.0%}" if bound else ""),
+        f"  server       CPU {s['server_cpu_s']:.1f} s ({s['server_cpu_pct']:.0f}% of one core)"
+        f"   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
     ]
     for reason, count in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  FAILED x{count}: {reason}")
@@ -613,19 +628,26 @@ def _blast(path: str) -> None:
 
 
 @click.command()
-@click.option("-n", "--clients", "n", type=click.IntRange(1, 4000), default=100, show_default=True, help="PXE clients booting at once")
-@click.option("--image-mb", type=float, default=8, show_default=True, help="root image size (kernel is 1/16, initrd 1/8 of it)")
+@click.option("-n", "--clients", "n", type=click.IntRange(1, 4000), default=100, show_default=True,
+              help="PXE clients booting at once")
+@click.option("--image-mb", type=float, default=8, show_default=True,
+              help="root image size (kernel is 1/16, initrd 1/8 of it)")
 @click.option("--blksize", type=int, default=1456, show_default=True, help="TFTP blksize the clients ask for")
-@click.option("--windowsize", type=int, default=0, show_default=True, help="TFTP windowsize the clients ask for (0: none, like a PXE ROM)")
+@click.option("--windowsize", type=int, default=0, show_default=True,
+              help="TFTP windowsize the clients ask for (0: none, like a PXE ROM)")
 @click.option("--ramp", type=float, default=0.0, show_default=True, help="spread the power-ons over this many seconds")
-@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="load generator processes (the clients are split among them)")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="load generator processes (the clients are split among them)")
 @click.option("--timeout", type=float, default=600, show_default=True, help="per-client HTTP timeout, seconds")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the summary here")
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), help="keep the server log and raw results here")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="keep the server log and raw results here")
 @click.option("--client-params", hidden=True, type=click.Path(dir_okay=False))
 @click.option("--client-out", hidden=True, type=click.Path(dir_okay=False))
 @click.option("--blast", hidden=True, type=click.Path(dir_okay=False))
-def storm(n, image_mb, blksize, windowsize, ramp, workers, timeout, json_out, keep, client_params, client_out, blast) -> None:
+def storm(
+    n, image_mb, blksize, windowsize, ramp, workers, timeout, json_out, keep, client_params, client_out, blast
+) -> None:
     """Simulate N PXE clients booting at once against a real `ramboot serve` in a namespace."""
     if blast:
         _blast(blast)

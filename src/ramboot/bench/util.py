@@ -56,7 +56,7 @@ class NetnsPair:
     def cli_if(self) -> str:
         return f"{self.tag}c"
 
-    def up(self) -> "NetnsPair":
+    def up(self) -> NetnsPair:
         try:
             run("ip", "netns", "add", self.srv)
             run("ip", "netns", "add", self.cli)
@@ -78,7 +78,7 @@ class NetnsPair:
         # the veth goes with its namespace; this only matters if setup failed half-way
         run("ip", "link", "del", self.srv_if, check=False)
 
-    def __enter__(self) -> "NetnsPair":
+    def __enter__(self) -> NetnsPair:
         return self.up()
 
     def __exit__(self, *exc) -> None:
@@ -189,7 +189,7 @@ class RssSampler:
             self.peak = max(self.peak, rss_bytes(self.pid))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.peak = rss_bytes(self.pid)
         self._t.start()
         return self
@@ -235,7 +235,11 @@ def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int =
 
     d = images_dir(data_dir) / name
     d.mkdir(parents=True, exist_ok=True)
-    sizes = {KERNEL: kernel_bytes or max(rootfs_bytes // 16, 64 << 10), INITRD: initrd_bytes or max(rootfs_bytes // 8, 64 << 10), ROOTFS: rootfs_bytes}
+    sizes = {
+        KERNEL: kernel_bytes or max(rootfs_bytes // 16, 64 << 10),
+        INITRD: initrd_bytes or max(rootfs_bytes // 8, 64 << 10),
+        ROOTFS: rootfs_bytes,
+    }
     files = {}
     for fname, size in sizes.items():
         p = d / fname
@@ -267,7 +271,7 @@ def table(headers: list[str], rows: list[list], title: str | None = None) -> str
     lines = []
     if title:
         lines.append(f"\n== {title} ==")
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w:d}}}" for w in widths)
     lines.append(fmt.format(*cells[0]))
     lines.append("  ".join("-" * w for w in widths))
     lines += [fmt.format(*r) for r in cells[1:]]

@@ -129,7 +129,11 @@ def _ago(t: float | None) -> str:
     if t is None:
         return "—"
     s = max(0, time.time() - t)
-    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
 
 def _backend_options(f):
@@ -163,12 +167,15 @@ def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, config_path
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
         pairs[k] = v
     try:
-        body = S.NodeIn(image=image, hostname=hostname, ip=ip, loader=loader, kernel_args=kernel_args, uuid=uuid, labels=pairs)
+        body = S.NodeIn(image=image, hostname=hostname, ip=ip, loader=loader, kernel_args=kernel_args, uuid=uuid,
+                        labels=pairs)
     except ValidationError as e:
         first = e.errors()[0]
-        raise click.BadParameter(first["msg"].removeprefix("Value error, "), param_hint=f"--{str(first['loc'][0]).replace('_', '-')}") from None
+        raise click.BadParameter(first["msg"].removeprefix("Value error, "),
+                                 param_hint=f"--{str(first['loc'][0]).replace('_', '-')}") from None
     n = _open(config_path, server, token).put(mac, body)
-    click.echo(f"node {n.mac}: image {n.image}" + (f", ip {n.ip}" if n.ip else "") + (f", hostname {n.hostname}" if n.hostname else ""))
+    click.echo(f"node {n.mac}: image {n.image}" + (f", ip {n.ip}" if n.ip else "")
+               + (f", hostname {n.hostname}" if n.hostname else ""))
 
 
 @node.command("list")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import bindparam, create_engine, delete, event, insert, select
 from sqlalchemy.engine import Engine
@@ -144,7 +144,7 @@ class Store:
         sql, order = hit
         if rows and isinstance(rows[0], tuple):
             if order is None:
-                rows = [dict(zip(columns, r)) for r in rows]  # type: ignore[arg-type]
+                rows = [dict(zip(columns, r, strict=True)) for r in rows]  # type: ignore[arg-type]
             elif order != columns:
                 idx = [columns.index(k) for k in order]  # type: ignore[union-attr]
                 rows = [tuple([r[i] for i in idx]) for r in rows]
@@ -176,7 +176,10 @@ class Store:
         now = time.time() if now is None else now
         with self._session() as s:
             r = s.scalar(
-                select(Lease).where(Lease.mac == normalize_mac(mac), Lease.expires > now).order_by(Lease.expires.desc()).limit(1)
+                select(Lease)
+                .where(Lease.mac == normalize_mac(mac), Lease.expires > now)
+                .order_by(Lease.expires.desc())
+                .limit(1)
             )
             return _lease_record(r) if r else None
 
@@ -192,7 +195,10 @@ class Store:
     def events(self, mac: str, limit: int = 200) -> list[EventRecord]:
         with self._session() as s:
             rows = s.scalars(
-                select(Event).where(Event.mac == normalize_mac(mac)).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
+                select(Event)
+                .where(Event.mac == normalize_mac(mac))
+                .order_by(Event.at.desc(), Event.id.desc())
+                .limit(limit)
             )
             out = [EventRecord(mac=r.mac, stage=r.stage, at=r.at, source=r.source, detail=r.detail or {}) for r in rows]
         out.reverse()

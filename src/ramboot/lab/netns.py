@@ -20,10 +20,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 LAB_NS = "ramboot-lab"
 BRIDGE = "rb0"
@@ -260,7 +261,9 @@ class Lab:
             sh("ip", "-n", peer, "link", "set", "lo", "up")
 
     # -- processes -----------------------------------------------------------
-    def spawn(self, key: str, cmd: list[str], log: Path | None = None, netns: str | None = None, **popen) -> subprocess.Popen:
+    def spawn(
+        self, key: str, cmd: list[str], log: Path | None = None, netns: str | None = None, **popen
+    ) -> subprocess.Popen:
         """Start cmd inside the namespace (or a peer's), in its own session, and record its PID."""
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)

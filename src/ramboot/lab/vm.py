@@ -78,7 +78,8 @@ def _probe_initrd(path: Path) -> Path:
     init.write_text(f"#!/bin/busybox sh\n/bin/busybox echo {PROBE_MARK}\n/bin/busybox poweroff -f\n")
     init.chmod(0o755)
     files = subprocess.run(["find", "."], cwd=tree, capture_output=True, text=True, check=True).stdout
-    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files.encode(), capture_output=True, check=True)
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=files.encode(),
+                          capture_output=True, check=True)
     path.write_bytes(cpio.stdout)
     shutil.rmtree(tree, ignore_errors=True)
     return path
@@ -316,7 +317,8 @@ def boot_vm(
                 break
             if "failed" in stages and stop_on_failure:
                 fail = next((m for m in marks + api_events if m.stage == "failed"), None)
-                reason = f"the node reported a failure: {(fail.detail.get('reason') if fail else '') or 'see the console'}"
+                fail_reason = (fail.detail.get("reason") if fail else "") or "see the console"
+                reason = f"the node reported a failure: {fail_reason}"
                 break
             if proc.poll() is not None:
                 reason = f"QEMU exited with status {proc.returncode}"
