@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,9 +81,9 @@ class LabRun:
                        check=True, capture_output=True, text=True)
 
     def boot(self, firmware: str = "bios", mac: str | None = None, timeout: float = BOOT_TIMEOUT,
-             echo: bool = True) -> BootResult:
+             echo: bool = True, uuid: str | None = None) -> BootResult:
         result = boot_vm(self.lab, firmware, mac or random_mac(), timeout,
-                         echo=sys.stdout.buffer if echo else None, api_base=self.base, accel=self.accel)
+                         echo=sys.stdout.buffer if echo else None, api_base=self.base, accel=self.accel, uuid=uuid)
         self.keep(result)
         return result
 
@@ -196,6 +197,22 @@ def test_unknown_nodes_ignore(lab_run: LabRun) -> None:
     assert not r_unknown.ok
     served = {"loader", "script", "kernel", "initrd", "rootfs", "booted"}
     assert not served & set(_stages(lab_run.events(unknown))), lab_run.events(unknown)
+
+
+def test_node_registered_by_uuid_boots_with_a_new_nic(lab_run: LabRun) -> None:
+    """Registered by UUID with one MAC, booted with another NIC and that UUID (QEMU `-uuid`):
+    with `unknown_nodes = "ignore"` only the UUID can make it boot, through DHCP (option 97)
+    and then the script request, which finds the same node by the name it was handed."""
+    lab_run.start(boot={"unknown_nodes": "ignore"})
+    uuid = str(uuidlib.uuid4())
+    registered, new_nic = random_mac(), random_mac()
+    lab_run.node_add(registered, "--uuid", uuid, "--hostname", "by-uuid")
+    r = lab_run.boot("bios", new_nic, uuid=uuid)
+    assert r.ok, _explain(r)
+    scripts = [e["detail"]["file"] for e in lab_run.events(new_nic) if e["stage"] == "script"]
+    assert scripts == [f"boot/{new_nic.replace(':', '-')}/{uuid}.ipxe"], lab_run.events(new_nic)
+    console = r.console_log.read_text(errors="replace")
+    assert "ramboot.hostname=by-uuid" in console, "the node's own settings should reach the kernel command line"
 
 
 def test_corrupted_root_image_refused_loudly(lab_run: LabRun) -> None:

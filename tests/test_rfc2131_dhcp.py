@@ -7,7 +7,7 @@ import pytest
 from ramboot.proto.dhcp_core import lease_key
 
 from dhcp_pkt import PXE_BIOS, SERVER, Rig, mac_bytes, request, wire
-from ramboot.inventory.store import LeaseRecord, NodeSpec
+from ramboot.inventory.store import LeaseRecord, NodeSpec, Store
 from ramboot.proto.dhcp_codec import FLAG_BROADCAST, MsgType, Opt
 from ramboot.proto.dhcp_core import OFFER_HOLD
 
@@ -179,6 +179,43 @@ def test_leases_loaded_at_start_are_honoured(rig):
     assert o.yiaddr == "10.231.9.103"
     res, _ = rig.send(request(MsgType.REQUEST, B, options={Opt.REQUESTED_IP: "10.231.9.103"}))
     assert res.outcome == "nak"
+
+
+def test_one_mac_with_and_without_a_client_id_keeps_both_leases_across_a_restart(rig):
+    """RFC 2131 §4.2: the client identifier names the client, else the MAC. One NIC that
+    asks once as itself (no option 61) and once with a client id of its own holds two
+    leases; both are on disk, and after a restart neither address goes to anyone else."""
+    cid = {Opt.CLIENT_ID: b"\xff\x00\x00\x00\x01" + b"duid-of-the-os"}
+    committed = []
+    offer1, ack1, res1 = rig.dora(A)
+    committed += res1.upserts
+    offer2, ack2, res2 = rig.dora(A, cid)
+    committed += res2.upserts
+    assert ack1.yiaddr != ack2.yiaddr
+    rig.store.save_leases(committed)
+    assert sorted(lease.ip for lease in rig.store.load_leases()) == sorted([ack1.yiaddr, ack2.yiaddr])
+
+    rig.server = rig.make(rig.store.load_leases())  # the restart
+    taken = {ack1.yiaddr, ack2.yiaddr}
+    for i in range(3):  # the rest of the range goes to others, never a held address
+        _, [o] = rig.send(request(MsgType.DISCOVER, f"52:54:00:00:01:{i:02x}"))
+        assert o.yiaddr not in taken
+        taken.add(o.yiaddr)
+    _, [again1] = rig.send(request(MsgType.DISCOVER, A))
+    _, [again2] = rig.send(request(MsgType.DISCOVER, A, options=cid))
+    assert (again1.yiaddr, again2.yiaddr) == (ack1.yiaddr, ack2.yiaddr)
+
+
+def test_store_keeps_one_lease_per_key(tmp_path):
+    """A key that moves loses its old address on disk; another key on the same MAC keeps its own."""
+    store = Store(f"sqlite:///{tmp_path / 'l.db'}")
+    try:
+        hw, cid = lease_key(None, A), lease_key("ff0001", A)
+        store.save_leases([LeaseRecord(hw, "10.231.9.100", A, 100.0), LeaseRecord(cid, "10.231.9.101", A, 100.0, "ff0001")])
+        store.save_leases([LeaseRecord(hw, "10.231.9.102", A, 200.0)])
+        assert sorted((r.key, r.ip) for r in store.load_leases()) == sorted([(cid, "10.231.9.101"), (hw, "10.231.9.102")])
+    finally:
+        store.close()
 
 
 # -- RFC 2131 §4.1: where replies go ---------------------------------------------

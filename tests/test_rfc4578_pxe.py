@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dhcp_pkt import GOLDEN, HTTP_UEFI, IPXE, PXE_BIOS, PXE_UEFI, SERVER, Rig, request
 from ramboot.macaddr import mac_hyphen
-from ramboot.proto.pxe import uuid_from_wire
+from ramboot.inventory.store import NodeSpec
+from ramboot.proto.pxe import uuid_from_wire, uuid_to_wire
 from ramboot.proto.dhcp_codec import IPXE_NO_PXEDHCP, MsgType, Opt, decode, decode_suboptions
 
 A = "52:54:00:00:00:01"
@@ -113,6 +116,7 @@ def test_proxy_answers_requests_on_4011_to_the_sender(proxy):
     assert ack.msg_type == MsgType.ACK and ack.boot_file == "snponly.efi" and ack.yiaddr == "0.0.0.0"
     s = res.sends[0]
     assert (s.host, s.port, s.src_port) == ("10.231.9.150", 68, 4011)
+    assert res.bound == ("10.231.9.150", A)  # so TFTP can name the client that fetches the loader
 
 
 @pytest.mark.parametrize(
@@ -202,5 +206,61 @@ def test_golden_ovmf_then_its_ipxe_keep_one_address(data_dir):
         _, [ack] = rig.send(bytes.fromhex((QEMU_GOLDEN / "ovmf-uefi-pxe-02-request.hex").read_text()))
         _, [offer] = rig.send(bytes.fromhex((QEMU_GOLDEN / "ipxe-snponly-uefi-00-discover.hex").read_text()))
         assert offer.yiaddr == ack.yiaddr
+    finally:
+        rig.close()
+
+
+# -- golden replies: what the core answers now, byte for byte ---------------------
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate only when asked, as netboot's tests do
+CAPTURE_ORDER = [(c, fw) for c in ("udhcpc", "dhclient") for fw in ("bios", "uefi", "http", "ipxe")]
+
+
+def test_golden_replies_byte_for_byte(data_dir):
+    """Replay every captured client packet in capture order into one core (as the capture's
+    server saw them) and compare each OFFER and ACK with the captured reply, byte for byte.
+    `UPDATE_GOLDEN=1` rewrites the reply files instead (review the diff)."""
+    rig = Rig(data_dir, server=CAPTURE_SERVER, range_="10.231.7.100-10.231.7.150")
+    compared, differ = 0, []
+    try:
+        for client, fw in CAPTURE_ORDER:
+            files = sorted(GOLDEN.glob(f"{client}-{fw}-*.hex"))
+            by_n = {int(f.name.split("-")[2]): f for f in files}
+            for n, f in sorted(by_n.items()):
+                if "-in-" not in f.name:
+                    continue
+                res = rig.server.handle(bytes.fromhex(f.read_text()), ("0.0.0.0", 68), 67, rig.now)
+                reply = by_n.get(n + 1)
+                if reply is None or "-out-" not in reply.name:
+                    continue
+                assert len(res.sends) == 1, f"{f.name}: no reply"
+                got = res.sends[0].data
+                if UPDATE_GOLDEN:
+                    reply.write_text(got.hex() + "\n")
+                elif got != bytes.fromhex(reply.read_text()):
+                    differ.append(reply.name)
+                compared += 1
+    finally:
+        rig.close()
+    assert compared == 16
+    assert differ == [], f"the core's replies changed: {differ} (UPDATE_GOLDEN=1 to accept, then review the diff)"
+
+
+def test_a_node_found_by_uuid_stays_that_node_when_its_os_asks(data_dir):
+    """The firmware sends option 97, the initramfs's udhcpc does not: with `unknown_nodes = "ignore"`
+    the OS's own DHCP client must still get its address, also after a restart of the server."""
+    rig = Rig(data_dir, extra='[boot]\nunknown_nodes = "ignore"\n')
+    try:
+        uuid = "6b1c3a52-7d1e-4c3b-9a55-2f1e0d9c8b7a"
+        rig.store.put_node(NodeSpec(mac="52:54:00:99:99:99", image="demo", uuid=uuid))
+        firmware = {**IPXE, Opt.CLIENT_UUID: b"\x00" + uuid_to_wire(uuid)}
+        offer, ack, res = rig.dora(A, firmware)
+        assert ack.boot_file == f"http://{SERVER}/boot/52-54-00-00-00-01/{uuid}.ipxe"
+        rig.store.save_leases(res.upserts)
+        os_offer, os_ack, _ = rig.dora(A)  # udhcpc in the initramfs: no option 97, no classes
+        assert os_ack.yiaddr == ack.yiaddr
+        rig.server = rig.make(rig.store.load_leases())  # a restart: the UUID comes back from the store
+        _, [again] = rig.send(request(MsgType.DISCOVER, A))
+        assert again.yiaddr == ack.yiaddr
+        assert rig.send(request(MsgType.DISCOVER, "52:54:00:00:00:77"))[1] == []  # a stranger: still ignored
     finally:
         rig.close()

@@ -26,7 +26,7 @@ class NetworkConfig(_Section):
     interface: str = "rb0"
     address: ipaddress.IPv4Address | None = None
     # Answer IPv6 router solicitations with an empty RA so iPXE stops waiting
-    # for IPv6 (server/ra.py). "auto": only in full DHCP mode, where ramboot
+    # for IPv6 (server/ra_server.py). "auto": only in full DHCP mode, where ramboot
     # owns the network; set true in proxy mode when no IPv6 router is present.
     answer_router_solicitations: Literal["auto"] | bool = "auto"
 
@@ -59,7 +59,7 @@ class DhcpConfig(_Section):
         return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
 
     @model_validator(mode="after")
-    def _full_needs_range(self) -> "DhcpConfig":
+    def _full_needs_range(self) -> DhcpConfig:
         if self.mode == "full" and self.range is None:
             raise ValueError("dhcp.mode = \"full\" needs dhcp.range = \"FIRST-LAST\"")
         return self

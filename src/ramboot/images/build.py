@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -72,7 +72,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
         m = Manifest(
             name=name,
             source=src.text,
-            created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             kernel_version=k.version,
             initramfs=initramfs,
             kernel_source=k.source,

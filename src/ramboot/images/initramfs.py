@@ -52,7 +52,7 @@ class ModuleIndex:
     builtin: set[str] = field(default_factory=set)
 
     @classmethod
-    def load(cls, mods: Path) -> "ModuleIndex":
+    def load(cls, mods: Path) -> ModuleIndex:
         idx = cls(mods)
         try:
             lines = (mods / "modules.dep").read_text().splitlines()

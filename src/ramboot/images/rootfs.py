@@ -23,10 +23,11 @@ import stat
 import subprocess
 import tarfile
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import IO, Callable, Iterable
+from typing import IO
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -140,7 +141,8 @@ def builtin_tree(tree: Path) -> None:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise ImageError("the built-in root needs busybox-static (/bin/busybox): run `make setup`")
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys", "dev", "run", "tmp", "root", "var/log"):
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "proc", "sys", "dev", "run", "tmp", "root",
+              "var/log"):
         (tree / d).mkdir(parents=True, exist_ok=True)
     os.chmod(tree / "tmp", 0o1777)
     os.chmod(tree / "root", 0o700)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -42,6 +42,7 @@ class Lease(Base):
     mac: Mapped[str] = mapped_column(String(17), index=True)
     client_id: Mapped[str | None] = mapped_column(String(255))
     hostname: Mapped[str | None] = mapped_column(String(253))
+    uuid: Mapped[str | None] = mapped_column(String(36))  # the firmware's option 97, kept with the lease
     expires: Mapped[float] = mapped_column(Float)  # unix time
 
 

@@ -114,7 +114,7 @@ class Store:
             ip_of_key[rec.key] = rec.ip
             dropped.pop(rec.ip, None)
             rows[rec.ip] = {"ip": rec.ip, "key": rec.key, "mac": rec.mac, "expires": rec.expires,
-                            "client_id": rec.client_id, "hostname": rec.hostname}
+                            "client_id": rec.client_id, "hostname": rec.hostname, "uuid": rec.uuid}
         gone = [{"d_ip": ip} for ip in (*deletes, *dropped)]
         with self.engine.begin() as conn:
             if gone:
@@ -166,7 +166,7 @@ class Store:
                 ins = dialect_insert(table)
                 stmt = ins.on_conflict_do_update(
                     index_elements=[table.c.ip],
-                    set_={c: ins.excluded[c] for c in ("key", "mac", "expires", "client_id", "hostname")},
+                    set_={c: ins.excluded[c] for c in ("key", "mac", "expires", "client_id", "hostname", "uuid")},
                 )
             self._upsert_stmt = stmt
         return self._upsert_stmt
@@ -229,7 +229,7 @@ class Store:
             return [(r.at, dict(r.data)) for r in rows]
 
 
-_LEASE_COLUMNS = ("ip", "key", "mac", "expires", "client_id", "hostname")
+_LEASE_COLUMNS = ("ip", "key", "mac", "expires", "client_id", "hostname", "uuid")
 _EVENT_COLUMNS = ("mac", "stage", "source", "detail", "at")  # the table's order: rows pass through as they are
 _INSERT_EVENT = insert(Event.__table__)
 _DELETE_LEASE_IP = delete(Lease.__table__).where(Lease.__table__.c.ip == bindparam("d_ip"))
@@ -239,7 +239,8 @@ _DELETE_LEASE_KEY = delete(Lease.__table__).where(
 
 
 def _lease_record(r: Lease) -> LeaseRecord:
-    return LeaseRecord(key=r.key, ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname)
+    return LeaseRecord(key=r.key, ip=r.ip, mac=r.mac, expires=r.expires, client_id=r.client_id, hostname=r.hostname,
+                       uuid=r.uuid)
 
 
 def _node_spec(r: Node) -> NodeSpec:

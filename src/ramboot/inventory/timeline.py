@@ -12,8 +12,8 @@ loader or script event also starts a new boot (a node that hung and was reset).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .store import EventRecord
 

@@ -68,14 +68,16 @@ def down() -> None:
               help="bios: SeaBIOS + QEMU's iPXE ROM; uefi: OVMF with its own PXE")
 @click.option("--mac", default=None, help="the VM's MAC (default: random 52:54:00:xx:xx:xx)")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for the RAM root")
-def vm(firmware: str, mac: str | None, timeout: float) -> None:
+@click.option("--uuid", default=None, help="the VM's SMBIOS UUID (what DHCP option 97 and dmidecode show)")
+def vm(firmware: str, mac: str | None, timeout: float, uuid: str | None) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
     the_lab = Lab()
     st = the_lab.state()
     if not the_lab.exists() or SERVER_KEY not in st["pids"]:
         _fail("the lab is not up; run: ramboot lab up")
     try:
-        result = boot_vm(the_lab, firmware, mac, timeout, echo=sys.stdout.buffer, api_base=st.get("api_base"))
+        result = boot_vm(the_lab, firmware, mac, timeout, echo=sys.stdout.buffer, api_base=st.get("api_base"),
+                         uuid=uuid)
     except LabError as e:
         _fail(str(e))
     except KeyboardInterrupt:

@@ -129,13 +129,16 @@ def choose_accel(lab: Lab, kernel: Path | None) -> tuple[str, str]:
 
 # -- the VM ------------------------------------------------------------------------
 
-def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024) -> list[str]:
-    """The QEMU command line for a blank network-booting VM with no disk."""
+def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
+              uuid: str | None = None) -> list[str]:
+    """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID)."""
     if firmware not in FIRMWARES:
         raise LabError(f"unknown firmware {firmware!r}: use bios or uefi")
     argv = [QEMU, "-name", f"ramboot-{mac}", "-accel", accel, "-m", str(memory_mb),
             "-nographic", "-monitor", "none", "-no-reboot",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
+    if uuid:
+        argv += ["-uuid", uuid]
     if firmware == "bios":
         argv += ["-machine", "pc", "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1"]
     else:
@@ -269,6 +272,7 @@ def boot_vm(
     accel: str | None = None,
     memory_mb: int = 1024,
     stop_on_failure: bool = True,
+    uuid: str | None = None,
 ) -> BootResult:
     """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout)."""
     if not lab.exists():
@@ -282,7 +286,7 @@ def boot_vm(
         accel, why = choose_accel(lab, kernel)
         if echo is not None:
             echo.write(f"ramboot lab: {accel.upper()} ({why})\n".encode())
-    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb)
+    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid)
     base = api_base or lab.base_url
     key = f"vm-{mac}"
     lab.add_tap(tap)

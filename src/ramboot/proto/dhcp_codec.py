@@ -91,7 +91,7 @@ PXE_DISCOVERY_CONTROL = 6
 PXE_DISCOVERY_USE_BOOTFILE = 0x08  # bit 3: no boot server discovery, use the file given
 
 # Exact or modular lengths of the options whose form RFC 2132 & co. fix.
-_FIXED_LEN = {
+_FIXED_LEN: dict[int, int] = {
     Opt.SUBNET_MASK: 4,
     Opt.REQUESTED_IP: 4,
     Opt.LEASE_TIME: 4,
@@ -104,8 +104,9 @@ _FIXED_LEN = {
     Opt.CLIENT_NDI: 3,
     Opt.CLIENT_UUID: 17,
 }
-_MULTIPLE_OF = {Opt.ROUTER: 4, Opt.DNS: 4, Opt.CLIENT_ARCH: 2}
-_MIN_LEN = {Opt.CLIENT_ID: 2, Opt.PARAM_REQUEST: 1, Opt.VENDOR_CLASS: 1, Opt.USER_CLASS: 1, Opt.HOSTNAME: 1}
+_MULTIPLE_OF: dict[int, int] = {Opt.ROUTER: 4, Opt.DNS: 4, Opt.CLIENT_ARCH: 2}
+_MIN_LEN: dict[int, int] = {Opt.CLIENT_ID: 2, Opt.PARAM_REQUEST: 1, Opt.VENDOR_CLASS: 1, Opt.USER_CLASS: 1,
+                            Opt.HOSTNAME: 1}
 _CHECKED = frozenset(_FIXED_LEN) | frozenset(_MULTIPLE_OF) | frozenset(_MIN_LEN)
 
 
@@ -365,7 +366,7 @@ def encode(pkt: DhcpPacket, max_message: int | None = None) -> bytes:
         caps = [limit - 3 - 1] + [cap - 1 for _, cap in spare]  # option 52 and END in the options field
         main, *extra = _pack_fields(opts, caps)
         overload = 0
-        for (bit, cap), blob in zip(spare, extra):
+        for (bit, cap), blob in zip(spare, extra, strict=True):
             if not blob:
                 continue
             overload |= bit

@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from .dhcp_codec import (
@@ -63,7 +63,8 @@ BROADCAST = "255.255.255.255"
 OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
 _PXE_USE_BOOTFILE = encode_suboptions({PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True)
 _IPXE_NO_PXEDHCP = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
-_KIND = {None: "bootp", **{int(m): m.name.lower() for m in MsgType}}  # metrics label per message type
+# The metrics label per message type.
+_KIND: dict[int | None, str] = {None: "bootp", **{int(m): m.name.lower() for m in MsgType}}
 _CLASS_OPTIONS = (Opt.CLIENT_ARCH, Opt.VENDOR_CLASS, Opt.USER_CLASS, Opt.IPXE_ENCAP)
 
 
@@ -108,6 +109,7 @@ class LeaseRecord:
     expires: float
     client_id: str | None = None
     hostname: str | None = None
+    uuid: str | None = None  # the SMBIOS UUID the firmware sent for this lease, if any
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class Send:
 class BootEvent:
     mac: str
     stage: str
-    detail: dict
+    detail: dict[str, object]
 
 
 @dataclass
@@ -139,7 +141,7 @@ class Result:
     upserts: list[LeaseRecord] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     events: list[BootEvent] = field(default_factory=list)
-    bound: tuple[str, str] | None = None  # (ip, mac) of a new or renewed lease
+    bound: tuple[str, str] | None = None  # (ip, mac): a new or renewed lease, or the address a client told us
 
     @property
     def needs_commit(self) -> bool:
@@ -156,6 +158,7 @@ class _Lease:
     client_id: str | None = None
     hostname: str | None = None
     client: Client | None = None  # what the DISCOVER said, so the ACK boots the same file
+    uuid: str | None = None  # the firmware's option 97, kept for the OS's own DHCP client that sends none
 
 
 def client_of(pkt: DhcpPacket, mac: str) -> Client:
@@ -174,7 +177,7 @@ def _key(pkt: DhcpPacket, mac: str) -> str:
     return lease_key(pkt.client_id.hex() if pkt.client_id else None, mac)
 
 
-def _detail(ip: str, client: Client, bf: BootFile) -> dict[str, str]:
+def _detail(ip: str, client: Client, bf: BootFile) -> dict[str, object]:
     """What a DHCP event records: the address, and what was booted, if anything."""
     if not client.is_pxe:
         return {"ip": ip, "firmware": "os"}
@@ -199,7 +202,7 @@ def _ipint(ip: str) -> int:
 
 
 def _ipstr(n: int) -> str:
-    return "%d.%d.%d.%d" % (n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255)
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
 class DhcpCore:
@@ -240,7 +243,8 @@ class DhcpCore:
             self._net_last = int(self.network.broadcast_address)
             self._cursor = self.first
             for rec in leases:
-                self._put(_Lease(_ipint(rec.ip), rec.key, rec.mac, rec.expires, True, rec.client_id, rec.hostname))
+                self._put(_Lease(_ipint(rec.ip), rec.key, rec.mac, rec.expires, True, rec.client_id, rec.hostname,
+                                 uuid=rec.uuid))
         self._constant_options()
 
     # -- entry point -----------------------------------------------------
@@ -286,7 +290,10 @@ class DhcpCore:
             reply.options[Opt.CLIENT_UUID] = pkt.options[Opt.CLIENT_UUID]
         send = Send(encode(reply, pkt.max_message_size), dest[0], dest[1], port, dest[2])
         ev = BootEvent(mac, "proxy-offer", {"bootfile": bf.filename, "firmware": client.firmware.value, "port": port})
-        return Result(kind, "offer" if reply_type == MsgType.OFFER else "ack", [send], events=[ev])
+        # On 4011 the client sends from the address the site's server gave it: TFTP and HTTP
+        # can name it from here on (the loader included, which no name carries).
+        told = (src[0], mac) if port == PXE_PORT and src[0] != ZERO_IP else None
+        return Result(kind, "offer" if reply_type == MsgType.OFFER else "ack", [send], events=[ev], bound=told)
 
     # -- full mode ---------------------------------------------------------
     def _full(self, pkt: DhcpPacket, mt: int, kind: str, mac: str, now: float) -> Result:
@@ -304,12 +311,23 @@ class DhcpCore:
             return self._inform(pkt, kind, mac)
         return Result(kind, "ignored")
 
-    def _discover(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
+    def _client(self, pkt: DhcpPacket, mac: str, key: str) -> Client:
+        """The client as this packet describes it. The UUID the firmware sent stays with
+        its lease: the initramfs's and the OS's DHCP clients send none, and a node found
+        by UUID on a new NIC must still be that node when they ask."""
         client = client_of(pkt, mac)
+        if client.uuid is None:
+            held = self.by_ip.get(self.by_key.get(key, -1))
+            if held is not None and held.key == key and held.uuid:
+                client = replace(client, uuid=held.uuid)
+        return client
+
+    def _discover(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
+        key = _key(pkt, mac)
+        client = self._client(pkt, mac, key)
         answer = self.decide(client)
         if answer is None:
             return Result(kind, "ignored")
-        key = _key(pkt, mac)
         ip = self._allocate(pkt, key, mac, answer.fixed_ip, now)
         if ip is None:
             return Result(kind, "exhausted")
@@ -318,6 +336,7 @@ class DhcpCore:
             lease = _Lease(ip, key, mac, now + OFFER_HOLD, False)
             self._put(lease)
         lease.client = client
+        lease.uuid = client.uuid
         yiaddr = _ipstr(ip)
         reply = self._reply(pkt, MsgType.OFFER, yiaddr)
         self._lease_options(reply, answer.hostname)
@@ -343,7 +362,7 @@ class DhcpCore:
         if want is None:
             return Result(kind, "ignored")
         held = self.by_ip.get(self.by_key.get(key, -1))
-        client = client_of(pkt, mac)
+        client = self._client(pkt, mac, key)
         if held is not None and held.client is not None and not any(o in pkt.options for o in _CLASS_OPTIONS):
             client = held.client  # the REQUEST repeats no class: boot what was offered
         answer = self.decide(client)
@@ -353,14 +372,14 @@ class DhcpCore:
         if not self._may_bind(ip, key, mac, answer.fixed_ip, now):
             return Result(kind, "nak", [self._nak(pkt, "address not available")])
         lease = _Lease(ip, key, mac, now + self.lease_time, True, key[3:] if key.startswith("id:") else None,
-                       _hostname(pkt), client)
+                       _hostname(pkt), client, client.uuid)
         self._put(lease)
         yiaddr = want
         reply = self._reply(pkt, MsgType.ACK, yiaddr)
         self._lease_options(reply, answer.hostname)
         self._boot_options(reply, client, answer.boot_file)
         send = self._send(pkt, reply, MsgType.ACK)
-        rec = LeaseRecord(key, yiaddr, mac, lease.expires, lease.client_id, lease.hostname)
+        rec = LeaseRecord(key, yiaddr, mac, lease.expires, lease.client_id, lease.hostname, lease.uuid)
         ev = BootEvent(mac, "dhcp-ack", _detail(yiaddr, client, answer.boot_file))
         return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=(yiaddr, mac))
 
@@ -387,7 +406,7 @@ class DhcpCore:
 
     def _inform(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
         """RFC 2131 §3.4: configuration only, no yiaddr and no lease time."""
-        client = client_of(pkt, mac)
+        client = self._client(pkt, mac, _key(pkt, mac))
         answer = self.decide(client)
         if answer is None:
             return Result(kind, "ignored")
@@ -492,7 +511,7 @@ class DhcpCore:
     def _constant_options(self) -> None:
         """The options that are the same in every reply, encoded once."""
         lt = self.lease_time
-        self._lease_opts = {
+        self._lease_opts: dict[int, bytes] = {
             Opt.LEASE_TIME: struct.pack("!I", lt),
             Opt.RENEWAL_TIME: struct.pack("!I", lt // 2),
             Opt.REBINDING_TIME: struct.pack("!I", lt * 7 // 8),

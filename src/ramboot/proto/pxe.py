@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 # RFC 4578 option 93 values (IANA "Processor Architecture Types").
 ARCH_BIOS = 0
@@ -22,7 +22,7 @@ UEFI_ARCHES = frozenset({ARCH_UEFI_IA32, ARCH_UEFI_X64, ARCH_UEFI_BC, ARCH_UEFI_
 _NO_UUID = frozenset({"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"})
 
 
-class Firmware(str, Enum):
+class Firmware(StrEnum):
     BIOS = "bios"
     UEFI = "uefi"
     UEFI_HTTP = "uefi-http"

@@ -31,9 +31,9 @@ Design points:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from collections.abc import Callable
 from typing import Protocol
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
@@ -237,7 +237,7 @@ class NetasciiSource:
         self.size = size  # translated size, when the caller knows it
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "NetasciiSource":
+    def from_bytes(cls, data: bytes) -> NetasciiSource:
         view = memoryview(data)
         pos = 0
 
@@ -482,7 +482,8 @@ class ReadTransfer:
         tail = 4 + self._last_len if end == last else seg  # size of the window's final packet
         slot, count = (first - 1) % n, end - first + 1
         if not self.runs:
-            packets = [view[((b - 1) % n) * seg : ((b - 1) % n + 1) * seg] for b in range(first, end)]
+            packets: list[bytes | memoryview] = [view[((b - 1) % n) * seg : ((b - 1) % n + 1) * seg]
+                                                 for b in range(first, end)]
             packets.append(view[((end - 1) % n) * seg : ((end - 1) % n) * seg + tail])
             return packets
         if slot + count <= n:

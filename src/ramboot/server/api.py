@@ -129,7 +129,8 @@ async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 def spec_from(mac: str, body: S.NodeIn) -> NodeSpec:
-    return NodeSpec(mac=mac, **body.model_dump(exclude={"mac"}), discovered=False)  # an operator has now said what it is
+    # discovered=False: an operator has now said what it is
+    return NodeSpec(mac=mac, **body.model_dump(exclude={"mac"}), discovered=False)
 
 
 async def _put(store: Store, spec: NodeSpec) -> NodeSpec:
@@ -283,8 +284,9 @@ async def list_leases(request: web.Request) -> web.Response:
     leases = await asyncio.to_thread(request.app[CTX].store.load_leases)
     return json_response(
         [
-            S.LeaseOut(ip=l.ip, mac=l.mac, expires=l.expires, active=l.expires > now, client_id=l.client_id, hostname=l.hostname)
-            for l in sorted(leases, key=lambda l: ipaddress.IPv4Address(l.ip))
+            S.LeaseOut(ip=lease.ip, mac=lease.mac, expires=lease.expires, active=lease.expires > now,
+                       client_id=lease.client_id, hostname=lease.hostname)
+            for lease in sorted(leases, key=lambda lease: ipaddress.IPv4Address(lease.ip))
         ]
     )
 
@@ -306,31 +308,39 @@ _OPENAPI: dict[str, Any] | None = None
 async def api_not_found(request: web.Request) -> web.Response:
     allowed = sorted({r.method for r in ROUTES if _template(r).match(request.path)})
     if allowed:
-        return error_json(405, f"{request.method} is not allowed here; use {', '.join(allowed)}", {"Allow": ", ".join(allowed)})
+        methods = ", ".join(allowed)
+        return error_json(405, f"{request.method} is not allowed here; use {methods}", {"Allow": methods})
     raise ApiError(404, f"no such API endpoint: {request.method} {request.path}")
 
 
-def _template(r: Route) -> re.Pattern:
+def _template(r: Route) -> re.Pattern[str]:
     return re.compile("^" + re.sub(r"\\{[a-z]+\\}", "[^/]+", re.escape(PREFIX + r.path)) + "$")
 
 
 # -- the route table: router and OpenAPI from one list -------------------------------
 ROUTES = [
-    Route("GET", "/nodes", list_nodes, "read", "List registered nodes with their last boot stage", response=S.NodeOut, many=True),
+    Route("GET", "/nodes", list_nodes, "read", "List registered nodes with their last boot stage",
+          response=S.NodeOut, many=True),
     Route("POST", "/nodes", create_node, "write", "Register a node", S.NodeCreate, S.NodeDetail, status=201),
-    Route("GET", "/nodes/{mac}", get_node, "read", "A node with its inventory and last boot timeline", response=S.NodeDetail),
+    Route("GET", "/nodes/{mac}", get_node, "read", "A node with its inventory and last boot timeline",
+          response=S.NodeDetail),
     Route("PUT", "/nodes/{mac}", put_node, "write", "Create or replace a node", S.NodeIn, S.NodeDetail),
     Route("DELETE", "/nodes/{mac}", delete_node, "write", "Remove a node (its events and inventory stay)", status=204),
-    Route("GET", "/nodes/{mac}/events", node_events, "read", "A node's events, oldest first", response=S.EventOut, many=True,
-          query={"limit": {"type": "integer", "minimum": 1, "maximum": 5000}}),
-    Route("POST", "/nodes/{mac}/events", report_event, "node", "A node reports a boot stage", S.EventIn, S.Accepted, status=202),
-    Route("GET", "/nodes/{mac}/inventory", node_inventory, "read", "A node's hardware reports, newest first", response=S.InventoryOut, many=True),
-    Route("POST", "/nodes/{mac}/inventory", report_inventory, "node", "A node reports its hardware", S.InventoryReport, S.Accepted, status=202),
+    Route("GET", "/nodes/{mac}/events", node_events, "read", "A node's events, oldest first",
+          response=S.EventOut, many=True, query={"limit": {"type": "integer", "minimum": 1, "maximum": 5000}}),
+    Route("POST", "/nodes/{mac}/events", report_event, "node", "A node reports a boot stage",
+          S.EventIn, S.Accepted, status=202),
+    Route("GET", "/nodes/{mac}/inventory", node_inventory, "read", "A node's hardware reports, newest first",
+          response=S.InventoryOut, many=True),
+    Route("POST", "/nodes/{mac}/inventory", report_inventory, "node", "A node reports its hardware",
+          S.InventoryReport, S.Accepted, status=202),
     Route("GET", "/images", list_images, "read", "List images (from their manifests)", response=S.ImageOut, many=True),
     Route("GET", "/images/{name}", get_image, "read", "One image's manifest", response=S.ImageOut),
     Route("GET", "/leases", list_leases, "read", "DHCP leases", response=S.LeaseOut, many=True),
-    Route("GET", "/status", status, "read", "Every node seen, registered or not, with its last boot", response=S.NodeStatus, many=True),
-    Route("GET", "/events/stream", event_stream, "read", "Live node updates (server-sent events, `event: node`, data: NodeStatus)",
+    Route("GET", "/status", status, "read", "Every node seen, registered or not, with its last boot",
+          response=S.NodeStatus, many=True),
+    Route("GET", "/events/stream", event_stream, "read",
+          "Live node updates (server-sent events, `event: node`, data: NodeStatus)",
           produces=("text/event-stream", "event stream")),
     Route("GET", "/openapi.json", openapi, "read", "This document", produces=("application/json", "OpenAPI document")),
 ]

@@ -78,7 +78,7 @@ class Services:
         if self.config.dhcp.mode != "off":
             self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip))
         # Answer IPv6 router solicitations (full mode by default) so iPXE's
-        # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra.py).
+        # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra_server.py).
         ra = await start_ra(self.config)
         if ra is not None:
             self.servers.append(ra)

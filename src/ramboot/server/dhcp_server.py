@@ -240,7 +240,7 @@ class DhcpServer:
             self.events.add(ev.mac, ev.stage, ev.detail)
         if res.bound:
             ip, mac = res.bound
-            self.events.bind(ip, mac, lease=True)
+            self.events.bind(ip, mac, lease=self.core.mode == "full")
 
     # -- shutdown --------------------------------------------------------------
     def _close_sockets(self) -> None:

@@ -47,7 +47,8 @@ class Broadcaster:
                 metrics.ROOT_DOWNLOAD_MBPS.observe(mbps)
         if rec.stage == "booted" or self.subscribers:
             assert self.loop is not None
-            self.loop.call_soon_threadsafe(self.pending.put_nowait, (rec.mac, rec.at if rec.stage == "booted" else None))
+            booted_at = rec.at if rec.stage == "booted" else None
+            self.loop.call_soon_threadsafe(self.pending.put_nowait, (rec.mac, booted_at))
 
     def poke(self, mac: str) -> None:
         """A change that is no boot event (inventory, node edits): refresh that row."""
@@ -134,7 +135,8 @@ def install(app: web.Application) -> None:
 
 async def event_stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: one `node` message (a NodeStatus) whenever a node changes."""
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                       "X-Accel-Buffering": "no"})
     await resp.prepare(request)
     q = request.app[BROADCAST].subscribe()
     try:
@@ -142,7 +144,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 msg = await asyncio.wait_for(q.get(), timeout=15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 msg = b": keep-alive\n\n"
             if msg is None:
                 break

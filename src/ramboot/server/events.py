@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..inventory.store import EventRecord, Store
 from ..macaddr import normalize_mac

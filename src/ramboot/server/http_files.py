@@ -79,8 +79,8 @@ async def _sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.Transpor
             try:
                 n = os.sendfile(fd, f.fileno(), offset, min(left, 1 << 30))
             except (BlockingIOError, InterruptedError):
-                writable = loop.create_future()
-                loop.add_writer(fd, lambda: writable.done() or writable.set_result(None))
+                writable: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(fd, _wake, writable)
                 try:
                     await writable
                 finally:
@@ -92,6 +92,11 @@ async def _sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.Transpor
             left -= n
     finally:
         os.close(fd)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def send_file(request: web.Request, path: Path, content_type: str,

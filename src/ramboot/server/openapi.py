@@ -72,11 +72,13 @@ def document(routes: list[Route]) -> dict[str, Any]:
             op["security"] = [{"bearer": []}] if r.access == "write" else [{}, {"bearer": []}]
         else:
             op["security"] = [{}]
-            op["description"] = "Accepted only from the address holding the MAC's lease (any address when there is none)."
+            op["description"] = ("Accepted only from the address holding the MAC's lease "
+                                 "(any address when there is none).")
         paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "ramboot", "version": "1", "description": "Nodes, images, leases, boot events and inventory."},
+        "info": {"title": "ramboot", "version": "1",
+                 "description": "Nodes, images, leases, boot events and inventory."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

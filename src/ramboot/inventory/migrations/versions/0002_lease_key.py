@@ -1,10 +1,13 @@
-"""Leases are kept per DHCP lease key (client identifier, else MAC), not per MAC.
+"""Leases per DHCP lease key (client id, else MAC), with the firmware's UUID.
+
+Alembic logs the first line as the revision's message: keep it one line.
 
 The DHCP core keys leases by `lease_key()` (RFC 2131 §4.2). The store kept one
 lease per MAC, so a MAC seen once with a client id and once without held two
 leases in the core but one on disk, and a restart freed an address in use.
 Existing rows get their key from the same rule; of two rows with one key the
-later-expiring one stays.
+later-expiring one stays. The UUID lets the OS's own DHCP client, which sends
+no option 97, stay the node that its firmware was found to be.
 
 Revision ID: 0002
 Revises: 0001
@@ -23,9 +26,12 @@ depends_on = None
 
 def upgrade() -> None:
     conn = op.get_bind()
-    if "key" not in {c["name"] for c in sa.inspect(conn).get_columns("leases")}:
-        with op.batch_alter_table("leases") as batch:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("leases")}
+    with op.batch_alter_table("leases") as batch:
+        if "key" not in columns:
             batch.add_column(sa.Column("key", sa.String(300), nullable=True))
+        if "uuid" not in columns:
+            batch.add_column(sa.Column("uuid", sa.String(36), nullable=True))
     leases = sa.table("leases", sa.column("ip"), sa.column("mac"), sa.column("client_id"),
                       sa.column("expires"), sa.column("key"))
     best: dict[str, tuple[float, str]] = {}
@@ -52,4 +58,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ux_leases_key", table_name="leases")
     with op.batch_alter_table("leases") as batch:
+        batch.drop_column("uuid")
         batch.drop_column("key")
