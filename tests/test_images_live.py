@@ -239,3 +239,19 @@ def test_initramfs_carries_ext4_and_its_dependencies(flavor: str) -> None:
         assert {"ext4", "jbd2", "mbcache", "crc16"} <= set(mods), mods
         assert {"crc32c_generic", "crc32c_intel"} & set(mods), mods
     assert {"loop", "squashfs", "overlay"} <= set(mods) | idx.builtin
+
+
+def test_fedora_style_iso_records_its_liveos_image(tmp_path: Path) -> None:
+    """iso: on a Fedora-style ISO: LiveOS/squashfs.img streamed out, its LiveOS/rootfs.img recorded."""
+    inner = liveos_squashfs(tmp_path / "src")
+    top = tmp_path / "top"
+    (top / "LiveOS").mkdir(parents=True)
+    (top / "LiveOS" / "squashfs.img").write_bytes(inner.read_bytes())
+    iso = xorriso_iso(top, tmp_path / "fedora.iso", volid="Fedora-WS-Live-40")
+    data = tmp_path / "data"
+    proc = subprocess.run(IMAGE_CLI + ["build", "fed", "--rootfs", f"iso:{iso}", "--data-dir", str(data)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    m = load_manifest(data, "fed")
+    assert (m.source_member, m.root_image) == ("LiveOS/squashfs.img", "LiveOS/rootfs.img")
+    assert m.files[ROOTFS].sha256 == sha(inner)

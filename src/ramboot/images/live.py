@@ -178,12 +178,14 @@ def find_iso_root(path: Path, text: str) -> IsoRoot:
         raise ImageError(f"{where}: no such file: {path}")
     if path.is_dir():
         raise ImageError(f"{where}: {path} is a directory, not an ISO image")
+    from pycdlib.pycdlibexception import PyCdlibException
+
     iso = _open_iso(path, text)
     try:
         for key in _trees(iso):
             try:
                 tops = _listing(iso, key)
-            except Exception:  # a damaged secondary tree: try the next one
+            except (PyCdlibException, UnicodeDecodeError):  # a damaged or oddly encoded tree: try the next
                 continue
             found = _pick(iso, key, tops)
             if found is None:
