@@ -4,6 +4,9 @@ kernel command line the server generates, into roots built from live media.
 - A Fedora-style LiveOS squashfs (`LiveOS/rootfs.img`, an ext4 image made with
   `mkfs.ext4 -d`), built with `ramboot image build --rootfs squashfs:PATH`: the node
   must run on the inner ext4 image, read-only on a loop device, under the overlay.
+- The same squashfs with `--kernel debian:generic`, whose ext4 (with jbd2, mbcache,
+  crc16 and crc32c) is a module the initramfs must carry and load; the cloud
+  kernel has ext4 built in.
 - A Debian-Live-style ISO (xorriso, Rock Ridge and Joliet, `live/filesystem.squashfs`),
   built with `ramboot image build --rootfs iso:PATH`.
 
@@ -45,12 +48,15 @@ def live_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         for name, make, scheme in (("liveos", liveos_squashfs, "squashfs"), ("isolive", debian_live_iso, "iso")):
             if (data / "images" / name / "image.toml").is_file():
                 continue
-            src = make(root / f"src-{name}")
-            p = subprocess.run([*ramboot_cmd(), "image", "build", name, "--rootfs", f"{scheme}:{src}",
-                                "--data-dir", str(data)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            assert p.returncode == 0, p.stderr
+            _build(data, name, f"{scheme}:{make(root / f'src-{name}')}")
         accel, _why = choose_accel(Lab(ns="unused", root=root), data / "images" / "liveos" / "vmlinuz")
     return data, accel
+
+
+def _build(data: Path, name: str, rootfs: str, *args: str) -> None:
+    p = subprocess.run([*ramboot_cmd(), "image", "build", name, "--rootfs", rootfs, *args, "--data-dir", str(data)],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
 
 
 def _boot(name: str, tmp_path: Path, data: Path, accel: str) -> tuple[LabRun, object, str]:
@@ -82,6 +88,25 @@ def test_liveos_squashfs_boots_from_its_inner_ext4_image(live_images: tuple[Path
         sw = [e for e in run.events(r.mac) if e["stage"] == "switch-root"]
         assert sw and sw[0]["detail"].get("root_image") == "LiveOS/rootfs.img", sw
         assert "verified" in [e["stage"] for e in run.events(r.mac)]
+    finally:
+        run.close()
+
+
+def test_liveos_squashfs_on_the_generic_kernel_loads_ext4(live_images: tuple[Path, str], tmp_path: Path) -> None:
+    """ext4 is a module here: the initramfs carries it with its dependencies and loads it for the LiveOS image."""
+    data, accel = live_images
+    own = tmp_path / "data"
+    _build(own, "liveos-generic", f"squashfs:{load_manifest(data, 'liveos').source.split(':', 1)[1]}",
+           "--kernel", "debian:generic")
+    run, r, console = _boot("liveos-generic", tmp_path, own, accel)
+    try:
+        assert r.ok, _explain(r)
+        assert not load_manifest(own, "liveos-generic").kernel_version.endswith("cloud-amd64")
+        assert re.search(r"^live-test: mount /dev/loop\d+ /run/ramboot/lower ext4 ro[, ]", console, re.M), \
+            console[-3000:]
+        loaded = set(re.findall(r"^live-test: module (\S+)$", console, re.M))
+        assert {"ext4", "jbd2", "mbcache", "crc16"} <= loaded, sorted(loaded)
+        assert loaded & {"crc32c_generic", "crc32c_intel"}, sorted(loaded)
     finally:
         run.close()
 
