@@ -8,9 +8,9 @@ the build host) and streams its root squashfs into the image:
 
 - Debian Live: `live/filesystem.squashfs`;
 - Fedora (and other dracut dmsquash-live media): `LiveOS/squashfs.img`;
-- Ubuntu (casper): `casper/filesystem.squashfs` when the ISO has it (up to
-  23.04, and the server ISOs of that time). Newer Ubuntu ISOs have *layered*
-  squashfs files instead, named by their chain: `minimal.squashfs`, then
+- Ubuntu (casper): `casper/filesystem.squashfs` when the ISO has it (the older
+  desktop ISOs). Newer desktop ISOs and the server ISOs have *layered* squashfs
+  files instead, named by their chain: `minimal.squashfs`, then
   `minimal.standard.squashfs` on top of it, then `minimal.standard.live.squashfs`
   (the installer session) on top of that. Only the bottom layer is a whole root
   by itself (an upper layer alone has no `/bin`), so that is the one taken: the
