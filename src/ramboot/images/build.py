@@ -22,7 +22,7 @@ from .errors import ImageError
 from .initramfs import build_initramfs
 from .kernel import resolve_kernel
 from .manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir, load_manifest
-from .rootfs import is_enospc, make_squashfs, parse_source, populate
+from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -67,8 +67,12 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
 
             build_dracut(k, out / INITRD, console)
         shutil.copyfile(k.image, out / KERNEL)
-        tree = populate(src, work, console)
-        make_squashfs(tree, out / ROOTFS, console)
+        if src.kind in LIVE_KINDS:
+            root_image = _live_root(src, out / ROOTFS, console)
+        else:
+            tree = populate(src, work, console)
+            make_squashfs(tree, out / ROOTFS, console)
+            root_image = ""
         m = Manifest(
             name=name,
             source=src.text,
@@ -76,6 +80,8 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             kernel_version=k.version,
             initramfs=initramfs,
             kernel_source=k.source,
+            source_member=src.member,
+            root_image=root_image,
         )
         for fname in (KERNEL, INITRD, ROOTFS):
             m.files[fname] = FileEntry(size=(out / fname).stat().st_size, sha256=sha256_file(out / fname))
@@ -89,6 +95,23 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
         raise ImageError(f"building {name}: {e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _live_root(src: Source, out: Path, console: Console) -> str:
+    """A live squashfs, as it is, into `out`; the LiveOS filesystem image inside it, if any."""
+    from .live import copy_squashfs, extract_iso_root, liveos_image
+
+    if src.kind == "squashfs":
+        copy_squashfs(Path(src.arg), out, console)
+        where = f"--rootfs {src.text}"
+    else:
+        found = extract_iso_root(Path(src.arg), src.text, out, console)
+        where = f"--rootfs {src.text}: {found.member}"
+    inner = liveos_image(out, where)
+    if inner:
+        console.print(f"the root is {inner} inside the squashfs: it boots read-only on a loop device, "
+                      "as dracut's dmsquash-live does")
+    return inner
 
 
 def _install(out: Path, final: Path, work: Path) -> None:

@@ -47,7 +47,8 @@ def image() -> None:
 @image.command()
 @click.argument("name")
 @click.option("--rootfs", default=None, metavar="SRC",
-              help="DIR, FILE.tar[.gz], oci:PATH, docker-archive:PATH or debian:SUITE[:pkg,...]; "
+              help="DIR, FILE.tar[.gz], oci:PATH, docker-archive:PATH, debian:SUITE[:pkg,...], "
+                   "squashfs:PATH (used as it is) or iso:PATH (a live ISO's root squashfs); "
                    "default: the built-in busybox root")
 @click.option("--kernel", default=None, metavar="SRC",
               help="a bzImage path, an unpacked kernel tree, a version in /boot, "

@@ -25,6 +25,11 @@ from .kernel import Kernel
 from .rootfs import busybox_applets, source_epoch
 
 REQUIRED = ("squashfs", "loop", "overlay")
+# A live squashfs holding LiveOS/rootfs.img (or ext3fs.img) boots from that inner
+# image: ext4 (which mounts ext2/ext3 too) on a read-only loop device. Carried when
+# the kernel has it as a module; jbd2, mbcache, crc16 and the crc32c its softdep
+# names come through modules.dep, modules.softdep and modules.alias.
+LIVE_FS = ("ext4",)
 # NICs a VM or cloud host presents; whichever of these the kernel has.
 CLOUD_NICS = ("virtio_net", "virtio_pci", "e1000", "e1000e", "vmxnet3", "ena", "gve", "hv_netvsc",
               "xen_netfront", "8139cp", "8139too", "ne2k_pci", "pcnet32")
@@ -50,6 +55,7 @@ class ModuleIndex:
     deps: dict[str, list[str]] = field(default_factory=dict)
     soft: dict[str, list[str]] = field(default_factory=dict)
     builtin: set[str] = field(default_factory=set)
+    alias: dict[str, list[str]] = field(default_factory=dict)  # plain alias (no wildcard) → modules
 
     @classmethod
     def load(cls, mods: Path) -> ModuleIndex:
@@ -71,10 +77,22 @@ class ModuleIndex:
             if len(words) >= 2 and words[0] == "softdep":
                 idx.soft[norm(words[1])] = [norm(w) for w in words[2:] if not w.endswith(":")]
         idx.builtin = {norm(x) for x in _lines(mods / "modules.builtin")}
+        for line in _lines(mods / "modules.alias"):
+            words = line.split()
+            if len(words) == 3 and words[0] == "alias" and not any(c in words[1] for c in "*?["):
+                idx.alias.setdefault(norm(words[1]), []).append(norm(words[2]))
         return idx
 
     def has(self, name: str) -> bool:
         return name in self.path or name in self.builtin
+
+    def resolve(self, name: str) -> list[str]:
+        """A module name, or a softdep's alias (`crypto-crc32c`) through modules.alias, as modules."""
+        if name in self.path:
+            return [name]
+        if name in self.builtin:
+            return []
+        return [m for m in self.alias.get(name, []) if m in self.path]
 
     def closure(self, names: list[str]) -> list[str]:
         """Every module needed to load `names`, through modules.dep and softdeps."""
@@ -85,7 +103,8 @@ class ModuleIndex:
             if n in seen:
                 continue
             seen.add(n)
-            todo += [d for d in self.deps.get(n, []) + self.soft.get(n, []) if d in self.path and d not in seen]
+            todo += [d for d in self.deps.get(n, []) if d in self.path and d not in seen]
+            todo += [m for d in self.soft.get(n, []) for m in self.resolve(d) if m not in seen]
         return sorted(seen)
 
 
@@ -108,7 +127,7 @@ def select_modules(k: Kernel, idx: ModuleIndex) -> tuple[list[str], list[str]]:
         nics = [n for n in CLOUD_NICS if idx.has(n)]
     if not any(n not in ("virtio_pci",) for n in nics):
         raise ImageError(f"kernel {k.version} has no NIC driver ramboot knows (looked for {', '.join(CLOUD_NICS)})")
-    wanted = list(REQUIRED) + nics + [d for d in DISKS if idx.has(d)]
+    wanted = list(REQUIRED) + nics + [d for d in DISKS + LIVE_FS if idx.has(d)]
     return idx.closure(wanted), nics
 
 

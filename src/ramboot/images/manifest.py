@@ -36,6 +36,11 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     kernel_source: str = ""
     build_seconds: float = 0.0
+    # iso: sources: the squashfs inside the ISO that became rootfs.squashfs.
+    source_member: str = ""
+    # A dmsquash-live squashfs: the filesystem image inside it that is the root
+    # (LiveOS/rootfs.img or LiveOS/ext3fs.img); empty when the squashfs is the root.
+    root_image: str = ""
 
     def to_toml(self) -> str:
         lines = [
@@ -46,8 +51,12 @@ class Manifest:
             f'initramfs = "{self.initramfs}"',
             f'kernel_source = "{_esc(self.kernel_source)}"',
             f"build_seconds = {self.build_seconds:.1f}",
-            "",
         ]
+        if self.source_member:
+            lines.append(f'source_member = "{_esc(self.source_member)}"')
+        if self.root_image:
+            lines.append(f'root_image = "{_esc(self.root_image)}"')
+        lines.append("")
         for fname in sorted(self.files):
             e = self.files[fname]
             lines += [f'[files."{fname}"]', f"size = {e.size}", f'sha256 = "{e.sha256}"', ""]
@@ -81,6 +90,8 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
             files=files,
             kernel_source=raw.get("kernel_source", ""),
             build_seconds=float(raw.get("build_seconds", 0.0)),
+            source_member=str(raw.get("source_member", "")),
+            root_image=str(raw.get("root_image", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None

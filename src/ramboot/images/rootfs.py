@@ -2,7 +2,9 @@
 
 Sources: a directory, a `.tar`/`.tar.gz` (`docker export`), `oci:PATH` (an OCI
 image layout), `docker-archive:PATH` (`docker save`), `debian:SUITE[:pkg,...]`
-(mmdebstrap), or nothing for the small built-in busybox root.
+(mmdebstrap), or nothing for the small built-in busybox root. Live media,
+`squashfs:PATH` and `iso:PATH`, are already a squashfs: live.py takes them as
+they are, with no tree and no rebuild.
 
 Layers are applied by our own extractor rather than `tarfile.extractall`,
 because layer semantics (whiteouts, opaque directories, replacing what a lower
@@ -37,7 +39,8 @@ from .errors import ImageError
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-SCHEMES = ("oci", "docker-archive", "debian")
+SCHEMES = ("oci", "docker-archive", "debian", "squashfs", "iso")
+LIVE_KINDS = ("squashfs", "iso")  # already a squashfs: copied, never rebuilt
 
 
 def source_epoch() -> int:
@@ -51,9 +54,10 @@ def source_epoch() -> int:
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # builtin | dir | tar | oci | docker-archive | debian
+    kind: str  # builtin | dir | tar | oci | docker-archive | debian | squashfs | iso
     arg: str
     text: str  # as the user wrote it, for the manifest
+    member: str = ""  # iso: the squashfs inside the ISO that is the root (live/filesystem.squashfs, …)
 
 
 def parse_source(text: str | None) -> Source:
@@ -66,14 +70,23 @@ def parse_source(text: str | None) -> Source:
             raise ImageError(f"--rootfs {text}: nothing after '{scheme}:'")
         if scheme == "debian":
             return Source("debian", rest, text)
+        if scheme == "squashfs":
+            from .live import check_squashfs_file
+
+            check_squashfs_file(Path(rest), text)
         _readable(Path(rest), text)
+        if scheme == "iso":
+            from .live import find_iso_root
+
+            return Source("iso", rest, text, find_iso_root(Path(rest), text).member)
         return Source(scheme, rest, text)
     p = Path(text)
     if not p.exists() and not p.is_symlink():
         if sep and "/" not in scheme and len(scheme) > 1:
             raise ImageError(
                 f"--rootfs {text}: unknown scheme '{scheme}:' "
-                "(expected a directory, .tar, .tar.gz, oci:PATH, docker-archive:PATH or debian:SUITE[:pkgs])"
+                "(expected a directory, .tar, .tar.gz, oci:PATH, docker-archive:PATH, debian:SUITE[:pkgs], "
+                "squashfs:PATH or iso:PATH)"
             )
         raise ImageError(f"--rootfs {text}: no such file or directory")
     _readable(p, text)
