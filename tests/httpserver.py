@@ -12,6 +12,7 @@ from pathlib import Path
 from ramboot.config import parse_config
 from ramboot.inventory.store import Store
 from ramboot.namespace import Namespace
+from ramboot.overlays import OverlayRenderer
 from ramboot.policy import Booter
 from ramboot.server.events import EventLog
 from ramboot.server.http_server import start_http
@@ -22,7 +23,8 @@ class LiveServer:
         self.config = parse_config(f'data_dir = "{data_dir}"\n{extra_config}')
         self.store = Store(self.config.database_url)
         self.booter = Booter(self.config, self.store, "127.0.0.1")
-        self.namespace = Namespace(self.config.data_dir, self.booter)
+        self.namespace = Namespace(self.config.data_dir, self.booter,
+                                   OverlayRenderer(self.config.data_dir, self.store, self.booter))
         self.events = EventLog(self.store, flush_interval=0.05)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -218,8 +218,12 @@ def test_boot_timeline_inventory_and_discover(data_dir):
 
 
 def test_boot_mode_does_not_register(srv):
+    assert srv.request("GET", f"/api/v1/nodes/{MAC}")[0] == 404  # nothing known of it yet
     assert srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY)[0] == 202
-    assert srv.request("GET", f"/api/v1/nodes/{MAC}")[0] == 404
+    st, node = srv.request("GET", f"/api/v1/nodes/{MAC}")  # seen, not registered: still in the inventory
+    assert st == 200 and node["state"] == "seen" and node["inventory"]["report"]["cpu"]["count"] == 2, node
+    st, nodes = srv.request("GET", "/api/v1/nodes")
+    assert [(n["mac"], n["state"]) for n in nodes] == [(MAC, "seen")]
     assert srv.request("GET", f"/api/v1/nodes/{MAC}/inventory")[0] == 200
 
 

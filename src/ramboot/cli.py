@@ -1,4 +1,4 @@
-"""The `ramboot` command line: serve, node, image, lab, doctor.
+"""The `ramboot` command line: serve, node, profile, overlay, ssh, image, lab, doctor.
 
 Every user error ends in one line on stderr and a non-zero exit, never a
 traceback.
@@ -13,8 +13,9 @@ import click
 from .bench import bench
 from .config import ConfigError, load_config
 from .doctor import doctor
+from .identity_cli import overlay, ssh
 from .images.cli import image
-from .inventory.cli import node
+from .inventory.cli import node, profile
 from .lab.cli import lab
 from .logs import setup_logging
 
@@ -54,6 +55,9 @@ def serve(config_path: str, verbose: bool) -> None:
 
 # Sub-command groups live beside the code they drive.
 main.add_command(node)
+main.add_command(profile)
+main.add_command(overlay)
+main.add_command(ssh)
 main.add_command(image)
 main.add_command(lab)
 main.add_command(doctor)

@@ -83,6 +83,7 @@ class BootConfig(_Section):
     unknown_nodes: Literal["boot", "discover", "ignore"] = "boot"
     loader: Literal["ipxe", "pxelinux"] = "ipxe"
     kernel_args: str = "console=ttyS0,115200 console=tty0"
+    profile: str | None = None  # the profile every node gets, before its own
 
 
 class DatabaseConfig(_Section):

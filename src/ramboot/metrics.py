@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 HTTP_BYTES = Counter("ramboot_http_bytes", "Bytes sent over HTTP, by kind of file", ["kind"])
+HTTP_REFUSED = Counter("ramboot_http_refused", "HTTP requests refused (403) by what they asked for", ["kind"])
 BOOTS = Counter("ramboot_boots", "Boot events seen, by stage", ["stage"])
 BOOT_DURATION = Histogram(
     "ramboot_boot_duration_seconds",

@@ -11,6 +11,8 @@ TFTP and HTTP share one namespace. A name is one of:
 | `pxelinux.cfg/<uuid>`         | the same, asked by UUID (pxelinux asks this first)|
 | `pxelinux.cfg/default`        | the config of a machine nobody knows              |
 | `images/<image>/<file>`       | a file of an image                                |
+| `overlay/<mac>[/<uuid>].tar`  | a node's identity and overlays, rendered for it   |
+| `overlay/<mac>[/<uuid>].tar.sha256` | that archive's sha256, checked before use   |
 | `<file>`                      | a boot program (`undionly.kpxe`, `snponly.efi`…)  |
 
 The name a DHCP answer hands out carries everything the next request needs
@@ -31,6 +33,7 @@ ENTRY_SCRIPT = "boot.ipxe"
 IMAGES = "images"
 SCRIPTS = "boot"
 PXELINUX_CFG = "pxelinux.cfg"
+OVERLAYS = "overlay"
 MAX_NAME = 1024
 
 _UUID_LEAF = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -60,6 +63,15 @@ class PxelinuxConfig:
 
 
 @dataclass(frozen=True)
+class Overlay:
+    """A node's rendered overlay archive (`checksum`: its sha256 file)."""
+
+    mac: str
+    uuid: str | None = None
+    checksum: bool = False
+
+
+@dataclass(frozen=True)
 class ImageFile:
     image: str
     file: str
@@ -70,12 +82,17 @@ class Loader:
     file: str
 
 
-Name = EntryScript | Script | PxelinuxConfig | ImageFile | Loader
+Name = EntryScript | Script | PxelinuxConfig | Overlay | ImageFile | Loader
 
 
 # -- building -------------------------------------------------------------------
 def script(mac: str, uuid: str | None = None) -> str:
     return f"{SCRIPTS}/{mac_hyphen(mac)}/{uuid}.ipxe" if uuid else f"{SCRIPTS}/{mac_hyphen(mac)}.ipxe"
+
+
+def overlay(mac: str, uuid: str | None = None) -> str:
+    base = f"{OVERLAYS}/{mac_hyphen(mac)}"
+    return f"{base}/{uuid}.tar" if uuid else f"{base}.tar"
 
 
 def pxelinux_config(mac: str) -> str:
@@ -117,6 +134,8 @@ def parse(name: str) -> Name | None:
         return Loader(head)
     if head == SCRIPTS and parts[-1].endswith(".ipxe") and n in (2, 3):
         return _script(parts[1:])
+    if head == OVERLAYS and n in (2, 3):
+        return _overlay(parts[1:])
     if head == PXELINUX_CFG and n == 2:
         return _pxelinux(parts[1])
     if head == IMAGES and n == 3:
@@ -131,16 +150,32 @@ def _mac(text: str) -> str | None:
         return None
 
 
-def _script(rest: list[str]) -> Script | None:
+def _mac_uuid(rest: list[str], suffix: str) -> tuple[str, str | None] | None:
+    """`<mac><suffix>` or `<mac>/<uuid><suffix>`, as (mac, uuid); None if it is neither."""
+    if not rest[-1].endswith(suffix):
+        return None
     if len(rest) == 1:
-        mac = _mac(rest[0][: -len(".ipxe")])
-        return Script(mac) if mac else None
+        mac = _mac(rest[0][: -len(suffix)])
+        return (mac, None) if mac else None
     mac = _mac(rest[0])
     try:
-        uuid = normalize_uuid(rest[1][: -len(".ipxe")])
+        uuid = normalize_uuid(rest[1][: -len(suffix)])
     except ValueError:
         return None
-    return Script(mac, uuid) if mac else None
+    return (mac, uuid) if mac and uuid else None
+
+
+def _script(rest: list[str]) -> Script | None:
+    got = _mac_uuid(rest, ".ipxe")
+    return Script(*got) if got else None
+
+
+def _overlay(rest: list[str]) -> Overlay | None:
+    checksum = rest[-1].endswith(".tar.sha256")
+    if checksum:
+        rest = [*rest[:-1], rest[-1].removesuffix(".sha256")]
+    got = _mac_uuid(rest, ".tar")
+    return Overlay(got[0], got[1], checksum) if got else None
 
 
 def _pxelinux(leaf: str) -> PxelinuxConfig | None:

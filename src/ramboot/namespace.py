@@ -9,14 +9,16 @@ percent-encoded tricks and symlinks that leave the tree are all refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from . import names, render
 from .names import PathRefused
-from .policy import Booter
+from .policy import Booter, Decision
 from .proto.pxe import Client
 
 __all__ = ["GeneratedFile", "Namespace", "PathRefused", "Resolved", "StaticFile", "install_loaders"]
@@ -70,20 +72,33 @@ def install_loaders(data_dir: Path) -> list[str]:
 _KINDS = {"vmlinuz": "kernel", "initrd.img": "initrd", "rootfs.squashfs": "rootfs", "image.toml": "manifest"}
 
 
+class Archiver(Protocol):
+    """Renders a node's overlay archive (`overlays.OverlayRenderer`)."""
+
+    def archive(self, d: Decision) -> bytes: ...
+
+
 class Namespace:
-    def __init__(self, data_dir: Path, booter: Booter):
+    def __init__(self, data_dir: Path, booter: Booter, overlays: Archiver | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.booter = booter
+        self.overlays = overlays
         # The trees files are served from, resolved once (not per request).
         self._images = (self.data_dir / names.IMAGES).resolve()
         self._loaders = (self.data_dir / LOADERS_DIR).resolve()
 
     def resolve(self, name: str) -> Resolved | None:
-        """Map a request to a file or generated content; None if it does not exist."""
+        """Map a request to a file or generated content; None if it does not exist.
+
+        A node's overlay is never found this way: it holds secrets, and only the
+        HTTP layer checks who asks (`lookup(..., private=True)`).
+        """
         return self.lookup(names.parse(name))
 
-    def lookup(self, name: names.Name | None) -> Resolved | None:
+    def lookup(self, name: names.Name | None, private: bool = False) -> Resolved | None:
         """A parsed name's file or content; generated ones ask the Booter once."""
+        if isinstance(name, names.Overlay):
+            return self._overlay(name) if private else None
         if isinstance(name, names.ImageFile):
             path = self._inside(self._images, [name.image, name.file])
             return StaticFile(path, _KINDS.get(name.file, "file")) if path else None
@@ -98,6 +113,17 @@ class Namespace:
         if isinstance(name, names.PxelinuxConfig):
             return self._pxelinux(name)
         return None
+
+    def _overlay(self, name: names.Overlay) -> Resolved | None:
+        if self.overlays is None:
+            return None
+        d = self.booter.decide(Client(name.mac, uuid=name.uuid))
+        if d is None:
+            return None
+        data = self.overlays.archive(d)
+        if name.checksum:
+            data = hashlib.sha256(data).hexdigest().encode() + b"  overlay.tar\n"
+        return GeneratedFile(data, "overlay", name.mac)
 
     def _pxelinux(self, name: names.PxelinuxConfig) -> Resolved | None:
         d = self.booter.decide(Client(name.mac or "", arch=0, uuid=name.uuid), loader="pxelinux")

@@ -6,19 +6,23 @@ that says everything about one boot: which node this is, what it boots, how,
 and with which kernel command line. Boot scripts and configs are pure renderers
 of it (`render.py`). The node is chosen by specificity, as matchbox does: a
 node registered with this MAC, else one registered with this UUID, else the
-default for unknown machines (`[boot] unknown_nodes`).
+default for unknown machines (`[boot] unknown_nodes`). Its settings are
+layered the same way: `[boot]`, then `[boot] profile`, then the node's
+profiles in order, then the node's own settings, each winning over the one
+before (lists such as SSH keys and overlays add up, in that order).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from . import names
 from .config import Config
 from .images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, Manifest, ManifestError, images_dir, load_manifest
-from .inventory.records import NodeSpec
+from .inventory.records import NodeSpec, ProfileSpec
 from .macaddr import mac_hyphen, normalize_mac
 from .proto.pxe import ARCH_BIOS, BootFile, Client, Firmware
 
@@ -36,6 +40,8 @@ class Directory(Protocol):
     def get_node(self, mac: str) -> NodeSpec | None: ...
 
     def node_by_uuid(self, uuid: str) -> NodeSpec | None: ...
+
+    def get_profile(self, name: str) -> ProfileSpec | None: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,11 @@ class Decision:
     initrd: str
     cmdline: str  # the whole kernel command line
     root_urls: tuple[str, ...]  # in the order the initramfs tries them
+    profiles: tuple[str, ...] = ()  # the profiles applied, `[boot] profile` first
+    ssh_keys: tuple[str, ...] = ()  # root's authorized_keys
+    overlays: tuple[str, ...] = ()  # DATA/overlays/NAME, laid on in this order
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs, for templates
+    overlay_url: str | None = None  # where the node fetches its identity and overlays
 
     @property
     def script(self) -> str:
@@ -95,10 +106,20 @@ class Booter:
         boot = self.config.boot
         if spec is None and boot.unknown_nodes == "ignore":
             return None
-        image = (spec.image if spec else None) or boot.default_image
+        layers = self._layers(spec)
+        image = (spec.image if spec else None) or _last(p.image for p in layers) or boot.default_image
         loader = loader or (spec.loader if spec else None) or boot.loader
         hostname = spec.hostname if spec else None
+        node_args = " ".join(a for a in [*(p.kernel_args for p in layers), spec.kernel_args if spec else ""] if a)
+        ssh_keys = _union([*(k for p in layers for k in p.ssh_keys), *(spec.ssh_keys if spec else [])])
+        overlays = _union([*(o for p in layers for o in p.overlays), *(spec.overlays if spec else [])])
+        labels: dict[str, str] = {}
+        for p in layers:
+            labels.update({str(k): str(v) for k, v in p.labels.items()})
+        if spec:
+            labels.update({str(k): str(v) for k, v in spec.labels.items()})
         root_urls = (f"{self.http_base}/{names.image_file(image, ROOTFS)}",)
+        overlay_url = f"{self.http_base}/{names.overlay(mac, client.uuid)}" if mac else None
         return Decision(
             mac=mac,
             uuid=client.uuid,
@@ -111,9 +132,21 @@ class Booter:
             http_base=self.http_base,
             kernel=names.image_file(image, KERNEL),
             initrd=names.image_file(image, INITRD),
-            cmdline=self._cmdline(image, loader, mac, hostname, spec.kernel_args if spec else "", root_urls),
+            cmdline=self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url),
             root_urls=root_urls,
+            profiles=tuple(p.name for p in layers),
+            ssh_keys=ssh_keys,
+            overlays=overlays,
+            labels=tuple(sorted(labels.items())),
+            overlay_url=overlay_url,
         )
+
+    def _layers(self, spec: NodeSpec | None) -> list[ProfileSpec]:
+        """The profiles that apply, weakest first: `[boot] profile`, then the node's own.
+        A profile that does not exist is skipped (the CLI warns when one is named)."""
+        wanted = _union([*([self.config.boot.profile] if self.config.boot.profile else []),
+                         *(spec.profiles if spec else [])])
+        return [p for p in (self.directory.get_profile(n) for n in wanted) if p is not None]
 
     def _boot_file(self, client: Client, loader: str, mac: str, uuid: str | None) -> BootFile:
         fw = client.firmware
@@ -129,7 +162,7 @@ class Booter:
         return BootFile(LOADER_UEFI if fw is Firmware.UEFI else LOADER_BIOS, http=False)
 
     def _cmdline(self, image: str, loader: str, mac: str, hostname: str | None, node_args: str,
-                 root_urls: tuple[str, ...]) -> str:
+                 root_urls: tuple[str, ...], overlay_url: str | None) -> str:
         """The root URLs, the root's sha256 and where to report; BOOTIF when the MAC is known
         (pxelinux appends it itself otherwise: IPAPPEND 2)."""
         try:
@@ -157,6 +190,8 @@ class Booter:
             args.append(f"BOOTIF=01-{mac_hyphen(mac)}")
         if hostname:
             args.append(f"ramboot.hostname={hostname}")
+        if overlay_url:
+            args.append(f"ramboot.overlay={overlay_url}")
         if node_args:
             args.append(node_args)
         return " ".join(a for a in args if a)
@@ -187,6 +222,18 @@ class Booter:
             return None
         return entry.sha256 if entry is not None and entry.size == size else None
 
+    # -- who may fetch a node's overlay ------------------------------------------------
+    def overlay_allowed(self, ip: str, holds_lease: bool, fetched_script_from: str | None) -> bool:
+        """A node's overlay carries its secrets (host keys): only that node may fetch it.
+
+        In full mode that is the address holding the MAC's lease. Otherwise ramboot
+        gives no addresses, and the address that fetched the MAC's boot script is the
+        best proof there is (docs/decisions.md says what that trusts).
+        """
+        if self.config.dhcp.mode == "full":
+            return holds_lease
+        return fetched_script_from is not None and fetched_script_from == ip
+
     # -- discovery --------------------------------------------------------------------
     def discovered(self, mac: str, uuid: str | None) -> NodeSpec | None:
         """The node to register for a machine that reported its hardware, or None.
@@ -198,3 +245,16 @@ class Booter:
         if uuid and self.directory.node_by_uuid(uuid) is not None:
             return None  # a known machine on a new NIC: it is registered already
         return NodeSpec(mac=normalize_mac(mac), image=self.config.boot.default_image, uuid=uuid, discovered=True)
+
+
+def _last(values: Iterable[str | None]) -> str | None:
+    """The last value that is set (the strongest layer's)."""
+    out = None
+    for v in values:
+        out = v or out
+    return out
+
+
+def _union(values: Iterable[str]) -> tuple[str, ...]:
+    """The values in order, each once."""
+    return tuple(dict.fromkeys(v for v in values if v))

@@ -64,6 +64,29 @@ class Local:
         if not self.store.remove_node(mac):
             raise click.ClickException(f"no node {mac}")
 
+    def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
+        from .store import ProfileSpec
+
+        self.store.put_profile(ProfileSpec(name=name, **body.model_dump()))
+        return self.show_profile(name)
+
+    def list_profiles(self) -> list[S.ProfileOut]:
+        from dataclasses import asdict
+
+        return [S.ProfileOut(**asdict(p)) for p in self.store.list_profiles()]
+
+    def show_profile(self, name: str) -> S.ProfileOut:
+        from dataclasses import asdict
+
+        p = self.store.get_profile(name)
+        if p is None:
+            raise click.ClickException(f"no profile {name}")
+        return S.ProfileOut(**asdict(p))
+
+    def rm_profile(self, name: str) -> None:
+        if not self.store.remove_profile(name):
+            raise click.ClickException(f"no profile {name}")
+
 
 class Remote:
     def __init__(self, url: str, token: str | None):
@@ -105,6 +128,18 @@ class Remote:
 
     def rm(self, mac: str) -> None:
         self.call("DELETE", f"/nodes/{mac}")
+
+    def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
+        return S.ProfileOut.model_validate(self.call("PUT", f"/profiles/{name}", body.model_dump()))
+
+    def list_profiles(self) -> list[S.ProfileOut]:
+        return [S.ProfileOut.model_validate(p) for p in self.call("GET", "/profiles")]
+
+    def show_profile(self, name: str) -> S.ProfileOut:
+        return S.ProfileOut.model_validate(self.call("GET", f"/profiles/{name}"))
+
+    def rm_profile(self, name: str) -> None:
+        self.call("DELETE", f"/profiles/{name}")
 
 
 def _open(config_path: str | None, server: str | None, token: str | None) -> Local | Remote:
@@ -148,31 +183,69 @@ def node() -> None:
     """Register nodes and see their hardware and boots."""
 
 
-@node.command()
-@click.argument("mac", callback=lambda c, p, v: _mac(v))
-@click.option("--image", required=True, help="image name (DATA/images/NAME)")
-@click.option("--hostname")
-@click.option("--ip", help="fixed IPv4 address (full DHCP mode)")
-@click.option("--loader", type=click.Choice(["ipxe", "pxelinux"]))
-@click.option("--kernel-args", default="", help="extra kernel arguments")
-@click.option("--uuid", help="SMBIOS UUID, to match the node by DHCP option 97")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
-@_backend_options
-def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, config_path, server, token) -> None:
-    """Register a node (or replace what is registered for it)."""
+def _read_keys(files: tuple[str, ...]) -> list[str]:
+    """The public keys in each file (an authorized_keys-style file: one key per line, # comments)."""
+    keys = []
+    for f in files:
+        try:
+            text = open(f, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"{f}: {getattr(e, 'strerror', None) or e}", param_hint="--ssh-key") from None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if not lines:
+            raise click.BadParameter(f"{f}: no public key in it", param_hint="--ssh-key")
+        for ln in lines:
+            try:
+                keys.append(S.ssh_public_key(ln))
+            except ValueError as e:
+                raise click.BadParameter(f"{f}: {e}", param_hint="--ssh-key") from None
+    return keys
+
+
+def _validated(model, param_names: dict[str, str], **fields):
+    """The pydantic model, or the CLI's one-line error naming the option."""
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = str(first["loc"][0])
+        raise click.BadParameter(first["msg"].removeprefix("Value error, "),
+                                 param_hint=param_names.get(field, f"--{field.replace('_', '-')}")) from None
+
+
+def _labels(labels: tuple[str, ...]) -> dict[str, str]:
     pairs = {}
     for item in labels:
         k, sep, v = item.partition("=")
         if not sep or not k:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--label")
         pairs[k] = v
-    try:
-        body = S.NodeIn(image=image, hostname=hostname, ip=ip, loader=loader, kernel_args=kernel_args, uuid=uuid,
-                        labels=pairs)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise click.BadParameter(first["msg"].removeprefix("Value error, "),
-                                 param_hint=f"--{str(first['loc'][0]).replace('_', '-')}") from None
+    return pairs
+
+
+_NAMES = {"ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overlay"}
+
+
+@node.command()
+@click.argument("mac", callback=lambda c, p, v: _mac(v))
+@click.option("--image", help="image name (DATA/images/NAME); default: its profiles', else boot.default_image")
+@click.option("--hostname")
+@click.option("--ip", help="fixed IPv4 address (full DHCP mode)")
+@click.option("--loader", type=click.Choice(["ipxe", "pxelinux"]))
+@click.option("--kernel-args", default="", help="extra kernel arguments")
+@click.option("--uuid", help="SMBIOS UUID, to match the node by DHCP option 97")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
+@click.option("--ssh-key", "ssh_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="a public key file for root's authorized_keys (repeatable)")
+@click.option("--profile", "profiles", multiple=True, help="a profile to inherit, in order (repeatable)")
+@click.option("--overlay", "overlays", multiple=True, help="an overlay (DATA/overlays/NAME) to lay on (repeatable)")
+@_backend_options
+def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, config_path,
+        server, token) -> None:
+    """Register a node (or replace what is registered for it)."""
+    body = _validated(S.NodeIn, _NAMES, image=image, hostname=hostname, ip=ip, loader=loader,
+                      kernel_args=kernel_args, uuid=uuid, labels=_labels(labels), ssh_keys=_read_keys(ssh_keys),
+                      profiles=list(profiles), overlays=list(overlays))
     n = _open(config_path, server, token).put(mac, body)
     click.echo(f"node {n.mac}: image {n.image}" + (f", ip {n.ip}" if n.ip else "")
                + (f", hostname {n.hostname}" if n.hostname else ""))
@@ -181,7 +254,7 @@ def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, config_path
 @node.command("list")
 @_backend_options
 def list_(config_path, server, token) -> None:
-    """All registered nodes with their last boot stage."""
+    """Every machine that asked or booted, registered or not, with its last boot stage."""
     nodes = _open(config_path, server, token).list()
     table = Table(box=box.SIMPLE)
     for col in ("MAC", "hostname", "IP", "image", "loader", "stage", "seen"):
@@ -190,7 +263,7 @@ def list_(config_path, server, token) -> None:
         stage = n.stage or "—"
         style = "green" if stage == "booted" else "red" if stage == "failed" else None
         table.add_row(
-            n.mac + (" (discovered)" if n.discovered else ""),
+            n.mac + ("" if n.state == "registered" else f" ({n.state})"),
             n.hostname or "",
             n.ip or "",
             n.image or "(default)",
@@ -198,7 +271,7 @@ def list_(config_path, server, token) -> None:
             f"[{style}]{stage}[/]" if style else stage,
             _ago(n.updated),
         )
-    Console().print(table if nodes else "no nodes registered")
+    Console().print(table if nodes else "no nodes: none registered, none seen")
 
 
 @node.command()
@@ -208,11 +281,16 @@ def show(mac, config_path, server, token) -> None:
     """One node: what it boots, its inventory and its last boot timeline."""
     n = _open(config_path, server, token).show(mac)
     con = Console()
-    con.print(f"[bold]{n.mac}[/]" + (" (discovered)" if n.discovered else ""))
+    con.print(f"[bold]{n.mac}[/] ({n.state})")
     for k in ("hostname", "ip", "image", "loader", "uuid", "kernel_args"):
         v = getattr(n, k)
         if v:
             con.print(f"  {k}: {v}")
+    for k in ("profiles", "overlays"):
+        if getattr(n, k):
+            con.print(f"  {k}: {', '.join(getattr(n, k))}")
+    if n.ssh_keys:
+        con.print(f"  ssh keys: {len(n.ssh_keys)} (" + ", ".join(k.split()[-1] for k in n.ssh_keys) + ")")
     if n.labels:
         con.print("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())))
     if n.inventory:
@@ -250,3 +328,71 @@ def rm(mac, config_path, server, token) -> None:
     """Forget a node (its events and inventory are kept)."""
     _open(config_path, server, token).rm(mac)
     click.echo(f"node {mac} removed")
+
+
+# -- profiles -------------------------------------------------------------------------
+@click.group()
+def profile() -> None:
+    """Named settings that nodes inherit: image, kernel arguments, SSH keys, overlays, labels."""
+
+
+@profile.command("add")
+@click.argument("name")
+@click.option("--image", help="image name (DATA/images/NAME)")
+@click.option("--kernel-args", default="", help="extra kernel arguments")
+@click.option("--ssh-key", "ssh_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="a public key file for root's authorized_keys (repeatable)")
+@click.option("--overlay", "overlays", multiple=True, help="an overlay (DATA/overlays/NAME) (repeatable)")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
+@_backend_options
+def profile_add(name, image, kernel_args, ssh_keys, overlays, labels, config_path, server, token) -> None:
+    """Create a profile (or replace it)."""
+    try:
+        S.plain_name(name)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="NAME") from None
+    body = _validated(S.ProfileIn, _NAMES, image=image, kernel_args=kernel_args, ssh_keys=_read_keys(ssh_keys),
+                      overlays=list(overlays), labels=_labels(labels))
+    p = _open(config_path, server, token).put_profile(name, body)
+    click.echo(f"profile {p.name}" + (f": image {p.image}" if p.image else ""))
+
+
+@profile.command("list")
+@_backend_options
+def profile_list(config_path, server, token) -> None:
+    """All profiles."""
+    profiles = _open(config_path, server, token).list_profiles()
+    table = Table(box=box.SIMPLE)
+    for col in ("name", "image", "kernel args", "ssh keys", "overlays", "labels"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(p.name, p.image or "", p.kernel_args, str(len(p.ssh_keys)), ", ".join(p.overlays),
+                      ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())))
+    Console().print(table if profiles else "no profiles")
+
+
+@profile.command("show")
+@click.argument("name")
+@_backend_options
+def profile_show(name, config_path, server, token) -> None:
+    """One profile."""
+    p = _open(config_path, server, token).show_profile(name)
+    click.echo(f"profile {p.name}")
+    for k in ("image", "kernel_args"):
+        if getattr(p, k):
+            click.echo(f"  {k}: {getattr(p, k)}")
+    if p.overlays:
+        click.echo(f"  overlays: {', '.join(p.overlays)}")
+    for key in p.ssh_keys:
+        click.echo(f"  ssh key: {key.split()[0]} {key.split()[-1]}")
+    if p.labels:
+        click.echo("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())))
+
+
+@profile.command("rm")
+@click.argument("name")
+@_backend_options
+def profile_rm(name, config_path, server, token) -> None:
+    """Remove a profile (nodes that name it keep their own settings)."""
+    _open(config_path, server, token).rm_profile(name)
+    click.echo(f"profile {name} removed")

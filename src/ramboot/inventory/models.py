@@ -29,6 +29,34 @@ class Node(Base):
     labels: Mapped[dict] = mapped_column(JSON, default=dict)
     discovered: Mapped[bool] = mapped_column(default=False)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ssh_keys: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    profiles: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    overlays: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+
+
+class Profile(Base):
+    """Settings that nodes inherit: image, kernel arguments, SSH keys, overlays, labels."""
+
+    __tablename__ = "profiles"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    image: Mapped[str | None] = mapped_column(String(128))
+    kernel_args: Mapped[str] = mapped_column(Text, default="")
+    ssh_keys: Mapped[list] = mapped_column(JSON, default=list)
+    overlays: Mapped[list] = mapped_column(JSON, default=list)
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Secret(Base):
+    """What the server keeps for nodes and itself: SSH host keys, the SSH CA, machine ids.
+
+    In the database, so several servers on one PostgreSQL hand a node the same keys.
+    """
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class Lease(Base):

@@ -23,6 +23,21 @@ class NodeSpec:
     kernel_args: str = ""
     labels: dict[str, Any] = field(default_factory=dict)
     discovered: bool = False
+    ssh_keys: list[str] = field(default_factory=list)  # public keys for root's authorized_keys
+    profiles: list[str] = field(default_factory=list)  # inherited in order; the node's own settings win
+    overlays: list[str] = field(default_factory=list)  # DATA/overlays/NAME trees, laid on at boot
+
+
+@dataclass
+class ProfileSpec:
+    """A named set of settings that nodes inherit (`node add --profile`, `[boot] profile`)."""
+
+    name: str
+    image: str | None = None
+    kernel_args: str = ""
+    ssh_keys: list[str] = field(default_factory=list)
+    overlays: list[str] = field(default_factory=list)
+    labels: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

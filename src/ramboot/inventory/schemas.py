@@ -31,6 +31,27 @@ def normalize_uuid(v: str) -> str:
     return out
 
 
+_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+              "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def ssh_public_key(v: str) -> str:
+    """One OpenSSH public key line (`TYPE BASE64 [COMMENT]`); ValueError otherwise."""
+    line = v.strip()
+    parts = line.split()
+    if "\n" in line or len(parts) < 2 or parts[0] not in _KEY_TYPES or not re.match(r"^[A-Za-z0-9+/=]+$", parts[1]):
+        raise ValueError("not an OpenSSH public key line (TYPE BASE64 [COMMENT])")
+    return line
+
+
+def plain_name(v: str) -> str:
+    """A profile or overlay name: letters, digits, `.`, `_`, `-`; no path."""
+    if not _NAME.match(v):
+        raise ValueError(f"not a name: {v!r} (letters, digits, '.', '_', '-')")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,6 +66,19 @@ class NodeIn(_Strict):
     uuid: str | None = Field(None, description="SMBIOS UUID (DHCP option 97)")
     kernel_args: str = Field("", max_length=4096)
     labels: dict[str, str] = {}
+    ssh_keys: list[str] = Field([], description="public keys for root's authorized_keys", max_length=256)
+    profiles: list[str] = Field([], description="profiles the node inherits, in order; its own settings win")
+    overlays: list[str] = Field([], description="overlays (DATA/overlays/NAME) laid on at boot, in order")
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        return [ssh_public_key(k) for k in v]
+
+    @field_validator("profiles", "overlays")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return [plain_name(n) for n in v]
 
     @field_validator("ip")
     @classmethod
@@ -66,8 +100,35 @@ class NodeCreate(NodeIn):
         return normalize_mac(v)
 
 
+class ProfileIn(_Strict):
+    """A named set of settings that nodes inherit (PUT replaces all of it)."""
+
+    image: str | None = Field(None, pattern=IMAGE_NAME)
+    kernel_args: str = Field("", max_length=4096)
+    ssh_keys: list[str] = Field([], max_length=256)
+    overlays: list[str] = []
+    labels: dict[str, str] = {}
+
+    @field_validator("ssh_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        return [ssh_public_key(k) for k in v]
+
+    @field_validator("overlays")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return [plain_name(n) for n in v]
+
+
+class ProfileOut(ProfileIn):
+    name: str
+
+
 class NodeOut(BaseModel):
     mac: str
+    state: Literal["registered", "discovered", "seen"] = Field(
+        "registered", description="registered by an operator, discovered (registered by `unknown_nodes = "
+        "\"discover\"`), or only seen (it asked or booted, nobody registered it)")
     image: str | None
     hostname: str | None
     ip: str | None
@@ -76,6 +137,9 @@ class NodeOut(BaseModel):
     kernel_args: str
     labels: dict[str, str]
     discovered: bool
+    ssh_keys: list[str] = []
+    profiles: list[str] = []
+    overlays: list[str] = []
     stage: str | None = Field(None, description="stage of the last boot")
     updated: float | None = Field(None, description="unix time of the last event")
 

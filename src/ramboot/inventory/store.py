@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import bindparam, create_engine, delete, event, insert, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from ..macaddr import normalize_mac
 from ..proto.dhcp_core import LeaseRecord
 from .migrate import upgrade_to_head
-from .models import Event, Inventory, Lease, Node
-from .records import EventRecord, NodeSpec
+from .models import Event, Inventory, Lease, Node, Profile, Secret
+from .records import EventRecord, NodeSpec, ProfileSpec
 
-__all__ = ["EventRecord", "LeaseRecord", "NodeSpec", "Store", "StoreError"]
+__all__ = ["EventRecord", "LeaseRecord", "NodeSpec", "ProfileSpec", "Store", "StoreError"]
+
+_NODE_FIELDS = ("image", "hostname", "ip", "loader", "uuid", "kernel_args", "labels", "discovered", "ssh_keys",
+                "profiles", "overlays")
+_PROFILE_FIELDS = ("image", "kernel_args", "ssh_keys", "overlays", "labels")
 
 
 class StoreError(Exception):
@@ -64,7 +69,7 @@ class Store:
                 if other is not None:
                     raise StoreError(f"address {spec.ip} is already fixed for {other.mac}")
             row = s.get(Node, mac) or Node(mac=mac)
-            for k in ("image", "hostname", "ip", "loader", "uuid", "kernel_args", "labels", "discovered"):
+            for k in _NODE_FIELDS:
                 setattr(row, k, getattr(spec, k))
             s.add(row)
         return self.get_node(mac)  # type: ignore[return-value]
@@ -86,6 +91,56 @@ class Store:
     def remove_node(self, mac: str) -> bool:
         with self._session.begin() as s:
             return s.execute(delete(Node).where(Node.mac == normalize_mac(mac))).rowcount > 0
+
+    # -- profiles ----------------------------------------------------------
+    def put_profile(self, spec: ProfileSpec) -> ProfileSpec:
+        with self._session.begin() as s:
+            row = s.get(Profile, spec.name) or Profile(name=spec.name)
+            for k in _PROFILE_FIELDS:
+                setattr(row, k, getattr(spec, k))
+            s.add(row)
+        return spec
+
+    def get_profile(self, name: str) -> ProfileSpec | None:
+        with self._session() as s:
+            row = s.get(Profile, name)
+            return _profile_spec(row) if row else None
+
+    def list_profiles(self) -> list[ProfileSpec]:
+        with self._session() as s:
+            return [_profile_spec(r) for r in s.scalars(select(Profile).order_by(Profile.name))]
+
+    def remove_profile(self, name: str) -> bool:
+        with self._session.begin() as s:
+            return s.execute(delete(Profile).where(Profile.name == name)).rowcount > 0
+
+    # -- secrets -------------------------------------------------------------
+    def secret(self, name: str, make: Callable[[], str]) -> str:
+        """The secret called `name`, made with `make()` and kept the first time it is asked for.
+
+        Race-safe across servers on one database: of two that make it at once, the
+        first insert wins and both return the kept value.
+        """
+        with self._session() as s:
+            row = s.get(Secret, name)
+            if row is not None:
+                return row.value
+        value = make()
+        try:
+            with self._session.begin() as s:
+                s.add(Secret(name=name, value=value))
+        except IntegrityError:
+            pass
+        with self._session() as s:
+            row = s.get(Secret, name)
+            assert row is not None
+            return row.value
+
+    def set_secret(self, name: str, value: str) -> None:
+        with self._session.begin() as s:
+            row = s.get(Secret, name) or Secret(name=name)
+            row.value = value
+            s.add(row)
 
     # -- leases ----------------------------------------------------------
     def load_leases(self) -> list[LeaseRecord]:
@@ -171,6 +226,13 @@ class Store:
             self._upsert_stmt = stmt
         return self._upsert_stmt
 
+    def holds_lease(self, mac: str, ip: str, now: float | None = None) -> bool:
+        """Whether `ip` holds an unexpired lease for `mac` (a MAC may hold several, one per client id)."""
+        now = time.time() if now is None else now
+        with self._session() as s:
+            return s.scalar(select(Lease.ip).where(Lease.mac == normalize_mac(mac), Lease.ip == ip,
+                                                   Lease.expires > now).limit(1)) is not None
+
     def lease_for_mac(self, mac: str, now: float | None = None) -> LeaseRecord | None:
         """The unexpired lease a MAC holds, if any (node reports are checked against it)."""
         now = time.time() if now is None else now
@@ -209,6 +271,11 @@ class Store:
         with self._session() as s:
             return list(s.scalars(select(Event.mac).distinct().order_by(Event.mac)))
 
+    def inventory_macs(self) -> list[str]:
+        """Every MAC that reported its hardware, registered or not."""
+        with self._session() as s:
+            return list(s.scalars(select(Inventory.mac).distinct().order_by(Inventory.mac)))
+
     def add_inventory(self, mac: str, data: dict, at: float | None = None) -> None:
         with self._session.begin() as s:
             s.add(Inventory(mac=normalize_mac(mac), data=data, at=at or time.time()))
@@ -243,6 +310,11 @@ def _lease_record(r: Lease) -> LeaseRecord:
                        uuid=r.uuid)
 
 
+def _profile_spec(r: Profile) -> ProfileSpec:
+    return ProfileSpec(name=r.name, image=r.image, kernel_args=r.kernel_args or "", ssh_keys=list(r.ssh_keys or []),
+                       overlays=list(r.overlays or []), labels=dict(r.labels or {}))
+
+
 def _node_spec(r: Node) -> NodeSpec:
     return NodeSpec(
         mac=r.mac,
@@ -254,4 +326,7 @@ def _node_spec(r: Node) -> NodeSpec:
         kernel_args=r.kernel_args or "",
         labels=dict(r.labels or {}),
         discovered=bool(r.discovered),
+        ssh_keys=list(r.ssh_keys or []),
+        profiles=list(r.profiles or []),
+        overlays=list(r.overlays or []),
     )

@@ -35,23 +35,38 @@ def inventory_out(store: Store, mac: str) -> S.InventoryOut | None:
     return S.InventoryOut(at=at, report=report_of(data))
 
 
-def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut, **extra: Any) -> S.NodeOut:
+def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut, registered: bool = True,
+             **extra: Any) -> S.NodeOut:
     fields = asdict(spec)
     fields["labels"] = {str(k): str(v) for k, v in spec.labels.items()}
-    return cls(**fields, stage=boot.stage if boot else None, updated=boot.updated if boot else None, **extra)
+    state = "seen" if not registered else "discovered" if spec.discovered else "registered"
+    return cls(**fields, state=state, stage=boot.stage if boot else None, updated=boot.updated if boot else None,
+               **extra)
 
 
 def node_list(store: Store) -> list[S.NodeOut]:
-    """Every registered node with its last boot (from its latest 100 events)."""
-    return [node_out(n, last_boot(store.events(n.mac, limit=100))) for n in store.list_nodes()]
+    """Every machine that asked or booted, registered or not, with its last boot (from its latest 100 events)."""
+    specs = {n.mac: n for n in store.list_nodes()}
+    out = []
+    for mac in sorted(specs.keys() | set(store.event_macs()) | set(store.inventory_macs())):
+        spec = specs.get(mac)
+        out.append(node_out(spec or NodeSpec(mac=mac), last_boot(store.events(mac, limit=100)),
+                            registered=spec is not None))
+    return out
 
 
 def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
+    """A machine with its inventory and last boot; None only if nothing is known of it."""
     spec = store.get_node(mac)
-    if spec is None:
+    events = store.events(mac)
+    inventory = inventory_out(store, mac)
+    if spec is None and not events and inventory is None:
         return None
-    boot = last_boot(store.events(mac))
-    return node_out(spec, boot, S.NodeDetail, inventory=inventory_out(store, mac), last_boot=boot_out(boot))  # type: ignore[return-value]
+    boot = last_boot(events)
+    detail = node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, registered=spec is not None,
+                      inventory=inventory, last_boot=boot_out(boot))
+    assert isinstance(detail, S.NodeDetail)
+    return detail
 
 
 def node_status(store: Store, mac: str) -> S.NodeStatus:
@@ -72,4 +87,5 @@ def _status(store: Store, mac: str, spec: NodeSpec | None) -> S.NodeStatus:
 
 def all_status(store: Store) -> list[S.NodeStatus]:
     specs = {n.mac: n for n in store.list_nodes()}
-    return [_status(store, m, specs.get(m)) for m in sorted(specs.keys() | set(store.event_macs()))]
+    macs = specs.keys() | set(store.event_macs()) | set(store.inventory_macs())
+    return [_status(store, m, specs.get(m)) for m in sorted(macs)]

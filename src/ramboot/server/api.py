@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
-from ..inventory.store import NodeSpec, Store, StoreError
+from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
 from ..inventory.timeline import SERVER_STAGES
 from ..inventory.views import all_status, event_out, node_detail, node_list, report_of
 from ..macaddr import BadMac, normalize_mac
@@ -241,6 +242,42 @@ async def report_inventory(request: web.Request) -> web.Response:
     return json_response(S.Accepted(), 202)
 
 
+def _profile_name(request: web.Request) -> str:
+    try:
+        return S.plain_name(request.match_info["name"])
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+
+
+async def list_profiles(request: web.Request) -> web.Response:
+    profiles = await asyncio.to_thread(request.app[CTX].store.list_profiles)
+    return json_response([S.ProfileOut(**asdict(p)) for p in profiles])
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    name = _profile_name(request)
+    p = await asyncio.to_thread(request.app[CTX].store.get_profile, name)
+    if p is None:
+        raise ApiError(404, f"no profile {name}")
+    return json_response(S.ProfileOut(**asdict(p)))
+
+
+async def put_profile(request: web.Request) -> web.Response:
+    name = _profile_name(request)
+    body = await body_of(request, S.ProfileIn)
+    store = request.app[CTX].store
+    old = await asyncio.to_thread(store.get_profile, name)
+    await asyncio.to_thread(store.put_profile, ProfileSpec(name=name, **body.model_dump()))
+    return json_response(S.ProfileOut(name=name, **body.model_dump()), 200 if old else 201)
+
+
+async def delete_profile(request: web.Request) -> web.Response:
+    name = _profile_name(request)
+    if not await asyncio.to_thread(request.app[CTX].store.remove_profile, name):
+        raise ApiError(404, f"no profile {name}")
+    return web.Response(status=204)
+
+
 async def list_images(request: web.Request) -> web.Response:
     data_dir = request.app[CTX].config.data_dir
 
@@ -334,6 +371,10 @@ ROUTES = [
           response=S.InventoryOut, many=True),
     Route("POST", "/nodes/{mac}/inventory", report_inventory, "node", "A node reports its hardware",
           S.InventoryReport, S.Accepted, status=202),
+    Route("GET", "/profiles", list_profiles, "read", "List profiles", response=S.ProfileOut, many=True),
+    Route("GET", "/profiles/{name}", get_profile, "read", "One profile", response=S.ProfileOut),
+    Route("PUT", "/profiles/{name}", put_profile, "write", "Create or replace a profile", S.ProfileIn, S.ProfileOut),
+    Route("DELETE", "/profiles/{name}", delete_profile, "write", "Remove a profile", status=204),
     Route("GET", "/images", list_images, "read", "List images (from their manifests)", response=S.ImageOut, many=True),
     Route("GET", "/images/{name}", get_image, "read", "One image's manifest", response=S.ImageOut),
     Route("GET", "/leases", list_leases, "read", "DHCP leases", response=S.LeaseOut, many=True),

@@ -17,6 +17,7 @@ from ..config import Config, ConfigError
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
 from ..netif import interface_ipv4
+from ..overlays import OverlayRenderer
 from ..policy import Booter
 from .dhcp_server import start_dhcp
 from .events import EventLog
@@ -64,7 +65,8 @@ class Services:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database_url)
         self.booter = Booter(config, self.store, self.server_ip)
-        self.namespace = Namespace(config.data_dir, self.booter)
+        overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
+        self.namespace = Namespace(config.data_dir, self.booter, overlays)
         self.events = EventLog(self.store)
         self.servers: list = []
 

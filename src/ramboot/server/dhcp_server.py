@@ -27,7 +27,7 @@ import time
 
 from .. import metrics
 from ..config import Config
-from ..inventory.store import LeaseRecord, NodeSpec, Store
+from ..inventory.store import LeaseRecord, NodeSpec, ProfileSpec, Store
 from ..netif import interface_netmask
 from ..policy import Booter
 from ..proto.dhcp_core import BROADCAST, PXE_PORT, SERVER_PORT, DhcpCore, DhcpSettings, Result
@@ -55,6 +55,7 @@ class _NodeSnapshot:
         self._at = -NODES_TTL
         self._by_mac: dict[str, NodeSpec] = {}
         self._by_uuid: dict[str, NodeSpec] = {}
+        self._profiles: dict[str, ProfileSpec] = {}
         self.reserved: dict[str, str] = {}
 
     def refresh(self) -> None:
@@ -62,6 +63,7 @@ class _NodeSnapshot:
         if now - self._at < NODES_TTL:
             return
         nodes = self.store.list_nodes()
+        self._profiles = {p.name: p for p in self.store.list_profiles()}
         self._by_mac = {n.mac: n for n in nodes}
         self._by_uuid = {n.uuid: n for n in nodes if n.uuid}
         self.reserved = {n.ip: n.mac for n in nodes if n.ip}
@@ -74,6 +76,10 @@ class _NodeSnapshot:
     def node_by_uuid(self, uuid: str) -> NodeSpec | None:
         self.refresh()
         return self._by_uuid.get(uuid)
+
+    def get_profile(self, name: str) -> ProfileSpec | None:
+        self.refresh()
+        return self._profiles.get(name)
 
     def reserved_map(self) -> dict[str, str]:
         self.refresh()

@@ -33,6 +33,7 @@ class EventLog:
         self.store = store
         self.flush_interval = flush_interval
         self.mac_by_ip: dict[str, str] = {}  # who holds an address, so TFTP/HTTP can name the node
+        self.script_ip: dict[str, str] = {}  # MAC -> the address that last fetched that MAC's boot script
         self._pending: list[EventRecord] = []
         self._watchers: list[Callable[[EventRecord], None]] = []
         self._task: asyncio.Task | None = None
@@ -69,6 +70,8 @@ class EventLog:
         is (its MAC), which binds the address; other files are named by the address."""
         if mac:
             self.bind(ip, mac)
+            if kind in ("ipxe-script", "pxelinux-cfg"):
+                self.script_ip[mac] = ip
         stage = STAGE_OF_KIND.get(kind)
         who = mac or self.mac_by_ip.get(ip)
         if stage and who:

@@ -25,6 +25,7 @@ from aiohttp import web
 from .. import metrics, names
 from ..names import PathRefused
 from ..namespace import GeneratedFile
+from ..overlays import OverlayError
 from ..proto import http_conditional
 from .http_context import CTX, text_error
 
@@ -156,6 +157,8 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         parsed = names.parse(name)
     except PathRefused as e:
         return text_error(400, f"refused: {e}")
+    if isinstance(parsed, names.Overlay):
+        return await overlay_file(request, parsed)
     try:
         resolved = await asyncio.to_thread(ctx.namespace.lookup, parsed)
     except PathRefused as e:
@@ -179,6 +182,28 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         metrics.HTTP_BYTES.labels(resolved.kind).inc(sent)
         ctx.events.served(ip, resolved.kind, name, None, sent, round(time.monotonic() - t0, 6), "http")
     return resp
+
+
+async def overlay_file(request: web.Request, name: names.Overlay) -> web.StreamResponse:
+    """A node's rendered overlay (or its sha256), to that node only: 403 for anyone else, logged."""
+    ctx = request.app[CTX]
+    ip = request.remote or ""
+    holds = await asyncio.to_thread(ctx.store.holds_lease, name.mac, ip)
+    if not ctx.booter.overlay_allowed(ip, holds, ctx.events.script_ip.get(name.mac)):
+        log.warning("overlay refused", extra={"mac": name.mac, "client": ip})
+        metrics.HTTP_REFUSED.labels("overlay").inc()
+        return text_error(403, f"refused: {ip} is not {name.mac}")
+    try:
+        resolved = await asyncio.to_thread(ctx.namespace.lookup, name, True)
+    except OverlayError as e:
+        log.warning("overlay failed", extra={"mac": name.mac, "why": str(e)})
+        return text_error(500, f"overlay: {e}")
+    if resolved is None or not isinstance(resolved, GeneratedFile):
+        return text_error(404, f"not found: {request.path[1:]}")
+    if not name.checksum:
+        metrics.HTTP_BYTES.labels("overlay").inc(len(resolved.data))
+    return web.Response(body=resolved.data, content_type="application/octet-stream",
+                        headers={"Cache-Control": "no-store"})
 
 
 async def status_page(request: web.Request) -> web.StreamResponse:
