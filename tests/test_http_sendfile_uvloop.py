@@ -7,7 +7,6 @@ import hashlib
 import os
 import urllib.request
 
-import pytest
 import uvloop  # a dependency of ramboot on Linux: missing, it is an error, never a skip
 
 from httpserver import LiveServer
