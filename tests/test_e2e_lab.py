@@ -117,7 +117,7 @@ class LabRun:
     def capture(self, path: Path) -> None:
         """tcpdump of the lab bridge's DHCP traffic, started in the lab namespace (stopped by teardown)."""
         log = path.with_suffix(".log")
-        self.lab.spawn("capture", ["tcpdump", "-i", self.lab.bridge, "-U", "-n", "-w", str(path),
+        self.lab.spawn("capture", ["tcpdump", "-i", self.lab.bridge, "-U", "--immediate-mode", "-n", "-w", str(path),
                                    "udp port 67 or udp port 68"], log=log)
         deadline = time.monotonic() + 10
         while "listening on" not in (log.read_text(errors="replace") if log.exists() else ""):
