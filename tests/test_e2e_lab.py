@@ -272,3 +272,54 @@ def test_corrupted_root_image_refused_loudly(lab_run: LabRun) -> None:
     failed = [e for e in lab_run.events(r.mac) if e["stage"] == "failed"]
     assert failed and failed[0]["source"] == "node", lab_run.events(r.mac)
     assert "sha256" in json.dumps(failed[0]["detail"]).lower(), failed
+
+
+def test_lab_cli_up_vm_down(built: tuple[Path, str], tmp_path: Path) -> None:
+    """`ramboot lab up`, `lab vm`, `lab down` as a user runs them, in a namespace of their own
+    ($RAMBOOT_LAB_NS, $RAMBOOT_LAB_DIR): the user's `ramboot-lab`, if any, is never touched."""
+    image, _accel = built
+    ns = f"rbl-{os.getpid()}"
+    root = tmp_path / "lab"
+    env = {**os.environ, "RAMBOOT_LAB_NS": ns, "RAMBOOT_LAB_DIR": str(root)}
+    user_lab = Path("/run/netns/ramboot-lab").exists()
+    link_image(image, root / "data", "demo")  # `lab up` finds it and builds nothing
+
+    def lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*ramboot_cmd(), "lab", *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    the_lab = Lab(ns=ns, root=root)
+    try:
+        r = lab("vm", "--timeout", "5")
+        assert r.returncode == 1 and "the lab is not up; run: ramboot lab up" in r.stderr, r
+        r = lab("up")
+        assert r.returncode == 0, r.stderr
+        assert f"namespace {ns}, bridge rb0, server http://172.22.33.2" in r.stdout, r.stdout
+        assert "building" not in r.stdout
+        assert Path(f"/run/netns/{ns}").exists() and the_lab.alive("server")
+        status, body = the_lab.http("http://172.22.33.2/api/v1/nodes")
+        assert status == 200 and json.loads(body) == [], (status, body)
+        server_pid = the_lab.state()["pids"]["server"][0]
+        r = lab("up")  # again: the same lab, the same server
+        assert r.returncode == 0 and the_lab.state()["pids"]["server"][0] == server_pid, r.stderr
+        mac = random_mac()
+        r = lab("vm", "--firmware", "bios", "--mac", mac, "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 60)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "lab-cli-vm.stdout.log").write_text(r.stdout[-200_000:] + "\n--- stderr\n" + r.stderr)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "ramboot: booted" in r.stdout, r.stdout[-2000:]  # the console, echoed live
+        stages = _stages(json.loads(the_lab.http(f"http://172.22.33.2/api/v1/nodes/{mac}/events")[1]))
+        assert "dhcp-ack" in stages and stages[-1] == "booted", stages
+        r = lab("down")
+        assert r.returncode == 0 and f"namespace {ns}" in r.stdout and f"pid {server_pid}" in r.stdout, r.stdout
+        assert not Path(f"/run/netns/{ns}").exists() and not the_lab.state_file.exists()
+        r = lab("down")
+        assert r.returncode == 0 and "nothing to remove" in r.stdout, r.stdout
+        r = lab("vm", "--timeout", "5")
+        assert r.returncode == 1 and "the lab is not up" in r.stderr
+    finally:
+        the_lab.teardown()
+        if (root / "serve.log").exists():
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / "serve.log", ARTIFACTS / "lab-cli.serve.log")
+    assert Path("/run/netns/ramboot-lab").exists() == user_lab  # the user's lab is as it was
