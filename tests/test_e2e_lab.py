@@ -274,15 +274,13 @@ def test_corrupted_root_image_refused_loudly(lab_run: LabRun) -> None:
     assert "sha256" in json.dumps(failed[0]["detail"]).lower(), failed
 
 
-def test_lab_cli_up_vm_down(built: tuple[Path, str], tmp_path: Path) -> None:
-    """`ramboot lab up`, `lab vm`, `lab down` as a user runs them, in a namespace of their own
-    ($RAMBOOT_LAB_NS, $RAMBOOT_LAB_DIR): the user's `ramboot-lab`, if any, is never touched."""
-    image, _accel = built
+def test_lab_cli_up_vm_down(tmp_path: Path) -> None:
+    """`ramboot lab up` (building the image), `lab vm`, `lab down`, as a user runs them, in a namespace
+    of their own ($RAMBOOT_LAB_NS, $RAMBOOT_LAB_DIR): the user's `ramboot-lab`, if any, is never touched."""
     ns = f"rbl-{os.getpid()}"
     root = tmp_path / "lab"
     env = {**os.environ, "RAMBOOT_LAB_NS": ns, "RAMBOOT_LAB_DIR": str(root)}
     user_lab = Path("/run/netns/ramboot-lab").exists()
-    link_image(image, root / "data", "demo")  # `lab up` finds it and builds nothing
 
     def lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([*ramboot_cmd(), "lab", *args], env=env, capture_output=True, text=True,
@@ -295,13 +293,15 @@ def test_lab_cli_up_vm_down(built: tuple[Path, str], tmp_path: Path) -> None:
         r = lab("up")
         assert r.returncode == 0, r.stderr
         assert f"namespace {ns}, bridge rb0, server http://172.22.33.2" in r.stdout, r.stdout
-        assert "building" not in r.stdout
+        assert "building the built-in image 'demo'" in r.stdout  # the lab's data dir had no image
+        assert (root / "data" / "images" / "demo" / "image.toml").is_file()
         assert Path(f"/run/netns/{ns}").exists() and the_lab.alive("server")
         status, body = the_lab.http("http://172.22.33.2/api/v1/nodes")
         assert status == 200 and json.loads(body) == [], (status, body)
         server_pid = the_lab.state()["pids"]["server"][0]
-        r = lab("up")  # again: the same lab, the same server
+        r = lab("up")  # again: the same lab, the same server, the image kept
         assert r.returncode == 0 and the_lab.state()["pids"]["server"][0] == server_pid, r.stderr
+        assert "building" not in r.stdout, r.stdout
         mac = random_mac()
         r = lab("vm", "--firmware", "bios", "--mac", mac, "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 60)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
