@@ -105,3 +105,16 @@ def test_a_linked_strict_xfail_is_allowed_and_stays_strict(inner, reason: str) -
     r = inner(True, test_x=fixed)
     r.assert_outcomes(failed=1)
     assert r.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_a_run_that_collects_nothing_fails(tmp_path) -> None:
+    """`make test`'s script turns pytest's exit 5 (no tests collected) into a failure."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "test.sh"
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run(["bash", str(script), "-p", "no:cacheprovider", str(tmp_path / "empty")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, (r.returncode, r.stdout[-1000:], r.stderr[-1000:])
+    assert "collected no tests; failing" in r.stderr
