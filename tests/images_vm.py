@@ -71,10 +71,10 @@ class BootNet:
             raise
         return self
 
-    def spawn(self, cmd: list[str], log: str) -> subprocess.Popen:
+    def spawn(self, cmd: list[str], log: str, stdin=subprocess.DEVNULL) -> subprocess.Popen:
         out = open(self.work / log, "wb")
         p = subprocess.Popen(["ip", "netns", "exec", self.ns, *cmd], stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
+                             stdin=stdin)
         self.procs.append(p)
         return p
 
@@ -103,7 +103,9 @@ class BootNet:
         return f"http://{SERVER}:{HTTP_PORT}/{rel}"
 
     def boot(self, image_dir: Path, append: str, name: str = "vm", mac: str = "52:54:00:12:34:56",
-             mem: int = 512) -> "Vm":
+             mem: int = 512, decoys: tuple[str, ...] = (), interactive: bool = False) -> "Vm":
+        """decoys: MACs of NICs placed before the boot NIC (so they come first, eth0...), each on its own
+        empty QEMU hub: link up, nothing answers. interactive: the serial console reads `Vm.type()`."""
         self.ntaps += 1
         tap = f"tap{self.ntaps}"
         _sh("ip", "-n", self.ns, "tuntap", "add", tap, "mode", "tap")
@@ -112,9 +114,12 @@ class BootNet:
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(mem), "-smp", "1", "-nographic", "-no-reboot",
                "-kernel", str(image_dir / "vmlinuz"), "-initrd", str(image_dir / "initrd.img"),
                "-append", f"console=ttyS0 panic=-1 quiet {append}",
+               *[a for i, d in enumerate(decoys) for a in (
+                   "-netdev", f"hubport,id=d{i},hubid={i + 1}", "-device", f"virtio-net-pci,netdev=d{i},mac={d}")],
                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
                "-device", f"virtio-net-pci,netdev=n0,mac={mac}"]
-        return Vm(self.spawn(cmd, log.name), log, self)
+        stdin = subprocess.PIPE if interactive else subprocess.DEVNULL
+        return Vm(self.spawn(cmd, log.name, stdin=stdin), log, self)
 
     def events(self) -> list[dict]:
         return [json.loads(ln) for ln in self.posts.read_text().splitlines() if ln.strip()]
@@ -126,6 +131,12 @@ class Vm:
 
     def text(self) -> str:
         return self.log.read_bytes().decode(errors="replace")
+
+    def type(self, text: str) -> None:
+        """Keys on the serial console (the VM was booted with interactive=True)."""
+        assert self.proc.stdin is not None, "boot(..., interactive=True) to type on the console"
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
 
     def wait_for(self, pattern: str, timeout: float = 60, fail_on: str | None = None) -> str:
         """Wait for a regex line on the serial console; the whole log goes in the error."""

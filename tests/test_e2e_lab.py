@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,7 +98,32 @@ class LabRun:
         return self.lab.api(path, self.base)
 
     def events(self, mac: str) -> list[dict]:
-        return self.api(f"/api/v1/nodes/{mac}/events") or []
+        """The node's events; a failed API call fails the test (never an empty list that proves nothing)."""
+        status, body = self.lab.http(f"{self.base}/api/v1/nodes/{mac}/events")
+        assert status == 200, f"GET /api/v1/nodes/{mac}/events: HTTP {status or 'unreachable'} {body[:300]!r}"
+        events = json.loads(body)
+        assert isinstance(events, list), events
+        return events
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the server's /metrics (labels in any order), 0 when absent; a failed scrape fails the test."""
+        status, body = self.lab.http(f"{self.base}/metrics")
+        assert status == 200, f"GET /metrics: HTTP {status or 'unreachable'}"
+        for line in body.decode().splitlines():
+            m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+            if m and m[1] == name and dict(re.findall(r'(\w+)="([^"]*)"', m[2] or "")) == labels:
+                return float(m[3])
+        return 0.0
+
+    def capture(self, path: Path) -> None:
+        """tcpdump of the lab bridge's DHCP traffic, started in the lab namespace (stopped by teardown)."""
+        log = path.with_suffix(".log")
+        self.lab.spawn("capture", ["tcpdump", "-i", self.lab.bridge, "-U", "--immediate-mode", "-n", "-w", str(path),
+                                   "udp port 67 or udp port 68"], log=log)
+        deadline = time.monotonic() + 10
+        while "listening on" not in (log.read_text(errors="replace") if log.exists() else ""):
+            assert time.monotonic() < deadline and self.lab.alive("capture"), f"tcpdump did not start: {log.read_text()}"
+            time.sleep(0.1)
 
     def close(self) -> None:
         try:
@@ -185,18 +211,49 @@ def test_proxy_mode_beside_site_dhcp(lab_run: LabRun, tmp_path: Path) -> None:
     assert "proxy-offer" in stages and "dhcp-ack" not in stages, stages
 
 
-def test_unknown_nodes_ignore(lab_run: LabRun) -> None:
+def _dhcp_on_the_wire(pcap: Path) -> list:
+    """Every DHCP packet captured (client requests and server replies), decoded."""
+    from dhcp_netns import udp_payloads
+    from ramboot.proto.dhcp import decode
+
+    return [decode(p) for sport, dport, p in udp_payloads(pcap.read_bytes()) if {sport, dport} & {67, 68}]
+
+
+IGNORED_DISCOVERS = ("ramboot_dhcp_packets_total", {"type": "discover", "outcome": "ignored"})
+
+
+def test_unknown_nodes_ignore(lab_run: LabRun, tmp_path: Path) -> None:
+    """An unknown MAC is ignored: it asks, the server counts its DISCOVERs as ignored and answers none of them."""
+    from ramboot.proto.dhcp import BOOTREPLY, BOOTREQUEST, MsgType
+
     lab_run.start(boot={"unknown_nodes": "ignore"})
     known, unknown = random_mac(), random_mac()
     lab_run.node_add(known)
+    pcap = tmp_path / "dhcp.pcap"
+    lab_run.capture(pcap)
+    ignored0 = lab_run.metric(IGNORED_DISCOVERS[0], **IGNORED_DISCOVERS[1])
     with ThreadPoolExecutor(2) as pool:
-        f_unknown = pool.submit(lab_run.boot, "bios", unknown, 60.0, False)
+        # 40 s is enough for iPXE's whole DHCP attempt, and much less than the known node's boot
+        f_unknown = pool.submit(lab_run.boot, "bios", unknown, 40.0, False)
         f_known = pool.submit(lab_run.boot, "bios", known, BOOT_TIMEOUT, False)
         r_known, r_unknown = f_known.result(), f_unknown.result()
     assert r_known.ok, _explain(r_known)
-    assert not r_unknown.ok
-    served = {"loader", "script", "kernel", "initrd", "rootfs", "booted"}
+    ignored = lab_run.metric(IGNORED_DISCOVERS[0], **IGNORED_DISCOVERS[1]) - ignored0
+    lab_run.lab.stop("capture")
+    wire = _dhcp_on_the_wire(pcap)
+    asked = [p for p in wire if p.op == BOOTREQUEST and p.mac == unknown and p.msg_type == MsgType.DISCOVER]
+    answered = [p for p in wire if p.op == BOOTREPLY and p.mac == unknown]
+    # positive signs that the unknown node was handled, not merely slow:
+    assert r_unknown.first("ipxe-dhcp"), _explain(r_unknown)  # its firmware really asked...
+    assert len(asked) >= 2, f"{len(asked)} DISCOVERs from {unknown} on the wire"  # ...and asked again
+    assert ignored == len(asked), f"{ignored} DISCOVERs counted as ignored, {len(asked)} sent by {unknown}"
+    assert answered == [], answered
+    assert [p for p in wire if p.op == BOOTREPLY and p.mac == known], "the capture saw no reply at all"
+    assert not r_unknown.ok and r_unknown.reason.startswith("timed out"), _explain(r_unknown)
+    assert not r_unknown.first("script") and not r_unknown.first("kernel-start"), _explain(r_unknown)
+    served = {"dhcp-offer", "dhcp-ack", "loader", "script", "kernel", "initrd", "rootfs", "booted"}
     assert not served & set(_stages(lab_run.events(unknown))), lab_run.events(unknown)
+    assert "dhcp-ack" in _stages(lab_run.events(known))  # the same query does find the known node's events
 
 
 def test_node_registered_by_uuid_boots_with_a_new_nic(lab_run: LabRun) -> None:
@@ -232,3 +289,54 @@ def test_corrupted_root_image_refused_loudly(lab_run: LabRun) -> None:
     failed = [e for e in lab_run.events(r.mac) if e["stage"] == "failed"]
     assert failed and failed[0]["source"] == "node", lab_run.events(r.mac)
     assert "sha256" in json.dumps(failed[0]["detail"]).lower(), failed
+
+
+def test_lab_cli_up_vm_down(tmp_path: Path) -> None:
+    """`ramboot lab up` (building the image), `lab vm`, `lab down`, as a user runs them, in a namespace
+    of their own ($RAMBOOT_LAB_NS, $RAMBOOT_LAB_DIR): the user's `ramboot-lab`, if any, is never touched."""
+    ns = f"rbl-{os.getpid()}"
+    root = tmp_path / "lab"
+    env = {**os.environ, "RAMBOOT_LAB_NS": ns, "RAMBOOT_LAB_DIR": str(root)}
+    user_lab = Path("/run/netns/ramboot-lab").exists()
+
+    def lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*ramboot_cmd(), "lab", *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    the_lab = Lab(ns=ns, root=root)
+    try:
+        r = lab("vm", "--timeout", "5")
+        assert r.returncode == 1 and "the lab is not up; run: ramboot lab up" in r.stderr, r
+        r = lab("up")
+        assert r.returncode == 0, r.stderr
+        assert f"namespace {ns}, bridge rb0, server http://172.22.33.2" in r.stdout, r.stdout
+        assert "building the built-in image 'demo'" in r.stdout  # the lab's data dir had no image
+        assert (root / "data" / "images" / "demo" / "image.toml").is_file()
+        assert Path(f"/run/netns/{ns}").exists() and the_lab.alive("server")
+        status, body = the_lab.http("http://172.22.33.2/api/v1/nodes")
+        assert status == 200 and json.loads(body) == [], (status, body)
+        server_pid = the_lab.state()["pids"]["server"][0]
+        r = lab("up")  # again: the same lab, the same server, the image kept
+        assert r.returncode == 0 and the_lab.state()["pids"]["server"][0] == server_pid, r.stderr
+        assert "building" not in r.stdout, r.stdout
+        mac = random_mac()
+        r = lab("vm", "--firmware", "bios", "--mac", mac, "--timeout", str(BOOT_TIMEOUT), timeout=BOOT_TIMEOUT + 60)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "lab-cli-vm.stdout.log").write_text(r.stdout[-200_000:] + "\n--- stderr\n" + r.stderr)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "ramboot: booted" in r.stdout, r.stdout[-2000:]  # the console, echoed live
+        stages = _stages(json.loads(the_lab.http(f"http://172.22.33.2/api/v1/nodes/{mac}/events")[1]))
+        assert "dhcp-ack" in stages and stages[-1] == "booted", stages
+        r = lab("down")
+        assert r.returncode == 0 and f"namespace {ns}" in r.stdout and f"pid {server_pid}" in r.stdout, r.stdout
+        assert not Path(f"/run/netns/{ns}").exists() and not the_lab.state_file.exists()
+        r = lab("down")
+        assert r.returncode == 0 and "nothing to remove" in r.stdout, r.stdout
+        r = lab("vm", "--timeout", "5")
+        assert r.returncode == 1 and "the lab is not up" in r.stderr
+    finally:
+        the_lab.teardown()
+        if (root / "serve.log").exists():
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / "serve.log", ARTIFACTS / "lab-cli.serve.log")
+    assert Path("/run/netns/ramboot-lab").exists() == user_lab  # the user's lab is as it was

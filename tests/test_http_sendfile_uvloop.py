@@ -7,11 +7,9 @@ import hashlib
 import os
 import urllib.request
 
-import pytest
+import uvloop  # a dependency of ramboot on Linux: missing, it is an error, never a skip
 
-uvloop = pytest.importorskip("uvloop")
-
-from httpserver import LiveServer  # noqa: E402
+from httpserver import LiveServer
 
 
 class UvloopServer(LiveServer):

@@ -170,19 +170,45 @@ def _wait_event(env, stage: str, file: str):
     pytest.fail(f"no {stage} event for {file}: {env.events._pending}")
 
 
-def test_events_and_metrics(env, tmp_path):
-    def sample(name, **labels):
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+def sample(name: str, **labels) -> float:
+    """This process's value of a metric (the servers under test run in this process)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
+
+def test_events_and_metrics(env, tmp_path):
     ok0, bytes0 = sample("ramboot_tftp_transfers_total", outcome="ok"), sample("ramboot_tftp_bytes_total")
+    missing0 = sample("ramboot_tftp_transfers_total", outcome="not-found")
     assert curl(env, "blob.bin", tmp_path / "a").returncode == 0
     assert curl(env, "images/demo/vmlinuz", tmp_path / "b").returncode == 0
+    assert curl(env, "no-such-file.bin", tmp_path / "c").returncode != 0
     rec = _wait_event(env, "loader", "blob.bin")
     assert rec.detail["bytes"] == len(env.blob)
     _wait_event(env, "kernel", "images/demo/vmlinuz")
-    assert sample("ramboot_tftp_transfers_total", outcome="ok") >= ok0 + 2
-    assert sample("ramboot_tftp_bytes_total") >= bytes0 + len(env.blob) + 200_000
-    assert REGISTRY.get_sample_value("ramboot_tftp_retransmits_total") is not None
+    # exact deltas: each transfer counted once, each payload byte once (retransmissions are not bytes)
+    assert sample("ramboot_tftp_transfers_total", outcome="ok") - ok0 == 2
+    assert sample("ramboot_tftp_bytes_total") - bytes0 == len(env.blob) + 200_000
+    assert sample("ramboot_tftp_transfers_total", outcome="not-found") - missing0 == 1
+
+
+def test_retransmits_are_counted(env):
+    """A client that does not ACK DATA 1 gets it again after the 1 s timeout: the counter moves by exactly 1."""
+    payload = os.urandom(300)  # one short block: ACK 1 ends the transfer
+    (env.data_dir / "loaders" / "one.bin").write_bytes(payload)
+    rex0, ok0 = sample("ramboot_tftp_retransmits_total"), sample("ramboot_tftp_transfers_total", outcome="ok")
+    with raw_socket() as s:
+        s.sendto(tftp.Request(tftp.RRQ, "one.bin", "octet", {}).encode(), ("127.0.0.1", env.port))
+        first, tid = s.recvfrom(70000)
+        t0 = time.monotonic()
+        again, tid2 = s.recvfrom(70000)  # not acknowledged: the timer resends it
+        waited = time.monotonic() - t0
+        assert tid2 == tid and again == first == tftp.Data(1, payload).encode()
+        assert 0.8 <= waited <= 2.5, waited
+        s.sendto(tftp.Ack(1).encode(), tid)
+        deadline = time.monotonic() + 5
+        while sample("ramboot_tftp_transfers_total", outcome="ok") == ok0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert sample("ramboot_tftp_transfers_total", outcome="ok") - ok0 == 1
+    assert sample("ramboot_tftp_retransmits_total") - rex0 == 1
 
 
 # ---------------------------------------------------------- raw clients

@@ -58,6 +58,11 @@ def default_lab_dir() -> Path:
     return Path(xdg) / "ramboot-lab"
 
 
+def default_lab_ns() -> str:
+    """`ramboot-lab`, or `$RAMBOOT_LAB_NS` (tests run the lab commands in a namespace of their own)."""
+    return os.environ.get("RAMBOOT_LAB_NS") or LAB_NS
+
+
 def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run a command; on failure raise LabError with its own stderr."""
     try:
@@ -148,9 +153,9 @@ def call_in_netns(ns: str, fn: Callable[[], T]) -> T:
 
 @dataclass
 class Lab:
-    """One lab network. `ns` is `ramboot-lab` for the CLI; tests pass their own names."""
+    """One lab network. `ns` is `ramboot-lab` for the CLI (or `$RAMBOOT_LAB_NS`); tests pass their own names."""
 
-    ns: str = LAB_NS
+    ns: str = field(default_factory=default_lab_ns)
     root: Path = field(default_factory=default_lab_dir)
     bridge: str = BRIDGE
     server_ip: str = SERVER_IP
