@@ -214,7 +214,7 @@ def test_proxy_mode_beside_site_dhcp(lab_run: LabRun, tmp_path: Path) -> None:
 def _dhcp_on_the_wire(pcap: Path) -> list:
     """Every DHCP packet captured (client requests and server replies), decoded."""
     from dhcp_netns import udp_payloads
-    from ramboot.proto.dhcp import decode
+    from ramboot.proto.dhcp_codec import decode
 
     return [decode(p) for sport, dport, p in udp_payloads(pcap.read_bytes()) if {sport, dport} & {67, 68}]
 
@@ -224,7 +224,7 @@ IGNORED_DISCOVERS = ("ramboot_dhcp_packets_total", {"type": "discover", "outcome
 
 def test_unknown_nodes_ignore(lab_run: LabRun, tmp_path: Path) -> None:
     """An unknown MAC is ignored: it asks, the server counts its DISCOVERs as ignored and answers none of them."""
-    from ramboot.proto.dhcp import BOOTREPLY, BOOTREQUEST, MsgType
+    from ramboot.proto.dhcp_codec import BOOTREPLY, BOOTREQUEST, MsgType
 
     lab_run.start(boot={"unknown_nodes": "ignore"})
     known, unknown = random_mac(), random_mac()

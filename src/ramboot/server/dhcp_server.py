@@ -234,7 +234,10 @@ class DhcpServer:
     def _emit(self, res: Result, ifindex: int) -> None:
         anc = self._anc.get(ifindex)
         if anc is None:
-            anc = self._anc[ifindex] = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, bytes(4), bytes(4)))]
+            # ipi_spec_dst: replies leave from the server's own address even when it is a
+            # secondary one on the interface (the server identifier inside says the same).
+            src = socket.inet_aton(self.core.server_ip)
+            anc = self._anc[ifindex] = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, src, bytes(4)))]
         for s in res.sends:
             sock = self._socks.get(s.src_port) or self._socks[SERVER_PORT]
             host = BROADCAST if s.new_client else s.host
