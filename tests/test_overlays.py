@@ -239,3 +239,9 @@ def test_cli_profile_node_overlay_and_known_hosts(data_dir, tmp_path):
     assert r.exit_code != 0 and "no such overlay" in r.output
     assert run("profile", "rm", "compute").exit_code == 0
     assert "no profile compute" in run("profile", "show", "compute").output
+
+
+def test_the_database_that_keeps_host_keys_is_private(tmp_path):
+    path = tmp_path / "ramboot.db"
+    Store(f"sqlite:///{path}").close()
+    assert path.stat().st_mode & 0o777 == 0o600

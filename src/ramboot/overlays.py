@@ -193,7 +193,7 @@ class OverlayRenderer:
 
     def _has_cloud_init(self, image: str) -> bool:
         try:
-            return bool(getattr(self.booter.manifest(image), "cloud_init", False))
+            return self.booter.manifest(image).cloud_init
         except ManifestError:
             return False
 

@@ -67,12 +67,14 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
 
             build_dracut(k, out / INITRD, console)
         shutil.copyfile(k.image, out / KERNEL)
+        cloud_init = False  # a live medium's root is used as it is, unread
         if src.kind in LIVE_KINDS:
             root_image = _live_root(src, out / ROOTFS, console)
         else:
             tree = populate(src, work, console)
             make_squashfs(tree, out / ROOTFS, console)
             root_image = ""
+            cloud_init = (tree / "usr/bin/cloud-init").exists()
         m = Manifest(
             name=name,
             source=src.text,
@@ -82,6 +84,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             kernel_source=k.source,
             source_member=src.member,
             root_image=root_image,
+            cloud_init=cloud_init,
         )
         for fname in (KERNEL, INITRD, ROOTFS):
             m.files[fname] = FileEntry(size=(out / fname).stat().st_size, sha256=sha256_file(out / fname))

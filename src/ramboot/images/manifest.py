@@ -41,6 +41,8 @@ class Manifest:
     # A dmsquash-live squashfs: the filesystem image inside it that is the root
     # (LiveOS/rootfs.img or LiveOS/ext3fs.img); empty when the squashfs is the root.
     root_image: str = ""
+    # The root has cloud-init: nodes get a NoCloud seed in their overlay (docs/nodes.md).
+    cloud_init: bool = False
 
     def to_toml(self) -> str:
         lines = [
@@ -56,6 +58,8 @@ class Manifest:
             lines.append(f'source_member = "{_esc(self.source_member)}"')
         if self.root_image:
             lines.append(f'root_image = "{_esc(self.root_image)}"')
+        if self.cloud_init:
+            lines.append("cloud_init = true")
         lines.append("")
         for fname in sorted(self.files):
             e = self.files[fname]
@@ -92,6 +96,7 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
             build_seconds=float(raw.get("build_seconds", 0.0)),
             source_member=str(raw.get("source_member", "")),
             root_image=str(raw.get("root_image", "")),
+            cloud_init=bool(raw.get("cloud_init", False)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None

@@ -10,6 +10,7 @@ batch, not per packet.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -47,9 +48,23 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.close()
 
 
+def _private_file(path: str) -> None:
+    """The database holds node secrets (host keys): create it 0600, and keep it so.
+    SQLite gives its -wal and -shm files the database file's mode."""
+    if not path or path == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+    except OSError:
+        pass  # a read-only or missing directory: the engine will say so
+
+
 class Store:
     def __init__(self, url: str):
         self.url = url
+        if url.startswith("sqlite:///"):
+            _private_file(url.removeprefix("sqlite:///"))
         self.engine = create_engine(url, future=True)
         if url.startswith("sqlite"):
             _sqlite_pragmas(self.engine)

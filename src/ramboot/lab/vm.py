@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -273,8 +274,12 @@ def boot_vm(
     memory_mb: int = 1024,
     stop_on_failure: bool = True,
     uuid: str | None = None,
+    on_booted: Callable[[], None] | None = None,
 ) -> BootResult:
-    """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout)."""
+    """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout).
+
+    `on_booted` runs once the node has booted, while the VM still runs (to log in, say).
+    """
     if not lab.exists():
         raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
     mac = normalize_mac(mac) if mac else random_mac()
@@ -318,6 +323,8 @@ def boot_vm(
                         stages.discard(end)
             if "booted" in stages:
                 ok, reason = True, "reached its RAM root"
+                if on_booted is not None:
+                    on_booted()
                 break
             if "failed" in stages and stop_on_failure:
                 fail = next((m for m in marks + api_events if m.stage == "failed"), None)

@@ -1,0 +1,90 @@
+"""A Debian node that people can use: it PXE-boots through `ramboot serve` into a Debian root
+with systemd and sshd, and root logs in over SSH with the key given at `node add`, trusting the
+node's host key through ramboot's CA alone (`ramboot ssh known-hosts`). Its hostname and
+/etc/hosts are the server's; a second boot has the same host key and forgets the first.
+
+The Debian root is bootstrapped once per run (about a minute) and shared by the xdist workers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ramboot.lab.netns import Lab
+from ramboot.lab.server import ramboot_cmd
+from ramboot.lab.vm import choose_accel, random_mac
+from test_e2e_lab import LabRun, _explain
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+NODE_IP, PEER_IP = "172.22.33.150", "172.22.33.151"
+REMOTE = ("hostname; grep -c . /etc/hosts; grep deb-peer /etc/hosts; "
+          "test -d /lib/modules/$(uname -r) && echo modules-dir; "
+          "cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub; "
+          "if test -e /root/mark; then echo remembered; else echo fresh; fi; touch /root/mark")
+
+
+@pytest.fixture(scope="session")
+def debian_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "debian-node"
+    root.mkdir(exist_ok=True)
+    data = root / "data"
+    img = data / "images" / "debian"
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (img / "image.toml").is_file():
+            p = subprocess.run([*ramboot_cmd(), "image", "build", "debian", "--rootfs", "debian:bookworm:openssh-server",
+                                "--kernel", "debian", "--data-dir", str(data)],
+                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert p.returncode == 0, p.stderr[-3000:]
+        accel, _why = choose_accel(Lab(ns="unused", root=root), img / "vmlinuz")
+    return img, accel
+
+
+def test_debian_node_ssh_with_its_key_and_a_certified_host_key(request, tmp_path: Path, debian_image) -> None:
+    run = LabRun("debian-ssh", tmp_path, *debian_image)
+    request.addfinalizer(run.close)
+    run.start()
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    mac = random_mac()
+    run.node_add(mac, "--hostname", "deb-1", "--ip", NODE_IP, "--ssh-key", f"{key}.pub")
+    run.node_add(random_mac(), "--hostname", "deb-peer", "--ip", PEER_IP)
+    known = tmp_path / "known_hosts"
+    kh = subprocess.run([*ramboot_cmd(), "ssh", "known-hosts", "--config", str(run.config)],
+                        capture_output=True, text=True, check=True).stdout
+    known.write_text(kh)
+    sessions: list[str] = []
+
+    def login() -> None:
+        """ssh as root, with StrictHostKeyChecking against the CA line only; sshd may still be starting."""
+        deadline, last = time.monotonic() + 90, ""
+        while time.monotonic() < deadline:
+            p = subprocess.run(["ip", "netns", "exec", run.lab.ns, "ssh", "-i", str(key), "-o", "BatchMode=yes",
+                                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+                                "-o", "ConnectTimeout=5", f"root@{NODE_IP}", REMOTE],
+                               capture_output=True, text=True, timeout=30)
+            if p.returncode == 0:
+                sessions.append(p.stdout)
+                return
+            last = p.stderr.strip()
+            time.sleep(2)
+        sessions.append(f"ssh failed: {last}")
+
+    first = run.boot("bios", mac, on_booted=login)
+    assert first.ok, _explain(first)
+    second = run.boot("bios", mac, on_booted=login)
+    assert second.ok, _explain(second)
+    assert len(sessions) == 2 and not any(s.startswith("ssh failed") for s in sessions), sessions
+    one, two = (s.split("\n") for s in sessions)
+    assert one[0] == "deb-1" and f"{PEER_IP}\tdeb-peer" in one, one
+    assert one[4] == two[4] and len(one[4]) > 40, (one, two)  # the same host key at every boot
+    assert one[5] == "fresh" and two[5] == "fresh", (one, two)  # nothing of the first boot is left

@@ -1,0 +1,94 @@
+"""Per-node identity on a real boot: a blank VM PXE-boots through `ramboot serve`, and its root
+has the hostname, /etc/hosts, authorized_keys and host key the server keeps for it; a second
+boot has the same host key and forgets what the first boot wrote.
+
+The root is ramboot's built-in busybox root whose rcS prints what it found, so the console
+shows it. (The Debian root with sshd, reached over SSH, is tests/test_debian_node_vm.py.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ramboot.images.rootfs import builtin_tree
+from ramboot.lab.netns import Lab
+from ramboot.lab.server import ramboot_cmd
+from ramboot.lab.vm import choose_accel, random_mac
+from test_e2e_lab import LabRun, _explain
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMeKh7JtyJb9Q0FvXx8sQZ0aT1o3i1rSg6o5vI9wq2Xn test@ramboot"
+PROBE = r"""
+echo "identity: hostname $(hostname)" > /dev/console
+sed 's/^/identity: hosts /' /etc/hosts > /dev/console
+echo "identity: keys $(cat /root/.ssh/authorized_keys 2>/dev/null | wc -l) $(stat -c %a /root/.ssh/authorized_keys)" > /dev/console
+echo "identity: hostkey $(sha256sum /etc/ssh/ssh_host_ed25519_key.pub | cut -c1-16)" > /dev/console
+echo "identity: machine-id $(cat /etc/machine-id)" > /dev/console
+if [ -e /root/written-by-the-first-boot ]; then echo "identity: remembered" > /dev/console
+else echo "identity: fresh" > /dev/console; fi
+echo x > /root/written-by-the-first-boot
+"""
+
+
+@pytest.fixture(scope="session")
+def probe_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The built-in root with the probe in its rcS, built once per run through the CLI."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "identity-image"
+    root.mkdir(exist_ok=True)
+    data = root / "data"
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        img = data / "images" / "probe"
+        if not (img / "image.toml").is_file():
+            tree = root / "tree"
+            if not tree.exists():
+                tree.mkdir()
+                builtin_tree(tree)
+                rcs = tree / "etc/init.d/rcS"
+                rcs.write_text(rcs.read_text().replace("/usr/lib/ramboot/booted", PROBE + "/usr/lib/ramboot/booted"))
+            p = subprocess.run([*ramboot_cmd(), "image", "build", "probe", "--rootfs", str(tree), "--data-dir",
+                                str(data)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert p.returncode == 0, p.stderr
+        accel, _why = choose_accel(Lab(ns="unused", root=root), img / "vmlinuz")
+    return img, accel
+
+
+def _probe(console: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in re.finditer(r"^identity: (\S+) ?(.*)$", console.replace("\r", ""), re.M):
+        out.setdefault(m.group(1), []).append(m.group(2).strip())
+    return out
+
+
+def test_identity_reaches_the_node_and_the_host_key_stays(request, tmp_path: Path, probe_image) -> None:
+    run = LabRun("identity", tmp_path, *probe_image)
+    request.addfinalizer(run.close)
+    run.start()
+    keyfile = tmp_path / "id.pub"
+    keyfile.write_text(KEY + "\n")
+    mac, peer = random_mac(), random_mac()
+    run.node_add(mac, "--hostname", "ident-1", "--ssh-key", str(keyfile))
+    run.node_add(peer, "--hostname", "ident-peer", "--ip", "172.22.33.77")
+    first = run.boot("bios", mac)
+    assert first.ok, _explain(first)
+    one = _probe(first.console_log.read_text(errors="replace"))
+    assert one["hostname"] == ["ident-1"], one
+    assert "172.22.33.77\tident-peer" in one["hosts"] and "127.0.1.1\tident-1" in one["hosts"], one
+    assert one["keys"] == ["1 600"], one
+    assert "fresh" in one and "remembered" not in one, one
+    second = run.boot("bios", mac)
+    assert second.ok, _explain(second)
+    two = _probe(second.console_log.read_text(errors="replace"))
+    assert two["hostkey"] == one["hostkey"] and two["machine-id"] == one["machine-id"], (one, two)
+    assert "fresh" in two and "remembered" not in two, two  # RAM only: nothing of the first boot is left
+    overlay = [e for e in run.events(mac) if e["stage"] == "overlay"]
+    assert len(overlay) == 2 and overlay[0]["detail"]["sha256"] == overlay[1]["detail"]["sha256"], overlay
