@@ -257,7 +257,7 @@ def events_from_api(raw: list | None, since: float) -> list[Mark]:
             at = float(e["at"])
         except (KeyError, TypeError, ValueError):
             continue
-        if at >= since - 1.0:
+        if at >= since:  # the server's clock is this host's: a boot's events all come after its VM starts
             out.append(Mark(at, str(e.get("stage")), str(e.get("source") or "server"), dict(e.get("detail") or {})))
     out.sort(key=lambda m: m.at)
     return out
