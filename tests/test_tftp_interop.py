@@ -272,19 +272,49 @@ def test_each_transfer_has_its_own_port_and_wrong_tid_gets_error_5(env):
         assert bytes(got) == env.blob
 
 
+def _dropped(reason: str) -> float:
+    return REGISTRY.get_sample_value("ramboot_dropped_total", {"protocol": "tftp", "reason": reason}) or 0.0
+
+
+def _confirm(sock: socket.socket, target: tuple[str, int], blksize: str = "512") -> tuple[str, int]:
+    """Ask for blob.bin, ACK the OACK, take DATA 1 and never ACK it: a confirmed, stalled transfer."""
+    sock.settimeout(5)
+    sock.sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": blksize}).encode(), target)
+    data, tid = sock.recvfrom(100)
+    assert tftp.parse(data) == tftp.OAck({"blksize": blksize})
+    sock.sendto(tftp.Ack(0).encode(), tid)
+    while not isinstance(tftp.parse(sock.recvfrom(2000)[0]), tftp.Data):
+        pass  # a retransmitted OACK, on a slow machine
+    return tid
+
+
 def test_per_source_cap(env):
-    """max_per_source = 3: a fourth concurrent request from one address gets no answer (it may resend)."""
+    """max_per_source = 3: with three confirmed transfers, a fourth request from that address gets no answer."""
     socks = [raw_socket() for _ in range(4)]
+    target = ("127.0.0.1", env.port)
     try:
-        replies = []
         for s in socks[:3]:
-            s.sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode(), ("127.0.0.1", env.port))
-            replies.append(tftp.parse(s.recvfrom(100)[0]))
-        assert replies == [tftp.OAck({"blksize": "512"})] * 3
-        socks[3].sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode(), ("127.0.0.1", env.port))
+            _confirm(s, target)
+        socks[3].sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode(), target)
         socks[3].settimeout(1.0)
         with pytest.raises(socket.timeout):
             socks[3].recvfrom(100)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_unconfirmed_requests_give_way(env):
+    """Spoofed RRQs (never ACKed) cannot hold a source's slots: a new request takes the oldest one's."""
+    socks = [raw_socket() for _ in range(5)]
+    rrq = tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode()
+    before = _dropped("evicted-unconfirmed")
+    try:
+        for s in socks[:4]:  # 4 > max_per_source = 3, none of them ACKs
+            s.sendto(rrq, ("127.0.0.1", env.port))
+            assert tftp.parse(s.recvfrom(100)[0]) == tftp.OAck({"blksize": "512"})
+        _confirm(socks[4], ("127.0.0.1", env.port))  # a real client from the same address still gets through
+        assert _dropped("evicted-unconfirmed") - before == 2
     finally:
         for s in socks:
             s.close()
@@ -317,12 +347,13 @@ def test_junk_datagrams_leave_it_serving(env, tmp_path):
 
 
 def test_total_transfer_cap(data_dir, make_booter):
-    """max_transfers = 2: a third concurrent request gets no answer; it is served once a slot frees up."""
+    """max_transfers = 2: with two confirmed transfers, a third request gets no answer; it is served once a
+    slot frees up. An unconfirmed transfer never holds a slot against a new request."""
     booter = make_booter("[tftp]\nmax_transfers = 2\n", server_ip="127.0.0.1")
     (data_dir / "loaders").mkdir()
     (data_dir / "loaders" / "f").write_bytes(b"x" * 100)
     srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.directory))
-    socks = [raw_socket() for _ in range(3)]
+    socks = [raw_socket() for _ in range(4)]
     server = ("127.0.0.1", srv.port)
     rrq = tftp.Request(tftp.RRQ, "f", "octet", {"tsize": "0"}).encode()
     try:
@@ -332,23 +363,33 @@ def test_total_transfer_cap(data_dir, make_booter):
             data, peer = s.recvfrom(100)
             replies.append((tftp.parse(data), peer))
         assert [r for r, _ in replies] == [tftp.OAck({"tsize": "100"})] * 2
-        socks[2].sendto(rrq, server)
-        socks[2].settimeout(1.0)
-        with pytest.raises(socket.timeout):
-            socks[2].recvfrom(100)
+        # the first ACKs its OACK (confirmed); the second never does
         tid = replies[0][1]
         socks[0].sendto(tftp.Ack(0).encode(), tid)
         while (reply := tftp.parse(socks[0].recvfrom(200)[0])) == tftp.OAck({"tsize": "100"}):
             pass  # a retransmitted OACK, when this machine is slow
         assert reply == tftp.Data(1, b"x" * 100)
+        # the third takes the unconfirmed second's slot, and confirms
+        socks[2].sendto(rrq, server)
+        data, tid2 = socks[2].recvfrom(100)
+        assert tftp.parse(data) == tftp.OAck({"tsize": "100"})
+        socks[2].sendto(tftp.Ack(0).encode(), tid2)
+        while (reply := tftp.parse(socks[2].recvfrom(200)[0])) == tftp.OAck({"tsize": "100"}):
+            pass
+        assert reply == tftp.Data(1, b"x" * 100)
+        # two confirmed transfers: a fourth request gets silence
+        socks[3].sendto(rrq, server)
+        socks[3].settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            socks[3].recvfrom(100)
         socks[0].sendto(tftp.Ack(1).encode(), tid)  # transfer 1 done: a slot is free
         deadline = time.monotonic() + 5
-        socks[2].settimeout(0.5)
+        socks[3].settimeout(0.5)
         reply = None
         while time.monotonic() < deadline:  # the client resends, as a PXE ROM would
-            socks[2].sendto(rrq, server)
+            socks[3].sendto(rrq, server)
             try:
-                reply = tftp.parse(socks[2].recvfrom(100)[0])
+                reply = tftp.parse(socks[3].recvfrom(100)[0])
             except socket.timeout:
                 continue
             if isinstance(reply, tftp.OAck):

@@ -71,6 +71,10 @@ class TftpConfig(_Section):
     max_blksize: int = Field(65464, ge=512, le=65464)
     max_transfers: int = Field(1024, ge=1)
     max_per_source: int = Field(16, ge=1)
+    # Requests whose client has not answered yet (spoofable): above this the oldest is dropped.
+    max_unconfirmed: int = Field(256, ge=1)
+    # Every transfer's ring together (MiB): windows stop growing, then new transfers wait, above it.
+    max_memory_mib: int = Field(256, ge=1, le=65536)
 
 
 class HttpConfig(_Section):
