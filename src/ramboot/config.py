@@ -96,6 +96,12 @@ class DatabaseConfig(_Section):
 class ApiConfig(_Section):
     token: str | None = None
     read_requires_token: bool = False
+    # Node reports (POST /nodes/{mac}/events and /inventory), per source address: a token
+    # bucket of `report_burst` requests refilled at `report_rate` a second; over it, 429.
+    report_rate: float = Field(10.0, gt=0)
+    report_burst: int = Field(60, ge=1)
+    max_body_kib: int = Field(1024, ge=1, le=65536)  # any API request body
+    max_report_kib: int = Field(64, ge=1, le=65536)  # a node report's body
 
 
 class Config(_Section):
