@@ -41,6 +41,7 @@ DHCP_COMMIT_SECONDS = Histogram(
 DROPPED = Counter("ramboot_dropped", "Datagrams and requests dropped or refused, by protocol and reason",
                   ["protocol", "reason"])
 TFTP_RING_BYTES = Gauge("ramboot_tftp_ring_bytes", "Bytes the TFTP transfers' rings hold now ([tftp] max_memory_mib)")
+TFTP_RING_PEAK = Gauge("ramboot_tftp_ring_peak_bytes", "The most the TFTP transfers' rings have held at once")
 TFTP_ACTIVE = Gauge("ramboot_tftp_transfers_active", "TFTP transfers in progress, by state", ["state"])
 
 

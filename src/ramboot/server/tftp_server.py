@@ -84,6 +84,7 @@ class TftpServer:
         self.unconfirmed: dict[int, _Transfer] = {}
         self.budget = proto.MemoryBudget(config.tftp.max_memory_mib << 20)
         metrics.TFTP_RING_BYTES.set_function(lambda: self.budget.used)
+        metrics.TFTP_RING_PEAK.set_function(lambda: self.budget.peak)
         metrics.TFTP_ACTIVE.labels("unconfirmed").set_function(lambda: len(self.unconfirmed))
         metrics.TFTP_ACTIVE.labels("all").set_function(lambda: len(self.transfers))
         self.gso: bool | None = None  # kernel UDP GSO: None until the first windowed transfer asks
@@ -162,7 +163,7 @@ class TftpServer:
         try:
             resolved = self.namespace.resolve(req.filename)
         except PathRefused as e:
-            log.info("tftp: refused %r from %s: %s", req.filename[:200], ip, e)
+            log.debug("tftp: refused %r from %s: %s", req.filename[:200], ip, e)  # counted: path-refused
             metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
             metrics.dropped("tftp", "path-refused")
             self._reply_error(peer, proto.ErrorCode.ACCESS_VIOLATION, "access violation")
