@@ -304,20 +304,46 @@ def test_per_source_cap(env):
             s.close()
 
 
-def test_unconfirmed_requests_give_way(env):
-    """Spoofed RRQs (never ACKed) cannot hold a source's slots: a new request takes the oldest one's."""
-    socks = [raw_socket() for _ in range(5)]
+def test_unconfirmed_requests_give_way(data_dir, make_booter):
+    """Forged RRQs (never ACKed) cannot hold the total's slots: a new request takes the oldest one's.
+    Per source the cap stays hard: a forged address gets no more than max_per_source answers."""
+    booter = make_booter("[tftp]\nmax_unconfirmed = 3\nmax_per_source = 2\n", server_ip="127.0.0.1")
+    (data_dir / "loaders").mkdir()
+    (data_dir / "loaders" / "blob.bin").write_bytes(b"x" * 5000)
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.directory))
+    target = ("127.0.0.1", srv.port)
+    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+    socks = []
     rrq = tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode()
-    before = _dropped("evicted-unconfirmed")
+    before, busy = _dropped("evicted-unconfirmed"), _dropped("busy-source")
     try:
-        for s in socks[:4]:  # 4 > max_per_source = 3, none of them ACKs
-            s.sendto(rrq, ("127.0.0.1", env.port))
+        for a in addresses:  # one unconfirmed each: the fourth evicts the first
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((a, 0))
+            s.settimeout(5)
+            socks.append(s)
+            s.sendto(rrq, target)
             assert tftp.parse(s.recvfrom(100)[0]) == tftp.OAck({"blksize": "512"})
-        _confirm(socks[4], ("127.0.0.1", env.port))  # a real client from the same address still gets through
+        assert _dropped("evicted-unconfirmed") - before == 1
+        real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        real.bind(("127.0.0.6", 0))
+        socks.append(real)
+        _confirm(real, target)  # a real client from a new address still gets through
         assert _dropped("evicted-unconfirmed") - before == 2
+        # the per-source cap is hard: a second and a third request from 127.0.0.5
+        socks[3].sendto(rrq, target)
+        assert tftp.parse(socks[3].recvfrom(100)[0]) == tftp.OAck({"blksize": "512"})
+        socks[3].sendto(rrq, target)
+        socks[3].settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            while True:
+                data = socks[3].recvfrom(100)[0]  # OACK retransmissions of the first two may come
+                assert tftp.parse(data) == tftp.OAck({"blksize": "512"})
+        assert _dropped("busy-source") - busy == 1
     finally:
         for s in socks:
             s.close()
+        srv.close()
 
 
 def test_junk_datagrams_leave_it_serving(env, tmp_path):

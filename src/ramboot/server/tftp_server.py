@@ -14,11 +14,12 @@ Nothing a client sends stops the server: junk is dropped and counted
 source and in total, and each transfer has one lazily re-armed timer.
 
 Spoofed requests: a transfer whose client has not ACKed anything yet is
-"unconfirmed"; it holds no ring (OACK) or one packet (DATA 1), and it is the
-first to go when a cap is reached: over `max_unconfirmed`, `max_per_source`
-or `max_transfers`, the oldest unconfirmed transfer (of that source, for the
-per-source cap) is dropped to make room, so a flood of spoofed RRQs cannot
-lock real clients out. All rings together stay under `max_memory_mib`
+"unconfirmed"; it holds no ring (OACK) or one packet (DATA 1), sends at most
+one DATA or three OACKs, and ends after 7 s. `max_per_source` is a hard cap
+(silence above it), so a forged address gets at most that many answers per
+7 s; over `max_unconfirmed` or `max_transfers` the oldest unconfirmed transfer
+is dropped to make room, so forged requests from many addresses cannot lock
+real clients out. All rings together stay under `max_memory_mib`
 (`proto.MemoryBudget`).
 """
 
@@ -199,15 +200,16 @@ class TftpServer:
         self._after(t)
 
     def _make_room(self, ip: str) -> bool:
-        """Room for one more transfer from `ip` under every cap, dropping the oldest
-        unconfirmed transfer (of that source, for its own cap) when a cap is reached."""
+        """Room for one more transfer from `ip` under every cap.
+
+        Per source the cap is hard (silence above it): what a forged address can make
+        us send to its owner is bounded, not only per request. Above the total caps the
+        oldest unconfirmed transfer is dropped to make room, so forged requests from
+        many addresses cannot lock real clients out."""
         cfg = self.config.tftp
         if self.per_source.get(ip, 0) >= cfg.max_per_source:
-            victim = next((t for t in self.unconfirmed.values() if t.peer[0] == ip), None)
-            if victim is None:
-                metrics.dropped("tftp", "busy-source")
-                return False
-            self._evict(victim)
+            metrics.dropped("tftp", "busy-source")
+            return False
         if len(self.unconfirmed) >= cfg.max_unconfirmed or len(self.transfers) >= cfg.max_transfers:
             victim = next(iter(self.unconfirmed.values()), None)
             if victim is None:
