@@ -102,7 +102,7 @@ def test_write_without_token_refused(srv):
     st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"})
     assert st == 401 and "bearer" in body["error"]
     st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, "wrong")
-    assert st == 403 and body["error"] == "wrong bearer token"
+    assert st == 401 and body["error"] == "wrong bearer token"  # RFC 6750 §3.1: invalid_token is 401
     st, body = srv.request("DELETE", f"/api/v1/nodes/{MAC}")
     assert st == 401
     assert srv.store.get_node(MAC) is None
@@ -114,7 +114,11 @@ def test_reads_can_require_token(data_dir):
     try:
         assert s.request("GET", "/api/v1/nodes")[0] == 401
         assert s.request("GET", "/api/v1/nodes", token=TOKEN)[0] == 200
-        assert s.request("GET", f"/api/v1/status?access_token={TOKEN}")[0] == 200
+        # a token in the URL only for the event stream (EventSource sends no headers)
+        st, body = s.request("GET", f"/api/v1/status?access_token={TOKEN}")
+        assert st == 400 and "only by GET /events/stream" in body["error"]
+        with urllib.request.urlopen(f"{s.base}/api/v1/events/stream?access_token={TOKEN}", timeout=5) as r:
+            assert r.status == 200 and r.readline().startswith(b"retry:")
         # node reports need no token even then
         assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
     finally:
@@ -357,3 +361,111 @@ def test_sse_stream_follows_a_boot(srv):
             stages.append(row["last_boot"]["stage"])
     conn.close()
     assert stages[-1] == "booted"
+
+
+# -- issue 13: the API's access rules, body limits and report rate, over real HTTP ----------------------
+def curl_i(srv, method: str, path: str, *args: str) -> tuple[int, dict[str, str], str]:
+    """One request with curl: status, headers (lower-cased names), body."""
+    import subprocess
+
+    out = subprocess.run(["curl", "-s", "-i", "-X", method, *args, srv.base + path], capture_output=True,
+                         timeout=20).stdout.decode()
+    head, _, body = out.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/api/v1/nodes", {"mac": "52:54:00:aa:bb:03", "image": "demo"}),
+    ("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}),
+    ("DELETE", f"/api/v1/nodes/{MAC}", None),
+])
+def test_every_write_needs_the_token_and_a_refusal_says_how(srv, method, path, body):
+    data = ["-H", "Content-Type: application/json", "-d", json.dumps(body)] if body else []
+    st, h, text = curl_i(srv, method, path, *data)
+    assert st == 401 and h.get("www-authenticate") == 'Bearer realm="ramboot"', (st, h, text)
+    st, h, _ = curl_i(srv, method, path, "-H", "Authorization: Bearer nope", *data)
+    assert st == 401 and h["www-authenticate"] == 'Bearer realm="ramboot", error="invalid_token"'
+    # never from the URL, even with the right token
+    st, h, text = curl_i(srv, method, f"{path}?access_token={TOKEN}", *data)
+    assert st == 400 and "error=\"invalid_request\"" in h["www-authenticate"], text
+    st, h, text = curl_i(srv, method, f"{path}?access_token={TOKEN}", "-H", f"Authorization: Bearer {TOKEN}", *data)
+    assert st == 400, text
+    assert srv.store.get_node("52:54:00:aa:bb:03") is None
+    st, _, text = curl_i(srv, method, path, "-H", f"Authorization: Bearer {TOKEN}", *data)
+    assert st in (200, 201, 204, 404), text
+
+
+def test_no_token_configured_refuses_writes_off_loopback_with_a_challenge(data_dir):
+    req = _mocked("172.22.33.100", "POST", "")
+    with pytest.raises(api.ApiError) as e:
+        api.authorize(req, "write")
+    assert e.value.status == 403 and 'error="insufficient_scope"' in e.value.headers["WWW-Authenticate"]
+
+
+def test_request_bodies_have_a_size_limit(srv):
+    big = {"stage": "verified", "detail": {"pad": "x" * (70 << 10)}}  # over max_report_kib = 64
+    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/events", big)
+    assert st == 413 and "64 KiB" in body["error"]
+    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", {**INVENTORY, "pad": "y" * (70 << 10)})
+    assert st == 413
+    # chunked, with no Content-Length: the limit holds while reading
+    import subprocess
+
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked",
+                          "-H", "Content-Type: application/json", "--data-binary", json.dumps(big),
+                          f"{srv.base}/api/v1/nodes/{MAC}/events"], capture_output=True, text=True, timeout=20)
+    assert out.stdout == "413"
+    # an operator's write gets the general limit (1 MiB), not the report one
+    st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo", "labels": {"k": "v" * (100 << 10)}}, TOKEN)
+    assert st != 413, body
+    st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo", "labels": {"k": "v" * (1100 << 10)}}, TOKEN)
+    assert st == 413
+
+
+def test_reports_are_rate_limited_per_source(data_dir):
+    write_fake_image(data_dir, "demo")
+    s = LiveServer(data_dir, "[api]\nreport_rate = 2\nreport_burst = 5\n")
+    try:
+        codes = [s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] for _ in range(8)]
+        assert codes[:5] == [202] * 5 and set(codes[5:]) == {429}, codes
+        st, h, text = curl_i(s, "POST", f"/api/v1/nodes/{MAC}/events", "-H", "Content-Type: application/json",
+                             "-d", '{"stage": "initramfs"}')
+        assert st == 429 and h["retry-after"] == "1" and "too many reports" in text
+        time.sleep(1.1)  # 2 a second come back
+        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+        # reads and operator writes are not reports: not limited
+        assert s.request("GET", "/api/v1/nodes")[0] == 200
+        m = scrape(s)
+        assert m['ramboot_dropped_total{protocol="api",reason="rate-limited"}'] >= 4
+    finally:
+        s.close()
+
+
+def test_report_limiter_buckets_are_per_source_and_bounded():
+    lim = api.ReportLimiter(rate=1.0, burst=2, max_sources=3)
+    assert [lim.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 1.0]
+    assert lim.take("b", 0.0) == 0.0  # another source has its own bucket
+    assert lim.take("a", 1.0) == 0.0  # refilled
+    for i in range(10):
+        lim.take(f"x{i}", 2.0)
+    assert len(lim._buckets) == 3
+
+
+def test_full_mode_report_for_a_mac_without_lease_is_refused(data_dir):
+    write_fake_image(data_dir, "demo")
+    s = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "10.99.0.100-10.99.0.150"\n')
+    try:
+        st, body = s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
+        assert st == 403 and "holds no lease" in body["error"]
+        s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 60)])
+        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+    finally:
+        s.close()
+
+
+def test_off_mode_reports_without_lease_are_accepted_from_any_address(srv):
+    """The decision in docs/api.md: ramboot leases nothing in proxy/off mode, so it cannot tell."""
+    srv.run(lambda: srv.events.bind("127.0.0.1", "52:54:00:aa:bb:0e"))
+    assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202

@@ -94,7 +94,6 @@ def test_file_source_reads_through_pread(tmp_path, windowsize):
 
 
 @pytest.mark.parametrize("name, drop", [
-    ("first DATA lost", lambda i, p: i == 0),
     ("every 7th lost", lambda i, p: i % 7 == 3),
     ("final block lost twice", lambda i, p: p[:4] == b"\x00\x03\x00\x0b" and i < 14),
 ])
@@ -104,6 +103,23 @@ def test_loss_is_recovered_by_the_timer(name, drop):
     r = run(m, drop=drop)
     assert r.outcome == "ok" and r.data == data
     assert m.retransmits > 0
+
+
+def test_first_data_is_not_resent_to_an_address_that_never_answered():
+    """Amplification guard without options: one DATA 1, never resent before an ACK (the
+    RFC 1350 client resends its RRQ or its ACK), silence, and an end after the unconfirmed timeouts."""
+    m = tftp.ReadTransfer(rrq(), tftp.BytesSource(os.urandom(512 * 10)))
+    out = [bytes(p) for p in m.start(0.0)]
+    assert [p[:4] for p in out] == [b"\x00\x03\x00\x01"] and m.ring_bytes == 516
+    while not m.done:
+        out += [bytes(p) for p in m.on_timer(m.deadline)]
+    assert len(out) == 1 and m.outcome == "timeout" and m.ring_bytes == 0
+    # the same transfer, its first ACK late but in time: it goes on with a read-ahead ring
+    m = tftp.ReadTransfer(rrq(), tftp.BytesSource(os.urandom(512 * 10)))
+    m.start(0.0)
+    assert m.on_timer(m.deadline) == []
+    assert [bytes(p)[:4] for p in m.on_packet(tftp.Ack(1).encode(), 1.5)] == [b"\x00\x03\x00\x02"]
+    assert m.ring_bytes > 516
 
 
 def test_duplicate_acks_are_never_answered():
@@ -129,6 +145,7 @@ def test_timeouts_back_off_then_give_up():
     limits = tftp.Limits(timeout=1.0, max_timeout=4.0, max_retries=4)
     m = tftp.ReadTransfer(rrq(), tftp.BytesSource(b"x" * 2000), limits)
     m.start(0.0)
+    m.on_packet(tftp.Ack(1).encode(), 0.0)  # confirmed: from now on the timer resends
     assert m.deadline == 1.0
     assert m.on_timer(0.5) == []  # not yet due
     gaps, resent, now = [], [], 0.0
@@ -140,7 +157,7 @@ def test_timeouts_back_off_then_give_up():
         resent.append([bytes(p)[:4] for p in out])
         gaps.append(m.deadline - now)
     assert gaps == [2.0, 4.0, 4.0, 4.0]  # doubling, capped
-    assert all(r == [b"\x00\x03\x00\x01"] for r in resent)
+    assert all(r == [b"\x00\x03\x00\x02"] for r in resent)
     assert m.outcome == "timeout"
     assert tftp.parse(bytes(out[0])) == tftp.Error(0, "timed out")
     assert m.on_timer(now + 100) == [] and m.on_packet(tftp.Ack(1).encode(), now) == []
@@ -149,8 +166,9 @@ def test_timeouts_back_off_then_give_up():
 def test_progress_resets_the_retry_budget():
     limits = tftp.Limits(max_retries=2)
     data = os.urandom(512 * 6)
-    # every block is lost twice before it gets through: 2 retries each, never 3
-    seen: dict[bytes, int] = {}
+    # every block after the first is lost twice before it gets through: 2 retries each, never 3
+    # (DATA 1 is never resent before the client's first ACK: see the amplification guard)
+    seen: dict[bytes, int] = {b"\x00\x03\x00\x01": 2}
 
     def drop(i, p):
         seen[p[:4]] = seen.get(p[:4], 0) + 1

@@ -298,22 +298,78 @@ def test_each_transfer_has_its_own_port_and_wrong_tid_gets_error_5(env):
         assert bytes(got) == env.blob
 
 
+def _dropped(reason: str) -> float:
+    return REGISTRY.get_sample_value("ramboot_dropped_total", {"protocol": "tftp", "reason": reason}) or 0.0
+
+
+def _confirm(sock: socket.socket, target: tuple[str, int], blksize: str = "512") -> tuple[str, int]:
+    """Ask for blob.bin, ACK the OACK, take DATA 1 and never ACK it: a confirmed, stalled transfer."""
+    sock.settimeout(5)
+    sock.sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": blksize}).encode(), target)
+    data, tid = sock.recvfrom(100)
+    assert tftp.parse(data) == tftp.OAck({"blksize": blksize})
+    sock.sendto(tftp.Ack(0).encode(), tid)
+    while not isinstance(tftp.parse(sock.recvfrom(2000)[0]), tftp.Data):
+        pass  # a retransmitted OACK, on a slow machine
+    return tid
+
+
 def test_per_source_cap(env):
-    """max_per_source = 3: a fourth concurrent request from one address gets no answer (it may resend)."""
+    """max_per_source = 3: with three confirmed transfers, a fourth request from that address gets no answer."""
     socks = [raw_socket() for _ in range(4)]
+    target = ("127.0.0.1", env.port)
     try:
-        replies = []
         for s in socks[:3]:
-            s.sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode(), ("127.0.0.1", env.port))
-            replies.append(tftp.parse(s.recvfrom(100)[0]))
-        assert replies == [tftp.OAck({"blksize": "512"})] * 3
-        socks[3].sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode(), ("127.0.0.1", env.port))
+            _confirm(s, target)
+        socks[3].sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode(), target)
         socks[3].settimeout(1.0)
         with pytest.raises(socket.timeout):
             socks[3].recvfrom(100)
     finally:
         for s in socks:
             s.close()
+
+
+def test_unconfirmed_requests_give_way(data_dir, make_booter):
+    """Forged RRQs (never ACKed) cannot hold the total's slots: a new request takes the oldest one's.
+    Per source the cap stays hard: a forged address gets no more than max_per_source answers."""
+    booter = make_booter("[tftp]\nmax_unconfirmed = 3\nmax_per_source = 2\n", server_ip="127.0.0.1")
+    (data_dir / "loaders").mkdir()
+    (data_dir / "loaders" / "blob.bin").write_bytes(b"x" * 5000)
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.directory))
+    target = ("127.0.0.1", srv.port)
+    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+    socks = []
+    rrq = tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "512"}).encode()
+    before, busy = _dropped("evicted-unconfirmed"), _dropped("busy-source")
+    try:
+        for a in addresses:  # one unconfirmed each: the fourth evicts the first
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((a, 0))
+            s.settimeout(5)
+            socks.append(s)
+            s.sendto(rrq, target)
+            assert tftp.parse(s.recvfrom(100)[0]) == tftp.OAck({"blksize": "512"})
+        assert _dropped("evicted-unconfirmed") - before == 1
+        real = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        real.bind(("127.0.0.6", 0))
+        socks.append(real)
+        _confirm(real, target)  # a real client from a new address still gets through
+        assert _dropped("evicted-unconfirmed") - before == 2
+        # the per-source cap is hard: a second and a third request from 127.0.0.5
+        socks[3].sendto(rrq, target)
+        assert tftp.parse(socks[3].recvfrom(100)[0]) == tftp.OAck({"blksize": "512"})
+        socks[3].sendto(rrq, target)
+        socks[3].settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            while True:
+                data = socks[3].recvfrom(100)[0]  # OACK retransmissions of the first two may come
+                assert tftp.parse(data) == tftp.OAck({"blksize": "512"})
+        assert _dropped("busy-source") - busy == 1
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
 
 
 def test_junk_datagrams_leave_it_serving(env, tmp_path):
@@ -343,12 +399,13 @@ def test_junk_datagrams_leave_it_serving(env, tmp_path):
 
 
 def test_total_transfer_cap(data_dir, make_booter):
-    """max_transfers = 2: a third concurrent request gets no answer; it is served once a slot frees up."""
+    """max_transfers = 2: with two confirmed transfers, a third request gets no answer; it is served once a
+    slot frees up. An unconfirmed transfer never holds a slot against a new request."""
     booter = make_booter("[tftp]\nmax_transfers = 2\n", server_ip="127.0.0.1")
     (data_dir / "loaders").mkdir()
     (data_dir / "loaders" / "f").write_bytes(b"x" * 100)
     srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.directory))
-    socks = [raw_socket() for _ in range(3)]
+    socks = [raw_socket() for _ in range(4)]
     server = ("127.0.0.1", srv.port)
     rrq = tftp.Request(tftp.RRQ, "f", "octet", {"tsize": "0"}).encode()
     try:
@@ -358,23 +415,33 @@ def test_total_transfer_cap(data_dir, make_booter):
             data, peer = s.recvfrom(100)
             replies.append((tftp.parse(data), peer))
         assert [r for r, _ in replies] == [tftp.OAck({"tsize": "100"})] * 2
-        socks[2].sendto(rrq, server)
-        socks[2].settimeout(1.0)
-        with pytest.raises(socket.timeout):
-            socks[2].recvfrom(100)
+        # the first ACKs its OACK (confirmed); the second never does
         tid = replies[0][1]
         socks[0].sendto(tftp.Ack(0).encode(), tid)
         while (reply := tftp.parse(socks[0].recvfrom(200)[0])) == tftp.OAck({"tsize": "100"}):
             pass  # a retransmitted OACK, when this machine is slow
         assert reply == tftp.Data(1, b"x" * 100)
+        # the third takes the unconfirmed second's slot, and confirms
+        socks[2].sendto(rrq, server)
+        data, tid2 = socks[2].recvfrom(100)
+        assert tftp.parse(data) == tftp.OAck({"tsize": "100"})
+        socks[2].sendto(tftp.Ack(0).encode(), tid2)
+        while (reply := tftp.parse(socks[2].recvfrom(200)[0])) == tftp.OAck({"tsize": "100"}):
+            pass
+        assert reply == tftp.Data(1, b"x" * 100)
+        # two confirmed transfers: a fourth request gets silence
+        socks[3].sendto(rrq, server)
+        socks[3].settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            socks[3].recvfrom(100)
         socks[0].sendto(tftp.Ack(1).encode(), tid)  # transfer 1 done: a slot is free
         deadline = time.monotonic() + 5
-        socks[2].settimeout(0.5)
+        socks[3].settimeout(0.5)
         reply = None
         while time.monotonic() < deadline:  # the client resends, as a PXE ROM would
-            socks[2].sendto(rrq, server)
+            socks[3].sendto(rrq, server)
             try:
-                reply = tftp.parse(socks[2].recvfrom(100)[0])
+                reply = tftp.parse(socks[3].recvfrom(100)[0])
             except socket.timeout:
                 continue
             if isinstance(reply, tftp.OAck):

@@ -71,6 +71,10 @@ class TftpConfig(_Section):
     max_blksize: int = Field(65464, ge=512, le=65464)
     max_transfers: int = Field(1024, ge=1)
     max_per_source: int = Field(16, ge=1)
+    # Requests whose client has not answered yet (spoofable): above this the oldest is dropped.
+    max_unconfirmed: int = Field(256, ge=1)
+    # Every transfer's ring together (MiB): windows stop growing, then new transfers wait, above it.
+    max_memory_mib: int = Field(256, ge=1, le=65536)
 
 
 class HttpConfig(_Section):
@@ -93,6 +97,12 @@ class DatabaseConfig(_Section):
 class ApiConfig(_Section):
     token: str | None = None
     read_requires_token: bool = False
+    # Node reports (POST /nodes/{mac}/events and /inventory), per source address: a token
+    # bucket of `report_burst` requests refilled at `report_rate` a second; over it, 429.
+    report_rate: float = Field(10.0, gt=0)
+    report_burst: int = Field(60, ge=1)
+    max_body_kib: int = Field(1024, ge=1, le=65536)  # any API request body
+    max_report_kib: int = Field(64, ge=1, le=65536)  # a node report's body
 
 
 class Config(_Section):

@@ -5,7 +5,7 @@ Every server appends its own here, so `/metrics` shows them all in one place.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_BYTES = Counter("ramboot_http_bytes", "Bytes sent over HTTP, by kind of file", ["kind"])
 HTTP_REFUSED = Counter("ramboot_http_refused", "HTTP requests refused (403) by what they asked for", ["kind"])
@@ -35,3 +35,23 @@ DHCP_COMMIT_SECONDS = Histogram(
     "Time to commit one batch of lease changes (group commit before the ACKs go out)",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
 )
+
+# Everything a server threw away or refused, and why: one family for all of them, so
+# a flood shows up in one place. protocol: dhcp | tftp | http | api. The reasons are
+# listed in docs/api.md ("Metrics").
+DROPPED = Counter("ramboot_dropped", "Datagrams and requests dropped or refused, by protocol and reason",
+                  ["protocol", "reason"])
+TFTP_RING_BYTES = Gauge("ramboot_tftp_ring_bytes", "Bytes the TFTP transfers' rings hold now ([tftp] max_memory_mib)")
+TFTP_RING_PEAK = Gauge("ramboot_tftp_ring_peak_bytes", "The most the TFTP transfers' rings have held at once")
+TFTP_ACTIVE = Gauge("ramboot_tftp_transfers_active", "TFTP transfers in progress, by state", ["state"])
+
+
+_dropped: dict[tuple[str, str], object] = {}
+
+
+def dropped(protocol: str, reason: str, n: int = 1) -> None:
+    """DROPPED[protocol, reason] += n, with the labelled child looked up once."""
+    c = _dropped.get((protocol, reason))
+    if c is None:
+        c = _dropped[(protocol, reason)] = DROPPED.labels(protocol, reason)
+    c.inc(n)  # type: ignore[attr-defined]

@@ -35,7 +35,11 @@ ZERO_IP = "0.0.0.0"
 
 
 class DhcpDecodeError(ValueError):
-    """The datagram is not a well-formed DHCP/BOOTP message."""
+    """The datagram is not a well-formed DHCP/BOOTP message; `reason` is a short label for metrics."""
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class DhcpEncodeError(ValueError):
@@ -234,17 +238,17 @@ def _parse_field(buf: bytes, out: dict[int, bytes], where: str, need_end: bool) 
         if code == Opt.END:
             return
         if i + 1 >= n:
-            raise DhcpDecodeError(f"{where}: option {code} has no length byte")
+            raise DhcpDecodeError(f"{where}: option {code} has no length byte", "bad-option")
         length = buf[i + 1]
         end = i + 2 + length
         if end > n:
-            raise DhcpDecodeError(f"{where}: option {code} claims {length} bytes, {n - i - 2} left")
+            raise DhcpDecodeError(f"{where}: option {code} claims {length} bytes, {n - i - 2} left", "bad-option")
         data = buf[i + 2 : end]
         prev = out.get(code)
         out[code] = data if prev is None else prev + data
         i = end
     if need_end:
-        raise DhcpDecodeError(f"{where}: no end option")
+        raise DhcpDecodeError(f"{where}: no end option", "bad-option")
 
 
 def _check_lengths(opts: dict[int, bytes]) -> None:
@@ -252,38 +256,38 @@ def _check_lengths(opts: dict[int, bytes]) -> None:
         v = opts[code]
         want = _FIXED_LEN.get(code)
         if want is not None and len(v) != want:
-            raise DhcpDecodeError(f"option {code}: length {len(v)}, must be {want}")
+            raise DhcpDecodeError(f"option {code}: length {len(v)}, must be {want}", "bad-length")
         mod = _MULTIPLE_OF.get(code)
         if mod is not None and (not v or len(v) % mod):
-            raise DhcpDecodeError(f"option {code}: length {len(v)}, must be a non-zero multiple of {mod}")
+            raise DhcpDecodeError(f"option {code}: length {len(v)}, must be a non-zero multiple of {mod}", "bad-length")
         least = _MIN_LEN.get(code)
         if least is not None and len(v) < least:
-            raise DhcpDecodeError(f"option {code}: length {len(v)}, must be at least {least}")
+            raise DhcpDecodeError(f"option {code}: length {len(v)}, must be at least {least}", "bad-length")
     mt = opts.get(Opt.MESSAGE_TYPE)
     if mt is not None and not 1 <= mt[0] <= 18:
-        raise DhcpDecodeError(f"option 53: unknown message type {mt[0]}")
+        raise DhcpDecodeError(f"option 53: unknown message type {mt[0]}", "bad-type")
     mms = opts.get(Opt.MAX_MESSAGE_SIZE)
     if mms is not None and struct.unpack("!H", mms)[0] < DEFAULT_MAX_MESSAGE:
-        raise DhcpDecodeError("option 57: below the legal minimum of 576")
+        raise DhcpDecodeError("option 57: below the legal minimum of 576", "bad-length")
 
 
 def decode(data: bytes) -> DhcpPacket:
     """Parse one datagram; raises `DhcpDecodeError` for anything malformed."""
     if len(data) < MIN_LEN:
-        raise DhcpDecodeError(f"{len(data)} bytes, shorter than a DHCP header ({MIN_LEN})")
+        raise DhcpDecodeError(f"{len(data)} bytes, shorter than a DHCP header ({MIN_LEN})", "short")
     op, htype, hlen, hops, xid, secs, flags, ci, yi, si, gi, chaddr, sname, file = HEADER.unpack_from(data)
     if op not in (BOOTREQUEST, BOOTREPLY):
-        raise DhcpDecodeError(f"op {op} is neither BOOTREQUEST nor BOOTREPLY")
+        raise DhcpDecodeError(f"op {op} is neither BOOTREQUEST nor BOOTREPLY", "bad-op")
     if hlen > 16:
-        raise DhcpDecodeError(f"hlen {hlen} exceeds the 16-byte chaddr field")
+        raise DhcpDecodeError(f"hlen {hlen} exceeds the 16-byte chaddr field", "bad-hlen")
     if data[HEADER_LEN:MIN_LEN] != MAGIC:
-        raise DhcpDecodeError("bad magic cookie (BOOTP without DHCP options is not served)")
+        raise DhcpDecodeError("bad magic cookie (BOOTP without DHCP options is not served)", "bad-cookie")
     opts: dict[int, bytes] = {}
     _parse_field(data[MIN_LEN:], opts, "options", need_end=False)
     overload = opts.pop(Opt.OVERLOAD, None)  # framing, not content: callers never see it
     if overload is not None:
         if len(overload) != 1 or overload[0] not in (1, 2, 3):
-            raise DhcpDecodeError("option 52: must be one byte of value 1, 2 or 3")
+            raise DhcpDecodeError("option 52: must be one byte of value 1, 2 or 3", "bad-overload")
         # RFC 3396 §7: the order is options, then file, then sname.
         if overload[0] & 1:
             _parse_field(file, opts, "file", need_end=True)

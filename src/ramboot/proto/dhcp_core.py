@@ -142,6 +142,7 @@ class Result:
     deletes: list[str] = field(default_factory=list)
     events: list[BootEvent] = field(default_factory=list)
     bound: tuple[str, str] | None = None  # (ip, mac): a new or renewed lease, or the address a client told us
+    reason: str = ""  # why a datagram was dropped or ignored, for the metrics (empty: see outcome)
 
     @property
     def needs_commit(self) -> bool:
@@ -252,13 +253,17 @@ class DhcpCore:
         """One received datagram on `port` (67 or 4011) from `src`."""
         try:
             pkt = decode(data)
-        except DhcpDecodeError:
-            return Result("malformed", "dropped")
+        except DhcpDecodeError as e:
+            return Result("malformed", "dropped", reason=e.reason)
         mt = pkt.msg_type
         kind = _KIND.get(mt, "other")
         mac = pkt.mac
-        if pkt.op != BOOTREQUEST or mt is None or mac is None:
-            return Result(kind, "ignored")
+        if pkt.op != BOOTREQUEST:
+            return Result(kind, "ignored", reason="not-a-request")
+        if mt is None:
+            return Result(kind, "ignored", reason="no-message-type")
+        if mac is None:
+            return Result(kind, "ignored", reason="no-mac")
         try:
             if self.mode == "proxy":
                 return self._proxy(pkt, kind, mac, src, port)

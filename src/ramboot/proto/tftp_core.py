@@ -16,13 +16,24 @@ Design points:
   window after it.
 - With options, nothing but a small OACK is sent before the client answers
   from the address it claims, so a spoofed RRQ cannot make us flood anyone.
-- Data is read through `DataSource.readinto` straight into one preallocated
-  ring of whole DATA packets (header in front of each payload): each block is
-  read exactly once, in order, with one preadv per batch. The ring holds two
-  windows (more for small ones: up to 16 KiB or 32 slots), so `read_ahead`
-  can read the next window while the client is busy with this one. Memory per
-  transfer is max(2 windows, 16 KiB) at most, or one window when two would be
-  over 1 MiB; a lock-step transfer of 1456-byte blocks holds 11 slots.
+- Data is read through `DataSource.readinto` straight into a ring of whole
+  DATA packets (header in front of each payload): each block is read exactly
+  once, in order, with one preadv per batch.
+- Memory follows what the client has proven, never what it asked for:
+  before the client's first ACK the ring is empty (an OACK answer) or holds
+  the one DATA 1 packet (no options); the window then starts at about 64 KiB
+  and doubles each time a whole window is acknowledged, up to the negotiated
+  windowsize, and the ring grows with it (copying the unacknowledged blocks).
+  Once confirmed the ring holds two windows (more for small ones: up to
+  16 KiB or 32 slots), so `read_ahead` can read the next window while the
+  client is busy with this one, or one window when two would be over 1 MiB.
+  A shared `MemoryBudget` caps all rings together: a ring that cannot grow
+  keeps its window; a transfer that cannot get its first ring ignores the ACK
+  (the client repeats it) and counts it in `starved`.
+- Before the first ACK the server answers a spoofed RRQ with at most one
+  DATA packet (never resent: the client repeats its RRQ or ACK) or an OACK
+  resent at most `Limits.max_unconfirmed_retries` times, and gives up after
+  that many timeouts. Bytes out per byte in are bounded (docs/benchmarks.md).
 - With `runs=True` a window comes back as at most two contiguous runs of
   packets (the ring wraps once), each packet 4 + blksize bytes but the file's
   last: what one UDP GSO send takes.
@@ -285,6 +296,7 @@ class Limits:
     timeout: float = 1.0  # first retransmission when the client names no timeout
     max_timeout: float = 8.0  # backoff cap (a larger client timeout is kept as is)
     max_retries: int = 5
+    max_unconfirmed_retries: int = 2  # before the client's first ACK: OACK resends, timeouts before giving up
 
 
 @dataclass(frozen=True)
@@ -326,6 +338,39 @@ def negotiate(options: dict[str, str], limits: Limits, size: int | None) -> Nego
 _BLOCK = struct.Struct("!H")
 _READ_BATCH, _BATCH_SLOTS = 1 << 14, 32  # a small window's ring grows to about this, so reads come in batches
 _RING_MAX = 1 << 20  # above this, the ring holds one window and nothing is read ahead
+INITIAL_WINDOW_BYTES = 1 << 16  # the first window after confirmation: about this much, at least one block
+
+
+class MemoryBudget:
+    """The bytes every transfer's ring may hold together (`[tftp] max_memory_mib`).
+
+    Shared by the transfers of one server; rings take from it as they grow
+    and give back when they end. Pure bookkeeping: nothing is allocated here.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+def _ring_slots(window: int, segment: int, confirmed: bool) -> int:
+    """Ring slots for a window of `window` blocks: just the window before the client
+    answered; then room to read ahead (two windows, or about 16 KiB / 32 slots for
+    small ones), but one window when two would pass 1 MiB."""
+    if not confirmed or 2 * window * segment > _RING_MAX:
+        return window
+    return window * max(2, min(_READ_BATCH // (window * segment), _BATCH_SLOTS // window))
 
 
 class ReadTransfer:
@@ -335,24 +380,28 @@ class ReadTransfer:
     next call. With `runs=True`, DATA comes as runs of consecutive packets
     (see the module notes) and `segment` is their size. `deadline` says when
     `on_timer` next has work; `done` ends the transfer, with `outcome` one of
-    ok, timeout, aborted, error.
+    ok, timeout, aborted, error, busy (no memory for a first packet). `close()`
+    gives the ring back and closes the source.
     """
 
-    def __init__(self, request: Request, source: DataSource, limits: Limits = Limits(), runs: bool = False):
+    def __init__(self, request: Request, source: DataSource, limits: Limits = Limits(), runs: bool = False,
+                 budget: MemoryBudget | None = None):
         self.request = request
         self.source = source
         self.limits = limits
         self.runs = runs
+        self.budget = budget
         self.neg = negotiate(request.options, limits, source.size)
-        w, bs = self.neg.windowsize, self.neg.blksize
-        self.segment = seg = 4 + bs
-        window = w * seg
-        self._nslots = w if 2 * window > _RING_MAX else w * max(2, min(_READ_BATCH // window, _BATCH_SLOTS // w))
-        self._ring = bytearray(self._nslots * seg)
-        self._ring[1::seg] = bytes([DATA]) * self._nslots  # opcodes once; block numbers per read
+        self.segment = 4 + self.neg.blksize
+        # The window grows from about INITIAL_WINDOW_BYTES to the negotiated one as ACKs come.
+        self.window = min(self.neg.windowsize, max(1, INITIAL_WINDOW_BYTES // self.segment))
+        self._since_growth = 0  # blocks acknowledged at this window size
+        self._nslots = 0
+        self._ring = bytearray()
         self._view = memoryview(self._ring)
-        self._payloads = [self._view[i * seg + 4 : (i + 1) * seg] for i in range(self._nslots)]
+        self._payloads: list[memoryview] = []
         self._awaiting_oack_ack = bool(self.neg.oack)
+        self.confirmed = False  # the client has acknowledged something from its address
         self.acked = 0  # absolute blocks the client has acknowledged
         self.sent = 0  # absolute blocks sent at least once
         self.read = 0  # absolute blocks read into the ring
@@ -361,57 +410,89 @@ class ReadTransfer:
         self.bytes_sent = 0  # payload bytes, each counted once
         self.retransmits = 0
         self.retries = 0
+        self.ignored = 0  # datagrams from the client's TID that were junk, stale or duplicate
+        self.starved = 0  # ACKs ignored because the budget had no room for the ring
         self.deadline: float | None = None
         self.outcome: str | None = None
+        self._closed = False
 
     @property
     def done(self) -> bool:
         return self.outcome is not None
 
+    @property
+    def ring_bytes(self) -> int:
+        """Bytes this transfer's ring holds now."""
+        return len(self._ring)
+
     def start(self, now: float) -> list[bytes | memoryview]:
         self._arm(now)
         if self._awaiting_oack_ack:
             return [OAck(self.neg.oack).encode()]
+        if not self._resize(_ring_slots(self.window, self.segment, False)):
+            self._finish("busy")
+            return []
         return self._window()
 
     def on_packet(self, packet: bytes, now: float) -> list[bytes | memoryview]:
         """A datagram from the client's TID. Junk and stale ACKs are ignored."""
-        if self.done or len(packet) < 4:
+        if self.done:
             return []
-        if packet[1] != ACK or packet[0]:  # hot path: no Packet object for an ACK
+        if len(packet) < 4 or packet[1] != ACK or packet[0]:  # hot path: no Packet object for an ACK
             if packet[:2] == b"\0\5":
                 self._finish("aborted")
+            else:
+                self.ignored += 1
             return []
         block = packet[2] << 8 | packet[3]
         if self._awaiting_oack_ack:
             if block != 0:
+                self.ignored += 1
+                return []
+            if not self._resize(_ring_slots(self.window, self.segment, True)):
+                self.starved += 1  # as if lost: the client repeats its ACK, or the OACK timer runs out
                 return []
             self._awaiting_oack_ack = False
+            self.confirmed = True
         else:
             delta = (block - self.acked) & 0xFFFF
             if delta == 0 or delta > self.sent - self.acked:
+                self.ignored += 1
                 return []  # duplicate or stale: never answered (Sorcerer's Apprentice)
             self.acked += delta
             if self.last is not None and self.acked >= self.last:
                 self._finish("ok")
                 return []
+            if not self.confirmed:
+                self.confirmed = True
+                self._resize(_ring_slots(self.window, self.segment, True))
+            else:
+                self._grow(delta)
         self.retries = 0
         self.deadline = now + self.neg.timeout
         return self._window()
 
     def on_timer(self, now: float) -> list[bytes | memoryview]:
-        """Retransmit the unacknowledged window with backoff, or give up."""
+        """Retransmit the unacknowledged window with backoff, or give up.
+
+        Before the client's first ACK: at most `max_unconfirmed_retries`
+        timeouts, resending only the small OACK (a DATA 1 is never resent to
+        an address that has not answered)."""
         if self.done or self.deadline is None or now < self.deadline:
             return []
         self.retries += 1
-        if self.retries > self.limits.max_retries:
+        limit = self.limits.max_retries if self.confirmed else min(self.limits.max_retries,
+                                                                  self.limits.max_unconfirmed_retries)
+        if self.retries > limit:
             self._finish("timeout")
-            return [Error(ErrorCode.NOT_DEFINED, "timed out").encode()]
+            return [Error(ErrorCode.NOT_DEFINED, "timed out").encode()] if self.confirmed else []
         cap = max(self.neg.timeout, self.limits.max_timeout)
         self.deadline = now + min(self.neg.timeout * 2**self.retries, cap)
         if self._awaiting_oack_ack:
             self.retransmits += 1
             return [OAck(self.neg.oack).encode()]
+        if not self.confirmed:
+            return []
         return self._window()
 
     def read_ahead(self) -> None:
@@ -420,13 +501,26 @@ class ReadTransfer:
         Call it right after sending: the read then overlaps the client's work
         instead of delaying the answer to its next ACK.
         """
-        if not self.done and self.last is None and self.acked + self._nslots - self.read >= self._nslots // 2:
+        if self.done or not self.confirmed or self.last is not None:
+            return
+        if self.acked + self._nslots - self.read >= self._nslots // 2:
             self._fill(self.acked + self._nslots)
 
     def fail(self, message: str) -> list[bytes]:
         """The data source failed (an I/O error): end with outcome `error` and tell the client."""
         self._finish("error")
         return [Error(ErrorCode.NOT_DEFINED, message).encode()]
+
+    def close(self, outcome: str = "aborted") -> None:
+        """The transfer is over for the caller: give the ring back and close the source (once).
+
+        `outcome` is recorded if the transfer had none yet (the caller ended it)."""
+        if self.outcome is None:
+            self._finish(outcome)
+        self._release()
+        if not self._closed:
+            self._closed = True
+            self.source.close()
 
     def _arm(self, now: float) -> None:
         self.retries = 0
@@ -435,11 +529,48 @@ class ReadTransfer:
     def _finish(self, outcome: str) -> None:
         self.outcome = outcome
         self.deadline = None
+        self._release()
+
+    def _release(self) -> None:
+        if self.budget is not None:
+            self.budget.give(len(self._ring))
+        self._payloads = []
+        self._view = memoryview(b"")
+        self._ring = bytearray()
+        self._nslots = 0
+
+    def _grow(self, delta: int) -> None:
+        """A whole window acknowledged: double it (up to the negotiated one), if the budget lets the ring grow."""
+        self._since_growth += delta
+        if self._since_growth < self.window or self.window >= self.neg.windowsize:
+            return
+        self._since_growth = 0
+        window = min(2 * self.window, self.neg.windowsize)
+        if self._resize(_ring_slots(window, self.segment, True)):
+            self.window = window
+
+    def _resize(self, nslots: int) -> bool:
+        """Make the ring `nslots` packets long (never shorter), keeping the unacknowledged blocks it holds."""
+        old_n, seg = self._nslots, self.segment
+        if nslots <= old_n:
+            return True
+        if self.budget is not None and not self.budget.take((nslots - old_n) * seg):
+            return False
+        ring = bytearray(nslots * seg)
+        ring[1::seg] = bytes([DATA]) * nslots  # opcodes once; block numbers per read
+        old = self._view
+        for b in range(self.acked + 1, self.read + 1):  # read but not acknowledged: numbered already
+            src, dst = ((b - 1) % old_n) * seg, ((b - 1) % nslots) * seg
+            ring[dst : dst + seg] = old[src : src + seg]
+        self._ring, self._nslots = ring, nslots
+        self._view = view = memoryview(ring)
+        self._payloads = [view[i * seg + 4 : (i + 1) * seg] for i in range(nslots)]
+        return True
 
     def _fill(self, upto: int) -> None:
         """Read blocks read+1 .. upto (never past the last) into their slots and number them."""
         first, n = self.read + 1, self._nslots
-        count = upto - self.read
+        count = min(upto, self.acked + n) - self.read
         if count <= 0 or self.last is not None:
             return
         bs, seg = self.neg.blksize, self.segment
@@ -460,8 +591,8 @@ class ReadTransfer:
         self.read += count
 
     def _window(self) -> list[bytes | memoryview]:
-        """Blocks acked+1 .. acked+windowsize, from the ring; what is not read yet is read now."""
-        end = self.acked + self.neg.windowsize
+        """Blocks acked+1 .. acked+window, from the ring; what is not read yet is read now."""
+        end = self.acked + self.window
         if self.read < end:
             self._fill(end)
         last = self.last

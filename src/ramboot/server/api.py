@@ -3,12 +3,16 @@
 One route table drives both the router and the OpenAPI document
 (`openapi.py`), so the two cannot drift; the live event stream is
 `event_stream.py`. Access (docs/api.md):
-- `write` routes need `Authorization: Bearer <api.token>`; with no token
-  configured they are allowed from loopback only;
-- `read` routes are open unless `api.read_requires_token`;
-- `node` routes (the initramfs's reports) need no token but are accepted only
-  from the address holding the MAC's lease, or from anywhere when ramboot holds
-  no lease for it (proxy/off mode).
+- `write` routes need `Authorization: Bearer <api.token>` (never a query
+  parameter); with no token configured they are allowed from loopback only;
+- `read` routes are open unless `api.read_requires_token`; only the event
+  stream also takes `?access_token=` (a browser's EventSource sends no headers);
+- a refusal carries `WWW-Authenticate: Bearer ...` (RFC 6750): 401 for a
+  missing or wrong token, 403 when no token can help;
+- `node` routes (the initramfs's reports) need no token; `check_reporter`
+  decides who may report for a MAC; they are rate-limited per source address
+  (a token bucket, 429 with Retry-After) and their bodies are small;
+- every body has a size limit (413).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +31,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from .. import metrics
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
@@ -44,10 +50,11 @@ _RESERVED_DETAIL = {"mac", "stage", "source"}  # EventLog.record's own parameter
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @web.middleware
@@ -58,18 +65,33 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     try:
         return await handler(request)
     except ApiError as e:
-        headers = {"WWW-Authenticate": 'Bearer realm="ramboot"'} if e.status == 401 else None
-        return error_json(e.status, e.message, headers)
+        metrics.dropped("api", _API_REASONS.get(e.status, "bad-request"))
+        return error_json(e.status, e.message, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
+        metrics.dropped("api", _API_REASONS.get(e.status, "bad-request"))
         return error_json(e.status, e.reason.lower(), {k: v for k, v in e.headers.items() if k == "Allow"})
     except Exception:
         log.exception("api handler failed", extra={"path": request.path})
         return error_json(500, "internal error; see the server log")
 
 
+_API_REASONS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
+                405: "bad-method", 409: "conflict", 413: "body-too-large", 429: "rate-limited"}
+
+
 # -- access -------------------------------------------------------------------
+def _challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
+    """RFC 6750 §3: the WWW-Authenticate header of a refusal."""
+    value = 'Bearer realm="ramboot"'
+    if error:
+        value += f', error="{error}"'
+    if description:
+        value += f', error_description="{description}"'
+    return {"WWW-Authenticate": value}
+
+
 def _is_loopback(remote: str | None) -> bool:
     try:
         return remote is not None and ipaddress.ip_address(remote).is_loopback
@@ -77,37 +99,95 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def _given_token(request: web.Request) -> str | None:
+def _given_token(request: web.Request, query_token: bool) -> str | None:
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if request.method == "GET":  # EventSource cannot set headers
+    if query_token and request.method == "GET":  # the event stream: EventSource cannot set headers
         return request.query.get("access_token")
     return None
 
 
-def authorize(request: web.Request, access: str) -> None:
+def authorize(request: web.Request, access: str, query_token: bool = False) -> None:
+    """Raise ApiError unless `request` may use a route of kind `access` (read, write, node).
+
+    `query_token`: the route also takes `?access_token=` (only the read-only event stream)."""
     api = request.app[CTX].config.api
     if access == "node" or (access == "read" and not api.read_requires_token):
         return
+    if "access_token" in request.query and not (query_token and request.method == "GET"):
+        raise ApiError(400, "access_token in the URL is accepted only by GET /events/stream; "
+                            "use Authorization: Bearer <api.token>",
+                       _challenge("invalid_request", "token in the query"))
     if api.token is None:
         if _is_loopback(request.remote):
             return
-        raise ApiError(403, "no api.token is configured, so this is allowed from loopback only")
-    given = _given_token(request)
+        raise ApiError(403, "no api.token is configured, so this is allowed from loopback only",
+                       _challenge("insufficient_scope", "no api.token is configured: loopback only"))
+    given = _given_token(request, query_token)
     if given is None:
-        raise ApiError(401, "missing bearer token (Authorization: Bearer <api.token>)")
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <api.token>)", _challenge())
     if not hmac.compare_digest(given.encode(), api.token.encode()):
-        raise ApiError(403, "wrong bearer token")
+        raise ApiError(401, "wrong bearer token", _challenge("invalid_token"))
 
 
 async def check_reporter(request: web.Request, mac: str) -> None:
-    """A node report is accepted only from the address that holds the MAC's lease."""
+    """Who may report for a MAC (docs/api.md, "Node reports"):
+
+    - a MAC holding an unexpired lease (in any mode): only from the lease's address;
+    - no lease, full mode: refused; ramboot leases every address on its network, so a
+      node that booted from it holds one (an OS renewing keeps it);
+    - no lease, proxy or off mode (another server leases the addresses): accepted from
+      any address. ramboot cannot know who holds an address it did not lease (what it
+      saw on 4011 goes stale when the site's server moves an address), so it does not
+      pretend to; the per-source rate limit and the small body limit bound the cost,
+      and a node can never report a server stage.
+    """
     ctx = request.app[CTX]
     lease = await asyncio.to_thread(ctx.store.lease_for_mac, mac)
-    if lease is not None and lease.ip != request.remote:
-        raise ApiError(403, f"{request.remote} does not hold the lease for {mac}")
+    if lease is not None:
+        if lease.ip != request.remote:
+            raise ApiError(403, f"{request.remote} does not hold the lease for {mac}")
+        return
+    if ctx.config.dhcp.mode == "full":
+        raise ApiError(403, f"{mac} holds no lease, so no address may report for it")
+
+
+class ReportLimiter:
+    """Per source address token buckets for node reports; pure bookkeeping, time passed in.
+
+    At most `max_sources` buckets are kept: past that, the fullest (idle) ones are forgotten,
+    which only ever gives a source more room, never less than a new source gets."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 4096):
+        self.rate, self.burst, self.max_sources = rate, float(burst), max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+
+    def take(self, source: str, now: float) -> float:
+        """0 when the request may go ahead, else the seconds until it may."""
+        tokens, at = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            tokens -= 1.0
+            wait = 0.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[source] = (tokens, now)  # most recent last
+        if len(self._buckets) > self.max_sources:
+            for key in list(self._buckets)[: len(self._buckets) - self.max_sources]:
+                del self._buckets[key]
+        return wait
+
+
+REPORTS = web.AppKey("report_limiter", ReportLimiter)
+
+
+def rate_limit_report(request: web.Request) -> None:
+    wait = request.app[REPORTS].take(request.remote or "", time.monotonic())
+    if wait:
+        raise ApiError(429, f"too many reports from {request.remote}; retry in {math.ceil(wait)} s",
+                       {"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 # -- helpers ------------------------------------------------------------------
@@ -118,8 +198,14 @@ def mac_param(request: web.Request) -> str:
         raise ApiError(400, str(e)) from None
 
 
-async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
-    raw = await request.read()
+async def body_of(request: web.Request, model: type[BaseModel], limit_kib: int | None = None) -> Any:
+    """The JSON body as `model`; over `limit_kib` (default `api.max_body_kib`) it is 413, unread."""
+    limit = (limit_kib or request.app[CTX].config.api.max_body_kib) << 10
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"body over {limit >> 10} KiB")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, f"body over {limit >> 10} KiB")
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as e:
@@ -203,8 +289,9 @@ async def node_inventory(request: web.Request) -> web.Response:
 async def report_event(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     mac = mac_param(request)
+    rate_limit_report(request)
     await check_reporter(request, mac)
-    body = await body_of(request, S.EventIn)
+    body = await body_of(request, S.EventIn, ctx.config.api.max_report_kib)
     if body.stage in SERVER_STAGES:
         raise ApiError(400, f"stage {body.stage!r} is recorded by the server, not reported by nodes")
     if clash := _RESERVED_DETAIL & set(body.detail):
@@ -218,8 +305,9 @@ async def report_event(request: web.Request) -> web.Response:
 async def report_inventory(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     mac = mac_param(request)
+    rate_limit_report(request)
     await check_reporter(request, mac)
-    report = await body_of(request, S.InventoryReport)
+    report = await body_of(request, S.InventoryReport, ctx.config.api.max_report_kib)
 
     def work() -> bool:
         ctx.store.add_inventory(mac, report.model_dump(mode="json"))
@@ -388,14 +476,18 @@ ROUTES = [
 
 
 def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    query_token = route.handler is event_stream
+
     async def handler(request: web.Request) -> web.StreamResponse:
-        authorize(request, route.access)
+        authorize(request, route.access, query_token)
         return await route.handler(request)
 
     return handler
 
 
 def add_routes(app: web.Application) -> None:
+    api = app[CTX].config.api
+    app[REPORTS] = ReportLimiter(api.report_rate, api.report_burst)
     for r in ROUTES:
         app.router.add_route(r.method, PREFIX + r.path, _guarded(r))
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)

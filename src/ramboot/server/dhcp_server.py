@@ -187,10 +187,13 @@ class DhcpServer:
             except Exception:  # a hostile packet never stops the server
                 log.exception("dhcp: dropped a datagram from %s that broke the handler", src[0])
                 self._count("error", "dropped")
+                metrics.dropped("dhcp", "handler-error")
                 continue
             self._count(res.kind, res.outcome)
-            if res.outcome == "dropped":
-                log.debug("dhcp: malformed datagram from %s:%d dropped", *src)
+            if res.outcome in ("dropped", "ignored"):
+                metrics.dropped("dhcp", res.reason or res.outcome)
+                if res.outcome == "dropped":
+                    log.debug("dhcp: malformed datagram from %s:%d dropped: %s", src[0], src[1], res.reason)
             if res.needs_commit:
                 self._pending.append((res, ifindex))
                 if self._flusher is None:
@@ -225,6 +228,7 @@ class DhcpServer:
         except Exception:
             # Without the commit, no ACK: the clients retry and we answer again.
             log.exception("dhcp: lease commit failed; %d replies withheld", len(batch))
+            metrics.dropped("dhcp", "commit-failed", len(batch))
             return
         metrics.DHCP_COMMIT_SECONDS.observe(time.perf_counter() - started)
         for res, ifindex in batch:

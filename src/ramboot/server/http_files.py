@@ -118,6 +118,8 @@ async def send_file(request: web.Request, path: Path, content_type: str,
         if p.status == 304:
             return web.Response(status=304, headers={"ETag": etag, "Last-Modified": modified}), 0
         if p.status in (412, 416):
+            if p.status == 416:
+                metrics.dropped("http", "range-unsatisfiable")
             return web.Response(status=p.status, headers={"ETag": etag, **p.headers}), 0
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Last-Modified": modified, "Content-Type": content_type,
                    **p.headers}
@@ -127,21 +129,31 @@ async def send_file(request: web.Request, path: Path, content_type: str,
         if request.method == "HEAD" or p.count == 0:
             await resp.write_eof()
             return resp, 0
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
         try:
-            await _sendfile(loop, transport, f, p.start, p.count)
-        except NotImplementedError:  # e.g. TLS in front: copy in bounded chunks
-            f.seek(p.start)
-            left = p.count
-            while left:
-                chunk = await loop.run_in_executor(None, f.read, min(left, 1 << 20))
-                if not chunk:
-                    raise ConnectionResetError("file shrank while sending") from None
-                await resp.write(chunk)
-                left -= len(chunk)
-        await resp.write_eof()
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("client went away")
+            try:
+                await _sendfile(loop, transport, f, p.start, p.count)
+            except NotImplementedError:  # e.g. TLS in front: copy in bounded chunks
+                f.seek(p.start)
+                left = p.count
+                while left:
+                    chunk = await loop.run_in_executor(None, f.read, min(left, 1 << 20))
+                    if not chunk:
+                        raise ConnectionResetError("file shrank while sending") from None
+                    await resp.write(chunk)
+                    left -= len(chunk)
+            await resp.write_eof()
+        except (ConnectionError, OSError) as e:
+            # A client that leaves mid-file is routine (a PXE ROM aborting, a curl ^C): a counter
+            # and a debug line, never a traceback. aiohttp sees a closed connection and drops it.
+            metrics.dropped("http", "client-gone")
+            log.debug("http: client left mid-file", extra={"path": request.path, "client": request.remote,
+                                                           "why": f"{type(e).__name__}: {e}"})
+            if request.transport is not None:
+                request.transport.abort()
+            return resp, 0
         return resp, p.count
     finally:
         f.close()
@@ -151,21 +163,25 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     why = raw_refusal(request.raw_path)
     if why:
+        metrics.dropped("http", "path-refused")
         return text_error(400, f"refused: {why}")
     name = request.path[1:]
     try:
         parsed = names.parse(name)
     except PathRefused as e:
+        metrics.dropped("http", "path-refused")
         return text_error(400, f"refused: {e}")
     if isinstance(parsed, names.Overlay):
         return await overlay_file(request, parsed)
     try:
         resolved = await asyncio.to_thread(ctx.namespace.lookup, parsed)
     except PathRefused as e:
-        log.warning("path refused", extra={"path": name, "client": request.remote, "why": str(e)})
+        metrics.dropped("http", "path-refused")
+        log.warning("path refused", extra={"path": name[:200], "client": request.remote, "why": str(e)[:200]})
         return text_error(403, f"refused: {e}")
     if resolved is None:
-        return text_error(404, f"not found: {name}")
+        metrics.dropped("http", "not-found")
+        return text_error(404, f"not found: {name[:200]}")
     ip = request.remote or ""
     t0 = time.monotonic()
     if isinstance(resolved, GeneratedFile):

@@ -10,11 +10,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .. import metrics
 from ..config import Config
 from ..inventory.store import Store
 from ..namespace import Namespace
@@ -27,12 +32,66 @@ from .http_files import namespace_file, static_file, status_page
 log = logging.getLogger("ramboot.http")
 
 
+# aiohttp's exception classes for a request it could not parse, as the reason label.
+_REASONS = {
+    "BadStatusLine": "bad-request-line", "BadHttpMethod": "bad-method", "LineTooLong": "line-too-long",
+    "InvalidHeader": "bad-header", "InvalidURLError": "bad-url", "ContentLengthError": "bad-body",
+    "TransferEncodingError": "bad-body", "DecompressSizeError": "bad-body",
+}
+_ROUTINE = (HttpProcessingError, ConnectionError, asyncio.TimeoutError)
+
+
+def rejection_reason(exc: BaseException) -> str:
+    if isinstance(exc, HttpProcessingError):
+        return _REASONS.get(type(exc).__name__, "bad-request")
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    return "client-gone"
+
+
+class RequestLog(logging.Logger):
+    """aiohttp's per-connection logger (it logs every rejected request with a traceback).
+
+    A request aiohttp could not parse (a bad request line, a header over
+    8190 bytes, a bad method...) or a client that went away is routine on a
+    network: it costs a counter, `ramboot_dropped_total{protocol="http",reason}`,
+    and one debug line. Anything else is a real fault and keeps its traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("ramboot.http.requests")
+        self.parent = logging.getLogger("ramboot.http")
+
+    def _routine(self, exc_info: Any) -> bool:
+        exc = exc_info if isinstance(exc_info, BaseException) else (sys.exc_info()[1] if exc_info else None)
+        if not isinstance(exc, _ROUTINE):
+            return False
+        reason = rejection_reason(exc)
+        metrics.dropped("http", reason)
+        if self.isEnabledFor(logging.DEBUG):
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            super().debug("http: request rejected: %s: %s", reason, detail)
+        return True
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if not self._routine(exc_info):
+            super().exception(msg, *args, exc_info=exc_info, **kw)
+
+    def error(self, msg: object, *args: object, exc_info: Any = None, **kw: Any) -> None:
+        if not (exc_info and self._routine(exc_info)):
+            super().error(msg, *args, exc_info=exc_info, **kw)
+
+    def debug(self, msg: object, *args: object, exc_info: Any = None, **kw: Any) -> None:
+        if not (exc_info and self._routine(exc_info)):
+            super().debug(msg, *args, exc_info=exc_info, **kw)
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store, events: EventLog) -> web.Application:
-    app = web.Application(client_max_size=1 << 20, middlewares=[api.error_middleware])
+    app = web.Application(client_max_size=config.api.max_body_kib << 10, middlewares=[api.error_middleware])
     app[CTX] = Ctx(config, namespace, booter, store, events)
     event_stream.install(app)
     api.add_routes(app)
@@ -63,7 +122,7 @@ async def start_http(
 ) -> HttpServer:
     """Serve until `close()`. host None: `http.bind`; port None: `http.port` (0: any free port)."""
     app = make_app(config, namespace, booter, store, events)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=RequestLog())
     await runner.setup()
     site = web.TCPSite(runner, host or config.http.bind, config.http.port if port is None else port, reuse_address=True)
     try:

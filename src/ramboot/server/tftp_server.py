@@ -9,8 +9,18 @@ Windows go out with UDP GSO (UDP_SEGMENT) when the kernel has it: one send
 carries up to 64 KiB of equal-sized datagrams, split by the kernel, so the
 wire sees exactly the datagrams a send per packet would.
 
-Nothing a client sends stops the server: junk is dropped, transfers are
-capped per source and in total, and each transfer has one lazily re-armed timer.
+Nothing a client sends stops the server: junk is dropped and counted
+(`ramboot_dropped_total{protocol="tftp",reason}`), transfers are capped per
+source and in total, and each transfer has one lazily re-armed timer.
+
+Spoofed requests: a transfer whose client has not ACKed anything yet is
+"unconfirmed"; it holds no ring (OACK) or one packet (DATA 1), sends at most
+one DATA or three OACKs, and ends after 7 s. `max_per_source` is a hard cap
+(silence above it), so a forged address gets at most that many answers per
+7 s; over `max_unconfirmed` or `max_transfers` the oldest unconfirmed transfer
+is dropped to make room, so forged requests from many addresses cannot lock
+real clients out. All rings together stay under `max_memory_mib`
+(`proto.MemoryBudget`).
 """
 
 from __future__ import annotations
@@ -71,6 +81,13 @@ class TftpServer:
         self.port = 0
         self.transfers: dict[int, _Transfer] = {}  # by transfer socket fd
         self.per_source: dict[str, int] = {}
+        # Transfers whose client has not ACKed yet, oldest first (dicts keep insertion order).
+        self.unconfirmed: dict[int, _Transfer] = {}
+        self.budget = proto.MemoryBudget(config.tftp.max_memory_mib << 20)
+        metrics.TFTP_RING_BYTES.set_function(lambda: self.budget.used)
+        metrics.TFTP_RING_PEAK.set_function(lambda: self.budget.peak)
+        metrics.TFTP_ACTIVE.labels("unconfirmed").set_function(lambda: len(self.unconfirmed))
+        metrics.TFTP_ACTIVE.labels("all").set_function(lambda: len(self.transfers))
         self.gso: bool | None = None  # kernel UDP GSO: None until the first windowed transfer asks
 
     def listen(self, host: str, port: int) -> None:
@@ -109,8 +126,9 @@ class TftpServer:
                 continue
             try:
                 self._on_request(data, peer, _local_address(anc))
-            except Exception:  # a bad request never stops the server
-                log.exception("tftp: request from %s failed", peer)
+            except Exception as e:  # a bad request never stops the server, and costs one line
+                metrics.dropped("tftp", "handler-error")
+                log.warning("tftp: request from %s dropped: %s: %s", peer[0], type(e).__name__, e)
 
     def _reply_error(self, peer, code: proto.ErrorCode, message: str) -> None:
         try:
@@ -122,19 +140,22 @@ class TftpServer:
         try:
             req = proto.parse(data)
         except proto.MalformedPacket as e:
+            metrics.dropped("tftp", "malformed")
             log.debug("tftp: malformed packet from %s: %s", peer, e)
             return
         if not isinstance(req, proto.Request):
+            metrics.dropped("tftp", "not-a-request")
             return  # stray DATA/ACK/ERROR on the request port: not worth an answer
         if req.opcode == proto.WRQ:
+            metrics.dropped("tftp", "write-request")
             self._reply_error(peer, proto.ErrorCode.ACCESS_VIOLATION, "read-only server")
             return
         if req.mode not in ("octet", "netascii"):
+            metrics.dropped("tftp", "bad-mode")
             self._reply_error(peer, proto.ErrorCode.ILLEGAL_OPERATION, f"mode {req.mode} not supported")
             return
         ip = peer[0]
-        if len(self.transfers) >= self.config.tftp.max_transfers or \
-                self.per_source.get(ip, 0) >= self.config.tftp.max_per_source:
+        if not self._make_room(ip):
             # Over a cap we stay silent: a PXE ROM gives up on an ERROR but resends
             # an unanswered RRQ, so in a boot storm it simply comes back a second
             # later; and a spoofed flood gets nothing at all.
@@ -143,12 +164,14 @@ class TftpServer:
         try:
             resolved = self.namespace.resolve(req.filename)
         except PathRefused as e:
-            log.info("tftp: refused %r from %s: %s", req.filename, ip, e)
+            log.debug("tftp: refused %r from %s: %s", req.filename[:200], ip, e)  # counted: path-refused
             metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
+            metrics.dropped("tftp", "path-refused")
             self._reply_error(peer, proto.ErrorCode.ACCESS_VIOLATION, "access violation")
             return
         if resolved is None:
             metrics.TFTP_TRANSFERS.labels(outcome="not-found").inc()
+            metrics.dropped("tftp", "not-found")
             self._reply_error(peer, proto.ErrorCode.FILE_NOT_FOUND, "file not found")
             return
         try:
@@ -165,15 +188,44 @@ class TftpServer:
             metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
             return  # silent, as over a cap: the client resends
         mac = resolved.mac if isinstance(resolved, GeneratedFile) else None
-        t = _Transfer(proto.ReadTransfer(req, source, self.limits, runs=True), sock, peer, req.filename,
-                      resolved.kind, mac, time.monotonic())
+        t = _Transfer(proto.ReadTransfer(req, source, self.limits, runs=True, budget=self.budget), sock, peer,
+                      req.filename, resolved.kind, mac, time.monotonic())
         if t.machine.neg.windowsize > 1:
             self._gso_on(t)
         self.transfers[sock.fileno()] = t
+        self.unconfirmed[sock.fileno()] = t
         self.per_source[ip] = self.per_source.get(ip, 0) + 1
         self.loop.add_reader(sock.fileno(), self._on_transfer_ready, t)
         self._drive(t, t.machine.start)
         self._after(t)
+
+    def _make_room(self, ip: str) -> bool:
+        """Room for one more transfer from `ip` under every cap.
+
+        Per source the cap is hard (silence above it): what a forged address can make
+        us send to its owner is bounded, not only per request. Above the total caps the
+        oldest unconfirmed transfer is dropped to make room, so forged requests from
+        many addresses cannot lock real clients out."""
+        cfg = self.config.tftp
+        if self.per_source.get(ip, 0) >= cfg.max_per_source:
+            metrics.dropped("tftp", "busy-source")
+            return False
+        if len(self.unconfirmed) >= cfg.max_unconfirmed or len(self.transfers) >= cfg.max_transfers:
+            victim = next(iter(self.unconfirmed.values()), None)
+            if victim is None:
+                metrics.dropped("tftp", "busy")
+                return False
+            self._evict(victim)
+        if self.budget.used + 4 + proto.DEFAULT_BLKSIZE > self.budget.limit:
+            metrics.dropped("tftp", "memory")
+            return False
+        return True
+
+    def _evict(self, t: _Transfer) -> None:
+        """End an unconfirmed transfer to make room: its client never answered (spoofed, or gone)."""
+        metrics.dropped("tftp", "evicted-unconfirmed")
+        t.machine.close("evicted")  # the client, if real, resends its RRQ
+        self._end(t)
 
     def _transfer_socket(self, local: str | None) -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -223,16 +275,23 @@ class TftpServer:
             return
         if peer != t.peer:
             # RFC 1350: another TID gets ERROR 5 and the transfer goes on.
+            metrics.dropped("tftp", "unknown-tid")
             try:
                 sock.sendto(proto.error_packet(proto.ErrorCode.UNKNOWN_TID, "unknown transfer ID"), peer)
             except OSError:
                 pass
             return
-        rexmit = m.retransmits
+        rexmit, ignored, starved = m.retransmits, m.ignored, m.starved
         try:
             packets = m.on_packet(data, self.loop.time())
         except OSError as e:
             packets = self._read_failed(t, e)
+        if m.ignored != ignored:
+            metrics.dropped("tftp", "stale-or-junk")
+        elif m.starved != starved:
+            metrics.dropped("tftp", "memory")
+        elif m.confirmed and self.unconfirmed:
+            self.unconfirmed.pop(sock.fileno(), None)
         if packets:
             self._send(t, packets)
             self._read_ahead(t)
@@ -326,12 +385,13 @@ class TftpServer:
         fd = t.sock.fileno()
         if self.transfers.pop(fd, None) is None:
             return
+        self.unconfirmed.pop(fd, None)
         self.loop.remove_reader(fd)
         self._count_bytes(t)
         if t.timer is not None:
             t.timer.cancel()
         t.sock.close()
-        t.machine.source.close()
+        t.machine.close()
         ip = t.peer[0]
         left = self.per_source.get(ip, 1) - 1
         if left:
@@ -342,7 +402,10 @@ class TftpServer:
         outcome = m.outcome or "aborted"
         metrics.TFTP_TRANSFERS.labels(outcome=outcome).inc()
         seconds = time.monotonic() - t.started
-        log.info("tftp: %s %s to %s: %d bytes in %.3fs", outcome, t.name, ip, m.bytes_sent, seconds)
+        if m.confirmed or outcome == "ok":
+            log.info("tftp: %s %s to %s: %d bytes in %.3fs", outcome, t.name, ip, m.bytes_sent, seconds)
+        else:  # a client that never answered (spoofed, or gone): no line per request in a flood
+            log.debug("tftp: %s %s to %s: the client never answered", outcome, t.name, ip)
         if outcome == "ok":
             self.events.served(ip, t.kind, t.name, t.mac, m.bytes_sent, round(seconds, 3), "tftp")
 
