@@ -191,19 +191,23 @@ def test_events_and_metrics(env, tmp_path):
 
 
 def test_retransmits_are_counted(env):
-    """A client that does not ACK DATA 1 gets it again after the 1 s timeout: the counter moves by exactly 1."""
-    payload = os.urandom(300)  # one short block: ACK 1 ends the transfer
-    (env.data_dir / "loaders" / "one.bin").write_bytes(payload)
+    """A client that ACKs DATA 1 but not DATA 2 gets DATA 2 again after the 1 s timeout: the counter
+    moves by exactly 1. (Before a client's first ACK nothing is resent: a forged RRQ gets one packet.)"""
+    payload = os.urandom(600)  # two blocks: 512 + 88
+    (env.data_dir / "loaders" / "two.bin").write_bytes(payload)
     rex0, ok0 = sample("ramboot_tftp_retransmits_total"), sample("ramboot_tftp_transfers_total", outcome="ok")
     with raw_socket() as s:
-        s.sendto(tftp.Request(tftp.RRQ, "one.bin", "octet", {}).encode(), ("127.0.0.1", env.port))
+        s.sendto(tftp.Request(tftp.RRQ, "two.bin", "octet", {}).encode(), ("127.0.0.1", env.port))
         first, tid = s.recvfrom(70000)
+        assert first == tftp.Data(1, payload[:512]).encode()
+        s.sendto(tftp.Ack(1).encode(), tid)
+        second, _ = s.recvfrom(70000)
         t0 = time.monotonic()
         again, tid2 = s.recvfrom(70000)  # not acknowledged: the timer resends it
         waited = time.monotonic() - t0
-        assert tid2 == tid and again == first == tftp.Data(1, payload).encode()
+        assert tid2 == tid and again == second == tftp.Data(2, payload[512:]).encode()
         assert 0.8 <= waited <= 2.5, waited
-        s.sendto(tftp.Ack(1).encode(), tid)
+        s.sendto(tftp.Ack(2).encode(), tid)
         deadline = time.monotonic() + 5
         while sample("ramboot_tftp_transfers_total", outcome="ok") == ok0 and time.monotonic() < deadline:
             time.sleep(0.02)
