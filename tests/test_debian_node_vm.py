@@ -8,18 +8,16 @@ The Debian root is bootstrapped once per run (about a minute) and shared by the 
 
 from __future__ import annotations
 
-import fcntl
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-
-from ramboot.lab.netns import Lab
-from ramboot.lab.server import ramboot_cmd
-from ramboot.lab.vm import choose_accel, random_mac
 from test_e2e_lab import LabRun, _explain
+from vm_cache import accel_for, build_once, shared_build
+
+from ramboot.lab.server import ramboot_cmd
+from ramboot.lab.vm import random_mac
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
@@ -31,21 +29,9 @@ REMOTE = ("echo hostname=$(hostname); echo peer=$(grep deb-peer /etc/hosts | tr 
 
 @pytest.fixture(scope="session")
 def debian_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root = shared / "debian-node"
-    root.mkdir(exist_ok=True)
-    data = root / "data"
-    img = data / "images" / "debian"
-    with open(root / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (img / "image.toml").is_file():
-            p = subprocess.run([*ramboot_cmd(), "image", "build", "debian", "--rootfs", "debian:bookworm:openssh-server",
-                                "--kernel", "debian", "--data-dir", str(data)],
-                               capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            assert p.returncode == 0, p.stderr[-3000:]
-        accel, _why = choose_accel(Lab(ns="unused", root=root), img / "vmlinuz")
-    return img, accel
+    with shared_build(tmp_path_factory, "debian-node") as root:
+        img = build_once(root / "data", "debian", "--rootfs", "debian:bookworm:openssh-server", "--kernel", "debian")
+        return img, accel_for(root, img / "vmlinuz")
 
 
 def test_debian_node_ssh_with_its_key_and_a_certified_host_key(request, tmp_path: Path, debian_image) -> None:

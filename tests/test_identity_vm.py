@@ -8,19 +8,15 @@ shows it. (The Debian root with sshd, reached over SSH, is tests/test_debian_nod
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from test_e2e_lab import LabRun, _explain
+from vm_cache import accel_for, build_once, shared_build
 
 from ramboot.images.rootfs import builtin_tree
-from ramboot.lab.netns import Lab
-from ramboot.lab.server import ramboot_cmd
-from ramboot.lab.vm import choose_accel, random_mac
-from test_e2e_lab import LabRun, _explain
+from ramboot.lab.vm import random_mac
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
@@ -28,7 +24,8 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMeKh7JtyJb9Q0FvXx8sQZ0aT1o3i1rSg6o5v
 PROBE = r"""
 echo "identity: hostname $(hostname)" > /dev/console
 sed 's/^/identity: hosts /' /etc/hosts > /dev/console
-echo "identity: keys $(cat /root/.ssh/authorized_keys 2>/dev/null | wc -l) $(stat -c %a /root/.ssh/authorized_keys)" > /dev/console
+k=/root/.ssh/authorized_keys
+echo "identity: keys $(cat $k 2>/dev/null | wc -l) $(stat -c %a $k)" > /dev/console
 echo "identity: hostkey $(sha256sum /etc/ssh/ssh_host_ed25519_key.pub | cut -c1-16)" > /dev/console
 echo "identity: machine-id $(cat /etc/machine-id)" > /dev/console
 if [ -e /root/written-by-the-first-boot ]; then echo "identity: remembered" > /dev/console
@@ -40,26 +37,15 @@ echo x > /root/written-by-the-first-boot
 @pytest.fixture(scope="session")
 def probe_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The built-in root with the probe in its rcS, built once per run through the CLI."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root = shared / "identity-image"
-    root.mkdir(exist_ok=True)
-    data = root / "data"
-    with open(root / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        img = data / "images" / "probe"
-        if not (img / "image.toml").is_file():
-            tree = root / "tree"
-            if not tree.exists():
-                tree.mkdir()
-                builtin_tree(tree)
-                rcs = tree / "etc/init.d/rcS"
-                rcs.write_text(rcs.read_text().replace("/usr/lib/ramboot/booted", PROBE + "/usr/lib/ramboot/booted"))
-            p = subprocess.run([*ramboot_cmd(), "image", "build", "probe", "--rootfs", str(tree), "--data-dir",
-                                str(data)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            assert p.returncode == 0, p.stderr
-        accel, _why = choose_accel(Lab(ns="unused", root=root), img / "vmlinuz")
-    return img, accel
+    with shared_build(tmp_path_factory, "identity-image") as root:
+        tree = root / "tree"
+        if not tree.exists():
+            tree.mkdir()
+            builtin_tree(tree)
+            rcs = tree / "etc/init.d/rcS"
+            rcs.write_text(rcs.read_text().replace("/usr/lib/ramboot/booted", PROBE + "/usr/lib/ramboot/booted"))
+        img = build_once(root / "data", "probe", "--rootfs", str(tree))
+        return img, accel_for(root, img / "vmlinuz")
 
 
 def _probe(console: str) -> dict[str, list[str]]:
