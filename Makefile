@@ -1,4 +1,4 @@
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,10 @@ demo: setup
 
 bench: setup
 	@bash scripts/bench.sh
+
+# Coverage-guided fuzzing (atheris), a million inputs per target; not part of `make test`.
+fuzz: setup
+	@bash scripts/fuzz.sh
 
 clean:
 	rm -rf .venv build *.egg-info test-artifacts
