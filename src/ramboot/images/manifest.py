@@ -14,6 +14,9 @@ MANIFEST = "image.toml"
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
 ROOTFS = "rootfs.squashfs"
+# The kernel's modules, a second read-only layer under the root (modules.py); only in
+# images whose root lacks them. Shared by the images of one kernel (a hard link).
+MODULES = "modules.squashfs"
 
 
 class ManifestError(Exception):
