@@ -81,9 +81,10 @@ class LabRun:
                        check=True, capture_output=True, text=True)
 
     def boot(self, firmware: str = "bios", mac: str | None = None, timeout: float = BOOT_TIMEOUT,
-             echo: bool = True, uuid: str | None = None) -> BootResult:
+             echo: bool = True, uuid: str | None = None, memory_mb: int = 1024) -> BootResult:
         result = boot_vm(self.lab, firmware, mac or random_mac(), timeout,
-                         echo=sys.stdout.buffer if echo else None, api_base=self.base, accel=self.accel, uuid=uuid)
+                         echo=sys.stdout.buffer if echo else None, api_base=self.base, accel=self.accel, uuid=uuid,
+                         memory_mb=memory_mb)
         self.keep(result)
         return result
 
