@@ -17,7 +17,17 @@ from typing import Protocol
 
 from . import names
 from .config import Config
-from .images.manifest import INITRD, KERNEL, MANIFEST, MODULES, ROOTFS, Manifest, ManifestError, images_dir, load_manifest
+from .images.manifest import (
+    INITRD,
+    KERNEL,
+    MANIFEST,
+    MODULES,
+    ROOTFS,
+    Manifest,
+    ManifestError,
+    images_dir,
+    load_manifest,
+)
 from .inventory.records import NodeSpec
 from .macaddr import mac_hyphen, normalize_mac
 from .proto.pxe import ARCH_BIOS, BootFile, Client, Firmware
