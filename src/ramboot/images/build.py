@@ -7,7 +7,6 @@ failed or interrupted build leaves no half-written image behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -22,7 +21,18 @@ from rich.console import Console
 from .errors import ImageError
 from .initramfs import build_initramfs
 from .kernel import IMAGE, Kernel, kernel_from_root, resolve_kernel
-from .manifest import INITRD, KERNEL, MANIFEST, MODULES, ROOTFS, FileEntry, Manifest, images_dir, load_manifest
+from .manifest import (
+    INITRD,
+    KERNEL,
+    MANIFEST,
+    MODULES,
+    ROOTFS,
+    FileEntry,
+    Manifest,
+    images_dir,
+    load_manifest,
+    sha256_file,
+)
 from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -32,14 +42,6 @@ def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise ImageError(f"bad image name {name!r}: letters, digits, '.', '_' and '-' only")
     return name
-
-
-def sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: str | None = None,

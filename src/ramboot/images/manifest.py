@@ -6,6 +6,7 @@ image's sha256 on the kernel command line and the node refuses anything else.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,3 +99,12 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None
+
+
+def sha256_file(p: Path) -> str:
+    """A file's sha256, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from .errors import ImageError
 from .kernel import Kernel, cache_dir, in_root
-from .manifest import FileEntry
+from .manifest import FileEntry, sha256_file
 from .rootfs import make_squashfs
 
 LAYOUT = "1"  # bump when the layer's layout changes: old cached layers are then rebuilt
@@ -98,8 +98,6 @@ def modules_layer(k: Kernel, data_dir: Path, console: Console) -> tuple[Path, Fi
 
 
 def _build(k: Kernel, out: Path, sumfile: Path, console: Console) -> None:
-    from .build import sha256_file
-
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".mk-") as tmp:
         tree = Path(tmp) / "tree"
         for rel in (f"lib/modules/{k.version}", f"usr/lib/modules/{k.version}"):
