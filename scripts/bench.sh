@@ -2,7 +2,8 @@
 # `make bench`: every benchmark in bench/, each side by side with its peer, then
 # the boot storm. Not part of `make test`. Needs root (network namespaces).
 #
-#   BENCH_ONLY="dhcp http"  run only these (dhcp tftp http storm e2e)
+#   BENCH_ONLY="dhcp http"  run only these (dhcp tftp http storm e2e bigroot; bigroot,
+#                           a 1 GiB root in a 2 GiB VM, about 7 min, runs only when named)
 #   BENCH_QUICK=1           shorter points (for a smoke run; figures are noisier)
 #
 # Each benchmark's full output goes to test-artifacts/bench/NAME.txt (and .json
@@ -55,6 +56,10 @@ fi
 if want e2e && [ -f bench/e2e_bench.py ]; then
   if ((QUICK)); then r=1; else r=2; fi
   bench e2e $PY bench/e2e_bench.py --runs $r --json "$OUT/e2e.json"
+fi
+if want bigroot; then
+  if ((QUICK)); then a="--size-mib 256 --memory-mb 768"; else a=""; fi
+  bench bigroot $PY bench/bigroot_bench.py $a --json "$OUT/bigroot.json"
 fi
 
 echo

@@ -1,7 +1,8 @@
 """A Debian node that people can use: it PXE-boots through `ramboot serve` into a Debian root
 with systemd and sshd, and root logs in over SSH with the key given at `node add`, trusting the
 node's host key through ramboot's CA alone (`ramboot ssh known-hosts`). Its hostname and
-/etc/hosts are the server's; a second boot has the same host key and forgets the first.
+/etc/hosts are the server's, `modprobe` finds the booted kernel's modules; a second boot has
+the same host key and forgets the first.
 
 The Debian root is bootstrapped once per run (about a minute) and shared by the xdist workers.
 """
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.netns]
 NODE_IP, PEER_IP = "172.22.33.150", "172.22.33.151"
 REMOTE = ("echo hostname=$(hostname); echo peer=$(grep deb-peer /etc/hosts | tr '\t' ' '); "
           "echo hostkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub); "
+          "modprobe tun && modprobe bridge && echo modprobe=ok; "
           "if test -e /root/mark; then echo mark=remembered; else echo mark=fresh; fi; touch /root/mark")
 
 
@@ -71,5 +73,6 @@ def test_debian_node_ssh_with_its_key_and_a_certified_host_key(request, tmp_path
     assert len(sessions) == 2 and not any(s.startswith("ssh failed") for s in sessions), sessions
     one, two = (dict(line.split("=", 1) for line in s.splitlines() if "=" in line) for s in sessions)
     assert one["hostname"] == "deb-1" and one["peer"] == f"{PEER_IP} deb-peer", one
+    assert one.get("modprobe") == "ok", one  # the booted kernel's modules are in the root
     assert one["hostkey"] == two["hostkey"] and len(one["hostkey"]) > 40, (one, two)  # the same key at every boot
     assert one["mark"] == "fresh" and two["mark"] == "fresh", (one, two)  # nothing of the first boot is left

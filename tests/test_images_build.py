@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from images_vm import demo_image  # noqa: F401  (session fixture)
 from ramboot.images.build import build_image
 from ramboot.images.cli import image
-from ramboot.images.manifest import INITRD, KERNEL, ROOTFS, load_manifest
+from ramboot.images.manifest import INITRD, KERNEL, MODULES, ROOTFS, load_manifest
 
 IMAGE_CLI = [sys.executable, "-c", "from ramboot.images.cli import image; image()"]
 
@@ -28,7 +28,7 @@ def test_manifest_sums_match_the_files(demo_image: Path) -> None:
     m = load_manifest(demo_image.parent.parent, "demo")
     assert m.name == "demo" and m.source == "builtin" and m.initramfs == "ramboot"
     assert m.kernel_version.endswith("-cloud-amd64") and m.kernel_source == "debian"
-    assert set(m.files) == {KERNEL, INITRD, ROOTFS}
+    assert set(m.files) == {KERNEL, INITRD, ROOTFS, MODULES}  # the built-in root carries no modules
     for fname, entry in m.files.items():
         p = demo_image / fname
         assert entry.size == p.stat().st_size
@@ -57,7 +57,7 @@ def test_initramfs_carries_modules_with_their_dependencies(demo_image: Path, tmp
 def test_rebuild_gives_the_same_bytes(demo_image: Path, tmp_path: Path) -> None:
     m = build_image(tmp_path / "data", "again")
     first = load_manifest(demo_image.parent.parent, "demo")
-    for fname in (KERNEL, INITRD, ROOTFS):
+    for fname in (KERNEL, INITRD, ROOTFS, MODULES):
         assert m.files[fname].sha256 == first.files[fname].sha256, fname
 
 

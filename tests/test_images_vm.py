@@ -103,16 +103,3 @@ def test_tools_present() -> None:
     """The boots above fail loudly, never skip, when a tool is missing."""
     for t in ("qemu-system-x86_64", "dnsmasq", "ip"):
         assert shutil.which(t) or Path("/usr/sbin", t).exists(), f"{t} missing: run `make setup`"
-
-
-def test_dracut_initramfs_boots_root_live(demo_image: Path, tmp_path: Path) -> None:
-    """`--initramfs dracut`: the seed's livenet path, with dracut's own command line."""
-    from ramboot.images.build import build_image
-
-    data = tmp_path / "data"
-    build_image(data, "dr", initramfs="dracut")
-    img = data / "images" / "dr"
-    with BootNet(tmp_path, data / "images") as net:
-        vm = net.boot(img, f"root=live:{net.url('dr/rootfs.squashfs')} rd.neednet=1 ip=dhcp "
-                           "rd.live.overlay.overlayfs=1 rd.retry=20", mem=768)
-        vm.wait_for(r"ramboot: booted", 150)

@@ -154,3 +154,20 @@ def test_discovery_is_policy(data_dir):
     spec = b.discovered("52:54:00:00:00:09", None)
     assert spec is not None and spec.discovered and spec.image == "demo"
     assert booter(data_dir).discovered("52:54:00:00:00:09", None) is None  # not in discover mode
+
+
+def test_modules_layer_goes_on_the_command_line_beside_each_root_url(data_dir):
+    """An image with a modules layer: one ramboot.modules= per root URL, in the same order, and its sha256."""
+    import hashlib
+
+    from ramboot.images.manifest import MODULES, FileEntry
+
+    m = write_fake_image(data_dir, "demo")
+    m.files[MODULES] = FileEntry(size=4, sha256=hashlib.sha256(b"mods").hexdigest())
+    (data_dir / "images" / "demo" / "image.toml").write_text(m.to_toml())
+    d = booter(data_dir, NodeSpec(MAC, image="demo")).decide(Client(MAC, ipxe=True))
+    urls = [a.split("=", 1)[1] for a in d.cmdline.split() if a.startswith("ramboot.modules=")]
+    assert urls == [u.rsplit("/", 1)[0] + "/modules.squashfs" for u in d.root_urls]
+    assert f"ramboot.modules.sha256={m.files[MODULES].sha256}" in d.cmdline
+    plain = booter(data_dir, NodeSpec(MAC, image="other")).decide(Client(MAC, ipxe=True))
+    assert "ramboot.modules" not in plain.cmdline  # no manifest, no layer

@@ -21,7 +21,17 @@ from typing import Protocol
 
 from . import names
 from .config import Config
-from .images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, Manifest, ManifestError, images_dir, load_manifest
+from .images.manifest import (
+    INITRD,
+    KERNEL,
+    MANIFEST,
+    MODULES,
+    ROOTFS,
+    Manifest,
+    ManifestError,
+    images_dir,
+    load_manifest,
+)
 from .inventory.records import NodeSpec, ProfileSpec
 from .macaddr import mac_hyphen, normalize_mac
 from .proto.pxe import ARCH_BIOS, BootFile, Client, Firmware
@@ -169,8 +179,9 @@ class Booter:
             manifest = self.manifest(image)
             sha: str | None = manifest.files[ROOTFS].sha256
             dracut = manifest.initramfs == "dracut"
+            mods = manifest.files.get(MODULES)
         except (ManifestError, KeyError):
-            sha, dracut = None, False
+            sha, dracut, mods = None, False, None
         args = [self.config.boot.kernel_args]
         if loader == "pxelinux" or dracut:
             # The classic form; dracut's livenet takes one root, ramboot's initramfs any.
@@ -185,6 +196,10 @@ class Booter:
             args.append(DRACUT_LIVE_ARGS)
         if sha:
             args.append(f"ramboot.sha256={sha}")
+        if mods:
+            # The kernel's modules layer sits beside the root image: the same servers, in the same order.
+            args += [f"ramboot.modules={u.rsplit('/', 1)[0]}/{MODULES}" for u in root_urls]
+            args.append(f"ramboot.modules.sha256={mods.sha256}")
         args.append(f"ramboot.server={self.http_base}")
         if mac:
             args.append(f"BOOTIF=01-{mac_hyphen(mac)}")

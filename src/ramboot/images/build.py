@@ -7,10 +7,10 @@ failed or interrupted build leaves no half-written image behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -20,8 +20,19 @@ from rich.console import Console
 
 from .errors import ImageError
 from .initramfs import build_initramfs
-from .kernel import resolve_kernel
-from .manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir, load_manifest
+from .kernel import IMAGE, Kernel, kernel_from_root, resolve_kernel
+from .manifest import (
+    INITRD,
+    KERNEL,
+    MANIFEST,
+    MODULES,
+    ROOTFS,
+    FileEntry,
+    Manifest,
+    images_dir,
+    load_manifest,
+    sha256_file,
+)
 from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -31,14 +42,6 @@ def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise ImageError(f"bad image name {name!r}: letters, digits, '.', '_' and '-' only")
     return name
-
-
-def sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: str | None = None,
@@ -56,9 +59,21 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
     except OSError as e:
         raise ImageError(f"cannot write to {top}: {e.strerror}") from None
     try:
-        k = resolve_kernel(kernel, console)
+        # `--kernel image` comes from the root, so the root is made first; any other
+        # kernel is resolved first, so a bad one fails before a long bootstrap.
+        k = None if kernel == IMAGE else resolve_kernel(kernel, console)
         out = work / "out"
         out.mkdir()
+        tree: Path | None = None
+        if src.kind in LIVE_KINDS:
+            root_image = _live_root(src, out / ROOTFS, console)
+            if k is None:
+                k = _live_kernel(src, out / ROOTFS, root_image, work, console)
+        else:
+            tree = populate(src, work, console)
+            root_image = ""
+            if k is None:
+                k = kernel_from_root(tree, src.text, console)
         if initramfs == "ramboot":
             with console.status("building the initramfs…"):
                 build_initramfs(k, out / INITRD)
@@ -68,13 +83,13 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             build_dracut(k, out / INITRD, console)
         shutil.copyfile(k.image, out / KERNEL)
         cloud_init = False  # a live medium's root is used as it is, unread
-        if src.kind in LIVE_KINDS:
-            root_image = _live_root(src, out / ROOTFS, console)
-        else:
-            tree = populate(src, work, console)
-            make_squashfs(tree, out / ROOTFS, console)
-            root_image = ""
+        if tree is not None:
+            # With the root's own kernel, its initrd is ramboot's now: leave the root's out (RAM).
+            make_squashfs(tree, out / ROOTFS, console, exclude=("boot/initrd.img-*",) if kernel == IMAGE else ())
             cloud_init = (tree / "usr/bin/cloud-init").exists()
+        layer = _modules_layer(k, tree, out / ROOTFS, root_image, data_dir, console)
+        if layer is not None:
+            os.link(layer, out / MODULES)
         m = Manifest(
             name=name,
             source=src.text,
@@ -86,7 +101,9 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             root_image=root_image,
             cloud_init=cloud_init,
         )
-        for fname in (KERNEL, INITRD, ROOTFS):
+        for fname in (KERNEL, INITRD, ROOTFS, MODULES):
+            if not (out / fname).exists():
+                continue
             m.files[fname] = FileEntry(size=(out / fname).stat().st_size, sha256=sha256_file(out / fname))
         m.build_seconds = time.monotonic() - started
         (out / MANIFEST).write_text(m.to_toml())
@@ -117,6 +134,34 @@ def _live_root(src: Source, out: Path, console: Console) -> str:
     return inner
 
 
+def _live_kernel(src: Source, image: Path, root_image: str, work: Path, console: Console) -> Kernel:
+    """`--kernel image` on live media: /boot and /lib/modules unpacked from the squashfs (nothing else)."""
+    if root_image:
+        raise ImageError(f"--kernel image: the root of {src.text} is {root_image} inside the squashfs; "
+                         "its kernel cannot be taken from there: give --kernel")
+    dest = work / "image-kernel"
+    proc = subprocess.run(["unsquashfs", "-no-progress", "-q", "-d", str(dest), str(image),
+                           "boot", "lib/modules", "usr/lib/modules"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if not dest.is_dir():
+        why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise ImageError(f"--kernel image: cannot read {src.text}: {why[-1] if why else f'exit {proc.returncode}'}")
+    return kernel_from_root(dest, src.text, console)
+
+
+def _modules_layer(k: Kernel, tree: Path | None, rootfs: Path, root_image: str, data_dir: Path,
+                   console: Console) -> Path | None:
+    """The shared modules layer for k, unless the root carries /lib/modules/<k.version> itself."""
+    from .modules import modules_layer, root_has_modules, squashfs_has_modules
+
+    if tree is not None and root_has_modules(tree, k.version):
+        return None
+    if tree is None and not root_image and squashfs_has_modules(rootfs, k.version):
+        return None
+    path, _entry = modules_layer(k, data_dir, console)
+    return path
+
+
 def _install(out: Path, final: Path, work: Path) -> None:
     """Swap the finished image into place; an older one with that name is replaced whole."""
     for p in out.iterdir():
@@ -137,10 +182,13 @@ def list_images(data_dir: Path) -> list[Manifest]:
 
 
 def remove_image(data_dir: Path, name: str) -> None:
+    from .modules import release
+
     check_name(name)
     d = images_dir(data_dir) / name
     if not (d / MANIFEST).is_file():
         raise ImageError(f"image {name!r} not found in {images_dir(data_dir)}")
+    release(d / MODULES)
     shutil.rmtree(d)
 
 

@@ -52,7 +52,8 @@ def image() -> None:
                    "default: the built-in busybox root")
 @click.option("--kernel", default=None, metavar="SRC",
               help="a bzImage path, an unpacked kernel tree, a version in /boot, "
-                   "debian (the cloud kernel, the default) or debian:generic")
+                   "debian (the cloud kernel, the default), debian:generic, "
+                   "or image (the root's own /boot/vmlinuz-* and /lib/modules)")
 @click.option("--initramfs", type=click.Choice(["ramboot", "dracut"]), default="ramboot", show_default=True)
 @_dd
 @_cf

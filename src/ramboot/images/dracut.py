@@ -6,6 +6,14 @@ dracut is run from Debian's packages unpacked into ramboot's cache
 dracut copies into the image (udev, dmsetup, kpartx, dhclient, arping) come
 from `make setup`. The node's command line then needs the dracut form:
 `root=live:URL rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1`.
+
+ramboot adds a dracut module of its own (`dracut-module/`, installed as
+`99ramboot`): it checks the root image's sha256 (`ramboot.sha256=`) between
+livenet's download and dmsquash-live's mount and refuses a mismatch, reports the
+boot stages to `ramboot.server=`, makes the overlay directories that systemd's
+sysroot.mount needs, mounts the kernel's modules layer, and leaves the root what
+it needs to report `booted`. The cached dracut tree is never changed: each build
+runs dracut from a base directory of links to it, plus that module.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
@@ -24,7 +33,8 @@ from .kernel import Kernel, _run, cache_dir
 from .rootfs import source_epoch
 
 PACKAGES = ("dracut-core", "dracut-live", "dracut-network")
-HOST_TOOLS = ("udevadm", "dmsetup", "kpartx", "dhclient", "arping", "cpio")
+HOST_TOOLS = ("udevadm", "dmsetup", "kpartx", "dhclient", "arping", "cpio", "curl", "sha256sum")
+MODULE = "99ramboot"
 
 
 def dracut_tree(console: Console) -> Path:
@@ -60,12 +70,13 @@ def build_dracut(k: Kernel, out: Path, console: Console) -> None:
     if missing:
         raise ImageError(f"--initramfs dracut needs {', '.join(missing)} on this host: run `make setup`")
     tree = dracut_tree(console)
-    base = tree / "usr/lib/dracut"
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".dracut-") as tmp:
+        base = _basedir(tree / "usr/lib/dracut", Path(tmp) / "base")
         confdir = Path(tmp) / "conf.d"
         confdir.mkdir()
         cmd = ["bash", str(tree / "usr/bin/dracut"), "--force", "--no-hostonly", "--no-hostonly-cmdline",
-               "--kver", k.version, "--kmoddir", str(k.modules), "--add", "livenet dmsquash-live network-legacy",
+               "--kver", k.version, "--kmoddir", str(k.modules),
+               "--add", "livenet dmsquash-live network-legacy ramboot",
                "--omit", "systemd-networkd network-manager",
                "--conf", "/dev/null", "--confdir", str(confdir), "--tmpdir", tmp, "--reproducible",
                "--zstd", str(out)]
@@ -76,3 +87,21 @@ def build_dracut(k: Kernel, out: Path, console: Console) -> None:
         errs = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln or "FATAL" in ln]
         raise ImageError(f"dracut failed: {(errs or proc.stderr.strip().splitlines()[-1:] or ['no image'])[0]}")
     os.chmod(out, 0o644)
+
+
+def _basedir(dracut: Path, base: Path) -> Path:
+    """A dracut base directory of symlinks to the cached one, with ramboot's module added."""
+    (base / "modules.d").mkdir(parents=True)
+    for p in dracut.iterdir():
+        if p.name != "modules.d":
+            os.symlink(p, base / p.name)
+    for p in (dracut / "modules.d").iterdir():
+        os.symlink(p, base / "modules.d" / p.name)
+    mine = base / "modules.d" / MODULE
+    mine.mkdir()
+    src = resources.files("ramboot.images") / "dracut-module"
+    for f in src.iterdir():
+        if f.name.endswith(".sh"):
+            (mine / f.name).write_bytes(f.read_bytes())
+            os.chmod(mine / f.name, 0o755)
+    return base

@@ -1,11 +1,12 @@
-"""Kernels: from a path, from /boot + /lib/modules, or from Debian's kernel packages.
+"""Kernels: from a path, from /boot + /lib/modules, from Debian's kernel packages, or from the root.
 
 `debian` (the default) is the current cloud kernel (`linux-image-cloud-amd64`):
 small, and enough for VMs. `debian:generic` is `linux-image-amd64`, which real
 servers need; its initramfs then carries every Ethernet driver. Debian packages
 are fetched with `apt-get download` (so apt's own sources, proxy and keys
 apply) and unpacked with `dpkg-deb -x` into a cache — the host's own kernel
-and /boot are never touched.
+and /boot are never touched. `image` takes the kernel that the root filesystem
+itself carries (`/boot/vmlinuz-V` with its `/lib/modules/V`), once the root is built.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.console import Console
 from .errors import ImageError
 
 DEBIAN_META = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+IMAGE = "image"  # `--kernel image`: the root's own kernel
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ def cache_dir() -> Path:
 def resolve_kernel(spec: str | None, console: Console) -> Kernel:
     """`--kernel`: None/`debian`/`debian:cloud`, `debian:generic`, a file, a tree, or a version."""
     spec = spec or "debian"
+    if spec == IMAGE:
+        raise ImageError("--kernel image is taken from the root once it is built (build_image does that)")
     if spec == "debian" or spec.startswith("debian:"):
         flavor = spec.partition(":")[2] or "cloud"
         if flavor not in DEBIAN_META:
@@ -74,7 +78,64 @@ def resolve_kernel(spec: str | None, console: Console) -> Kernel:
         if not mods.is_dir():
             raise ImageError(f"--kernel {spec}: /lib/modules/{spec} is missing")
         return Kernel(Path("/boot") / f"vmlinuz-{spec}", spec, _with_depmod(mods, spec), _flavor(spec), spec)
-    raise ImageError(f"--kernel {spec}: not a file, a kernel tree, a version in /boot, debian or debian:generic")
+    raise ImageError(f"--kernel {spec}: not a file, a kernel tree, a version in /boot, debian, debian:generic "
+                     "or image")
+
+
+def version_key(version: str) -> list[tuple[int, int | str]]:
+    """Orders kernel versions numerically, part by part: 6.1.0-10 comes after 6.1.0-9."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[^\d.+~-]+", version)]
+
+
+def in_root(tree: Path, rel: str) -> Path | None:
+    """`rel` under `tree`, following symlinks as if `tree` were `/` (Debian's `/lib -> usr/lib`); None if absent."""
+    cur = tree
+    todo = [p for p in rel.split("/") if p]
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            cur = cur.parent if cur != tree else tree
+            continue
+        nxt = cur / part
+        if nxt.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = os.readlink(nxt)
+            if target.startswith("/"):
+                cur = tree
+            todo = [p for p in target.split("/") if p] + todo
+            continue
+        cur = nxt
+    return cur if cur.exists() else None
+
+
+def kernel_from_root(tree: Path, where: str, console: Console) -> Kernel:
+    """`--kernel image`: the root's own `/boot/vmlinuz-V` with its `/lib/modules/V`; the newest if several."""
+    boot = in_root(tree, "boot")
+    found = []
+    for p in sorted(boot.glob("vmlinuz-*")) if boot is not None and boot.is_dir() else []:
+        real = in_root(tree, f"boot/{p.name}")
+        if real is not None and real.is_file():
+            found.append((p.name[len("vmlinuz-"):], real))
+    if not found:
+        raise ImageError(f"--kernel image: the root ({where}) has no kernel (no /boot/vmlinuz-*): "
+                         "add one (e.g. debian:SUITE:linux-image-amd64) or give --kernel")
+    found.sort(key=lambda vp: version_key(vp[0]))
+    version, image = found[-1]
+    if len(found) > 1:
+        console.print(f"--kernel image: the root has {len(found)} kernels "
+                      f"({', '.join(v for v, _ in found)}); taking the newest, {version}")
+    mods = in_root(tree, f"lib/modules/{version}") or in_root(tree, f"usr/lib/modules/{version}")
+    if mods is None or not mods.is_dir():
+        raise ImageError(f"--kernel image: the root has /boot/vmlinuz-{version} but no /lib/modules/{version}")
+    if not (mods / "modules.dep").is_file():
+        raise ImageError(f"--kernel image: /lib/modules/{version} in the root has no modules.dep "
+                         f"(run depmod {version} in the root)")
+    return Kernel(image, version, mods, _flavor(version), IMAGE)
 
 
 def _flavor(version: str) -> str:

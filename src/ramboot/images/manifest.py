@@ -6,6 +6,7 @@ image's sha256 on the kernel command line and the node refuses anything else.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,9 @@ MANIFEST = "image.toml"
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
 ROOTFS = "rootfs.squashfs"
+# The kernel's modules, a second read-only layer under the root (modules.py); only in
+# images whose root lacks them. Shared by the images of one kernel (a hard link).
+MODULES = "modules.squashfs"
 
 
 class ManifestError(Exception):
@@ -100,3 +104,12 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None
+
+
+def sha256_file(p: Path) -> str:
+    """A file's sha256, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

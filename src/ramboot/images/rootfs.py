@@ -520,13 +520,18 @@ class _LayerWriter:
 # --- squashfs ---------------------------------------------------------------
 
 
-def make_squashfs(tree: Path, out: Path, console: Console) -> None:
-    """zstd squashfs with every timestamp fixed: the same tree gives the same bytes."""
+def make_squashfs(tree: Path, out: Path, console: Console, exclude: tuple[str, ...] = ()) -> None:
+    """zstd squashfs with every timestamp fixed: the same tree gives the same bytes.
+
+    `exclude`: wildcards relative to the tree (mksquashfs -wildcards -e) left out of it.
+    """
     if shutil.which("mksquashfs") is None:
         raise ImageError("mksquashfs not found (Debian package squashfs-tools): run `make setup`")
     epoch = str(source_epoch())
     cmd = ["mksquashfs", str(tree), str(out), "-noappend", "-comp", "zstd", "-all-time", epoch,
            "-mkfs-time", epoch, "-quiet", "-no-progress"]
+    if exclude:
+        cmd += ["-wildcards", "-e", *exclude]
     with console.status(f"squashing {tree.name}…"):
         # mksquashfs refuses SOURCE_DATE_EPOCH together with explicit times: we pass ours explicitly.
         env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}

@@ -1,0 +1,39 @@
+#!/bin/bash
+# ramboot's own dracut module (installed as 99ramboot by images/dracut.py).
+# It makes dracut's livenet path as trustworthy as ramboot's initramfs: the root
+# image's sha256 is checked between livenet's download and dmsquash-live's mount,
+# the boot stages are reported to ramboot.server, the kernel's modules layer is
+# fetched, and the root is left what it needs to report "booted" itself.
+
+check() {
+    return 255 # only when asked for: --add ramboot
+}
+
+depends() {
+    echo livenet dmsquash-live url-lib
+}
+
+installkernel() {
+    instmods squashfs loop overlay
+}
+
+install() {
+    inst_multiple sha256sum curl cut tr stat awk mkdir cp
+    inst_simple "$moddir/ramboot-lib.sh" /lib/ramboot-lib.sh
+    inst_hook cmdline 20 "$moddir/ramboot-cmdline.sh"
+    inst_hook netroot 50 "$moddir/ramboot-netroot.sh"
+    inst_hook pre-mount 10 "$moddir/ramboot-overlay-dirs.sh"
+    inst_hook pre-pivot 90 "$moddir/ramboot-pre-pivot.sh"
+    # livenet hands the downloaded file to /sbin/dmsquash-live-root: the check goes
+    # in front of it, and dmsquash-live's own script runs only on verified bytes.
+    local live="$initdir/sbin/dmsquash-live-root"
+    [ -e "$live" ] || {
+        derror "ramboot: dmsquash-live-root is not in the image"
+        return 1
+    }
+    mv "$live" "$live.dracut"
+    inst_script "$moddir/ramboot-verify-root.sh" /sbin/dmsquash-live-root
+    # The root reports "booted" with this static busybox (its wget), left in /run.
+    [ -x /bin/busybox ] && inst_simple /bin/busybox /usr/lib/ramboot/busybox
+    return 0
+}

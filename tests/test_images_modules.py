@@ -1,0 +1,106 @@
+"""The kernel's modules layer and `--kernel image`, without booting anything.
+
+- The layer is built once per kernel and content-addressed: two images of one
+  kernel share one `DATA/modules/<sha256>.squashfs` (hard links), the manifest
+  lists it, and removing the last image that uses it removes it.
+- It holds the whole module tree twice over (lib/ and usr/lib/, stored once), so a
+  merged-/usr root and a plain one both see `/lib/modules/V`.
+- A root that carries `/lib/modules/V` itself needs no layer.
+- `--kernel image` takes the root's own newest `/boot/vmlinuz-V` and says so; a root
+  without a kernel is one line and nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from images_vm import demo_image  # noqa: F401  (session fixture)
+from rich.console import Console
+from test_images_build import one_line_error
+
+from ramboot.images.build import build_image, remove_image
+from ramboot.images.kernel import in_root, kernel_from_root, version_key
+from ramboot.images.manifest import KERNEL, MODULES, load_manifest
+from ramboot.images.modules import root_has_modules
+from ramboot.images.rootfs import builtin_tree
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_demo_image_lists_a_shared_modules_layer(demo_image: Path) -> None:
+    data = demo_image.parent.parent
+    m = load_manifest(data, "demo")
+    layer = demo_image / MODULES
+    assert m.files[MODULES].sha256 == sha(layer) and m.files[MODULES].size == layer.stat().st_size
+    stored = data / "modules" / f"{m.files[MODULES].sha256}.squashfs"
+    assert os.path.samefile(stored, layer)  # one copy per kernel, hard-linked into the image
+    ls = subprocess.run(["unsquashfs", "-lc", "-d", "", str(layer)], capture_output=True, text=True,
+                        check=True).stdout.split()
+    v = m.kernel_version
+    for top in ("lib", "usr/lib"):
+        assert f"/{top}/modules/{v}/modules.dep" in ls, top
+        assert f"/{top}/modules/{v}/kernel/drivers/net/tun.ko" in ls, top
+        assert f"/{top}/modules/{v}/kernel/net/bridge/bridge.ko" in ls, top
+
+
+def test_images_of_one_kernel_share_one_layer_until_the_last_is_removed(demo_image: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    a, b = build_image(data, "a"), build_image(data, "b")
+    assert a.files[MODULES] == b.files[MODULES] == load_manifest(demo_image.parent.parent, "demo").files[MODULES]
+    stored = data / "modules" / f"{a.files[MODULES].sha256}.squashfs"
+    assert [p.name for p in (data / "modules").iterdir()] == [stored.name]
+    assert stored.stat().st_nlink == 3
+    remove_image(data, "a")
+    assert stored.is_file() and stored.stat().st_nlink == 2
+    remove_image(data, "b")
+    assert not stored.exists()
+
+
+def test_a_root_with_its_own_modules_needs_no_layer(demo_image: Path, tmp_path: Path) -> None:
+    v = load_manifest(demo_image.parent.parent, "demo").kernel_version
+    tree = tmp_path / "root"
+    builtin_tree(tree)
+    (tree / "usr/lib/modules" / v).mkdir(parents=True)
+    (tree / "usr/lib/modules" / v / "modules.dep").write_text("")
+    os.symlink("usr/lib", tree / "lib")  # merged /usr, as Debian has it
+    assert root_has_modules(tree, v) and not root_has_modules(tree, "0.0.0-other")
+    m = build_image(tmp_path / "data", "own", rootfs=str(tree))
+    assert MODULES not in m.files and not (tmp_path / "data/images/own" / MODULES).exists()
+
+
+def test_in_root_follows_symlinks_inside_the_root(tmp_path: Path) -> None:
+    (tmp_path / "usr/lib/x").mkdir(parents=True)
+    os.symlink("/usr/lib", tmp_path / "lib")  # absolute: relative to the root, never the host
+    assert in_root(tmp_path, "lib/x") == tmp_path / "usr/lib/x"
+    assert in_root(tmp_path, "lib/../lib/x") == tmp_path / "usr/lib/x"
+    assert in_root(tmp_path, "../../usr/lib/x") == tmp_path / "usr/lib/x"  # `..` stops at the root
+    assert in_root(tmp_path, "lib/none") is None
+
+
+def test_kernel_image_takes_the_newest_and_says_so(demo_image: Path, tmp_path: Path) -> None:
+    v = load_manifest(demo_image.parent.parent, "demo").kernel_version
+    tree = tmp_path / "root"
+    (tree / "boot").mkdir(parents=True)
+    for ver in ("5.10.0-9-amd64", v):
+        shutil.copyfile(demo_image / KERNEL, tree / "boot" / f"vmlinuz-{ver}")
+    mods = tree / "usr/lib/modules" / v
+    mods.mkdir(parents=True)
+    (mods / "modules.dep").write_text("")
+    os.symlink("usr/lib", tree / "lib")
+    out = io.StringIO()
+    k = kernel_from_root(tree, "test", Console(file=out, width=200))
+    assert k.version == v and k.image == tree / "boot" / f"vmlinuz-{v}" and k.modules == mods
+    assert "taking the newest" in out.getvalue() and "5.10.0-9-amd64" in out.getvalue()
+    assert sorted(["6.1.0-9", "6.1.0-10", "5.10.0-30"], key=version_key) == ["5.10.0-30", "6.1.0-9", "6.1.0-10"]
+
+
+def test_kernel_image_on_a_root_without_a_kernel_is_one_line(demo_image: Path, tmp_path: Path) -> None:
+    one_line_error(["build", "x", "--kernel", "image", "--data-dir", str(tmp_path / "d")],
+                   "--kernel image: the root (builtin) has no kernel", tmp_path / "d")
