@@ -81,7 +81,7 @@ class HttpConfig(_Section):
 class BootConfig(_Section):
     default_image: str = "demo"
     unknown_nodes: Literal["boot", "discover", "ignore"] = "boot"
-    loader: Literal["ipxe", "pxelinux"] = "ipxe"
+    loader: Literal["ipxe", "pxelinux", "grub"] = "ipxe"
     kernel_args: str = "console=ttyS0,115200 console=tty0"
 
 

@@ -10,13 +10,23 @@ TFTP and HTTP share one namespace. A name is one of:
 | `pxelinux.cfg/01-<mac>`       | a machine's pxelinux config                       |
 | `pxelinux.cfg/<uuid>`         | the same, asked by UUID (pxelinux asks this first)|
 | `pxelinux.cfg/default`        | the config of a machine nobody knows              |
+| `grub/grub.cfg`               | the config every GRUB reads first; it dispatches  |
+| `grub/<mac>.cfg`              | a machine's GRUB config (`$net_default_mac` form) |
+| `grub/<mac>/<uuid>.cfg`       | the same, for a machine whose SMBIOS has a UUID   |
 | `images/<image>/<file>`       | a file of an image                                |
-| `<file>`                      | a boot program (`undionly.kpxe`, `snponly.efi`…)  |
+| `<file>`                      | a boot program (`undionly.kpxe`, `snponly.efi`, `shimx64.efi`, `grubx64.efi`…) |
 
 The name a DHCP answer hands out carries everything the next request needs
 (MAC and UUID), so the script request finds the node the DHCP answer found.
 Validation is part of parsing: `..`, absolute paths, backslashes, NUL,
 control and percent characters never name anything.
+
+One exception for one client: Debian's signed GRUB asks TFTP for `/grub/grub.cfg`
+(its prefix is `(tftp,<server>)/grub`, and it sends the path with its leading
+slash) and then for whatever `grub.cfg` names, again rooted. `parse_rooted()`
+takes one leading `/` off such a request only when what remains is a GRUB
+config or an image file; it is still split and validated like any other name,
+so `/etc/passwd` and `//x` stay refused.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ ENTRY_SCRIPT = "boot.ipxe"
 IMAGES = "images"
 SCRIPTS = "boot"
 PXELINUX_CFG = "pxelinux.cfg"
+GRUB = "grub"  # the built-in prefix of Debian's signed grubnetx64.efi
+GRUB_ENTRY = "grub.cfg"
+GRUB_CFG_SUFFIX = ".cfg"
 MAX_NAME = 1024
 
 _UUID_LEAF = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -60,6 +73,14 @@ class PxelinuxConfig:
 
 
 @dataclass(frozen=True)
+class GrubConfig:
+    """`mac` None: `grub/grub.cfg`, the entry that hands each machine to its own config."""
+
+    mac: str | None = None
+    uuid: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageFile:
     image: str
     file: str
@@ -70,7 +91,7 @@ class Loader:
     file: str
 
 
-Name = EntryScript | Script | PxelinuxConfig | ImageFile | Loader
+Name = EntryScript | Script | PxelinuxConfig | GrubConfig | ImageFile | Loader
 
 
 # -- building -------------------------------------------------------------------
@@ -80,6 +101,16 @@ def script(mac: str, uuid: str | None = None) -> str:
 
 def pxelinux_config(mac: str) -> str:
     return f"{PXELINUX_CFG}/01-{mac_hyphen(mac)}"
+
+
+def grub_entry() -> str:
+    return f"{GRUB}/{GRUB_ENTRY}"
+
+
+def grub_config(mac: str, uuid: str | None = None) -> str:
+    """The name a GRUB config asks for: GRUB prints `$net_default_mac` lower case with colons."""
+    mac = normalize_mac(mac)
+    return f"{GRUB}/{mac}/{uuid}{GRUB_CFG_SUFFIX}" if uuid else f"{GRUB}/{mac}{GRUB_CFG_SUFFIX}"
 
 
 def image_file(image: str, file: str) -> str:
@@ -119,9 +150,25 @@ def parse(name: str) -> Name | None:
         return _script(parts[1:])
     if head == PXELINUX_CFG and n == 2:
         return _pxelinux(parts[1])
+    if head == GRUB and n in (2, 3):
+        return _grub(parts[1:])
     if head == IMAGES and n == 3:
         return ImageFile(parts[1], parts[2])
     return None
+
+
+def parse_rooted(name: str) -> Name | None:
+    """`parse()` for a TFTP request that may carry GRUB's leading `/` (see the module notes).
+
+    Only a GRUB config or an image file may be asked for rooted; any other rooted
+    name is refused as an absolute path, exactly as `parse()` refuses it.
+    """
+    if name.startswith("/") and not name.startswith("//"):
+        parsed = parse(name[1:])
+        if isinstance(parsed, GrubConfig | ImageFile):
+            return parsed
+        raise PathRefused("absolute path")
+    return parse(name)
 
 
 def _mac(text: str) -> str | None:
@@ -141,6 +188,23 @@ def _script(rest: list[str]) -> Script | None:
     except ValueError:
         return None
     return Script(mac, uuid) if mac else None
+
+
+def _grub(rest: list[str]) -> GrubConfig | None:
+    if rest == [GRUB_ENTRY]:
+        return GrubConfig()
+    if not rest[-1].endswith(GRUB_CFG_SUFFIX):
+        return None
+    mac = _mac(rest[0][: -len(GRUB_CFG_SUFFIX)] if len(rest) == 1 else rest[0])
+    if mac is None:
+        return None  # e.g. `grub/x86_64-efi/grub.cfg`, which GRUB tries first
+    if len(rest) == 1:
+        return GrubConfig(mac)
+    try:
+        uuid = normalize_uuid(rest[1][: -len(GRUB_CFG_SUFFIX)])
+    except ValueError:
+        return None
+    return GrubConfig(mac, uuid)
 
 
 def _pxelinux(leaf: str) -> PxelinuxConfig | None:

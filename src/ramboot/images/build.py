@@ -23,6 +23,7 @@ from .initramfs import build_initramfs
 from .kernel import resolve_kernel
 from .manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir, load_manifest
 from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
+from .secureboot import kernel_signature
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -67,6 +68,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
 
             build_dracut(k, out / INITRD, console)
         shutil.copyfile(k.image, out / KERNEL)
+        sig = kernel_signature(out / KERNEL)
         if src.kind in LIVE_KINDS:
             root_image = _live_root(src, out / ROOTFS, console)
         else:
@@ -82,6 +84,8 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             kernel_source=k.source,
             source_member=src.member,
             root_image=root_image,
+            kernel_signed=sig.shim_accepts,
+            kernel_signer=sig.signer,
         )
         for fname in (KERNEL, INITRD, ROOTFS):
             m.files[fname] = FileEntry(size=(out / fname).stat().st_size, sha256=sha256_file(out / fname))

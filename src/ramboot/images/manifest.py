@@ -41,6 +41,11 @@ class Manifest:
     # A dmsquash-live squashfs: the filesystem image inside it that is the root
     # (LiveOS/rootfs.img or LiveOS/ext3fs.img); empty when the squashfs is the root.
     root_image: str = ""
+    # Secure Boot (loader "grub"): does the kernel carry a signature Debian's shim
+    # accepts (`sbverify` against shim's certificate)? None: not known (an older
+    # manifest, or no sbverify at build time).
+    kernel_signed: bool | None = None
+    kernel_signer: str = ""
 
     def to_toml(self) -> str:
         lines = [
@@ -56,6 +61,10 @@ class Manifest:
             lines.append(f'source_member = "{_esc(self.source_member)}"')
         if self.root_image:
             lines.append(f'root_image = "{_esc(self.root_image)}"')
+        if self.kernel_signed is not None:
+            lines.append(f"kernel_signed = {'true' if self.kernel_signed else 'false'}")
+        if self.kernel_signer:
+            lines.append(f'kernel_signer = "{_esc(self.kernel_signer)}"')
         lines.append("")
         for fname in sorted(self.files):
             e = self.files[fname]
@@ -92,6 +101,8 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
             build_seconds=float(raw.get("build_seconds", 0.0)),
             source_member=str(raw.get("source_member", "")),
             root_image=str(raw.get("root_image", "")),
+            kernel_signed=bool(raw["kernel_signed"]) if "kernel_signed" in raw else None,
+            kernel_signer=str(raw.get("kernel_signer", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None

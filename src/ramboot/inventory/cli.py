@@ -38,9 +38,14 @@ class Local:
 
         if body.image:
             try:
-                load_manifest(self.config.data_dir, body.image)
+                m = load_manifest(self.config.data_dir, body.image)
             except ManifestError as e:
                 click.echo(f"warning: {e}; the node will not boot until it is built", err=True)
+            else:
+                loader = body.loader or self.config.boot.loader
+                if loader == "grub" and m.kernel_signed is False:
+                    click.echo(f"warning: loader grub, but the kernel of image {body.image} carries no signature "
+                               "Debian's shim accepts: under Secure Boot this node will not boot it", err=True)
         try:
             self.store.put_node(NodeSpec(mac=mac, **body.model_dump()))
         except StoreError as e:
@@ -153,7 +158,8 @@ def node() -> None:
 @click.option("--image", required=True, help="image name (DATA/images/NAME)")
 @click.option("--hostname")
 @click.option("--ip", help="fixed IPv4 address (full DHCP mode)")
-@click.option("--loader", type=click.Choice(["ipxe", "pxelinux"]))
+@click.option("--loader", type=click.Choice(["ipxe", "pxelinux", "grub"]),
+              help="grub: UEFI Secure Boot through Debian's signed shim and GRUB (BIOS falls back to iPXE)")
 @click.option("--kernel-args", default="", help="extra kernel arguments")
 @click.option("--uuid", help="SMBIOS UUID, to match the node by DHCP option 97")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")

@@ -141,7 +141,7 @@ class TftpServer:
             metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
             return
         try:
-            resolved = self.namespace.resolve(req.filename)
+            resolved = self.namespace.resolve(req.filename, rooted=True)
         except PathRefused as e:
             log.info("tftp: refused %r from %s: %s", req.filename, ip, e)
             metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
