@@ -160,15 +160,13 @@ def parse(name: str) -> Name | None:
 def parse_rooted(name: str) -> Name | None:
     """`parse()` for a TFTP request that may carry GRUB's leading `/` (see the module notes).
 
-    Only a GRUB config or an image file may be asked for rooted; any other rooted
+    Only `/grub/...` and `/images/...` may be asked for rooted; any other rooted
     name is refused as an absolute path, exactly as `parse()` refuses it.
     """
-    if name.startswith("/") and not name.startswith("//"):
-        parsed = parse(name[1:])
-        if isinstance(parsed, GrubConfig | ImageFile):
-            return parsed
-        raise PathRefused("absolute path")
-    return parse(name)
+    if name.startswith((f"/{GRUB}/", f"/{IMAGES}/")):
+        parsed = parse(name[1:])  # validated like any name: `..` and the like still raise
+        return parsed if isinstance(parsed, GrubConfig | ImageFile | None) else None
+    return parse(name)  # refuses every other absolute path
 
 
 def _mac(text: str) -> str | None:

@@ -121,10 +121,12 @@ class Booter:
 
     def _boot_file(self, client: Client, loader: str, mac: str, uuid: str | None) -> BootFile:
         fw = client.firmware
-        if loader == "grub" and fw is Firmware.UEFI:
+        if loader == "grub" and fw is Firmware.UEFI and self.config.dhcp.mode != "proxy":
             # UEFI PXE only: shim, then GRUB beside it, then grub/grub.cfg, all over TFTP.
             # Over UEFI HTTP boot that GRUB has no way on (no http module, none loadable
-            # under lockdown), and BIOS has no shim: both fall through to iPXE below.
+            # under lockdown), and BIOS has no shim: both fall through to iPXE below. So
+            # does proxy mode, where GRUB would stop at `grub>` (config.GRUB_PROXY_REFUSED;
+            # `node add` and the API refuse it, `doctor` names nodes set so before).
             return BootFile(LOADER_SHIM, http=False)
         if loader == "pxelinux" and fw in (Firmware.BIOS, Firmware.IPXE) and client.arch in (None, ARCH_BIOS):
             # The classic path even from a BIOS iPXE ROM (QEMU's): pxelinux.0 reuses the

@@ -5,7 +5,10 @@ Under Secure Boot, Debian's signed GRUB hands the kernel to shim's verifier
 one shim carries in its `.vendor_cert` section (Debian Secure Boot CA), or to
 the firmware's `db` or a Machine Owner Key. ramboot checks the first: the
 certificate is read out of Debian's own `shimx64.efi.signed`, the one ramboot
-serves, and `sbverify --cert` checks the kernel against it.
+serves, and `sbverify --cert` checks the kernel against it. `sbverify` also
+passes an image whose signature carries its own chain up to a self-signed root
+(shim's own, from Microsoft), so the signature's issuer must in addition be the
+certificate shim carries.
 """
 
 from __future__ import annotations
@@ -75,7 +78,10 @@ def kernel_signature(kernel: Path, shim: Path = SHIM) -> Signature:
     if shutil.which("sbverify") is None:
         return Signature(None, "", "sbverify is not installed (apt-get install sbsigntool)")
     listing = subprocess.run(["sbverify", "--list", str(kernel)], capture_output=True, text=True)
-    signer = next((ln.split("subject:", 1)[1].strip() for ln in listing.stdout.splitlines() if "subject:" in ln), "")
+    lines = listing.stdout.splitlines()
+    signer = next((ln.split("subject:", 1)[1].strip() for ln in lines if "subject:" in ln), "")
+    issuers = [ln.split("- ", 1)[1].strip() for i, ln in enumerate(lines)
+               if ln.lstrip().startswith("- /") and i and "issuers" in lines[i - 1]]
     if listing.returncode != 0 or "signature 1" not in listing.stdout:
         return Signature(False, "", "the kernel carries no Authenticode signature")
     cert = shim_vendor_cert(shim)
@@ -85,6 +91,8 @@ def kernel_signature(kernel: Path, shim: Path = SHIM) -> Signature:
         f.write(_pem(cert))
         f.flush()
         ok = subprocess.run(["sbverify", "--cert", f.name, str(kernel)], capture_output=True).returncode == 0
+    cn = [part[3:] for issuer in issuers for part in issuer.split("/") if part.startswith("CN=")]
+    ok = ok and any(name.encode() in cert for name in cn)  # issued by the certificate shim carries
     if ok:
         return Signature(True, signer, f"signed by {signer}, which shim's certificate vouches for")
     return Signature(False, signer, f"signed by {signer or 'an unknown key'}, not by a key Debian's shim carries")

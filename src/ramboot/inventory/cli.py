@@ -18,7 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..config import ConfigError, load_config
+from ..config import GRUB_PROXY_REFUSED, ConfigError, load_config
 from ..macaddr import BadMac, normalize_mac
 from . import schemas as S
 
@@ -36,6 +36,8 @@ class Local:
         from .store import NodeSpec, StoreError
         from .views import node_detail
 
+        if body.loader == "grub" and self.config.dhcp.mode == "proxy":
+            raise click.ClickException(GRUB_PROXY_REFUSED)
         if body.image:
             try:
                 m = load_manifest(self.config.data_dir, body.image)

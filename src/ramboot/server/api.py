@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ..config import GRUB_PROXY_REFUSED
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import NodeSpec, Store, StoreError
@@ -153,9 +154,15 @@ async def get_node(request: web.Request) -> web.Response:
     return json_response(detail)
 
 
+def _loader_ok(request: web.Request, body: S.NodeIn) -> None:
+    if body.loader == "grub" and request.app[CTX].config.dhcp.mode == "proxy":
+        raise ApiError(400, GRUB_PROXY_REFUSED)
+
+
 async def put_node(request: web.Request) -> web.Response:
     mac = mac_param(request)
     body = await body_of(request, S.NodeIn)
+    _loader_ok(request, body)
     store = request.app[CTX].store
     old = await asyncio.to_thread(store.get_node, mac)
     await _put(store, spec_from(mac, body))
@@ -165,6 +172,7 @@ async def put_node(request: web.Request) -> web.Response:
 
 async def create_node(request: web.Request) -> web.Response:
     body = await body_of(request, S.NodeCreate)
+    _loader_ok(request, body)
     store = request.app[CTX].store
     if await asyncio.to_thread(store.get_node, body.mac) is not None:
         raise ApiError(409, f"node {body.mac} exists; PUT {PREFIX}/nodes/{body.mac} to change it")
