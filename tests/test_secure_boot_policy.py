@@ -282,3 +282,22 @@ def test_doctor_names_unsigned_kernels_and_grub_in_proxy_mode(data_dir):
     assert "\n" not in bad[0].line()
     proxy = parse_config(f'data_dir = "{data_dir}"\n[dhcp]\nmode = "proxy"\n')
     assert any("proxy mode" in f.what for f in check_secure_boot(proxy) if not f.ok)
+
+
+# -- the lab's firmwares -------------------------------------------------------------------
+
+def test_lab_secure_boot_and_http_boot_argv(tmp_path: Path):
+    from ramboot.lab.netns import LabError
+    from ramboot.lab.vm import OVMF_CODE_SB, OVMF_VARS_SB, qemu_argv
+
+    if not OVMF_CODE_SB.is_file():
+        pytest.skip("needs Debian's ovmf")
+    sb = qemu_argv("uefi", MAC, "rbt1", "tcg", tmp_path, secure_boot=True)
+    assert "q35,smm=on" in sb and "driver=cfi.pflash01,property=secure,value=on" in sb
+    assert any(a.endswith("OVMF_CODE_4M.ms.fd") for a in " ".join(sb).replace(",", " ").split())
+    vars_copy = tmp_path / "OVMF_VARS.fd"
+    assert vars_copy.read_bytes() == OVMF_VARS_SB.read_bytes()  # a copy: the original stays untouched
+    http = qemu_argv("uefi-http", MAC, "rbt1", "tcg", tmp_path)
+    assert "name=opt/org.tianocore/IPv4PXESupport,string=n" in http and "q35" in http
+    with pytest.raises(LabError, match="--secure-boot needs a UEFI firmware"):
+        qemu_argv("bios", MAC, "rbt1", "tcg", tmp_path, secure_boot=True)
