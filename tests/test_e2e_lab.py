@@ -82,10 +82,11 @@ class LabRun:
                        check=True, capture_output=True, text=True)
 
     def boot(self, firmware: str = "bios", mac: str | None = None, timeout: float = BOOT_TIMEOUT,
-             echo: bool = True, uuid: str | None = None, on_booted=None, memory_mb: int = 1024) -> BootResult:
+             echo: bool = True, uuid: str | None = None, on_booted=None, memory_mb: int = 1024,
+             secure_boot: bool = False, stop_on: tuple[str, ...] = ()) -> BootResult:
         result = boot_vm(self.lab, firmware, mac or random_mac(), timeout,
                          echo=sys.stdout.buffer if echo else None, api_base=self.base, accel=self.accel, uuid=uuid,
-                         on_booted=on_booted, memory_mb=memory_mb)
+                         on_booted=on_booted, memory_mb=memory_mb, secure_boot=secure_boot, stop_on=stop_on)
         self.keep(result)
         return result
 

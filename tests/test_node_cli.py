@@ -47,7 +47,7 @@ def test_local_add_list_show_rm(cfg):
     [
         (["add", "zz", "--image", "demo"], "not a MAC address"),
         (["add", MAC, "--image", "demo", "--ip", "1.2.3"], "--ip"),
-        (["add", MAC, "--image", "demo", "--loader", "grub"], "--loader"),
+        (["add", MAC, "--image", "demo", "--loader", "lilo"], "--loader"),
         (["add", MAC, "--image", "demo", "--label", "novalue"], "KEY=VALUE"),
         (["add", MAC, "--image", "../x"], "--image"),
         (["show", MAC], f"no node {MAC}"),

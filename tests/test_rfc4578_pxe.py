@@ -119,6 +119,19 @@ def test_proxy_answers_requests_on_4011_to_the_sender(proxy):
     assert res.bound == ("10.231.9.150", A)  # so TFTP can name the client that fetches the loader
 
 
+def test_proxy_sends_uefi_to_4011_and_lets_bios_boot_from_the_offer(proxy):
+    """edk2 reads a proxy offer without PXE vendor options (43) as "BINL" and asks again on
+    4011 (PxeBcRetryBinlOffer); a BIOS PXE ROM boots the offer's file ("use the boot file")."""
+    _, [uefi] = proxy.send(request(MsgType.DISCOVER, A, options=PXE_UEFI))
+    assert Opt.VENDOR_SPECIFIC not in uefi.options and uefi.options[Opt.VENDOR_CLASS] == b"PXEClient"
+    assert uefi.siaddr == SERVER and uefi.server_id == SERVER  # where edk2 sends its 4011 REQUEST
+    _, [bios] = proxy.send(request(MsgType.DISCOVER, "52:54:00:00:00:02", options=PXE_BIOS))
+    assert Opt.VENDOR_SPECIFIC in bios.options
+    req = request(MsgType.REQUEST, A, ciaddr="10.231.9.150", options={**PXE_UEFI, Opt.SERVER_ID: SERVER})
+    _, [ack] = proxy.send(req, port=4011, src=("10.231.9.150", 68))
+    assert ack.boot_file == "snponly.efi" and ack.options[Opt.BOOTFILE] == b"snponly.efi"  # edk2 needs one
+
+
 @pytest.mark.parametrize(
     "mt, options, port",
     [

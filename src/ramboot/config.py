@@ -85,9 +85,18 @@ class HttpConfig(_Section):
 class BootConfig(_Section):
     default_image: str = "demo"
     unknown_nodes: Literal["boot", "discover", "ignore"] = "boot"
-    loader: Literal["ipxe", "pxelinux"] = "ipxe"
+    loader: Literal["ipxe", "pxelinux", "grub"] = "ipxe"
     kernel_args: str = "console=ttyS0,115200 console=tty0"
     profile: str | None = None  # the profile every node gets, before its own
+
+
+# Debian's signed GRUB takes its TFTP server only from the DHCP server's own answer
+# (its ACK), never from a proxyDHCP offer, so beside a site DHCP server it stops at
+# `grub>` (docs/uefi-bios.md). One line, wherever the combination is asked for.
+GRUB_PROXY_REFUSED = (
+    'loader "grub" cannot boot with dhcp.mode = "proxy": Debian\'s signed GRUB reads only the site '
+    "DHCP server's answer and stops at grub>; use dhcp.mode = \"full\", or loader ipxe"
+)
 
 
 class DatabaseConfig(_Section):
@@ -114,6 +123,12 @@ class Config(_Section):
     boot: BootConfig = BootConfig()
     database: DatabaseConfig = DatabaseConfig()
     api: ApiConfig = ApiConfig()
+
+    @model_validator(mode="after")
+    def _grub_needs_our_dhcp(self) -> Config:
+        if self.boot.loader == "grub" and self.dhcp.mode == "proxy":
+            raise ValueError(GRUB_PROXY_REFUSED)
+        return self
 
     @property
     def database_url(self) -> str:

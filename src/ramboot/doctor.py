@@ -4,7 +4,9 @@ It looks at the host as the server would see it: the provisioning interface and
 its address, who holds the DHCP/TFTP/HTTP ports, another DHCP server answering
 on the segment (a real DISCOVER), nftables rules that would drop the ports,
 SELinux labels on the data directory, and the boot programs and image being
-present. One line per check; the exit status is 1 if any check failed.
+present. With loader "grub" (Secure Boot): shim and GRUB present, each image
+those nodes boot carrying a kernel signature shim accepts, and no grub node in
+proxy mode. One line per check; the exit status is 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import click
 
 from .config import Config, ConfigError, load_config
-from .images.manifest import MANIFEST, images_dir
+from .images.manifest import MANIFEST, ManifestError, images_dir, load_manifest
 from .namespace import LOADERS_DIR, SYSTEM_LOADERS
 from .proto.dhcp_codec import DhcpDecodeError, DhcpPacket, MsgType, Opt, decode, encode
 
@@ -388,6 +390,65 @@ def check_boot_files(cfg: Config) -> list[Finding]:
     return out
 
 
+SECURE_BOOT_LOADERS = {"shimx64.efi": "shim-signed", "grubx64.efi": "grub-efi-amd64-signed"}
+
+
+def grub_nodes(cfg: Config) -> dict[str, list[str]]:
+    """image -> the nodes that boot it with loader grub ("default" for unregistered machines)."""
+    from .inventory.store import Store
+
+    out: dict[str, list[str]] = {}
+    if cfg.boot.loader == "grub" and cfg.boot.unknown_nodes != "ignore":
+        out.setdefault(cfg.boot.default_image, []).append("unregistered machines")
+    db = Path(cfg.data_dir) / "ramboot.db"
+    if cfg.database.url is None and not db.is_file():
+        return out
+    try:
+        store = Store(cfg.database_url)
+        try:
+            nodes = store.list_nodes()
+        finally:
+            store.close()
+    except Exception:  # a doctor never dies of the database it diagnoses
+        return out
+    for n in nodes:
+        if (n.loader or cfg.boot.loader) == "grub":
+            out.setdefault(n.image or cfg.boot.default_image, []).append(n.mac)
+    return out
+
+
+def check_secure_boot(cfg: Config) -> list[Finding]:
+    users = grub_nodes(cfg)
+    if not users:
+        return []
+    data = Path(cfg.data_dir)
+    out = []
+    missing = [n for n in SECURE_BOOT_LOADERS if not (data / LOADERS_DIR / n).is_file()
+               and not Path(SYSTEM_LOADERS[n]).is_file()]
+    if missing:
+        out.append(Finding(False, f"loader grub needs {', '.join(missing)}, which is missing",
+                           "apt-get install " + " ".join(SECURE_BOOT_LOADERS[n] for n in missing)))
+    if cfg.dhcp.mode == "proxy":
+        who = sorted({m for ms in users.values() for m in ms})
+        out.append(Finding(False, f"loader grub in proxy mode ({', '.join(who)}): GRUB reads only the site DHCP "
+                           "server's answer and stops at grub>", 'set dhcp.mode = "full", or loader ipxe'))
+    for image, who in sorted(users.items()):
+        try:
+            signed = load_manifest(data, image).kernel_signed
+        except ManifestError:
+            continue  # the image checks above say it is missing
+        if signed is False:
+            out.append(Finding(False, f"image {image}: its kernel carries no signature Debian's shim accepts, so "
+                               f"{', '.join(who)} (loader grub) will not boot under Secure Boot",
+                               f"ramboot image build {image} with a Debian kernel (signed)"))
+        elif signed is None:
+            out.append(Finding(False, f"image {image}: whether its kernel is signed for shim is not recorded",
+                               f"apt-get install sbsigntool, then ramboot image build {image}"))
+    if not out:
+        out.append(Finding(True, "loader grub: shim and GRUB present, every image it boots has a signed kernel"))
+    return out
+
+
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help=f"the server's config (default: {DEFAULT_CONFIG} if it exists)")
@@ -405,7 +466,7 @@ def doctor(config_path: Path | None, probe_seconds: float) -> None:
     findings = check_interface(cfg, where) + check_ports(cfg)
     if probe_seconds > 0:
         findings += check_other_dhcp(cfg, where, probe_seconds)
-    findings += check_firewall(cfg) + check_selinux(cfg) + check_boot_files(cfg)
+    findings += check_firewall(cfg) + check_selinux(cfg) + check_boot_files(cfg) + check_secure_boot(cfg)
     for f in findings:
         click.echo(f.line())
     failed = sum(not f.ok for f in findings)

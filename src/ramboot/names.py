@@ -10,15 +10,25 @@ TFTP and HTTP share one namespace. A name is one of:
 | `pxelinux.cfg/01-<mac>`       | a machine's pxelinux config                       |
 | `pxelinux.cfg/<uuid>`         | the same, asked by UUID (pxelinux asks this first)|
 | `pxelinux.cfg/default`        | the config of a machine nobody knows              |
+| `grub/grub.cfg`               | the config every GRUB reads first; it dispatches  |
+| `grub/<mac>.cfg`              | a machine's GRUB config (`$net_default_mac` form) |
+| `grub/<mac>/<uuid>.cfg`       | the same, for a machine whose SMBIOS has a UUID   |
 | `images/<image>/<file>`       | a file of an image                                |
 | `overlay/<mac>[/<uuid>].tar`  | a node's identity and overlays, rendered for it   |
 | `overlay/<mac>[/<uuid>].tar.sha256` | that archive's sha256, checked before use   |
-| `<file>`                      | a boot program (`undionly.kpxe`, `snponly.efi`…)  |
+| `<file>`                      | a boot program (`undionly.kpxe`, `snponly.efi`, `shimx64.efi`, `grubx64.efi`…) |
 
 The name a DHCP answer hands out carries everything the next request needs
 (MAC and UUID), so the script request finds the node the DHCP answer found.
 Validation is part of parsing: `..`, absolute paths, backslashes, NUL,
 control and percent characters never name anything.
+
+One exception for one client: Debian's signed GRUB asks TFTP for `/grub/grub.cfg`
+(its prefix is `(tftp,<server>)/grub`, and it sends the path with its leading
+slash) and then for whatever `grub.cfg` names, again rooted. `parse_rooted()`
+takes one leading `/` off such a request only when what remains is a GRUB
+config or an image file; it is still split and validated like any other name,
+so `/etc/passwd` and `//x` stay refused.
 """
 
 from __future__ import annotations
@@ -34,6 +44,9 @@ IMAGES = "images"
 SCRIPTS = "boot"
 PXELINUX_CFG = "pxelinux.cfg"
 OVERLAYS = "overlay"
+GRUB = "grub"  # the built-in prefix of Debian's signed grubnetx64.efi
+GRUB_ENTRY = "grub.cfg"
+GRUB_CFG_SUFFIX = ".cfg"
 MAX_NAME = 1024
 
 _UUID_LEAF = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -72,6 +85,14 @@ class Overlay:
 
 
 @dataclass(frozen=True)
+class GrubConfig:
+    """`mac` None: `grub/grub.cfg`, the entry that hands each machine to its own config."""
+
+    mac: str | None = None
+    uuid: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageFile:
     image: str
     file: str
@@ -82,7 +103,7 @@ class Loader:
     file: str
 
 
-Name = EntryScript | Script | PxelinuxConfig | Overlay | ImageFile | Loader
+Name = EntryScript | Script | PxelinuxConfig | GrubConfig | Overlay | ImageFile | Loader
 
 
 # -- building -------------------------------------------------------------------
@@ -97,6 +118,16 @@ def overlay(mac: str, uuid: str | None = None) -> str:
 
 def pxelinux_config(mac: str) -> str:
     return f"{PXELINUX_CFG}/01-{mac_hyphen(mac)}"
+
+
+def grub_entry() -> str:
+    return f"{GRUB}/{GRUB_ENTRY}"
+
+
+def grub_config(mac: str, uuid: str | None = None) -> str:
+    """The name a GRUB config asks for: GRUB prints `$net_default_mac` lower case with colons."""
+    mac = normalize_mac(mac)
+    return f"{GRUB}/{mac}/{uuid}{GRUB_CFG_SUFFIX}" if uuid else f"{GRUB}/{mac}{GRUB_CFG_SUFFIX}"
 
 
 def image_file(image: str, file: str) -> str:
@@ -138,9 +169,23 @@ def parse(name: str) -> Name | None:
         return _overlay(parts[1:])
     if head == PXELINUX_CFG and n == 2:
         return _pxelinux(parts[1])
+    if head == GRUB and n in (2, 3):
+        return _grub(parts[1:])
     if head == IMAGES and n == 3:
         return ImageFile(parts[1], parts[2])
     return None
+
+
+def parse_rooted(name: str) -> Name | None:
+    """`parse()` for a TFTP request that may carry GRUB's leading `/` (see the module notes).
+
+    Only `/grub/...` and `/images/...` may be asked for rooted; any other rooted
+    name is refused as an absolute path, exactly as `parse()` refuses it.
+    """
+    if name.startswith((f"/{GRUB}/", f"/{IMAGES}/")):
+        parsed = parse(name[1:])  # validated like any name: `..` and the like still raise
+        return parsed if isinstance(parsed, GrubConfig | ImageFile | None) else None
+    return parse(name)  # refuses every other absolute path
 
 
 def _mac(text: str) -> str | None:
@@ -176,6 +221,23 @@ def _overlay(rest: list[str]) -> Overlay | None:
         rest = [*rest[:-1], rest[-1].removesuffix(".sha256")]
     got = _mac_uuid(rest, ".tar")
     return Overlay(got[0], got[1], checksum) if got else None
+
+
+def _grub(rest: list[str]) -> GrubConfig | None:
+    if rest == [GRUB_ENTRY]:
+        return GrubConfig()
+    if not rest[-1].endswith(GRUB_CFG_SUFFIX):
+        return None
+    mac = _mac(rest[0][: -len(GRUB_CFG_SUFFIX)] if len(rest) == 1 else rest[0])
+    if mac is None:
+        return None  # e.g. `grub/x86_64-efi/grub.cfg`, which GRUB tries first
+    if len(rest) == 1:
+        return GrubConfig(mac)
+    try:
+        uuid = normalize_uuid(rest[1][: -len(GRUB_CFG_SUFFIX)])
+    except ValueError:
+        return None
+    return GrubConfig(mac, uuid)
 
 
 def _pxelinux(leaf: str) -> PxelinuxConfig | None:

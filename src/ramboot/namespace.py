@@ -19,7 +19,7 @@ from typing import Protocol
 from . import names, render
 from .names import PathRefused
 from .policy import Booter, Decision
-from .proto.pxe import Client
+from .proto.pxe import ARCH_UEFI_X64, Client
 
 __all__ = ["GeneratedFile", "Namespace", "PathRefused", "Resolved", "StaticFile", "install_loaders"]
 
@@ -33,6 +33,11 @@ SYSTEM_LOADERS = {
     "pxelinux.0": "/usr/lib/PXELINUX/pxelinux.0",
     "lpxelinux.0": "/usr/lib/PXELINUX/lpxelinux.0",
     "ldlinux.c32": "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+    # Secure Boot (loader "grub"): Debian's shim, signed by Microsoft's UEFI CA, and
+    # Debian's GRUB netboot image, signed by Debian's key that shim carries. Shim
+    # loads `grubx64.efi` from the directory of the BOOTP file field.
+    "shimx64.efi": "/usr/lib/shim/shimx64.efi.signed",
+    "grubx64.efi": "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
 }
 
 
@@ -45,7 +50,7 @@ class StaticFile:
 @dataclass(frozen=True)
 class GeneratedFile:
     data: bytes
-    kind: str  # pxelinux-cfg | ipxe-script
+    kind: str  # pxelinux-cfg | ipxe-script | grub-cfg
     mac: str | None = None  # the NIC it was generated for, when its name says
 
 
@@ -87,13 +92,14 @@ class Namespace:
         self._images = (self.data_dir / names.IMAGES).resolve()
         self._loaders = (self.data_dir / LOADERS_DIR).resolve()
 
-    def resolve(self, name: str) -> Resolved | None:
+    def resolve(self, name: str, rooted: bool = False) -> Resolved | None:
         """Map a request to a file or generated content; None if it does not exist.
 
+        `rooted`: a TFTP request, which GRUB sends with a leading `/` (`names.parse_rooted`).
         A node's overlay is never found this way: it holds secrets, and only the
         HTTP layer checks who asks (`lookup(..., private=True)`).
         """
-        return self.lookup(names.parse(name))
+        return self.lookup(names.parse_rooted(name) if rooted else names.parse(name))
 
     def lookup(self, name: names.Name | None, private: bool = False) -> Resolved | None:
         """A parsed name's file or content; generated ones ask the Booter once."""
@@ -112,6 +118,8 @@ class Namespace:
             return GeneratedFile(render.entry_script(self.booter.http_base).encode(), "ipxe-script")
         if isinstance(name, names.PxelinuxConfig):
             return self._pxelinux(name)
+        if isinstance(name, names.GrubConfig):
+            return self._grub(name)
         return None
 
     def _overlay(self, name: names.Overlay) -> Resolved | None:
@@ -124,6 +132,12 @@ class Namespace:
         if name.checksum:
             data = hashlib.sha256(data).hexdigest().encode() + b"  overlay.tar\n"
         return GeneratedFile(data, "overlay", name.mac)
+
+    def _grub(self, name: names.GrubConfig) -> Resolved | None:
+        if name.mac is None:
+            return GeneratedFile(render.grub_entry().encode(), "grub-cfg")
+        d = self.booter.decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid), loader="grub")
+        return GeneratedFile(render.grub_cfg(d).encode(), "grub-cfg", name.mac) if d else None
 
     def _pxelinux(self, name: names.PxelinuxConfig) -> Resolved | None:
         d = self.booter.decide(Client(name.mac or "", arch=0, uuid=name.uuid), loader="pxelinux")

@@ -40,6 +40,10 @@ from .proto.pxe import ARCH_BIOS, BootFile, Client, Firmware
 LOADER_BIOS = "undionly.kpxe"
 LOADER_UEFI = "snponly.efi"
 LOADER_PXELINUX = "pxelinux.0"
+# Secure Boot: Debian's signed shim, and beside it Debian's signed GRUB netboot image
+# under the name shim loads from the directory of the BOOTP file field.
+LOADER_SHIM = "shimx64.efi"
+LOADER_GRUB = "grubx64.efi"
 
 DRACUT_LIVE_ARGS = "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1"
 
@@ -62,7 +66,7 @@ class Decision:
     uuid: str | None  # the machine's SMBIOS UUID, when it said
     node: str | None  # the registered node's MAC; None for a machine nobody registered
     image: str
-    loader: str  # ipxe | pxelinux
+    loader: str  # ipxe | pxelinux | grub
     boot_file: BootFile  # what the DHCP answer names
     fixed_ip: str | None
     hostname: str | None
@@ -160,6 +164,13 @@ class Booter:
 
     def _boot_file(self, client: Client, loader: str, mac: str, uuid: str | None) -> BootFile:
         fw = client.firmware
+        if loader == "grub" and fw is Firmware.UEFI and self.config.dhcp.mode != "proxy":
+            # UEFI PXE only: shim, then GRUB beside it, then grub/grub.cfg, all over TFTP.
+            # Over UEFI HTTP boot that GRUB has no way on (no http module, none loadable
+            # under lockdown), and BIOS has no shim: both fall through to iPXE below. So
+            # does proxy mode, where GRUB would stop at `grub>` (config.GRUB_PROXY_REFUSED;
+            # `node add` and the API refuse it, `doctor` names nodes set so before).
+            return BootFile(LOADER_SHIM, http=False)
         if loader == "pxelinux" and fw in (Firmware.BIOS, Firmware.IPXE) and client.arch in (None, ARCH_BIOS):
             # The classic path even from a BIOS iPXE ROM (QEMU's): pxelinux.0 reuses the
             # cached DHCP answer, so this cannot loop.
@@ -178,10 +189,11 @@ class Booter:
         try:
             manifest = self.manifest(image)
             sha: str | None = manifest.files[ROOTFS].sha256
+            initrd = manifest.files[INITRD].sha256 if INITRD in manifest.files else None
             dracut = manifest.initramfs == "dracut"
             mods = manifest.files.get(MODULES)
         except (ManifestError, KeyError):
-            sha, dracut, mods = None, False, None
+            sha, initrd, dracut, mods = None, None, False, None
         args = [self.config.boot.kernel_args]
         if loader == "pxelinux" or dracut:
             # The classic form; dracut's livenet takes one root, ramboot's initramfs any.
@@ -200,6 +212,10 @@ class Booter:
             # The kernel's modules layer sits beside the root image: the same servers, in the same order.
             args += [f"ramboot.modules={u.rsplit('/', 1)[0]}/{MODULES}" for u in root_urls]
             args.append(f"ramboot.modules.sha256={mods.sha256}")
+        if initrd:
+            # Nothing in the chain verifies the initrd (docs/uefi-bios.md): the command
+            # line names the one this boot meant, and the initramfs reports it.
+            args.append(f"ramboot.initrd_sha256={initrd}")
         args.append(f"ramboot.server={self.http_base}")
         if mac:
             args.append(f"BOOTIF=01-{mac_hyphen(mac)}")

@@ -6,7 +6,7 @@ already holds the served names, the command line and the root URLs.
 
 from __future__ import annotations
 
-from .names import SCRIPTS
+from .names import GRUB_CFG_SUFFIX, SCRIPTS
 from .policy import Decision
 
 
@@ -45,3 +45,37 @@ def pxelinux_config(d: Decision) -> str:
         f"  APPEND {d.cmdline}\n"
         + ("" if d.mac else "  IPAPPEND 2\n")
     )
+
+
+def grub_entry() -> str:
+    """`grub/grub.cfg`: what Debian's signed GRUB netboot image reads first (its prefix
+    is `(tftp,<server>)/grub`). It hands each machine to its own config: by MAC and
+    SMBIOS UUID, else by MAC. `$net_default_mac` is GRUB's (lower case, colons)."""
+    own = "$prefix/$net_default_mac"
+    return (
+        "# ramboot: hands this machine to its own config (grub/<mac>[/<uuid>].cfg)\n"
+        "smbios --type 1 --get-uuid 8 --set ramboot_uuid\n"
+        f'if [ -n "$ramboot_uuid" ]; then source "{own}/$ramboot_uuid{GRUB_CFG_SUFFIX}"; fi\n'
+        f'source "{own}{GRUB_CFG_SUFFIX}"\n'
+        'echo "ramboot: FAILED no GRUB config for $net_default_mac from $net_default_server"\n'
+    )
+
+
+def grub_cfg(d: Decision) -> str:
+    """`grub/<mac>[/<uuid>].cfg`: the signed kernel and the initrd over TFTP (GRUB has no
+    http under lockdown), then boot. Under Secure Boot GRUB's `linux` has shim verify
+    the kernel; nothing verifies the initrd, so the command line names its sha256.
+    Every kernel argument is single-quoted: GRUB's script expands nothing inside."""
+    args = " ".join(_grub_quote(a) for a in d.cmdline.split())
+    return (
+        f"# ramboot: {d.image} for {d.mac or 'an unknown machine'}\n"
+        f"echo {_grub_quote(f'ramboot: booting {d.image} on {d.mac}')}\n"
+        f"linux /{d.kernel} {args}\n"
+        f"initrd /{d.initrd}\n"
+        "boot\n"
+    )
+
+
+def _grub_quote(word: str) -> str:
+    """One GRUB script word, literally: inside single quotes, a quote is '\\''."""
+    return "'" + word.replace("'", "'\\''") + "'"

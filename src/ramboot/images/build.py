@@ -34,6 +34,7 @@ from .manifest import (
     sha256_file,
 )
 from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
+from .secureboot import kernel_signature
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -82,6 +83,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
 
             build_dracut(k, out / INITRD, console)
         shutil.copyfile(k.image, out / KERNEL)
+        sig = kernel_signature(out / KERNEL)
         cloud_init = False  # a live medium's root is used as it is, unread
         if tree is not None:
             # With the root's own kernel, its initrd is ramboot's now: leave the root's out (RAM).
@@ -100,6 +102,8 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             source_member=src.member,
             root_image=root_image,
             cloud_init=cloud_init,
+            kernel_signed=sig.shim_accepts,
+            kernel_signer=sig.signer,
         )
         for fname in (KERNEL, INITRD, ROOTFS, MODULES):
             if not (out / fname).exists():

@@ -71,6 +71,9 @@ def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, dat
     root = m.files[ROOTFS]
     click.echo(f"built {name} in {m.build_seconds:.1f} s: kernel {m.kernel_version}, "
                f"rootfs {root.size} bytes sha256 {root.sha256}")
+    if m.kernel_signed is False:
+        click.echo(f"note: the kernel of {name} carries no signature Debian's shim accepts: "
+                   "nodes with --loader grub will not boot it under Secure Boot", err=True)
     click.echo(str(images_dir(dd) / name))
 
 

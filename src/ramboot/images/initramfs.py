@@ -33,6 +33,10 @@ LIVE_FS = ("ext4",)
 # NICs a VM or cloud host presents; whichever of these the kernel has.
 CLOUD_NICS = ("virtio_net", "virtio_pci", "e1000", "e1000e", "vmxnet3", "ena", "gve", "hv_netvsc",
               "xen_netfront", "8139cp", "8139too", "ne2k_pci", "pcnet32")
+# UEFI variables (Secure Boot's state), when the kernel has efivarfs as a module.
+# Modules are copied byte for byte, so a kernel under lockdown still loads them:
+# Debian's signature is appended to each file.
+EFI_FS = ("efivarfs",)
 # Disks, only so the inventory can list them.
 DISKS = ("virtio_blk", "virtio_scsi", "sd_mod", "nvme", "ahci", "ata_piix")
 GENERIC_NIC_DIRS = ("kernel/drivers/net/ethernet/",)
@@ -127,7 +131,7 @@ def select_modules(k: Kernel, idx: ModuleIndex) -> tuple[list[str], list[str]]:
         nics = [n for n in CLOUD_NICS if idx.has(n)]
     if not any(n not in ("virtio_pci",) for n in nics):
         raise ImageError(f"kernel {k.version} has no NIC driver ramboot knows (looked for {', '.join(CLOUD_NICS)})")
-    wanted = list(REQUIRED) + nics + [d for d in DISKS + LIVE_FS if idx.has(d)]
+    wanted = list(REQUIRED) + nics + [d for d in DISKS + LIVE_FS + EFI_FS if idx.has(d)]
     return idx.closure(wanted), nics
 
 

@@ -47,6 +47,11 @@ class Manifest:
     root_image: str = ""
     # The root has cloud-init: nodes get a NoCloud seed in their overlay (docs/nodes.md).
     cloud_init: bool = False
+    # Secure Boot (loader "grub"): does the kernel carry a signature Debian's shim
+    # accepts (`sbverify` against shim's certificate)? None: not known (an older
+    # manifest, or no sbverify at build time).
+    kernel_signed: bool | None = None
+    kernel_signer: str = ""
 
     def to_toml(self) -> str:
         lines = [
@@ -64,6 +69,10 @@ class Manifest:
             lines.append(f'root_image = "{_esc(self.root_image)}"')
         if self.cloud_init:
             lines.append("cloud_init = true")
+        if self.kernel_signed is not None:
+            lines.append(f"kernel_signed = {'true' if self.kernel_signed else 'false'}")
+        if self.kernel_signer:
+            lines.append(f'kernel_signer = "{_esc(self.kernel_signer)}"')
         lines.append("")
         for fname in sorted(self.files):
             e = self.files[fname]
@@ -101,6 +110,8 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
             source_member=str(raw.get("source_member", "")),
             root_image=str(raw.get("root_image", "")),
             cloud_init=bool(raw.get("cloud_init", False)),
+            kernel_signed=bool(raw["kernel_signed"]) if "kernel_signed" in raw else None,
+            kernel_signer=str(raw.get("kernel_signer", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None

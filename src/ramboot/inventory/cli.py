@@ -18,7 +18,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..config import ConfigError, load_config
+from ..config import GRUB_PROXY_REFUSED, ConfigError, load_config
 from ..macaddr import BadMac, normalize_mac
 from . import schemas as S
 
@@ -36,11 +36,18 @@ class Local:
         from .store import NodeSpec, StoreError
         from .views import node_detail
 
+        if body.loader == "grub" and self.config.dhcp.mode == "proxy":
+            raise click.ClickException(GRUB_PROXY_REFUSED)
         if body.image:
             try:
-                load_manifest(self.config.data_dir, body.image)
+                m = load_manifest(self.config.data_dir, body.image)
             except ManifestError as e:
                 click.echo(f"warning: {e}; the node will not boot until it is built", err=True)
+            else:
+                loader = body.loader or self.config.boot.loader
+                if loader == "grub" and m.kernel_signed is False:
+                    click.echo(f"warning: loader grub, but the kernel of image {body.image} carries no signature "
+                               "Debian's shim accepts: under Secure Boot this node will not boot it", err=True)
         try:
             self.store.put_node(NodeSpec(mac=mac, **body.model_dump()))
         except StoreError as e:
@@ -231,7 +238,8 @@ _NAMES = {"ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overl
 @click.option("--image", help="image name (DATA/images/NAME); default: its profiles', else boot.default_image")
 @click.option("--hostname")
 @click.option("--ip", help="fixed IPv4 address (full DHCP mode)")
-@click.option("--loader", type=click.Choice(["ipxe", "pxelinux"]))
+@click.option("--loader", type=click.Choice(["ipxe", "pxelinux", "grub"]),
+              help="grub: UEFI Secure Boot through Debian's signed shim and GRUB (BIOS falls back to iPXE)")
 @click.option("--kernel-args", default="", help="extra kernel arguments")
 @click.option("--uuid", help="SMBIOS UUID, to match the node by DHCP option 97")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")

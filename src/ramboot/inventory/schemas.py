@@ -62,7 +62,7 @@ class NodeIn(_Strict):
     image: str | None = Field(None, pattern=IMAGE_NAME, description="image name; default: boot.default_image")
     hostname: str | None = Field(None, pattern=HOSTNAME, max_length=253)
     ip: str | None = Field(None, description="fixed IPv4 address (full DHCP mode)")
-    loader: Literal["ipxe", "pxelinux"] | None = None
+    loader: Literal["ipxe", "pxelinux", "grub"] | None = None
     uuid: str | None = Field(None, description="SMBIOS UUID (DHCP option 97)")
     kernel_args: str = Field("", max_length=4096)
     labels: dict[str, str] = {}

@@ -48,7 +48,8 @@ def up(config_path: Path | None) -> None:
     click.echo(
         f"ramboot lab: up. namespace {the_lab.ns}, bridge {the_lab.bridge}, server {base}\n"
         f"  config: {config_path}\n  data:   {config.data_dir}\n  log:    {the_lab.log_file}\n"
-        f"  boot a VM: ramboot lab vm --firmware bios   (or uefi)\n  stop:      ramboot lab down"
+        f"  boot a VM: ramboot lab vm --firmware bios   (or uefi, uefi-http; --secure-boot)\n"
+        f"  stop:      ramboot lab down"
     )
 
 
@@ -65,11 +66,13 @@ def down() -> None:
 
 @lab.command()
 @click.option("--firmware", type=click.Choice(FIRMWARES), default="bios", show_default=True,
-              help="bios: SeaBIOS + QEMU's iPXE ROM; uefi: OVMF with its own PXE")
+              help="bios: SeaBIOS + QEMU's iPXE ROM; uefi: OVMF with its own PXE; uefi-http: OVMF's UEFI HTTP boot")
+@click.option("--secure-boot", is_flag=True,
+              help="OVMF with Microsoft's keys enrolled and Secure Boot on (boots a node set to --loader grub)")
 @click.option("--mac", default=None, help="the VM's MAC (default: random 52:54:00:xx:xx:xx)")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for the RAM root")
 @click.option("--uuid", default=None, help="the VM's SMBIOS UUID (what DHCP option 97 and dmidecode show)")
-def vm(firmware: str, mac: str | None, timeout: float, uuid: str | None) -> None:
+def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
     the_lab = Lab()
     st = the_lab.state()
@@ -77,7 +80,7 @@ def vm(firmware: str, mac: str | None, timeout: float, uuid: str | None) -> None
         _fail("the lab is not up; run: ramboot lab up")
     try:
         result = boot_vm(the_lab, firmware, mac, timeout, echo=sys.stdout.buffer, api_base=st.get("api_base"),
-                         uuid=uuid)
+                         uuid=uuid, secure_boot=secure_boot)
     except LabError as e:
         _fail(str(e))
     except KeyboardInterrupt:

@@ -7,7 +7,11 @@ the boot's milestones. It has reached its RAM root when the console prints
 
 BIOS is SeaBIOS with QEMU's own iPXE option ROM. UEFI is OVMF with the NIC's
 option ROM emptied, so OVMF's own PXE client (arch 7) fetches the `.efi` loader
-over TFTP and the whole UEFI chain is exercised.
+over TFTP and the whole UEFI chain is exercised. `uefi-http` is the same OVMF
+with its PXE turned off (fw_cfg), so its UEFI HTTP boot (vendor class
+HTTPClient, arch 16) asks for an http URL. `secure_boot` is Debian's OVMF with
+Microsoft's keys enrolled and Secure Boot on (`OVMF_CODE_4M.ms.fd`, a copy of
+`OVMF_VARS_4M.ms.fd`), which needs q35 with SMM and a secure flash.
 
 `/dev/kvm` may exist while a KVM guest hangs, so KVM is used only after a
 bounded probe has booted a kernel to user space under it; otherwise TCG.
@@ -34,7 +38,9 @@ from .netns import Lab, LabError, stop_pid
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-FIRMWARES = ("bios", "uefi")
+OVMF_CODE_SB = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")
+OVMF_VARS_SB = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+FIRMWARES = ("bios", "uefi", "uefi-http")
 PROBE_MARK = "ramboot-kvm-probe-ok"
 REPORT_GRACE = 10.0  # seconds a node gets to post what its console said, before its VM is stopped
 
@@ -49,6 +55,10 @@ _CONSOLE_MILESTONES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^ramboot: booting "), "script"),
     (re.compile(r"iPXE \d|iPXE initialising"), "ipxe"),
     (re.compile(r">>Start PXE over IPv4"), "uefi-pxe"),
+    (re.compile(r">>Start HTTP Boot over IPv4"), "uefi-http"),
+    (re.compile(r"Access Denied"), "refused"),
+    (re.compile(r"^Welcome to GRUB"), "grub"),
+    (re.compile(r"secureboot: Secure boot enabled"), "secure-boot-on"),
     (re.compile(r"Configuring \(net\d"), "ipxe-dhcp"),
     (re.compile(r"Station IP address is"), "uefi-dhcp"),
     (re.compile(r"PXELINUX \d"), "pxelinux"),
@@ -131,10 +141,12 @@ def choose_accel(lab: Lab, kernel: Path | None) -> tuple[str, str]:
 # -- the VM ------------------------------------------------------------------------
 
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
-              uuid: str | None = None) -> list[str]:
+              uuid: str | None = None, secure_boot: bool = False) -> list[str]:
     """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID)."""
     if firmware not in FIRMWARES:
-        raise LabError(f"unknown firmware {firmware!r}: use bios or uefi")
+        raise LabError(f"unknown firmware {firmware!r}: use {', '.join(FIRMWARES)}")
+    if secure_boot and firmware == "bios":
+        raise LabError("--secure-boot needs a UEFI firmware: use --firmware uefi (or uefi-http)")
     argv = [QEMU, "-name", f"ramboot-{mac}", "-accel", accel, "-m", str(memory_mb),
             "-nographic", "-monitor", "none", "-no-reboot",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
@@ -143,15 +155,26 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
     if firmware == "bios":
         argv += ["-machine", "pc", "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1"]
     else:
-        if not OVMF_CODE.is_file():
-            raise LabError(f"{OVMF_CODE} is missing; install it with: apt-get install ovmf")
+        code, variables = (OVMF_CODE_SB, OVMF_VARS_SB) if secure_boot else (OVMF_CODE, OVMF_VARS)
+        for f in (code, variables):
+            if not f.is_file():
+                raise LabError(f"{f} is missing; install it with: apt-get install ovmf")
         vars_copy = workdir / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, vars_copy)
-        argv += ["-machine", "q35",
-                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        shutil.copyfile(variables, vars_copy)
+        if secure_boot:
+            # The Secure Boot build keeps its variables in SMM: q35 with SMM on, and a
+            # flash only SMM may write (so the OS cannot turn Secure Boot off).
+            argv += ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
+        else:
+            argv += ["-machine", "q35"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-                 # romfile= empty: no iPXE ROM, so OVMF's own PXE client boots.
+                 # romfile= empty: no iPXE ROM, so OVMF's own PXE (or HTTP boot) client boots.
                  "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"]
+        if firmware == "uefi-http":
+            # PXE off in OVMF's network stack: the NIC's boot options are then HTTP boot only.
+            argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                     "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
     return argv
 
 
@@ -275,10 +298,13 @@ def boot_vm(
     stop_on_failure: bool = True,
     uuid: str | None = None,
     on_booted: Callable[[], None] | None = None,
+    secure_boot: bool = False,
+    stop_on: tuple[str, ...] = (),
 ) -> BootResult:
     """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout).
 
     `on_booted` runs once the node has booted, while the VM still runs (to log in, say).
+    `stop_on`: milestones that end the wait early (the boot is then not ok).
     """
     if not lab.exists():
         raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
@@ -291,7 +317,7 @@ def boot_vm(
         accel, why = choose_accel(lab, kernel)
         if echo is not None:
             echo.write(f"ramboot lab: {accel.upper()} ({why})\n".encode())
-    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid)
+    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot)
     base = api_base or lab.base_url
     key = f"vm-{mac}"
     lab.add_tap(tap)
@@ -330,6 +356,10 @@ def boot_vm(
                 fail = next((m for m in marks + api_events if m.stage == "failed"), None)
                 fail_reason = (fail.detail.get("reason") if fail else "") or "see the console"
                 reason = f"the node reported a failure: {fail_reason}"
+                break
+            seen = next((st for st in stop_on if st in stages), None)
+            if seen:  # a milestone the caller waits for (e.g. a firmware's refusal)
+                reason = f"stopped at {seen}, as asked"
                 break
             if proc.poll() is not None:
                 reason = f"QEMU exited with status {proc.returncode}"

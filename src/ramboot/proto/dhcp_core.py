@@ -26,6 +26,12 @@ reply with option 60 "PXEClient" and a server id) or option 175.176
 ProxyDHCP offer. So every answer to a PXEClient carries option 60 "PXEClient"
 with siaddr and a boot file (iPXE's `dhcp_has_pxeopts()`, so it needs no
 ProxyDHCPREQUEST either), and full-mode answers to iPXE also carry 175.176=1.
+
+A UEFI PXE firmware in proxy mode goes through port 4011: the proxy offer on 67
+carries no PXE vendor options (43), which edk2 reads as a "BINL" proxy offer
+(`PxeBcParseDhcp4Packet`), so after the site server's ACK it asks ramboot again
+on 4011 (`PxeBcRetryBinlOffer`) and boots what that ACK names. A BIOS PXE ROM
+keeps option 43 "use the boot file" and boots from the offer itself.
 """
 
 from __future__ import annotations
@@ -290,7 +296,9 @@ class DhcpCore:
             return Result(kind, "ignored")
         bf = answer.boot_file
         reply = self._reply(pkt, reply_type, ZERO_IP)
-        self._boot_options(reply, client, bf)
+        # UEFI on 67: a BINL offer (no option 43), so edk2 comes back on 4011 (module notes).
+        binl = port == SERVER_PORT and client.firmware is Firmware.UEFI
+        self._boot_options(reply, client, bf, pxe_options=not binl)
         if Opt.CLIENT_UUID in pkt.options:  # PXE 2.1: echo the client machine identifier
             reply.options[Opt.CLIENT_UUID] = pkt.options[Opt.CLIENT_UUID]
         send = Send(encode(reply, pkt.max_message_size), dest[0], dest[1], port, dest[2])
@@ -533,7 +541,7 @@ class DhcpCore:
             net[Opt.DOMAIN] = st.domain.encode()
         self._net_opts = net
 
-    def _boot_options(self, rep: DhcpPacket, client: Client, bf: BootFile) -> None:
+    def _boot_options(self, rep: DhcpPacket, client: Client, bf: BootFile, pxe_options: bool = True) -> None:
         """The boot program, as both the `file` field and option 67 (ROMs read one or the other).
 
         Only for PXE/HTTP-boot firmware and iPXE: an operating system's own DHCP
@@ -552,7 +560,7 @@ class DhcpCore:
             o[Opt.VENDOR_CLASS] = b"HTTPClient"  # UEFI HTTP boot only takes an offer that says so
         elif client.vendor_class.startswith("PXEClient") or ipxe:
             o[Opt.VENDOR_CLASS] = b"PXEClient"
-            if not ipxe:
+            if not ipxe and pxe_options:
                 o[Opt.VENDOR_SPECIFIC] = _PXE_USE_BOOTFILE
         if ipxe and self.mode == "full":
             o[Opt.IPXE_ENCAP] = _IPXE_NO_PXEDHCP

@@ -32,6 +32,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .. import metrics
+from ..config import GRUB_PROXY_REFUSED
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
@@ -203,9 +204,16 @@ async def body_of(request: web.Request, model: type[BaseModel], limit_kib: int |
     limit = (limit_kib or request.app[CTX].config.api.max_body_kib) << 10
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body over {limit >> 10} KiB")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, f"body over {limit >> 10} KiB")
+    chunks, total = [], 0
+    while True:  # read(n) returns what has arrived, up to n: a body may come in pieces
+        chunk = await request.content.read(limit + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, f"body over {limit >> 10} KiB")
+    raw = b"".join(chunks)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as e:
@@ -240,9 +248,15 @@ async def get_node(request: web.Request) -> web.Response:
     return json_response(detail)
 
 
+def _loader_ok(request: web.Request, body: S.NodeIn) -> None:
+    if body.loader == "grub" and request.app[CTX].config.dhcp.mode == "proxy":
+        raise ApiError(400, GRUB_PROXY_REFUSED)
+
+
 async def put_node(request: web.Request) -> web.Response:
     mac = mac_param(request)
     body = await body_of(request, S.NodeIn)
+    _loader_ok(request, body)
     store = request.app[CTX].store
     old = await asyncio.to_thread(store.get_node, mac)
     await _put(store, spec_from(mac, body))
@@ -252,6 +266,7 @@ async def put_node(request: web.Request) -> web.Response:
 
 async def create_node(request: web.Request) -> web.Response:
     body = await body_of(request, S.NodeCreate)
+    _loader_ok(request, body)
     store = request.app[CTX].store
     if await asyncio.to_thread(store.get_node, body.mac) is not None:
         raise ApiError(409, f"node {body.mac} exists; PUT {PREFIX}/nodes/{body.mac} to change it")

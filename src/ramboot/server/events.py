@@ -24,7 +24,7 @@ log = logging.getLogger("ramboot.events")
 DEBUG_STAGES = frozenset({"dhcp-offer", "dhcp-ack"})
 
 # The boot stage (CONTRACTS.md) a served file's kind is; other kinds are served without one.
-STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script",
+STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script", "grub-cfg": "script",
                  "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
 
 
