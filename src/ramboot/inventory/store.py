@@ -260,26 +260,41 @@ class Store:
             rows[rec.ip] = rec
         gone = [{"d_ip": ip, "d_key": owners.get(ip)} for ip in deletes]
         gone += [{"d_ip": ip, "d_key": k} for ip, k in dropped.items()]
-        out = LeaseCommit()
-        with self.engine.begin() as conn:
-            if gone:
-                self._executemany(conn, _DELETE_LEASE_IP_KEY, gone)
-            if rows:
-                # A key leaves the address its core knew it held, and any expired one.
-                leave = [{"d_key": k, "d_ip": ip, "d_from": moved.get(k, ip), "d_now": now}
-                         for k, ip in ip_of_key.items()]
-                self._executemany(conn, _DELETE_LEASE_KEY, leave)
-                written = self._bind(conn, list(rows.values()), now)
-                out.lost = set(rows) - written
-                if self.dialect == "postgresql":
-                    self._notify(conn, sender, [rows[ip] for ip in written], [(g["d_ip"], g["d_key"]) for g in gone])
-            elif gone and self.dialect == "postgresql":
-                self._notify(conn, sender, [], [(g["d_ip"], g["d_key"]) for g in gone])
+        # Rows in one order (by address) on every server, so two batches lock them in the same
+        # order; a deadlock that remains (two indexes) is retried, the batch is all or nothing.
+        gone.sort(key=lambda g: g["d_ip"])
+        recs = sorted(rows.values(), key=lambda r: r.ip)
+        for attempt in range(5):
+            try:
+                out = self._save_leases_once(gone, recs, ip_of_key, moved, now, sender)
+                break
+            except OperationalError as e:
+                if getattr(e.orig, "sqlstate", None) not in ("40P01", "40001") or attempt == 4:
+                    raise
+                time.sleep(0.002 * (attempt + 1))
         if out.lost:
             keys = [rows[ip].key for ip in out.lost]
             with self._session() as s:
                 out.holders = [_lease_record(r) for r in s.scalars(
                     select(Lease).where((Lease.ip.in_(list(out.lost))) | (Lease.key.in_(keys))))]
+        return out
+
+    def _save_leases_once(self, gone: list[dict], recs: list[LeaseRecord], ip_of_key: dict[str, str],
+                          moved: Mapping[str, str], now: float, sender: str) -> LeaseCommit:
+        out = LeaseCommit()
+        with self.engine.begin() as conn:
+            if gone:
+                self._executemany(conn, _DELETE_LEASE_IP_KEY, gone)
+            if recs:
+                # A key leaves the address its core knew it held, and any expired one.
+                leave = [{"d_key": k, "d_ip": ip, "d_from": moved.get(k, ip), "d_now": now}
+                         for k, ip in sorted(ip_of_key.items())]
+                self._executemany(conn, _DELETE_LEASE_KEY, leave)
+                written = self._bind(conn, recs, now)
+                out.lost = {r.ip for r in recs} - written
+            if self.dialect == "postgresql" and (recs or gone):
+                self._notify(conn, sender, [r for r in recs if r.ip not in out.lost],
+                             [(g["d_ip"], g["d_key"]) for g in gone])
         return out
 
     def _bind(self, conn, recs: list[LeaseRecord], now: float) -> set[str]:
@@ -299,6 +314,9 @@ class Store:
             else:
                 sql = _SQLITE_BIND.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)))
                 params.append(now)
+            if not pg:  # one server, one writer: the NOT EXISTS guard leaves the key index nothing to refuse
+                written.update(row[0] for row in conn.exec_driver_sql(sql, tuple(params)))
+                continue
             try:
                 with conn.begin_nested():
                     res = conn.exec_driver_sql(sql, tuple(params))
