@@ -61,20 +61,20 @@ def test_a_bind_is_refused_when_another_client_holds_the_address(pg_url: str) ->
     try:
         now = time.time()
         assert a.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 600)]).lost == set()
-        res = b.save_leases([_lease("52:54:00:00:00:0b", "10.0.0.5", now + 600)])
+        res = b.save_leases([_lease("52:54:00:00:00:0b", "10.0.0.5", now + 600)], moved={})
         assert res.lost == {"10.0.0.5"}
         assert [(h.ip, h.mac) for h in res.holders] == [("10.0.0.5", "52:54:00:00:00:0a")]
         # the same client again, through the other server: its own lease, renewed
-        assert b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 900)]).lost == set()
+        assert b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 900)], moved={}).lost == set()
         # a client holding an unexpired address cannot be moved by a server that did not know it...
-        res = b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 900)])
+        res = b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 900)], moved={})
         assert res.lost == {"10.0.0.6"} and [h.ip for h in res.holders] == ["10.0.0.5"]
         # ...but can by one that did (the core says which address the key leaves)
         assert b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 900)],
                              moved={lease_key(None, "52:54:00:00:00:0a"): "10.0.0.5"}).lost == set()
         # an expired lease is free for anyone
         a.save_leases([_lease("52:54:00:00:00:0c", "10.0.0.7", now - 1)])
-        assert b.save_leases([_lease("52:54:00:00:00:0d", "10.0.0.7", now + 600)]).lost == set()
+        assert b.save_leases([_lease("52:54:00:00:00:0d", "10.0.0.7", now + 600)], moved={}).lost == set()
         # a release by a server whose view is stale deletes nothing that is not that client's
         b.save_leases([], ["10.0.0.6"], owners={"10.0.0.6": lease_key(None, "52:54:00:00:00:0b")})
         assert {(x.ip, x.mac) for x in a.load_leases()} == {("10.0.0.6", "52:54:00:00:00:0a"),
@@ -104,7 +104,7 @@ def test_concurrent_batches_never_bind_one_address_to_two_clients(pg_url: str) -
             for rec in batch.values():
                 seen_ip.setdefault(rec.ip, rec)
             recs = list(seen_ip.values())
-            res = stores[i].save_leases(recs, sender=f"s{i}")
+            res = stores[i].save_leases(recs, moved={}, sender=f"s{i}")
             with lock:
                 written.extend((r.ip, r.key) for r in recs if r.ip not in res.lost)
                 refused[0] += len(res.lost)
@@ -120,6 +120,18 @@ def test_concurrent_batches_never_bind_one_address_to_two_clients(pg_url: str) -
     assert final <= set(written) and len({ip for ip, _ in final}) == len(final)
     assert len(final) == 60 and refused[0] > 1000  # every address taken once; the rest contended and lost
     for s in stores:
+        s.close()
+
+
+def test_without_moved_the_caller_is_the_authority(pg_url: str) -> None:
+    s = Store(pg_url)
+    try:
+        now = time.time()
+        s.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 600)])
+        assert s.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 600)]).lost == set()
+        assert s.save_leases([_lease("52:54:00:00:00:0b", "10.0.0.6", now + 600)]).lost == set()
+        assert [(x.ip, x.mac) for x in s.load_leases()] == [("10.0.0.6", "52:54:00:00:00:0b")]
+    finally:
         s.close()
 
 

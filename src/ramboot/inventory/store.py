@@ -10,6 +10,7 @@ batch, not per packet.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -240,8 +241,13 @@ class Store:
         core knew it held that one (`moved`: key -> the address it leaves).
         `owners` (address -> key) makes a delete conditional on the holder.
         On PostgreSQL the written rows are also NOTIFYed on `LEASE_CHANNEL`.
+
+        `moved=None` (the default, for the CLI and tests): the caller is the authority, and
+        every write goes through as before (a key's other addresses go, an address is
+        taken over). The DHCP server always passes `moved` (empty or not): conditional.
         """
         now = time.time() if now is None else now
+        authority = moved is None
         moved = moved or {}
         owners = owners or {}
         rows: dict[str, LeaseRecord] = {}  # ip -> the batch's last word on it
@@ -266,7 +272,7 @@ class Store:
         recs = sorted(rows.values(), key=lambda r: r.ip)
         for attempt in range(5):
             try:
-                out = self._save_leases_once(gone, recs, ip_of_key, moved, now, sender)
+                out = self._save_leases_once(gone, recs, ip_of_key, moved, now, sender, authority)
                 break
             except OperationalError as e:
                 if getattr(e.orig, "sqlstate", None) not in ("40P01", "40001") or attempt == 4:
@@ -280,24 +286,25 @@ class Store:
         return out
 
     def _save_leases_once(self, gone: list[dict], recs: list[LeaseRecord], ip_of_key: dict[str, str],
-                          moved: Mapping[str, str], now: float, sender: str) -> LeaseCommit:
+                          moved: Mapping[str, str], now: float, sender: str, authority: bool) -> LeaseCommit:
         out = LeaseCommit()
+        expired_before = math.inf if authority else now  # the authority's writes find everything "expired"
         with self.engine.begin() as conn:
             if gone:
                 self._executemany(conn, _DELETE_LEASE_IP_KEY, gone)
             if recs:
                 # A key leaves the address its core knew it held, and any expired one.
-                leave = [{"d_key": k, "d_ip": ip, "d_from": moved.get(k, ip), "d_now": now}
+                leave = [{"d_key": k, "d_ip": ip, "d_from": moved.get(k, ip), "d_now": expired_before}
                          for k, ip in sorted(ip_of_key.items())]
                 self._executemany(conn, _DELETE_LEASE_KEY, leave)
-                written = self._bind(conn, recs, now)
+                written = self._bind(conn, recs, now, expired_before)
                 out.lost = {r.ip for r in recs} - written
             if self.dialect == "postgresql" and (recs or gone):
                 self._notify(conn, sender, [r for r in recs if r.ip not in out.lost],
                              [(g["d_ip"], g["d_key"]) for g in gone])
         return out
 
-    def _bind(self, conn, recs: list[LeaseRecord], now: float) -> set[str]:
+    def _bind(self, conn, recs: list[LeaseRecord], now: float, expired_before: float) -> set[str]:
         """The conditional upsert, one statement per 500 rows; the addresses it wrote."""
         written: set[str] = set()
         pg = self.dialect == "postgresql"
@@ -310,10 +317,9 @@ class Store:
                 one = "(%s::varchar, %s::varchar, %s::varchar, %s::float8, %s::varchar, %s::varchar, %s::varchar," \
                       " %s::float8)"
                 sql = _PG_BIND.format(values=", ".join([one] * len(chunk)))
-                params.append(now)
             else:
                 sql = _SQLITE_BIND.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)))
-                params.append(now)
+            params.append(expired_before)
             if not pg:  # one server, one writer: the NOT EXISTS guard leaves the key index nothing to refuse
                 written.update(row[0] for row in conn.exec_driver_sql(sql, tuple(params)))
                 continue
@@ -327,7 +333,7 @@ class Store:
                 for r in chunk:
                     try:
                         with conn.begin_nested():
-                            written.update(self._bind(conn, [r], now))
+                            written.update(self._bind(conn, [r], now, expired_before))
                     except IntegrityError:
                         pass
         return written
