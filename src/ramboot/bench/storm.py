@@ -632,11 +632,13 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 rss0 = rss_bytes(srv.pid)
                 cpu0 = cpu_seconds(srv.pid)
                 killer = None
+                killed_at: list[float] = []  # CLOCK_MONOTONIC is one clock for every process here
                 start_at = time.time() + 1.0 + 0.1 * workers
                 if kill_after is not None:
                     def kill() -> None:
                         say(f"storm: kill -9 server 1 (pid {srv.pid}) {kill_after} s into the storm")
                         os.kill(srv.pid, signal.SIGKILL)
+                        killed_at.append(time.monotonic())
                     killer = threading.Timer(max(0.0, start_at - time.time()) + kill_after, kill)
                     killer.start()
                 with RssSampler(srv.pid) as rs:
@@ -682,6 +684,9 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
             "server_alive": server_alive, "stray_dhcp": out["stray_dhcp"], "workers": workers,
             "servers": servers, "killed_after_s": kill_after,
             "restarts": sum(r.get("restarts", 0) for r in results),
+            # boots under way when the server died (started before, ended after)
+            "in_flight_at_kill": sum(1 for r in results if killed_at and r["start"] <= killed_at[0]
+                                     <= r["start"] + r["total"]),
             "acks_by_server": _count_servers(results),
         }
         if keep:
@@ -721,7 +726,8 @@ def format_summary(s: dict) -> str:
         f"   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
     ]
     if s.get("servers", 1) > 1:
-        killed = f", server 1 killed -9 after {s['killed_after_s']} s" if s.get("killed_after_s") is not None else ""
+        killed = (f", server 1 killed -9 after {s['killed_after_s']} s with {s['in_flight_at_kill']} boots under way"
+                  if s.get("killed_after_s") is not None else "")
         lines.insert(1, f"  servers      {s['servers']} on one PostgreSQL{killed}; DHCP ACKs by server "
                         + ", ".join(f"{k} {v}" for k, v in sorted(s["acks_by_server"].items())))
     for reason, count in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
