@@ -91,6 +91,9 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
         m.build_seconds = time.monotonic() - started
         (out / MANIFEST).write_text(m.to_toml())
         _install(out, top / name, work)
+        from .blobs import adopt
+
+        adopt(data_dir, name)  # identical files (a kernel two images share) are stored once
         return m
     except OSError as e:
         if is_enospc(e):
