@@ -147,7 +147,10 @@ class DhcpServer:
         full = config.dhcp.mode == "full"
         self._loaded_at = time.time()
         self.core = DhcpCore(
-            dhcp_settings(config, server_ip, mask, zlib.crc32(self.name.encode())), self.booter.decide,
+            # Alone (SQLite), the search starts at the range's first address; several servers
+            # on one database each start elsewhere, so their offers to new clients seldom meet.
+            dhcp_settings(config, server_ip, mask, zlib.crc32(self.name.encode()) if store.shared else 0),
+            self.booter.decide,
             self.nodes.reserved_map, leases=store.load_leases() if full else [],
         )
         self._reloader: asyncio.Task | None = None
