@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -136,8 +137,65 @@ def start_ramboot(net: NetnsPair, work: Path) -> Child:
     return c
 
 
-SERVERS = {"kea": start_kea, "dnsmasq": start_dnsmasq, "ramboot": start_ramboot}
-NEEDS = {"kea": "kea-dhcp4", "dnsmasq": "dnsmasq", "ramboot": None}
+# -- the same two on PostgreSQL (a throwaway cluster of this run's own, a fresh database per point) --
+_PG = None
+
+
+def _pg_db(server: str) -> tuple[str, str, str]:
+    """(socket dir, database, ramboot URL) of a fresh database in this process's cluster."""
+    global _PG
+    import atexit
+    import secrets
+
+    from ramboot.lab.pg import TempCluster
+
+    if _PG is None:
+        _PG = TempCluster().start()
+        atexit.register(_PG.stop)
+    db = f"{server.replace('-', '_')}_{secrets.token_hex(3)}"
+    return str(_PG.socket_dir), db, _PG.create_db(db)
+
+
+def start_kea_pg(net: NetnsPair, work: Path) -> Child:
+    """Kea with its PostgreSQL lease backend (Debian's kea-dhcp4 is built with it), schema by kea-admin."""
+    sock, db, _url = _pg_db("kea")
+    p = subprocess.run(["kea-admin", "db-init", "pgsql", "-u", "postgres", "-n", db, "-h", sock],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        raise RuntimeError(f"kea-admin db-init pgsql: {(p.stderr or p.stdout).strip()[-300:]}")
+    os.makedirs("/run/kea", exist_ok=True)
+    cfg = {
+        "Dhcp4": {
+            "interfaces-config": {"interfaces": [net.srv_if], "dhcp-socket-type": "raw"},
+            "lease-database": {"type": "postgresql", "name": db, "user": "postgres", "host": sock},
+            "valid-lifetime": 3600,
+            "subnet4": [{"id": 1, "subnet": "10.77.0.0/16", "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}]}],
+            "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "stderr"}]}],
+        }
+    }
+    (work / "kea.json").write_text(json.dumps(cfg, indent=1))
+    env = dict(os.environ, KEA_PIDFILE_DIR=str(work), KEA_LOCKFILE_DIR=str(work))
+    c = Child(net.exec(net.srv, "kea-dhcp4", "-c", str(work / "kea.json")), log=work / "kea.log", env=env)
+    _settle(c, lambda: "DHCP4_STARTED" in _read(work / "kea.log")
+            or "DHCP4_MULTI_THREADING_INFO" in _read(work / "kea.log"))
+    return c
+
+
+def start_ramboot_pg(net: NetnsPair, work: Path) -> Child:
+    """ramboot with `[database] url = "postgresql://…"`: the conditional bind and NOTIFY of several servers."""
+    _sock, _db, url = _pg_db("ramboot")
+    data = work / "ramboot-data"
+    data.mkdir(exist_ok=True)
+    (work / "ramboot.toml").write_text(ramboot_config(net, data) + f'[database]\nurl = "{url}"\n')
+    c = Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(work / "ramboot.toml")),
+              log=work / "ramboot.log")
+    _settle(c, lambda: "serving on" in _read(work / "ramboot.log"), timeout=30)
+    return c
+
+
+SERVERS = {"kea": start_kea, "dnsmasq": start_dnsmasq, "ramboot": start_ramboot, "kea-pg": start_kea_pg,
+           "ramboot-pg": start_ramboot_pg}
+NEEDS = {"kea": "kea-dhcp4", "dnsmasq": "dnsmasq", "ramboot": None, "kea-pg": "kea-dhcp4", "ramboot-pg": None}
 
 
 def _read(p: Path) -> str:

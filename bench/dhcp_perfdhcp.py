@@ -2,6 +2,7 @@
 """DHCP side by side: Kea and ramboot at fixed rates, alternating, several rounds.
 
     .venv/bin/python bench/dhcp_perfdhcp.py [--rates 2000,3000,4000,5000] [--rounds 3] [--servers kea,ramboot]
+    .venv/bin/python bench/dhcp_perfdhcp.py --servers kea-pg,ramboot-pg   # both on PostgreSQL
 
 The servers and the measurement are `bench/dhcp_bench.py`'s (BASELINES.md's
 set-up: a fresh veth pair of namespaces and a fresh server with an empty lease
@@ -79,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for server in servers:
         print(f"{server}: highest rate with median drops under 1 % in both exchanges: {best.get(server, 0):,} DORA/s")
-    if "kea" in best and "ramboot" in best:
-        print(f"ramboot / Kea: {best['ramboot'] / best['kea']:.2f}")
+    for ours, theirs in (("ramboot", "kea"), ("ramboot-pg", "kea-pg")):
+        if ours in best and theirs in best:
+            print(f"{ours} / {theirs}: {best[ours] / best[theirs]:.2f}")
     print(f"load {load()} at the end")
     if a.json:
         a.json.write_text(json.dumps({f"{s}@{r}": [dict(asdict(p), load_before=ld) for p, ld in v]

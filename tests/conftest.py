@@ -53,3 +53,26 @@ def make_booter(data_dir: Path):
 def pytest_configure(config: pytest.Config) -> None:
     """The suite's rules (docs/testing.md): no skip in CI, at collection time either; no unlinked xfail."""
     suite_rules.register(config)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster for this test process: initdb in a temporary folder, a unix
+    socket there and no TCP, stopped and deleted at the end (never the system's cluster)."""
+    import os
+
+    from ramboot.lab.pg import TempCluster
+
+    if os.geteuid() != 0:
+        pytest.fail("the PostgreSQL tests need root (initdb runs as the postgres user)")
+    cluster = TempCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database in the session's cluster, named after the test."""
+    import hashlib
+
+    return pg_cluster.create_db("t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16])

@@ -40,3 +40,16 @@ def test_storm_20_clients_all_boot() -> None:
     assert 0 < s["p50_s"] <= s["p99_s"] <= s["max_s"], text
     assert set(s["phase_p50_s"]) == {"dhcp", "tftp", "dhcp-ipxe", "script", "kernel+initrd", "rootfs", "report"}, text
     assert s["server_rss_mb_peak"] > 0 and s["server_cpu_s"] > 0, text
+
+
+@pytest.mark.netns
+@needs_netns
+def test_storm_two_servers_one_killed_mid_storm_costs_no_boot() -> None:
+    """Two servers on one throwaway PostgreSQL; the first is killed -9 while boots are under way."""
+    s = run_storm(n=30, image_mb=24, bound_seconds=0, verbose=False, workers=1, timeout=120, servers=2,
+                  kill_after=1.0)
+    text = format_summary(s)
+    assert s["failed"] == 0 and s["ok"] == 30, text
+    assert s["server_alive"], text  # the survivor
+    assert s["in_flight_at_kill"] >= 5, text  # the kill really hit boots in progress
+    assert {"10.77.0.1", "10.77.0.2"} <= set(s["acks_by_server"]), text  # both served before the kill

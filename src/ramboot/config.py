@@ -102,6 +102,30 @@ GRUB_PROXY_REFUSED = (
 class DatabaseConfig(_Section):
     url: str | None = None  # default: sqlite in data_dir
 
+    @field_validator("url")
+    @classmethod
+    def _url_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in ("sqlite", "postgresql", "postgresql+psycopg", "postgres"):
+            raise ValueError('expected "sqlite:///PATH" or "postgresql://[USER@]HOST/DB" (also ?host=/socket/dir)')
+        return v
+
+
+class ClusterConfig(_Section):
+    """Several servers on one PostgreSQL database (docs/decisions.md, "Several servers")."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # default: host name + address
+    heartbeat: float = Field(2.0, ge=0.2, le=60)  # seconds between this server's heartbeats
+    dead_after: float = Field(10.0, ge=1, le=600)  # a server silent this long is no longer told to nodes
+
+    @model_validator(mode="after")
+    def _dead_after_heartbeats(self) -> ClusterConfig:
+        if self.dead_after < 2 * self.heartbeat:
+            raise ValueError("cluster.dead_after must be at least two heartbeats")
+        return self
+
 
 class ApiConfig(_Section):
     token: str | None = None
@@ -122,6 +146,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     boot: BootConfig = BootConfig()
     database: DatabaseConfig = DatabaseConfig()
+    cluster: ClusterConfig = ClusterConfig()
     api: ApiConfig = ApiConfig()
 
     @model_validator(mode="after")

@@ -30,6 +30,10 @@ TFTP_RETRANSMITS = Counter("ramboot_tftp_retransmits", "TFTP packets sent again 
 DHCP_PACKETS = Counter(
     "ramboot_dhcp_packets", "DHCP datagrams received, by message type and outcome", ["type", "outcome"]
 )
+DHCP_BINDS_REFUSED = Counter(
+    "ramboot_dhcp_binds_refused_total",
+    "ACKs withheld (a NAK sent instead) because the database gave the address to another server's client",
+)
 DHCP_COMMIT_SECONDS = Histogram(
     "ramboot_dhcp_lease_commit_seconds",
     "Time to commit one batch of lease changes (group commit before the ACKs go out)",

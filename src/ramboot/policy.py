@@ -15,7 +15,7 @@ before (lists such as SSH keys and overlays add up, in that order).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +80,10 @@ class Decision:
     overlays: tuple[str, ...] = ()  # DATA/overlays/NAME, laid on in this order
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs, for templates
     overlay_url: str | None = None  # where the node fetches its identity and overlays
+    # Every live server holding this image verified (`http://HOST[:PORT]`), in the order the
+    # node tries them: kernel and initrd fall back across them in the iPXE script, the root
+    # URLs on the command line. One entry (this server) when it runs alone.
+    mirrors: tuple[str, ...] = ()
 
     @property
     def script(self) -> str:
@@ -90,17 +94,28 @@ class Decision:
 class Booter:
     """Decides; holds the config, the node directory and a manifest cache, nothing per request."""
 
-    def __init__(self, config: Config, directory: Directory, server_ip: str):
+    def __init__(self, config: Config, directory: Directory, server_ip: str,
+                 mirrors: Callable[[str], tuple[str, ...]] | None = None):
         self.config = config
         self.directory = directory
         self.server_ip = str(ipaddress.IPv4Address(server_ip))
         self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # image -> ((mtime_ns, size), manifest)
+        # image -> the HTTP bases of the live servers holding it verified (server/cluster.py);
+        # none, or an empty answer: this server alone.
+        self.mirrors = mirrors
 
     def using(self, directory: Directory) -> Booter:
         """The same policy over another directory (the DHCP server's snapshot); shares the manifest cache."""
         other = Booter(self.config, directory, self.server_ip)
         other._manifests = self._manifests
+        other.mirrors = self.mirrors
         return other
+
+    def mirrors_of(self, image: str) -> tuple[str, ...]:
+        """Where `image` is served, in the order a node should try: this server alone unless
+        the cluster knows better (then every live server holding it verified)."""
+        found = self.mirrors(image) if self.mirrors is not None else ()
+        return found or (self.http_base,)
 
     @property
     def http_base(self) -> str:
@@ -132,7 +147,8 @@ class Booter:
             labels.update({str(k): str(v) for k, v in p.labels.items()})
         if spec:
             labels.update({str(k): str(v) for k, v in spec.labels.items()})
-        root_urls = (f"{self.http_base}/{names.image_file(image, ROOTFS)}",)
+        mirrors = self.mirrors_of(image)
+        root_urls = tuple(f"{base}/{names.image_file(image, ROOTFS)}" for base in mirrors)
         overlay_url = f"{self.http_base}/{names.overlay(mac, client.uuid)}" if mac else None
         return Decision(
             mac=mac,
@@ -146,13 +162,14 @@ class Booter:
             http_base=self.http_base,
             kernel=names.image_file(image, KERNEL),
             initrd=names.image_file(image, INITRD),
-            cmdline=self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url),
+            cmdline=self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url, mirrors),
             root_urls=root_urls,
             profiles=tuple(p.name for p in layers),
             ssh_keys=ssh_keys,
             overlays=overlays,
             labels=tuple(sorted(labels.items())),
             overlay_url=overlay_url,
+            mirrors=mirrors,
         )
 
     def _layers(self, spec: NodeSpec | None) -> list[ProfileSpec]:
@@ -183,7 +200,7 @@ class Booter:
         return BootFile(LOADER_UEFI if fw is Firmware.UEFI else LOADER_BIOS, http=False)
 
     def _cmdline(self, image: str, loader: str, mac: str, hostname: str | None, node_args: str,
-                 root_urls: tuple[str, ...], overlay_url: str | None) -> str:
+                 root_urls: tuple[str, ...], overlay_url: str | None, mirrors: tuple[str, ...]) -> str:
         """The root URLs, the root's sha256 and where to report; BOOTIF when the MAC is known
         (pxelinux appends it itself otherwise: IPAPPEND 2)."""
         try:
@@ -216,13 +233,17 @@ class Booter:
             # Nothing in the chain verifies the initrd (docs/uefi-bios.md): the command
             # line names the one this boot meant, and the initramfs reports it.
             args.append(f"ramboot.initrd_sha256={initrd}")
-        args.append(f"ramboot.server={self.http_base}")
+        # Reports and the overlay: this server, then the other mirrors (any of them can
+        # render the overlay and take reports: they share the database).
+        others = tuple(b for b in mirrors if b != self.http_base)
+        args += [f"ramboot.server={b}" for b in (self.http_base, *others)]
         if mac:
             args.append(f"BOOTIF=01-{mac_hyphen(mac)}")
         if hostname:
             args.append(f"ramboot.hostname={hostname}")
         if overlay_url:
-            args.append(f"ramboot.overlay={overlay_url}")
+            tail = overlay_url.removeprefix(self.http_base)
+            args += [f"ramboot.overlay={b}{tail}" for b in (self.http_base, *others)]
         if node_args:
             args.append(node_args)
         return " ".join(a for a in args if a)

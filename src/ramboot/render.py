@@ -11,12 +11,21 @@ from .policy import Decision
 
 
 def ipxe_script(d: Decision) -> str:
-    """`boot/<mac>[/<uuid>].ipxe`: the kernel and initrd over HTTP, then boot."""
+    """`boot/<mac>[/<uuid>].ipxe`: the kernel and initrd over HTTP, then boot.
+
+    With several servers holding the image, each fetch falls back across them
+    (`kernel URL1 … || kernel URL2 …`): a server that died after handing out this
+    script costs one failed request, not the boot.
+    """
+    bases = d.mirrors or (d.http_base,)
+    name = d.initrd.rsplit("/", 1)[-1]
+    kernel = " || ".join(f"kernel {b}/{d.kernel} initrd={name} {d.cmdline}" for b in bases)
+    initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
     return (
         "#!ipxe\n"
         f"echo ramboot: booting {d.image} on {d.mac}\n"
-        f"kernel {d.http_base}/{d.kernel} initrd={d.initrd.rsplit('/', 1)[-1]} {d.cmdline}\n"
-        f"initrd {d.http_base}/{d.initrd}\n"
+        f"{kernel}\n"
+        f"{initrd}\n"
         "boot\n"
     )
 

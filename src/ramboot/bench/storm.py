@@ -65,6 +65,8 @@ PARAM_REQUEST = bytes([1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41,
                        66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135, 175])
 # PXE 2.1 DHCP timeouts (seconds before the next DISCOVER), then give up
 DHCP_TIMEOUTS = (4, 8, 16, 32)
+REQUEST_TIMEOUTS = (4, 4)  # then DISCOVER again
+BOOT_ATTEMPTS = 3  # a BIOS retries its boot entry when the network boot fails (SeaBIOS: boot-fail-wait)
 
 
 # =========================================================================
@@ -84,6 +86,8 @@ class ClientResult:
     bytes: int = 0
     dhcp_retries: int = 0
     tftp_retries: int = 0
+    restarts: int = 0  # whole boots started over (the firmware's retry) after a server died
+    servers: list[str] = field(default_factory=list)  # which server answered each DHCP ACK
 
 
 class Failed(Exception):
@@ -183,9 +187,11 @@ class DhcpMux:
         return D.encode(pkt, max_message=1472)
 
     async def dora(self, mac: bytes, ipxe: bool, res: ClientResult):
-        """DISCOVER, OFFER, REQUEST, ACK; returns the ACK."""
+        """DISCOVER, OFFER, REQUEST, ACK; returns the ACK. A REQUEST that gets no answer (the
+        server that offered died) is sent a few times, then the client starts over with a
+        DISCOVER (RFC 2131 §4.4.1), as PXE ROMs and iPXE do."""
         D = self.D
-        for _attempt in range(3):
+        for _attempt in range(4):
             xid = random.getrandbits(32)
             offer = await self.exchange(mac, xid, self.packet(mac, xid, D.MsgType.DISCOVER, ipxe),
                                         {D.MsgType.OFFER}, res)
@@ -193,11 +199,15 @@ class DhcpMux:
                 D.Opt.REQUESTED_IP: D.socket_aton(offer.yiaddr),
                 D.Opt.SERVER_ID: offer.options[D.Opt.SERVER_ID],
             })
-            ack = await self.exchange(mac, xid, req, {D.MsgType.ACK, D.MsgType.NAK}, res)
+            try:
+                ack = await self.exchange(mac, xid, req, {D.MsgType.ACK, D.MsgType.NAK}, res, REQUEST_TIMEOUTS)
+            except Failed:
+                res.dhcp_retries += 1
+                continue
             if ack.msg_type == D.MsgType.ACK:
                 return ack
             res.dhcp_retries += 1
-        raise Failed("dhcp: NAK three times")
+        raise Failed("dhcp: no ACK after four DISCOVERs")
 
 
 class TftpClient(asyncio.DatagramProtocol):
@@ -278,8 +288,36 @@ class TftpClient(asyncio.DatagramProtocol):
             transport.close()
 
 
-_KERNEL = re.compile(r"^kernel\s+(\S+)(.*)$", re.M)
-_INITRD = re.compile(r"^initrd\s+(\S+)", re.M)
+_KERNEL = re.compile(r"^kernel\s+(.*)$", re.M)
+_INITRD = re.compile(r"^initrd\s+(.*)$", re.M)
+
+
+def alternatives(line: str, verb: str) -> list[tuple[str, list[str]]]:
+    """`kernel URL1 ARGS || kernel URL2 ARGS`: each (url, args), in the order iPXE tries them."""
+    out = []
+    for alt in (verb + " " + line).split(" || "):
+        words = alt.split()
+        if len(words) >= 2 and words[0] == verb:
+            out.append((words[1], words[2:]))
+    return out
+
+
+async def get_any(session, urls: list[str], res: ClientResult, sha: str, what: str) -> None:
+    """The first of `urls` that serves the whole file with this sha256 (iPXE's `||`, the initramfs's list)."""
+    errors = []
+    for url in urls:
+        try:
+            await http_get(session, url, res, sha, what)
+            return
+        except (Failed, aiohttp_errors(), OSError, TimeoutError) as e:
+            errors.append(f"{url}: {type(e).__name__}: {e}"[:160])
+    raise Failed(f"http: {what}: every URL failed: {'; '.join(errors)}")
+
+
+def aiohttp_errors() -> type[Exception]:
+    import aiohttp
+
+    return aiohttp.ClientError
 
 
 async def http_get(session, url: str, res: ClientResult, sha: str | None = None, what: str = "") -> bytes | None:
@@ -302,10 +340,81 @@ async def http_get(session, url: str, res: ClientResult, sha: str | None = None,
         return None
 
 
-async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) -> ClientResult:
+async def _boot_attempt(idx: int, mac: bytes, macs: str, p: dict, mux: DhcpMux, res: ClientResult, phase) -> None:
     import aiohttp
 
     from ..proto import dhcp_codec as D
+
+    # 1. the PXE ROM's DHCP
+    ack = await mux.dora(mac, False, res)
+    if res.ip and ack.yiaddr != res.ip:
+        raise Failed(f"dhcp: address changed across servers ({res.ip} -> {ack.yiaddr})")
+    res.ip = ack.yiaddr
+    res.servers.append(ack.server_id or "?")
+    bootfile = ack.boot_file
+    nxt = ack.siaddr if ack.siaddr != D.ZERO_IP else (ack.ip_option(D.Opt.SERVER_ID) or p["server"])
+    if not bootfile or bootfile.startswith("http"):
+        raise Failed(f"dhcp: PXE client was given {bootfile!r}, not a TFTP boot program")
+    phase("dhcp")
+    # 2. the boot program over TFTP
+    data = await TftpClient.fetch(res.ip, nxt, bootfile, p["blksize"], p["windowsize"], res)
+    res.bytes += len(data)
+    want = p["loaders"].get(bootfile)
+    if want and hashlib.sha256(data).hexdigest() != want:
+        raise Failed(f"tftp: {bootfile}: sha256 mismatch ({len(data)} bytes)")
+    phase("tftp")
+    # 3. iPXE's own DHCP: must get the script URL straight away
+    ack2 = await mux.dora(mac, True, res)
+    res.servers.append(ack2.server_id or "?")
+    script_url = ack2.boot_file
+    if not script_url.startswith("http://"):
+        raise Failed(f"dhcp: iPXE was given {script_url!r}, not its http script (chainload loop)")
+    if ack2.yiaddr != res.ip:
+        raise Failed(f"dhcp: address changed between PXE ({res.ip}) and iPXE ({ack2.yiaddr})")
+    phase("dhcp-ipxe")
+    # 4. HTTP: script, kernel, initrd, root, each falling back as the node would
+    conn = aiohttp.TCPConnector(local_addr=(res.ip, 0), limit=4)
+    timeout = aiohttp.ClientTimeout(total=p["timeout"], sock_connect=10, sock_read=30)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+        script = (await http_get(s, script_url, res, what="script")).decode()
+        km, im = _KERNEL.search(script), _INITRD.search(script)
+        if not km or not im:
+            raise Failed(f"http: script has no kernel/initrd line: {script[:200]!r}")
+        kernels, initrds = alternatives(km.group(1), "kernel"), alternatives(im.group(1), "initrd")
+        args = kernels[0][1]
+        urls = [a.split("=", 1)[1] for a in args if a.startswith("ramboot.url=")]
+        servers = [a.split("=", 1)[1] for a in args if a.startswith("ramboot.server=")]
+        kv = dict(a.split("=", 1) for a in args if "=" in a)
+        root_sha = kv.get("ramboot.sha256")
+        if not urls or not root_sha:
+            raise Failed("http: kernel command line lacks ramboot.url or ramboot.sha256")
+        man = p["manifest"]
+        if root_sha != man["rootfs.squashfs"]:
+            raise Failed("http: ramboot.sha256 on the command line differs from the manifest")
+        phase("script")
+        await get_any(s, [u for u, _ in kernels], res, man["vmlinuz"], "kernel")
+        await get_any(s, [u for u, _ in initrds], res, man["initrd.img"], "initrd")
+        phase("kernel+initrd")
+        # the initramfs's DHCP would come here; its root download tries ramboot.url= in order
+        await get_any(s, urls, res, root_sha, "rootfs")
+        phase("rootfs")
+        # 5. the boot report, from the leased address, to the first server that takes it
+        for server in servers or [f"http://{p['server']}"]:
+            try:
+                async with s.post(f"{server}/api/v1/nodes/{macs}/events",
+                                  json={"stage": "booted", "detail": {"storm": idx}}) as r:
+                    if r.status // 100 == 2:
+                        break
+                    raise Failed(f"api: booted report refused: {r.status} {(await r.text())[:120]}")
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                continue
+        else:
+            raise Failed("api: no server took the booted report")
+        phase("report")
+
+
+async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) -> ClientResult:
+    import aiohttp
 
     macs = mac_from_bytes(mac)
     res = ClientResult(macs)
@@ -320,66 +429,21 @@ async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) 
         res.phases[name] = round(now - mark, 4)
         mark = now
 
-    try:
-        # 1. the PXE ROM's DHCP
-        ack = await mux.dora(mac, False, res)
-        res.ip = ack.yiaddr
-        bootfile = ack.boot_file
-        nxt = ack.siaddr if ack.siaddr != D.ZERO_IP else (ack.ip_option(D.Opt.SERVER_ID) or p["server"])
-        if not bootfile or bootfile.startswith("http"):
-            raise Failed(f"dhcp: PXE client was given {bootfile!r}, not a TFTP boot program")
-        phase("dhcp")
-        # 2. the boot program over TFTP
-        data = await TftpClient.fetch(res.ip, nxt, bootfile, p["blksize"], p["windowsize"], res)
-        res.bytes += len(data)
-        want = p["loaders"].get(bootfile)
-        if want and hashlib.sha256(data).hexdigest() != want:
-            raise Failed(f"tftp: {bootfile}: sha256 mismatch ({len(data)} bytes)")
-        phase("tftp")
-        # 3. iPXE's own DHCP: must get the script URL straight away
-        ack2 = await mux.dora(mac, True, res)
-        script_url = ack2.boot_file
-        if not script_url.startswith("http://"):
-            raise Failed(f"dhcp: iPXE was given {script_url!r}, not its http script (chainload loop)")
-        if ack2.yiaddr != res.ip:
-            raise Failed(f"dhcp: address changed between PXE ({res.ip}) and iPXE ({ack2.yiaddr})")
-        phase("dhcp-ipxe")
-        # 4. HTTP: script, kernel, initrd, root
-        conn = aiohttp.TCPConnector(local_addr=(res.ip, 0), limit=2)
-        timeout = aiohttp.ClientTimeout(total=p["timeout"], sock_connect=30)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
-            script = (await http_get(s, script_url, res, what="script")).decode()
-            km, im = _KERNEL.search(script), _INITRD.search(script)
-            if not km or not im:
-                raise Failed(f"http: script has no kernel/initrd line: {script[:200]!r}")
-            kernel_url, args = km.group(1), km.group(2).split()
-            kv = dict(a.split("=", 1) for a in args if "=" in a)
-            root_url, root_sha = kv.get("ramboot.url"), kv.get("ramboot.sha256")
-            if not root_url or not root_sha:
-                raise Failed("http: kernel command line lacks ramboot.url or ramboot.sha256")
-            man = p["manifest"]
-            if root_sha != man["rootfs.squashfs"]:
-                raise Failed("http: ramboot.sha256 on the command line differs from the manifest")
-            phase("script")
-            await http_get(s, kernel_url, res, man["vmlinuz"], "kernel")
-            await http_get(s, im.group(1), res, man["initrd.img"], "initrd")
-            phase("kernel+initrd")
-            await http_get(s, root_url, res, root_sha, "rootfs")
-            phase("rootfs")
-            # 5. the boot report, from the leased address
-            server = kv.get("ramboot.server", f"http://{p['server']}")
-            async with s.post(f"{server}/api/v1/nodes/{macs}/events",
-                              json={"stage": "booted", "detail": {"storm": idx}}) as r:
-                if r.status // 100 != 2:
-                    raise Failed(f"api: booted report refused: {r.status} {(await r.text())[:120]}")
-            phase("report")
-        res.ok = True
-    except Failed as e:
-        res.error = str(e)
-    except (TimeoutError, aiohttp.ClientError, OSError) as e:
-        res.error = f"{type(e).__name__}: {e}"[:300]
-    except Exception as e:  # a bug in the generator must not hide the other clients
-        res.error = f"generator: {type(e).__name__}: {e}"[:300]
+    for attempt in range(BOOT_ATTEMPTS):
+        try:
+            await _boot_attempt(idx, mac, macs, p, mux, res, phase)
+            res.ok, res.error = True, ""
+            break
+        except Failed as e:
+            res.error = str(e)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            res.error = f"{type(e).__name__}: {e}"[:300]
+        except Exception as e:  # a bug in the generator must not hide the other clients
+            res.error = f"generator: {type(e).__name__}: {e}"[:300]
+            break
+        if attempt + 1 < BOOT_ATTEMPTS:
+            res.restarts += 1
+            await asyncio.sleep(1.0)  # the firmware's pause before it tries the boot entry again
     res.total = round(time.monotonic() - t0, 4)
     return res
 
@@ -442,11 +506,14 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[k]
 
 
-def server_config(data_dir: Path, ifname: str, lease_time: int = 3600) -> str:
+def server_config(data_dir: Path, ifname: str, lease_time: int = 3600, address: str = "10.77.0.1",
+                  db_url: str | None = None, name: str | None = None) -> str:
+    shared = "" if db_url is None else (f'[database]\nurl = "{db_url}"\n'
+                                         f'[cluster]\nname = "{name}"\nheartbeat = 0.5\ndead_after = 3.0\n')
     return f"""data_dir = "{data_dir}"
-[network]
+{shared}[network]
 interface = "{ifname}"
-address = "10.77.0.1"
+address = "{address}"
 [dhcp]
 mode = "full"
 range = "{POOL[0]}-{POOL[1]}"
@@ -463,8 +530,18 @@ unknown_nodes = "boot"
 
 def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize: int = 0, ramp: float = 0.0,
               timeout: float = 600, keep: Path | None = None, bound_seconds: float = 2.0, verbose: bool = True,
-              workers: int = 2) -> dict:
-    """Run one storm end to end (namespaces, server, clients); returns the summary dict."""
+              workers: int = 2, servers: int = 1, kill_after: float | None = None) -> dict:
+    """Run one storm end to end (namespaces, servers, clients); returns the summary dict.
+
+    `servers` > 1: that many `ramboot serve` on one bridge and one throwaway PostgreSQL
+    cluster (same range, full DHCP). `kill_after`: SIGKILL the first server that many
+    seconds into the storm; the clients fall back as nodes do (DHCP from the other
+    server, `||` in the iPXE script, the list of root URLs, a firmware retry).
+    """
+    import signal
+    import threading
+
+    from ..lab.pg import TempCluster
     from ..namespace import install_loaders
     from .util import Child, NetnsPair, RssSampler, cpu_seconds, make_image, ramboot_exe, rss_bytes, run
 
@@ -474,6 +551,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
         raise click.ClickException("bench storm: at most 4000 clients (the pool is a /20)")
     work = Path(tempfile.mkdtemp(prefix="rbb-storm-"))
     data = work / "data"
+    pg: TempCluster | None = None
     say = (lambda *a: click.echo(" ".join(str(x) for x in a), err=True)) if verbose else (lambda *a: None)
     try:
         man = make_image(data, "bench", int(image_mb * 2**20))
@@ -482,18 +560,39 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
         if not (ldir / "undionly.kpxe").exists():  # no ipxe package: any bytes will do for the transfer
             (ldir / "undionly.kpxe").write_bytes(os.urandom(70_000))
         loaders = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in ldir.iterdir() if f.is_file()}
+        if servers > 1:
+            pg = TempCluster().start()
         with NetnsPair() as net:
             run("ip", "-n", net.cli, "route", "add", "local", POOL_NET, "dev", "lo")
-            cfg = work / "ramboot.toml"
-            cfg.write_text(server_config(data, net.srv_if))
-            srv = Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(cfg)), log=work / "server.log")
+            db_url = pg.create_db("storm") if pg else None
+            places = [(net.srv, net.srv_if, net.srv_ip)]
+            for i in range(2, servers + 1):
+                places.append(net.add_server(i))
+            if servers > 1:
+                places[0] = (net.srv, net.bridge, net.srv_ip)
+            children: list = []
             blaster = None
             try:
-                end = time.monotonic() + 30
-                while "serving on" not in (work / "server.log").read_text(errors="replace"):
-                    if not srv.alive() or time.monotonic() > end:
-                        raise click.ClickException(f"bench storm: the server did not start:\n{srv.tail(10)}")
-                    time.sleep(0.05)
+                for i, (ns, ifname, addr) in enumerate(places):
+                    d = data if i == 0 else work / f"data{i + 1}"
+                    if i:  # the same image, hard-linked: identical files stored once
+                        (d / "images" / "bench").mkdir(parents=True, exist_ok=True)
+                        for f in (data / "images" / "bench").iterdir():
+                            os.link(f, d / "images" / "bench" / f.name)
+                        shutil.copytree(ldir, d / "loaders", copy_function=os.link)
+                    cfg = work / f"ramboot{i + 1}.toml"
+                    cfg.write_text(server_config(d, ifname, address=addr, db_url=db_url, name=f"s{i + 1}"))
+                    log = work / ("server.log" if i == 0 else f"server{i + 1}.log")
+                    children.append(Child(net.exec(ns, ramboot_exe(), "serve", "--config", str(cfg)), log=log))
+                    end = time.monotonic() + 30
+                    while "serving on" not in log.read_text(errors="replace"):
+                        if not children[-1].alive() or time.monotonic() > end:
+                            raise click.ClickException(f"bench storm: server {i + 1} did not start:\n"
+                                                       f"{children[-1].tail(10)}")
+                        time.sleep(0.05)
+                srv = children[0]
+                if servers > 1:
+                    time.sleep(1.5)  # a heartbeat or two: each server names the others to nodes
                 if bound_seconds:
                     blaster = Child(net.exec(net.srv, sys.executable, "-m", "ramboot.bench", "storm", "--blast",
                                              str(data / "images" / "bench" / "rootfs.squashfs")),
@@ -532,20 +631,33 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                     f" server pid {srv.pid} in {net.srv}")
                 rss0 = rss_bytes(srv.pid)
                 cpu0 = cpu_seconds(srv.pid)
+                killer = None
+                killed_at: list[float] = []  # CLOCK_MONOTONIC is one clock for every process here
+                start_at = time.time() + 1.0 + 0.1 * workers
+                if kill_after is not None:
+                    def kill() -> None:
+                        say(f"storm: kill -9 server 1 (pid {srv.pid}) {kill_after} s into the storm")
+                        os.kill(srv.pid, signal.SIGKILL)
+                        killed_at.append(time.monotonic())
+                    killer = threading.Timer(max(0.0, start_at - time.time()) + kill_after, kill)
+                    killer.start()
                 with RssSampler(srv.pid) as rs:
                     t0 = time.monotonic()
-                    outs = generators("storm", time.time() + 1.0 + 0.1 * workers)
+                    outs = generators("storm", start_at)
                     wall = time.monotonic() - t0
-                cpu = cpu_seconds(srv.pid) - cpu0
+                if killer is not None:
+                    killer.cancel()
+                cpu = cpu_seconds(srv.pid) - cpu0 if srv.alive() else 0.0
                 out = {"wall": max(o["wall"] for o in outs), "bound_mb_s": bound,
                        "stray_dhcp": sum(o["stray_dhcp"] for o in outs),
                        "results": [r for o in outs for r in o["results"]]}
                 (work / "out.json").write_text(json.dumps(out))
-                server_alive = srv.alive()
+                server_alive = all(c.alive() for i, c in enumerate(children) if not (i == 0 and kill_after is not None))
             finally:
                 if blaster:
                     blaster.stop()
-                srv.stop()
+                for c in children:
+                    c.stop()
         results = out["results"]
         ok = [r for r in results if r["ok"]]
         bad = [r for r in results if not r["ok"]]
@@ -570,6 +682,12 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
             "server_cpu_s": cpu, "server_cpu_pct": 100 * cpu / wall if wall else 0.0,
             "server_rss_mb_start": rss0 / 2**20, "server_rss_mb_peak": rs.peak / 2**20,
             "server_alive": server_alive, "stray_dhcp": out["stray_dhcp"], "workers": workers,
+            "servers": servers, "killed_after_s": kill_after,
+            "restarts": sum(r.get("restarts", 0) for r in results),
+            # boots under way when the server died (started before, ended after)
+            "in_flight_at_kill": sum(1 for r in results if killed_at and r["start"] <= killed_at[0]
+                                     <= r["start"] + r["total"]),
+            "acks_by_server": _count_servers(results),
         }
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
@@ -578,7 +696,17 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                     shutil.copy(f, keep / f.name)
         return summary
     finally:
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _count_servers(results: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        for sid in r.get("servers", ()):
+            out[sid] = out.get(sid, 0) + 1
+    return out
 
 
 def format_summary(s: dict) -> str:
@@ -590,13 +718,18 @@ def format_summary(s: dict) -> str:
         f"   (wall {s['wall_s']:.2f} s)",
         "  phase p50    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p50_s"].items()),
         "  phase p99    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p99_s"].items()),
-        f"  retries      dhcp {s['dhcp_retries']}   tftp {s['tftp_retries']}",
+        f"  retries      dhcp {s['dhcp_retries']}   tftp {s['tftp_retries']}   whole boots {s.get('restarts', 0)}",
         f"  transfer     {s['bytes'] / 2**20:,.0f} MB at {s['aggregate_mb_s']:,.0f} MB/s aggregate"
         + (f"; link bound {bound:,.0f} MB/s (raw TCP into the same generator processes, no hashing)"
            f" -> {s['aggregate_mb_s'] / bound:.0%}" if bound else ""),
         f"  server       CPU {s['server_cpu_s']:.1f} s ({s['server_cpu_pct']:.0f}% of one core)"
         f"   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
     ]
+    if s.get("servers", 1) > 1:
+        killed = (f", server 1 killed -9 after {s['killed_after_s']} s with {s['in_flight_at_kill']} boots under way"
+                  if s.get("killed_after_s") is not None else "")
+        lines.insert(1, f"  servers      {s['servers']} on one PostgreSQL{killed}; DHCP ACKs by server "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(s["acks_by_server"].items())))
     for reason, count in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  FAILED x{count}: {reason}")
     return "\n".join(lines)
@@ -639,6 +772,10 @@ def _blast(path: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="load generator processes (the clients are split among them)")
 @click.option("--timeout", type=float, default=600, show_default=True, help="per-client HTTP timeout, seconds")
+@click.option("--servers", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="ramboot servers on one bridge and one throwaway PostgreSQL cluster")
+@click.option("--kill-after", type=float, default=None,
+              help="kill -9 the first server this many seconds into the storm")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the summary here")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="keep the server log and raw results here")
@@ -646,7 +783,8 @@ def _blast(path: str) -> None:
 @click.option("--client-out", hidden=True, type=click.Path(dir_okay=False))
 @click.option("--blast", hidden=True, type=click.Path(dir_okay=False))
 def storm(
-    n, image_mb, blksize, windowsize, ramp, workers, timeout, json_out, keep, client_params, client_out, blast
+    n, image_mb, blksize, windowsize, ramp, workers, timeout, servers, kill_after, json_out, keep, client_params,
+    client_out, blast
 ) -> None:
     """Simulate N PXE clients booting at once against a real `ramboot serve` in a namespace."""
     if blast:
@@ -657,7 +795,10 @@ def storm(
         out = asyncio.run(run_clients(p))
         Path(client_out).write_text(json.dumps(out))
         return
-    s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers)
+    if kill_after is not None and servers < 2:
+        raise click.ClickException("bench storm: --kill-after needs --servers 2 or more (someone must be left)")
+    s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers, servers=servers,
+                  kill_after=kill_after)
     click.echo(format_summary(s))
     if json_out:
         json_out.write_text(json.dumps(s, indent=1))

@@ -39,6 +39,7 @@ class NetnsPair:
     tag: str = field(default_factory=lambda: "rbb" + secrets.token_hex(3))
     srv_ip: str = SERVER_IP
     cli_ip: str = CLIENT_IP
+    extra: list[str] = field(default_factory=list)  # more servers' namespaces (add_server)
 
     @property
     def srv(self) -> str:
@@ -72,8 +73,35 @@ class NetnsPair:
             raise RuntimeError(f"netns setup failed: {' '.join(e.cmd)}: {e.stderr.strip()}") from None
         return self
 
+    def add_server(self, i: int) -> tuple[str, str, str]:
+        """Server `i` (2, 3, …) in a namespace of its own, on one bridge with the first server and
+        the clients: the first server's address moves onto the bridge (`bridge`), which is then
+        its interface. Returns (namespace, interface, address)."""
+        br = self.bridge
+        if run("ip", "-n", self.srv, "link", "show", br, check=False).returncode != 0:
+            run("ip", "-n", self.srv, "link", "add", br, "type", "bridge", "forward_delay", "0", "stp_state", "0")
+            run("ip", "-n", self.srv, "addr", "del", f"{self.srv_ip}/{PREFIX}", "dev", self.srv_if)
+            run("ip", "-n", self.srv, "link", "set", self.srv_if, "master", br)
+            run("ip", "-n", self.srv, "addr", "add", f"{self.srv_ip}/{PREFIX}", "dev", br)
+            run("ip", "-n", self.srv, "link", "set", br, "up")
+        ns, a, b, ip = f"{self.tag}-s{i}", f"{self.tag}v{i}", f"{self.tag}w{i}", f"10.77.0.{i}"
+        self.extra.append(ns)
+        run("ip", "netns", "add", ns)
+        run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        run("ip", "link", "set", a, "netns", self.srv)
+        run("ip", "link", "set", b, "netns", ns)
+        run("ip", "-n", self.srv, "link", "set", a, "master", br, "up")
+        run("ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", b)
+        run("ip", "-n", ns, "link", "set", b, "up")
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+        return ns, b, ip
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.tag}b"
+
     def down(self) -> None:
-        for ns in (self.srv, self.cli):
+        for ns in (self.srv, self.cli, *self.extra):
             run("ip", "netns", "del", ns, check=False)
         # the veth goes with its namespace; this only matters if setup failed half-way
         run("ip", "link", "del", self.srv_if, check=False)

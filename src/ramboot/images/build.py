@@ -112,6 +112,9 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
         m.build_seconds = time.monotonic() - started
         (out / MANIFEST).write_text(m.to_toml())
         _install(out, top / name, work)
+        from .blobs import adopt
+
+        adopt(data_dir, name)  # identical files (a kernel two images share) are stored once
         return m
     except OSError as e:
         if is_enospc(e):
@@ -186,14 +189,15 @@ def list_images(data_dir: Path) -> list[Manifest]:
 
 
 def remove_image(data_dir: Path, name: str) -> None:
-    from .modules import release
+    """Remove an image; a blob (a kernel, a modules layer) goes with the last image that links it."""
+    from .blobs import gc
 
     check_name(name)
     d = images_dir(data_dir) / name
     if not (d / MANIFEST).is_file():
         raise ImageError(f"image {name!r} not found in {images_dir(data_dir)}")
-    release(d / MODULES)
     shutil.rmtree(d)
+    gc(data_dir)
 
 
 def verify_image(data_dir: Path, name: str) -> list[tuple[str, str]]:

@@ -77,6 +77,24 @@ def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, dat
     click.echo(str(images_dir(dd) / name))
 
 
+@image.command()
+@click.argument("name")
+@click.option("--from", "source", required=True, metavar="URL", help="the other server, http://HOST[:PORT]")
+@_dd
+@_cf
+def pull(name: str, source: str, data_dir: Path | None, config: Path | None) -> None:
+    """Copy image NAME from another ramboot server, checking every file's sha256."""
+    from .pull import pull_image
+
+    dd = _data_dir(data_dir, config)
+    try:
+        m, fetched, reused = pull_image(dd, name, source, progress=lambda msg: click.echo(f"  {msg}", err=True))
+    except (ImageError, ManifestError, OSError) as e:
+        _die(str(e))
+    click.echo(f"pulled {name} from {source}: {len(m.files)} files verified, {fetched} bytes fetched, "
+               f"{reused} bytes already here")
+
+
 @image.command("list")
 @_dd
 @_cf

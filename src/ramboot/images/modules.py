@@ -4,8 +4,8 @@ A root built from a container or the built-in busybox tree has no
 `/lib/modules/$(uname -r)`, so nothing could be loaded once the root is up. The
 kernel's whole module tree goes into `modules.squashfs` (zstd), which the
 initramfs downloads next to the root image, checks by sha256 and mounts as the
-lowest layer of the root's overlay. It is built once per kernel, content-addressed:
-`DATA/modules/<sha256>.squashfs`, hard-linked into every image that uses that
+lowest layer of the root's overlay. It is built once per kernel, content-addressed like every image file: one blob in
+`DATA/blobs/sha256/` (blobs.py), hard-linked into every image that uses that
 kernel, and listed in each image's manifest.
 
 The tree is there twice, as `lib/modules/V` and as `usr/lib/modules/V` (hard
@@ -27,13 +27,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .blobs import blob_path
 from .errors import ImageError
 from .kernel import Kernel, cache_dir, in_root
 from .manifest import FileEntry, sha256_file
 from .rootfs import make_squashfs
 
 LAYOUT = "1"  # bump when the layer's layout changes: old cached layers are then rebuilt
-STORE = "modules"  # DATA/modules/<sha256>.squashfs
 
 
 def root_has_modules(tree: Path, version: str) -> bool:
@@ -67,7 +67,7 @@ def fingerprint(k: Kernel) -> str:
 
 
 def modules_layer(k: Kernel, data_dir: Path, console: Console) -> tuple[Path, FileEntry]:
-    """The content-addressed layer for kernel `k` in DATA/modules, built (or taken from the cache) once."""
+    """The content-addressed layer for kernel `k` (its blob), built (or taken from the cache) once."""
     if not (k.modules / "modules.dep").is_file():
         raise ImageError(f"kernel {k.version}: {k.modules} has no modules.dep")
     cache = cache_dir() / "modules"
@@ -80,9 +80,9 @@ def modules_layer(k: Kernel, data_dir: Path, console: Console) -> tuple[Path, Fi
             _build(k, built, sumfile, console)
     sha = sumfile.read_text().strip()
     entry = FileEntry(size=built.stat().st_size, sha256=sha)
-    store = Path(data_dir) / STORE
+    dest = blob_path(data_dir, sha)
+    store = dest.parent
     store.mkdir(parents=True, exist_ok=True)
-    dest = store / f"{sha}.squashfs"
     if not dest.is_file():
         fd, tmp = tempfile.mkstemp(dir=store, prefix=".in-")
         os.close(fd)
@@ -130,19 +130,3 @@ def _link_tree(src: Path, dest: Path) -> None:
             if (Path(dirpath) / n).is_symlink():  # os.walk lists a symlink to a directory here
                 os.symlink(os.readlink(Path(dirpath) / n), dest / rel / n)
         dirnames[:] = [n for n in dirnames if not (Path(dirpath) / n).is_symlink()]
-
-
-def release(image_file: Path) -> None:
-    """An image's link to a shared layer is going away: drop the stored layer with its last link."""
-    try:
-        st = image_file.stat()
-    except FileNotFoundError:
-        return
-    store = image_file.parent.parent.parent / STORE
-    for cand in store.glob("*.squashfs") if store.is_dir() else []:
-        try:
-            cst = cand.stat()
-        except FileNotFoundError:
-            continue
-        if (cst.st_ino, cst.st_dev) == (st.st_ino, st.st_dev) and cst.st_nlink <= 2:
-            cand.unlink()

@@ -21,6 +21,9 @@ from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BASELINE = "0001"  # the schema create_all made before migrations existed
+# pg_advisory_xact_lock key ("ramb"): servers that start at once on one PostgreSQL
+# database migrate one after the other; the later ones find the schema at head.
+MIGRATION_LOCK = 0x72616D62
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
@@ -36,7 +39,12 @@ def head() -> str:
 
 
 def upgrade_to_head(engine: Engine) -> None:
+    """Bring the schema to head. On PostgreSQL the whole check-and-migrate runs under a
+    transaction-scoped advisory lock (and transactional DDL), so two servers starting at
+    once never run the same migration twice: the second waits, then sees head."""
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         current = MigrationContext.configure(conn).get_current_revision()
         if current == head():
             return

@@ -72,6 +72,22 @@ class Lease(Base):
     hostname: Mapped[str | None] = mapped_column(String(253))
     uuid: Mapped[str | None] = mapped_column(String(36))  # the firmware's option 97, kept with the lease
     expires: Mapped[float] = mapped_column(Float)  # unix time
+    # When the row was last written (the database's clock on PostgreSQL): other servers
+    # load what changed since their last look (`Store.leases_since`).
+    updated: Mapped[float] = mapped_column(Float, default=0.0, server_default="0", index=True)
+
+
+class Server(Base):
+    """A ramboot server on this database: its URLs, the images it holds verified, its heartbeat."""
+
+    __tablename__ = "servers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(45))
+    http_base: Mapped[str] = mapped_column(String(255))  # http://HOST[:PORT], what nodes are told
+    images: Mapped[dict] = mapped_column(JSON, default=dict)  # image name -> {file: sha256}, verified only
+    started: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float, index=True)  # unix time of the last heartbeat
 
 
 class Event(Base):
@@ -86,6 +102,7 @@ class Event(Base):
     source: Mapped[str] = mapped_column(String(8), default="server")  # server | node
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     at: Mapped[float] = mapped_column(Float)  # unix time, sub-second
+    server: Mapped[str | None] = mapped_column(String(64))  # which server recorded it (several on one database)
 
 
 class Inventory(Base):

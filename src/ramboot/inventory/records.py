@@ -47,3 +47,16 @@ class EventRecord:
     at: float
     source: str = "server"
     detail: dict[str, Any] = field(default_factory=dict)
+    server: str | None = None  # the server that recorded it (several may share one database)
+
+
+@dataclass
+class ServerRecord:
+    """One ramboot server on the database: what it tells nodes and when it was last seen."""
+
+    name: str
+    address: str
+    http_base: str  # http://HOST[:PORT]
+    images: dict[str, dict[str, str]]  # image -> {file: sha256}, only images it holds verified
+    started: float
+    last_seen: float

@@ -253,6 +253,19 @@ class LeaseOut(BaseModel):
     hostname: str | None = None
 
 
+class ServerOut(BaseModel):
+    """One ramboot server on this database (several act as one on PostgreSQL)."""
+
+    name: str
+    address: str
+    http_base: str
+    images: dict[str, dict[str, str]]  # image -> {file: sha256}: only images it holds verified
+    started: float
+    last_seen: float  # unix time of its last heartbeat
+    alive: bool  # heard from within `[cluster] dead_after`: named to nodes
+    this: bool  # the server that answered
+
+
 class Accepted(BaseModel):
     ok: bool = True
 

@@ -10,22 +10,30 @@ batch, not per packet.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, create_engine, delete, event, insert, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
+from ..config import ConfigError
 from ..macaddr import normalize_mac
 from ..proto.dhcp_core import LeaseRecord
 from .migrate import upgrade_to_head
-from .models import Event, Inventory, Lease, Node, Profile, Secret
-from .records import EventRecord, NodeSpec, ProfileSpec
+from .models import Event, Inventory, Lease, Node, Profile, Secret, Server
+from .records import EventRecord, NodeSpec, ProfileSpec, ServerRecord
 
-__all__ = ["EventRecord", "LeaseRecord", "NodeSpec", "ProfileSpec", "Store", "StoreError"]
+__all__ = ["EventRecord", "LeaseCommit", "LeaseRecord", "NodeSpec", "ProfileSpec", "ServerRecord", "Store",
+           "StoreError"]
+
+LEASE_CHANNEL = "ramboot_leases"  # PostgreSQL NOTIFY channel: every committed lease change, as JSON
+EVENT_CHANNEL = "ramboot_events"  # a batch of events was committed (payload: the server's name)
+_NOTIFY_BYTES = 7000  # PostgreSQL's payload limit is 8000 bytes
 
 _NODE_FIELDS = ("image", "hostname", "ip", "loader", "uuid", "kernel_args", "labels", "discovered", "ssh_keys",
                 "profiles", "overlays")
@@ -34,6 +42,36 @@ _PROFILE_FIELDS = ("image", "kernel_args", "ssh_keys", "overlays", "labels")
 
 class StoreError(Exception):
     pass
+
+
+class StoreOpenError(StoreError, ConfigError):
+    """The database cannot be opened: a config problem, one line for the user."""
+
+
+@dataclass
+class LeaseCommit:
+    """What a lease batch did. `lost`: addresses whose bind the database refused (another
+    client holds them unexpired, or the client holds another address there); `holders`:
+    the leases that beat them, for the DHCP core to learn."""
+
+    lost: set[str] = field(default_factory=set)
+    holders: list[LeaseRecord] = field(default_factory=list)
+
+
+def engine_url(url: str) -> str:
+    """`postgresql://` (and `postgres://`) means psycopg 3; anything else as it is."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1]
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -65,12 +103,34 @@ class Store:
         self.url = url
         if url.startswith("sqlite:///"):
             _private_file(url.removeprefix("sqlite:///"))
-        self.engine = create_engine(url, future=True)
-        if url.startswith("sqlite"):
-            _sqlite_pragmas(self.engine)
-        upgrade_to_head(self.engine)
+        try:
+            if url.startswith("sqlite"):
+                self.engine = create_engine(url, future=True)
+                _sqlite_pragmas(self.engine)
+            else:
+                self.engine = create_engine(engine_url(url), future=True, pool_size=8, max_overflow=8,
+                                            pool_pre_ping=True)
+        except (ArgumentError, ImportError, ValueError) as e:
+            raise StoreOpenError(f"database.url: cannot use {safe_url(url)!r}: {str(e).splitlines()[0]}") from None
+        self.dialect = self.engine.dialect.name
+        try:
+            upgrade_to_head(self.engine)
+        except OperationalError as e:
+            self.engine.dispose()
+            why = str(e.orig or e).strip().splitlines()
+            raise StoreOpenError(f"database.url: cannot open {safe_url(url)}: {why[0] if why else e}") from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._compiled: dict[tuple, tuple[str, tuple[str, ...] | None]] = {}
+
+    @property
+    def shared(self) -> bool:
+        """PostgreSQL: other servers may use this database too (LISTEN/NOTIFY works)."""
+        return self.dialect == "postgresql"
+
+    def listen_dsn(self) -> str:
+        """A libpq connection string for a LISTEN connection of one's own (PostgreSQL only)."""
+        u = self.engine.url.set(drivername="postgresql")
+        return u.render_as_string(hide_password=False)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -162,41 +222,152 @@ class Store:
         with self._session() as s:
             return [_lease_record(r) for r in s.scalars(select(Lease))]
 
-    def save_leases(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = ()) -> None:
-        """Write a batch of lease changes in one transaction (group commit).
+    def leases_since(self, t: float) -> list[LeaseRecord]:
+        """Leases written at or after unix time `t` (another server's, too)."""
+        with self._session() as s:
+            return [_lease_record(r) for r in s.scalars(select(Lease).where(Lease.updated >= t))]
+
+    def save_leases(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = (), *,
+                    moved: Mapping[str, str] | None = None, owners: Mapping[str, str] | None = None,
+                    now: float | None = None, sender: str = "") -> LeaseCommit:
+        """Write a batch of lease changes in one transaction (group commit); what was refused comes back.
 
         The store writes what the DHCP core decided, with the core's rule: one
-        lease per lease key (`LeaseRecord.key`). Deletes by address first, then
-        each upsert in order; a key's other addresses go. Core executemany
-        statements, not ORM objects: a batch of hundreds costs a few statements.
+        lease per lease key (`LeaseRecord.key`). Several servers may share the
+        database, each with its own core, so every bind is conditional (one
+        statement for the batch, docs/decisions.md "Several servers"): an address
+        is written only if nobody holds it, its holder is the same key, or its
+        lease has expired; a key moves off another unexpired address only if the
+        core knew it held that one (`moved`: key -> the address it leaves).
+        `owners` (address -> key) makes a delete conditional on the holder.
+        On PostgreSQL the written rows are also NOTIFYed on `LEASE_CHANNEL`.
+
+        `moved=None` (the default, for the CLI and tests): the caller is the authority, and
+        every write goes through as before (a key's other addresses go, an address is
+        taken over). The DHCP server always passes `moved` (empty or not): conditional.
         """
-        rows: dict[str, dict] = {}  # ip -> row; a later upsert for a key replaces its earlier one
+        now = time.time() if now is None else now
+        authority = moved is None
+        moved = moved or {}
+        owners = owners or {}
+        rows: dict[str, LeaseRecord] = {}  # ip -> the batch's last word on it
         ip_of_key: dict[str, str] = {}
-        dropped: dict[str, None] = {}
+        dropped: dict[str, str] = {}  # ip -> key: written earlier in this batch, then moved
         for rec in upserts:
             prev = ip_of_key.get(rec.key)
-            if prev is not None and prev != rec.ip and rows.get(prev, {}).get("key") == rec.key:
+            if prev is not None and prev != rec.ip and prev in rows and rows[prev].key == rec.key:
                 del rows[prev]
-                dropped[prev] = None  # written, then moved: whatever was stored there goes too
+                dropped[prev] = rec.key
             old = rows.get(rec.ip)
-            if old is not None and old["key"] != rec.key and ip_of_key.get(old["key"]) == rec.ip:
-                del ip_of_key[old["key"]]
+            if old is not None and old.key != rec.key and ip_of_key.get(old.key) == rec.ip:
+                del ip_of_key[old.key]
             ip_of_key[rec.key] = rec.ip
             dropped.pop(rec.ip, None)
-            rows[rec.ip] = {"ip": rec.ip, "key": rec.key, "mac": rec.mac, "expires": rec.expires,
-                            "client_id": rec.client_id, "hostname": rec.hostname, "uuid": rec.uuid}
-        gone = [{"d_ip": ip} for ip in (*deletes, *dropped)]
+            rows[rec.ip] = rec
+        gone = [{"d_ip": ip, "d_key": owners.get(ip)} for ip in deletes]
+        gone += [{"d_ip": ip, "d_key": k} for ip, k in dropped.items()]
+        # Rows in one order (by address) on every server, so two batches lock them in the same
+        # order; a deadlock that remains (two indexes) is retried, the batch is all or nothing.
+        gone.sort(key=lambda g: g["d_ip"])
+        recs = sorted(rows.values(), key=lambda r: r.ip)
+        for attempt in range(5):
+            try:
+                out = self._save_leases_once(gone, recs, ip_of_key, moved, now, sender, authority)
+                break
+            except OperationalError as e:
+                if getattr(e.orig, "sqlstate", None) not in ("40P01", "40001") or attempt == 4:
+                    raise
+                time.sleep(0.002 * (attempt + 1))
+        if out.lost:
+            keys = [rows[ip].key for ip in out.lost]
+            with self._session() as s:
+                out.holders = [_lease_record(r) for r in s.scalars(
+                    select(Lease).where((Lease.ip.in_(list(out.lost))) | (Lease.key.in_(keys))))]
+        return out
+
+    def _save_leases_once(self, gone: list[dict], recs: list[LeaseRecord], ip_of_key: dict[str, str],
+                          moved: Mapping[str, str], now: float, sender: str, authority: bool) -> LeaseCommit:
+        out = LeaseCommit()
+        expired_before = math.inf if authority else now  # the authority's writes find everything "expired"
         with self.engine.begin() as conn:
             if gone:
-                self._executemany(conn, _DELETE_LEASE_IP, gone)
-            if rows:
-                # The keys' other stored leases; the rows written below are already one per key.
-                self._executemany(conn, _DELETE_LEASE_KEY, [{"d_key": k, "d_ip": ip} for k, ip in ip_of_key.items()])
-                upsert = self._lease_upsert()
-                if upsert is None:  # a dialect without ON CONFLICT: clear the addresses, then insert
-                    self._executemany(conn, _DELETE_LEASE_IP, [{"d_ip": ip} for ip in rows])
-                    upsert = insert(Lease.__table__)
-                self._executemany(conn, upsert, list(rows.values()), _LEASE_COLUMNS)
+                self._executemany(conn, _DELETE_LEASE_IP_KEY, gone)
+            if recs:
+                # A key leaves the address its core knew it held, and any expired one.
+                leave = [{"d_key": k, "d_ip": ip, "d_from": moved.get(k, ip), "d_now": expired_before}
+                         for k, ip in sorted(ip_of_key.items())]
+                self._executemany(conn, _DELETE_LEASE_KEY, leave)
+                written = self._bind(conn, recs, now, expired_before)
+                out.lost = {r.ip for r in recs} - written
+            if self.dialect == "postgresql" and (recs or gone):
+                self._notify(conn, sender, [r for r in recs if r.ip not in out.lost],
+                             [(g["d_ip"], g["d_key"]) for g in gone])
+        return out
+
+    def _bind(self, conn, recs: list[LeaseRecord], now: float, expired_before: float) -> set[str]:
+        """The conditional upsert, one statement per 500 rows; the addresses it wrote."""
+        written: set[str] = set()
+        pg = self.dialect == "postgresql"
+        for i in range(0, len(recs), 500):
+            chunk = recs[i:i + 500]
+            params: list = []
+            for r in chunk:
+                params += [r.ip, r.key, r.mac, r.expires, r.client_id, r.hostname, r.uuid, now]
+            if pg:
+                one = "(%s::varchar, %s::varchar, %s::varchar, %s::float8, %s::varchar, %s::varchar, %s::varchar," \
+                      " %s::float8)"
+                sql = _PG_BIND.format(values=", ".join([one] * len(chunk)))
+            else:
+                sql = _SQLITE_BIND.format(values=", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)))
+            params.append(expired_before)
+            if not pg:  # one server, one writer: the NOT EXISTS guard leaves the key index nothing to refuse
+                written.update(row[0] for row in conn.exec_driver_sql(sql, tuple(params)))
+                continue
+            try:
+                with conn.begin_nested():
+                    res = conn.exec_driver_sql(sql, tuple(params))
+                    written.update(row[0] for row in res)
+            except IntegrityError:
+                # Another server moved one of these keys at this very moment (the unique
+                # key index said no): row by row, so only that one is refused.
+                for r in chunk:
+                    try:
+                        with conn.begin_nested():
+                            written.update(self._bind(conn, [r], now, expired_before))
+                    except IntegrityError:
+                        pass
+        return written
+
+    def _notify(self, conn, sender: str, written: list[LeaseRecord], deleted: list[tuple[str, str | None]]) -> None:
+        """The batch's changes to every server LISTENing, delivered when (and only if) it commits.
+        Payload: {"from": sender, "l": [[ip, key, mac, expires, client_id, hostname, uuid] | [ip, key|null]]}."""
+        payloads, cur, size = [], [], 0
+        items: list[list] = [[r.ip, r.key, r.mac, r.expires, r.client_id, r.hostname, r.uuid] for r in written]
+        items += [[ip, key] for ip, key in deleted]
+        for it in items:
+            enc = json.dumps(it, separators=(",", ":"))
+            if cur and size + len(enc) > _NOTIFY_BYTES:
+                payloads.append(json.dumps({"from": sender, "l": cur}, separators=(",", ":")))
+                cur, size = [], 0
+            cur.append(it)
+            size += len(enc) + 1
+        if cur:
+            payloads.append(json.dumps({"from": sender, "l": cur}, separators=(",", ":")))
+        if payloads:
+            conn.exec_driver_sql("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (LEASE_CHANNEL, payloads))
+
+    @staticmethod
+    def parse_lease_notify(payload: str) -> tuple[str, list[LeaseRecord], list[tuple[str, str | None]]]:
+        """A `LEASE_CHANNEL` payload: (sender, written leases, deleted (ip, key))."""
+        msg = json.loads(payload)
+        written, deleted = [], []
+        for it in msg.get("l", ()):
+            if len(it) == 7:
+                written.append(LeaseRecord(key=it[1], ip=it[0], mac=it[2], expires=it[3], client_id=it[4],
+                                           hostname=it[5], uuid=it[6]))
+            elif len(it) == 2:
+                deleted.append((it[0], it[1]))
+        return msg.get("from", ""), written, deleted
 
     def _executemany(self, conn, stmt, rows: list, columns: tuple[str, ...] | None = None) -> None:
         """`stmt` compiled once for this dialect, then run as one DBAPI executemany.
@@ -222,25 +393,6 @@ class Store:
             rows = [tuple([r[k] for k in order]) for r in rows]
         conn.exec_driver_sql(sql, rows)
 
-    def _lease_upsert(self):
-        """INSERT ... ON CONFLICT (ip) DO UPDATE for SQLite and PostgreSQL; None elsewhere."""
-        if not hasattr(self, "_upsert_stmt"):
-            table = Lease.__table__
-            name = self.engine.dialect.name
-            stmt = None
-            if name in ("sqlite", "postgresql"):
-                if name == "sqlite":
-                    from sqlalchemy.dialects.sqlite import insert as dialect_insert
-                else:
-                    from sqlalchemy.dialects.postgresql import insert as dialect_insert
-                ins = dialect_insert(table)
-                stmt = ins.on_conflict_do_update(
-                    index_elements=[table.c.ip],
-                    set_={c: ins.excluded[c] for c in ("key", "mac", "expires", "client_id", "hostname", "uuid")},
-                )
-            self._upsert_stmt = stmt
-        return self._upsert_stmt
-
     def holds_lease(self, mac: str, ip: str, now: float | None = None) -> bool:
         """Whether `ip` holds an unexpired lease for `mac` (a MAC may hold several, one per client id)."""
         now = time.time() if now is None else now
@@ -264,10 +416,52 @@ class Store:
     def add_events(self, events: Iterable[EventRecord]) -> None:
         """A batch of events whose MACs are already normalised (EventLog does it as each is recorded)."""
         dumps = json.dumps  # what the JSON column's bind processor does, done here for the batch
-        rows = [(e.mac, e.stage, e.source, dumps(e.detail), e.at) for e in events]  # _EVENT_COLUMNS
+        rows = [(e.mac, e.stage, e.source, dumps(e.detail), e.at, e.server) for e in events]  # _EVENT_COLUMNS
         if rows:
             with self.engine.begin() as conn:
                 self._executemany(conn, _INSERT_EVENT, rows, _EVENT_COLUMNS)
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (EVENT_CHANNEL, rows[0][5] or ""))
+
+    def last_event_id(self) -> int:
+        with self._session() as s:
+            return s.scalar(select(func.max(Event.id))) or 0
+
+    def events_after(self, after: int, not_server: str | None = None,
+                     limit: int = 5000) -> list[tuple[int, EventRecord]]:
+        """Events with an id above `after`, oldest first, except those `not_server` recorded
+        (a server's own reach its watchers directly): how boots served by others are seen."""
+        q = select(Event).where(Event.id > after)
+        if not_server is not None:
+            q = q.where((Event.server.is_(None)) | (Event.server != not_server))
+        with self._session() as s:
+            return [(r.id, EventRecord(mac=r.mac, stage=r.stage, at=r.at, source=r.source, detail=r.detail or {},
+                                       server=r.server))
+                    for r in s.scalars(q.order_by(Event.id).limit(limit))]
+
+    # -- servers (several on one database) ----------------------------------
+    def heartbeat(self, rec: ServerRecord) -> None:
+        """Register this server, or renew its row: its URLs, verified images and last seen time."""
+        with self._session.begin() as s:
+            row = s.get(Server, rec.name) or Server(name=rec.name, started=rec.started)
+            row.address, row.http_base, row.images = rec.address, rec.http_base, rec.images
+            row.started, row.last_seen = rec.started, rec.last_seen
+            s.add(row)
+
+    def touch_server(self, name: str, at: float) -> bool:
+        """The cheap heartbeat: only last_seen. False when the row is gone (register again)."""
+        with self.engine.begin() as conn:
+            return conn.execute(Server.__table__.update().where(Server.name == name).values(last_seen=at)).rowcount > 0
+
+    def list_servers(self) -> list[ServerRecord]:
+        with self._session() as s:
+            return [ServerRecord(name=r.name, address=r.address, http_base=r.http_base, images=dict(r.images or {}),
+                                 started=r.started, last_seen=r.last_seen)
+                    for r in s.scalars(select(Server).order_by(Server.name))]
+
+    def remove_server(self, name: str) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(Server).where(Server.name == name))
 
     def events(self, mac: str, limit: int = 200) -> list[EventRecord]:
         with self._session() as s:
@@ -277,7 +471,8 @@ class Store:
                 .order_by(Event.at.desc(), Event.id.desc())
                 .limit(limit)
             )
-            out = [EventRecord(mac=r.mac, stage=r.stage, at=r.at, source=r.source, detail=r.detail or {}) for r in rows]
+            out = [EventRecord(mac=r.mac, stage=r.stage, at=r.at, source=r.source, detail=r.detail or {},
+                               server=r.server) for r in rows]
         out.reverse()
         return out
 
@@ -311,12 +506,38 @@ class Store:
             return [(r.at, dict(r.data)) for r in rows]
 
 
-_LEASE_COLUMNS = ("ip", "key", "mac", "expires", "client_id", "hostname", "uuid")
-_EVENT_COLUMNS = ("mac", "stage", "source", "detail", "at")  # the table's order: rows pass through as they are
+_EVENT_COLUMNS = ("mac", "stage", "source", "detail", "at", "server")  # the table's order
 _INSERT_EVENT = insert(Event.__table__)
-_DELETE_LEASE_IP = delete(Lease.__table__).where(Lease.__table__.c.ip == bindparam("d_ip"))
+_L = Lease.__table__.c
+# An address goes; with a key, only if that key still holds it (another server may have rebound it).
+_DELETE_LEASE_IP_KEY = delete(Lease.__table__).where(
+    _L.ip == bindparam("d_ip"), func.coalesce(bindparam("d_key"), _L.key) == _L.key
+)
+# A key's other addresses go: the one its core knew it left, and expired ones. An unexpired
+# address the core did not know of (another server bound it a moment ago) stays, and blocks the bind.
 _DELETE_LEASE_KEY = delete(Lease.__table__).where(
-    Lease.__table__.c.key == bindparam("d_key"), Lease.__table__.c.ip != bindparam("d_ip")
+    _L.key == bindparam("d_key"), _L.ip != bindparam("d_ip"),
+    (_L.ip == bindparam("d_from")) | (_L.expires <= bindparam("d_now")),
+)
+# The bind, one statement per batch: insert, or take over the address only if it is this key's
+# or its lease expired; never while the key holds another address. RETURNING: what was written.
+_BIND_SET = ("key = excluded.key, mac = excluded.mac, expires = excluded.expires, client_id = excluded.client_id,"
+             " hostname = excluded.hostname, uuid = excluded.uuid, updated = excluded.updated")
+_PG_BIND = (
+    "INSERT INTO leases AS l (ip, key, mac, expires, client_id, hostname, uuid, updated)"
+    " SELECT v.ip, v.key, v.mac, v.expires, v.client_id, v.hostname, v.uuid, v.updated"
+    " FROM (VALUES {values}) AS v(ip, key, mac, expires, client_id, hostname, uuid, updated)"
+    " WHERE NOT EXISTS (SELECT 1 FROM leases o WHERE o.key = v.key AND o.ip <> v.ip)"
+    " ON CONFLICT (ip) DO UPDATE SET " + _BIND_SET +
+    " WHERE l.key = excluded.key OR l.expires <= %s RETURNING l.ip"
+)
+_SQLITE_BIND = (
+    "INSERT INTO leases AS l (ip, key, mac, expires, client_id, hostname, uuid, updated)"
+    " SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8"
+    " FROM (VALUES {values}) AS v"
+    " WHERE NOT EXISTS (SELECT 1 FROM leases o WHERE o.key = v.column2 AND o.ip <> v.column1)"
+    " ON CONFLICT (ip) DO UPDATE SET " + _BIND_SET +
+    " WHERE l.key = excluded.key OR l.expires <= ? RETURNING ip"
 )
 
 

@@ -300,11 +300,14 @@ def boot_vm(
     on_booted: Callable[[], None] | None = None,
     secure_boot: bool = False,
     stop_on: tuple[str, ...] = (),
+    on_stage: Callable[[str], None] | None = None,
 ) -> BootResult:
     """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout).
 
     `on_booted` runs once the node has booted, while the VM still runs (to log in, say).
     `stop_on`: milestones that end the wait early (the boot is then not ok).
+    `on_stage` runs once per console stage the moment it shows (`kernel-start`,
+    `initramfs`, ...): to kill a server at that point of a boot, say.
     """
     if not lab.exists():
         raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
@@ -328,13 +331,19 @@ def boot_vm(
     end_seen = 0.0
     deadline = time.monotonic() + timeout
     next_poll = 0.0
+    shown: set[str] = set()
     try:
         while True:
             with console.cond:
-                console.cond.wait(0.5)
+                console.cond.wait(0.5 if on_stage is None else 0.05)
                 lines = list(console.lines)
             marks = console_marks(lines)
             stages = {m.stage for m in marks}
+            if on_stage is not None:
+                for m in marks:
+                    if m.stage not in shown:
+                        shown.add(m.stage)
+                        on_stage(m.stage)
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + 1.0
                 api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base), started)

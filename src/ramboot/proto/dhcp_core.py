@@ -87,6 +87,9 @@ class DhcpSettings:
     dns: tuple[str, ...] = ()
     domain: str | None = None
     lease_time: int = 3600
+    # Where in the range the search for a free address starts: several servers on one
+    # database start at different places, so their offers to new clients seldom meet.
+    cursor_seed: int = 0
 
 
 class Answer(Protocol):
@@ -149,6 +152,9 @@ class Result:
     events: list[BootEvent] = field(default_factory=list)
     bound: tuple[str, str] | None = None  # (ip, mac): a new or renewed lease, or the address a client told us
     reason: str = ""  # why a datagram was dropped or ignored, for the metrics (empty: see outcome)
+    moved: dict[str, str] = field(default_factory=dict)  # lease key -> the address it leaves (the core knew it)
+    owners: dict[str, str] = field(default_factory=dict)  # deleted address -> the key that held it
+    request: DhcpPacket | None = None  # an ACK's request, so a bind the database refuses can become a NAK
 
     @property
     def needs_commit(self) -> bool:
@@ -248,7 +254,7 @@ class DhcpCore:
             self.network = ipaddress.IPv4Network(f"{first}/{mask}", strict=False)
             self._net_first = int(self.network.network_address)
             self._net_last = int(self.network.broadcast_address)
-            self._cursor = self.first
+            self._cursor = self.first + settings.cursor_seed % (self.last - self.first + 1)
             for rec in leases:
                 self._put(_Lease(_ipint(rec.ip), rec.key, rec.mac, rec.expires, True, rec.client_id, rec.hostname,
                                  uuid=rec.uuid))
@@ -384,6 +390,7 @@ class DhcpCore:
         ip = _ipint(want)
         if not self._may_bind(ip, key, mac, answer.fixed_ip, now):
             return Result(kind, "nak", [self._nak(pkt, "address not available")])
+        moved = {key: _ipstr(held.ip)} if held is not None and held.key == key and held.bound and held.ip != ip else {}
         lease = _Lease(ip, key, mac, now + self.lease_time, True, key[3:] if key.startswith("id:") else None,
                        _hostname(pkt), client, client.uuid)
         self._put(lease)
@@ -394,7 +401,7 @@ class DhcpCore:
         send = self._send(pkt, reply, MsgType.ACK)
         rec = LeaseRecord(key, yiaddr, mac, lease.expires, lease.client_id, lease.hostname, lease.uuid)
         ev = BootEvent(mac, "dhcp-ack", _detail(yiaddr, client, answer.boot_file))
-        return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=(yiaddr, mac))
+        return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=(yiaddr, mac), moved=moved, request=pkt)
 
     def _decline(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
         """The client found the address in use (ARP): quarantine it for a lease time."""
@@ -406,7 +413,7 @@ class DhcpCore:
             return Result(kind, "ignored")
         self._remove(lease)
         self.declined[ip] = now + self.lease_time
-        return Result(kind, "declined", deletes=[pkt.requested_ip])
+        return Result(kind, "declined", deletes=[pkt.requested_ip], owners={pkt.requested_ip: lease.key})
 
     def _release(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
         if pkt.ciaddr == ZERO_IP:
@@ -415,7 +422,7 @@ class DhcpCore:
         if lease is None or lease.key != _key(pkt, mac):
             return Result(kind, "ignored")
         self._remove(lease)
-        return Result(kind, "released", deletes=[pkt.ciaddr])
+        return Result(kind, "released", deletes=[pkt.ciaddr], owners={pkt.ciaddr: lease.key})
 
     def _inform(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
         """RFC 2131 §3.4: configuration only, no yiaddr and no lease time."""
@@ -427,6 +434,45 @@ class DhcpCore:
         self._lease_options(reply, answer.hostname, lease=False)
         self._boot_options(reply, client, answer.boot_file)
         return Result(kind, "ack", [self._send(pkt, reply, MsgType.ACK)])
+
+    # -- other servers on the same database -----------------------------------
+    def learn(self, records: Iterable[LeaseRecord], deleted: Iterable[tuple[str, str | None]] = ()) -> None:
+        """Leases another server committed (or the database kept over ours): hold them as bound.
+        `deleted`: (address, key or None) another server released."""
+        if self.mode != "full":
+            return
+        for rec in records:
+            ip = _ipint(rec.ip)
+            mine = self.by_ip.get(ip)
+            held = self.by_ip.get(self.by_key.get(rec.key, -1))
+            # A newer bind than this record (its expiry is later) is kept: a periodic load may
+            # read a row that a commit of ours has already replaced.
+            if (mine is not None and mine.bound and mine.expires > rec.expires) or (
+                    held is not None and held.bound and held.key == rec.key and held.expires > rec.expires):
+                continue
+            if mine is not None and mine.key == rec.key:
+                mine.expires, mine.bound, mine.mac = rec.expires, True, rec.mac
+                mine.client_id, mine.hostname = rec.client_id, rec.hostname
+                mine.uuid = rec.uuid or mine.uuid
+                self.by_key[rec.key] = ip
+                continue
+            self._put(_Lease(ip, rec.key, rec.mac, rec.expires, True, rec.client_id, rec.hostname, uuid=rec.uuid))
+        for ip_s, key in deleted:
+            lease = self.by_ip.get(_ipint(ip_s))
+            if lease is not None and lease.bound and (key is None or lease.key == key):
+                self._remove(lease)
+
+    def refused(self, res: Result, holders: Iterable[LeaseRecord]) -> Result:
+        """The database refused this ACK's bind (another server's client holds the address,
+        or this client holds another one): forget ours, learn theirs, NAK instead (RFC 2131
+        §4.3.2: the client starts over and is offered what it holds)."""
+        for rec in res.upserts:
+            lease = self.by_ip.get(_ipint(rec.ip))
+            if lease is not None and lease.key == rec.key:
+                self._remove(lease)
+        self.learn(holders)
+        assert res.request is not None
+        return Result(res.kind, "nak-taken", [self._nak(res.request, "address not available")])
 
     # -- address allocation ------------------------------------------------
     def _fixed(self, fixed_ip: str | None) -> int | None:

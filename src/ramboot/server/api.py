@@ -431,6 +431,18 @@ async def list_leases(request: web.Request) -> web.Response:
     )
 
 
+async def list_servers(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    now = time.time()
+    me = ctx.cluster.name if ctx.cluster else None
+    servers = await asyncio.to_thread(ctx.store.list_servers)
+    return json_response([
+        S.ServerOut(name=s.name, address=s.address, http_base=s.http_base, images=s.images, started=s.started,
+                    last_seen=s.last_seen, alive=now - s.last_seen <= ctx.config.cluster.dead_after, this=s.name == me)
+        for s in servers
+    ])
+
+
 async def status(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(all_status, request.app[CTX].store))
 
@@ -481,6 +493,8 @@ ROUTES = [
     Route("GET", "/images", list_images, "read", "List images (from their manifests)", response=S.ImageOut, many=True),
     Route("GET", "/images/{name}", get_image, "read", "One image's manifest", response=S.ImageOut),
     Route("GET", "/leases", list_leases, "read", "DHCP leases", response=S.LeaseOut, many=True),
+    Route("GET", "/servers", list_servers, "read", "The servers on this database, with when each was last seen",
+          response=S.ServerOut, many=True),
     Route("GET", "/status", status, "read", "Every node seen, registered or not, with its last boot",
           response=S.NodeStatus, many=True),
     Route("GET", "/events/stream", event_stream, "read",

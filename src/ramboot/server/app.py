@@ -19,6 +19,7 @@ from ..namespace import Namespace, install_loaders
 from ..netif import interface_ipv4
 from ..overlays import OverlayRenderer
 from ..policy import Booter
+from .cluster import Cluster
 from .dhcp_server import start_dhcp
 from .events import EventLog
 from .http_server import start_http
@@ -65,9 +66,13 @@ class Services:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.database_url)
         self.booter = Booter(config, self.store, self.server_ip)
+        # This server among the others on the database: the policy names every live one
+        # holding an image to the node (fallback URLs).
+        self.cluster = Cluster(config, self.store, self.server_ip, self.booter.http_base)
+        self.booter.mirrors = self.cluster.mirrors
         overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
         self.namespace = Namespace(config.data_dir, self.booter, overlays)
-        self.events = EventLog(self.store)
+        self.events = EventLog(self.store, server=self.cluster.name)
         self.servers: list = []
 
     async def start(self) -> None:
@@ -75,10 +80,14 @@ class Services:
         loaders = install_loaders(self.config.data_dir)
         log.info("boot programs: %s", ", ".join(loaders) or "none found")
         self.events.start()
-        self.servers.append(await start_http(self.config, self.namespace, self.booter, self.store, self.events))
+        await self.cluster.start()
+        self.servers.append(self.cluster)  # stopped last: deregistered once nothing is served any more
+        self.servers.append(await start_http(self.config, self.namespace, self.booter, self.store, self.events,
+                                             cluster=self.cluster))
         self.servers.append(await start_tftp(self.config, self.namespace, self.events))
         if self.config.dhcp.mode != "off":
-            self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip))
+            self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip,
+                                                 cluster=self.cluster))
         # Answer IPv6 router solicitations (full mode by default) so iPXE's
         # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra_server.py).
         ra = await start_ra(self.config)

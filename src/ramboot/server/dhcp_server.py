@@ -19,18 +19,21 @@ All decisions live in `ramboot.proto.dhcp_core` and the policy it is handed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
 import struct
 import time
+import zlib
 
 from .. import metrics
 from ..config import Config
-from ..inventory.store import LeaseRecord, NodeSpec, ProfileSpec, Store
+from ..inventory.store import LEASE_CHANNEL, LeaseRecord, NodeSpec, ProfileSpec, Store
 from ..netif import interface_netmask
 from ..policy import Booter
 from ..proto.dhcp_core import BROADCAST, PXE_PORT, SERVER_PORT, DhcpCore, DhcpSettings, Result
+from .cluster import Cluster
 from .events import EventLog
 
 log = logging.getLogger("ramboot.dhcp")
@@ -40,6 +43,8 @@ _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 RCVBUF = 4 << 20
 BATCH_WINDOW = 0.002  # seconds lease-changing replies wait to share one commit
 NODES_TTL = 2.0  # seconds a snapshot of the nodes table serves lookups before it is re-read
+RELOAD_EVERY = 5.0  # seconds between loads of other servers' recent leases (a backstop to LISTEN/NOTIFY)
+RELOAD_OVERLAP = 15.0  # each load re-reads this many seconds back: commits finish out of order, clocks differ
 
 
 class _NodeSnapshot:
@@ -102,7 +107,7 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
     return sock
 
 
-def dhcp_settings(config: Config, server_ip: str, netmask: str | None = None) -> DhcpSettings:
+def dhcp_settings(config: Config, server_ip: str, netmask: str | None = None, cursor_seed: int = 0) -> DhcpSettings:
     """The core's plain settings from the config; `netmask` is the interface's when the config names none."""
     d = config.dhcp
     first = last = None
@@ -113,7 +118,7 @@ def dhcp_settings(config: Config, server_ip: str, netmask: str | None = None) ->
         mode=d.mode, server_ip=server_ip, range_first=first, range_last=last,
         netmask=str(d.netmask) if d.netmask else netmask,
         router=str(d.router) if d.router else None, dns=tuple(str(a) for a in d.dns), domain=d.domain,
-        lease_time=d.lease_time,
+        lease_time=d.lease_time, cursor_seed=cursor_seed,
     )
 
 
@@ -121,10 +126,12 @@ class DhcpServer:
     """The running DHCP server; `close()` commits pending leases and stops."""
 
     def __init__(self, config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
-                 port: int, pxe_port: int):
+                 port: int, pxe_port: int, cluster: Cluster | None = None):
         self.config = config
         self.store = store
         self.events = events
+        self.cluster = cluster
+        self.name = cluster.name if cluster else server_ip
         self.interface = config.network.interface
         self.nodes = _NodeSnapshot(store)
         # The same policy, reading nodes from the snapshot: no database read per packet.
@@ -137,10 +144,23 @@ class DhcpServer:
                 net = ipaddress.IPv4Network(f"{server_ip}/{mask}", strict=False)
                 if first not in net or last not in net:
                     mask = None  # the range is behind a relay: let the core derive its subnet
+        full = config.dhcp.mode == "full"
+        self._loaded_at = time.time()
         self.core = DhcpCore(
-            dhcp_settings(config, server_ip, mask), self.booter.decide, self.nodes.reserved_map,
-            leases=store.load_leases() if config.dhcp.mode == "full" else [],
+            # Alone (SQLite), the search starts at the range's first address; several servers
+            # on one database each start elsewhere, so their offers to new clients seldom meet.
+            dhcp_settings(config, server_ip, mask, zlib.crc32(self.name.encode()) if store.shared else 0),
+            self.booter.decide,
+            self.nodes.reserved_map, leases=store.load_leases() if full else [],
         )
+        self._reloader: asyncio.Task | None = None
+        if full and store.shared:
+            # Other servers' binds reach this core within milliseconds (NOTIFY in their commit),
+            # and every RELOAD_EVERY seconds from the table itself, should a notification be missed.
+            if cluster is not None and cluster.listener is not None:
+                cluster.listener.on(LEASE_CHANNEL, self._notified)
+                cluster.listener.on_reconnect(self._reload_soon)
+            self._reloader = asyncio.get_running_loop().create_task(self._reload_loop())
         self._loop = asyncio.get_running_loop()
         self._pending: list[tuple[Result, int]] = []
         self._counters: dict[tuple[str, str], object] = {}
@@ -201,6 +221,30 @@ class DhcpServer:
             else:
                 self._emit(res, ifindex)
 
+    # -- other servers' leases -----------------------------------------------
+    def _notified(self, payload: str) -> None:
+        sender, written, deleted = self.store.parse_lease_notify(payload)
+        if sender != self.name:
+            self.core.learn(written, deleted)
+
+    def _reload_soon(self) -> None:
+        self._loop.create_task(self._reload_once())
+
+    async def _reload_once(self) -> None:
+        since = self._loaded_at - RELOAD_OVERLAP
+        self._loaded_at = time.time()
+        try:
+            recs = await asyncio.to_thread(self.store.leases_since, since)
+        except Exception as e:
+            log.warning("dhcp: loading other servers' leases failed: %s", str(e).splitlines()[0] if str(e) else e)
+            return
+        self.core.learn(recs)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_EVERY)
+            await self._reload_once()
+
     # -- group commit --------------------------------------------------------
     async def _flush_loop(self) -> None:
         try:
@@ -215,23 +259,35 @@ class DhcpServer:
         if not batch:
             return
         final: dict[str, LeaseRecord | None] = {}  # in arrival order, the last change per address wins
+        moved: dict[str, str] = {}
+        owners: dict[str, str] = {}
         for res, _ in batch:
             for ip in res.deletes:
                 final[ip] = None
             for rec in res.upserts:
                 final[rec.ip] = rec
+            if res.moved:
+                moved.update(res.moved)
+            if res.owners:
+                owners.update(res.owners)
         upserts = [r for r in final.values() if r is not None]
         deletes = [ip for ip, r in final.items() if r is None]
         started = time.perf_counter()
         try:
-            self.store.save_leases(upserts, deletes)
+            done = self.store.save_leases(upserts, deletes, moved=moved, owners=owners, sender=self.name)
         except Exception:
             # Without the commit, no ACK: the clients retry and we answer again.
             log.exception("dhcp: lease commit failed; %d replies withheld", len(batch))
             metrics.dropped("dhcp", "commit-failed", len(batch))
             return
         metrics.DHCP_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        lost = done.lost
         for res, ifindex in batch:
+            if lost and any(r.ip in lost for r in res.upserts):
+                # Another server's client holds it (or this client holds another address):
+                # the database said no, so this ACK never leaves; a NAK does.
+                res = self.core.refused(res, done.holders)
+                metrics.DHCP_BINDS_REFUSED.inc()
             self._emit(res, ifindex)
 
     # -- sending -------------------------------------------------------------
@@ -266,6 +322,10 @@ class DhcpServer:
         self._socks.clear()
 
     async def close(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
         for sock in self._socks.values():
             self._loop.remove_reader(sock.fileno())  # no new work; finish what is pending
         if self._flusher is not None:
@@ -275,9 +335,11 @@ class DhcpServer:
 
 
 async def start_dhcp(config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
-                     *, port: int = SERVER_PORT, pxe_port: int = PXE_PORT) -> DhcpServer:
-    """Start answering on the configured interface; `port`/`pxe_port` exist for tests."""
-    svc = DhcpServer(config, booter, store, events, server_ip, port, pxe_port)
+                     *, port: int = SERVER_PORT, pxe_port: int = PXE_PORT,
+                     cluster: Cluster | None = None) -> DhcpServer:
+    """Start answering on the configured interface; `port`/`pxe_port` exist for tests;
+    `cluster`: the other servers on the database (their leases reach this core live)."""
+    svc = DhcpServer(config, booter, store, events, server_ip, port, pxe_port, cluster)
     log.info("dhcp: %s mode on %s, ports %s", config.dhcp.mode, svc.interface,
              ", ".join(str(p) for p in svc.ports.values()))
     return svc

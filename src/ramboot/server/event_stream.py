@@ -15,7 +15,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .. import metrics
-from ..inventory.store import EventRecord, Store
+from ..inventory.store import EVENT_CHANNEL, EventRecord, Store
 from ..inventory.timeline import mbps_of, split_boots
 from ..inventory.views import node_status
 from .http_context import CTX, Ctx
@@ -38,6 +38,8 @@ class Broadcaster:
         self.subscribers: set[asyncio.Queue] = set()
         self._unwatch: Callable[[], None] | None = None
         self._task: asyncio.Task | None = None
+        self._others: asyncio.Task | None = None
+        self._wake = asyncio.Event()
 
     def on_event(self, rec: EventRecord) -> None:
         metrics.BOOTS.labels(rec.stage).inc()
@@ -67,16 +69,41 @@ class Broadcaster:
         self.loop = asyncio.get_running_loop()
         self._unwatch = self.ctx.events.watch(self.on_event)
         self._task = self.loop.create_task(self._run())
+        cluster = self.ctx.cluster
+        if cluster is not None and self.ctx.store.shared:
+            # Boots served by the other servers on the database: woken by their NOTIFY, polled as a backstop.
+            if cluster.listener is not None:
+                cluster.listener.on(EVENT_CHANNEL, lambda sender: None if sender == cluster.name else self._wake.set())
+            self._others = self.loop.create_task(self._follow_others(cluster.name))
 
     async def stop(self, _app: web.Application) -> None:
         if self._unwatch:
             self._unwatch()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._others):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for q in list(self.subscribers):
             _offer(q, None)
+
+    async def _follow_others(self, me: str) -> None:
+        """Other servers' events (after this server started) become live updates here too."""
+        store = self.ctx.store
+        last = await asyncio.to_thread(store.last_event_id)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 2.0)
+            self._wake.clear()
+            try:
+                rows = await asyncio.to_thread(store.events_after, last, me)
+            except Exception:
+                log.exception("reading other servers' events failed")
+                continue
+            for event_id, rec in rows:
+                last = max(last, event_id)
+                if self.subscribers:  # metrics stay per server: each counts what it served
+                    self.pending.put_nowait((rec.mac, None))
 
     async def _run(self) -> None:
         while True:

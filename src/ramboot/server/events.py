@@ -29,8 +29,9 @@ STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "s
 
 
 class EventLog:
-    def __init__(self, store: Store, flush_interval: float = 0.2):
+    def __init__(self, store: Store, flush_interval: float = 0.2, server: str | None = None):
         self.store = store
+        self.server = server  # this server's name, kept with each event (several may share the database)
         self.flush_interval = flush_interval
         self.mac_by_ip: dict[str, str] = {}  # who holds an address, so TFTP/HTTP can name the node
         self.script_ip: dict[str, str] = {}  # MAC -> the address that last fetched that MAC's boot script
@@ -43,7 +44,7 @@ class EventLog:
 
     def add(self, mac: str, stage: str, detail: dict, source: str = "server") -> None:
         """`record()` with the detail as a dict (the DHCP hot path: no keyword unpacking)."""
-        rec = EventRecord(normalize_mac(mac), stage, time.time(), source, detail)
+        rec = EventRecord(normalize_mac(mac), stage, time.time(), source, detail, self.server)
         self._pending.append(rec)
         level = logging.DEBUG if stage in DEBUG_STAGES else logging.INFO
         if log.isEnabledFor(level):

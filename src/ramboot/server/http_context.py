@@ -13,6 +13,7 @@ from ..config import Config
 from ..inventory.store import Store
 from ..namespace import Namespace
 from ..policy import Booter
+from .cluster import Cluster
 from .events import EventLog
 
 
@@ -25,6 +26,7 @@ class Ctx:
     booter: Booter
     store: Store
     events: EventLog
+    cluster: Cluster | None = None  # this server among the others on the database (`serve` makes one)
 
 
 CTX = web.AppKey("ramboot", Ctx)

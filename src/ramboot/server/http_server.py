@@ -25,6 +25,7 @@ from ..inventory.store import Store
 from ..namespace import Namespace
 from ..policy import Booter
 from . import api, event_stream
+from .cluster import Cluster
 from .events import EventLog
 from .http_context import CTX, Ctx
 from .http_files import namespace_file, static_file, status_page
@@ -90,9 +91,10 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store, events: EventLog) -> web.Application:
+def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store, events: EventLog,
+             cluster: Cluster | None = None) -> web.Application:
     app = web.Application(client_max_size=config.api.max_body_kib << 10, middlewares=[api.error_middleware])
-    app[CTX] = Ctx(config, namespace, booter, store, events)
+    app[CTX] = Ctx(config, namespace, booter, store, events, cluster)
     event_stream.install(app)
     api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
@@ -119,9 +121,10 @@ async def start_http(
     events: EventLog,
     host: str | None = None,
     port: int | None = None,
+    cluster: Cluster | None = None,
 ) -> HttpServer:
     """Serve until `close()`. host None: `http.bind`; port None: `http.port` (0: any free port)."""
-    app = make_app(config, namespace, booter, store, events)
+    app = make_app(config, namespace, booter, store, events, cluster)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=RequestLog())
     await runner.setup()
     site = web.TCPSite(runner, host or config.http.bind, config.http.port if port is None else port, reuse_address=True)
