@@ -463,6 +463,8 @@ class _LayerWriter:
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)  # type: ignore[arg-type]
         elif m.issym():
+            if not m.linkname or "\0" in m.linkname:
+                raise self.refuse(m.name, "symlink with an empty target")
             os.symlink(m.linkname, dst)
         elif m.islnk():
             lparts = self.parts(m.linkname)
