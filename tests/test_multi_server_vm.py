@@ -117,6 +117,6 @@ def test_vm_boots_when_its_server_dies_as_the_kernel_starts_the_initramfs(two: S
     assert r.ok, _explain(r, two)
     console = r.console_log.read_text(errors="replace")
     survivor = next(s.ip for s in two.srv if s.ip != killed[0])
-    assert re.search(rf"fetched \d+ bytes in [\d.]+ s from http://{re.escape(survivor)}/", console), \
+    assert re.search(rf"fetched the root image: \d+ bytes in [\d.]+ s from http://{re.escape(survivor)}/", console), \
         "the root image should have come from the surviving server"
     assert f"ramboot.url=http://{killed[0]}/" in console, "the dead server was named first: the node fell back"

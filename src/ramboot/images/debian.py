@@ -21,7 +21,7 @@ from rich.console import Console
 
 from .errors import ImageError
 
-BASE_PACKAGES = ["systemd-sysv", "udev", "iproute2", "netbase", "ca-certificates", "procps", "less"]
+BASE_PACKAGES = ["systemd-sysv", "udev", "kmod", "iproute2", "netbase", "ca-certificates", "procps", "less"]  # kmod: modprobe on the node
 SSH_PACKAGES = {"ssh", "openssh-server"}
 NO_SECURITY = {"sid", "unstable", "experimental", "rc-buggy"}
 
