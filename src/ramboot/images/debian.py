@@ -21,7 +21,8 @@ from rich.console import Console
 
 from .errors import ImageError
 
-BASE_PACKAGES = ["systemd-sysv", "udev", "kmod", "iproute2", "netbase", "ca-certificates", "procps", "less"]  # kmod: modprobe on the node
+# kmod: `modprobe` on the node (the kernel's modules come as a layer, docs/images.md).
+BASE_PACKAGES = ["systemd-sysv", "udev", "kmod", "iproute2", "netbase", "ca-certificates", "procps", "less"]
 SSH_PACKAGES = {"ssh", "openssh-server"}
 NO_SECURITY = {"sid", "unstable", "experimental", "rc-buggy"}
 
