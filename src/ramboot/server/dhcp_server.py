@@ -94,6 +94,9 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # absorb bursts (PXE storms)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        # No local copy of each broadcast reply (the kernel loops one back to our own
+        # stack, for a port-68 socket this host never has): a clone and a softirq per reply.
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         sock.bind(("0.0.0.0", port))
         sock.setblocking(False)
     except OSError:
@@ -128,7 +131,7 @@ class DhcpServer:
         self.interface = config.network.interface
         self.nodes = _NodeSnapshot(store)
         # The same policy, reading nodes from the snapshot: no database read per packet.
-        self.booter = booter.using(self.nodes)
+        self.booter = booter.using(self.nodes, manifest_ttl=NODES_TTL)
         mask = None
         if config.dhcp.mode == "full" and config.dhcp.netmask is None:
             mask = interface_netmask(self.interface)
