@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from . import names
@@ -60,13 +61,19 @@ class Decision:
     http_base: str
     kernel: str  # served names, `images/<image>/vmlinuz`
     initrd: str
-    cmdline: str  # the whole kernel command line
     root_urls: tuple[str, ...]  # in the order the initramfs tries them
     profiles: tuple[str, ...] = ()  # the profiles applied, `[boot] profile` first
     ssh_keys: tuple[str, ...] = ()  # root's authorized_keys
     overlays: tuple[str, ...] = ()  # DATA/overlays/NAME, laid on in this order
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs, for templates
     overlay_url: str | None = None  # where the node fetches its identity and overlays
+    # Makes `cmdline` when it is first read: DHCP never reads it, and it needs the image's manifest.
+    cmdline_of: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
+
+    @cached_property
+    def cmdline(self) -> str:
+        """The whole kernel command line (made once, on first use: TFTP and HTTP render it, DHCP does not)."""
+        return self.cmdline_of()
 
     @property
     def script(self) -> str:
@@ -114,7 +121,7 @@ class Booter:
             return True, self._memo[key]
         return False, None
 
-    @property
+    @cached_property
     def http_base(self) -> str:
         port = self.config.http.port
         return f"http://{self.server_ip}" + ("" if port == 80 else f":{port}")
@@ -166,7 +173,7 @@ class Booter:
             http_base=self.http_base,
             kernel=names.image_file(image, KERNEL),
             initrd=names.image_file(image, INITRD),
-            cmdline=self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url),
+            cmdline_of=lambda: self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url),
             root_urls=root_urls,
             profiles=tuple(p.name for p in layers),
             ssh_keys=ssh_keys,

@@ -148,7 +148,7 @@ class DhcpServer:
         self._pending: list[tuple[Result, int]] = []
         self._counters: dict[tuple[str, str], object] = {}
         self._anc: dict[int, list] = {0: []}  # ifindex -> the IP_PKTINFO ancillary data to send with
-        self._flusher: asyncio.Task | None = None
+        self._flusher: asyncio.TimerHandle | None = None
         self._socks: dict[int, socket.socket] = {}  # logical port (67/4011) -> socket
         ports = {SERVER_PORT: port}
         if config.dhcp.mode == "proxy":
@@ -199,19 +199,15 @@ class DhcpServer:
                     log.debug("dhcp: malformed datagram from %s:%d dropped: %s", src[0], src[1], res.reason)
             if res.needs_commit:
                 self._pending.append((res, ifindex))
-                if self._flusher is None:
-                    self._flusher = self._loop.create_task(self._flush_loop())
+                if self._flusher is None:  # a timer, not a task: no coroutine step per commit
+                    self._flusher = self._loop.call_later(BATCH_WINDOW, self._flush_due)
             else:
                 self._emit(res, ifindex)
 
     # -- group commit --------------------------------------------------------
-    async def _flush_loop(self) -> None:
-        try:
-            while self._pending:
-                await asyncio.sleep(BATCH_WINDOW)
-                self._flush_once()
-        finally:
-            self._flusher = None
+    def _flush_due(self) -> None:
+        self._flusher = None
+        self._flush_once()
 
     def _flush_once(self) -> None:
         batch, self._pending = self._pending, []
@@ -272,7 +268,8 @@ class DhcpServer:
         for sock in self._socks.values():
             self._loop.remove_reader(sock.fileno())  # no new work; finish what is pending
         if self._flusher is not None:
-            await self._flusher
+            self._flusher.cancel()
+            self._flusher = None
         self._flush_once()  # anything left: commit, then answer
         self._close_sockets()
 
