@@ -102,6 +102,20 @@ def test_proxy_mode_stays_silent_while_a_real_router_advertises() -> None:
     assert g.answer(PXE_MAC, PXE_LL, 100.0 + 2 * ROUTER_QUIET) == PXE_LL  # the router has been gone an hour
 
 
+def test_a_solicitation_just_before_the_discover_is_answered_when_the_discover_comes() -> None:
+    from ramboot.server.ra_server import RS_PENDING, RaGuard
+
+    g = RaGuard(guarded=True)
+    assert g.answer(PXE_MAC, PXE_LL, 5.0) is None  # iPXE's first RS, before we saw its DISCOVER
+    assert g.pxe_client(PXE_MAC, 5.01) == PXE_LL  # answered at once, not at its next RS
+    assert g.pxe_client(PXE_MAC, 5.02) is None  # once
+    assert g.answer("52:54:00:00:00:02", "fe80::5054:ff:fe00:2", 6.0) is None
+    assert g.pxe_client("52:54:00:00:00:02", 6.0 + RS_PENDING) is None  # too long ago: its next RS is answered
+    g.advertisement("0a:00:00:00:00:09", 7.0)
+    assert g.answer("52:54:00:00:00:03", "fe80::5054:ff:fe00:3", 7.0) is None
+    assert g.pxe_client("52:54:00:00:00:03", 7.1) is None  # a router is here: still silent
+
+
 def test_a_pxe_stage_marks_the_mac() -> None:
     import time
 

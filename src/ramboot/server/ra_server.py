@@ -48,6 +48,7 @@ IPV6_JOIN_GROUP = getattr(socket, "IPV6_JOIN_GROUP", 20)
 ICMP6_FILTER = 1
 OPT_SOURCE_LL = 1
 PXE_RECENT = 120.0  # seconds a PXE request to ramboot lets its MAC's solicitations be answered (proxy mode)
+RS_PENDING = 10.0  # seconds an unanswered solicitation waits for its MAC's PXE request (they are sent together)
 ROUTER_QUIET = 3600.0  # seconds after another router's RA during which proxy mode stays silent
 # The stages that mean "this MAC is PXE-booting through ramboot right now".
 PXE_STAGES = frozenset({"proxy-offer", "dhcp-offer", "dhcp-ack"})
@@ -94,11 +95,18 @@ class RaGuard:
         self.own_mac = own_mac
         self.pxe: dict[str, float] = {}  # MAC -> when it last asked ramboot for PXE boot information
         self.router_seen = -ROUTER_QUIET  # when an RA that is not ours was last seen
+        self.pending: dict[str, tuple[str, float]] = {}  # MAC -> (link-local source, when) of a silent RS
 
-    def pxe_client(self, mac: str, now: float) -> None:
+    def pxe_client(self, mac: str, now: float) -> str | None:
+        """`mac` asked us for PXE boot information. Returns where to answer a solicitation it
+        sent just before (iPXE sends its first RS with its DISCOVER), or None."""
         self.pxe[mac] = now
         if len(self.pxe) > 8192:  # a storm: forget the stale ones
             self.pxe = {m: t for m, t in self.pxe.items() if now - t < PXE_RECENT}
+        waiting = self.pending.pop(mac, None)
+        if waiting is None or now - waiting[1] >= RS_PENDING:
+            return None
+        return self.answer(mac, waiting[0], now)
 
     def advertisement(self, mac: str | None, now: float) -> None:
         """Another RA was seen on the link (ours never counts)."""
@@ -111,10 +119,17 @@ class RaGuard:
             return ALL_NODES
         if now - self.router_seen < ROUTER_QUIET:
             return None  # a real router is here: its answer is the one to have
-        if mac is None or now - self.pxe.get(mac, -PXE_RECENT) >= PXE_RECENT:
-            return None  # not a machine booting through us
         if src.startswith("::") or not src.lower().startswith("fe80"):
             return None  # no link-local source to unicast to
+        if mac is None:
+            return None
+        if now - self.pxe.get(mac, -PXE_RECENT) >= PXE_RECENT:
+            # not (yet) a machine booting through us: kept a moment for its DISCOVER
+            if len(self.pending) > 1024:
+                self.pending = {m: w for m, w in self.pending.items() if now - w[1] < RS_PENDING}
+            if len(self.pending) <= 1024:
+                self.pending[mac] = (src, now)
+            return None
         return src
 
 
@@ -153,7 +168,9 @@ class RaServer:
     def on_event(self, rec) -> None:
         """An EventLog watcher: a PXE stage for a MAC marks it as booting through us."""
         if rec.stage in PXE_STAGES:
-            self.guard.pxe_client(rec.mac, time.monotonic())
+            dest = self.guard.pxe_client(rec.mac, time.monotonic())
+            if dest is not None:  # it solicited just before asking us: answer now, not at its next RS
+                self._send(dest)
 
     def _readable(self) -> None:
         for _ in range(64):
@@ -174,12 +191,14 @@ class RaServer:
             if data[0] != ICMPV6_RS:
                 continue
             dest = self.guard.answer(source_mac(data, src[0]), src[0], now)
-            if dest is None:
-                continue
-            try:
-                self.sock.sendto(self.ra, (dest, 0, 0, self.ifindex))
-            except OSError as e:
-                log.debug("ra: send failed: %s", e)
+            if dest is not None:
+                self._send(dest)
+
+    def _send(self, dest: str) -> None:
+        try:
+            self.sock.sendto(self.ra, (dest.split("%")[0], 0, 0, self.ifindex))
+        except OSError as e:
+            log.debug("ra: send to %s failed: %s", dest, e)
 
     async def close(self) -> None:
         if self._unwatch is not None:
