@@ -92,3 +92,53 @@ def test_the_dhcp_booter_trusts_a_manifest_for_its_ttl_the_others_stat_it(data_d
     assert dhcp.manifest("demo").files["rootfs.squashfs"].sha256 == sha  # DHCP within its TTL
     dhcp._checked["demo"] = (dhcp._checked["demo"][0] - 61, dhcp._checked["demo"][1])
     assert dhcp.manifest("demo").files["rootfs.squashfs"].sha256 != sha
+
+
+def test_the_arrival_time_and_interface_come_from_the_control_messages() -> None:
+    import socket
+    import struct
+
+    from ramboot.server.dhcp_server import IP_PKTINFO, SO_TIMESTAMP, ancillary
+
+    pktinfo = (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("I4s4s", 7, bytes(4), bytes(4)))
+    stamp = (socket.SOL_SOCKET, SO_TIMESTAMP, struct.pack("@qq", 1_700_000_000, 250_000))
+    assert ancillary([pktinfo, stamp]) == (7, 1_700_000_000.25)
+    assert ancillary([]) == (0, 0.0)  # a kernel that sent neither: nothing is dropped as stale
+
+
+def test_a_request_that_waited_past_its_clients_retry_is_dropped_unanswered(monkeypatch) -> None:
+    """A real socket: a DISCOVER queued while the server was busy for longer than
+    STALE_AFTER is counted as stale and not answered; a fresh one is answered."""
+    import asyncio
+    import socket
+    import time as _time
+
+    from ramboot.server import dhcp_server
+
+    monkeypatch.setattr(dhcp_server, "STALE_AFTER", 0.5)
+
+    class Core:
+        handled: list[bytes] = []
+
+        def handle(self, data, src, port, now):
+            self.handled.append(data)
+            return dhcp_server.Result("discover", "ignored")
+
+    async def run() -> list[bytes]:
+        srv = dhcp_server.DhcpServer.__new__(dhcp_server.DhcpServer)
+        srv.core, srv._counters, srv._pending, srv._anc = Core(), {}, [], {0: []}
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, dhcp_server.SO_TIMESTAMP, 1)
+        rx.setblocking(False)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.sendto(b"old", rx.getsockname())
+        _time.sleep(1.0)  # the server is busy elsewhere for longer than STALE_AFTER
+        tx.sendto(b"new", rx.getsockname())
+        srv._readable(rx, 67)
+        rx.close()
+        tx.close()
+        return Core.handled
+
+    handled = asyncio.run(run())
+    assert handled == [b"new"], handled

@@ -38,6 +38,14 @@ log = logging.getLogger("ramboot.dhcp")
 
 IP_PKTINFO = 8  # <linux/in.h>; Python 3.11's socket module lacks the constant
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+SO_TIMESTAMP = 29  # <asm-generic/socket.h>; also the SCM type of its control message; not in Python 3.11
+_TIMEVAL = struct.Struct("@qq")  # struct timeval: seconds, microseconds
+_ANC_SPACE = socket.CMSG_SPACE(_PKTINFO.size) + socket.CMSG_SPACE(_TIMEVAL.size)
+# A request that waited longer than this in the receive queue is dropped unanswered: its
+# client has already sent it again (iPXE after 1 s, PXE ROMs after 4 s), and answering
+# a stale copy under overload only delays the fresh ones behind it (which is how a
+# server busy past its share of the CPU collapses instead of shedding load).
+STALE_AFTER = 1.0
 RCVBUF = 4 << 20
 # At most one lease commit per BATCH_WINDOW: after a quiet spell the first batch commits
 # as soon as the datagrams read with it are handled (no wait at low rates); under load
@@ -99,6 +107,7 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # absorb bursts (PXE storms)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)  # when each datagram arrived (STALE_AFTER)
         # No local copy of each broadcast reply (the kernel loops one back to our own
         # stack, for a port-68 socket this host never has): a clone and a softirq per reply.
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
@@ -108,6 +117,18 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int, float]:
+    """(the interface index from IP_PKTINFO, the arrival time from SO_TIMESTAMP); 0 for what is missing."""
+    ifindex, arrived = 0, 0.0
+    for level, typ, val in anc:
+        if level == socket.IPPROTO_IP and typ == IP_PKTINFO and len(val) >= _PKTINFO.size:
+            ifindex = _PKTINFO.unpack_from(val)[0]
+        elif level == socket.SOL_SOCKET and typ == SO_TIMESTAMP and len(val) >= _TIMEVAL.size:
+            sec, usec = _TIMEVAL.unpack_from(val)
+            arrived = sec + usec * 1e-6
+    return ifindex, arrived
 
 
 def dhcp_settings(config: Config, server_ip: str, netmask: str | None = None) -> DhcpSettings:
@@ -181,18 +202,20 @@ class DhcpServer:
         recvmsg, handle, now = sock.recvmsg, self.core.handle, time.time
         for _ in range(64):  # drain a burst, then let the loop breathe
             try:
-                data, anc, _flags, src = recvmsg(4096, 64)
+                data, anc, _flags, src = recvmsg(4096, _ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 log.warning("dhcp: receive failed on port %d: %s", logical, e)
                 return
-            ifindex = 0
-            for level, typ, val in anc:
-                if level == socket.IPPROTO_IP and typ == IP_PKTINFO and len(val) >= _PKTINFO.size:
-                    ifindex = _PKTINFO.unpack_from(val)[0]
+            ifindex, arrived = ancillary(anc)
+            t = now()
+            if arrived and t - arrived > STALE_AFTER:
+                self._count("stale", "dropped")
+                metrics.dropped("dhcp", "stale")
+                continue
             try:
-                res = handle(data, src, logical, now())
+                res = handle(data, src, logical, t)
             except Exception:  # a hostile packet never stops the server
                 log.exception("dhcp: dropped a datagram from %s that broke the handler", src[0])
                 self._count("error", "dropped")
