@@ -15,8 +15,14 @@ from each server: aggregate MB/s, and any failed transfer is reported. The
 load average is printed at the start and the end. Children are killed by
 their PID.
 
-Usage: .venv/bin/python bench/tftp_bench.py [--size-mb 50] [--repeat 3] [--concurrent 50]
-       [--src OLD_TREE/src]   (serve another ramboot tree, for before/after runs)
+With `--net veth` (the default) the servers run in a namespace of their own
+and the clients in another, joined by a veth pair (`rbt<random>-s` / `-c`,
+10.77.0.1 and 10.77.255.254; made and removed here): closer to a real NIC than
+loopback, where the sender also runs the receiver's softirq. `--net loopback`
+is the earlier set-up (127.0.0.1, dnsmasq on a random 127.77.x.y).
+
+Usage: .venv/bin/python bench/tftp_bench.py [--size-mb 50] [--repeat 3] [--concurrent 50] [--net veth|loopback]
+       [--only curl1468] [--src OLD_TREE/src]   (serve another ramboot tree, for before/after runs)
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ CLIENTS = [("curl blksize 512", curl(512)), ("curl blksize 1468", curl(1468))] +
           [(f"atftp 1468 window {w}", atftp(w)) for w in (8, 16, 64)]
 
 
-def serve(src: str, data_dir: str, port: int) -> None:
+def serve(src: str, data_dir: str, port: int, host: str = "127.0.0.1") -> None:
     """The ramboot side: the real server with a real namespace over `data_dir`."""
     sys.path.insert(0, src)
     from ramboot.cli import _loop_factory
@@ -67,8 +73,8 @@ def serve(src: str, data_dir: str, port: int) -> None:
     async def main() -> None:
         cfg = Config(data_dir=Path(data_dir), tftp=TftpConfig(max_per_source=256))  # all clients are 127.0.0.1
         store = Store(f"sqlite:///{data_dir}/bench.db")
-        await start_tftp(cfg, Namespace(Path(data_dir), Booter(cfg, store, "127.0.0.1")), EventLog(store),
-                         host="127.0.0.1", port=port)
+        await start_tftp(cfg, Namespace(Path(data_dir), Booter(cfg, store, host)), EventLog(store),
+                         host=host, port=port)
         await asyncio.Event().wait()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -94,8 +100,18 @@ def free_loopback_69() -> str:
     sys.exit("no free 127.77.x.y:69 for dnsmasq")
 
 
-def wait_ready(host: str, port: int, proc: subprocess.Popen) -> None:
+def wait_ready(host: str, port: int, proc: subprocess.Popen, prefix: list[str] | None = None) -> None:
     """Ready when a request for a missing file gets a TFTP ERROR back."""
+    if prefix:  # from the client namespace: curl says 68 (file not found) once a server answers
+        for _ in range(100):
+            if proc.poll() is not None:
+                sys.exit(f"server exited early with status {proc.returncode}")
+            r = subprocess.run([*prefix, "curl", "-sS", "--max-time", "1", "-o", "/dev/null",
+                                f"tftp://{host}:{port}/no-such-file"], capture_output=True)
+            if r.returncode == 68:
+                return
+            time.sleep(0.1)
+        sys.exit(f"no TFTP server answering on {host}:{port}")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         for _ in range(50):
@@ -120,12 +136,13 @@ def measure(cmd: list[str], out: Path, src: Path, size: int) -> float:
     return size / dt / 1e6
 
 
-def concurrent(n: int, host: str, port: int, outdir: Path, src: Path, size: int) -> tuple[float, int]:
+def concurrent(n: int, host: str, port: int, outdir: Path, src: Path, size: int,
+               prefix: list[str] | None = None) -> tuple[float, int]:
     """`n` curl clients at once: aggregate MB/s over the whole batch, and how many failed."""
     outs = [outdir / f"c{i}.bin" for i in range(n)]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(curl(1468)(host, port, str(o)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for o in outs]
+    procs = [subprocess.Popen([*(prefix or []), *curl(1468)(host, port, str(o))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in outs]
     codes = [p.wait(timeout=900) for p in procs]
     dt = time.perf_counter() - t0
     failed = sum(1 for c, o in zip(codes, outs, strict=True)
@@ -146,11 +163,33 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=50, help="clients in the concurrent point (0: skip it)")
     ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"),
                     help="the ramboot source tree to serve")
-    ap.add_argument("--serve", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument("--net", choices=("veth", "loopback"), default="veth")
+    ap.add_argument("--only", help="comma-separated client names to run, by substring (e.g. 'curl blksize 1468')")
+    ap.add_argument("--serve", nargs=3, metavar=("DIR", "PORT", "HOST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.src, args.serve[0], int(args.serve[1]))
+        serve(args.src, args.serve[0], int(args.serve[1]), args.serve[2])
         return
+    net = None
+    if args.net == "veth":
+        if os.geteuid() != 0:
+            sys.exit("tftp_bench --net veth needs root (network namespaces); try --net loopback")
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        import secrets
+
+        from ramboot.bench.util import NetnsPair
+        net = NetnsPair(tag="rbt" + secrets.token_hex(3)).up()
+    try:
+        run_all(args, net)
+    finally:
+        if net is not None:
+            net.down()
+
+
+def run_all(args, net) -> None:
+    srv_prefix = ["ip", "netns", "exec", net.srv] if net else []
+    cli_prefix = ["ip", "netns", "exec", net.cli] if net else []
+    clients = [(n, c) for n, c in CLIENTS if not args.only or any(o in n for o in args.only.split(","))]
     for tool in ("in.tftpd", "dnsmasq", "curl", "atftp"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (make setup installs tftpd-hpa, dnsmasq, curl and atftp)")
@@ -169,28 +208,34 @@ def main() -> None:
             p.chmod(0o755)  # tftpd-hpa and dnsmasq drop privileges before reading
         src.chmod(0o644)
 
-        addr = {"tftpd-hpa": ("127.0.0.1", free_port()), "dnsmasq": (free_loopback_69(), 69),
-                "ramboot": ("127.0.0.1", free_port())}
+        if net:
+            addr = {"tftpd-hpa": (net.srv_ip, free_port()), "dnsmasq": (net.srv_ip, 69),
+                    "ramboot": (net.srv_ip, free_port())}
+        else:
+            addr = {"tftpd-hpa": ("127.0.0.1", free_port()), "dnsmasq": (free_loopback_69(), 69),
+                    "ramboot": ("127.0.0.1", free_port())}
         cmds = {
             "tftpd-hpa": ["in.tftpd", "-L", "-4", "-a", f"{addr['tftpd-hpa'][0]}:{addr['tftpd-hpa'][1]:d}",
                           "-s", str(data / "loaders")],
             "dnsmasq": ["dnsmasq", "--no-daemon", "--port=0", "--enable-tftp", f"--tftp-root={data / 'loaders'}",
                         f"--listen-address={addr['dnsmasq'][0]}", "--bind-interfaces", "--tftp-max=256",
                         "--conf-file=/dev/null", "--pid-file=", "--log-facility=-", "--quiet-tftp"],
-            "ramboot": [sys.executable, __file__, "--src", args.src, "--serve", str(data), str(addr["ramboot"][1])],
+            "ramboot": [sys.executable, __file__, "--src", args.src, "--serve", str(data), str(addr["ramboot"][1]),
+                        addr["ramboot"][0]],
         }
         for name in SERVERS:
-            children.append(subprocess.Popen(cmds[name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_ready(*addr[name], children[-1])
+            children.append(subprocess.Popen([*srv_prefix, *cmds[name]], stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL))
+            wait_ready(*addr[name], children[-1], cli_prefix)
 
         print(f"load average at start: {loadavg()}", file=sys.stderr)
         out = work / "out.bin"
         rows = []
-        for name, cmd in CLIENTS:
+        for name, cmd in clients:
             runs: dict[str, list[float]] = {s: [] for s in SERVERS}
             for i in range(args.repeat):
                 for s in SERVERS[i % 3:] + SERVERS[: i % 3]:  # each server goes first in turn
-                    runs[s].append(measure(cmd(*addr[s], str(out)), out, src, size))
+                    runs[s].append(measure([*cli_prefix, *cmd(*addr[s], str(out))], out, src, size))
             rows.append((name, runs))
             print(f"  {name}: " + ", ".join(f"{s} median {statistics.median(v):.1f} (best {max(v):.1f})"
                                            for s, v in runs.items()) + f" MB/s; load {loadavg()}", file=sys.stderr)
@@ -198,11 +243,12 @@ def main() -> None:
         storm = {}
         if args.concurrent:
             for s in SERVERS:
-                storm[s] = concurrent(args.concurrent, *addr[s], shm, src, size)
+                storm[s] = concurrent(args.concurrent, *addr[s], shm, src, size, cli_prefix)
                 print(f"  {args.concurrent} concurrent curl 1468: {s} {storm[s][0]:.1f} MB/s, "
                       f"{storm[s][1]} failed; load {loadavg()}", file=sys.stderr)
 
-        print(f"\nTFTP, {args.size_mb} MB file over loopback, MB/s: median (best) of {args.repeat} rounds, "
+        where = "a veth pair between two namespaces" if net else "loopback"
+        print(f"\nTFTP, {args.size_mb} MB file over {where}, MB/s: median (best) of {args.repeat} rounds, "
               f"ratios of medians; load average at the end {loadavg()}\n")
         print("| client | tftpd-hpa | dnsmasq | ramboot | vs tftpd-hpa | vs dnsmasq |")
         print("|---|---|---|---|---|---|")

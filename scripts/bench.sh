@@ -2,8 +2,8 @@
 # `make bench`: every benchmark in bench/, each side by side with its peer, then
 # the boot storm. Not part of `make test`. Needs root (network namespaces).
 #
-#   BENCH_ONLY="dhcp http"  run only these (dhcp tftp http storm e2e bigroot; bigroot,
-#                           a 1 GiB root in a 2 GiB VM, about 7 min, runs only when named)
+#   BENCH_ONLY="dhcp http"  run only these (dhcp dhcp-sweep tftp http storm e2e debian bigroot;
+#                           bigroot, a 1 GiB root in a 2 GiB VM, about 7 min, runs only when named)
 #   BENCH_QUICK=1           shorter points (for a smoke run; figures are noisier)
 #
 # Each benchmark's full output goes to test-artifacts/bench/NAME.txt (and .json
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=test-artifacts/bench
 mkdir -p "$OUT"
-ONLY=${BENCH_ONLY:-dhcp tftp http storm e2e}
+ONLY=${BENCH_ONLY:-dhcp dhcp-sweep tftp http storm e2e debian}
 QUICK=${BENCH_QUICK:-0}
 failed=()
 
@@ -34,11 +34,18 @@ bench() {  # name, command...
 echo "bench: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg) at start; figures are noisy when other jobs run"
 
 if want dhcp; then
+  # Kea and ramboot side by side at fixed rates, alternating, 3 rounds (issue 14's goals).
+  if ((QUICK)); then a="--rates 2000,4000 --rounds 1 --duration 3"; else a="--rates 1000,2000,3000,4000,5000 --rounds 3"; fi
+  bench dhcp $PY bench/dhcp_perfdhcp.py $a --json "$OUT/dhcp.json"
+fi
+if want dhcp-sweep; then
+  # the whole ladder, dnsmasq included
   if ((QUICK)); then d=3; else d=10; fi
-  bench dhcp $PY bench/dhcp_bench.py --duration $d --json "$OUT/dhcp.json"
+  bench dhcp-sweep $PY bench/dhcp_bench.py --duration $d --json "$OUT/dhcp-sweep.json"
 fi
 if want tftp && [ -f bench/tftp_bench.py ]; then
-  if ((QUICK)); then a="--size-mb 10 --repeat 1 --concurrent 10"; else a=""; fi
+  # over a veth pair between two namespaces (--net veth, the default)
+  if ((QUICK)); then a="--size-mb 10 --repeat 1 --concurrent 10"; else a="--size-mb 40 --repeat 7"; fi
   bench tftp $PY bench/tftp_bench.py $a
 fi
 if want http; then
@@ -46,12 +53,14 @@ if want http; then
   bench http $PY bench/http_bench.py --duration $d --rounds $r --json "$OUT/http.json"
 fi
 if want storm; then
-  # clients:image MB. 1,000 x 64 MB would move 76 GB through one generator pair: 64 MB runs at 100.
-  if ((QUICK)); then points="100:8"; else points="100:8 500:8 1000:8 100:64"; fi
-  for pt in $points; do
-    n=${pt%%:*} size=${pt##*:}
-    bench "storm-n$n-${size}m" $PY -m ramboot.bench storm -n "$n" --image-mb "$size" --json "$OUT/storm-n$n-${size}m.json"
-  done
+  # The scale curve (p50/p99 and server CPU against N, plotted), then one large image.
+  # 1,000 x 64 MB would move 76 GB through one generator pair: 64 MB runs at 100.
+  if ((QUICK)); then c="50,100"; else c="50,200,500,1000"; fi
+  bench storm-curve $PY bench/storm_curve.py --clients "$c" --image-mb 8 --json "$OUT/storm-curve.json" \
+    --png "$OUT/storm-curve.png"
+  if ! ((QUICK)); then
+    bench storm-n100-64m $PY -m ramboot.bench storm -n 100 --image-mb 64 --json "$OUT/storm-n100-64m.json"
+  fi
 fi
 if want e2e && [ -f bench/e2e_bench.py ]; then
   if ((QUICK)); then r=1; else r=2; fi
@@ -60,6 +69,11 @@ fi
 if want bigroot; then
   if ((QUICK)); then a="--size-mib 256 --memory-mb 768"; else a=""; fi
   bench bigroot $PY bench/bigroot_bench.py $a --json "$OUT/bigroot.json"
+fi
+if want debian && [ -f bench/debian_bench.py ]; then
+  # a Debian root with systemd: power-on to sshd, ramboot against the seed's stack
+  if ((QUICK)); then r=1; else r=2; fi
+  bench debian $PY bench/debian_bench.py --runs $r --json "$OUT/debian.json"
 fi
 
 echo

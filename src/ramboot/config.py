@@ -26,8 +26,9 @@ class NetworkConfig(_Section):
     interface: str = "rb0"
     address: ipaddress.IPv4Address | None = None
     # Answer IPv6 router solicitations with an empty RA so iPXE stops waiting
-    # for IPv6 (server/ra_server.py). "auto": only in full DHCP mode, where ramboot
-    # owns the network; set true in proxy mode when no IPv6 router is present.
+    # for IPv6 (server/ra_server.py). "auto": everyone in full DHCP mode, where ramboot
+    # owns the network; in proxy mode only machines PXE-booting through ramboot, by
+    # unicast, and never while another router advertises. true: everyone; false: no one.
     answer_router_solicitations: Literal["auto"] | bool = "auto"
 
 

@@ -15,8 +15,10 @@ before (lists such as SSH keys and overlays add up, in that order).
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from . import names
@@ -73,7 +75,6 @@ class Decision:
     http_base: str
     kernel: str  # served names, `images/<image>/vmlinuz`
     initrd: str
-    cmdline: str  # the whole kernel command line
     root_urls: tuple[str, ...]  # in the order the initramfs tries them
     profiles: tuple[str, ...] = ()  # the profiles applied, `[boot] profile` first
     ssh_keys: tuple[str, ...] = ()  # root's authorized_keys
@@ -84,6 +85,14 @@ class Decision:
     # node tries them: kernel and initrd fall back across them in the iPXE script, the root
     # URLs on the command line. One entry (this server) when it runs alone.
     mirrors: tuple[str, ...] = ()
+
+    # Makes `cmdline` when it is first read: DHCP never reads it, and it needs the image's manifest.
+    cmdline_of: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
+
+    @cached_property
+    def cmdline(self) -> str:
+        """The whole kernel command line (made once, on first use: TFTP and HTTP render it, DHCP does not)."""
+        return self.cmdline_of()
 
     @property
     def script(self) -> str:
@@ -103,12 +112,23 @@ class Booter:
         # image -> the HTTP bases of the live servers holding it verified (server/cluster.py);
         # none, or an empty answer: this server alone.
         self.mirrors = mirrors
+        self.manifest_ttl = 0.0  # seconds a manifest is trusted without a stat (0: stat every time)
+        self._checked: dict[str, tuple[float, Manifest | ManifestError]] = {}  # image -> (when, what)
+        self._memo: dict[tuple[Client, str | None], Decision | None] = {}  # with manifest_ttl: this TTL's answers
+        self._memo_at = 0.0
 
-    def using(self, directory: Directory) -> Booter:
-        """The same policy over another directory (the DHCP server's snapshot); shares the manifest cache."""
+    def using(self, directory: Directory, manifest_ttl: float = 0.0) -> Booter:
+        """The same policy over another directory (the DHCP server's snapshot); shares the manifest cache.
+
+        `manifest_ttl`: trust a manifest (or its absence) that long without a stat. DHCP
+        reads no manifest field (only the boot file, fixed address and hostname), so its
+        booter checks as often as it re-reads the nodes, not per packet (a stat and a path
+        build were a fifth of a DORA's CPU).
+        """
         other = Booter(self.config, directory, self.server_ip)
         other._manifests = self._manifests
         other.mirrors = self.mirrors
+        other.manifest_ttl = manifest_ttl
         return other
 
     def mirrors_of(self, image: str) -> tuple[str, ...]:
@@ -117,7 +137,21 @@ class Booter:
         found = self.mirrors(image) if self.mirrors is not None else ()
         return found or (self.http_base,)
 
-    @property
+    def _memo_get(self, client: Client, loader: str | None) -> tuple[bool, Decision | None]:
+        """With a `manifest_ttl`, the same client's decision within one TTL is the same value
+        (the directory it reads, the DHCP snapshot, changes no faster): DISCOVER and REQUEST
+        decide once per DORA. The memo is dropped whole every TTL, so it stays small."""
+        now = time.monotonic()
+        if now - self._memo_at >= self.manifest_ttl or len(self._memo) > 65536:
+            self._memo.clear()
+            self._memo_at = now
+            return False, None
+        key = (client, loader)
+        if key in self._memo:
+            return True, self._memo[key]
+        return False, None
+
+    @cached_property
     def http_base(self) -> str:
         port = self.config.http.port
         return f"http://{self.server_ip}" + ("" if port == 80 else f":{port}")
@@ -128,6 +162,14 @@ class Booter:
 
         `loader` is set when the request itself says which loader asks (a pxelinux config).
         """
+        if self.manifest_ttl > 0:
+            hit, got = self._memo_get(client, loader)
+            if not hit:
+                got = self._memo[(client, loader)] = self._decide(client, loader)
+            return got
+        return self._decide(client, loader)
+
+    def _decide(self, client: Client, loader: str | None) -> Decision | None:
         mac = normalize_mac(client.mac) if client.mac else ""
         spec = self.directory.get_node(mac) if mac else None
         if spec is None and client.uuid:
@@ -162,7 +204,8 @@ class Booter:
             http_base=self.http_base,
             kernel=names.image_file(image, KERNEL),
             initrd=names.image_file(image, INITRD),
-            cmdline=self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url, mirrors),
+            cmdline_of=lambda: self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url,
+                                             mirrors),
             root_urls=root_urls,
             profiles=tuple(p.name for p in layers),
             ssh_keys=ssh_keys,
@@ -254,6 +297,21 @@ class Booter:
 
         Boot scripts and HTTP ETags ask for it per request: one stat, not a parse.
         """
+        if self.manifest_ttl > 0:
+            now = time.monotonic()
+            seen = self._checked.get(image)
+            if seen is None or now - seen[0] >= self.manifest_ttl:
+                try:
+                    got: Manifest | ManifestError = self._stat_manifest(image)
+                except ManifestError as e:
+                    got = e
+                seen = self._checked[image] = (now, got)
+            if isinstance(seen[1], ManifestError):
+                raise seen[1]
+            return seen[1]
+        return self._stat_manifest(image)
+
+    def _stat_manifest(self, image: str) -> Manifest:
         try:
             st = (images_dir(self.config.data_dir) / image / MANIFEST).stat()
         except OSError:

@@ -355,12 +355,40 @@ def encode(pkt: DhcpPacket, max_message: int | None = None) -> bytes:
     if len(pkt.sname) > 63 or len(pkt.file) > 127:
         raise DhcpEncodeError("sname/file too long for their fields (63/127 bytes)")
     limit = (max_message or DEFAULT_MAX_MESSAGE) - IP_UDP_HEADERS - MIN_LEN
+    options, sname, file = pkt.options, pkt.sname, pkt.file
+    # Replies to one kind of client share every option (lease times, mask, boot file...):
+    # the options part is made once per distinct set and reused, only the header is packed
+    # per packet. A pure function of the key, so the bytes are the same as made afresh.
+    key = (tuple(options.items()), limit, sname, file)
+    try:
+        hit = _BODIES.get(key)
+    except TypeError:  # an unhashable value (a bytearray): made afresh, not kept
+        hit = _body(options, limit, bytes(sname), bytes(file))
+    else:
+        if hit is None:
+            hit = _body(options, limit, sname, file)
+            if len(_BODIES) >= _BODIES_MAX:
+                _BODIES.clear()
+            _BODIES[key] = hit
+    body, sname, file = hit
+    head = HEADER.pack(
+        pkt.op, pkt.htype, pkt.hlen, pkt.hops, pkt.xid, pkt.secs, pkt.flags,
+        socket_aton(pkt.ciaddr), socket_aton(pkt.yiaddr), socket_aton(pkt.siaddr), socket_aton(pkt.giaddr),
+        pkt.chaddr.ljust(16, b"\0")[:16], sname, file,
+    )
+    return (head + MAGIC + body).ljust(BOOTP_MIN_LEN, b"\0")
+
+
+_BODIES: dict[tuple[tuple[tuple[int, bytes], ...], int, bytes, bytes], tuple[bytes, bytes, bytes]] = {}
+_BODIES_MAX = 512
+
+
+def _body(options: dict[int, bytes], limit: int, sname: bytes, file: bytes) -> tuple[bytes, bytes, bytes]:
+    """The options part of a message (magic cookie excluded), with `sname` and `file` as overloaded."""
     # Message type first: some ROMs look for it there.
-    options = pkt.options
     opts = [(c, v) for c, v in options.items() if c not in _FRAMING]
     if Opt.MESSAGE_TYPE in options:
         opts.sort(key=_not_message_type)  # stable: the others keep their order
-    sname, file = pkt.sname, pkt.file
     plain = b"".join([bytes((c, len(v))) + v if len(v) <= 255 else b"".join(_chunks(c, v)) for c, v in opts])
     if len(plain) + 1 <= limit:
         body = plain + b"\xff"
@@ -380,12 +408,7 @@ def encode(pkt: DhcpPacket, max_message: int | None = None) -> bytes:
             else:
                 sname = blob
         body = bytes((Opt.OVERLOAD, 1, overload)) + main + b"\xff"
-    head = HEADER.pack(
-        pkt.op, pkt.htype, pkt.hlen, pkt.hops, pkt.xid, pkt.secs, pkt.flags,
-        socket_aton(pkt.ciaddr), socket_aton(pkt.yiaddr), socket_aton(pkt.siaddr), socket_aton(pkt.giaddr),
-        pkt.chaddr.ljust(16, b"\0")[:16], sname, file,
-    )
-    return (head + MAGIC + body).ljust(BOOTP_MIN_LEN, b"\0")
+    return body, sname, file
 
 
 def socket_aton(ip: str) -> bytes:

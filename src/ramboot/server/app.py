@@ -88,9 +88,9 @@ class Services:
         if self.config.dhcp.mode != "off":
             self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip,
                                                  cluster=self.cluster))
-        # Answer IPv6 router solicitations (full mode by default) so iPXE's
+        # Answer IPv6 router solicitations (full mode: all; proxy mode: guarded) so iPXE's
         # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra_server.py).
-        ra = await start_ra(self.config)
+        ra = await start_ra(self.config, self.events)
         if ra is not None:
             self.servers.append(ra)
         log.info(

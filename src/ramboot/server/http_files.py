@@ -74,29 +74,36 @@ async def _sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.Transpor
             raise ConnectionResetError("client went away")
         await asyncio.sleep(0.001)
     fd = os.dup(sock.fileno())
+    # One writer registration for the whole body, not an add and a remove (two epoll_ctl
+    # and a callback object) per wait: the wait is a fresh future the writer wakes.
+    waiter: list[asyncio.Future[None] | None] = [None]
+    registered = False
     try:
         offset, left = start, count
         while left:
             try:
                 n = os.sendfile(fd, f.fileno(), offset, min(left, 1 << 30))
             except (BlockingIOError, InterruptedError):
-                writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(fd, _wake, writable)
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(fd)
+                fut: asyncio.Future[None] = loop.create_future()
+                waiter[0] = fut
+                if not registered:
+                    loop.add_writer(fd, _wake_waiter, waiter)
+                    registered = True
+                await fut
                 continue
             if n == 0:
                 raise ConnectionResetError("file shrank while sending")
             offset += n
             left -= n
     finally:
+        if registered:
+            loop.remove_writer(fd)
         os.close(fd)
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
+def _wake_waiter(waiter: list[asyncio.Future[None] | None]) -> None:
+    fut, waiter[0] = waiter[0], None
+    if fut is not None and not fut.done():
         fut.set_result(None)
 
 
