@@ -45,6 +45,18 @@ TFTP_RING_BYTES = Gauge("ramboot_tftp_ring_bytes", "Bytes the TFTP transfers' ri
 TFTP_RING_PEAK = Gauge("ramboot_tftp_ring_peak_bytes", "The most the TFTP transfers' rings have held at once")
 TFTP_ACTIVE = Gauge("ramboot_tftp_transfers_active", "TFTP transfers in progress, by state", ["state"])
 
+# The serve process itself (`make soak` watches these stay flat; RSS and open fds are also
+# prometheus_client's own process_resident_memory_bytes and process_open_fds).
+ASYNCIO_TASKS = Gauge("ramboot_asyncio_tasks", "asyncio tasks alive in the server's event loop (read at each scrape)")
+SSE_CLIENTS = Gauge("ramboot_sse_clients", "Clients connected to /api/v1/events/stream")
+
+
+def watch_tasks(loop: object) -> None:
+    """ASYNCIO_TASKS reads `len(asyncio.all_tasks(loop))` whenever /metrics is scraped (in the loop)."""
+    import asyncio
+
+    ASYNCIO_TASKS.set_function(lambda: float(len(asyncio.all_tasks(loop))))  # type: ignore[arg-type]
+
 
 _dropped: dict[tuple[str, str], object] = {}
 

@@ -50,7 +50,9 @@ from pathlib import Path
 
 import click
 
+from ..lab.impair import Impairment
 from ..macaddr import mac_from_bytes
+from .util import Child
 
 POOL_NET = "10.77.16.0/20"
 POOL = ("10.77.16.0", "10.77.31.254")
@@ -65,6 +67,11 @@ PARAM_REQUEST = bytes([1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41,
                        66, 67, 97, 128, 129, 130, 131, 132, 133, 134, 135, 175])
 # PXE 2.1 DHCP timeouts (seconds before the next DISCOVER), then give up
 DHCP_TIMEOUTS = (4, 8, 16, 32)
+# A PXE ROM that gets no DHCP answer gives up after those four tries (60 s) and the
+# firmware moves on; a BIOS set to retry the boot (SeaBIOS `reboot-timeout`, a BMC's
+# "retry network boot") starts the whole boot again. The simulated client does the same,
+# this many times: the level where a firmware that gave up can be retried.
+BOOT_RETRIES = 2
 
 
 # =========================================================================
@@ -84,6 +91,7 @@ class ClientResult:
     bytes: int = 0
     dhcp_retries: int = 0
     tftp_retries: int = 0
+    boot_retries: int = 0
 
 
 class Failed(Exception):
@@ -158,7 +166,7 @@ class DhcpMux:
                     return await asyncio.wait_for(asyncio.shield(fut), t + random.uniform(-1, 1))
                 except TimeoutError:
                     continue
-            raise Failed(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'}"
+            raise GaveUp(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'}"
                          f" after {sum(timeouts)} s")
         finally:
             self.waiters.pop(xid, None)
@@ -302,17 +310,35 @@ async def http_get(session, url: str, res: ClientResult, sha: str | None = None,
         return None
 
 
+class GaveUp(Failed):
+    """The firmware's DHCP gave up: the boot as a whole may be retried (BOOT_RETRIES)."""
+
+
 async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) -> ClientResult:
-    import aiohttp
-
-    from ..proto import dhcp_codec as D
-
+    """One client's boot; when its firmware's DHCP gives up, the boot starts again (BOOT_RETRIES)."""
     macs = mac_from_bytes(mac)
     res = ClientResult(macs)
     await asyncio.sleep(max(0.0, t_start - time.monotonic()))
     t0 = time.monotonic()
     res.start = t0
-    mark = t0
+    for attempt in range(p.get("boot_retries", BOOT_RETRIES) + 1):
+        res.error, res.phases = "", {}
+        retry = await _boot_once(idx, mac, p, mux, res)
+        if res.ok or not retry:
+            break
+        res.boot_retries = attempt + 1
+    res.total = round(time.monotonic() - t0, 4)
+    return res
+
+
+async def _boot_once(idx: int, mac: bytes, p: dict, mux: DhcpMux, res: ClientResult) -> bool:
+    """One try; returns True when it failed in a way a firmware retries (its DHCP gave up)."""
+    import aiohttp
+
+    from ..proto import dhcp_codec as D
+
+    macs = res.mac
+    mark = time.monotonic()
 
     def phase(name: str) -> None:
         nonlocal mark
@@ -374,14 +400,16 @@ async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) 
                     raise Failed(f"api: booted report refused: {r.status} {(await r.text())[:120]}")
             phase("report")
         res.ok = True
+    except GaveUp as e:
+        res.error = str(e)
+        return True
     except Failed as e:
         res.error = str(e)
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
         res.error = f"{type(e).__name__}: {e}"[:300]
     except Exception as e:  # a bug in the generator must not hide the other clients
         res.error = f"generator: {type(e).__name__}: {e}"[:300]
-    res.total = round(time.monotonic() - t0, 4)
-    return res
+    return False
 
 
 async def measure_bound(server: str, seconds: float = 2.0, conns: int = 4) -> float:
@@ -461,13 +489,73 @@ unknown_nodes = "boot"
 """
 
 
+def run_generators(net, work: Path, base: dict, workers: int, mode: str, start_at: float = 0.0,
+                   timeout: float = 600) -> list[dict]:
+    """Run `workers` load generator processes in the client namespace, the clients split among them.
+
+    `base` holds the generator parameters (`client_params()`); returns each process's output.
+    """
+    n = base["n"]
+    procs = []
+    for w in range(workers):
+        first, count = n * w // workers, n * (w + 1) // workers - n * w // workers
+        pf, of = work / f"params-{mode}-{w}.json", work / f"out-{mode}-{w}.json"
+        of.unlink(missing_ok=True)
+        pf.write_text(json.dumps(dict(base, mode=mode, first=first, count=count, start_at=start_at)))
+        cmd = net.exec(net.cli, sys.executable, "-m", "ramboot.bench", "storm", "--client-params",
+                       str(pf), "--client-out", str(of))
+        procs.append((Child(cmd, log=work / f"gen-{mode}-{w}.log"), of))
+    outs = []
+    for child, of in procs:
+        try:
+            child.proc.wait(timeout + 300)
+        except Exception:
+            child.stop()
+        child.stop()
+        if child.proc.returncode != 0 or not of.exists():
+            raise click.ClickException(f"bench storm: a load generator failed:\n{child.tail(20)}")
+        outs.append(json.loads(of.read_text()))
+    return outs
+
+
+def client_params(n: int, ifname: str, server: str, data: Path, man: dict, blksize: int = 1456,
+                  windowsize: int = 0, ramp: float = 0.0, timeout: float = 600, mac_prefix: str | None = None,
+                  bound_seconds: float = 0.0, boot_retries: int = BOOT_RETRIES) -> dict:
+    """The load generators' parameters for `n` clients against the server at `server`."""
+    ldir = data / "loaders"
+    loaders = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in ldir.iterdir() if f.is_file()}
+    return {
+        "n": n, "ifname": ifname, "server": server, "blksize": blksize, "windowsize": windowsize,
+        "ramp": ramp, "timeout": timeout, "loaders": loaders, "manifest": man,
+        "mac_prefix": mac_prefix or "02" + secrets.token_hex(2), "bound_seconds": bound_seconds,
+        "boot_retries": boot_retries,
+    }
+
+
+def prepare_data(data: Path, image_mb: float) -> dict:
+    """A data dir with the synthetic image `bench` and the boot programs; returns the manifest's sums."""
+    from ..namespace import install_loaders
+    from .util import make_image
+
+    man = make_image(data, "bench", int(image_mb * 2**20))
+    install_loaders(data)
+    ldir = data / "loaders"
+    if not (ldir / "undionly.kpxe").exists():  # no ipxe package: any bytes will do for the transfer
+        (ldir / "undionly.kpxe").write_bytes(os.urandom(70_000))
+    return man
+
+
 def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize: int = 0, ramp: float = 0.0,
               timeout: float = 600, keep: Path | None = None, bound_seconds: float = 2.0, verbose: bool = True,
-              workers: int = 2) -> dict:
-    """Run one storm end to end (namespaces, server, clients); returns the summary dict."""
-    from ..namespace import install_loaders
-    from .util import Child, NetnsPair, RssSampler, cpu_seconds, make_image, ramboot_exe, rss_bytes, run
+              workers: int = 2, impair: Impairment | None = None) -> dict:
+    """Run one storm end to end (namespaces, server, clients); returns the summary dict.
 
+    With `impair`, the wire between the clients and the server drops and delays
+    frames each way (`ramboot.lab.impair`) and the link-bound probe is skipped."""
+    from .util import NetnsPair, RssSampler, cpu_seconds, ramboot_exe, rss_bytes, run
+
+    if impair is not None:
+        bound_seconds = 0.0
     if os.geteuid() != 0:
         raise click.ClickException("bench storm needs root (it makes network namespaces)")
     if n > 4000:
@@ -476,13 +564,9 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
     data = work / "data"
     say = (lambda *a: click.echo(" ".join(str(x) for x in a), err=True)) if verbose else (lambda *a: None)
     try:
-        man = make_image(data, "bench", int(image_mb * 2**20))
-        install_loaders(data)
-        ldir = data / "loaders"
-        if not (ldir / "undionly.kpxe").exists():  # no ipxe package: any bytes will do for the transfer
-            (ldir / "undionly.kpxe").write_bytes(os.urandom(70_000))
-        loaders = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in ldir.iterdir() if f.is_file()}
-        with NetnsPair() as net:
+        man = prepare_data(data, image_mb)
+        net = NetnsPair(impair=impair)
+        with net:
             run("ip", "-n", net.cli, "route", "add", "local", POOL_NET, "dev", "lo")
             cfg = work / "ramboot.toml"
             cfg.write_text(server_config(data, net.srv_if))
@@ -499,31 +583,11 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                                              str(data / "images" / "bench" / "rootfs.squashfs")),
                                     log=work / "blast.log")
                     time.sleep(0.3)
-                base = {
-                    "n": n, "ifname": net.cli_if, "server": net.srv_ip, "blksize": blksize, "windowsize": windowsize,
-                    "ramp": ramp, "timeout": timeout, "loaders": loaders, "manifest": man,
-                    "mac_prefix": "02" + secrets.token_hex(2), "bound_seconds": bound_seconds,
-                }
+                base = client_params(n, net.cli_if, net.srv_ip, data, man, blksize, windowsize, ramp, timeout,
+                                     bound_seconds=bound_seconds)
 
                 def generators(mode: str, start_at: float = 0.0) -> list[dict]:
-                    procs = []
-                    for w in range(workers):
-                        first, count = n * w // workers, n * (w + 1) // workers - n * w // workers
-                        pf, of = work / f"params-{mode}-{w}.json", work / f"out-{mode}-{w}.json"
-                        pf.write_text(json.dumps(dict(base, mode=mode, first=first, count=count, start_at=start_at)))
-                        cmd = net.exec(net.cli, sys.executable, "-m", "ramboot.bench", "storm", "--client-params",
-                                       str(pf), "--client-out", str(of))
-                        procs.append((Child(cmd, log=work / f"gen-{mode}-{w}.log"), of))
-                    outs = []
-                    for child, of in procs:
-                        try:
-                            child.proc.wait(timeout + 300)
-                        except Exception:
-                            child.stop()
-                        if child.proc.returncode != 0 or not of.exists():
-                            raise click.ClickException(f"bench storm: a load generator failed:\n{child.tail(20)}")
-                        outs.append(json.loads(of.read_text()))
-                    return outs
+                    return run_generators(net, work, base, workers, mode, start_at, timeout)
 
                 bound = 0.0
                 if bound_seconds:
@@ -565,6 +629,9 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
             "phase_p99_s": {k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.99) for k in phases},
             "dhcp_retries": sum(r["dhcp_retries"] for r in results),
             "tftp_retries": sum(r["tftp_retries"] for r in results),
+            "boot_retries": sum(r.get("boot_retries", 0) for r in results),
+            "impairment": impair.describe() if impair else "",
+            "wire": net.relay_counters().get("directions", {}) if impair else {},
             "bytes": nbytes, "aggregate_mb_s": nbytes / 2**20 / out["wall"] if out["wall"] else 0.0,
             "bound_mb_s": out["bound_mb_s"],
             "server_cpu_s": cpu, "server_cpu_pct": 100 * cpu / wall if wall else 0.0,
@@ -585,18 +652,21 @@ def format_summary(s: dict) -> str:
     bound = s["bound_mb_s"]
     lines = [
         f"storm: {s['clients']} clients, image {s['image_mb']} MB: {s['ok']} booted, {s['failed']} failed"
-        + ("" if s["server_alive"] else "  (SERVER DIED)"),
+        + ("" if s["server_alive"] else "  (SERVER DIED)")
+        + (f"   wire: {s['impairment']}" if s.get("impairment") else ""),
         f"  completion   p50 {s['p50_s']:.2f} s   p99 {s['p99_s']:.2f} s   max {s['max_s']:.2f} s"
         f"   (wall {s['wall_s']:.2f} s)",
         "  phase p50    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p50_s"].items()),
         "  phase p99    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p99_s"].items()),
-        f"  retries      dhcp {s['dhcp_retries']}   tftp {s['tftp_retries']}",
+        f"  retries      dhcp {s['dhcp_retries']}   tftp {s['tftp_retries']}   whole boot {s.get('boot_retries', 0)}",
         f"  transfer     {s['bytes'] / 2**20:,.0f} MB at {s['aggregate_mb_s']:,.0f} MB/s aggregate"
         + (f"; link bound {bound:,.0f} MB/s (raw TCP into the same generator processes, no hashing)"
            f" -> {s['aggregate_mb_s'] / bound:.0%}" if bound else ""),
         f"  server       CPU {s['server_cpu_s']:.1f} s ({s['server_cpu_pct']:.0f}% of one core)"
         f"   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
     ]
+    for name, c in s.get("wire", {}).items():
+        lines.append(f"  wire         {name}: {c['frames']} frames, {c['lost']} lost, {c['queue_drops']} queue drops")
     for reason, count in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  FAILED x{count}: {reason}")
     return "\n".join(lines)
@@ -639,6 +709,11 @@ def _blast(path: str) -> None:
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="load generator processes (the clients are split among them)")
 @click.option("--timeout", type=float, default=600, show_default=True, help="per-client HTTP timeout, seconds")
+@click.option("--loss", type=click.FloatRange(0, 100), default=0.0, show_default=True,
+              help="percent of frames the wire drops, each way (ramboot.lab.impair; netem's `loss`)")
+@click.option("--delay", "delay_ms", type=click.FloatRange(0, 10_000), default=0.0, show_default=True,
+              help="milliseconds the wire holds every frame, each way (netem's `delay`)")
+@click.option("--seed", type=int, help="the wire's RNG seed (with --loss)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the summary here")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="keep the server log and raw results here")
@@ -646,7 +721,8 @@ def _blast(path: str) -> None:
 @click.option("--client-out", hidden=True, type=click.Path(dir_okay=False))
 @click.option("--blast", hidden=True, type=click.Path(dir_okay=False))
 def storm(
-    n, image_mb, blksize, windowsize, ramp, workers, timeout, json_out, keep, client_params, client_out, blast
+    n, image_mb, blksize, windowsize, ramp, workers, timeout, loss, delay_ms, seed, json_out, keep, client_params,
+    client_out, blast
 ) -> None:
     """Simulate N PXE clients booting at once against a real `ramboot serve` in a namespace."""
     if blast:
@@ -657,7 +733,8 @@ def storm(
         out = asyncio.run(run_clients(p))
         Path(client_out).write_text(json.dumps(out))
         return
-    s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers)
+    impair = Impairment(loss / 100, delay_ms / 1000, seed=seed) if loss or delay_ms else None
+    s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers, impair=impair)
     click.echo(format_summary(s))
     if json_out:
         json_out.write_text(json.dumps(s, indent=1))
