@@ -212,7 +212,9 @@ def verdict(rows: list[dict], failures: dict) -> tuple[bool, list[str]]:
         a, b = statistics.median(r[key] for r in first), statistics.median(r[key] for r in last)
         # Idle again, the database's files are the connection pool's (SQLAlchemy's QueuePool keeps
         # up to DB_POOL connections, a file and its WAL each): bounded, not left behind.
-        own = (lambda r: r[key] - r["db_fds"]) if key == "fds" else (lambda r: r[key])
+        def own(r: dict, key: str = key) -> float:
+            return r[key] - r["db_fds"] if key == "fds" else r[key]
+
         idle0, idle1 = statistics.median(own(r) for r in head), own(tail[-1])
         good = b <= a + 5 and idle1 <= idle0 + 2
         extra = ""
