@@ -222,7 +222,8 @@ def test_kill_9_mid_perfdhcp_storm_keeps_every_acked_lease(tmp_path: Path) -> No
 
             figures = {
                 "killed_after_s": KILL_AFTER, "rate": RATE, "acks_captured": len(acks), "acked_clients": len(acked),
-                "requests_unanswered_at_kill": len(unanswered), "discovers_after_kill": len(unoffered), "fresh_clients": len(fresh),
+                "requests_unanswered_at_kill": len(unanswered), "discovers_after_kill": len(unoffered),
+                "fresh_clients": len(fresh),
                 "fresh_offered_an_acked_address": len(taken), "re_offers_checked": len(again),
                 "re_offers_wrong": len(wrong), "leases_in_store": len(rows), "client_ids_sent": len(cid),
                 "killed_at": killed_at,
