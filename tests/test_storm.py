@@ -13,6 +13,7 @@ import shutil
 import pytest
 
 from ramboot.bench.storm import _pct, format_summary, run_storm
+from ramboot.lab.impair import Impairment
 
 needs_netns = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 for network namespaces"
@@ -40,3 +41,21 @@ def test_storm_20_clients_all_boot() -> None:
     assert 0 < s["p50_s"] <= s["p99_s"] <= s["max_s"], text
     assert set(s["phase_p50_s"]) == {"dhcp", "tftp", "dhcp-ipxe", "script", "kernel+initrd", "rootfs", "report"}, text
     assert s["server_rss_mb_peak"] > 0 and s["server_cpu_s"] > 0, text
+
+
+@pytest.mark.netns
+@needs_netns
+def test_storm_200_clients_through_loss_and_delay() -> None:
+    """200 clients at once over a wire that drops 5 % of the frames and holds each 20 ms, each way."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    s = run_storm(n=200, image_mb=0.5, verbose=False, workers=2, timeout=300,
+                  impair=Impairment(loss=0.05, delay=0.020, seed=seed))
+    text = format_summary(s) + f"\nseed {seed}"
+    assert s["server_alive"], text
+    assert s["failed"] == 0 and s["ok"] == 200, text
+    wire = s["wire"]
+    assert len(wire) == 2, text
+    for d in wire.values():  # the loss really was on the path, both ways
+        assert d["frames"] > 10_000 and 0.03 < d["lost"] / d["frames"] < 0.07, text
+    assert s["tftp_retries"] > 0, text  # lock-step TFTP lost blocks and timed out: recovered
+    print(text)

@@ -14,7 +14,8 @@ every kernel, in both directions:
 A port is a tap opened by name inside a network namespace (`tap:NS:IFNAME`, the
 tap made beforehand, persistent, by `ip tuntap add`), or a UDP endpoint that
 QEMU's `-netdev socket,udp=...,localaddr=...` talks to (`udp:LISTEN_PORT:PEER_PORT`
-on 127.0.0.1 of the namespace the relay runs in). Frames are whole Ethernet
+on 127.0.0.1 of the namespace the relay runs in; 0 for either: a free one, printed on
+the `ready` line). Frames are whole Ethernet
 frames both ways (a tap without IFF_VNET_HDR gets segmented frames).
 
     python -m ramboot.lab.impair --port tap:NS1:if1 --port tap:NS2:if2 --loss 0.05 --delay 0.02 [--seed N]
@@ -166,6 +167,7 @@ class _Port:
     def __init__(self, spec: str):
         kind, _, rest = spec.partition(":")
         self.spec = spec
+        self.udp: tuple[int, int] | None = None
         if kind == "tap":
             ns, _, ifname = rest.rpartition(":")
             self.fd = open_tap(ifname, ns or None)
@@ -174,7 +176,9 @@ class _Port:
         elif kind == "udp":
             listen, _, peer = rest.partition(":")
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", int(listen)))
+            s.bind(("127.0.0.1", int(listen)))  # 0: any free port (printed on the ready line)
+            if int(peer or 0) == 0:
+                peer = str(free_udp_port())
             s.setblocking(False)
             for opt in (33, 32):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE
                 try:
@@ -182,6 +186,7 @@ class _Port:
                 except OSError:
                     pass
             self.sock, self.fd = s, s.fileno()
+            self.udp = (int(s.getsockname()[1]), int(peer))
             dest = ("127.0.0.1", int(peer))
             self.read = lambda: s.recv(65536)
             self.write = lambda b: s.sendto(b, dest)
@@ -209,7 +214,9 @@ async def _main(a: argparse.Namespace) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         relay.loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
+    udp = [p.udp for p in ports if p.udp]
+    # ready [LISTEN PEER]: QEMU's end is `-netdev socket,udp=127.0.0.1:LISTEN,localaddr=127.0.0.1:PEER`
+    print("ready" + (f" {udp[0][0]} {udp[0][1]}" if udp else ""), flush=True)
     await stop.wait()
     print(json.dumps({"impairment": imp.describe(), "directions": relay.counters()}), flush=True)
 
