@@ -384,3 +384,21 @@ def test_bios_boots_through_loss_and_delay(lab_run: LabRun) -> None:
 @pytest.mark.timeout(720)
 def test_uefi_boots_through_loss_and_delay(lab_run: LabRun) -> None:
     _netem_boot(lab_run, "uefi")
+
+
+def test_ipxe_script_retries_the_kernel_then_fails_loudly(lab_run: LabRun) -> None:
+    """The generated script's retry, run by the real iPXE ROM: the kernel answers 404 every time,
+    iPXE fetches it IPXE_FETCH_TRIES times (the server saw each), then says FAILED on the console."""
+    from ramboot.render import IPXE_FETCH_TRIES
+
+    lab_run.start()
+    kernel = lab_run.lab.data_dir / "images" / "demo" / "vmlinuz"
+    kernel.rename(kernel.with_name("vmlinuz.away"))  # this lab's own hard link; the shared build keeps its own
+    r = lab_run.boot("bios", timeout=180)
+    console = r.console_log.read_text(errors="replace")
+    assert not r.ok and r.first("failed"), _explain(r)
+    assert r.first("failed").detail["reason"] == (
+        f"the kernel and initrd could not be fetched in {IPXE_FETCH_TRIES} tries"), _explain(r)
+    assert console.count("download failed, trying again") == IPXE_FETCH_TRIES - 1, console[-3000:]
+    # the server answered each of the tries with a 404 (and nothing else was missing)
+    assert lab_run.metric("ramboot_dropped_total", protocol="http", reason="not-found") == IPXE_FETCH_TRIES
