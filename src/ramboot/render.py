@@ -9,7 +9,6 @@ from __future__ import annotations
 from .names import SCRIPTS
 from .policy import Decision
 
-
 # The script fetches the kernel and initrd this many times before it gives up. iPXE's own
 # HTTP gives up on a download that stalls or whose connection resets; a lossy link (5 %)
 # does that now and then, and this level, the script, is the only one between the
