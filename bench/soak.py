@@ -17,7 +17,8 @@ client namespace, all at once for the whole load phase:
 
 Every `--interval` seconds the server's RSS (/proc/PID/status VmRSS), its open
 file descriptors (/proc/PID/fd) and its asyncio task count
-(`ramboot_asyncio_tasks` from /metrics) are sampled, from an idle minute
+(`ramboot_asyncio_tasks` from /metrics) are sampled, with where the memory goes
+(`ramboot_python_allocated_blocks`, `ramboot_sqlite_memory_bytes`), from an idle minute
 before the load, through the load, to an idle minute after it.
 
 "Flat", the verdict (exit 1 when any fails):
@@ -208,6 +209,11 @@ def verdict(rows: list[dict], failures: dict) -> tuple[bool, list[str]]:
     lines.append(f"RSS: {statistics.median(rss):.1f} MiB median under load, the fit rises {rise:+.1f} MiB over "
                  f"{(xs[-1] - xs[0]) / 60:.1f} min (allowed < {allowed:.1f}); peak {max(rss):.1f} MiB "
                  f"-> {'flat' if good else 'GROWING'}")
+    for key, unit in (("sqlite_mib", "MiB"), ("py_kblocks", "thousand blocks")):
+        vals = [r[key] for r in body]
+        if min(vals) >= 0:
+            lines.append(f"  where it goes (not judged): {key} {statistics.median(vals):.1f} {unit} median, the fit "
+                         f"{_slope(xs, vals) * (xs[-1] - xs[0]):+.1f} over the same span")
     for key in ("fds", "tasks"):
         a, b = statistics.median(r[key] for r in first), statistics.median(r[key] for r in last)
         # Idle again, the database's files are the connection pool's (SQLAlchemy's QueuePool keeps
@@ -243,10 +249,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     t = [r["t_s"] / 60 for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), sharex=True)
-    for ax, key, label in zip(axes, ("rss_mib", "fds", "tasks"),
-                              ("RSS (MiB)", "open file descriptors", "asyncio tasks"), strict=True):
-        ax.plot(t, [r[key] for r in rows], lw=1.2)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 9.5), sharex=True)
+    for ax, key, label in zip(axes, ("rss_mib", "py_kblocks", "fds", "tasks"),
+                              ("RSS (MiB)", "Python blocks (k)", "open fds", "asyncio tasks"), strict=True):
+        ax.plot(t, [r.get(key, 0) for r in rows], lw=1.2, label="RSS" if key == "rss_mib" else None)
+        if key == "rss_mib" and any(r.get("sqlite_mib", -1) >= 0 for r in rows):
+            ax.plot(t, [r["sqlite_mib"] for r in rows], lw=1.0, color="tab:green", label="SQLite's own memory")
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
@@ -313,6 +322,8 @@ def orchestrate(a: argparse.Namespace) -> int:
                     row = {
                         "t_s": round(time.monotonic() - t0, 1), "phase": phase, "rss_mib": round(rss, 2),
                         "fds": fds, "db_fds": db_fds, "tasks": int(m.get("ramboot_asyncio_tasks", -1)),
+                        "py_kblocks": round(m.get("ramboot_python_allocated_blocks", -1000) / 1000, 1),
+                        "sqlite_mib": round(m.get("ramboot_sqlite_memory_bytes", -1) / 2**20, 2),
                         "sse_clients": int(m.get("ramboot_sse_clients", -1)),
                         "storms": counts["storms"], "boots_ok": counts["boots_ok"], "boots_failed": failures["boots"],
                         "api_puts": stats["api"].get("puts", 0), "api_errors": stats["api"].get("errors", 0),
