@@ -1,4 +1,4 @@
-.PHONY: setup test demo bench fuzz clean
+.PHONY: setup test demo bench fuzz soak clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,3 +19,7 @@ fuzz: setup
 
 clean:
 	rm -rf .venv build *.egg-info test-artifacts
+
+# Mixed load against one `ramboot serve` for SOAK_MINUTES (default 30); not part of `make test`.
+soak: setup
+	@bash scripts/soak.sh

@@ -5,6 +5,8 @@ Table-driven over an in-memory directory: no store, no server.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import write_fake_image
@@ -171,3 +173,68 @@ def test_modules_layer_goes_on_the_command_line_beside_each_root_url(data_dir):
     assert f"ramboot.modules.sha256={m.files[MODULES].sha256}" in d.cmdline
     plain = booter(data_dir, NodeSpec(MAC, image="other")).decide(Client(MAC, ipxe=True))
     assert "ramboot.modules" not in plain.cmdline  # no manifest, no layer
+
+
+def _run_ipxe(script: str, fails: int) -> tuple[int, str]:
+    """Walk the script as iPXE would, the first `fails` kernel/initrd fetches failing; returns
+    (fetches tried, how it ended: "boot" or the FAILED line). Only the commands the script uses:
+    labels, `goto`, `||`/`&&`, `iseq`, `set`, `echo`, `exit`, and setting expansion."""
+    lines = script.splitlines()[1:]
+    labels = {ln[1:]: i for i, ln in enumerate(lines) if ln.startswith(":")}
+    settings: dict[str, str] = {}
+    fetches, i = 0, 0
+
+    def run(cmd: str) -> bool | str:
+        nonlocal fetches
+        words = re.sub(r"\$\{(\w+)\}", lambda m: settings.get(m[1], ""), cmd).split()
+        if words[0] in ("kernel", "initrd"):
+            fetches += 1
+            return fetches > fails
+        if words[0] == "iseq":
+            return words[1] == words[2]
+        if words[0] == "set":
+            settings[words[1]] = words[2] if len(words) > 2 else ""
+            return True
+        if words[0] == "goto":
+            return "goto:" + words[1]
+        if words[0] == "boot":
+            return "boot"
+        if words[0] == "exit":
+            return "exit"
+        return True  # echo
+
+    failed_line = ""
+    for _ in range(1000):
+        ln = lines[i]
+        i += 1
+        if ln.startswith(":"):
+            continue
+        if ln.startswith("echo ramboot: FAILED"):
+            failed_line = ln[5:]
+        ok: bool | str = True
+        for op, part in re.findall(r"(^|\|\||&&)\s*([^|&]*)", ln):
+            part = part.strip()
+            if (op == "||" and ok is True) or (op == "&&" and ok is not True) or not part:
+                continue
+            ok = run(part)
+            if isinstance(ok, str):
+                break
+        if ok == "boot":
+            return fetches, "boot"
+        if ok == "exit":
+            return fetches, failed_line
+        if isinstance(ok, str) and ok.startswith("goto:"):
+            i = labels[ok[5:]] + 1
+    raise AssertionError("the script loops")
+
+
+@pytest.mark.parametrize("fails", [0, 1, 3, render.IPXE_FETCH_TRIES - 1, render.IPXE_FETCH_TRIES, 50])
+def test_ipxe_script_retries_a_failed_download_then_says_so(data_dir, fails):
+    write_fake_image(data_dir, "demo")
+    script = render.ipxe_script(booter(data_dir, NodeSpec(MAC, image="demo")).decide(Client(MAC, ipxe=True)))
+    fetches, end = _run_ipxe(script, fails)
+    if fails < render.IPXE_FETCH_TRIES:  # a failed try is the kernel or the initrd: then both again
+        assert end == "boot" and fetches == fails + 2
+    else:
+        assert fetches == render.IPXE_FETCH_TRIES
+        assert end == f"ramboot: FAILED the kernel and initrd could not be fetched in {render.IPXE_FETCH_TRIES} tries"

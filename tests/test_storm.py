@@ -13,6 +13,7 @@ import shutil
 import pytest
 
 from ramboot.bench.storm import _pct, format_summary, run_storm
+from ramboot.lab.impair import Impairment
 
 needs_netns = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2 for network namespaces"
@@ -53,3 +54,19 @@ def test_storm_two_servers_one_killed_mid_storm_costs_no_boot() -> None:
     assert s["server_alive"], text  # the survivor
     assert s["in_flight_at_kill"] >= 5, text  # the kill really hit boots in progress
     assert {"10.77.0.1", "10.77.0.2"} <= set(s["acks_by_server"]), text  # both served before the kill
+
+
+def test_storm_200_clients_through_loss_and_delay() -> None:
+    """200 clients at once over a wire that drops 5 % of the frames and holds each 20 ms, each way."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    s = run_storm(n=200, image_mb=0.5, verbose=False, workers=2, timeout=300,
+                  impair=Impairment(loss=0.05, delay=0.020, seed=seed))
+    text = format_summary(s) + f"\nseed {seed}"
+    assert s["server_alive"], text
+    assert s["failed"] == 0 and s["ok"] == 200, text
+    wire = s["wire"]
+    assert len(wire) == 2, text
+    for d in wire.values():  # the loss really was on the path, both ways
+        assert d["frames"] > 10_000 and 0.03 < d["lost"] / d["frames"] < 0.07, text
+    assert s["tftp_retries"] > 0, text  # lock-step TFTP lost blocks and timed out: recovered
+    print(text)

@@ -49,6 +49,38 @@ TFTP_RING_BYTES = Gauge("ramboot_tftp_ring_bytes", "Bytes the TFTP transfers' ri
 TFTP_RING_PEAK = Gauge("ramboot_tftp_ring_peak_bytes", "The most the TFTP transfers' rings have held at once")
 TFTP_ACTIVE = Gauge("ramboot_tftp_transfers_active", "TFTP transfers in progress, by state", ["state"])
 
+# The serve process itself (`make soak` watches these stay flat; RSS and open fds are also
+# prometheus_client's own process_resident_memory_bytes and process_open_fds).
+ASYNCIO_TASKS = Gauge("ramboot_asyncio_tasks", "asyncio tasks alive in the server's event loop (read at each scrape)")
+SSE_CLIENTS = Gauge("ramboot_sse_clients", "Clients connected to /api/v1/events/stream")
+
+
+PY_BLOCKS = Gauge("ramboot_python_allocated_blocks", "Memory blocks Python's allocator holds (sys.getallocatedblocks)")
+SQLITE_MEMORY = Gauge("ramboot_sqlite_memory_bytes", "Memory SQLite's library holds in this process (page caches and "
+                      "more; sqlite3_memory_used)")
+
+
+def watch_tasks(loop: object) -> None:
+    """ASYNCIO_TASKS reads `len(asyncio.all_tasks(loop))` whenever /metrics is scraped (in the loop);
+    the Python and SQLite memory gauges are read then too, so a soak can tell where RSS goes."""
+    import asyncio
+    import ctypes
+    import ctypes.util
+    import sqlite3
+    import sys
+
+    ASYNCIO_TASKS.set_function(lambda: float(len(asyncio.all_tasks(loop))))  # type: ignore[arg-type]
+    PY_BLOCKS.set_function(lambda: float(sys.getallocatedblocks()))
+    del sqlite3  # loaded first, so the library below is the one Python's sqlite3 module uses
+    name = ctypes.util.find_library("sqlite3")
+    try:
+        used = ctypes.CDLL(name).sqlite3_memory_used if name else None
+    except (OSError, AttributeError):
+        used = None
+    if used is not None:
+        used.restype = ctypes.c_int64
+        SQLITE_MEMORY.set_function(lambda: float(used()))
+
 
 _dropped: dict[tuple[str, str], object] = {}
 

@@ -9,24 +9,46 @@ from __future__ import annotations
 from .names import GRUB_CFG_SUFFIX, SCRIPTS
 from .policy import Decision
 
+# The script fetches the kernel and initrd this many times before it gives up. iPXE's own
+# HTTP gives up on a download that stalls or whose connection resets; a lossy link (5 %)
+# does that now and then, and this level, the script, is the only one between the
+# firmware's PXE (which would start over with DHCP and TFTP, if at all) and the
+# initramfs (which retries the root image itself). docs/decisions.md, "Retries".
+IPXE_FETCH_TRIES = 5
+
 
 def ipxe_script(d: Decision) -> str:
     """`boot/<mac>[/<uuid>].ipxe`: the kernel and initrd over HTTP, then boot.
 
     With several servers holding the image, each fetch falls back across them
     (`kernel URL1 … || kernel URL2 …`): a server that died after handing out this
-    script costs one failed request, not the boot.
+    script costs one failed request, not the boot. A fetch that fails everywhere is
+    tried again (IPXE_FETCH_TRIES in all), then the failure is on the console.
+
+    The tries are counted in a string setting (one `x` per retry, compared with an `x`
+    in front so neither side is empty): `iseq` is in every iPXE build, `inc` is not.
+    Fetching an image again under the same name replaces it.
     """
     bases = d.mirrors or (d.http_base,)
     name = d.initrd.rsplit("/", 1)[-1]
     kernel = " || ".join(f"kernel {b}/{d.kernel} initrd={name} {d.cmdline}" for b in bases)
     initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
+    marks = "x" * (IPXE_FETCH_TRIES - 1)
     return (
         "#!ipxe\n"
         f"echo ramboot: booting {d.image} on {d.mac}\n"
-        f"{kernel}\n"
-        f"{initrd}\n"
-        "boot\n"
+        ":ramboot_fetch\n"
+        f"{kernel} || goto ramboot_retry\n"
+        f"{initrd} || goto ramboot_retry\n"
+        "boot || goto ramboot_retry\n"
+        ":ramboot_retry\n"
+        f"iseq x${{ramboot_tries}} x{marks} && goto ramboot_failed ||\n"
+        "set ramboot_tries ${ramboot_tries}x\n"
+        "echo ramboot: kernel or initrd download failed, trying again\n"
+        "goto ramboot_fetch\n"
+        ":ramboot_failed\n"
+        f"echo ramboot: FAILED the kernel and initrd could not be fetched in {IPXE_FETCH_TRIES} tries\n"
+        "exit 1\n"
     )
 
 

@@ -50,7 +50,9 @@ from pathlib import Path
 
 import click
 
+from ..lab.impair import Impairment
 from ..macaddr import mac_from_bytes
+from .util import Child
 
 POOL_NET = "10.77.16.0/20"
 POOL = ("10.77.16.0", "10.77.31.254")
@@ -66,7 +68,11 @@ PARAM_REQUEST = bytes([1, 2, 3, 4, 5, 6, 12, 13, 15, 17, 18, 22, 23, 28, 40, 41,
 # PXE 2.1 DHCP timeouts (seconds before the next DISCOVER), then give up
 DHCP_TIMEOUTS = (4, 8, 16, 32)
 REQUEST_TIMEOUTS = (4, 4)  # then DISCOVER again
-BOOT_ATTEMPTS = 3  # a BIOS retries its boot entry when the network boot fails (SeaBIOS: boot-fail-wait)
+# A PXE ROM that gets no DHCP answer gives up after those four tries (60 s) and the
+# firmware moves on; a BIOS set to retry the boot (SeaBIOS `reboot-timeout`, a BMC's
+# "retry network boot") starts the whole boot again. The simulated client does the same,
+# this many times: the level where a firmware that gave up can be retried.
+BOOT_RETRIES = 2
 
 
 # =========================================================================
@@ -87,6 +93,7 @@ class ClientResult:
     dhcp_retries: int = 0
     tftp_retries: int = 0
     restarts: int = 0  # whole boots started over (the firmware's retry) after a server died
+    boot_retries: int = 0  # the same count, under the name the soak reads
     servers: list[str] = field(default_factory=list)  # which server answered each DHCP ACK
 
 
@@ -162,7 +169,7 @@ class DhcpMux:
                     return await asyncio.wait_for(asyncio.shield(fut), t + random.uniform(-1, 1))
                 except TimeoutError:
                     continue
-            raise Failed(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'}"
+            raise GaveUp(f"dhcp: no reply to message type {data[242] if len(data) > 242 else '?'}"
                          f" after {sum(timeouts)} s")
         finally:
             self.waiters.pop(xid, None)
@@ -413,7 +420,12 @@ async def _boot_attempt(idx: int, mac: bytes, macs: str, p: dict, mux: DhcpMux, 
         phase("report")
 
 
+class GaveUp(Failed):
+    """The firmware's DHCP gave up: the boot as a whole may be retried (BOOT_RETRIES)."""
+
+
 async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) -> ClientResult:
+    """One client's boot, started again (BOOT_RETRIES) when its firmware gives up or its server dies."""
     import aiohttp
 
     macs = mac_from_bytes(mac)
@@ -429,7 +441,9 @@ async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) 
         res.phases[name] = round(now - mark, 4)
         mark = now
 
-    for attempt in range(BOOT_ATTEMPTS):
+    attempts = p.get("boot_retries", BOOT_RETRIES) + 1
+    for attempt in range(attempts):
+        res.phases = {}
         try:
             await _boot_attempt(idx, mac, macs, p, mux, res, phase)
             res.ok, res.error = True, ""
@@ -441,9 +455,10 @@ async def boot_one(idx: int, mac: bytes, p: dict, mux: DhcpMux, t_start: float) 
         except Exception as e:  # a bug in the generator must not hide the other clients
             res.error = f"generator: {type(e).__name__}: {e}"[:300]
             break
-        if attempt + 1 < BOOT_ATTEMPTS:
+        if attempt + 1 < attempts:
             res.restarts += 1
             await asyncio.sleep(1.0)  # the firmware's pause before it tries the boot entry again
+    res.boot_retries = res.restarts
     res.total = round(time.monotonic() - t0, 4)
     return res
 
@@ -528,23 +543,83 @@ unknown_nodes = "boot"
 """
 
 
+def run_generators(net, work: Path, base: dict, workers: int, mode: str, start_at: float = 0.0,
+                   timeout: float = 600) -> list[dict]:
+    """Run `workers` load generator processes in the client namespace, the clients split among them.
+
+    `base` holds the generator parameters (`client_params()`); returns each process's output.
+    """
+    n = base["n"]
+    procs = []
+    for w in range(workers):
+        first, count = n * w // workers, n * (w + 1) // workers - n * w // workers
+        pf, of = work / f"params-{mode}-{w}.json", work / f"out-{mode}-{w}.json"
+        of.unlink(missing_ok=True)
+        pf.write_text(json.dumps(dict(base, mode=mode, first=first, count=count, start_at=start_at)))
+        cmd = net.exec(net.cli, sys.executable, "-m", "ramboot.bench", "storm", "--client-params",
+                       str(pf), "--client-out", str(of))
+        procs.append((Child(cmd, log=work / f"gen-{mode}-{w}.log"), of))
+    outs = []
+    for child, of in procs:
+        try:
+            child.proc.wait(timeout + 300)
+        except Exception:
+            child.stop()
+        child.stop()
+        if child.proc.returncode != 0 or not of.exists():
+            raise click.ClickException(f"bench storm: a load generator failed:\n{child.tail(20)}")
+        outs.append(json.loads(of.read_text()))
+    return outs
+
+
+def client_params(n: int, ifname: str, server: str, data: Path, man: dict, blksize: int = 1456,
+                  windowsize: int = 0, ramp: float = 0.0, timeout: float = 600, mac_prefix: str | None = None,
+                  bound_seconds: float = 0.0, boot_retries: int = BOOT_RETRIES) -> dict:
+    """The load generators' parameters for `n` clients against the server at `server`."""
+    ldir = data / "loaders"
+    loaders = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in ldir.iterdir() if f.is_file()}
+    return {
+        "n": n, "ifname": ifname, "server": server, "blksize": blksize, "windowsize": windowsize,
+        "ramp": ramp, "timeout": timeout, "loaders": loaders, "manifest": man,
+        "mac_prefix": mac_prefix or "02" + secrets.token_hex(2), "bound_seconds": bound_seconds,
+        "boot_retries": boot_retries,
+    }
+
+
+def prepare_data(data: Path, image_mb: float) -> dict:
+    """A data dir with the synthetic image `bench` and the boot programs; returns the manifest's sums."""
+    from ..namespace import install_loaders
+    from .util import make_image
+
+    man = make_image(data, "bench", int(image_mb * 2**20))
+    install_loaders(data)
+    ldir = data / "loaders"
+    if not (ldir / "undionly.kpxe").exists():  # no ipxe package: any bytes will do for the transfer
+        (ldir / "undionly.kpxe").write_bytes(os.urandom(70_000))
+    return man
+
+
 def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize: int = 0, ramp: float = 0.0,
               timeout: float = 600, keep: Path | None = None, bound_seconds: float = 2.0, verbose: bool = True,
-              workers: int = 2, servers: int = 1, kill_after: float | None = None) -> dict:
+              workers: int = 2, servers: int = 1, kill_after: float | None = None,
+              impair: Impairment | None = None) -> dict:
     """Run one storm end to end (namespaces, servers, clients); returns the summary dict.
 
     `servers` > 1: that many `ramboot serve` on one bridge and one throwaway PostgreSQL
     cluster (same range, full DHCP). `kill_after`: SIGKILL the first server that many
     seconds into the storm; the clients fall back as nodes do (DHCP from the other
     server, `||` in the iPXE script, the list of root URLs, a firmware retry).
+    With `impair`, the wire between the clients and the servers drops and delays
+    frames each way (`ramboot.lab.impair`) and the link-bound probe is skipped.
     """
     import signal
     import threading
 
     from ..lab.pg import TempCluster
-    from ..namespace import install_loaders
-    from .util import Child, NetnsPair, RssSampler, cpu_seconds, make_image, ramboot_exe, rss_bytes, run
+    from .util import Child, NetnsPair, RssSampler, cpu_seconds, ramboot_exe, rss_bytes, run
 
+    if impair is not None:
+        bound_seconds = 0.0
     if os.geteuid() != 0:
         raise click.ClickException("bench storm needs root (it makes network namespaces)")
     if n > 4000:
@@ -554,15 +629,12 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
     pg: TempCluster | None = None
     say = (lambda *a: click.echo(" ".join(str(x) for x in a), err=True)) if verbose else (lambda *a: None)
     try:
-        man = make_image(data, "bench", int(image_mb * 2**20))
-        install_loaders(data)
+        man = prepare_data(data, image_mb)
         ldir = data / "loaders"
-        if not (ldir / "undionly.kpxe").exists():  # no ipxe package: any bytes will do for the transfer
-            (ldir / "undionly.kpxe").write_bytes(os.urandom(70_000))
-        loaders = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in ldir.iterdir() if f.is_file()}
         if servers > 1:
             pg = TempCluster().start()
-        with NetnsPair() as net:
+        net = NetnsPair(impair=impair)
+        with net:
             run("ip", "-n", net.cli, "route", "add", "local", POOL_NET, "dev", "lo")
             db_url = pg.create_db("storm") if pg else None
             places = [(net.srv, net.srv_if, net.srv_ip)]
@@ -598,31 +670,11 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                                              str(data / "images" / "bench" / "rootfs.squashfs")),
                                     log=work / "blast.log")
                     time.sleep(0.3)
-                base = {
-                    "n": n, "ifname": net.cli_if, "server": net.srv_ip, "blksize": blksize, "windowsize": windowsize,
-                    "ramp": ramp, "timeout": timeout, "loaders": loaders, "manifest": man,
-                    "mac_prefix": "02" + secrets.token_hex(2), "bound_seconds": bound_seconds,
-                }
+                base = client_params(n, net.cli_if, net.srv_ip, data, man, blksize, windowsize, ramp, timeout,
+                                     bound_seconds=bound_seconds)
 
                 def generators(mode: str, start_at: float = 0.0) -> list[dict]:
-                    procs = []
-                    for w in range(workers):
-                        first, count = n * w // workers, n * (w + 1) // workers - n * w // workers
-                        pf, of = work / f"params-{mode}-{w}.json", work / f"out-{mode}-{w}.json"
-                        pf.write_text(json.dumps(dict(base, mode=mode, first=first, count=count, start_at=start_at)))
-                        cmd = net.exec(net.cli, sys.executable, "-m", "ramboot.bench", "storm", "--client-params",
-                                       str(pf), "--client-out", str(of))
-                        procs.append((Child(cmd, log=work / f"gen-{mode}-{w}.log"), of))
-                    outs = []
-                    for child, of in procs:
-                        try:
-                            child.proc.wait(timeout + 300)
-                        except Exception:
-                            child.stop()
-                        if child.proc.returncode != 0 or not of.exists():
-                            raise click.ClickException(f"bench storm: a load generator failed:\n{child.tail(20)}")
-                        outs.append(json.loads(of.read_text()))
-                    return outs
+                    return run_generators(net, work, base, workers, mode, start_at, timeout)
 
                 bound = 0.0
                 if bound_seconds:
@@ -677,6 +729,9 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
             "phase_p99_s": {k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.99) for k in phases},
             "dhcp_retries": sum(r["dhcp_retries"] for r in results),
             "tftp_retries": sum(r["tftp_retries"] for r in results),
+            "boot_retries": sum(r.get("boot_retries", 0) for r in results),
+            "impairment": impair.describe() if impair else "",
+            "wire": net.relay_counters().get("directions", {}) if impair else {},
             "bytes": nbytes, "aggregate_mb_s": nbytes / 2**20 / out["wall"] if out["wall"] else 0.0,
             "bound_mb_s": out["bound_mb_s"],
             "server_cpu_s": cpu, "server_cpu_pct": 100 * cpu / wall if wall else 0.0,
@@ -713,7 +768,8 @@ def format_summary(s: dict) -> str:
     bound = s["bound_mb_s"]
     lines = [
         f"storm: {s['clients']} clients, image {s['image_mb']} MB: {s['ok']} booted, {s['failed']} failed"
-        + ("" if s["server_alive"] else "  (SERVER DIED)"),
+        + ("" if s["server_alive"] else "  (SERVER DIED)")
+        + (f"   wire: {s['impairment']}" if s.get("impairment") else ""),
         f"  completion   p50 {s['p50_s']:.2f} s   p99 {s['p99_s']:.2f} s   max {s['max_s']:.2f} s"
         f"   (wall {s['wall_s']:.2f} s)",
         "  phase p50    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p50_s"].items()),
@@ -730,6 +786,8 @@ def format_summary(s: dict) -> str:
                   if s.get("killed_after_s") is not None else "")
         lines.insert(1, f"  servers      {s['servers']} on one PostgreSQL{killed}; DHCP ACKs by server "
                         + ", ".join(f"{k} {v}" for k, v in sorted(s["acks_by_server"].items())))
+    for name, c in s.get("wire", {}).items():
+        lines.append(f"  wire         {name}: {c['frames']} frames, {c['lost']} lost, {c['queue_drops']} queue drops")
     for reason, count in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  FAILED x{count}: {reason}")
     return "\n".join(lines)
@@ -776,6 +834,11 @@ def _blast(path: str) -> None:
               help="ramboot servers on one bridge and one throwaway PostgreSQL cluster")
 @click.option("--kill-after", type=float, default=None,
               help="kill -9 the first server this many seconds into the storm")
+@click.option("--loss", type=click.FloatRange(0, 100), default=0.0, show_default=True,
+              help="percent of frames the wire drops, each way (ramboot.lab.impair; netem's `loss`)")
+@click.option("--delay", "delay_ms", type=click.FloatRange(0, 10_000), default=0.0, show_default=True,
+              help="milliseconds the wire holds every frame, each way (netem's `delay`)")
+@click.option("--seed", type=int, help="the wire's RNG seed (with --loss)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the summary here")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="keep the server log and raw results here")
@@ -783,7 +846,8 @@ def _blast(path: str) -> None:
 @click.option("--client-out", hidden=True, type=click.Path(dir_okay=False))
 @click.option("--blast", hidden=True, type=click.Path(dir_okay=False))
 def storm(
-    n, image_mb, blksize, windowsize, ramp, workers, timeout, servers, kill_after, json_out, keep, client_params,
+    n, image_mb, blksize, windowsize, ramp, workers, timeout, servers, kill_after, loss, delay_ms, seed, json_out, keep,
+    client_params,
     client_out, blast
 ) -> None:
     """Simulate N PXE clients booting at once against a real `ramboot serve` in a namespace."""
@@ -797,8 +861,9 @@ def storm(
         return
     if kill_after is not None and servers < 2:
         raise click.ClickException("bench storm: --kill-after needs --servers 2 or more (someone must be left)")
+    impair = Impairment(loss / 100, delay_ms / 1000, seed=seed) if loss or delay_ms else None
     s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers, servers=servers,
-                  kill_after=kill_after)
+                  kill_after=kill_after, impair=impair)
     click.echo(format_summary(s))
     if json_out:
         json_out.write_text(json.dumps(s, indent=1))

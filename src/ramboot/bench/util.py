@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..lab.impair import Impairment
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -40,6 +42,11 @@ class NetnsPair:
     srv_ip: str = SERVER_IP
     cli_ip: str = CLIENT_IP
     extra: list[str] = field(default_factory=list)  # more servers' namespaces (add_server)
+    # With an impairment, the wire is two taps and `ramboot.lab.impair` between them
+    # (loss and delay each way) instead of a veth pair.
+    impair: Impairment | None = None
+    relay: Child | None = None
+    relay_log: Path | None = None
 
     @property
     def srv(self) -> str:
@@ -61,9 +68,12 @@ class NetnsPair:
         try:
             run("ip", "netns", "add", self.srv)
             run("ip", "netns", "add", self.cli)
-            run("ip", "link", "add", self.srv_if, "type", "veth", "peer", "name", self.cli_if)
-            run("ip", "link", "set", self.srv_if, "netns", self.srv)
-            run("ip", "link", "set", self.cli_if, "netns", self.cli)
+            if self.impair is None:
+                run("ip", "link", "add", self.srv_if, "type", "veth", "peer", "name", self.cli_if)
+                run("ip", "link", "set", self.srv_if, "netns", self.srv)
+                run("ip", "link", "set", self.cli_if, "netns", self.cli)
+            else:
+                self._impaired_wire()
             for ns, ifname, ip in ((self.srv, self.srv_if, self.srv_ip), (self.cli, self.cli_if, self.cli_ip)):
                 run("ip", "-n", ns, "addr", "add", f"{ip}/{PREFIX}", "dev", ifname)
                 run("ip", "-n", ns, "link", "set", ifname, "up")
@@ -100,7 +110,34 @@ class NetnsPair:
     def bridge(self) -> str:
         return f"{self.tag}b"
 
+    def _impaired_wire(self) -> None:
+        import sys
+        import tempfile
+
+        for ns, ifname in ((self.srv, self.srv_if), (self.cli, self.cli_if)):
+            run("ip", "-n", ns, "tuntap", "add", "dev", ifname, "mode", "tap")
+        assert self.impair is not None
+        self.relay_log = Path(tempfile.mkdtemp(prefix=f"{self.tag}-relay-")) / "relay.log"
+        self.relay = Child([sys.executable, "-m", "ramboot.lab.impair", "--port", f"tap:{self.srv}:{self.srv_if}",
+                            "--port", f"tap:{self.cli}:{self.cli_if}", *self.impair.argv()], log=self.relay_log)
+        wait_for(lambda: "ready" in self.relay_log.read_text() or not self.relay.alive(), what="the impair relay")
+        if not self.relay.alive():
+            raise RuntimeError(f"impair relay: {self.relay.tail(5)}")
+
+    def relay_counters(self) -> dict:
+        """The relay's JSON counters (after `down()` stopped it), or {}."""
+        import json
+
+        if not self.relay_log or not self.relay_log.exists():
+            return {}
+        for line in reversed(self.relay_log.read_text().splitlines()):
+            if line.startswith("{"):
+                return json.loads(line)
+        return {}
+
     def down(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
         for ns in (self.srv, self.cli, *self.extra):
             run("ip", "netns", "del", ns, check=False)
         # the veth goes with its namespace; this only matters if setup failed half-way

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import ConfigError, load_config
+from .impair import Impairment
 from .netns import Lab, LabError
 from .server import SERVER_KEY, build_image, has_image, lab_config_text, start_server
 from .vm import FIRMWARES, boot_vm, format_timeline
@@ -72,15 +73,21 @@ def down() -> None:
 @click.option("--mac", default=None, help="the VM's MAC (default: random 52:54:00:xx:xx:xx)")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds to wait for the RAM root")
 @click.option("--uuid", default=None, help="the VM's SMBIOS UUID (what DHCP option 97 and dmidecode show)")
-def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None) -> None:
+@click.option("--loss", type=click.FloatRange(0, 100), default=0.0,
+              help="percent of the VM's frames dropped, each way (like netem's loss; ramboot.lab.impair)")
+@click.option("--delay", type=click.FloatRange(0, 10_000), default=0.0,
+              help="milliseconds each of the VM's frames is held, each way (like netem's delay)")
+def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None, loss: float,
+       delay: float) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
     the_lab = Lab()
     st = the_lab.state()
     if not the_lab.exists() or SERVER_KEY not in st["pids"]:
         _fail("the lab is not up; run: ramboot lab up")
     try:
+        impair = Impairment(loss / 100, delay / 1000) if loss or delay else None
         result = boot_vm(the_lab, firmware, mac, timeout, echo=sys.stdout.buffer, api_base=st.get("api_base"),
-                         uuid=uuid, secure_boot=secure_boot)
+                         uuid=uuid, secure_boot=secure_boot, impair=impair)
     except LabError as e:
         _fail(str(e))
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import IO
 
 from ..macaddr import mac_from_bytes, normalize_mac
+from .impair import Impairment
 from .netns import Lab, LabError, stop_pid
 
 QEMU = "qemu-system-x86_64"
@@ -141,15 +143,19 @@ def choose_accel(lab: Lab, kernel: Path | None) -> tuple[str, str]:
 # -- the VM ------------------------------------------------------------------------
 
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
-              uuid: str | None = None, secure_boot: bool = False) -> list[str]:
-    """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID)."""
+              uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None) -> list[str]:
+    """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID).
+
+    `udp` (relay port, QEMU's port): the NIC talks to an impair relay on 127.0.0.1 instead of the tap."""
     if firmware not in FIRMWARES:
         raise LabError(f"unknown firmware {firmware!r}: use {', '.join(FIRMWARES)}")
     if secure_boot and firmware == "bios":
         raise LabError("--secure-boot needs a UEFI firmware: use --firmware uefi (or uefi-http)")
+    netdev = (f"socket,id=n0,udp=127.0.0.1:{udp[0]},localaddr=127.0.0.1:{udp[1]}" if udp
+              else f"tap,id=n0,ifname={tap},script=no,downscript=no")
     argv = [QEMU, "-name", f"ramboot-{mac}", "-accel", accel, "-m", str(memory_mb),
             "-nographic", "-monitor", "none", "-no-reboot",
-            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no"]
+            "-netdev", netdev]
     if uuid:
         argv += ["-uuid", uuid]
     if firmware == "bios":
@@ -199,6 +205,7 @@ class BootResult:
     marks: list[Mark]
     console_log: Path
     last_console: list[str]
+    wire: dict = field(default_factory=dict)  # the impair relay's counters, when the wire was impaired
 
     @property
     def seconds(self) -> float:
@@ -301,6 +308,7 @@ def boot_vm(
     secure_boot: bool = False,
     stop_on: tuple[str, ...] = (),
     on_stage: Callable[[str], None] | None = None,
+    impair: Impairment | None = None,
 ) -> BootResult:
     """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout).
 
@@ -308,6 +316,8 @@ def boot_vm(
     `stop_on`: milestones that end the wait early (the boot is then not ok).
     `on_stage` runs once per console stage the moment it shows (`kernel-start`,
     `initramfs`, ...): to kill a server at that point of a boot, say.
+    `impair`: the VM's wire into the bridge drops and delays frames each way (`ramboot.lab.impair`,
+    a relay between the VM's tap and QEMU's socket netdev).
     """
     if not lab.exists():
         raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
@@ -320,10 +330,23 @@ def boot_vm(
         accel, why = choose_accel(lab, kernel)
         if echo is not None:
             echo.write(f"ramboot lab: {accel.upper()} ({why})\n".encode())
-    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot)
     base = api_base or lab.base_url
     key = f"vm-{mac}"
     lab.add_tap(tap)
+    relay_key, relay_log, udp = f"impair-{mac}", workdir / "impair.log", None
+    if impair is not None:
+        relay_log.unlink(missing_ok=True)
+        relay = lab.spawn(relay_key, [sys.executable, "-m", "ramboot.lab.impair", "--port", f"tap::{tap}",
+                                      "--port", "udp:0:0", *impair.argv()], log=relay_log)
+        deadline = time.monotonic() + 15
+        while not (relay_log.exists() and relay_log.read_text().startswith("ready")):
+            if relay.poll() is not None or time.monotonic() > deadline:
+                lab.del_tap(tap)
+                raise LabError(f"impair relay did not start: {relay_log.read_text() if relay_log.exists() else ''}")
+            time.sleep(0.05)
+        _, lport, qport = relay_log.read_text().split("\n", 1)[0].split()
+        udp = (int(lport), int(qport))
+    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp)
     started = time.time()
     proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     console = _Console(proc.stdout, workdir / "console.log", echo)
@@ -384,14 +407,26 @@ def boot_vm(
         except subprocess.TimeoutExpired:
             pass
         lab.forget(key)
+        if impair is not None:
+            stop_pid(relay.pid, None, grace=5)
+            try:
+                relay.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            lab.forget(relay_key)
         lab.del_tap(tap)
         console.join()
     time.sleep(0.5)  # the server batches events a few times a second
     api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base), started) or api_events
     marks = merge_marks(console_marks(console.lines), api_events)
     stopped = marks[-1].stage if marks else "no firmware output"
+    wire = {}
+    if impair is not None and relay_log.exists():
+        for line in relay_log.read_text().splitlines():
+            if line.startswith("{"):
+                wire = json.loads(line)
     return BootResult(ok, mac, firmware, accel, started, ended, stopped, reason, marks,
-                      workdir / "console.log", [t for _, t in console.lines[-5:]])
+                      workdir / "console.log", [t for _, t in console.lines[-5:]], wire)
 
 
 def merge_marks(console: list[Mark], events: list[Mark]) -> list[Mark]:

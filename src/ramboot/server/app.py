@@ -13,6 +13,7 @@ import logging
 import resource
 import signal
 
+from .. import metrics
 from ..config import Config, ConfigError
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
@@ -77,6 +78,7 @@ class Services:
 
     async def start(self) -> None:
         raise_fd_limit()
+        metrics.watch_tasks(asyncio.get_running_loop())
         loaders = install_loaders(self.config.data_dir)
         log.info("boot programs: %s", ", ".join(loaders) or "none found")
         self.events.start()

@@ -156,6 +156,7 @@ def install(app: web.Application) -> None:
     """One broadcaster per application, started and stopped with it."""
     broadcaster = Broadcaster(app[CTX])
     app[BROADCAST] = broadcaster
+    metrics.SSE_CLIENTS.set_function(lambda: float(len(broadcaster.subscribers)))
     app.on_startup.append(broadcaster.start)
     app.on_shutdown.append(broadcaster.stop)
 
