@@ -44,6 +44,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -372,13 +373,24 @@ def orchestrate(a: argparse.Namespace) -> int:
 
                 th = threading.Thread(target=storms, daemon=True)
                 th.start()
-                load_end = time.monotonic() + a.minutes * 60
+                load_start = time.monotonic()
+                load_end = load_start + a.minutes * 60
+                dumped = False
                 while time.monotonic() < load_end:
+                    if a.memory_dumps and not dumped and time.monotonic() - load_start > 60:
+                        os.kill(srv.pid, signal.SIGUSR2)  # the server logs its objects by type
+                        dumped = True
                     sample()
                     if not srv.alive():
                         failures["server_died"] = 1
                         break
                     time.sleep(a.interval)
+                if a.memory_dumps:
+                    os.kill(srv.pid, signal.SIGUSR2)
+                    time.sleep(3)
+                    for line in (work / "server.log").read_text(errors="replace").splitlines():
+                        if "memory:" in line:
+                            print("soak: server " + line, flush=True)
                 stop.touch()
                 th.join(300)
                 for w in workers:
@@ -435,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE.parent / "docs"))
     ap.add_argument("--name", default="soak")
     ap.add_argument("--keep-log", action="store_true")
+    ap.add_argument("--memory-dumps", action="store_true",
+                    help="SIGUSR2 the server a minute into the load and at its end (objects by type in its log;"
+                         " with PYTHONTRACEMALLOC=1 in the environment, the biggest allocation sites too)")
     # the workers' side
     ap.add_argument("--role", choices=["api", "sse"], help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
