@@ -125,9 +125,9 @@ def limit_malloc_arenas() -> None:
     The server's worker threads (asyncio.to_thread: the store's reads for the API, the
     live feed and the status page) each got an arena of their own, and each arena keeps
     the high-water mark of what its thread once held: under a 30-minute soak RSS crept
-    ~0.4 MiB a minute with no live object behind it (Python's blocks and SQLite's own
-    memory stayed flat; docs/benchmarks.md, "Soak"). With two arenas it stays flat.
-    Called before any thread starts; a no-op off glibc.
+    by ~10 MiB with no live object behind it (Python's blocks and SQLite's own memory
+    stayed flat); with two arenas the level was 12 MiB lower and the creep a third of
+    it (docs/benchmarks.md, "Soak"). Called before any thread starts; a no-op off glibc.
     """
     import ctypes
     import os
