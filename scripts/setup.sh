@@ -8,6 +8,7 @@ DEBS=(
   # the product's runtime
   busybox-static squashfs-tools kmod cpio zstd ipxe pxelinux syslinux-common
   qemu-system-x86 qemu-utils ovmf mmdebstrap iproute2 nftables
+  openssh-client  # ssh-keygen: per-node host keys and ramboot's SSH CA (the tests also log in with ssh)
   shim-signed grub-efi-amd64-signed sbsigntool  # Secure Boot: signed shim and GRUB, sbverify
   udev kpartx iputils-arping  # host tools that `--initramfs dracut` copies in
   # real peers for the tests and benchmarks
