@@ -200,22 +200,22 @@ def find_iso_root(path: Path, text: str) -> IsoRoot:
                      "LiveOS/squashfs.img and casper/*.squashfs)")
 
 
+# The single-file layouts, in the order they are looked for: (directory, file, member, kind).
+_SINGLE = (("live", "filesystem.squashfs", "live/filesystem.squashfs", "debian-live"),
+           ("liveos", "squashfs.img", "LiveOS/squashfs.img", "fedora-liveos"))
+
+
 def _pick(iso, key: str, tops: dict[str, list[str]]) -> IsoRoot | None:
     def full(d: str, n: str) -> str:
         return f"/{d}/{n}"
 
-    for d, files in tops.items():
-        if _plain(d) == "live":
-            for n in files:
-                if _matches(n, "filesystem.squashfs"):
-                    p = full(d, n)
-                    return IsoRoot(key, p, "live/filesystem.squashfs", "debian-live", _size(iso, key, p))
-    for d, files in tops.items():
-        if _plain(d) == "liveos":
-            for n in files:
-                if _matches(n, "squashfs.img"):
-                    p = full(d, n)
-                    return IsoRoot(key, p, "LiveOS/squashfs.img", "fedora-liveos", _size(iso, key, p))
+    for top, fname, member, kind in _SINGLE:
+        for d, files in tops.items():
+            if _plain(d) == top:
+                for n in files:
+                    if _matches(n, fname):
+                        p = full(d, n)
+                        return IsoRoot(key, p, member, kind, _size(iso, key, p))
     for d, files in tops.items():
         if _plain(d) == "casper":
             sizes = {n: _size(iso, key, full(d, n)) for n in files

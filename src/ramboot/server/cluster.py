@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import socket
 import time
@@ -27,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
-from ..images.manifest import ManifestError, images_dir, load_manifest
+from ..images.manifest import ManifestError, images_dir, load_manifest, sha256_file
 from ..inventory.store import EVENT_CHANNEL, LEASE_CHANNEL, ServerRecord, Store
 
 log = logging.getLogger("ramboot.cluster")
@@ -38,14 +37,6 @@ MAX_MIRRORS = 4  # servers named per node: the kernel command line is 2 KiB on x
 
 def server_name(config: Config, server_ip: str) -> str:
     return config.cluster.name or f"{socket.gethostname()}-{server_ip}"[:64]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ImageCheck:
@@ -83,7 +74,7 @@ class ImageCheck:
                     if st.st_size != entry.size:
                         break
                     try:
-                        hit = self._seen[p] = (key, _sha256(p))
+                        hit = self._seen[p] = (key, sha256_file(p))
                     except OSError:
                         break
                 if hit[1] != entry.sha256:
