@@ -75,14 +75,16 @@ class Result:
 # -- the servers -------------------------------------------------------------
 
 
-def start_kea(net: NetnsPair, work: Path) -> Child:
+def start_kea(net: NetnsPair, work: Path, lease_database: dict | None = None) -> Child:
+    """Kea on the server side of `net`; its lease database is memfile (persisted) unless given."""
     os.makedirs("/run/kea", exist_ok=True)
+    leases = lease_database or {
+        "type": "memfile", "persist": True, "name": str(work / "kea-leases4.csv"), "lfc-interval": 0,
+    }
     cfg = {
         "Dhcp4": {
             "interfaces-config": {"interfaces": [net.srv_if], "dhcp-socket-type": "raw"},
-            "lease-database": {
-                "type": "memfile", "persist": True, "name": str(work / "kea-leases4.csv"), "lfc-interval": 0,
-            },
+            "lease-database": leases,
             "valid-lifetime": 3600,
             "subnet4": [{"id": 1, "subnet": "10.77.0.0/16", "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}]}],
             "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "stderr"}]}],
@@ -163,22 +165,7 @@ def start_kea_pg(net: NetnsPair, work: Path) -> Child:
                        capture_output=True, text=True, timeout=120)
     if p.returncode != 0:
         raise RuntimeError(f"kea-admin db-init pgsql: {(p.stderr or p.stdout).strip()[-300:]}")
-    os.makedirs("/run/kea", exist_ok=True)
-    cfg = {
-        "Dhcp4": {
-            "interfaces-config": {"interfaces": [net.srv_if], "dhcp-socket-type": "raw"},
-            "lease-database": {"type": "postgresql", "name": db, "user": "postgres", "host": sock},
-            "valid-lifetime": 3600,
-            "subnet4": [{"id": 1, "subnet": "10.77.0.0/16", "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}]}],
-            "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "stderr"}]}],
-        }
-    }
-    (work / "kea.json").write_text(json.dumps(cfg, indent=1))
-    env = dict(os.environ, KEA_PIDFILE_DIR=str(work), KEA_LOCKFILE_DIR=str(work))
-    c = Child(net.exec(net.srv, "kea-dhcp4", "-c", str(work / "kea.json")), log=work / "kea.log", env=env)
-    _settle(c, lambda: "DHCP4_STARTED" in _read(work / "kea.log")
-            or "DHCP4_MULTI_THREADING_INFO" in _read(work / "kea.log"))
-    return c
+    return start_kea(net, work, {"type": "postgresql", "name": db, "user": "postgres", "host": sock})
 
 
 def start_ramboot_pg(net: NetnsPair, work: Path) -> Child:

@@ -78,6 +78,20 @@ class LabRun:
         self.config.write_text(lab_config_text(self.lab, self.lab.data_dir, dhcp=dhcp, boot=boot))
         self.base = start_server(self.lab, self.config, self.lab.log_file)
 
+    def start_proxy_beside_site_dhcp(self, work: Path) -> Path:
+        """dnsmasq in a peer namespace is the site's DHCP server (addresses only); ramboot serves in
+        proxy mode beside it. Returns dnsmasq's lease file."""
+        site = f"{self.lab.ns}-site"[:40]
+        self.lab.create()
+        self.lab.add_peer(site, "172.22.33.1/24")
+        leases = work / "site.leases"
+        self.lab.spawn("site-dhcp", [
+            "dnsmasq", "--no-daemon", "--port=0", "--interface=eth0", "--bind-interfaces", "--no-ping",
+            "--dhcp-range=172.22.33.50,172.22.33.90,1h", f"--dhcp-leasefile={leases}", "--log-dhcp",
+        ], log=work / "site-dnsmasq.log", netns=site)
+        self.start(dhcp='mode = "proxy"\n')
+        return leases
+
     def node_add(self, mac: str, *args: str) -> None:
         subprocess.run([*ramboot_cmd(), "node", "add", mac, "--image", "demo", *args, "--config", str(self.config)],
                        check=True, capture_output=True, text=True)
@@ -199,15 +213,7 @@ def test_classic_pxelinux_path(lab_run: LabRun) -> None:
 
 def test_proxy_mode_beside_site_dhcp(lab_run: LabRun, tmp_path: Path) -> None:
     """dnsmasq is the site's DHCP server (addresses only); ramboot adds the PXE answers."""
-    site = f"{lab_run.lab.ns}-site"[:40]
-    lab_run.lab.create()
-    lab_run.lab.add_peer(site, "172.22.33.1/24")
-    leases = tmp_path / "site.leases"
-    lab_run.lab.spawn("site-dhcp", [
-        "dnsmasq", "--no-daemon", "--port=0", "--interface=eth0", "--bind-interfaces", "--no-ping",
-        "--dhcp-range=172.22.33.50,172.22.33.90,1h", f"--dhcp-leasefile={leases}", "--log-dhcp",
-    ], log=tmp_path / "site-dnsmasq.log", netns=site)
-    lab_run.start(dhcp='mode = "proxy"\n')
+    leases = lab_run.start_proxy_beside_site_dhcp(tmp_path)
     r = lab_run.boot("bios")
     assert r.ok, _explain(r)
     assert r.mac in leases.read_text(), "the VM's address should come from the site DHCP server"

@@ -61,15 +61,7 @@ def test_uefi_http_boot_reaches_ram_root(lab_run: LabRun) -> None:
 
 def test_ovmf_proxy_mode_beside_site_dhcp(lab_run: LabRun, tmp_path: Path) -> None:
     """dnsmasq hands out addresses only; OVMF's PXE takes the boot from ramboot's proxyDHCP."""
-    site = f"{lab_run.lab.ns}-site"[:40]
-    lab_run.lab.create()
-    lab_run.lab.add_peer(site, "172.22.33.1/24")
-    leases = tmp_path / "site.leases"
-    lab_run.lab.spawn("site-dhcp", [
-        "dnsmasq", "--no-daemon", "--port=0", "--interface=eth0", "--bind-interfaces", "--no-ping",
-        "--dhcp-range=172.22.33.50,172.22.33.90,1h", f"--dhcp-leasefile={leases}", "--log-dhcp",
-    ], log=tmp_path / "site-dnsmasq.log", netns=site)
-    lab_run.start(dhcp='mode = "proxy"\n')
+    leases = lab_run.start_proxy_beside_site_dhcp(tmp_path)
     r = lab_run.boot("uefi")
     assert r.ok, _explain(r)
     assert r.mac in leases.read_text(), "the VM's address should come from the site DHCP server"
