@@ -4,7 +4,9 @@ Opening a Store runs the schema migrations to head (`migrate.py`).
 
 Synchronous and short: every call is one small transaction. The DHCP server
 batches lease writes itself (`save_leases`) so durability costs one commit per
-batch, not per packet.
+batch, not per packet; alone on SQLite, it appends them to the lease journal
+instead (`lease_journal.py`), and the leases table catches up within
+`CHECKPOINT_EVERY` seconds and before every read of it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select
 from sqlalchemy.engine import Engine, make_url
@@ -24,12 +28,13 @@ from sqlalchemy.orm import sessionmaker
 from ..config import ConfigError
 from ..macaddr import normalize_mac
 from ..proto.dhcp_core import LeaseRecord
+from .lease_journal import CHECKPOINT_EVERY, Changes, JournalLocked, LeaseJournal
 from .migrate import upgrade_to_head
 from .models import Event, Inventory, Lease, Node, Profile, Secret, Server
 from .records import EventRecord, NodeSpec, ProfileSpec, ServerRecord
 
-__all__ = ["EventRecord", "LeaseCommit", "LeaseRecord", "NodeSpec", "ProfileSpec", "ServerRecord", "Store",
-           "StoreError"]
+__all__ = ["CHECKPOINT_EVERY", "EventRecord", "LeaseCommit", "LeaseRecord", "NodeSpec", "ProfileSpec",
+           "ServerRecord", "Store", "StoreError"]
 
 LEASE_CHANNEL = "ramboot_leases"  # PostgreSQL NOTIFY channel: every committed lease change, as JSON
 EVENT_CHANNEL = "ramboot_events"  # a batch of events was committed (payload: the server's name)
@@ -121,6 +126,9 @@ class Store:
             raise StoreOpenError(f"database.url: cannot open {safe_url(url)}: {why[0] if why else e}") from None
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._compiled: dict[tuple, tuple[str, tuple[str, ...] | None]] = {}
+        self._journal: LeaseJournal | None = None
+        self._checkpoint_lock = threading.Lock()
+        self._recover_journal()
 
     @property
     def shared(self) -> bool:
@@ -133,7 +141,105 @@ class Store:
         return u.render_as_string(hide_password=False)
 
     def close(self) -> None:
+        if self._journal is not None:
+            self.checkpoint_leases()
+            self._journal.close()
+            self._journal = None
         self.engine.dispose()
+
+    # -- the lease journal (one server on SQLite; lease_journal.py) --------
+    def _journal_path(self) -> Path | None:
+        if not self.url.startswith("sqlite:///"):
+            return None
+        db = self.url.removeprefix("sqlite:///")
+        return Path(db + ".leases-journal") if db and db != ":memory:" else None
+
+    def _recover_journal(self) -> None:
+        """What a killed server appended and the table missed, taken in now, unless a server runs."""
+        path = self._journal_path()
+        if path is None or not any(path.parent.glob(path.name + "*")):
+            return
+        try:
+            j = LeaseJournal(path, wait_tries=0)
+        except (JournalLocked, OSError):
+            return  # a running server holds it, and keeps the table in step itself
+        try:
+            self._apply_changes(j.leftover())
+            j.forget_leftovers()
+        finally:
+            j.close()
+
+    @property
+    def journaled(self) -> bool:
+        """Lease batches from the DHCP server are appended to the journal (see `open_lease_journal`)."""
+        return self._journal is not None
+
+    @property
+    def journal_pending(self) -> bool:
+        """The journal holds changes the leases table does not have yet."""
+        return self._journal is not None and bool(self._journal.pending)
+
+    def open_lease_journal(self) -> bool:
+        """The DHCP server's call: alone on a SQLite file, its lease batches go to the journal from now on.
+        A second server on the same file is refused in one line. False: no journal here (PostgreSQL, memory)."""
+        if self._journal is not None:
+            return True
+        path = self._journal_path()
+        if path is None or self.shared:
+            return False
+        try:
+            j = LeaseJournal(path)
+        except JournalLocked as e:
+            raise StoreOpenError(str(e)) from None
+        self._apply_changes(j.leftover())
+        j.forget_leftovers()
+        self._journal = j
+        return True
+
+    def checkpoint_leases(self) -> None:
+        """The leases table takes what the journal holds (any thread; the DHCP server's worker
+        does it every CHECKPOINT_EVERY seconds, and every read of the leases first)."""
+        j = self._journal
+        if j is None or not j.pending:
+            return
+        with self._checkpoint_lock:
+            changes = j.take()
+            if not changes:
+                return
+            try:
+                self._apply_changes(changes)
+            except Exception:
+                j.give_back()
+                raise
+            j.taken()
+
+    def _apply_changes(self, changes: Changes) -> None:
+        """The journal's changes, written as the authority in a few statements (SQLite): the rows of
+        every address and every key written go, then each key's last row goes in. Few statements,
+        so the worker thread doing it takes the GIL back a few times, not once per row."""
+        if not changes:
+            return
+        last: dict[str, LeaseRecord] = {}  # key -> the row it ends with (one lease per key)
+        for rec in changes.by_ip.values():
+            if rec is not None:
+                last.pop(rec.key, None)
+                last[rec.key] = rec
+        now = time.time()
+        with self.engine.begin() as conn:
+            for column, values in (("ip", list(changes.by_ip)), ("key", sorted(changes.keys))):
+                for i in range(0, len(values), _CHUNK):
+                    part = values[i:i + _CHUNK]
+                    conn.exec_driver_sql(f"DELETE FROM leases WHERE {column} IN ({', '.join('?' * len(part))})",
+                                         tuple(part))
+            recs = list(last.values())
+            for i in range(0, len(recs), _CHUNK):
+                part = recs[i:i + _CHUNK]
+                params: list = []
+                for r in part:
+                    params += [r.ip, r.key, r.mac, r.expires, r.client_id, r.hostname, r.uuid, now]
+                conn.exec_driver_sql(
+                    "INSERT INTO leases (ip, key, mac, expires, client_id, hostname, uuid, updated) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)), tuple(params))
 
     # -- nodes -----------------------------------------------------------
     def put_node(self, spec: NodeSpec) -> NodeSpec:
@@ -219,11 +325,13 @@ class Store:
 
     # -- leases ----------------------------------------------------------
     def load_leases(self) -> list[LeaseRecord]:
+        self.checkpoint_leases()
         with self._session() as s:
             return [_lease_record(r) for r in s.scalars(select(Lease))]
 
     def leases_since(self, t: float) -> list[LeaseRecord]:
         """Leases written at or after unix time `t` (another server's, too)."""
+        self.checkpoint_leases()
         with self._session() as s:
             return [_lease_record(r) for r in s.scalars(select(Lease).where(Lease.updated >= t))]
 
@@ -245,7 +353,18 @@ class Store:
         `moved=None` (the default, for the CLI and tests): the caller is the authority, and
         every write goes through as before (a key's other addresses go, an address is
         taken over). The DHCP server always passes `moved` (empty or not): conditional.
+        With the lease journal open (one server on SQLite: its core is the only authority),
+        the server's batches are appended there instead, and nothing is refused.
         """
+        if self._journal is not None and moved is not None:
+            self._journal.append(list(upserts), list(deletes), moved)
+            return LeaseCommit()
+        self.checkpoint_leases()  # the authority's write lands after what the journal holds
+        return self._save_leases_db(upserts, deletes, moved=moved, owners=owners, now=now, sender=sender)
+
+    def _save_leases_db(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str], *,
+                        moved: Mapping[str, str] | None, owners: Mapping[str, str] | None,
+                        now: float | None, sender: str) -> LeaseCommit:
         now = time.time() if now is None else now
         authority = moved is None
         moved = moved or {}
@@ -396,6 +515,7 @@ class Store:
     def holds_lease(self, mac: str, ip: str, now: float | None = None) -> bool:
         """Whether `ip` holds an unexpired lease for `mac` (a MAC may hold several, one per client id)."""
         now = time.time() if now is None else now
+        self.checkpoint_leases()
         with self._session() as s:
             return s.scalar(select(Lease.ip).where(Lease.mac == normalize_mac(mac), Lease.ip == ip,
                                                    Lease.expires > now).limit(1)) is not None
@@ -403,6 +523,7 @@ class Store:
     def lease_for_mac(self, mac: str, now: float | None = None) -> LeaseRecord | None:
         """The unexpired lease a MAC holds, if any (node reports are checked against it)."""
         now = time.time() if now is None else now
+        self.checkpoint_leases()
         with self._session() as s:
             r = s.scalar(
                 select(Lease)
@@ -419,7 +540,15 @@ class Store:
         rows = [(e.mac, e.stage, e.source, dumps(e.detail), e.at, e.server) for e in events]  # _EVENT_COLUMNS
         if rows:
             with self.engine.begin() as conn:
-                self._executemany(conn, _INSERT_EVENT, rows, _EVENT_COLUMNS)
+                if self.dialect == "sqlite":
+                    # Rows in a few multi-row statements: the flush runs in a worker thread, which
+                    # then waits for the GIL a few times, not after every row sqlite steps.
+                    for i in range(0, len(rows), _CHUNK):
+                        part = rows[i:i + _CHUNK]
+                        conn.exec_driver_sql(_SQLITE_EVENTS + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(part)),
+                                             tuple(v for r in part for v in r))
+                else:
+                    self._executemany(conn, _INSERT_EVENT, rows, _EVENT_COLUMNS)
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (EVENT_CHANNEL, rows[0][5] or ""))
 
@@ -508,6 +637,8 @@ class Store:
 
 _EVENT_COLUMNS = ("mac", "stage", "source", "detail", "at", "server")  # the table's order
 _INSERT_EVENT = insert(Event.__table__)
+_SQLITE_EVENTS = f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES "
+_CHUNK = 500  # rows per multi-row statement (SQLite allows 32,766 parameters)
 _L = Lease.__table__.c
 # An address goes; with a key, only if that key still holds it (another server may have rebound it).
 _DELETE_LEASE_IP_KEY = delete(Lease.__table__).where(

@@ -10,10 +10,14 @@ All decisions live in `ramboot.proto.dhcp_core` and the policy it is handed
   entries needs privileges and a per-packet netlink call; every client accepts
   a broadcast reply, so it is the robust choice.
 - Lease changes are committed in groups: datagrams that change leases are
-  held until the burst they came in is read (and at most one commit runs per
-  BATCH_WINDOW, so under load a window's worth share one), their changes go to the store in one
-  transaction (in the loop: one executemany costs less than handing the GIL
-  to a worker thread), and only then do their ACKs go out. An ACKed lease is therefore already committed.
+  held until the burst they came in is read, their changes go to the store in
+  one batch, and only then do their ACKs go out. An ACKed lease is therefore
+  already durable. Alone on SQLite the batch is one append to the lease journal
+  (`inventory/lease_journal.py`, a few microseconds), so every burst commits at
+  once and the table catches up in a worker thread; on a shared PostgreSQL the
+  batch is a transaction (in the loop: one executemany costs less than handing
+  the GIL to a worker thread), at most one per BATCH_WINDOW, so under load a
+  window's worth share one.
 - Any exception for one datagram is logged and the datagram dropped.
 """
 
@@ -30,7 +34,8 @@ import zlib
 
 from .. import metrics
 from ..config import Config
-from ..inventory.store import LEASE_CHANNEL, LeaseRecord, NodeSpec, ProfileSpec, Store
+from ..inventory.lease_journal import merge
+from ..inventory.store import CHECKPOINT_EVERY, LEASE_CHANNEL, NodeSpec, ProfileSpec, Store
 from ..netif import interface_netmask
 from ..policy import Booter
 from ..proto.dhcp_core import BROADCAST, PXE_PORT, SERVER_PORT, DhcpCore, DhcpSettings, Result
@@ -174,6 +179,9 @@ class DhcpServer:
                 if first not in net or last not in net:
                     mask = None  # the range is behind a relay: let the core derive its subnet
         full = config.dhcp.mode == "full"
+        # Alone on SQLite, lease batches go to the journal: a commit costs one write, not a transaction.
+        self._window = 0.0 if full and store.open_lease_journal() else BATCH_WINDOW
+        self._checkpoint: asyncio.Handle | asyncio.Future | None = None
         self._loaded_at = time.time()
         self.core = DhcpCore(
             # Alone (SQLite), the search starts at the range's first address; several servers
@@ -249,7 +257,7 @@ class DhcpServer:
             if res.needs_commit:
                 self._pending.append((res, ifindex))
                 if self._flusher is None:  # a callback, not a task: no coroutine step per commit
-                    wait = self._last_commit + BATCH_WINDOW - self._loop.time()
+                    wait = self._last_commit + self._window - self._loop.time()
                     self._flusher = (self._loop.call_later(wait, self._flush_due) if wait > 0
                                      else self._loop.call_soon(self._flush_due))  # after this burst is read
             else:
@@ -288,18 +296,17 @@ class DhcpServer:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        final: dict[str, LeaseRecord | None] = {}  # in arrival order, the last change per address wins
+        final: dict = {}  # the last change per address, in the order of last changes
+        ip_of_key: dict[str, str] = {}
         moved: dict[str, str] = {}
         owners: dict[str, str] = {}
         for res, _ in batch:
-            for ip in res.deletes:
-                final[ip] = None
-            for rec in res.upserts:
-                final[rec.ip] = rec
-            if res.moved:
-                moved.update(res.moved)
             if res.owners:
                 owners.update(res.owners)
+            merge(final, res.upserts, res.deletes, ip_of_key, owners)
+            if res.moved:
+                for key, left in res.moved.items():
+                    moved.setdefault(key, left)  # the first address a key left is the one the table holds
         upserts = [r for r in final.values() if r is not None]
         deletes = [ip for ip, r in final.items() if r is None]
         started = time.perf_counter()
@@ -312,6 +319,8 @@ class DhcpServer:
             metrics.dropped("dhcp", "commit-failed", len(batch))
             return
         metrics.DHCP_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        if self.store.journaled and self._checkpoint is None:
+            self._checkpoint = self._loop.call_later(CHECKPOINT_EVERY, self._checkpoint_due)
         lost = done.lost
         for res, ifindex in batch:
             if lost and any(r.ip in lost for r in res.upserts):
@@ -320,6 +329,19 @@ class DhcpServer:
                 res = self.core.refused(res, done.holders)
                 metrics.DHCP_BINDS_REFUSED.inc()
             self._emit(res, ifindex)
+
+    def _checkpoint_due(self) -> None:
+        """The leases table catches up with the journal, in a worker thread (sqlite steps without the GIL)."""
+        fut = self._checkpoint = asyncio.ensure_future(asyncio.to_thread(self.store.checkpoint_leases))
+        fut.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, fut: asyncio.Future) -> None:
+        self._checkpoint = None
+        if not fut.cancelled() and fut.exception() is not None:
+            # The journal keeps the changes (durable) and the next catch-up tries again.
+            log.warning("dhcp: the leases table could not catch up with the journal: %s", fut.exception())
+        if self.store.journal_pending:  # what came in meanwhile, or what failed
+            self._checkpoint = self._loop.call_later(CHECKPOINT_EVERY, self._checkpoint_due)
 
     # -- sending -------------------------------------------------------------
     def _emit(self, res: Result, ifindex: int) -> None:
@@ -364,6 +386,12 @@ class DhcpServer:
             self._flusher = None
         self._flush_once()  # anything left: commit, then answer
         self._close_sockets()
+        if isinstance(self._checkpoint, asyncio.Handle):
+            self._checkpoint.cancel()
+        elif self._checkpoint is not None:
+            await asyncio.wait([self._checkpoint])
+        self._checkpoint = None
+        await asyncio.to_thread(self.store.checkpoint_leases)
 
 
 async def start_dhcp(config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,

@@ -28,6 +28,9 @@ STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "s
                  "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
 
 
+MAX_PENDING = 200_000  # events held while the store refuses writes (about 100 MB at most)
+
+
 class EventLog:
     def __init__(self, store: Store, flush_interval: float = 0.2, server: str | None = None):
         self.store = store
@@ -82,20 +85,41 @@ class EventLog:
         self._watchers.append(fn)
         return lambda: self._watchers.remove(fn) if fn in self._watchers else None
 
+    def _take(self) -> list[EventRecord]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    def _keep(self, batch: list[EventRecord]) -> None:
+        """A batch the store refused goes back before the newer ones, up to MAX_PENDING (the oldest go)."""
+        self._pending[:0] = batch
+        if len(self._pending) > MAX_PENDING:
+            lost = len(self._pending) - MAX_PENDING
+            del self._pending[:lost]
+            log.warning("events: %d oldest events dropped: the store has refused writes for a while", lost)
+
     def flush(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            self.store.add_events(batch)
+        batch = self._take()
+        if batch:
+            try:
+                self.store.add_events(batch)
+            except Exception:
+                self._keep(batch)
+                raise
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
+            batch = self._take()
+            if not batch:
+                continue
             try:
-                # In the loop: one executemany of a few thousand rows takes milliseconds, while
-                # a worker thread would trade the GIL with the loop on every row sqlite steps.
-                self.flush()
-            except Exception:
-                log.exception("event flush failed")
+                # In a worker thread: a locked or slow database never stalls the loop (and the
+                # DHCP replies behind it); the insert is a few statements, so the GIL changes hands rarely.
+                await asyncio.to_thread(self.store.add_events, batch)
+            except Exception as e:
+                self._keep(batch)
+                log.warning("events: flush failed, %d kept for the next try: %s", len(batch),
+                            str(e).splitlines()[0] if str(e) else e)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
