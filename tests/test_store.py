@@ -29,3 +29,17 @@ def test_nodes_leases_events_roundtrip(tmp_path):
     assert s.inventory("52:54:00:12:34:56") == {"cpu": {"count": 2}}
     assert s.remove_node("52:54:00:12:34:56") and s.get_node("52:54:00:12:34:56") is None
     s.close()
+
+
+def test_events_are_pruned_by_age_and_per_node(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    busy, quiet = "52:54:00:00:00:aa", "52:54:00:00:00:bb"
+    s.add_events([EventRecord(busy, "dhcp-ack", 1000.0 + i) for i in range(150)])  # a node in a reboot loop
+    s.add_events([EventRecord(quiet, "booted", 10.0), EventRecord(quiet, "booted", 2000.0)])
+    gone = s.prune_events(before=500.0, keep_per_node=100)
+    assert gone == 51  # the quiet node's old event, and the busy node's 50 oldest
+    assert [e.at for e in s.events(quiet)] == [2000.0]
+    kept = sorted(e.at for e in s.events(busy, limit=1000))
+    assert kept == [1000.0 + i for i in range(50, 150)]
+    assert s.prune_events(before=500.0, keep_per_node=100) == 0
+    s.close()

@@ -102,6 +102,9 @@ GRUB_PROXY_REFUSED = (
 
 class DatabaseConfig(_Section):
     url: str | None = None  # default: sqlite in data_dir
+    # Boot events are pruned hourly: older than this many days, and beyond the newest N per node.
+    events_keep_days: float = Field(90.0, gt=0)
+    events_keep_per_node: int = Field(5000, ge=100)
 
     @field_validator("url")
     @classmethod

@@ -552,6 +552,20 @@ class Store:
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (EVENT_CHANNEL, rows[0][5] or ""))
 
+    def prune_events(self, before: float, keep_per_node: int) -> int:
+        """Events older than `before` (unix time) go, and each node's beyond its newest
+        `keep_per_node`; how many went. One pass over the (mac, at) index per node over the cap."""
+        with self.engine.begin() as conn:
+            gone = conn.execute(delete(Event).where(Event.at < before)).rowcount or 0
+            over = conn.execute(select(Event.mac).group_by(Event.mac)
+                                .having(func.count() > keep_per_node)).scalars().all()
+            for mac in over:
+                cutoff = conn.execute(select(Event.at).where(Event.mac == mac).order_by(Event.at.desc())
+                                      .offset(keep_per_node - 1).limit(1)).scalar()
+                if cutoff is not None:
+                    gone += conn.execute(delete(Event).where(Event.mac == mac, Event.at < cutoff)).rowcount or 0
+        return gone
+
     def last_event_id(self) -> int:
         with self._session() as s:
             return s.scalar(select(func.max(Event.id))) or 0

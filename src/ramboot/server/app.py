@@ -73,7 +73,8 @@ class Services:
         self.booter.mirrors = self.cluster.mirrors
         overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
         self.namespace = Namespace(config.data_dir, self.booter, overlays)
-        self.events = EventLog(self.store, server=self.cluster.name)
+        self.events = EventLog(self.store, server=self.cluster.name, keep_days=config.database.events_keep_days,
+                               keep_per_node=config.database.events_keep_per_node)
         self.servers: list = []
 
     async def start(self) -> None:

@@ -31,11 +31,18 @@ STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "s
 MAX_PENDING = 200_000  # events held while the store refuses writes (about 100 MB at most)
 
 
+PRUNE_EVERY = 3600.0  # seconds between prunes of old events (the first runs at start)
+
+
 class EventLog:
-    def __init__(self, store: Store, flush_interval: float = 0.2, server: str | None = None):
+    def __init__(self, store: Store, flush_interval: float = 0.2, server: str | None = None,
+                 keep_days: float = 90.0, keep_per_node: int = 5000):
         self.store = store
         self.server = server  # this server's name, kept with each event (several may share the database)
         self.flush_interval = flush_interval
+        self.keep_days = keep_days
+        self.keep_per_node = keep_per_node
+        self._pruned_at = -PRUNE_EVERY
         self.mac_by_ip: dict[str, str] = {}  # who holds an address, so TFTP/HTTP can name the node
         self.script_ip: dict[str, str] = {}  # MAC -> the address that last fetched that MAC's boot script
         self._pending: list[EventRecord] = []
@@ -106,8 +113,23 @@ class EventLog:
                 self._keep(batch)
                 raise
 
+    async def _prune(self) -> None:
+        """Retention: a node's timeline keeps its last `keep_per_node` events and `keep_days` days."""
+        self._pruned_at = time.monotonic()
+        try:
+            gone = await asyncio.to_thread(self.store.prune_events, time.time() - self.keep_days * 86400,
+                                           self.keep_per_node)
+        except Exception as e:
+            log.warning("events: pruning failed: %s", str(e).splitlines()[0] if str(e) else e)
+            return
+        if gone:
+            log.info("events: pruned %d (older than %g days, or beyond %d per node)", gone, self.keep_days,
+                     self.keep_per_node)
+
     async def _run(self) -> None:
         while True:
+            if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+                await self._prune()
             await asyncio.sleep(self.flush_interval)
             batch = self._take()
             if not batch:
