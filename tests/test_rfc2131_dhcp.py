@@ -75,12 +75,44 @@ def test_pool_exhaustion_means_silence_and_expired_leases_are_reused(rig):
     assert o.yiaddr in {f"10.231.9.{i}" for i in range(100, 105)}
 
 
-def test_an_offer_is_held_then_released(rig):
-    for i in range(5):
+def test_an_offer_is_held_while_the_pool_has_other_addresses(rig):
+    _, [first] = rig.send(request(MsgType.DISCOVER, A))
+    for i in range(3):
         rig.send(request(MsgType.DISCOVER, f"52:54:00:00:02:{i:02x}"))
-    assert rig.send(request(MsgType.DISCOVER, B))[1] == []
-    rig.now += OFFER_HOLD + 1
-    assert rig.send(request(MsgType.DISCOVER, B))[1] != []
+    _, [last_free] = rig.send(request(MsgType.DISCOVER, B))
+    assert last_free.yiaddr != first.yiaddr  # one address was left: A's offer is kept
+    _, [again] = rig.send(request(MsgType.DISCOVER, A))
+    assert again.yiaddr == first.yiaddr
+    rig.now += OFFER_HOLD + 1  # offers expire
+    _, [o] = rig.send(request(MsgType.DISCOVER, "52:54:00:00:03:01"))
+    assert o.yiaddr in {f"10.231.9.{i}" for i in range(100, 105)}
+
+
+def test_a_discover_flood_from_made_up_macs_never_keeps_a_real_client_out(rig):
+    """Every DISCOVER from a random MAC holds an address for OFFER_HOLD seconds; on a full pool
+    the oldest offer goes to the next client, so a real client still gets through, and bound
+    leases are never taken."""
+    _, bound, _ = rig.dora(A)
+    for i in range(1000):
+        rig.send(request(MsgType.DISCOVER, f"02:66:00:00:{i >> 8:02x}:{i & 255:02x}"))
+        rig.now += 0.001
+    offer, ack, res = rig.dora(B)
+    assert ack.msg_type == MsgType.ACK and ack.yiaddr != bound.yiaddr and res.outcome == "ack"
+    # The bound lease stays its holder's through the flood.
+    _, ack_a, _ = rig.dora(A)
+    assert ack_a.msg_type == MsgType.ACK and ack_a.yiaddr == bound.yiaddr
+
+
+def test_a_full_pool_of_bound_leases_stays_silent_and_is_not_searched_per_packet(rig):
+    macs = [f"52:54:00:00:01:{i:02x}" for i in range(5)]
+    for m in macs:
+        rig.dora(m)
+    for i in range(200):  # each answered at once: no walk of the range within RESCAN_AFTER
+        res, sends = rig.send(request(MsgType.DISCOVER, f"02:66:00:00:00:{i:02x}"))
+        assert sends == [] and res.outcome == "exhausted"
+    rig.send(request(MsgType.RELEASE, macs[0], ciaddr="10.231.9.100", options={Opt.SERVER_ID: SERVER}))
+    _, [o] = rig.send(request(MsgType.DISCOVER, B))  # a released address is seen at once
+    assert o.yiaddr == "10.231.9.100"
 
 
 def test_selecting_another_server_frees_our_offer(rig):
@@ -289,7 +321,9 @@ def test_range_excludes_server_and_network_addresses(data_dir):
         r.server = r.make()
         _, [o] = r.send(request(MsgType.DISCOVER, A))
         assert o.yiaddr == "10.231.9.2"
-        assert r.send(request(MsgType.DISCOVER, B))[1] == []
+        _, ack, _ = r.dora(B)  # the one address, A's offer taken back: never .0 or .1
+        assert ack.yiaddr == "10.231.9.2"
+        assert r.send(request(MsgType.DISCOVER, A))[1] == []  # bound to B: nothing left
     finally:
         r.close()
 

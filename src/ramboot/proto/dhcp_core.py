@@ -66,7 +66,11 @@ SERVER_PORT = 67
 CLIENT_PORT = 68
 PXE_PORT = 4011
 BROADCAST = "255.255.255.255"
-OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client
+OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client (while the pool has others)
+# After a search of the whole range found nothing free, the next this many seconds skip the
+# search: a DISCOVER flood on a full pool would otherwise cost one walk of the range per packet.
+RESCAN_AFTER = 1.0
+RECLAIM_TRIES = 64  # oldest offers looked at per DISCOVER when the pool is full
 _PXE_USE_BOOTFILE = encode_suboptions({PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True)
 _IPXE_NO_PXEDHCP = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
 # The metrics label per message type.
@@ -239,6 +243,10 @@ class DhcpCore:
         self.by_ip: dict[int, _Lease] = {}
         self.by_key: dict[str, int] = {}
         self.declined: dict[int, float] = {}
+        # Unbound offers, oldest first: on a full pool the oldest goes to the next new client,
+        # so DISCOVERs from made-up MACs hold the pool no longer than the next real client.
+        self._offers: dict[int, None] = {}
+        self._full_until = 0.0  # no search of the range before this time (RESCAN_AFTER)
         self.first = self.last = self._net_first = self._net_last = self._cursor = 0
         self.network: ipaddress.IPv4Network | None = None
         if self.mode == "full":
@@ -508,14 +516,32 @@ class DhcpCore:
             w = _ipint(wish)
             if self.first <= w <= self.last and self._usable(w, key, mac, now, reserved):
                 return w
-        size = self.last - self.first + 1
-        cur = self._cursor
-        for _ in range(size):
-            ip = cur
-            cur = self.first if cur >= self.last else cur + 1
-            if self._usable(ip, key, mac, now, reserved):
-                self._cursor = cur
-                return ip
+        if now >= self._full_until:
+            size = self.last - self.first + 1
+            cur = self._cursor
+            for _ in range(size):
+                ip = cur
+                cur = self.first if cur >= self.last else cur + 1
+                if self._usable(ip, key, mac, now, reserved):
+                    self._cursor = cur
+                    return ip
+            self._full_until = now + RESCAN_AFTER
+        return self._reclaim_offer(mac, reserved)
+
+    def _reclaim_offer(self, mac: str, reserved: Mapping[str, str]) -> int | None:
+        """The pool is full: the oldest unbound offer's address, taken back (its client, if it
+        ever asks, is NAKed and starts over). Bound leases are never taken."""
+        for _ in range(min(RECLAIM_TRIES, len(self._offers))):
+            ip = next(iter(self._offers))
+            del self._offers[ip]
+            lease = self.by_ip.get(ip)
+            if lease is None or lease.bound or not self.first <= ip <= self.last:
+                continue
+            other = reserved.get(_ipstr(ip)) if reserved else None
+            if other is not None and other != mac:
+                continue
+            self._remove(lease)
+            return ip
         return None
 
     def _may_bind(self, ip: int, key: str, mac: str, fixed_ip: str | None, now: float) -> bool:
@@ -534,9 +560,14 @@ class DhcpCore:
                 del self.by_ip[old]
         self.by_ip[lease.ip] = lease
         self.by_key[lease.key] = lease.ip
+        self._offers.pop(lease.ip, None)
+        if not lease.bound:
+            self._offers[lease.ip] = None  # the newest offer last
 
     def _remove(self, lease: _Lease) -> None:
         self.by_ip.pop(lease.ip, None)
+        self._offers.pop(lease.ip, None)
+        self._full_until = 0.0  # an address is free again
         if self.by_key.get(lease.key) == lease.ip:
             del self.by_key[lease.key]
 
