@@ -98,3 +98,23 @@ def test_real_subprocess(cfg):
     assert MAC in run("list", "--config", cfg).output
     p = subprocess.run([str(exe), "node", "add", "nope", "--image", "demo", "--config", cfg], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "not a MAC address" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_warnings_are_the_same_locally_and_over_the_api(data_dir, cfg):
+    """An image not built yet, or an unsigned kernel under loader grub: `node add` says so,
+    whether the store is local or the server's (`--server`, the API's `warnings`)."""
+    m = write_fake_image(data_dir, "unsigned")
+    m.kernel_signed = False
+    (data_dir / "images" / "unsigned" / "image.toml").write_text(m.to_toml())
+    srv = LiveServer(data_dir, "")
+    try:
+        for where in (["--config", cfg], ["--server", srv.base]):
+            r = CliRunner().invoke(node, ["add", MAC, "--image", "nosuch", *where], catch_exceptions=False)
+            assert r.exit_code == 0 and "warning: " in r.output and "will not boot until it is built" in r.output
+            r = CliRunner().invoke(node, ["add", MAC, "--image", "unsigned", "--loader", "grub", *where],
+                                   catch_exceptions=False)
+            assert r.exit_code == 0 and "carries no signature Debian's shim accepts" in r.output, r.output
+            r = CliRunner().invoke(node, ["add", MAC, "--image", "demo", *where], catch_exceptions=False)
+            assert r.exit_code == 0 and "warning" not in r.output, r.output
+    finally:
+        srv.close()

@@ -32,27 +32,19 @@ class Local:
         self.store = Store(self.config.database_url)
 
     def put(self, mac: str, body: S.NodeIn) -> S.NodeDetail:
-        from ..images.manifest import ManifestError, load_manifest
         from .store import NodeSpec, StoreError
-        from .views import node_detail
+        from .views import node_detail, node_warnings
 
         if body.loader == "grub" and self.config.dhcp.mode == "proxy":
             raise click.ClickException(GRUB_PROXY_REFUSED)
-        if body.image:
-            try:
-                m = load_manifest(self.config.data_dir, body.image)
-            except ManifestError as e:
-                click.echo(f"warning: {e}; the node will not boot until it is built", err=True)
-            else:
-                loader = body.loader or self.config.boot.loader
-                if loader == "grub" and m.kernel_signed is False:
-                    click.echo(f"warning: loader grub, but the kernel of image {body.image} carries no signature "
-                               "Debian's shim accepts: under Secure Boot this node will not boot it", err=True)
         try:
             self.store.put_node(NodeSpec(mac=mac, **body.model_dump()))
         except StoreError as e:
             raise click.ClickException(str(e)) from None
-        return node_detail(self.store, mac)  # type: ignore[return-value]
+        detail = node_detail(self.store, mac)
+        assert detail is not None
+        detail.warnings = node_warnings(self.config.data_dir, self.config.boot.loader, body.image, body.loader)
+        return detail
 
     def list(self) -> list[S.NodeOut]:
         from .views import node_list
@@ -255,6 +247,8 @@ def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, p
                       kernel_args=kernel_args, uuid=uuid, labels=_labels(labels), ssh_keys=_read_keys(ssh_keys),
                       profiles=list(profiles), overlays=list(overlays))
     n = _open(config_path, server, token).put(mac, body)
+    for w in n.warnings:  # the same whether the store is local or the server's (--server)
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"node {n.mac}: image {n.image}" + (f", ip {n.ip}" if n.ip else "")
                + (f", hostname {n.hostname}" if n.hostname else ""))
 

@@ -210,6 +210,7 @@ class InventoryOut(BaseModel):
 class NodeDetail(NodeOut):
     inventory: InventoryOut | None = None
     last_boot: BootOut | None = None
+    warnings: list[str] = []  # on PUT/POST only: what will keep the node from booting as registered
 
 
 class NodeStatus(BaseModel):

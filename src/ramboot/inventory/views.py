@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,6 +11,22 @@ from pydantic import ValidationError
 from . import schemas as S
 from .store import EventRecord, NodeSpec, Store
 from .timeline import Boot, last_boot
+
+
+def node_warnings(data_dir: Path, default_loader: str, image: str | None, loader: str | None) -> list[str]:
+    """What will keep a node from booting as registered, said at `node add` (locally or over the API)."""
+    from ..images.manifest import ManifestError, load_manifest
+
+    if not image:
+        return []
+    try:
+        m = load_manifest(data_dir, image)
+    except ManifestError as e:
+        return [f"{e}; the node will not boot until it is built"]
+    if (loader or default_loader) == "grub" and m.kernel_signed is False:
+        return [f"loader grub, but the kernel of image {image} carries no signature Debian's shim accepts: "
+                "under Secure Boot this node will not boot it"]
+    return []
 
 
 def event_out(e: EventRecord) -> S.EventOut:

@@ -37,7 +37,7 @@ from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
 from ..inventory.timeline import SERVER_STAGES
-from ..inventory.views import all_status, event_out, node_detail, node_list, report_of
+from ..inventory.views import all_status, event_out, node_detail, node_list, node_warnings, report_of
 from ..macaddr import BadMac, normalize_mac
 from ..proto.pxe import normalize_uuid
 from . import openapi as oa
@@ -261,7 +261,15 @@ async def put_node(request: web.Request) -> web.Response:
     old = await asyncio.to_thread(store.get_node, mac)
     await _put(store, spec_from(mac, body))
     request.app[BROADCAST].poke(mac)
-    return json_response(await asyncio.to_thread(node_detail, store, mac), 200 if old else 201)
+    return json_response(await _detail_with_warnings(request, mac, body), 200 if old else 201)
+
+
+async def _detail_with_warnings(request: web.Request, mac: str, body: S.NodeIn) -> S.NodeDetail:
+    ctx = request.app[CTX]
+    detail = await asyncio.to_thread(node_detail, ctx.store, mac)
+    assert detail is not None
+    detail.warnings = node_warnings(ctx.config.data_dir, ctx.config.boot.loader, body.image, body.loader)
+    return detail
 
 
 async def create_node(request: web.Request) -> web.Response:
@@ -272,7 +280,7 @@ async def create_node(request: web.Request) -> web.Response:
         raise ApiError(409, f"node {body.mac} exists; PUT {PREFIX}/nodes/{body.mac} to change it")
     await _put(store, spec_from(body.mac, body))
     request.app[BROADCAST].poke(body.mac)
-    return json_response(await asyncio.to_thread(node_detail, store, body.mac), 201)
+    return json_response(await _detail_with_warnings(request, body.mac, body), 201)
 
 
 async def delete_node(request: web.Request) -> web.Response:
