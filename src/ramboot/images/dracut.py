@@ -11,9 +11,10 @@ ramboot adds a dracut module of its own (`dracut-module/`, installed as
 `99ramboot`): it checks the root image's sha256 (`ramboot.sha256=`) between
 livenet's download and dmsquash-live's mount and refuses a mismatch, reports the
 boot stages to `ramboot.server=`, makes the overlay directories that systemd's
-sysroot.mount needs, mounts the kernel's modules layer, and leaves the root what
-it needs to report `booted`. The cached dracut tree is never changed: each build
-runs dracut from a base directory of links to it, plus that module.
+sysroot.mount needs, lays the node's overlay (its identity) on the writable layer,
+mounts the kernel's modules layer, and leaves the root what it needs to report
+`booted`. The cached dracut tree is never changed: each build runs dracut from a
+base directory of links to it, plus that module.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .kernel import Kernel, _run, cache_dir
 from .rootfs import source_epoch
 
 PACKAGES = ("dracut-core", "dracut-live", "dracut-network")
-HOST_TOOLS = ("udevadm", "dmsetup", "kpartx", "dhclient", "arping", "cpio", "curl", "sha256sum")
+HOST_TOOLS = ("udevadm", "dmsetup", "kpartx", "dhclient", "arping", "cpio", "curl", "sha256sum", "tar")
 MODULE = "99ramboot"
 
 

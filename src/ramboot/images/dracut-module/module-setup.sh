@@ -18,7 +18,7 @@ installkernel() {
 }
 
 install() {
-    inst_multiple sha256sum curl cut tr stat awk mkdir cp
+    inst_multiple sha256sum curl cut tr stat awk mkdir cp tar wc
     inst_simple "$moddir/ramboot-lib.sh" /lib/ramboot-lib.sh
     inst_hook cmdline 20 "$moddir/ramboot-cmdline.sh"
     inst_hook netroot 50 "$moddir/ramboot-netroot.sh"

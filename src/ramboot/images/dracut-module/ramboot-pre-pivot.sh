@@ -1,7 +1,38 @@
 #!/bin/sh
-# pre-pivot hook: the kernel's modules layer, the hostname, and what the root needs
+# pre-pivot hook: the node's overlay (its identity: hostname, machine-id, host keys,
+# authorized_keys, /etc/hosts), the kernel's modules layer, and what the root needs
 # to report "booted" (/run/ramboot/node.env and a static busybox), then switch-root.
 type rb_stage > /dev/null 2>&1 || . /lib/ramboot-lib.sh
+
+# The overlay as ramboot's own initramfs fetches it: from each server in turn, its
+# sha256 first, then the tar, laid on the root's writable layer (the overlayfs upper
+# dir, through $NEWROOT). A refusal or a 404 ends a server's turn; a mismatch (a
+# change mid-fetch) is retried. Without one the node boots, without its identity.
+rb_overlay() {
+    local urls url try want sum file got
+    urls=$(getargs ramboot.overlay=)
+    [ -n "$urls" ] || return 0
+    file=$RB_DIR/overlay.tar
+    for url in $urls; do
+        for try in 1 2 3; do
+            rm -f "$file"
+            want=$(curl -sf -m 15 "$url.sha256") || break
+            curl -sf -m 60 -o "$file" "$url" || break
+            want=$(echo "$want" | cut -d' ' -f1 | tr A-F a-f)
+            sum=$(sha256sum "$file" | cut -d' ' -f1)
+            if [ "$sum" = "$want" ]; then
+                tar -xf "$file" -C "$NEWROOT" || rb_fail "cannot unpack the node's overlay"
+                got=$(tar -tf "$file" | wc -l)
+                rm -f "$file"
+                rb_stage overlay "{\"sha256\":\"$sum\",\"files\":$got}"
+                return 0
+            fi
+            rb_console "overlay from $url: sha256 mismatch (expected $want, got $sum)"
+            sleep "$try"
+        done
+    done
+    rb_console "WARNING: no overlay from $urls: the node boots without its identity files"
+}
 
 rb_modules() {
     local urls sha url file mnt kv t0 bytes secs target
@@ -40,9 +71,10 @@ rb_modules() {
     rb_stage modules "{\"url\":\"$(rb_jstr "$url")\",\"bytes\":$bytes,\"seconds\":$secs,\"sha256\":\"$RB_SUM\"}"
 }
 
+rb_overlay
 rb_modules
 rb_host=$(getarg ramboot.hostname=)
-[ -n "$rb_host" ] && echo "$rb_host" > "$NEWROOT/etc/hostname"
+[ -n "$rb_host" ] && [ ! -s "$NEWROOT/etc/hostname" ] && echo "$rb_host" > "$NEWROOT/etc/hostname"
 [ -x /usr/lib/ramboot/busybox ] && cp /usr/lib/ramboot/busybox "$RB_DIR/busybox"
 printf 'RAMBOOT_SERVER=%s\nRAMBOOT_MAC=%s\nRAMBOOT_IFACE=%s\n' "$(rb_server)" "$(rb_mac)" \
     "$(cat "$RB_DIR/iface" 2> /dev/null)" > "$RB_DIR/node.env"
