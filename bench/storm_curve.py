@@ -12,7 +12,7 @@ one table row per point with the load average before it, the CPU of each side
 and which side bound it, writes every summary to `--json`, and draws
 completion p50/p99 (left axis) and the CPU of the server and of the generator,
 in % of one core (right axis), against N into `--png` (matplotlib; the test
-extras have it), the large point in a second panel.
+extras have it), the large point as bars in a second panel.
 """
 
 from __future__ import annotations
@@ -43,25 +43,8 @@ def run_point(n: int, image_mb: float, extra: list[str]) -> dict:
         out.unlink(missing_ok=True)
 
 
-def _panel(ax, pts: list[dict], title: str) -> None:
-    xs = [p["clients"] for p in pts]
-    ax.plot(xs, [p["p50_s"] for p in pts], "o-", label="completion p50")
-    ax.plot(xs, [p["p99_s"] for p in pts], "s-", label="completion p99")
-    ax.set_ylabel("seconds from power-on to booted")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(xs, [p["server_cpu_pct"] for p in pts], "^--", color="tab:red", label="server CPU")
-    ax2.plot(xs, [p["generator_cpu_pct"] for p in pts], "v:", color="tab:gray", label="generator CPU (all processes)")
-    ax2.set_ylabel("CPU, % of one core")
-    ax2.set_ylim(0, max(100, *(p["server_cpu_pct"] for p in pts), *(p["generator_cpu_pct"] for p in pts)) * 1.15)
-    for p in pts:
-        ax.annotate(f"{p['bound'].split(' ')[0]}-bound\nload {p['load_before']:.1f}", (p["clients"], p["p99_s"]),
-                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=6.5)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=7)
-    ax.set_title(title, fontsize=9)
+def _label(p: dict, head: str) -> str:
+    return f"{head}\n{p['bound'].split(' ')[0]}-bound\nload {p['load_before']:.1f}"
 
 
 def plot(curve: list[dict], large: list[dict], png: Path, image_mb: float) -> None:
@@ -72,19 +55,41 @@ def plot(curve: list[dict], large: list[dict], png: Path, image_mb: float) -> No
 
     curve = [p for p in curve if "p50_s" in p]
     large = [p for p in large if "p50_s" in p]
-    fig, axes = plt.subplots(1, 2 if large else 1, figsize=(11 if large else 7, 4.4), dpi=110, squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 1]} if large else None)
+    fig, axes = plt.subplots(1, 2 if large else 1, figsize=(11 if large else 7, 4.6), dpi=110, squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1.2]} if large else None)
     ax = axes[0][0]
-    _panel(ax, curve, f"ramboot boot storm, {image_mb:g} MB image, 2 shared cores")
+    xs = [p["clients"] for p in curve]
+    ax.plot(xs, [p["p50_s"] for p in curve], "o-", label="completion p50")
+    ax.plot(xs, [p["p99_s"] for p in curve], "s-", label="completion p99")
+    ax.set_ylabel("seconds from power-on to booted")
+    ax.set_ylim(0, max(p["p99_s"] for p in curve) * 1.15)
     ax.set_xscale("log")
-    ax.set_xticks([p["clients"] for p in curve], [f"{p['clients']:,}" for p in curve])
+    ax.set_xticks(xs, [_label(p, f"{p['clients']:,}") for p in curve], fontsize=8)
     ax.minorticks_off()
     ax.set_xlabel("simulated PXE clients powered on at once (N)")
+    ax.grid(True, alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(xs, [p["server_cpu_pct"] for p in curve], "^--", color="tab:red", label="server CPU")
+    ax2.plot(xs, [p["generator_cpu_pct"] for p in curve], "v:", color="tab:gray",
+             label="generator CPU (all its processes)")
+    ax2.set_ylabel("CPU, % of one core")
+    ax2.set_ylim(0, max(100, *(p["server_cpu_pct"] for p in curve), *(p["generator_cpu_pct"] for p in curve)) * 1.15)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=7)
+    ax.set_title(f"ramboot boot storm, {image_mb:g} MB image, 2 shared cores", fontsize=9)
     if large:
+        p = large[0]
         ax = axes[0][1]
-        _panel(ax, large, f"{large[0]['image_mb']:g} MB image")
-        ax.set_xticks([p["clients"] for p in large], [f"N = {p['clients']:,}" for p in large])
-        ax.set_xlim(large[0]["clients"] - 1, large[0]["clients"] + 1)
+        ax.bar([0, 1], [p["p50_s"], p["p99_s"]], color=["tab:blue", "tab:orange"])
+        ax.set_ylabel("seconds from power-on to booted")
+        ax2 = ax.twinx()
+        ax2.bar([2.2, 3.2], [p["server_cpu_pct"], p["generator_cpu_pct"]], color=["tab:red", "tab:gray"])
+        ax2.set_ylabel("CPU, % of one core")
+        ax2.set_ylim(0, max(100, p["server_cpu_pct"], p["generator_cpu_pct"]) * 1.15)
+        ax.set_xticks([0, 1, 2.2, 3.2], ["p50", "p99", "server\nCPU", "generator\nCPU"], fontsize=8)
+        ax.set_xlabel(_label(p, f"{p['aggregate_mb_s']:,.0f} MB/s").replace("\n", ", "), fontsize=8)
+        ax.set_title(f"N = {p['clients']:,}, {p['image_mb']:g} MB image", fontsize=9)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
