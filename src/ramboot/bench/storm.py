@@ -16,7 +16,7 @@ Each simulated client does the network side of a whole BIOS PXE -> iPXE boot:
 4. the iPXE script over HTTP, then the kernel, initrd and root image it names,
    each compared byte for byte with the image's file, which every generator
    process checks against the manifest's sha256 once at start (a memcmp per
-   chunk instead of a sha256: as strong, and 10x cheaper); `ramboot.sha256=` on
+   chunk instead of a sha256: as strong, 5-20x cheaper here); `ramboot.sha256=` on
    the kernel command line must match the manifest;
 5. the `booted` report: `POST /api/v1/nodes/{mac}/events`, from its leased address.
 
