@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Boot storm scale curve: completion p50/p99 and server CPU against N clients, as a plot.
 
-    .venv/bin/python bench/storm_curve.py [--clients 50,200,500,1000] [--image-mb 8] [--png docs/storm-curve.png]
+    .venv/bin/python bench/storm_curve.py [--clients 100,300,1000,3000] [--image-mb 8]
+                                          [--large 200x256] [--png docs/storm-curve.png]
 
 Runs `ramboot bench storm -n N --image-mb S` (src/ramboot/bench/storm.py: a
 fresh namespace pair and server per point, N simulated BIOS PXE -> iPXE
-clients, every byte checked) for each N in turn, prints one table row per
-point with the load average before it, writes every summary to `--json`,
-and draws completion p50/p99 (left axis) and the server's CPU share of one
-core (right axis) against N into `--png` (matplotlib; the test extras have it).
+clients, every byte compared with the manifest-checked files) for each N in
+turn, then the `--large` point (N clients x an S MB image, its own row), prints
+one table row per point with the load average before it, the CPU of each side
+and which side bound it, writes every summary to `--json`, and draws
+completion p50/p99 (left axis) and the CPU of the server and of the generator,
+in % of one core (right axis), against N into `--png` (matplotlib; the test
+extras have it), the large point as bars in a second panel.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_point(n: int, image_mb: int, extra: list[str]) -> dict:
+def run_point(n: int, image_mb: float, extra: list[str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     try:
-        cmd = [sys.executable, "-m", "ramboot.bench", "storm", "-n", str(n), "--image-mb", str(image_mb),
+        cmd = [sys.executable, "-m", "ramboot.bench", "storm", "-n", str(n), "--image-mb", f"{image_mb:g}",
                "--json", str(out), *extra]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-        sys.stderr.write(r.stdout[-2000:])
+        sys.stderr.write(r.stdout[-2500:])
         if r.returncode != 0 and not out.stat().st_size:
             return {"clients": n, "image_mb": image_mb, "error": (r.stderr or r.stdout)[-500:]}
         return json.loads(out.read_text())
@@ -39,30 +43,53 @@ def run_point(n: int, image_mb: int, extra: list[str]) -> dict:
         out.unlink(missing_ok=True)
 
 
-def plot(points: list[dict], png: Path, title: str) -> None:
+def _label(p: dict, head: str) -> str:
+    return f"{head}\n{p['bound'].split(' ')[0]}-bound\nload {p['load_before']:.1f}"
+
+
+def plot(curve: list[dict], large: list[dict], png: Path, image_mb: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [p for p in points if "p50_s" in p]
-    xs = [p["clients"] for p in ok]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    ax.plot(xs, [p["p50_s"] for p in ok], "o-", label="completion p50")
-    ax.plot(xs, [p["p99_s"] for p in ok], "s-", label="completion p99")
-    ax.set_xlabel("simulated PXE clients powered on at once (N)")
+    curve = [p for p in curve if "p50_s" in p]
+    large = [p for p in large if "p50_s" in p]
+    fig, axes = plt.subplots(1, 2 if large else 1, figsize=(11 if large else 7, 4.6), dpi=110, squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1.2]} if large else None)
+    ax = axes[0][0]
+    xs = [p["clients"] for p in curve]
+    ax.plot(xs, [p["p50_s"] for p in curve], "o-", label="completion p50")
+    ax.plot(xs, [p["p99_s"] for p in curve], "s-", label="completion p99")
     ax.set_ylabel("seconds from power-on to booted")
+    ax.set_ylim(0, max(p["p99_s"] for p in curve) * 1.15)
     ax.set_xscale("log")
-    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xticks(xs, [_label(p, f"{p['clients']:,}") for p in curve], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("simulated PXE clients powered on at once (N)")
     ax.grid(True, alpha=0.3)
     ax2 = ax.twinx()
-    ax2.plot(xs, [p["server_cpu_pct"] for p in ok], "^--", color="tab:gray", label="server CPU (% of one core)")
-    ax2.set_ylabel("server CPU, % of one core")
-    ax2.set_ylim(0, max(100, *(p["server_cpu_pct"] for p in ok)) * 1.1)
+    ax2.plot(xs, [p["server_cpu_pct"] for p in curve], "^--", color="tab:red", label="server CPU")
+    ax2.plot(xs, [p["generator_cpu_pct"] for p in curve], "v:", color="tab:gray",
+             label="generator CPU (all its processes)")
+    ax2.set_ylabel("CPU, % of one core")
+    ax2.set_ylim(0, max(100, *(p["server_cpu_pct"] for p in curve), *(p["generator_cpu_pct"] for p in curve)) * 1.15)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=7)
+    ax.set_title(f"ramboot boot storm, {image_mb:g} MB image, 2 shared cores", fontsize=9)
+    if large:
+        p = large[0]
+        ax = axes[0][1]
+        ax.bar([0, 1], [p["p50_s"], p["p99_s"]], color=["tab:blue", "tab:orange"])
+        ax.set_ylabel("seconds from power-on to booted")
+        ax2 = ax.twinx()
+        ax2.bar([2.2, 3.2], [p["server_cpu_pct"], p["generator_cpu_pct"]], color=["tab:red", "tab:gray"])
+        ax2.set_ylabel("CPU, % of one core")
+        ax2.set_ylim(0, max(100, p["server_cpu_pct"], p["generator_cpu_pct"]) * 1.15)
+        ax.set_xticks([0, 1, 2.2, 3.2], ["p50", "p99", "server\nCPU", "generator\nCPU"], fontsize=8)
+        ax.set_xlabel(_label(p, f"{p['aggregate_mb_s']:,.0f} MB/s").replace("\n", ", "), fontsize=8)
+        ax.set_title(f"N = {p['clients']:,}, {p['image_mb']:g} MB image", fontsize=9)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
@@ -70,30 +97,37 @@ def plot(points: list[dict], png: Path, title: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", default="50,200,500,1000")
-    ap.add_argument("--image-mb", type=int, default=8)
+    ap.add_argument("--clients", default="100,300,1000,3000")
+    ap.add_argument("--image-mb", type=float, default=8)
+    ap.add_argument("--large", default="200x256", help="NxMB: one more point with a large image ('' for none)")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "storm-curve.png")
     ap.add_argument("--json", type=Path)
     a, extra = ap.parse_known_args()
     if os.geteuid() != 0:
         print("storm_curve: needs root (network namespaces)", file=sys.stderr)
         return 2
-    points = []
-    print(f"{'N':>6} {'load':>6} {'booted':>11} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'MB/s':>7} {'srv CPU %':>9}")
-    for n in (int(x) for x in a.clients.split(",")):
+    todo = [(int(x), a.image_mb, "curve") for x in a.clients.split(",")]
+    if a.large:
+        n, mb = a.large.split("x")
+        todo.append((int(n), float(mb), "large"))
+    points: list[dict] = []
+    print(f"{'N':>6} {'MB':>5} {'load':>5} {'booted':>11} {'p50 s':>6} {'p99 s':>6} {'max s':>6} {'MB/s':>6}"
+          f" {'srv CPU s':>9} {'srv %':>5} {'gen CPU s':>9} {'gen %':>5} {'busy %':>6}  bound")
+    for n, mb, kind in todo:
         load = os.getloadavg()[0]
-        p = run_point(n, a.image_mb, extra)
-        p["load_before"] = load
+        p = run_point(n, mb, extra)
+        p["load_before"], p["kind"] = load, kind
         points.append(p)
         if "p50_s" in p:
-            print(f"{n:6d} {load:6.2f} {p['ok']:5d}/{n:<5d} {p['p50_s']:7.2f} {p['p99_s']:7.2f} {p['max_s']:7.2f}"
-                  f" {p['aggregate_mb_s']:7.0f} {p['server_cpu_pct']:9.0f}", flush=True)
+            print(f"{n:6d} {mb:5g} {load:5.2f} {p['ok']:5d}/{n:<5d} {p['p50_s']:6.2f} {p['p99_s']:6.2f}"
+                  f" {p['max_s']:6.2f} {p['aggregate_mb_s']:6.0f} {p['server_cpu_s']:9.1f} {p['server_cpu_pct']:5.0f}"
+                  f" {p['generator_cpu_s']:9.1f} {p['generator_cpu_pct']:5.0f} {p['machine_busy_pct']:6.0f}"
+                  f"  {p['bound']}", flush=True)
         else:
-            print(f"{n:6d} {load:6.2f} ERROR {p.get('error', '')[:200]}", flush=True)
+            print(f"{n:6d} {mb:5g} {load:5.2f} ERROR {p.get('error', '')[:200]}", flush=True)
     if a.json:
         a.json.write_text(json.dumps(points, indent=1))
-    loads = ", ".join(f"{p['load_before']:.1f}" for p in points)
-    plot(points, a.png, f"ramboot boot storm, {a.image_mb} MB image, 2 cores (load before each point: {loads})")
+    plot([p for p in points if p["kind"] == "curve"], [p for p in points if p["kind"] == "large"], a.png, a.image_mb)
     print(f"plot: {a.png}")
     return 0 if all(p.get("failed", 1) == 0 for p in points) else 1
 

@@ -47,7 +47,8 @@ def test_storm_20_clients_all_boot() -> None:
 @needs_netns
 def test_storm_two_servers_one_killed_mid_storm_costs_no_boot() -> None:
     """Two servers on one throwaway PostgreSQL; the first is killed -9 while boots are under way."""
-    s = run_storm(n=30, image_mb=24, bound_seconds=0, verbose=False, workers=1, timeout=120, servers=2,
+    # 30 x 114 MB: a few seconds of downloads, so the kill lands mid-boot however fast the generator
+    s = run_storm(n=30, image_mb=96, bound_seconds=0, verbose=False, workers=1, timeout=120, servers=2,
                   kill_after=1.0)
     text = format_summary(s)
     assert s["failed"] == 0 and s["ok"] == 30, text

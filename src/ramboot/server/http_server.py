@@ -127,7 +127,8 @@ async def start_http(
     app = make_app(config, namespace, booter, store, events, cluster)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=RequestLog())
     await runner.setup()
-    site = web.TCPSite(runner, host or config.http.bind, config.http.port if port is None else port, reuse_address=True)
+    site = web.TCPSite(runner, host or config.http.bind, config.http.port if port is None else port, reuse_address=True,
+                       backlog=4096)
     try:
         await site.start()
     except OSError:
