@@ -463,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.role == "sse":
         asyncio.run(sse_worker(a.server, a.sse, a.stats, a.stop))
         return 0
+    # SIGTERM (a CI job or an operator stopping the soak) unwinds like Ctrl-C: the
+    # server, the workers and the namespaces are removed by the finally blocks.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     return orchestrate(a)
 
 
