@@ -34,6 +34,7 @@ is the server's neighbour entry for the VM's MAC).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -96,7 +97,7 @@ while time.time() < deadline:
     if ip:
         try:
             with socket.create_connection((ip, 22), timeout=1) as s:
-                s.settimeout(5)
+                s.settimeout(60)  # a connection accepted early waits for sshd, as ssh's own client does
                 if s.recv(4) == b"SSH-":
                     print(time.time()); sys.exit(0)
         except OSError:
@@ -124,18 +125,29 @@ MILESTONES = (
 )
 
 
+def code_key() -> str:
+    """ramboot's image code (builders, initramfs, the root's units): a change makes a new image."""
+    h = hashlib.sha256()
+    src = ROOT / "src/ramboot/images"
+    for p in sorted(src.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def debian_image(cache: Path) -> Path:
-    data = cache / "data"
+    data = cache / f"data-{code_key()}"
     if not has_image(data, "debian"):
-        print(f"debian: building the Debian root into {cache} (once, a few minutes)", flush=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        with open(cache / "build.log", "ab") as log:
+        print(f"debian: building the Debian root into {data} (once per version of the image code, a few minutes)",
+              flush=True)
+        data.mkdir(parents=True, exist_ok=True)
+        with open(data / "build.log", "ab") as log:
             p = subprocess.run([*ramboot_cmd(), "image", "build", "debian",
                                 "--rootfs", "debian:bookworm:openssh-server", "--kernel", "debian",
                                 "--data-dir", str(data)],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
-            sys.exit(f"debian: image build failed (see {cache / 'build.log'})")
+            sys.exit(f"debian: image build failed (see {data / 'build.log'})")
     return images_dir(data) / "debian"
 
 
