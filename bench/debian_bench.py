@@ -4,7 +4,8 @@
     .venv/bin/python bench/debian_bench.py [--runs 2] [--stacks ramboot,seed] [--accel tcg] [--keep DIR]
 
 The root is `ramboot image build debian --rootfs debian:bookworm:openssh-server
---kernel debian` (mmdebstrap; built once into `--cache`). Each stack boots a
+--kernel debian` (mmdebstrap; built once into `--cache` per version of ramboot's
+image code, with the stock dracut initrd beside it). Each stack boots a
 blank SeaBIOS/iPXE-ROM VM (2 GiB) in a lab network of its own (`rbd<random>-lab`,
 made and removed here, as bench/e2e_bench.py does), with the same kernel and
 the same squashfs:
@@ -24,11 +25,12 @@ the same squashfs:
   `http.server`, bench/e2e_bench.py's seed stack: what the initramfs alone is worth.
 
 The clock runs from QEMU's start to milestones read off the serial console
-(the kernel's, the initramfs's and systemd's own lines), then to systemd
+(the kernel's, the initramfs's, dracut's and systemd's own lines), to systemd
 starting the root's `ramboot-booted.service` (`ramboot: booted` on the console;
 the same unit in the same squashfs on every stack), and to sshd answering with
-its banner on port 22 (polled from the lab namespace every 0.2 s; the VM's address
-is the server's neighbour entry for the VM's MAC).
+its banner on port 22, polled from the lab namespace every 0.2 s from QEMU's
+start (the VM's address is the lab's neighbour entry for the VM's MAC).
+`--keep DIR` writes each boot's console with those times, and the servers' logs.
 """
 
 from __future__ import annotations
