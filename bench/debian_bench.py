@@ -1,31 +1,42 @@
 #!/usr/bin/env python3
 """A real root: power-on to sshd for a Debian root with systemd, ramboot against the seed's stack.
 
-    .venv/bin/python bench/debian_bench.py [--runs 2] [--stacks ramboot,seed] [--accel tcg]
+    .venv/bin/python bench/debian_bench.py [--runs 2] [--stacks ramboot,seed] [--accel tcg] [--keep DIR]
 
 The root is `ramboot image build debian --rootfs debian:bookworm:openssh-server
---kernel debian` (mmdebstrap; built once into `--cache`). Each stack boots a
-blank SeaBIOS/iPXE-ROM VM in a lab network of its own (`rbd<random>-lab`,
-made and removed here, as bench/e2e_bench.py does), with the same kernel,
-initrd and squashfs:
+--kernel debian` (mmdebstrap; built once into `--cache` per version of ramboot's
+image code, with the stock dracut initrd beside it). Each stack boots a
+blank SeaBIOS/iPXE-ROM VM (2 GiB) in a lab network of its own (`rbd<random>-lab`,
+made and removed here, as bench/e2e_bench.py does), with the same kernel and
+the same squashfs:
 
-- `ramboot`: `ramboot serve`, full DHCP mode: iPXE gets its script at once,
-  kernel, initrd and root over HTTP.
-- `seed`: dnsmasq DHCP + TFTP, `pxelinux.0`, `pxelinux.cfg/default`, kernel
-  and initrd over lock-step TFTP, the root from python's `http.server`
-  (`root=live:http://...`): bench/e2e_bench.py's seed stack. (ramboot's own
-  initramfs on both sides, so the difference is the network path; a dracut
-  livenet initrd behind nginx is left undone, see docs/benchmarks.md.)
+- `ramboot`: `ramboot serve`, full DHCP mode: iPXE gets its script at once;
+  kernel, ramboot's initramfs, root and modules layer over HTTP; the root's
+  sha256 checked, the node's identity (host keys, hostname, hosts) laid on,
+  every stage reported to the server.
+- `seed`: the seed's own stack: dnsmasq DHCP + TFTP handing out `pxelinux.0`,
+  `pxelinux.cfg/default`, kernel and a stock dracut livenet initrd over
+  lock-step TFTP (Debian's dracut 059: livenet, dmsquash-live, network-legacy,
+  no ramboot module), and `root=live:http://...` from nginx (a child of this
+  script, its config in the run's temporary directory). Nothing checks the
+  root's bytes; the root makes its ssh host keys at boot.
+- `seed-ramboot-initrd` (not run by default): the seed's network path
+  (dnsmasq, pxelinux, TFTP) with ramboot's initramfs behind python's
+  `http.server`, bench/e2e_bench.py's seed stack: what the initramfs alone is worth.
 
-The clock runs from QEMU's start to: the console's `ramboot: booted` (the
-root's init, systemd, runs), and then to sshd answering with its banner on
-port 22 (polled from the lab namespace every 0.2 s; the VM's address is the
-server's neighbour entry for the VM's MAC).
+The clock runs from QEMU's start to milestones read off the serial console
+(the kernel's, the initramfs's, dracut's and systemd's own lines), to systemd
+starting the root's `ramboot-booted.service` (`ramboot: booted` on the console;
+the same unit in the same squashfs on every stack), and to sshd answering with
+its banner on port 22, polled from the lab namespace every 0.2 s from QEMU's
+start (the VM's address is the lab's neighbour entry for the VM's MAC).
+`--keep DIR` writes each boot's console with those times, and the servers' logs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -43,141 +54,281 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import e2e_bench  # noqa: E402
+from rich.console import Console  # noqa: E402
 
 from ramboot.bench.util import table  # noqa: E402
-from ramboot.images.manifest import images_dir  # noqa: E402
+from ramboot.images.dracut import build_dracut  # noqa: E402
+from ramboot.images.errors import ImageError  # noqa: E402
+from ramboot.images.kernel import resolve_kernel  # noqa: E402
+from ramboot.images.manifest import images_dir, load_manifest  # noqa: E402
 from ramboot.lab.netns import Lab, LabError  # noqa: E402
-from ramboot.lab.server import has_image, ramboot_cmd  # noqa: E402
+from ramboot.lab.server import LAB_KERNEL_ARGS, has_image, lab_config_text, link_image, ramboot_cmd, start_server  # noqa: E402
 from ramboot.lab.vm import boot_vm, random_mac  # noqa: E402
+from ramboot.policy import DRACUT_LIVE_ARGS  # noqa: E402
 
-STACKS = {"ramboot": e2e_bench.start_ramboot, "seed": e2e_bench.start_seed}
+SERVER = e2e_bench.SERVER
+NGINX_CONF = """\
+user root;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log {work}/nginx-access.log;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {work}/tmp/body;
+    proxy_temp_path {work}/tmp/proxy;
+    fastcgi_temp_path {work}/tmp/fastcgi;
+    uwsgi_temp_path {work}/tmp/uwsgi;
+    scgi_temp_path {work}/tmp/scgi;
+    types {{ application/octet-stream squashfs; }}
+    server {{
+        listen {server}:80;
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
 PROBE = r"""
-import socket, sys, time
-ip, deadline = sys.argv[1], time.time() + float(sys.argv[2])
+import re, socket, subprocess, sys, time
+mac, dev, deadline = sys.argv[1].lower(), sys.argv[2], time.time() + float(sys.argv[3])
 while time.time() < deadline:
-    try:
-        with socket.create_connection((ip, 22), timeout=1) as s:
-            s.settimeout(2)
-            if s.recv(4) == b"SSH-":
-                print(time.time()); sys.exit(0)
-    except OSError:
-        pass
+    neigh = subprocess.run(["ip", "neigh", "show", "dev", dev], capture_output=True, text=True).stdout
+    ip = next((ln.split()[0] for ln in neigh.splitlines() if mac in ln.lower() and re.match(r"\d+\.", ln)), None)
+    if ip:
+        try:
+            with socket.create_connection((ip, 22), timeout=1) as s:
+                s.settimeout(60)  # a connection accepted early waits for sshd, as ssh's own client does
+                if s.recv(4) == b"SSH-":
+                    print(time.time()); sys.exit(0)
+        except OSError:
+            pass
     time.sleep(0.2)
 sys.exit(1)
 """
+# Milestones off the console, the first line matching each, in boot order. Both
+# initramfs flavours and both roots print these (ramboot's own markers, the kernel's
+# printk, systemd's status lines), so one list serves every stack.
+MILESTONES = (
+    ("firmware DHCP", r"Configuring \(net\d"),
+    ("pxelinux", r"PXELINUX \d"),
+    ("kernel starts", r"Linux version \d"),
+    ("initramfs runs", r"Run /init as init process"),
+    ("root download starts", r"ramboot: stage download-start|dracut-initqueue\[\d+\]: +% Total"),
+    ("root downloaded", r"ramboot: stage download-done|^100 +\S+ +100 "),
+    ("root checked", r"ramboot: stage verified"),
+    ("modules layer", r"ramboot: stage modules"),
+    ("switch root", r"ramboot: stage switch-root|Starting initrd-switch-root\.service"),
+    ("root's systemd", r"Welcome to Debian GNU/Linux \d+ \(\w+\)!"),
+    ("booted", r"^ramboot: booted"),
+    ("sshd started", r"Started ssh\.service"),
+    ("multi-user", r"Reached target multi-user\.target"),
+)
+
+
+def code_key() -> str:
+    """ramboot's image code (builders, initramfs, the root's units): a change makes a new image."""
+    h = hashlib.sha256()
+    src = ROOT / "src/ramboot/images"
+    for p in sorted(src.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def debian_image(cache: Path) -> Path:
-    data = cache / "data"
+    data = cache / f"data-{code_key()}"
     if not has_image(data, "debian"):
-        print(f"debian: building the Debian root into {cache} (once, a few minutes)", flush=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        with open(cache / "build.log", "ab") as log:
+        print(f"debian: building the Debian root into {data} (once per version of the image code, a few minutes)",
+              flush=True)
+        data.mkdir(parents=True, exist_ok=True)
+        with open(data / "build.log", "ab") as log:
             p = subprocess.run([*ramboot_cmd(), "image", "build", "debian",
                                 "--rootfs", "debian:bookworm:openssh-server", "--kernel", "debian",
                                 "--data-dir", str(data)],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
-            sys.exit(f"debian: image build failed (see {cache / 'build.log'})")
+            sys.exit(f"debian: image build failed (see {data / 'build.log'})")
     return images_dir(data) / "debian"
 
 
-def vm_address(lab: Lab, mac: str) -> str | None:
-    out = subprocess.run(["ip", "-n", lab.ns, "neigh", "show", "dev", lab.bridge],
-                         capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if mac.lower() in line.lower():
-            m = re.match(r"(\d+\.\d+\.\d+\.\d+)\s", line)
-            if m:
-                return m.group(1)
-    return None
+def stock_dracut_initrd(cache: Path, img: Path) -> Path:
+    """Stock dracut's livenet initrd for the image's kernel, built once (no ramboot module)."""
+    version = load_manifest(img.parents[1], img.name).kernel_version
+    out = cache / f"dracut-stock-{version}.img"
+    if not out.is_file():
+        print(f"debian: building a stock dracut livenet initrd for {version} (once)", flush=True)
+        k = resolve_kernel("debian", Console(stderr=True))
+        if k.version != version:
+            sys.exit(f"debian: the image's kernel is {version} but Debian's cloud kernel is now {k.version}: "
+                     f"remove {cache} to rebuild both")
+        build_dracut(k, out, Console(stderr=True), own_module=False)
+    return out
 
 
-def boot_once(stack: str, img: Path, accel: str, timeout: float) -> dict:
+def start_ramboot(lab: Lab, work: Path, img: Path, args: str) -> str:
+    link_image(img, lab.data_dir, "debian")
+    kargs = " ".join(a for a in (LAB_KERNEL_ARGS, args) if a)
+    lab.config_file.write_text(lab_config_text(lab, lab.data_dir, boot={"default_image": "debian",
+                                                                       "kernel_args": kargs}))
+    return start_server(lab, lab.config_file, lab.log_file)
+
+
+def start_seed(lab: Lab, work: Path, img: Path, args: str, initrd: Path) -> str:
+    tftp, www = work / "tftp", work / "www"
+    (tftp / "pxelinux.cfg").mkdir(parents=True)
+    www.mkdir()
+    (work / "tmp").mkdir()
+    for src in (e2e_bench.PXELINUX, e2e_bench.LDLINUX, img / "vmlinuz"):
+        shutil.copyfile(src, tftp / src.name)
+    shutil.copyfile(initrd, tftp / "initrd.img")
+    shutil.copyfile(img / "rootfs.squashfs", www / "rootfs.squashfs")
+    kargs = " ".join(a for a in (LAB_KERNEL_ARGS, f"root=live:http://{SERVER}/rootfs.squashfs", DRACUT_LIVE_ARGS,
+                                 args) if a)
+    (tftp / "pxelinux.cfg" / "default").write_text(
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd.img\n"
+        f"  APPEND {kargs}\n  IPAPPEND 2\n")
+    for p in (work, tftp, www):
+        p.chmod(0o755)
+    lab.spawn("dnsmasq", e2e_bench.dnsmasq_cmd(work, "--enable-tftp", f"--tftp-root={tftp}",
+                                               "--dhcp-boot=pxelinux.0"), log=work / "dnsmasq.log")
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, root=www, server=SERVER))
+    lab.spawn("nginx", ["nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"], log=work / "nginx.log")
+    return f"http://{SERVER}"
+
+
+def start_seed_ramboot_initrd(lab: Lab, work: Path, img: Path, args: str) -> str:
+    if args:
+        sys.exit("debian: --args is not passed to seed-ramboot-initrd (bench/e2e_bench.py's command line)")
+    e2e_bench.start_seed(lab, work, img)
+    return f"http://{SERVER}:{e2e_bench.HTTP_PORT}"
+
+
+STACKS = ("ramboot", "seed", "seed-ramboot-initrd")
+
+
+def milestones(lines: list[tuple[float, str]], started: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    pats = [(name, re.compile(rx)) for name, rx in MILESTONES]
+    for at, text in lines:
+        for name, rx in pats:
+            if name not in out and rx.search(text):
+                out[name] = round(at - started, 2)
+    return out
+
+
+def boot_once(stack: str, img: Path, initrd: Path | None, accel: str, timeout: float, args: str,
+              keep: Path | None) -> dict:
     tag = "rbd" + secrets.token_hex(3)
     work = Path(tempfile.mkdtemp(prefix=f"rbd-debian-{stack}-"))
     lab = Lab(ns=f"{tag}-lab", root=work)
     out: dict = {"stack": stack, "ok": False}
     mac = random_mac()
-    sshd: dict = {}
-
-    def probe() -> None:
-        ip = None
-        for _ in range(50):
-            ip = vm_address(lab, mac)
-            if ip:
-                break
-            time.sleep(0.2)
-        if not ip:
-            sshd["error"] = "no neighbour entry for the VM"
-            return
-        p = subprocess.run(["ip", "netns", "exec", lab.ns, sys.executable, "-c", PROBE, ip, "120"],
-                           capture_output=True, text=True)
-        if p.returncode == 0:
-            sshd["at"] = float(p.stdout.strip())
-        else:
-            sshd["error"] = "sshd did not answer in 120 s"
-
+    probe = None
     try:
         lab.create()
-        api = STACKS[stack](lab, work, img)
-        time.sleep(0.5)
-        res = boot_vm(lab, "bios", mac, timeout=timeout, accel=accel, memory_mb=2048, on_booted=probe,
-                      api_base=api or f"http://{e2e_bench.SERVER}:{e2e_bench.HTTP_PORT}")
-        booted = res.first("booted")
-        out.update(ok=res.ok and "at" in sshd, reason=res.reason or sshd.get("error", ""),
-                   booted_s=round(booted.at - res.started, 2) if booted else None,
-                   sshd_s=round(sshd["at"] - res.started, 2) if "at" in sshd else None,
-                   marks=e2e_bench.milestones(res))
+        if stack == "ramboot":
+            api = start_ramboot(lab, work, img, args)
+        elif stack == "seed":
+            api = start_seed(lab, work, img, args, initrd)
+        else:
+            api = start_seed_ramboot_initrd(lab, work, img, args)
+        time.sleep(0.5)  # dnsmasq and the web server bind
+        # From QEMU's start: the VM's address (the lab's neighbour entry for its MAC), then port 22's banner.
+        probe = subprocess.Popen(["ip", "netns", "exec", lab.ns, sys.executable, "-c", PROBE, mac, lab.bridge,
+                                  str(timeout)], stdout=subprocess.PIPE, text=True)
+
+        def wait_sshd() -> None:
+            """`booted` and sshd's banner come in either order: the VM runs until both have."""
+            try:
+                probe.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+
+        res = boot_vm(lab, "bios", mac, timeout=timeout, accel=accel, memory_mb=2048, api_base=api,
+                      on_booted=wait_sshd)
+        sshd_at = float(probe.stdout.read().strip() or 0) if probe.poll() == 0 else None
+        marks = milestones(res.lines, res.started)
+        if sshd_at:
+            marks["sshd answers"] = round(sshd_at - res.started, 2)
+        out.update(ok=res.ok and bool(sshd_at), reason=res.reason or ("" if sshd_at else "sshd did not answer"),
+                   booted_s=marks.get("booted"), sshd_s=marks.get("sshd answers"), marks=marks)
+        if keep:
+            keep.mkdir(parents=True, exist_ok=True)
+            with open(keep / f"{stack}-{tag}.console.txt", "w") as f:
+                f.writelines(f"{at - res.started:8.2f}  {text}\n" for at, text in res.lines)
     except (LabError, OSError) as e:
         out["reason"] = str(e)
     finally:
+        if probe is not None and probe.poll() is None:
+            probe.kill()  # our child, by its PID
+            probe.wait()
         lab.teardown()
+        if keep:
+            for f in work.glob("*.log"):
+                shutil.copy(f, keep / f"{stack}-{tag}.{f.name}")
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stacks", default="ramboot,seed")
+    ap.add_argument("--stacks", default="ramboot,seed", help=f"comma-separated, of: {', '.join(STACKS)}")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--accel", default=os.environ.get("RAMBOOT_LAB_ACCEL", "tcg"), choices=("tcg", "kvm"))
     ap.add_argument("--timeout", type=float, default=400)
+    ap.add_argument("--args", default="", help="kernel arguments added on every stack (systemd.log_level=info, ...)")
     ap.add_argument("--cache", type=Path, default=ROOT / "test-artifacts" / "bench" / "debian-image")
+    ap.add_argument("--keep", type=Path, help="write each boot's timestamped console and server logs here")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
+    stacks = a.stacks.split(",")
+    bad = [s for s in stacks if s not in STACKS]
+    if bad:
+        print(f"debian_bench: unknown stack {bad[0]!r} (use {', '.join(STACKS)})", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("debian_bench: needs root (network namespaces, taps)", file=sys.stderr)
         return 2
+    if "seed" in stacks and not shutil.which("nginx"):
+        print("debian_bench: nginx missing (Debian: nginx-light or nginx)", file=sys.stderr)
+        return 2
     img = debian_image(a.cache)
-    stacks = a.stacks.split(",")
+    try:
+        initrd = stock_dracut_initrd(a.cache, img) if "seed" in stacks else None
+    except ImageError as e:
+        print(f"debian_bench: {e}", file=sys.stderr)
+        return 2
     runs: dict[str, list[dict]] = {s: [] for s in stacks}
+    load_start = os.getloadavg()[0]
     for i in range(a.runs):
         for s in stacks:
             load = os.getloadavg()[0]
-            r = boot_once(s, img, a.accel, a.timeout)
+            r = boot_once(s, img, initrd, a.accel, a.timeout, a.args, a.keep)
             r["load_before"] = load
             runs[s].append(r)
             m = r.get("marks") or {}
-            print(f"  {s:8s} run {i + 1} (load {load:.1f}): {'ok' if r['ok'] else 'FAILED'}"
-                  f"  booted {r.get('booted_s')} s,"
-                  f" sshd {r.get('sshd_s')} s  (iPXE DHCP {m.get('ipxe-dhcp')}, kernel {m.get('kernel-start')},"
-                  f" initramfs {m.get('initramfs')})" + ("" if r["ok"] else f"  {r.get('reason')}"), flush=True)
+            print(f"  {s:20s} run {i + 1} (load {load:.1f}): {'ok' if r['ok'] else 'FAILED'}  "
+                  + ", ".join(f"{k} {v}" for k, v in m.items()) + ("" if r["ok"] else f"  {r.get('reason')}"),
+                  flush=True)
+    load_end = os.getloadavg()[0]
 
     def med(s: str, k: str) -> float | None:
-        xs = [r[k] for r in runs[s] if r["ok"] and r.get(k)]
+        xs = [r["marks"][k] for r in runs[s] if r["ok"] and k in r["marks"]]
         return statistics.median(xs) if xs else None
 
-    seed = med("seed", "sshd_s") if "seed" in runs else None
-    rows = []
-    for s in stacks:
-        t = med(s, "sshd_s")
-        xs = [r["sshd_s"] for r in runs[s] if r["ok"]]
-        rows.append([s, f"{len(xs)}/{len(runs[s])}", f"{t:.1f}" if t else "-",
-                     f"{min(xs):.1f}-{max(xs):.1f}" if xs else "-", f"{med(s, 'booted_s') or 0:.1f}",
-                     f"{t / seed:.2f}x" if t and seed else "-"])
-    print(table(["stack", "ok", "QEMU start -> sshd (s, median)", "spread", "-> root's init (s)", "vs seed"],
-                rows, title=f"Debian root (systemd, sshd), blank SeaBIOS/iPXE VM, {a.accel.upper()}, {a.runs} runs"))
+    names = [n for n, _ in MILESTONES] + ["sshd answers"]
+    names = [n for n in names if any(med(s, n) is not None for s in stacks)]
+    rows = [[n] + [f"{med(s, n):.1f}" if med(s, n) is not None else "-" for s in stacks] for n in names]
+    seed = med("seed", "sshd answers") if "seed" in runs else None
+    rows.append(["ok"] + [f"{sum(r['ok'] for r in runs[s])}/{len(runs[s])}" for s in stacks])
+    rows.append(["vs seed (sshd)"] + [f"{med(s, 'sshd answers') / seed:.2f}x" if seed and med(s, "sshd answers")
+                                      else "-" for s in stacks])
+    print(table(["milestone (s since QEMU start, median)", *stacks], rows,
+                title=f"Debian root (systemd, sshd), blank SeaBIOS/iPXE VM, {a.accel.upper()}, {a.runs} runs, "
+                      f"load {load_start:.1f} -> {load_end:.1f}"))
     if a.json:
         a.json.write_text(json.dumps(runs, indent=1))
     return 0 if all(r["ok"] for rs in runs.values() for r in rs) else 1

@@ -52,7 +52,10 @@ def test_debian_root_is_bootable(tmp_path: Path) -> None:
     for p in ("etc/systemd/network/50-ramboot.network", "usr/lib/ramboot/booted",
               "etc/systemd/system/multi-user.target.wants/ramboot-booted.service",
               "etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-              "etc/systemd/system/ssh.service.d/ramboot-keys.conf", "usr/sbin/sshd"):
+              "etc/systemd/system/multi-user.target.wants/ssh.service",
+              "etc/systemd/system/ssh.service.wants/ramboot-ssh-keygen.service",
+              "etc/systemd/journald.conf.d/ramboot.conf", "usr/sbin/sshd"):
         assert f"squashfs-root/{p}" in ls, p
+    assert re.search(r"system-generators/systemd-gpt-auto-generator -> /dev/null$", ls, re.M)
     assert "ssh_host_" not in ls  # each node makes its own host keys at boot
     assert img.stat().st_size < 120 * 1024 * 1024

@@ -5,7 +5,8 @@ site mirror or proxy applies and no host name is baked into ramboot. The root
 gets what a diskless node needs: systemd as init, systemd-networkd doing DHCP
 on every Ethernet NIC, a root shell on the console (the RAM root is a lab and
 debugging tool; log in over ssh with keys you add), the `booted` report, and
-fresh ssh host keys generated at each boot when openssh-server is asked for.
+fresh ssh host keys made at each boot when openssh-server is asked for and the
+server sent none. Disk-only generators and units are off: the root is RAM.
 """
 
 from __future__ import annotations
@@ -54,12 +55,35 @@ ExecStart=
 ExecStart=-/sbin/agetty -o '-p -f -- \\\\u' --noclear --keep-baud --autologin root %I 115200,38400,9600 $TERM
 """
 
-SSH_KEYS = """\
+# Host keys the node lacks (the server sent none) are made before sshd starts; with
+# the node's identity from the server there are none to make, and no process runs.
+SSH_KEYGEN = """\
+[Unit]
+Description=Make the ssh host keys this node lacks
+Before=ssh.service
+ConditionPathExists=|!/etc/ssh/ssh_host_ed25519_key
+ConditionPathExists=|!/etc/ssh/ssh_host_ecdsa_key
+ConditionPathExists=|!/etc/ssh/ssh_host_rsa_key
+
 [Service]
-ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
-ExecStartPre=/usr/sbin/sshd -t
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service
 """
+
+# The root is RAM: a "persistent" journal would be a second copy in RAM, made by a
+# flush on the way to sysinit.target.
+JOURNALD = """\
+[Journal]
+Storage=volatile
+"""
+# Generators and units for disks a RAM root has none of: the boot disk's GPT
+# partitions, a swap to resume from, offline updates, ext4-on-LVM snapshots.
+NO_DISK_GENERATORS = ("systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+                      "systemd-system-update-generator")
+NO_DISK_UNITS = ("e2scrub_reap.service",)
 
 
 def apt_sources(etc: Path = Path("/etc/apt")) -> list[tuple[str, list[str]]]:
@@ -150,14 +174,26 @@ def configure(tree: Path, ssh: bool) -> None:
         (etc / "systemd/system" / unit).mkdir(parents=True, exist_ok=True)
         (etc / "systemd/system" / unit / "ramboot-autologin.conf").write_text(AUTOLOGIN)
     units = ["systemd-networkd.service", "ramboot-booted.service"]
+    disable = [u for u in NO_DISK_UNITS if (tree / "usr/lib/systemd/system" / u).exists()]
     if ssh:
         for key in (etc / "ssh").glob("ssh_host_*"):
             key.unlink()  # every node makes its own at boot: never one shared host key
-        (etc / "systemd/system/ssh.service.d").mkdir(parents=True, exist_ok=True)
-        (etc / "systemd/system/ssh.service.d/ramboot-keys.conf").write_text(SSH_KEYS)
-    proc = subprocess.run(["chroot", str(tree), "systemctl", "enable", *units], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ImageError(f"enabling {', '.join(units)} in the Debian root failed: {proc.stderr.strip()}")
+        (etc / "systemd/system/ramboot-ssh-keygen.service").write_text(SSH_KEYGEN)
+        units.append("ramboot-ssh-keygen.service")
+    (etc / "systemd/journald.conf.d").mkdir(parents=True, exist_ok=True)
+    (etc / "systemd/journald.conf.d/ramboot.conf").write_text(JOURNALD)
+    (etc / "systemd/system-generators").mkdir(parents=True, exist_ok=True)
+    for gen in NO_DISK_GENERATORS:
+        link = etc / "systemd/system-generators" / gen
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    for verb, names in (("disable", disable), ("enable", units)):
+        if not names:
+            continue
+        proc = subprocess.run(["chroot", str(tree), "systemctl", verb, *names], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageError(f"{verb.rstrip('e')}ing {', '.join(names)} in the Debian root failed: "
+                             f"{proc.stderr.strip()}")
     (etc / "hostname").write_text("ramboot\n")
     (etc / "fstab").write_text("# ramboot: the root is a RAM overlay; nothing to mount\n")
     (etc / "machine-id").write_text("")  # a fresh one per boot

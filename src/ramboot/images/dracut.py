@@ -66,18 +66,20 @@ def dracut_tree(console: Console) -> Path:
     return tree
 
 
-def build_dracut(k: Kernel, out: Path, console: Console) -> None:
+def build_dracut(k: Kernel, out: Path, console: Console, own_module: bool = True) -> None:
+    """dracut's livenet initramfs for `k`; `own_module` False leaves ramboot's 99ramboot out,
+    stock dracut as a site would build it (the seed's side in bench/debian_bench.py)."""
     missing = [t for t in HOST_TOOLS if shutil.which(t) is None and not Path("/sbin", t).exists()]
     if missing:
         raise ImageError(f"--initramfs dracut needs {', '.join(missing)} on this host: run `make setup`")
     tree = dracut_tree(console)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".dracut-") as tmp:
-        base = _basedir(tree / "usr/lib/dracut", Path(tmp) / "base")
+        base = _basedir(tree / "usr/lib/dracut", Path(tmp) / "base", own_module)
         confdir = Path(tmp) / "conf.d"
         confdir.mkdir()
         cmd = ["bash", str(tree / "usr/bin/dracut"), "--force", "--no-hostonly", "--no-hostonly-cmdline",
                "--kver", k.version, "--kmoddir", str(k.modules),
-               "--add", "livenet dmsquash-live network-legacy ramboot",
+               "--add", "livenet dmsquash-live network-legacy" + (f" {MODULE[2:]}" if own_module else ""),
                "--omit", "systemd-networkd network-manager",
                "--conf", "/dev/null", "--confdir", str(confdir), "--tmpdir", tmp, "--reproducible",
                "--zstd", str(out)]
@@ -90,14 +92,16 @@ def build_dracut(k: Kernel, out: Path, console: Console) -> None:
     os.chmod(out, 0o644)
 
 
-def _basedir(dracut: Path, base: Path) -> Path:
-    """A dracut base directory of symlinks to the cached one, with ramboot's module added."""
+def _basedir(dracut: Path, base: Path, own_module: bool) -> Path:
+    """A dracut base directory of symlinks to the cached one, with ramboot's module added (if asked)."""
     (base / "modules.d").mkdir(parents=True)
     for p in dracut.iterdir():
         if p.name != "modules.d":
             os.symlink(p, base / p.name)
     for p in (dracut / "modules.d").iterdir():
         os.symlink(p, base / "modules.d" / p.name)
+    if not own_module:
+        return base
     mine = base / "modules.d" / MODULE
     mine.mkdir()
     src = resources.files("ramboot.images") / "dracut-module"

@@ -206,6 +206,7 @@ class BootResult:
     console_log: Path
     last_console: list[str]
     wire: dict = field(default_factory=dict)  # the impair relay's counters, when the wire was impaired
+    lines: list[tuple[float, str]] = field(default_factory=list)  # the console, cleaned, with arrival times
 
     @property
     def seconds(self) -> float:
@@ -426,7 +427,7 @@ def boot_vm(
             if line.startswith("{"):
                 wire = json.loads(line)
     return BootResult(ok, mac, firmware, accel, started, ended, stopped, reason, marks,
-                      workdir / "console.log", [t for _, t in console.lines[-5:]], wire)
+                      workdir / "console.log", [t for _, t in console.lines[-5:]], wire, list(console.lines))
 
 
 def merge_marks(console: list[Mark], events: list[Mark]) -> list[Mark]:
