@@ -146,7 +146,7 @@ class _SendBuffers:
     and only by as many bodies at once as fit in half of `tcp_mem`'s low
     threshold, so TCP memory never goes into pressure on our account (16 MB
     buffers for 100 clients on loopback did: sendfile calls fell to a few KB).
-    A slow client never takes one: its small window keeps autotuning lower.
+    A client with a small congestion window never takes one: the window keeps autotuning lower.
     """
 
     def __init__(self) -> None:
