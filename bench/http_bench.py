@@ -4,7 +4,8 @@
 Both servers serve the same file from the same directory on the loopback of a
 namespace the benchmark creates (`rbb<random>-s`), one after the other. The
 load is `wrk` (one thread, C connections, `--timeout 300s`) for 1, 10 and 100
-concurrent clients. For each it reports aggregate MB/s, the server's CPU
+concurrent clients, the servers interleaved round by round. For each it
+reports the median over the rounds of aggregate MB/s, the server's CPU
 seconds per GB sent (utime+stime of the server's whole process tree, from
 /proc/PID/stat) and the server's peak RSS, which must stay flat in the number
 of clients.
@@ -12,7 +13,7 @@ of clients.
 nginx is tuned the usual way: `worker_processes auto` (2 here), `sendfile on`,
 `tcp_nopush on`, `access_log off`. ramboot runs as `ramboot serve` with DHCP off.
 
-Usage: .venv/bin/python bench/http_bench.py [--size-mb 200] [--duration 10] [--clients 1,10,100]
+Usage: .venv/bin/python bench/http_bench.py [--size-mb 200] [--duration 10] [--clients 1,10,100] [--also TREE]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -94,8 +96,9 @@ def start_nginx(net: NetnsPair, work: Path, data: Path, port: int) -> Child:
                  log=work / "nginx.log")
 
 
-def start_ramboot(net: NetnsPair, work: Path, data: Path, port: int) -> Child:
-    cfg = work / "ramboot.toml"
+def start_ramboot(net: NetnsPair, work: Path, data: Path, port: int, src: Path | None = None) -> Child:
+    """`ramboot serve`; with `src`, the code of that source tree (its `src/` first on PYTHONPATH)."""
+    cfg = work / f"ramboot-{port}.toml"
     cfg.write_text(f"""data_dir = "{data}"
 [network]
 interface = "lo"
@@ -103,14 +106,16 @@ address = "127.0.0.1"
 [dhcp]
 mode = "off"
 [tftp]
-port = 16969
+port = {port - PORT + 16969}
 [http]
 port = {port}
 bind = "127.0.0.1"
 [boot]
 default_image = "bench"
 """)
-    return Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(cfg)), log=work / "ramboot.log")
+    env = dict(os.environ, PYTHONPATH=str(src / "src")) if src else None
+    return Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(cfg)), log=work / f"ramboot-{port}.log",
+                 env=env)
 
 
 SERVERS = {"nginx": start_nginx, "ramboot": start_ramboot}
@@ -179,13 +184,27 @@ def one(net: NetnsPair, srv: Child, name: str, clients: int, duration: int, port
     return r
 
 
+def median_run(rs: list[Run]) -> Run:
+    """One Run of the medians of MB/s and CPU per GB (and the sums' medians), the peak RSS, every error."""
+    m = Run(rs[0].server, rs[0].clients)
+    for f in ("mb_s", "gb", "cpu_s", "cpu_s_per_gb"):
+        setattr(m, f, statistics.median(getattr(r, f) for r in rs))
+    m.requests = int(statistics.median(r.requests for r in rs))
+    m.rss_mb = max(r.rss_mb for r in rs)
+    m.errors = "; ".join(sorted({r.errors for r in rs if r.errors}))
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per point")
     ap.add_argument("--clients", default="1,10,100")
     ap.add_argument("--servers", default="nginx,ramboot")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds per point; the best is kept")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per point, interleaved; the median is reported")
+    ap.add_argument("--also", type=Path, action="append", default=[], metavar="TREE",
+                    help="also a ramboot from this source tree (e.g. a worktree at an older commit), "
+                         "reported as ramboot@NAME; repeatable")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep logs here")
     a = ap.parse_args(argv)
@@ -197,12 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"http_bench: {tool} not installed (make setup adds it)", file=sys.stderr)
             return 2
     clients = [int(c) for c in a.clients.split(",")]
+    a.also = {t.resolve().name: t.resolve() for t in a.also}
     work = Path(tempfile.mkdtemp(prefix="rbb-http-"))
     data = work / "data"
     runs: list[Run] = []
+    load0 = os.getloadavg()[0]
     try:
         make_image(data, "bench", a.size_mb << 20)
-        names = [n for n in a.servers.split(",") if n != "nginx" or have("nginx")]
+        names = [n for n in a.servers.split(",") if n != "nginx" or have("nginx")] + [f"ramboot@{t}" for t in a.also]
         if "nginx" in a.servers.split(",") and "nginx" not in names:
             runs.append(Run("nginx", 0, errors="nginx not installed"))
         # Both servers run at once on their own ports and are measured in turn at
@@ -212,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for i, name in enumerate(names):
                     port = PORT + i
-                    servers[name] = SERVERS[name](net, work, data, port)
+                    if name.startswith("ramboot@"):
+                        servers[name] = start_ramboot(net, work, data, port, a.also[name.partition("@")[2]])
+                    else:
+                        servers[name] = SERVERS[name](net, work, data, port)
                     wait_http(net, servers[name], port)
                     # warm the page cache
                     run(*net.exec(net.srv, "curl", "-s", "-o", "/dev/null", url(port)), check=False)
@@ -237,21 +261,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    # with several rounds, keep each server's best round per client count
-    best: dict[tuple[str, int], Run] = {}
+    # with several rounds, each server's median round per client count (figures drift with the
+    # neighbours' load; the best of a few would flatter whoever was lucky), its peak RSS
+    rounds: dict[tuple[str, int], list[Run]] = {}
     for r in runs:
-        k = (r.server, r.clients)
-        if k not in best or r.mb_s > best[k].mb_s:
-            best[k] = r
-    runs = list(best.values())
+        rounds.setdefault((r.server, r.clients), []).append(r)
+    runs = [median_run(rs) for rs in rounds.values()]
     peer = {r.clients: r for r in runs if r.server == "nginx"}
     rows = []
     for r in runs:
         p = peer.get(r.clients)
-        rows.append([r.server, r.clients or "-", f"{r.mb_s:,.0f}", f"{r.cpu_s_per_gb:.2f}", f"{r.rss_mb:.1f}",
-                     ratio(r.mb_s, p.mb_s) if p and r.server != "nginx" else "", r.errors])
-    print(table(["server", "clients", "MB/s", "CPU s/GB", "peak RSS MB", "vs nginx", "errors"], rows,
-                title=f"HTTP: {a.size_mb} MB file over loopback, wrk --timeout 300s -d {a.duration}s"))
+        vs = p and r.server != "nginx"
+        rows.append([r.server, r.clients or "-", f"{r.mb_s:,.0f}", f"{r.cpu_s_per_gb:.3f}", f"{r.rss_mb:.1f}",
+                     ratio(r.mb_s, p.mb_s) if vs else "", ratio(r.cpu_s_per_gb, p.cpu_s_per_gb) if vs else "",
+                     r.errors])
+    print(table(["server", "clients", "MB/s", "CPU s/GB", "peak RSS MB", "MB/s vs nginx", "CPU/GB vs nginx", "errors"],
+                rows,
+                title=f"HTTP: {a.size_mb} MB file over loopback, wrk --timeout 300s -d {a.duration}s, "
+                      f"median of {a.rounds} rounds, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}"))
     if a.json:
         a.json.write_text(json.dumps([asdict(r) for r in runs], indent=1))
     return 0

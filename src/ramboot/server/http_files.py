@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -74,37 +75,125 @@ async def _sendfile(loop: asyncio.AbstractEventLoop, transport: asyncio.Transpor
             raise ConnectionResetError("client went away")
         await asyncio.sleep(0.001)
     fd = os.dup(sock.fileno())
-    # One writer registration for the whole body, not an add and a remove (two epoll_ctl
-    # and a callback object) per wait: the wait is a fresh future the writer wakes.
-    waiter: list[asyncio.Future[None] | None] = [None]
-    registered = False
+    sender = _FileSender(loop, socket.socket(sock.family, sock.type, fileno=fd), f.fileno(), start, count)
     try:
-        offset, left = start, count
-        while left:
+        sender.send()
+        if not sender.done.done():
+            loop.add_writer(fd, sender.send)
             try:
-                n = os.sendfile(fd, f.fileno(), offset, min(left, 1 << 30))
-            except (BlockingIOError, InterruptedError):
-                fut: asyncio.Future[None] = loop.create_future()
-                waiter[0] = fut
-                if not registered:
-                    loop.add_writer(fd, _wake_waiter, waiter)
-                    registered = True
-                await fut
-                continue
-            if n == 0:
-                raise ConnectionResetError("file shrank while sending")
-            offset += n
-            left -= n
+                await sender.done
+            finally:
+                loop.remove_writer(fd)
+        sender.done.result()
     finally:
-        if registered:
-            loop.remove_writer(fd)
-        os.close(fd)
+        sender.close()
 
 
-def _wake_waiter(waiter: list[asyncio.Future[None] | None]) -> None:
-    fut, waiter[0] = waiter[0], None
-    if fut is not None and not fut.done():
-        fut.set_result(None)
+class _FileSender:
+    """sendfile(2) run from the loop's writer callback until the body is out; one future per body.
+
+    Awaiting a future per send buffer's worth (about 1 MB) cost a task step
+    through aiohttp's handler per wake-up, and a sendfile that only said EAGAIN.
+    Here a wake-up is one callback and, usually, one sendfile: a short count
+    means the send buffer is full, so we wait for the next writable event
+    (level-triggered: if there is room after all, it comes at once).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, in_fd: int, offset: int, count: int):
+        self.sock, self.in_fd, self.offset, self.left = sock, in_fd, offset, count
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.raised = False
+
+    def send(self) -> None:
+        if self.done.done():
+            return
+        try:
+            while self.left:
+                want = min(self.left, 1 << 30)
+                n = os.sendfile(self.sock.fileno(), self.in_fd, self.offset, want)
+                if n == 0:
+                    raise ConnectionResetError("file shrank while sending")
+                self.offset += n
+                self.left -= n
+                if n < want:
+                    if not self.raised:
+                        self.raised = _SNDBUF.take(self.sock)
+                    return
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.done.set_exception(e)
+            return
+        self.done.set_result(None)
+
+    def close(self) -> None:
+        """Give back the larger send buffer, and close our descriptor (the transport keeps its own)."""
+        if self.raised:
+            _SNDBUF.give_back(self.sock)
+        self.sock.close()
+
+
+class _SendBuffers:
+    """A larger send buffer for clients that already have autotuning's largest, within a budget.
+
+    Autotuning grows a socket's send buffer with its congestion window up to
+    `tcp_wmem`'s maximum; a client that reaches it drains the buffer as fast as
+    we fill it. For such a client SO_SNDBUF at `wmem_max` (the kernel doubles
+    it) means fewer wake-ups and sendfile calls per GB, and on loopback fewer
+    of the receiver's packets processed in our context. It also fixes the size
+    (no shrinking under memory pressure), so it is taken only where it is larger
+    than autotuning's maximum, for one body at a time (given back at its end),
+    and only by as many bodies at once as fit in half of `tcp_mem`'s low
+    threshold, so TCP memory never goes into pressure on our account (16 MB
+    buffers for 100 clients on loopback did: sendfile calls fell to a few KB).
+    A client with a small congestion window never takes one: the window keeps autotuning lower.
+    """
+
+    def __init__(self) -> None:
+        self.size = self.budget = self.in_use = 0
+        self.autotune_max = 0
+        try:
+            wmem_max = int(Path("/proc/sys/net/core/wmem_max").read_text())
+            self.autotune_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+        except (OSError, ValueError, IndexError):
+            return
+        if 2 * wmem_max > self.autotune_max:
+            self.size = wmem_max
+            self.budget = _tcp_mem_low() // 2 // (2 * wmem_max)
+
+    def take(self, sock: socket.socket) -> bool:
+        """True if `sock` now has the larger buffer (give it back when the body is done)."""
+        if self.in_use >= self.budget:
+            return False
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < self.autotune_max:
+                return False
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.size)
+        except OSError:
+            return False
+        self.in_use += 1
+        return True
+
+    def give_back(self, sock: socket.socket) -> None:
+        """Back to autotuning's maximum (the kernel doubles what we ask), so an idle connection holds no more."""
+        self.in_use -= 1
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.autotune_max // 2)
+        except OSError:
+            pass
+
+
+def _tcp_mem_low() -> int:
+    """`tcp_mem`'s low threshold in bytes; inside a network namespace it cannot be read, so the
+    kernel's default is estimated: 3/64 of memory."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_mem").read_text().split()[0]) * page
+    except (OSError, ValueError, IndexError):
+        return os.sysconf("SC_PHYS_PAGES") * page * 3 // 64
+
+
+_SNDBUF = _SendBuffers()
 
 
 async def send_file(request: web.Request, path: Path, content_type: str,
