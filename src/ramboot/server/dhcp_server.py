@@ -386,10 +386,10 @@ class DhcpServer:
             self._flusher = None
         self._flush_once()  # anything left: commit, then answer
         self._close_sockets()
-        if isinstance(self._checkpoint, asyncio.Handle):
-            self._checkpoint.cancel()
-        elif self._checkpoint is not None:
+        if isinstance(self._checkpoint, asyncio.Future):  # a catch-up running: let it finish
             await asyncio.wait([self._checkpoint])
+        elif self._checkpoint is not None:  # a timer (uvloop's is no asyncio.Handle)
+            self._checkpoint.cancel()
         self._checkpoint = None
         await asyncio.to_thread(self.store.checkpoint_leases)
 
