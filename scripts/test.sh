@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 mkdir -p test-artifacts
 # Types and lint first: zero errors, no blanket ignores (pyproject.toml holds the settings).
 .venv/bin/mypy || { echo "test: mypy found errors" >&2; exit 1; }
-.venv/bin/ruff check src bench || { echo "test: ruff found errors" >&2; exit 1; }
+.venv/bin/ruff check src bench tests fuzz || { echo "test: ruff found errors" >&2; exit 1; }
 .venv/bin/python -m pytest -n "${RAMBOOT_TEST_WORKERS:-3}" --dist loadgroup -rfEs "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

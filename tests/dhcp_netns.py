@@ -144,7 +144,7 @@ def udhcpc(pair: NetnsPair, tmp: Path, *args: str, timeout: float = 20) -> dict[
     need("busybox")
     out = tmp / f"udhcpc-{secrets.token_hex(3)}.env"
     script = tmp / "udhcpc.sh"
-    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && env > "$UDHCPC_OUT"\nexit 0\n')
+    script.write_text('#!/bin/sh\n[ "$1" = bound ] && env > "$UDHCPC_OUT"\nexit 0\n')
     script.chmod(0o755)
     res = pair.run(pair.cli_ns, "env", f"UDHCPC_OUT={out}", "busybox", "udhcpc", "-i", pair.cli_if, "-f", "-q", "-n",
                    "-t", "5", "-T", "1", "-s", str(script), *args, timeout=timeout, check=False)

@@ -49,7 +49,7 @@ class BootNet:
         self.posts = workdir / "posts.jsonl"
         self.ntaps = 0
 
-    def __enter__(self) -> "BootNet":
+    def __enter__(self) -> BootNet:
         require_tools()
         _sh("ip", "netns", "add", self.ns)
         try:
@@ -103,7 +103,7 @@ class BootNet:
         return f"http://{SERVER}:{HTTP_PORT}/{rel}"
 
     def boot(self, image_dir: Path, append: str, name: str = "vm", mac: str = "52:54:00:12:34:56",
-             mem: int = 512, decoys: tuple[str, ...] = (), interactive: bool = False) -> "Vm":
+             mem: int = 512, decoys: tuple[str, ...] = (), interactive: bool = False) -> Vm:
         """decoys: MACs of NICs placed before the boot NIC (so they come first, eth0...), each on its own
         empty QEMU hub: link up, nothing answers. interactive: the serial console reads `Vm.type()`."""
         self.ntaps += 1

@@ -11,8 +11,6 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-
-from ramboot.proto.dhcp_core import lease_key
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
@@ -20,9 +18,9 @@ from conftest import write_fake_image
 from httpserver import LiveServer
 from ramboot.config import parse_config
 from ramboot.inventory.store import LeaseRecord
+from ramboot.proto.dhcp_core import lease_key
 from ramboot.server import api
 from ramboot.server.http_context import CTX, Ctx
-
 
 MAC = "52:54:00:aa:bb:01"
 TOKEN = "s3cret-token"
@@ -334,7 +332,8 @@ def test_metrics_show_the_boot(srv):
     before = scrape(srv)
     post_boot(srv, MAC)
     urllib.request.urlopen(f"{srv.base}/images/demo/vmlinuz", timeout=5).read()
-    after = wait_for(lambda: (m := scrape(srv)) and m.get("ramboot_boot_duration_seconds_count", 0) > before.get("ramboot_boot_duration_seconds_count", 0) and m)
+    key = "ramboot_boot_duration_seconds_count"
+    after = wait_for(lambda: (m := scrape(srv)) and m.get(key, 0) > before.get(key, 0) and m)
     d = lambda k: after.get(k, 0) - before.get(k, 0)  # noqa: E731
     assert d('ramboot_boots_total{stage="booted"}') == 1
     assert d('ramboot_boots_total{stage="dhcp-ack"}') == 1

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_e2e_lab import LabRun, _explain
-from vm_cache import accel_for, build_once, shared_build
 
 from ramboot.lab.server import ramboot_cmd
 from ramboot.lab.vm import random_mac
+from test_e2e_lab import LabRun, _explain
+from vm_cache import accel_for, build_once, shared_build
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dhcp_netns import NetnsPair, need, udhcpc, udp_payloads
 
+from dhcp_netns import NetnsPair, need, udhcpc, udp_payloads
 from ramboot.proto.dhcp_codec import decode
 
 MAC = "02:00:00:c0:ff:ee"

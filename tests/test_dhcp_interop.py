@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dhcp_netns import SERVER_IP, NetnsPair, dhclient, need, udhcpc
 
+from dhcp_netns import SERVER_IP, NetnsPair, dhclient, need, udhcpc
 from ramboot.macaddr import mac_hyphen
 
 pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("dhcp-netns")]

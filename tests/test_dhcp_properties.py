@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from dhcp_pkt import Rig
 from ramboot.proto.dhcp_codec import MAGIC, DhcpDecodeError, DhcpEncodeError, DhcpPacket, Opt, decode, encode
 
-ips = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: "%d.%d.%d.%d" % t)
+ips = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
 # free-form option codes (not ones with a fixed form, nor PAD/END/overload)
 free_codes = st.integers(1, 254).filter(lambda c: c not in {1, 3, 6, 12, 50, 51, 52, 53, 54, 55, 57, 58, 59, 60, 61, 77, 93, 94, 97})
 packets = st.builds(

@@ -174,7 +174,7 @@ def test_a_client_behind_a_relay_gets_a_lease_from_the_relay_subnet(net: Net, tm
     replies = [(src, dst, sp, dp, decode(p)) for src, dst, sp, dp, p in frames(pcap.read_bytes()) if sp == 67 and src == SERVER_IP]
     kinds = [r[4].msg_type for r in replies if r[4].op == BOOTREPLY and r[4].mac == mac]
     assert MsgType.OFFER in kinds and MsgType.ACK in kinds, replies
-    for src, dst, sport, dport, rep in replies:
+    for src, dst, _sport, dport, rep in replies:
         assert (dst, dport) == (RELAY_DOWN, 67), (src, dst, dport)  # to the giaddr's server port, unicast
         assert rep.giaddr == RELAY_DOWN and rep.yiaddr == env["ip"]
     requests = [decode(p) for _s, _d, _sp, dp, p in frames(pcap.read_bytes()) if dp == 67]

@@ -76,7 +76,7 @@ def test_each_problem_has_one_line_with_its_fix(lab: Lab, tmp_path: Path) -> Non
     out = p.stdout
     assert p.returncode == 1, out + p.stderr
     bad = fails(out)
-    assert any(f"port 69/udp (TFTP) is held by python" in f and f"fix: kill {squatter.pid}" in f for f in bad), out
+    assert any("port 69/udp (TFTP) is held by python" in f and f"fix: kill {squatter.pid}" in f for f in bad), out
     assert any("another DHCP server 172.22.33.1" in f and 'mode = "proxy"' in f for f in bad), out
     assert any("drops tcp port 80" in f and 'nft insert rule inet rbtest input iifname "rb0" tcp dport 80 accept' in f
                for f in bad), out

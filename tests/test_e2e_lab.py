@@ -24,7 +24,7 @@ import pytest
 
 from ramboot.lab.impair import Impairment
 from ramboot.lab.netns import Lab
-from ramboot.lab.server import build_image, link_image, ramboot_cmd, start_server, lab_config_text
+from ramboot.lab.server import build_image, lab_config_text, link_image, ramboot_cmd, start_server
 from ramboot.lab.vm import BootResult, boot_vm, choose_accel, format_timeline, random_mac
 
 pytestmark = [
@@ -375,7 +375,9 @@ def _netem_boot(lab_run: LabRun, firmware: str) -> None:
         assert d["frames"] > 500 and 0.02 < d["lost"] / d["frames"] < 0.09, note
     times = ARTIFACTS / f"netem-{firmware}.json"
     times.write_text(json.dumps({
-        "firmware": firmware, "accel": r.accel, "seconds": round((r.first("booted").at if r.first("booted") else r.ended) - r.started, 1), "impairment": imp.describe(),
+        "firmware": firmware, "accel": r.accel,
+        "seconds": round((r.first("booted").at if r.first("booted") else r.ended) - r.started, 1),
+        "impairment": imp.describe(),
         "seed": seed, "wire": wire, "retries_on_console": r.console_log.read_text(errors="replace").count(
             "download failed, trying again"),
         "marks": [(round(m.at - r.started, 1), m.stage) for m in r.marks],

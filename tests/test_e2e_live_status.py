@@ -19,7 +19,6 @@ from playwright.sync_api import sync_playwright
 
 from ramboot.lab.server import ramboot_cmd
 from ramboot.lab.vm import random_mac
-
 from test_e2e_lab import ARTIFACTS, LabRun, _explain, built, lab_run, shared_dir  # noqa: F401  (fixtures)
 from test_status_page import ARGS, CHROMIUM
 

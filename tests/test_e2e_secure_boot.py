@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_e2e_lab import LabRun, _explain, _stages, built, lab_run, random_mac, shared_dir, pytestmark  # noqa: F401
+from test_e2e_lab import LabRun, _explain, _stages, built, lab_run, pytestmark, random_mac, shared_dir  # noqa: F401
 
 
 def _served(lab_run: LabRun, mac: str) -> list[tuple[str, str, str]]:

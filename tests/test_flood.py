@@ -97,7 +97,7 @@ def _metrics(pair: NetnsPair, host: str) -> dict[str, float]:
 
 
 def _drops(m: dict[str, float], protocol: str) -> dict[str, float]:
-    pat = re.compile(r'ramboot_dropped_total\{protocol="%s",reason="([^"]+)"\}' % protocol)
+    pat = re.compile(r'ramboot_dropped_total\{protocol="' + protocol + r'",reason="([^"]+)"\}')
     return {mt.group(1): v for k, v in m.items() if (mt := pat.fullmatch(k))}
 
 

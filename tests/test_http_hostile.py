@@ -12,9 +12,9 @@ import logging
 import os
 import urllib.request
 
+import flood_sender
 from conftest import write_fake_image
 from httpserver import LiveServer
-import flood_sender
 
 
 class _Capture(logging.Handler):

@@ -12,11 +12,11 @@ import re
 from pathlib import Path
 
 import pytest
-from test_e2e_lab import LabRun, _explain
-from vm_cache import accel_for, build_once, shared_build
 
 from ramboot.images.rootfs import builtin_tree
 from ramboot.lab.vm import random_mac
+from test_e2e_lab import LabRun, _explain
+from vm_cache import accel_for, build_once, shared_build
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 

@@ -19,16 +19,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from images_vm import demo_image  # noqa: F401  (session fixture)
 from rich.console import Console
-from test_images_build import one_line_error
 
+from images_vm import demo_image  # noqa: F401  (session fixture)
 from ramboot.images.blobs import blob_path
 from ramboot.images.build import build_image, remove_image
 from ramboot.images.kernel import in_root, kernel_from_root, version_key
 from ramboot.images.manifest import KERNEL, MODULES, load_manifest
 from ramboot.images.modules import root_has_modules
 from ramboot.images.rootfs import builtin_tree
+from test_images_build import one_line_error
 
 
 def sha(p: Path) -> str:

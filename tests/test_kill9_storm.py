@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dhcp_netns import need, udp_payloads
 
+from dhcp_netns import need, udp_payloads
 from ramboot.bench.util import NetnsPair
 from ramboot.proto.dhcp_codec import BOOTREPLY, BOOTREQUEST, Opt, decode
 

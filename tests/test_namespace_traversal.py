@@ -4,9 +4,8 @@ import os
 
 import pytest
 
-from ramboot.namespace import GeneratedFile, Namespace, PathRefused, StaticFile
-
 from conftest import write_fake_image
+from ramboot.namespace import GeneratedFile, Namespace, PathRefused, StaticFile
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from conftest import write_fake_image
 from httpserver import LiveServer
 from ramboot.inventory.cli import node
 
-
 MAC = "52:54:00:11:22:33"
 
 

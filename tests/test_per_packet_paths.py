@@ -14,7 +14,6 @@ import time
 
 from conftest import write_fake_image
 from directory_fakes import FakeDirectory
-
 from ramboot.config import parse_config
 from ramboot.policy import Booter
 from ramboot.proto import dhcp_codec

@@ -11,7 +11,6 @@ from ramboot.proto import tftp_core as tftp
 from ramboot.server.tftp_server import FileSource
 from tftp_sim import rrq, run
 
-
 # ------------------------------------------------------------------ codec
 
 @pytest.mark.parametrize("raw, expected", [

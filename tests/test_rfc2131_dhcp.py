@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ramboot.proto.dhcp_core import lease_key
-
 from dhcp_pkt import PXE_BIOS, SERVER, Rig, mac_bytes, request, wire
 from ramboot.inventory.store import LeaseRecord, NodeSpec, Store
 from ramboot.proto.dhcp_codec import FLAG_BROADCAST, MsgType, Opt
-from ramboot.proto.dhcp_core import OFFER_HOLD
+from ramboot.proto.dhcp_core import OFFER_HOLD, lease_key
 
 A = "52:54:00:00:00:01"
 B = "52:54:00:00:00:02"

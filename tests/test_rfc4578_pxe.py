@@ -7,10 +7,10 @@ import os
 import pytest
 
 from dhcp_pkt import GOLDEN, HTTP_UEFI, IPXE, PXE_BIOS, PXE_UEFI, SERVER, Rig, request
-from ramboot.macaddr import mac_hyphen
 from ramboot.inventory.store import NodeSpec
-from ramboot.proto.pxe import uuid_from_wire, uuid_to_wire
+from ramboot.macaddr import mac_hyphen
 from ramboot.proto.dhcp_codec import IPXE_NO_PXEDHCP, MsgType, Opt, decode, decode_suboptions
+from ramboot.proto.pxe import uuid_from_wire, uuid_to_wire
 
 A = "52:54:00:00:00:01"
 SCRIPT = f"http://{SERVER}/boot/52-54-00-00-00-01.ipxe"

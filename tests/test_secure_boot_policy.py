@@ -5,9 +5,7 @@ Table-driven over an in-memory directory (tests/directory_fakes.py): no store, n
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest

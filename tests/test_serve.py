@@ -56,7 +56,7 @@ def test_serve_answers_dhcp_tftp_http_and_stops_on_sigterm_keeping_leases(tmp_pa
         text = log.read_text()
         assert "stopped" in text and "Traceback" not in text, text
         # every log line is one structured event
-        assert all(" info " in l or " warning " in l or " debug " in l for l in text.splitlines() if l), text
+        assert all(" info " in ln or " warning " in ln or " debug " in ln for ln in text.splitlines() if ln), text
         rows = sqlite3.connect(data / "ramboot.db").execute("select ip, mac from leases").fetchall()
         assert ip in {r[0] for r in rows}, rows
     finally:
@@ -79,7 +79,7 @@ def test_bad_config_stops_with_one_line(tmp_path: Path, config: str, expected: s
     cfg.write_text(f'data_dir = "{tmp_path / "d"}"\n{config}' if not config.startswith("data_dir") else config)
     out = subprocess.run([*RAMBOOT, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
-    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and expected in lines[0], out.stderr
     assert "Traceback" not in out.stderr
 

@@ -11,7 +11,6 @@ from playwright.sync_api import sync_playwright
 from conftest import write_fake_image
 from httpserver import LiveServer
 
-
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -2,9 +2,8 @@
 
 import pytest
 
-from ramboot.proto.dhcp_core import lease_key
-
 from ramboot.inventory.store import EventRecord, LeaseRecord, NodeSpec, Store, StoreError
+from ramboot.proto.dhcp_core import lease_key
 
 
 def test_nodes_leases_events_roundtrip(tmp_path):
@@ -24,7 +23,7 @@ def test_nodes_leases_events_roundtrip(tmp_path):
     node = s.get_node("52:54:00:12:34:56")
     assert node.image == "demo" and node.labels == {"rack": "a1"}
     leases = s.load_leases()
-    assert [(l.ip, l.expires) for l in leases] == [("172.22.33.101", 200.0)]  # one lease per key (here: the MAC)
+    assert [(r.ip, r.expires) for r in leases] == [("172.22.33.101", 200.0)]  # one lease per key (here: the MAC)
     assert [e.stage for e in s.events("52:54:00:12:34:56")] == ["dhcp-ack", "booted"]
     assert s.inventory("52:54:00:12:34:56") == {"cpu": {"count": 2}}
     assert s.remove_node("52:54:00:12:34:56") and s.get_node("52:54:00:12:34:56") is None

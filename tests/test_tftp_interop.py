@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from ramboot.inventory.store import NodeSpec
 from ramboot import render
+from ramboot.inventory.store import NodeSpec
 from ramboot.namespace import Namespace
-from ramboot.proto.pxe import Client
 from ramboot.proto import tftp_core as tftp
+from ramboot.proto.pxe import Client
 from ramboot.server.events import EventLog
 from ramboot.server.tftp_server import start_tftp
 
@@ -446,7 +446,7 @@ def test_total_transfer_cap(data_dir, make_booter):
             socks[3].sendto(rrq, server)
             try:
                 reply = tftp.parse(socks[3].recvfrom(100)[0])
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if isinstance(reply, tftp.OAck):
                 break

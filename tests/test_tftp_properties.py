@@ -41,7 +41,7 @@ def test_random_packets_never_crash_a_transfer(junk, acks):
     m = tftp.ReadTransfer(rrq(blksize=16, windowsize=4), tftp.BytesSource(bytes(range(256)) * 3))
     m.start(0.0)
     now = 0.0
-    for i, raw in enumerate(junk + [tftp.Ack(a).encode() for a in acks]):
+    for raw in junk + [tftp.Ack(a).encode() for a in acks]:
         now += 0.3
         m.on_packet(raw, now)
         m.on_timer(now)

@@ -20,7 +20,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from dhcp_netns import NetnsPair, dhclient, udhcpc, udp_payloads  # noqa: E402
-
 from ramboot.proto.dhcp_codec import MsgType, decode  # noqa: E402
 
 UDHCPC = {
