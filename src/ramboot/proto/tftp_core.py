@@ -22,8 +22,9 @@ Design points:
 - Memory follows what the client has proven, never what it asked for:
   before the client's first ACK the ring is empty (an OACK answer) or holds
   the one DATA 1 packet (no options); the window then starts at about 64 KiB
-  and doubles each time a whole window is acknowledged, up to the negotiated
-  windowsize, and the ring grows with it (copying the unacknowledged blocks).
+  (whole, when the negotiated window is 128 KiB or less) and doubles each time a
+  whole window is acknowledged, up to the negotiated windowsize, and the ring
+  grows with it (copying the unacknowledged blocks).
   Once confirmed the ring holds two windows (more for small ones: up to
   16 KiB or 32 slots), so `read_ahead` can read the next window while the
   client is busy with this one, or one window when two would be over 1 MiB.
@@ -339,6 +340,7 @@ _BLOCK = struct.Struct("!H")
 _READ_BATCH, _BATCH_SLOTS = 1 << 14, 32  # a small window's ring grows to about this, so reads come in batches
 _RING_MAX = 1 << 20  # above this, the ring holds one window and nothing is read ahead
 INITIAL_WINDOW_BYTES = 1 << 16  # the first window after confirmation: about this much, at least one block
+WHOLE_WINDOW_BYTES = 1 << 17  # a negotiated window this small starts whole (64 x 1,468-byte blocks: 94 KB)
 
 
 class MemoryBudget:
@@ -393,8 +395,13 @@ class ReadTransfer:
         self.budget = budget
         self.neg = negotiate(request.options, limits, source.size)
         self.segment = 4 + self.neg.blksize
-        # The window grows from about INITIAL_WINDOW_BYTES to the negotiated one as ACKs come.
-        self.window = min(self.neg.windowsize, max(1, INITIAL_WINDOW_BYTES // self.segment))
+        # The window grows from about INITIAL_WINDOW_BYTES to the negotiated one as ACKs come;
+        # a window of up to WHOLE_WINDOW_BYTES is taken whole at once: an RFC 7440 client that
+        # ACKs only at its window's end (atftp) would wait out its timeout for held-back blocks.
+        if self.neg.windowsize * self.segment <= WHOLE_WINDOW_BYTES:
+            self.window = self.neg.windowsize
+        else:
+            self.window = min(self.neg.windowsize, max(1, INITIAL_WINDOW_BYTES // self.segment))
         self._since_growth = 0  # blocks acknowledged at this window size
         self._nslots = 0
         self._ring = bytearray()
