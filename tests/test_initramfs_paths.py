@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from images_vm import SERVER, BootNet, demo_image  # noqa: F401  (session fixture)
-from test_images_vm import SERVER_URL, sha_of, stages, webroot
+from test_images_vm import SERVER_URL, sha_of, stages, stages_until, webroot
 
 pytestmark = pytest.mark.vm
 
@@ -60,7 +60,7 @@ def test_bootif_picks_the_boot_nic_among_several(demo_image: Path, tmp_path: Pat
         # the decoys were there (they came first), so the choice was real
         assert set(nics) == {*DECOYS, BOOT_MAC}, nics
         assert sorted(nics.values()).index(nics[BOOT_MAC]) == 2, nics
-        assert stages(net)[-1] == "booted"
+        assert stages_until(net, "booted")[-1] == "booted"
 
 
 def test_bootif_naming_no_nic_fails_loudly(demo_image: Path, tmp_path: Path) -> None:
