@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import ctypes
 import fcntl
 import json
 import os
@@ -43,10 +42,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from .netns import enter_netns, setns_fd
+
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
-_CLONE_NEWNET = 0x40000000
 
 
 @dataclass(frozen=True)
@@ -66,20 +66,10 @@ class Impairment:
         return f"loss {self.loss:.0%} and delay {self.delay * 1000:.0f} ms each way"
 
 
-def _setns(ns: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-    finally:
-        os.close(fd)
-
-
 def open_tap(ifname: str, ns: str | None = None) -> int:
     """An fd on the existing tap `ifname` (in namespace `ns`: the tap is looked up where we are)."""
     if ns:
-        _setns(ns)
+        enter_netns(ns)
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
@@ -202,9 +192,7 @@ async def _main(a: argparse.Namespace) -> None:
         ports = []
         for spec in a.port:
             ports.append(_Port(spec))
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.setns(home, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
+            setns_fd(home, "back")
     finally:
         os.close(home)
     p1, p2 = ports

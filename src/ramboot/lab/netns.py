@@ -123,6 +123,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNET = 0x40000000
 
 
+def setns_fd(fd: int, what: str) -> None:
+    """Move the calling thread into the network namespace open at `fd` (setns is per thread)."""
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), f"setns {what}")
+
+
+def enter_netns(ns: str) -> None:
+    """Move the calling thread into the named namespace `ns`."""
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        setns_fd(fd, ns)
+    finally:
+        os.close(fd)
+
+
 def call_in_netns(ns: str, fn: Callable[[], T]) -> T:
     """Run fn in a fresh thread that has joined namespace `ns` (setns is per thread).
 
@@ -133,12 +148,7 @@ def call_in_netns(ns: str, fn: Callable[[], T]) -> T:
 
     def run() -> None:
         try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {ns}")
-            finally:
-                os.close(fd)
+            enter_netns(ns)
             box["value"] = fn()
         except BaseException as e:  # handed back to the caller's thread
             box["error"] = e
