@@ -142,6 +142,16 @@ def choose_accel(lab: Lab, kernel: Path | None) -> tuple[str, str]:
 
 # -- the VM ------------------------------------------------------------------------
 
+def _stop_child(lab: Lab, proc: subprocess.Popen, key: str) -> None:
+    """Stop a child of this boot (QEMU, its impair relay) by its PID and drop it from the lab's records."""
+    stop_pid(proc.pid, None, grace=5)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    lab.forget(key)
+
+
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
               uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None) -> list[str]:
     """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID).
@@ -402,19 +412,9 @@ def boot_vm(
                 break
     finally:
         ended = time.time()
-        stop_pid(proc.pid, None, grace=5)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        lab.forget(key)
+        _stop_child(lab, proc, key)
         if impair is not None:
-            stop_pid(relay.pid, None, grace=5)
-            try:
-                relay.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-            lab.forget(relay_key)
+            _stop_child(lab, relay, relay_key)
         lab.del_tap(tap)
         console.join()
     time.sleep(0.5)  # the server batches events a few times a second
