@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import e2e_bench  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from ramboot.bench.util import table  # noqa: E402
+from ramboot.bench.util import nginx_argv, table  # noqa: E402
 from ramboot.images.dracut import build_dracut  # noqa: E402
 from ramboot.images.errors import ImageError  # noqa: E402
 from ramboot.images.kernel import resolve_kernel  # noqa: E402
@@ -67,29 +67,6 @@ from ramboot.lab.vm import boot_vm, random_mac  # noqa: E402
 from ramboot.policy import DRACUT_LIVE_ARGS  # noqa: E402
 
 SERVER = e2e_bench.SERVER
-NGINX_CONF = """\
-user root;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log {work}/nginx-access.log;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {work}/tmp/body;
-    proxy_temp_path {work}/tmp/proxy;
-    fastcgi_temp_path {work}/tmp/fastcgi;
-    uwsgi_temp_path {work}/tmp/uwsgi;
-    scgi_temp_path {work}/tmp/scgi;
-    types {{ application/octet-stream squashfs; }}
-    server {{
-        listen {server}:80;
-        root {root};
-        location / {{ }}
-    }}
-}}
-"""
 PROBE = r"""
 import re, socket, subprocess, sys, time
 mac, dev, deadline = sys.argv[1].lower(), sys.argv[2], time.time() + float(sys.argv[3])
@@ -193,9 +170,8 @@ def start_seed(lab: Lab, work: Path, img: Path, args: str, initrd: Path) -> str:
         p.chmod(0o755)
     lab.spawn("dnsmasq", e2e_bench.dnsmasq_cmd(work, "--enable-tftp", f"--tftp-root={tftp}",
                                                "--dhcp-boot=pxelinux.0"), log=work / "dnsmasq.log")
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, root=www, server=SERVER))
-    lab.spawn("nginx", ["nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"], log=work / "nginx.log")
+    lab.spawn("nginx", nginx_argv(work, www, f"{SERVER}:80", workers="1", connections=64, access_log=True),
+              log=work / "nginx.log")
     return f"http://{SERVER}"
 
 

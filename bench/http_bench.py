@@ -39,6 +39,7 @@ from ramboot.bench.util import (  # noqa: E402
     cpu_seconds,
     have,
     make_image,
+    nginx_argv,
     ramboot_exe,
     ratio,
     run,
@@ -62,38 +63,8 @@ class Run:
     errors: str = ""
 
 
-NGINX_CONF = """\
-user root;
-worker_processes auto;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 100000;
-    client_body_temp_path {work}/tmp/body;
-    proxy_temp_path {work}/tmp/proxy;
-    fastcgi_temp_path {work}/tmp/fastcgi;
-    uwsgi_temp_path {work}/tmp/uwsgi;
-    scgi_temp_path {work}/tmp/scgi;
-    types {{ application/octet-stream squashfs; }}
-    server {{
-        listen 127.0.0.1:{port} reuseport;
-        root {root};
-        location / {{ }}
-    }}
-}}
-"""
-
-
 def start_nginx(net: NetnsPair, work: Path, data: Path, port: int) -> Child:
-    (work / "tmp").mkdir(exist_ok=True)
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, port=port, root=data))
-    return Child(net.exec(net.srv, "nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"),
-                 log=work / "nginx.log")
+    return Child(net.exec(net.srv, *nginx_argv(work, data, f"127.0.0.1:{port} reuseport")), log=work / "nginx.log")
 
 
 def start_ramboot(net: NetnsPair, work: Path, data: Path, port: int, src: Path | None = None) -> Child:

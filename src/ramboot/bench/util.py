@@ -273,6 +273,37 @@ def wait_for(pred, timeout: float = 15, interval: float = 0.05, what: str = "con
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def nginx_argv(work: Path, root: Path, listen: str, workers: str = "auto", connections: int = 4096,
+               access_log: bool = False) -> list[str]:
+    """nginx as a peer, serving `root` on `listen` with sendfile: its config and temp dirs in
+    `work`, in the foreground (a child stopped by its PID). The command to run."""
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    log = f"access_log {work}/nginx-access.log;" if access_log else "access_log off;"
+    temps = "\n".join(f"    {k}_temp_path {work}/tmp/{k.split('_')[0]};"
+                      for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = work / "nginx.conf"
+    conf.write_text(f"""user root;
+worker_processes {workers};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+    {log}
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+{temps}
+    types {{ application/octet-stream squashfs; }}
+    server {{
+        listen {listen};
+        root {root};
+        location / {{ }}
+    }}
+}}
+""")
+    return ["nginx", "-c", str(conf), "-p", str(work), "-g", "daemon off;"]
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
