@@ -127,6 +127,7 @@ class LeaseJournal:
                 time.sleep(0.05)
         self._seq = max((int(p.suffix[1:]) for p in self._rotated()), default=0)
         self._fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size  # where the next line starts (a torn one is cut back to it)
         self.pending = Changes()
         self._files: list[Path] = []  # rotated files whose changes the table does not hold yet
 
@@ -149,7 +150,6 @@ class LeaseJournal:
         `moved`: key -> the address it left (its older rows go, as the core's did)."""
         line = _line(upserts, deletes, moved)
         with self._lock:
-            end = os.fstat(self._fd).st_size
             try:
                 n = os.write(self._fd, line)
                 if n != len(line):
@@ -157,8 +157,9 @@ class LeaseJournal:
             except OSError:
                 # A full disk: no ACK may leave, and no torn line may stay for the next line to join.
                 with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, end)
+                    os.ftruncate(self._fd, self._size)
                 raise
+            self._size += n
             self.pending.add(upserts, deletes, moved)
 
     def take(self) -> Changes:
@@ -171,6 +172,7 @@ class LeaseJournal:
                 os.rename(self.path, rotated)
                 os.close(self._fd)
                 self._fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+                self._size = 0
                 self._files.append(rotated)
         return changes
 
@@ -194,6 +196,7 @@ class LeaseJournal:
         for p in self._rotated():
             p.unlink(missing_ok=True)
         os.ftruncate(self._fd, 0)
+        self._size = 0
 
     def close(self) -> None:
         os.close(self._fd)
