@@ -146,8 +146,8 @@ def limit_malloc_arenas() -> None:
 SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (CPython's default: 0.005)
 
 
-def tune_gc() -> None:
-    """Keep the cyclic collector off the per-datagram path.
+def tune_interpreter() -> None:
+    """Keep the cyclic collector off the per-datagram path, and worker threads off the loop's back.
 
     A DHCP storm allocates a few dozen objects per packet and keeps one lease
     object per client. With CPython's default thresholds (700, 10, 10) the
@@ -191,7 +191,7 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGUSR2, log_memory)
     try:
         await services.start()
-        tune_gc()
+        tune_interpreter()
         await stop.wait()
         log.info("stopping")
     finally:
