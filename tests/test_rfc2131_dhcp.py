@@ -105,9 +105,17 @@ def test_a_full_pool_of_bound_leases_stays_silent_and_is_not_searched_per_packet
     macs = [f"52:54:00:00:01:{i:02x}" for i in range(5)]
     for m in macs:
         rig.dora(m)
-    for i in range(200):  # each answered at once: no walk of the range within RESCAN_AFTER
+    looked = []
+    usable = rig.server._usable
+    rig.server._usable = lambda ip, *a: looked.append(ip) or usable(ip, *a)  # count the addresses tried
+    res, sends = rig.send(request(MsgType.DISCOVER, "02:66:00:00:00:ff"))
+    assert sends == [] and res.outcome == "exhausted" and len(looked) >= 5  # the first walks the range
+    looked.clear()
+    for i in range(200):  # the others within RESCAN_AFTER do not walk it again
         res, sends = rig.send(request(MsgType.DISCOVER, f"02:66:00:00:00:{i:02x}"))
         assert sends == [] and res.outcome == "exhausted"
+    assert len(looked) <= 200, len(looked)  # at most the client's own wish each, never the range
+    rig.server._usable = usable
     rig.send(request(MsgType.RELEASE, macs[0], ciaddr="10.231.9.100", options={Opt.SERVER_ID: SERVER}))
     _, [o] = rig.send(request(MsgType.DISCOVER, B))  # a released address is seen at once
     assert o.yiaddr == "10.231.9.100"

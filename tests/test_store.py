@@ -42,3 +42,27 @@ def test_events_are_pruned_by_age_and_per_node(tmp_path):
     assert kept == [1000.0 + i for i in range(50, 150)]
     assert s.prune_events(before=500.0, keep_per_node=100) == 0
     s.close()
+
+
+def test_the_event_log_prunes_when_it_starts(tmp_path):
+    """The wiring `ramboot serve` uses: EventLog's task prunes at start with its retention settings."""
+    import asyncio
+
+    from ramboot.server.events import EventLog
+
+    s = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    mac = "52:54:00:00:00:cc"
+    s.add_events([EventRecord(mac, "dhcp-ack", 1000.0 + i) for i in range(150)])
+
+    async def run() -> None:
+        log = EventLog(s, flush_interval=0.05, keep_days=1e6, keep_per_node=100)
+        log.start()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if len(s.events(mac, limit=1000)) == 100:
+                break
+        await log.stop()
+
+    asyncio.run(run())
+    assert sorted(e.at for e in s.events(mac, limit=1000)) == [1000.0 + i for i in range(50, 150)]
+    s.close()
