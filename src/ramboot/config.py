@@ -81,6 +81,37 @@ class TftpConfig(_Section):
 class HttpConfig(_Section):
     port: int = Field(80, ge=1, le=65535)
     bind: str = "0.0.0.0"
+    # HTTPS for what carries secrets (overlays, node reports) and the API; 0: no TLS listener.
+    https_port: int = Field(443, ge=0, le=65535)
+
+
+class TlsConfig(_Section):
+    """The HTTPS listener's certificate. Default: a CA and a server certificate that `serve`
+    makes in DATA/tls/ at first start; nodes pin that CA (docs/security.md)."""
+
+    cert: Path | None = None  # PEM: the certificate (and its chain)
+    key: Path | None = None  # PEM: its private key
+    ca: Path | None = None  # PEM: what nodes pin; default: DATA/tls/ca.pem, or `cert` when the operator gives one
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together: give both, or neither")
+        return self
+
+
+class SecurityConfig(_Section):
+    """Who gets a node's secrets, and how they travel (docs/security.md)."""
+
+    # proxy and off mode: ramboot sees no lease, so no secret is served unless the operator
+    # picks the weaker rule by name: the first claim of a boot's credential wins.
+    proxy_secrets: Literal["none", "first-claim"] = "none"
+    # Overlays (host keys) and node reports over plain HTTP too, on purpose.
+    overlay_over_http: bool = False
+    # The key that encrypts secrets at rest in the database; default DATA/secrets.key (0600).
+    secrets_key: Path | None = None
+    # Leases to machines nobody registered: at most this many at once (0: no cap).
+    max_unknown_leases: int = Field(0, ge=0)
 
 
 class BootConfig(_Section):
@@ -152,6 +183,8 @@ class Config(_Section):
     database: DatabaseConfig = DatabaseConfig()
     cluster: ClusterConfig = ClusterConfig()
     api: ApiConfig = ApiConfig()
+    tls: TlsConfig = TlsConfig()
+    security: SecurityConfig = SecurityConfig()
 
     @model_validator(mode="after")
     def _grub_needs_our_dhcp(self) -> Config:
