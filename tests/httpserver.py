@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ramboot.access import AccessRule
 from ramboot.config import parse_config
 from ramboot.inventory.store import Store
 from ramboot.namespace import Namespace
@@ -21,11 +22,18 @@ from ramboot.server.http_server import start_http
 class LiveServer:
     def __init__(self, data_dir: Path, extra_config: str = ""):
         self.config = parse_config(f'data_dir = "{data_dir}"\n{extra_config}')
+        # This server listens on plain HTTP only: let reports and overlays through it, as the
+        # operator may ([security] overlay_over_http); tests of the HTTPS rule switch it back.
+        self.config.security.overlay_over_http = "overlay_over_http" not in extra_config or \
+            self.config.security.overlay_over_http
         self.store = Store(self.config.database_url)
         self.booter = Booter(self.config, self.store, "127.0.0.1")
+        self.access = AccessRule(self.config.dhcp.mode, self.config.security.proxy_secrets, self.store,
+                                 self.store.credentials)
         self.namespace = Namespace(self.config.data_dir, self.booter,
-                                   OverlayRenderer(self.config.data_dir, self.store, self.booter))
+                                   OverlayRenderer(self.config.data_dir, self.store, self.booter), self.access)
         self.events = EventLog(self.store, flush_interval=0.05)
+        self.tokens: dict[str, str | None] = {}  # MAC -> its boot's credential (`report`)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -62,6 +70,27 @@ class LiveServer:
         except urllib.error.HTTPError as e:
             raw, status = e.read(), e.code
         return status, (json.loads(raw) if raw else None)
+
+    def node_token(self, mac: str, source: str = "127.0.0.1") -> str | None:
+        """This boot's credential for `mac`, as the node gets it: in its boot script, if the
+        access rule takes `source` for that machine."""
+        import http.client
+        import re
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10, source_address=(source, 0))
+        try:
+            conn.request("GET", f"/boot/{mac.replace(':', '-')}.ipxe")
+            m = re.search(rb"ramboot\.token=([A-Za-z0-9_-]+)", conn.getresponse().read())
+        finally:
+            conn.close()
+        return m.group(1).decode() if m else None
+
+    def report(self, mac: str, kind: str, body: object) -> tuple[int, object]:
+        """A node's report (`kind`: events or inventory) with its boot's credential, as the initramfs
+        sends it; the credential is fetched once per MAC (each script fetch is a new boot)."""
+        if mac not in self.tokens:
+            self.tokens[mac] = self.node_token(mac)
+        return self.request("POST", f"/api/v1/nodes/{mac}/{kind}", body, token=self.tokens[mac])
 
     def close(self) -> None:
         async def stop():

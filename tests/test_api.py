@@ -118,7 +118,7 @@ def test_reads_can_require_token(data_dir):
         with urllib.request.urlopen(f"{s.base}/api/v1/events/stream?access_token={TOKEN}", timeout=5) as r:
             assert r.status == 200 and r.readline().startswith(b"retry:")
         # node reports need no token even then
-        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+        assert s.report(MAC, "events", {"stage": "initramfs"})[0] == 202
     finally:
         s.close()
 
@@ -144,18 +144,24 @@ def test_no_token_means_loopback_writes_only():
     api.authorize(req, "write")
 
 
-def test_node_reports_checked_against_lease(srv):
-    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.101", mac=MAC, expires=time.time() + 600)])
-    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
-    assert st == 403 and "does not hold the lease" in body["error"]
-    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY)
-    assert st == 403
-    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 600)])
-    assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
-    # an expired lease is no lease: any address may report (proxy/off mode)
-    other = "52:54:00:aa:bb:09"
-    srv.store.save_leases([LeaseRecord(key=lease_key(None, other), ip="172.22.33.102", mac=other, expires=time.time() - 1)])
-    assert srv.request("POST", f"/api/v1/nodes/{other}/events", {"stage": "initramfs"})[0] == 202
+def test_node_reports_checked_against_lease(data_dir):
+    """Full mode: the address holding the MAC's hardware lease reports (access.py); another
+    address, or a lease that another client id took for the MAC's chaddr, does not."""
+    write_fake_image(data_dir, "demo")
+    s = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
+    try:
+        s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.101", mac=MAC, expires=time.time() + 600)])
+        st, body = s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
+        assert st == 403 and "does not hold" in body["error"]
+        assert s.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY)[0] == 403
+        s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 600)])
+        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+        other = "52:54:00:aa:bb:09"  # a lease another client id took for this chaddr is not the machine's
+        s.store.save_leases([LeaseRecord(key=lease_key("ff01", other), ip="127.0.0.1", mac=other, client_id="ff01",
+                                         expires=time.time() + 600)])
+        assert s.request("POST", f"/api/v1/nodes/{other}/events", {"stage": "initramfs"})[0] == 403
+    finally:
+        s.close()
 
 
 @pytest.mark.parametrize(
@@ -168,7 +174,7 @@ def test_node_reports_checked_against_lease(srv):
     ],
 )
 def test_bad_node_events(srv, body, fragment):
-    st, got = srv.request("POST", f"/api/v1/nodes/{MAC}/events", body)
+    st, got = srv.report(MAC, "events", body)
     assert st == 400 and fragment in got["error"]
 
 
@@ -185,7 +191,7 @@ def post_boot(srv, mac: str, gap: float = 0.0) -> None:
         ("switch-root", {}),
         ("booted", {}),
     ]:
-        st, _ = srv.request("POST", f"/api/v1/nodes/{mac}/events", {"stage": stage, "detail": detail})
+        st, _ = srv.report(mac, "events", {"stage": stage, "detail": detail})
         assert st == 202
         time.sleep(gap)
 
@@ -195,7 +201,7 @@ def test_boot_timeline_inventory_and_discover(data_dir):
     s = LiveServer(data_dir, '[boot]\nunknown_nodes = "discover"\ndefault_image = "demo"\n')
     try:
         post_boot(s, MAC)
-        assert s.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY)[0] == 202
+        assert s.report(MAC, "inventory", INVENTORY)[0] == 202
         node = wait_for(lambda: s.request("GET", f"/api/v1/nodes/{MAC}")[1] if s.request("GET", f"/api/v1/nodes/{MAC}")[0] == 200 else None)
         assert node["discovered"] is True and node["image"] == "demo"
         assert node["uuid"] == "12345678-1234-1234-1234-1234567890ab"
@@ -221,7 +227,7 @@ def test_boot_timeline_inventory_and_discover(data_dir):
 
 def test_boot_mode_does_not_register(srv):
     assert srv.request("GET", f"/api/v1/nodes/{MAC}")[0] == 404  # nothing known of it yet
-    assert srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY)[0] == 202
+    assert srv.report(MAC, "inventory", INVENTORY)[0] == 202
     st, node = srv.request("GET", f"/api/v1/nodes/{MAC}")  # seen, not registered: still in the inventory
     assert st == 200 and node["state"] == "seen" and node["inventory"]["report"]["cpu"]["count"] == 2, node
     st, nodes = srv.request("GET", "/api/v1/nodes")
@@ -405,14 +411,15 @@ def test_no_token_configured_refuses_writes_off_loopback_with_a_challenge(data_d
 
 def test_request_bodies_have_a_size_limit(srv):
     big = {"stage": "verified", "detail": {"pad": "x" * (70 << 10)}}  # over max_report_kib = 64
-    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/events", big)
+    st, body = srv.report(MAC, "events", big)
     assert st == 413 and "64 KiB" in body["error"]
-    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", {**INVENTORY, "pad": "y" * (70 << 10)})
+    st, body = srv.report(MAC, "inventory", {**INVENTORY, "pad": "y" * (70 << 10)})
     assert st == 413
     # chunked, with no Content-Length: the limit holds while reading
     import subprocess
 
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked",
+                          "-H", f"Authorization: Bearer {srv.tokens[MAC]}",
                           "-H", "Content-Type: application/json", "--data-binary", json.dumps(big),
                           f"{srv.base}/api/v1/nodes/{MAC}/events"], capture_output=True, text=True, timeout=20)
     assert out.stdout == "413"
@@ -427,13 +434,13 @@ def test_reports_are_rate_limited_per_source(data_dir):
     write_fake_image(data_dir, "demo")
     s = LiveServer(data_dir, "[api]\nreport_rate = 2\nreport_burst = 5\n")
     try:
-        codes = [s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] for _ in range(8)]
+        codes = [s.report(MAC, "events", {"stage": "initramfs"})[0] for _ in range(8)]
         assert codes[:5] == [202] * 5 and set(codes[5:]) == {429}, codes
         st, h, text = curl_i(s, "POST", f"/api/v1/nodes/{MAC}/events", "-H", "Content-Type: application/json",
                              "-d", '{"stage": "initramfs"}')
         assert st == 429 and h["retry-after"] == "1" and "too many reports" in text
         time.sleep(1.1)  # 2 a second come back
-        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+        assert s.report(MAC, "events", {"stage": "initramfs"})[0] == 202
         # reads and operator writes are not reports: not limited
         assert s.request("GET", "/api/v1/nodes")[0] == 200
         m = scrape(s)
@@ -456,15 +463,19 @@ def test_full_mode_report_for_a_mac_without_lease_is_refused(data_dir):
     write_fake_image(data_dir, "demo")
     s = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "10.99.0.100-10.99.0.150"\n')
     try:
-        st, body = s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
-        assert st == 403 and "holds no lease" in body["error"]
+        st, body = s.report(MAC, "events", {"stage": "initramfs"})
+        assert st == 403 and "holds no lease of its own" in body["error"]
         s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 60)])
-        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+        assert s.report(MAC, "events", {"stage": "initramfs"})[0] == 202
     finally:
         s.close()
 
 
-def test_off_mode_reports_without_lease_are_accepted_from_any_address(srv):
-    """The decision in docs/api.md: ramboot leases nothing in proxy/off mode, so it cannot tell."""
-    srv.run(lambda: srv.events.bind("127.0.0.1", "52:54:00:aa:bb:0e"))
-    assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+def test_off_mode_reports_need_the_boots_credential(srv):
+    """ramboot leases nothing in proxy/off mode, so an address proves nothing: a report
+    carries the credential of the node's current boot (its script's ramboot.token=)."""
+    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
+    assert st == 403 and "credential" in body["error"]
+    old = srv.node_token(MAC)
+    assert srv.report(MAC, "events", {"stage": "initramfs"})[0] == 202  # a new boot: `old` is superseded
+    assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=old)[0] == 403

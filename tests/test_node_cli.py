@@ -74,8 +74,8 @@ def test_remote_with_token(data_dir):
         r = run("add", MAC, "--image", "demo", "--hostname", "remote1", "--server", srv.base, "--token", "tkn")
         assert r.exit_code == 0, r.output
         srv.run(lambda: srv.events.record(MAC, "dhcp-offer"))
-        srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "booted"})
-        srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", {"cpu": {"model": "Xeon", "count": 8}, "memory_kib": 8388608})
+        srv.report(MAC, "events", {"stage": "booted"})
+        srv.report(MAC, "inventory", {"cpu": {"model": "Xeon", "count": 8}, "memory_kib": 8388608})
         srv.run(srv.events.flush)
         r = run("list", "--server", srv.base)
         assert r.exit_code == 0 and "remote1" in r.output and "booted" in r.output

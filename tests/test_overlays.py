@@ -169,9 +169,10 @@ def test_archive_is_reproducible_and_ordered():
 
 
 # -- served only to its node -----------------------------------------------------------
-def _get(url: str) -> tuple[int, bytes]:
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -179,20 +180,24 @@ def _get(url: str) -> tuple[int, bytes]:
 
 def test_overlay_served_to_the_lease_holder_only(data_dir, caplog):
     write_fake_image(data_dir, "demo")
-    srv = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
+    srv = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n'
+                               '[security]\noverlay_over_http = true\n')
     try:
         srv.store.put_node(NodeSpec(MAC, image="demo", hostname="n1", ssh_keys=[KEY]))
         url = f"{srv.base}/overlay/{MAC.replace(':', '-')}.tar"
-        assert _get(url)[0] == 403  # 127.0.0.1 holds no lease for it
+        script = f"{srv.base}/boot/{MAC.replace(':', '-')}.ipxe"
+        assert b"ramboot.token=" not in _get(script)[1]  # 127.0.0.1 holds no lease for it: no credential
+        assert _get(url)[0] == 403
         assert _get(url + ".sha256")[0] == 403
         srv.store.save_leases([LeaseRecord(lease_key(None, MAC), "127.0.0.1", MAC, time.time() + 600)])
-        st, body = _get(url)
-        st2, sha = _get(url + ".sha256")
+        token = _get(script)[1].split(b"ramboot.token=")[1].split()[0].decode()
+        st2, sha = _get(url + ".sha256", token)
+        st, body = _get(url, token)
         assert (st, st2) == (200, 200)
         assert sha.split()[0].decode() == hashlib.sha256(body).hexdigest()
         assert _tar(body)["root/.ssh/authorized_keys"] == (KEY + "\n").encode()
         other = f"{srv.base}/overlay/{OTHER.replace(':', '-')}.tar"
-        assert _get(other)[0] == 403  # the lease is for MAC, not OTHER
+        assert _get(other, token)[0] == 403  # the credential is MAC's, not OTHER's
         st, metrics = _get(f"{srv.base}/metrics")
         assert b'ramboot_http_refused_total{kind="overlay"} 3.0' in metrics
     finally:

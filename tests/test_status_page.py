@@ -40,7 +40,10 @@ def test_row_reaches_booted_live(data_dir):
             row.wait_for(timeout=10_000)
             assert row.locator(".stage").inner_text() == "dhcp-offer"
             for stage in ("dhcp-ack", "script", "kernel", "initrd"):
-                srv.run(lambda s=stage: srv.events.record(MAC, s))
+                if stage == "script":  # the node fetches its script: the server records the stage
+                    srv.tokens[MAC] = srv.node_token(MAC)
+                else:
+                    srv.run(lambda s=stage: srv.events.record(MAC, s))
                 time.sleep(0.05)
             for stage, detail in [
                 ("initramfs", {}),
@@ -49,13 +52,13 @@ def test_row_reaches_booted_live(data_dir):
                 ("verified", {}),
                 ("switch-root", {}),
             ]:
-                assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": stage, "detail": detail})[0] == 202
+                assert srv.report(MAC, "events", {"stage": stage, "detail": detail})[0] == 202
                 time.sleep(0.05)
             inv = {"cpu": {"model": "QEMU Virtual CPU", "count": 2}, "memory_kib": 2097152,
                    "nics": [{"name": "eth0", "mac": MAC, "speed_mbps": 1000}], "disks": [],
                    "dmi": {"vendor": "QEMU", "product": "Standard PC (i440FX)", "serial": "", "uuid": None}}
-            assert srv.request("POST", f"/api/v1/nodes/{MAC}/inventory", inv)[0] == 202
-            assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "booted"})[0] == 202
+            assert srv.report(MAC, "inventory", inv)[0] == 202
+            assert srv.report(MAC, "events", {"stage": "booted"})[0] == 202
 
             page.wait_for_selector(f'tr[data-mac="{MAC}"] .stage[data-stage="booted"]', timeout=10_000)
             assert page.evaluate("window.__notReloaded") is True

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import names, render
+from .access import AccessRule
 from .names import PathRefused
 from .policy import Booter, Decision
 from .proto.pxe import ARCH_UEFI_X64, Client
@@ -51,7 +52,9 @@ class StaticFile:
 class GeneratedFile:
     data: bytes
     kind: str  # pxelinux-cfg | ipxe-script | grub-cfg
-    mac: str | None = None  # the NIC it was generated for, when its name says
+    # The NIC it was generated for, when the access rule took the requester for that
+    # machine: only then does serving it bind the address and open a boot in its timeline.
+    mac: str | None = None
 
 
 Resolved = StaticFile | GeneratedFile
@@ -84,27 +87,33 @@ class Archiver(Protocol):
 
 
 class Namespace:
-    def __init__(self, data_dir: Path, booter: Booter, overlays: Archiver | None = None):
+    def __init__(self, data_dir: Path, booter: Booter, overlays: Archiver | None = None,
+                 access: AccessRule | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.booter = booter
         self.overlays = overlays
+        # Mints each boot's credential when a script or config goes to its node (access.py);
+        # None (tests of rendering alone): scripts carry no credential.
+        self.access = access
         # The trees files are served from, resolved once (not per request).
         self._images = (self.data_dir / names.IMAGES).resolve()
         self._loaders = (self.data_dir / LOADERS_DIR).resolve()
 
-    def resolve(self, name: str, rooted: bool = False) -> Resolved | None:
+    def resolve(self, name: str, rooted: bool = False, requester: str | None = None) -> Resolved | None:
         """Map a request to a file or generated content; None if it does not exist.
 
         `rooted`: a TFTP request, which GRUB sends with a leading `/` (`names.parse_rooted`).
         A node's overlay is never found this way: it holds secrets, and only the
-        HTTP layer checks who asks (`lookup(..., private=True)`).
+        HTTP layer hands it out, against the boot's credential (`overlay()`).
+        `requester`: the client's address, for the access rule.
         """
-        return self.lookup(names.parse_rooted(name) if rooted else names.parse(name))
+        return self.lookup(names.parse_rooted(name) if rooted else names.parse(name), requester)
 
-    def lookup(self, name: names.Name | None, private: bool = False) -> Resolved | None:
-        """A parsed name's file or content; generated ones ask the Booter once."""
+    def lookup(self, name: names.Name | None, requester: str | None = None) -> Resolved | None:
+        """A parsed name's file or content; generated ones ask the Booter once, and
+        the access rule whether `requester` is that machine (then they carry its credential)."""
         if isinstance(name, names.Overlay):
-            return self._overlay(name) if private else None
+            return None
         if isinstance(name, names.ImageFile):
             path = self._inside(self._images, [name.image, name.file])
             return StaticFile(path, _KINDS.get(name.file, "file")) if path else None
@@ -113,37 +122,55 @@ class Namespace:
             return StaticFile(path, "loader") if path else None
         if isinstance(name, names.Script):
             d = self.booter.decide(Client(name.mac, uuid=name.uuid, user_class="iPXE", ipxe=True))
-            return GeneratedFile(render.ipxe_script(d).encode(), "ipxe-script", name.mac) if d else None
+            if d is None:
+                return None
+            token = self._mint(d, requester)
+            return GeneratedFile(render.ipxe_script(d, token).encode(), "ipxe-script", name.mac if token else None)
         if isinstance(name, names.EntryScript):
             return GeneratedFile(render.entry_script(self.booter.http_base).encode(), "ipxe-script")
         if isinstance(name, names.PxelinuxConfig):
-            return self._pxelinux(name)
+            return self._pxelinux(name, requester)
         if isinstance(name, names.GrubConfig):
-            return self._grub(name)
+            return self._grub(name, requester)
         return None
 
-    def _overlay(self, name: names.Overlay) -> Resolved | None:
+    def _mint(self, d: Decision, requester: str | None) -> str | None:
+        """This boot's credential, if the access rule takes `requester` for the machine."""
+        if self.access is None or requester is None:
+            return None
+        by_uuid = d.node is not None and d.node != d.mac
+        return self.access.mint(d.mac, d.node, d.uuid if by_uuid else None, requester)
+
+    def overlay(self, nic: str, uuid: str | None, node: str, checksum: bool) -> GeneratedFile | None:
+        """The node's overlay archive (or its sha256 line), for a credential the access rule
+        accepted: decided again for the NIC and UUID the credential was minted for, and
+        refused (None) if that no longer resolves to the node it was minted for."""
         if self.overlays is None:
             return None
-        d = self.booter.decide(Client(name.mac, uuid=name.uuid))
-        if d is None:
+        d = self.booter.decide(Client(nic, uuid=uuid))
+        if d is None or (d.node or d.mac) != node:
             return None
         data = self.overlays.archive(d)
-        if name.checksum:
+        if checksum:
             data = hashlib.sha256(data).hexdigest().encode() + b"  overlay.tar\n"
-        return GeneratedFile(data, "overlay", name.mac)
+        return GeneratedFile(data, "overlay", nic)
 
-    def _grub(self, name: names.GrubConfig) -> Resolved | None:
+    def _grub(self, name: names.GrubConfig, requester: str | None) -> Resolved | None:
         if name.mac is None:
             return GeneratedFile(render.grub_entry().encode(), "grub-cfg")
         d = self.booter.decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid), loader="grub")
-        return GeneratedFile(render.grub_cfg(d).encode(), "grub-cfg", name.mac) if d else None
+        if d is None:
+            return None
+        token = self._mint(d, requester)
+        return GeneratedFile(render.grub_cfg(d, token).encode(), "grub-cfg", name.mac if token else None)
 
-    def _pxelinux(self, name: names.PxelinuxConfig) -> Resolved | None:
+    def _pxelinux(self, name: names.PxelinuxConfig, requester: str | None) -> Resolved | None:
         d = self.booter.decide(Client(name.mac or "", arch=0, uuid=name.uuid), loader="pxelinux")
         if d is None or (name.uuid and d.node is None):
             return None  # a UUID nobody registered: pxelinux goes on to 01-<mac>, then default
-        return GeneratedFile(render.pxelinux_config(d).encode(), "pxelinux-cfg", name.mac)
+        token = self._mint(d, requester) if d.mac or d.node else None
+        return GeneratedFile(render.pxelinux_config(d, token).encode(), "pxelinux-cfg",
+                             (name.mac or d.node) if token else None)
 
     def _inside(self, root: Path, parts: list[str]) -> Path | None:
         """The real path of root/parts if it is a regular file under root (already resolved), else None."""

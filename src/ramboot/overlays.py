@@ -28,11 +28,13 @@ from typing import Any
 import jinja2
 import jinja2.sandbox
 
+from .access import hardware_lease
 from .identity import Identities
 from .images.manifest import ManifestError
 from .inventory.records import NodeSpec
 from .inventory.store import Store
 from .policy import Booter, Decision
+from .proto.dhcp_core import LeaseRecord
 
 OVERLAYS_DIR = "overlays"
 MAX_OVERLAY_BYTES = 64 << 20  # a node's overlay is configuration, not a second image
@@ -70,15 +72,24 @@ def node_context(spec: NodeSpec | None, mac: str, address: str | None, decision:
 
 
 def addresses(store: Store) -> dict[str, str]:
-    """Each node's address: its fixed one, else its newest unexpired lease."""
+    """Each node's address: its fixed one, else its hardware lease (access.py). A lease that
+    another client id took for a node's chaddr never names that node, in /etc/hosts or in
+    its host certificates."""
     import time
 
     now = time.time()
-    out: dict[str, str] = {}
-    for lease in sorted(store.load_leases(), key=lambda r: r.expires):
+    nodes = store.list_nodes()
+    uuid_of = {n.mac: n.uuid for n in nodes}
+    by_mac: dict[str, list[LeaseRecord]] = {}
+    for lease in store.load_leases():
         if lease.expires > now:
-            out[lease.mac] = lease.ip
-    for n in store.list_nodes():
+            by_mac.setdefault(lease.mac, []).append(lease)
+    out: dict[str, str] = {}
+    for mac, leases in by_mac.items():
+        own = hardware_lease(leases, mac, uuid_of.get(mac))
+        if own is not None:
+            out[mac] = own.ip
+    for n in nodes:
         if n.ip:
             out[n.mac] = n.ip
     return out

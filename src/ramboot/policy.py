@@ -332,18 +332,6 @@ class Booter:
             return None
         return entry.sha256 if entry is not None and entry.size == size else None
 
-    # -- who may fetch a node's overlay ------------------------------------------------
-    def overlay_allowed(self, ip: str, holds_lease: bool, fetched_script_from: str | None) -> bool:
-        """A node's overlay carries its secrets (host keys): only that node may fetch it.
-
-        In full mode that is the address holding the MAC's lease. Otherwise ramboot
-        gives no addresses, and the address that fetched the MAC's boot script is the
-        best proof there is (docs/decisions.md says what that trusts).
-        """
-        if self.config.dhcp.mode == "full":
-            return holds_lease
-        return fetched_script_from is not None and fetched_script_from == ip
-
     # -- discovery --------------------------------------------------------------------
     def discovered(self, mac: str, uuid: str | None) -> NodeSpec | None:
         """The node to register for a machine that reported its hardware, or None.

@@ -17,7 +17,12 @@ from .policy import Decision
 IPXE_FETCH_TRIES = 5
 
 
-def ipxe_script(d: Decision) -> str:
+def _cmdline(d: Decision, credential: str | None) -> str:
+    """The decision's command line, with this boot's credential when the access rule minted one."""
+    return f"{d.cmdline} ramboot.token={credential}" if credential else d.cmdline
+
+
+def ipxe_script(d: Decision, credential: str | None = None) -> str:
     """`boot/<mac>[/<uuid>].ipxe`: the kernel and initrd over HTTP, then boot.
 
     With several servers holding the image, each fetch falls back across them
@@ -31,7 +36,8 @@ def ipxe_script(d: Decision) -> str:
     """
     bases = d.mirrors or (d.http_base,)
     name = d.initrd.rsplit("/", 1)[-1]
-    kernel = " || ".join(f"kernel {b}/{d.kernel} initrd={name} {d.cmdline}" for b in bases)
+    cmdline = _cmdline(d, credential)
+    kernel = " || ".join(f"kernel {b}/{d.kernel} initrd={name} {cmdline}" for b in bases)
     initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
     marks = "x" * (IPXE_FETCH_TRIES - 1)
     return (
@@ -63,7 +69,7 @@ def entry_script(http_base: str) -> str:
     )
 
 
-def pxelinux_config(d: Decision) -> str:
+def pxelinux_config(d: Decision, credential: str | None = None) -> str:
     """`pxelinux.cfg/...`: the kernel and initrd over TFTP. Without a MAC in the
     decision (the `default` and UUID names), pxelinux appends BOOTIF itself."""
     return (
@@ -73,7 +79,7 @@ def pxelinux_config(d: Decision) -> str:
         "LABEL ramboot\n"
         f"  KERNEL {d.kernel}\n"
         f"  INITRD {d.initrd}\n"
-        f"  APPEND {d.cmdline}\n"
+        f"  APPEND {_cmdline(d, credential)}\n"
         + ("" if d.mac else "  IPAPPEND 2\n")
     )
 
@@ -92,12 +98,12 @@ def grub_entry() -> str:
     )
 
 
-def grub_cfg(d: Decision) -> str:
+def grub_cfg(d: Decision, credential: str | None = None) -> str:
     """`grub/<mac>[/<uuid>].cfg`: the signed kernel and the initrd over TFTP (GRUB has no
     http under lockdown), then boot. Under Secure Boot GRUB's `linux` has shim verify
     the kernel; nothing verifies the initrd, so the command line names its sha256.
     Every kernel argument is single-quoted: GRUB's script expands nothing inside."""
-    args = " ".join(_grub_quote(a) for a in d.cmdline.split())
+    args = " ".join(_grub_quote(a) for a in _cmdline(d, credential).split())
     return (
         f"# ramboot: {d.image} for {d.mac or 'an unknown machine'}\n"
         f"echo {_grub_quote(f'ramboot: booting {d.image} on {d.mac}')}\n"

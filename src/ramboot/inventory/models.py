@@ -114,3 +114,20 @@ class Inventory(Base):
     mac: Mapped[str] = mapped_column(String(17), index=True)
     data: Mapped[dict] = mapped_column(JSON)
     at: Mapped[float] = mapped_column(Float)
+
+
+class Credential(Base):
+    """One boot's node credential (access.py): minted when the node's script or config is
+    served to it, claimed once for its secrets. Only the token's sha256 is kept."""
+
+    __tablename__ = "credentials"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nic: Mapped[str] = mapped_column(String(17), index=True)  # the MAC the script was made for
+    node: Mapped[str] = mapped_column(String(17), index=True)  # the node it resolved to (its MAC)
+    uuid: Mapped[str | None] = mapped_column(String(36))
+    ip: Mapped[str] = mapped_column(String(45))  # who it was minted to
+    minted: Mapped[float] = mapped_column(Float, index=True)
+    state: Mapped[str] = mapped_column(String(12))  # issued | claimed | superseded | contested
+    claimed_ip: Mapped[str | None] = mapped_column(String(45))
+    claimed_at: Mapped[float | None] = mapped_column(Float)

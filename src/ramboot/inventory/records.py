@@ -60,3 +60,18 @@ class ServerRecord:
     images: dict[str, dict[str, str]]  # image -> {file: sha256}, only images it holds verified
     started: float
     last_seen: float
+
+
+@dataclass
+class CredentialRecord:
+    """One boot's node credential (access.py); the token itself is never kept, only its sha256."""
+
+    token_sha256: str
+    nic: str  # the MAC whose script carried it
+    node: str  # the node it resolved to
+    uuid: str | None
+    ip: str  # the address it was minted to
+    minted: float
+    state: str  # issued | claimed | superseded | contested
+    claimed_ip: str | None = None
+    claimed_at: float | None = None

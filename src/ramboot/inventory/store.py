@@ -28,6 +28,7 @@ from sqlalchemy.orm import sessionmaker
 from ..config import ConfigError
 from ..macaddr import normalize_mac
 from ..proto.dhcp_core import LeaseRecord
+from .credentials import Credentials
 from .lease_journal import CHECKPOINT_EVERY, Changes, JournalLocked, LeaseJournal
 from .migrate import upgrade_to_head
 from .models import Event, Inventory, Lease, Node, Profile, Secret, Server
@@ -129,6 +130,7 @@ class Store:
         self._journal: LeaseJournal | None = None
         self._checkpoint_lock = threading.Lock()
         self._recover_journal()
+        self.credentials = Credentials(self._session)
 
     @property
     def shared(self) -> bool:
@@ -512,25 +514,20 @@ class Store:
             rows = [tuple([r[k] for k in order]) for r in rows]
         conn.exec_driver_sql(sql, rows)
 
-    def holds_lease(self, mac: str, ip: str, now: float | None = None) -> bool:
-        """Whether `ip` holds an unexpired lease for `mac` (a MAC may hold several, one per client id)."""
+    def leases_of(self, mac: str, now: float | None = None) -> list[LeaseRecord]:
+        """Every unexpired lease with this chaddr (one per client id): the access rule picks the node's own."""
         now = time.time() if now is None else now
         self.checkpoint_leases()
         with self._session() as s:
-            return s.scalar(select(Lease.ip).where(Lease.mac == normalize_mac(mac), Lease.ip == ip,
-                                                   Lease.expires > now).limit(1)) is not None
+            return [_lease_record(r) for r in s.scalars(
+                select(Lease).where(Lease.mac == normalize_mac(mac), Lease.expires > now))]
 
-    def lease_for_mac(self, mac: str, now: float | None = None) -> LeaseRecord | None:
-        """The unexpired lease a MAC holds, if any (node reports are checked against it)."""
+    def lease_at(self, ip: str, now: float | None = None) -> LeaseRecord | None:
+        """The unexpired lease on an address, if any."""
         now = time.time() if now is None else now
         self.checkpoint_leases()
         with self._session() as s:
-            r = s.scalar(
-                select(Lease)
-                .where(Lease.mac == normalize_mac(mac), Lease.expires > now)
-                .order_by(Lease.expires.desc())
-                .limit(1)
-            )
+            r = s.scalar(select(Lease).where(Lease.ip == ip, Lease.expires > now))
             return _lease_record(r) if r else None
 
     # -- events and inventory ---------------------------------------------

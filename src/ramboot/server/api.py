@@ -43,6 +43,7 @@ from ..proto.pxe import normalize_uuid
 from . import openapi as oa
 from .event_stream import BROADCAST, event_stream
 from .http_context import CTX, error_json, json_response
+from .http_files import node_credential, secrets_transport_refused
 from .openapi import PREFIX, Route
 
 log = logging.getLogger("ramboot.api")
@@ -134,25 +135,18 @@ def authorize(request: web.Request, access: str, query_token: bool = False) -> N
 
 
 async def check_reporter(request: web.Request, mac: str) -> None:
-    """Who may report for a MAC (docs/api.md, "Node reports"):
-
-    - a MAC holding an unexpired lease (in any mode): only from the lease's address;
-    - no lease, full mode: refused; ramboot leases every address on its network, so a
-      node that booted from it holds one (an OS renewing keeps it);
-    - no lease, proxy or off mode (another server leases the addresses): accepted from
-      any address. ramboot cannot know who holds an address it did not lease (what it
-      saw on 4011 goes stale when the site's server moves an address), so it does not
-      pretend to; the per-source rate limit and the small body limit bound the cost,
-      and a node can never report a server stage.
-    """
-    ctx = request.app[CTX]
-    lease = await asyncio.to_thread(ctx.store.lease_for_mac, mac)
-    if lease is not None:
-        if lease.ip != request.remote:
-            raise ApiError(403, f"{request.remote} does not hold the lease for {mac}")
-        return
-    if ctx.config.dhcp.mode == "full":
-        raise ApiError(403, f"{mac} holds no lease, so no address may report for it")
+    """Who may report for a MAC: the access rule decides (access.py, `AccessRule.reporter`):
+    this boot's credential, or in full mode the address holding the MAC's hardware lease.
+    Reports go over HTTPS unless `[security] overlay_over_http` allows HTTP."""
+    why = secrets_transport_refused(request)
+    if why:
+        raise ApiError(403, why)
+    access = request.app[CTX].namespace.access
+    if access is None:
+        raise ApiError(403, "no access rule: this server takes no node reports")
+    verdict = await asyncio.to_thread(access.reporter, mac, request.remote or "", node_credential(request))
+    if not verdict.ok:
+        raise ApiError(403, verdict.why)
 
 
 class ReportLimiter:

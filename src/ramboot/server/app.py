@@ -15,6 +15,7 @@ import signal
 import sys
 
 from .. import metrics
+from ..access import AccessRule
 from ..config import Config, ConfigError
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
@@ -73,7 +74,8 @@ class Services:
         self.cluster = Cluster(config, self.store, self.server_ip, self.booter.http_base)
         self.booter.mirrors = self.cluster.mirrors
         overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
-        self.namespace = Namespace(config.data_dir, self.booter, overlays)
+        access = AccessRule(config.dhcp.mode, config.security.proxy_secrets, self.store, self.store.credentials)
+        self.namespace = Namespace(config.data_dir, self.booter, overlays, access)
         self.events = EventLog(self.store, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
         self.servers: list = []

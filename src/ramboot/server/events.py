@@ -44,7 +44,6 @@ class EventLog:
         self.keep_per_node = keep_per_node
         self._pruned_at = -PRUNE_EVERY
         self.mac_by_ip: dict[str, str] = {}  # who holds an address, so TFTP/HTTP can name the node
-        self.script_ip: dict[str, str] = {}  # MAC -> the address that last fetched that MAC's boot script
         self._pending: list[EventRecord] = []
         self._watchers: list[Callable[[EventRecord], None]] = []
         self._task: asyncio.Task | None = None
@@ -78,11 +77,10 @@ class EventLog:
     def served(self, ip: str, kind: str, name: str, mac: str | None, nbytes: int, seconds: float,
                protocol: str) -> None:
         """TFTP and HTTP: a file went out in full. A generated file's name says whose it
-        is (its MAC), which binds the address; other files are named by the address."""
+        is (its MAC, set only when the access rule took the requester for that machine),
+        which binds the address; other files are named by the address."""
         if mac:
             self.bind(ip, mac)
-            if kind in ("ipxe-script", "pxelinux-cfg"):
-                self.script_ip[mac] = ip
         stage = STAGE_OF_KIND.get(kind)
         who = mac or self.mac_by_ip.get(ip)
         if stage and who:

@@ -270,7 +270,7 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     if isinstance(parsed, names.Overlay):
         return await overlay_file(request, parsed)
     try:
-        resolved = await asyncio.to_thread(ctx.namespace.lookup, parsed)
+        resolved = await asyncio.to_thread(ctx.namespace.lookup, parsed, request.remote)
     except PathRefused as e:
         metrics.dropped("http", "path-refused")
         log.warning("path refused", extra={"path": name[:200], "client": request.remote, "why": str(e)[:200]})
@@ -296,22 +296,50 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def node_credential(request: web.Request) -> str | None:
+    """The boot's credential a node presents (`Authorization: Bearer`, from ramboot.token=)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def secrets_transport_refused(request: web.Request) -> str | None:
+    """Why this request may not carry a node's secrets: plain HTTP, unless the operator allows it."""
+    if request.secure or request.app[CTX].config.security.overlay_over_http:
+        return None
+    return "a node's overlay and reports go over HTTPS ([security] overlay_over_http = true allows HTTP)"
+
+
 async def overlay_file(request: web.Request, name: names.Overlay) -> web.StreamResponse:
-    """A node's rendered overlay (or its sha256), to that node only: 403 for anyone else, logged."""
+    """A node's rendered overlay (or its sha256), once per boot, to that node only (access.py):
+    403 for anyone else, 409 and a `contested` event for a second claim on one boot."""
     ctx = request.app[CTX]
     ip = request.remote or ""
-    holds = await asyncio.to_thread(ctx.store.holds_lease, name.mac, ip)
-    if not ctx.booter.overlay_allowed(ip, holds, ctx.events.script_ip.get(name.mac)):
-        log.warning("overlay refused", extra={"mac": name.mac, "client": ip})
+    why = secrets_transport_refused(request)
+    if why:
         metrics.HTTP_REFUSED.labels("overlay").inc()
-        return text_error(403, f"refused: {ip} is not {name.mac}")
+        return text_error(403, f"refused: {why}")
+    access = ctx.namespace.access
+    if access is None:
+        return text_error(404, f"not found: {request.path[1:]}")
+    claim = await asyncio.to_thread(access.claim, name.mac, ip, node_credential(request), name.checksum)
+    if claim.contested and claim.credential is not None:
+        rec = claim.credential
+        log.warning("boot contested", extra={"mac": rec.node, "client": ip, "why": claim.why})
+        metrics.BOOTS_CONTESTED.inc()
+        ctx.events.record(rec.node, "contested", ip=ip, minted_to=rec.ip, claimed_by=rec.claimed_ip,
+                          why=claim.why)
+    if claim.status != 200 or claim.credential is None:
+        log.warning("overlay refused", extra={"mac": name.mac, "client": ip, "why": claim.why})
+        metrics.HTTP_REFUSED.labels("overlay").inc()
+        return text_error(claim.status, f"refused: {claim.why}")
+    rec = claim.credential
     try:
-        resolved = await asyncio.to_thread(ctx.namespace.lookup, name, True)
+        resolved = await asyncio.to_thread(ctx.namespace.overlay, rec.nic, rec.uuid, rec.node, name.checksum)
     except OverlayError as e:
         log.warning("overlay failed", extra={"mac": name.mac, "why": str(e)})
         return text_error(500, f"overlay: {e}")
-    if resolved is None or not isinstance(resolved, GeneratedFile):
-        return text_error(404, f"not found: {request.path[1:]}")
+    if resolved is None:
+        return text_error(409, f"refused: {rec.nic} no longer boots as {rec.node}")
     if not name.checksum:
         metrics.HTTP_BYTES.labels("overlay").inc(len(resolved.data))
     return web.Response(body=resolved.data, content_type="application/octet-stream",

@@ -162,7 +162,7 @@ class TftpServer:
             metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
             return
         try:
-            resolved = self.namespace.resolve(req.filename, rooted=True)
+            resolved = self.namespace.resolve(req.filename, rooted=True, requester=ip)
         except PathRefused as e:
             log.debug("tftp: refused %r from %s: %s", req.filename[:200], ip, e)  # counted: path-refused
             metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
