@@ -222,7 +222,8 @@ def test_over_the_wire_proxy_mode_hands_out_no_overlay(data_dir):
 def test_overlays_go_over_https_unless_the_operator_allows_http(data_dir):
     """Item 12: on the plain HTTP listener the overlay is refused, credential or not."""
     write_fake_image(data_dir, "demo")
-    srv = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
+    srv = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n'
+                               '[security]\noverlay_over_http = false\n')
     try:
         srv.store.put_node(NodeSpec(MAC, image="demo"))
         srv.store.save_leases([_lease(MAC, NODE_IP)])

@@ -57,7 +57,7 @@ def test_profiles_layer_and_the_node_wins(data_dir, boot_profile, node, want):
     image, args, keys, overlays, rack = want
     assert (d.image, d.ssh_keys, d.overlays, dict(d.labels).get("rack")) == (image, keys, overlays, rack)
     assert d.cmdline.endswith(args) if args else "quiet" not in d.cmdline
-    assert f"ramboot.overlay=http://172.22.33.2/overlay/{MAC.replace(':', '-')}.tar" in d.cmdline
+    assert f"ramboot.overlay=https://172.22.33.2/overlay/{MAC.replace(':', '-')}.tar" in d.cmdline
 
 
 # -- rendering -----------------------------------------------------------------------

@@ -156,6 +156,16 @@ class Booter:
         port = self.config.http.port
         return f"http://{self.server_ip}" + ("" if port == 80 else f":{port}")
 
+    def node_base(self, http_base: str) -> str:
+        """Where a node reports and fetches its overlay on the server at `http_base`: its HTTPS
+        listener (`[http] https_port`, the same on every server of a cluster), else plain HTTP."""
+        port = self.config.http.https_port
+        if not port:
+            return http_base
+        host = http_base.removeprefix("http://")
+        host = host.rsplit(":", 1)[0] if not host.endswith("]") and host.count(":") == 1 else host
+        return f"https://{host}" + ("" if port == 443 else f":{port}")
+
     # -- the decision ---------------------------------------------------------------
     def decide(self, client: Client, loader: str | None = None) -> Decision | None:
         """What this machine boots; None: do not boot it (unknown, and `unknown_nodes = "ignore"`).
@@ -191,7 +201,7 @@ class Booter:
             labels.update({str(k): str(v) for k, v in spec.labels.items()})
         mirrors = self.mirrors_of(image)
         root_urls = tuple(f"{base}/{names.image_file(image, ROOTFS)}" for base in mirrors)
-        overlay_url = f"{self.http_base}/{names.overlay(mac, client.uuid)}" if mac else None
+        overlay_url = f"{self.node_base(self.http_base)}/{names.overlay(mac, client.uuid)}" if mac else None
         return Decision(
             mac=mac,
             uuid=client.uuid,
@@ -277,16 +287,17 @@ class Booter:
             # line names the one this boot meant, and the initramfs reports it.
             args.append(f"ramboot.initrd_sha256={initrd}")
         # Reports and the overlay: this server, then the other mirrors (any of them can
-        # render the overlay and take reports: they share the database).
-        others = tuple(b for b in mirrors if b != self.http_base)
-        args += [f"ramboot.server={b}" for b in (self.http_base, *others)]
+        # render the overlay and take reports: they share the database), over HTTPS.
+        others = tuple(self.node_base(b) for b in mirrors if b != self.http_base)
+        mine = self.node_base(self.http_base)
+        args += [f"ramboot.server={b}" for b in (mine, *others)]
         if mac:
             args.append(f"BOOTIF=01-{mac_hyphen(mac)}")
         if hostname:
             args.append(f"ramboot.hostname={hostname}")
         if overlay_url:
-            tail = overlay_url.removeprefix(self.http_base)
-            args += [f"ramboot.overlay={b}{tail}" for b in (self.http_base, *others)]
+            tail = overlay_url.removeprefix(mine)
+            args += [f"ramboot.overlay={b}{tail}" for b in (mine, *others)]
         if node_args:
             args.append(node_args)
         return " ".join(a for a in args if a)
