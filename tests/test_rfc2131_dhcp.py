@@ -116,7 +116,8 @@ def test_a_full_pool_of_bound_leases_stays_silent_and_is_not_searched_per_packet
         assert sends == [] and res.outcome == "exhausted"
     assert len(looked) <= 200, len(looked)  # at most the client's own wish each, never the range
     rig.server._usable = usable
-    rig.send(request(MsgType.RELEASE, macs[0], ciaddr="10.231.9.100", options={Opt.SERVER_ID: SERVER}))
+    rig.send(request(MsgType.RELEASE, macs[0], ciaddr="10.231.9.100", options={Opt.SERVER_ID: SERVER}),
+             src=("10.231.9.100", 68))
     _, [o] = rig.send(request(MsgType.DISCOVER, B))  # a released address is seen at once
     assert o.yiaddr == "10.231.9.100"
 
@@ -166,12 +167,54 @@ def test_renewal_extends_the_lease(rig):
 
 def test_release_frees_the_address_and_deletes_the_lease(rig):
     _, ack, _ = rig.dora(A)
-    res, sends = rig.send(request(MsgType.RELEASE, A, ciaddr=ack.yiaddr, options={Opt.SERVER_ID: SERVER}))
+    res, sends = rig.send(request(MsgType.RELEASE, A, ciaddr=ack.yiaddr, options={Opt.SERVER_ID: SERVER}),
+                          src=(ack.yiaddr, 68))
     assert sends == [] and res.deletes == [ack.yiaddr]
     _, [o] = rig.send(request(MsgType.DISCOVER, B, options={Opt.REQUESTED_IP: ack.yiaddr}))
     assert o.yiaddr == ack.yiaddr
-    res, _ = rig.send(request(MsgType.RELEASE, B, ciaddr="10.231.9.104"))  # not B's: ignored
+    res, _ = rig.send(request(MsgType.RELEASE, B, ciaddr="10.231.9.104"), src=("10.231.9.104", 68))  # not B's
     assert res.outcome == "ignored" and not res.deletes
+
+
+@pytest.mark.parametrize("src", [("10.231.9.150", 68), ("0.0.0.0", 68), ("10.231.9.1", 67)],
+                         ids=["another-client", "no-address", "a-relay"])
+def test_a_release_not_from_the_holders_address_frees_nothing(rig, src):
+    """RFC 2131 §4.4.6: the holder releases from its address. A spoofed RELEASE (right chaddr,
+    client id and ciaddr, from anywhere else) leaves the lease alone."""
+    _, ack, _ = rig.dora(A)
+    res, _ = rig.send(request(MsgType.RELEASE, A, ciaddr=ack.yiaddr, options={Opt.SERVER_ID: SERVER}), src=src)
+    assert (res.outcome, res.reason, res.deletes) == ("ignored", "not-the-holder", [])
+    _, acks = rig.send(request(MsgType.REQUEST, A, ciaddr=ack.yiaddr), src=(ack.yiaddr, 68))
+    assert acks[0].msg_type == MsgType.ACK and acks[0].yiaddr == ack.yiaddr  # still A's
+
+
+def test_a_decline_counts_only_right_after_the_ack(rig):
+    """A DECLINE follows the ACK's ARP probe; one long after it (spoofed, to take the address
+    from its holder and quarantine it) is ignored."""
+    _, ack, _ = rig.dora(A)
+    rig.now += 120
+    res, _ = rig.send(request(MsgType.DECLINE, A, options={Opt.SERVER_ID: SERVER, Opt.REQUESTED_IP: ack.yiaddr}))
+    assert (res.outcome, res.reason, res.deletes) == ("ignored", "decline-too-late", [])
+
+
+def test_unregistered_machines_have_a_cap_registered_ones_do_not(data_dir):
+    r = Rig(data_dir, extra="[security]\nmax_unknown_leases = 3\n")
+    try:
+        made_up = [f"02:66:00:00:02:{i:02x}" for i in range(5)]
+        outcomes = [r.send(request(MsgType.DISCOVER, m))[0] for m in made_up]
+        assert [o.outcome for o in outcomes] == ["offer"] * 3 + ["ignored"] * 2
+        assert outcomes[-1].reason == "unknown-cap"
+        assert r.send(request(MsgType.DISCOVER, made_up[0]))[0].outcome == "offer"  # one that holds an offer
+        r.store.put_node(NodeSpec(B, image="demo"))
+        r.server = r.make(())
+        for m in made_up[:3]:
+            r.send(request(MsgType.DISCOVER, m))
+        assert r.send(request(MsgType.DISCOVER, made_up[4]))[0].reason == "unknown-cap"
+        assert r.send(request(MsgType.DISCOVER, B))[0].outcome == "offer"  # registered: no cap
+        r.now += 61  # the offers expire: room again
+        assert r.send(request(MsgType.DISCOVER, made_up[4]))[0].outcome == "offer"
+    finally:
+        r.close()
 
 
 def test_decline_quarantines_the_address(rig):

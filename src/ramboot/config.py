@@ -110,7 +110,8 @@ class SecurityConfig(_Section):
     overlay_over_http: bool = False
     # The key that encrypts secrets at rest in the database; default DATA/secrets.key (0600).
     secrets_key: Path | None = None
-    # Leases to machines nobody registered: at most this many at once (0: no cap).
+    # Leases and offers to machines nobody registered: at most this many at once (0: three
+    # quarters of the range, so registered machines always find an address).
     max_unknown_leases: int = Field(0, ge=0)
 
 

@@ -71,6 +71,9 @@ OFFER_HOLD = 60.0  # seconds an offered address stays reserved for its client (w
 # search: a DISCOVER flood on a full pool would otherwise cost one walk of the range per packet.
 RESCAN_AFTER = 1.0
 RECLAIM_TRIES = 64  # oldest offers looked at per DISCOVER when the pool is full
+# A DECLINE counts only this soon after its lease was bound: a client declines right after
+# the ACK, once its ARP probe found the address taken (RFC 2131 §4.4.1), never later.
+DECLINE_WINDOW = 60.0
 _PXE_USE_BOOTFILE = encode_suboptions({PXE_DISCOVERY_CONTROL: bytes((PXE_DISCOVERY_USE_BOOTFILE,))}, end=True)
 _IPXE_NO_PXEDHCP = encode_suboptions({IPXE_NO_PXEDHCP: b"\x01"})
 # The metrics label per message type.
@@ -94,6 +97,9 @@ class DhcpSettings:
     # Where in the range the search for a free address starts: several servers on one
     # database start at different places, so their offers to new clients seldom meet.
     cursor_seed: int = 0
+    # Leases and offers to machines nobody registered, at most (0: three quarters of the
+    # range): DISCOVERs from made-up MACs never take the addresses registered nodes need.
+    max_unknown: int = 0
 
 
 class Answer(Protocol):
@@ -107,6 +113,9 @@ class Answer(Protocol):
 
     @property
     def hostname(self) -> str | None: ...
+
+    @property
+    def node(self) -> str | None: ...  # the registered node, None for a machine nobody registered
 
 
 Decide = Callable[[Client], Answer | None]  # None: do not answer this client at all
@@ -176,6 +185,7 @@ class _Lease:
     hostname: str | None = None
     client: Client | None = None  # what the DISCOVER said, so the ACK boots the same file
     uuid: str | None = None  # the firmware's option 97, kept for the OS's own DHCP client that sends none
+    unknown: bool = False  # for a machine nobody registered (the `max_unknown` cap)
 
 
 def client_of(pkt: DhcpPacket, mac: str) -> Client:
@@ -247,6 +257,8 @@ class DhcpCore:
         # so DISCOVERs from made-up MACs hold the pool no longer than the next real client.
         self._offers: dict[int, None] = {}
         self._full_until = 0.0  # no search of the range before this time (RESCAN_AFTER)
+        self._unknown: set[int] = set()  # addresses held or offered for unregistered machines
+        self._unknown_pruned = 0.0
         self.first = self.last = self._net_first = self._net_last = self._cursor = 0
         self.network: ipaddress.IPv4Network | None = None
         if self.mode == "full":
@@ -263,6 +275,7 @@ class DhcpCore:
             self._net_first = int(self.network.network_address)
             self._net_last = int(self.network.broadcast_address)
             self._cursor = self.first + settings.cursor_seed % (self.last - self.first + 1)
+            self.max_unknown = settings.max_unknown or max(1, (self.last - self.first + 1) * 3 // 4)
             for rec in leases:
                 self._put(_Lease(_ipint(rec.ip), rec.key, rec.mac, rec.expires, True, rec.client_id, rec.hostname,
                                  uuid=rec.uuid))
@@ -288,7 +301,7 @@ class DhcpCore:
             if self.mode == "proxy":
                 return self._proxy(pkt, kind, mac, src, port)
             if self.mode == "full" and port == SERVER_PORT:
-                return self._full(pkt, mt, kind, mac, now)
+                return self._full(pkt, mt, kind, mac, src, now)
         except DhcpEncodeError:
             return Result(kind, "too-big")
         return Result(kind, "ignored")
@@ -323,7 +336,7 @@ class DhcpCore:
         return Result(kind, "offer" if reply_type == MsgType.OFFER else "ack", [send], events=[ev], bound=told)
 
     # -- full mode ---------------------------------------------------------
-    def _full(self, pkt: DhcpPacket, mt: int, kind: str, mac: str, now: float) -> Result:
+    def _full(self, pkt: DhcpPacket, mt: int, kind: str, mac: str, src: tuple[str, int], now: float) -> Result:
         if pkt.giaddr != ZERO_IP and not self._net_first <= _ipint(pkt.giaddr) <= self._net_last:
             return Result(kind, "ignored")  # a relay for a subnet we have no range on
         if mt == MsgType.DISCOVER:
@@ -333,7 +346,7 @@ class DhcpCore:
         if mt == MsgType.DECLINE:
             return self._decline(pkt, kind, mac, now)
         if mt == MsgType.RELEASE:
-            return self._release(pkt, kind, mac)
+            return self._release(pkt, kind, mac, src)
         if mt == MsgType.INFORM:
             return self._inform(pkt, kind, mac)
         return Result(kind, "ignored")
@@ -355,12 +368,15 @@ class DhcpCore:
         answer = self.decide(client)
         if answer is None:
             return Result(kind, "ignored")
+        unknown = answer.node is None
+        if unknown and self._over_unknown_cap(key, now):
+            return Result(kind, "ignored", reason="unknown-cap")
         ip = self._allocate(pkt, key, mac, answer.fixed_ip, now)
         if ip is None:
             return Result(kind, "exhausted")
         lease = self.by_ip.get(ip)
         if lease is None or lease.key != key or not lease.bound:
-            lease = _Lease(ip, key, mac, now + OFFER_HOLD, False)
+            lease = _Lease(ip, key, mac, now + OFFER_HOLD, False, unknown=unknown)
             self._put(lease)
         lease.client = client
         lease.uuid = client.uuid
@@ -396,11 +412,14 @@ class DhcpCore:
         if answer is None:
             return Result(kind, "ignored")
         ip = _ipint(want)
+        unknown = answer.node is None
+        if unknown and self._over_unknown_cap(key, now):
+            return Result(kind, "ignored", reason="unknown-cap")
         if not self._may_bind(ip, key, mac, answer.fixed_ip, now):
             return Result(kind, "nak", [self._nak(pkt, "address not available")])
         moved = {key: _ipstr(held.ip)} if held is not None and held.key == key and held.bound and held.ip != ip else {}
         lease = _Lease(ip, key, mac, now + self.lease_time, True, key[3:] if key.startswith("id:") else None,
-                       _hostname(pkt), client, client.uuid)
+                       _hostname(pkt), client, client.uuid, unknown)
         self._put(lease)
         yiaddr = want
         reply = self._reply(pkt, MsgType.ACK, yiaddr)
@@ -418,17 +437,23 @@ class DhcpCore:
         ip = _ipint(pkt.requested_ip)
         lease = self.by_ip.get(ip)
         if lease is None or lease.key != _key(pkt, mac):
-            return Result(kind, "ignored")
+            return Result(kind, "ignored", reason="not-the-holder")
+        if lease.bound and lease.expires - self.lease_time < now - DECLINE_WINDOW:
+            return Result(kind, "ignored", reason="decline-too-late")
         self._remove(lease)
         self.declined[ip] = now + self.lease_time
         return Result(kind, "declined", deletes=[pkt.requested_ip], owners={pkt.requested_ip: lease.key})
 
-    def _release(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
+    def _release(self, pkt: DhcpPacket, kind: str, mac: str, src: tuple[str, int]) -> Result:
+        """RFC 2131 §4.4.6: the holder unicasts it from the address it releases. A RELEASE
+        from any other source (a spoofed one, a relay) frees nothing."""
         if pkt.ciaddr == ZERO_IP:
             return Result(kind, "ignored")
+        if src[0] != pkt.ciaddr:
+            return Result(kind, "ignored", reason="not-the-holder")
         lease = self.by_ip.get(_ipint(pkt.ciaddr))
         if lease is None or lease.key != _key(pkt, mac):
-            return Result(kind, "ignored")
+            return Result(kind, "ignored", reason="not-the-holder")
         self._remove(lease)
         return Result(kind, "released", deletes=[pkt.ciaddr], owners={pkt.ciaddr: lease.key})
 
@@ -552,20 +577,37 @@ class DhcpCore:
             return False
         return self._usable(ip, key, mac, now, self.reserved())
 
+    def _over_unknown_cap(self, key: str, now: float) -> bool:
+        """An unregistered machine that holds nothing yet, with `max_unknown` addresses already
+        held or offered for such machines: no answer (counted as `unknown-cap`)."""
+        held = self.by_ip.get(self.by_key.get(key, -1))
+        if held is not None and held.key == key:
+            return False
+        if len(self._unknown) >= self.max_unknown and now - self._unknown_pruned >= RESCAN_AFTER:
+            self._unknown_pruned = now  # expired ones drop out, at most once a second
+            self._unknown = {ip for ip in self._unknown if (lease := self.by_ip.get(ip)) and lease.expires > now}
+        return len(self._unknown) >= self.max_unknown
+
     def _put(self, lease: _Lease) -> None:
         old = self.by_key.get(lease.key)
         if old is not None and old != lease.ip:
             prev = self.by_ip.get(old)
             if prev is not None and prev.key == lease.key:
                 del self.by_ip[old]
+                self._unknown.discard(old)
         self.by_ip[lease.ip] = lease
         self.by_key[lease.key] = lease.ip
+        if lease.unknown:
+            self._unknown.add(lease.ip)
+        else:
+            self._unknown.discard(lease.ip)
         self._offers.pop(lease.ip, None)
         if not lease.bound:
             self._offers[lease.ip] = None  # the newest offer last
 
     def _remove(self, lease: _Lease) -> None:
         self.by_ip.pop(lease.ip, None)
+        self._unknown.discard(lease.ip)
         self._offers.pop(lease.ip, None)
         self._full_until = 0.0  # an address is free again
         if self.by_key.get(lease.key) == lease.ip:

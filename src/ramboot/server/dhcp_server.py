@@ -152,7 +152,7 @@ def dhcp_settings(config: Config, server_ip: str, netmask: str | None = None, cu
         mode=d.mode, server_ip=server_ip, range_first=first, range_last=last,
         netmask=str(d.netmask) if d.netmask else netmask,
         router=str(d.router) if d.router else None, dns=tuple(str(a) for a in d.dns), domain=d.domain,
-        lease_time=d.lease_time, cursor_seed=cursor_seed,
+        lease_time=d.lease_time, cursor_seed=cursor_seed, max_unknown=config.security.max_unknown_leases,
     )
 
 
