@@ -31,12 +31,27 @@ rb_console() {
     echo "ramboot: $*" > /dev/console 2> /dev/null || echo "ramboot: $*"
 }
 
+# What carries this boot's credential (ramboot.token=: the overlay, reports) goes over
+# HTTPS to a server whose certificate chains to the CA the server put beside this initrd
+# (ca.cpio: /etc/ramboot/ca.pem), as ramboot's own initramfs does (docs/security.md).
+RB_CA=/etc/ramboot/ca.pem
+
+rb_curl() { # rb_curl ARGS...: curl with this boot's credential, pinned to the server's CA when it has one
+    local token
+    token=$(getarg ramboot.token=)
+    if [ -s "$RB_CA" ]; then
+        curl --cacert "$RB_CA" ${token:+-H "Authorization: Bearer $token"} "$@"
+    else
+        curl ${token:+-H "Authorization: Bearer $token"} "$@"
+    fi
+}
+
 rb_post() { # rb_post PATH JSON: one short attempt, never blocks the boot for long
     local server mac
     server=$(rb_server)
     mac=$(rb_mac)
     [ -n "$server" ] && [ -n "$mac" ] || return 1
-    curl -s -m 5 -o /dev/null -H 'Content-Type: application/json' --data "$2" \
+    rb_curl -sf -m 5 -o /dev/null -H 'Content-Type: application/json' --data "$2" \
         "$server/api/v1/nodes/$mac/$1"
 }
 

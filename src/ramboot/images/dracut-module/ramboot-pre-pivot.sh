@@ -4,32 +4,33 @@
 # to report "booted" (/run/ramboot/node.env and a static busybox), then switch-root.
 type rb_stage > /dev/null 2>&1 || . /lib/ramboot-lib.sh
 
-# The overlay as ramboot's own initramfs fetches it: from each server in turn, its
-# sha256 first, then the tar, laid on the root's writable layer (the overlayfs upper
-# dir, through $NEWROOT). A refusal or a 404 ends a server's turn; a mismatch (a
-# change mid-fetch) is retried. Without one the node boots, without its identity.
+# The overlay as ramboot's own initramfs fetches it: once per boot, against this
+# boot's credential (ramboot.token=), its sha256 first (that only checks), then the
+# tar (which uses the credential up), laid on the root's writable layer (the overlayfs
+# upper dir, through $NEWROOT). A refusal or a 404 passes the turn to the next server;
+# a fetched archive is not fetched again. Without one the node boots, without its identity.
 rb_overlay() {
-    local urls url try want sum file got
+    local urls url want sum file got
     urls=$(getargs ramboot.overlay=)
     [ -n "$urls" ] || return 0
+    [ -n "$(getarg ramboot.token=)" ] ||
+        rb_console "no ramboot.token= (this boot's credential): the server hands out no overlay"
     file=$RB_DIR/overlay.tar
     for url in $urls; do
-        for try in 1 2 3; do
+        rm -f "$file"
+        want=$(rb_curl -sf -m 15 "$url.sha256") || continue
+        rb_curl -sf -m 60 -o "$file" "$url" || continue
+        want=$(echo "$want" | cut -d' ' -f1 | tr A-F a-f)
+        sum=$(sha256sum "$file" | cut -d' ' -f1)
+        if [ "$sum" = "$want" ]; then
+            tar -xf "$file" -C "$NEWROOT" || rb_fail "cannot unpack the node's overlay"
+            got=$(tar -tf "$file" | wc -l)
             rm -f "$file"
-            want=$(curl -sf -m 15 "$url.sha256") || break
-            curl -sf -m 60 -o "$file" "$url" || break
-            want=$(echo "$want" | cut -d' ' -f1 | tr A-F a-f)
-            sum=$(sha256sum "$file" | cut -d' ' -f1)
-            if [ "$sum" = "$want" ]; then
-                tar -xf "$file" -C "$NEWROOT" || rb_fail "cannot unpack the node's overlay"
-                got=$(tar -tf "$file" | wc -l)
-                rm -f "$file"
-                rb_stage overlay "{\"sha256\":\"$sum\",\"files\":$got}"
-                return 0
-            fi
-            rb_console "overlay from $url: sha256 mismatch (expected $want, got $sum)"
-            sleep "$try"
-        done
+            rb_stage overlay "{\"sha256\":\"$sum\",\"files\":$got}"
+            return 0
+        fi
+        rb_console "overlay from $url: sha256 mismatch (expected $want, got $sum)"
+        break
     done
     rb_console "WARNING: no overlay from $urls: the node boots without its identity files"
 }
@@ -76,6 +77,7 @@ rb_modules
 rb_host=$(getarg ramboot.hostname=)
 [ -n "$rb_host" ] && [ ! -s "$NEWROOT/etc/hostname" ] && echo "$rb_host" > "$NEWROOT/etc/hostname"
 [ -x /usr/lib/ramboot/busybox ] && cp /usr/lib/ramboot/busybox "$RB_DIR/busybox"
-printf 'RAMBOOT_SERVER=%s\nRAMBOOT_MAC=%s\nRAMBOOT_IFACE=%s\n' "$(rb_server)" "$(rb_mac)" \
-    "$(cat "$RB_DIR/iface" 2> /dev/null)" > "$RB_DIR/node.env"
+# node.env holds the credential (for the root's "booted" report): root's alone.
+(umask 077; printf 'RAMBOOT_SERVER=%s\nRAMBOOT_MAC=%s\nRAMBOOT_IFACE=%s\nRAMBOOT_TOKEN=%s\n' "$(rb_server)" \
+    "$(rb_mac)" "$(cat "$RB_DIR/iface" 2> /dev/null)" "$(getarg ramboot.token=)" > "$RB_DIR/node.env")
 rb_stage switch-root '{"initramfs":"dracut"}'
