@@ -42,3 +42,15 @@ def test_duration_speed_failure():
     b = last_boot(evs(*PXE, ("rootfs", 9, {"bytes": 1_000_000, "seconds": 0.008}), ("failed", 12, {"reason": "no link"})))
     assert b.duration is None and b.download_mbps == 1000.0 and b.failure == "no link" and b.stage == "failed"
     assert last_boot([]) is None
+
+
+def test_refused_and_contested_are_notes_that_open_no_boot():
+    """Item 13 of the trust work: what others do to a node (a refused claim of its secrets, a
+    contested boot) shows in its timeline but never starts, ends or stretches a boot."""
+    events = evs(("dhcp-ack", 0), ("script", 1), ("booted", 9), ("refused", 200), ("contested", 300),
+                 ("dhcp-ack", 400), ("script", 401), ("refused", 402), ("booted", 410))
+    boots = split_boots(events)
+    assert [[e.stage for e in b.events] for b in boots] == [
+        ["dhcp-ack", "script", "booted", "refused", "contested"], ["dhcp-ack", "script", "refused", "booted"]]
+    assert [b.duration for b in boots] == [9, 10]
+    assert last_boot(evs(("script", 0), ("refused", 1))).stage == "script"

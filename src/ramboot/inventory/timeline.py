@@ -21,6 +21,10 @@ SERVER_STAGES = ("dhcp-offer", "dhcp-ack", "proxy-offer", "loader", "script", "k
 TERMINAL = frozenset({"booted", "failed"})
 DHCP = frozenset({"dhcp-offer", "dhcp-ack", "proxy-offer"})
 START = DHCP | {"loader", "script"}
+# What the access rule saw happen to a node (access.py): a refused claim of its secrets, a
+# contested boot. They are part of the boot they happen in and never start or end one, so
+# someone else's requests cannot open a phantom boot in a node's timeline.
+NOTES = frozenset({"refused", "contested"})
 GAP = 600.0
 
 
@@ -38,9 +42,13 @@ class Boot:
 
     @property
     def stage(self) -> str:
-        """The terminal stage if the boot reached one, else the latest stage."""
+        """The terminal stage if the boot reached one, else the latest stage (a note only
+        when the boot has nothing else)."""
         for e in reversed(self.events):
             if e.stage in TERMINAL:
+                return e.stage
+        for e in reversed(self.events):
+            if e.stage not in NOTES:
                 return e.stage
         return self.events[-1].stage
 
@@ -91,6 +99,9 @@ def split_boots(events: Iterable[EventRecord]) -> list[Boot]:
     for e in events:
         if not cur:
             cur, ended = [e], e.stage in TERMINAL
+            continue
+        if e.stage in NOTES:
+            cur.append(e)
             continue
         gap = e.at - cur[-1].at > GAP
         if ended or gap:
