@@ -78,3 +78,44 @@ def test_identity_reaches_the_node_and_the_host_key_stays(request, tmp_path: Pat
     assert "fresh" in two and "remembered" not in two, two  # RAM only: nothing of the first boot is left
     overlay = [e for e in run.events(mac) if e["stage"] == "overlay"]
     assert len(overlay) == 2 and overlay[0]["detail"]["sha256"] == overlay[1]["detail"]["sha256"], overlay
+
+
+def test_a_forged_chaddr_gets_no_secret_while_the_node_gets_its_own(request, tmp_path: Path, probe_image) -> None:
+    """Issue 23's VM case: a second client on the same bridge takes a lease for the node's MAC under
+    a client id of its own. It gets no credential, no overlay and no report in; the node boots with
+    its identity; the node's timeline shows the refusals, and no boot the node did not make."""
+    import json
+    import subprocess
+    import sys
+
+    from ramboot.config import load_config
+
+    run = LabRun("forged", tmp_path, *probe_image)
+    request.addfinalizer(run.close)
+    run.start()
+    mac = random_mac()
+    run.node_add(mac, "--hostname", "trusted-1")
+    peer = f"{run.lab.ns}-fg"[:40]
+    run.lab.add_peer(peer, "169.254.77.77/16")
+    https_port = str(load_config(run.config).http.https_port)
+    forger = [sys.executable, str(Path(__file__).parent / "dhcp_forger.py"), "eth0", mac, "172.22.33.2", https_port]
+
+    def forge() -> dict:
+        out = subprocess.run(["ip", "netns", "exec", peer, *forger], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    before = forge()
+    assert (before["script"], before["token"], before["overlay"], before["report"]) == (200, False, 403, 403), before
+    boot = run.boot("bios", mac)
+    assert boot.ok, _explain(boot)
+    assert _probe(boot.console_log.read_text(errors="replace"))["hostname"] == ["trusted-1"]
+    after = forge()
+    assert after["ip"] == before["ip"] and (after["token"], after["overlay"]) == (False, 403), after
+    events = run.events(mac)
+    stages = [e["stage"] for e in events]
+    assert stages.count("overlay") == 1 and stages.count("script") == 1, stages
+    refused = [e for e in events if e["stage"] == "refused"]
+    assert len(refused) == 2 and {e["detail"]["ip"] for e in refused} == {before["ip"]}, refused
+    last = run.api(f"/api/v1/nodes/{mac}")["last_boot"]
+    assert last["stage"] == "booted", last
