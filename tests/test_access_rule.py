@@ -84,6 +84,22 @@ def test_a_uuid_in_the_url_is_not_proof(store):
     assert r.mint(ATT, MAC, UUID, ATT_IP) is not None
 
 
+def test_a_firmwares_own_machine_id_opens_a_boot_but_claims_nothing(store):
+    """A UEFI firmware's lease (client id type 0, its option 97) of a node registered without
+    its UUID: its GRUB config gets a credential (the boot is opened), but secrets and reports
+    need the MAC-keyed lease the initramfs takes. Anyone can forge a type 0 id and option 97."""
+    other = "11112222-3333-4444-5555-666677778888"
+    store.put_node(NodeSpec(MAC, image="demo"))  # no UUID registered
+    store.save_leases([_lease(MAC, ATT_IP, "00" + _guid_hex(other), uuid=other)])
+    r = rule(store)
+    token = r.mint(MAC, None, None, ATT_IP)
+    assert token is not None
+    assert r.claim(MAC, ATT_IP, token).status == 403
+    assert not r.reporter(MAC, ATT_IP, token).ok
+    store.save_leases([_lease(MAC, NODE_IP)])  # the initramfs's own lease
+    assert r.claim(MAC, NODE_IP, token).status == 200
+
+
 # -- the credential: once per boot, a second claim is contested ------------------------------
 def test_the_credential_is_claimed_once_and_a_second_claim_is_contested(store):
     store.save_leases([_lease(MAC, NODE_IP)])
@@ -132,11 +148,12 @@ def test_reports_need_the_hardware_lease_or_the_current_credential(store):
     r = rule(store)
     assert r.reporter(MAC, NODE_IP, None).ok
     assert not r.reporter(MAC, ATT_IP, None).ok  # the forged-chaddr lease (item 3)
-    old = r.mint(MAC, None, None, NODE_IP)
-    new = r.mint(MAC, None, None, NODE_IP)
-    assert r.reporter(MAC, OTHER_IP, new).ok
-    assert not r.reporter(MAC, OTHER_IP, old).ok
+    assert not r.reporter(MAC, OTHER_IP, r.mint(MAC, None, None, NODE_IP)).ok  # full mode: the lease's address
     proxy = rule(store, "proxy")
+    old = proxy.mint(MAC, None, None, NODE_IP)
+    new = proxy.mint(MAC, None, None, NODE_IP)
+    assert proxy.reporter(MAC, OTHER_IP, new).ok
+    assert not proxy.reporter(MAC, OTHER_IP, old).ok
     assert not proxy.reporter(MAC, NODE_IP, None).ok  # proxy mode: no address is proof
     assert proxy.reporter(MAC, OTHER_IP, proxy.mint(MAC, None, None, OTHER_IP)).ok
 

@@ -22,6 +22,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ramboot import render
+from ramboot.access import AccessRule
 from ramboot.inventory.store import NodeSpec
 from ramboot.namespace import Namespace
 from ramboot.proto import tftp_core as tftp
@@ -70,7 +71,9 @@ def env(data_dir: Path, make_booter):
     (data_dir / "images" / "demo" / "vmlinuz").write_bytes(os.urandom(200_000))
     events = EventLog(booter.directory)
     events.mac_by_ip["127.0.0.1"] = MAC
-    srv = ServerThread(Namespace(data_dir, booter), events)
+    store = booter.directory
+    access = AccessRule(booter.config.dhcp.mode, "none", store, store.credentials)
+    srv = ServerThread(Namespace(data_dir, booter, access=access), events)
     srv.data_dir, srv.blob, srv.events, srv.booter = data_dir, blob, events, booter
     yield srv
     srv.close()
@@ -145,9 +148,36 @@ def test_generated_pxelinux_cfg(env, tmp_path):
     r = tftp_hpa(env, name, tmp_path / "cfg")
     assert r.returncode == 0, r.stderr
     got = (tmp_path / "cfg").read_text()
-    assert got == render.pxelinux_config(env.booter.decide(Client(MAC, arch=0), loader="pxelinux"))
+    assert "ramboot.token=" in got  # off mode: the access rule takes the address at its word
+    token = got.split("ramboot.token=")[1].split()[0]
+    assert got == render.pxelinux_config(env.booter.decide(Client(MAC, arch=0), loader="pxelinux"), token)
     assert "root=live:http://127.0.0.1" in got and "BOOTIF=01-52-54-00-12-34-56" in got
     _wait_event(env, "script", name)
+
+
+def test_generated_configs_never_touch_the_store_on_the_loop(env, tmp_path):
+    """Issue 18: a pxelinux config asks the policy and mints a credential (the store, SQL); TFTP
+    does it in a worker thread, so DHCP on the same loop never waits behind the database."""
+    import threading
+
+    store = env.booter.directory
+    loop_thread = env.thread.ident
+    seen: list[tuple[str, int]] = []
+    originals = {}
+    for name in ("get_node", "node_by_uuid", "get_profile", "leases_of", "lease_at"):
+        originals[name] = getattr(store, name)
+        setattr(store, name, lambda *a, _n=name, **k: seen.append((_n, threading.get_ident())) or originals[_n](*a, **k))
+    mint = store.credentials.mint
+    store.credentials.mint = lambda *a, **k: seen.append(("mint", threading.get_ident())) or mint(*a, **k)
+    try:
+        r = tftp_hpa(env, "pxelinux.cfg/01-52-54-00-12-34-56", tmp_path / "cfg")
+        assert r.returncode == 0, r.stderr
+    finally:
+        for name, fn in originals.items():
+            setattr(store, name, fn)
+        store.credentials.mint = mint
+    assert {n for n, _ in seen} >= {"get_node", "mint"}, seen
+    assert all(t != loop_thread for _, t in seen), seen
 
 
 def test_netascii_mode(env, tmp_path):

@@ -99,17 +99,24 @@ def _uuid_hex(uuid: str | None) -> set[str]:
     return {raw.hex(), guid.hex()}
 
 
-def hardware_lease(leases: Iterable[LeaseRecord], mac: str, uuid: str | None) -> LeaseRecord | None:
+def hardware_lease(leases: Iterable[LeaseRecord], mac: str, uuid: str | None,
+                   firmware: bool = False) -> LeaseRecord | None:
     """M's hardware lease among its unexpired ones: keyed by M itself (no client id, or
     `01`+M), or by the firmware's machine id (client id type 0) when it is `uuid`, the
-    UUID M is registered with. Never a lease another client id took for M's chaddr."""
+    UUID M is registered with. Never a lease another client id took for M's chaddr.
+
+    `firmware`: also a machine id that is the lease's own option 97 (a UEFI firmware's
+    lease, for a node registered without its UUID). Anyone can send both, so this opens
+    a boot (its script, its credential) but never hands out a secret."""
     mac = normalize_mac(mac)
     machine_ids = {"00" + h for h in _uuid_hex(uuid)}
     best: LeaseRecord | None = None
     for lease in leases:
         if lease.mac != mac:
             continue
-        if lease.key == "hw:" + mac or (lease.client_id or "").lower() in machine_ids:
+        cid = (lease.client_id or "").lower()
+        own = firmware and cid.startswith("00") and cid in {"00" + h for h in _uuid_hex(lease.uuid)}
+        if lease.key == "hw:" + mac or cid in machine_ids or own:
             if best is None or lease.expires > best.expires:
                 best = lease
     return best
@@ -127,17 +134,19 @@ class AccessRule:
         self.clock = clock
 
     # -- who is this -----------------------------------------------------------
-    def is_node(self, nic: str, ip: str, node: str | None = None, uuid: str | None = None) -> Verdict:
+    def is_node(self, nic: str, ip: str, node: str | None = None, uuid: str | None = None,
+                firmware: bool = False) -> Verdict:
         """Is a request from `ip` the machine whose NIC is `nic`, booting as `node`?
 
         `node`/`uuid`: the registered node the decision resolved to and the UUID it
-        resolved by, when that is not `nic` itself (a machine found by its UUID)."""
+        resolved by, when that is not `nic` itself (a machine found by its UUID).
+        `firmware`: a UEFI firmware's own lease counts too (`hardware_lease`)."""
         if self.mode != "full":
             return Verdict(True, f"{self.mode} mode: {ip} is taken at its word", proven=False)
         nic = normalize_mac(nic)
         now = self.clock()
         spec = self.directory.get_node(node or nic)
-        lease = hardware_lease(self.directory.leases_of(nic, now), nic, spec.uuid if spec else None)
+        lease = hardware_lease(self.directory.leases_of(nic, now), nic, spec.uuid if spec else None, firmware)
         if lease is None:
             return Verdict(False, f"{nic} holds no lease of its own")
         if lease.ip != ip:
@@ -155,7 +164,7 @@ class AccessRule:
             if lease is None:
                 return None
             nic = lease.mac
-        verdict = self.is_node(nic, ip, node, uuid)
+        verdict = self.is_node(nic, ip, node, uuid, firmware=True)
         if not verdict.ok:
             return None
         token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -193,10 +202,13 @@ class AccessRule:
 
     # -- reports ---------------------------------------------------------------
     def reporter(self, mac: str, ip: str, token: str | None) -> Verdict:
-        """May `ip` report stages and inventory for `mac`? With this boot's credential
-        (issued or claimed, the newest of its node); else, in full mode, from the
-        address holding `mac`'s hardware lease."""
+        """May `ip` report stages and inventory for `mac`? In full mode, from the address
+        holding `mac`'s hardware lease (a credential alone is not enough: one minted to a
+        firmware's lease proves less). In proxy and off mode, with this boot's credential
+        (issued or claimed, the newest of its node)."""
         mac = normalize_mac(mac)
+        if self.mode == "full":
+            return self.is_node(mac, ip)
         if token:
             rec = self.credentials.get(token_sha256(token))
             if rec is not None and mac in (rec.nic, rec.node) and rec.state in ("issued", "claimed"):
@@ -204,6 +216,4 @@ class AccessRule:
                 if current is not None and current.token_sha256 == rec.token_sha256:
                     return Verdict(True, "this boot's credential")
             return Verdict(False, f"not the current credential of {mac}")
-        if self.mode == "full":
-            return self.is_node(mac, ip)
         return Verdict(False, f"{self.mode} mode: a report needs this boot's credential (ramboot.token=)")

@@ -223,7 +223,8 @@ def hosts_file(hostname: str | None, nodes: list[dict[str, Any]]) -> str:
 def network_file(mac: str) -> str:
     """systemd-networkd for the boot NIC: DHCP on, keeping the address the initramfs got meanwhile."""
     return ("# written by ramboot: the NIC this node booted from\n"
-            f"[Match]\nMACAddress={mac}\n\n[Network]\nDHCP=ipv4\nKeepConfiguration=dhcp\n")
+            f"[Match]\nMACAddress={mac}\n\n[Network]\nDHCP=ipv4\nKeepConfiguration=dhcp\n"
+            "\n[DHCPv4]\nClientIdentifier=mac\n")  # its hardware lease, as the firmware and initramfs hold it
 
 
 def nocloud_seed(instance_id: str, hostname: str | None, ssh_keys: tuple[str, ...]) -> list[File]:

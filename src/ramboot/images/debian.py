@@ -34,6 +34,11 @@ Type=ether
 
 [Network]
 DHCP=ipv4
+
+[DHCPv4]
+# The MAC as client id, as the firmware and the initramfs sent it: the node keeps its one
+# hardware lease (and address), the one ramboot knows it by (docs/security.md).
+ClientIdentifier=mac
 """
 
 BOOTED_UNIT = """\

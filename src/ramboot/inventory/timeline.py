@@ -25,6 +25,11 @@ START = DHCP | {"loader", "script"}
 # contested boot. They are part of the boot they happen in and never start or end one, so
 # someone else's requests cannot open a phantom boot in a node's timeline.
 NOTES = frozenset({"refused", "contested"})
+
+
+def is_note(e: EventRecord) -> bool:
+    """A note, or a DHCP event of a lease under a client id of its own (not the machine's)."""
+    return e.stage in NOTES or (e.stage in DHCP and "client_id" in e.detail)
 GAP = 600.0
 
 
@@ -48,7 +53,7 @@ class Boot:
             if e.stage in TERMINAL:
                 return e.stage
         for e in reversed(self.events):
-            if e.stage not in NOTES:
+            if not is_note(e):
                 return e.stage
         return self.events[-1].stage
 
@@ -100,7 +105,7 @@ def split_boots(events: Iterable[EventRecord]) -> list[Boot]:
         if not cur:
             cur, ended = [e], e.stage in TERMINAL
             continue
-        if e.stage in NOTES:
+        if is_note(e):
             cur.append(e)
             continue
         gap = e.at - cur[-1].at > GAP

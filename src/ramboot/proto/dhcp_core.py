@@ -204,11 +204,21 @@ def _key(pkt: DhcpPacket, mac: str) -> str:
     return lease_key(pkt.client_id.hex() if pkt.client_id else None, mac)
 
 
-def _detail(ip: str, client: Client, bf: BootFile) -> dict[str, object]:
-    """What a DHCP event records: the address, and what was booted, if anything."""
-    if not client.is_pxe:
-        return {"ip": ip, "firmware": "os"}
-    return {"ip": ip, "bootfile": bf.filename, "firmware": client.firmware.value}
+def _detail(ip: str, client: Client, bf: BootFile, key: str) -> dict[str, object]:
+    """What a DHCP event records: the address, and what was booted, if anything. A client
+    id of the client's own (not the MAC, not a firmware's machine id) is named: such a lease
+    is not the machine's hardware lease (access.py), and its events are only notes in the
+    chaddr's timeline (inventory/timeline.py), never the start of its boot."""
+    out: dict[str, object] = {"ip": ip, "firmware": "os"} if not client.is_pxe else {
+        "ip": ip, "bootfile": bf.filename, "firmware": client.firmware.value}
+    if not hardware_key(key):
+        out["client_id"] = key[3:]
+    return out
+
+
+def hardware_key(key: str) -> bool:
+    """A lease key of the machine itself: its MAC, or a firmware's machine id (type 0)."""
+    return key.startswith("hw:") or key.startswith("id:00")
 
 
 def lease_key(client_id_hex: str | None, mac: str) -> str:
@@ -385,7 +395,7 @@ class DhcpCore:
         self._lease_options(reply, answer.hostname)
         self._boot_options(reply, client, answer.boot_file)
         send = self._send(pkt, reply, MsgType.OFFER)
-        ev = BootEvent(mac, "dhcp-offer", _detail(yiaddr, client, answer.boot_file))
+        ev = BootEvent(mac, "dhcp-offer", _detail(yiaddr, client, answer.boot_file, key))
         return Result(kind, "offer", [send], events=[ev])
 
     def _request(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
@@ -427,8 +437,10 @@ class DhcpCore:
         self._boot_options(reply, client, answer.boot_file)
         send = self._send(pkt, reply, MsgType.ACK)
         rec = LeaseRecord(key, yiaddr, mac, lease.expires, lease.client_id, lease.hostname, lease.uuid)
-        ev = BootEvent(mac, "dhcp-ack", _detail(yiaddr, client, answer.boot_file))
-        return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=(yiaddr, mac), moved=moved, request=pkt)
+        ev = BootEvent(mac, "dhcp-ack", _detail(yiaddr, client, answer.boot_file, key))
+        # Only the machine's own lease names it by address (TFTP and HTTP attribute files by it).
+        bound = (yiaddr, mac) if hardware_key(key) else None
+        return Result(kind, "ack", [send], upserts=[rec], events=[ev], bound=bound, moved=moved, request=pkt)
 
     def _decline(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
         """The client found the address in use (ARP): quarantine it for a lease time."""

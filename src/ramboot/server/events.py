@@ -28,6 +28,9 @@ STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "s
                  "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
 
 
+# Per-node scripts and configs: their stage counts only when served to the node itself.
+GENERATED_KINDS = frozenset({"pxelinux-cfg", "ipxe-script", "grub-cfg"})
+
 MAX_PENDING = 200_000  # events held while the store refuses writes (about 100 MB at most)
 
 
@@ -81,6 +84,8 @@ class EventLog:
         which binds the address; other files are named by the address."""
         if mac:
             self.bind(ip, mac)
+        if kind in GENERATED_KINDS and not mac:
+            return  # a script or config the access rule did not take the requester for: no stage
         stage = STAGE_OF_KIND.get(kind)
         who = mac or self.mac_by_ip.get(ip)
         if stage and who:

@@ -34,7 +34,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .. import metrics
+from .. import metrics, names
 from ..config import Config
 from ..namespace import GeneratedFile, Namespace, PathRefused, Resolved
 from ..proto import tftp_core as proto
@@ -53,6 +53,10 @@ _ACK_RECV_SIZE = 1024  # a transfer socket only needs ACK and ERROR headers; lon
 
 def _limits(config: Config) -> proto.Limits:
     return proto.Limits(max_blksize=config.tftp.max_blksize, max_windowsize=config.tftp.max_windowsize)
+
+
+# Names whose content is generated per request, by the policy and the access rule.
+GENERATED = (names.PxelinuxConfig, names.GrubConfig, names.Script)
 
 
 @dataclass
@@ -131,6 +135,8 @@ class TftpServer:
                 log.warning("tftp: request from %s dropped: %s: %s", peer[0], type(e).__name__, e)
 
     def _reply_error(self, peer, code: proto.ErrorCode, message: str) -> None:
+        if self.sock is None:
+            return
         try:
             self.sock.sendto(proto.error_packet(code, message), peer)
         except OSError:
@@ -162,13 +168,45 @@ class TftpServer:
             metrics.TFTP_TRANSFERS.labels(outcome="busy").inc()
             return
         try:
-            resolved = self.namespace.resolve(req.filename, rooted=True, requester=ip)
+            name = names.parse_rooted(req.filename)
         except PathRefused as e:
-            log.debug("tftp: refused %r from %s: %s", req.filename[:200], ip, e)  # counted: path-refused
-            metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
-            metrics.dropped("tftp", "path-refused")
-            self._reply_error(peer, proto.ErrorCode.ACCESS_VIOLATION, "access violation")
+            self._refused(req, peer, e)
             return
+        if isinstance(name, GENERATED):
+            # A generated config asks the policy and the access rule, which read and write the
+            # store: in a worker thread, never on the loop that also answers DHCP.
+            fut = self.loop.run_in_executor(None, self.namespace.lookup, name, ip)
+            fut.add_done_callback(lambda f: self._resolved(req, peer, local, f))
+            return
+        try:
+            resolved = self.namespace.lookup(name, ip)
+        except PathRefused as e:
+            self._refused(req, peer, e)
+            return
+        self._serve(req, peer, local, resolved)
+
+    def _refused(self, req: proto.Request, peer: tuple[str, int], e: Exception) -> None:
+        log.debug("tftp: refused %r from %s: %s", req.filename[:200], peer[0], e)  # counted: path-refused
+        metrics.TFTP_TRANSFERS.labels(outcome="refused").inc()
+        metrics.dropped("tftp", "path-refused")
+        self._reply_error(peer, proto.ErrorCode.ACCESS_VIOLATION, "access violation")
+
+    def _resolved(self, req: proto.Request, peer: tuple[str, int], local: str | None,
+                  fut: asyncio.Future[Resolved | None]) -> None:
+        """Back on the loop with a generated file (or why not)."""
+        if self.sock is None:
+            return  # closed meanwhile
+        try:
+            self._serve(req, peer, local, fut.result())
+        except PathRefused as e:
+            self._refused(req, peer, e)
+        except Exception as e:  # a bad request never stops the server, and costs one line
+            metrics.dropped("tftp", "handler-error")
+            log.warning("tftp: request from %s dropped: %s: %s", peer[0], type(e).__name__, e)
+
+    def _serve(self, req: proto.Request, peer: tuple[str, int], local: str | None,
+               resolved: Resolved | None) -> None:
+        ip = peer[0]
         if resolved is None:
             metrics.TFTP_TRANSFERS.labels(outcome="not-found").inc()
             metrics.dropped("tftp", "not-found")
