@@ -223,6 +223,8 @@ def test_over_the_wire_forged_chaddr_uuid_address_and_port_get_nothing(data_dir)
         st, why = _get(srv, f"/overlay/{mac_h}.tar", NODE_IP, token)  # a second claim on this boot
         assert st == 409 and b"contested" in why
         assert "contested" in _stages(srv, MAC)
+        st, detail = srv.request("GET", f"/api/v1/nodes/{MAC}", token=srv.config.api.token)
+        assert st == 200 and detail["last_boot"]["contested"] is True, detail
         assert _contested(srv) - before == 1
     finally:
         srv.close()

@@ -316,6 +316,9 @@ def show(mac, config_path, server, token) -> None:
     extra = f", booted in {b.duration:.1f} s" if b.duration is not None else ""
     extra += f", root download {b.download_mbps:.0f} Mb/s" if b.download_mbps is not None else ""
     con.print(f"last boot: {b.stage}{extra}")
+    if b.contested:
+        con.print("[bold red]CONTESTED[/]: a second claim was made on this boot's credential; "
+                  "another machine may hold this node's secrets (docs/security.md)")
     table = Table("+s", "stage", "from", "detail")
     for e in b.events:
         detail = " ".join(f"{k}={v}" for k, v in e.detail.items())

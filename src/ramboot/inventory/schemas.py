@@ -160,6 +160,7 @@ class BootOut(BaseModel):
     duration: float | None = Field(None, description="seconds to `booted`")
     download_mbps: float | None = None
     failure: str | None = None
+    contested: bool = Field(False, description="a second claim was made on this boot's credential")
     events: list[EventOut]
 
 

@@ -77,6 +77,11 @@ class Boot:
         return None
 
     @property
+    def contested(self) -> bool:
+        """A second claim was made on this boot's credential (access.py): two parties held it."""
+        return any(e.stage == "contested" for e in self.events)
+
+    @property
     def failure(self) -> str | None:
         for e in reversed(self.events):
             if e.stage == "failed":
