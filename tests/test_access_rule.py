@@ -7,7 +7,9 @@ loopback from several 127.0.0.x source addresses (each its own machine).
 
 from __future__ import annotations
 
+import errno
 import http.client
+import random
 import re
 import time
 from pathlib import Path
@@ -160,14 +162,21 @@ def test_reports_need_the_hardware_lease_or_the_current_credential(store):
 
 # -- over the wire: a real server, several source addresses --------------------------------
 def _get(srv: LiveServer, path: str, source: str, token: str | None = None,
-         source_port: int = 0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10, source_address=(source, source_port))
-    try:
-        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
+         privileged_port: bool = False) -> tuple[int, bytes]:
+    """GET from `source`; `privileged_port`: from a port below 1024 (what Warewulf trusts)."""
+    for _ in range(20):
+        port = random.randint(600, 1023) if privileged_port else 0
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10, source_address=(source, port))
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+            r = conn.getresponse()
+            return r.status, r.read()
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+        finally:
+            conn.close()
+    raise AssertionError("no free privileged source port")
 
 
 def _token(script: bytes) -> str | None:
@@ -199,13 +208,13 @@ def test_over_the_wire_forged_chaddr_uuid_address_and_port_get_nothing(data_dir)
         srv.store.save_leases([_lease(MAC, NODE_IP), _lease(MAC, OTHER_IP, ATTACKER_CID), _lease(ATT, ATT_IP)])
         mac_h, att_h = MAC.replace(":", "-"), ATT.replace(":", "-")
         forged = [
-            (f"/boot/{mac_h}.ipxe", OTHER_IP, 0),  # forged chaddr, own client id (item 3)
-            (f"/boot/{mac_h}.ipxe", ATT_IP, 0),  # just another address (item 13)
-            (f"/boot/{mac_h}.ipxe", ATT_IP, 1000),  # a privileged source port proves nothing
-            (f"/boot/{att_h}/{UUID}.ipxe", ATT_IP, 0),  # own MAC, the victim's UUID (item 1)
+            (f"/boot/{mac_h}.ipxe", OTHER_IP, False),  # forged chaddr, own client id (item 3)
+            (f"/boot/{mac_h}.ipxe", ATT_IP, False),  # just another address (item 13)
+            (f"/boot/{mac_h}.ipxe", ATT_IP, True),  # a privileged source port proves nothing
+            (f"/boot/{att_h}/{UUID}.ipxe", ATT_IP, False),  # own MAC, the victim's UUID (item 1)
         ]
-        for path, source, port in forged:
-            st, script = _get(srv, path, source, source_port=port)
+        for path, source, privileged in forged:
+            st, script = _get(srv, path, source, privileged_port=privileged)
             assert st == 200 and b"ramboot.overlay=" in script and _token(script) is None, (path, source)
         assert "script" not in _stages(srv, MAC)
         for path, source in [(f"/overlay/{mac_h}.tar", OTHER_IP), (f"/overlay/{att_h}/{UUID}.tar", ATT_IP)]:

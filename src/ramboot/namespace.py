@@ -9,7 +9,6 @@ percent-encoded tricks and symlinks that leave the tree are all refused.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Protocol
 from . import names, render
 from .access import AccessRule
 from .names import PathRefused
+from .overlays import sha256_line
 from .policy import Booter, Decision
 from .proto.pxe import ARCH_UEFI_X64, Client
 
@@ -152,7 +152,7 @@ class Namespace:
             return None
         data = self.overlays.archive(d)
         if checksum:
-            data = hashlib.sha256(data).hexdigest().encode() + b"  overlay.tar\n"
+            data = sha256_line(data, "overlay.tar")
         return GeneratedFile(data, "overlay", nic)
 
     def _grub(self, name: names.GrubConfig, requester: str | None) -> Resolved | None:
