@@ -233,8 +233,8 @@ def test_ipxe_script_retries_a_failed_download_then_says_so(data_dir, fails):
     write_fake_image(data_dir, "demo")
     script = render.ipxe_script(booter(data_dir, NodeSpec(MAC, image="demo")).decide(Client(MAC, ipxe=True)))
     fetches, end = _run_ipxe(script, fails)
-    if fails < render.IPXE_FETCH_TRIES:  # a failed try is the kernel or the initrd: then both again
-        assert end == "boot" and fetches == fails + 2
+    if fails < render.IPXE_FETCH_TRIES:  # a failed try is the kernel, the initrd or ca.cpio: then all again
+        assert end == "boot" and fetches == fails + 3
     else:
         assert fetches == render.IPXE_FETCH_TRIES
         assert end == f"ramboot: FAILED the kernel and initrd could not be fetched in {render.IPXE_FETCH_TRIES} tries"

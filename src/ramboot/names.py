@@ -5,6 +5,7 @@ TFTP and HTTP share one namespace. A name is one of:
 | name                          | what                                              |
 |-------------------------------|---------------------------------------------------|
 | `boot.ipxe`                   | the entry script, for clients another DHCP sent   |
+| `ca.cpio`                     | the CA a node pins, as a second initrd (tls.py)   |
 | `boot/<mac>.ipxe`             | a machine's iPXE script                           |
 | `boot/<mac>/<uuid>.ipxe`      | the same, for a machine that told its UUID        |
 | `pxelinux.cfg/01-<mac>`       | a machine's pxelinux config                       |
@@ -27,7 +28,7 @@ One exception for one client: Debian's signed GRUB asks TFTP for `/grub/grub.cfg
 (its prefix is `(tftp,<server>)/grub`, and it sends the path with its leading
 slash) and then for whatever `grub.cfg` names, again rooted. `parse_rooted()`
 takes one leading `/` off such a request only when what remains is a GRUB
-config or an image file; it is still split and validated like any other name,
+config, an image file or `ca.cpio`; it is still split and validated like any other name,
 so `/etc/passwd` and `//x` stay refused.
 """
 
@@ -40,6 +41,7 @@ from .macaddr import BadMac, mac_hyphen, normalize_mac
 from .proto.pxe import normalize_uuid, uuid_from_wire
 
 ENTRY_SCRIPT = "boot.ipxe"
+CA_BUNDLE = "ca.cpio"
 IMAGES = "images"
 SCRIPTS = "boot"
 PXELINUX_CFG = "pxelinux.cfg"
@@ -59,6 +61,11 @@ class PathRefused(Exception):
 @dataclass(frozen=True)
 class EntryScript:
     pass
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    """`ca.cpio`: the CA(s) the node pins for HTTPS, loaded after the image's initrd."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ class Loader:
     file: str
 
 
-Name = EntryScript | Script | PxelinuxConfig | GrubConfig | Overlay | ImageFile | Loader
+Name = EntryScript | CaBundle | Script | PxelinuxConfig | GrubConfig | Overlay | ImageFile | Loader
 
 
 # -- building -------------------------------------------------------------------
@@ -161,6 +168,8 @@ def parse(name: str) -> Name | None:
     head, n = parts[0], len(parts)
     if parts == [ENTRY_SCRIPT]:
         return EntryScript()
+    if parts == [CA_BUNDLE]:
+        return CaBundle()
     if n == 1:
         return Loader(head)
     if head == SCRIPTS and parts[-1].endswith(".ipxe") and n in (2, 3):
@@ -179,12 +188,12 @@ def parse(name: str) -> Name | None:
 def parse_rooted(name: str) -> Name | None:
     """`parse()` for a TFTP request that may carry GRUB's leading `/` (see the module notes).
 
-    Only `/grub/...` and `/images/...` may be asked for rooted; any other rooted
+    Only `/grub/...`, `/images/...` and `/ca.cpio` may be asked for rooted; any other rooted
     name is refused as an absolute path, exactly as `parse()` refuses it.
     """
-    if name.startswith((f"/{GRUB}/", f"/{IMAGES}/")):
+    if name.startswith((f"/{GRUB}/", f"/{IMAGES}/")) or name == f"/{CA_BUNDLE}":
         parsed = parse(name[1:])  # validated like any name: `..` and the like still raise
-        return parsed if isinstance(parsed, GrubConfig | ImageFile | None) else None
+        return parsed if isinstance(parsed, GrubConfig | ImageFile | CaBundle | None) else None
     return parse(name)  # refuses every other absolute path
 
 

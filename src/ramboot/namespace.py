@@ -21,6 +21,7 @@ from .names import PathRefused
 from .overlays import sha256_line
 from .policy import Booter, Decision
 from .proto.pxe import ARCH_UEFI_X64, Client
+from .tls import CaArchive
 
 __all__ = ["GeneratedFile", "Namespace", "PathRefused", "Resolved", "StaticFile", "install_loaders"]
 
@@ -51,7 +52,7 @@ class StaticFile:
 @dataclass(frozen=True)
 class GeneratedFile:
     data: bytes
-    kind: str  # pxelinux-cfg | ipxe-script | grub-cfg
+    kind: str  # pxelinux-cfg | ipxe-script | grub-cfg | ca
     # The NIC it was generated for, when the access rule took the requester for that
     # machine: only then does serving it bind the address and open a boot in its timeline.
     mac: str | None = None
@@ -88,13 +89,15 @@ class Archiver(Protocol):
 
 class Namespace:
     def __init__(self, data_dir: Path, booter: Booter, overlays: Archiver | None = None,
-                 access: AccessRule | None = None):
+                 access: AccessRule | None = None, ca: CaArchive | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.booter = booter
         self.overlays = overlays
         # Mints each boot's credential when a script or config goes to its node (access.py);
         # None (tests of rendering alone): scripts carry no credential.
         self.access = access
+        # `ca.cpio`, the CA nodes pin (tls.py); None: no HTTPS listener, no such file.
+        self.ca = ca
         # The trees files are served from, resolved once (not per request).
         self._images = (self.data_dir / names.IMAGES).resolve()
         self._loaders = (self.data_dir / LOADERS_DIR).resolve()
@@ -126,6 +129,8 @@ class Namespace:
                 return None
             token = self._mint(d, requester)
             return GeneratedFile(render.ipxe_script(d, token).encode(), "ipxe-script", name.mac if token else None)
+        if isinstance(name, names.CaBundle):
+            return GeneratedFile(self.ca.data(), "ca") if self.ca is not None else None
         if isinstance(name, names.EntryScript):
             return GeneratedFile(render.entry_script(self.booter.http_base).encode(), "ipxe-script")
         if isinstance(name, names.PxelinuxConfig):

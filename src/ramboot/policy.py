@@ -85,6 +85,9 @@ class Decision:
     # node tries them: kernel and initrd fall back across them in the iPXE script, the root
     # URLs on the command line. One entry (this server) when it runs alone.
     mirrors: tuple[str, ...] = ()
+    # The CA the node pins for HTTPS (`ca.cpio`), loaded as an initrd before `initrd`;
+    # None when the server has no TLS listener.
+    ca_initrd: str | None = None
 
     # Makes `cmdline` when it is first read: DHCP never reads it, and it needs the image's manifest.
     cmdline_of: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
@@ -223,6 +226,7 @@ class Booter:
             labels=tuple(sorted(labels.items())),
             overlay_url=overlay_url,
             mirrors=mirrors,
+            ca_initrd=names.CA_BUNDLE if self.config.http.https_port else None,
         )
 
     def _layers(self, spec: NodeSpec | None) -> list[ProfileSpec]:

@@ -37,8 +37,12 @@ def ipxe_script(d: Decision, credential: str | None = None) -> str:
     bases = d.mirrors or (d.http_base,)
     name = d.initrd.rsplit("/", 1)[-1]
     cmdline = _cmdline(d, credential)
-    kernel = " || ".join(f"kernel {b}/{d.kernel} initrd={name} {cmdline}" for b in bases)
+    # Under UEFI this iPXE hands the kernel's EFI stub the files its `initrd=` arguments name.
+    files = f"initrd={name}" + (f" initrd={d.ca_initrd}" if d.ca_initrd else "")
+    kernel = " || ".join(f"kernel {b}/{d.kernel} {files} {cmdline}" for b in bases)
     initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
+    if d.ca_initrd:  # the CA the node pins, unpacked after (over) the image's initrd
+        initrd += "\n" + " || ".join(f"initrd {b}/{d.ca_initrd}" for b in bases) + " || goto ramboot_retry"
     marks = "x" * (IPXE_FETCH_TRIES - 1)
     return (
         "#!ipxe\n"
@@ -78,7 +82,7 @@ def pxelinux_config(d: Decision, credential: str | None = None) -> str:
         "TIMEOUT 0\n"
         "LABEL ramboot\n"
         f"  KERNEL {d.kernel}\n"
-        f"  INITRD {d.initrd}\n"
+        f"  INITRD {d.initrd}{f',{d.ca_initrd}' if d.ca_initrd else ''}\n"
         f"  APPEND {_cmdline(d, credential)}\n"
         + ("" if d.mac else "  IPAPPEND 2\n")
     )
@@ -108,7 +112,7 @@ def grub_cfg(d: Decision, credential: str | None = None) -> str:
         f"# ramboot: {d.image} for {d.mac or 'an unknown machine'}\n"
         f"echo {_grub_quote(f'ramboot: booting {d.image} on {d.mac}')}\n"
         f"linux /{d.kernel} {args}\n"
-        f"initrd /{d.initrd}\n"
+        f"initrd /{d.initrd}{f' /{d.ca_initrd}' if d.ca_initrd else ''}\n"
         "boot\n"
     )
 

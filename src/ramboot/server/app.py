@@ -22,6 +22,7 @@ from ..namespace import Namespace, install_loaders
 from ..netif import interface_ipv4
 from ..overlays import OverlayRenderer
 from ..policy import Booter
+from ..tls import CaArchive, TlsFiles, ensure
 from .cluster import Cluster
 from .dhcp_server import start_dhcp
 from .events import EventLog
@@ -75,7 +76,10 @@ class Services:
         self.booter.mirrors = self.cluster.mirrors
         overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
         access = AccessRule(config.dhcp.mode, config.security.proxy_secrets, self.store, self.store.credentials)
-        self.namespace = Namespace(config.data_dir, self.booter, overlays, access)
+        # The HTTPS listener's certificate (made or renewed in DATA/tls/), and the CA nodes pin.
+        self.tls: TlsFiles | None = ensure(config, self.server_ip) if config.http.https_port else None
+        self.namespace = Namespace(config.data_dir, self.booter, overlays, access,
+                                   ca=CaArchive(self.tls.ca) if self.tls else None)
         self.events = EventLog(self.store, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
         self.servers: list = []
@@ -88,8 +92,12 @@ class Services:
         self.events.start()
         await self.cluster.start()
         self.servers.append(self.cluster)  # stopped last: deregistered once nothing is served any more
-        self.servers.append(await start_http(self.config, self.namespace, self.booter, self.store, self.events,
-                                             cluster=self.cluster))
+        http = await start_http(self.config, self.namespace, self.booter, self.store, self.events,
+                                cluster=self.cluster, tls=self.tls.context() if self.tls else None)
+        self.servers.append(http)
+        if self.tls is not None:
+            log.info("https on port %d; nodes pin %s (sha256 %s)", http.https_port, self.tls.ca,
+                     self.tls.fingerprint())
         self.servers.append(await start_tftp(self.config, self.namespace, self.events))
         if self.config.dhcp.mode != "off":
             self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip,

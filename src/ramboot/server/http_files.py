@@ -281,9 +281,11 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     ip = request.remote or ""
     t0 = time.monotonic()
     if isinstance(resolved, GeneratedFile):
-        resp = web.Response(body=resolved.data, content_type="text/plain", headers={"Cache-Control": "no-store"})
+        ca = resolved.kind == "ca"  # ca.cpio: the same bytes for every node, an archive
+        resp = web.Response(body=resolved.data, content_type="application/octet-stream" if ca else "text/plain",
+                            headers={"Cache-Control": "no-store"})
         if request.method == "GET":
-            metrics.HTTP_BYTES.labels("script").inc(len(resolved.data))
+            metrics.HTTP_BYTES.labels("ca" if ca else "script").inc(len(resolved.data))
             ctx.events.served(ip, resolved.kind, name, resolved.mac, len(resolved.data), 0.0, "http")
         return resp
     sha_for = (functools.partial(ctx.booter.file_sha256, parsed.image, parsed.file)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from typing import Any
 
@@ -105,9 +106,10 @@ def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store,
 
 
 class HttpServer:
-    def __init__(self, runner: web.AppRunner, port: int):
+    def __init__(self, runner: web.AppRunner, port: int, https_port: int | None = None):
         self.runner = runner
         self.port = port
+        self.https_port = https_port  # the TLS listener's port; None: none
 
     async def close(self) -> None:
         await self.runner.cleanup()
@@ -122,18 +124,34 @@ async def start_http(
     host: str | None = None,
     port: int | None = None,
     cluster: Cluster | None = None,
+    tls: ssl.SSLContext | None = None,
+    https_port: int | None = None,
 ) -> HttpServer:
-    """Serve until `close()`. host None: `http.bind`; port None: `http.port` (0: any free port)."""
+    """Serve until `close()`. host None: `http.bind`; port None: `http.port` (0: any free port).
+
+    With `tls`, the same application also listens with TLS on `https_port` (None:
+    `http.https_port`; 0: any free port), so every route works over both.
+    """
     app = make_app(config, namespace, booter, store, events, cluster)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=RequestLog())
     await runner.setup()
-    site = web.TCPSite(runner, host or config.http.bind, config.http.port if port is None else port, reuse_address=True,
-                       backlog=4096)
+    bind = host or config.http.bind
+    site = web.TCPSite(runner, bind, config.http.port if port is None else port, reuse_address=True, backlog=4096)
+    secure = None
+    if tls is not None:
+        secure = web.TCPSite(runner, bind, config.http.https_port if https_port is None else https_port,
+                             ssl_context=tls, reuse_address=True, backlog=4096)
     try:
         await site.start()
+        if secure is not None:
+            await secure.start()
     except OSError:
         await runner.cleanup()
         raise
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    log.info("http listening", extra={"host": host or config.http.bind, "port": bound})
-    return HttpServer(runner, bound)
+    log.info("http listening", extra={"host": bind, "port": bound})
+    bound_tls = None
+    if secure is not None:
+        bound_tls = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("https listening", extra={"host": bind, "port": bound_tls})
+    return HttpServer(runner, bound, bound_tls)
