@@ -42,7 +42,7 @@ def ipxe_script(d: Decision, credential: str | None = None) -> str:
     kernel = " || ".join(f"kernel {b}/{d.kernel} {files} {cmdline}" for b in bases)
     initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
     if d.ca_initrd:  # the CA the node pins, unpacked after (over) the image's initrd
-        initrd += "\n" + " || ".join(f"initrd {b}/{d.ca_initrd}" for b in bases) + " || goto ramboot_retry"
+        initrd += " || goto ramboot_retry\n" + " || ".join(f"initrd {b}/{d.ca_initrd}" for b in bases)
     marks = "x" * (IPXE_FETCH_TRIES - 1)
     return (
         "#!ipxe\n"

@@ -1,4 +1,4 @@
-"""ramboot's own initramfs: busybox-static, our init, and the kernel's modules it needs.
+"""ramboot's own initramfs: busybox-static, curl with its libraries, our init, and the kernel's modules it needs.
 
 Modules are picked by name (filesystems, NICs, disks for the inventory) and
 closed over their dependencies through the kernel's own `modules.dep` (plus
@@ -197,6 +197,14 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     c.file("bin/busybox", busybox.read_bytes(), 0o755)
     for rel in busybox_applets(busybox):
         c.symlink(rel, "/bin/busybox")
+    # curl, for what carries secrets: it checks the server's certificate against the CA
+    # in ca.cpio; busybox wget's TLS checks none.
+    curl = shutil.which("curl")
+    if curl is None:
+        raise ImageError("curl not found on the build host: run `make setup`")
+    c.file("bin/curl", Path(curl).read_bytes(), 0o755)
+    for lib in elf_closure(Path(curl)):
+        c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
     data = resources.files("ramboot.images") / "initramfs"
     c.file("init", (data / "init").read_bytes(), 0o755)
     c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)
@@ -216,7 +224,27 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     proc = subprocess.run(comp, input=raw, capture_output=True)
     if proc.returncode != 0:
         raise ImageError(f"{comp[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
-    out.write_bytes(proc.stdout)
+    # ca.cpio follows this archive (tls.py): the kernel looks for its header at a 4-byte
+    # boundary, and the EFI stub's `initrd=` loader lays the files end to end. Zeros between
+    # archives are skipped.
+    out.write_bytes(proc.stdout + b"\0" * (-len(proc.stdout) % 4))
+
+
+def elf_closure(binary: Path) -> list[Path]:
+    """The shared libraries `binary` loads and its dynamic loader, at the paths the loader
+    finds them on this host (ldd: DT_NEEDED, transitively); copied there, they load the same."""
+    proc = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ImageError(f"ldd {binary}: {proc.stderr.strip() or proc.stdout.strip()}")
+    out = []
+    for ln in proc.stdout.splitlines():
+        w = ln.split()
+        if "=>" in w and "not" in w:
+            raise ImageError(f"{binary}: {ln.strip()}")
+        path = w[2] if len(w) > 2 and w[1] == "=>" else w[0] if w and w[0].startswith("/") else None
+        if path:
+            out.append(Path(path))
+    return sorted(set(out))
 
 
 def _filter_names(p: Path, names: set[str], keyword: str, col: int) -> bytes:
