@@ -220,3 +220,15 @@ def test_the_initrd_curl_fetches_over_https_pinning_ca_cpio(tmp_path: Path, demo
         assert bad.returncode == 60, bad
     finally:
         pair.close()
+
+
+def test_doctor_and_the_firewalld_service_know_the_https_port(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from ramboot.doctor import service_ports
+
+    assert ("tcp", 443, "HTTPS") in service_ports(_config(tmp_path))
+    assert ("tcp", 8443, "HTTPS") in service_ports(_config(tmp_path, "[http]\nhttps_port = 8443\n"))
+    assert all(role != "HTTPS" for _p, _n, role in service_ports(_config(tmp_path, "[http]\nhttps_port = 0\n")))
+    xml = ET.parse(Path(__file__).parent.parent / "deploy/firewalld/ramboot.xml")
+    assert {"protocol": "tcp", "port": "443"} in [p.attrib for p in xml.iter("port")]

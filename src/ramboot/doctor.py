@@ -131,6 +131,8 @@ def _is_ramboot(pid: int) -> bool:
 def service_ports(cfg: Config) -> list[tuple[str, int, str]]:
     """(proto, port, role) of every port the server listens on with this config."""
     wanted = [("tcp", cfg.http.port, "HTTP"), ("udp", cfg.tftp.port, "TFTP")]
+    if cfg.http.https_port:
+        wanted.append(("tcp", cfg.http.https_port, "HTTPS"))
     if cfg.dhcp.mode != "off":
         wanted.append(("udp", 67, "DHCP"))
     if cfg.dhcp.mode == "proxy":
