@@ -81,6 +81,7 @@ port = {port - PORT + 16969}
 [http]
 port = {port}
 bind = "127.0.0.1"
+https_port = 0
 [boot]
 default_image = "bench"
 """)
