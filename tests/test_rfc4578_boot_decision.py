@@ -112,7 +112,7 @@ def test_ipxe_script_carries_root_url_and_sha(data_dir):
     b = booter(data_dir, NodeSpec(MAC, image="demo", hostname="n1", kernel_args="quiet"), extra="[http]\nport = 8080")
     script = render.ipxe_script(b.decide(Client(MAC, ipxe=True)))
     assert script.startswith("#!ipxe\n")
-    assert "kernel http://172.22.33.2:8080/images/demo/vmlinuz initrd=initrd.img" in script
+    assert "kernel http://172.22.33.2:8080/images/demo/vmlinuz initrd=ca.cpio initrd=initrd.img" in script
     assert "initrd http://172.22.33.2:8080/images/demo/initrd.img" in script
     assert "ramboot.url=http://172.22.33.2:8080/images/demo/rootfs.squashfs" in script
     assert f"ramboot.sha256={m.files['rootfs.squashfs'].sha256}" in script
@@ -125,7 +125,7 @@ def test_pxelinux_config_uses_live_root(data_dir):
     b = booter(data_dir, NodeSpec(MAC, image="demo", loader="pxelinux"))
     cfg = render.pxelinux_config(b.decide(Client(MAC, arch=0), loader="pxelinux"))
     assert "KERNEL images/demo/vmlinuz" in cfg
-    assert "INITRD images/demo/initrd.img" in cfg
+    assert "INITRD ca.cpio,images/demo/initrd.img" in cfg
     assert "root=live:http://172.22.33.2/images/demo/rootfs.squashfs" in cfg
     assert "IPAPPEND" not in cfg
     default = render.pxelinux_config(b.decide(Client("", arch=0), loader="pxelinux"))

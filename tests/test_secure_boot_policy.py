@@ -153,7 +153,7 @@ def test_grub_cfg_boots_the_kernel_and_initrd_over_tftp(data_dir):
     assert "'BOOTIF=01-52-54-00-12-34-56'" in linux and "'ramboot.hostname=n1'" in linux
     # quoted for GRUB's parser: no expansion, a quote survives
     assert "'$x'" not in linux and "'it'\\''s=$x'" in linux
-    assert lines[-2:] == ["initrd /images/demo/initrd.img /ca.cpio", "boot"]  # the CA the node pins, after
+    assert lines[-2:] == ["initrd /ca.cpio /images/demo/initrd.img", "boot"]  # the CA the node pins, first
 
 
 def test_initrd_sha256_on_every_loaders_command_line(data_dir):

@@ -102,7 +102,7 @@ def test_ca_cpio_unpacks_to_etc_ramboot_ca_pem(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("https_port, named", [(443, True), (0, False)])
-def test_boot_scripts_load_ca_cpio_after_the_image_initrd(tmp_path: Path, https_port: int, named: bool) -> None:
+def test_boot_scripts_load_ca_cpio_before_the_image_initrd(tmp_path: Path, https_port: int, named: bool) -> None:
     write_fake_image(tmp_path, "demo")
     cfg = _config(tmp_path, f"[http]\nhttps_port = {https_port}\n")
     b = Booter(cfg, FakeDirectory(NodeSpec(MAC, image="demo")), "172.22.33.2")
@@ -112,10 +112,11 @@ def test_boot_scripts_load_ca_cpio_after_the_image_initrd(tmp_path: Path, https_
     if named:
         lines = ipxe.splitlines()
         initrd = next(i for i, ln in enumerate(lines) if ln.startswith("initrd "))
-        assert lines[initrd + 1] == "initrd http://172.22.33.2/ca.cpio || goto ramboot_retry"
-        assert "initrd=initrd.img initrd=ca.cpio " in ipxe  # the EFI stub loads both
-        assert "  INITRD images/demo/initrd.img,ca.cpio\n" in pxe
-        assert "\ninitrd /images/demo/initrd.img /ca.cpio\n" in grub
+        assert lines[initrd:initrd + 2] == ["initrd http://172.22.33.2/ca.cpio || goto ramboot_retry",
+                                            "initrd http://172.22.33.2/images/demo/initrd.img || goto ramboot_retry"]
+        assert " initrd=ca.cpio initrd=initrd.img " in ipxe  # the EFI stub loads both, in this order
+        assert "  INITRD ca.cpio,images/demo/initrd.img\n" in pxe
+        assert "\ninitrd /ca.cpio /images/demo/initrd.img\n" in grub
     else:
         assert "ca.cpio" not in ipxe + pxe + grub
 

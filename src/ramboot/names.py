@@ -65,7 +65,7 @@ class EntryScript:
 
 @dataclass(frozen=True)
 class CaBundle:
-    """`ca.cpio`: the CA(s) the node pins for HTTPS, loaded after the image's initrd."""
+    """`ca.cpio`: the CA(s) the node pins for HTTPS, loaded before the image's initrd."""
 
 
 @dataclass(frozen=True)

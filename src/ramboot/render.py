@@ -16,6 +16,11 @@ from .policy import Decision
 # initramfs (which retries the root image itself). docs/decisions.md, "Retries".
 IPXE_FETCH_TRIES = 5
 
+# ca.cpio (the CA the node pins, tls.py) goes before the image's initrd: the kernel unpacks
+# the archives in order, but finds an uncompressed one's header only at a 4-byte boundary,
+# and the EFI stub's `initrd=` loader lays the files end to end. ca.cpio is a multiple of
+# 512 bytes, so after it any initrd starts aligned; a compressed one needs no alignment.
+
 
 def _cmdline(d: Decision, credential: str | None) -> str:
     """The decision's command line, with this boot's credential when the access rule minted one."""
@@ -38,11 +43,11 @@ def ipxe_script(d: Decision, credential: str | None = None) -> str:
     name = d.initrd.rsplit("/", 1)[-1]
     cmdline = _cmdline(d, credential)
     # Under UEFI this iPXE hands the kernel's EFI stub the files its `initrd=` arguments name.
-    files = f"initrd={name}" + (f" initrd={d.ca_initrd}" if d.ca_initrd else "")
+    files = (f"initrd={d.ca_initrd} " if d.ca_initrd else "") + f"initrd={name}"
     kernel = " || ".join(f"kernel {b}/{d.kernel} {files} {cmdline}" for b in bases)
     initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
-    if d.ca_initrd:  # the CA the node pins, unpacked after (over) the image's initrd
-        initrd += " || goto ramboot_retry\n" + " || ".join(f"initrd {b}/{d.ca_initrd}" for b in bases)
+    if d.ca_initrd:  # the CA the node pins, first (see above)
+        initrd = " || ".join(f"initrd {b}/{d.ca_initrd}" for b in bases) + " || goto ramboot_retry\n" + initrd
     marks = "x" * (IPXE_FETCH_TRIES - 1)
     return (
         "#!ipxe\n"
@@ -82,7 +87,7 @@ def pxelinux_config(d: Decision, credential: str | None = None) -> str:
         "TIMEOUT 0\n"
         "LABEL ramboot\n"
         f"  KERNEL {d.kernel}\n"
-        f"  INITRD {d.initrd}{f',{d.ca_initrd}' if d.ca_initrd else ''}\n"
+        f"  INITRD {f'{d.ca_initrd},' if d.ca_initrd else ''}{d.initrd}\n"
         f"  APPEND {_cmdline(d, credential)}\n"
         + ("" if d.mac else "  IPAPPEND 2\n")
     )
@@ -112,7 +117,7 @@ def grub_cfg(d: Decision, credential: str | None = None) -> str:
         f"# ramboot: {d.image} for {d.mac or 'an unknown machine'}\n"
         f"echo {_grub_quote(f'ramboot: booting {d.image} on {d.mac}')}\n"
         f"linux /{d.kernel} {args}\n"
-        f"initrd /{d.initrd}{f' /{d.ca_initrd}' if d.ca_initrd else ''}\n"
+        f"initrd {f'/{d.ca_initrd} ' if d.ca_initrd else ''}/{d.initrd}\n"
         "boot\n"
     )
 

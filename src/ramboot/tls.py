@@ -8,7 +8,8 @@ certificate is issued again when those names change or it nears its end; the CA 
 kept, so nodes' pins stay valid. Keys are 0600, the directory 0700.
 
 A node learns the CA from `ca.cpio`, a tiny newc archive holding `etc/ramboot/ca.pem`
-that the boot scripts load as a second initrd (the kernel unpacks both into its root).
+that the boot scripts load as an extra initrd before the image's (the kernel unpacks both
+into its root; render.py says why first).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def newc(entries: list[tuple[str, int, bytes]]) -> bytes:
 
 
 def ca_cpio(pem: bytes) -> bytes:
-    """The second initrd: `etc/ramboot/ca.pem` (and its directories)."""
+    """The extra initrd: `etc/ramboot/ca.pem` (and its directories)."""
     return newc([("etc", 0o40755, b""), ("etc/ramboot", 0o40755, b""), (CA_PATH_IN_INITRD, 0o100644, pem)])
 
 

@@ -224,10 +224,7 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     proc = subprocess.run(comp, input=raw, capture_output=True)
     if proc.returncode != 0:
         raise ImageError(f"{comp[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
-    # ca.cpio follows this archive (tls.py): the kernel looks for its header at a 4-byte
-    # boundary, and the EFI stub's `initrd=` loader lays the files end to end. Zeros between
-    # archives are skipped.
-    out.write_bytes(proc.stdout + b"\0" * (-len(proc.stdout) % 4))
+    out.write_bytes(proc.stdout)
 
 
 def elf_closure(binary: Path) -> list[Path]:
