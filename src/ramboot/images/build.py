@@ -8,7 +8,6 @@ failed or interrupted build leaves no half-written image behind.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ from .manifest import (
     KERNEL,
     MANIFEST,
     MODULES,
+    NAME_RE,
     ROOTFS,
     FileEntry,
     Manifest,
@@ -35,8 +35,6 @@ from .manifest import (
 )
 from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
 from .secureboot import kernel_signature
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def check_name(name: str) -> str:

@@ -79,16 +79,22 @@ def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, dat
 
 @image.command()
 @click.argument("name")
-@click.option("--from", "source", required=True, metavar="URL", help="the other server, http://HOST[:PORT]")
+@click.option("--from", "source", required=True, metavar="URL", help="the other server, https://HOST[:PORT]")
+@click.option("--ca", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="PEM CA the source's certificate must chain to (default: DATA/tls/ca.pem, else the system's)")
+@click.option("--insecure-http", is_flag=True,
+              help="allow an http:// source: the sha256 then catches corruption, not a forged manifest")
 @_dd
 @_cf
-def pull(name: str, source: str, data_dir: Path | None, config: Path | None) -> None:
+def pull(name: str, source: str, ca: Path | None, insecure_http: bool, data_dir: Path | None,
+         config: Path | None) -> None:
     """Copy image NAME from another ramboot server, checking every file's sha256."""
     from .pull import pull_image
 
     dd = _data_dir(data_dir, config)
     try:
-        m, fetched, reused = pull_image(dd, name, source, progress=lambda msg: click.echo(f"  {msg}", err=True))
+        m, fetched, reused = pull_image(dd, name, source, progress=lambda msg: click.echo(f"  {msg}", err=True),
+                                        ca=ca, insecure_http=insecure_http)
     except (ImageError, ManifestError, OSError) as e:
         _die(str(e))
     click.echo(f"pulled {name} from {source}: {len(m.files)} files verified, {fetched} bytes fetched, "
