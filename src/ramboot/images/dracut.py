@@ -75,7 +75,7 @@ def build_dracut(k: Kernel, out: Path, console: Console, own_module: bool = True
         raise ImageError(f"--initramfs dracut needs {', '.join(missing)} on this host: run `make setup`")
     tree = dracut_tree(console)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".dracut-") as tmp:
-        kmoddir = stage_modules(k, Path(tmp) / "kmod" / k.version)
+        kmoddir = stage_modules(k, Path(tmp) / "kmod/lib/modules" / k.version)  # dracut wants .../lib/modules/V
         base = _basedir(tree / "usr/lib/dracut", Path(tmp) / "base", own_module)
         confdir = Path(tmp) / "conf.d"
         confdir.mkdir()
