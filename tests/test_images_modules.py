@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from images_vm import demo_image  # noqa: F401  (session fixture)
@@ -104,3 +105,94 @@ def test_kernel_image_takes_the_newest_and_says_so(demo_image: Path, tmp_path: P
 def test_kernel_image_on_a_root_without_a_kernel_is_one_line(demo_image: Path, tmp_path: Path) -> None:
     one_line_error(["build", "x", "--kernel", "image", "--data-dir", str(tmp_path / "d")],
                    "--kernel image: the root (builtin) has no kernel", tmp_path / "d")
+
+
+# --- a hostile root's own kernel (`--kernel image`) ----------------------------------
+
+
+def hostile_root(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A root with the cloud kernel and the modules its initramfs needs, and a "host" file
+    outside it that the root's module lists try to reach (the root, the host secret, its bytes)."""
+    from ramboot.images.initramfs import ModuleIndex, select_modules
+    from ramboot.images.kernel import resolve_kernel
+
+    k = resolve_kernel("debian", Console(quiet=True))
+    mods, _nics = select_modules(k, ModuleIndex.load(k))
+    idx = ModuleIndex.load(k)
+    tree = tmp_path / "root"
+    dest = tree / "lib/modules" / k.version
+    for rel in [idx.path[m] for m in mods] + ["modules.dep", "modules.alias", "modules.softdep"]:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(k.modules / rel, dest / rel)
+    (tree / "boot").mkdir()
+    shutil.copyfile(k.image, tree / "boot" / f"vmlinuz-{k.version}")
+    secret = tmp_path / "host-shadow"
+    marker = b"root:$6$rbi-host-secret-" + os.urandom(8).hex().encode()
+    secret.write_bytes(marker + b"\n")
+    return tree, secret, marker
+
+
+def unpacked_initrd(path: Path) -> bytes:
+    raw = path.read_bytes()
+    tool = ["zstd", "-dc"] if raw[:4] == b"\x28\xb5\x2f\xfd" else ["gzip", "-dc"]
+    return subprocess.run(tool, input=raw, capture_output=True, check=True).stdout
+
+
+def test_root_module_lists_that_are_symlinks_are_read_inside_the_root(tmp_path: Path) -> None:
+    """modules.order / modules.builtin / modules.alias as symlinks to a host file: resolved in the root."""
+    from ramboot.images.initramfs import build_initramfs
+
+    tree, secret, marker = hostile_root(tmp_path)
+    mods = next((tree / "lib/modules").iterdir())
+    os.symlink(str(secret), mods / "modules.order")  # absolute: the root's own path, not the host's
+    os.symlink("../" * 12 + str(secret).lstrip("/"), mods / "modules.builtin")  # `..` stops at the root
+    (mods / "modules.alias").unlink()
+    os.symlink(str(secret), mods / "modules.alias")
+    k = kernel_from_root(tree, "hostile", Console(quiet=True))
+    out = tmp_path / "initrd.img"
+    build_initramfs(k, out)
+    cpio = unpacked_initrd(out)
+    assert b"virtio_net.ko" in cpio  # a whole initramfs
+    assert marker not in cpio
+
+
+def test_modules_dep_naming_a_host_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`kernel/.../virtio_net.ko: /etc/shadow` with `/etc/shadow:` copied the host's file into the initrd."""
+    tree, secret, marker = hostile_root(tmp_path)
+    mods = next((tree / "lib/modules").iterdir())
+    dep = mods / "modules.dep"
+    lines = dep.read_text().splitlines()
+    lines = [ln + f" {secret}" if ln.split(":")[0].endswith("/virtio_net.ko") else ln for ln in lines]
+    dep.write_text("\n".join(lines + [f"{secret}:"]) + "\n")
+    data = tmp_path / "d"
+    one_line_error(["build", "evil", "--rootfs", str(tree), "--kernel", "image", "--data-dir", str(data)],
+                   f"the module tree names '{secret}': not a path inside it", data)
+    dep.write_text("\n".join(lines + ["kernel/../../../../../../.." + str(secret) + ":"]) + "\n")
+    one_line_error(["build", "evil", "--rootfs", str(tree), "--kernel", "image", "--data-dir", str(data)],
+                   "not a path inside it", data)
+
+
+def test_dracut_gets_a_clean_module_tree(tmp_path: Path) -> None:
+    """What `--kmoddir` names holds regular files only, each resolved inside the root."""
+    from ramboot.images.dracut import stage_modules
+    from ramboot.images.errors import ImageError
+
+    tree, secret, marker = hostile_root(tmp_path)
+    mods = next((tree / "lib/modules").iterdir())
+    os.symlink(str(secret), mods / "modules.order")
+    os.symlink(str(secret.parent), mods / "build")  # a directory link: left out
+    (tree / "etc").mkdir()
+    (tree / "etc/own").write_bytes(b"the root's own file")
+    os.symlink("/etc/own", mods / "modules.builtin")  # resolved inside the root
+    os.mkfifo(mods / "modules.devname")
+    k = kernel_from_root(tree, "hostile", Console(quiet=True))
+    staged = stage_modules(k, tmp_path / "stage" / k.version)
+    kinds = {p.relative_to(staged).as_posix(): p for p in staged.rglob("*")}
+    assert all(p.is_dir() or (p.is_file() and not p.is_symlink()) for p in kinds.values())
+    assert "modules.order" not in kinds and "build" not in kinds and "modules.devname" not in kinds
+    assert (staged / "modules.builtin").read_bytes() == b"the root's own file"
+    assert not any(marker in p.read_bytes() for p in kinds.values() if p.is_file())
+    assert (staged / "modules.dep").read_bytes() == (mods / "modules.dep").read_bytes()
+    (mods / "modules.dep").write_text(f"{secret}:\n")
+    with pytest.raises(ImageError, match="not a path inside it"):
+        stage_modules(k, tmp_path / "stage2" / k.version)

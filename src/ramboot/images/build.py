@@ -8,7 +8,6 @@ failed or interrupted build leaves no half-written image behind.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ from .manifest import (
     KERNEL,
     MANIFEST,
     MODULES,
+    NAME_RE,
     ROOTFS,
     FileEntry,
     Manifest,
@@ -33,10 +33,8 @@ from .manifest import (
     load_manifest,
     sha256_file,
 )
-from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
+from .rootfs import LIVE_KINDS, Limits, Source, is_enospc, make_squashfs, parse_source, populate
 from .secureboot import kernel_signature
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def check_name(name: str) -> str:
@@ -46,7 +44,7 @@ def check_name(name: str) -> str:
 
 
 def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: str | None = None,
-                initramfs: str = "ramboot", console: Console | None = None) -> Manifest:
+                initramfs: str = "ramboot", console: Console | None = None, limits: Limits | None = None) -> Manifest:
     console = console or Console(stderr=True)
     check_name(name)
     if initramfs not in ("ramboot", "dracut"):
@@ -71,7 +69,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             if k is None:
                 k = _live_kernel(src, out / ROOTFS, root_image, work, console)
         else:
-            tree = populate(src, work, console)
+            tree = populate(src, work, console, limits)
             root_image = ""
             if k is None:
                 k = kernel_from_root(tree, src.text, console)

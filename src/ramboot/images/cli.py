@@ -14,6 +14,7 @@ from rich.console import Console
 from .build import build_image, list_images, remove_image, verify_image
 from .errors import ImageError
 from .manifest import MANIFEST, ROOTFS, ManifestError, images_dir, load_manifest
+from .rootfs import Limits
 
 
 def _data_dir(data_dir: Path | None, config: Path | None) -> Path:
@@ -55,15 +56,22 @@ def image() -> None:
                    "debian (the cloud kernel, the default), debian:generic, "
                    "or image (the root's own /boot/vmlinuz-* and /lib/modules)")
 @click.option("--initramfs", type=click.Choice(["ramboot", "dracut"]), default="ramboot", show_default=True)
+@click.option("--max-root-size", default="64G", show_default=True, metavar="SIZE",
+              help="the most a tar, docker-archive: or oci: root's layers may write (bytes, or with K, M, G, T); "
+                   "a sparse or compressed member counts at its real size")
+@click.option("--max-root-entries", type=click.IntRange(min=1), default=Limits.max_entries, show_default=True,
+              metavar="N", help="the most files, directories and links those layers may make")
+@click.option("--allow-devices", is_flag=True, help="keep device nodes and FIFOs from those layers (refused otherwise)")
 @_dd
 @_cf
-def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, data_dir: Path | None,
-          config: Path | None) -> None:
+def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, max_root_size: str,
+          max_root_entries: int, allow_devices: bool, data_dir: Path | None, config: Path | None) -> None:
     """Build image NAME into DATA_DIR/images/NAME."""
     dd = _data_dir(data_dir, config)
     console = Console(stderr=True)
     try:
-        m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console)
+        limits = Limits(_size(max_root_size), max_root_entries, allow_devices)
+        m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console, limits=limits)
     except (ImageError, ManifestError) as e:
         _die(str(e))
     except KeyboardInterrupt:
@@ -77,18 +85,34 @@ def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, dat
     click.echo(str(images_dir(dd) / name))
 
 
+def _size(text: str) -> int:
+    """`--max-root-size`: bytes, or a number with K, M, G or T (powers of 1024)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1 << (10 * (" KMGT".index(t[-1]))) if t and t[-1] in "KMGT" else 1
+    num = t[:-1] if mult > 1 else t
+    if not num.isdigit():
+        raise ImageError(f"--max-root-size {text}: expected bytes or a number with K, M, G or T")
+    return int(num) * mult
+
+
 @image.command()
 @click.argument("name")
-@click.option("--from", "source", required=True, metavar="URL", help="the other server, http://HOST[:PORT]")
+@click.option("--from", "source", required=True, metavar="URL", help="the other server, https://HOST[:PORT]")
+@click.option("--ca", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+              help="PEM CA the source's certificate must chain to (default: DATA/tls/ca.pem, else the system's)")
+@click.option("--insecure-http", is_flag=True,
+              help="allow an http:// source: the sha256 then catches corruption, not a forged manifest")
 @_dd
 @_cf
-def pull(name: str, source: str, data_dir: Path | None, config: Path | None) -> None:
+def pull(name: str, source: str, ca: Path | None, insecure_http: bool, data_dir: Path | None,
+         config: Path | None) -> None:
     """Copy image NAME from another ramboot server, checking every file's sha256."""
     from .pull import pull_image
 
     dd = _data_dir(data_dir, config)
     try:
-        m, fetched, reused = pull_image(dd, name, source, progress=lambda msg: click.echo(f"  {msg}", err=True))
+        m, fetched, reused = pull_image(dd, name, source, progress=lambda msg: click.echo(f"  {msg}", err=True),
+                                        ca=ca, insecure_http=insecure_http)
     except (ImageError, ManifestError, OSError) as e:
         _die(str(e))
     click.echo(f"pulled {name} from {source}: {len(m.files)} files verified, {fetched} bytes fetched, "

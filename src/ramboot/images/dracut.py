@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from importlib import resources
@@ -30,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import ImageError
-from .kernel import Kernel, _run, cache_dir
+from .kernel import Kernel, _run, cache_dir, in_root, read_in_root
 from .rootfs import source_epoch
 
 PACKAGES = ("dracut-core", "dracut-live", "dracut-network")
@@ -74,11 +75,12 @@ def build_dracut(k: Kernel, out: Path, console: Console, own_module: bool = True
         raise ImageError(f"--initramfs dracut needs {', '.join(missing)} on this host: run `make setup`")
     tree = dracut_tree(console)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".dracut-") as tmp:
+        kmoddir = stage_modules(k, Path(tmp) / "kmod/lib/modules" / k.version)  # dracut wants .../lib/modules/V
         base = _basedir(tree / "usr/lib/dracut", Path(tmp) / "base", own_module)
         confdir = Path(tmp) / "conf.d"
         confdir.mkdir()
         cmd = ["bash", str(tree / "usr/bin/dracut"), "--force", "--no-hostonly", "--no-hostonly-cmdline",
-               "--kver", k.version, "--kmoddir", str(k.modules),
+               "--kver", k.version, "--kmoddir", str(kmoddir),
                "--add", "livenet dmsquash-live network-legacy" + (f" {MODULE[2:]}" if own_module else ""),
                "--omit", "systemd-networkd network-manager",
                "--conf", "/dev/null", "--confdir", str(confdir), "--tmpdir", tmp, "--reproducible",
@@ -90,6 +92,38 @@ def build_dracut(k: Kernel, out: Path, console: Console, own_module: bool = True
         errs = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln or "FATAL" in ln]
         raise ImageError(f"dracut failed: {(errs or proc.stderr.strip().splitlines()[-1:] or ['no image'])[0]}")
     os.chmod(out, 0o644)
+
+
+def stage_modules(k: Kernel, dest: Path) -> Path:
+    """A clean copy of k's module tree for dracut: regular files and directories only.
+
+    dracut (and the libkmod under it) would follow a symlink or an absolute modules.dep
+    entry on the build host, so it is handed this instead: every file resolved inside the
+    kernel's root (a symlink as if the root were `/`; one to a directory is left out), only
+    regular files (hard links where the filesystem allows, else copies), and a modules.dep
+    whose every name is a path inside the tree.
+    """
+    dep = k.module_file("modules.dep")
+    if dep is None:
+        raise ImageError(f"{k.modules}/modules.dep: no such file")
+    for line in dep.decode(errors="replace").splitlines():
+        if ":" in line:
+            k.module_file(line.partition(":")[0])  # refuses an absolute name or `..`
+    for dirpath, dirnames, filenames in os.walk(k.modules):
+        here = Path(dirpath)
+        (dest / here.relative_to(k.modules)).mkdir(parents=True, exist_ok=True)
+        dirnames[:] = [n for n in dirnames if not (here / n).is_symlink()]
+        for n in filenames:
+            rel = (here / n).relative_to(k.modules)
+            real = in_root(k.root, str((here / n).relative_to(k.root)))
+            if real is None or not stat.S_ISREG(real.lstat().st_mode):
+                continue  # a dangling link, a device node, a FIFO: nothing dracut needs
+            try:
+                os.link(real, dest / rel, follow_symlinks=False)
+            except OSError:
+                data = read_in_root(k.root, here / n)
+                (dest / rel).write_bytes(data or b"")
+    return dest
 
 
 def _basedir(dracut: Path, base: Path, own_module: bool) -> Path:

@@ -62,26 +62,27 @@ class ModuleIndex:
     alias: dict[str, list[str]] = field(default_factory=dict)  # plain alias (no wildcard) → modules
 
     @classmethod
-    def load(cls, mods: Path) -> ModuleIndex:
-        idx = cls(mods)
-        try:
-            lines = (mods / "modules.dep").read_text().splitlines()
-        except OSError as e:
-            raise ImageError(f"{mods}/modules.dep: {e.strerror}") from None
-        for line in lines:
+    def load(cls, k: Kernel) -> ModuleIndex:
+        """The index of k's module lists, each read inside the kernel's root (`Kernel.module_file`)."""
+        idx = cls(k.modules)
+        dep = k.module_file("modules.dep")
+        if dep is None:
+            raise ImageError(f"{k.modules}/modules.dep: no such file")
+        for line in dep.decode(errors="replace").splitlines():
             target, sep, rest = line.partition(":")
             if not sep:
                 continue
+            k.module_file(target)  # only checks the name: absolute or `..` is refused here
             n = norm(target)
             idx.path[n] = target
             idx.lines[target] = line
             idx.deps[n] = [norm(d) for d in rest.split()]
-        for line in _lines(mods / "modules.softdep"):
+        for line in _lines(k, "modules.softdep"):
             words = line.split()
             if len(words) >= 2 and words[0] == "softdep":
                 idx.soft[norm(words[1])] = [norm(w) for w in words[2:] if not w.endswith(":")]
-        idx.builtin = {norm(x) for x in _lines(mods / "modules.builtin")}
-        for line in _lines(mods / "modules.alias"):
+        idx.builtin = {norm(x) for x in _lines(k, "modules.builtin")}
+        for line in _lines(k, "modules.alias"):
             words = line.split()
             if len(words) == 3 and words[0] == "alias" and not any(c in words[1] for c in "*?["):
                 idx.alias.setdefault(norm(words[1]), []).append(norm(words[2]))
@@ -112,11 +113,9 @@ class ModuleIndex:
         return sorted(seen)
 
 
-def _lines(p: Path) -> list[str]:
-    try:
-        return p.read_text().splitlines()
-    except FileNotFoundError:
-        return []
+def _lines(k: Kernel, name: str) -> list[str]:
+    data = k.module_file(name)
+    return data.decode(errors="replace").splitlines() if data is not None else []
 
 
 def select_modules(k: Kernel, idx: ModuleIndex) -> tuple[list[str], list[str]]:
@@ -187,7 +186,7 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise ImageError("busybox-static (/bin/busybox) not found: run `make setup`")
-    idx = ModuleIndex.load(k.modules)
+    idx = ModuleIndex.load(k)
     mods, nics = select_modules(k, idx)
     c = Cpio(source_epoch())
     for d in ("dev", "proc", "sys", "run", "tmp", "newroot", "etc/ramboot", "root"):
@@ -212,13 +211,16 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     base = f"lib/modules/{k.version}"
     keep = {idx.path[m] for m in mods}
     for rel in sorted(keep):
-        c.file(f"{base}/{rel}", (k.modules / rel).read_bytes())
+        data = k.module_file(rel)
+        if data is None:
+            raise ImageError(f"kernel {k.version}: modules.dep names {rel}, which is missing")
+        c.file(f"{base}/{rel}", data)
     c.file(f"{base}/modules.dep", ("\n".join(ln for t, ln in idx.lines.items() if t in keep) + "\n").encode())
-    c.file(f"{base}/modules.alias", _filter_names(k.modules / "modules.alias", set(mods), "alias", 2))
-    c.file(f"{base}/modules.softdep", _filter_names(k.modules / "modules.softdep", set(mods), "softdep", 1))
+    c.file(f"{base}/modules.alias", _filter_names(k, "modules.alias", set(mods), "alias", 2))
+    c.file(f"{base}/modules.softdep", _filter_names(k, "modules.softdep", set(mods), "softdep", 1))
     for extra in ("modules.builtin", "modules.order"):
-        if (k.modules / extra).is_file():
-            c.file(f"{base}/{extra}", (k.modules / extra).read_bytes())
+        if (data := k.module_file(extra)) is not None:
+            c.file(f"{base}/{extra}", data)
     comp = _compressor(k)
     raw = c.bytes()
     proc = subprocess.run(comp, input=raw, capture_output=True)
@@ -244,10 +246,10 @@ def elf_closure(binary: Path) -> list[Path]:
     return sorted(set(out))
 
 
-def _filter_names(p: Path, names: set[str], keyword: str, col: int) -> bytes:
+def _filter_names(k: Kernel, name: str, names: set[str], keyword: str, col: int) -> bytes:
     """Lines `alias PATTERN module` / `softdep module ...` for modules we carry."""
     out = []
-    for ln in _lines(p):
+    for ln in _lines(k, name):
         w = ln.split()
         if len(w) > col and w[0] == keyword and norm(w[col]) in names:
             out.append(ln)
@@ -256,7 +258,6 @@ def _filter_names(p: Path, names: set[str], keyword: str, col: int) -> bytes:
 
 def _compressor(k: Kernel) -> list[str]:
     """zstd when the kernel can unpack it (its config says so), else gzip."""
-    cfg = k.config
-    if cfg is not None and "CONFIG_RD_ZSTD=y" in cfg.read_text(errors="replace") and shutil.which("zstd"):
+    if "CONFIG_RD_ZSTD=y" in k.config_text() and shutil.which("zstd"):
         return ["zstd", "-q", "-19", "-T0", "-c"]
     return ["gzip", "-n", "-9", "-c"]

@@ -15,6 +15,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -35,14 +36,47 @@ class Kernel:
     modules: Path  # .../lib/modules/VERSION, with modules.dep
     flavor: str  # cloud | generic: which NIC drivers the initramfs carries
     source: str  # as the user wrote it, for the manifest
+    # The filesystem `modules` lives in: a root's own kernel (`image`) may be hostile, so
+    # its module files and lists are resolved inside it (`module_file`), never on the host.
+    root: Path = Path("/")
 
-    @property
-    def config(self) -> Path | None:
-        """The kernel's build config, when it ships one (tells us the initramfs compressions)."""
+    def config_text(self) -> str:
+        """The kernel's build config, when it ships one (tells us the initramfs compressions); else ''."""
         for p in (self.image.parent / f"config-{self.version}", self.modules / "config"):
-            if p.is_file():
-                return p
+            data = read_in_root(self.root, p) if p.is_relative_to(self.root) else None
+            if data is not None:
+                return data.decode(errors="replace")
+        return ""
+
+    def module_file(self, rel: str) -> bytes | None:
+        """A file of the module tree named as modules.dep names it, read inside the kernel's root;
+        None when absent. An absolute name or `..` is refused: a hostile modules.dep must not
+        copy the build host's files into an initrd."""
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        if rel.startswith("/") or ".." in parts or not parts:
+            raise ImageError(f"kernel {self.version}: the module tree names {rel!r}: not a path inside it")
+        return read_in_root(self.root, self.modules.joinpath(*parts))
+
+
+def read_in_root(root: Path, path: Path) -> bytes | None:
+    """The bytes of `path` (under `root`) with every symlink resolved as if `root` were `/`;
+    None when it is absent. Only a regular file is read: a FIFO would hang the build, and a
+    device node in a root would read the build host's device."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        raise ImageError(f"{path}: not inside {root}") from None
+    real = in_root(root, str(rel))
+    if real is None:
         return None
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise ImageError(f"{path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f"{path}: not a regular file (refused)")
+        return f.read()
 
 
 def cache_dir() -> Path:
@@ -70,7 +104,7 @@ def resolve_kernel(spec: str | None, console: Console) -> Kernel:
         for base in (p.parent.parent, Path("/")):
             mods = base / "lib/modules" / version
             if mods.is_dir():
-                return Kernel(p, version, _with_depmod(mods, version), _flavor(version), spec)
+                return Kernel(p, version, _with_depmod(mods, version), _flavor(version), spec, base)
         raise ImageError(f"--kernel {spec}: no modules for kernel {version} (looked for lib/modules/{version} "
                          f"beside it and in /lib/modules)")
     if "/" not in spec and (Path("/boot") / f"vmlinuz-{spec}").is_file():
@@ -135,7 +169,7 @@ def kernel_from_root(tree: Path, where: str, console: Console) -> Kernel:
     if not (mods / "modules.dep").is_file():
         raise ImageError(f"--kernel image: /lib/modules/{version} in the root has no modules.dep "
                          f"(run depmod {version} in the root)")
-    return Kernel(image, version, mods, _flavor(version), IMAGE)
+    return Kernel(image, version, mods, _flavor(version), IMAGE, tree)
 
 
 def _flavor(version: str) -> str:
@@ -154,7 +188,7 @@ def _from_tree(root: Path, spec: str) -> Kernel:
         mods = root / "usr/lib/modules" / version
     if not mods.is_dir():
         raise ImageError(f"--kernel {spec}: no lib/modules/{version} beside boot/{img.name}")
-    return Kernel(img, version, _with_depmod(mods, version), _flavor(version), spec)
+    return Kernel(img, version, _with_depmod(mods, version), _flavor(version), spec, root)
 
 
 def bzimage_version(path: Path) -> str:
@@ -231,7 +265,7 @@ def debian_kernel(flavor: str, spec: str, console: Console) -> Kernel:
     k = _from_tree(tree, spec)
     if k.version != kver:
         raise ImageError(f"{pkg}: unpacked kernel is {k.version}, expected {kver}")
-    return Kernel(k.image, k.version, k.modules, flavor, spec)
+    return Kernel(k.image, k.version, k.modules, flavor, spec, k.root)
 
 
 def _fetch_unpack(pkg: str, version: str, tree: Path, root: Path, console: Console) -> None:

@@ -7,6 +7,7 @@ image's sha256 on the kernel command line and the node refuses anything else.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,13 @@ ROOTFS = "rootfs.squashfs"
 # The kernel's modules, a second read-only layer under the root (modules.py); only in
 # images whose root lacks them. Shared by the images of one kernel (a hard link).
 MODULES = "modules.squashfs"
+
+
+# What a manifest may say (a pulled one is another server's word, `image pull`): a sha256
+# names a blob file, a file name a file in the image's directory, so neither may be a path.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+KNOWN_FILES = (KERNEL, INITRD, ROOTFS, MODULES)
 
 
 class ManifestError(Exception):
@@ -97,6 +105,7 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ManifestError(f"{path}: unreadable manifest: {e}") from None
     try:
+        _check(raw)
         files = {k: FileEntry(size=int(v["size"]), sha256=str(v["sha256"])) for k, v in raw.get("files", {}).items()}
         return Manifest(
             name=raw["name"],
@@ -115,6 +124,31 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None
+
+
+def _check(raw: dict) -> None:
+    """Refuse what could make a path, a command line or a log line of a manifest's words."""
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"name {name!r} is not an image name")
+    if raw.get("initramfs", "ramboot") not in ("ramboot", "dracut"):
+        raise ValueError(f"initramfs {raw.get('initramfs')!r}: expected ramboot or dracut")
+    for key, value in raw.items():
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError(f"{key}: a control character")
+    files = raw.get("files", {})
+    if not isinstance(files, dict):
+        raise ValueError("files is not a table")
+    for fname, entry in files.items():
+        if fname not in KNOWN_FILES and not NAME_RE.match(fname):
+            raise ValueError(f"file name {fname!r} is not a plain name")
+        if not isinstance(entry, dict):
+            raise ValueError(f"files.{fname} is not a table")
+        sha, size = entry.get("sha256"), entry.get("size")
+        if not isinstance(sha, str) or not SHA256_RE.match(sha):
+            raise ValueError(f"files.{fname}: sha256 {sha!r} is not 64 lowercase hex digits")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"files.{fname}: size {size!r} is not a non-negative integer")
 
 
 def sha256_file(p: Path) -> str:

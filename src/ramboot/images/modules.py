@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,7 +30,7 @@ from rich.console import Console
 
 from .blobs import blob_path
 from .errors import ImageError
-from .kernel import Kernel, cache_dir, in_root
+from .kernel import IMAGE, Kernel, cache_dir, in_root
 from .manifest import FileEntry, sha256_file
 from .rootfs import make_squashfs
 
@@ -55,20 +56,27 @@ def squashfs_has_modules(image: Path, version: str) -> bool:
 
 
 def fingerprint(k: Kernel) -> str:
-    """What the layer is made of: the version and every file's path, size and mtime."""
-    h = hashlib.sha256(f"layout {LAYOUT}\nversion {k.version}\n".encode())
+    """What the layer is made of: the version and every file's path, size and mtime.
+
+    A root's own kernel (`--kernel image`) sets its files' mtimes itself, so it could
+    pass for a trusted kernel of the same version and have its layer served in that
+    one's place (the cache is shared per kernel): its files' contents count too.
+    """
+    h = hashlib.sha256(f"layout {LAYOUT}\nversion {k.version}\nsource {k.source}\n".encode())
     for dirpath, dirnames, filenames in os.walk(k.modules):
         dirnames.sort()
         for n in sorted(filenames):
             p = Path(dirpath) / n
             st = p.lstat()
             h.update(f"{p.relative_to(k.modules)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            if k.source == IMAGE and stat.S_ISREG(st.st_mode):
+                h.update(sha256_file(p).encode())
     return h.hexdigest()[:32]
 
 
 def modules_layer(k: Kernel, data_dir: Path, console: Console) -> tuple[Path, FileEntry]:
     """The content-addressed layer for kernel `k` (its blob), built (or taken from the cache) once."""
-    if not (k.modules / "modules.dep").is_file():
+    if k.module_file("modules.dep") is None:
         raise ImageError(f"kernel {k.version}: {k.modules} has no modules.dep")
     cache = cache_dir() / "modules"
     cache.mkdir(parents=True, exist_ok=True)
@@ -119,9 +127,11 @@ def _link_tree(src: Path, dest: Path) -> None:
         os.chmod(dest / rel, 0o755)
         for n in filenames:
             s, d = Path(dirpath) / n, dest / rel / n
-            if s.is_symlink():
+            if s.is_symlink():  # kept as a link, resolved on the node inside its root, never here
                 os.symlink(os.readlink(s), d)
                 continue
+            if not stat.S_ISREG(s.lstat().st_mode):
+                raise ImageError(f"{s}: not a regular file, a directory or a symlink: refused in a module tree")
             try:
                 os.link(s, d)
             except OSError:

@@ -6,6 +6,13 @@ streamed to a temporary file while it is hashed, and refused unless size and
 sha256 match. Only a whole, verified image is moved into `DATA/images/NAME` (one
 rename), and a running server offers it to nodes only after hashing it itself
 (`server/cluster.py`, `ImageCheck`).
+
+The manifest is the trust anchor, so it is validated (`manifest.load_manifest`: a
+sha256 is 64 hex digits, a file name a plain name) and fetched over HTTPS: the
+source's certificate must chain to `--ca FILE`, by default this server's own CA
+(`DATA/tls/ca.pem`, which every server of one cluster shares), else the system's
+store. Plain `http://` needs `--insecure-http`: the sha256 then still catches
+corruption, but anyone on the path could hand out a manifest of their own.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import ssl
 import tempfile
 import urllib.error
 import urllib.parse
@@ -26,23 +34,54 @@ from .errors import ImageError
 from .manifest import MANIFEST, Manifest, ManifestError, images_dir, load_manifest
 
 
-def _get(url: str, timeout: float):
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """A redirect may not leave HTTPS: the manifest's authenticity would go with it."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if req.full_url.startswith("https:") and not newurl.startswith("https:"):
+            raise ImageError(f"{req.full_url}: redirected to {newurl}, off HTTPS: refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def opener(data_dir: Path, base: str, ca: Path | None, insecure_http: bool) -> urllib.request.OpenerDirector:
+    """What fetches from `base`: HTTPS checked against `ca` (default DATA/tls/ca.pem if
+    present, else the system's store), plain HTTP only when asked for by name."""
+    scheme = urllib.parse.urlsplit(base).scheme
+    if scheme == "http" and not insecure_http:
+        raise ImageError(f"--from {base}: plain HTTP gives no authenticity (anyone on the path can hand out "
+                         "a manifest); use https:// or give --insecure-http")
+    if scheme not in ("http", "https"):
+        raise ImageError(f"--from: expected https://HOST[:PORT], got {base!r}")
+    if ca is None and (Path(data_dir) / "tls/ca.pem").is_file():
+        ca = Path(data_dir) / "tls/ca.pem"
     try:
-        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http only, checked below)
+        ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as e:
+        raise ImageError(f"--ca {ca}: not a readable PEM CA certificate ({getattr(e, 'strerror', None) or e})") \
+            from None
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), _NoDowngrade())
+
+
+def _get(op: urllib.request.OpenerDirector, url: str, timeout: float):
+    try:
+        return op.open(url, timeout=timeout)
     except urllib.error.HTTPError as e:
         raise ImageError(f"{url}: HTTP {e.code}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise ImageError(f"{url}: {getattr(e, 'reason', e)}") from None
+        why = getattr(e, "reason", e)
+        if isinstance(why, ssl.SSLCertVerificationError):
+            why = f"the server's certificate is not trusted ({why.verify_message}): give --ca FILE"
+        raise ImageError(f"{url}: {why}") from None
 
 
 def pull_image(data_dir: Path, name: str, source: str, timeout: float = 60.0,
-               progress: Callable[[str], None] | None = None) -> tuple[Manifest, int, int]:
-    """Copy image `name` from the server at `source` (http://HOST[:PORT]); returns
+               progress: Callable[[str], None] | None = None, ca: Path | None = None,
+               insecure_http: bool = False) -> tuple[Manifest, int, int]:
+    """Copy image `name` from the server at `source` (https://HOST[:PORT]); returns
     (manifest, bytes fetched, bytes reused from blobs already here)."""
     check_name(name)
     base = source.rstrip("/")
-    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
-        raise ImageError(f"--from: expected http://HOST[:PORT], got {source!r}")
+    op = opener(data_dir, base, ca, insecure_http)
     say = progress or (lambda _m: None)
     top = images_dir(data_dir)
     top.mkdir(parents=True, exist_ok=True)
@@ -51,7 +90,7 @@ def pull_image(data_dir: Path, name: str, source: str, timeout: float = 60.0,
     try:
         out = images_dir(work) / name  # load_manifest reads WORK/images/NAME/image.toml
         out.mkdir(parents=True)
-        with _get(f"{base}/images/{name}/{MANIFEST}", timeout) as r:
+        with _get(op, f"{base}/images/{name}/{MANIFEST}", timeout) as r:
             (out / MANIFEST).write_bytes(r.read(1 << 20))
         try:
             m = load_manifest(work, name)
@@ -74,7 +113,7 @@ def pull_image(data_dir: Path, name: str, source: str, timeout: float = 60.0,
                 continue
             h = hashlib.sha256()
             n = 0
-            with _get(f"{base}/images/{name}/{urllib.parse.quote(fname)}", timeout) as r, open(dest, "wb") as f:
+            with _get(op, f"{base}/images/{name}/{urllib.parse.quote(fname)}", timeout) as r, open(dest, "wb") as f:
                 while chunk := r.read(1 << 20):
                     h.update(chunk)
                     f.write(chunk)

@@ -11,6 +11,12 @@ because layer semantics (whiteouts, opaque directories, replacing what a lower
 layer left) and containment (no member may land outside the tree, not even
 through a symlink a lower layer planted) are exactly what a generic extractor
 gets wrong.
+
+A layer is hostile input too (docs/images.md, "Hostile layers"): what the layers may
+write is bounded (`Limits`: bytes, counted at each member's real size, so a sparse
+or compressed member cannot expand past it, and entries), device nodes and FIFOs
+are refused unless asked for, and setuid/setgid bits are kept only on files owned
+by root.
 """
 
 from __future__ import annotations
@@ -50,6 +56,27 @@ def source_epoch() -> int:
         return max(0, int(raw))
     except ValueError:
         raise ImageError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer") from None
+
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the layers of one build may put on the disk that also holds the data directory."""
+
+    max_bytes: int = 64 * GiB  # regular files' real sizes, all layers together
+    max_entries: int = 4_000_000  # files, directories, links and nodes, all layers together
+    allow_devices: bool = False  # keep character/block device nodes and FIFOs (`--allow-devices`)
+
+
+@dataclass
+class Extracted:
+    """What the layers wrote, against the limits."""
+
+    bytes: int = 0
+    entries: int = 0
+    stripped: int = 0  # setuid/setgid bits taken off files not owned by root
 
 
 @dataclass(frozen=True)
@@ -109,25 +136,29 @@ def _readable(p: Path, text: str) -> None:
         raise ImageError(f"--rootfs {text}: permission denied: {p}")
 
 
-def populate(src: Source, workdir: Path, console: Console) -> Path:
+def populate(src: Source, workdir: Path, console: Console, limits: Limits | None = None) -> Path:
     """The tree to squash: the source directory itself, or one built under workdir."""
     if src.kind == "dir":
         return Path(src.arg)
     tree = workdir / "tree"
     tree.mkdir(mode=0o755)
     os.chmod(tree, 0o755)
+    limits = limits or Limits()
+    done = Extracted()
     if src.kind == "builtin":
         builtin_tree(tree)
     elif src.kind == "tar":
         with _progress(console) as prog:
-            apply_layers(tree, [(Path(src.arg).name, lambda: open(src.arg, "rb"), None)], prog)
+            apply_layers(tree, [(Path(src.arg).name, lambda: open(src.arg, "rb"), None)], prog, limits, done)
     elif src.kind == "oci":
         with _progress(console) as prog:
-            apply_layers(tree, oci_layers(Path(src.arg)), prog)
+            apply_layers(tree, oci_layers(Path(src.arg)), prog, limits, done)
     elif src.kind == "docker-archive":
         with _progress(console) as prog, tarfile.open(src.arg, "r:*") as outer:
-            apply_layers(tree, docker_archive_layers(outer, src.arg), prog)
-    elif src.kind == "debian":
+            apply_layers(tree, docker_archive_layers(outer, src.arg), prog, limits, done)
+    if done.stripped:
+        console.print(f"{src.text}: took the setuid/setgid bits off {done.stripped} file(s) not owned by root")
+    if src.kind == "debian":
         from .debian import bootstrap
 
         bootstrap(src.arg, tree, console)
@@ -326,33 +357,37 @@ def _size_of(f: IO[bytes]) -> int | None:
         return None
 
 
-def apply_layers(tree: Path, layers: Iterable[Layer], prog: Progress) -> None:
+def apply_layers(tree: Path, layers: Iterable[Layer], prog: Progress, limits: Limits | None = None,
+                 done: Extracted | None = None) -> Extracted:
+    """Apply `layers` bottom first; `done` counts across calls (one build), against `limits`."""
+    limits, done = limits or Limits(), done or Extracted()
     for label, opener, digest in layers:
         with opener() as raw:
             task = prog.add_task(label, total=_size_of(raw))
             reader = _Reader(raw, lambda n, t=task: prog.advance(t, n))
-            _apply_stream(tree, io.BufferedReader(reader, 1 << 20), label)
+            _apply_stream(tree, io.BufferedReader(reader, 1 << 20), label, limits, done)
             reader.drain()
             if digest and "sha256:" + reader.sha.hexdigest() != digest:
                 raise ImageError(f"{label}: blob {digest} is corrupt (its sha256 differs)")
             prog.update(task, visible=False)
+    return done
 
 
-def _apply_stream(tree: Path, stream: IO[bytes], label: str) -> None:
+def _apply_stream(tree: Path, stream: IO[bytes], label: str, limits: Limits, done: Extracted) -> None:
     head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
     if head == ZSTD_MAGIC:
         proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         feeder = threading.Thread(target=_feed, args=(stream, proc.stdin), daemon=True)
         feeder.start()
         try:
-            _apply_tar(tree, proc.stdout, label)
+            _apply_tar(tree, proc.stdout, label, limits, done)
         finally:
             proc.stdout.close()
             feeder.join()
             if proc.wait() != 0:
                 raise ImageError(f"{label}: zstd could not decompress the layer")
     else:
-        _apply_tar(tree, stream, label)
+        _apply_tar(tree, stream, label, limits, done)
 
 
 def _feed(src: IO[bytes], dst: IO[bytes]) -> None:
@@ -367,12 +402,28 @@ def _feed(src: IO[bytes], dst: IO[bytes]) -> None:
             pass
 
 
-def _apply_tar(tree: Path, stream: IO[bytes], label: str) -> None:
+# A long name or a pax header is read into memory whole: a bigger one is a bomb, not a name.
+META_MAX = 1 << 20
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose long-name and pax records are refused past META_MAX bytes."""
+
+    def _proc_member(self, tarfile_):  # type: ignore[no-untyped-def]
+        meta = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE)
+        if self.type in meta and self.size > META_MAX:
+            raise tarfile.SubsequentHeaderError(f"a {self.size}-byte name or pax header (at most {META_MAX})")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def _apply_tar(tree: Path, stream: IO[bytes], label: str, limits: Limits | None = None,
+               done: Extracted | None = None) -> None:
     try:
-        tf = tarfile.open(fileobj=stream, mode="r|*")
+        tf = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo)
     except tarfile.TarError as e:
         raise ImageError(f"{label}: not a tar archive: {e}") from None
-    layer = _LayerWriter(tree, label)
+    layer = _LayerWriter(tree, label, limits or Limits(), done or Extracted())
     try:
         for m in tf:
             layer.member(m, tf)
@@ -383,9 +434,10 @@ def _apply_tar(tree: Path, stream: IO[bytes], label: str) -> None:
 class _LayerWriter:
     """Applies one layer's members onto the tree, in the archive's order."""
 
-    def __init__(self, tree: Path, label: str):
+    def __init__(self, tree: Path, label: str, limits: Limits, done: Extracted):
         self.tree = tree
         self.label = label
+        self.limits, self.done = limits, done
         self.written: set[str] = set()  # paths this layer created (opaque dirs keep them)
 
     def refuse(self, name: str, why: str) -> ImageError:
@@ -445,6 +497,7 @@ class _LayerWriter:
             elif not base.startswith(WHITEOUT + WHITEOUT):  # other .wh..wh. markers carry nothing
                 self.remove(parent / base[len(WHITEOUT):])
             return
+        self.check(m)
         parent = self.resolve_dir(m.name, parts[:-1])
         parent.mkdir(parents=True, exist_ok=True)
         dst = parent / base
@@ -484,10 +537,35 @@ class _LayerWriter:
             raise ImageError(f"{self.label}: {m.name!r}: unsupported tar member type {m.type!r}")
         self.meta(dst, m)
 
+    def check(self, m: tarfile.TarInfo) -> None:
+        """Count the member against the limits (a regular file at its real, expanded size);
+        refuse a device node or FIFO not asked for, and a world-writable setuid/setgid file."""
+        self.done.entries += 1
+        if self.done.entries > self.limits.max_entries:
+            raise ImageError(f"{self.label}: {m.name!r}: the layers hold more than {self.limits.max_entries} "
+                             "entries: refused (--max-root-entries raises it)")
+        if m.isreg():
+            self.done.bytes += m.size
+            if self.done.bytes > self.limits.max_bytes:
+                raise ImageError(f"{self.label}: {m.name!r} ({m.size} bytes{', sparse' if m.issparse() else ''}): "
+                                 f"the layers would write more than {self.limits.max_bytes} bytes: refused "
+                                 "(--max-root-size raises it)")
+            if m.mode & 0o6000 and m.mode & 0o002:
+                raise self.refuse(m.name, "a world-writable setuid/setgid file")
+        if (m.ischr() or m.isblk() or m.isfifo()) and not self.limits.allow_devices:
+            what = "a FIFO" if m.isfifo() else \
+                f"a {'character' if m.ischr() else 'block'} device node ({m.devmajor}:{m.devminor})"
+            raise ImageError(f"{self.label}: refusing {m.name!r}, {what}: --allow-devices keeps device nodes "
+                             "and FIFOs")
+
     def meta(self, dst: Path, m: tarfile.TarInfo) -> None:
         os.lchown(dst, m.uid, m.gid)
+        mode = m.mode & 0o7777
+        if m.isreg() and mode & 0o6000 and m.uid != 0:
+            mode &= ~0o6000  # only root's files keep them, as in every distribution's root
+            self.done.stripped += 1
         if not m.issym():
-            os.chmod(dst, m.mode & 0o7777)
+            os.chmod(dst, mode)
         for key, value in (m.pax_headers or {}).items():
             if key.startswith("SCHILY.xattr."):
                 try:
