@@ -55,15 +55,18 @@ def image() -> None:
                    "debian (the cloud kernel, the default), debian:generic, "
                    "or image (the root's own /boot/vmlinuz-* and /lib/modules)")
 @click.option("--initramfs", type=click.Choice(["ramboot", "dracut"]), default="ramboot", show_default=True)
+@click.option("--autologin", is_flag=True,
+              help="Debian roots: log root in on every console, no password (default: consoles ask for a login)")
 @_dd
 @_cf
-def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, data_dir: Path | None,
-          config: Path | None) -> None:
+def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, autologin: bool,
+          data_dir: Path | None, config: Path | None) -> None:
     """Build image NAME into DATA_DIR/images/NAME."""
     dd = _data_dir(data_dir, config)
     console = Console(stderr=True)
     try:
-        m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console)
+        m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console,
+                        autologin=autologin)
     except (ImageError, ManifestError) as e:
         _die(str(e))
     except KeyboardInterrupt:
