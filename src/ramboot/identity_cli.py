@@ -86,7 +86,9 @@ def known_hosts(config_path: str) -> None:
     config, store, _booter = _local(config_path)
     try:
         nodes = store.list_nodes()
-        patterns = cluster_patterns([n.hostname for n in nodes], addresses(store).values(), config.dhcp.domain)
+        addr = addresses(store)  # fixed, else the hardware lease; of registered nodes only
+        patterns = cluster_patterns([n.hostname for n in nodes], [addr[n.mac] for n in nodes if n.mac in addr],
+                                    config.dhcp.domain)
         if not patterns:
             raise click.ClickException("no registered node has a hostname or an address yet, and [dhcp] domain "
                                        "is not set: the CA line would name no host")
