@@ -88,8 +88,8 @@ def _statements(store: Store, fn) -> int:
     return count
 
 
-def _fill(tmp_path, n: int) -> Store:
-    s = Store(f"sqlite:///{tmp_path / f'{n}.db'}")
+def _fill(tmp_path, n: int, url: str | None = None) -> Store:
+    s = Store(url or f"sqlite:///{tmp_path / f'{n}.db'}")
     now = time.time()
     events = []
     for i in range(n):
@@ -118,3 +118,14 @@ def test_status_page_and_node_list_cost_the_same_at_50_and_500_macs(tmp_path) ->
     assert [(x.mac, x.registered) for x in live] == [("52:54:00:00:00:05", True), ("52:54:00:00:ff:ff", False)]
     small.close()
     big.close()
+
+
+def test_the_status_queries_on_postgresql(tmp_path, pg_url) -> None:
+    """The same window-function queries on PostgreSQL: same rows, same constant count."""
+    s = _fill(tmp_path, 60, pg_url)
+    rows = {r.mac: r for r in all_status(s)}
+    assert len(rows) == 60 and rows["52:54:00:00:00:00"].last_boot.stage == "booted"
+    assert rows["52:54:00:00:00:00"].inventory is not None and rows["52:54:00:00:00:00"].hostname == "n0"
+    assert _statements(s, all_status) <= 4 and _statements(s, node_list) <= 4
+    assert all_status(s, ["52:54:00:00:00:07"])[0].inventory is not None
+    s.close()
