@@ -41,7 +41,7 @@ def make_booter(data_dir: Path):
 
     def make(extra: str = "", server_ip: str = "172.22.33.2") -> Booter:
         cfg = parse_config(f'data_dir = "{data_dir}"\n{extra}')
-        store = Store(cfg.database_url)
+        store = Store.for_config(cfg)
         stores.append(store)
         return Booter(cfg, store, server_ip)
 

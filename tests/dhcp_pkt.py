@@ -46,7 +46,7 @@ class Rig:
             extra += "\n[security]\nmax_unknown_leases = 1000000\n"
         self.server_ip = server
         self.config = parse_config(f'data_dir = "{data_dir}"\n[dhcp]\nmode = "{mode}"\n{rng}lease_time = 600\n{extra}')
-        self.store = Store(self.config.database_url)
+        self.store = Store.for_config(self.config)
         self.booter = Booter(self.config, self.store, server)
         self.now = 1_000_000.0
         self.server = self.make(leases)

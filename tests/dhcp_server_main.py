@@ -20,7 +20,7 @@ from ramboot.server.events import EventLog
 
 async def main(config_path: str, server_ip: str) -> None:
     config = load_config(config_path)
-    store = Store(config.database_url)
+    store = Store.for_config(config)
     booter = Booter(config, store, server_ip)
     events = EventLog(store, flush_interval=0.05)
     events.start()

@@ -26,7 +26,7 @@ class LiveServer:
         # operator may ([security] overlay_over_http); tests of the HTTPS rule switch it back.
         self.config.security.overlay_over_http = "overlay_over_http" not in extra_config or \
             self.config.security.overlay_over_http
-        self.store = Store(self.config.database_url)
+        self.store = Store.for_config(self.config)
         self.booter = Booter(self.config, self.store, "127.0.0.1")
         self.access = AccessRule(self.config.dhcp.mode, self.config.security.proxy_secrets, self.store,
                                  self.store.credentials)

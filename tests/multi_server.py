@@ -3,7 +3,8 @@
 Server 1 runs in the lab namespace on the bridge (`rb0`, 172.22.33.2), every other
 server in a peer namespace of its own joined to the bridge by a veth (`eth0`,
 172.22.33.3, .4, …), each with its own data directory and the same database URL
-(a unix socket: namespaces share the file system, not the network). Everything
+(a unix socket: namespaces share the file system, not the network) and the same
+secrets key file (`[security] secrets_key`: the database's secrets are sealed with it). Everything
 is made through `Lab`, so `lab.teardown()` removes exactly it; `kill(i)` sends
 SIGKILL to the PID we started, nothing else.
 """
@@ -64,6 +65,7 @@ class Servers:
             f'[dhcp]\nmode = "full"\nrange = "{RANGE}"\nlease_time = 600\n'
             "[tftp]\nport = 69\n[http]\nport = 80\n"
             f'[database]\nurl = "{self.db_url}"\n'
+            f'[security]\nsecrets_key = "{self.root / "secrets.key"}"\n'
             f'[cluster]\nname = "{s.name}"\nheartbeat = 0.5\ndead_after = 3.0\n'
             "[boot]\n" + "".join(f'{k} = "{v}"\n' for k, v in boot.items())
         )

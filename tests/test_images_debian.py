@@ -10,10 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 
+from ramboot.cli import main
 from ramboot.images.debian import apt_sources, mirror_lines, parse_spec
 from ramboot.images.errors import ImageError
+from ramboot.images.manifest import load_manifest
 from ramboot.images.rootfs import make_squashfs, parse_source, populate
 
 
@@ -58,4 +61,22 @@ def test_debian_root_is_bootable(tmp_path: Path) -> None:
         assert f"squashfs-root/{p}" in ls, p
     assert re.search(r"system-generators/systemd-gpt-auto-generator -> /dev/null$", ls, re.M)
     assert "ssh_host_" not in ls  # each node makes its own host keys at boot
+    assert "autologin" not in ls  # the consoles ask for a login unless the operator picks --autologin
     assert img.stat().st_size < 120 * 1024 * 1024
+
+
+def test_autologin_is_an_option_the_operator_picks(tmp_path: Path) -> None:
+    """`image build --autologin`: root on every console, recorded in the manifest; refused where
+    ramboot did not build the root."""
+    data = tmp_path / "data"
+    r = CliRunner().invoke(main, ["image", "build", "demo", "--autologin", "--data-dir", str(data)])
+    assert r.exit_code != 0 and "--autologin: only for the Debian roots" in r.output, r.output
+    r = CliRunner().invoke(main, ["image", "build", "deb", "--rootfs", "debian:bookworm", "--kernel", "debian",
+                                  "--autologin", "--data-dir", str(data)])
+    assert r.exit_code == 0, r.output
+    assert load_manifest(data, "deb").autologin is True
+    img = data / "images" / "deb" / "rootfs.squashfs"
+    for unit in ("getty@.service.d", "serial-getty@.service.d"):
+        conf = subprocess.run(["unsquashfs", "-cat", str(img), f"etc/systemd/system/{unit}/ramboot-autologin.conf"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "--autologin root" in conf, conf

@@ -65,7 +65,7 @@ def test_profiles_layer_and_the_node_wins(data_dir, boot_profile, node, want):
 def rig(data_dir: Path):
     write_fake_image(data_dir, "demo")
     cfg = parse_config(f'data_dir = "{data_dir}"\n[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
-    store = Store(cfg.database_url)
+    store = Store.for_config(cfg)
     booter = Booter(cfg, store, "172.22.33.2")
     yield data_dir, store, booter, OverlayRenderer(data_dir, store, booter)
     store.close()
@@ -123,8 +123,8 @@ def test_host_keys_stay_and_are_certified_by_the_ca(rig, tmp_path):
     cert.write_bytes(files["etc/ssh/ssh_host_ed25519_key-cert.pub"])
     shown = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True).stdout
     assert "host certificate" in shown and "n1" in shown and "172.22.33.50" in shown
-    ca_line = renderer.identities.known_hosts_line()
-    assert ca_line.startswith("@cert-authority * ssh-ed25519 ")
+    ca_line = renderer.identities.known_hosts_line(["n1"])
+    assert ca_line.startswith("@cert-authority n1 ssh-ed25519 ")
     ca_fp = subprocess.run(["ssh-keygen", "-lf", "-"], input=ca_line.split(" ", 2)[2], capture_output=True,
                            text=True, check=True).stdout.split()[1]
     assert f"Signing CA: ED25519 {ca_fp}" in shown
@@ -243,7 +243,7 @@ def test_cli_profile_node_overlay_and_known_hosts(data_dir, tmp_path):
     r = run("overlay", "render", "motd", MAC)
     assert r.exit_code == 0 and r.output == "==> /motd (0644)\nhello n1 (worker)\n", r.output
     r = run("ssh", "known-hosts")
-    assert r.exit_code == 0 and r.output.startswith("@cert-authority * ssh-ed25519 ")
+    assert r.exit_code == 0 and r.output.startswith("@cert-authority n1 ssh-ed25519 "), r.output
     bad = tmp_path / "bad.pub"
     bad.write_text("not a key\n")
     r = run("node", "add", OTHER, "--ssh-key", str(bad))

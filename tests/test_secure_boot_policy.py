@@ -273,7 +273,7 @@ def test_doctor_names_unsigned_kernels_and_grub_in_proxy_mode(data_dir):
     write_fake_image(data_dir, "demo")
     cfg = parse_config(f'data_dir = "{data_dir}"\n')
     assert check_secure_boot(cfg) == []  # nobody uses grub: nothing to say
-    store = Store(cfg.database_url)
+    store = Store.for_config(cfg)
     store.put_node(NodeSpec(MAC, image="plain", loader="grub"))
     store.close()
     bad = [f for f in check_secure_boot(cfg) if not f.ok]

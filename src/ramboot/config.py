@@ -137,6 +137,10 @@ class DatabaseConfig(_Section):
     # Boot events are pruned hourly: older than this many days, and beyond the newest N per node.
     events_keep_days: float = Field(90.0, gt=0)
     events_keep_per_node: int = Field(5000, ge=100)
+    # Machines only seen (DHCP or TFTP asked, never registered, never reported): their events go after this.
+    seen_keep_days: float = Field(1.0, gt=0)
+    # Hardware reports: a node's newest N (and none older than events_keep_days).
+    inventory_keep_per_node: int = Field(20, ge=1, le=1000)
 
     @field_validator("url")
     @classmethod
@@ -196,6 +200,11 @@ class Config(_Section):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'ramboot.db'}"
+
+    @property
+    def secrets_key_path(self) -> Path:
+        """The key that seals the database's secrets (inventory/sealed.py)."""
+        return self.security.secrets_key or self.data_dir / "secrets.key"
 
 
 def _one_line(err: ValidationError, where: str) -> str:

@@ -406,7 +406,7 @@ def grub_nodes(cfg: Config) -> dict[str, list[str]]:
     if cfg.database.url is None and not db.is_file():
         return out
     try:
-        store = Store(cfg.database_url)
+        store = Store.for_config(cfg)
         try:
             nodes = store.list_nodes()
         finally:

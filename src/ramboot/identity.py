@@ -3,8 +3,8 @@
 The server makes each once, the first time a node needs it, and keeps it in
 the store's `secrets` (so several servers on one database agree). Host keys
 are signed by ramboot's own SSH CA as host certificates: one
-`@cert-authority` line (`ramboot ssh known-hosts`) makes every node trusted,
-and a node that is rebuilt keeps its key anyway.
+`@cert-authority` line (`ramboot ssh known-hosts`), scoped to the cluster's names
+and addresses, makes every node trusted, and a node that is rebuilt keeps its key anyway.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,15 @@ from .inventory.store import Store
 HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 _KEYGEN_ARGS = {"ed25519": ["-t", "ed25519"], "ecdsa": ["-t", "ecdsa", "-b", "256"], "rsa": ["-t", "rsa", "-b", "3072"]}
 CA_NAME = "ramboot-ssh-ca"
+
+
+def cluster_patterns(hostnames: Iterable[str | None], ips: Iterable[str], domain: str | None) -> list[str]:
+    """known_hosts host patterns for the cluster: its nodes' hostnames and addresses, and
+    `*.DOMAIN` when a domain is configured; sorted, once each."""
+    names = {h for h in hostnames if h} | set(ips)
+    if domain:
+        names.add(f"*.{domain.strip('.')}")
+    return sorted(names)
 
 
 class IdentityError(Exception):
@@ -63,9 +73,10 @@ class Identities:
         public = self.store.secret("ssh-ca:public", lambda: self._public_of(private))
         return private, public
 
-    def known_hosts_line(self) -> str:
-        """The one line that makes every node's certified host key trusted."""
-        return f"@cert-authority * {self.ca()[1]}"
+    def known_hosts_line(self, patterns: list[str]) -> str:
+        """The one line that makes the nodes' certified host keys trusted, for `patterns` only:
+        never `*`, so a leaked CA key cannot vouch for every host a user connects to."""
+        return f"@cert-authority {','.join(patterns)} {self.ca()[1]}"
 
     def machine_id(self, node: str) -> str:
         """A machine id for /etc/machine-id: random once, then the same at every boot."""

@@ -19,9 +19,9 @@ def _local(config_path: str):
 
     try:
         config = load_config(config_path)
+        store = Store.for_config(config)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    store = Store(config.database_url)
     address = str(config.network.address) if config.network.address else "127.0.0.1"
     return config, store, Booter(config, store, address)
 
@@ -78,12 +78,21 @@ def ssh() -> None:
 @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
               type=click.Path(dir_okay=False), help="TOML config")
 def known_hosts(config_path: str) -> None:
-    """Print the one `@cert-authority` line that makes every node's host key trusted."""
-    from .identity import Identities, IdentityError
+    """Print the `@cert-authority` line that makes the nodes' host keys trusted, for the
+    cluster's names and addresses only (run it again after adding nodes, or set [dhcp] domain)."""
+    from .identity import Identities, IdentityError, cluster_patterns
+    from .overlays import addresses
 
-    _config, store, _booter = _local(config_path)
+    config, store, _booter = _local(config_path)
     try:
-        click.echo(Identities(store).known_hosts_line())
+        nodes = store.list_nodes()
+        addr = addresses(store)  # fixed, else the hardware lease; of registered nodes only
+        patterns = cluster_patterns([n.hostname for n in nodes], [addr[n.mac] for n in nodes if n.mac in addr],
+                                    config.dhcp.domain)
+        if not patterns:
+            raise click.ClickException("no registered node has a hostname or an address yet, and [dhcp] domain "
+                                       "is not set: the CA line would name no host")
+        click.echo(Identities(store).known_hosts_line(patterns))
     except IdentityError as e:
         raise click.ClickException(str(e)) from None
     finally:

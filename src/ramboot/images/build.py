@@ -44,13 +44,16 @@ def check_name(name: str) -> str:
 
 
 def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: str | None = None,
-                initramfs: str = "ramboot", console: Console | None = None, limits: Limits | None = None) -> Manifest:
+                initramfs: str = "ramboot", console: Console | None = None, limits: Limits | None = None,
+                autologin: bool = False) -> Manifest:
     console = console or Console(stderr=True)
     check_name(name)
     if initramfs not in ("ramboot", "dracut"):
         raise ImageError(f"--initramfs {initramfs}: expected ramboot or dracut")
     started = time.monotonic()
     src = parse_source(rootfs)  # a bad source fails before anything is downloaded
+    if autologin and src.kind != "debian":
+        raise ImageError("--autologin: only for the Debian roots ramboot builds (--rootfs debian:SUITE[:pkgs])")
     top = images_dir(data_dir)
     try:
         top.mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,10 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
                 k = _live_kernel(src, out / ROOTFS, root_image, work, console)
         else:
             tree = populate(src, work, console, limits)
+            if autologin:
+                from .debian import autologin as with_autologin
+
+                with_autologin(tree)
             root_image = ""
             if k is None:
                 k = kernel_from_root(tree, src.text, console)
@@ -102,6 +109,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             cloud_init=cloud_init,
             kernel_signed=sig.shim_accepts,
             kernel_signer=sig.signer,
+            autologin=autologin,
         )
         for fname in (KERNEL, INITRD, ROOTFS, MODULES):
             if not (out / fname).exists():

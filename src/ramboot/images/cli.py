@@ -62,16 +62,20 @@ def image() -> None:
 @click.option("--max-root-entries", type=click.IntRange(min=1), default=Limits.max_entries, show_default=True,
               metavar="N", help="the most files, directories and links those layers may make")
 @click.option("--allow-devices", is_flag=True, help="keep device nodes and FIFOs from those layers (refused otherwise)")
+@click.option("--autologin", is_flag=True,
+              help="Debian roots: log root in on every console, no password (default: consoles ask for a login)")
 @_dd
 @_cf
 def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, max_root_size: str,
-          max_root_entries: int, allow_devices: bool, data_dir: Path | None, config: Path | None) -> None:
+          max_root_entries: int, allow_devices: bool, autologin: bool, data_dir: Path | None,
+          config: Path | None) -> None:
     """Build image NAME into DATA_DIR/images/NAME."""
     dd = _data_dir(data_dir, config)
     console = Console(stderr=True)
     try:
         limits = Limits(_size(max_root_size), max_root_entries, allow_devices)
-        m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console, limits=limits)
+        m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console, limits=limits,
+                        autologin=autologin)
     except (ImageError, ManifestError) as e:
         _die(str(e))
     except KeyboardInterrupt:

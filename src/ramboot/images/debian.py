@@ -54,6 +54,9 @@ ExecStart=/usr/lib/ramboot/booted
 WantedBy=multi-user.target
 """
 
+# Only with `image build --autologin`: root on every console (tty1-6, the serial one) with
+# no password, which behind a BMC's serial-over-LAN or a KVM switch is root for anyone who
+# reaches it. By default the consoles ask for a login.
 AUTOLOGIN = """\
 [Service]
 ExecStart=
@@ -89,6 +92,13 @@ Storage=volatile
 NO_DISK_GENERATORS = ("systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
                       "systemd-system-update-generator")
 NO_DISK_UNITS = ("e2scrub_reap.service",)
+
+
+def autologin(tree: Path) -> None:
+    """Root logged in on every console: the operator's choice (`image build --autologin`)."""
+    for unit in ("serial-getty@.service.d", "getty@.service.d"):
+        (tree / "etc/systemd/system" / unit).mkdir(parents=True, exist_ok=True)
+        (tree / "etc/systemd/system" / unit / "ramboot-autologin.conf").write_text(AUTOLOGIN)
 
 
 def apt_sources(etc: Path = Path("/etc/apt")) -> list[tuple[str, list[str]]]:
@@ -175,9 +185,6 @@ def configure(tree: Path, ssh: bool) -> None:
     booted.parent.mkdir(parents=True, exist_ok=True)
     booted.write_bytes((resources.files("ramboot.images") / "initramfs" / "booted").read_bytes())
     os.chmod(booted, 0o755)
-    for unit in ("serial-getty@.service.d", "getty@.service.d"):
-        (etc / "systemd/system" / unit).mkdir(parents=True, exist_ok=True)
-        (etc / "systemd/system" / unit / "ramboot-autologin.conf").write_text(AUTOLOGIN)
     units = ["systemd-networkd.service", "ramboot-booted.service"]
     disable = [u for u in NO_DISK_UNITS if (tree / "usr/lib/systemd/system" / u).exists()]
     if ssh:

@@ -60,6 +60,8 @@ class Manifest:
     # manifest, or no sbverify at build time).
     kernel_signed: bool | None = None
     kernel_signer: str = ""
+    # Root is logged in on every console (`image build --autologin`); false: consoles ask for a login.
+    autologin: bool = False
 
     def to_toml(self) -> str:
         lines = [
@@ -77,6 +79,8 @@ class Manifest:
             lines.append(f'root_image = "{_esc(self.root_image)}"')
         if self.cloud_init:
             lines.append("cloud_init = true")
+        if self.autologin:
+            lines.append("autologin = true")
         if self.kernel_signed is not None:
             lines.append(f"kernel_signed = {'true' if self.kernel_signed else 'false'}")
         if self.kernel_signer:
@@ -121,6 +125,7 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
             cloud_init=bool(raw.get("cloud_init", False)),
             kernel_signed=bool(raw["kernel_signed"]) if "kernel_signed" in raw else None,
             kernel_signer=str(raw.get("kernel_signer", "")),
+            autologin=raw.get("autologin", False) is True,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"{path}: bad manifest: {e}") from None

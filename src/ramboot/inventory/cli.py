@@ -29,7 +29,7 @@ class Local:
 
         self.config = load_config(config_path)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.config.database_url)
+        self.store = Store.for_config(self.config)
 
     def put(self, mac: str, body: S.NodeIn) -> S.NodeDetail:
         from .store import NodeSpec, StoreError

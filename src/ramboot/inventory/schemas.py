@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from ..macaddr import normalize_mac
 from ..proto import pxe
@@ -164,42 +164,59 @@ class BootOut(BaseModel):
     events: list[EventOut]
 
 
-class Cpu(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str = ""
+# A hardware report is kept per boot (store.add_inventory): unknown keys are dropped (a newer
+# initramfs may send more; nothing unread is stored), strings and lists are cut to these.
+REPORT_STR = 128
+REPORT_LIST = 64
+
+
+def _cut(v: object) -> object:
+    return v[:REPORT_STR] if isinstance(v, str) else v
+
+
+Text = Annotated[str, BeforeValidator(_cut)]
+
+
+def _first(v: object) -> object:
+    return v[:REPORT_LIST] if isinstance(v, list) else v
+
+
+class _Report(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Cpu(_Report):
+    model: Text = ""
     count: int = Field(0, ge=0)
 
 
-class Nic(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str
-    mac: str | None = None
+class Nic(_Report):
+    name: Text
+    mac: Text | None = None
     speed_mbps: int | None = None
 
 
-class Disk(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str
+class Disk(_Report):
+    name: Text
     size_bytes: int | None = Field(None, ge=0)
-    model: str | None = None
+    model: Text | None = None
 
 
-class Dmi(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    vendor: str | None = None
-    product: str | None = None
-    serial: str | None = None
-    uuid: str | None = None
+class Dmi(_Report):
+    vendor: Text | None = None
+    product: Text | None = None
+    serial: Text | None = None
+    uuid: Text | None = None
 
 
-class InventoryReport(BaseModel):
-    """A node's hardware, as its initramfs reports it (CONTRACTS.md); extra keys are kept."""
+class InventoryReport(_Report):
+    """A node's hardware, as its initramfs reports it (CONTRACTS.md): known keys only, strings cut
+    to REPORT_STR characters and lists to REPORT_LIST items, so a report stays a few KiB."""
 
-    model_config = ConfigDict(extra="allow")
     cpu: Cpu = Cpu()
     memory_kib: int = Field(0, ge=0)
-    nics: list[Nic] = []
-    disks: list[Disk] = []
+    nics: Annotated[list[Nic], BeforeValidator(_first)] = []
+    disks: Annotated[list[Disk], BeforeValidator(_first)] = []
     dmi: Dmi = Dmi()
 
 

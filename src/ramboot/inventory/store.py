@@ -16,11 +16,12 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select
+from sqlalchemy import bindparam, create_engine, delete, event, exists, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
@@ -33,6 +34,10 @@ from .lease_journal import CHECKPOINT_EVERY, Changes, JournalLocked, LeaseJourna
 from .migrate import upgrade_to_head
 from .models import Event, Inventory, Lease, Node, Profile, Secret, Server
 from .records import EventRecord, NodeSpec, ProfileSpec, ServerRecord
+from .sealed import PREFIX, Sealer, SealError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["CHECKPOINT_EVERY", "EventRecord", "LeaseCommit", "LeaseRecord", "NodeSpec", "ProfileSpec",
            "ServerRecord", "Store", "StoreError"]
@@ -105,8 +110,13 @@ def _private_file(path: str) -> None:
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, secrets_key: Path | None = None, *, seen_keep_days: float = 1.0,
+                 inventory_keep: int = 20):
+        """`secrets_key`: the key file that seals the `secrets` table (sealed.py); without one,
+        `secret()` is refused. Retention (`prune_events`, `add_inventory`): events of machines only
+        seen go after `seen_keep_days`; a node keeps its newest `inventory_keep` hardware reports."""
         self.url = url
+        self.seen_keep_days, self.inventory_keep = seen_keep_days, inventory_keep
         if url.startswith("sqlite:///"):
             _private_file(url.removeprefix("sqlite:///"))
         try:
@@ -131,6 +141,18 @@ class Store:
         self._checkpoint_lock = threading.Lock()
         self._recover_journal()
         self.credentials = Credentials(self._session)
+        self._sealer = Sealer(secrets_key) if secrets_key is not None else None
+        try:
+            self._seal_plaintext()
+        except SealError as e:
+            self.engine.dispose()
+            raise StoreOpenError(str(e)) from None
+
+    @classmethod
+    def for_config(cls, config: Config) -> Store:
+        """The store a config names, with its secrets key and retention."""
+        return cls(config.database_url, config.secrets_key_path, seen_keep_days=config.database.seen_keep_days,
+                   inventory_keep=config.database.inventory_keep_per_node)
 
     @property
     def shared(self) -> bool:
@@ -267,9 +289,13 @@ class Store:
             row = s.scalar(select(Node).where(Node.uuid == uuid))
             return _node_spec(row) if row else None
 
-    def list_nodes(self) -> list[NodeSpec]:
+    def list_nodes(self, macs: Collection[str] | None = None) -> list[NodeSpec]:
+        """Every node, or those of `macs`, in one query."""
+        q = select(Node).order_by(Node.mac)
+        if macs is not None:
+            q = q.where(Node.mac.in_(list(macs)))
         with self._session() as s:
-            return [_node_spec(r) for r in s.scalars(select(Node).order_by(Node.mac))]
+            return [_node_spec(r) for r in s.scalars(q)]
 
     def remove_node(self, mac: str) -> bool:
         with self._session.begin() as s:
@@ -297,32 +323,66 @@ class Store:
         with self._session.begin() as s:
             return s.execute(delete(Profile).where(Profile.name == name)).rowcount > 0
 
-    # -- secrets -------------------------------------------------------------
+    # -- secrets (sealed at rest: sealed.py) ------------------------------------
+    def _seal_plaintext(self) -> None:
+        """At open: a wrong or missing key stops here, in one line; rows an older version kept
+        in clear are sealed (on SQLite the file is then rewritten, so no clear copy is left in it)."""
+        if self._sealer is None:
+            return
+        with self._session() as s:
+            rows = select(Secret.name, Secret.value)
+            sealed = s.execute(rows.where(Secret.value.startswith(PREFIX)).limit(1)).first()
+            plain = s.execute(rows.where(~Secret.value.startswith(PREFIX))).all()
+        if sealed is not None:
+            self._sealer.open(sealed.name, sealed.value)
+        elif plain or self._sealer.path.exists():
+            self._sealer.ready(create=True)  # made at first use; an exposed or malformed key is refused at open
+        if not plain:
+            return
+        with self.engine.begin() as conn:
+            for name, value in plain:
+                conn.execute(update(Secret).where(Secret.name == name, Secret.value == value)
+                             .values(value=self._sealer.seal(name, value)))
+        if self.dialect == "sqlite":
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("VACUUM")
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            except OperationalError:
+                pass  # another process holds the file: the rows are sealed; its free pages go at a later VACUUM
+
+    def _sealing(self) -> Sealer:
+        if self._sealer is None:
+            raise StoreError("the store was opened without a secrets key ([security] secrets_key)")
+        return self._sealer
+
     def secret(self, name: str, make: Callable[[], str]) -> str:
-        """The secret called `name`, made with `make()` and kept the first time it is asked for.
+        """The secret called `name`, made with `make()` and kept (sealed) the first time it is asked for.
 
         Race-safe across servers on one database: of two that make it at once, the
         first insert wins and both return the kept value.
         """
+        sealer = self._sealing()
         with self._session() as s:
             row = s.get(Secret, name)
             if row is not None:
-                return row.value
+                return sealer.open(name, row.value)
         value = make()
         try:
             with self._session.begin() as s:
-                s.add(Secret(name=name, value=value))
+                s.add(Secret(name=name, value=sealer.seal(name, value)))
         except IntegrityError:
             pass
         with self._session() as s:
             row = s.get(Secret, name)
             assert row is not None
-            return row.value
+            return sealer.open(name, row.value)
 
     def set_secret(self, name: str, value: str) -> None:
+        sealed = self._sealing().seal(name, value)
         with self._session.begin() as s:
             row = s.get(Secret, name) or Secret(name=name)
-            row.value = value
+            row.value = sealed
             s.add(row)
 
     # -- leases ----------------------------------------------------------
@@ -549,11 +609,21 @@ class Store:
                 if self.dialect == "postgresql":
                     conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (EVENT_CHANNEL, rows[0][5] or ""))
 
-    def prune_events(self, before: float, keep_per_node: int) -> int:
-        """Events older than `before` (unix time) go, and each node's beyond its newest
-        `keep_per_node`; how many went. One pass over the (mac, at) index per node over the cap."""
+    def prune_events(self, before: float, keep_per_node: int, now: float | None = None) -> int:
+        """The hourly retention pass. Events older than `before` (unix time) go, and each node's
+        beyond its newest `keep_per_node`; so do hardware reports older than `before`, and the
+        events of machines only seen (never registered, never reported, no inventory) after
+        `seen_keep_days`: a DISCOVER from a random MAC does not stay for months. How many events
+        went. One pass over the (mac, at) index per node over the cap."""
+        now = time.time() if now is None else now
+        other = Event.__table__.alias("reported")
         with self.engine.begin() as conn:
             gone = conn.execute(delete(Event).where(Event.at < before)).rowcount or 0
+            conn.execute(delete(Inventory).where(Inventory.at < before))
+            gone += conn.execute(delete(Event).where(
+                Event.at < now - self.seen_keep_days * 86400, Event.mac.not_in(select(Node.mac)),
+                Event.mac.not_in(select(Inventory.mac)),
+                ~exists().where(other.c.mac == Event.mac, other.c.source == "node"))).rowcount or 0
             over = conn.execute(select(Event.mac).group_by(Event.mac)
                                 .having(func.count() > keep_per_node)).scalars().all()
             for mac in over:
@@ -616,19 +686,15 @@ class Store:
         out.reverse()
         return out
 
-    def event_macs(self) -> list[str]:
-        """Every MAC that has events, registered or not (unknown nodes boot too)."""
-        with self._session() as s:
-            return list(s.scalars(select(Event.mac).distinct().order_by(Event.mac)))
-
-    def inventory_macs(self) -> list[str]:
-        """Every MAC that reported its hardware, registered or not."""
-        with self._session() as s:
-            return list(s.scalars(select(Inventory.mac).distinct().order_by(Inventory.mac)))
-
     def add_inventory(self, mac: str, data: dict, at: float | None = None) -> None:
+        """A hardware report; the node's beyond its newest `inventory_keep` go in the same transaction."""
+        mac = normalize_mac(mac)
         with self._session.begin() as s:
-            s.add(Inventory(mac=normalize_mac(mac), data=data, at=at or time.time()))
+            s.add(Inventory(mac=mac, data=data, at=at or time.time()))
+            s.flush()
+            newest = select(Inventory.id).where(Inventory.mac == mac).order_by(
+                Inventory.at.desc(), Inventory.id.desc()).limit(self.inventory_keep)
+            s.execute(delete(Inventory).where(Inventory.mac == mac, Inventory.id.not_in(newest.scalar_subquery())))
 
     def inventory(self, mac: str) -> dict | None:
         with self._session() as s:
@@ -636,6 +702,31 @@ class Store:
                 select(Inventory).where(Inventory.mac == normalize_mac(mac)).order_by(Inventory.at.desc()).limit(1)
             )
             return dict(row.data) if row else None
+
+    def recent_events(self, limit: int, macs: Collection[str] | None = None) -> dict[str, list[EventRecord]]:
+        """Each MAC's newest `limit` events (oldest first), for every MAC or those of `macs`,
+        in one query: the status page and the node list cost the same at 50 MACs or 5,000."""
+        newest = func.row_number().over(partition_by=Event.mac, order_by=(Event.at.desc(), Event.id.desc()))
+        q = select(Event, newest.label("n"))
+        if macs is not None:
+            q = q.where(Event.mac.in_(list(macs)))
+        sub = q.subquery()
+        out: dict[str, list[EventRecord]] = {}
+        with self._session() as s:
+            for r in s.execute(select(sub).where(sub.c.n <= limit).order_by(sub.c.mac, sub.c.at, sub.c.id)):
+                out.setdefault(r.mac, []).append(EventRecord(mac=r.mac, stage=r.stage, at=r.at, source=r.source,
+                                                             detail=r.detail or {}, server=r.server))
+        return out
+
+    def latest_inventory(self, macs: Collection[str] | None = None) -> dict[str, tuple[float, dict]]:
+        """Each MAC's newest hardware report as (unix time, report), in one query."""
+        newest = func.row_number().over(partition_by=Inventory.mac, order_by=(Inventory.at.desc(), Inventory.id.desc()))
+        q = select(Inventory.mac, Inventory.at, Inventory.data, newest.label("n"))
+        if macs is not None:
+            q = q.where(Inventory.mac.in_(list(macs)))
+        sub = q.subquery()
+        with self._session() as s:
+            return {r.mac: (r.at, dict(r.data)) for r in s.execute(select(sub).where(sub.c.n == 1))}
 
     def inventory_history(self, mac: str, limit: int = 50) -> list[tuple[float, dict]]:
         """Past hardware reports, newest first, as (unix time, report)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,11 @@ def report_of(data: dict) -> S.InventoryReport:
         return S.InventoryReport()
 
 
-def inventory_out(store: Store, mac: str) -> S.InventoryOut | None:
-    hist = store.inventory_history(mac, limit=1)
-    if not hist:
+def inventory_out(latest: tuple[float, dict] | None) -> S.InventoryOut | None:
+    """A node's newest hardware report, (unix time, report) as the store gives it."""
+    if latest is None:
         return None
-    at, data = hist[0]
+    at, data = latest
     return S.InventoryOut(at=at, report=report_of(data))
 
 
@@ -62,13 +63,14 @@ def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut
 
 
 def node_list(store: Store) -> list[S.NodeOut]:
-    """Every machine that asked or booted, registered or not, with its last boot (from its latest 100 events)."""
+    """Every machine that asked or booted, registered or not, with its last boot (from its latest
+    100 events); three queries, however many machines."""
     specs = {n.mac: n for n in store.list_nodes()}
+    events = store.recent_events(100)
     out = []
-    for mac in sorted(specs.keys() | set(store.event_macs()) | set(store.inventory_macs())):
+    for mac in sorted(specs.keys() | events.keys() | store.latest_inventory().keys()):
         spec = specs.get(mac)
-        out.append(node_out(spec or NodeSpec(mac=mac), last_boot(store.events(mac, limit=100)),
-                            registered=spec is not None))
+        out.append(node_out(spec or NodeSpec(mac=mac), last_boot(events.get(mac, [])), registered=spec is not None))
     return out
 
 
@@ -76,7 +78,8 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
     """A machine with its inventory and last boot; None only if nothing is known of it."""
     spec = store.get_node(mac)
     events = store.events(mac)
-    inventory = inventory_out(store, mac)
+    hist = store.inventory_history(mac, limit=1)
+    inventory = inventory_out(hist[0] if hist else None)
     if spec is None and not events and inventory is None:
         return None
     boot = last_boot(events)
@@ -86,23 +89,22 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
     return detail
 
 
-def node_status(store: Store, mac: str) -> S.NodeStatus:
-    return _status(store, mac, store.get_node(mac))
-
-
-def _status(store: Store, mac: str, spec: NodeSpec | None) -> S.NodeStatus:
-    return S.NodeStatus(
-        mac=mac,
-        registered=spec is not None,
-        discovered=bool(spec and spec.discovered),
-        hostname=spec.hostname if spec else None,
-        image=spec.image if spec else None,
-        inventory=inventory_out(store, mac),
-        last_boot=boot_out(last_boot(store.events(mac))),
-    )
-
-
-def all_status(store: Store) -> list[S.NodeStatus]:
-    specs = {n.mac: n for n in store.list_nodes()}
-    macs = specs.keys() | set(store.event_macs()) | set(store.inventory_macs())
-    return [_status(store, m, specs.get(m)) for m in sorted(macs)]
+def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.NodeStatus]:
+    """The status page's rows: every machine known, or those of `macs` (the live feed), each
+    with its last boot from its newest 200 events; three queries, however many machines."""
+    specs = {n.mac: n for n in store.list_nodes(macs)}
+    events = store.recent_events(200, macs)
+    inventory = store.latest_inventory(macs)
+    rows = []
+    for mac in sorted(specs.keys() | events.keys() | inventory.keys() if macs is None else set(macs)):
+        spec = specs.get(mac)
+        rows.append(S.NodeStatus(
+            mac=mac,
+            registered=spec is not None,
+            discovered=bool(spec and spec.discovered),
+            hostname=spec.hostname if spec else None,
+            image=spec.image if spec else None,
+            inventory=inventory_out(inventory.get(mac)),
+            last_boot=boot_out(last_boot(events.get(mac, []))),
+        ))
+    return rows

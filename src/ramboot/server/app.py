@@ -68,7 +68,7 @@ class Services:
         self.server_ip = server_address(config)
         validate_range(config, self.server_ip)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.database_url)
+        self.store = Store.for_config(config)
         self.booter = Booter(config, self.store, self.server_ip)
         # This server among the others on the database: the policy names every live one
         # holding an image to the node (fallback URLs).
