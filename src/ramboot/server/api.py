@@ -473,7 +473,7 @@ def _image_out(m: Any) -> S.ImageOut:
 
 async def get_image(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not re.match(S.IMAGE_NAME, name):
+    if not re.fullmatch(S.IMAGE_NAME.strip("^$"), name):
         raise ApiError(400, f"not an image name: {name!r}")
     try:
         m = await asyncio.to_thread(load_manifest, request.app[CTX].config.data_dir, name)
