@@ -36,6 +36,8 @@ def ensure_admin_token(config: Config) -> None:
         token = path.read_text().strip()
         if len(token) < 8:
             raise OSError(f"{path}: not an API token (remove it and a new one is made)") from None
+        if path.stat().st_mode & 0o077:
+            log.warning("api: %s is readable by others than its owner (chmod 600 it)", path)
         log.info("api: the admin token is in %s", path)
     else:
         token = secrets.token_urlsafe(TOKEN_BYTES)
