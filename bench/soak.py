@@ -80,7 +80,7 @@ async def api_worker(base: str, token: str, rate: float, stats: Path, stop: Path
                 async with s.put(f"{base}/api/v1/nodes/{mac}", json=body, headers=hdr) as r:
                     ok = r.status in (200, 201)
                     c["puts"] += 1
-                async with s.get(f"{base}/api/v1/nodes/{mac}") as r2:
+                async with s.get(f"{base}/api/v1/nodes/{mac}", headers=hdr) as r2:
                     ok = ok and r2.status == 200
                     c["gets"] += 1
                 if i % 2 == 0:
@@ -100,7 +100,7 @@ async def api_worker(base: str, token: str, rate: float, stats: Path, stop: Path
     stats.write_text(json.dumps(c))
 
 
-async def sse_worker(base: str, n: int, stats: Path, stop: Path) -> None:
+async def sse_worker(base: str, token: str, n: int, stats: Path, stop: Path) -> None:
     import aiohttp
 
     c = {"connects": 0, "events": 0, "errors": 0, "last_error": ""}
@@ -108,7 +108,7 @@ async def sse_worker(base: str, n: int, stats: Path, stop: Path) -> None:
     async def reader(slot: int, session: aiohttp.ClientSession) -> None:
         while not stop.exists():
             try:
-                async with session.get(f"{base}/api/v1/events/stream") as r:
+                async with session.get(f"{base}/api/v1/events/stream?access_token={token}") as r:
                     if r.status != 200:
                         c["errors"] += 1
                         c["last_error"] = f"status {r.status}"
@@ -145,11 +145,12 @@ async def sse_worker(base: str, n: int, stats: Path, stop: Path) -> None:
 # -- the orchestrator -------------------------------------------------------------
 
 
-def metrics_of(ns: str, url: str) -> dict[str, float]:
+def metrics_of(ns: str, url: str, token: str) -> dict[str, float]:
     from ramboot.lab.netns import call_in_netns
 
     def get() -> str:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                    timeout=10) as r:
             return r.read().decode()
 
     out: dict[str, float] = {}
@@ -316,7 +317,7 @@ def orchestrate(a: argparse.Namespace) -> int:
                     try:
                         rss, fds = proc_rss_fds(srv.pid)
                         db_fds = sum(v for k, v in fd_kinds(srv.pid).items() if k.startswith("file db"))
-                        m = metrics_of(net.srv, f"{base_url}/metrics")
+                        m = metrics_of(net.srv, f"{base_url}/metrics", token)
                     except (OSError, ValueError) as e:
                         print(f"soak: sample failed: {e}", flush=True)
                         return
@@ -346,8 +347,9 @@ def orchestrate(a: argparse.Namespace) -> int:
                 workers.append(Child(net.exec(net.cli, *me, "--role", "api", "--server", base_url, "--token", token,
                                               "--api-rate", str(a.api_rate), "--stats", str(work / "api.json"),
                                               "--stop", str(stop)), log=work / "api.log"))
-                workers.append(Child(net.exec(net.cli, *me, "--role", "sse", "--server", base_url, "--sse",
-                                              str(a.sse), "--stats", str(work / "sse.json"), "--stop", str(stop)),
+                workers.append(Child(net.exec(net.cli, *me, "--role", "sse", "--server", base_url, "--token", token,
+                                              "--sse", str(a.sse), "--stats", str(work / "sse.json"),
+                                              "--stop", str(stop)),
                                      log=work / "sse.log"))
                 params = client_params(a.clients, net.cli_if, net.srv_ip, data, man, timeout=120,
                                        mac_prefix="02" + secrets.token_hex(2))
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(api_worker(a.server, a.token, a.api_rate, a.stats, a.stop))
         return 0
     if a.role == "sse":
-        asyncio.run(sse_worker(a.server, a.sse, a.stats, a.stop))
+        asyncio.run(sse_worker(a.server, a.token, a.sse, a.stats, a.stop))
         return 0
     # SIGTERM (a CI job or an operator stopping the soak) unwinds like Ctrl-C: the
     # server, the workers and the namespaces are removed by the finally blocks.

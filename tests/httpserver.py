@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from ramboot.access import AccessRule
+from ramboot.api_token import ensure_admin_token
 from ramboot.config import parse_config
 from ramboot.inventory.store import Store
 from ramboot.namespace import Namespace
@@ -19,6 +20,13 @@ from ramboot.server.events import EventLog
 from ramboot.server.http_server import start_http
 
 
+class _Admin:
+    """The default of `LiveServer.request`'s token: the server's admin token."""
+
+
+ADMIN = _Admin()
+
+
 class LiveServer:
     def __init__(self, data_dir: Path, extra_config: str = ""):
         self.config = parse_config(f'data_dir = "{data_dir}"\n{extra_config}')
@@ -26,6 +34,8 @@ class LiveServer:
         # operator may ([security] overlay_over_http); tests of the HTTPS rule switch it back.
         self.config.security.overlay_over_http = "overlay_over_http" not in extra_config or \
             self.config.security.overlay_over_http
+        ensure_admin_token(self.config)  # as `serve` does: DATA/api-token unless [api] token is set
+        self.token = self.config.api.token
         self.store = Store.for_config(self.config)
         self.booter = Booter(self.config, self.store, "127.0.0.1")
         self.access = AccessRule(self.config.dhcp.mode, self.config.security.proxy_secrets, self.store,
@@ -56,10 +66,14 @@ class LiveServer:
 
         return self.call(wrap())
 
-    def request(self, method: str, path: str, body: object = None, token: str | None = None) -> tuple[int, object]:
+    def request(self, method: str, path: str, body: object = None, token: str | None | _Admin = ADMIN,
+                headers: dict[str, str] | None = None) -> tuple[int, object]:
+        """One API call; `token` defaults to the admin token (None: no Authorization header)."""
+        if isinstance(token, _Admin):
+            token = self.token
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        if data is not None:
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        if data is not None and not req.has_header("Content-type"):
             req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")

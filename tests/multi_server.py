@@ -41,6 +41,9 @@ class Srv:
         return f"http://{self.ip}"
 
 
+API_TOKEN = "multi-server-admin-token"  # one admin token for every server of the cluster
+
+
 class Servers:
     """`n` servers on one lab bridge and one database."""
 
@@ -64,6 +67,7 @@ class Servers:
             f'[network]\ninterface = "{s.iface}"\naddress = "{s.ip}"\n'
             f'[dhcp]\nmode = "full"\nrange = "{RANGE}"\nlease_time = 600\n'
             "[tftp]\nport = 69\n[http]\nport = 80\n"
+            f'[api]\ntoken = "{API_TOKEN}"\n'
             f'[database]\nurl = "{self.db_url}"\n'
             f'[security]\nsecrets_key = "{self.root / "secrets.key"}"\n'
             f'[cluster]\nname = "{s.name}"\nheartbeat = 0.5\ndead_after = 3.0\n'
@@ -85,7 +89,7 @@ class Servers:
         self.lab.spawn(s.key, [*ramboot_cmd(), "serve", "--config", str(s.config)], log=s.log, netns=s.ns)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            status, _ = self.lab.http(f"{s.base}/api/v1/servers", timeout=1.0)
+            status, _ = self.lab.http(f"{s.base}/api/v1/servers", timeout=1.0, token=API_TOKEN)
             if status == 200:
                 return
             if not self.lab.alive(s.key):
@@ -125,7 +129,7 @@ class Servers:
         self.lab.forget(s.key)
 
     def api(self, s: Srv, path: str):
-        status, body = self.lab.http(f"{s.base}{path}", timeout=5.0)
+        status, body = self.lab.http(f"{s.base}{path}", timeout=5.0, token=API_TOKEN)
         return json.loads(body) if status == 200 else None
 
     def logs(self) -> str:

@@ -191,7 +191,7 @@ def _stages(srv: LiveServer, mac: str) -> list[str]:
 
 def _contested(srv: LiveServer) -> float:
     """The process's count of contested boots (the metrics are process-wide)."""
-    m = re.search(rb"ramboot_boots_contested_total ([0-9.]+)", _get(srv, "/metrics", "127.0.0.1")[1])
+    m = re.search(rb"ramboot_boots_contested_total ([0-9.]+)", _get(srv, "/metrics", "127.0.0.1", srv.token)[1])
     return float(m.group(1)) if m else 0.0
 
 

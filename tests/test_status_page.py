@@ -21,6 +21,42 @@ MAC = "52:54:00:c0:ff:ee"
 assert os.access(CHROMIUM, os.X_OK), "Debian's chromium is a required test peer (make setup installs it)"
 
 
+def enter_token(page, token: str) -> None:
+    """What an operator does when the page asks: type the API token, submit."""
+    page.wait_for_selector("#auth:not([hidden])", timeout=10_000)
+    page.fill("#token", token)
+    page.click("#auth button[type=submit]")
+
+
+def test_without_a_token_the_page_asks_and_shows_no_node(data_dir):
+    write_fake_image(data_dir, "demo")
+    srv = LiveServer(data_dir)
+    try:
+        srv.run(lambda: srv.events.record(MAC, "dhcp-offer"))
+        srv.run(srv.events.flush)
+        assert [r["mac"] for r in srv.request("GET", "/api/v1/status")[1]] == [MAC]  # there is node data
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page()
+            page.goto(srv.base + "/")
+            page.wait_for_selector("#auth:not([hidden])", timeout=10_000)
+            assert page.locator("#conn").inner_text() == "a token is needed to read"
+            assert page.locator("#nodes tbody tr").count() == 0 and MAC not in page.content()
+            enter_token(page, "not-the-token")  # a wrong token: asked again, still nothing shown
+            page.wait_for_selector("#conn:text('that token was refused')", timeout=10_000)
+            assert page.locator("#auth").is_visible() and page.locator("#nodes tbody tr").count() == 0
+            assert page.evaluate("sessionStorage.getItem('ramboot-token')") is None
+            enter_token(page, srv.token)
+            page.wait_for_selector(f'tr[data-mac="{MAC}"]', timeout=10_000)
+            assert page.evaluate("sessionStorage.getItem('ramboot-token')") == srv.token
+            page.reload()  # the session keeps it: no second prompt
+            page.wait_for_selector("#conn:text('live')", timeout=10_000)
+            assert not page.locator("#auth").is_visible() and page.locator(f'tr[data-mac="{MAC}"]').count() == 1
+            browser.close()
+    finally:
+        srv.close()
+
+
 def test_row_reaches_booted_live(data_dir):
     write_fake_image(data_dir, "demo")
     srv = LiveServer(data_dir)
@@ -31,6 +67,7 @@ def test_row_reaches_booted_live(data_dir):
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(srv.base + "/")
+            enter_token(page, srv.token)
             page.wait_for_selector("#conn:text('live')", timeout=10_000)
             assert page.locator("#empty").is_visible()
             page.evaluate("window.__notReloaded = true")

@@ -115,12 +115,26 @@ class SecurityConfig(_Section):
     max_unknown_leases: int = Field(0, ge=0)
 
 
+def no_control_chars(v: str) -> str:
+    """A value bound for a boot script or a command line: a newline there starts a new
+    command (`chain http://evil/...` in iPXE), so any control character is refused."""
+    for c in v:
+        if ord(c) < 0x20 or ord(c) == 0x7F:
+            raise ValueError(f"control character {c!r} not allowed (this value reaches boot scripts and command lines)")
+    return v
+
+
 class BootConfig(_Section):
     default_image: str = "demo"
     unknown_nodes: Literal["boot", "discover", "ignore"] = "boot"
     loader: Literal["ipxe", "pxelinux", "grub"] = "ipxe"
     kernel_args: str = "console=ttyS0,115200 console=tty0"
     profile: str | None = None  # the profile every node gets, before its own
+
+    @field_validator("kernel_args", "default_image", "profile")
+    @classmethod
+    def _plain(cls, v: str | None) -> str | None:
+        return None if v is None else no_control_chars(v)
 
 
 # Debian's signed GRUB takes its TFTP server only from the DHCP server's own answer
@@ -168,14 +182,34 @@ class ClusterConfig(_Section):
 
 
 class ApiConfig(_Section):
-    token: str | None = None
-    read_requires_token: bool = False
+    """Who may use the API (docs/api.md): every read and write takes a token by default."""
+
+    # The admin token; default: the one `serve` keeps in DATA/api-token (made at first start, 0600).
+    token: str | None = Field(None, min_length=8)
+    read_token: str | None = Field(None, min_length=8)  # read-only: GET routes, /metrics, the event stream
+    read_requires_token: bool = True  # false: reads (and /metrics) open to anyone who reaches the server
+    # Host names (or addresses) the API also answers to besides the server's own: a request's
+    # Host, and its Origin if any, must name one of them (closes CSRF and DNS rebinding).
+    allowed_hosts: list[str] = []
     # Node reports (POST /nodes/{mac}/events and /inventory), per source address: a token
     # bucket of `report_burst` requests refilled at `report_rate` a second; over it, 429.
     report_rate: float = Field(10.0, gt=0)
     report_burst: int = Field(60, ge=1)
     max_body_kib: int = Field(1024, ge=1, le=65536)  # any API request body
     max_report_kib: int = Field(64, ge=1, le=65536)  # a node report's body
+
+    @field_validator("token", "read_token")
+    @classmethod
+    def _token_ok(cls, v: str | None) -> str | None:
+        if v is not None and (v != v.strip() or any(not c.isprintable() for c in v)):
+            raise ValueError("a token is printable characters with no surrounding space")
+        return v
+
+    @model_validator(mode="after")
+    def _tokens_differ(self) -> ApiConfig:
+        if self.read_token is not None and self.read_token == self.token:
+            raise ValueError("api.read_token must differ from api.token")
+        return self
 
 
 class Config(_Section):

@@ -22,9 +22,17 @@ IPXE_FETCH_TRIES = 5
 # 512 bytes, so after it any initrd starts aligned; a compressed one needs no alignment.
 
 
+# Control characters as spaces: a newline in a command line would start a new script command.
+_NO_CONTROL = {c: " " for c in (*range(0x20), 0x7F)}
+
+
 def _cmdline(d: Decision, credential: str | None) -> str:
-    """The decision's command line, with this boot's credential when the access rule minted one."""
-    return f"{d.cmdline} ramboot.token={credential}" if credential else d.cmdline
+    """The decision's command line, with this boot's credential when the access rule minted one.
+
+    Inputs refuse control characters (config, API, CLI); a value stored before they did
+    still never breaks out of its line."""
+    cmdline = d.cmdline.translate(_NO_CONTROL)
+    return f"{cmdline} ramboot.token={credential}" if credential else cmdline
 
 
 def ipxe_script(d: Decision, credential: str | None = None) -> str:

@@ -143,11 +143,25 @@ class Remote:
 
 def _open(config_path: str | None, server: str | None, token: str | None) -> Local | Remote:
     if server:
-        return Remote(server, token)
+        return Remote(server, token or _local_token(config_path))
     if not config_path:
         raise click.UsageError("give --config FILE (local store) or --server URL (a running server)")
     try:
         return Local(config_path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _local_token(config_path: str | None) -> str | None:
+    """No --token or $RAMBOOT_TOKEN: the server's admin token from the config given with --config
+    (never a default one: the token goes only to a server the user named both ways), or the
+    DATA/api-token `serve` made there, if this user may read it."""
+    from ..api_token import client_token
+
+    if config_path is None:
+        return None
+    try:
+        return client_token(load_config(config_path))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -171,9 +185,12 @@ def _ago(t: float | None) -> str:
 
 
 def _backend_options(f):
-    f = click.option("--token", envvar="RAMBOOT_TOKEN", help="API bearer token (or $RAMBOOT_TOKEN)")(f)
+    f = click.option("--token", envvar="RAMBOOT_TOKEN",
+                     help="API bearer token (or $RAMBOOT_TOKEN; default with --server: the one in the "
+                          "config's data directory, DATA/api-token)")(f)
     f = click.option("--server", metavar="URL", help="a running ramboot server instead of the local store")(f)
-    f = click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (local store)")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="TOML config (the local store; with --server, where the API token is)")(f)
     return f
 
 
@@ -222,7 +239,7 @@ def _labels(labels: tuple[str, ...]) -> dict[str, str]:
     return pairs
 
 
-_NAMES = {"ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overlay"}
+_NAMES = {"ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overlay", "labels": "--label"}
 
 
 @node.command()

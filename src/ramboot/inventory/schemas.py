@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from ..config import no_control_chars
 from ..macaddr import normalize_mac
 from ..proto import pxe
 
@@ -38,22 +39,36 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def ssh_public_key(v: str) -> str:
     """One OpenSSH public key line (`TYPE BASE64 [COMMENT]`); ValueError otherwise."""
-    line = v.strip()
+    line = no_control_chars(v.strip())  # one key per entry: a newline would smuggle in a second
     parts = line.split()
-    if "\n" in line or len(parts) < 2 or parts[0] not in _KEY_TYPES or not re.match(r"^[A-Za-z0-9+/=]+$", parts[1]):
+    if len(parts) < 2 or parts[0] not in _KEY_TYPES or not re.match(r"^[A-Za-z0-9+/=]+$", parts[1]):
         raise ValueError("not an OpenSSH public key line (TYPE BASE64 [COMMENT])")
     return line
 
 
 def plain_name(v: str) -> str:
     """A profile or overlay name: letters, digits, `.`, `_`, `-`; no path."""
-    if not _NAME.match(v):
+    if not _NAME.fullmatch(v):
         raise ValueError(f"not a name: {v!r} (letters, digits, '.', '_', '-')")
     return v
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _plain(v: object) -> object:
+    """Before any other check: a string with a control character is refused by name (it would
+    reach a boot script or a command line: docs/api.md)."""
+    return no_control_chars(v) if isinstance(v, str) else v
+
+
+def _plain_labels(v: object) -> object:
+    if isinstance(v, dict):
+        for k, val in v.items():
+            _plain(k)
+            _plain(val)
+    return v
 
 
 class NodeIn(_Strict):
@@ -69,6 +84,16 @@ class NodeIn(_Strict):
     ssh_keys: list[str] = Field([], description="public keys for root's authorized_keys", max_length=256)
     profiles: list[str] = Field([], description="profiles the node inherits, in order; its own settings win")
     overlays: list[str] = Field([], description="overlays (DATA/overlays/NAME) laid on at boot, in order")
+
+    @field_validator("image", "hostname", "kernel_args", mode="before")
+    @classmethod
+    def _no_control(cls, v: object) -> object:
+        return _plain(v)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: object) -> object:
+        return _plain_labels(v)
 
     @field_validator("ssh_keys")
     @classmethod
@@ -108,6 +133,16 @@ class ProfileIn(_Strict):
     ssh_keys: list[str] = Field([], max_length=256)
     overlays: list[str] = []
     labels: dict[str, str] = {}
+
+    @field_validator("image", "kernel_args", mode="before")
+    @classmethod
+    def _no_control(cls, v: object) -> object:
+        return _plain(v)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: object) -> object:
+        return _plain_labels(v)
 
     @field_validator("ssh_keys")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..api_token import token_file
 from ..config import ConfigError, load_config
 from .impair import Impairment
 from .netns import Lab, LabError
@@ -46,9 +47,10 @@ def up(config_path: Path | None) -> None:
         the_lab.remember(api_base=base, config=str(config_path))
     except (LabError, ConfigError) as e:
         _fail(str(e))
+    token = "" if config.api.token else f"  token:  {token_file(config)} (for the API and the status page)\n"
     click.echo(
         f"ramboot lab: up. namespace {the_lab.ns}, bridge {the_lab.bridge}, server {base}\n"
-        f"  config: {config_path}\n  data:   {config.data_dir}\n  log:    {the_lab.log_file}\n"
+        f"  config: {config_path}\n  data:   {config.data_dir}\n  log:    {the_lab.log_file}\n{token}"
         f"  boot a VM: ramboot lab vm --firmware bios   (or uefi, uefi-http; --secure-boot)\n"
         f"  stop:      ramboot lab down"
     )

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from ..api_token import TOKEN_FILE, client_token
+from ..config import ConfigError, load_config
+
 LAB_NS = "ramboot-lab"
 BRIDGE = "rb0"
 SERVER_IP = "172.22.33.2"
@@ -336,11 +339,32 @@ class Lab:
     def base_url(self) -> str:
         return f"http://{self.server_ip}"
 
-    def http(self, url: str, timeout: float = 3.0, data: bytes | None = None) -> tuple[int, bytes]:
-        """One HTTP request from inside the namespace: (status, body); status 0 if unreachable."""
+    def api_token(self) -> str | None:
+        """The token for the lab server's API: $RAMBOOT_TOKEN, else the one of the config `lab up`
+        served with (its [api] token or the DATA/api-token `serve` made), else the lab's DATA/api-token."""
+        if env := os.environ.get("RAMBOOT_TOKEN"):
+            return env
+        try:
+            served = json.loads(self.state_file.read_text()).get("config")
+            if served:
+                return client_token(load_config(served))
+        except (OSError, ValueError, ConfigError):
+            pass
+        try:
+            return (self.data_dir / TOKEN_FILE).read_text().strip() or None
+        except OSError:
+            return None
+
+    def http(self, url: str, timeout: float = 3.0, data: bytes | None = None,
+             token: str | None = None) -> tuple[int, bytes]:
+        """One HTTP request from inside the namespace, with the API token (`token`, else the lab's):
+        (status, body); status 0 if unreachable."""
+        headers = {"Content-Type": "application/json"} if data else {}
+        if bearer := token or self.api_token():
+            headers["Authorization"] = f"Bearer {bearer}"
 
         def go() -> tuple[int, bytes]:
-            req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+            req = urllib.request.Request(url, data=data, headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=timeout) as r:
                     return r.status, r.read()
@@ -351,8 +375,8 @@ class Lab:
 
         return call_in_netns(self.ns, go)
 
-    def api(self, path: str, base: str | None = None) -> dict | list | None:
-        status, body = self.http(f"{base or self.base_url}{path}")
+    def api(self, path: str, base: str | None = None, token: str | None = None) -> dict | list | None:
+        status, body = self.http(f"{base or self.base_url}{path}", token=token)
         if status != 200:
             return None
         try:

@@ -311,6 +311,7 @@ def boot_vm(
     timeout: float = 300.0,
     echo: IO[bytes] | None = None,
     api_base: str | None = None,
+    api_token: str | None = None,
     accel: str | None = None,
     memory_mb: int = 1024,
     stop_on_failure: bool = True,
@@ -327,6 +328,7 @@ def boot_vm(
     `stop_on`: milestones that end the wait early (the boot is then not ok).
     `on_stage` runs once per console stage the moment it shows (`kernel-start`,
     `initramfs`, ...): to kill a server at that point of a boot, say.
+    `api_token`: for the server at `api_base` (default: the lab's, `Lab.api_token`).
     `impair`: the VM's wire into the bridge drops and delays frames each way (`ramboot.lab.impair`,
     a relay between the VM's tap and QEMU's socket netdev).
     """
@@ -380,7 +382,7 @@ def boot_vm(
                         on_stage(m.stage)
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + 1.0
-                api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base), started)
+                api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base, api_token), started)
                 stages |= {m.stage for m in api_events}
             for end in ("booted", "failed"):
                 # Seen on the console: give the node a moment to post the same event
@@ -418,7 +420,7 @@ def boot_vm(
         lab.del_tap(tap)
         console.join()
     time.sleep(0.5)  # the server batches events a few times a second
-    api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base), started) or api_events
+    api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base, api_token), started) or api_events
     marks = merge_marks(console_marks(console.lines), api_events)
     stopped = marks[-1].stage if marks else "no firmware output"
     wire = {}

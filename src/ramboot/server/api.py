@@ -3,10 +3,14 @@
 One route table drives both the router and the OpenAPI document
 (`openapi.py`), so the two cannot drift; the live event stream is
 `event_stream.py`. Access (docs/api.md):
-- `write` routes need `Authorization: Bearer <api.token>` (never a query
-  parameter); with no token configured they are allowed from loopback only;
-- `read` routes are open unless `api.read_requires_token`; only the event
-  stream also takes `?access_token=` (a browser's EventSource sends no headers);
+- `read` and `write` routes answer only when the request's Host, and its
+  Origin if it has one, name this server (`check_site`: DNS rebinding, CSRF);
+- `write` routes need `Authorization: Bearer <api.token>` (the admin token;
+  `serve` makes one in DATA/api-token when none is configured) and a JSON
+  body said to be JSON (415 otherwise);
+- `read` routes take the admin token or `api.read_token`, and are open only if
+  `api.read_requires_token = false`; only the event stream also takes
+  `?access_token=` (a browser's EventSource sends no headers);
 - a refusal carries `WWW-Authenticate: Bearer ...` (RFC 6750): 401 for a
   missing or wrong token, 403 when no token can help;
 - `node` routes (the initramfs's reports) need no token; `check_reporter`
@@ -23,16 +27,18 @@ import ipaddress
 import logging
 import math
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .. import metrics
-from ..config import GRUB_PROXY_REFUSED
+from ..config import GRUB_PROXY_REFUSED, Config
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
@@ -67,20 +73,21 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     try:
         return await handler(request)
     except ApiError as e:
-        metrics.dropped("api", _API_REASONS.get(e.status, "bad-request"))
+        metrics.dropped("api", API_REASONS.get(e.status, "bad-request"))
         return error_json(e.status, e.message, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        metrics.dropped("api", _API_REASONS.get(e.status, "bad-request"))
+        metrics.dropped("api", API_REASONS.get(e.status, "bad-request"))
         return error_json(e.status, e.reason.lower(), {k: v for k, v in e.headers.items() if k == "Allow"})
     except Exception:
         log.exception("api handler failed", extra={"path": request.path})
         return error_json(500, "internal error; see the server log")
 
 
-_API_REASONS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-                405: "bad-method", 409: "conflict", 413: "body-too-large", 429: "rate-limited"}
+API_REASONS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
+                405: "bad-method", 409: "conflict", 413: "body-too-large", 415: "bad-content-type",
+                429: "rate-limited"}
 
 
 # -- access -------------------------------------------------------------------
@@ -94,11 +101,51 @@ def _challenge(error: str | None = None, description: str | None = None) -> dict
     return {"WWW-Authenticate": value}
 
 
-def _is_loopback(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        return False
+def _name(host: str) -> str:
+    """A host name or address as compared: lower case, no brackets, no trailing dot."""
+    return host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+
+
+def _host_of(header: str) -> str:
+    """The name in a Host header, without its port."""
+    header = header.strip()
+    if header.startswith("["):  # [::1]:8080
+        return _name(header.partition("]")[0] + "]")
+    name, sep, port = header.rpartition(":")
+    return _name(name if sep and port.isdigit() and ":" not in name else header)
+
+
+def server_names(config: Config, server_ip: str) -> frozenset[str]:
+    """What a request's Host (and Origin, if any) may name: this server's own addresses and names,
+    loopback, and `[api] allowed_hosts`."""
+    names = {"localhost", "127.0.0.1", "::1", server_ip, socket.gethostname(), *config.api.allowed_hosts}
+    if config.network.address is not None:
+        names.add(str(config.network.address))
+    if config.http.bind not in ("0.0.0.0", "::", ""):
+        names.add(config.http.bind)
+    return frozenset(_name(n) for n in names if n)
+
+
+SERVER_NAMES = web.AppKey("server_names", frozenset)
+
+
+def check_site(request: web.Request) -> None:
+    """Refuse a request whose Host or Origin names another site: a DNS-rebound page sends its
+    own name as Host, a cross-site form or fetch its own Origin (403, docs/api.md)."""
+    names = request.app[SERVER_NAMES]
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    local = _name(str(sock[0])) if sock else ""
+    host = request.headers.get("Host")
+    if host is not None and _host_of(host) not in names and _host_of(host) != local:
+        raise ApiError(403, f"Host {host[:100]!r} is not a name of this server ([api] allowed_hosts adds one)")
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        try:
+            o_host = urlsplit(origin).hostname
+        except ValueError:
+            o_host = None
+        if o_host is None or (_name(o_host) not in names and _name(o_host) != local):
+            raise ApiError(403, f"Origin {origin[:100]!r} is not this server: cross-site requests are refused")
 
 
 def _given_token(request: web.Request, query_token: bool) -> str | None:
@@ -111,27 +158,41 @@ def _given_token(request: web.Request, query_token: bool) -> str | None:
     return None
 
 
+def _same(given: str, token: str | None) -> bool:
+    return token is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
 def authorize(request: web.Request, access: str, query_token: bool = False) -> None:
     """Raise ApiError unless `request` may use a route of kind `access` (read, write, node).
 
     `query_token`: the route also takes `?access_token=` (only the read-only event stream)."""
-    api = request.app[CTX].config.api
-    if access == "node" or (access == "read" and not api.read_requires_token):
+    if access == "node":  # the access rule decides (check_reporter); firmware sends odd Host headers
         return
+    check_site(request)
+    api = request.app[CTX].config.api
     if "access_token" in request.query and not (query_token and request.method == "GET"):
         raise ApiError(400, "access_token in the URL is accepted only by GET /events/stream; "
                             "use Authorization: Bearer <api.token>",
                        _challenge("invalid_request", "token in the query"))
-    if api.token is None:
-        if _is_loopback(request.remote):
-            return
-        raise ApiError(403, "no api.token is configured, so this is allowed from loopback only",
-                       _challenge("insufficient_scope", "no api.token is configured: loopback only"))
+    if access == "read" and not api.read_requires_token:
+        return
     given = _given_token(request, query_token)
     if given is None:
         raise ApiError(401, "missing bearer token (Authorization: Bearer <api.token>)", _challenge())
-    if not hmac.compare_digest(given.encode(), api.token.encode()):
-        raise ApiError(401, "wrong bearer token", _challenge("invalid_token"))
+    if _same(given, api.token):
+        return
+    if _same(given, api.read_token):
+        if access == "read":
+            return
+        raise ApiError(403, "the read token cannot write; use the admin token (api.token)",
+                       _challenge("insufficient_scope", "read-only token"))
+    raise ApiError(401, "wrong bearer token", _challenge("invalid_token"))
+
+
+def require_json(request: web.Request) -> None:
+    """A write's body is JSON, said so: a cross-site form or `text/plain` fetch never is (415)."""
+    if (request.method in ("POST", "PUT") or request.body_exists) and request.content_type != "application/json":
+        raise ApiError(415, f"Content-Type {request.content_type!r}: a write takes application/json")
 
 
 async def check_reporter(request: web.Request, mac: str) -> None:
@@ -412,7 +473,7 @@ def _image_out(m: Any) -> S.ImageOut:
 
 async def get_image(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not re.match(S.IMAGE_NAME, name):
+    if not re.fullmatch(S.IMAGE_NAME.strip("^$"), name):
         raise ApiError(400, f"not an image name: {name!r}")
     try:
         m = await asyncio.to_thread(load_manifest, request.app[CTX].config.data_dir, name)
@@ -511,13 +572,17 @@ def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     async def handler(request: web.Request) -> web.StreamResponse:
         authorize(request, route.access, query_token)
+        if route.access == "write":
+            require_json(request)
         return await route.handler(request)
 
     return handler
 
 
 def add_routes(app: web.Application) -> None:
-    api = app[CTX].config.api
+    ctx = app[CTX]
+    api = ctx.config.api
+    app[SERVER_NAMES] = server_names(ctx.config, ctx.booter.server_ip)
     app[REPORTS] = ReportLimiter(api.report_rate, api.report_burst)
     for r in ROUTES:
         app.router.add_route(r.method, PREFIX + r.path, _guarded(r))

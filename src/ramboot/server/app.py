@@ -16,6 +16,7 @@ import sys
 
 from .. import metrics
 from ..access import AccessRule
+from ..api_token import ensure_admin_token
 from ..config import Config, ConfigError
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
@@ -68,6 +69,7 @@ class Services:
         self.server_ip = server_address(config)
         validate_range(config, self.server_ip)
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_admin_token(config)  # the API takes a token for every read and write (docs/api.md)
         self.store = Store.for_config(config)
         self.booter = Booter(config, self.store, self.server_ip)
         # This server among the others on the database: the policy names every live one

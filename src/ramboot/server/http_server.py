@@ -5,7 +5,7 @@
 - `api`: the REST API under `/api/v1`, and its route table;
 - `openapi`: the OpenAPI document, generated from that table;
 - `event_stream`: the live feed (metrics and server-sent events);
-- `/metrics`: Prometheus text, here.
+- `/metrics`: Prometheus text, here, behind the API's read access.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ..policy import Booter
 from . import api, event_stream
 from .cluster import Cluster
 from .events import EventLog
-from .http_context import CTX, Ctx
+from .http_context import CTX, Ctx, error_json
 from .http_files import namespace_file, static_file, status_page
 
 log = logging.getLogger("ramboot.http")
@@ -89,6 +89,12 @@ class RequestLog(logging.Logger):
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text; a read like any other (the Host check, and a token unless reads are open)."""
+    try:
+        api.authorize(request, "read")
+    except api.ApiError as e:
+        metrics.dropped("api", api.API_REASONS.get(e.status, "bad-request"))
+        return error_json(e.status, e.message, e.headers)
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

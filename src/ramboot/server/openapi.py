@@ -68,12 +68,16 @@ def document(routes: list[Route]) -> dict[str, Any]:
         else:
             ok = {"description": "done"}
         op["responses"] = {str(r.status): ok, "4XX": error}
-        if r.access == "write" or r.access == "read":
-            op["security"] = [{"bearer": []}] if r.access == "write" else [{}, {"bearer": []}]
+        if r.access == "write":
+            op["security"] = [{"bearer": []}]
+            op["description"] = "The admin token (api.token); a body is Content-Type: application/json."
+        elif r.access == "read":
+            op["security"] = [{"bearer": []}]  # api.token or api.read_token; none if api.read_requires_token = false
+            op["description"] = "The admin or the read-only token, unless api.read_requires_token = false."
         else:
             op["security"] = [{}]
-            op["description"] = ("Accepted only from the address holding the MAC's lease "
-                                 "(any address when there is none).")
+            op["description"] = ("No API token: the access rule decides (this boot's credential, or in full "
+                                 "mode the address holding the MAC's hardware lease).")
         paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",

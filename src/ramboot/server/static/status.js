@@ -90,11 +90,20 @@ function withToken(url) {
   return token ? `${url}${url.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(token)}` : url;
 }
 
+// The API answers 401 without a valid token: ask for one (kept for this tab's session only).
 async function load() {
   const r = await fetch(`${API}/status`, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
-  if (r.status === 401 || r.status === 403) {
+  if (r.status === 401) {
+    conn.textContent = token ? "that token was refused; enter the API token" : "a token is needed to read";
+    token = "";
+    sessionStorage.removeItem("ramboot-token");
     document.getElementById("auth").hidden = false;
-    conn.textContent = "a token is needed to read";
+    return false;
+  }
+  if (!r.ok) {  // 403: no token helps (this page's address is not one of the server's names, say)
+    let why = `HTTP ${r.status}`;
+    try { why = (await r.json()).error || why; } catch (e) { /* not JSON */ }
+    conn.textContent = `refused: ${why}`;
     return false;
   }
   (await r.json()).forEach(render);
