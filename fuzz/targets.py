@@ -25,6 +25,7 @@ class _Answer:
     boot_file = BootFile("undionly.kpxe", http=False)
     fixed_ip = None
     hostname = "n1"
+    node = "52:54:00:00:00:01"  # registered: the unknown-lease cap is not what is fuzzed here
 
 
 def _decide(client: Client) -> _Answer | None:

@@ -202,8 +202,11 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     if curl is None:
         raise ImageError("curl not found on the build host: run `make setup`")
     c.file("bin/curl", Path(curl).read_bytes(), 0o755)
-    for lib in elf_closure(Path(curl)):
+    closure = elf_closure(Path(curl))
+    for lib in closure:
         c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
+    # What init copies to /run/ramboot/curl/ for the root's own "booted" report.
+    c.file("etc/ramboot/curl.files", "".join(f"{p}\n" for p in ["/bin/curl", *map(str, closure)]).encode())
     data = resources.files("ramboot.images") / "initramfs"
     c.file("init", (data / "init").read_bytes(), 0o755)
     c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)

@@ -33,7 +33,14 @@ install() {
     }
     mv "$live" "$live.dracut"
     inst_script "$moddir/ramboot-verify-root.sh" /sbin/dmsquash-live-root
-    # The root reports "booted" with this static busybox (its wget), left in /run.
+    # The root reports "booted" with curl, its libraries and the loader, left in /run (over
+    # HTTPS, pinned to the server's CA); this static busybox stands in where they are not.
     [ -x /bin/busybox ] && inst_simple /bin/busybox /usr/lib/ramboot/busybox
+    local curl lib
+    curl=$(command -v curl)
+    inst_simple "$curl" /usr/lib/ramboot/curl/curl
+    for lib in $(ldd "$curl" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }'); do
+        inst_simple "$(readlink -f "$lib")" "/usr/lib/ramboot/curl/${lib##*/}"
+    done
     return 0
 }

@@ -77,6 +77,8 @@ rb_modules
 rb_host=$(getarg ramboot.hostname=)
 [ -n "$rb_host" ] && [ ! -s "$NEWROOT/etc/hostname" ] && echo "$rb_host" > "$NEWROOT/etc/hostname"
 [ -x /usr/lib/ramboot/busybox ] && cp /usr/lib/ramboot/busybox "$RB_DIR/busybox"
+[ -d /usr/lib/ramboot/curl ] && cp -r /usr/lib/ramboot/curl "$RB_DIR/curl"
+[ -s "$RB_CA" ] && cp "$RB_CA" "$RB_DIR/ca.pem"
 # node.env holds the credential (for the root's "booted" report): root's alone.
 (umask 077; printf 'RAMBOOT_SERVER=%s\nRAMBOOT_MAC=%s\nRAMBOOT_IFACE=%s\nRAMBOOT_TOKEN=%s\n' "$(rb_server)" \
     "$(rb_mac)" "$(cat "$RB_DIR/iface" 2> /dev/null)" "$(getarg ramboot.token=)" > "$RB_DIR/node.env")
