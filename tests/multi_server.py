@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ramboot.lab.netns import Lab, pid_alive
 from ramboot.lab.server import LAB_KERNEL_ARGS, link_image, ramboot_cmd, tail
+from ramboot.tls import load_or_make_ca
 
 RANGE = "172.22.33.100-172.22.33.200"
 
@@ -76,7 +78,15 @@ class Servers:
 
     def create(self, image: Path | None = None, boot: dict[str, str] | None = None) -> None:
         self.lab.create()
+        # One CA for the cluster, as docs/config.md tells operators (copy DATA/tls/ca.pem and
+        # ca.key to every server): a node pins it, and any server's certificate chains to it.
+        shared = self.root / "cluster-ca"
+        shared.mkdir(mode=0o700, exist_ok=True)
+        load_or_make_ca(shared)
         for s in self.srv:
+            (s.data_dir / "tls").mkdir(mode=0o700, parents=True, exist_ok=True)
+            for f in ("ca.pem", "ca.key"):
+                shutil.copy2(shared / f, s.data_dir / "tls" / f)
             if s.index:
                 self.lab.add_peer(s.ns, f"{s.ip}/{self.lab.prefix}")
             s.data_dir.mkdir(parents=True, exist_ok=True)

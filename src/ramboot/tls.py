@@ -83,7 +83,7 @@ def ensure(config: Config, server_ip: str) -> TlsFiles:
     d = Path(config.data_dir) / TLS_DIR
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(d, 0o700)
-    ca_cert, ca_key = _ca(d)
+    ca_cert, ca_key = load_or_make_ca(d)
     files = TlsFiles(d / "cert.pem", d / "key.pem", tls.ca or d / "ca.pem")
     wanted = server_names(config, server_ip)
     if not _current(files.cert, ca_cert, wanted):
@@ -110,7 +110,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_or_make_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """DATA/tls/ca.pem and ca.key: read if there, else made once (nodes pin it)."""
     cert_p, key_p = d / "ca.pem", d / "ca.key"
     if cert_p.is_file() and key_p.is_file():
