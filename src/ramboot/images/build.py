@@ -33,6 +33,7 @@ from .manifest import (
     load_manifest,
     sha256_file,
 )
+from .rootcheck import check_root
 from .rootfs import LIVE_KINDS, Source, is_enospc, make_squashfs, parse_source, populate
 from .secureboot import kernel_signature
 
@@ -72,6 +73,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
                 k = _live_kernel(src, out / ROOTFS, root_image, work, console)
         else:
             tree = populate(src, work, console)
+            check_root(tree, initramfs)
             root_image = ""
             if k is None:
                 k = kernel_from_root(tree, src.text, console)
