@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -81,17 +82,22 @@ def chroot(bookworm: tuple[Path, Path], tmp_path: Path):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def run_in(root: Path, cache: Path, script: str, netns: str | None = None, timeout: float = 900
-           ) -> subprocess.CompletedProcess:
+def chroot_cmd(root: Path, cache: Path, script: str, netns: str | None = None) -> list[str]:
     """`script` under /bin/sh in the chroot, in a private mount namespace (its /dev, /proc and /sys go with it)."""
     mounts = (f'mount --rbind /dev "{root}/dev" && mount -t proc proc "{root}/proc" && '
               f'mount --rbind /sys "{root}/sys" && mount --bind "{cache}" "{root}/var/cache/apt/archives" && '
               f'exec chroot "{root}" /bin/sh -ec "$1"')
     cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts, "sh", script]
-    if netns:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
+
+
+def run_in(root: Path, cache: Path, script: str, netns: str | None = None, timeout: float = 900
+           ) -> subprocess.CompletedProcess:
+    return subprocess.run(chroot_cmd(root, cache, script, netns), capture_output=True, text=True, timeout=timeout,
+                          env=ENV)
 
 
 def ok(p: subprocess.CompletedProcess) -> str:
@@ -179,26 +185,26 @@ from ramboot.inventory.store import Store
 from ramboot.proto.dhcp_core import LeaseRecord
 s = Store("sqlite:////var/lib/ramboot/ramboot.db")
 if sys.argv[1] == "make":
-    s.save_leases([LeaseRecord(key="{MAC}", ip="10.40.0.100", mac="{MAC}", expires=9e9)], [])
+    s.save_leases([LeaseRecord(key="{MAC}", ip="172.22.33.150", mac="{MAC}", expires=9e9)], [])
 print(sorted(r.ip for r in s.load_leases()), Identities(s).ca()[1])
 s.close()
 """
 
 
 def test_upgrade_keeps_nodes_images_leases_and_the_ssh_ca(debs: dict[str, Path], bookworm: tuple[Path, Path],
-                                                          chroot: Path) -> None:
+                                                          chroot: Path, tmp_path: Path) -> None:
     cache = bookworm[1]
     install(chroot, cache, debs["n"])
     conf = chroot / "etc/ramboot/ramboot.toml"
-    mine = ('data_dir = "/var/lib/ramboot"\n[network]\ninterface = "prov0"\naddress = "10.40.0.2"\n'
-            '[dhcp]\nmode = "full"\nrange = "10.40.0.100-10.40.0.200"\n')
+    mine = ('data_dir = "/var/lib/ramboot"\n[network]\ninterface = "rb0"\naddress = "172.22.33.2"\n'
+            '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
     conf.write_text(mine)  # the operator's config: a changed conffile
     write_fake_image(chroot / "var/lib/ramboot")
     image = {p.name: sha(p) for p in (chroot / "var/lib/ramboot/images/demo").iterdir()}
     ok(run_in(chroot, cache, f"ramboot node add {MAC} --hostname keeper --config /etc/ramboot/ramboot.toml"))
     (chroot / "tmp/store.py").write_text(STORE_SNIPPET)
     before = ok(run_in(chroot, cache, "/usr/lib/ramboot/bin/python /tmp/store.py make"))
-    assert "['10.40.0.100'] ssh-ed25519 " in before
+    assert "['172.22.33.150'] ssh-ed25519 " in before
 
     install(chroot, cache, debs["next"])
     assert ok(run_in(chroot, cache, "ramboot --version")).strip() == f"ramboot, version {NEXT}"
@@ -207,3 +213,26 @@ def test_upgrade_keeps_nodes_images_leases_and_the_ssh_ca(debs: dict[str, Path],
     assert ok(run_in(chroot, cache, "/usr/lib/ramboot/bin/python /tmp/store.py check")) == before
     listing = ok(run_in(chroot, cache, "ramboot node list --config /etc/ramboot/ramboot.toml"))
     assert MAC in listing and "keeper" in listing, listing
+    # N+1 serves on the kept config and data: the image goes out, the lease and the CA stay.
+    lab = Lab(ns=f"rbdeb-{os.getpid()}-u", root=tmp_path / "lab")
+    lab.create()
+    log = tmp_path / "serve.log"
+    try:
+        with open(log, "w") as f:
+            server = subprocess.Popen(chroot_cmd(chroot, cache, "exec ramboot serve --config /etc/ramboot/ramboot.toml",
+                                                 lab.ns), stdout=f, stderr=f, env=ENV)
+        try:
+            got = b""
+            for _ in range(60):
+                got = subprocess.run(["ip", "netns", "exec", lab.ns, "curl", "-s", "--max-time", "2",
+                                      "http://172.22.33.2/images/demo/vmlinuz"], capture_output=True).stdout
+                if got == b"kernel" or server.poll() is not None:
+                    break
+                time.sleep(0.5)
+            assert got == b"kernel", log.read_text()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    finally:
+        lab.teardown()
+    assert ok(run_in(chroot, cache, "/usr/lib/ramboot/bin/python /tmp/store.py check")) == before
