@@ -116,5 +116,5 @@ find "$root" -type f ! -perm /111 -exec chmod 0644 {} +
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 mkdir -p "$OUT"
 deb="$OUT/ramboot_${VERSION}_amd64.deb"
-dpkg-deb --root-owner-group -Zgzip -z9 --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zgzip -z6 --build "$root" "$deb" >/dev/null
 echo "deb: $deb ($(du -h "$deb" | cut -f1))"
