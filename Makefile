@@ -1,4 +1,4 @@
-.PHONY: setup test demo bench fuzz soak clean
+.PHONY: setup test demo bench fuzz soak clean deb
 
 setup:
 	@bash scripts/setup.sh
@@ -17,8 +17,12 @@ bench: setup
 fuzz: setup
 	@bash scripts/fuzz.sh
 
+# dist/ramboot_VERSION_amd64.deb for Debian 12 (reproducible; RAMBOOT_VERSION overrides pyproject's version).
+deb: setup
+	@bash scripts/deb.sh
+
 clean:
-	rm -rf .venv build *.egg-info test-artifacts
+	rm -rf .venv build dist *.egg-info test-artifacts
 
 # Mixed load against one `ramboot serve` for SOAK_MINUTES (default 30); not part of `make test`.
 soak: setup

@@ -16,6 +16,7 @@ DEBS=(
   tcpdump curl nginx-light chromium wrk
   postgresql  # several servers on one database; the tests initdb a throwaway cluster of their own
   e2fsprogs xorriso  # LiveOS ext4 images (mkfs.ext4 -d) and live ISOs for the live-media tests
+  python3-venv  # make deb: the package's venv is made by Debian's own python3 (dpkg-deb is in dpkg)
 )
 
 missing=()

@@ -1,4 +1,4 @@
-"""The `ramboot` command line: serve, node, profile, overlay, ssh, image, lab, doctor.
+"""The `ramboot` command line: serve, node, profile, overlay, ssh, image, lab, doctor, init.
 
 Every user error ends in one line on stderr and a non-zero exit, never a
 traceback.
@@ -10,18 +10,20 @@ import asyncio
 
 import click
 
+from . import __version__
 from .bench import bench
 from .config import ConfigError, load_config
 from .doctor import doctor
 from .identity_cli import overlay, ssh
 from .images.cli import image
+from .init_cli import init
 from .inventory.cli import node, profile
 from .lab.cli import lab
 from .logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="ramboot")
+@click.version_option(__version__, prog_name="ramboot")
 def main() -> None:
     """Boot diskless machines over the network into a root held in RAM."""
 
@@ -62,3 +64,4 @@ main.add_command(image)
 main.add_command(lab)
 main.add_command(doctor)
 main.add_command(bench)
+main.add_command(init)

@@ -33,6 +33,7 @@ from .manifest import (
     load_manifest,
     sha256_file,
 )
+from .rootcheck import check_root
 from .rootfs import LIVE_KINDS, Limits, Source, is_enospc, make_squashfs, parse_source, populate
 from .secureboot import kernel_signature
 
@@ -73,6 +74,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
                 k = _live_kernel(src, out / ROOTFS, root_image, work, console)
         else:
             tree = populate(src, work, console, limits)
+            check_root(tree, initramfs)
             if autologin:
                 from .debian import autologin as with_autologin
 
