@@ -9,6 +9,7 @@ shows it. (The Debian root with sshd, reached over SSH, is tests/test_debian_nod
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -112,10 +113,15 @@ def test_a_forged_chaddr_gets_no_secret_while_the_node_gets_its_own(request, tmp
     assert _probe(boot.console_log.read_text(errors="replace"))["hostname"] == ["trusted-1"]
     after = forge()
     assert after["ip"] == before["ip"] and (after["token"], after["overlay"]) == (False, 403), after
-    events = run.events(mac)
+    deadline = time.monotonic() + 15  # the server flushes its events a moment after the refusal
+    while True:
+        events = run.events(mac)
+        refused = [e for e in events if e["stage"] == "refused"]
+        if len(refused) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     stages = [e["stage"] for e in events]
     assert stages.count("overlay") == 1 and stages.count("script") == 1, stages
-    refused = [e for e in events if e["stage"] == "refused"]
     assert len(refused) == 2 and {e["detail"]["ip"] for e in refused} == {before["ip"]}, refused
     last = run.api(f"/api/v1/nodes/{mac}")["last_boot"]
     assert last["stage"] == "booted", last

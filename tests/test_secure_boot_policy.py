@@ -167,7 +167,7 @@ def test_namespace_generates_grub_configs(data_dir):
     write_fake_image(data_dir, "demo")
     ns = Namespace(data_dir, booter(data_dir, NodeSpec(MAC, image="demo", loader="grub")))
     entry = ns.resolve("/grub/grub.cfg", rooted=True)
-    assert isinstance(entry, GeneratedFile) and entry.kind == "grub-cfg" and entry.mac is None
+    assert isinstance(entry, GeneratedFile) and entry.kind == "entry-script" and entry.mac is None
     own = ns.resolve(f"/grub/{MAC}/{UUID}.cfg", rooted=True)
     assert isinstance(own, GeneratedFile) and b"linux /images/demo/vmlinuz" in own.data
     assert own.mac is None and b"ramboot.token=" not in own.data  # no access rule here: no credential, no boot opened

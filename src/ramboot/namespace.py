@@ -52,7 +52,7 @@ class StaticFile:
 @dataclass(frozen=True)
 class GeneratedFile:
     data: bytes
-    kind: str  # pxelinux-cfg | ipxe-script | grub-cfg | ca
+    kind: str  # pxelinux-cfg | ipxe-script | grub-cfg (a node's own) | entry-script (the same for all) | ca
     # The NIC it was generated for, when the access rule took the requester for that
     # machine: only then does serving it bind the address and open a boot in its timeline.
     mac: str | None = None
@@ -132,7 +132,7 @@ class Namespace:
         if isinstance(name, names.CaBundle):
             return GeneratedFile(self.ca.data(), "ca") if self.ca is not None else None
         if isinstance(name, names.EntryScript):
-            return GeneratedFile(render.entry_script(self.booter.http_base).encode(), "ipxe-script")
+            return GeneratedFile(render.entry_script(self.booter.http_base).encode(), "entry-script")
         if isinstance(name, names.PxelinuxConfig):
             return self._pxelinux(name, requester)
         if isinstance(name, names.GrubConfig):
@@ -162,7 +162,7 @@ class Namespace:
 
     def _grub(self, name: names.GrubConfig, requester: str | None) -> Resolved | None:
         if name.mac is None:
-            return GeneratedFile(render.grub_entry().encode(), "grub-cfg")
+            return GeneratedFile(render.grub_entry().encode(), "entry-script")
         d = self.booter.decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid), loader="grub")
         if d is None:
             return None

@@ -25,10 +25,13 @@ DEBUG_STAGES = frozenset({"dhcp-offer", "dhcp-ack"})
 
 # The boot stage (CONTRACTS.md) a served file's kind is; other kinds are served without one.
 STAGE_OF_KIND = {"loader": "loader", "pxelinux-cfg": "script", "ipxe-script": "script", "grub-cfg": "script",
+                 "entry-script": "script",
                  "kernel": "kernel", "initrd": "initrd", "rootfs": "rootfs"}
 
 
-# Per-node scripts and configs: their stage counts only when served to the node itself.
+# Per-node scripts and configs: their stage counts only when served to the node itself
+# (the entry scripts, /boot.ipxe and grub/grub.cfg, are the same for every machine and
+# count for whoever holds the address's hardware lease, as the boot programs do).
 GENERATED_KINDS = frozenset({"pxelinux-cfg", "ipxe-script", "grub-cfg"})
 
 MAX_PENDING = 200_000  # events held while the store refuses writes (about 100 MB at most)
