@@ -267,3 +267,13 @@ def test_overlays_go_over_https_unless_the_operator_allows_http(data_dir):
         assert st == 403 and b"HTTPS" in why
     finally:
         srv.close()
+
+
+def test_a_forged_chaddr_lease_never_names_the_node_in_hosts_or_certificates(store):
+    """Item 3: /etc/hosts of every node and the principals of the node's host certificate come
+    from its hardware lease; the lease a forger took for its chaddr names nothing."""
+    from ramboot.overlays import addresses
+
+    store.save_leases([_lease(MAC, NODE_IP)])
+    store.save_leases([_lease(MAC, OTHER_IP, ATTACKER_CID)])  # newer: it expires later
+    assert addresses(store)[MAC] == NODE_IP
