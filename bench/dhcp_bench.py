@@ -123,6 +123,11 @@ lease_time = 3600
 port = {tftp_port}
 [http]
 port = {http_port}
+https_port = 0
+[security]
+# perfdhcp's clients are all unregistered, as Kea's and dnsmasq's are: the whole pool for
+# them, as the peers give it (the default cap keeps a quarter for registered nodes)
+max_unknown_leases = 1000000
 [boot]
 default_image = "bench"
 unknown_nodes = "boot"

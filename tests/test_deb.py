@@ -181,9 +181,10 @@ def test_installs_on_bookworm_and_runs(debs: dict[str, Path], bookworm: tuple[Pa
 STORE_SNIPPET = f"""
 import sys
 from ramboot.identity import Identities
+from pathlib import Path
 from ramboot.inventory.store import Store
 from ramboot.proto.dhcp_core import LeaseRecord
-s = Store("sqlite:////var/lib/ramboot/ramboot.db")
+s = Store("sqlite:////var/lib/ramboot/ramboot.db", Path("/var/lib/ramboot/secrets.key"))
 if sys.argv[1] == "make":
     s.save_leases([LeaseRecord(key="{MAC}", ip="172.22.33.150", mac="{MAC}", expires=9e9)], [])
 print(sorted(r.ip for r in s.load_leases()), Identities(s).ca()[1])

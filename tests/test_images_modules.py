@@ -126,6 +126,9 @@ def hostile_root(tmp_path: Path) -> tuple[Path, Path, bytes]:
         shutil.copyfile(k.modules / rel, dest / rel)
     (tree / "boot").mkdir()
     shutil.copyfile(k.image, tree / "boot" / f"vmlinuz-{k.version}")
+    (tree / "sbin").mkdir()
+    (tree / "sbin/init").write_text("#!/bin/sh\n")  # a root an image build accepts, but for its kernel
+    (tree / "sbin/init").chmod(0o755)
     secret = tmp_path / "host-shadow"
     marker = b"root:$6$rbi-host-secret-" + os.urandom(8).hex().encode()
     secret.write_bytes(marker + b"\n")
