@@ -720,8 +720,8 @@ def server_config(data_dir: Path, ifname: str, lease_time: int = 3600, address: 
     """A full-mode config, without the TLS listener: the storm measures the boot path (DHCP,
     TFTP, script, kernel, initrd, root), and its clients report `booted` over plain HTTP
     (`overlay_over_http`), not what 3,000 TLS handshakes cost. With `clients`, TFTP's caps
-    on transfers (1,024) and on transfers not yet ACKed (256) are raised to that many, as a site with that many nodes would: all
-    of them ask for the boot program in the same second."""
+    on transfers (1,024) and on transfers not yet ACKed (256) are raised to that many, as a
+    site with that many nodes would: all of them ask for the boot program in the same second."""
     shared = "" if db_url is None else (f'[database]\nurl = "{db_url}"\n'
                                          f'[cluster]\nname = "{name}"\nheartbeat = 0.5\ndead_after = 3.0\n')
     caps = f"max_transfers = {max(1024, clients)}\nmax_unconfirmed = {max(256, clients)}\n" if clients else ""
