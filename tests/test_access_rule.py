@@ -22,6 +22,7 @@ from ramboot.access import AccessRule, hardware_lease
 from ramboot.inventory.records import NodeSpec
 from ramboot.inventory.store import LeaseRecord, Store
 from ramboot.proto.dhcp_core import lease_key
+from ramboot.proto.pxe import uuid_to_wire
 
 MAC = "52:54:00:0a:0b:0c"  # the node
 ATT = "52:54:00:66:66:66"  # the attacker's own NIC
@@ -36,8 +37,8 @@ def _lease(mac: str, ip: str, client_id: str | None = None, uuid: str | None = N
 
 
 def _guid_hex(uuid: str) -> str:
-    raw = bytes.fromhex(uuid.replace("-", ""))
-    return (raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:]).hex()
+    """The UUID as a firmware sends it (option 97's and a type 0 client id's byte order)."""
+    return uuid_to_wire(uuid).hex()
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from typing import Literal, Protocol
 from .inventory.records import CredentialRecord, NodeSpec
 from .macaddr import normalize_mac
 from .proto.dhcp_core import LeaseRecord
+from .proto.pxe import uuid_to_wire
 
 TOKEN_BYTES = 24  # 192 bits, url-safe base64 on the command line
 CREDENTIAL_KEEP = 7 * 86400.0  # credentials older than this are forgotten (their boots are long over)
@@ -91,12 +92,11 @@ def token_sha256(token: str) -> str:
 
 
 def _uuid_hex(uuid: str | None) -> set[str]:
-    """A UUID's 16 bytes as hex, in both byte orders firmware uses (RFC 4122 and EFI GUID)."""
+    """A UUID's 16 bytes as hex, in both byte orders firmware uses (EFI GUID, as option 97
+    carries it, and RFC 4122)."""
     if not uuid:
         return set()
-    raw = bytes.fromhex(uuid.replace("-", ""))
-    guid = raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:]
-    return {raw.hex(), guid.hex()}
+    return {uuid_to_wire(uuid).hex(), uuid.replace("-", "").lower()}
 
 
 def hardware_lease(leases: Iterable[LeaseRecord], mac: str, uuid: str | None,
