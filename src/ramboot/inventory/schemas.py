@@ -71,7 +71,21 @@ def _plain_labels(v: object) -> object:
     return v
 
 
-class NodeIn(_Strict):
+class _Settings(_Strict):
+    """What nodes and profiles both set: labels and SSH keys, checked alike."""
+
+    @field_validator("labels", mode="before", check_fields=False)
+    @classmethod
+    def _labels(cls, v: object) -> object:
+        return _plain_labels(v)
+
+    @field_validator("ssh_keys", check_fields=False)
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        return [ssh_public_key(k) for k in v]
+
+
+class NodeIn(_Settings):
     """What an operator sets on a node (PUT replaces all of it)."""
 
     image: str | None = Field(None, pattern=IMAGE_NAME, description="image name; default: boot.default_image")
@@ -89,16 +103,6 @@ class NodeIn(_Strict):
     @classmethod
     def _no_control(cls, v: object) -> object:
         return _plain(v)
-
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _labels(cls, v: object) -> object:
-        return _plain_labels(v)
-
-    @field_validator("ssh_keys")
-    @classmethod
-    def _keys(cls, v: list[str]) -> list[str]:
-        return [ssh_public_key(k) for k in v]
 
     @field_validator("profiles", "overlays")
     @classmethod
@@ -125,7 +129,7 @@ class NodeCreate(NodeIn):
         return normalize_mac(v)
 
 
-class ProfileIn(_Strict):
+class ProfileIn(_Settings):
     """A named set of settings that nodes inherit (PUT replaces all of it)."""
 
     image: str | None = Field(None, pattern=IMAGE_NAME)
@@ -138,16 +142,6 @@ class ProfileIn(_Strict):
     @classmethod
     def _no_control(cls, v: object) -> object:
         return _plain(v)
-
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _labels(cls, v: object) -> object:
-        return _plain_labels(v)
-
-    @field_validator("ssh_keys")
-    @classmethod
-    def _keys(cls, v: list[str]) -> list[str]:
-        return [ssh_public_key(k) for k in v]
 
     @field_validator("overlays")
     @classmethod
