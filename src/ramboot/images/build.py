@@ -19,7 +19,7 @@ from rich.console import Console
 
 from .errors import ImageError
 from .initramfs import build_initramfs
-from .kernel import IMAGE, Kernel, kernel_from_root, resolve_kernel
+from .kernel import IMAGE, Kernel, check_modules_match, kernel_from_root, resolve_kernel
 from .manifest import (
     INITRD,
     KERNEL,
@@ -65,6 +65,8 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
         # `--kernel image` comes from the root, so the root is made first; any other
         # kernel is resolved first, so a bad one fails before a long bootstrap.
         k = None if kernel == IMAGE else resolve_kernel(kernel, console)
+        if k is not None:
+            check_modules_match(k)
         out = work / "out"
         out.mkdir()
         tree: Path | None = None
@@ -72,6 +74,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             root_image = _live_root(src, out / ROOTFS, console)
             if k is None:
                 k = _live_kernel(src, out / ROOTFS, root_image, work, console)
+                check_modules_match(k)
         else:
             tree = populate(src, work, console, limits)
             check_root(tree, initramfs)
@@ -82,6 +85,7 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
             root_image = ""
             if k is None:
                 k = kernel_from_root(tree, src.text, console)
+                check_modules_match(k)
         if initramfs == "ramboot":
             with console.status("building the initramfs…"):
                 build_initramfs(k, out / INITRD)

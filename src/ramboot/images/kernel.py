@@ -12,6 +12,8 @@ itself carries (`/boot/vmlinuz-V` with its `/lib/modules/V`), once the root is b
 from __future__ import annotations
 
 import fcntl
+import gzip
+import lzma
 import os
 import re
 import shutil
@@ -170,6 +172,49 @@ def kernel_from_root(tree: Path, where: str, console: Console) -> Kernel:
         raise ImageError(f"--kernel image: /lib/modules/{version} in the root has no modules.dep "
                          f"(run depmod {version} in the root)")
     return Kernel(image, version, mods, _flavor(version), IMAGE, tree)
+
+
+MODULES_CHECKED = 8  # modules.dep's first entries: enough to tell another kernel's tree, cheap on a big one
+
+
+def check_modules_match(k: Kernel) -> None:
+    """Refuse a kernel whose modules were built for another: the kernel refuses to load them
+    ("version magic"), so the node would come up without its NIC driver, far from the cause.
+
+    The bzImage's own version must name the module tree, and the first modules of modules.dep
+    must carry that version as their vermagic."""
+    real = bzimage_version(k.image)
+    if real != k.version:
+        raise ImageError(f"kernel {k.image.name} is version {real}, but its modules are lib/modules/{k.version}: "
+                         f"the node could load none of them; give the modules of {real} (or its kernel)")
+    dep = k.module_file("modules.dep") or b""
+    names = [ln.split(b":", 1)[0].decode(errors="replace") for ln in dep.splitlines() if b":" in ln]
+    for rel in names[:MODULES_CHECKED]:
+        data = k.module_file(rel)
+        if data is None:
+            continue  # a missing module is reported by the initramfs build, with what needs it
+        magic = module_vermagic(data, rel)
+        if magic.split(" ", 1)[0] != k.version:
+            raise ImageError(f"kernel {k.version}: its module {rel} was built for {magic.split(' ', 1)[0] or '?'} "
+                             f"(vermagic), so the kernel would refuse it: the modules do not match the kernel")
+
+
+def module_vermagic(data: bytes, rel: str) -> str:
+    """The vermagic string of a kernel module (.ko, .ko.xz, .ko.gz or .ko.zst); '' when it has none."""
+    try:
+        if rel.endswith(".xz"):
+            data = lzma.decompress(data)
+        elif rel.endswith(".gz"):
+            data = gzip.decompress(data)
+        elif rel.endswith(".zst"):
+            proc = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True)
+            if proc.returncode != 0:
+                raise ValueError(proc.stderr.decode(errors="replace").strip())
+            data = proc.stdout
+    except (OSError, ValueError, EOFError, lzma.LZMAError) as e:
+        raise ImageError(f"module {rel}: cannot decompress it ({e})") from None
+    m = re.search(rb"(?:^|\0)vermagic=([^\0]*)", data)
+    return m.group(1).decode(errors="replace").strip() if m else ""
 
 
 def _flavor(version: str) -> str:
