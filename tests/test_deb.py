@@ -20,6 +20,7 @@ import pytest
 
 from conftest import write_fake_image
 from ramboot.lab.netns import Lab
+from vm_cache import deb_once
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
@@ -45,9 +46,8 @@ def _start_build(out: Path, version: str | None = None) -> tuple[subprocess.Pope
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """N twice and N+1, built at once: the two N builds also run from different staging paths."""
     top = tmp_path_factory.mktemp("debs")
-    runs = {"n": _start_build(top / "n"), "again": _start_build(top / "again"),
-            "next": _start_build(top / "next", NEXT)}
-    out = {}
+    runs = {"again": _start_build(top / "again"), "next": _start_build(top / "next", NEXT)}
+    out = {"n": deb_once(tmp_path_factory)}  # shared with the "ramboot boots ramboot" test
     for key, (proc, log) in runs.items():
         assert proc.wait(timeout=1200) == 0, log.read_text()
         (out[key],) = (top / key).glob("ramboot_*_amd64.deb")

@@ -4,6 +4,7 @@ reproducibility, the CLI's list/show/verify/rm, and every bad input as one line.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,33 @@ def test_generic_kernel_carries_every_ethernet_driver(tmp_path: Path) -> None:
     assert carried == shipped, sorted(shipped - carried)
     assert {"e1000e.ko", "igb.ko", "ixgbe.ko", "i40e.ko", "ice.ko", "mlx5_core.ko", "bnxt_en.ko", "tg3.ko"} <= {
         n.split(".ko")[0] + ".ko" for n in carried}
+
+
+def test_files_are_laid_over_the_root_inside_it(demo_image: Path, tmp_path: Path) -> None:
+    """`--files DIR`: the root's own symlinks are followed inside the root (a hostile `etc -> HOST`
+    writes nothing on the host), DIR's symlinks are kept as links, the source directory is left as it was."""
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    root = tmp_path / "root"
+    (root / "sbin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "sbin/init")
+    os.symlink(str(host), root / "etc")  # absolute: the root's own /…/host-etc, never the host's
+    before = sorted(p.name for p in root.iterdir())
+    files = tmp_path / "files"
+    (files / "etc/app").mkdir(parents=True)
+    (files / "etc/app/app.toml").write_text("x = 1\n")
+    os.symlink("/lib/systemd/system/app.service", files / "etc/app/app.service")
+    data = tmp_path / "d"
+    p = subprocess.run([*IMAGE_CLI, "build", "x", "--rootfs", str(root), "--files", str(files), "--data-dir", str(data)],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    assert list(host.iterdir()) == [] and sorted(p.name for p in root.iterdir()) == before
+    listing = subprocess.run(["unsquashfs", "-lls", "-d", "", str(data / "images/x" / ROOTFS)], capture_output=True,
+                             text=True, check=True).stdout
+    assert f"{host}/app/app.toml" in listing, listing
+    assert f"{host}/app/app.service -> /lib/systemd/system/app.service" in listing, listing
+    live = demo_image / ROOTFS
+    one_line_error(["build", "y", "--rootfs", f"squashfs:{live}", "--files", str(files), "--data-dir", str(data)],
+                   f"--files: the root of --rootfs squashfs:{live} is used as it is", data / "nope")
+    one_line_error(["build", "y", "--deb", str(files / "etc/app/app.toml"), "--data-dir", str(data)],
+                   "--deb: only for the Debian roots", data / "nope")

@@ -41,3 +41,24 @@ def build_once(data: Path, name: str, *args: str) -> Path:
 def accel_for(root: Path, kernel: Path) -> str:
     """The accelerator to boot with (KVM only when a probe boots; else TCG)."""
     return choose_accel(Lab(ns="unused", root=root), kernel)[0]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deb_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make deb` of this tree at its own version (scripts/deb.sh), built once per run and shared
+    by the package tests and "ramboot boots ramboot"."""
+    with shared_build(tmp_path_factory, "deb-n") as root:
+        found = sorted(root.glob("ramboot_*_amd64.deb"))
+        if not found:
+            env = {**os.environ, "DEB_OUT": str(root)}
+            env.pop("RAMBOOT_VERSION", None)
+            log = root / "build.log"
+            with open(log, "w") as f:
+                p = subprocess.run(["bash", str(REPO / "scripts" / "deb.sh")], env=env, stdout=f, stderr=f,
+                                   stdin=subprocess.DEVNULL, timeout=1200)
+            assert p.returncode == 0, log.read_text()[-3000:]
+            found = sorted(root.glob("ramboot_*_amd64.deb"))
+        assert len(found) == 1, found
+        return found[0]

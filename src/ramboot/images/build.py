@@ -34,7 +34,7 @@ from .manifest import (
     sha256_file,
 )
 from .rootcheck import check_root
-from .rootfs import LIVE_KINDS, Limits, Source, is_enospc, make_squashfs, parse_source, populate
+from .rootfs import LIVE_KINDS, Limits, Source, add_files, is_enospc, make_squashfs, parse_source, populate
 from .secureboot import kernel_signature
 
 
@@ -46,7 +46,7 @@ def check_name(name: str) -> str:
 
 def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: str | None = None,
                 initramfs: str = "ramboot", console: Console | None = None, limits: Limits | None = None,
-                autologin: bool = False) -> Manifest:
+                autologin: bool = False, debs: tuple[Path, ...] = (), files: Path | None = None) -> Manifest:
     console = console or Console(stderr=True)
     check_name(name)
     if initramfs not in ("ramboot", "dracut"):
@@ -55,6 +55,13 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
     src = parse_source(rootfs)  # a bad source fails before anything is downloaded
     if autologin and src.kind != "debian":
         raise ImageError("--autologin: only for the Debian roots ramboot builds (--rootfs debian:SUITE[:pkgs])")
+    if debs and src.kind != "debian":
+        raise ImageError("--deb: only for the Debian roots ramboot builds (--rootfs debian:SUITE[:pkgs])")
+    if files is not None and src.kind in LIVE_KINDS:
+        raise ImageError(f"--files: the root of --rootfs {src.text} is used as it is (live media); "
+                         "--files needs a directory, an archive or debian:")
+    if files is not None and not files.is_dir():
+        raise ImageError(f"--files {files}: not a directory")
     top = images_dir(data_dir)
     try:
         top.mkdir(parents=True, exist_ok=True)
@@ -76,7 +83,9 @@ def build_image(data_dir: Path, name: str, rootfs: str | None = None, kernel: st
                 k = _live_kernel(src, out / ROOTFS, root_image, work, console)
                 check_modules_match(k)
         else:
-            tree = populate(src, work, console, limits)
+            tree = populate(src, work, console, limits, debs, own=files is not None)
+            if files is not None:
+                add_files(tree, files)
             check_root(tree, initramfs)
             if autologin:
                 from .debian import autologin as with_autologin

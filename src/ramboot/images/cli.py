@@ -64,18 +64,22 @@ def image() -> None:
 @click.option("--allow-devices", is_flag=True, help="keep device nodes and FIFOs from those layers (refused otherwise)")
 @click.option("--autologin", is_flag=True,
               help="Debian roots: log root in on every console, no password (default: consoles ask for a login)")
+@click.option("--deb", "debs", multiple=True, type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
+              help="Debian roots: install this local .deb too, its dependencies from the archive (repeatable)")
+@click.option("--files", type=click.Path(path_type=Path, file_okay=False), metavar="DIR",
+              help="lay DIR's files, directories and symlinks over the root (config, units, data), after its packages")
 @_dd
 @_cf
 def build(name: str, rootfs: str | None, kernel: str | None, initramfs: str, max_root_size: str,
-          max_root_entries: int, allow_devices: bool, autologin: bool, data_dir: Path | None,
-          config: Path | None) -> None:
+          max_root_entries: int, allow_devices: bool, autologin: bool, debs: tuple[Path, ...], files: Path | None,
+          data_dir: Path | None, config: Path | None) -> None:
     """Build image NAME into DATA_DIR/images/NAME."""
     dd = _data_dir(data_dir, config)
     console = Console(stderr=True)
     try:
         limits = Limits(_size(max_root_size), max_root_entries, allow_devices)
         m = build_image(dd, name, rootfs=rootfs, kernel=kernel, initramfs=initramfs, console=console, limits=limits,
-                        autologin=autologin)
+                        autologin=autologin, debs=debs, files=files)
     except (ImageError, ManifestError) as e:
         _die(str(e))
     except KeyboardInterrupt:

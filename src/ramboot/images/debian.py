@@ -157,14 +157,34 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return suite, extra
 
 
-def bootstrap(spec: str, tree: Path, console: Console) -> None:
+def local_debs(debs: tuple[Path, ...], where: Path) -> list[str]:
+    """`image build --deb FILE`: each package checked and copied under `where` with a plain
+    name (mmdebstrap splits its package list at commas and spaces); their absolute paths."""
+    out = []
+    for i, deb in enumerate(debs):
+        proc = subprocess.run(["dpkg-deb", "--field", str(deb), "Package"], capture_output=True, text=True)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            why = (proc.stderr.strip().splitlines() or ["not a Debian package"])[-1]
+            raise ImageError(f"--deb {deb}: {why}")
+        where.mkdir(parents=True, exist_ok=True)
+        dest = where / f"local-{i}.deb"
+        shutil.copyfile(deb, dest)
+        out.append(str(dest.resolve()))
+    return out
+
+
+def bootstrap(spec: str, tree: Path, console: Console, debs: tuple[Path, ...] = ()) -> None:
     suite, extra = parse_spec(spec)
     if shutil.which("mmdebstrap") is None:
         raise ImageError("mmdebstrap not found: run `make setup`")
     if SSH_PACKAGES & set(extra):
         extra = [p for p in extra if p != "ssh"] + ["openssh-server"]
-    pkgs = sorted(set(BASE_PACKAGES + extra))
-    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
+    local = local_debs(debs, tree.parent / "debs")
+    pkgs = sorted(set(BASE_PACKAGES + extra)) + local
+    # apt hands dpkg (in the chroot) the local packages' own paths: mmdebstrap's hook puts
+    # them at those paths inside the root for the install, and takes them out after.
+    hooks = ["--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount"] if local else []
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory", *hooks,
            f"--include={','.join(pkgs)}", suite, str(tree), *mirror_lines(suite, apt_sources())]
     with console.status(f"bootstrapping Debian {suite} with mmdebstrap ({len(pkgs)} extra packages)…"):
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -136,9 +136,11 @@ def _readable(p: Path, text: str) -> None:
         raise ImageError(f"--rootfs {text}: permission denied: {p}")
 
 
-def populate(src: Source, workdir: Path, console: Console, limits: Limits | None = None) -> Path:
-    """The tree to squash: the source directory itself, or one built under workdir."""
-    if src.kind == "dir":
+def populate(src: Source, workdir: Path, console: Console, limits: Limits | None = None,
+             debs: tuple[Path, ...] = (), own: bool = False) -> Path:
+    """The tree to squash: the source directory itself (a copy under workdir if `own`, to be
+    changed), or one built under workdir; `debs` are local packages a Debian root gets too."""
+    if src.kind == "dir" and not own:
         return Path(src.arg)
     tree = workdir / "tree"
     tree.mkdir(mode=0o755)
@@ -147,6 +149,10 @@ def populate(src: Source, workdir: Path, console: Console, limits: Limits | None
     done = Extracted()
     if src.kind == "builtin":
         builtin_tree(tree)
+    elif src.kind == "dir":
+        proc = subprocess.run(["cp", "-a", "--", f"{src.arg}/.", str(tree)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageError(f"copying {src.text}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     elif src.kind == "tar":
         with _progress(console) as prog:
             apply_layers(tree, [(Path(src.arg).name, lambda: open(src.arg, "rb"), None)], prog, limits, done)
@@ -161,8 +167,63 @@ def populate(src: Source, workdir: Path, console: Console, limits: Limits | None
     if src.kind == "debian":
         from .debian import bootstrap
 
-        bootstrap(src.arg, tree, console)
+        bootstrap(src.arg, tree, console, debs)
     return tree
+
+
+def add_files(tree: Path, src: Path) -> None:
+    """`image build --files DIR`: DIR's files, directories and symlinks laid over the root.
+
+    The root's own symlinks on the way (a merged /usr's `/lib`, a hostile root's `etc -> /etc`)
+    are followed inside the root, never on the build host; DIR's symlinks are copied as links."""
+    if not src.is_dir():
+        raise ImageError(f"--files {src}: not a directory")
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        here = _dir_in(tree, str(rel), src)
+        for name in sorted(dirnames + filenames):
+            s, d = Path(dirpath) / name, here / name
+            st = s.lstat()
+            if stat.S_ISDIR(st.st_mode):
+                _dir_in(tree, str(rel / name), src, stat.S_IMODE(st.st_mode))
+                continue
+            if d.is_dir() and not d.is_symlink():
+                raise ImageError(f"--files {src}: {rel / name} would replace a directory of the root")
+            if d.is_symlink() or d.exists():
+                d.unlink()
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(s), d)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copy2(s, d)
+            else:
+                raise ImageError(f"--files {src}: {rel / name} is not a file, a directory or a symlink")
+
+
+def _dir_in(tree: Path, rel: str, src: Path, mode: int = 0o755) -> Path:
+    """Directory `rel` of the root, made where missing (`mkdir -p`), with every symlink on the
+    way followed as if `tree` were `/`."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    here, hops = tree, 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            here = here.parent if here != tree else tree
+            continue
+        nxt = here / name
+        if nxt.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise ImageError(f"--files {src}: {rel} goes through too many symlinks in the root")
+            target = os.readlink(nxt)
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            here = tree if target.startswith("/") else here
+            continue
+        if not nxt.exists():
+            nxt.mkdir(mode=mode)
+        elif not nxt.is_dir():
+            raise ImageError(f"--files {src}: {rel} is not a directory in the root")
+        here = nxt
+    return here
 
 
 def _progress(console: Console) -> Progress:

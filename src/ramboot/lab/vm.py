@@ -19,11 +19,13 @@ bounded probe has booted a kernel to user space under it; otherwise TCG.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import secrets
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -35,7 +37,7 @@ from typing import IO
 
 from ..macaddr import mac_from_bytes, normalize_mac
 from .impair import Impairment
-from .netns import Lab, LabError, stop_pid
+from .netns import Lab, LabError, call_in_netns, stop_pid
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -76,6 +78,31 @@ def random_mac() -> str:
 
 def tap_name(mac: str) -> str:
     return "rbt" + normalize_mac(mac).replace(":", "")[6:]
+
+
+_TUNSETIFF, _IFF_TAP, _IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+
+
+def open_tap(lab: Lab, name: str) -> int:
+    """A tap in `lab`'s bridge, opened from inside its namespace; the fd goes to QEMU, so a VM's
+    second NIC sits on another lab's bridge than the one QEMU runs beside. The tap goes with
+    the last fd."""
+    def make() -> int:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI))
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    fd = call_in_netns(lab.ns, make)
+    try:
+        lab.ip("link", "set", name, "master", lab.bridge, "up")
+    except LabError:
+        os.close(fd)
+        raise
+    return fd
 
 
 # -- KVM probe -------------------------------------------------------------------
@@ -153,10 +180,12 @@ def _stop_child(lab: Lab, proc: subprocess.Popen, key: str) -> None:
 
 
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
-              uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None) -> list[str]:
+              uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None,
+              extra_nics: tuple[tuple[int, str], ...] = ()) -> list[str]:
     """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID).
 
-    `udp` (relay port, QEMU's port): the NIC talks to an impair relay on 127.0.0.1 instead of the tap."""
+    `udp` (relay port, QEMU's port): the NIC talks to an impair relay on 127.0.0.1 instead of the tap.
+    `extra_nics`: (open tap fd, MAC) of further NICs, which never boot (no option ROM)."""
     if firmware not in FIRMWARES:
         raise LabError(f"unknown firmware {firmware!r}: use {', '.join(FIRMWARES)}")
     if secure_boot and firmware == "bios":
@@ -191,6 +220,8 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
             # PXE off in OVMF's network stack: the NIC's boot options are then HTTP boot only.
             argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
                      "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
+    for i, (fd, nic_mac) in enumerate(extra_nics, start=1):
+        argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic_mac},romfile="]
     return argv
 
 
@@ -321,6 +352,7 @@ def boot_vm(
     stop_on: tuple[str, ...] = (),
     on_stage: Callable[[str], None] | None = None,
     impair: Impairment | None = None,
+    extra_nics: tuple[tuple[Lab, str], ...] = (),
 ) -> BootResult:
     """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout).
 
@@ -331,6 +363,7 @@ def boot_vm(
     `api_token`: for the server at `api_base` (default: the lab's, `Lab.api_token`).
     `impair`: the VM's wire into the bridge drops and delays frames each way (`ramboot.lab.impair`,
     a relay between the VM's tap and QEMU's socket netdev).
+    `extra_nics`: (lab, MAC) of more NICs, each on that lab's bridge (a node with a second link).
     """
     if not lab.exists():
         raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
@@ -359,9 +392,17 @@ def boot_vm(
             time.sleep(0.05)
         _, lport, qport = relay_log.read_text().split("\n", 1)[0].split()
         udp = (int(lport), int(qport))
-    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp)
-    started = time.time()
-    proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    fds: list[int] = []
+    try:
+        for nic_lab, nic_mac in extra_nics:
+            fds.append(open_tap(nic_lab, tap_name(nic_mac)))
+        argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp,
+                         tuple(zip(fds, (normalize_mac(m) for _, m in extra_nics), strict=True)))
+        started = time.time()
+        proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)  # QEMU holds its own copies
     console = _Console(proc.stdout, workdir / "console.log", echo)
     ok, reason, api_events = False, "", []
     end_seen = 0.0
