@@ -113,6 +113,9 @@ class SecurityConfig(_Section):
     # Leases and offers to machines nobody registered: at most this many at once (0: three
     # quarters of the range, so registered machines always find an address).
     max_unknown_leases: int = Field(0, ge=0)
+    # A node's TPM (tpm_gate.py): "manual", its first EK waits for `ramboot node trust MAC`;
+    # "first-boot", the first EK seen is trusted. Either way a different EK later is refused.
+    tpm_enroll: Literal["manual", "first-boot"] = "manual"
 
 
 def no_control_chars(v: str) -> str:

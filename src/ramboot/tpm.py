@@ -76,7 +76,7 @@ def _hash(alg: int) -> tuple[str, type[hashes.HashAlgorithm]]:
     try:
         return _HASHES[alg]
     except KeyError:
-        raise TpmError(f"hash algorithm 0x{alg:04x} is not supported (sha256, sha384, sha512)") from None
+        raise TpmError(f"public area: hash algorithm 0x{alg:04x} is not supported (sha256, sha384, sha512)") from None
 
 
 class _Reader:
