@@ -28,7 +28,8 @@ from tpm_sim import Tpm, swtpm
 
 MAC = "52:54:00:21:00:01"
 UUID = "8b3c8f4e-2d1a-4c39-9f0e-5a6b7c8d9e21"
-NODE_IP, OTHER_IP = "127.0.0.2", "127.0.0.4"
+ATT = "52:54:00:66:66:66"  # the attacker's own NIC
+NODE_IP, ATT_IP, OTHER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 MAC_H = MAC.replace(":", "-")
 RAMBOOT = str(Path(sys.executable).with_name("ramboot"))
 
@@ -147,18 +148,25 @@ def test_manual_enrolment_then_only_that_tpm_opens_the_overlay(served: LiveServe
 
 
 def test_forged_requests_get_no_boot_key(served: LiveServer, tmp_path: Path) -> None:
-    """A forged MAC, address or credential: the access rule refuses before any TPM work."""
+    """A forged MAC, client id, UUID, address or credential: the access rule refuses before any TPM work."""
     srv = served
     srv.store.tpms.enrol(_trusted(tmp_path))
+    # The attacker's lease for the node's chaddr under a client id of its own, and its own NIC.
+    srv.store.save_leases([
+        LeaseRecord(lease_key("ff00112233", MAC), OTHER_IP, MAC, time.time() + 600, "ff00112233", None, UUID),
+        LeaseRecord(lease_key(None, ATT), ATT_IP, ATT, time.time() + 600, None, None, None)])
     with swtpm(tmp_path / "c") as c:
         report = _report(c)
+    assert srv.node_token(MAC, OTHER_IP) is None  # forged chaddr + own client id: no credential at all
+    st, script = _send(srv, "GET", f"/boot/{ATT.replace(':', '-')}/{UUID}.ipxe", ATT_IP, None)
+    assert st == 200 and b"ramboot.token=" not in script  # own MAC, the node's UUID: none either
     token = srv.node_token(MAC, NODE_IP)
-    assert srv.node_token(MAC, OTHER_IP) is None  # another address gets no credential at all
     for path, source, tok in [
         (f"/api/v1/nodes/{MAC}/tpm", OTHER_IP, token),  # the credential, from another address
         (f"/api/v1/nodes/{MAC}/tpm", NODE_IP, None),  # the address, no credential
         (f"/api/v1/nodes/{MAC}/tpm", NODE_IP, "forged-token-forged-token"),
-        ("/api/v1/nodes/52:54:00:66:66:66/tpm", NODE_IP, token),  # another MAC's name
+        (f"/api/v1/nodes/{ATT}/tpm", NODE_IP, token),  # another MAC's name
+        (f"/api/v1/nodes/{ATT}/tpm", ATT_IP, token),  # from the UUID forger's own lease
     ]:
         st, why = _send(srv, "POST", path, source, tok, report)
         assert st == 403, (path, source, why)
