@@ -2,7 +2,8 @@
 
 A node enrols its TPM (manual: pending, no secret; then `ramboot node trust`), boots with its
 host key, and has the same one at its next boot; a second VM with another TPM and the same
-MAC and UUID boots but reaches no secret, and the server records `untrusted-tpm`.
+MAC and UUID boots but reaches no secret, and the server records `untrusted-tpm`. The dracut
+image (`--initramfs dracut`) does the same with the same TPM client (first-boot enrolment).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from ramboot.identity import Identities
+from ramboot.inventory.store import Store
 from ramboot.lab.server import ramboot_cmd
 from ramboot.lab.vm import boot_vm, random_mac
 from test_e2e_lab import BOOT_TIMEOUT, LabRun, _explain
 from test_identity_vm import _probe, probe_image  # noqa: F401  (a fixture)
+from test_node_modules_vm import module_images  # noqa: F401  (a fixture)
 from tpm_sim import need_tools
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
@@ -75,3 +79,31 @@ def test_tpm_enrols_then_only_that_tpm_opens_the_nodes_secrets(request, tmp_path
     assert "tpm: trusted" in show and fp in show and "REFUSED" in show, show
     tpm_secs = float(tpm_stage[-1]["detail"]["seconds"])
     print(f"\nTPM steps (createek, createak, ActivateCredential) took {tpm_secs:.2f} s on {run.accel.upper()}")
+
+
+def test_dracut_image_opens_the_overlay_sealed_to_its_tpm(module_images, tmp_path: Path) -> None:  # noqa: F811
+    need_tools()
+    data, accel = module_images
+    run = LabRun("tpm-dracut", tmp_path, data / "images/drm", accel)
+    run.start(dhcp='mode = "full"\nrange = "172.22.33.100-172.22.33.200"\n[security]\ntpm_enroll = "first-boot"\n')
+    try:
+        mac = random_mac()
+        run.node_add(mac, "--hostname", "drac-tpm")
+        r = boot_vm(run.lab, "bios", mac, BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base, accel=accel,
+                    tpm=tmp_path / "tpm")
+        run.keep(r)
+        assert r.ok, _explain(r)
+        console = r.console_log.read_text(errors="replace").replace("\r", "")
+        events = run.events(mac)
+        stages = [e["stage"] for e in events]
+        assert "tpm-enrolled" in stages and "tpm" in stages, stages
+        overlay = [e for e in events if e["stage"] == "overlay"]
+        assert overlay and overlay[-1]["detail"]["tpm"] is True, overlay
+        store = Store(f"sqlite:///{run.lab.data_dir / 'ramboot.db'}", run.lab.data_dir / "secrets.key")
+        try:
+            want = Identities(store).machine_id(mac)
+        finally:
+            store.close()
+        assert f"mod-test: machine-id {want}\n" in console, console[-3000:]
+    finally:
+        run.close()

@@ -218,6 +218,7 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     data = resources.files("ramboot.images") / "initramfs"
     c.file("init", (data / "init").read_bytes(), 0o755)
     c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)
+    c.file("etc/ramboot/tpm.sh", (data / "tpm.sh").read_bytes(), 0o644)
     c.file("etc/ramboot/nic-modules", ("\n".join(nics) + "\n").encode())
     base = f"lib/modules/{k.version}"
     keep = {idx.path[m] for m in mods}
