@@ -6,6 +6,7 @@ UUID and address getting nothing secret and being recorded as `untrusted-tpm`.""
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import io
 import json
@@ -114,7 +115,6 @@ def test_manual_enrolment_then_only_that_tpm_opens_the_overlay(served: LiveServe
         st, sha = _send(srv, "GET", f"/overlay/{MAC_H}.tar.sha256", NODE_IP, token)
         st2, sealed = _send(srv, "GET", f"/overlay/{MAC_H}.tar", NODE_IP, token)
         assert (st, st2) == (200, 200)
-        import hashlib
         assert sha.split()[0].decode() == hashlib.sha256(sealed).hexdigest()
         assert sealed.startswith(tpm_gate.MAGIC) and b"PRIVATE KEY" not in sealed
         with pytest.raises(tarfile.ReadError):
