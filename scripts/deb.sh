@@ -87,9 +87,10 @@ echo /etc/ramboot/ramboot.toml > "$root/DEBIAN/conffiles"
 size=$(find "$root" -path "$root/DEBIAN" -prune -o \( -type f -o -type l \) -printf '%s\n' \
   | awk '{ k += int(($1 + 1023) / 1024) } END { print k }')
 DEPENDS="python3 (>= $PYMINOR), python3 (<< $NEXTMINOR), libc6, squashfs-tools, busybox-static, kmod, cpio, zstd, \
-ipxe, pxelinux, syslinux-common, shim-signed, grub-efi-amd64-signed, openssh-client, iproute2, curl"
+ipxe, pxelinux, syslinux-common, shim-signed, grub-efi-amd64-signed, openssh-client, iproute2, curl, \
+tpm2-tools, openssl"
 RECOMMENDS="qemu-system-x86, qemu-utils, ovmf, mmdebstrap, dracut, nftables, sbsigntool, udev, kpartx, \
-iputils-arping, e2fsprogs, xorriso"
+iputils-arping, e2fsprogs, xorriso, swtpm, swtpm-tools"
 cat > "$root/DEBIAN/control" <<EOF
 Package: ramboot
 Version: $VERSION

@@ -11,6 +11,7 @@ DEBS=(
   openssh-client  # ssh-keygen: per-node host keys and ramboot's SSH CA (the tests also log in with ssh)
   shim-signed grub-efi-amd64-signed sbsigntool  # Secure Boot: signed shim and GRUB, sbverify
   udev kpartx iputils-arping  # host tools that `--initramfs dracut` copies in
+  tpm2-tools swtpm swtpm-tools  # TPM identity: the initramfs carries tpm2-tools; the lab and tests run swtpm
   # real peers for the tests and benchmarks
   isc-dhcp-client atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server
   tcpdump curl nginx-light chromium wrk

@@ -121,6 +121,7 @@ def test_package_holds_what_a_sysadmin_expects(debs: dict[str, Path]) -> None:
     info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True, check=True).stdout
     for want in (f"Version: {BASE}", "Architecture: amd64", "python3 (>= 3.11), python3 (<< 3.12)",
                  "squashfs-tools", "busybox-static", "ipxe", "pxelinux", "shim-signed", "grub-efi-amd64-signed",
+                 "tpm2-tools",
                  "Recommends: qemu-system-x86", "ovmf", "mmdebstrap", "dracut", "conffiles", "postinst", "postrm"):
         assert want in info, (want, info)
     files = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout

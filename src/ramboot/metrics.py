@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 HTTP_BYTES = Counter("ramboot_http_bytes", "Bytes sent over HTTP, by kind of file", ["kind"])
 HTTP_REFUSED = Counter("ramboot_http_refused", "HTTP requests refused (403) by what they asked for", ["kind"])
 BOOTS_CONTESTED = Counter("ramboot_boots_contested", "Second claims on one boot's credential (access.py)")
+TPM_ATTESTATIONS = Counter("ramboot_tpm_attestations", "Node TPM reports by outcome (tpm_gate.py)", ["outcome"])
 BOOTS = Counter("ramboot_boots", "Boot events seen, by stage", ["stage"])
 BOOT_DURATION = Histogram(
     "ramboot_boot_duration_seconds",

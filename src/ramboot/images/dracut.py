@@ -139,7 +139,8 @@ def _basedir(dracut: Path, base: Path, own_module: bool) -> Path:
     mine = base / "modules.d" / MODULE
     mine.mkdir()
     src = resources.files("ramboot.images") / "dracut-module"
-    for f in src.iterdir():
+    tpm = resources.files("ramboot.images") / "initramfs" / "tpm.sh"  # one TPM client for both initramfses
+    for f in [*src.iterdir(), tpm]:
         if f.name.endswith(".sh"):
             (mine / f.name).write_bytes(f.read_bytes())
             os.chmod(mine / f.name, 0o755)

@@ -1,4 +1,5 @@
-"""ramboot's own initramfs: busybox-static, curl with its libraries, our init, and the kernel's modules it needs.
+"""ramboot's own initramfs: busybox-static, curl, tpm2-tools and openssl with their libraries, our init,
+and the kernel's modules it needs.
 
 Modules are picked by name (filesystems, NICs, disks for the inventory) and
 closed over their dependencies through the kernel's own `modules.dep` (plus
@@ -39,6 +40,12 @@ CLOUD_NICS = ("virtio_net", "virtio_pci", "e1000", "e1000e", "vmxnet3", "ena", "
 EFI_FS = ("efivarfs",)
 # Disks, only so the inventory can list them.
 DISKS = ("virtio_blk", "virtio_scsi", "sd_mod", "nvme", "ahci", "ata_piix")
+# The TPM (a node's identity, tpm_gate.py), when the kernel has its drivers as modules
+# (Debian's build them in).
+TPM = ("tpm_tis", "tpm_crb")
+# The TPM's tools: tpm2-tools' one binary, and the TCTI it loads with dlopen (no ldd sees
+# that one); openssl opens the overlay sealed to the boot key they recover.
+TPM_TCTI = "libtss2-tcti-device.so.0"
 GENERIC_NIC_DIRS = ("kernel/drivers/net/ethernet/",)
 
 
@@ -130,7 +137,7 @@ def select_modules(k: Kernel, idx: ModuleIndex) -> tuple[list[str], list[str]]:
         nics = [n for n in CLOUD_NICS if idx.has(n)]
     if not any(n not in ("virtio_pci",) for n in nics):
         raise ImageError(f"kernel {k.version} has no NIC driver ramboot knows (looked for {', '.join(CLOUD_NICS)})")
-    wanted = list(REQUIRED) + nics + [d for d in DISKS + LIVE_FS + EFI_FS if idx.has(d)]
+    wanted = list(REQUIRED) + nics + [d for d in DISKS + LIVE_FS + EFI_FS + TPM if idx.has(d)]
     return idx.closure(wanted), nics
 
 
@@ -205,11 +212,13 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     closure = elf_closure(Path(curl))
     for lib in closure:
         c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
+    _carry_tpm_tools(c)
     # What init copies to /run/ramboot/curl/ for the root's own "booted" report.
     c.file("etc/ramboot/curl.files", "".join(f"{p}\n" for p in ["/bin/curl", *map(str, closure)]).encode())
     data = resources.files("ramboot.images") / "initramfs"
     c.file("init", (data / "init").read_bytes(), 0o755)
     c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)
+    c.file("etc/ramboot/tpm.sh", (data / "tpm.sh").read_bytes(), 0o644)
     c.file("etc/ramboot/nic-modules", ("\n".join(nics) + "\n").encode())
     base = f"lib/modules/{k.version}"
     keep = {idx.path[m] for m in mods}
@@ -230,6 +239,22 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     if proc.returncode != 0:
         raise ImageError(f"{comp[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
     out.write_bytes(proc.stdout)
+
+
+def _carry_tpm_tools(c: Cpio) -> None:
+    """tpm2-tools (`tpm2 SUBCOMMAND`), its device TCTI and openssl, with their libraries."""
+    tpm2, openssl = shutil.which("tpm2"), shutil.which("openssl")
+    if tpm2 is None or openssl is None:
+        raise ImageError("tpm2 (tpm2-tools) or openssl not found on the build host: run `make setup`")
+    tcti = next((p for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
+                 if (p := Path(d) / TPM_TCTI).exists()), None)
+    if tcti is None:
+        raise ImageError(f"{TPM_TCTI} (tpm2-tools' device TCTI) not found on the build host: run `make setup`")
+    for binary in (Path(tpm2), Path(openssl)):
+        c.file(f"bin/{binary.name}", binary.read_bytes(), 0o755)
+    c.file(str(tcti).lstrip("/"), tcti.resolve().read_bytes(), 0o755)
+    for lib in sorted({*elf_closure(Path(tpm2)), *elf_closure(Path(openssl)), *elf_closure(tcti)}):
+        c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
 
 
 def elf_closure(binary: Path) -> list[Path]:

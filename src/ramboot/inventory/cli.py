@@ -63,6 +63,12 @@ class Local:
         if not self.store.remove_node(mac):
             raise click.ClickException(f"no node {mac}")
 
+    def trust(self, mac: str, replace: bool) -> S.TpmOut:
+        rec = self.store.tpms.trust(mac, time.time(), replace)
+        if rec is None:
+            raise click.ClickException(f"{mac} has no {'refused ' if replace else ''}TPM to trust")
+        return S.TpmOut.model_validate(rec, from_attributes=True)
+
     def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
         from .store import ProfileSpec
 
@@ -127,6 +133,9 @@ class Remote:
 
     def rm(self, mac: str) -> None:
         self.call("DELETE", f"/nodes/{mac}")
+
+    def trust(self, mac: str, replace: bool) -> S.TpmOut:
+        return S.TpmOut.model_validate(self.call("POST", f"/nodes/{mac}/tpm/trust", {"replace": replace}))
 
     def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
         return S.ProfileOut.model_validate(self.call("PUT", f"/profiles/{name}", body.model_dump()))
@@ -312,6 +321,7 @@ def show(mac, config_path, server, token) -> None:
         con.print(f"  ssh keys: {len(n.ssh_keys)} (" + ", ".join(k.split()[-1] for k in n.ssh_keys) + ")")
     if n.labels:
         con.print("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())))
+    _show_tpm(con, n)
     if n.inventory:
         r = n.inventory.report
         con.print(f"inventory ({_ago(n.inventory.at)}):")
@@ -341,6 +351,33 @@ def show(mac, config_path, server, token) -> None:
         detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
         table.add_row(f"{e.at - b.started:7.2f}", e.stage, e.source, detail)
     con.print(table)
+
+
+def _show_tpm(con: Console, n: S.NodeDetail) -> None:
+    """The node's TPM: what guards its secrets, in one line (and a refused TPM, loudly)."""
+    t = n.tpm
+    if t is None:
+        con.print("  tpm: none enrolled: this node's secrets are only as safe as the provisioning network")
+        return
+    if t.state == "pending":
+        con.print(f"  tpm: pending (EK {t.ek_fingerprint}): no secret until `ramboot node trust {n.mac}`")
+    else:
+        con.print(f"  tpm: trusted (EK {t.ek_fingerprint}, since {_ago(t.trusted_at)}): secrets open only in it")
+    if t.ek_cert:
+        con.print(f"  tpm EK certificate: {t.ek_cert}")
+    if t.refused_fingerprint:
+        con.print(f"  [bold red]tpm REFUSED[/]: another TPM (EK {t.refused_fingerprint}) asked for this node's "
+                  f"secrets {_ago(t.refused_at)} (untrusted-tpm); `node trust {n.mac} --replace` if the board changed")
+
+
+@node.command()
+@click.argument("mac", callback=lambda c, p, v: _mac(v))
+@click.option("--replace", is_flag=True, help="trust the TPM last refused instead (a replaced board or TPM)")
+@_backend_options
+def trust(mac, replace, config_path, server, token) -> None:
+    """Trust a node's pending TPM: from then on its secrets open only in that TPM."""
+    t = _open(config_path, server, token).trust(mac, replace)
+    click.echo(f"node {mac}: TPM trusted, EK {t.ek_fingerprint}")
 
 
 @node.command()

@@ -131,3 +131,21 @@ class Credential(Base):
     state: Mapped[str] = mapped_column(String(12))  # issued | claimed | superseded | contested
     claimed_ip: Mapped[str | None] = mapped_column(String(45))
     claimed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Tpm(Base):
+    """A node's TPM (tpm_gate.py): the endorsement key it enrolled, and whether the operator
+    (or the first boot) trusts it. A different EK later is refused and kept here to show."""
+
+    __tablename__ = "tpms"
+
+    node: Mapped[str] = mapped_column(String(17), primary_key=True)
+    ek_fingerprint: Mapped[str] = mapped_column(String(71))  # sha256:<hex> of the EK's SubjectPublicKeyInfo
+    ek_public: Mapped[str] = mapped_column(Text)  # the TPM2B_PUBLIC, base64
+    ek_cert: Mapped[str | None] = mapped_column(String(512))  # issuer and expiry of its EK certificate, if any
+    state: Mapped[str] = mapped_column(String(8))  # pending | trusted
+    seen: Mapped[float] = mapped_column(Float)
+    trusted_at: Mapped[float | None] = mapped_column(Float)
+    refused_fingerprint: Mapped[str | None] = mapped_column(String(71))  # the last other EK that asked
+    refused_public: Mapped[str | None] = mapped_column(Text)
+    refused_at: Mapped[float | None] = mapped_column(Float)

@@ -75,3 +75,19 @@ class CredentialRecord:
     state: str  # issued | claimed | superseded | contested
     claimed_ip: str | None = None
     claimed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class TpmRecord:
+    """A node's enrolled TPM (tpm_gate.py): its EK and whether it is trusted."""
+
+    node: str
+    ek_fingerprint: str
+    ek_public: str  # base64 TPM2B_PUBLIC
+    ek_cert: str | None
+    state: str  # pending | trusted
+    seen: float
+    trusted_at: float | None = None
+    refused_fingerprint: str | None = None
+    refused_public: str | None = None
+    refused_at: float | None = None

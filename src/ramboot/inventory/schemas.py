@@ -254,9 +254,22 @@ class InventoryOut(BaseModel):
     report: InventoryReport
 
 
+class TpmOut(BaseModel):
+    """A node's enrolled TPM (tpm_gate.py): its EK's fingerprint and whether it is trusted."""
+
+    state: Literal["pending", "trusted"]
+    ek_fingerprint: str
+    ek_cert: str | None = None
+    seen: float
+    trusted_at: float | None = None
+    refused_fingerprint: str | None = None  # the last other TPM that asked for this node's secrets
+    refused_at: float | None = None
+
+
 class NodeDetail(NodeOut):
     inventory: InventoryOut | None = None
     last_boot: BootOut | None = None
+    tpm: TpmOut | None = None  # None: no TPM enrolled; its secrets are as safe as the provisioning network
     warnings: list[str] = []  # on PUT/POST only: what will keep the node from booting as registered
 
 
@@ -270,6 +283,22 @@ class NodeStatus(BaseModel):
     image: str | None = None
     inventory: InventoryOut | None = None
     last_boot: BootOut | None = None
+
+
+B64 = r"^[A-Za-z0-9+/=]*$"
+
+
+class TpmReport(_Strict):
+    """A node's TPM, as its initramfs reads it: TPM2B_PUBLIC of the EK and of a fresh AK, and
+    the EK certificate from NV if there is one (DER), each base64."""
+
+    ek: str = Field(pattern=B64, min_length=8, max_length=1400)
+    ak: str = Field(pattern=B64, min_length=8, max_length=1400)
+    ek_cert: str | None = Field(None, pattern=B64, max_length=6000)
+
+
+class TpmTrust(_Strict):
+    replace: bool = False  # trust the last refused EK instead (a replaced board or TPM)
 
 
 class EventIn(_Strict):

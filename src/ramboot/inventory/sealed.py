@@ -9,6 +9,8 @@ another's row either: a row that does not open under the key is an error, never 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import stat
 from pathlib import Path
@@ -80,11 +82,19 @@ class Sealer:
     def __init__(self, path: Path):
         self.path = path
         self._aead: AESGCM | None = None
+        self._key = b""
 
     def ready(self, create: bool = True) -> AESGCM:
         if self._aead is None:
-            self._aead = AESGCM(load_key(self.path, create))
+            self._key = load_key(self.path, create)
+            self._aead = AESGCM(self._key)
         return self._aead
+
+    def derive(self, info: bytes) -> bytes:
+        """A 32-byte key for `info` (HMAC-SHA256 under the key file): every server sharing the
+        key file derives the same one, and nothing in the database gives it away."""
+        self.ready(create=True)
+        return hmac.new(self._key, b"ramboot derive\0" + info, hashlib.sha256).digest()
 
     def seal(self, name: str, value: str) -> str:
         nonce = os.urandom(_NONCE)

@@ -35,6 +35,7 @@ from .migrate import upgrade_to_head
 from .models import Event, Inventory, Lease, Node, Profile, Secret, Server
 from .records import EventRecord, NodeSpec, ProfileSpec, ServerRecord
 from .sealed import PREFIX, Sealer, SealError
+from .tpms import Tpms
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -141,6 +142,7 @@ class Store:
         self._checkpoint_lock = threading.Lock()
         self._recover_journal()
         self.credentials = Credentials(self._session)
+        self.tpms = Tpms(self._session)
         self._sealer = Sealer(secrets_key) if secrets_key is not None else None
         try:
             self._seal_plaintext()
@@ -355,6 +357,10 @@ class Store:
         if self._sealer is None:
             raise StoreError("the store was opened without a secrets key ([security] secrets_key)")
         return self._sealer
+
+    def derived_key(self, info: bytes) -> bytes:
+        """A key derived from the secrets key for `info` (a TPM-wrapped boot key: tpm_gate.py)."""
+        return self._sealing().derive(info)
 
     def secret(self, name: str, make: Callable[[], str]) -> str:
         """The secret called `name`, made with `make()` and kept (sealed) the first time it is asked for.

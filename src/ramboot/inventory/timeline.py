@@ -24,7 +24,8 @@ START = DHCP | {"loader", "script"}
 # What the access rule saw happen to a node (access.py): a refused claim of its secrets, a
 # contested boot. They are part of the boot they happen in and never start or end one, so
 # someone else's requests cannot open a phantom boot in a node's timeline.
-NOTES = frozenset({"refused", "contested"})
+# What the TPM rule saw (tpm_gate.py) is a note too.
+NOTES = frozenset({"refused", "contested", "tpm-enrolled", "tpm-attested", "tpm-pending", "untrusted-tpm"})
 
 
 def is_note(e: EventRecord) -> bool:

@@ -83,8 +83,10 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
     if spec is None and not events and inventory is None:
         return None
     boot = last_boot(events)
+    rec = store.tpms.get(mac)
+    tpm = S.TpmOut.model_validate(rec, from_attributes=True) if rec is not None else None
     detail = node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, registered=spec is not None,
-                      inventory=inventory, last_boot=boot_out(boot))
+                      inventory=inventory, last_boot=boot_out(boot), tpm=tpm)
     assert isinstance(detail, S.NodeDetail)
     return detail
 

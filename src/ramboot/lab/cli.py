@@ -9,10 +9,11 @@ import click
 
 from ..api_token import token_file
 from ..config import ConfigError, load_config
+from ..macaddr import BadMac, normalize_mac
 from .impair import Impairment
 from .netns import Lab, LabError
 from .server import SERVER_KEY, build_image, has_image, lab_config_text, start_server
-from .vm import FIRMWARES, boot_vm, format_timeline
+from .vm import FIRMWARES, boot_vm, format_timeline, random_mac
 
 
 def _fail(msg: str) -> None:
@@ -79,8 +80,12 @@ def down() -> None:
               help="percent of the VM's frames dropped, each way (like netem's loss; ramboot.lab.impair)")
 @click.option("--delay", type=click.FloatRange(0, 10_000), default=0.0,
               help="milliseconds each of the VM's frames is held, each way (like netem's delay)")
+@click.option("--tpm", is_flag=True,
+              help="give the VM a TPM 2.0 (swtpm), its state kept per MAC in the lab's folder across reboots")
+@click.option("--tpm-state", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="the swtpm's state folder instead (another folder: another TPM); implies --tpm")
 def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None, loss: float,
-       delay: float) -> None:
+       delay: float, tpm: bool, tpm_state: Path | None) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
     the_lab = Lab()
     st = the_lab.state()
@@ -88,9 +93,13 @@ def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: 
         _fail("the lab is not up; run: ramboot lab up")
     try:
         impair = Impairment(loss / 100, delay / 1000) if loss or delay else None
+        mac = normalize_mac(mac) if mac else random_mac()
+        if tpm and tpm_state is None:
+            tpm_state = the_lab.root / "tpm" / mac.replace(":", "")
         result = boot_vm(the_lab, firmware, mac, timeout, echo=sys.stdout.buffer, api_base=st.get("api_base"),
-                         uuid=uuid, secure_boot=secure_boot, impair=impair)
-    except LabError as e:
+                         uuid=uuid, secure_boot=secure_boot, impair=impair,
+                         tpm=tpm_state.resolve() if tpm_state else None)
+    except (LabError, BadMac) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; the VM was stopped")

@@ -181,11 +181,12 @@ def _stop_child(lab: Lab, proc: subprocess.Popen, key: str) -> None:
 
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
               uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None,
-              extra_nics: tuple[tuple[int, str], ...] = ()) -> list[str]:
+              extra_nics: tuple[tuple[int, str], ...] = (), tpm: Path | None = None) -> list[str]:
     """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID).
 
     `udp` (relay port, QEMU's port): the NIC talks to an impair relay on 127.0.0.1 instead of the tap.
-    `extra_nics`: (open tap fd, MAC) of further NICs, which never boot (no option ROM)."""
+    `extra_nics`: (open tap fd, MAC) of further NICs, which never boot (no option ROM).
+    `tpm`: the control socket of a swtpm: the VM has that TPM 2.0 on its TIS interface."""
     if firmware not in FIRMWARES:
         raise LabError(f"unknown firmware {firmware!r}: use {', '.join(FIRMWARES)}")
     if secure_boot and firmware == "bios":
@@ -197,6 +198,9 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
             "-netdev", netdev]
     if uuid:
         argv += ["-uuid", uuid]
+    if tpm is not None:
+        argv += ["-chardev", f"socket,id=chrtpm,path={tpm}", "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                 "-device", "tpm-tis,tpmdev=tpm0"]
     if firmware == "bios":
         argv += ["-machine", "pc", "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1"]
     else:
@@ -223,6 +227,29 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
     for i, (fd, nic_mac) in enumerate(extra_nics, start=1):
         argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic_mac},romfile="]
     return argv
+
+
+def start_swtpm(lab: Lab, key: str, state: Path, workdir: Path) -> Path:
+    """A swtpm (TPM 2.0) for one VM, its state in `state`: manufactured on first use by
+    swtpm_setup (an EK and its certificate in NV, as a vendor ships it). Its socket."""
+    state.mkdir(parents=True, exist_ok=True)
+    if not (state / "tpm2-00.permall").exists():
+        p = subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--createek", "--create-ek-cert",
+                            "--create-platform-cert", "--lock-nvram", "--overwrite"],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise LabError(f"swtpm_setup failed: {(p.stderr or p.stdout).strip()[-300:]}; apt-get install swtpm-tools")
+    sock = workdir / "swtpm.sock"
+    sock.unlink(missing_ok=True)
+    log = workdir / "swtpm.log"
+    lab.spawn(key, ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--ctrl",
+                    f"type=unixio,path={sock}", "--terminate"], log=log)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if time.monotonic() > deadline or not lab.alive(key):
+            raise LabError(f"swtpm did not start: {log.read_text(errors='replace')[-300:] if log.exists() else ''}")
+        time.sleep(0.05)
+    return sock
 
 
 @dataclass
@@ -353,6 +380,7 @@ def boot_vm(
     on_stage: Callable[[str], None] | None = None,
     impair: Impairment | None = None,
     extra_nics: tuple[tuple[Lab, str], ...] = (),
+    tpm: Path | None = None,
 ) -> BootResult:
     """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout).
 
@@ -364,6 +392,8 @@ def boot_vm(
     `impair`: the VM's wire into the bridge drops and delays frames each way (`ramboot.lab.impair`,
     a relay between the VM's tap and QEMU's socket netdev).
     `extra_nics`: (lab, MAC) of more NICs, each on that lab's bridge (a node with a second link).
+    `tpm`: a TPM 2.0 (swtpm) whose state is kept in this folder, made (with its EK certificate)
+    the first time: the same folder is the same TPM at every boot.
     """
     if not lab.exists():
         raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
@@ -392,12 +422,19 @@ def boot_vm(
             time.sleep(0.05)
         _, lport, qport = relay_log.read_text().split("\n", 1)[0].split()
         udp = (int(lport), int(qport))
+    tpm_key, tpm_sock = f"swtpm-{mac}", None
+    if tpm is not None:
+        try:
+            tpm_sock = start_swtpm(lab, tpm_key, tpm, workdir)
+        except LabError:
+            lab.del_tap(tap)
+            raise
     fds: list[int] = []
     try:
         for nic_lab, nic_mac in extra_nics:
             fds.append(open_tap(nic_lab, tap_name(nic_mac)))
         argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp,
-                         tuple(zip(fds, (normalize_mac(m) for _, m in extra_nics), strict=True)))
+                         tuple(zip(fds, (normalize_mac(m) for _, m in extra_nics), strict=True)), tpm_sock)
         started = time.time()
         proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=fds)
     finally:
@@ -458,6 +495,8 @@ def boot_vm(
         _stop_child(lab, proc, key)
         if impair is not None:
             _stop_child(lab, relay, relay_key)
+        if tpm is not None:
+            lab.stop(tpm_key)
         lab.del_tap(tap)
         console.join()
     time.sleep(0.5)  # the server batches events a few times a second

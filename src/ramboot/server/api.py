@@ -22,6 +22,8 @@ One route table drives both the router and the OpenAPI document
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import ipaddress
 import logging
@@ -42,7 +44,7 @@ from ..config import GRUB_PROXY_REFUSED, Config
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
-from ..inventory.timeline import SERVER_STAGES
+from ..inventory.timeline import NOTES, SERVER_STAGES
 from ..inventory.views import all_status, event_out, node_detail, node_list, node_warnings, report_of
 from ..macaddr import BadMac, normalize_mac
 from ..proto.pxe import normalize_uuid
@@ -370,7 +372,7 @@ async def report_event(request: web.Request) -> web.Response:
     rate_limit_report(request)
     await check_reporter(request, mac)
     body = await body_of(request, S.EventIn, ctx.config.api.max_report_kib)
-    if body.stage in SERVER_STAGES:
+    if body.stage in SERVER_STAGES or body.stage in NOTES:
         raise ApiError(400, f"stage {body.stage!r} is recorded by the server, not reported by nodes")
     if clash := _RESERVED_DETAIL & set(body.detail):
         raise ApiError(400, f"detail: reserved key {sorted(clash)[0]!r}")
@@ -406,6 +408,51 @@ async def report_inventory(request: web.Request) -> web.Response:
         log.info("node discovered", extra={"mac": mac})
     request.app[BROADCAST].poke(mac)
     return json_response(S.Accepted(), 202)
+
+
+async def report_tpm(request: web.Request) -> web.Response:
+    """A node's TPM (EK, AK, EK certificate), with this boot's credential from the node's address
+    (the access rule, as for its overlay): the boot key wrapped to its enrolled EK (tpm_gate.py)."""
+    ctx = request.app[CTX]
+    mac = mac_param(request)
+    rate_limit_report(request)
+    if why := secrets_transport_refused(request):
+        raise ApiError(403, why)
+    access, gate = ctx.namespace.access, ctx.tpm
+    if access is None or gate is None:
+        raise ApiError(403, "no access rule: this server releases no node secrets")
+    ip = request.remote or ""
+    claim = await asyncio.to_thread(access.claim, mac, ip, node_credential(request), True)
+    if claim.status != 200 or claim.credential is None:
+        raise ApiError(claim.status, claim.why)
+    body = await body_of(request, S.TpmReport, ctx.config.api.max_report_kib)
+    try:
+        ek, ak = base64.b64decode(body.ek, validate=True), base64.b64decode(body.ak, validate=True)
+        cert = base64.b64decode(body.ek_cert, validate=True) if body.ek_cert else None
+    except binascii.Error:
+        raise ApiError(400, "ek, ak, ek_cert: not base64") from None
+    rec = claim.credential
+    answer = await asyncio.to_thread(gate.attest, rec.node, rec.token_sha256, ek, ak, cert)
+    metrics.TPM_ATTESTATIONS.labels(answer.event or "invalid").inc()
+    if answer.event:
+        ctx.events.record(rec.node, answer.event, ip=ip, ek=answer.fingerprint, why=answer.why[:200])
+    if answer.event == "untrusted-tpm":
+        log.warning("untrusted TPM", extra={"mac": rec.node, "client": ip, "why": answer.why})
+    if answer.blob is None:
+        raise ApiError(answer.status, answer.why)
+    return web.Response(body=answer.blob, content_type="application/octet-stream",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def trust_tpm(request: web.Request) -> web.Response:
+    """The operator trusts a node's pending TPM, or (`replace`) the last other one it refused."""
+    ctx = request.app[CTX]
+    mac = mac_param(request)
+    body = await body_of(request, S.TpmTrust)
+    rec = await asyncio.to_thread(ctx.store.tpms.trust, mac, time.time(), body.replace)
+    if rec is None:
+        raise ApiError(404, f"{mac} has no {'refused ' if body.replace else ''}TPM to trust")
+    return json_response(S.TpmOut.model_validate(rec, from_attributes=True))
 
 
 def _profile_name(request: web.Request) -> str:
@@ -549,6 +596,11 @@ ROUTES = [
           response=S.InventoryOut, many=True),
     Route("POST", "/nodes/{mac}/inventory", report_inventory, "node", "A node reports its hardware",
           S.InventoryReport, S.Accepted, status=202),
+    Route("POST", "/nodes/{mac}/tpm", report_tpm, "node",
+          "A node reports its TPM; the answer is this boot's key wrapped to its enrolled EK",
+          S.TpmReport, produces=("application/octet-stream", "a credential for tpm2_activatecredential")),
+    Route("POST", "/nodes/{mac}/tpm/trust", trust_tpm, "write", "Trust a node's pending TPM (or the one refused)",
+          S.TpmTrust, S.TpmOut),
     Route("GET", "/profiles", list_profiles, "read", "List profiles", response=S.ProfileOut, many=True),
     Route("GET", "/profiles/{name}", get_profile, "read", "One profile", response=S.ProfileOut),
     Route("PUT", "/profiles/{name}", put_profile, "write", "Create or replace a profile", S.ProfileIn, S.ProfileOut),

@@ -13,6 +13,7 @@ from ..config import Config
 from ..inventory.store import Store
 from ..namespace import Namespace
 from ..policy import Booter
+from ..tpm_gate import TpmGate
 from .cluster import Cluster
 from .events import EventLog
 
@@ -27,6 +28,7 @@ class Ctx:
     store: Store
     events: EventLog
     cluster: Cluster | None = None  # this server among the others on the database (`serve` makes one)
+    tpm: TpmGate | None = None  # the TPM rule after the access rule (tpm_gate.py)
 
 
 CTX = web.AppKey("ramboot", Ctx)

@@ -26,8 +26,9 @@ from aiohttp import web
 from .. import metrics, names
 from ..names import PathRefused
 from ..namespace import GeneratedFile
-from ..overlays import OverlayError
+from ..overlays import OverlayError, sha256_line
 from ..proto import http_conditional
+from ..tpm_gate import seal
 from .http_context import CTX, text_error
 
 log = logging.getLogger("ramboot.http")
@@ -338,17 +339,29 @@ async def overlay_file(request: web.Request, name: names.Overlay) -> web.StreamR
             ctx.events.record(name.mac, "refused", ip=ip, why=claim.why[:200])
         return text_error(claim.status, f"refused: {claim.why}")
     rec = claim.credential
+    # A node with an enrolled TPM gets it sealed to the boot key only its TPM recovers (tpm_gate.py).
+    key = await asyncio.to_thread(ctx.tpm.overlay_key, rec.node, rec.token_sha256) if ctx.tpm else None
+    if key is not None and key.mode == "refused":
+        metrics.HTTP_REFUSED.labels("overlay").inc()
+        ctx.events.record(rec.node, "refused", ip=ip, why=key.why[:200])
+        return text_error(403, f"refused: {key.why}")
+    sealed = key is not None and key.mode == "sealed"
     try:
-        resolved = await asyncio.to_thread(ctx.namespace.overlay, rec.nic, rec.uuid, rec.node, name.checksum)
+        resolved = await asyncio.to_thread(ctx.namespace.overlay, rec.nic, rec.uuid, rec.node,
+                                           name.checksum and not sealed)
     except OverlayError as e:
         log.warning("overlay failed", extra={"mac": name.mac, "why": str(e)})
         return text_error(500, f"overlay: {e}")
     if resolved is None:
         return text_error(409, f"refused: {rec.nic} no longer boots as {rec.node}")
+    data = resolved.data
+    if key is not None and sealed:
+        data = seal(key.key, data)
+        if name.checksum:
+            data = sha256_line(data, "overlay.tar")
     if not name.checksum:
-        metrics.HTTP_BYTES.labels("overlay").inc(len(resolved.data))
-    return web.Response(body=resolved.data, content_type="application/octet-stream",
-                        headers={"Cache-Control": "no-store"})
+        metrics.HTTP_BYTES.labels("overlay").inc(len(data))
+    return web.Response(body=data, content_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
 
 async def status_page(request: web.Request) -> web.StreamResponse:

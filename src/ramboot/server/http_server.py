@@ -25,6 +25,7 @@ from ..config import Config
 from ..inventory.store import Store
 from ..namespace import Namespace
 from ..policy import Booter
+from ..tpm_gate import TpmGate
 from . import api, event_stream
 from .cluster import Cluster
 from .events import EventLog
@@ -101,7 +102,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
 def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store, events: EventLog,
              cluster: Cluster | None = None) -> web.Application:
     app = web.Application(client_max_size=config.api.max_body_kib << 10, middlewares=[api.error_middleware])
-    app[CTX] = Ctx(config, namespace, booter, store, events, cluster)
+    app[CTX] = Ctx(config, namespace, booter, store, events, cluster,
+                   TpmGate(config.security.tpm_enroll, store.tpms, store.derived_key))
     event_stream.install(app)
     api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)

@@ -20,6 +20,11 @@ installkernel() {
 install() {
     inst_multiple sha256sum curl cut tr stat awk mkdir cp tar wc
     inst_simple "$moddir/ramboot-lib.sh" /lib/ramboot-lib.sh
+    # The node's TPM (tpm.sh, shared with ramboot's own initramfs): tpm2-tools, the device
+    # TCTI it loads with dlopen, and openssl to open the overlay sealed to the boot key.
+    inst_multiple tpm2 openssl base64 od head tail
+    inst_libdir_file "libtss2-tcti-device.so*"
+    inst_simple "$moddir/tpm.sh" /lib/ramboot-tpm.sh
     inst_hook cmdline 20 "$moddir/ramboot-cmdline.sh"
     inst_hook netroot 50 "$moddir/ramboot-netroot.sh"
     inst_hook pre-mount 10 "$moddir/ramboot-overlay-dirs.sh"

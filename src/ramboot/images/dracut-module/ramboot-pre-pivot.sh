@@ -3,6 +3,18 @@
 # authorized_keys, /etc/hosts), the kernel's modules layer, and what the root needs
 # to report "booted" (/run/ramboot/node.env and a static busybox), then switch-root.
 type rb_stage > /dev/null 2>&1 || . /lib/ramboot-lib.sh
+. /lib/ramboot-tpm.sh
+
+# This boot's key from the node's TPM, when it has one (tpm.sh): the overlay of a node
+# whose TPM the server trusts comes sealed to it.
+rb_tpm() {
+    [ -c /dev/tpmrm0 ] || return 0
+    if rb_tpm_key "$(rb_server)" "$(rb_mac)" "$(getarg ramboot.token=)" "$RB_CA"; then
+        rb_stage tpm "{\"seconds\":$RB_TPM_SECS,\"ek_cert\":$RB_TPM_CERT}"
+    else
+        rb_console "TPM: no boot key: an overlay sealed to this node's TPM will not open"
+    fi
+}
 
 # The overlay as ramboot's own initramfs fetches it: once per boot, against this
 # boot's credential (ramboot.token=), its sha256 first (that only checks), then the
@@ -10,7 +22,7 @@ type rb_stage > /dev/null 2>&1 || . /lib/ramboot-lib.sh
 # upper dir, through $NEWROOT). A refusal or a 404 passes the turn to the next server;
 # a fetched archive is not fetched again. Without one the node boots, without its identity.
 rb_overlay() {
-    local urls url want sum file got
+    local urls url want sum file got sealed
     urls=$(getargs ramboot.overlay=)
     [ -n "$urls" ] || return 0
     [ -n "$(getarg ramboot.token=)" ] ||
@@ -23,10 +35,19 @@ rb_overlay() {
         want=$(echo "$want" | cut -d' ' -f1 | tr A-F a-f)
         sum=$(sha256sum "$file" | cut -d' ' -f1)
         if [ "$sum" = "$want" ]; then
+            sealed=false
+            if rb_sealed "$file"; then
+                sealed=true
+                rb_unseal "$file" || {
+                    rm -f "$file"
+                    rb_console "WARNING: the overlay is sealed to this node's TPM and did not open"
+                    break
+                }
+            fi
             tar -xf "$file" -C "$NEWROOT" || rb_fail "cannot unpack the node's overlay"
             got=$(tar -tf "$file" | wc -l)
             rm -f "$file"
-            rb_stage overlay "{\"sha256\":\"$sum\",\"files\":$got}"
+            rb_stage overlay "{\"sha256\":\"$sum\",\"files\":$got,\"tpm\":$sealed}"
             return 0
         fi
         rb_console "overlay from $url: sha256 mismatch (expected $want, got $sum)"
@@ -72,6 +93,7 @@ rb_modules() {
     rb_stage modules "{\"url\":\"$(rb_jstr "$url")\",\"bytes\":$bytes,\"seconds\":$secs,\"sha256\":\"$RB_SUM\"}"
 }
 
+rb_tpm
 rb_overlay
 rb_modules
 rb_host=$(getarg ramboot.hostname=)

@@ -1,0 +1,109 @@
+"""Issue 21 on real boots: VMs with a TPM 2.0 (swtpm) PXE-boot through `ramboot serve`.
+
+A node enrols its TPM (manual: pending, no secret; then `ramboot node trust`), boots with its
+host key, and has the same one at its next boot; a second VM with another TPM and the same
+MAC and UUID boots but reaches no secret, and the server records `untrusted-tpm`. The dracut
+image (`--initramfs dracut`) does the same with the same TPM client (first-boot enrolment).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+from ramboot.identity import Identities
+from ramboot.inventory.store import Store
+from ramboot.lab.server import ramboot_cmd
+from ramboot.lab.vm import boot_vm, random_mac
+from test_e2e_lab import BOOT_TIMEOUT, LabRun, _explain
+from test_identity_vm import _probe, probe_image  # noqa: F401  (a fixture)
+from test_node_modules_vm import module_images  # noqa: F401  (a fixture)
+from tpm_sim import need_tools
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+
+def _boot(run: LabRun, mac: str, uuid: str, state: Path):
+    r = boot_vm(run.lab, "bios", mac, BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base, accel=run.accel,
+                uuid=uuid, tpm=state)
+    run.keep(r)
+    assert r.ok, _explain(r)
+    return r, _probe(r.console_log.read_text(errors="replace"))
+
+
+def _cli(run: LabRun, *args: str) -> str:
+    p = subprocess.run([*ramboot_cmd(), "node", *args, "--config", str(run.config)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_tpm_enrols_then_only_that_tpm_opens_the_nodes_secrets(request, tmp_path: Path, probe_image) -> None:  # noqa: F811
+    need_tools()
+    run = LabRun("tpm", tmp_path, *probe_image)
+    request.addfinalizer(run.close)
+    run.start()
+    mac, uuid = random_mac(), str(uuidlib.uuid4())
+    run.node_add(mac, "--hostname", "tpm-1", "--uuid", uuid)
+    mine, other = tmp_path / "tpm-mine", tmp_path / "tpm-other"
+
+    # 1. first boot: the TPM is enrolled, pending; the node boots without its secrets.
+    _, one = _boot(run, mac, uuid, mine)
+    assert one["hostkey"] == [""], one  # no host key in its root
+    stages = [e["stage"] for e in run.events(mac)]
+    assert "tpm-pending" in stages and "overlay" not in stages, stages
+    assert "tpm: pending" in _cli(run, "show", mac)
+
+    # 2. the operator trusts it; the next boots recover the boot key and open the overlay.
+    fp = _cli(run, "trust", mac).split("EK ")[-1].strip()
+    assert fp.startswith("sha256:")
+    r2, two = _boot(run, mac, uuid, mine)
+    assert two["hostkey"] != [""] and two["hostname"] == ["tpm-1"], two
+    tpm_stage = [e for e in run.events(mac) if e["stage"] == "tpm" and e["at"] >= r2.started]
+    overlay = [e for e in run.events(mac) if e["stage"] == "overlay" and e["at"] >= r2.started]
+    assert tpm_stage and overlay and overlay[-1]["detail"]["tpm"] is True, (tpm_stage, overlay)
+    _, three = _boot(run, mac, uuid, mine)
+    assert three["hostkey"] == two["hostkey"] and three["machine-id"] == two["machine-id"], (two, three)
+
+    # 3. another TPM, the same MAC and UUID: it boots, but reaches no secret; recorded loudly.
+    before = run.metric("ramboot_tpm_attestations_total", outcome="untrusted-tpm")
+    r4, four = _boot(run, mac, uuid, other)
+    assert four["hostkey"] == [""], four
+    untrusted = [e for e in run.events(mac) if e["stage"] == "untrusted-tpm" and e["at"] >= r4.started]
+    assert untrusted and untrusted[-1]["detail"]["ek"] != fp, untrusted
+    assert run.metric("ramboot_tpm_attestations_total", outcome="untrusted-tpm") - before == 1
+    show = _cli(run, "show", mac)
+    assert "tpm: trusted" in show and fp in show and "REFUSED" in show, show
+    tpm_secs = float(tpm_stage[-1]["detail"]["seconds"])
+    print(f"\nTPM steps (createek, createak, ActivateCredential) took {tpm_secs:.2f} s on {run.accel.upper()}")
+
+
+def test_dracut_image_opens_the_overlay_sealed_to_its_tpm(module_images, tmp_path: Path) -> None:  # noqa: F811
+    need_tools()
+    data, accel = module_images
+    run = LabRun("tpm-dracut", tmp_path, data / "images/drm", accel)
+    run.start(dhcp='mode = "full"\nrange = "172.22.33.100-172.22.33.200"\n[security]\ntpm_enroll = "first-boot"\n')
+    try:
+        mac = random_mac()
+        run.node_add(mac, "--hostname", "drac-tpm")
+        r = boot_vm(run.lab, "bios", mac, BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base, accel=accel,
+                    tpm=tmp_path / "tpm")
+        run.keep(r)
+        assert r.ok, _explain(r)
+        console = r.console_log.read_text(errors="replace").replace("\r", "")
+        events = run.events(mac)
+        stages = [e["stage"] for e in events]
+        assert "tpm-enrolled" in stages and "tpm" in stages, stages
+        overlay = [e for e in events if e["stage"] == "overlay"]
+        assert overlay and overlay[-1]["detail"]["tpm"] is True, overlay
+        store = Store(f"sqlite:///{run.lab.data_dir / 'ramboot.db'}", run.lab.data_dir / "secrets.key")
+        try:
+            want = Identities(store).machine_id(mac)
+        finally:
+            store.close()
+        assert f"mod-test: machine-id {want}\n" in console, console[-3000:]
+    finally:
+        run.close()
