@@ -32,6 +32,8 @@ class Node(Base):
     ssh_keys: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     profiles: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     overlays: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    bmc: Mapped[str | None] = mapped_column(String(1024))  # the BMC URL, password cut out (sealed in secrets)
+    boot_once: Mapped[str | None] = mapped_column(String(128))  # an image for the next boot only
 
 
 class Profile(Base):
@@ -45,6 +47,7 @@ class Profile(Base):
     ssh_keys: Mapped[list] = mapped_column(JSON, default=list)
     overlays: Mapped[list] = mapped_column(JSON, default=list)
     labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    bmc: Mapped[str | None] = mapped_column(String(1024))
 
 
 class Secret(Base):
@@ -131,3 +134,14 @@ class Credential(Base):
     state: Mapped[str] = mapped_column(String(12))  # issued | claimed | superseded | contested
     claimed_ip: Mapped[str | None] = mapped_column(String(45))
     claimed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class PowerCount(Base):
+    """`ramboot_power_actions_total{action,result}`: kept in the database, since the CLI acts on
+    BMCs from its own process and every server on the database shows the same counts."""
+
+    __tablename__ = "power_counts"
+
+    action: Mapped[str] = mapped_column(String(16), primary_key=True)
+    result: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)

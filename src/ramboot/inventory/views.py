@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from . import schemas as S
 from .store import EventRecord, NodeSpec, Store
 from .timeline import Boot, last_boot
+
+if TYPE_CHECKING:
+    from ..server.events import EventLog
 
 
 def node_warnings(data_dir: Path, default_loader: str, image: str | None, loader: str | None) -> list[str]:
@@ -108,3 +111,22 @@ def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.Node
             last_boot=boot_out(last_boot(events.get(mac, []))),
         ))
     return rows
+
+
+def consume_boot_once(store: Store, events: EventLog, mac: str) -> bool:
+    """The node reported `booted`: if this boot was of its boot-once image, that image is used
+    up and the node's own comes back at the next boot. Which image this boot ran is what it
+    fetched (the node's download or the server's kernel, initrd and root events), not what is
+    set now: a boot-once set while an older boot was under way stays for the next one."""
+    spec = store.get_node(mac)
+    if spec is None or not spec.boot_once:
+        return False
+    events.flush()
+    boot = last_boot(store.events(mac))
+    mark = f"/images/{spec.boot_once}/"  # in a root URL, and in a served name with "/" before it
+    ran = boot is not None and any(mark in "/" + str(e.detail.get("url") or e.detail.get("file") or "")
+                                   for e in boot.events)
+    if ran and store.set_boot_once(mac, None, only_if=spec.boot_once):
+        events.record(mac, "boot-once-done", image=spec.boot_once)
+        return True
+    return False
