@@ -79,13 +79,19 @@ def down() -> None:
               help="percent of the VM's frames dropped, each way (like netem's loss; ramboot.lab.impair)")
 @click.option("--delay", type=click.FloatRange(0, 10_000), default=0.0,
               help="milliseconds each of the VM's frames is held, each way (like netem's delay)")
+@click.option("--bmc", type=click.Choice(["ipmi"]), default=None,
+              help="run the VM behind an emulated BMC (ipmi: OpenIPMI's ipmi_sim), print its --bmc URL and leave "
+                   "both running until `lab down`")
 def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None, loss: float,
-       delay: float) -> None:
+       delay: float, bmc: str | None) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
     the_lab = Lab()
     st = the_lab.state()
     if not the_lab.exists() or SERVER_KEY not in st["pids"]:
         _fail("the lab is not up; run: ramboot lab up")
+    if bmc:
+        _vm_behind_bmc(the_lab, st, firmware, mac, timeout)
+        return
     try:
         impair = Impairment(loss / 100, delay / 1000) if loss or delay else None
         result = boot_vm(the_lab, firmware, mac, timeout, echo=sys.stdout.buffer, api_base=st.get("api_base"),
@@ -97,3 +103,28 @@ def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: 
     click.echo("\n" + format_timeline(result))
     if not result.ok:
         _fail(f"{result.mac} did not reach its RAM root: {result.reason}; the boot stopped after {result.stopped_at}")
+
+
+def _vm_behind_bmc(the_lab: Lab, st: dict, firmware: str, mac: str | None, timeout: float) -> None:
+    import time
+
+    from .bmc import start_ipmi_vm, wait_booted
+    from .vm import choose_accel, random_mac
+
+    mac = mac or random_mac()
+    kernel = next(iter(sorted(the_lab.data_dir.glob("images/*/vmlinuz"))), None)
+    accel, _why = choose_accel(the_lab, kernel)
+    since = time.time()
+    try:
+        vm = start_ipmi_vm(the_lab, mac, accel, firmware)
+    except LabError as e:
+        _fail(str(e))
+    click.echo(f"mac: {mac}")
+    click.echo(f"bmc: {vm.url}")
+    click.echo(f"console: {vm.console_log}")
+    ok, last = wait_booted(the_lab, mac, since, timeout, st.get("api_base"))
+    if not ok:
+        _fail(f"{mac} did not reach its RAM root within {timeout:.0f} s (last stage: {last}); "
+              f"the VM and its BMC keep running until `ramboot lab down`")
+    click.echo(f"{mac}: reached its RAM root in {time.time() - since:.1f} s; the VM and its BMC keep running "
+               "until `ramboot lab down`")
