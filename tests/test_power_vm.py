@@ -52,7 +52,8 @@ def test_ipmi_power_reprovision_and_boot_once(request, tmp_path: Path, built) ->
     image, accel = built
     run = LabRun("power-ipmi", tmp_path, image, accel)
     request.addfinalizer(run.close)
-    run.start()
+    net = run.lab.server_ip.rsplit(".", 1)[0]
+    run.start(dhcp=f'mode = "full"\nrange = "{net}.100-{net}.200"\n[console]\ncapture = true\nmax_kib = 64\n')
     link_image(image, run.lab.data_dir, "second")
     mac, dead = random_mac(), random_mac()
     t0 = time.time()
@@ -97,6 +98,14 @@ def test_ipmi_power_reprovision_and_boot_once(request, tmp_path: Path, built) ->
     assert _booted_image(run, mac, since) == {"second"}, run.events(mac)[-12:]
     assert run.api(f"/api/v1/nodes/{mac}")["last_boot"]["events"][0]["stage"] == "power"
 
+    # The console, captured over Serial-over-LAN: the kernel's lines in the file and in `node show`.
+    log = run.lab.data_dir / "consoles" / f"{mac.replace(':', '-')}.log"
+    text = b"".join(p.read_bytes() for p in (Path(f"{log}.1"), log) if p.exists())
+    assert b"Linux version" in text and log.stat().st_size <= 64 << 10, log
+    lines = [c["line"] for c in run.api(f"/api/v1/nodes/{mac}")["last_boot"]["console"]]
+    assert any("Linux version" in x for x in lines) and "ramboot: booted" in lines, lines[:40]
+    assert "ramboot: booted" in _cli(run, "node", "show", mac).stdout
+
     # Boot once into demo, then the node's own (second) again.
     since = time.time()
     once = _cli(run, "node", "boot-once", mac, "--image", "demo", "--now")
@@ -117,3 +126,50 @@ def test_ipmi_power_reprovision_and_boot_once(request, tmp_path: Path, built) ->
     print(f"\nipmi: reprovision to booted {reprovision_s:.1f} s ({accel})")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "power-ipmi-figures.txt").write_text(f"reprovision_to_booted_s {reprovision_s:.1f} {accel}\n")
+
+
+def test_redfish_and_libvirt_power_and_reprovision(request, tmp_path: Path, built) -> None:  # noqa: F811
+    """A libvirt domain (TCG) in the test's own libvirtd, powered through sushy-emulator's Redfish
+    and through the libvirt driver; each reprovisions the node and waits for `booted`."""
+    from ramboot.lab.bmc import define_domain, start_libvirtd, start_sushy
+
+    image, accel = built
+    run = LabRun("power-rf", tmp_path, image, accel)
+    request.addfinalizer(run.close)
+    run.start()
+    link_image(image, run.lab.data_dir, "second")
+    daemon = start_libvirtd(run.lab, tmp_path / "libvirt")
+    mac = random_mac()
+    domain, console = define_domain(run.lab, daemon, mac, accel)
+    request.addfinalizer(lambda: console.exists() and shutil.copyfile(console, ARTIFACTS / "power-rf-console.log"))
+    base = start_sushy(run.lab, daemon, tmp_path / "sushy")
+
+    def domstate() -> str:
+        return subprocess.run(["ip", "netns", "exec", run.lab.ns, "virsh", "-c", daemon.uri, "domstate", domain],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+
+    assert _cli(run, "node", "add", mac, "--image", "demo", "--bmc", base + "?verify=false").returncode == 0
+    assert _cli(run, "power", "status", mac).stdout.strip() == f"{mac} off" and domstate() == "shut off"
+    since = time.time()
+    on = _cli(run, "power", "on", mac)
+    assert on.returncode == 0 and domstate() == "running", on.stdout + on.stderr
+    ok, last = wait_booted(run.lab, mac, since, 300, run.base)
+    assert ok and _booted_image(run, mac, since) == {"demo"}, last
+    figures = {}
+    for driver, bmc, target in (("redfish", base + "?verify=false", "second"),
+                                ("libvirt", f"libvirt:{domain}?uri={daemon.uri}", "demo")):
+        assert _cli(run, "node", "add", mac, "--image", "demo" if target == "second" else "second",
+                    "--bmc", bmc).returncode == 0
+        assert _cli(run, "power", "status", mac).stdout.strip() == f"{mac} on"
+        t1, since = time.monotonic(), time.time()
+        rep = _cli(run, "node", "reprovision", mac, "--image", target, "--wait", "--timeout", "300", timeout=330)
+        figures[driver] = time.monotonic() - t1
+        assert rep.returncode == 0, rep.stdout + rep.stderr
+        assert _booted_image(run, mac, since) == {target}, run.events(mac)[-12:]
+    off = _cli(run, "power", "off", mac)
+    assert off.returncode == 0 and domstate() == "shut off", off.stdout + off.stderr
+    assert run.metric("ramboot_power_actions_total", action="cycle", result="ok") == 2
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "power-rf-figures.txt").write_text(
+        "".join(f"reprovision_to_booted_s {d} {s:.1f} {accel}\n" for d, s in figures.items()))
+    print("\n" + ", ".join(f"{d}: reprovision to booted {s:.1f} s" for d, s in figures.items()))

@@ -242,6 +242,8 @@ def _labels(labels: tuple[str, ...]) -> dict[str, str]:
     return pairs
 
 
+CONSOLE_SHOWN = 60  # console lines `node show` prints (the API has them all)
+
 _NAMES = {"bmc": "--bmc", "ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overlay",
           "labels": "--label"}
 
@@ -346,6 +348,12 @@ def show(mac, config_path, server, token) -> None:
         detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
         table.add_row(f"{e.at - b.started:7.2f}", e.stage, e.source, detail)
     con.print(table)
+    if b.console:
+        shown = b.console[-CONSOLE_SHOWN:]
+        con.print(f"console ({len(b.console)} lines" + (f", the last {len(shown)}" if len(shown) < len(b.console)
+                                                         else "") + "):")
+        for c in shown:
+            click.echo(f"  {c.at - b.started:7.2f}  {c.line}")  # as printed, no markup
 
 
 @node.command()

@@ -145,3 +145,16 @@ class PowerCount(Base):
     action: Mapped[str] = mapped_column(String(16), primary_key=True)
     result: Mapped[str] = mapped_column(String(16), primary_key=True)
     n: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConsoleLine(Base):
+    """A line of a node's serial console (`[console] capture`), shown with the boot it falls in.
+    Kept apart from the events: a boot prints hundreds, which would push its stages out of view."""
+
+    __tablename__ = "console_lines"
+    __table_args__ = (Index("ix_console_lines_mac_at", "mac", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mac: Mapped[str] = mapped_column(String(17))
+    at: Mapped[float] = mapped_column(Float)
+    line: Mapped[str] = mapped_column(String(200))

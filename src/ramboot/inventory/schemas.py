@@ -197,6 +197,11 @@ class EventOut(BaseModel):
     detail: dict
 
 
+class ConsoleLineOut(BaseModel):
+    at: float
+    line: str
+
+
 class BootOut(BaseModel):
     """One boot, from its first DHCP/loader/script event to `booted` or `failed`."""
 
@@ -208,6 +213,7 @@ class BootOut(BaseModel):
     failure: str | None = None
     contested: bool = Field(False, description="a second claim was made on this boot's credential")
     events: list[EventOut]
+    console: list[ConsoleLineOut] = Field([], description="its serial console's lines (`[console] capture`)")
 
 
 # A hardware report is kept per boot (store.add_inventory): unknown keys are dropped (a newer

@@ -34,7 +34,7 @@ from ..proto.dhcp_core import LeaseRecord
 from .credentials import Credentials
 from .lease_journal import CHECKPOINT_EVERY, Changes, JournalLocked, LeaseJournal
 from .migrate import upgrade_to_head
-from .models import Event, Inventory, Lease, Node, PowerCount, Profile, Secret, Server
+from .models import ConsoleLine, Event, Inventory, Lease, Node, PowerCount, Profile, Secret, Server
 from .records import EventRecord, NodeSpec, ProfileSpec, ServerRecord
 from .sealed import PREFIX, Sealer, SealError
 
@@ -339,6 +339,26 @@ class Store:
                                                                                          n=0)
             row.n = (row.n or 0) + 1
             s.add(row)
+
+    def add_console_lines(self, mac: str, lines: list[tuple[float, str]], keep: int) -> None:
+        """A node's console lines; its oldest beyond `keep` go."""
+        if not lines:
+            return
+        mac = normalize_mac(mac)
+        with self._session.begin() as s:
+            s.execute(insert(ConsoleLine), [{"mac": mac, "at": at, "line": line[:200]} for at, line in lines])
+            cut = s.scalar(select(ConsoleLine.id).where(ConsoleLine.mac == mac).order_by(ConsoleLine.id.desc())
+                           .offset(keep).limit(1))
+            if cut is not None:
+                s.execute(delete(ConsoleLine).where(ConsoleLine.mac == mac, ConsoleLine.id <= cut))
+
+    def console_lines(self, mac: str, since: float, limit: int = 2000) -> list[tuple[float, str]]:
+        """The node's console lines from `since` on, oldest first (at most the newest `limit`)."""
+        q = (select(ConsoleLine.at, ConsoleLine.line)
+             .where(ConsoleLine.mac == normalize_mac(mac), ConsoleLine.at >= since)
+             .order_by(ConsoleLine.id.desc()).limit(limit))
+        with self._session() as s:
+            return [(r.at, r.line) for r in reversed(s.execute(q).all())]
 
     def power_counts(self) -> dict[tuple[str, str], int]:
         with self._session() as s:

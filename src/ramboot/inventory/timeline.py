@@ -30,8 +30,8 @@ NOTES = frozenset({"refused", "contested"})
 
 
 # Recorded by the operator's tools, never reported by a node: `power` (an action through the
-# BMC; one that powers the node up starts a boot) and `console` (a line of its serial console).
-OPERATOR_STAGES = ("power", "console")
+# BMC; one that powers the node up starts a boot).
+OPERATOR_STAGES = ("power",)
 POWER_UP = frozenset({"on", "cycle", "reset"})
 
 
@@ -40,9 +40,9 @@ def powers_up(e: EventRecord) -> bool:
 
 
 def is_note(e: EventRecord) -> bool:
-    """A note, a console line, a power action that did not power the node up, or a DHCP event
-    of a lease under a client id of its own (not the machine's)."""
-    return (e.stage in NOTES or e.stage == "console" or (e.stage == "power" and not powers_up(e))
+    """A note, a power action that did not power the node up, or a DHCP event of a lease under
+    a client id of its own (not the machine's)."""
+    return (e.stage in NOTES or (e.stage == "power" and not powers_up(e))
             or (e.stage in DHCP and "client_id" in e.detail))
 GAP = 600.0
 

@@ -86,10 +86,19 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
     if spec is None and not events and inventory is None:
         return None
     boot = last_boot(events)
+    out = boot_out(boot)
+    if boot is not None and out is not None:
+        # The firmware prints before its first DHCP request: a boot's console starts a little
+        # before its first event, unless that event is the power action that started it.
+        since = boot.started - (0 if boot.events[0].stage == "power" else CONSOLE_LEAD)
+        out.console = [S.ConsoleLineOut(at=at, line=line) for at, line in store.console_lines(mac, since)]
     detail = node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, registered=spec is not None,
-                      inventory=inventory, last_boot=boot_out(boot))
+                      inventory=inventory, last_boot=out)
     assert isinstance(detail, S.NodeDetail)
     return detail
+
+
+CONSOLE_LEAD = 30.0  # seconds of console before a boot's first event that are its firmware's
 
 
 def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.NodeStatus]:

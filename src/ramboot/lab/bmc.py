@@ -286,3 +286,31 @@ def _self_signed(workdir: Path, ip: str) -> tuple[Path, Path]:
                         "-subj", "/CN=ramboot lab BMC", "-addext", f"subjectAltName=IP:{ip}", "-days", "7",
                         "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
     return cert, key
+
+
+def start_redfish_vm(lab: Lab, mac: str, accel: str, memory_mb: int = 1024) -> BmcVm:
+    """A libvirt domain behind the lab's sushy-emulator (both started once per lab), powered on
+    through Redfish; returns at once (the boot goes on)."""
+    import subprocess
+
+    from ..power import driver_for
+    from ..power.bmc import parse
+    from .netns import call_in_netns
+
+    st = lab.state()
+    root = lab.root / "libvirt"
+    if lab.alive("libvirtd") and st.get("libvirt_uri"):
+        daemon = Libvirtd(root, st["libvirt_uri"])
+    else:
+        daemon = start_libvirtd(lab, root)
+        lab.remember(libvirt_uri=daemon.uri)
+    if not (lab.alive("sushy") and st.get("redfish_base")):
+        lab.remember(redfish_base=start_sushy(lab, daemon, lab.root / "sushy"))
+    base = lab.state()["redfish_base"]
+    name, console = define_domain(lab, daemon, mac, accel, memory_mb)
+    uuid = subprocess.run(["ip", "netns", "exec", lab.ns, "virsh", "-c", daemon.uri, "domuuid", name],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+    url = f"{base}/redfish/v1/Systems/{uuid}?verify=false"
+    driver = driver_for(parse(url))
+    call_in_netns(lab.ns, lambda: driver.power("on"))
+    return BmcVm(normalize_mac(mac), url, root, console)

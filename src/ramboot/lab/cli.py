@@ -79,9 +79,9 @@ def down() -> None:
               help="percent of the VM's frames dropped, each way (like netem's loss; ramboot.lab.impair)")
 @click.option("--delay", type=click.FloatRange(0, 10_000), default=0.0,
               help="milliseconds each of the VM's frames is held, each way (like netem's delay)")
-@click.option("--bmc", type=click.Choice(["ipmi"]), default=None,
-              help="run the VM behind an emulated BMC (ipmi: OpenIPMI's ipmi_sim), print its --bmc URL and leave "
-                   "both running until `lab down`")
+@click.option("--bmc", type=click.Choice(["ipmi", "redfish"]), default=None,
+              help="run the VM behind an emulated BMC (ipmi: OpenIPMI's ipmi_sim; redfish: sushy-emulator in front "
+                   "of the lab's own libvirtd), print its --bmc URL and leave both running until `lab down`")
 def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None, loss: float,
        delay: float, bmc: str | None) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
@@ -90,7 +90,7 @@ def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: 
     if not the_lab.exists() or SERVER_KEY not in st["pids"]:
         _fail("the lab is not up; run: ramboot lab up")
     if bmc:
-        _vm_behind_bmc(the_lab, st, firmware, mac, timeout)
+        _vm_behind_bmc(the_lab, st, bmc, firmware, mac, timeout)
         return
     try:
         impair = Impairment(loss / 100, delay / 1000) if loss or delay else None
@@ -105,19 +105,22 @@ def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: 
         _fail(f"{result.mac} did not reach its RAM root: {result.reason}; the boot stopped after {result.stopped_at}")
 
 
-def _vm_behind_bmc(the_lab: Lab, st: dict, firmware: str, mac: str | None, timeout: float) -> None:
+def _vm_behind_bmc(the_lab: Lab, st: dict, kind: str, firmware: str, mac: str | None, timeout: float) -> None:
     import time
 
-    from .bmc import start_ipmi_vm, wait_booted
+    from ..power import PowerError
+    from .bmc import start_ipmi_vm, start_redfish_vm, wait_booted
     from .vm import choose_accel, random_mac
 
     mac = mac or random_mac()
     kernel = next(iter(sorted(the_lab.data_dir.glob("images/*/vmlinuz"))), None)
     accel, _why = choose_accel(the_lab, kernel)
     since = time.time()
+    if kind == "redfish" and firmware != "bios":
+        _fail("--bmc redfish runs a libvirt domain with SeaBIOS: use --firmware bios")
     try:
-        vm = start_ipmi_vm(the_lab, mac, accel, firmware)
-    except LabError as e:
+        vm = start_ipmi_vm(the_lab, mac, accel, firmware) if kind == "ipmi" else start_redfish_vm(the_lab, mac, accel)
+    except (LabError, PowerError) as e:
         _fail(str(e))
     click.echo(f"mac: {mac}")
     click.echo(f"bmc: {vm.url}")

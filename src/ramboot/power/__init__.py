@@ -34,8 +34,6 @@ class Driver(Protocol):
 
 
 def driver_for(bmc: Bmc, timeout: float = TIMEOUT) -> Driver:
-    if bmc.host == "auto":
-        raise PowerError("the BMC address is 'auto' and the node has reported none in band yet")
     if bmc.scheme == "ipmi":
         from .ipmi import IpmiDriver
 

@@ -30,7 +30,7 @@ class BmcError(ValueError):
 @dataclass(frozen=True)
 class Bmc:
     scheme: str  # ipmi | redfish | libvirt
-    host: str = ""  # ipmi, redfish: address or name ("auto": the address the node reports in band)
+    host: str = ""  # ipmi, redfish: address or name
     port: int = 0
     user: str = ""
     password: str | None = None  # None: not given (or given as HIDDEN)
@@ -42,7 +42,8 @@ class Bmc:
     def url(self, password: str | None = None) -> str:
         """The URL with `password` in it (None: without any)."""
         if self.scheme == "libvirt":
-            return f"libvirt:{self.domain}" + (f"?uri={urllib.parse.quote(self.uri, safe=':/@')}" if self.uri else "")
+            query = f"?uri={urllib.parse.quote(self.uri, safe=':/@+?=&')}" if self.uri else ""
+            return f"libvirt:{self.domain}{query}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         cred = urllib.parse.quote(self.user, safe="")
         if password is not None:
@@ -57,9 +58,6 @@ class Bmc:
 
     def with_password(self, password: str | None) -> Bmc:
         return replace(self, password=password)
-
-    def with_host(self, host: str) -> Bmc:
-        return replace(self, host=host)
 
     @property
     def needs_password(self) -> bool:
@@ -85,7 +83,7 @@ def parse(text: str) -> Bmc:
     except ValueError:
         raise BmcError(f"{u.scheme}: the port is not a number from 1 to 65535") from None
     host = u.hostname or ""
-    if host != "auto" and not _HOST.match(host):
+    if not _HOST.match(host):
         try:
             host = str(ipaddress.ip_address(host))
         except ValueError:
@@ -121,10 +119,9 @@ def _libvirt(text: str) -> Bmc:
         raise BmcError("libvirt: the domain is a name (letters, digits, '.', '_', '+', '-')")
     uri = ""
     if query:
-        q = urllib.parse.parse_qs(query, keep_blank_values=True)
-        if set(q) != {"uri"} or len(q["uri"]) != 1 or not _LIBVIRT_URI.match(q["uri"][0]):
+        uri = urllib.parse.unquote(query.removeprefix("uri="))  # not parse_qs: a '+' is qemu+ssh's, not a space
+        if not query.startswith("uri=") or not _LIBVIRT_URI.match(uri):
             raise BmcError("libvirt: the only query is ?uri=DRIVER://[HOST]/PATH (qemu:///system, say)")
-        uri = q["uri"][0]
     return Bmc("libvirt", domain=domain, uri=uri)
 
 

@@ -7,9 +7,10 @@ nothing else; each action becomes a `power` event in the node's timeline and a c
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..inventory.records import EventRecord, NodeSpec
@@ -17,7 +18,7 @@ from ..inventory.store import Store
 from ..macaddr import BadMac, normalize_mac
 from . import TIMEOUT, Driver, PowerError, driver_for
 
-MAX_WORKERS = 64  # BMCs asked at once (with no --rate)
+MAX_WORKERS = 64  # BMCs asked at once
 
 
 class TargetError(ValueError):
@@ -85,24 +86,54 @@ def record(store: Store, mac: str, action: str, ok: bool, detail: dict) -> None:
 def run(store: Store, nodes: list[NodeSpec], action: str, rate: float | None = None, timeout: float = TIMEOUT,
         step: Callable[[Driver], str] | None = None) -> Iterator[Outcome]:
     """Each node's outcome as it comes. `rate`: nodes started per second (waves, so a rack does not
-    draw its inrush at once); `step`: what to do with each driver (default: `action`, then read the state)."""
+    draw its inrush at once); `step`: what to do with each driver (default: `action`, then read the state).
+
+    Each node is asked in a daemon thread, at most MAX_WORKERS at once, within `budget(timeout)`:
+    a BMC whose library hangs past it is reported as not answering and never holds the command up."""
     do = step or (lambda d: act(d, action))
-    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, max(1, len(nodes)))) as pool:
-        futures: list[tuple[NodeSpec, float, Future]] = []
+    limit = budget(timeout)
+    done: queue.Queue[tuple[int, str, str]] = queue.Queue()
+    started: dict[int, float] = {}
+    slots = threading.Semaphore(MAX_WORKERS)
+
+    def ask(i: int) -> None:
+        try:
+            done.put((i, *_one(store, nodes[i], do, timeout)))
+        finally:
+            slots.release()
+
+    def starter() -> None:
         t0 = time.monotonic()
-        for i, node in enumerate(nodes):
+        for i in range(len(nodes)):
             if rate:
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            futures.append((node, time.monotonic(), pool.submit(_one, store, node, do, timeout)))
-        for node, started, fut in futures:
-            state, error = fut.result()
-            ok = not error
-            seconds = time.monotonic() - started
-            if not (error and error.startswith("no BMC")):
-                record(store, node.mac, action, ok, {"state": state, **({"error": error} if error else {})})
-            yield Outcome(node.mac, action, ok, state, error, seconds)
+                time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            slots.acquire()
+            started[i] = time.monotonic()
+            threading.Thread(target=ask, args=(i,), name=f"power-{nodes[i].mac}", daemon=True).start()
+
+    threading.Thread(target=starter, name="power-waves", daemon=True).start()
+    pending = set(range(len(nodes)))
+    while pending:
+        try:
+            i, state, error = done.get(timeout=0.2)
+        except queue.Empty:
+            now = time.monotonic()
+            late = sorted(j for j in pending if j in started and now - started[j] > limit)
+            if not late:
+                continue
+            i, state, error = late[0], "unknown", f"no answer within {limit:.0f} s"
+        if i not in pending:
+            continue  # it answered after it was given up on
+        pending.discard(i)
+        node = nodes[i]
+        if not error.startswith("no BMC"):
+            record(store, node.mac, action, not error, {"state": state, **({"error": error} if error else {})})
+        yield Outcome(node.mac, action, not error, state, error, time.monotonic() - started[i])
+
+
+def budget(timeout: float) -> float:
+    """The most one node may take: a state read, the action, and the wait for its new state."""
+    return 3 * timeout + 5
 
 
 def _one(store: Store, node: NodeSpec, do: Callable[[Driver], str], timeout: float) -> tuple[str, str]:

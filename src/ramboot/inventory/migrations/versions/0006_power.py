@@ -1,5 +1,5 @@
 """Power: a node's and a profile's BMC URL (password sealed in `secrets`), a node's boot-once
-image, and the power action counters.
+image, the power action counters, and captured console lines.
 
 Revision ID: 0006
 Revises: 0005
@@ -32,9 +32,19 @@ def upgrade() -> None:
             sa.Column("result", sa.String(16), primary_key=True),
             sa.Column("n", sa.Integer(), nullable=False),
         )
+    if "console_lines" not in set(inspector.get_table_names()):
+        op.create_table(
+            "console_lines",
+            sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+            sa.Column("mac", sa.String(17), nullable=False),
+            sa.Column("at", sa.Float(), nullable=False),
+            sa.Column("line", sa.String(200), nullable=False),
+        )
+        op.create_index("ix_console_lines_mac_at", "console_lines", ["mac", "at"])
 
 
 def downgrade() -> None:
+    op.drop_table("console_lines")
     op.drop_table("power_counts")
     with op.batch_alter_table("profiles") as batch:
         batch.drop_column("bmc")
