@@ -20,6 +20,7 @@ from .init_cli import init
 from .inventory.cli import node, profile
 from .lab.cli import lab
 from .logs import setup_logging
+from .power.cli import boot_once, console, power, reprovision
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,6 +58,10 @@ def serve(config_path: str, verbose: bool) -> None:
 
 # Sub-command groups live beside the code they drive.
 main.add_command(node)
+main.add_command(power)
+node.add_command(reprovision)
+node.add_command(boot_once)
+node.add_command(console)
 main.add_command(profile)
 main.add_command(overlay)
 main.add_command(ssh)

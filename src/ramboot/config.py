@@ -225,6 +225,14 @@ class ApiConfig(_Section):
         return self
 
 
+class ConsoleConfig(_Section):
+    """Console capture (power/console.py): every node with an IPMI or libvirt BMC."""
+
+    capture: bool = False  # keep DATA/consoles/MAC.log and put each boot's lines in its timeline
+    max_kib: int = Field(1024, ge=16, le=1 << 20)  # MAC.log is rotated to MAC.log.1 past this size
+    lines_per_boot: int = Field(2000, ge=0, le=100_000)  # console lines kept as timeline events per boot
+
+
 class Config(_Section):
     data_dir: Path = Path("/var/lib/ramboot")
     network: NetworkConfig = NetworkConfig()
@@ -237,6 +245,7 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     tls: TlsConfig = TlsConfig()
     security: SecurityConfig = SecurityConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @model_validator(mode="after")
     def _grub_needs_our_dhcp(self) -> Config:

@@ -5,7 +5,10 @@ Every server appends its own here, so `/metrics` shows them all in one place.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 HTTP_BYTES = Counter("ramboot_http_bytes", "Bytes sent over HTTP, by kind of file", ["kind"])
 HTTP_REFUSED = Counter("ramboot_http_refused", "HTTP requests refused (403) by what they asked for", ["kind"])
@@ -93,3 +96,23 @@ def dropped(protocol: str, reason: str, n: int = 1) -> None:
     if c is None:
         c = _dropped[(protocol, reason)] = DROPPED.labels(protocol, reason)
     c.inc(n)  # type: ignore[attr-defined]
+
+
+class PowerActions:
+    """`ramboot_power_actions_total{action,result}`: the counts live in the database (the CLI acts
+    on BMCs from its own process; every server on one database shows the same), read before each
+    scrape (`counts`)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily("ramboot_power_actions", "Power actions through nodes' BMCs, by action and result "
+                                  "(ok, error)", labels=["action", "result"])
+        for (action, result), n in sorted(self.counts.items()):
+            fam.add_metric([action, result], n)
+        yield fam
+
+
+POWER_ACTIONS = PowerActions()
+REGISTRY.register(POWER_ACTIONS)

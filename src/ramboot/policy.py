@@ -6,7 +6,8 @@ that says everything about one boot: which node this is, what it boots, how,
 and with which kernel command line. Boot scripts and configs are pure renderers
 of it (`render.py`). The node is chosen by specificity, as matchbox does: a
 node registered with this MAC, else one registered with this UUID, else the
-default for unknown machines (`[boot] unknown_nodes`). Its settings are
+default for unknown machines (`[boot] unknown_nodes`); a node's boot-once image
+(`node boot-once`, `node reprovision`) is its image until a boot of it reports `booted`. Its settings are
 layered the same way: `[boot]`, then `[boot] profile`, then the node's
 profiles in order, then the node's own settings, each winning over the one
 before (lists such as SSH keys and overlays add up, in that order).
@@ -191,7 +192,9 @@ class Booter:
         if spec is None and boot.unknown_nodes == "ignore":
             return None
         layers = self._layers(spec)
-        image = (spec.image if spec else None) or _last(p.image for p in layers) or boot.default_image
+        # A boot-once image (`node boot-once`) wins over everything until a boot of it reports booted.
+        image = ((spec.boot_once or spec.image) if spec else None) or _last(p.image for p in layers) \
+            or boot.default_image
         loader = loader or (spec.loader if spec else None) or boot.loader
         hostname = spec.hostname if spec else None
         node_args = " ".join(a for a in [*(p.kernel_args for p in layers), spec.kernel_args if spec else ""] if a)

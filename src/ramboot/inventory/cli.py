@@ -70,9 +70,12 @@ class Local:
         return S.TpmOut.model_validate(rec, from_attributes=True)
 
     def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
-        from .store import ProfileSpec
+        from .store import ProfileSpec, StoreError
 
-        self.store.put_profile(ProfileSpec(name=name, **body.model_dump()))
+        try:
+            self.store.put_profile(ProfileSpec(name=name, **body.model_dump()))
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
         return self.show_profile(name)
 
     def list_profiles(self) -> list[S.ProfileOut]:
@@ -248,7 +251,10 @@ def _labels(labels: tuple[str, ...]) -> dict[str, str]:
     return pairs
 
 
-_NAMES = {"ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overlay", "labels": "--label"}
+CONSOLE_SHOWN = 60  # console lines `node show` prints (the API has them all)
+
+_NAMES = {"bmc": "--bmc", "ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overlay",
+          "labels": "--label"}
 
 
 @node.command()
@@ -265,18 +271,19 @@ _NAMES = {"ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overl
               help="a public key file for root's authorized_keys (repeatable)")
 @click.option("--profile", "profiles", multiple=True, help="a profile to inherit, in order (repeatable)")
 @click.option("--overlay", "overlays", multiple=True, help="an overlay (DATA/overlays/NAME) to lay on (repeatable)")
+@click.option("--bmc", metavar="URL", help=S.BMC_HELP)
 @_backend_options
-def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, config_path,
+def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, bmc, config_path,
         server, token) -> None:
     """Register a node (or replace what is registered for it)."""
     body = _validated(S.NodeIn, _NAMES, image=image, hostname=hostname, ip=ip, loader=loader,
                       kernel_args=kernel_args, uuid=uuid, labels=_labels(labels), ssh_keys=_read_keys(ssh_keys),
-                      profiles=list(profiles), overlays=list(overlays))
+                      profiles=list(profiles), overlays=list(overlays), bmc=bmc)
     n = _open(config_path, server, token).put(mac, body)
     for w in n.warnings:  # the same whether the store is local or the server's (--server)
         click.echo(f"warning: {w}", err=True)
     click.echo(f"node {n.mac}: image {n.image}" + (f", ip {n.ip}" if n.ip else "")
-               + (f", hostname {n.hostname}" if n.hostname else ""))
+               + (f", hostname {n.hostname}" if n.hostname else "") + (f", bmc {n.bmc}" if n.bmc else ""))
 
 
 @node.command("list")
@@ -310,7 +317,7 @@ def show(mac, config_path, server, token) -> None:
     n = _open(config_path, server, token).show(mac)
     con = Console()
     con.print(f"[bold]{n.mac}[/] ({n.state})")
-    for k in ("hostname", "ip", "image", "loader", "uuid", "kernel_args"):
+    for k in ("hostname", "ip", "image", "boot_once", "loader", "uuid", "kernel_args", "bmc"):
         v = getattr(n, k)
         if v:
             con.print(f"  {k}: {v}")
@@ -351,6 +358,12 @@ def show(mac, config_path, server, token) -> None:
         detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
         table.add_row(f"{e.at - b.started:7.2f}", e.stage, e.source, detail)
     con.print(table)
+    if b.console:
+        shown = b.console[-CONSOLE_SHOWN:]
+        con.print(f"console ({len(b.console)} lines" + (f", the last {len(shown)}" if len(shown) < len(b.console)
+                                                         else "") + "):")
+        for c in shown:
+            click.echo(f"  {c.at - b.started:7.2f}  {c.line}")  # as printed, no markup
 
 
 def _show_tpm(con: Console, n: S.NodeDetail) -> None:
@@ -403,15 +416,16 @@ def profile() -> None:
               help="a public key file for root's authorized_keys (repeatable)")
 @click.option("--overlay", "overlays", multiple=True, help="an overlay (DATA/overlays/NAME) (repeatable)")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
+@click.option("--bmc", metavar="URL", help="the BMC of nodes that name none of their own: " + S.BMC_HELP)
 @_backend_options
-def profile_add(name, image, kernel_args, ssh_keys, overlays, labels, config_path, server, token) -> None:
+def profile_add(name, image, kernel_args, ssh_keys, overlays, labels, bmc, config_path, server, token) -> None:
     """Create a profile (or replace it)."""
     try:
         S.plain_name(name)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="NAME") from None
     body = _validated(S.ProfileIn, _NAMES, image=image, kernel_args=kernel_args, ssh_keys=_read_keys(ssh_keys),
-                      overlays=list(overlays), labels=_labels(labels))
+                      overlays=list(overlays), labels=_labels(labels), bmc=bmc)
     p = _open(config_path, server, token).put_profile(name, body)
     click.echo(f"profile {p.name}" + (f": image {p.image}" if p.image else ""))
 
@@ -437,7 +451,7 @@ def profile_show(name, config_path, server, token) -> None:
     """One profile."""
     p = _open(config_path, server, token).show_profile(name)
     click.echo(f"profile {p.name}")
-    for k in ("image", "kernel_args"):
+    for k in ("image", "kernel_args", "bmc"):
         if getattr(p, k):
             click.echo(f"  {k}: {getattr(p, k)}")
     if p.overlays:

@@ -32,6 +32,8 @@ class Node(Base):
     ssh_keys: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     profiles: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     overlays: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    bmc: Mapped[str | None] = mapped_column(String(1024))  # the BMC URL, password cut out (sealed in secrets)
+    boot_once: Mapped[str | None] = mapped_column(String(128))  # an image for the next boot only
 
 
 class Profile(Base):
@@ -45,6 +47,7 @@ class Profile(Base):
     ssh_keys: Mapped[list] = mapped_column(JSON, default=list)
     overlays: Mapped[list] = mapped_column(JSON, default=list)
     labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    bmc: Mapped[str | None] = mapped_column(String(1024))
 
 
 class Secret(Base):
@@ -149,3 +152,27 @@ class Tpm(Base):
     refused_fingerprint: Mapped[str | None] = mapped_column(String(71))  # the last other EK that asked
     refused_public: Mapped[str | None] = mapped_column(Text)
     refused_at: Mapped[float | None] = mapped_column(Float)
+
+
+class PowerCount(Base):
+    """`ramboot_power_actions_total{action,result}`: kept in the database, since the CLI acts on
+    BMCs from its own process and every server on the database shows the same counts."""
+
+    __tablename__ = "power_counts"
+
+    action: Mapped[str] = mapped_column(String(16), primary_key=True)
+    result: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ConsoleLine(Base):
+    """A line of a node's serial console (`[console] capture`), shown with the boot it falls in.
+    Kept apart from the events: a boot prints hundreds, which would push its stages out of view."""
+
+    __tablename__ = "console_lines"
+    __table_args__ = (Index("ix_console_lines_mac_at", "mac", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mac: Mapped[str] = mapped_column(String(17))
+    at: Mapped[float] = mapped_column(Float)
+    line: Mapped[str] = mapped_column(String(200))

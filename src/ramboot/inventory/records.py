@@ -26,6 +26,8 @@ class NodeSpec:
     ssh_keys: list[str] = field(default_factory=list)  # public keys for root's authorized_keys
     profiles: list[str] = field(default_factory=list)  # inherited in order; the node's own settings win
     overlays: list[str] = field(default_factory=list)  # DATA/overlays/NAME trees, laid on at boot
+    bmc: str | None = None  # BMC URL (power/bmc.py); read back with the password as ***
+    boot_once: str | None = None  # an image for the next boot only (consumed when that boot reports booted)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ProfileSpec:
     ssh_keys: list[str] = field(default_factory=list)
     overlays: list[str] = field(default_factory=list)
     labels: dict[str, Any] = field(default_factory=dict)
+    bmc: str | None = None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from ..config import no_control_chars
 from ..macaddr import normalize_mac
+from ..power.bmc import parse as parse_bmc
 from ..proto import pxe
 
 IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -71,8 +72,20 @@ def _plain_labels(v: object) -> object:
     return v
 
 
+BMC_HELP = ("the BMC: ipmi://USER:PASS@HOST[:PORT], redfish://USER:PASS@HOST[:PORT][/redfish/v1/Systems/ID]"
+            "[?verify=false] or libvirt:DOMAIN[?uri=URI]; read back with the password as ***, which keeps it")
+
+
 class _Settings(_Strict):
-    """What nodes and profiles both set: labels and SSH keys, checked alike."""
+    """What nodes and profiles both set: labels, SSH keys and the BMC, checked alike."""
+
+    @field_validator("bmc", check_fields=False)
+    @classmethod
+    def _bmc(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        parse_bmc(v)  # a BmcError is a ValueError: one line, no password in it
+        return v
 
     @field_validator("labels", mode="before", check_fields=False)
     @classmethod
@@ -98,6 +111,7 @@ class NodeIn(_Settings):
     ssh_keys: list[str] = Field([], description="public keys for root's authorized_keys", max_length=256)
     profiles: list[str] = Field([], description="profiles the node inherits, in order; its own settings win")
     overlays: list[str] = Field([], description="overlays (DATA/overlays/NAME) laid on at boot, in order")
+    bmc: str | None = Field(None, description=BMC_HELP)
 
     @field_validator("image", "hostname", "kernel_args", mode="before")
     @classmethod
@@ -137,6 +151,7 @@ class ProfileIn(_Settings):
     ssh_keys: list[str] = Field([], max_length=256)
     overlays: list[str] = []
     labels: dict[str, str] = {}
+    bmc: str | None = Field(None, description=BMC_HELP)
 
     @field_validator("image", "kernel_args", mode="before")
     @classmethod
@@ -169,6 +184,8 @@ class NodeOut(BaseModel):
     ssh_keys: list[str] = []
     profiles: list[str] = []
     overlays: list[str] = []
+    bmc: str | None = Field(None, description="the BMC URL, its password shown as ***")
+    boot_once: str | None = Field(None, description="the image of the next boot only (`node boot-once`)")
     stage: str | None = Field(None, description="stage of the last boot")
     updated: float | None = Field(None, description="unix time of the last event")
 
@@ -178,6 +195,11 @@ class EventOut(BaseModel):
     source: Literal["server", "node"] | str
     at: float
     detail: dict
+
+
+class ConsoleLineOut(BaseModel):
+    at: float
+    line: str
 
 
 class BootOut(BaseModel):
@@ -191,6 +213,7 @@ class BootOut(BaseModel):
     failure: str | None = None
     contested: bool = Field(False, description="a second claim was made on this boot's credential")
     events: list[EventOut]
+    console: list[ConsoleLineOut] = Field([], description="its serial console's lines (`[console] capture`)")
 
 
 # A hardware report is kept per boot (store.add_inventory): unknown keys are dropped (a newer

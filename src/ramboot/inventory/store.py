@@ -28,11 +28,13 @@ from sqlalchemy.orm import sessionmaker
 
 from ..config import ConfigError
 from ..macaddr import normalize_mac
+from ..power.bmc import Bmc, BmcError
+from ..power.bmc import parse as parse_bmc
 from ..proto.dhcp_core import LeaseRecord
 from .credentials import Credentials
 from .lease_journal import CHECKPOINT_EVERY, Changes, JournalLocked, LeaseJournal
 from .migrate import upgrade_to_head
-from .models import Event, Inventory, Lease, Node, Profile, Secret, Server
+from .models import ConsoleLine, Event, Inventory, Lease, Node, PowerCount, Profile, Secret, Server
 from .records import EventRecord, NodeSpec, ProfileSpec, ServerRecord
 from .sealed import PREFIX, Sealer, SealError
 from .tpms import Tpms
@@ -269,7 +271,9 @@ class Store:
 
     # -- nodes -----------------------------------------------------------
     def put_node(self, spec: NodeSpec) -> NodeSpec:
+        """Replaces what is registered for the node (its boot-once image stays: `set_boot_once`)."""
         mac = normalize_mac(spec.mac)
+        bmc = self._keep_bmc(f"bmc:node:{mac}", spec.bmc)
         with self._session.begin() as s:
             if spec.ip:
                 other = s.scalar(select(Node).where(Node.ip == spec.ip, Node.mac != mac))
@@ -278,8 +282,89 @@ class Store:
             row = s.get(Node, mac) or Node(mac=mac)
             for k in _NODE_FIELDS:
                 setattr(row, k, getattr(spec, k))
+            row.bmc = bmc
             s.add(row)
         return self.get_node(mac)  # type: ignore[return-value]
+
+    def set_boot_once(self, mac: str, image: str | None, only_if: str | None = None) -> bool:
+        """The image of the node's next boot only (None: its own again). `only_if`: change it only
+        while it is still that image (two servers consuming one boot-once clear it once)."""
+        with self._session.begin() as s:
+            q = update(Node).where(Node.mac == normalize_mac(mac))
+            if only_if is not None:
+                q = q.where(Node.boot_once == only_if)
+            return s.execute(q.values(boot_once=image)).rowcount > 0
+
+    # -- BMCs: the URL in the row without its password, the password sealed ------------------
+    def _keep_bmc(self, secret: str, url: str | None) -> str | None:
+        """Seals the URL's password (a URL without one, or with `***`, keeps the sealed one) and
+        returns the URL to keep in the row."""
+        if not url:
+            self._drop_secret(secret)
+            return None
+        try:
+            bmc = parse_bmc(url)
+        except BmcError as e:
+            raise StoreError(f"--bmc: {e}") from None
+        if bmc.password is not None:
+            self.set_secret(secret, bmc.password)
+        return bmc.redacted()
+
+    def _drop_secret(self, name: str) -> None:
+        with self._session.begin() as s:
+            s.execute(delete(Secret).where(Secret.name == name))
+
+    def bmc(self, mac: str) -> Bmc | None:
+        """The node's BMC with its password (the node's own, else its last profile's that has one)."""
+        spec = self.get_node(mac)
+        if spec is None:
+            return None
+        found: tuple[str, str] | None = (f"bmc:node:{spec.mac}", spec.bmc) if spec.bmc else None
+        if found is None:
+            for name in reversed(spec.profiles):
+                p = self.get_profile(name)
+                if p is not None and p.bmc:
+                    found = (f"bmc:profile:{name}", p.bmc)
+                    break
+        if found is None:
+            return None
+        bmc = parse_bmc(found[1])
+        if not bmc.needs_password:
+            return bmc
+        with self._session() as s:
+            row = s.get(Secret, found[0])
+            return bmc.with_password(self._sealing().open(found[0], row.value) if row is not None else None)
+
+    def count_power(self, action: str, result: str) -> None:
+        with self._session.begin() as s:
+            row = s.get(PowerCount, (action, result), with_for_update=True) or PowerCount(action=action, result=result,
+                                                                                         n=0)
+            row.n = (row.n or 0) + 1
+            s.add(row)
+
+    def add_console_lines(self, mac: str, lines: list[tuple[float, str]], keep: int) -> None:
+        """A node's console lines; its oldest beyond `keep` go."""
+        if not lines:
+            return
+        mac = normalize_mac(mac)
+        with self._session.begin() as s:
+            s.execute(insert(ConsoleLine), [{"mac": mac, "at": at, "line": line[:200]} for at, line in lines])
+            cut = s.scalar(select(ConsoleLine.id).where(ConsoleLine.mac == mac).order_by(ConsoleLine.id.desc())
+                           .offset(keep).limit(1))
+            if cut is not None:
+                s.execute(delete(ConsoleLine).where(ConsoleLine.mac == mac, ConsoleLine.id <= cut))
+
+    def console_lines(self, mac: str, since: float, limit: int = 2000) -> list[tuple[float, str]]:
+        """The node's console lines from `since` on, oldest first (at most the newest `limit`)."""
+        q = (select(ConsoleLine.at, ConsoleLine.line)
+             .where(ConsoleLine.mac == normalize_mac(mac), ConsoleLine.at >= since)
+             .order_by(ConsoleLine.id.desc()).limit(limit))
+        with self._session() as s:
+            return [(r.at, r.line) for r in reversed(s.execute(q).all())]
+
+    def power_counts(self) -> dict[tuple[str, str], int]:
+        with self._session() as s:
+            return {(r.action, r.result): r.n for r in s.scalars(select(PowerCount))}
 
     def get_node(self, mac: str) -> NodeSpec | None:
         with self._session() as s:
@@ -300,17 +385,21 @@ class Store:
             return [_node_spec(r) for r in s.scalars(q)]
 
     def remove_node(self, mac: str) -> bool:
+        mac = normalize_mac(mac)
         with self._session.begin() as s:
-            return s.execute(delete(Node).where(Node.mac == normalize_mac(mac))).rowcount > 0
+            s.execute(delete(Secret).where(Secret.name == f"bmc:node:{mac}"))
+            return s.execute(delete(Node).where(Node.mac == mac)).rowcount > 0
 
     # -- profiles ----------------------------------------------------------
     def put_profile(self, spec: ProfileSpec) -> ProfileSpec:
+        bmc = self._keep_bmc(f"bmc:profile:{spec.name}", spec.bmc)
         with self._session.begin() as s:
             row = s.get(Profile, spec.name) or Profile(name=spec.name)
             for k in _PROFILE_FIELDS:
                 setattr(row, k, getattr(spec, k))
+            row.bmc = bmc
             s.add(row)
-        return spec
+        return self.get_profile(spec.name)  # type: ignore[return-value]
 
     def get_profile(self, name: str) -> ProfileSpec | None:
         with self._session() as s:
@@ -323,6 +412,7 @@ class Store:
 
     def remove_profile(self, name: str) -> bool:
         with self._session.begin() as s:
+            s.execute(delete(Secret).where(Secret.name == f"bmc:profile:{name}"))
             return s.execute(delete(Profile).where(Profile.name == name)).rowcount > 0
 
     # -- secrets (sealed at rest: sealed.py) ------------------------------------
@@ -787,7 +877,7 @@ def _lease_record(r: Lease) -> LeaseRecord:
 
 def _profile_spec(r: Profile) -> ProfileSpec:
     return ProfileSpec(name=r.name, image=r.image, kernel_args=r.kernel_args or "", ssh_keys=list(r.ssh_keys or []),
-                       overlays=list(r.overlays or []), labels=dict(r.labels or {}))
+                       overlays=list(r.overlays or []), labels=dict(r.labels or {}), bmc=r.bmc)
 
 
 def _node_spec(r: Node) -> NodeSpec:
@@ -804,4 +894,6 @@ def _node_spec(r: Node) -> NodeSpec:
         ssh_keys=list(r.ssh_keys or []),
         profiles=list(r.profiles or []),
         overlays=list(r.overlays or []),
+        bmc=r.bmc,
+        boot_once=r.boot_once,
     )

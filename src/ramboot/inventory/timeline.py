@@ -7,7 +7,9 @@ A boot ends at `booted` or `failed`. After that, DHCP events alone (an OS
 renewing its lease) stay with the finished boot; a new boot begins when the
 server serves a loader or script again, or the node reports, taking any DHCP
 events just before it along. A silence longer than `GAP` followed by a DHCP,
-loader or script event also starts a new boot (a node that hung and was reset).
+loader or script event also starts a new boot (a node that hung and was reset), and so does
+a power action through the BMC that powered the node up (on, cycle, reset): the boot it
+starts is timed from that moment.
 """
 
 from __future__ import annotations
@@ -28,9 +30,21 @@ START = DHCP | {"loader", "script"}
 NOTES = frozenset({"refused", "contested", "tpm-enrolled", "tpm-attested", "tpm-pending", "untrusted-tpm"})
 
 
+# Recorded by the operator's tools, never reported by a node: `power` (an action through the
+# BMC; one that powers the node up starts a boot).
+OPERATOR_STAGES = ("power",)
+POWER_UP = frozenset({"on", "cycle", "reset"})
+
+
+def powers_up(e: EventRecord) -> bool:
+    return e.stage == "power" and e.detail.get("action") in POWER_UP and e.detail.get("result") == "ok"
+
+
 def is_note(e: EventRecord) -> bool:
-    """A note, or a DHCP event of a lease under a client id of its own (not the machine's)."""
-    return e.stage in NOTES or (e.stage in DHCP and "client_id" in e.detail)
+    """A note, a power action that did not power the node up, or a DHCP event of a lease under
+    a client id of its own (not the machine's)."""
+    return (e.stage in NOTES or (e.stage == "power" and not powers_up(e))
+            or (e.stage in DHCP and "client_id" in e.detail))
 GAP = 600.0
 
 
@@ -119,10 +133,14 @@ def split_boots(events: Iterable[EventRecord]) -> list[Boot]:
             if e.stage in DHCP:
                 held.append(e)
                 continue
-            if ended or held or e.stage in START:
+            if ended or held or e.stage in START or powers_up(e):
                 boots.append(Boot(cur))
                 cur, held, ended = held + [e], [], e.stage in TERMINAL
                 continue
+        if powers_up(e):  # the machine was powered up or reset: whatever it was doing ends here
+            boots.append(Boot(cur + held))
+            cur, held, ended = [e], [], False
+            continue
         cur.extend(held)
         held = []
         cur.append(e)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from . import schemas as S
 from .store import EventRecord, NodeSpec, Store
 from .timeline import Boot, last_boot
+
+if TYPE_CHECKING:
+    from ..server.events import EventLog
 
 
 def node_warnings(data_dir: Path, default_loader: str, image: str | None, loader: str | None) -> list[str]:
@@ -85,10 +88,19 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
     boot = last_boot(events)
     rec = store.tpms.get(mac)
     tpm = S.TpmOut.model_validate(rec, from_attributes=True) if rec is not None else None
+    out = boot_out(boot)
+    if boot is not None and out is not None:
+        # The firmware prints before its first DHCP request: a boot's console starts a little
+        # before its first event, unless that event is the power action that started it.
+        since = boot.started - (0 if boot.events[0].stage == "power" else CONSOLE_LEAD)
+        out.console = [S.ConsoleLineOut(at=at, line=line) for at, line in store.console_lines(mac, since)]
     detail = node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, registered=spec is not None,
-                      inventory=inventory, last_boot=boot_out(boot), tpm=tpm)
+                      inventory=inventory, last_boot=out, tpm=tpm)
     assert isinstance(detail, S.NodeDetail)
     return detail
+
+
+CONSOLE_LEAD = 30.0  # seconds of console before a boot's first event that are its firmware's
 
 
 def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.NodeStatus]:
@@ -110,3 +122,22 @@ def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.Node
             last_boot=boot_out(last_boot(events.get(mac, []))),
         ))
     return rows
+
+
+def consume_boot_once(store: Store, events: EventLog, mac: str) -> bool:
+    """The node reported `booted`: if this boot was of its boot-once image, that image is used
+    up and the node's own comes back at the next boot. Which image this boot ran is what it
+    fetched (the node's download or the server's kernel, initrd and root events), not what is
+    set now: a boot-once set while an older boot was under way stays for the next one."""
+    spec = store.get_node(mac)
+    if spec is None or not spec.boot_once:
+        return False
+    events.flush()
+    boot = last_boot(store.events(mac))
+    mark = f"/images/{spec.boot_once}/"  # in a root URL, and in a served name with "/" before it
+    ran = boot is not None and any(mark in "/" + str(e.detail.get("url") or e.detail.get("file") or "")
+                                   for e in boot.events)
+    if ran and store.set_boot_once(mac, None, only_if=spec.boot_once):
+        events.record(mac, "boot-once-done", image=spec.boot_once)
+        return True
+    return False

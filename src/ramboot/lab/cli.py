@@ -84,13 +84,19 @@ def down() -> None:
               help="give the VM a TPM 2.0 (swtpm), its state kept per MAC in the lab's folder across reboots")
 @click.option("--tpm-state", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="the swtpm's state folder instead (another folder: another TPM); implies --tpm")
+@click.option("--bmc", type=click.Choice(["ipmi", "redfish"]), default=None,
+              help="run the VM behind an emulated BMC (ipmi: OpenIPMI's ipmi_sim; redfish: sushy-emulator in front "
+                   "of the lab's own libvirtd), print its --bmc URL and leave both running until `lab down`")
 def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None, loss: float,
-       delay: float, tpm: bool, tpm_state: Path | None) -> None:
+       delay: float, tpm: bool, tpm_state: Path | None, bmc: str | None) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
     the_lab = Lab()
     st = the_lab.state()
     if not the_lab.exists() or SERVER_KEY not in st["pids"]:
         _fail("the lab is not up; run: ramboot lab up")
+    if bmc:
+        _vm_behind_bmc(the_lab, st, bmc, firmware, mac, timeout)
+        return
     try:
         impair = Impairment(loss / 100, delay / 1000) if loss or delay else None
         mac = normalize_mac(mac) if mac else random_mac()
@@ -106,3 +112,31 @@ def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: 
     click.echo("\n" + format_timeline(result))
     if not result.ok:
         _fail(f"{result.mac} did not reach its RAM root: {result.reason}; the boot stopped after {result.stopped_at}")
+
+
+def _vm_behind_bmc(the_lab: Lab, st: dict, kind: str, firmware: str, mac: str | None, timeout: float) -> None:
+    import time
+
+    from ..power import PowerError
+    from .bmc import start_ipmi_vm, start_redfish_vm, wait_booted
+    from .vm import choose_accel, random_mac
+
+    mac = mac or random_mac()
+    kernel = next(iter(sorted(the_lab.data_dir.glob("images/*/vmlinuz"))), None)
+    accel, _why = choose_accel(the_lab, kernel)
+    since = time.time()
+    if kind == "redfish" and firmware != "bios":
+        _fail("--bmc redfish runs a libvirt domain with SeaBIOS: use --firmware bios")
+    try:
+        vm = start_ipmi_vm(the_lab, mac, accel, firmware) if kind == "ipmi" else start_redfish_vm(the_lab, mac, accel)
+    except (LabError, PowerError) as e:
+        _fail(str(e))
+    click.echo(f"mac: {mac}")
+    click.echo(f"bmc: {vm.url}")
+    click.echo(f"console: {vm.console_log}")
+    ok, last = wait_booted(the_lab, mac, since, timeout, st.get("api_base"))
+    if not ok:
+        _fail(f"{mac} did not reach its RAM root within {timeout:.0f} s (last stage: {last}); "
+              f"the VM and its BMC keep running until `ramboot lab down`")
+    click.echo(f"{mac}: reached its RAM root in {time.time() - since:.1f} s; the VM and its BMC keep running "
+               "until `ramboot lab down`")

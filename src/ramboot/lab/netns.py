@@ -115,6 +115,17 @@ def stop_pid(pid: int, started: int | None, grace: float = 10.0) -> None:
         pass
 
 
+def adopted_pid(pidfile: Path, mark: str | None = None) -> int | None:
+    """The live process whose PID `pidfile` holds, if its command line holds `mark` (default: the
+    file's path), so a reused PID is never taken for it."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if (mark or str(pidfile)).encode() in cmdline else None
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -209,6 +220,7 @@ class Lab:
             state.setdefault("created_ns", False)
             state.setdefault("peers", [])
             state.setdefault("pids", {})
+            state.setdefault("pidfiles", {})
             yield state
             tmp = self.state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(state, indent=2))
@@ -297,6 +309,13 @@ class Lab:
             st["pids"][key] = [p.pid, _start_time(p.pid)]
         return p
 
+    def adopt(self, key: str, pidfile: Path, mark: str | None = None) -> None:
+        """A process this lab did not spawn itself (a VM an emulated BMC or libvirtd starts):
+        `teardown` stops the one whose PID is in `pidfile` and whose command line holds `mark`
+        (default: the pidfile's path)."""
+        with self._state() as st:
+            st["pidfiles"][key] = [str(pidfile), mark or str(pidfile)]
+
     def forget(self, key: str) -> None:
         with self._state() as st:
             st["pids"].pop(key, None)
@@ -316,12 +335,19 @@ class Lab:
         removed = []
         with self._state() as st:
             pids = dict(st["pids"])
+            pidfiles = dict(st["pidfiles"])
         for key, (pid, started) in pids.items():
             if pid_alive(pid, started):
                 stop_pid(pid, started)
                 removed.append(f"process {key} (pid {pid})")
+        for key, (path, mark) in pidfiles.items():
+            pid = adopted_pid(Path(path), mark)
+            if pid is not None:
+                stop_pid(pid, _start_time(pid))
+                removed.append(f"process {key} (pid {pid})")
         with self._state() as st:
             st["pids"] = {}
+            st["pidfiles"] = {}
             for peer in st["peers"]:
                 if Path(f"/run/netns/{peer}").exists():
                     sh("ip", "netns", "del", peer, check=False)

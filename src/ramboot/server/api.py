@@ -44,8 +44,8 @@ from ..config import GRUB_PROXY_REFUSED, Config
 from ..images.manifest import ManifestError, images_dir, load_manifest
 from ..inventory import schemas as S
 from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
-from ..inventory.timeline import NOTES, SERVER_STAGES
-from ..inventory.views import all_status, event_out, node_detail, node_list, node_warnings, report_of
+from ..inventory.timeline import NOTES, OPERATOR_STAGES, SERVER_STAGES
+from ..inventory.views import all_status, consume_boot_once, event_out, node_detail, node_list, node_warnings, report_of
 from ..macaddr import BadMac, normalize_mac
 from ..proto.pxe import normalize_uuid
 from . import openapi as oa
@@ -372,13 +372,15 @@ async def report_event(request: web.Request) -> web.Response:
     rate_limit_report(request)
     await check_reporter(request, mac)
     body = await body_of(request, S.EventIn, ctx.config.api.max_report_kib)
-    if body.stage in SERVER_STAGES or body.stage in NOTES:
+    if body.stage in SERVER_STAGES or body.stage in NOTES or body.stage in OPERATOR_STAGES:
         raise ApiError(400, f"stage {body.stage!r} is recorded by the server, not reported by nodes")
     if clash := _RESERVED_DETAIL & set(body.detail):
         raise ApiError(400, f"detail: reserved key {sorted(clash)[0]!r}")
     if request.remote:
         ctx.events.bind(request.remote, mac)
     ctx.events.record(mac, body.stage, source="node", **body.detail)
+    if body.stage == "booted":
+        await asyncio.to_thread(consume_boot_once, ctx.store, ctx.events, mac)
     return json_response(S.Accepted(), 202)
 
 
@@ -480,8 +482,8 @@ async def put_profile(request: web.Request) -> web.Response:
     body = await body_of(request, S.ProfileIn)
     store = request.app[CTX].store
     old = await asyncio.to_thread(store.get_profile, name)
-    await asyncio.to_thread(store.put_profile, ProfileSpec(name=name, **body.model_dump()))
-    return json_response(S.ProfileOut(name=name, **body.model_dump()), 200 if old else 201)
+    kept = await asyncio.to_thread(store.put_profile, ProfileSpec(name=name, **body.model_dump()))
+    return json_response(S.ProfileOut(**asdict(kept)), 200 if old else 201)  # as kept: no BMC password
 
 
 async def delete_profile(request: web.Request) -> web.Response:

@@ -109,6 +109,12 @@ class Services:
         ra = await start_ra(self.config, self.events)
         if ra is not None:
             self.servers.append(ra)
+        if self.config.console.capture:
+            from ..power.console import ConsoleCapture
+
+            capture = ConsoleCapture(self.config, self.store)
+            capture.start()
+            self.servers.append(capture)
         log.info(
             "serving on %s: dhcp=%s tftp=%d http=%d data=%s",
             self.server_ip,
