@@ -182,7 +182,9 @@ def test_rfc8415_s18_solicit_advertise_request_reply(tmp_path):
     [b] = addresses(rep)
     assert a.addr == b.addr == "fd00:172:22:33::100"
     assert b.valid == 3600
-    assert res.upserts == [Lease6Record(f"{DUID_LL.hex()}/1", b.addr, MAC, 1000.0 + 3600)]
+    assert res.upserts == [Lease6Record(f"{DUID_LL.hex()}/1", b.addr, MAC, 1000.0 + 3600),
+                           # RFC 4862: the address its OS takes by SLAAC, recorded with the lease
+                           Lease6Record(f"slaac:{MAC}", "fd00:172:22:33:5054:ff:fe12:3456", MAC, 1000.0 + 3600)]
     assert res.bound == (b.addr, MAC)
     assert [e.stage for e in res.events] == ["dhcp-ack"]
     # an operating system's client gets no boot program
@@ -212,7 +214,7 @@ def test_rfc8415_s18_3_1_rapid_commit(tmp_path):
     core = make_core(tmp_path)
     res, [rep] = answer(core, msg(Msg.SOLICIT, ia(), (Opt.RAPID_COMMIT, b"")))
     assert rep.msg_type == Msg.REPLY and rep.get(Opt.RAPID_COMMIT) == b""
-    assert len(res.upserts) == 1 and res.bound is not None
+    assert [u.key for u in res.upserts] == [f"{DUID_LL.hex()}/1", f"slaac:{MAC}"] and res.bound is not None
 
 
 def test_rfc8415_s18_3_4_renew_and_rebind_extend_the_lease(tmp_path):

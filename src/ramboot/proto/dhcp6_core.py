@@ -72,6 +72,7 @@ OFFER_HOLD = 60.0  # seconds an advertised address stays held for its client
 MAX_OFFERS = 4096  # unbound offers kept at most; the oldest goes first (a Solicit flood holds nothing long)
 SCAN_LIMIT = 4096  # addresses looked at per allocation (a /64 range is never searched whole)
 DECLINE_HOLD = 3600.0  # seconds a declined address stays out of the pool
+SLAAC_KEY = "slaac:"  # a record of the address a machine takes by SLAAC, not a lease the core hands out
 _KIND = {int(m): m.name.lower().replace("_", "-") for m in Msg}
 
 
@@ -155,6 +156,7 @@ def _ip(n: int) -> str:
 
 
 def lease_key(duid: bytes, iaid: int) -> str:
+    """`<DUID hex>/<IAID>`: one lease per IA_NA of one client (RFC 8415 §12)."""
     return f"{duid.hex()}/{iaid}"
 
 
@@ -180,6 +182,8 @@ class Dhcp6Core:
         self._bound = 0
         self._cursor = self.first
         for rec in leases:
+            if rec.key.startswith(SLAAC_KEY):
+                continue
             self._put(_Lease(int(ipaddress.IPv6Address(rec.ip)), rec.key, rec.mac, rec.expires, True))
         self._config = self._config_options()
 
@@ -261,7 +265,7 @@ class Dhcp6Core:
         ias, upserts, bound = self._assign(msg, duid, client.mac, now, commit=rapid, unknown=answer.node is None)
         mt = Msg.REPLY if rapid else Msg.ADVERTISE
         res = self._reply(msg, mt, kind, "reply" if rapid else "advertise", via, ias, client, answer)
-        res.upserts = upserts
+        res.upserts = upserts + self._slaac(client.mac, upserts)
         if bound:
             stage = "dhcp-ack" if rapid else "dhcp-offer"
             res.events.append(BootEvent6(client.mac, stage, _detail(bound, client, answer.boot_file)))
@@ -277,11 +281,23 @@ class Dhcp6Core:
         ias, upserts, bound = self._assign(msg, duid, client.mac, now, commit=True, unknown=answer.node is None,
                                            renew=msg.msg_type == Msg.RENEW)
         res = self._reply(msg, Msg.REPLY, kind, "reply", via, ias, client, answer)
-        res.upserts = upserts
+        res.upserts = upserts + self._slaac(client.mac, upserts)
         if bound:
             res.events.append(BootEvent6(client.mac, "dhcp-ack", _detail(bound, client, answer.boot_file)))
             res.bound = (bound, client.mac)
         return res
+
+    def _slaac(self, mac: str, upserts: list[Lease6Record]) -> list[Lease6Record]:
+        """The address the machine's own OS takes by SLAAC in a /64 (the prefix and the EUI-64 of
+        its MAC, RFC 4862 and RFC 4291 appendix A), recorded with its lease and expiring with it:
+        ramboot's initramfs has no DHCPv6 client (busybox's udhcpc6 is not built in Debian) and
+        comes back from that address, which the access rule and the timeline must know."""
+        if not upserts or self.prefix.prefixlen != 64:
+            return []
+        m = bytes.fromhex(mac.replace(":", ""))
+        iid = bytes((m[0] ^ 2,)) + m[1:3] + b"\xff\xfe" + m[3:6]
+        addr = ipaddress.IPv6Address(self.prefix.network_address.packed[:8] + iid)
+        return [Lease6Record(SLAAC_KEY + mac, str(addr), mac, max(u.expires for u in upserts))]
 
     def _release(self, msg: Message, kind: str, via: _Via, mac: str, now: float) -> Result6:
         duid = msg.get(Opt.CLIENTID) or b""

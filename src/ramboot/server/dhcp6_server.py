@@ -128,9 +128,8 @@ class Dhcp6Server:
                 log.warning("dhcp6: send to [%s]:%d failed: %s", s.host, s.port, e)
         for ev in res.events:
             self.events.add(ev.mac, ev.stage, ev.detail)
-        if res.bound:
-            ip, mac = res.bound
-            self.events.bind(ip, mac, lease=True)
+        for rec in res.upserts:  # the leased address and the SLAAC one: TFTP and HTTP name the machine by both
+            self.events.bind(rec.ip, rec.mac, lease=True)
 
     async def close(self) -> None:
         try:

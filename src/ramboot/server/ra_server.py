@@ -50,7 +50,8 @@ ICMP6_FILTER = 1
 OPT_SOURCE_LL = 1
 OPT_PREFIX_INFO = 3
 RA_MANAGED = 0x80  # the M flag: addresses from DHCPv6
-PREFIX_ON_LINK = 0x80  # the L flag (the A flag, SLAAC, stays clear)
+PREFIX_ON_LINK = 0x80  # the L flag
+PREFIX_AUTONOMOUS = 0x40  # the A flag: SLAAC
 PREFIX_VALID, PREFIX_PREFERRED = 86400, 14400  # seconds
 PXE_RECENT = 120.0  # seconds a PXE request to ramboot lets its MAC's solicitations be answered (proxy mode)
 RS_PENDING = 10.0  # seconds an unanswered solicitation waits for its MAC's PXE request (they are sent together)
@@ -63,15 +64,15 @@ def router_advertisement(mac: bytes | None, prefix: ipaddress.IPv6Network | None
                          router_lifetime: int = 0) -> bytes:
     """RA: hop limit 64, router lifetime 0 unless asked, no timers; source link-layer option if known.
 
-    With `prefix` (DHCPv6 full mode, RFC 4861 §4.2 and §4.6.2): the M flag (addresses from
-    DHCPv6) and the prefix as on-link (L) but not for SLAAC (A clear), so each client holds
-    the one address its lease names and reaches the server on the link."""
+    With `prefix` (DHCPv6 full mode, RFC 4861 §4.2 and §4.6.2): the M flag (firmware and
+    iPXE take their address from DHCPv6) and the prefix as on-link (L) and for SLAAC (A): an
+    initramfs with no DHCPv6 client configures itself from the RA alone (dhcp6_core._slaac)."""
     flags = RA_MANAGED if prefix is not None else 0
     body = struct.pack("!BBHBBHII", ICMPV6_RA, 0, 0, 64, flags, router_lifetime, 0, 0)
     if mac and len(mac) == 6:
         body += struct.pack("!BB6s", 1, 1, mac)
     if prefix is not None:
-        body += struct.pack("!BBBBIII16s", OPT_PREFIX_INFO, 4, prefix.prefixlen, PREFIX_ON_LINK,
+        body += struct.pack("!BBBBIII16s", OPT_PREFIX_INFO, 4, prefix.prefixlen, PREFIX_ON_LINK | PREFIX_AUTONOMOUS,
                             PREFIX_VALID, PREFIX_PREFERRED, 0, prefix.network_address.packed)
     return body  # the kernel fills the checksum of raw ICMPv6 sockets
 
