@@ -153,7 +153,8 @@ def _stop_child(lab: Lab, proc: subprocess.Popen, key: str) -> None:
 
 
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
-              uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None) -> list[str]:
+              uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None,
+              ipv6_only: bool = False) -> list[str]:
     """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID).
 
     `udp` (relay port, QEMU's port): the NIC talks to an impair relay on 127.0.0.1 instead of the tap."""
@@ -191,6 +192,9 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
             # PXE off in OVMF's network stack: the NIC's boot options are then HTTP boot only.
             argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
                      "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
+        elif ipv6_only:
+            # No IPv4 in the lab: OVMF's PXEv4 would only time out before its PXEv6 starts.
+            argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]
     return argv
 
 
@@ -359,7 +363,8 @@ def boot_vm(
             time.sleep(0.05)
         _, lport, qport = relay_log.read_text().split("\n", 1)[0].split()
         udp = (int(lport), int(qport))
-    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp)
+    argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp,
+                     ipv6_only=lab.ipv6 == "only")
     started = time.time()
     proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     console = _Console(proc.stdout, workdir / "console.log", echo)

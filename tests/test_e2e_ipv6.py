@@ -1,0 +1,39 @@
+"""End to end over IPv6: a blank OVMF VM in an IPv6-only lab (no IPv4 address anywhere) reaches its
+RAM root through `ramboot serve`: OVMF's own PXE over IPv6 (DHCPv6, TFTP), then iPXE (DHCPv6, HTTP),
+then the initramfs (SLAAC, HTTP). Shares the lab harness of test_e2e_lab."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from ramboot.lab.netns import PREFIX6
+from test_e2e_lab import LabRun, _explain, _stages, built, lab_run, pytestmark, shared_dir  # noqa: F401
+
+STAGES = ["dhcp-ack", "loader", "script", "kernel", "initrd", "initramfs", "download-start", "rootfs",
+          "download-done", "verified", "switch-root", "booted"]
+
+
+def test_uefi_pxe_over_ipv6_only_reaches_ram_root(lab_run: LabRun) -> None:
+    lab_run.lab.ipv6 = "only"
+    lab_run.start()
+    assert lab_run.base.startswith("http://[fd00:172:22:33::2]")
+    r = lab_run.boot("uefi")
+    assert r.ok, _explain(r)
+    events = lab_run.events(r.mac)
+    stages = _stages(events)
+    assert [s for s in STAGES if s not in stages] == [], stages
+    acks = [e["detail"] for e in events if e["stage"] == "dhcp-ack"]
+    assert {a.get("firmware") for a in acks} >= {"uefi", "ipxe"}, acks
+    assert all(a.get("family") == 6 for a in acks), acks
+    loaders = [e["detail"].get("file") for e in events if e["stage"] == "loader"]
+    assert any(str(f).endswith(".efi") for f in loaders), loaders
+    node = lab_run.api(f"/api/v1/nodes/{r.mac}")
+    deadline = time.monotonic() + 10
+    while not (node or {}).get("inventory") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        node = lab_run.api(f"/api/v1/nodes/{r.mac}")
+    assert node and node["inventory"], node
+    nic = [n for n in node["inventory"]["report"]["nics"] if n["mac"] == r.mac]
+    v6 = [ipaddress.IPv6Address(a) for n in nic for a in n.get("addresses", []) if ":" in a]
+    assert any(a in ipaddress.IPv6Network(PREFIX6) for a in v6), nic
