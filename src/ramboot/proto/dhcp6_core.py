@@ -18,7 +18,8 @@ One lease rule: a lease belongs to one IA_NA of one client, the key
 `<DUID hex>/<IAID>` (RFC 8415 §12), one address per key.
 
 Boot (RFC 5970): a firmware that says `PXEClient` (edk2's PXE) gets option 59
-as `tftp://[server]/file`, `HTTPClient` (UEFI HTTP boot) the http URL with its
+as `tftp://[server]/file` and no vendor class back (with one, edk2 asks a BINL
+server on port 4011), `HTTPClient` (UEFI HTTP boot) the http URL with its
 vendor class echoed (edk2's HttpBootDxe takes only an offer that says so),
 iPXE (user class "iPXE") the http URL of its script. An operating system's
 own client gets an address and nothing to boot.
@@ -66,7 +67,7 @@ from .dhcp6_codec import (
     vendor_class,
 )
 from .dhcp_core import Answer
-from .pxe import BootFile, Client, Firmware
+from .pxe import BootFile, Client
 
 OFFER_HOLD = 60.0  # seconds an advertised address stays held for its client
 MAX_OFFERS = 4096  # unbound offers kept at most; the oldest goes first (a Solicit flood holds nothing long)
@@ -465,9 +466,12 @@ class Dhcp6Core:
         else:
             url = f"tftp://[{self.server_ip}]/{bf.filename}"
         out: Options = [(Opt.BOOTFILE_URL, url.encode())]
-        if client.firmware is not Firmware.IPXE:
-            cls = b"HTTPClient" if bf.http else b"PXEClient"
-            out.append((Opt.VENDOR_CLASS, encode_vendor_class(ENTERPRISE_UEFI, cls)))
+        if bf.http:
+            # edk2's HttpBootDxe takes only an offer that says HTTPClient. Never PXEClient: edk2's
+            # PXE reads an offer with it as a BINL offer and asks again on port 4011
+            # (PxeBcParseDhcp6Packet, PxeBcRetryDhcp6Binl); without it, the offer is "DHCP only
+            # with a boot file URL" and boots that URL.
+            out.append((Opt.VENDOR_CLASS, encode_vendor_class(ENTERPRISE_UEFI, b"HTTPClient")))
         return out
 
     def _send(self, rep: Message, via: _Via) -> Send6:
