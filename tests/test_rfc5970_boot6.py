@@ -20,7 +20,7 @@ from ramboot.proto.dhcp6_codec import (
 )
 from ramboot.proto.dhcp6_core import client_of
 from ramboot.proto.pxe import Firmware
-from test_rfc8415_dhcp6 import LINK_LOCAL, MAC, SERVER6, answer, ia, make_core, msg
+from test_rfc8415_dhcp6 import MAC, SERVER6, answer, ia, make_core, msg
 
 
 def arch(n: int) -> tuple[int, bytes]:
