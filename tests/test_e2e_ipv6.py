@@ -37,3 +37,17 @@ def test_uefi_pxe_over_ipv6_only_reaches_ram_root(lab_run: LabRun) -> None:
     nic = [n for n in node["inventory"]["report"]["nics"] if n["mac"] == r.mac]
     v6 = [ipaddress.IPv6Address(a) for n in nic for a in n.get("addresses", []) if ":" in a]
     assert any(a in ipaddress.IPv6Network(PREFIX6) for a in v6), nic
+
+
+def test_uefi_http_boot_over_ipv6_only_reaches_ram_root(lab_run: LabRun) -> None:
+    """OVMF's own UEFI HTTP boot: DHCPv6 with vendor class HTTPClient echoed, then http://[addr]/snponly.efi
+    (its HTTPv4 attempt times out first: there is no IPv4 in the lab)."""
+    lab_run.lab.ipv6 = "only"
+    lab_run.start()
+    r = lab_run.boot("uefi-http", timeout=480.0)
+    assert r.ok, _explain(r)
+    events = lab_run.events(r.mac)
+    acks = [e["detail"] for e in events if e["stage"] == "dhcp-ack"]
+    assert any(a.get("firmware") == "uefi-http" and a.get("bootfile", "").startswith("http://[fd00:172:22:33::2]/")
+               for a in acks), acks
+    assert "booted" in _stages(events)
