@@ -51,3 +51,16 @@ def test_uefi_http_boot_over_ipv6_only_reaches_ram_root(lab_run: LabRun) -> None
     assert any(a.get("firmware") == "uefi-http" and a.get("bootfile", "").startswith("http://[fd00:172:22:33::2]/")
                for a in acks), acks
     assert "booted" in _stages(events)
+
+
+def test_dual_stack_bios_ipxe_still_boots(lab_run: LabRun) -> None:
+    """Dual stack (`lab up --ipv6`): QEMU's iPXE ROM gets DHCPv4 and DHCPv6 answers and boots as
+    before, and the node keeps to one family from its script on."""
+    lab_run.lab.ipv6 = "dual"
+    lab_run.start()
+    r = lab_run.boot("bios")
+    assert r.ok, _explain(r)
+    events = lab_run.events(r.mac)
+    urls = [e["detail"].get("url", "") for e in events if e["stage"] == "download-start"]
+    assert urls and all(u.startswith(("http://172.22.33.2/", "http://[fd00:172:22:33::2]/")) for u in urls), urls
+    assert "booted" in _stages(events)

@@ -42,7 +42,11 @@ def lab_config_text(lab: Lab, data_dir: Path, dhcp: str | None = None, boot: dic
     else:
         dhcp = dhcp if dhcp is not None else f'mode = "full"\nrange = "{net}.100-{net}.200"\n'
         address = f'address = "{lab.server_ip}"\n' + (f'address6 = "{lab.server_ip6}"\n' if lab.ipv6 else "")
-    dhcp6 = f'[dhcp6]\nmode = "full"\nrange6 = "{RANGE6}"\nprefix = "{PREFIX6}"\n' if lab.ipv6 else ""
+    # A default route to the server (router_lifetime): edk2's PXE waits 10 s for a gateway in
+    # its route table before it uses its address (PxeBcCheckRouteTable); the lab is isolated,
+    # so the route leads nowhere else.
+    dhcp6 = (f'[dhcp6]\nmode = "full"\nrange6 = "{RANGE6}"\nprefix = "{PREFIX6}"\nrouter_lifetime = 1800\n'
+             if lab.ipv6 else "")
     boot = {"kernel_args": LAB_KERNEL_ARGS, **(boot or {})}
     return (
         f'data_dir = "{data_dir}"\n'
