@@ -2,7 +2,7 @@
 # `make bench`: every benchmark in bench/, each side by side with its peer, then
 # the boot storm. Not part of `make test`. Needs root (network namespaces).
 #
-#   BENCH_ONLY="dhcp http"  run only these (dhcp dhcp-sweep tftp http storm e2e debian bigroot;
+#   BENCH_ONLY="dhcp http"  run only these (dhcp dhcp-sweep dhcp6 tftp http storm e2e debian bigroot;
 #                           bigroot, a 1 GiB root in a 2 GiB VM, about 7 min, runs only when named)
 #   BENCH_QUICK=1           shorter points (for a smoke run; figures are noisier)
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=test-artifacts/bench
 mkdir -p "$OUT"
-ONLY=${BENCH_ONLY:-dhcp dhcp-sweep tftp http storm e2e debian}
+ONLY=${BENCH_ONLY:-dhcp dhcp-sweep dhcp6 tftp http storm e2e debian}
 QUICK=${BENCH_QUICK:-0}
 failed=()
 
@@ -38,6 +38,12 @@ if want dhcp; then
   if ((QUICK)); then a="--rates 2000,4000 --rounds 1 --duration 3"; else a="--rates 1000,2000,3000,4000,5000 --rounds 3"; fi
   bench dhcp $PY bench/dhcp_perfdhcp.py $a --json "$OUT/dhcp.json"
 fi
+if want dhcp6; then
+  # kea-dhcp6 and ramboot's DHCPv6 side by side at fixed rates, alternating (issue 19).
+  if ((QUICK)); then a="--rates 1000 --rounds 1 --duration 3"; else a="--rates 500,1000,2000,3000,4000 --rounds 3"; fi
+  bench dhcp6 $PY bench/dhcp6_bench.py $a --json "$OUT/dhcp6.json"
+fi
+
 if want dhcp-sweep; then
   # the whole ladder, dnsmasq included
   if ((QUICK)); then d=3; else d=10; fi

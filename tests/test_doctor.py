@@ -131,3 +131,49 @@ def test_nft_policy_drop_with_accepts_and_jumps() -> None:
     assert nft_blocks(ruleset, "tcp", 80, "rb0") == []
     assert nft_blocks(ruleset, "udp", 4011, "rb0") == [("inet", "f", "input")]
     assert nft_blocks(ruleset, "udp", 69, "eth9") == [("inet", "f", "input")]
+
+
+@pytest.mark.netns
+@needs_root
+def test_ipv6_only_lab_passes_and_a_rogue_dhcpv6_server_is_found(tmp_path: Path) -> None:
+    """IPv6 only: no IPv4 address is no problem; Kea's DHCPv6 server on the link is named, with the fix."""
+    import json
+
+    lab = Lab(ns=f"rbd-{os.getpid()}-v6"[:40], root=tmp_path / "lab", ipv6="only")
+    lab.create()
+    try:
+        cfg = write_config(lab, tmp_path)
+        time.sleep(0.5)
+        p = run_doctor(lab, cfg)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "rb0 has no IPv4 address (IPv4 is off: IPv6 only)" in p.stdout
+        assert "rb0 has fd00:172:22:33::2/64" in p.stdout
+        assert "no other DHCPv6 server answers on rb0" in p.stdout
+        assert "port 547/udp (DHCPv6) is free" in p.stdout
+        rogue = f"{lab.ns}-r"
+        lab.add_peer(rogue, "fd00:172:22:33::9/64")
+        kea = {"Dhcp6": {"interfaces-config": {"interfaces": ["eth0"]}, "data-directory": str(tmp_path),
+                         "lease-database": {"type": "memfile", "persist": False},
+                         "subnet6": [{"id": 1, "subnet": "fd00:172:22:33::/64", "interface": "eth0",
+                                      "pools": [{"pool": "fd00:172:22:33::8000-fd00:172:22:33::80ff"}]}],
+                         "loggers": [{"name": "kea-dhcp6", "severity": "INFO",
+                                      "output_options": [{"output": "stderr"}]}]}}
+        (tmp_path / "kea6.json").write_text(json.dumps(kea))
+        end = time.monotonic() + 10  # Kea opens no socket on an address still in duplicate address detection
+        while "tentative" in subprocess.run(["ip", "-n", rogue, "-6", "addr"], capture_output=True, text=True).stdout:
+            assert time.monotonic() < end
+            time.sleep(0.1)
+        env = dict(os.environ, KEA_PIDFILE_DIR=str(tmp_path), KEA_LOCKFILE_DIR=str(tmp_path))
+        lab.spawn("rogue6", ["kea-dhcp6", "-c", str(tmp_path / "kea6.json")], netns=rogue,
+                  log=tmp_path / "kea6.log", env=env)
+        end = time.monotonic() + 20
+        while "DHCP6_STARTED" not in (tmp_path / "kea6.log").read_text(errors="replace"):
+            assert time.monotonic() < end, (tmp_path / "kea6.log").read_text()
+            time.sleep(0.2)
+        p = run_doctor(lab, cfg)
+        assert p.returncode == 1, p.stdout
+        bad = fails(p.stdout)
+        assert any("another DHCPv6 server" in f and 'dhcp6.mode = "off"' in f for f in bad), p.stdout
+        assert len(bad) == 1, p.stdout
+    finally:
+        lab.teardown()

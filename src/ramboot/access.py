@@ -146,10 +146,13 @@ class AccessRule:
         nic = normalize_mac(nic)
         now = self.clock()
         spec = self.directory.get_node(node or nic)
-        lease = hardware_lease(self.directory.leases_of(nic, now), nic, spec.uuid if spec else None, firmware)
+        leases = self.directory.leases_of(nic, now)
+        uuid_of = spec.uuid if spec else None
+        # A dual-stack machine holds a hardware lease in each family: the one at `ip` counts.
+        lease = hardware_lease([x for x in leases if x.ip == ip], nic, uuid_of, firmware)
         if lease is None:
-            return Verdict(False, f"{nic} holds no lease of its own")
-        if lease.ip != ip:
+            if hardware_lease(leases, nic, uuid_of, firmware) is None:
+                return Verdict(False, f"{nic} holds no lease of its own")
             return Verdict(False, f"{ip} does not hold {nic}'s lease")
         if node is not None and normalize_mac(node) != nic and (uuid is None or lease.uuid != uuid):
             return Verdict(False, f"{nic}'s lease does not carry the UUID {node} is registered with")

@@ -25,6 +25,8 @@ class _Section(BaseModel):
 class NetworkConfig(_Section):
     interface: str = "rb0"
     address: ipaddress.IPv4Address | None = None
+    # What IPv6 clients are told (DHCPv6, RAs, URLs); default: the interface's first global IPv6.
+    address6: ipaddress.IPv6Address | None = None
     # Answer IPv6 router solicitations with an empty RA so iPXE stops waiting
     # for IPv6 (server/ra_server.py). "auto": everyone in full DHCP mode, where ramboot
     # owns the network; in proxy mode only machines PXE-booting through ramboot, by
@@ -63,6 +65,49 @@ class DhcpConfig(_Section):
     def _full_needs_range(self) -> DhcpConfig:
         if self.mode == "full" and self.range is None:
             raise ValueError("dhcp.mode = \"full\" needs dhcp.range = \"FIRST-LAST\"")
+        return self
+
+
+class Dhcp6Config(_Section):
+    """DHCPv6 (RFC 8415) where ramboot owns the network; "off" leaves IPv6 to others."""
+
+    mode: Literal["full", "off"] = "off"
+    range6: str | None = None
+    prefix: ipaddress.IPv6Network | None = None  # the on-link /64 that router advertisements announce
+    lease_time: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    dns: list[ipaddress.IPv6Address] = []
+    domain: str | None = None
+    # Router advertisements in full mode carry the prefix and the M flag; a default route
+    # only when this is set (the router's lifetime, seconds): ramboot is no router by default.
+    router_lifetime: int = Field(0, ge=0, le=9000)
+
+    @field_validator("range6")
+    @classmethod
+    def _range_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        first, sep, last = v.partition("-")
+        if not sep:
+            raise ValueError("expected FIRST-LAST, e.g. fd00:172:22:33::100-fd00:172:22:33::1ff")
+        a, b = ipaddress.IPv6Address(first.strip()), ipaddress.IPv6Address(last.strip())
+        if int(b) < int(a):
+            raise ValueError("the last address is below the first")
+        return f"{a}-{b}"
+
+    def range_bounds(self) -> tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]:
+        assert self.range6 is not None
+        first, _, last = self.range6.partition("-")
+        return ipaddress.IPv6Address(first), ipaddress.IPv6Address(last)
+
+    @model_validator(mode="after")
+    def _full_needs_range(self) -> Dhcp6Config:
+        if self.mode != "full":
+            return self
+        if self.range6 is None or self.prefix is None:
+            raise ValueError('dhcp6.mode = "full" needs dhcp6.range6 = "FIRST-LAST" and dhcp6.prefix = "P/64"')
+        first, last = self.range_bounds()
+        if first not in self.prefix or last not in self.prefix:
+            raise ValueError(f"dhcp6.range6: not inside dhcp6.prefix {self.prefix}")
         return self
 
 
@@ -237,6 +282,7 @@ class Config(_Section):
     data_dir: Path = Path("/var/lib/ramboot")
     network: NetworkConfig = NetworkConfig()
     dhcp: DhcpConfig = DhcpConfig(mode="off")
+    dhcp6: Dhcp6Config = Dhcp6Config()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
     boot: BootConfig = BootConfig()

@@ -19,6 +19,7 @@ import secrets
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ import click
 from .config import Config, ConfigError, load_config
 from .images.manifest import MANIFEST, ManifestError, images_dir, load_manifest
 from .namespace import LOADERS_DIR, SYSTEM_LOADERS
+from .proto import dhcp6_codec as d6
 from .proto.dhcp_codec import DhcpDecodeError, DhcpPacket, MsgType, Opt, decode, encode
+from .server.dhcp6_server import our_duid
 
 DEFAULT_CONFIG = Path("/etc/ramboot/ramboot.toml")
 # Labels a confined service may read the data dir under (the seed fought tftpdir_rw_t
@@ -88,11 +91,72 @@ def check_interface(cfg: Config, cfg_path: str) -> list[Finding]:
     if want is not None and not any(a.ip == want for a in addrs):
         out.append(Finding(False, f"{want} (network.address) is not on {ifname}",
                            f"ip addr add {want}/24 dev {ifname}"))
+    elif not addrs and ipv6_only(cfg):
+        out.append(Finding(True, f"{ifname} has no IPv4 address (IPv4 is off: IPv6 only)"))
     elif not addrs:
         out.append(Finding(False, f"{ifname} has no IPv4 address", f"ip addr add ADDRESS/PREFIX dev {ifname}"))
     else:
         out.append(Finding(True, f"{ifname} has {', '.join(str(a) for a in addrs)}"))
+    return out + check_interface6(cfg, ifname)
+
+
+def ipv6_only(cfg: Config) -> bool:
+    return cfg.dhcp.mode == "off" and cfg.network.address is None and (
+        cfg.dhcp6.mode == "full" or cfg.network.address6 is not None)
+
+
+def ipv6_addrs(ifname: str) -> list[ipaddress.IPv6Interface]:
+    """The interface's global IPv6 addresses that passed duplicate address detection."""
+    p = subprocess.run(["ip", "-j", "-6", "addr", "show", "dev", ifname, "scope", "global"], capture_output=True,
+                       text=True)
+    try:
+        info = json.loads(p.stdout or "[]")
+    except ValueError:
+        return []
+    return [ipaddress.IPv6Interface(f"{a['local']}/{a['prefixlen']}") for i in info for a in i.get("addr_info", [])
+            if "local" in a and not a.get("tentative") and not a.get("dadfailed")]
+
+
+def check_interface6(cfg: Config, ifname: str) -> list[Finding]:
+    """IPv6, when it is served: the address clients are told is on the interface, inside the
+    prefix the RAs announce; and a bridge's MLD snooping cannot eat solicitations."""
+    if cfg.dhcp6.mode == "off" and cfg.network.address6 is None:
+        return []
+    out = []
+    addrs = ipv6_addrs(ifname)
+    want = cfg.network.address6
+    prefix = cfg.dhcp6.prefix
+    if want is not None and not any(a.ip == want for a in addrs):
+        out.append(Finding(False, f"{want} (network.address6) is not on {ifname} (or is still tentative)",
+                           f"ip addr add {want}/{prefix.prefixlen if prefix else 64} dev {ifname} nodad"))
+    elif not addrs:
+        out.append(Finding(False, f"{ifname} has no global IPv6 address",
+                           f"ip addr add ADDRESS/64 dev {ifname} nodad   # inside dhcp6.prefix"))
+    else:
+        out.append(Finding(True, f"{ifname} has {', '.join(str(a) for a in addrs)}"))
+        if prefix is not None and not any(a.ip in prefix for a in addrs):
+            out.append(Finding(False, f"no address of {ifname} is inside dhcp6.prefix {prefix}: clients could not "
+                                      "reach the server on the link",
+                               f"ip addr add {next(prefix.hosts())}/{prefix.prefixlen} dev {ifname} nodad"))
+    out += check_mld_snooping(ifname)
     return out
+
+
+def check_mld_snooping(ifname: str) -> list[Finding]:
+    """MLD snooping can eat DHCPv6 Solicits to ff02::1:2 (confluent#205): a switch that snoops
+    drops a group's frames on ports it saw no report for. A Linux bridge floods them while no
+    querier is seen, and its own host port joins the group with the server: say what it does.
+    A hardware switch cannot be asked from here: say what to keep on it."""
+    br = Path("/sys/class/net", ifname, "bridge")
+    if not br.exists():
+        return [Finding(True, f"{ifname} is no Linux bridge; on a switch with MLD snooping, keep an MLD querier on "
+                              "the VLAN (or snooping off) so DHCPv6 Solicits reach ramboot")]
+    try:
+        snooping = (br / "multicast_snooping").read_text().strip() == "1"
+    except OSError:
+        return []
+    how = "on (the bridge's own port joins ff02::1:2 with the server)" if snooping else "off"
+    return [Finding(True, f"bridge {ifname}: MLD snooping {how}")]
 
 
 # -- ports -----------------------------------------------------------------------
@@ -137,6 +201,8 @@ def service_ports(cfg: Config) -> list[tuple[str, int, str]]:
         wanted.append(("udp", 67, "DHCP"))
     if cfg.dhcp.mode == "proxy":
         wanted.append(("udp", 4011, "proxyDHCP"))
+    if cfg.dhcp6.mode == "full":
+        wanted.append(("udp", 547, "DHCPv6"))
     return wanted
 
 
@@ -229,6 +295,57 @@ def check_other_dhcp(cfg: Config, cfg_path: str, seconds: float) -> list[Finding
         out.append(Finding(True, f"DHCP servers answering on {ifname} besides ramboot: {seen}"
                                  f" (fits mode {cfg.dhcp.mode})"))
     return out
+
+
+def probe_dhcp6(ifname: str, seconds: float = 3.0) -> list[tuple[str, str]]:
+    """Multicast a DHCPv6 Solicit (a made-up DUID-LL) on ifname; (server DUID hex, source) per Advertise."""
+    duid = struct.pack("!HH", 3, 1) + bytes([0x02]) + secrets.token_bytes(5)
+    txid = secrets.randbits(24)
+    ia = d6.encode_ia_na(d6.IaNa(1, 0, 0))
+    sol = d6.encode(d6.Message(d6.Msg.SOLICIT, txid, [(d6.Opt.CLIENTID, duid), (d6.Opt.ELAPSED_TIME, b"\0\0"),
+                                                       (d6.Opt.IA_NA, ia)]))
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        s.bind(("::", d6.CLIENT_PORT))
+        s.sendto(sol, (d6.ALL_SERVERS, d6.SERVER_PORT, 0, socket.if_nametoindex(ifname)))
+        found: dict[str, tuple[str, str]] = {}
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([s], [], [], left)[0]:
+                break
+            data, src = s.recvfrom(4096)
+            try:
+                msg = d6.decode(data)
+            except d6.Dhcp6DecodeError:
+                continue
+            if not isinstance(msg, d6.Message) or msg.msg_type != d6.Msg.ADVERTISE or msg.txid != txid:
+                continue
+            sid = (msg.get(d6.Opt.SERVERID) or b"").hex()
+            found[sid] = (sid, src[0].split("%")[0])
+        return sorted(found.values())
+    finally:
+        s.close()
+
+
+def check_other_dhcp6(cfg: Config, cfg_path: str, seconds: float) -> list[Finding]:
+    """In DHCPv6 full mode, another DHCPv6 server on the link hands out addresses too."""
+    if cfg.dhcp6.mode != "full":
+        return []
+    ifname = cfg.network.interface
+    if not Path("/sys/class/net", ifname).exists():
+        return []
+    ours = our_duid(ifname).hex()
+    try:
+        answers = [a for a in probe_dhcp6(ifname, seconds) if a[0] != ours]
+    except OSError as e:
+        return [Finding(False, f"cannot probe for DHCPv6 servers on {ifname}: {e.strerror}",
+                        "run ramboot doctor as root while port 546 is free")]
+    if not answers:
+        return [Finding(True, f"no other DHCPv6 server answers on {ifname}")]
+    return [Finding(False, f"another DHCPv6 server (DUID {sid}, from {src}) hands out addresses on {ifname}",
+                    f"stop that server, or set dhcp6.mode = \"off\" in {cfg_path}") for sid, src in answers]
 
 
 # -- firewall ----------------------------------------------------------------------
@@ -467,7 +584,7 @@ def doctor(config_path: Path | None, probe_seconds: float) -> None:
     where = str(config_path or DEFAULT_CONFIG)
     findings = check_interface(cfg, where) + check_ports(cfg)
     if probe_seconds > 0:
-        findings += check_other_dhcp(cfg, where, probe_seconds)
+        findings += check_other_dhcp(cfg, where, probe_seconds) + check_other_dhcp6(cfg, where, probe_seconds)
     findings += check_firewall(cfg) + check_selinux(cfg) + check_boot_files(cfg) + check_secure_boot(cfg)
     for f in findings:
         click.echo(f.line())

@@ -89,9 +89,12 @@ class Archiver(Protocol):
 
 class Namespace:
     def __init__(self, data_dir: Path, booter: Booter, overlays: Archiver | None = None,
-                 access: AccessRule | None = None, ca: CaArchive | None = None):
+                 access: AccessRule | None = None, ca: CaArchive | None = None, booter6: Booter | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.booter = booter
+        # The same policy naming the server's IPv6 address, for requests that come over IPv6:
+        # a dual-stack node keeps to the family it booted with.
+        self.booter6 = booter6
         self.overlays = overlays
         # Mints each boot's credential when a script or config goes to its node (access.py);
         # None (tests of rendering alone): scripts carry no credential.
@@ -112,6 +115,12 @@ class Namespace:
         """
         return self.lookup(names.parse_rooted(name) if rooted else names.parse(name), requester)
 
+    def booter_for(self, requester: str | None) -> Booter:
+        """The booter whose URLs the requester can reach: the IPv6 one for an IPv6 source."""
+        if self.booter6 is not None and requester and ":" in requester and not requester.startswith("::ffff:"):
+            return self.booter6
+        return self.booter
+
     def lookup(self, name: names.Name | None, requester: str | None = None) -> Resolved | None:
         """A parsed name's file or content; generated ones ask the Booter once, and
         the access rule whether `requester` is that machine (then they carry its credential)."""
@@ -124,7 +133,7 @@ class Namespace:
             path = self._inside(self._loaders, [name.file])
             return StaticFile(path, "loader") if path else None
         if isinstance(name, names.Script):
-            d = self.booter.decide(Client(name.mac, uuid=name.uuid, user_class="iPXE", ipxe=True))
+            d = self.booter_for(requester).decide(Client(name.mac, uuid=name.uuid, user_class="iPXE", ipxe=True))
             if d is None:
                 return None
             token = self._mint(d, requester)
@@ -132,7 +141,7 @@ class Namespace:
         if isinstance(name, names.CaBundle):
             return GeneratedFile(self.ca.data(), "ca") if self.ca is not None else None
         if isinstance(name, names.EntryScript):
-            return GeneratedFile(render.entry_script(self.booter.http_base).encode(), "entry-script")
+            return GeneratedFile(render.entry_script(self.booter_for(requester).http_base).encode(), "entry-script")
         if isinstance(name, names.PxelinuxConfig):
             return self._pxelinux(name, requester)
         if isinstance(name, names.GrubConfig):
@@ -163,14 +172,14 @@ class Namespace:
     def _grub(self, name: names.GrubConfig, requester: str | None) -> Resolved | None:
         if name.mac is None:
             return GeneratedFile(render.grub_entry().encode(), "entry-script")
-        d = self.booter.decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid), loader="grub")
+        d = self.booter_for(requester).decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid), loader="grub")
         if d is None:
             return None
         token = self._mint(d, requester)
         return GeneratedFile(render.grub_cfg(d, token).encode(), "grub-cfg", name.mac if token else None)
 
     def _pxelinux(self, name: names.PxelinuxConfig, requester: str | None) -> Resolved | None:
-        d = self.booter.decide(Client(name.mac or "", arch=0, uuid=name.uuid), loader="pxelinux")
+        d = self.booter_for(requester).decide(Client(name.mac or "", arch=0, uuid=name.uuid), loader="pxelinux")
         if d is None or (name.uuid and d.node is None):
             return None  # a UUID nobody registered: pxelinux goes on to 01-<mac>, then default
         token = self._mint(d, requester) if d.mac or d.node else None

@@ -1,8 +1,9 @@
-"""What the kernel knows about a network interface (its IPv4 address and mask, its MAC)."""
+"""What the kernel knows about a network interface (its IPv4 and IPv6 addresses, its mask, its MAC)."""
 
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import socket
 import struct
 
@@ -37,3 +38,16 @@ def interface_mac(ifname: str) -> bytes | None:
             return bytes.fromhex(f.read().strip().replace(":", ""))
     except (OSError, ValueError):
         return None
+
+
+def interface_ipv6(ifname: str) -> str | None:
+    """The interface's first global (not link-local) IPv6 address, from /proc/net/if_inet6, or None."""
+    try:
+        lines = open("/proc/net/if_inet6").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        f = line.split()
+        if len(f) >= 6 and f[5] == ifname and f[3] == "00":  # scope 00: global
+            return str(ipaddress.IPv6Address(bytes.fromhex(f[0])))
+    return None

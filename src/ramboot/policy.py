@@ -111,7 +111,7 @@ class Booter:
                  mirrors: Callable[[str], tuple[str, ...]] | None = None):
         self.config = config
         self.directory = directory
-        self.server_ip = str(ipaddress.IPv4Address(server_ip))
+        self.server_ip = str(ipaddress.ip_address(server_ip))
         self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # image -> ((mtime_ns, size), manifest)
         # image -> the HTTP bases of the live servers holding it verified (server/cluster.py);
         # none, or an empty answer: this server alone.
@@ -121,17 +121,20 @@ class Booter:
         self._memo: dict[tuple[Client, str | None], Decision | None] = {}  # with manifest_ttl: this TTL's answers
         self._memo_at = 0.0
 
-    def using(self, directory: Directory, manifest_ttl: float = 0.0) -> Booter:
+    def using(self, directory: Directory, manifest_ttl: float = 0.0, server_ip: str | None = None) -> Booter:
         """The same policy over another directory (the DHCP server's snapshot); shares the manifest cache.
 
         `manifest_ttl`: trust a manifest (or its absence) that long without a stat. DHCP
         reads no manifest field (only the boot file, fixed address and hostname), so its
         booter checks as often as it re-reads the nodes, not per packet (a stat and a path
-        build were a fifth of a DORA's CPU).
+        build were a fifth of a DORA's CPU). `server_ip`: the address the URLs name (DHCPv6
+        and IPv6 requests get the server's IPv6 address).
         """
-        other = Booter(self.config, directory, self.server_ip)
+        other = Booter(self.config, directory, server_ip or self.server_ip)
         other._manifests = self._manifests
-        other.mirrors = self.mirrors
+        # The cluster's mirror list names each server by the address this one registered with:
+        # a booter for the other family names this server alone.
+        other.mirrors = self.mirrors if other.server_ip == self.server_ip else None
         other.manifest_ttl = manifest_ttl
         return other
 
@@ -158,7 +161,8 @@ class Booter:
     @cached_property
     def http_base(self) -> str:
         port = self.config.http.port
-        return f"http://{self.server_ip}" + ("" if port == 80 else f":{port}")
+        host = f"[{self.server_ip}]" if ":" in self.server_ip else self.server_ip  # RFC 3986 §3.2.2
+        return f"http://{host}" + ("" if port == 80 else f":{port}")
 
     def node_base(self, http_base: str) -> str:
         """Where a node reports and fetches its overlay on the server at `http_base`: its HTTPS

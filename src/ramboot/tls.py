@@ -57,10 +57,10 @@ class TlsFiles:
         return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
 
 
-def server_names(config: Config, server_ip: str) -> list[str]:
-    """What the server certificate must name: the advertised address, a specific bind
-    address, loopback and this host's name."""
-    out = [server_ip]
+def server_names(config: Config, server_ip: str, *more: str) -> list[str]:
+    """What the server certificate must name: the advertised addresses (IPv4, IPv6), a specific
+    bind address, loopback and this host's name."""
+    out = [server_ip, *more]
     bind = config.http.bind
     if bind not in ("0.0.0.0", "::", ""):
         out.append(bind)
@@ -71,7 +71,7 @@ def server_names(config: Config, server_ip: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def ensure(config: Config, server_ip: str) -> TlsFiles:
+def ensure(config: Config, server_ip: str, *more: str) -> TlsFiles:
     """The listener's files: the operator's (`[tls] cert`/`key`), else ours in DATA/tls/,
     made or renewed here. Raises ConfigError on a file that cannot be read."""
     tls = config.tls
@@ -85,7 +85,7 @@ def ensure(config: Config, server_ip: str) -> TlsFiles:
     os.chmod(d, 0o700)
     ca_cert, ca_key = load_or_make_ca(d)
     files = TlsFiles(d / "cert.pem", d / "key.pem", tls.ca or d / "ca.pem")
-    wanted = server_names(config, server_ip)
+    wanted = server_names(config, server_ip, *more)
     if not _current(files.cert, ca_cert, wanted):
         _issue(d, ca_cert, ca_key, wanted)
     return files

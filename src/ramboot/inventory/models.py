@@ -80,6 +80,18 @@ class Lease(Base):
     updated: Mapped[float] = mapped_column(Float, default=0.0, server_default="0", index=True)
 
 
+class Lease6(Base):
+    """A bound DHCPv6 lease; one per IA (the DHCPv6 core's `lease_key`: DUID and IAID)."""
+
+    __tablename__ = "leases6"
+    __table_args__ = (Index("ux_leases6_key", "key", unique=True),)
+
+    ip: Mapped[str] = mapped_column(String(39), primary_key=True)
+    key: Mapped[str] = mapped_column(String(300))
+    mac: Mapped[str] = mapped_column(String(17), index=True)  # from option 79, the EUI-64 source or the DUID
+    expires: Mapped[float] = mapped_column(Float)  # unix time
+
+
 class Server(Base):
     """A ramboot server on this database: its URLs, the images it holds verified, its heartbeat."""
 

@@ -246,6 +246,8 @@ class Nic(_Report):
     name: Text
     mac: Text | None = None
     speed_mbps: int | None = None
+    # The global addresses the NIC holds (IPv4 and IPv6), as the initramfs saw them.
+    addresses: Annotated[list[Text], BeforeValidator(_first)] = []
 
 
 class Disk(_Report):

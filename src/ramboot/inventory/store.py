@@ -30,11 +30,12 @@ from ..config import ConfigError
 from ..macaddr import normalize_mac
 from ..power.bmc import Bmc, BmcError
 from ..power.bmc import parse as parse_bmc
+from ..proto.dhcp6_core import Lease6Record
 from ..proto.dhcp_core import LeaseRecord
 from .credentials import Credentials
 from .lease_journal import CHECKPOINT_EVERY, Changes, JournalLocked, LeaseJournal
 from .migrate import upgrade_to_head
-from .models import ConsoleLine, Event, Inventory, Lease, Node, PowerCount, Profile, Secret, Server
+from .models import ConsoleLine, Event, Inventory, Lease, Lease6, Node, PowerCount, Profile, Secret, Server
 from .records import EventRecord, NodeSpec, ProfileSpec, ServerRecord
 from .sealed import PREFIX, Sealer, SealError
 from .tpms import Tpms
@@ -670,17 +671,49 @@ class Store:
             rows = [tuple([r[k] for k in order]) for r in rows]
         conn.exec_driver_sql(sql, rows)
 
+    # -- DHCPv6 leases ----------------------------------------------------
+    def load_leases6(self) -> list[Lease6Record]:
+        with self._session() as s:
+            return [Lease6Record(r.key, r.ip, r.mac, r.expires) for r in s.scalars(select(Lease6))]
+
+    def save_leases6(self, upserts: Iterable[Lease6Record], deletes: Iterable[str] = ()) -> None:
+        """One transaction for a batch from the DHCPv6 core, which is the authority (one server):
+        one lease per key and per address, as the core keeps them."""
+        recs = list(upserts)
+        gone = list(deletes)
+        if not recs and not gone:
+            return
+        with self.engine.begin() as conn:
+            if gone:
+                conn.execute(delete(Lease6).where(Lease6.ip.in_(gone)))
+            for rec in recs:
+                conn.execute(delete(Lease6).where((Lease6.key == rec.key) | (Lease6.ip == rec.ip)))
+            if recs:
+                conn.execute(insert(Lease6), [{"ip": r.ip, "key": r.key, "mac": normalize_mac(r.mac),
+                                               "expires": r.expires} for r in recs])
+
+    def _leases6_where(self, cond, now: float) -> list[LeaseRecord]:  # noqa: ANN001
+        """IPv6 leases as the access rule reads leases: the machine's own (`hw:` + its MAC),
+        the MAC being what the DHCPv6 core learned it by (option 79, EUI-64 source, DUID)."""
+        with self._session() as s:
+            return [LeaseRecord(key="hw:" + r.mac, ip=r.ip, mac=r.mac, expires=r.expires)
+                    for r in s.scalars(select(Lease6).where(cond, Lease6.expires > now))]
+
     def leases_of(self, mac: str, now: float | None = None) -> list[LeaseRecord]:
         """Every unexpired lease with this chaddr (one per client id): the access rule picks the node's own."""
         now = time.time() if now is None else now
         self.checkpoint_leases()
         with self._session() as s:
-            return [_lease_record(r) for r in s.scalars(
+            v4 = [_lease_record(r) for r in s.scalars(
                 select(Lease).where(Lease.mac == normalize_mac(mac), Lease.expires > now))]
+        return v4 + self._leases6_where(Lease6.mac == normalize_mac(mac), now)
 
     def lease_at(self, ip: str, now: float | None = None) -> LeaseRecord | None:
         """The unexpired lease on an address, if any."""
         now = time.time() if now is None else now
+        if ":" in ip:
+            found = self._leases6_where(Lease6.ip == ip, now)
+            return found[0] if found else None
         self.checkpoint_leases()
         with self._session() as s:
             r = s.scalar(select(Lease).where(Lease.ip == ip, Lease.expires > now))

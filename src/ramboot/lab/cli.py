@@ -23,15 +23,20 @@ def _fail(msg: str) -> None:
 
 @click.group()
 def lab() -> None:
-    """A lab network (namespace ramboot-lab, bridge rb0, server 172.22.33.2) with blank PXE VMs."""
+    """A lab network (namespace ramboot-lab, bridge rb0, server 172.22.33.2, with --ipv6 also
+    fd00:172:22:33::2) with blank PXE VMs."""
 
 
 @lab.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="serve with this config instead of the lab's own (proxy mode, another image)")
-def up(config_path: Path | None) -> None:
+@click.option("--ipv6", "ipv6", flag_value="dual", default=None,
+              help="dual stack: DHCPv6 and router advertisements for fd00:172:22:33::/64 beside IPv4")
+@click.option("--ipv6-only", "ipv6", flag_value="only",
+              help="IPv6 only: no IPv4 address anywhere in the lab, DHCPv4 off")
+def up(config_path: Path | None, ipv6: str | None) -> None:
     """Make the lab network, build the built-in image if needed, and start the server in it."""
-    the_lab = Lab()
+    the_lab = Lab(ipv6=ipv6 or "")
     try:
         the_lab.create()
         if config_path is None:
@@ -45,7 +50,7 @@ def up(config_path: Path | None) -> None:
             click.echo(f"ramboot lab: building the built-in image {image!r} into {config.data_dir}")
             build_image(config.data_dir, image)
         base = start_server(the_lab, config_path, the_lab.log_file)
-        the_lab.remember(api_base=base, config=str(config_path))
+        the_lab.remember(api_base=base, config=str(config_path), ipv6=the_lab.ipv6)
     except (LabError, ConfigError) as e:
         _fail(str(e))
     token = "" if config.api.token else f"  token:  {token_file(config)} (for the API and the status page)\n"
@@ -90,8 +95,8 @@ def down() -> None:
 def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None, loss: float,
        delay: float, tpm: bool, tpm_state: Path | None, bmc: str | None) -> None:
     """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
-    the_lab = Lab()
-    st = the_lab.state()
+    st = Lab().state()
+    the_lab = Lab(ipv6=st.get("ipv6", ""))
     if not the_lab.exists() or SERVER_KEY not in st["pids"]:
         _fail("the lab is not up; run: ramboot lab up")
     if bmc:

@@ -33,6 +33,11 @@ LAB_NS = "ramboot-lab"
 BRIDGE = "rb0"
 SERVER_IP = "172.22.33.2"
 PREFIX = 24
+# IPv6 (`lab up --ipv6`, `--ipv6-only`): the lab's prefix and the server in it.
+SERVER_IP6 = "fd00:172:22:33::2"
+PREFIX6 = "fd00:172:22:33::/64"
+RANGE6 = "fd00:172:22:33::100-fd00:172:22:33::1ff"
+IPV6_MODES = ("", "dual", "only")  # none, dual stack, IPv6 only (no IPv4 anywhere in the lab)
 # A veth pair inside the namespace, one end in the bridge: a bridge has no
 # carrier until a port is up, and a tap whose QEMU has not started yet does not count.
 CARRIER_PORT = "rb0-carrier"
@@ -184,9 +189,13 @@ class Lab:
     bridge: str = BRIDGE
     server_ip: str = SERVER_IP
     prefix: int = PREFIX
+    ipv6: str = ""  # one of IPV6_MODES
+    server_ip6: str = SERVER_IP6
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        if self.ipv6 not in IPV6_MODES:
+            raise LabError(f"unknown IPv6 mode {self.ipv6!r}")
 
     # -- files -------------------------------------------------------------
     @property
@@ -262,8 +271,11 @@ class Lab:
         for dev in (CARRIER_PEER, CARRIER_PORT, self.bridge):
             self.ip("link", "set", dev, "up")
         cidr = f"{self.server_ip}/{self.prefix}"
-        if cidr not in self.ip("-4", "addr", "show", "dev", self.bridge).stdout:
+        if self.ipv6 != "only" and cidr not in self.ip("-4", "addr", "show", "dev", self.bridge).stdout:
             self.ip("addr", "add", cidr, "dev", self.bridge)
+        if self.ipv6 and f"{self.server_ip6}/64" not in self.ip("-6", "addr", "show", "dev", self.bridge).stdout:
+            # nodad: the server answers at once, not after a second of duplicate address detection
+            self.ip("addr", "add", f"{self.server_ip6}/64", "dev", self.bridge, "nodad")
 
     def add_tap(self, tap: str) -> None:
         """A persistent tap in the bridge, opened by name by a QEMU run in the namespace."""
@@ -363,7 +375,7 @@ class Lab:
     # -- talking to the server -------------------------------------------------
     @property
     def base_url(self) -> str:
-        return f"http://{self.server_ip}"
+        return f"http://[{self.server_ip6}]" if self.ipv6 == "only" else f"http://{self.server_ip}"
 
     def api_token(self) -> str | None:
         """The token for the lab server's API: $RAMBOOT_TOKEN, else the one of the config `lab up`

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import Config, load_config
 from ..images.manifest import MANIFEST, images_dir
-from .netns import Lab, LabError
+from .netns import PREFIX6, RANGE6, Lab, LabError
 
 SERVER_KEY = "server"
 
@@ -36,12 +36,22 @@ LAB_KERNEL_ARGS = "console=tty0 console=ttyS0,115200"
 def lab_config_text(lab: Lab, data_dir: Path, dhcp: str | None = None, boot: dict[str, str] | None = None) -> str:
     """The lab's default config: full DHCP for the lab subnet, standard ports, serial console."""
     net = lab.server_ip.rsplit(".", 1)[0]
-    dhcp = dhcp if dhcp is not None else f'mode = "full"\nrange = "{net}.100-{net}.200"\n'
+    if lab.ipv6 == "only":  # no IPv4 anywhere: DHCPv4 off, the server named by its IPv6 address
+        dhcp = 'mode = "off"\n'
+        address = f'address6 = "{lab.server_ip6}"\n'
+    else:
+        dhcp = dhcp if dhcp is not None else f'mode = "full"\nrange = "{net}.100-{net}.200"\n'
+        address = f'address = "{lab.server_ip}"\n' + (f'address6 = "{lab.server_ip6}"\n' if lab.ipv6 else "")
+    # A default route to the server (router_lifetime): edk2's PXE waits 10 s for a gateway in
+    # its route table before it uses its address (PxeBcCheckRouteTable); the lab is isolated,
+    # so the route leads nowhere else.
+    dhcp6 = (f'[dhcp6]\nmode = "full"\nrange6 = "{RANGE6}"\nprefix = "{PREFIX6}"\nrouter_lifetime = 1800\n'
+             if lab.ipv6 else "")
     boot = {"kernel_args": LAB_KERNEL_ARGS, **(boot or {})}
     return (
         f'data_dir = "{data_dir}"\n'
-        f"[network]\ninterface = \"{lab.bridge}\"\naddress = \"{lab.server_ip}\"\n"
-        f"[dhcp]\n{dhcp}"
+        f"[network]\ninterface = \"{lab.bridge}\"\n{address}"
+        f"[dhcp]\n{dhcp}{dhcp6}"
         "[tftp]\nport = 69\n"
         "[http]\nport = 80\n"
         "[boot]\n" + "".join(f'{k} = "{v}"\n' for k, v in boot.items())
@@ -83,7 +93,10 @@ def link_image(src_dir: Path, dest_data_dir: Path, name: str, copy: bool = False
 
 
 def http_base(config: Config, lab: Lab) -> str:
-    host = str(config.network.address or lab.server_ip)
+    if config.network.address is None and config.network.address6 is not None and lab.ipv6 == "only":
+        host = f"[{config.network.address6}]"
+    else:
+        host = str(config.network.address or lab.server_ip)
     return f"http://{host}" + ("" if config.http.port == 80 else f":{config.http.port}")
 
 

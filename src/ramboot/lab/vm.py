@@ -181,7 +181,8 @@ def _stop_child(lab: Lab, proc: subprocess.Popen, key: str) -> None:
 
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
               uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None,
-              extra_nics: tuple[tuple[int, str], ...] = (), tpm: Path | None = None) -> list[str]:
+              extra_nics: tuple[tuple[int, str], ...] = (), tpm: Path | None = None,
+              ipv6_only: bool = False) -> list[str]:
     """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID).
 
     `udp` (relay port, QEMU's port): the NIC talks to an impair relay on 127.0.0.1 instead of the tap.
@@ -224,6 +225,9 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
             # PXE off in OVMF's network stack: the NIC's boot options are then HTTP boot only.
             argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n",
                      "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
+        elif ipv6_only:
+            # No IPv4 in the lab: OVMF's PXEv4 would only time out before its PXEv6 starts.
+            argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]
     for i, (fd, nic_mac) in enumerate(extra_nics, start=1):
         argv += ["-netdev", f"tap,id=n{i},fd={fd}", "-device", f"virtio-net-pci,netdev=n{i},mac={nic_mac},romfile="]
     return argv
@@ -434,7 +438,8 @@ def boot_vm(
         for nic_lab, nic_mac in extra_nics:
             fds.append(open_tap(nic_lab, tap_name(nic_mac)))
         argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp,
-                         tuple(zip(fds, (normalize_mac(m) for _, m in extra_nics), strict=True)), tpm_sock)
+                         tuple(zip(fds, (normalize_mac(m) for _, m in extra_nics), strict=True)), tpm_sock,
+                         ipv6_only=lab.ipv6 == "only")
         started = time.time()
         proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=fds)
     finally:

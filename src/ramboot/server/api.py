@@ -123,6 +123,8 @@ def server_names(config: Config, server_ip: str) -> frozenset[str]:
     names = {"localhost", "127.0.0.1", "::1", server_ip, socket.gethostname(), *config.api.allowed_hosts}
     if config.network.address is not None:
         names.add(str(config.network.address))
+    if config.network.address6 is not None:
+        names.add(str(config.network.address6))
     if config.http.bind not in ("0.0.0.0", "::", ""):
         names.add(config.http.bind)
     return frozenset(_name(n) for n in names if n)

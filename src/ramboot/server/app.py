@@ -20,11 +20,12 @@ from ..api_token import ensure_admin_token
 from ..config import Config, ConfigError
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
-from ..netif import interface_ipv4
+from ..netif import interface_ipv4, interface_ipv6
 from ..overlays import OverlayRenderer
 from ..policy import Booter
 from ..tls import CaArchive, TlsFiles, ensure
 from .cluster import Cluster
+from .dhcp6_server import start_dhcp6
 from .dhcp_server import start_dhcp
 from .events import EventLog
 from .http_server import start_http
@@ -34,10 +35,30 @@ from .tftp_server import start_tftp
 log = logging.getLogger("ramboot.serve")
 
 
+def server_address6(config: Config) -> str | None:
+    """The IPv6 address clients are told: `network.address6`, else the interface's first global
+    one; None when IPv6 is not served (no address6 and DHCPv6 off)."""
+    if config.network.address6 is not None:
+        return str(config.network.address6)
+    if config.dhcp6.mode == "off":
+        return None
+    addr = interface_ipv6(config.network.interface)
+    if addr is None:
+        raise ConfigError(
+            f"network.interface: {config.network.interface!r} has no global IPv6 address; "
+            "set network.address6 or give the interface one (dhcp6.mode = \"full\")"
+        )
+    return addr
+
+
 def server_address(config: Config) -> str:
+    """The address the server names first: its IPv4 address, or with IPv4 off entirely
+    (`[dhcp] mode = "off"` and no IPv4 on the interface) its IPv6 address."""
     if config.network.address is not None:
         return str(config.network.address)
     addr = interface_ipv4(config.network.interface)
+    if addr is None and config.dhcp.mode == "off":
+        addr = server_address6(config)
     if addr is None:
         raise ConfigError(
             f"network.interface: {config.network.interface!r} has no IPv4 address; "
@@ -57,7 +78,7 @@ def validate_range(config: Config, server_ip: str) -> None:
     """A full-mode range that holds the server's own address is a typo: refuse it at start."""
     if config.dhcp.mode == "full" and config.dhcp.range:
         first, last = config.dhcp.range_bounds()
-        if int(first) <= int(ipaddress.IPv4Address(server_ip)) <= int(last):
+        if ":" not in server_ip and int(first) <= int(ipaddress.IPv4Address(server_ip)) <= int(last):
             raise ConfigError(f"dhcp.range: includes the server's own address {server_ip}")
 
 
@@ -67,6 +88,7 @@ class Services:
     def __init__(self, config: Config):
         self.config = config
         self.server_ip = server_address(config)
+        self.server_ip6 = server_address6(config)
         validate_range(config, self.server_ip)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         ensure_admin_token(config)  # the API takes a token for every read and write (docs/api.md)
@@ -77,11 +99,16 @@ class Services:
         self.cluster = Cluster(config, self.store, self.server_ip, self.booter.http_base)
         self.booter.mirrors = self.cluster.mirrors
         overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
-        access = AccessRule(config.dhcp.mode, config.security.proxy_secrets, self.store, self.store.credentials)
+        # ramboot holds the leases (IPv4, IPv6 or both): the access rule proves nodes by them.
+        lease_mode = "full" if "full" in (config.dhcp.mode, config.dhcp6.mode) else config.dhcp.mode
+        access = AccessRule(lease_mode, config.security.proxy_secrets, self.store, self.store.credentials)
         # The HTTPS listener's certificate (made or renewed in DATA/tls/), and the CA nodes pin.
-        self.tls: TlsFiles | None = ensure(config, self.server_ip) if config.http.https_port else None
+        v6 = (self.server_ip6,) if self.server_ip6 and self.server_ip6 != self.server_ip else ()
+        self.tls: TlsFiles | None = ensure(config, self.server_ip, *v6) if config.http.https_port else None
+        # Dual stack: requests over IPv6 get URLs that name the server's IPv6 address.
+        self.booter6 = self.booter.using(self.store, server_ip=v6[0]) if v6 else None
         self.namespace = Namespace(config.data_dir, self.booter, overlays, access,
-                                   ca=CaArchive(self.tls.ca) if self.tls else None)
+                                   ca=CaArchive(self.tls.ca) if self.tls else None, booter6=self.booter6)
         self.events = EventLog(self.store, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
         self.servers: list = []
@@ -95,15 +122,22 @@ class Services:
         await self.cluster.start()
         self.servers.append(self.cluster)  # stopped last: deregistered once nothing is served any more
         http = await start_http(self.config, self.namespace, self.booter, self.store, self.events,
-                                cluster=self.cluster, tls=self.tls.context() if self.tls else None)
+                                cluster=self.cluster, tls=self.tls.context() if self.tls else None,
+                                ipv6=self.server_ip6 is not None)
         self.servers.append(http)
         if self.tls is not None:
             log.info("https on port %d; nodes pin %s (sha256 %s)", http.https_port, self.tls.ca,
                      self.tls.fingerprint())
-        self.servers.append(await start_tftp(self.config, self.namespace, self.events))
+        if ":" not in self.server_ip:
+            self.servers.append(await start_tftp(self.config, self.namespace, self.events))
+        if self.server_ip6:
+            self.servers.append(await start_tftp(self.config, self.namespace, self.events, host="::"))
         if self.config.dhcp.mode != "off":
             self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip,
                                                  cluster=self.cluster))
+        if self.config.dhcp6.mode == "full" and self.server_ip6:
+            self.servers.append(await start_dhcp6(self.config, self.booter, self.store, self.events,
+                                                  self.server_ip6))
         # Answer IPv6 router solicitations (full mode: all; proxy mode: guarded) so iPXE's
         # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra_server.py).
         ra = await start_ra(self.config, self.events)
@@ -116,9 +150,10 @@ class Services:
             capture.start()
             self.servers.append(capture)
         log.info(
-            "serving on %s: dhcp=%s tftp=%d http=%d data=%s",
-            self.server_ip,
+            "serving on %s: dhcp=%s dhcp6=%s tftp=%d http=%d data=%s",
+            " and ".join(dict.fromkeys(a for a in (self.server_ip, self.server_ip6) if a)),
             self.config.dhcp.mode,
+            self.config.dhcp6.mode,
             self.config.tftp.port,
             self.config.http.port,
             self.config.data_dir,

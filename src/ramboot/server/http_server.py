@@ -138,8 +138,10 @@ async def start_http(
     cluster: Cluster | None = None,
     tls: ssl.SSLContext | None = None,
     https_port: int | None = None,
+    ipv6: bool = False,
 ) -> HttpServer:
     """Serve until `close()`. host None: `http.bind`; port None: `http.port` (0: any free port).
+    `ipv6`: with the default bind, listen on IPv6 as well.
 
     With `tls`, the same application also listens with TLS on `https_port` (None:
     `http.https_port`; 0: any free port), so every route works over both.
@@ -148,6 +150,10 @@ async def start_http(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=RequestLog())
     await runner.setup()
     bind = host or config.http.bind
+    if ipv6 and bind == "0.0.0.0" and port != 0:
+        # IPv6 too, on a socket of its own (asyncio sets IPV6_V6ONLY): IPv4 peers keep their
+        # plain addresses, never `::ffff:` ones, so leases and the access rule still match.
+        bind = ["0.0.0.0", "::"]  # type: ignore[assignment]
     site = web.TCPSite(runner, bind, config.http.port if port is None else port, reuse_address=True, backlog=4096)
     secure = None
     if tls is not None:

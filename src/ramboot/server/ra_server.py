@@ -30,6 +30,7 @@ docs/decisions.md, "Answering router solicitations in proxy mode"):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import struct
@@ -47,6 +48,11 @@ ALL_ROUTERS = "ff02::2"
 IPV6_JOIN_GROUP = getattr(socket, "IPV6_JOIN_GROUP", 20)
 ICMP6_FILTER = 1
 OPT_SOURCE_LL = 1
+OPT_PREFIX_INFO = 3
+RA_MANAGED = 0x80  # the M flag: addresses from DHCPv6
+PREFIX_ON_LINK = 0x80  # the L flag
+PREFIX_AUTONOMOUS = 0x40  # the A flag: SLAAC
+PREFIX_VALID, PREFIX_PREFERRED = 86400, 14400  # seconds
 PXE_RECENT = 120.0  # seconds a PXE request to ramboot lets its MAC's solicitations be answered (proxy mode)
 RS_PENDING = 10.0  # seconds an unanswered solicitation waits for its MAC's PXE request (they are sent together)
 ROUTER_QUIET = 3600.0  # seconds after another router's RA during which proxy mode stays silent
@@ -54,11 +60,20 @@ ROUTER_QUIET = 3600.0  # seconds after another router's RA during which proxy mo
 PXE_STAGES = frozenset({"proxy-offer", "dhcp-offer", "dhcp-ack"})
 
 
-def router_advertisement(mac: bytes | None) -> bytes:
-    """RA: hop limit 64, no flags, router lifetime 0, no timers; source link-layer option if known."""
-    body = struct.pack("!BBHBBHII", ICMPV6_RA, 0, 0, 64, 0, 0, 0, 0)
+def router_advertisement(mac: bytes | None, prefix: ipaddress.IPv6Network | None = None,
+                         router_lifetime: int = 0) -> bytes:
+    """RA: hop limit 64, router lifetime 0 unless asked, no timers; source link-layer option if known.
+
+    With `prefix` (DHCPv6 full mode, RFC 4861 §4.2 and §4.6.2): the M flag (firmware and
+    iPXE take their address from DHCPv6) and the prefix as on-link (L) and for SLAAC (A): an
+    initramfs with no DHCPv6 client configures itself from the RA alone (dhcp6_core._slaac)."""
+    flags = RA_MANAGED if prefix is not None else 0
+    body = struct.pack("!BBHBBHII", ICMPV6_RA, 0, 0, 64, flags, router_lifetime, 0, 0)
     if mac and len(mac) == 6:
         body += struct.pack("!BB6s", 1, 1, mac)
+    if prefix is not None:
+        body += struct.pack("!BBBBIII16s", OPT_PREFIX_INFO, 4, prefix.prefixlen, PREFIX_ON_LINK | PREFIX_AUTONOMOUS,
+                            PREFIX_VALID, PREFIX_PREFERRED, 0, prefix.network_address.packed)
     return body  # the kernel fills the checksum of raw ICMPv6 sockets
 
 
@@ -134,7 +149,8 @@ class RaGuard:
 
 
 class RaServer:
-    def __init__(self, ifname: str, guarded: bool = False):
+    def __init__(self, ifname: str, guarded: bool = False, prefix: ipaddress.IPv6Network | None = None,
+                 router_lifetime: int = 0):
         self.ifname = ifname
         self.ifindex = socket.if_nametoindex(ifname)
         self.loop = asyncio.get_running_loop()
@@ -162,8 +178,10 @@ class RaServer:
             s.close()
             raise
         self.sock = s
-        self.ra = router_advertisement(mac)
+        self.ra = router_advertisement(mac, prefix, router_lifetime)
         self.loop.add_reader(s.fileno(), self._readable)
+        if prefix is not None:
+            self._send(ALL_NODES)  # one unsolicited RA at start: hosts already up learn the prefix
 
     def on_event(self, rec) -> None:
         """An EventLog watcher: a PXE stage for a MAC marks it as booting through us."""
@@ -218,11 +236,14 @@ async def start_ra(config, events=None) -> RaServer | None:
     `events` (the EventLog) tells a guarded responder which MACs are PXE-booting through us.
     """
     wanted = config.network.answer_router_solicitations
-    if wanted is False or (config.dhcp.mode == "off" and wanted == "auto"):
+    full6 = config.dhcp6.mode == "full"
+    if not full6 and (wanted is False or (config.dhcp.mode == "off" and wanted == "auto")):
         return None
-    guarded = wanted == "auto" and config.dhcp.mode == "proxy"
+    # DHCPv6 full mode: ramboot owns the IPv6 side of the network, every client gets the prefix.
+    guarded = not full6 and wanted == "auto" and config.dhcp.mode == "proxy"
     try:
-        r = RaServer(config.network.interface, guarded=guarded)
+        r = RaServer(config.network.interface, guarded=guarded, prefix=config.dhcp6.prefix if full6 else None,
+                     router_lifetime=config.dhcp6.router_lifetime if full6 else 0)
     except OSError as e:  # no IPv6 on this host or interface: iPXE only waits longer
         log.info("ra: not answering IPv6 router solicitations on %s: %s", config.network.interface, e)
         return None
@@ -230,6 +251,7 @@ async def start_ra(config, events=None) -> RaServer | None:
         r._unwatch = events.watch(r.on_event)
     how = ("PXE clients of ours only, by unicast, while no other router advertises" if guarded
            else "everyone")
-    log.info("ra: answering IPv6 router solicitations on %s (no prefix, lifetime 0; %s)",
-             config.network.interface, how)
+    what = (f"prefix {config.dhcp6.prefix}, M flag, lifetime {config.dhcp6.router_lifetime}" if full6
+            else "no prefix, lifetime 0")
+    log.info("ra: answering IPv6 router solicitations on %s (%s; %s)", config.network.interface, what, how)
     return r

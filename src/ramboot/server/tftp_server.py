@@ -95,10 +95,15 @@ class TftpServer:
         self.gso: bool | None = None  # kernel UDP GSO: None until the first windowed transfer asks
 
     def listen(self, host: str, port: int) -> None:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        """On `host`: "0.0.0.0" (IPv4) or "::" (IPv6 only; IPv4 has its own server and socket)."""
+        v6 = ":" in host
+        s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            if v6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            else:
+                s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             s.setblocking(False)
             s.bind((host, port))
         except OSError:
@@ -266,7 +271,8 @@ class TftpServer:
         self._end(t)
 
     def _transfer_socket(self, local: str | None) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        assert self.sock is not None
+        s = socket.socket(self.sock.family, socket.SOCK_DGRAM)
         try:
             s.setblocking(False)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
