@@ -242,6 +242,10 @@ class ClusterConfig(_Section):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # default: host name + address
     heartbeat: float = Field(2.0, ge=0.2, le=60)  # seconds between this server's heartbeats
     dead_after: float = Field(10.0, ge=1, le=600)  # a server silent this long is no longer told to nodes
+    # This server's rack (or row): nodes whose subnet has the same `group` name its servers first.
+    group: str | None = None
+
+    _group_ok = field_validator("group")(classmethod(lambda cls, v: _group_name(v)))
 
     @model_validator(mode="after")
     def _dead_after_heartbeats(self) -> ClusterConfig:

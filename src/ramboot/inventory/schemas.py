@@ -312,6 +312,7 @@ class ServerOut(BaseModel):
     last_seen: float  # unix time of its last heartbeat
     alive: bool  # heard from within `[cluster] dead_after`: named to nodes
     this: bool  # the server that answered
+    group: str | None = None  # `[cluster] group`: its rack or row
 
 
 class Accepted(BaseModel):

@@ -501,7 +501,8 @@ async def list_servers(request: web.Request) -> web.Response:
     servers = await asyncio.to_thread(ctx.store.list_servers)
     return json_response([
         S.ServerOut(name=s.name, address=s.address, http_base=s.http_base, images=s.images, started=s.started,
-                    last_seen=s.last_seen, alive=now - s.last_seen <= ctx.config.cluster.dead_after, this=s.name == me)
+                    last_seen=s.last_seen, alive=now - s.last_seen <= ctx.config.cluster.dead_after, this=s.name == me,
+                    group=s.group)
         for s in servers
     ])
 
