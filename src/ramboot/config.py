@@ -254,6 +254,14 @@ class ClusterConfig(_Section):
         return self
 
 
+class ScaleConfig(_Section):
+    """Booted nodes seed their peers (docs/scale.md): a node that verified its root serves it
+    from RAM, and the server redirects root downloads to such peers."""
+
+    seed: bool = True
+    seed_fanout: int = Field(4, ge=1, le=64)  # downloads one peer serves at a time
+
+
 class ApiConfig(_Section):
     """Who may use the API (docs/api.md): every read and write takes a token by default."""
 
@@ -297,6 +305,7 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     tls: TlsConfig = TlsConfig()
     security: SecurityConfig = SecurityConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     @model_validator(mode="after")
     def _grub_needs_our_dhcp(self) -> Config:

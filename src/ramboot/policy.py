@@ -289,6 +289,8 @@ class Booter:
             # The kernel's modules layer sits beside the root image: the same servers, in the same order.
             args += [f"ramboot.modules={u.rsplit('/', 1)[0]}/{MODULES}" for u in root_urls]
             args.append(f"ramboot.modules.sha256={mods.sha256}")
+        if self.config.scale.seed and not dracut:
+            args.append("ramboot.seed=1")  # serve the verified root to peers (server/seeding.py)
         if initrd:
             # Nothing in the chain verifies the initrd (docs/uefi-bios.md): the command
             # line names the one this boot meant, and the initramfs reports it.

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from .store import EventRecord
 
-SERVER_STAGES = ("dhcp-offer", "dhcp-ack", "proxy-offer", "loader", "script", "kernel", "initrd", "rootfs")
+SERVER_STAGES = ("dhcp-offer", "dhcp-ack", "proxy-offer", "loader", "script", "kernel", "initrd", "rootfs",
+                 "seed-served", "seed-skipped")
 TERMINAL = frozenset({"booted", "failed"})
 DHCP = frozenset({"dhcp-offer", "dhcp-ack", "proxy-offer"})
 START = DHCP | {"loader", "script"}

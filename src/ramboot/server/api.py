@@ -49,7 +49,7 @@ from ..proto.pxe import normalize_uuid
 from . import openapi as oa
 from .event_stream import BROADCAST, event_stream
 from .http_context import CTX, error_json, json_response
-from .http_files import node_credential, secrets_transport_refused
+from .http_files import node_credential, secrets_transport_refused, seed_report
 from .openapi import PREFIX, Route
 
 log = logging.getLogger("ramboot.api")
@@ -377,6 +377,8 @@ async def report_event(request: web.Request) -> web.Response:
     if request.remote:
         ctx.events.bind(request.remote, mac)
     ctx.events.record(mac, body.stage, source="node", **body.detail)
+    if ctx.seeds is not None:
+        seed_report(ctx, ctx.seeds, mac, body.stage, body.detail, request.remote)
     return json_response(S.Accepted(), 202)
 
 

@@ -15,6 +15,7 @@ from ..namespace import Namespace
 from ..policy import Booter
 from .cluster import Cluster
 from .events import EventLog
+from .seeding import Seeds
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Ctx:
     store: Store
     events: EventLog
     cluster: Cluster | None = None  # this server among the others on the database (`serve` makes one)
+    seeds: Seeds | None = None  # booted nodes seeding their root (`[scale] seed`), None: off
 
 
 CTX = web.AppKey("ramboot", Ctx)

@@ -24,11 +24,14 @@ from typing import IO
 from aiohttp import web
 
 from .. import metrics, names
+from ..images.manifest import MODULES, ROOTFS, ManifestError
 from ..names import PathRefused
 from ..namespace import GeneratedFile
 from ..overlays import OverlayError
 from ..proto import http_conditional
-from .http_context import CTX, text_error
+from ..proto.pxe import Client
+from .http_context import CTX, Ctx, text_error
+from .seeding import FALLBACK, Seeds
 
 log = logging.getLogger("ramboot.http")
 
@@ -279,6 +282,10 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         metrics.dropped("http", "not-found")
         return text_error(404, f"not found: {name[:200]}")
     ip = request.remote or ""
+    if ctx.seeds is not None and isinstance(parsed, names.ImageFile) and parsed.file in SEEDED:
+        to = seed_redirect(ctx, ctx.seeds, request, parsed)
+        if to is not None:
+            return web.Response(status=302, headers={"Location": to, "Cache-Control": "no-store"})
     t0 = time.monotonic()
     if isinstance(resolved, GeneratedFile):
         ca = resolved.kind == "ca"  # ca.cpio: the same bytes for every node, an archive
@@ -296,6 +303,58 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         metrics.HTTP_BYTES.labels(resolved.kind).inc(sent)
         ctx.events.served(ip, resolved.kind, name, None, sent, round(time.monotonic() - t0, 6), "http")
     return resp
+
+
+SEEDED = (ROOTFS, MODULES)  # the files booted nodes serve to their peers
+
+
+def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.ImageFile) -> str | None:
+    """A seeding peer's URL for this root (or modules) download, if one is free; None: the
+    server sends it. A node's fall-back (`?seed=0`) and Range requests are always the server's."""
+    if request.method not in ("GET", "HEAD") or request.query_string == FALLBACK or "Range" in request.headers:
+        return None
+    try:
+        entry = ctx.booter.manifest(f.image).files.get(f.file)
+    except ManifestError:
+        return None
+    ip = request.remote or ""
+    peer = seeds.pick(ctx.events.mac_by_ip.get(ip), entry.sha256, ctx.config.dhcp.group_of(ip),
+                      time.time()) if entry else None
+    if peer is None:
+        return None
+    metrics.SEED_REDIRECTS.inc()
+    return peer.url(f.file)
+
+
+def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict, ip: str | None) -> None:
+    """What a node's report means for seeding: a new boot stops its seeding, a verified root
+    starts it (at the address the report came from, for the image this server told it to
+    boot), a finished or refused download is counted against the peer it came from."""
+    now = time.time()
+    if stage in ("initramfs", "failed"):
+        seeds.drop(mac)
+    elif stage == "seeding" and ip:
+        d = ctx.booter.decide(Client(mac))
+        try:
+            files = {f: e.sha256 for f, e in ctx.booter.manifest(d.image).files.items() if f in SEEDED} if d else {}
+        except ManifestError:
+            files = {}
+        if d is None or not files.get(ROOTFS) or detail.get("sha256") != files[ROOTFS]:
+            log.warning("seeding refused: not the root this server told it to boot", extra={"mac": mac})
+            return
+        seeds.offer(mac, ip, d.image, files, ctx.config.dhcp.group_of(ip), now)
+    elif stage in ("download-done", "modules"):
+        nbytes = detail.get("bytes")
+        peer = seeds.done(mac, str(detail.get("url", "")), nbytes if isinstance(nbytes, int) else 0)
+        if peer is not None:
+            metrics.SEED_BYTES.inc(max(0, nbytes) if isinstance(nbytes, int) else 0)
+            ctx.events.record(peer.mac, "seed-served", to=mac, bytes=nbytes, total_bytes=peer.served_bytes)
+    elif stage == "seed-refused":
+        peer = seeds.refuse(mac, str(detail.get("url", "")), str(detail.get("reason", "")))
+        if peer is not None:
+            metrics.SEED_REFUSED.inc()
+            ctx.events.record(peer.mac, "seed-skipped", by=mac, reason=peer.refused)
+    metrics.SEED_PEERS.set(sum(1 for p in seeds.peers.values() if not p.refused))
 
 
 def node_credential(request: web.Request) -> str | None:
