@@ -314,9 +314,12 @@ def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.ImageFi
     if request.method not in ("GET", "HEAD") or request.query_string == FALLBACK or "Range" in request.headers:
         return None
     try:
-        entry = ctx.booter.manifest(f.image).files.get(f.file)
+        m = ctx.booter.manifest(f.image)
     except ManifestError:
         return None
+    entry = m.files.get(f.file)
+    if m.initramfs != "ramboot":
+        return None  # only ramboot's initramfs falls back to the server when a peer's bytes are wrong
     ip = request.remote or ""
     peer = seeds.pick(ctx.events.mac_by_ip.get(ip), entry.sha256, ctx.config.dhcp.group_of(ip),
                       time.time()) if entry else None
