@@ -282,8 +282,9 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         metrics.dropped("http", "not-found")
         return text_error(404, f"not found: {name[:200]}")
     ip = request.remote or ""
-    if ctx.seeds is not None and isinstance(parsed, names.ImageFile) and parsed.file in SEEDED:
-        to = seed_redirect(ctx, ctx.seeds, request, parsed)
+    seeds = ctx.seeds if isinstance(parsed, names.ImageFile) and parsed.file in SEEDED else None
+    if seeds is not None and isinstance(parsed, names.ImageFile):
+        to = await seed_redirect(ctx, seeds, request, parsed)
         if to is not None:
             return web.Response(status=302, headers={"Location": to, "Cache-Control": "no-store"})
     t0 = time.monotonic()
@@ -298,7 +299,13 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     sha_for = (functools.partial(ctx.booter.file_sha256, parsed.image, parsed.file)
                if isinstance(parsed, names.ImageFile) else None)
     ctype = "application/toml" if name.endswith(".toml") else "application/octet-stream"
-    resp, sent = await send_file(request, resolved.path, ctype, sha_for)
+    if seeds is not None:
+        seeds.serving += 1
+    try:
+        resp, sent = await send_file(request, resolved.path, ctype, sha_for)
+    finally:
+        if seeds is not None:
+            seeds.serving -= 1
     if sent:
         metrics.HTTP_BYTES.labels(resolved.kind).inc(sent)
         ctx.events.served(ip, resolved.kind, name, None, sent, round(time.monotonic() - t0, 6), "http")
@@ -306,11 +313,16 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
 
 
 SEEDED = (ROOTFS, MODULES)  # the files booted nodes serve to their peers
+SEED_WAIT = 5.0  # seconds a root download may wait for a free seeder (the initramfs probes with a 10 s timeout)
 
 
-def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.ImageFile) -> str | None:
+async def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.ImageFile) -> str | None:
     """A seeding peer's URL for this root (or modules) download, if one is free; None: the
-    server sends it. A node's fall-back (`?seed=0`) and Range requests are always the server's."""
+    server sends it. A node's fall-back (`?seed=0`) and Range requests are always the server's.
+
+    The server itself sends at most `seed_fanout` of these at a time: beyond that a request
+    waits (up to SEED_WAIT seconds, inside the node's 10 s probe) for a peer's slot or the
+    server's, so a storm grows a tree of seeders instead of splitting the server's link N ways."""
     if request.method not in ("GET", "HEAD") or request.query_string == FALLBACK or "Range" in request.headers:
         return None
     try:
@@ -320,13 +332,19 @@ def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.ImageFi
     entry = m.files.get(f.file)
     if m.initramfs != "ramboot":
         return None  # only ramboot's initramfs falls back to the server when a peer's bytes are wrong
-    ip = request.remote or ""
-    peer = seeds.pick(ctx.events.mac_by_ip.get(ip), entry.sha256, ctx.config.dhcp.group_of(ip),
-                      time.time()) if entry else None
-    if peer is None:
+    if entry is None:
         return None
-    metrics.SEED_REDIRECTS.inc()
-    return peer.url(f.file)
+    ip = request.remote or ""
+    mac, group = ctx.events.mac_by_ip.get(ip), ctx.config.dhcp.group_of(ip)
+    give_up = time.monotonic() + SEED_WAIT
+    while True:
+        peer = seeds.pick(mac, entry.sha256, group, time.time())
+        if peer is not None:
+            metrics.SEED_REDIRECTS.inc()
+            return peer.url(f.file)
+        if seeds.serving < seeds.fanout or time.monotonic() >= give_up:
+            return None
+        await asyncio.sleep(0.1)
 
 
 def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict, ip: str | None) -> None:

@@ -50,6 +50,7 @@ class Seeds:
         self.fanout = fanout
         self.peers: dict[str, Peer] = {}
         self.redirects = 0
+        self.serving = 0  # seeded files the server itself is sending now (the shell counts them)
 
     def offer(self, mac: str, ip: str, image: str, files: dict[str, str], group: str | None, now: float) -> Peer:
         """`mac` (at `ip`) serves `files` of `image` from now on."""
