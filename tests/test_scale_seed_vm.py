@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 
 from dhcp_netns import need
 from ramboot.images.manifest import FileEntry, load_manifest, sha256_file
-from ramboot.lab.server import lab_config_text, link_image, start_server
+from ramboot.lab.server import lab_config_text, link_image, ramboot_cmd, start_server
 from ramboot.server.seeding import SEED_PORT
 from test_e2e_lab import ARTIFACTS, LabRun, _explain, built, shared_dir  # noqa: F401  (session fixtures)
 
@@ -144,6 +145,10 @@ def test_later_nodes_take_their_root_from_a_peer_and_altered_bytes_are_refused(b
             assert any(e["stage"] == "verified" for e in ev), ev
         served = [e for e in run.events(first.mac) if e["stage"] == "seed-served"]
         assert served and served[-1]["detail"]["total_bytes"] >= size, served
+        show = subprocess.run([*ramboot_cmd(), "node", "show", first.mac, "--config", str(run.config)],
+                              capture_output=True, text=True, timeout=60)
+        seeded = re.search(r"^seeding: seeding, (\d+) bytes served in (\d+) downloads", show.stdout, re.M)
+        assert seeded and int(seeded[1]) >= 2 * size and int(seeded[2]) >= 2, show.stdout + show.stderr
 
         sent = run.metric("ramboot_http_bytes_total", kind="rootfs") - sent0
         tx = _tx_bytes(run) - tx0

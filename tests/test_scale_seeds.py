@@ -80,3 +80,27 @@ def test_the_scale_section(text, ok) -> None:
     else:
         with pytest.raises(ConfigError):
             parse_config(f"[scale]\n{text}")
+
+
+def test_node_show_sums_what_a_node_seeded_in_its_last_boot() -> None:
+    from ramboot.inventory.store import EventRecord
+    from ramboot.inventory.timeline import last_boot
+    from ramboot.inventory.views import seeding_out
+
+    mac = "52:54:00:00:00:01"
+
+    def ev(stage: str, source: str, at: float, **detail) -> EventRecord:
+        return EventRecord(mac, stage, at, source, detail)
+
+    boot = [ev("dhcp-ack", "server", 1, ip="10.0.0.5", bootfile="undionly.kpxe", firmware="bios"),
+            ev("initramfs", "node", 2), ev("verified", "node", 3, sha256=ROOT),
+            ev("seeding", "node", 4, sha256=ROOT, port=SEED_PORT), ev("booted", "node", 5)]
+    assert seeding_out(last_boot(boot)).model_dump() == {"state": "seeding", "bytes_served": 0, "downloads": 0,
+                                                          "reason": ""}
+    served = [ev("seed-served", "server", 6 + i, to="x", bytes=1000, total_bytes=1000 * (i + 1)) for i in range(3)]
+    forged = [ev("seed-served", "node", 9, bytes=10**12)]  # a node cannot report what it served
+    got = seeding_out(last_boot(boot + served + forged))
+    assert (got.state, got.bytes_served, got.downloads) == ("seeding", 3000, 3)
+    got = seeding_out(last_boot(boot + served + [ev("seed-skipped", "server", 10, by="y", reason="sha256 mismatch")]))
+    assert (got.state, got.reason) == ("skipped", "sha256 mismatch")
+    assert seeding_out(last_boot(boot[:3])) is None

@@ -254,9 +254,19 @@ class InventoryOut(BaseModel):
     report: InventoryReport
 
 
+class SeedingOut(BaseModel):
+    """A booted node serving its verified root to peers, in its last boot (docs/scale.md)."""
+
+    state: Literal["seeding", "skipped"]  # skipped: a peer refused it; no more downloads this boot
+    bytes_served: int = 0  # as the downloading nodes reported them
+    downloads: int = 0
+    reason: str = ""  # why it was skipped
+
+
 class NodeDetail(NodeOut):
     inventory: InventoryOut | None = None
     last_boot: BootOut | None = None
+    seeding: SeedingOut | None = None
     warnings: list[str] = []  # on PUT/POST only: what will keep the node from booting as registered
 
 

@@ -25,7 +25,7 @@ START = DHCP | {"loader", "script"}
 # What the access rule saw happen to a node (access.py): a refused claim of its secrets, a
 # contested boot. They are part of the boot they happen in and never start or end one, so
 # someone else's requests cannot open a phantom boot in a node's timeline.
-NOTES = frozenset({"refused", "contested"})
+NOTES = frozenset({"refused", "contested", "seed-served", "seed-skipped"})  # the last two: what a seeding node did
 
 
 def is_note(e: EventRecord) -> bool:

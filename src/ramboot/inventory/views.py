@@ -84,9 +84,28 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
         return None
     boot = last_boot(events)
     detail = node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, registered=spec is not None,
-                      inventory=inventory, last_boot=boot_out(boot))
+                      inventory=inventory, last_boot=boot_out(boot), seeding=seeding_out(boot))
     assert isinstance(detail, S.NodeDetail)
     return detail
+
+
+def seeding_out(boot: Boot | None) -> S.SeedingOut | None:
+    """Seeding in a boot, from its events: `seeding` (the node), `seed-served` and `seed-skipped` (the server)."""
+    if boot is None:
+        return None
+    state, served, downloads, why = None, 0, 0, ""
+    for e in boot.events:
+        if e.stage == "seeding" and e.source == "node":
+            state = state or "seeding"
+        elif e.stage == "seed-served" and e.source == "server":
+            n = e.detail.get("bytes")
+            served += n if isinstance(n, int) and n > 0 else 0
+            downloads += 1
+        elif e.stage == "seed-skipped" and e.source == "server":
+            state, why = "skipped", str(e.detail.get("reason", ""))[:120]
+    if state is None:
+        return None
+    return S.SeedingOut(state=state, bytes_served=served, downloads=downloads, reason=why)
 
 
 def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.NodeStatus]:
