@@ -2,7 +2,7 @@
 # `make bench`: every benchmark in bench/, each side by side with its peer, then
 # the boot storm. Not part of `make test`. Needs root (network namespaces).
 #
-#   BENCH_ONLY="dhcp http"  run only these (dhcp dhcp-sweep dhcp6 tftp http storm e2e debian bigroot;
+#   BENCH_ONLY="dhcp http"  run only these (dhcp dhcp-sweep dhcp6 tftp http storm seed e2e debian bigroot;
 #                           bigroot, a 1 GiB root in a 2 GiB VM, about 7 min, runs only when named)
 #   BENCH_QUICK=1           shorter points (for a smoke run; figures are noisier)
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=test-artifacts/bench
 mkdir -p "$OUT"
-ONLY=${BENCH_ONLY:-dhcp dhcp-sweep dhcp6 tftp http storm e2e debian}
+ONLY=${BENCH_ONLY:-dhcp dhcp-sweep dhcp6 tftp http storm seed e2e debian}
 QUICK=${BENCH_QUICK:-0}
 failed=()
 
@@ -64,6 +64,13 @@ if want storm; then
   if ((QUICK)); then c="100,300"; l="50x64"; else c="100,300,1000,3000"; l="200x256"; fi
   bench storm-curve $PY bench/storm_curve.py --clients "$c" --image-mb 8 --large "$l" \
     --json "$OUT/storm-curve.json" --png "$OUT/storm-curve.png"
+fi
+if want seed; then
+  # Booted nodes seeding their peers (issue 20): N nodes on a 64 MB image behind a 1 Gbit/s
+  # server link (tc tbf), seeding off and on; docs/seed-curve.png is this plot from the final run.
+  if ((QUICK)); then c="100,300"; else c="100,300,1000"; fi
+  bench seed-curve $PY bench/seed_curve.py --clients "$c" --image-mb 64 --link-mbit 1000 \
+    --json "$OUT/seed-curve.json" --png "$OUT/seed-curve.png"
 fi
 if want e2e && [ -f bench/e2e_bench.py ]; then
   if ((QUICK)); then r=1; else r=2; fi

@@ -13,7 +13,7 @@ DEBS=(
   udev kpartx iputils-arping  # host tools that `--initramfs dracut` copies in
   tpm2-tools swtpm swtpm-tools  # TPM identity: the initramfs carries tpm2-tools; the lab and tests run swtpm
   # real peers for the tests and benchmarks
-  isc-dhcp-client atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server
+  isc-dhcp-client isc-dhcp-relay atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server
   tcpdump curl nginx-light chromium wrk
   postgresql  # several servers on one database; the tests initdb a throwaway cluster of their own
   e2fsprogs xorriso  # LiveOS ext4 images (mkfs.ext4 -d) and live ISOs for the live-media tests

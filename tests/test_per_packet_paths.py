@@ -99,10 +99,10 @@ def test_the_arrival_time_and_interface_come_from_the_control_messages() -> None
 
     from ramboot.server.dhcp_server import IP_PKTINFO, SO_TIMESTAMP, ancillary
 
-    pktinfo = (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("I4s4s", 7, bytes(4), bytes(4)))
+    pktinfo = (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("I4s4s", 7, socket.inet_aton("10.1.0.2"), bytes(4)))
     stamp = (socket.SOL_SOCKET, SO_TIMESTAMP, struct.pack("@qq", 1_700_000_000, 250_000))
-    assert ancillary([pktinfo, stamp]) == (7, 1_700_000_000.25)
-    assert ancillary([]) == (0, 0.0)  # a kernel that sent neither: nothing is dropped as stale
+    assert ancillary([pktinfo, stamp]) == (7, "10.1.0.2", 1_700_000_000.25)  # the local address picks the subnet
+    assert ancillary([]) == (0, None, 0.0)  # a kernel that sent neither: nothing is dropped as stale
 
 
 def test_a_request_that_waited_past_its_clients_retry_is_dropped_unanswered(monkeypatch) -> None:
@@ -119,7 +119,7 @@ def test_a_request_that_waited_past_its_clients_retry_is_dropped_unanswered(monk
     class Core:
         handled: list[bytes] = []
 
-        def handle(self, data, src, port, now):
+        def handle(self, data, src, port, now, local=None):
             self.handled.append(data)
             return dhcp_server.Result("discover", "ignored")
 

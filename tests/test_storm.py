@@ -45,6 +45,21 @@ def test_storm_20_clients_all_boot() -> None:
 
 @pytest.mark.netns
 @needs_netns
+def test_storm_clients_seed_their_peers_behind_a_limited_link() -> None:
+    """Simulated nodes seed as booted ones do: the server's link (tc tbf, 100 Mbit/s) carries
+    each client's kernel and initrd but only a few roots; the rest come from peers, byte-checked."""
+    n, mb = 24, 8
+    s = run_storm(n=n, image_mb=mb, bound_seconds=0, verbose=False, workers=2, timeout=120, seed=True, link_mbit=100)
+    text = format_summary(s)
+    assert s["failed"] == 0 and s["ok"] == n, text
+    kernel_initrd = n * (mb / 16 + mb / 8) * 2**20
+    roots_from_server = (s["server_tx_bytes"] - kernel_initrd) / (mb * 2**20)
+    assert roots_from_server < n / 2, (roots_from_server, s["server_tx_bytes"], text)  # without seeding: n
+    assert s["bytes"] >= n * mb * 2**20, text  # yet every client got (and compared) a whole root
+
+
+@pytest.mark.netns
+@needs_netns
 def test_storm_two_servers_one_killed_mid_storm_costs_no_boot() -> None:
     """Two servers on one throwaway PostgreSQL; the first is killed -9 while boots are under way."""
     # 30 x 114 MB: a few seconds of downloads, so the kill lands mid-boot however fast the generator

@@ -7,6 +7,7 @@ A wrong key or value stops with one line naming the key and what is allowed
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,59 @@ class NetworkConfig(_Section):
     answer_router_solicitations: Literal["auto"] | bool = "auto"
 
 
+def _range_text(v: str) -> str:
+    first, sep, last = v.partition("-")
+    if not sep:
+        raise ValueError("expected FIRST-LAST, e.g. 172.22.33.100-172.22.33.200")
+    a, b = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
+    if int(b) < int(a):
+        raise ValueError("the last address is below the first")
+    return f"{a}-{b}"
+
+
+def _bounds(v: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    first, _, last = v.partition("-")
+    return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+
+
+def _group_name(v: str | None) -> str | None:
+    if v is not None and not _GROUP.fullmatch(v):
+        raise ValueError("a group is 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return v
+
+
+_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+class SubnetConfig(_Section):
+    """One `[[dhcp.subnet]]`: a range and what its clients are told; `group` names its rack
+    (or row): the servers of that group come first in its nodes' mirror lists."""
+
+    range: str
+    netmask: ipaddress.IPv4Address | None = None  # default: the interface's when it holds the range, else /24
+    router: ipaddress.IPv4Address | None = None
+    dns: list[ipaddress.IPv4Address] = []
+    domain: str | None = None
+    group: str | None = None
+
+    _range_ok = field_validator("range")(classmethod(lambda cls, v: _range_text(v)))
+    _group_ok = field_validator("group")(classmethod(lambda cls, v: _group_name(v)))
+
+    def range_bounds(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        return _bounds(self.range)
+
+    def network(self) -> ipaddress.IPv4Network:
+        """The subnet: the range's first address under `netmask`, or under the widest
+        prefix up to /24 that holds the range."""
+        first, last = self.range_bounds()
+        if self.netmask is not None:
+            return ipaddress.IPv4Network(f"{first}/{self.netmask}", strict=False)
+        prefix = min(24, min(n.prefixlen for n in ipaddress.summarize_address_range(first, last)))
+        while last not in ipaddress.IPv4Network(f"{first}/{prefix}", strict=False):
+            prefix -= 1
+        return ipaddress.IPv4Network(f"{first}/{prefix}", strict=False)
+
+
 class DhcpConfig(_Section):
     mode: Literal["full", "proxy", "off"] = "full"
     range: str | None = None
@@ -42,29 +96,44 @@ class DhcpConfig(_Section):
     dns: list[ipaddress.IPv4Address] = []
     domain: str | None = None
     netmask: ipaddress.IPv4Address | None = None
+    group: str | None = None  # the group of the one-range form's subnet
+    subnet: list[SubnetConfig] = []  # [[dhcp.subnet]]: more subnets, reached through relays or directly
 
-    @field_validator("range")
-    @classmethod
-    def _range_ok(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        first, sep, last = v.partition("-")
-        if not sep:
-            raise ValueError("expected FIRST-LAST, e.g. 172.22.33.100-172.22.33.200")
-        a, b = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
-        if int(b) < int(a):
-            raise ValueError("the last address is below the first")
-        return f"{a}-{b}"
+    _range_ok = field_validator("range")(classmethod(lambda cls, v: None if v is None else _range_text(v)))
+    _group_ok = field_validator("group")(classmethod(lambda cls, v: _group_name(v)))
 
     def range_bounds(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
         assert self.range is not None
-        first, _, last = self.range.partition("-")
-        return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+        return _bounds(self.range)
+
+    def subnets(self) -> list[SubnetConfig]:
+        """Every subnet served: the one-range form (`[dhcp] range` and its router, dns, domain)
+        first, then the `[[dhcp.subnet]]` tables."""
+        top = [SubnetConfig(range=self.range, netmask=self.netmask, router=self.router, dns=self.dns,
+                            domain=self.domain, group=self.group)] if self.range else []
+        return top + self.subnet
+
+    def group_of(self, ip: str) -> str | None:
+        """The group of the subnet that holds `ip`, if any."""
+        try:
+            a = ipaddress.IPv4Address(ip)
+        except ValueError:
+            return None
+        return next((s.group for s in self.subnets() if a in s.network()), None)
 
     @model_validator(mode="after")
     def _full_needs_range(self) -> DhcpConfig:
-        if self.mode == "full" and self.range is None:
-            raise ValueError("dhcp.mode = \"full\" needs dhcp.range = \"FIRST-LAST\"")
+        if self.mode == "full" and self.range is None and not self.subnet:
+            raise ValueError("dhcp.mode = \"full\" needs dhcp.range = \"FIRST-LAST\" or [[dhcp.subnet]] tables")
+        subnets = self.subnets()
+        for i, s in enumerate(subnets):
+            net = s.network()
+            first, last = s.range_bounds()
+            if last not in net:
+                raise ValueError(f"subnet {s.range}: the range leaves its subnet {net}")
+            for t in subnets[:i]:
+                if net.overlaps(t.network()):
+                    raise ValueError(f"subnet {s.range}: its subnet {net} overlaps {t.network()} ({t.range})")
         return self
 
 
@@ -231,12 +300,24 @@ class ClusterConfig(_Section):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # default: host name + address
     heartbeat: float = Field(2.0, ge=0.2, le=60)  # seconds between this server's heartbeats
     dead_after: float = Field(10.0, ge=1, le=600)  # a server silent this long is no longer told to nodes
+    # This server's rack (or row): nodes whose subnet has the same `group` name its servers first.
+    group: str | None = None
+
+    _group_ok = field_validator("group")(classmethod(lambda cls, v: _group_name(v)))
 
     @model_validator(mode="after")
     def _dead_after_heartbeats(self) -> ClusterConfig:
         if self.dead_after < 2 * self.heartbeat:
             raise ValueError("cluster.dead_after must be at least two heartbeats")
         return self
+
+
+class ScaleConfig(_Section):
+    """Booted nodes seed their peers (docs/scale.md): a node that verified its root serves it
+    from RAM, and the server redirects root downloads to such peers."""
+
+    seed: bool = True
+    seed_fanout: int = Field(4, ge=1, le=64)  # downloads one peer serves at a time
 
 
 class ApiConfig(_Section):
@@ -292,6 +373,7 @@ class Config(_Section):
     tls: TlsConfig = TlsConfig()
     security: SecurityConfig = SecurityConfig()
     console: ConsoleConfig = ConsoleConfig()
+    scale: ScaleConfig = ScaleConfig()
 
     @model_validator(mode="after")
     def _grub_needs_our_dhcp(self) -> Config:

@@ -26,6 +26,12 @@ ROOT_DOWNLOAD_MBPS = Histogram(
     buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000),
 )
 
+# Seeding (ramboot.server.seeding): booted nodes serving their root to peers.
+SEED_PEERS = Gauge("ramboot_seed_peers", "Booted nodes seeding their verified root (and not refused by a peer)")
+SEED_REDIRECTS = Counter("ramboot_seed_redirects", "Root and modules downloads redirected to a seeding peer")
+SEED_BYTES = Counter("ramboot_seed_bytes", "Bytes seeding peers served, as the downloading nodes reported them")
+SEED_REFUSED = Counter("ramboot_seed_refused", "Seeding peers a downloading node refused (failed, stalled, bad bytes)")
+
 # TFTP (ramboot.server.tftp_server)
 TFTP_TRANSFERS = Counter("ramboot_tftp_transfers", "TFTP read requests, by outcome", ["outcome"])
 TFTP_BYTES = Counter("ramboot_tftp_bytes", "TFTP payload bytes sent, each block counted once")

@@ -133,7 +133,8 @@ class Namespace:
             path = self._inside(self._loaders, [name.file])
             return StaticFile(path, "loader") if path else None
         if isinstance(name, names.Script):
-            d = self.booter_for(requester).decide(Client(name.mac, uuid=name.uuid, user_class="iPXE", ipxe=True))
+            d = self.booter_for(requester).decide(Client(name.mac, uuid=name.uuid, user_class="iPXE", ipxe=True,
+                                          group=self._group(requester)))
             if d is None:
                 return None
             token = self._mint(d, requester)
@@ -147,6 +148,10 @@ class Namespace:
         if isinstance(name, names.GrubConfig):
             return self._grub(name, requester)
         return None
+
+    def _group(self, requester: str | None) -> str | None:
+        """The group (rack) of the subnet the request came from: its servers come first."""
+        return self.booter.config.dhcp.group_of(requester) if requester else None
 
     def _mint(self, d: Decision, requester: str | None) -> str | None:
         """This boot's credential, if the access rule takes `requester` for the machine."""
@@ -172,14 +177,16 @@ class Namespace:
     def _grub(self, name: names.GrubConfig, requester: str | None) -> Resolved | None:
         if name.mac is None:
             return GeneratedFile(render.grub_entry().encode(), "entry-script")
-        d = self.booter_for(requester).decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid), loader="grub")
+        d = self.booter_for(requester).decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid, group=self._group(requester)),
+                               loader="grub")
         if d is None:
             return None
         token = self._mint(d, requester)
         return GeneratedFile(render.grub_cfg(d, token).encode(), "grub-cfg", name.mac if token else None)
 
     def _pxelinux(self, name: names.PxelinuxConfig, requester: str | None) -> Resolved | None:
-        d = self.booter_for(requester).decide(Client(name.mac or "", arch=0, uuid=name.uuid), loader="pxelinux")
+        d = self.booter_for(requester).decide(Client(name.mac or "", arch=0, uuid=name.uuid, group=self._group(requester)),
+                               loader="pxelinux")
         if d is None or (name.uuid and d.node is None):
             return None  # a UUID nobody registered: pxelinux goes on to 01-<mac>, then default
         token = self._mint(d, requester) if d.mac or d.node else None

@@ -108,7 +108,7 @@ class Booter:
     """Decides; holds the config, the node directory and a manifest cache, nothing per request."""
 
     def __init__(self, config: Config, directory: Directory, server_ip: str,
-                 mirrors: Callable[[str], tuple[str, ...]] | None = None):
+                 mirrors: Callable[[str, str | None], tuple[str, ...]] | None = None):
         self.config = config
         self.directory = directory
         self.server_ip = str(ipaddress.ip_address(server_ip))
@@ -138,10 +138,11 @@ class Booter:
         other.manifest_ttl = manifest_ttl
         return other
 
-    def mirrors_of(self, image: str) -> tuple[str, ...]:
+    def mirrors_of(self, image: str, group: str | None = None) -> tuple[str, ...]:
         """Where `image` is served, in the order a node should try: this server alone unless
-        the cluster knows better (then every live server holding it verified)."""
-        found = self.mirrors(image) if self.mirrors is not None else ()
+        the cluster knows better (then every live server holding it verified, those of the
+        node's `group` first)."""
+        found = self.mirrors(image, group) if self.mirrors is not None else ()
         return found or (self.http_base,)
 
     def _memo_get(self, client: Client, loader: str | None) -> tuple[bool, Decision | None]:
@@ -209,7 +210,9 @@ class Booter:
             labels.update({str(k): str(v) for k, v in p.labels.items()})
         if spec:
             labels.update({str(k): str(v) for k, v in spec.labels.items()})
-        mirrors = self.mirrors_of(image)
+        # The node's group: the subnet it asks from, else the one its fixed address is on.
+        group = client.group or (self.config.dhcp.group_of(spec.ip) if spec and spec.ip else None)
+        mirrors = self.mirrors_of(image, group)
         root_urls = tuple(f"{base}/{names.image_file(image, ROOTFS)}" for base in mirrors)
         overlay_url = f"{self.node_base(self.http_base)}/{names.overlay(mac, client.uuid)}" if mac else None
         return Decision(
@@ -293,6 +296,8 @@ class Booter:
             # The kernel's modules layer sits beside the root image: the same servers, in the same order.
             args += [f"ramboot.modules={u.rsplit('/', 1)[0]}/{MODULES}" for u in root_urls]
             args.append(f"ramboot.modules.sha256={mods.sha256}")
+        if self.config.scale.seed and not dracut:
+            args.append("ramboot.seed=1")  # serve the verified root to peers (server/seeding.py)
         if initrd:
             # Nothing in the chain verifies the initrd (docs/uefi-bios.md): the command
             # line names the one this boot meant, and the initramfs reports it.

@@ -401,6 +401,7 @@ class HttpConn(asyncio.BufferedProtocol):
             return False
         self.length = int(headers["content-length"])
         self.keep = headers.get("connection", "").lower() != "close"
+        self.location = headers.get("location", "")
         if self.status != 200:
             self.ref = None  # an error page: keep it for the message
         elif self.ref is not None and self.length != len(self.ref):
@@ -448,6 +449,7 @@ class HttpClient:
     def __init__(self, local_ip: str, timeout: float, res: ClientResult):
         self.ip, self.timeout, self.res = local_ip, timeout, res
         self.conns: dict[str, HttpConn] = {}
+        self.location = ""  # the last response's Location (a redirect to a seeding peer)
 
     async def fetch(self, url: str, ref: memoryview | None = None, method: str = "GET",
                     body: bytes = b"") -> tuple[int, bytes]:
@@ -467,6 +469,7 @@ class HttpClient:
             conn.transport.close()
             raise
         self.res.bytes += n
+        self.location = conn.location
         if not conn.keep:
             self.conns.pop(u.netloc, None)
             conn.transport.close()
@@ -503,6 +506,72 @@ async def get_any(http: HttpClient, urls: list[str], ref: memoryview, what: str)
         except (Failed, OSError, TimeoutError) as e:
             errors.append(f"{url}: {type(e).__name__}: {e}"[:160])
     raise Failed(f"http: {what}: every URL failed: {'; '.join(errors)}")
+
+
+async def get_root(http: HttpClient, urls: list[str], ref: memoryview, report) -> None:
+    """The initramfs's root download with seeding: a redirect to a peer is followed; a peer
+    that fails or sends other bytes is reported (`seed-refused`) and the server asked again,
+    itself (`?seed=0`); the download is reported (`download-done`), which frees the peer's slot."""
+    errors = []
+    for url in urls:
+        try:
+            status, body = await http.fetch(url, ref)
+            got = url
+            if status == 302 and http.location:
+                peer = http.location
+                try:
+                    status, body = await http.fetch(peer, ref)
+                    got = peer
+                except (Failed, OSError, TimeoutError) as e:
+                    status, body = 0, str(e)[:100].encode()
+                if status != 200:
+                    await report("seed-refused", {"url": peer, "reason": body[:100].decode(errors="replace")})
+                    got = url + "?seed=0"
+                    status, body = await http.fetch(got, ref)
+            if status == 200:
+                await report("download-done", {"url": got, "bytes": len(ref)})
+                return
+            errors.append(f"{url}: status {status} {body[:80]!r}")
+        except (Failed, OSError, TimeoutError) as e:
+            errors.append(f"{url}: {type(e).__name__}: {e}"[:160])
+    raise Failed(f"http: rootfs: every URL failed: {'; '.join(errors)}")
+
+
+SEED_PORT = 8790  # ramboot.server.seeding.SEED_PORT (not imported: the generator loads no server code)
+_SEEDS: list[asyncio.Server] = []  # this process's seeding clients
+_SEED_SEEN = [0.0]  # when a seeding client last got a request
+
+
+async def start_seeding(ip: str, path: str) -> None:
+    """Serve the root image from `ip`:SEED_PORT as a booted node does (its RAM copy: here the
+    file the generator already checked, mapped); only GET/HEAD of /images/bench/rootfs.squashfs."""
+    import mmap
+
+    with open(path, "rb") as f:
+        data = memoryview(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ))
+    size = len(data)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                _SEED_SEEN[0] = time.monotonic()
+                method, target = head.split(b" ", 2)[:2]
+                if target.split(b"?")[0] != b"/images/bench/rootfs.squashfs":
+                    writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    continue
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+                if method == b"GET":
+                    for i in range(0, size, 1 << 20):
+                        writer.write(data[i:i + (1 << 20)])
+                        await writer.drain()
+                _SEED_SEEN[0] = time.monotonic()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    _SEEDS.append(await asyncio.start_server(handle, ip, SEED_PORT, backlog=64))
 
 
 def references(p: dict) -> dict[str, memoryview]:
@@ -579,7 +648,17 @@ async def _boot_attempt(idx: int, mac: bytes, macs: str, p: dict, refs: dict, mu
         await get_any(http, [u for u, _ in initrds], refs["initrd.img"], "initrd")
         phase("kernel+initrd")
         # the initramfs's DHCP would come here; its root download tries ramboot.url= in order
-        await get_any(http, urls, refs["rootfs.squashfs"], "rootfs")
+        report_to = servers[0] if servers else f"http://{p['server']}"
+
+        async def tell(stage: str, detail: dict) -> None:
+            body = json.dumps({"stage": stage, "detail": detail}).encode()
+            with contextlib.suppress(Failed, OSError, TimeoutError):
+                await http.fetch(f"{report_to}/api/v1/nodes/{macs}/events", method="POST", body=body)
+
+        if p.get("seed"):
+            await get_root(http, urls, refs["rootfs.squashfs"], tell)
+        else:
+            await get_any(http, urls, refs["rootfs.squashfs"], "rootfs")
         phase("rootfs")
         # 5. the boot report, from the leased address, to the first server that takes it
         report = json.dumps({"stage": "booted", "detail": {"storm": idx}}).encode()
@@ -594,6 +673,9 @@ async def _boot_attempt(idx: int, mac: bytes, macs: str, p: dict, refs: dict, mu
         else:
             raise Failed("api: no server took the booted report")
         phase("report")
+        if p.get("seed"):  # a booted node serves its verified root to its peers
+            await start_seeding(res.ip, p["references"]["rootfs.squashfs"][0])
+            await tell("seeding", {"sha256": root_sha, "port": SEED_PORT})
     finally:
         http.close()
 
@@ -696,8 +778,14 @@ async def run_clients(p: dict) -> dict:
         results = await asyncio.gather(*tasks)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         wall = time.monotonic() - start
+        # Seeding clients keep serving until the other generators' clients stop asking (3 s quiet).
+        _SEED_SEEN[0] = max(_SEED_SEEN[0], time.monotonic())
+        while _SEEDS and time.monotonic() - _SEED_SEEN[0] < 3.0:
+            await asyncio.sleep(0.5)
     finally:
         mux.close()
+        for srv in _SEEDS:
+            srv.close()
     cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
     return {"wall": wall, "cpu_s": cpu, "stray_dhcp": mux.stray, "results": [asdict(r) for r in results]}
 
@@ -716,7 +804,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def server_config(data_dir: Path, ifname: str, lease_time: int = 3600, address: str = "10.77.0.1",
-                  db_url: str | None = None, name: str | None = None, clients: int = 0) -> str:
+                  db_url: str | None = None, name: str | None = None, clients: int = 0, seed: bool = True) -> str:
     """A full-mode config, without the TLS listener: the storm measures the boot path (DHCP,
     TFTP, script, kernel, initrd, root), and its clients report `booted` over plain HTTP
     (`overlay_over_http`), not what 3,000 TLS handshakes cost. With `clients`, TFTP's caps
@@ -740,6 +828,8 @@ port = {HTTP_PORT}
 https_port = 0
 [security]
 overlay_over_http = true
+[scale]
+seed = {"true" if seed else "false"}
 [boot]
 default_image = "bench"
 unknown_nodes = "boot"
@@ -777,7 +867,7 @@ def run_generators(net, work: Path, base: dict, workers: int, mode: str, start_a
 
 def client_params(n: int, ifname: str, server: str, data: Path, man: dict, blksize: int = 1456,
                   windowsize: int = 0, ramp: float = 0.0, timeout: float = 600, mac_prefix: str | None = None,
-                  bound_seconds: float = 0.0, boot_retries: int = BOOT_RETRIES) -> dict:
+                  bound_seconds: float = 0.0, boot_retries: int = BOOT_RETRIES, seed: bool = False) -> dict:
     """The load generators' parameters for `n` clients against the server at `server`."""
     from ..images.manifest import images_dir
 
@@ -789,7 +879,7 @@ def client_params(n: int, ifname: str, server: str, data: Path, man: dict, blksi
         "n": n, "ifname": ifname, "server": server, "blksize": blksize, "windowsize": windowsize,
         "ramp": ramp, "timeout": timeout, "references": refs, "manifest": man,
         "mac_prefix": mac_prefix or "02" + secrets.token_hex(2), "bound_seconds": bound_seconds,
-        "boot_retries": boot_retries,
+        "boot_retries": boot_retries, "seed": seed,
     }
 
 
@@ -809,8 +899,11 @@ def prepare_data(data: Path, image_mb: float) -> dict:
 def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize: int = 0, ramp: float = 0.0,
               timeout: float = 600, keep: Path | None = None, bound_seconds: float = 2.0, verbose: bool = True,
               workers: int = 2, servers: int = 1, kill_after: float | None = None,
-              impair: Impairment | None = None) -> dict:
+              impair: Impairment | None = None, seed: bool = False, link_mbit: float = 0.0) -> dict:
     """Run one storm end to end (namespaces, servers, clients); returns the summary dict.
+
+    `seed`: booted clients serve their root to later ones as nodes do (`[scale] seed`), else
+    the server has seeding off. `link_mbit`: the server's veth limited to that rate (tc tbf).
 
     `servers` > 1: that many `ramboot serve` on one bridge and one throwaway PostgreSQL
     cluster (same range, full DHCP). `kill_after`: SIGKILL the first server that many
@@ -866,7 +959,8 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                             os.link(f, d / "images" / "bench" / f.name)
                         shutil.copytree(ldir, d / "loaders", copy_function=os.link)
                     cfg = work / f"ramboot{i + 1}.toml"
-                    cfg.write_text(server_config(d, ifname, address=addr, db_url=db_url, name=f"s{i + 1}", clients=n))
+                    cfg.write_text(server_config(d, ifname, address=addr, db_url=db_url, name=f"s{i + 1}", clients=n,
+                                                 seed=seed))
                     log = work / ("server.log" if i == 0 else f"server{i + 1}.log")
                     children.append(Child(net.exec(ns, ramboot_exe(), "serve", "--config", str(cfg)), log=log))
                     end = time.monotonic() + 30
@@ -883,8 +977,11 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                                              str(data / "images" / "bench" / "rootfs.squashfs")),
                                     log=work / "blast.log")
                     time.sleep(0.3)
+                if link_mbit:  # what the server sends, at the link's rate (tbf; this kernel has no netem)
+                    run("ip", "netns", "exec", net.srv, "tc", "qdisc", "add", "dev", net.srv_if, "root", "tbf",
+                        "rate", f"{link_mbit:g}mbit", "burst", f"{max(64, int(link_mbit * 2))}kb", "latency", "50ms")
                 base = client_params(n, net.cli_if, net.srv_ip, data, man, blksize, windowsize, ramp, timeout,
-                                     bound_seconds=bound_seconds)
+                                     bound_seconds=bound_seconds, seed=seed)
 
                 def generators(mode: str, start_at: float = 0.0) -> list[dict]:
                     return run_generators(net, work, base, workers, mode, start_at, timeout)
@@ -911,8 +1008,11 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 load0, busy0 = os.getloadavg()[0], []
                 at_start = threading.Timer(max(0.0, start_at - time.time()), lambda: busy0.append(_machine_jiffies()))
                 at_start.start()
+                tx_path = f"/sys/class/net/{net.srv_if}/statistics/tx_bytes"
+                tx0 = int(run("ip", "netns", "exec", net.srv, "cat", tx_path).stdout)
                 with RssSampler(srv.pid) as rs:
                     outs = generators("storm", start_at)
+                server_tx = int(run("ip", "netns", "exec", net.srv, "cat", tx_path).stdout) - tx0
                 busy1 = _machine_jiffies()
                 at_start.join()
                 if killer is not None:
@@ -920,7 +1020,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 cpu = cpu_seconds(srv.pid) - cpu0 if srv.alive() else 0.0
                 # the storm's own duration (from the common power-on), over which CPU shares are taken
                 wall = max(o["wall"] for o in outs)
-                out = {"wall": wall, "bound_mb_s": bound,
+                out = {"wall": wall, "bound_mb_s": bound, "server_tx_bytes": server_tx,
                        "gen_cpu_s": [o["cpu_s"] for o in outs],
                        "stray_dhcp": sum(o["stray_dhcp"] for o in outs),
                        "results": [r for o in outs for r in o["results"]]}
@@ -969,6 +1069,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
             "in_flight_at_kill": sum(1 for r in results if killed_at and r["start"] <= killed_at[0]
                                      <= r["start"] + r["total"]),
             "acks_by_server": _count_servers(results),
+            "seed": seed, "link_mbit": link_mbit, "server_tx_bytes": out["server_tx_bytes"],
         }
         summary["bound"] = bound_side(summary)
         if keep:
@@ -1097,6 +1198,10 @@ def _blast(path: str) -> None:
 @click.option("--delay", "delay_ms", type=click.FloatRange(0, 10_000), default=0.0, show_default=True,
               help="milliseconds the wire holds every frame, each way (netem's `delay`)")
 @click.option("--seed", type=int, help="the wire's RNG seed (with --loss)")
+@click.option("--seeding/--no-seeding", default=False, show_default=True,
+              help="booted clients serve their root to later ones, as nodes do ([scale] seed)")
+@click.option("--link-mbit", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="limit what the server sends to this rate (tc tbf on its veth; 0: no limit)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the summary here")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="keep the server log and raw results here")
@@ -1104,8 +1209,8 @@ def _blast(path: str) -> None:
 @click.option("--client-out", hidden=True, type=click.Path(dir_okay=False))
 @click.option("--blast", hidden=True, type=click.Path(dir_okay=False))
 def storm(
-    n, image_mb, blksize, windowsize, ramp, workers, timeout, servers, kill_after, loss, delay_ms, seed, json_out, keep,
-    client_params,
+    n, image_mb, blksize, windowsize, ramp, workers, timeout, servers, kill_after, loss, delay_ms, seed, seeding,
+    link_mbit, json_out, keep, client_params,
     client_out, blast
 ) -> None:
     """Simulate N PXE clients booting at once against a real `ramboot serve` in a namespace."""
@@ -1128,7 +1233,7 @@ def storm(
         raise click.ClickException("bench storm: --kill-after needs --servers 2 or more (someone must be left)")
     impair = Impairment(loss / 100, delay_ms / 1000, seed=seed) if loss or delay_ms else None
     s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers, servers=servers,
-                  kill_after=kill_after, impair=impair)
+                  kill_after=kill_after, impair=impair, seed=seeding, link_mbit=link_mbit)
     click.echo(format_summary(s))
     if json_out:
         json_out.write_text(json.dumps(s, indent=1))

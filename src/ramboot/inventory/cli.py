@@ -350,6 +350,10 @@ def show(mac, config_path, server, token) -> None:
     extra = f", booted in {b.duration:.1f} s" if b.duration is not None else ""
     extra += f", root download {b.download_mbps:.0f} Mb/s" if b.download_mbps is not None else ""
     con.print(f"last boot: {b.stage}{extra}")
+    if n.seeding:
+        sd = n.seeding
+        con.print(f"seeding: {sd.state}, {sd.bytes_served} bytes served in {sd.downloads} downloads"
+                  + (f" (skipped: {sd.reason})" if sd.reason else ""))
     if b.contested:
         con.print("[bold red]CONTESTED[/]: a second claim was made on this boot's credential; "
                   "another machine may hold this node's secrets (docs/security.md)")

@@ -103,6 +103,7 @@ class Server(Base):
     images: Mapped[dict] = mapped_column(JSON, default=dict)  # image name -> {file: sha256}, verified only
     started: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float, index=True)  # unix time of the last heartbeat
+    group: Mapped[str | None] = mapped_column("group_name", String(63), nullable=True)  # [cluster] group
 
 
 class Event(Base):

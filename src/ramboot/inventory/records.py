@@ -63,6 +63,7 @@ class ServerRecord:
     images: dict[str, dict[str, str]]  # image -> {file: sha256}, only images it holds verified
     started: float
     last_seen: float
+    group: str | None = None  # `[cluster] group`: its rack or row
 
 
 @dataclass

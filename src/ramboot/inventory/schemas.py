@@ -291,10 +291,20 @@ class TpmOut(BaseModel):
     refused_at: float | None = None
 
 
+class SeedingOut(BaseModel):
+    """A booted node serving its verified root to peers, in its last boot (docs/scale.md)."""
+
+    state: Literal["seeding", "skipped"]  # skipped: a peer refused it; no more downloads this boot
+    bytes_served: int = 0  # as the downloading nodes reported them
+    downloads: int = 0
+    reason: str = ""  # why it was skipped
+
+
 class NodeDetail(NodeOut):
     inventory: InventoryOut | None = None
     last_boot: BootOut | None = None
     tpm: TpmOut | None = None  # None: no TPM enrolled; its secrets are as safe as the provisioning network
+    seeding: SeedingOut | None = None
     warnings: list[str] = []  # on PUT/POST only: what will keep the node from booting as registered
 
 
@@ -366,6 +376,7 @@ class ServerOut(BaseModel):
     last_seen: float  # unix time of its last heartbeat
     alive: bool  # heard from within `[cluster] dead_after`: named to nodes
     this: bool  # the server that answered
+    group: str | None = None  # `[cluster] group`: its rack or row
 
 
 class Accepted(BaseModel):

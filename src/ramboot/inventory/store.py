@@ -784,7 +784,7 @@ class Store:
         with self._session.begin() as s:
             row = s.get(Server, rec.name) or Server(name=rec.name, started=rec.started)
             row.address, row.http_base, row.images = rec.address, rec.http_base, rec.images
-            row.started, row.last_seen = rec.started, rec.last_seen
+            row.started, row.last_seen, row.group = rec.started, rec.last_seen, rec.group
             s.add(row)
 
     def touch_server(self, name: str, at: float) -> bool:
@@ -795,7 +795,7 @@ class Store:
     def list_servers(self) -> list[ServerRecord]:
         with self._session() as s:
             return [ServerRecord(name=r.name, address=r.address, http_base=r.http_base, images=dict(r.images or {}),
-                                 started=r.started, last_seen=r.last_seen)
+                                 started=r.started, last_seen=r.last_seen, group=r.group)
                     for r in s.scalars(select(Server).order_by(Server.name))]
 
     def remove_server(self, name: str) -> None:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from .store import EventRecord
 
-SERVER_STAGES = ("dhcp-offer", "dhcp-ack", "proxy-offer", "loader", "script", "kernel", "initrd", "rootfs")
+SERVER_STAGES = ("dhcp-offer", "dhcp-ack", "proxy-offer", "loader", "script", "kernel", "initrd", "rootfs",
+                 "seed-served", "seed-skipped")
 TERMINAL = frozenset({"booted", "failed"})
 DHCP = frozenset({"dhcp-offer", "dhcp-ack", "proxy-offer"})
 START = DHCP | {"loader", "script"}
@@ -27,7 +28,8 @@ START = DHCP | {"loader", "script"}
 # contested boot. They are part of the boot they happen in and never start or end one, so
 # someone else's requests cannot open a phantom boot in a node's timeline.
 # What the TPM rule saw (tpm_gate.py) is a note too.
-NOTES = frozenset({"refused", "contested", "tpm-enrolled", "tpm-attested", "tpm-pending", "untrusted-tpm"})
+NOTES = frozenset({"refused", "contested", "tpm-enrolled", "tpm-attested", "tpm-pending", "untrusted-tpm",
+                   "seed-served", "seed-skipped"})  # the last two: what a seeding node did
 
 
 # Recorded by the operator's tools, never reported by a node: `power` (an action through the

@@ -95,12 +95,31 @@ def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
         since = boot.started - (0 if boot.events[0].stage == "power" else CONSOLE_LEAD)
         out.console = [S.ConsoleLineOut(at=at, line=line) for at, line in store.console_lines(mac, since)]
     detail = node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, registered=spec is not None,
-                      inventory=inventory, last_boot=out, tpm=tpm)
+                      inventory=inventory, last_boot=out, tpm=tpm, seeding=seeding_out(boot))
     assert isinstance(detail, S.NodeDetail)
     return detail
 
 
 CONSOLE_LEAD = 30.0  # seconds of console before a boot's first event that are its firmware's
+
+
+def seeding_out(boot: Boot | None) -> S.SeedingOut | None:
+    """Seeding in a boot, from its events: `seeding` (the node), `seed-served` and `seed-skipped` (the server)."""
+    if boot is None:
+        return None
+    state, served, downloads, why = None, 0, 0, ""
+    for e in boot.events:
+        if e.stage == "seeding" and e.source == "node":
+            state = state or "seeding"
+        elif e.stage == "seed-served" and e.source == "server":
+            n = e.detail.get("bytes")
+            served += n if isinstance(n, int) and n > 0 else 0
+            downloads += 1
+        elif e.stage == "seed-skipped" and e.source == "server":
+            state, why = "skipped", str(e.detail.get("reason", ""))[:120]
+    if state is None:
+        return None
+    return S.SeedingOut(state=state, bytes_served=served, downloads=downloads, reason=why)
 
 
 def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.NodeStatus]:

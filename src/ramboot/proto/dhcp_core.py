@@ -36,6 +36,7 @@ keeps option 43 "use the boot file" and boots from the offer itself.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -82,8 +83,21 @@ _CLASS_OPTIONS = (Opt.CLIENT_ARCH, Opt.VENDOR_CLASS, Opt.USER_CLASS, Opt.IPXE_EN
 
 
 @dataclass(frozen=True)
+class SubnetSettings:
+    """One subnet's range and what its clients are told, as plain values."""
+
+    range_first: str
+    range_last: str
+    netmask: str | None = None  # None: derived from the range
+    router: str | None = None
+    dns: tuple[str, ...] = ()
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
 class DhcpSettings:
-    """What the core needs from the configuration, as plain values."""
+    """What the core needs from the configuration, as plain values. The one-range form
+    (`range_first` … `domain`) is one subnet; `subnets` are more (`[[dhcp.subnet]]`)."""
 
     mode: str  # full | proxy (the shell runs no core for "off")
     server_ip: str
@@ -93,6 +107,7 @@ class DhcpSettings:
     router: str | None = None
     dns: tuple[str, ...] = ()
     domain: str | None = None
+    subnets: tuple[SubnetSettings, ...] = ()
     lease_time: int = 3600
     # Where in the range the search for a free address starts: several servers on one
     # database start at different places, so their offers to new clients seldom meet.
@@ -100,6 +115,45 @@ class DhcpSettings:
     # Leases and offers to machines nobody registered, at most (0: three quarters of the
     # range): DISCOVERs from made-up MACs never take the addresses registered nodes need.
     max_unknown: int = 0
+
+    def all_subnets(self) -> tuple[SubnetSettings, ...]:
+        top = () if self.range_first is None or self.range_last is None else (SubnetSettings(
+            self.range_first, self.range_last, self.netmask, self.router, self.dns, self.domain),)
+        return top + self.subnets
+
+
+class _Subnet:
+    """One subnet's range, its search cursor and its encoded options."""
+
+    def __init__(self, st: SubnetSettings, cursor_seed: int):
+        first, last = ipaddress.IPv4Address(st.range_first), ipaddress.IPv4Address(st.range_last)
+        self.first, self.last = int(first), int(last)
+        mask = st.netmask
+        if mask is None:
+            span = ipaddress.summarize_address_range(first, last)
+            prefix = min(24, min(n.prefixlen for n in span))
+            while last not in ipaddress.IPv4Network(f"{first}/{prefix}", strict=False):
+                prefix -= 1
+            mask = str(ipaddress.IPv4Network(f"{first}/{prefix}", strict=False).netmask)
+        self.network = ipaddress.IPv4Network(f"{first}/{mask}", strict=False)
+        self.net_first = int(self.network.network_address)
+        self.net_last = int(self.network.broadcast_address)
+        self.cursor = self.first + cursor_seed % (self.last - self.first + 1)
+        self.full_until = 0.0  # no search of the range before this time (RESCAN_AFTER)
+        net: dict[int, bytes] = {Opt.SUBNET_MASK: self.network.netmask.packed}
+        if st.router:
+            net[Opt.ROUTER] = socket_aton(st.router)
+        if st.dns:
+            net[Opt.DNS] = b"".join(socket_aton(a) for a in st.dns)
+        if st.domain:
+            net[Opt.DOMAIN] = st.domain.encode()
+        self.options = net
+
+    def holds(self, ip: int) -> bool:
+        return self.net_first <= ip <= self.net_last
+
+    def in_range(self, ip: int) -> bool:
+        return self.first <= ip <= self.last
 
 
 class Answer(Protocol):
@@ -266,34 +320,31 @@ class DhcpCore:
         # Unbound offers, oldest first: on a full pool the oldest goes to the next new client,
         # so DISCOVERs from made-up MACs hold the pool no longer than the next real client.
         self._offers: dict[int, None] = {}
-        self._full_until = 0.0  # no search of the range before this time (RESCAN_AFTER)
         self._unknown: set[int] = set()  # addresses held or offered for unregistered machines
         self._unknown_pruned = 0.0
-        self.first = self.last = self._net_first = self._net_last = self._cursor = 0
-        self.network: ipaddress.IPv4Network | None = None
+        # Every subnet served, by network address: a request is served from exactly one.
+        self.subnets: list[_Subnet] = []
+        self._starts: list[int] = []
         if self.mode == "full":
-            if settings.range_first is None or settings.range_last is None:
+            if not settings.all_subnets():
                 raise ValueError("full mode needs a range")
-            first, last = ipaddress.IPv4Address(settings.range_first), ipaddress.IPv4Address(settings.range_last)
-            self.first, self.last = int(first), int(last)
-            mask = settings.netmask
-            if mask is None:
-                span = ipaddress.summarize_address_range(first, last)
-                prefix = min(24, min(n.prefixlen for n in span))
-                mask = str(ipaddress.IPv4Network(f"{first}/{prefix}", strict=False).netmask)
-            self.network = ipaddress.IPv4Network(f"{first}/{mask}", strict=False)
-            self._net_first = int(self.network.network_address)
-            self._net_last = int(self.network.broadcast_address)
-            self._cursor = self.first + settings.cursor_seed % (self.last - self.first + 1)
-            self.max_unknown = settings.max_unknown or max(1, (self.last - self.first + 1) * 3 // 4)
+            self.subnets = sorted((_Subnet(st, settings.cursor_seed) for st in settings.all_subnets()),
+                                  key=lambda sn: sn.net_first)
+            for a, b in zip(self.subnets, self.subnets[1:], strict=False):
+                if b.net_first <= a.net_last:
+                    raise ValueError(f"subnets {a.network} and {b.network} overlap")
+            self._starts = [sn.net_first for sn in self.subnets]
+            size = sum(sn.last - sn.first + 1 for sn in self.subnets)
+            self.max_unknown = settings.max_unknown or max(1, size * 3 // 4)
             for rec in leases:
                 self._put(_Lease(_ipint(rec.ip), rec.key, rec.mac, rec.expires, True, rec.client_id, rec.hostname,
                                  uuid=rec.uuid))
         self._constant_options()
 
     # -- entry point -----------------------------------------------------
-    def handle(self, data: bytes, src: tuple[str, int], port: int, now: float) -> Result:
-        """One received datagram on `port` (67 or 4011) from `src`."""
+    def handle(self, data: bytes, src: tuple[str, int], port: int, now: float, local: str | None = None) -> Result:
+        """One received datagram on `port` (67 or 4011) from `src`; `local`: the address of
+        the interface it arrived on (None: the server's own)."""
         try:
             pkt = decode(data)
         except DhcpDecodeError as e:
@@ -311,7 +362,7 @@ class DhcpCore:
             if self.mode == "proxy":
                 return self._proxy(pkt, kind, mac, src, port)
             if self.mode == "full" and port == SERVER_PORT:
-                return self._full(pkt, mt, kind, mac, src, now)
+                return self._full(pkt, mt, kind, mac, src, now, local)
         except DhcpEncodeError:
             return Result(kind, "too-big")
         return Result(kind, "ignored")
@@ -346,19 +397,42 @@ class DhcpCore:
         return Result(kind, "offer" if reply_type == MsgType.OFFER else "ack", [send], events=[ev], bound=told)
 
     # -- full mode ---------------------------------------------------------
-    def _full(self, pkt: DhcpPacket, mt: int, kind: str, mac: str, src: tuple[str, int], now: float) -> Result:
-        if pkt.giaddr != ZERO_IP and not self._net_first <= _ipint(pkt.giaddr) <= self._net_last:
-            return Result(kind, "ignored")  # a relay for a subnet we have no range on
+    def subnet_of(self, ip: str) -> _Subnet | None:
+        """The subnet that holds `ip`, if any."""
+        n = _ipint(ip)
+        i = bisect.bisect_right(self._starts, n) - 1
+        return self.subnets[i] if i >= 0 and self.subnets[i].holds(n) else None
+
+    def _pick(self, pkt: DhcpPacket, local: str | None) -> _Subnet | None:
+        """The subnet a request is served from (RFC 2131 §4.3.1): a relay's giaddr names it;
+        a client that has an address (RENEWING, INFORM) is on the subnet of ciaddr; any other
+        is on the subnet of the interface address it arrived on. The one-range form also
+        serves direct requests when that address is on no subnet (a range behind the server's
+        own router, as before there were several subnets)."""
+        if pkt.giaddr != ZERO_IP:
+            return self.subnet_of(pkt.giaddr)
+        if pkt.ciaddr != ZERO_IP and (sn := self.subnet_of(pkt.ciaddr)) is not None:
+            return sn
+        sn = self.subnet_of(local or self.server_ip)
+        if sn is None and len(self.subnets) == 1 and not self.settings.subnets:
+            return self.subnets[0]
+        return sn
+
+    def _full(self, pkt: DhcpPacket, mt: int, kind: str, mac: str, src: tuple[str, int], now: float,
+              local: str | None) -> Result:
+        sn = self._pick(pkt, local)
+        if sn is None:
+            return Result(kind, "ignored", reason="no-subnet")  # a relay (or link) we have no range for
         if mt == MsgType.DISCOVER:
-            return self._discover(pkt, kind, mac, now)
+            return self._discover(pkt, kind, mac, now, sn)
         if mt == MsgType.REQUEST:
-            return self._request(pkt, kind, mac, now)
+            return self._request(pkt, kind, mac, now, sn)
         if mt == MsgType.DECLINE:
             return self._decline(pkt, kind, mac, now)
         if mt == MsgType.RELEASE:
             return self._release(pkt, kind, mac, src)
         if mt == MsgType.INFORM:
-            return self._inform(pkt, kind, mac)
+            return self._inform(pkt, kind, mac, sn)
         return Result(kind, "ignored")
 
     def _client(self, pkt: DhcpPacket, mac: str, key: str) -> Client:
@@ -372,7 +446,7 @@ class DhcpCore:
                 client = replace(client, uuid=held.uuid)
         return client
 
-    def _discover(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
+    def _discover(self, pkt: DhcpPacket, kind: str, mac: str, now: float, sn: _Subnet) -> Result:
         key = _key(pkt, mac)
         client = self._client(pkt, mac, key)
         answer = self.decide(client)
@@ -381,7 +455,7 @@ class DhcpCore:
         unknown = answer.node is None
         if unknown and self._over_unknown_cap(key, now):
             return Result(kind, "ignored", reason="unknown-cap")
-        ip = self._allocate(pkt, key, mac, answer.fixed_ip, now)
+        ip = self._allocate(pkt, key, mac, answer.fixed_ip, now, sn)
         if ip is None:
             return Result(kind, "exhausted")
         lease = self.by_ip.get(ip)
@@ -392,13 +466,13 @@ class DhcpCore:
         lease.uuid = client.uuid
         yiaddr = _ipstr(ip)
         reply = self._reply(pkt, MsgType.OFFER, yiaddr)
-        self._lease_options(reply, answer.hostname)
+        self._lease_options(reply, answer.hostname, sn)
         self._boot_options(reply, client, answer.boot_file)
         send = self._send(pkt, reply, MsgType.OFFER)
         ev = BootEvent(mac, "dhcp-offer", _detail(yiaddr, client, answer.boot_file, key))
         return Result(kind, "offer", [send], events=[ev])
 
-    def _request(self, pkt: DhcpPacket, kind: str, mac: str, now: float) -> Result:
+    def _request(self, pkt: DhcpPacket, kind: str, mac: str, now: float, sn: _Subnet) -> Result:
         key = _key(pkt, mac)
         sid = pkt.server_id
         if sid is not None:  # SELECTING
@@ -425,7 +499,7 @@ class DhcpCore:
         unknown = answer.node is None
         if unknown and self._over_unknown_cap(key, now):
             return Result(kind, "ignored", reason="unknown-cap")
-        if not self._may_bind(ip, key, mac, answer.fixed_ip, now):
+        if not self._may_bind(ip, key, mac, answer.fixed_ip, now, sn):
             return Result(kind, "nak", [self._nak(pkt, "address not available")])
         moved = {key: _ipstr(held.ip)} if held is not None and held.key == key and held.bound and held.ip != ip else {}
         lease = _Lease(ip, key, mac, now + self.lease_time, True, key[3:] if key.startswith("id:") else None,
@@ -433,7 +507,7 @@ class DhcpCore:
         self._put(lease)
         yiaddr = want
         reply = self._reply(pkt, MsgType.ACK, yiaddr)
-        self._lease_options(reply, answer.hostname)
+        self._lease_options(reply, answer.hostname, sn)
         self._boot_options(reply, client, answer.boot_file)
         send = self._send(pkt, reply, MsgType.ACK)
         rec = LeaseRecord(key, yiaddr, mac, lease.expires, lease.client_id, lease.hostname, lease.uuid)
@@ -469,14 +543,14 @@ class DhcpCore:
         self._remove(lease)
         return Result(kind, "released", deletes=[pkt.ciaddr], owners={pkt.ciaddr: lease.key})
 
-    def _inform(self, pkt: DhcpPacket, kind: str, mac: str) -> Result:
+    def _inform(self, pkt: DhcpPacket, kind: str, mac: str, sn: _Subnet) -> Result:
         """RFC 2131 §3.4: configuration only, no yiaddr and no lease time."""
         client = self._client(pkt, mac, _key(pkt, mac))
         answer = self.decide(client)
         if answer is None:
             return Result(kind, "ignored")
         reply = self._reply(pkt, MsgType.ACK, ZERO_IP)
-        self._lease_options(reply, answer.hostname, lease=False)
+        self._lease_options(reply, answer.hostname, sn, lease=False)
         self._boot_options(reply, client, answer.boot_file)
         return Result(kind, "ack", [self._send(pkt, reply, MsgType.ACK)])
 
@@ -520,15 +594,16 @@ class DhcpCore:
         return Result(res.kind, "nak-taken", [self._nak(res.request, "address not available")])
 
     # -- address allocation ------------------------------------------------
-    def _fixed(self, fixed_ip: str | None) -> int | None:
-        """The node's fixed address as an integer, if it is on our subnet."""
+    @staticmethod
+    def _fixed(fixed_ip: str | None, sn: _Subnet) -> int | None:
+        """The node's fixed address as an integer, if it is on the subnet it asks from."""
         if not fixed_ip:
             return None
         ip = _ipint(fixed_ip)
-        return ip if self._net_first <= ip <= self._net_last else None
+        return ip if sn.holds(ip) else None
 
-    def _usable(self, ip: int, key: str, mac: str, now: float, reserved: Mapping[str, str]) -> bool:
-        if ip == self._server_int or ip == self._net_first or ip == self._net_last:
+    def _usable(self, ip: int, key: str, mac: str, now: float, reserved: Mapping[str, str], sn: _Subnet) -> bool:
+        if ip == self._server_int or ip == sn.net_first or ip == sn.net_last:
             return False
         if self.declined.get(ip, 0) > now:
             return False
@@ -539,40 +614,42 @@ class DhcpCore:
         lease = self.by_ip.get(ip)
         return lease is None or lease.key == key or lease.expires <= now
 
-    def _allocate(self, pkt: DhcpPacket, key: str, mac: str, fixed_ip: str | None, now: float) -> int | None:
-        """Fixed address, else this client's lease or offer, else its wish, else the next free."""
-        fixed = self._fixed(fixed_ip)
+    def _allocate(self, pkt: DhcpPacket, key: str, mac: str, fixed_ip: str | None, now: float,
+                  sn: _Subnet) -> int | None:
+        """Fixed address, else this client's lease or offer, else its wish, else the next free,
+        all in the subnet `sn`."""
+        fixed = self._fixed(fixed_ip, sn)
         if fixed is not None:
             return fixed
         reserved = self.reserved()
         mine = self.by_key.get(key)
-        if mine is not None and self.first <= mine <= self.last and self._usable(mine, key, mac, now, reserved):
+        if mine is not None and sn.in_range(mine) and self._usable(mine, key, mac, now, reserved, sn):
             return mine
         wish = pkt.requested_ip
         if wish:
             w = _ipint(wish)
-            if self.first <= w <= self.last and self._usable(w, key, mac, now, reserved):
+            if sn.in_range(w) and self._usable(w, key, mac, now, reserved, sn):
                 return w
-        if now >= self._full_until:
-            size = self.last - self.first + 1
-            cur = self._cursor
+        if now >= sn.full_until:
+            size = sn.last - sn.first + 1
+            cur = sn.cursor
             for _ in range(size):
                 ip = cur
-                cur = self.first if cur >= self.last else cur + 1
-                if self._usable(ip, key, mac, now, reserved):
-                    self._cursor = cur
+                cur = sn.first if cur >= sn.last else cur + 1
+                if self._usable(ip, key, mac, now, reserved, sn):
+                    sn.cursor = cur
                     return ip
-            self._full_until = now + RESCAN_AFTER
-        return self._reclaim_offer(mac, reserved)
+            sn.full_until = now + RESCAN_AFTER
+        return self._reclaim_offer(mac, reserved, sn)
 
-    def _reclaim_offer(self, mac: str, reserved: Mapping[str, str]) -> int | None:
+    def _reclaim_offer(self, mac: str, reserved: Mapping[str, str], sn: _Subnet) -> int | None:
         """The pool is full: the oldest unbound offer's address, taken back (its client, if it
         ever asks, is NAKed and starts over). Bound leases are never taken."""
         for _ in range(min(RECLAIM_TRIES, len(self._offers))):
             ip = next(iter(self._offers))
             del self._offers[ip]
             lease = self.by_ip.get(ip)
-            if lease is None or lease.bound or not self.first <= ip <= self.last:
+            if lease is None or lease.bound or not sn.in_range(ip):
                 continue
             other = reserved.get(_ipstr(ip)) if reserved else None
             if other is not None and other != mac:
@@ -581,13 +658,13 @@ class DhcpCore:
             return ip
         return None
 
-    def _may_bind(self, ip: int, key: str, mac: str, fixed_ip: str | None, now: float) -> bool:
-        fixed = self._fixed(fixed_ip)
+    def _may_bind(self, ip: int, key: str, mac: str, fixed_ip: str | None, now: float, sn: _Subnet) -> bool:
+        fixed = self._fixed(fixed_ip, sn)
         if fixed is not None:
             return ip == fixed
-        if not self.first <= ip <= self.last:
+        if not sn.in_range(ip):
             return False
-        return self._usable(ip, key, mac, now, self.reserved())
+        return self._usable(ip, key, mac, now, self.reserved(), sn)
 
     def _over_unknown_cap(self, key: str, now: float) -> bool:
         """An unregistered machine that holds nothing yet, with `max_unknown` addresses already
@@ -621,7 +698,9 @@ class DhcpCore:
         self.by_ip.pop(lease.ip, None)
         self._unknown.discard(lease.ip)
         self._offers.pop(lease.ip, None)
-        self._full_until = 0.0  # an address is free again
+        sn = self.subnet_of(_ipstr(lease.ip))
+        if sn is not None:
+            sn.full_until = 0.0  # an address is free again
         if self.by_key.get(lease.key) == lease.ip:
             del self.by_key[lease.key]
 
@@ -644,33 +723,22 @@ class DhcpCore:
             rep.options[Opt.RELAY_AGENT] = req.options[Opt.RELAY_AGENT]
         return rep
 
-    def _lease_options(self, rep: DhcpPacket, hostname: str | None, lease: bool = True) -> None:
+    def _lease_options(self, rep: DhcpPacket, hostname: str | None, sn: _Subnet, lease: bool = True) -> None:
         o = rep.options
         if lease:
             o.update(self._lease_opts)
-        o.update(self._net_opts)
+        o.update(sn.options)
         if hostname:
             o[Opt.HOSTNAME] = hostname.encode()
 
     def _constant_options(self) -> None:
-        """The options that are the same in every reply, encoded once."""
+        """The lease options, the same in every reply, encoded once (a subnet's own are in `_Subnet`)."""
         lt = self.lease_time
         self._lease_opts: dict[int, bytes] = {
             Opt.LEASE_TIME: struct.pack("!I", lt),
             Opt.RENEWAL_TIME: struct.pack("!I", lt // 2),
             Opt.REBINDING_TIME: struct.pack("!I", lt * 7 // 8),
         }
-        net: dict[int, bytes] = {}
-        st = self.settings
-        if self.network is not None:
-            net[Opt.SUBNET_MASK] = self.network.netmask.packed
-        if st.router:
-            net[Opt.ROUTER] = socket_aton(st.router)
-        if st.dns:
-            net[Opt.DNS] = b"".join(socket_aton(a) for a in st.dns)
-        if st.domain:
-            net[Opt.DOMAIN] = st.domain.encode()
-        self._net_opts = net
 
     def _boot_options(self, rep: DhcpPacket, client: Client, bf: BootFile, pxe_options: bool = True) -> None:
         """The boot program, as both the `file` field and option 67 (ROMs read one or the other).

@@ -39,6 +39,7 @@ class Client:
     user_class: str = ""
     uuid: str | None = None
     ipxe: bool = False  # user class "iPXE" or option 175 present
+    group: str | None = None  # the group (rack) of the subnet it asks from: its mirrors' order
 
     @property
     def firmware(self) -> Firmware:

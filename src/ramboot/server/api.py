@@ -51,7 +51,7 @@ from ..proto.pxe import normalize_uuid
 from . import openapi as oa
 from .event_stream import BROADCAST, event_stream
 from .http_context import CTX, error_json, json_response
-from .http_files import node_credential, secrets_transport_refused
+from .http_files import node_credential, secrets_transport_refused, seed_report
 from .openapi import PREFIX, Route
 
 log = logging.getLogger("ramboot.api")
@@ -383,6 +383,8 @@ async def report_event(request: web.Request) -> web.Response:
     ctx.events.record(mac, body.stage, source="node", **body.detail)
     if body.stage == "booted":
         await asyncio.to_thread(consume_boot_once, ctx.store, ctx.events, mac)
+    if ctx.seeds is not None:
+        seed_report(ctx, ctx.seeds, mac, body.stage, body.detail, request.remote)
     return json_response(S.Accepted(), 202)
 
 
@@ -552,7 +554,8 @@ async def list_servers(request: web.Request) -> web.Response:
     servers = await asyncio.to_thread(ctx.store.list_servers)
     return json_response([
         S.ServerOut(name=s.name, address=s.address, http_base=s.http_base, images=s.images, started=s.started,
-                    last_seen=s.last_seen, alive=now - s.last_seen <= ctx.config.cluster.dead_after, this=s.name == me)
+                    last_seen=s.last_seen, alive=now - s.last_seen <= ctx.config.cluster.dead_after, this=s.name == me,
+                    group=s.group)
         for s in servers
     ])
 

@@ -76,10 +76,13 @@ def raise_fd_limit() -> None:
 
 def validate_range(config: Config, server_ip: str) -> None:
     """A full-mode range that holds the server's own address is a typo: refuse it at start."""
-    if config.dhcp.mode == "full" and config.dhcp.range:
-        first, last = config.dhcp.range_bounds()
-        if ":" not in server_ip and int(first) <= int(ipaddress.IPv4Address(server_ip)) <= int(last):
-            raise ConfigError(f"dhcp.range: includes the server's own address {server_ip}")
+    if config.dhcp.mode != "full" or ":" in server_ip:  # no IPv4 address: no IPv4 range to check
+        return
+    for i, sub in enumerate(config.dhcp.subnets()):
+        first, last = sub.range_bounds()
+        if int(first) <= int(ipaddress.IPv4Address(server_ip)) <= int(last):
+            key = "dhcp.range" if config.dhcp.range and i == 0 else f"dhcp.subnet {sub.range}"
+            raise ConfigError(f"{key}: includes the server's own address {server_ip}")
 
 
 class Services:

@@ -162,21 +162,25 @@ class Cluster:
         self.seed = zlib.crc32(self.name.encode())
 
     # -- what the policy asks -------------------------------------------------
-    def mirrors(self, image: str) -> tuple[str, ...]:
-        """HTTP bases of the live servers that hold `image` verified, this one first;
-        peers in an order spread by image, at most MAX_MIRRORS in all."""
+    def mirrors(self, image: str, group: str | None = None) -> tuple[str, ...]:
+        """HTTP bases of the live servers that hold `image` verified, at most MAX_MIRRORS.
+        With a `group` (the node's rack), that group's servers come first, then the others;
+        within each, this server first, then peers in the heartbeat's spread order."""
         mine = self.held.get(image)
-        out: list[str] = [self.http_base] if mine else []
         want = mine
         if want is None:  # not held here (yet): any live peer's copy, the same as each other's
             for p in self.peers:
                 if image in p.images:
                     want = p.images[image]
                     break
-        if want:
-            same = [p.http_base for p in self.peers if p.images.get(image) == want and p.http_base != self.http_base]
-            out += same[: MAX_MIRRORS - len(out)]
-        return tuple(out)
+        if not want:
+            return ()
+        holders = [(self.config.cluster.group, self.http_base)] if mine else []
+        holders += [(p.group, p.http_base) for p in self.peers
+                    if p.images.get(image) == want and p.http_base != self.http_base]
+        if group is not None:
+            holders.sort(key=lambda h: h[0] != group)  # stable: the order within each part is kept
+        return tuple(base for _, base in holders[:MAX_MIRRORS])
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -205,7 +209,7 @@ class Cluster:
 
     def _record(self) -> ServerRecord:
         return ServerRecord(name=self.name, address=self.address, http_base=self.http_base, images=self.held,
-                            started=self.started, last_seen=time.time())
+                            started=self.started, last_seen=time.time(), group=self.config.cluster.group)
 
     def _refresh_peers(self) -> None:
         cutoff = time.time() - self.config.cluster.dead_after

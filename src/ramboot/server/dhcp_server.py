@@ -38,7 +38,15 @@ from ..inventory.lease_journal import merge
 from ..inventory.store import CHECKPOINT_EVERY, LEASE_CHANNEL, NodeSpec, ProfileSpec, Store
 from ..netif import interface_netmask
 from ..policy import Booter
-from ..proto.dhcp_core import BROADCAST, PXE_PORT, SERVER_PORT, DhcpCore, DhcpSettings, Result
+from ..proto.dhcp_core import (
+    BROADCAST,
+    PXE_PORT,
+    SERVER_PORT,
+    DhcpCore,
+    DhcpSettings,
+    Result,
+    SubnetSettings,
+)
 from .cluster import Cluster
 from .events import EventLog
 
@@ -129,29 +137,42 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
     return sock
 
 
-def ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int, float]:
-    """(the interface index from IP_PKTINFO, the arrival time from SO_TIMESTAMP); 0 for what is missing."""
-    ifindex, arrived = 0, 0.0
+def ancillary(anc: list[tuple[int, int, bytes]]) -> tuple[int, str | None, float]:
+    """(the interface index and its local address from IP_PKTINFO, the arrival time from
+    SO_TIMESTAMP); 0 or None for what is missing."""
+    ifindex, local, arrived = 0, None, 0.0
     for level, typ, val in anc:
         if level == socket.IPPROTO_IP and typ == IP_PKTINFO and len(val) >= _PKTINFO.size:
-            ifindex = _PKTINFO.unpack_from(val)[0]
+            ifindex, spec_dst, _ = _PKTINFO.unpack_from(val)
+            local = socket.inet_ntoa(spec_dst) if spec_dst != bytes(4) else None
         elif level == socket.SOL_SOCKET and typ == SO_TIMESTAMP and len(val) >= _TIMEVAL.size:
             sec, usec = _TIMEVAL.unpack_from(val)
             arrived = sec + usec * 1e-6
-    return ifindex, arrived
+    return ifindex, local, arrived
 
 
 def dhcp_settings(config: Config, server_ip: str, netmask: str | None = None, cursor_seed: int = 0) -> DhcpSettings:
-    """The core's plain settings from the config; `netmask` is the interface's when the config names none."""
+    """The core's plain settings from the config. `netmask` is the interface's: a subnet
+    that names none and whose range is on the interface's network takes it; one behind a
+    relay gets the core's derived mask."""
     d = config.dhcp
-    first = last = None
-    if d.mode == "full":
-        lo, hi = d.range_bounds()
-        first, last = str(lo), str(hi)
+    local = ipaddress.IPv4Network(f"{server_ip}/{netmask}", strict=False) if netmask else None
+    subnets = []
+    for sc in d.subnets() if d.mode == "full" else []:
+        lo, hi = sc.range_bounds()
+        mask = sc.netmask or (local.netmask if local is not None and lo in local and hi in local else None)
+        subnets.append(SubnetSettings(
+            str(lo), str(hi), str(mask) if mask else None, str(sc.router) if sc.router else None,
+            tuple(str(a) for a in sc.dns), sc.domain))
+    # The one-range form stays DhcpSettings' own range, so a direct request on a link with no
+    # subnet of its own is still served from it (DhcpCore._pick).
+    top = subnets[0] if subnets and d.range else None
     return DhcpSettings(
-        mode=d.mode, server_ip=server_ip, range_first=first, range_last=last,
-        netmask=str(d.netmask) if d.netmask else netmask,
-        router=str(d.router) if d.router else None, dns=tuple(str(a) for a in d.dns), domain=d.domain,
+        mode=d.mode, server_ip=server_ip,
+        range_first=top.range_first if top else None, range_last=top.range_last if top else None,
+        netmask=top.netmask if top else None, router=top.router if top else None,
+        dns=top.dns if top else (), domain=top.domain if top else None,
+        subnets=tuple(subnets[1:] if top else subnets),
         lease_time=d.lease_time, cursor_seed=cursor_seed, max_unknown=config.security.max_unknown_leases,
     )
 
@@ -170,14 +191,7 @@ class DhcpServer:
         self.nodes = _NodeSnapshot(store)
         # The same policy, reading nodes from the snapshot: no database read per packet.
         self.booter = booter.using(self.nodes, manifest_ttl=NODES_TTL)
-        mask = None
-        if config.dhcp.mode == "full" and config.dhcp.netmask is None:
-            mask = interface_netmask(self.interface)
-            first, last = config.dhcp.range_bounds()
-            if mask is not None:
-                net = ipaddress.IPv4Network(f"{server_ip}/{mask}", strict=False)
-                if first not in net or last not in net:
-                    mask = None  # the range is behind a relay: let the core derive its subnet
+        mask = interface_netmask(self.interface) if config.dhcp.mode == "full" else None
         full = config.dhcp.mode == "full"
         # Alone on SQLite, lease batches go to the journal: a commit costs one write, not a transaction.
         self._window = 0.0 if full and store.open_lease_journal() else BATCH_WINDOW
@@ -236,14 +250,14 @@ class DhcpServer:
             except OSError as e:
                 log.warning("dhcp: receive failed on port %d: %s", logical, e)
                 return
-            ifindex, arrived = ancillary(anc)
+            ifindex, local, arrived = ancillary(anc)
             t = now()
             if arrived and t - arrived > STALE_AFTER:
                 self._count("stale", "dropped")
                 metrics.dropped("dhcp", "stale")
                 continue
             try:
-                res = handle(data, src, logical, t)
+                res = handle(data, src, logical, t, local)
             except Exception:  # a hostile packet never stops the server
                 log.exception("dhcp: dropped a datagram from %s that broke the handler", src[0])
                 self._count("error", "dropped")

@@ -16,6 +16,7 @@ from ..policy import Booter
 from ..tpm_gate import TpmGate
 from .cluster import Cluster
 from .events import EventLog
+from .seeding import Seeds
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Ctx:
     events: EventLog
     cluster: Cluster | None = None  # this server among the others on the database (`serve` makes one)
     tpm: TpmGate | None = None  # the TPM rule after the access rule (tpm_gate.py)
+    seeds: Seeds | None = None  # booted nodes seeding their root (`[scale] seed`), None: off
 
 
 CTX = web.AppKey("ramboot", Ctx)

@@ -24,12 +24,15 @@ from typing import IO
 from aiohttp import web
 
 from .. import metrics, names
+from ..images.manifest import MODULES, ROOTFS, ManifestError
 from ..names import PathRefused
 from ..namespace import GeneratedFile
 from ..overlays import OverlayError, sha256_line
 from ..proto import http_conditional
+from ..proto.pxe import Client
 from ..tpm_gate import seal
-from .http_context import CTX, text_error
+from .http_context import CTX, Ctx, text_error
+from .seeding import FALLBACK, Seeds
 
 log = logging.getLogger("ramboot.http")
 
@@ -280,6 +283,11 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         metrics.dropped("http", "not-found")
         return text_error(404, f"not found: {name[:200]}")
     ip = request.remote or ""
+    seeds = ctx.seeds if isinstance(parsed, names.ImageFile) and parsed.file in SEEDED else None
+    if seeds is not None and isinstance(parsed, names.ImageFile):
+        to = await seed_redirect(ctx, seeds, request, parsed)
+        if to is not None:
+            return web.Response(status=302, headers={"Location": to, "Cache-Control": "no-store"})
     t0 = time.monotonic()
     if isinstance(resolved, GeneratedFile):
         ca = resolved.kind == "ca"  # ca.cpio: the same bytes for every node, an archive
@@ -292,11 +300,83 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     sha_for = (functools.partial(ctx.booter.file_sha256, parsed.image, parsed.file)
                if isinstance(parsed, names.ImageFile) else None)
     ctype = "application/toml" if name.endswith(".toml") else "application/octet-stream"
-    resp, sent = await send_file(request, resolved.path, ctype, sha_for)
+    if seeds is not None:
+        seeds.serving += 1
+    try:
+        resp, sent = await send_file(request, resolved.path, ctype, sha_for)
+    finally:
+        if seeds is not None:
+            seeds.serving -= 1
     if sent:
         metrics.HTTP_BYTES.labels(resolved.kind).inc(sent)
         ctx.events.served(ip, resolved.kind, name, None, sent, round(time.monotonic() - t0, 6), "http")
     return resp
+
+
+SEEDED = (ROOTFS, MODULES)  # the files booted nodes serve to their peers
+SEED_WAIT = 5.0  # seconds a root download may wait for a free seeder (the initramfs probes with a 10 s timeout)
+
+
+async def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.ImageFile) -> str | None:
+    """A seeding peer's URL for this root (or modules) download, if one is free; None: the
+    server sends it. A node's fall-back (`?seed=0`) and Range requests are always the server's.
+
+    The server itself sends at most `seed_fanout` of these at a time: beyond that a request
+    waits (up to SEED_WAIT seconds, inside the node's 10 s probe) for a peer's slot or the
+    server's, so a storm grows a tree of seeders instead of splitting the server's link N ways."""
+    if request.method not in ("GET", "HEAD") or request.query_string == FALLBACK or "Range" in request.headers:
+        return None
+    try:
+        m = ctx.booter.manifest(f.image)
+    except ManifestError:
+        return None
+    entry = m.files.get(f.file)
+    if m.initramfs != "ramboot":
+        return None  # only ramboot's initramfs falls back to the server when a peer's bytes are wrong
+    if entry is None:
+        return None
+    ip = request.remote or ""
+    mac, group = ctx.events.mac_by_ip.get(ip), ctx.config.dhcp.group_of(ip)
+    give_up = time.monotonic() + SEED_WAIT
+    while True:
+        peer = seeds.pick(mac, entry.sha256, group, time.time())
+        if peer is not None:
+            metrics.SEED_REDIRECTS.inc()
+            return peer.url(f.file)
+        if seeds.serving < seeds.fanout or time.monotonic() >= give_up:
+            return None
+        await asyncio.sleep(0.1)
+
+
+def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict, ip: str | None) -> None:
+    """What a node's report means for seeding: a new boot stops its seeding, a verified root
+    starts it (at the address the report came from, for the image this server told it to
+    boot), a finished or refused download is counted against the peer it came from."""
+    now = time.time()
+    if stage in ("initramfs", "failed"):
+        seeds.drop(mac)
+    elif stage == "seeding" and ip:
+        d = ctx.booter.decide(Client(mac))
+        try:
+            files = {f: e.sha256 for f, e in ctx.booter.manifest(d.image).files.items() if f in SEEDED} if d else {}
+        except ManifestError:
+            files = {}
+        if d is None or not files.get(ROOTFS) or detail.get("sha256") != files[ROOTFS]:
+            log.warning("seeding refused: not the root this server told it to boot", extra={"mac": mac})
+            return
+        seeds.offer(mac, ip, d.image, files, ctx.config.dhcp.group_of(ip), now)
+    elif stage in ("download-done", "modules"):
+        nbytes = detail.get("bytes")
+        peer = seeds.done(mac, str(detail.get("url", "")), nbytes if isinstance(nbytes, int) else 0)
+        if peer is not None:
+            metrics.SEED_BYTES.inc(max(0, nbytes) if isinstance(nbytes, int) else 0)
+            ctx.events.record(peer.mac, "seed-served", to=mac, bytes=nbytes, total_bytes=peer.served_bytes)
+    elif stage == "seed-refused":
+        peer = seeds.refuse(mac, str(detail.get("url", "")), str(detail.get("reason", "")))
+        if peer is not None:
+            metrics.SEED_REFUSED.inc()
+            ctx.events.record(peer.mac, "seed-skipped", by=mac, reason=peer.refused)
+    metrics.SEED_PEERS.set(sum(1 for p in seeds.peers.values() if not p.refused))
 
 
 def node_credential(request: web.Request) -> str | None:

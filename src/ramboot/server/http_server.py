@@ -31,6 +31,7 @@ from .cluster import Cluster
 from .events import EventLog
 from .http_context import CTX, Ctx, error_json
 from .http_files import namespace_file, static_file, status_page
+from .seeding import Seeds
 
 log = logging.getLogger("ramboot.http")
 
@@ -107,7 +108,8 @@ def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store,
              cluster: Cluster | None = None) -> web.Application:
     app = web.Application(client_max_size=config.api.max_body_kib << 10, middlewares=[api.error_middleware])
     app[CTX] = Ctx(config, namespace, booter, store, events, cluster,
-                   TpmGate(config.security.tpm_enroll, store.tpms, store.derived_key))
+                   tpm=TpmGate(config.security.tpm_enroll, store.tpms, store.derived_key),
+                   seeds=Seeds(config.scale.seed_fanout) if config.scale.seed else None)
     event_stream.install(app)
     api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
