@@ -31,7 +31,7 @@ from . import schemas as S
 from .records import NodeSpec, ProfileSpec
 from .store import Store, StoreError
 from .timeline import Boot, last_boot
-from .views import boot_out, event_out, inventory_out, report_of
+from .views import boot_out, event_out, image_out, inventory_out, report_of
 
 
 class ServiceError(Exception):
@@ -209,7 +209,7 @@ class Service:
         out = []
         for d in sorted(root.iterdir()) if root.is_dir() else []:
             try:
-                out.append(_image_out(load_manifest(self.config.data_dir, d.name)))
+                out.append(image_out(load_manifest(self.config.data_dir, d.name)))
             except ManifestError:
                 continue
         return out
@@ -220,7 +220,7 @@ class Service:
         except ValueError as e:
             raise ServiceError(str(e)) from None
         try:
-            return _image_out(load_manifest(self.config.data_dir, name))
+            return image_out(load_manifest(self.config.data_dir, name))
         except ManifestError:
             raise NotFound(f"no image {name}") from None
 
@@ -307,14 +307,3 @@ def _node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut], registere
     state = "seen" if not registered else "discovered" if spec.discovered else "registered"
     return cls(**fields, state=state, stage=boot.stage if boot else None, updated=boot.updated if boot else None,
                **extra)
-
-
-def _image_out(m: Manifest) -> S.ImageOut:
-    return S.ImageOut(
-        name=m.name,
-        source=m.source,
-        created=m.created,
-        kernel_version=m.kernel_version,
-        initramfs=m.initramfs,
-        files=[S.ImageFile(name=k, size=v.size, sha256=v.sha256) for k, v in sorted(m.files.items())],
-    )

@@ -6,9 +6,22 @@ from collections.abc import Collection
 
 from pydantic import ValidationError
 
+from ..images.manifest import Manifest
 from . import schemas as S
 from .store import EventRecord, Store
 from .timeline import Boot, last_boot
+
+
+def image_out(m: Manifest) -> S.ImageOut:
+    """An image as the API, `image list --json` and `image show --json` say it."""
+    return S.ImageOut(
+        name=m.name,
+        source=m.source,
+        created=m.created,
+        kernel_version=m.kernel_version,
+        initramfs=m.initramfs,
+        files=[S.ImageFile(name=k, size=v.size, sha256=v.sha256) for k, v in sorted(m.files.items())],
+    )
 
 
 def event_out(e: EventRecord) -> S.EventOut:
