@@ -224,3 +224,32 @@ def test_set_over_the_api_is_the_same(cfg, data_dir):
         assert shown["hostname"] is None and shown["kernel_args"] == "quiet" and shown["image"] == "demo"
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("args,line", [
+    (["node", "add", MAC, "--image", "demo"], f"ramboot: error: node {MAC} exists: `node set` changes what it "
+                                              "names, `node add --replace` replaces it whole"),
+    (["node", "set", MAC, "--hostname", "a_b"], "ramboot: error: Invalid value for --hostname: a hostname is "
+     "labels of letters, digits and '-' (not first or last, at most 63 each) joined by '.'; got 'a_b' "
+     "(see 'ramboot node set --help')"),
+    (["node", "sett"], "ramboot: error: No such command 'sett'. Did you mean 'set'? (see 'ramboot node --help')"),
+    (["profile", "add", "p", "--overlay", "nosuch"], "ramboot: error: no overlay 'nosuch' (a directory "
+                                                     "overlays/nosuch/ in the data directory)"),
+])
+def test_every_error_is_one_line_with_one_prefix(cfg, args, line):
+    """The real command line: one line on stderr, `ramboot: error: …`, and nothing on stdout."""
+    assert run("add", MAC, "--image", "demo", "--config", cfg).exit_code == 0
+    p = subprocess.run([str(Path(sys.executable).with_name("ramboot")), *args, "--config", cfg],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode in (1, 2) and p.stderr == line + "\n" and p.stdout == "", (p.stdout, p.stderr)
+
+
+def test_image_list_and_show_json_have_the_api_fields(cfg, data_dir):
+    from ramboot.images.cli import image
+    from ramboot.inventory.schemas import ImageOut
+
+    listed = json.loads(CliRunner().invoke(image, ["list", "--json", "--data-dir", str(data_dir)]).output)
+    assert [i["name"] for i in listed] == ["demo"] and set(listed[0]) == set(ImageOut.model_fields)
+    assert {f["name"] for f in listed[0]["files"]} == {"vmlinuz", "initrd.img", "rootfs.squashfs"}
+    shown = json.loads(CliRunner().invoke(image, ["show", "demo", "--json", "--config", cfg]).output)
+    assert shown == listed[0]
