@@ -80,6 +80,20 @@ def test_a_bad_patch_changes_nothing(svc, patch, fragment):
     assert svc.show_node(MAC).hostname == "n1"
 
 
+def test_a_patch_checks_only_what_it_names(data_dir):
+    s = service(data_dir)
+    s.put_profile("compute", S.ProfileIn())
+    s.add_node(MAC, S.NodeIn(profiles=["compute"], loader="grub"))
+    s.remove_profile("compute")  # nodes that name it keep their settings
+    proxy = service(data_dir, '[dhcp]\nmode = "proxy"\n')
+    d = proxy.patch_node(MAC, {"hostname": "n1"})  # neither the gone profile nor the loader blocks it
+    assert d.hostname == "n1" and d.profiles == ["compute"] and d.loader == "grub"
+    with pytest.raises(ServiceError, match="no profile 'compute'"):
+        proxy.patch_node(MAC, {"profiles": ["compute"]})
+    proxy.store.close()
+    s.store.close()
+
+
 def test_patch_of_a_node_not_registered_is_not_found(svc):
     with pytest.raises(NotFound, match=f"no node {MAC}"):
         svc.patch_node(MAC, {"image": "demo"})

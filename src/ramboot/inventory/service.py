@@ -96,7 +96,7 @@ class Service:
         if old is not None and not replace:
             raise Conflict(f"node {mac} exists: `node set` changes what it names, `node add --replace` "
                            "replaces it whole")
-        self._write(mac, body)
+        self._write(mac, body, body)
         return self._shown(mac, body), old is None
 
     def patch_node(self, mac: str, patch: dict[str, Any]) -> S.NodeDetail:
@@ -112,13 +112,18 @@ class Service:
             body = S.NodeIn.model_validate(_merge(current.model_dump(exclude_defaults=True), patch))
         except ValidationError as e:
             raise ServiceError(S.validation_message(e)) from None
-        self._write(mac, body)
+        # Only what the patch names is checked: a profile removed since, or a loader set before
+        # proxy mode, does not block an unrelated change (doctor names those).
+        named = S.NodeIn.model_validate({k: getattr(body, k) for k in ("loader", "profiles", "overlays")
+                                         if k in patch})
+        self._write(mac, body, named)
         return self._shown(mac, body)
 
-    def _write(self, mac: str, body: S.NodeIn) -> None:
-        if body.loader == "grub" and self.config.dhcp.mode == "proxy":
+    def _write(self, mac: str, body: S.NodeIn, named: S.NodeIn) -> None:
+        """Store `body`, after checking what `named` (all of it, or a patch's part) says."""
+        if named.loader == "grub" and self.config.dhcp.mode == "proxy":
             raise ServiceError(GRUB_PROXY_REFUSED)
-        self._check_names(body.profiles, body.overlays)
+        self._check_names(named.profiles, named.overlays)
         try:
             # discovered=False: an operator has now said what it is
             self.store.put_node(NodeSpec(mac=mac, **body.model_dump(), discovered=False))
@@ -148,9 +153,10 @@ class Service:
         for mac in sorted(by_mac.keys() | events.keys() | inventory.keys()):
             spec = by_mac.get(mac)
             evs = events.get(mac, [])
+            boot = last_boot(evs)
             seen = max([*(e.at for e in evs[-1:]), *([inventory[mac][0]] if mac in inventory else [])], default=None)
-            out.append(_node_out(spec or NodeSpec(mac=mac), last_boot(evs), S.NodeOut, spec is not None,
-                                 effective=_effective(booter, mac, leases.get(mac, []), seen, last_boot(evs))))
+            out.append(_node_out(spec or NodeSpec(mac=mac), boot, S.NodeOut, spec is not None,
+                                 effective=_effective(booter, mac, leases.get(mac, []), seen, boot)))
         return out
 
     def show_node(self, mac: str) -> S.NodeDetail:
