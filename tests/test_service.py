@@ -202,3 +202,16 @@ def test_remove_and_profiles(svc):
     svc.remove_profile("compute")
     with pytest.raises(NotFound, match="no profile compute"):
         svc.show_profile("compute")
+
+
+def test_status_rows_and_the_live_feed_say_the_same_effective(svc):
+    svc.put_profile("compute", S.ProfileIn(image="debian"))
+    svc.add_node(MAC, S.NodeIn(profiles=["compute"]))
+    svc.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC,
+                                       expires=time.time() + 600)])
+    [row] = svc.status()
+    assert row.effective == svc.show_node(MAC).effective
+    assert (row.effective.image_from, row.effective.ip) == ("profile:compute", "172.22.33.150")
+    other = "52:54:00:00:00:99"
+    live = svc.status([MAC, other])  # the live feed's rows: known or not
+    assert [(r.mac, r.effective.image_from) for r in live] == [(other, "default"), (MAC, "profile:compute")]
