@@ -253,3 +253,27 @@ def test_image_list_and_show_json_have_the_api_fields(cfg, data_dir):
     assert {f["name"] for f in listed[0]["files"]} == {"vmlinuz", "initrd.img", "rootfs.squashfs"}
     shown = json.loads(CliRunner().invoke(image, ["show", "demo", "--json", "--config", cfg]).output)
     assert shown == listed[0]
+
+
+def test_lease_list_json_is_the_api_answer(cfg, data_dir):
+    """`lease list --json` locally and with --server: the same rows, the API's field names, ISO times."""
+    import time
+
+    from ramboot.inventory.cli import lease
+    from ramboot.inventory.store import LeaseRecord, Store
+    from ramboot.proto.dhcp_core import lease_key
+
+    store = Store(f"sqlite:///{data_dir / 'ramboot.db'}")
+    store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
+    store.close()
+    local = json.loads(CliRunner().invoke(lease, ["list", "--json", "--config", cfg]).output)
+    assert [(x["ip"], x["mac"], x["active"]) for x in local] == [("172.22.33.150", MAC, True)]
+    assert local[0]["expires"].endswith("+00:00")
+    srv = LiveServer(data_dir, "")
+    try:
+        remote = json.loads(CliRunner().invoke(lease, ["list", "--json", "--server", srv.base, "--config", cfg]).output)
+    finally:
+        srv.close()
+    assert remote == local
+    r = CliRunner().invoke(lease, ["list", "--config", cfg])
+    assert "172.22.33.150" in r.output and MAC in r.output
