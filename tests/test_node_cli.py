@@ -199,7 +199,8 @@ def test_list_shows_what_each_node_boots_and_its_address(cfg, data_dir):
 
     assert CliRunner().invoke(profile, ["add", "compute", "--image", "debian", "--config", cfg]).exit_code == 0
     host = "a-rather-long-hostname-that-does-not-fit.cluster.example.org"
-    assert run("add", MAC, "--hostname", host, "--profile", "compute", "--config", cfg).exit_code == 0
+    r = run("add", MAC, "--hostname", host, "--profile", "compute", "--config", cfg)
+    assert r.exit_code == 0 and f"node {MAC}: image debian (profile:compute)" in r.output, r.output  # not "None"
     r = run("list", "--config", cfg)  # into a pipe: one line per node, however long, nothing cut
     [row] = [line for line in r.output.splitlines() if MAC in line]
     assert host in row and "debian (profile:compute)" in row and "…" not in r.output, r.output
