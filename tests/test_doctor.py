@@ -177,3 +177,17 @@ def test_ipv6_only_lab_passes_and_a_rogue_dhcpv6_server_is_found(tmp_path: Path)
         assert len(bad) == 1, p.stdout
     finally:
         lab.teardown()
+
+
+def test_no_config_points_to_init_and_where_it_looked(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from ramboot import doctor as doctor_mod
+
+    looked = tmp_path / "etc-ramboot.toml"
+    monkeypatch.setattr(doctor_mod, "DEFAULT_CONFIG", looked)
+    r = CliRunner().invoke(doctor_mod.doctor, ["--probe-seconds", "0"])
+    assert r.exit_code == 1
+    assert r.output.splitlines()[0] == (f"FAIL  no config: no --config given and {looked} does not exist; "
+                                        "fix: ramboot init --interface IF writes one for the provisioning link")
+    assert f"in {looked}" not in r.output  # no fix says to edit a file that is not there

@@ -218,14 +218,19 @@ def test_console_capture_file_rotates_and_lines_are_capped(tmp_path: Path) -> No
 
 
 def test_console_lines_join_the_last_boot(store: Store) -> None:
-    from ramboot.inventory.views import node_detail
+    from ramboot.config import parse_config
+    from ramboot.inventory.service import Service
+    from ramboot.policy import Booter
+
+    cfg = parse_config('data_dir = "/nonexistent"\n')
+    show = Service(cfg, store, Booter(cfg, store, "127.0.0.1")).show_node
 
     store.put_node(NodeSpec(mac=MAC))
     store.add_console_lines(MAC, [(0.5, "old boot")], keep=10)
     store.add_events([EventRecord(MAC, "power", 100.0, detail={"action": "cycle", "result": "ok"}),
                       EventRecord(MAC, "booted", 110.0, source="node")])
     store.add_console_lines(MAC, [(101.0, "Linux version 6.1"), (109.0, "ramboot: booted")], keep=10)
-    boot = node_detail(store, MAC).last_boot
+    boot = show(MAC).last_boot
     assert [c.line for c in boot.console] == ["Linux version 6.1", "ramboot: booted"]
     store.add_console_lines(MAC, [(111.0 + i, f"l{i}") for i in range(12)], keep=10)
     assert len(store.console_lines(MAC, 0)) == 10

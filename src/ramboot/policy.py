@@ -89,6 +89,10 @@ class Decision:
     # The CA the node pins for HTTPS (`ca.cpio`), loaded as an initrd before `initrd`;
     # None when the server has no TLS listener.
     ca_initrd: str | None = None
+    # Where `image` came from: "node", "profile:NAME" (the strongest profile naming one) or "default".
+    image_from: str = "default"
+    # The operator's kernel arguments in `cmdline`: `[boot]`'s, then the profiles', then the node's.
+    kernel_args: str = ""
 
     # Makes `cmdline` when it is first read: DHCP never reads it, and it needs the image's manifest.
     cmdline_of: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
@@ -197,9 +201,7 @@ class Booter:
         if spec is None and boot.unknown_nodes == "ignore":
             return None
         layers = self._layers(spec)
-        # A boot-once image (`node boot-once`) wins over everything until a boot of it reports booted.
-        image = ((spec.boot_once or spec.image) if spec else None) or _last(p.image for p in layers) \
-            or boot.default_image
+        image, image_from = _image_of(spec, layers, boot.default_image)
         loader = loader or (spec.loader if spec else None) or boot.loader
         hostname = spec.hostname if spec else None
         node_args = " ".join(a for a in [*(p.kernel_args for p in layers), spec.kernel_args if spec else ""] if a)
@@ -237,6 +239,8 @@ class Booter:
             overlay_url=overlay_url,
             mirrors=mirrors,
             ca_initrd=names.CA_BUNDLE if self.config.http.https_port else None,
+            image_from=image_from,
+            kernel_args=" ".join(a for a in (boot.kernel_args, node_args) if a),
         )
 
     def _layers(self, spec: NodeSpec | None) -> list[ProfileSpec]:
@@ -372,12 +376,17 @@ class Booter:
         return NodeSpec(mac=normalize_mac(mac), image=self.config.boot.default_image, uuid=uuid, discovered=True)
 
 
-def _last(values: Iterable[str | None]) -> str | None:
-    """The last value that is set (the strongest layer's)."""
-    out = None
-    for v in values:
-        out = v or out
-    return out
+def _image_of(spec: NodeSpec | None, layers: list[ProfileSpec], default: str) -> tuple[str, str]:
+    """The image and where it came from: a boot-once image (`node boot-once`, until a boot of it
+    reports booted), else the node's own, else the strongest profile's, else the default."""
+    if spec is not None and spec.boot_once:
+        return spec.boot_once, "boot-once"
+    if spec is not None and spec.image:
+        return spec.image, "node"
+    for p in reversed(layers):
+        if p.image:
+            return p.image, f"profile:{p.name}"
+    return default, "default"
 
 
 def _union(values: Iterable[str]) -> tuple[str, ...]:

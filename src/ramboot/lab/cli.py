@@ -17,7 +17,7 @@ from .vm import FIRMWARES, boot_vm, format_timeline, random_mac
 
 
 def _fail(msg: str) -> None:
-    click.echo(f"ramboot lab: {msg}", err=True)
+    click.echo(f"ramboot: error: {msg}", err=True)
     sys.exit(1)
 
 

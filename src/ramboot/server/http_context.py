@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from ..config import Config
+from ..inventory.service import Service
 from ..inventory.store import Store
 from ..namespace import Namespace
 from ..policy import Booter
@@ -31,6 +32,10 @@ class Ctx:
     cluster: Cluster | None = None  # this server among the others on the database (`serve` makes one)
     tpm: TpmGate | None = None  # the TPM rule after the access rule (tpm_gate.py)
     seeds: Seeds | None = None  # booted nodes seeding their root (`[scale] seed`), None: off
+    service: Service = field(init=False)  # the operators' reads and writes, shared with the CLI
+
+    def __post_init__(self) -> None:
+        self.service = Service(self.config, self.store, self.booter)
 
 
 CTX = web.AppKey("ramboot", Ctx)

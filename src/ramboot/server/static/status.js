@@ -32,23 +32,27 @@ function fmtBytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
 }
 
+// The API's times are ISO 8601 with a timezone; the bar works in unix seconds.
+const unix = (iso) => Date.parse(iso) / 1000;
+
 function timeline(boot) {
   if (!boot) return el("span", { class: "sub" }, "never booted");
-  const ev = boot.events;
-  const end = boot.stage === "booted" || boot.stage === "failed" ? boot.updated : Math.max(boot.updated, Date.now() / 1000);
-  const total = Math.max(end - boot.started, 0.001);
+  const ev = boot.events.map((e) => ({ ...e, at: unix(e.at) }));
+  const started = unix(boot.started), updated = unix(boot.updated);
+  const end = boot.stage === "booted" || boot.stage === "failed" ? updated : Math.max(updated, Date.now() / 1000);
+  const total = Math.max(end - started, 0.001);
   const bar = el("div", { class: "bar", role: "img" });
   const parts = [];
   ev.forEach((e, i) => {
     const next = i + 1 < ev.length ? ev[i + 1].at : end;
     const secs = Math.max(next - e.at, 0);
-    parts.push(`${e.stage} +${(e.at - boot.started).toFixed(1)}s`);
+    parts.push(`${e.stage} +${(e.at - started).toFixed(1)}s`);
     const seg = el("span", { class: `seg ${SEG[e.stage] || "dhcp"}`, title: `${e.stage}: ${secs.toFixed(2)} s` });
     seg.style.width = `${(100 * secs) / total}%`;
     bar.append(seg);
   });
   bar.setAttribute("aria-label", `timeline: ${parts.join(", ")}`);
-  const took = boot.duration != null ? `booted in ${boot.duration.toFixed(1)} s` : `${(end - boot.started).toFixed(1)} s so far`;
+  const took = boot.duration != null ? `booted in ${boot.duration.toFixed(1)} s` : `${(end - started).toFixed(1)} s so far`;
   return el("div", {}, bar, el("span", { class: "legend" }, took));
 }
 
