@@ -212,6 +212,12 @@ class ApiConfig(_Section):
         return self
 
 
+class LogConfig(_Section):
+    """How `serve` writes its log lines to stderr (docs/config.md)."""
+
+    format: Literal["text", "json"] = "text"
+
+
 class Config(_Section):
     data_dir: Path = Path("/var/lib/ramboot")
     network: NetworkConfig = NetworkConfig()
@@ -224,6 +230,7 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     tls: TlsConfig = TlsConfig()
     security: SecurityConfig = SecurityConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _grub_needs_our_dhcp(self) -> Config:
