@@ -106,7 +106,7 @@ def stop_pid(pid: int, started: int | None, grace: float = 10.0) -> None:
                 return
         except ChildProcessError:
             pass
-        if not pid_alive(pid, started) or _is_zombie(pid):
+        if not pid_alive(pid, started) or is_zombie(pid):
             return
         time.sleep(0.1)
     try:
@@ -115,7 +115,7 @@ def stop_pid(pid: int, started: int | None, grace: float = 10.0) -> None:
         pass
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
