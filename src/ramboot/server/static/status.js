@@ -112,7 +112,7 @@ function eff(mac) {
   const profiles = e.profiles || (n && n.profiles) || [];
   return {
     mac, hostname: (n && n.hostname) || s.hostname || "",
-    state: n ? (n.discovered ? "discovered" : "registered") : "seen",
+    state: n ? n.state || (n.discovered ? "discovered" : "registered") : "seen",
     image: e.image || (n && n.image) || s.image || "", imageFrom: e.image_from || (n && n.image ? "node" : ""),
     ip: e.ip || (n && n.ip) || "", ipFrom: e.ip_from || (n && n.ip ? "fixed" : ""), leaseExpires: e.lease_expires,
     profiles, labels: (n && n.labels) || {}, loader: e.loader || (n && n.loader) || "",
@@ -156,7 +156,7 @@ function timeline(boot, showTotal = true) {
   if (!showTotal) return bar;
   const took = boot.duration != null ? `booted in ${boot.duration.toFixed(1)} s` : `${(end - started).toFixed(1)} s so far`;
   const speed = boot.download_mbps != null ? ` · root at ${boot.download_mbps.toFixed(0)} Mb/s` : "";
-  return el("div", {}, bar, el("span", { class: "legend" }, took + speed), when(boot.started));
+  return el("div", {}, bar, el("span", { class: "legend" }, took + speed));
 }
 
 function hardware(inv) {
@@ -292,7 +292,7 @@ async function viewNode(sec, mac) {
   const inv = (n && n.inventory) || (invs[0] || null);
   const title = el("h2", {}, x.hostname || mac, x.hostname ? el("span", { class: "mac sub" }, mac) : null);
   const facts = dl([
-    ["Registration", n ? x.state : "not registered (only seen)"],
+    ["Registration", x.state === "seen" ? "not registered (only seen)" : x.state],
     ["Image", el("span", { id: "eff-image" }, x.image || "—", origin(x.imageFrom))],
     ["Address", el("span", { id: "eff-ip" }, x.ip || "—", origin(x.ipFrom),
       x.leaseExpires ? el("span", { class: "sub" }, "lease until ", when(x.leaseExpires)) : null)],
@@ -307,7 +307,7 @@ async function viewNode(sec, mac) {
     ["Last seen", when(x.lastSeen)],
   ]);
   const parts = [el("p", {}, el("a", { href: "#/" }, "← all nodes")), title, facts];
-  if (n) parts.push(actions(n, x));
+  if (n && x.state !== "seen") parts.push(actions(n, x));
   parts.push(el("h3", {}, "Last boot"), timeline(boot));
   if (boot && boot.events && boot.events.length) {
     const t0 = secs(boot.started);
