@@ -80,7 +80,7 @@ async function api(path, opts = {}) {
   const headers = { ...(opts.headers || {}) };
   const used = token;
   if (used) headers.Authorization = `Bearer ${used}`;
-  if (opts.body !== undefined) headers["Content-Type"] = opts.type || "application/json";
+  if (opts.body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(API + path, { method: opts.method || "GET", headers,
     body: opts.body === undefined ? undefined : JSON.stringify(opts.body) });
   if (r.status === 401) { askToken(used); throw new HttpError(401, "a token is needed"); }
@@ -138,7 +138,9 @@ function timeline(boot, showTotal = true) {
   if (!boot) return el("span", { class: "sub" }, "never booted");
   const ev = boot.events || [];
   const started = secs(boot.started), updated = secs(boot.updated);
-  const done = boot.stage === "booted" || boot.stage === "failed";
+  // A boot with no news for 5 minutes is not "going on": its bar ends at its last event.
+  const stale = Date.now() / 1000 - updated > 300;
+  const done = boot.stage === "booted" || boot.stage === "failed" || stale;
   const end = done ? updated : Math.max(updated, Date.now() / 1000);
   const total = Math.max(end - started, 0.001);
   const bar = el("div", { class: "bar", role: "img" });
@@ -154,7 +156,9 @@ function timeline(boot, showTotal = true) {
   });
   bar.setAttribute("aria-label", `timeline: ${parts.join(", ")}`);
   if (!showTotal) return bar;
-  const took = boot.duration != null ? `booted in ${boot.duration.toFixed(1)} s` : `${(end - started).toFixed(1)} s so far`;
+  const took = boot.duration != null ? `booted in ${boot.duration.toFixed(1)} s`
+    : boot.stage === "failed" ? `failed after ${(end - started).toFixed(1)} s`
+    : stale ? `stopped at ${boot.stage} after ${(end - started).toFixed(1)} s` : `${(end - started).toFixed(1)} s so far`;
   const speed = boot.download_mbps != null ? ` · root at ${boot.download_mbps.toFixed(0)} Mb/s` : "";
   return el("div", {}, bar, el("span", { class: "legend" }, took + speed));
 }
@@ -354,7 +358,7 @@ function actions(n, x) {
     msg.textContent = "saving…";
     try {
       const body = { image: pick.value || null };
-      const out = await api(`/nodes/${n.mac}`, { method: "PATCH", body, type: "application/merge-patch+json" });
+      const out = await api(`/nodes/${n.mac}`, { method: "PATCH", body });
       nodes.set(n.mac, out);
       msg.textContent = `saved: the next boot uses ${eff(n.mac).image || "the default image"}`;
       route();
