@@ -45,6 +45,7 @@ def readme_lab_lines() -> list[str]:
     return [ln.split("  #", 1)[0].strip() for ln in block[1].splitlines() if ln.strip()]
 
 
+@pytest.mark.timeout(1500)  # the Debian image (about 4 min on a busy machine, once per run) and a systemd boot
 def test_readme_lab_block_word_for_word(request, tmp_path: Path, tmp_path_factory, built) -> None:
     lines = readme_lab_lines()
     assert lines[0] == "LAB=/var/lib/ramboot-lab", lines[0]
