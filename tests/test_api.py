@@ -7,6 +7,7 @@ import json
 import re
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from unittest import mock
 
@@ -17,7 +18,7 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import write_fake_image
 from httpserver import LiveServer
 from ramboot.config import parse_config
-from ramboot.inventory.store import LeaseRecord
+from ramboot.inventory.store import EventRecord, LeaseRecord
 from ramboot.proto.dhcp_core import lease_key
 from ramboot.server import api
 from ramboot.server.http_context import CTX, Ctx
@@ -67,6 +68,56 @@ def test_node_crud(srv):
     assert st == 204
     st, body = srv.request("GET", f"/api/v1/nodes/{MAC}")
     assert st == 404 and body == {"error": f"no node {MAC}"}
+
+
+def test_patch_is_a_json_merge_patch_and_nodes_say_what_they_boot(srv):
+    st, _ = srv.request("PUT", "/api/v1/profiles/compute", {"image": "demo", "kernel_args": "quiet"}, TOKEN)
+    assert st == 201
+    st, body = srv.request("PUT", f"/api/v1/nodes/{MAC}", {"hostname": "n1", "profiles": ["compute"],
+                                                          "labels": {"rack": "a1"}}, TOKEN)
+    assert st == 201 and body["effective"]["image"] == "demo" and body["effective"]["image_from"] == "profile:compute"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    st, body = srv.request("PATCH", f"/api/v1/nodes/{MAC.replace(':', '-')}",
+                           {"hostname": None, "ip": "172.22.33.61", "labels": {"row": "3"}}, TOKEN, merge)
+    assert st == 200, body
+    assert body["hostname"] is None and body["ip"] == "172.22.33.61" and body["profiles"] == ["compute"]
+    assert body["labels"] == {"rack": "a1", "row": "3"}
+    assert body["effective"] == {"image": "demo", "image_from": "profile:compute", "loader": "ipxe",
+                                 "kernel_args": body["effective"]["kernel_args"], "ip": "172.22.33.61",
+                                 "ip_from": "fixed", "lease_expires": None, "profiles": ["compute"],
+                                 "last_seen": None, "last_boot": None}
+    assert body["effective"]["kernel_args"].endswith("quiet")
+    st, body = srv.request("PATCH", f"/api/v1/nodes/{MAC}", {"image": "demo"}, TOKEN)  # plain JSON too
+    assert st == 200 and body["effective"]["image_from"] == "node"
+    st, [listed] = srv.request("GET", "/api/v1/nodes", token=TOKEN)
+    assert listed["effective"] == body["effective"]
+    for patch, status, fragment in (({"hostname": "no_underscores"}, 400, "hostname: a hostname is labels"),
+                                    ({"profiles": ["nosuch"]}, 400, "no profile 'nosuch'"),
+                                    ({"mac": "52:54:00:aa:bb:09"}, 400, "mac: unknown field")):
+        st, err = srv.request("PATCH", f"/api/v1/nodes/{MAC}", patch, TOKEN)
+        assert st == status and fragment in err["error"], err
+    st, err = srv.request("PATCH", "/api/v1/nodes/52:54:00:aa:bb:09", {"image": "demo"}, TOKEN)
+    assert st == 404 and err == {"error": "no node 52:54:00:aa:bb:09"}
+    st, _ = srv.request("PATCH", f"/api/v1/nodes/{MAC}", {"image": "demo"}, TOKEN, {"Content-Type": "text/plain"})
+    assert st == 415
+    st, _ = srv.request("PATCH", f"/api/v1/nodes/{MAC}", {"image": "demo"}, None)
+    assert st == 401
+
+
+def test_api_times_are_iso_8601_with_a_timezone(srv):
+    srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, TOKEN)
+    now = time.time()
+    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=now + 60)])
+    srv.store.add_events([EventRecord(MAC, "dhcp-ack", now, detail={"ip": "172.22.33.150"})])
+    st, node = srv.request("GET", f"/api/v1/nodes/{MAC}", token=TOKEN)
+    _, events = srv.request("GET", f"/api/v1/nodes/{MAC}/events", token=TOKEN)
+    _, leases = srv.request("GET", "/api/v1/leases", token=TOKEN)
+    times = [node["updated"], node["effective"]["lease_expires"], node["effective"]["last_seen"],
+             events[0]["at"], leases[0]["expires"]]
+    for t in times:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", t), t
+    assert abs(datetime.fromisoformat(node["effective"]["lease_expires"]).timestamp() - (now + 60)) < 0.01
+    assert node["effective"]["ip"] == "172.22.33.150" and node["effective"]["ip_from"] == "lease"
 
 
 @pytest.mark.parametrize(
@@ -328,7 +379,7 @@ def test_openapi_document(srv):
         assert r.startswith("#/components/schemas/") and r.rsplit("/", 1)[1] in schemas, r
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            assert method in ("get", "put", "post", "delete")
+            assert method in ("get", "put", "patch", "post", "delete")
             assert op["responses"] and op["operationId"]
             declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
             assert declared == set(re.findall(r"\{(\w+)\}", path)), path
@@ -358,7 +409,7 @@ def documented_api_routes() -> set[tuple[str, str]]:
     out = set()
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or cells[0] not in ("GET", "POST", "PUT", "DELETE"):
+        if len(cells) < 2 or cells[0] not in ("GET", "POST", "PUT", "PATCH", "DELETE"):
             continue
         for p in re.findall(r"`(/[^`]*)`", cells[1]):
             out.add((cells[0], api.PREFIX + p.split("?", 1)[0]))

@@ -36,6 +36,8 @@ def test_spec_example_loads():
     "text, expected",
     [
         ('[dhcp]\nmode = "fulll"\nrange="1.1.1.1-1.1.1.2"', "dhcp.mode: must be one of 'full', 'proxy' or 'off'"),
+        ('[cluster]\nname = "bad name!"', "cluster.name: letters, digits, '.', '_' and '-', starting with a letter "
+         "or digit, at most 63; got 'bad name!'"),
         ("[dhcp]\nrange = \"10.0.0.9-10.0.0.1\"\nmode='full'", "dhcp.range"),
         ('[dhcp]\nmode = "full"', 'dhcp: Value error, dhcp.mode = "full" needs dhcp.range'),
         ("[tftp]\nport = 70000", "tftp.port"),

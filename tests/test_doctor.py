@@ -131,3 +131,17 @@ def test_nft_policy_drop_with_accepts_and_jumps() -> None:
     assert nft_blocks(ruleset, "tcp", 80, "rb0") == []
     assert nft_blocks(ruleset, "udp", 4011, "rb0") == [("inet", "f", "input")]
     assert nft_blocks(ruleset, "udp", 69, "eth9") == [("inet", "f", "input")]
+
+
+def test_no_config_points_to_init_and_where_it_looked(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from ramboot import doctor as doctor_mod
+
+    looked = tmp_path / "etc-ramboot.toml"
+    monkeypatch.setattr(doctor_mod, "DEFAULT_CONFIG", looked)
+    r = CliRunner().invoke(doctor_mod.doctor, ["--probe-seconds", "0"])
+    assert r.exit_code == 1
+    assert r.output.splitlines()[0] == (f"FAIL  no config: no --config given and {looked} does not exist; "
+                                        "fix: ramboot init --interface IF writes one for the provisioning link")
+    assert f"in {looked}" not in r.output  # no fix says to edit a file that is not there

@@ -97,11 +97,11 @@ def test_refusals_are_one_line(lab: Lab, tmp_path: Path) -> None:
     cfg = tmp_path / "ramboot.toml"
     p = run_init(lab, "--interface", "bare0", "--config", str(cfg), "--mode", "full")
     assert p.returncode == 1 and p.stderr.strip() == \
-        "Error: bare0 has no IPv4 address: give it one (ip addr add A.B.C.D/N dev bare0)", p.stderr
+        "ramboot: error: bare0 has no IPv4 address: give it one (ip addr add A.B.C.D/N dev bare0)", p.stderr
     assert not cfg.exists()
     cfg.write_text("# mine\n")
     p = run_init(lab, "--interface", "rb0", "--config", str(cfg), "--mode", "full")
-    assert p.returncode == 1 and p.stderr.strip() == f"Error: {cfg} exists: give --force to overwrite it", p.stderr
+    assert p.returncode == 1 and p.stderr.strip() == f"ramboot: error: {cfg} exists: give --force to overwrite it", p.stderr
     assert cfg.read_text() == "# mine\n"
     # The package's placeholder holds no choice of the operator's: init replaces it without --force.
     cfg.write_text(PACKAGED_CONFIG)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -147,12 +148,108 @@ def test_warnings_are_the_same_locally_and_over_the_api(data_dir, cfg):
     srv = LiveServer(data_dir, "")
     try:
         for where in (["--config", cfg], ["--server", srv.base, "--config", cfg]):
-            r = CliRunner().invoke(node, ["add", MAC, "--image", "nosuch", *where], catch_exceptions=False)
+            r = CliRunner().invoke(node, ["add", "--replace", MAC, "--image", "nosuch", *where], catch_exceptions=False)
             assert r.exit_code == 0 and "warning: " in r.output and "will not boot until it is built" in r.output
-            r = CliRunner().invoke(node, ["add", MAC, "--image", "unsigned", "--loader", "grub", *where],
+            r = CliRunner().invoke(node, ["add", "--replace", MAC, "--image", "unsigned", "--loader", "grub", *where],
                                    catch_exceptions=False)
             assert r.exit_code == 0 and "carries no signature Debian's shim accepts" in r.output, r.output
-            r = CliRunner().invoke(node, ["add", MAC, "--image", "demo", *where], catch_exceptions=False)
+            r = CliRunner().invoke(node, ["add", "--replace", MAC, "--image", "demo", *where], catch_exceptions=False)
             assert r.exit_code == 0 and "warning" not in r.output, r.output
     finally:
         srv.close()
+
+
+def test_add_refuses_an_existing_node_and_set_changes_one_field(cfg, data_dir):
+    assert run("add", MAC, "--image", "demo", "--hostname", "n1", "--label", "rack=a1", "--config", cfg).exit_code == 0
+    r = run("add", MAC, "--image", "demo", "--config", cfg)
+    assert r.exit_code == 1 and f"node {MAC} exists" in r.output and len(r.output.strip().splitlines()) == 1
+    write_fake_image(data_dir, "debian")
+    r = run("set", MAC.replace(":", ""), "--image", "debian", "--label", "row=3", "--config", cfg)
+    assert r.exit_code == 0 and f"node {MAC}: image debian, hostname n1" in r.output, r.output
+    r = run("set", MAC, "--unset", "hostname", "--unset", "label.rack", "--config", cfg)
+    assert r.exit_code == 0, r.output
+    r = run("show", MAC, "--json", "--config", cfg)
+    shown = json.loads(r.output)
+    assert shown["hostname"] is None and shown["image"] == "debian" and shown["labels"] == {"row": "3"}
+    assert shown["effective"]["image"] == "debian" and shown["effective"]["image_from"] == "node"
+    r = run("add", MAC, "--image", "demo", "--replace", "--config", cfg)
+    assert r.exit_code == 0 and json.loads(run("show", MAC, "--json", "--config", cfg).output)["labels"] == {}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["set", MAC, "--hostname", "bad_name"], "--hostname: a hostname is labels of letters, digits and '-'"),
+    (["set", MAC, "--unset", "colour"], "'colour': one of image, hostname"),
+    (["set", MAC, "--image", "demo", "--unset", "image"], "--image is both set and unset"),
+    (["set", MAC], "nothing to change"),
+    (["set", "52:54:00:99:99:99", "--image", "demo"], "no node 52:54:00:99:99:99"),
+    (["set", MAC, "--profile", "nosuchprofile"], "no profile 'nosuchprofile'"),
+    (["add", "52:54:00:99:99:98", "--profile", "nosuchprofile"], "no profile 'nosuchprofile'"),
+    (["add", "52:54:00:99:99:98", "--overlay", "nosuch"], "no overlay 'nosuch'"),
+])
+def test_set_and_add_refuse_in_one_line(cfg, args, fragment):
+    assert run("add", MAC, "--image", "demo", "--config", cfg).exit_code == 0
+    r = run(*args, "--config", cfg)
+    assert r.exit_code != 0 and fragment in r.output, r.output
+    assert "Traceback" not in r.output and "^[" not in r.output
+
+
+def test_list_shows_what_each_node_boots_and_its_address(cfg, data_dir):
+    write_fake_image(data_dir, "debian")
+    from ramboot.inventory.cli import profile
+
+    assert CliRunner().invoke(profile, ["add", "compute", "--image", "debian", "--config", cfg]).exit_code == 0
+    host = "a-rather-long-hostname-that-does-not-fit.cluster.example.org"
+    assert run("add", MAC, "--hostname", host, "--profile", "compute", "--config", cfg).exit_code == 0
+    r = run("list", "--config", cfg)  # into a pipe: one line per node, however long, nothing cut
+    [row] = [line for line in r.output.splitlines() if MAC in line]
+    assert host in row and "debian (profile:compute)" in row and "…" not in r.output, r.output
+    listed = json.loads(run("list", "--json", "--config", cfg).output)
+    assert listed[0]["effective"]["image_from"] == "profile:compute" and listed[0]["mac"] == MAC
+    profiles = json.loads(CliRunner().invoke(profile, ["list", "--json", "--config", cfg]).output)
+    assert profiles[0]["name"] == "compute" and profiles[0]["image"] == "debian"
+    shown = json.loads(CliRunner().invoke(profile, ["show", "compute", "--json", "--config", cfg]).output)
+    assert shown == profiles[0]
+
+
+def test_set_over_the_api_is_the_same(cfg, data_dir):
+    srv = LiveServer(data_dir, "")
+    try:
+        where = ["--server", srv.base, "--config", cfg]
+        assert run("add", MAC, "--image", "demo", "--hostname", "n1", *where).exit_code == 0
+        r = run("add", MAC, "--image", "demo", *where)
+        assert r.exit_code == 1 and "exists" in r.output
+        r = run("set", MAC, "--unset", "hostname", "--kernel-args", "quiet", *where)
+        assert r.exit_code == 0, r.output
+        shown = json.loads(run("show", MAC, "--json", *where).output)
+        assert shown["hostname"] is None and shown["kernel_args"] == "quiet" and shown["image"] == "demo"
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("args,line", [
+    (["node", "add", MAC, "--image", "demo"], f"ramboot: error: node {MAC} exists: `node set` changes what it "
+                                              "names, `node add --replace` replaces it whole"),
+    (["node", "set", MAC, "--hostname", "a_b"], "ramboot: error: Invalid value for --hostname: a hostname is "
+     "labels of letters, digits and '-' (not first or last, at most 63 each) joined by '.'; got 'a_b' "
+     "(see 'ramboot node set --help')"),
+    (["node", "sett"], "ramboot: error: No such command 'sett'. Did you mean 'set'? (see 'ramboot node --help')"),
+    (["profile", "add", "p", "--overlay", "nosuch"], "ramboot: error: no overlay 'nosuch' (a directory "
+                                                     "overlays/nosuch/ in the data directory)"),
+])
+def test_every_error_is_one_line_with_one_prefix(cfg, args, line):
+    """The real command line: one line on stderr, `ramboot: error: …`, and nothing on stdout."""
+    assert run("add", MAC, "--image", "demo", "--config", cfg).exit_code == 0
+    p = subprocess.run([str(Path(sys.executable).with_name("ramboot")), *args, "--config", cfg],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode in (1, 2) and p.stderr == line + "\n" and p.stdout == "", (p.stdout, p.stderr)
+
+
+def test_image_list_and_show_json_have_the_api_fields(cfg, data_dir):
+    from ramboot.images.cli import image
+    from ramboot.inventory.schemas import ImageOut
+
+    listed = json.loads(CliRunner().invoke(image, ["list", "--json", "--data-dir", str(data_dir)]).output)
+    assert [i["name"] for i in listed] == ["demo"] and set(listed[0]) == set(ImageOut.model_fields)
+    assert {f["name"] for f in listed[0]["files"]} == {"vmlinuz", "initrd.img", "rootfs.squashfs"}
+    shown = json.loads(CliRunner().invoke(image, ["show", "demo", "--json", "--config", cfg]).output)
+    assert shown == listed[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -68,7 +69,10 @@ def test_serve_answers_dhcp_tftp_http_and_stops_on_sigterm_keeping_leases(tmp_pa
     [
         ('[dhcp]\nmode = "fulll"\n', "dhcp.mode: must be one of"),
         ("[http]\nport = 0\n", "http.port"),
-        ('[network]\ninterface = "no-such-if0"\n', "no-such-if0"),
+        ('[network]\ninterface = "no-such-if0"\n', "network.interface: interface 'no-such-if0' does not exist"),
+        # with an address set, the missing interface is still named, before anything starts
+        ('[network]\ninterface = "nosuch0"\naddress = "10.9.0.5"\n[dhcp]\nmode = "full"\n'
+         'range = "10.9.0.100-10.9.0.200"\n', "interface 'nosuch0' does not exist"),
         ("data_dir = [\n", "not valid TOML"),
         ('[network]\naddress = "10.9.0.5"\n[dhcp]\nmode = "full"\nrange = "10.9.0.1-10.9.0.9"\n',
          "dhcp.range: includes the server's own address 10.9.0.5"),
@@ -80,7 +84,7 @@ def test_bad_config_stops_with_one_line(tmp_path: Path, config: str, expected: s
     out = subprocess.run([*RAMBOOT, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and expected in lines[0], out.stderr
+    assert len(lines) == 1 and lines[0].startswith("ramboot: error: ") and expected in lines[0], out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -88,3 +92,26 @@ def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     out = subprocess.run([*RAMBOOT, "serve", "--config", str(tmp_path / "none.toml")], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode != 0 and "cannot read config" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_port_in_use_is_one_line_naming_it_with_no_success_before(tmp_path: Path) -> None:
+    """A second `serve` (here: a socket holding the HTTP port on loopback) stops with one error
+    line naming the port; no line before it says anything is registered or served."""
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    cfg = tmp_path / "second.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "d"}"\n[network]\ninterface = "lo"\naddress = "127.0.0.1"\n'
+                   f'[dhcp]\nmode = "off"\n[http]\nbind = "127.0.0.1"\nport = {port}\nhttps_port = 0\n')
+    try:
+        out = subprocess.run([*RAMBOOT, "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    finally:
+        held.close()
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 1 and lines[-1] == f"ramboot: error: cannot serve: http port {port}: " \
+        "Address already in use", out.stderr
+    said = "\n".join(lines[:-1])
+    for success in ("registered", "serving on", "listening", "boot programs", "admin token", "https on"):
+        assert success not in said, out.stderr

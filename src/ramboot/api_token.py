@@ -23,12 +23,12 @@ def token_file(config: Config) -> Path:
     return config.data_dir / TOKEN_FILE
 
 
-def ensure_admin_token(config: Config) -> None:
+def ensure_admin_token(config: Config) -> str | None:
     """Give `config.api.token` a value: the configured one, else DATA/api-token (made if missing).
 
-    Logs where the token is, never the token."""
+    Returns where the token is, never the token, for `serve` to say once it serves."""
     if config.api.token is not None:
-        return
+        return None
     path = token_file(config)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -38,13 +38,14 @@ def ensure_admin_token(config: Config) -> None:
             raise OSError(f"{path}: not an API token (remove it and a new one is made)") from None
         if path.stat().st_mode & 0o077:
             log.warning("api: %s is readable by others than its owner (chmod 600 it)", path)
-        log.info("api: the admin token is in %s", path)
+        note = f"api: the admin token is in {path}"
     else:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
-        log.info("api: no [api] token configured; made an admin token in %s (give it as $RAMBOOT_TOKEN)", path)
+        note = f"api: no [api] token configured; made an admin token in {path} (give it as $RAMBOOT_TOKEN)"
     config.api.token = token
+    return note
 
 
 def client_token(config: Config) -> str | None:

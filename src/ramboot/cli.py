@@ -7,6 +7,8 @@ traceback.
 from __future__ import annotations
 
 import asyncio
+import sys
+from typing import Any
 
 import click
 
@@ -22,7 +24,30 @@ from .lab.cli import lab
 from .logs import setup_logging
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Ramboot(click.Group):
+    """Every error the same way: one line on stderr, `ramboot: error: …`, never Click's `Error:`
+    after a usage block (exit status 2 for a usage error, 1 otherwise, as Click's)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"ramboot: error: {e.format_message()}{where}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"ramboot: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("ramboot: error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Ramboot, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ramboot")
 def main() -> None:
     """Boot diskless machines over the network into a root held in RAM."""

@@ -256,6 +256,8 @@ def _one_line(err: ValidationError, where: str) -> str:
         msg = "unknown key"
     elif first["type"] == "literal_error":
         msg = f"must be one of {first['ctx']['expected']}"
+    elif first["type"] == "string_pattern_mismatch":  # the only pattern: cluster.name
+        msg = f"letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63; got {first['input']!r}"
     return f"{where}: {key}: {msg}"
 
 

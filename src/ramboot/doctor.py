@@ -464,11 +464,18 @@ def doctor(config_path: Path | None, probe_seconds: float) -> None:
         cfg = load_config(config_path) if config_path else Config()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    where = str(config_path or DEFAULT_CONFIG)
-    findings = check_interface(cfg, where) + check_ports(cfg)
-    if probe_seconds > 0:
-        findings += check_other_dhcp(cfg, where, probe_seconds)
-    findings += check_firewall(cfg) + check_selinux(cfg) + check_boot_files(cfg) + check_secure_boot(cfg)
+    if config_path is None:
+        # No config to check the link, images and loaders against (nor to tell to edit):
+        # say where it looked and how to write one; the host's ports and firewall still apply.
+        findings = [Finding(False, f"no config: no --config given and {DEFAULT_CONFIG} does not exist",
+                            "ramboot init --interface IF writes one for the provisioning link")]
+        findings += check_ports(cfg) + check_firewall(cfg) + check_selinux(cfg)
+    else:
+        where = str(config_path)
+        findings = check_interface(cfg, where) + check_ports(cfg)
+        if probe_seconds > 0:
+            findings += check_other_dhcp(cfg, where, probe_seconds)
+        findings += check_firewall(cfg) + check_selinux(cfg) + check_boot_files(cfg) + check_secure_boot(cfg)
     for f in findings:
         click.echo(f.line())
     failed = sum(not f.ok for f in findings)

@@ -93,7 +93,7 @@ def config_text(ifname: str, iface: ipaddress.IPv4Interface, mode: str, data_dir
 def init(ifname: str, mode: str | None, config_path: Path, data_dir: Path, force: bool, probe_seconds: float) -> None:
     """Write a working config for INTERFACE: its address, a DHCP range in its subnet, and the mode."""
     if not Path("/sys/class/net", ifname).exists():
-        raise click.ClickException(f"no interface {ifname} on this host")
+        raise click.ClickException(f"interface {ifname!r} does not exist (`ip link` lists them)")
     addrs = [a for a in ipv4_addrs(ifname) if not a.ip.is_link_local]
     if not addrs:
         raise click.ClickException(f"{ifname} has no IPv4 address: give it one (ip addr add A.B.C.D/N dev {ifname})")

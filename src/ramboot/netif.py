@@ -26,6 +26,15 @@ def interface_ipv4(ifname: str) -> str | None:
     return _ioctl_ipv4(ifname, SIOCGIFADDR)
 
 
+def interface_exists(ifname: str) -> bool:
+    """Whether this network namespace has an interface of that name."""
+    try:
+        socket.if_nametoindex(ifname)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def interface_netmask(ifname: str) -> str | None:
     return _ioctl_ipv4(ifname, SIOCGIFNETMASK)
 

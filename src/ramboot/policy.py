@@ -88,6 +88,10 @@ class Decision:
     # The CA the node pins for HTTPS (`ca.cpio`), loaded as an initrd before `initrd`;
     # None when the server has no TLS listener.
     ca_initrd: str | None = None
+    # Where `image` came from: "node", "profile:NAME" (the strongest profile naming one) or "default".
+    image_from: str = "default"
+    # The operator's kernel arguments in `cmdline`: `[boot]`'s, then the profiles', then the node's.
+    kernel_args: str = ""
 
     # Makes `cmdline` when it is first read: DHCP never reads it, and it needs the image's manifest.
     cmdline_of: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
@@ -191,7 +195,7 @@ class Booter:
         if spec is None and boot.unknown_nodes == "ignore":
             return None
         layers = self._layers(spec)
-        image = (spec.image if spec else None) or _last(p.image for p in layers) or boot.default_image
+        image, image_from = _image_of(spec, layers, boot.default_image)
         loader = loader or (spec.loader if spec else None) or boot.loader
         hostname = spec.hostname if spec else None
         node_args = " ".join(a for a in [*(p.kernel_args for p in layers), spec.kernel_args if spec else ""] if a)
@@ -227,6 +231,8 @@ class Booter:
             overlay_url=overlay_url,
             mirrors=mirrors,
             ca_initrd=names.CA_BUNDLE if self.config.http.https_port else None,
+            image_from=image_from,
+            kernel_args=" ".join(a for a in (boot.kernel_args, node_args) if a),
         )
 
     def _layers(self, spec: NodeSpec | None) -> list[ProfileSpec]:
@@ -360,12 +366,14 @@ class Booter:
         return NodeSpec(mac=normalize_mac(mac), image=self.config.boot.default_image, uuid=uuid, discovered=True)
 
 
-def _last(values: Iterable[str | None]) -> str | None:
-    """The last value that is set (the strongest layer's)."""
-    out = None
-    for v in values:
-        out = v or out
-    return out
+def _image_of(spec: NodeSpec | None, layers: list[ProfileSpec], default: str) -> tuple[str, str]:
+    """The image and where it came from: the node's own, else the strongest profile's, else the default."""
+    if spec is not None and spec.image:
+        return spec.image, "node"
+    for p in reversed(layers):
+        if p.image:
+            return p.image, f"profile:{p.name}"
+    return default, "default"
 
 
 def _union(values: Iterable[str]) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from .build import build_image, list_images, remove_image, verify_image
 from .errors import ImageError
-from .manifest import MANIFEST, ROOTFS, ManifestError, images_dir, load_manifest
+from .manifest import MANIFEST, ROOTFS, Manifest, ManifestError, images_dir, load_manifest
 from .rootfs import Limits
 
 
@@ -123,15 +123,34 @@ def pull(name: str, source: str, ca: Path | None, insecure_http: bool, data_dir:
                f"{reused} bytes already here")
 
 
+_json = click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/images[/NAME])")
+
+
+def _print_json(images: Manifest | list[Manifest]) -> None:
+    """The API's shape (ImageOut), the same field names."""
+    import json
+
+    from ..inventory.views import image_out
+
+    if isinstance(images, list):
+        click.echo(json.dumps([image_out(m).model_dump(mode="json") for m in images], indent=2))
+    else:
+        click.echo(json.dumps(image_out(images).model_dump(mode="json"), indent=2))
+
+
 @image.command("list")
+@_json
 @_dd
 @_cf
-def list_(data_dir: Path | None, config: Path | None) -> None:
+def list_(as_json: bool, data_dir: Path | None, config: Path | None) -> None:
     """List the images with their kernel and root image sum."""
     try:
         images = list_images(_data_dir(data_dir, config))
     except ManifestError as e:
         _die(str(e))
+    if as_json:
+        _print_json(images)
+        return
     for m in images:
         root = m.files.get(ROOTFS)
         size = f"{root.size / 1048576:.1f} MiB" if root else "-"
@@ -140,13 +159,17 @@ def list_(data_dir: Path | None, config: Path | None) -> None:
 
 @image.command()
 @click.argument("name")
+@_json
 @_dd
 @_cf
-def show(name: str, data_dir: Path | None, config: Path | None) -> None:
+def show(name: str, as_json: bool, data_dir: Path | None, config: Path | None) -> None:
     """Print an image's manifest."""
     dd = _data_dir(data_dir, config)
     try:
-        load_manifest(dd, name)
+        m = load_manifest(dd, name)
+        if as_json:
+            _print_json(m)
+            return
         click.echo((images_dir(dd) / name / MANIFEST).read_text(), nl=False)
     except ManifestError as e:
         _die(str(e))

@@ -7,84 +7,79 @@ looks the same from the CLI, the API and the status page.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from ..config import GRUB_PROXY_REFUSED, ConfigError, load_config
+from ..config import ConfigError, load_config
 from ..macaddr import BadMac, normalize_mac
 from . import schemas as S
 
+if TYPE_CHECKING:
+    from .service import Service
+
+T = TypeVar("T")
+
 
 class Local:
+    """The local store, through the same service as the API."""
+
     def __init__(self, config_path: str):
+        from ..policy import Booter
+        from .service import Service
         from .store import Store
 
-        self.config = load_config(config_path)
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store.for_config(self.config)
+        config = load_config(config_path)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store.for_config(config)
+        # The address only shapes URLs in a decision, which nothing here shows.
+        booter = Booter(config, store, str(config.network.address or "127.0.0.1"))
+        self.svc = Service(config, store, booter)
 
-    def put(self, mac: str, body: S.NodeIn) -> S.NodeDetail:
-        from .store import NodeSpec, StoreError
-        from .views import node_detail, node_warnings
+    def _do(self, call: Callable[[Service], T]) -> T:
+        from .service import ServiceError
 
-        if body.loader == "grub" and self.config.dhcp.mode == "proxy":
-            raise click.ClickException(GRUB_PROXY_REFUSED)
         try:
-            self.store.put_node(NodeSpec(mac=mac, **body.model_dump()))
-        except StoreError as e:
+            return call(self.svc)
+        except ServiceError as e:
             raise click.ClickException(str(e)) from None
-        detail = node_detail(self.store, mac)
-        assert detail is not None
-        detail.warnings = node_warnings(self.config.data_dir, self.config.boot.loader, body.image, body.loader)
-        return detail
+
+    def add(self, mac: str, body: S.NodeIn, replace: bool) -> S.NodeDetail:
+        return self._do(lambda svc: svc.add_node(mac, body, replace))[0]
+
+    def patch(self, mac: str, patch: dict[str, Any]) -> S.NodeDetail:
+        return self._do(lambda svc: svc.patch_node(mac, patch))
 
     def list(self) -> list[S.NodeOut]:
-        from .views import node_list
-
-        return node_list(self.store)
+        return self._do(lambda svc: svc.list_nodes())
 
     def show(self, mac: str) -> S.NodeDetail:
-        from .views import node_detail
-
-        detail = node_detail(self.store, mac)
-        if detail is None:
-            raise click.ClickException(f"no node {mac}")
-        return detail
+        return self._do(lambda svc: svc.show_node(mac))
 
     def rm(self, mac: str) -> None:
-        if not self.store.remove_node(mac):
-            raise click.ClickException(f"no node {mac}")
+        self._do(lambda svc: svc.remove_node(mac))
 
     def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
-        from .store import ProfileSpec
-
-        self.store.put_profile(ProfileSpec(name=name, **body.model_dump()))
-        return self.show_profile(name)
+        return self._do(lambda svc: svc.put_profile(name, body))[0]
 
     def list_profiles(self) -> list[S.ProfileOut]:
-        from dataclasses import asdict
-
-        return [S.ProfileOut(**asdict(p)) for p in self.store.list_profiles()]
+        return self._do(lambda svc: svc.list_profiles())
 
     def show_profile(self, name: str) -> S.ProfileOut:
-        from dataclasses import asdict
-
-        p = self.store.get_profile(name)
-        if p is None:
-            raise click.ClickException(f"no profile {name}")
-        return S.ProfileOut(**asdict(p))
+        return self._do(lambda svc: svc.show_profile(name))
 
     def rm_profile(self, name: str) -> None:
-        if not self.store.remove_profile(name):
-            raise click.ClickException(f"no profile {name}")
+        self._do(lambda svc: svc.remove_profile(name))
 
 
 class Remote:
@@ -99,7 +94,7 @@ class Remote:
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", "application/merge-patch+json" if method == "PATCH" else "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -116,8 +111,13 @@ class Remote:
             raise click.ClickException(f"cannot reach {self.base}: {reason}") from None
         return json.loads(raw) if raw else None
 
-    def put(self, mac: str, body: S.NodeIn) -> S.NodeDetail:
-        return S.NodeDetail.model_validate(self.call("PUT", f"/nodes/{mac}", body.model_dump()))
+    def add(self, mac: str, body: S.NodeIn, replace: bool) -> S.NodeDetail:
+        if replace:
+            return S.NodeDetail.model_validate(self.call("PUT", f"/nodes/{mac}", body.model_dump()))
+        return S.NodeDetail.model_validate(self.call("POST", "/nodes", {"mac": mac, **body.model_dump()}))
+
+    def patch(self, mac: str, patch: dict[str, Any]) -> S.NodeDetail:
+        return S.NodeDetail.model_validate(self.call("PATCH", f"/nodes/{mac}", patch))
 
     def list(self) -> list[S.NodeOut]:
         return [S.NodeOut.model_validate(n) for n in self.call("GET", "/nodes")]
@@ -173,15 +173,36 @@ def _mac(value: str) -> str:
         raise click.BadParameter(str(e)) from None
 
 
-def _ago(t: float | None) -> str:
-    if t is None:
+def _ago(when: datetime | None) -> str:
+    if when is None:
         return "—"
+    t = when.timestamp()
     s = max(0, time.time() - t)
     if s < 120:
         return f"{s:.0f}s ago"
     if s < 7200:
         return f"{s / 60:.0f}m ago"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def _json_out(data: BaseModel | list[Any]) -> None:
+    """What the API would answer, the same field names, one JSON document on stdout."""
+    if isinstance(data, list):
+        click.echo(json.dumps([d.model_dump(mode="json") for d in data], indent=2))
+    else:
+        click.echo(json.dumps(data.model_dump(mode="json"), indent=2))
+
+
+def _image_of(e: S.Effective) -> str:
+    if e.image is None:
+        return "(none: ignored)"
+    return e.image if e.image_from in (None, "node") else f"{e.image} ({e.image_from})"
+
+
+def _ip_of(e: S.Effective) -> str:
+    if e.ip is None:
+        return ""
+    return e.ip + (" (lease)" if e.ip_from == "lease" else "")
 
 
 def _backend_options(f):
@@ -223,10 +244,9 @@ def _validated(model, param_names: dict[str, str], **fields):
     try:
         return model(**fields)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = str(first["loc"][0])
-        raise click.BadParameter(first["msg"].removeprefix("Value error, "),
-                                 param_hint=param_names.get(field, f"--{field.replace('_', '-')}")) from None
+        where, words = S.in_words(e)
+        field = where.split(".")[0]
+        raise click.BadParameter(words, param_hint=param_names.get(field, f"--{field.replace('_', '-')}")) from None
 
 
 def _labels(labels: tuple[str, ...]) -> dict[str, str]:
@@ -256,74 +276,155 @@ _NAMES = {"ssh_keys": "--ssh-key", "profiles": "--profile", "overlays": "--overl
               help="a public key file for root's authorized_keys (repeatable)")
 @click.option("--profile", "profiles", multiple=True, help="a profile to inherit, in order (repeatable)")
 @click.option("--overlay", "overlays", multiple=True, help="an overlay (DATA/overlays/NAME) to lay on (repeatable)")
+@click.option("--replace", is_flag=True, help="replace a node already registered, whole (else it is refused)")
 @_backend_options
-def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, config_path,
-        server, token) -> None:
-    """Register a node (or replace what is registered for it)."""
+def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, replace,
+        config_path, server, token) -> None:
+    """Register a node (`--replace`: replace one registered before; `node set` changes one field)."""
     body = _validated(S.NodeIn, _NAMES, image=image, hostname=hostname, ip=ip, loader=loader,
                       kernel_args=kernel_args, uuid=uuid, labels=_labels(labels), ssh_keys=_read_keys(ssh_keys),
                       profiles=list(profiles), overlays=list(overlays))
-    n = _open(config_path, server, token).put(mac, body)
-    for w in n.warnings:  # the same whether the store is local or the server's (--server)
+    _said(_open(config_path, server, token).add(mac, body, replace))
+
+
+def _said(n: S.NodeDetail) -> None:
+    """The warnings (the same whether the store is local or the server's), then what the node boots."""
+    for w in n.warnings:
         click.echo(f"warning: {w}", err=True)
-    click.echo(f"node {n.mac}: image {n.image}" + (f", ip {n.ip}" if n.ip else "")
-               + (f", hostname {n.hostname}" if n.hostname else ""))
+    e = n.effective
+    click.echo(f"node {n.mac}: image {_image_of(e)}" + (f", ip {e.ip}" if e.ip else "")
+               + (f", hostname {n.hostname}" if n.hostname else "")
+               + (f", profiles {', '.join(e.profiles)}" if e.profiles else ""))
+
+
+# `node set --unset FIELD`: the node's fields by their option names; `label.KEY` removes one label.
+_UNSET = {"image": "image", "hostname": "hostname", "ip": "ip", "loader": "loader", "uuid": "uuid",
+          "kernel-args": "kernel_args", "label": "labels", "ssh-key": "ssh_keys", "profile": "profiles",
+          "overlay": "overlays"}
+
+
+@node.command("set")
+@click.argument("mac", callback=lambda c, p, v: _mac(v))
+@click.option("--image", help="image name (DATA/images/NAME)")
+@click.option("--hostname")
+@click.option("--ip", help="fixed IPv4 address (full DHCP mode)")
+@click.option("--loader", type=click.Choice(["ipxe", "pxelinux", "grub"]))
+@click.option("--kernel-args", help="extra kernel arguments")
+@click.option("--uuid", help="SMBIOS UUID, to match the node by DHCP option 97")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="set one label; others stay")
+@click.option("--ssh-key", "ssh_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="a public key file: the keys given replace the node's own")
+@click.option("--profile", "profiles", multiple=True, help="the profiles given replace the node's list")
+@click.option("--overlay", "overlays", multiple=True, help="the overlays given replace the node's list")
+@click.option("--unset", "unset", multiple=True, metavar="FIELD",
+              help="back to the default: " + ", ".join(_UNSET) + ", or label.KEY (repeatable)")
+@_backend_options
+def set_(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, unset,
+         config_path, server, token) -> None:
+    """Change only what the options name on a registered node (a JSON merge patch, as PATCH takes)."""
+    given = {k: v for k, v in {
+        "image": image, "hostname": hostname, "ip": ip, "loader": loader, "kernel_args": kernel_args, "uuid": uuid,
+        "labels": _labels(labels) or None, "ssh_keys": _read_keys(ssh_keys) or None,
+        "profiles": list(profiles) or None, "overlays": list(overlays) or None}.items() if v is not None}
+    _validated(S.NodeIn, _NAMES, **given)  # each value checked here, named by its option
+    patch: dict[str, Any] = dict(given)
+    for field in unset:
+        if field.startswith("label."):
+            patch.setdefault("labels", {})[field.removeprefix("label.")] = None
+        elif field in _UNSET:
+            if _UNSET[field] in given:
+                raise click.BadParameter(f"--{field} is both set and unset", param_hint="--unset")
+            patch[_UNSET[field]] = None
+        else:
+            raise click.BadParameter(f"{field!r}: one of {', '.join(_UNSET)}, or label.KEY", param_hint="--unset")
+    if not patch:
+        raise click.UsageError("nothing to change: name a field to set or --unset")
+    _said(_open(config_path, server, token).patch(mac, patch))
+
+
+_FIT = {"overflow": "fold"}  # a narrow terminal wraps a cell, never cuts it
+
+
+def _console() -> Console:
+    """A terminal's width; into a pipe, rows as long as they need (one line per row, for grep)."""
+    return Console() if sys.stdout.isatty() else Console(width=4096)
 
 
 @node.command("list")
+@click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/nodes)")
 @_backend_options
-def list_(config_path, server, token) -> None:
-    """Every machine that asked or booted, registered or not, with its last boot stage."""
+def list_(as_json, config_path, server, token) -> None:
+    """Every machine that asked or booted, registered or not: what it boots, its address, its last stage."""
     nodes = _open(config_path, server, token).list()
-    table = Table(box=box.SIMPLE)
+    if as_json:
+        _json_out(nodes)
+        return
+    table = Table(box=box.SIMPLE, pad_edge=False)
     for col in ("MAC", "hostname", "IP", "image", "loader", "stage", "seen"):
-        table.add_column(col, no_wrap=col != "hostname")
+        # what is short never wraps; a long hostname or image folds onto more lines
+        table.add_column(col, no_wrap=col not in ("hostname", "image"), **_FIT)  # type: ignore[arg-type]
     for n in nodes:
         stage = n.stage or "—"
         style = "green" if stage == "booted" else "red" if stage == "failed" else None
         table.add_row(
             n.mac + ("" if n.state == "registered" else f" ({n.state})"),
             n.hostname or "",
-            n.ip or "",
-            n.image or "(default)",
-            n.loader or "(default)",
+            _ip_of(n.effective),
+            _image_of(n.effective),
+            n.effective.loader or "",
             f"[{style}]{stage}[/]" if style else stage,
-            _ago(n.updated),
+            _ago(n.effective.last_seen),
         )
-    Console().print(table if nodes else "no nodes: none registered, none seen")
+    _console().print(table if nodes else "no nodes: none registered, none seen")
 
 
 @node.command()
 @click.argument("mac", callback=lambda c, p, v: _mac(v))
+@click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/nodes/MAC)")
 @_backend_options
-def show(mac, config_path, server, token) -> None:
+def show(mac, as_json, config_path, server, token) -> None:
     """One node: what it boots, its inventory and its last boot timeline."""
     n = _open(config_path, server, token).show(mac)
-    con = Console()
+    if as_json:
+        _json_out(n)
+        return
+    con = _console()
     con.print(f"[bold]{n.mac}[/] ({n.state})")
-    for k in ("hostname", "ip", "image", "loader", "uuid", "kernel_args"):
+    e = n.effective
+    con.print(f"  boots: {_image_of(e)}" + (f", loader {e.loader}" if e.loader else ""))
+    if e.ip:
+        con.print(f"  ip: {e.ip} ({e.ip_from}" + (f", lease until {e.lease_expires:%Y-%m-%d %H:%M:%S %Z}"
+                                                  if e.lease_expires else "") + ")")
+    if e.kernel_args:
+        con.print(f"  kernel args: {e.kernel_args}", markup=False)
+    if e.profiles:
+        con.print(f"  profiles applied: {', '.join(e.profiles)}")
+    con.print(f"  last seen: {_ago(e.last_seen)}")
+    for k in ("hostname", "image", "loader", "uuid", "kernel_args"):
         v = getattr(n, k)
         if v:
-            con.print(f"  {k}: {v}")
+            con.print(f"  {k}: {v}", markup=False)
     for k in ("profiles", "overlays"):
         if getattr(n, k):
             con.print(f"  {k}: {', '.join(getattr(n, k))}")
     if n.ssh_keys:
-        con.print(f"  ssh keys: {len(n.ssh_keys)} (" + ", ".join(k.split()[-1] for k in n.ssh_keys) + ")")
+        con.print(f"  ssh keys: {len(n.ssh_keys)} (" + ", ".join(k.split()[-1] for k in n.ssh_keys) + ")",
+                  markup=False)
     if n.labels:
-        con.print("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())))
+        con.print("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(n.labels.items())), markup=False)
     if n.inventory:
         r = n.inventory.report
         con.print(f"inventory ({_ago(n.inventory.at)}):")
-        con.print(f"  cpu: {r.cpu.count} x {r.cpu.model}")
+        con.print(f"  cpu: {r.cpu.count} x {r.cpu.model}", markup=False)
         con.print(f"  memory: {r.memory_kib // 1024} MiB")
         for nic in r.nics:
-            con.print(f"  nic {nic.name}: {nic.mac or '?'}" + (f" {nic.speed_mbps} Mb/s" if nic.speed_mbps else ""))
+            con.print(f"  nic {nic.name}: {nic.mac or '?'}" + (f" {nic.speed_mbps} Mb/s" if nic.speed_mbps else ""),
+                      markup=False)
         for d in r.disks:
-            con.print(f"  disk {d.name}: {d.size_bytes or 0} bytes {d.model or ''}".rstrip())
+            con.print(f"  disk {d.name}: {d.size_bytes or 0} bytes {d.model or ''}".rstrip(), markup=False)
         dmi = " ".join(x for x in (r.dmi.vendor, r.dmi.product, r.dmi.serial) if x)
         if dmi:
-            con.print(f"  dmi: {dmi}")
+            con.print(f"  dmi: {dmi}", markup=False)
     else:
         con.print("inventory: no report yet")
     b = n.last_boot
@@ -337,9 +438,9 @@ def show(mac, config_path, server, token) -> None:
         con.print("[bold red]CONTESTED[/]: a second claim was made on this boot's credential; "
                   "another machine may hold this node's secrets (docs/security.md)")
     table = Table("+s", "stage", "from", "detail")
-    for e in b.events:
-        detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
-        table.add_row(f"{e.at - b.started:7.2f}", e.stage, e.source, detail)
+    for ev in b.events:
+        detail = " ".join(f"{k}={v}" for k, v in ev.detail.items())
+        table.add_row(f"{(ev.at - b.started).total_seconds():7.2f}", ev.stage, ev.source, detail)
     con.print(table)
 
 
@@ -376,29 +477,39 @@ def profile_add(name, image, kernel_args, ssh_keys, overlays, labels, config_pat
     body = _validated(S.ProfileIn, _NAMES, image=image, kernel_args=kernel_args, ssh_keys=_read_keys(ssh_keys),
                       overlays=list(overlays), labels=_labels(labels))
     p = _open(config_path, server, token).put_profile(name, body)
+    for w in p.warnings:
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"profile {p.name}" + (f": image {p.image}" if p.image else ""))
 
 
 @profile.command("list")
+@click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/profiles)")
 @_backend_options
-def profile_list(config_path, server, token) -> None:
+def profile_list(as_json, config_path, server, token) -> None:
     """All profiles."""
     profiles = _open(config_path, server, token).list_profiles()
-    table = Table(box=box.SIMPLE)
+    if as_json:
+        _json_out(profiles)
+        return
+    table = Table(box=box.SIMPLE, pad_edge=False)
     for col in ("name", "image", "kernel args", "ssh keys", "overlays", "labels"):
-        table.add_column(col)
+        table.add_column(col, **_FIT)  # type: ignore[arg-type]
     for p in profiles:
         table.add_row(p.name, p.image or "", p.kernel_args, str(len(p.ssh_keys)), ", ".join(p.overlays),
                       ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())))
-    Console().print(table if profiles else "no profiles")
+    _console().print(table if profiles else "no profiles")
 
 
 @profile.command("show")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/profiles/NAME)")
 @_backend_options
-def profile_show(name, config_path, server, token) -> None:
+def profile_show(name, as_json, config_path, server, token) -> None:
     """One profile."""
     p = _open(config_path, server, token).show_profile(name)
+    if as_json:
+        _json_out(p)
+        return
     click.echo(f"profile {p.name}")
     for k in ("image", "kernel_args"):
         if getattr(p, k):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
 
 from ..config import no_control_chars
 from ..macaddr import normalize_mac
@@ -20,6 +21,19 @@ IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 HOSTNAME = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 STAGE = r"^[a-z][a-z0-9-]{0,31}$"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def _from_unix(v: object) -> object:
+    """The store keeps unix times; the API says them in ISO 8601, in UTC."""
+    return datetime.fromtimestamp(v, UTC) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
+def _iso(v: datetime) -> str:
+    return v.astimezone(UTC).isoformat()
+
+
+# Every time the API answers: ISO 8601 with its timezone, e.g. "2026-12-06T04:01:02.123456+00:00".
+Time = Annotated[datetime, BeforeValidator(_from_unix), PlainSerializer(_iso, return_type=str, when_used="json")]
 
 
 def normalize_uuid(v: str) -> str:
@@ -46,11 +60,46 @@ def ssh_public_key(v: str) -> str:
     return line
 
 
+def image_name(v: str) -> str:
+    """An image's name (DATA/images/NAME); ValueError otherwise."""
+    if not re.fullmatch(IMAGE_NAME.strip("^$"), v):
+        raise ValueError(f"not an image name: {v!r} (letters, digits, '.', '_', '-', at most 128)")
+    return v
+
+
 def plain_name(v: str) -> str:
     """A profile or overlay name: letters, digits, `.`, `_`, `-`; no path."""
     if not _NAME.fullmatch(v):
         raise ValueError(f"not a name: {v!r} (letters, digits, '.', '_', '-')")
     return v
+
+
+# What a pattern means, in words: a user is never shown the regular expression.
+_PATTERN_WORDS = {
+    "hostname": "a hostname is labels of letters, digits and '-' (not first or last, at most 63 each) "
+                "joined by '.'",
+    "image": "an image name is letters, digits, '.', '_' and '-', starting with a letter or digit, "
+             "at most 128",
+    "stage": "a stage is lower-case letters, digits and '-', starting with a letter, at most 32",
+}
+
+
+def in_words(e: ValidationError) -> tuple[str, str]:
+    """A pydantic error's first complaint: (the field's dotted path, what is wrong, in words)."""
+    first = e.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if first["type"] == "extra_forbidden":
+        return ".".join(loc), "unknown field"
+    if first["type"] == "string_pattern_mismatch":
+        what = _PATTERN_WORDS.get(loc[-1] if loc else "", "not in the expected form")
+        return ".".join(loc), f"{what}; got {first['input']!r}"
+    return ".".join(loc), first["msg"].removeprefix("Value error, ")
+
+
+def validation_message(e: ValidationError) -> str:
+    """A pydantic error as one line: `field: what is wrong`."""
+    where, words = in_words(e)
+    return f"{where or 'body'}: {words}"
 
 
 class _Strict(BaseModel):
@@ -120,6 +169,22 @@ class NodeIn(_Settings):
         return None if v is None else normalize_uuid(v)
 
 
+class NodePatch(_Strict):
+    """A JSON merge patch of a node (RFC 7396): a key sets, null unsets (back to the default), an
+    absent key keeps; `labels` merge key by key. The node it makes is checked as a NodeIn."""
+
+    image: str | None = None
+    hostname: str | None = None
+    ip: str | None = None
+    loader: Literal["ipxe", "pxelinux", "grub"] | None = None
+    uuid: str | None = None
+    kernel_args: str | None = None
+    labels: dict[str, str | None] | None = None
+    ssh_keys: list[str] | None = None
+    profiles: list[str] | None = None
+    overlays: list[str] | None = None
+
+
 class NodeCreate(NodeIn):
     mac: str
 
@@ -151,6 +216,22 @@ class ProfileIn(_Settings):
 
 class ProfileOut(ProfileIn):
     name: str
+    warnings: list[str] = []  # on PUT only: an image not built yet
+
+
+class Effective(BaseModel):
+    """What a node really boots, as `policy.decide()` says, with where each part came from."""
+
+    image: str | None = Field(None, description="null: it boots nothing (unknown_nodes = \"ignore\")")
+    image_from: str | None = Field(None, description="node, profile:NAME or default")
+    loader: str | None = None
+    kernel_args: str = Field("", description="[boot]'s, the profiles' and the node's kernel arguments")
+    ip: str | None = None
+    ip_from: Literal["fixed", "lease"] | None = None
+    lease_expires: Time | None = None
+    profiles: list[str] = Field([], description="the profiles applied, [boot] profile first")
+    last_seen: Time | None = Field(None, description="its newest event or hardware report")
+    last_boot: Time | None = Field(None, description="when its last boot began")
 
 
 class NodeOut(BaseModel):
@@ -170,13 +251,14 @@ class NodeOut(BaseModel):
     profiles: list[str] = []
     overlays: list[str] = []
     stage: str | None = Field(None, description="stage of the last boot")
-    updated: float | None = Field(None, description="unix time of the last event")
+    updated: Time | None = Field(None, description="the time of the last boot's newest event")
+    effective: Effective = Effective()
 
 
 class EventOut(BaseModel):
     stage: str
     source: Literal["server", "node"] | str
-    at: float
+    at: Time
     detail: dict
 
 
@@ -184,8 +266,8 @@ class BootOut(BaseModel):
     """One boot, from its first DHCP/loader/script event to `booted` or `failed`."""
 
     stage: str
-    started: float
-    updated: float
+    started: Time
+    updated: Time
     duration: float | None = Field(None, description="seconds to `booted`")
     download_mbps: float | None = None
     failure: str | None = None
@@ -250,7 +332,7 @@ class InventoryReport(_Report):
 
 
 class InventoryOut(BaseModel):
-    at: float
+    at: Time
     report: InventoryReport
 
 
@@ -295,7 +377,7 @@ class ImageOut(BaseModel):
 class LeaseOut(BaseModel):
     ip: str
     mac: str
-    expires: float
+    expires: Time
     active: bool
     client_id: str | None = None
     hostname: str | None = None
@@ -308,8 +390,8 @@ class ServerOut(BaseModel):
     address: str
     http_base: str
     images: dict[str, dict[str, str]]  # image -> {file: sha256}: only images it holds verified
-    started: float
-    last_seen: float  # unix time of its last heartbeat
+    started: Time
+    last_seen: Time  # its last heartbeat
     alive: bool  # heard from within `[cluster] dead_after`: named to nodes
     this: bool  # the server that answered
 

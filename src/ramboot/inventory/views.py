@@ -1,33 +1,27 @@
-"""Read models shared by the API and the CLI: nodes with their last boot and inventory."""
+"""Read models shared by the service and the live feed: events, boots, inventory and status rows."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from ..images.manifest import Manifest
 from . import schemas as S
-from .store import EventRecord, NodeSpec, Store
+from .store import EventRecord, Store
 from .timeline import Boot, last_boot
 
 
-def node_warnings(data_dir: Path, default_loader: str, image: str | None, loader: str | None) -> list[str]:
-    """What will keep a node from booting as registered, said at `node add` (locally or over the API)."""
-    from ..images.manifest import ManifestError, load_manifest
-
-    if not image:
-        return []
-    try:
-        m = load_manifest(data_dir, image)
-    except ManifestError as e:
-        return [f"{e}; the node will not boot until it is built"]
-    if (loader or default_loader) == "grub" and m.kernel_signed is False:
-        return [f"loader grub, but the kernel of image {image} carries no signature Debian's shim accepts: "
-                "under Secure Boot this node will not boot it"]
-    return []
+def image_out(m: Manifest) -> S.ImageOut:
+    """An image as the API, `image list --json` and `image show --json` say it."""
+    return S.ImageOut(
+        name=m.name,
+        source=m.source,
+        created=m.created,
+        kernel_version=m.kernel_version,
+        initramfs=m.initramfs,
+        files=[S.ImageFile(name=k, size=v.size, sha256=v.sha256) for k, v in sorted(m.files.items())],
+    )
 
 
 def event_out(e: EventRecord) -> S.EventOut:
@@ -51,42 +45,6 @@ def inventory_out(latest: tuple[float, dict] | None) -> S.InventoryOut | None:
         return None
     at, data = latest
     return S.InventoryOut(at=at, report=report_of(data))
-
-
-def node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut] = S.NodeOut, registered: bool = True,
-             **extra: Any) -> S.NodeOut:
-    fields = asdict(spec)
-    fields["labels"] = {str(k): str(v) for k, v in spec.labels.items()}
-    state = "seen" if not registered else "discovered" if spec.discovered else "registered"
-    return cls(**fields, state=state, stage=boot.stage if boot else None, updated=boot.updated if boot else None,
-               **extra)
-
-
-def node_list(store: Store) -> list[S.NodeOut]:
-    """Every machine that asked or booted, registered or not, with its last boot (from its latest
-    100 events); three queries, however many machines."""
-    specs = {n.mac: n for n in store.list_nodes()}
-    events = store.recent_events(100)
-    out = []
-    for mac in sorted(specs.keys() | events.keys() | store.latest_inventory().keys()):
-        spec = specs.get(mac)
-        out.append(node_out(spec or NodeSpec(mac=mac), last_boot(events.get(mac, [])), registered=spec is not None))
-    return out
-
-
-def node_detail(store: Store, mac: str) -> S.NodeDetail | None:
-    """A machine with its inventory and last boot; None only if nothing is known of it."""
-    spec = store.get_node(mac)
-    events = store.events(mac)
-    hist = store.inventory_history(mac, limit=1)
-    inventory = inventory_out(hist[0] if hist else None)
-    if spec is None and not events and inventory is None:
-        return None
-    boot = last_boot(events)
-    detail = node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, registered=spec is not None,
-                      inventory=inventory, last_boot=boot_out(boot))
-    assert isinstance(detail, S.NodeDetail)
-    return detail
 
 
 def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.NodeStatus]:

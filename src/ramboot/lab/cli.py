@@ -16,7 +16,7 @@ from .vm import FIRMWARES, address_of, attach_console, boot_vm, format_timeline,
 
 
 def _fail(msg: str) -> None:
-    click.echo(f"ramboot lab: {msg}", err=True)
+    click.echo(f"ramboot: error: {msg}", err=True)
     sys.exit(1)
 
 

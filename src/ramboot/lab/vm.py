@@ -40,6 +40,7 @@ import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -346,7 +347,7 @@ def events_from_api(raw: list | None, since: float) -> list[Mark]:
     out = []
     for e in raw if isinstance(raw, list) else []:
         try:
-            at = float(e["at"])
+            at = datetime.fromisoformat(e["at"]).timestamp()  # the API's times are ISO 8601 with a timezone
         except (KeyError, TypeError, ValueError):
             continue
         if at >= since:  # the server's clock is this host's: a boot's events all come after its VM starts

@@ -23,27 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
+import json
 import logging
 import math
 import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .. import metrics
-from ..config import GRUB_PROXY_REFUSED, Config
-from ..images.manifest import ManifestError, images_dir, load_manifest
+from ..config import Config
 from ..inventory import schemas as S
-from ..inventory.store import NodeSpec, ProfileSpec, Store, StoreError
+from ..inventory.service import Service, ServiceError
+from ..inventory.store import StoreError
 from ..inventory.timeline import SERVER_STAGES
-from ..inventory.views import all_status, event_out, node_detail, node_list, node_warnings, report_of
+from ..inventory.views import all_status
 from ..macaddr import BadMac, normalize_mac
 from ..proto.pxe import normalize_uuid
 from . import openapi as oa
@@ -127,6 +126,7 @@ def server_names(config: Config, server_ip: str) -> frozenset[str]:
 
 
 SERVER_NAMES = web.AppKey("server_names", frozenset)
+SERVICE = web.AppKey("service", Service)
 
 
 def check_site(request: web.Request) -> None:
@@ -189,9 +189,14 @@ def authorize(request: web.Request, access: str, query_token: bool = False) -> N
     raise ApiError(401, "wrong bearer token", _challenge("invalid_token"))
 
 
+MERGE_PATCH = "application/merge-patch+json"  # RFC 7396
+
+
 def require_json(request: web.Request) -> None:
-    """A write's body is JSON, said so: a cross-site form or `text/plain` fetch never is (415)."""
-    if (request.method in ("POST", "PUT") or request.body_exists) and request.content_type != "application/json":
+    """A write's body is JSON, said so: a cross-site form or `text/plain` fetch never is (415).
+    A PATCH may also say it is a JSON merge patch."""
+    allowed = ("application/json", MERGE_PATCH) if request.method == "PATCH" else ("application/json",)
+    if (request.method in ("POST", "PUT", "PATCH") or request.body_exists) and request.content_type not in allowed:
         raise ApiError(415, f"Content-Type {request.content_type!r}: a write takes application/json")
 
 
@@ -254,8 +259,8 @@ def mac_param(request: web.Request) -> str:
         raise ApiError(400, str(e)) from None
 
 
-async def body_of(request: web.Request, model: type[BaseModel], limit_kib: int | None = None) -> Any:
-    """The JSON body as `model`; over `limit_kib` (default `api.max_body_kib`) it is 413, unread."""
+async def raw_body(request: web.Request, limit_kib: int | None = None) -> bytes:
+    """The body; over `limit_kib` (default `api.max_body_kib`) it is 413, unread."""
     limit = (limit_kib or request.app[CTX].config.api.max_body_kib) << 10
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body over {limit >> 10} KiB")
@@ -268,80 +273,73 @@ async def body_of(request: web.Request, model: type[BaseModel], limit_kib: int |
         total += len(chunk)
         if total > limit:
             raise ApiError(413, f"body over {limit >> 10} KiB")
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def body_of(request: web.Request, model: type[M], limit_kib: int | None = None) -> M:
+    """The JSON body as `model`; a bad one is 400 in words, naming the field."""
+    raw = await raw_body(request, limit_kib)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise ApiError(400, f"{where}: {msg}") from None
+        raise ApiError(400, S.validation_message(e)) from None
 
 
-def spec_from(mac: str, body: S.NodeIn) -> NodeSpec:
-    # discovered=False: an operator has now said what it is
-    return NodeSpec(mac=mac, **body.model_dump(exclude={"mac"}), discovered=False)
+R = TypeVar("R")
 
 
-async def _put(store: Store, spec: NodeSpec) -> NodeSpec:
+async def service(request: web.Request, call: Callable[[Service], R]) -> R:
+    """`call` on the service, in a worker thread (it reads the store); its refusal as an API error."""
+    svc = request.app[SERVICE]
     try:
-        return await asyncio.to_thread(store.put_node, spec)
-    except StoreError as e:
-        raise ApiError(409, str(e)) from None
+        return await asyncio.to_thread(call, svc)
+    except ServiceError as e:
+        raise ApiError(e.status, str(e)) from None
 
 
 # -- handlers -----------------------------------------------------------------
 async def list_nodes(request: web.Request) -> web.Response:
-    return json_response(await asyncio.to_thread(node_list, request.app[CTX].store))
+    return json_response(await service(request, lambda svc: svc.list_nodes()))
 
 
 async def get_node(request: web.Request) -> web.Response:
     mac = mac_param(request)
-    detail = await asyncio.to_thread(node_detail, request.app[CTX].store, mac)
-    if detail is None:
-        raise ApiError(404, f"no node {mac}")
-    return json_response(detail)
-
-
-def _loader_ok(request: web.Request, body: S.NodeIn) -> None:
-    if body.loader == "grub" and request.app[CTX].config.dhcp.mode == "proxy":
-        raise ApiError(400, GRUB_PROXY_REFUSED)
+    return json_response(await service(request, lambda svc: svc.show_node(mac)))
 
 
 async def put_node(request: web.Request) -> web.Response:
     mac = mac_param(request)
     body = await body_of(request, S.NodeIn)
-    _loader_ok(request, body)
-    store = request.app[CTX].store
-    old = await asyncio.to_thread(store.get_node, mac)
-    await _put(store, spec_from(mac, body))
+    detail, created = await service(request, lambda svc: svc.add_node(mac, body, replace=True))
     request.app[BROADCAST].poke(mac)
-    return json_response(await _detail_with_warnings(request, mac, body), 200 if old else 201)
-
-
-async def _detail_with_warnings(request: web.Request, mac: str, body: S.NodeIn) -> S.NodeDetail:
-    ctx = request.app[CTX]
-    detail = await asyncio.to_thread(node_detail, ctx.store, mac)
-    assert detail is not None
-    detail.warnings = node_warnings(ctx.config.data_dir, ctx.config.boot.loader, body.image, body.loader)
-    return detail
+    return json_response(detail, 201 if created else 200)
 
 
 async def create_node(request: web.Request) -> web.Response:
     body = await body_of(request, S.NodeCreate)
-    _loader_ok(request, body)
-    store = request.app[CTX].store
-    if await asyncio.to_thread(store.get_node, body.mac) is not None:
-        raise ApiError(409, f"node {body.mac} exists; PUT {PREFIX}/nodes/{body.mac} to change it")
-    await _put(store, spec_from(body.mac, body))
+    node = S.NodeIn.model_validate(body.model_dump(exclude={"mac"}))
+    detail, _ = await service(request, lambda svc: svc.add_node(body.mac, node))
     request.app[BROADCAST].poke(body.mac)
-    return json_response(await _detail_with_warnings(request, body.mac, body), 201)
+    return json_response(detail, 201)
+
+
+async def patch_node(request: web.Request) -> web.Response:
+    mac = mac_param(request)
+    try:
+        patch = json.loads(await raw_body(request) or b"{}")
+    except ValueError:
+        raise ApiError(400, "body: not JSON") from None
+    detail = await service(request, lambda svc: svc.patch_node(mac, patch))
+    request.app[BROADCAST].poke(mac)
+    return json_response(detail)
 
 
 async def delete_node(request: web.Request) -> web.Response:
     mac = mac_param(request)
-    if not await asyncio.to_thread(request.app[CTX].store.remove_node, mac):
-        raise ApiError(404, f"no node {mac}")
+    await service(request, lambda svc: svc.remove_node(mac))
     request.app[BROADCAST].poke(mac)
     return web.Response(status=204)
 
@@ -352,16 +350,12 @@ async def node_events(request: web.Request) -> web.Response:
         limit = max(1, min(int(request.query.get("limit", "200")), 5000))
     except ValueError:
         raise ApiError(400, "limit: must be an integer") from None
-    evs = await asyncio.to_thread(request.app[CTX].store.events, mac, limit)
-    return json_response([event_out(e) for e in evs])
+    return json_response(await service(request, lambda svc: svc.node_events(mac, limit)))
 
 
 async def node_inventory(request: web.Request) -> web.Response:
     mac = mac_param(request)
-    hist = await asyncio.to_thread(request.app[CTX].store.inventory_history, mac, 50)
-    if not hist:
-        raise ApiError(404, f"no inventory for {mac}")
-    return json_response([S.InventoryOut(at=at, report=report_of(d)) for at, d in hist])
+    return json_response(await service(request, lambda svc: svc.node_inventory(mac)))
 
 
 async def report_event(request: web.Request) -> web.Response:
@@ -408,102 +402,45 @@ async def report_inventory(request: web.Request) -> web.Response:
     return json_response(S.Accepted(), 202)
 
 
-def _profile_name(request: web.Request) -> str:
-    try:
-        return S.plain_name(request.match_info["name"])
-    except ValueError as e:
-        raise ApiError(400, str(e)) from None
-
-
 async def list_profiles(request: web.Request) -> web.Response:
-    profiles = await asyncio.to_thread(request.app[CTX].store.list_profiles)
-    return json_response([S.ProfileOut(**asdict(p)) for p in profiles])
+    return json_response(await service(request, lambda svc: svc.list_profiles()))
 
 
 async def get_profile(request: web.Request) -> web.Response:
-    name = _profile_name(request)
-    p = await asyncio.to_thread(request.app[CTX].store.get_profile, name)
-    if p is None:
-        raise ApiError(404, f"no profile {name}")
-    return json_response(S.ProfileOut(**asdict(p)))
+    name = request.match_info["name"]
+    return json_response(await service(request, lambda svc: svc.show_profile(name)))
 
 
 async def put_profile(request: web.Request) -> web.Response:
-    name = _profile_name(request)
+    name = request.match_info["name"]
     body = await body_of(request, S.ProfileIn)
-    store = request.app[CTX].store
-    old = await asyncio.to_thread(store.get_profile, name)
-    await asyncio.to_thread(store.put_profile, ProfileSpec(name=name, **body.model_dump()))
-    return json_response(S.ProfileOut(name=name, **body.model_dump()), 200 if old else 201)
+    out, created = await service(request, lambda svc: svc.put_profile(name, body))
+    return json_response(out, 201 if created else 200)
 
 
 async def delete_profile(request: web.Request) -> web.Response:
-    name = _profile_name(request)
-    if not await asyncio.to_thread(request.app[CTX].store.remove_profile, name):
-        raise ApiError(404, f"no profile {name}")
+    name = request.match_info["name"]
+    await service(request, lambda svc: svc.remove_profile(name))
     return web.Response(status=204)
 
 
 async def list_images(request: web.Request) -> web.Response:
-    data_dir = request.app[CTX].config.data_dir
-
-    def work() -> list[S.ImageOut]:
-        out = []
-        root = images_dir(data_dir)
-        for d in sorted(root.iterdir()) if root.is_dir() else []:
-            try:
-                out.append(_image_out(load_manifest(data_dir, d.name)))
-            except ManifestError:
-                continue
-        return out
-
-    return json_response(await asyncio.to_thread(work))
-
-
-def _image_out(m: Any) -> S.ImageOut:
-    return S.ImageOut(
-        name=m.name,
-        source=m.source,
-        created=m.created,
-        kernel_version=m.kernel_version,
-        initramfs=m.initramfs,
-        files=[S.ImageFile(name=k, size=v.size, sha256=v.sha256) for k, v in sorted(m.files.items())],
-    )
+    return json_response(await service(request, lambda svc: svc.list_images()))
 
 
 async def get_image(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not re.fullmatch(S.IMAGE_NAME.strip("^$"), name):
-        raise ApiError(400, f"not an image name: {name!r}")
-    try:
-        m = await asyncio.to_thread(load_manifest, request.app[CTX].config.data_dir, name)
-    except ManifestError:
-        raise ApiError(404, f"no image {name}") from None
-    return json_response(_image_out(m))
+    return json_response(await service(request, lambda svc: svc.show_image(name)))
 
 
 async def list_leases(request: web.Request) -> web.Response:
-    now = time.time()
-    leases = await asyncio.to_thread(request.app[CTX].store.load_leases)
-    return json_response(
-        [
-            S.LeaseOut(ip=lease.ip, mac=lease.mac, expires=lease.expires, active=lease.expires > now,
-                       client_id=lease.client_id, hostname=lease.hostname)
-            for lease in sorted(leases, key=lambda lease: ipaddress.IPv4Address(lease.ip))
-        ]
-    )
+    return json_response(await service(request, lambda svc: svc.list_leases()))
 
 
 async def list_servers(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    now = time.time()
-    me = ctx.cluster.name if ctx.cluster else None
-    servers = await asyncio.to_thread(ctx.store.list_servers)
-    return json_response([
-        S.ServerOut(name=s.name, address=s.address, http_base=s.http_base, images=s.images, started=s.started,
-                    last_seen=s.last_seen, alive=now - s.last_seen <= ctx.config.cluster.dead_after, this=s.name == me)
-        for s in servers
-    ])
+    cluster = request.app[CTX].cluster
+    me = cluster.name if cluster else None
+    return json_response(await service(request, lambda svc: svc.list_servers(me)))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -540,6 +477,9 @@ ROUTES = [
     Route("GET", "/nodes/{mac}", get_node, "read", "A node with its inventory and last boot timeline",
           response=S.NodeDetail),
     Route("PUT", "/nodes/{mac}", put_node, "write", "Create or replace a node", S.NodeIn, S.NodeDetail),
+    Route("PATCH", "/nodes/{mac}", patch_node, "write",
+          "Change what the body names (RFC 7396 merge patch: a key sets, null unsets, an absent key keeps)",
+          S.NodePatch, S.NodeDetail),
     Route("DELETE", "/nodes/{mac}", delete_node, "write", "Remove a node (its events and inventory stay)", status=204),
     Route("GET", "/nodes/{mac}/events", node_events, "read", "A node's events, oldest first",
           response=S.EventOut, many=True, query={"limit": {"type": "integer", "minimum": 1, "maximum": 5000}}),
@@ -584,6 +524,7 @@ def add_routes(app: web.Application) -> None:
     api = ctx.config.api
     app[SERVER_NAMES] = server_names(ctx.config, ctx.booter.server_ip)
     app[REPORTS] = ReportLimiter(api.report_rate, api.report_burst)
+    app[SERVICE] = Service(ctx.config, ctx.store, ctx.booter)
     for r in ROUTES:
         app.router.add_route(r.method, PREFIX + r.path, _guarded(r))
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)

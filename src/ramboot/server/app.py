@@ -10,9 +10,12 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import os
 import resource
 import signal
 import sys
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from .. import metrics
 from ..access import AccessRule
@@ -20,7 +23,7 @@ from ..api_token import ensure_admin_token
 from ..config import Config, ConfigError
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
-from ..netif import interface_ipv4
+from ..netif import interface_exists, interface_ipv4
 from ..overlays import OverlayRenderer
 from ..policy import Booter
 from ..tls import CaArchive, TlsFiles, ensure
@@ -34,9 +37,18 @@ from .tftp_server import start_tftp
 log = logging.getLogger("ramboot.serve")
 
 
+def check_interface(config: Config) -> None:
+    """The interface DHCP listens on (and whose address is the default) exists: said by its name,
+    before anything starts (it was `[Errno 19] No such device` after the first listeners)."""
+    name = config.network.interface
+    if (config.dhcp.mode != "off" or config.network.address is None) and not interface_exists(name):
+        raise ConfigError(f"network.interface: interface {name!r} does not exist (`ip link` lists them)")
+
+
 def server_address(config: Config) -> str:
     if config.network.address is not None:
         return str(config.network.address)
+    check_interface(config)
     addr = interface_ipv4(config.network.interface)
     if addr is None:
         raise ConfigError(
@@ -68,8 +80,10 @@ class Services:
         self.config = config
         self.server_ip = server_address(config)
         validate_range(config, self.server_ip)
+        check_interface(config)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        ensure_admin_token(config)  # the API takes a token for every read and write (docs/api.md)
+        # the API takes a token for every read and write (docs/api.md); where it is, said once serving
+        self.token_note = ensure_admin_token(config)
         self.store = Store.for_config(config)
         self.booter = Booter(config, self.store, self.server_ip)
         # This server among the others on the database: the policy names every live one
@@ -87,23 +101,33 @@ class Services:
         self.servers: list = []
 
     async def start(self) -> None:
+        """Every listener is bound before anything says it serves: a port in use is the first
+        and only line (naming the port), not the last of several that suggest success."""
         raise_fd_limit()
         metrics.watch_tasks(asyncio.get_running_loop())
         loaders = install_loaders(self.config.data_dir)
-        log.info("boot programs: %s", ", ".join(loaders) or "none found")
         self.events.start()
-        await self.cluster.start()
-        self.servers.append(self.cluster)  # stopped last: deregistered once nothing is served any more
-        http = await start_http(self.config, self.namespace, self.booter, self.store, self.events,
-                                cluster=self.cluster, tls=self.tls.context() if self.tls else None)
+        cfg = self.config
+        what = f"http port {cfg.http.port}" + (f" or https port {cfg.http.https_port}" if self.tls else "")
+        http = await _bound(what, start_http(cfg, self.namespace, self.booter, self.store, self.events,
+                                             cluster=self.cluster, tls=self.tls.context() if self.tls else None))
         self.servers.append(http)
+        self.servers.append(await _bound(f"tftp port {cfg.tftp.port}", start_tftp(cfg, self.namespace, self.events)))
+        # Registered (and LISTENing for the others' leases) before DHCP loads them: none is missed.
+        await self.cluster.start()
+        self.servers.insert(0, self.cluster)  # stopped last: deregistered once nothing is served any more
+        if cfg.dhcp.mode != "off":
+            self.servers.append(await _bound(f"dhcp on interface {cfg.network.interface!r}",
+                                             start_dhcp(cfg, self.booter, self.store, self.events, self.server_ip,
+                                                        cluster=self.cluster)))
+        log.info("cluster: %s registered as %s with images %s", self.cluster.name, self.cluster.http_base,
+                 ", ".join(sorted(self.cluster.held)) or "none")
+        if self.token_note:
+            log.info("%s", self.token_note)
+        log.info("boot programs: %s", ", ".join(loaders) or "none found")
         if self.tls is not None:
             log.info("https on port %d; nodes pin %s (sha256 %s)", http.https_port, self.tls.ca,
                      self.tls.fingerprint())
-        self.servers.append(await start_tftp(self.config, self.namespace, self.events))
-        if self.config.dhcp.mode != "off":
-            self.servers.append(await start_dhcp(self.config, self.booter, self.store, self.events, self.server_ip,
-                                                 cluster=self.cluster))
         # Answer IPv6 router solicitations (full mode: all; proxy mode: guarded) so iPXE's
         # "Configuring" does not wait ~16 s for IPv6 to time out (server/ra_server.py).
         ra = await start_ra(self.config, self.events)
@@ -127,6 +151,17 @@ class Services:
         self.servers.clear()
         await self.events.stop()
         self.store.close()
+
+
+T = TypeVar("T")
+
+
+async def _bound(what: str, starting: Awaitable[T]) -> T:
+    """A listener started, or an OSError that names it (`http port 80: Address already in use`)."""
+    try:
+        return await starting
+    except OSError as e:
+        raise OSError(f"{what}: {os.strerror(e.errno) if e.errno else e}") from None
 
 
 M_ARENA_MAX = -8  # <malloc.h>

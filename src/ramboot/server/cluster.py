@@ -183,8 +183,6 @@ class Cluster:
         self.held = await asyncio.to_thread(self.images.scan)
         await asyncio.to_thread(self.store.heartbeat, self._record())
         await asyncio.to_thread(self._refresh_peers)
-        log.info("cluster: %s registered as %s with images %s", self.name, self.http_base,
-                 ", ".join(sorted(self.held)) or "none")
         if self.listener is not None:
             self.listener.start()
             with contextlib.suppress(TimeoutError):

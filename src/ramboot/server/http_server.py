@@ -156,9 +156,9 @@ async def start_http(
         await runner.cleanup()
         raise
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    log.info("http listening", extra={"host": bind, "port": bound})
+    log.debug("http listening", extra={"host": bind, "port": bound})  # `serving on` says it, once all are up
     bound_tls = None
     if secure is not None:
         bound_tls = secure._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("https listening", extra={"host": bind, "port": bound_tls})
+        log.debug("https listening", extra={"host": bind, "port": bound_tls})
     return HttpServer(runner, bound, bound_tls)

@@ -506,5 +506,5 @@ async def start_tftp(config: Config, namespace: Namespace, events: EventLog,
     """Listen for TFTP requests; `port=None` means `[tftp] port`, 0 an ephemeral one."""
     server = TftpServer(config, namespace, events)
     server.listen(host, config.tftp.port if port is None else port)
-    log.info("tftp: listening on %s:%d", host, server.port)
+    log.debug("tftp: listening on %s:%d", host, server.port)
     return server
