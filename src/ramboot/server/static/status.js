@@ -48,11 +48,10 @@ function secs(v) {
 function ago(v) {
   const t = secs(v);
   if (t === null) return "";
-  const d = Math.max(0, Date.now() / 1000 - t);
-  if (d < 60) return `${Math.round(d)} s ago`;
-  if (d < 3600) return `${Math.round(d / 60)} min ago`;
-  if (d < 86400) return `${(d / 3600).toFixed(1)} h ago`;
-  return `${Math.round(d / 86400)} d ago`;
+  const d = Date.now() / 1000 - t, a = Math.abs(d);  // a lease's expiry is ahead
+  const span = a < 60 ? `${Math.round(a)} s` : a < 3600 ? `${Math.round(a / 60)} min`
+    : a < 86400 ? `${(a / 3600).toFixed(1)} h` : `${Math.round(a / 86400)} d`;
+  return d >= -1 ? `${span} ago` : `in ${span}`;
 }
 
 function when(v) {  // a <time>: relative text, the exact local time on hover
@@ -299,7 +298,7 @@ async function viewNode(sec, mac) {
     ["Registration", x.state === "seen" ? "not registered (only seen)" : x.state],
     ["Image", el("span", { id: "eff-image" }, x.image || "—", origin(x.imageFrom))],
     ["Address", el("span", { id: "eff-ip" }, x.ip || "—", origin(x.ipFrom),
-      x.leaseExpires ? el("span", { class: "sub" }, "lease until ", when(x.leaseExpires)) : null)],
+      x.leaseExpires ? el("span", { class: "sub" }, "lease ends ", when(x.leaseExpires)) : null)],
     ["Loader", x.loader],
     ["Kernel arguments", x.kernelArgs ? el("code", {}, x.kernelArgs) : ""],
     ["Profiles", x.profiles.join(", ")],
@@ -360,8 +359,8 @@ function actions(n, x) {
       const body = { image: pick.value || null };
       const out = await api(`/nodes/${n.mac}`, { method: "PATCH", body });
       nodes.set(n.mac, out);
-      msg.textContent = `saved: the next boot uses ${eff(n.mac).image || "the default image"}`;
-      route();
+      await route();  // the page again, with what the server now says it boots
+      $("#action-msg").textContent = `saved: the next boot uses ${eff(n.mac).image || "the default image"}`;
     } catch (e) { msg.textContent = `not saved: ${e.message}`; }
   });
   const del = el("button", { type: "button", id: "delete-node", class: "danger" }, "Delete node");
