@@ -550,6 +550,7 @@ def stop_vm(lab: Lab, mac: str, grace: float = 90.0) -> bool:
             break
         time.sleep(0.2)
     lab.stop(key)
+    lab.stop(f"impair-{mac}")  # its wire's relay, when it was booted with --loss or --delay
     lab.del_tap(tap_name(mac))
     return clean
 
