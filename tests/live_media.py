@@ -31,7 +31,7 @@ def root_tree(dest: Path, label: str) -> Path:
     rcs = dest / "etc/init.d/rcS"
     text = rcs.read_text()
     hook = (f'echo "live-test: marker $(cat /{MARKER})" > /dev/console\n'
-            "grep -E ' /run/ramboot/(lower|squashfs) ' /proc/mounts | sed 's/^/live-test: mount /' > /dev/console\n"
+            "grep -E ' /run/initramfs/ramboot/(lower|squashfs) ' /proc/mounts | sed 's/^/live-test: mount /' > /dev/console\n"
             "cut -d' ' -f1 /proc/modules | sed 's/^/live-test: module /' > /dev/console\n")
     rcs.write_text(text.replace("/usr/lib/ramboot/booted", hook + "/usr/lib/ramboot/booted"))
     return dest

@@ -83,8 +83,8 @@ def test_liveos_squashfs_boots_from_its_inner_ext4_image(live_images: tuple[Path
                          console, re.M), console[-3000:]
         assert "live-test: marker liveos\n" in console, console[-3000:]
         # the lower layer is the ext4 image, mounted read-only; the squashfs sits under it
-        assert re.search(r"^live-test: mount /dev/loop\d+ /run/ramboot/lower ext4 ro[, ]", console, re.M), console[-3000:]
-        assert re.search(r"^live-test: mount /dev/loop\d+ /run/ramboot/squashfs squashfs ro[, ]", console, re.M)
+        assert re.search(r"^live-test: mount /dev/loop\d+ /run/initramfs/ramboot/lower ext4 ro[, ]", console, re.M), console[-3000:]
+        assert re.search(r"^live-test: mount /dev/loop\d+ /run/initramfs/ramboot/squashfs squashfs ro[, ]", console, re.M)
         sw = [e for e in run.events(r.mac) if e["stage"] == "switch-root"]
         assert sw and sw[0]["detail"].get("root_image") == "LiveOS/rootfs.img", sw
         assert "verified" in [e["stage"] for e in run.events(r.mac)]
@@ -102,7 +102,7 @@ def test_liveos_squashfs_on_the_generic_kernel_loads_ext4(live_images: tuple[Pat
     try:
         assert r.ok, _explain(r)
         assert not load_manifest(own, "liveos-generic").kernel_version.endswith("cloud-amd64")
-        assert re.search(r"^live-test: mount /dev/loop\d+ /run/ramboot/lower ext4 ro[, ]", console, re.M), \
+        assert re.search(r"^live-test: mount /dev/loop\d+ /run/initramfs/ramboot/lower ext4 ro[, ]", console, re.M), \
             console[-3000:]
         loaded = set(re.findall(r"^live-test: module (\S+)$", console, re.M))
         assert {"ext4", "jbd2", "mbcache", "crc16"} <= loaded, sorted(loaded)
@@ -119,7 +119,7 @@ def test_debian_live_iso_boots(live_images: tuple[Path, str], tmp_path: Path) ->
     try:
         assert r.ok, _explain(r)
         assert "live-test: marker debian-live\n" in console, console[-3000:]
-        assert re.search(r"^live-test: mount /dev/loop\d+ /run/ramboot/lower squashfs ro[, ]", console, re.M), \
+        assert re.search(r"^live-test: mount /dev/loop\d+ /run/initramfs/ramboot/lower squashfs ro[, ]", console, re.M), \
             console[-3000:]
         assert "inside the squashfs" not in console
         assert "verified" in [e["stage"] for e in run.events(r.mac)]

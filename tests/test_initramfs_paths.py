@@ -84,7 +84,7 @@ def test_rescue_shell_on_failure_then_reboot(demo_image: Path, tmp_path: Path) -
         log = vm.wait_for(r"^ramboot: rescue shell", 120, fail_on=r"^ramboot: booted")
         assert "ramboot: FAILED the root image has no /sbin/rbi-no-such-init" in log
         # the shell is the initramfs's: the downloaded root is mounted where init left it
-        out = type_until(vm, "echo RESCUE-$((6*7)) $(ls /run/ramboot/lower/sbin/init)", r"RESCUE-42 /run/ramboot/lower/sbin/init")
+        out = type_until(vm, "echo RESCUE-$((6*7)) $(ls /run/initramfs/ramboot/lower/sbin/init)", r"RESCUE-42 /run/initramfs/ramboot/lower/sbin/init")
         assert "stage switch-root" not in out
         vm.type("exit\n")
         deadline = time.monotonic() + 60

@@ -105,7 +105,7 @@ def test_row_reaches_booted_live(data_dir):
             assert "booted in" in row.inner_text()
             # accessible: a captioned table with column headers, live region on the body
             assert page.locator("#nodes caption").count() == 1
-            assert page.locator("#nodes thead th[scope=col]").count() == 5
+            assert page.locator("#nodes thead th[scope=col]").count() == 8
             assert page.locator("#nodes tbody").get_attribute("aria-live") == "polite"
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)

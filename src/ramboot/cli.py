@@ -70,9 +70,9 @@ def serve(config_path: str, verbose: bool) -> None:
     """Run the DHCP, TFTP and HTTP servers in the foreground until SIGTERM."""
     from .server.app import serve as run
 
-    setup_logging(verbose)
     try:
         config = load_config(config_path)
+        setup_logging(verbose, config.log.format)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run(config))
     except ConfigError as e:

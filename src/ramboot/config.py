@@ -359,6 +359,12 @@ class ConsoleConfig(_Section):
     lines_per_boot: int = Field(2000, ge=0, le=100_000)  # console lines kept as timeline events per boot
 
 
+class LogConfig(_Section):
+    """How `serve` writes its log lines to stderr (docs/config.md)."""
+
+    format: Literal["text", "json"] = "text"
+
+
 class Config(_Section):
     data_dir: Path = Path("/var/lib/ramboot")
     network: NetworkConfig = NetworkConfig()
@@ -374,6 +380,7 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     console: ConsoleConfig = ConsoleConfig()
     scale: ScaleConfig = ScaleConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _grub_needs_our_dhcp(self) -> Config:

@@ -23,7 +23,10 @@ from rich.console import Console
 from .errors import ImageError
 
 # kmod: `modprobe` on the node (the kernel's modules come as a layer, docs/images.md).
-BASE_PACKAGES = ["systemd-sysv", "udev", "kmod", "iproute2", "netbase", "ca-certificates", "procps", "less"]
+# dbus: systemd-logind starts only with a bus, and logind is what turns the power button
+# (a BMC's soft power-off, the lab's `lab vm --stop`) into a clean shutdown.
+BASE_PACKAGES = ["systemd-sysv", "udev", "kmod", "iproute2", "netbase", "ca-certificates", "procps", "less",
+                 "dbus"]
 SSH_PACKAGES = {"ssh", "openssh-server"}
 NO_SECURITY = {"sid", "unstable", "experimental", "rc-buggy"}
 

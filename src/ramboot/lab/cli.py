@@ -13,7 +13,7 @@ from ..macaddr import BadMac, normalize_mac
 from .impair import Impairment
 from .netns import Lab, LabError
 from .server import SERVER_KEY, build_image, has_image, lab_config_text, start_server
-from .vm import FIRMWARES, boot_vm, format_timeline, random_mac
+from .vm import FIRMWARES, address_of, attach_console, boot_vm, format_timeline, kept_vms, random_mac, stop_vm
 
 
 def _fail(msg: str) -> None:
@@ -92,11 +92,24 @@ def down() -> None:
 @click.option("--bmc", type=click.Choice(["ipmi", "redfish"]), default=None,
               help="run the VM behind an emulated BMC (ipmi: OpenIPMI's ipmi_sim; redfish: sushy-emulator in front "
                    "of the lab's own libvirtd), print its --bmc URL and leave both running until `lab down`")
+@click.option("--keep", is_flag=True,
+              help="leave the VM running once it has booted (to log in), until --stop or `lab down`")
+@click.option("--console", "console_mac", is_flag=False, flag_value="", default=None, metavar="[MAC]",
+              help="attach to a kept VM's serial console (Ctrl-] detaches); MAC may be left out if one runs")
+@click.option("--stop", "stop_mac", is_flag=False, flag_value="", default=None, metavar="[MAC]",
+              help="power a kept VM off (ACPI button, then QEMU ends after --timeout s at most)")
 def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: str | None, loss: float,
-       delay: float, tpm: bool, tpm_state: Path | None, bmc: str | None) -> None:
-    """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root."""
+       delay: float, tpm: bool, tpm_state: Path | None, bmc: str | None, keep: bool, console_mac: str | None,
+       stop_mac: str | None) -> None:
+    """Boot a blank VM on the lab network; exit 0 only once it runs from its RAM root.
+
+    With --keep it keeps running afterwards: `--console MAC` attaches to its serial console,
+    `--stop MAC` powers it off."""
     st = Lab().state()
     the_lab = Lab(ipv6=st.get("ipv6", ""))
+    if console_mac is not None or stop_mac is not None:
+        _kept(the_lab, console_mac, stop_mac, timeout)
+        return
     if not the_lab.exists() or SERVER_KEY not in st["pids"]:
         _fail("the lab is not up; run: ramboot lab up")
     if bmc:
@@ -108,7 +121,7 @@ def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: 
         if tpm and tpm_state is None:
             tpm_state = the_lab.root / "tpm" / mac.replace(":", "")
         result = boot_vm(the_lab, firmware, mac, timeout, echo=sys.stdout.buffer, api_base=st.get("api_base"),
-                         uuid=uuid, secure_boot=secure_boot, impair=impair,
+                         uuid=uuid, secure_boot=secure_boot, impair=impair, keep=keep,
                          tpm=tpm_state.resolve() if tpm_state else None)
     except (LabError, BadMac) as e:
         _fail(str(e))
@@ -117,6 +130,32 @@ def vm(firmware: str, secure_boot: bool, mac: str | None, timeout: float, uuid: 
     click.echo("\n" + format_timeline(result))
     if not result.ok:
         _fail(f"{result.mac} did not reach its RAM root: {result.reason}; the boot stopped after {result.stopped_at}")
+    if keep:
+        ip = address_of(result)
+        click.echo(f"\nramboot lab: {result.mac} keeps running" + (f" at {ip}" if ip else "") + "\n"
+                   + (f"  ssh:     ip netns exec {the_lab.ns} ssh root@{ip}\n" if ip else "")
+                   + f"  console: ramboot lab vm --console {result.mac}   (Ctrl-] detaches)\n"
+                   f"  stop:    ramboot lab vm --stop {result.mac}   (or: ramboot lab down)")
+
+
+def _kept(the_lab: Lab, console_mac: str | None, stop_mac: str | None, timeout: float) -> None:
+    """`--console` or `--stop` on a VM booted with --keep (the only one running when no MAC is given)."""
+    given = console_mac if console_mac is not None else stop_mac
+    try:
+        if not given:
+            running = kept_vms(the_lab)
+            if len(running) != 1:
+                _fail(f"name the VM: {len(running)} are running ({', '.join(running) or 'none'})")
+            given = running[0]
+        if console_mac is not None:
+            click.echo(f"ramboot lab: {given}'s serial console; Ctrl-] detaches (the VM keeps running)", err=True)
+            attach_console(the_lab, given, sys.stdin.buffer, sys.stdout.buffer)
+            click.echo("\r\nramboot lab: detached", err=True)
+        else:
+            clean = stop_vm(the_lab, given, grace=min(timeout, 120.0))
+            click.echo(f"ramboot lab: {given} " + ("powered off" if clean else "did not power off in time; ended"))
+    except LabError as e:
+        _fail(str(e))
 
 
 def _vm_behind_bmc(the_lab: Lab, st: dict, kind: str, firmware: str, mac: str | None, timeout: float) -> None:

@@ -111,7 +111,7 @@ def stop_pid(pid: int, started: int | None, grace: float = 10.0) -> None:
                 return
         except ChildProcessError:
             pass
-        if not pid_alive(pid, started) or _is_zombie(pid):
+        if not pid_alive(pid, started) or is_zombie(pid):
             return
         time.sleep(0.1)
     try:
@@ -131,7 +131,7 @@ def adopted_pid(pidfile: Path, mark: str | None = None) -> int | None:
     return pid if (mark or str(pidfile)).encode() in cmdline else None
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:

@@ -13,6 +13,12 @@ HTTPClient, arch 16) asks for an http URL. `secure_boot` is Debian's OVMF with
 Microsoft's keys enrolled and Secure Boot on (`OVMF_CODE_4M.ms.fd`, a copy of
 `OVMF_VARS_4M.ms.fd`), which needs q35 with SMM and a secure flash.
 
+A kept VM (`keep=True`, `lab vm --keep`) outlives the command that booted it: its
+serial console is a unix socket QEMU serves (`console.sock`, one client at a time,
+everything also logged to `console.log`) and its monitor another (`monitor.sock`),
+both in the VM's directory under the lab's, so `lab vm --console` attaches to it and
+`lab vm --stop` presses its power button (ACPI), as a person at the machine would.
+
 `/dev/kvm` may exist while a KVM guest hangs, so KVM is used only after a
 bounded probe has booted a kernel to user space under it; otherwise TCG.
 """
@@ -24,12 +30,16 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import struct
+import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
+import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,7 +48,7 @@ from typing import IO
 
 from ..macaddr import mac_from_bytes, normalize_mac
 from .impair import Impairment
-from .netns import Lab, LabError, call_in_netns, stop_pid
+from .netns import Lab, LabError, call_in_netns, is_zombie, pid_alive, stop_pid
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -180,24 +190,40 @@ def _stop_child(lab: Lab, proc: subprocess.Popen, key: str) -> None:
     lab.forget(key)
 
 
+def console_socket(workdir: Path) -> Path:
+    return workdir / "console.sock"
+
+
+def monitor_socket(workdir: Path) -> Path:
+    return workdir / "monitor.sock"
+
+
 def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memory_mb: int = 1024,
               uuid: str | None = None, secure_boot: bool = False, udp: tuple[int, int] | None = None,
               extra_nics: tuple[tuple[int, str], ...] = (), tpm: Path | None = None,
-              ipv6_only: bool = False) -> list[str]:
+              ipv6_only: bool = False, keep: bool = False) -> list[str]:
     """The QEMU command line for a blank network-booting VM with no disk (`uuid`: its SMBIOS UUID).
 
     `udp` (relay port, QEMU's port): the NIC talks to an impair relay on 127.0.0.1 instead of the tap.
     `extra_nics`: (open tap fd, MAC) of further NICs, which never boot (no option ROM).
-    `tpm`: the control socket of a swtpm: the VM has that TPM 2.0 on its TIS interface."""
+    `tpm`: the control socket of a swtpm: the VM has that TPM 2.0 on its TIS interface.
+    `keep`: the serial console and the monitor are unix sockets in `workdir` (the console logged to
+    `console.log`), and a reboot boots again, instead of stdio and an exit."""
     if firmware not in FIRMWARES:
         raise LabError(f"unknown firmware {firmware!r}: use {', '.join(FIRMWARES)}")
     if secure_boot and firmware == "bios":
         raise LabError("--secure-boot needs a UEFI firmware: use --firmware uefi (or uefi-http)")
     netdev = (f"socket,id=n0,udp=127.0.0.1:{udp[0]},localaddr=127.0.0.1:{udp[1]}" if udp
               else f"tap,id=n0,ifname={tap},script=no,downscript=no")
-    argv = [QEMU, "-name", f"ramboot-{mac}", "-accel", accel, "-m", str(memory_mb),
-            "-nographic", "-monitor", "none", "-no-reboot",
-            "-netdev", netdev]
+    argv = [QEMU, "-name", f"ramboot-{mac}", "-accel", accel, "-m", str(memory_mb)]
+    if keep:
+        argv += ["-display", "none", "-chardev",
+                 f"socket,id=con,path={console_socket(workdir)},server=on,wait=off,"
+                 f"logfile={workdir / 'console.log'},logappend=off",
+                 "-serial", "chardev:con", "-monitor", f"unix:{monitor_socket(workdir)},server=on,wait=off"]
+    else:
+        argv += ["-nographic", "-monitor", "none", "-no-reboot"]
+    argv += ["-netdev", netdev]
     if uuid:
         argv += ["-uuid", uuid]
     if tpm is not None:
@@ -289,25 +315,49 @@ class BootResult:
         return next((m for m in self.marks if m.stage == stage), None)
 
 
-class _Console:
-    """Copies QEMU's output to `echo` as it comes and keeps timestamped, cleaned lines."""
+class _LogTail:
+    """A kept VM's console as a stream: `console.log` as QEMU writes it, until QEMU exits."""
 
-    def __init__(self, stream: IO[bytes], log: Path, echo: IO[bytes] | None):
+    def __init__(self, log: Path, proc: subprocess.Popen):
+        self.log, self.proc, self.pos = log, proc, 0
+
+    def read1(self, n: int) -> bytes:
+        while True:
+            try:
+                with open(self.log, "rb") as f:
+                    f.seek(self.pos)
+                    chunk = f.read(n)
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                self.pos += len(chunk)
+                return chunk
+            if self.proc.poll() is not None:
+                return b""
+            time.sleep(0.1)
+
+
+class _Console:
+    """Copies QEMU's output to `echo` as it comes and keeps timestamped, cleaned lines
+    (and writes it to `log`, unless QEMU does: `None`)."""
+
+    def __init__(self, stream: IO[bytes] | _LogTail, log: Path | None, echo: IO[bytes] | None):
         self.lines: list[tuple[float, str]] = []
         self.cond = threading.Condition()
         self.closed = False
         self._t = threading.Thread(target=self._pump, args=(stream, log, echo), daemon=True)
         self._t.start()
 
-    def _pump(self, stream: IO[bytes], log: Path, echo: IO[bytes] | None) -> None:
+    def _pump(self, stream: IO[bytes] | _LogTail, log: Path | None, echo: IO[bytes] | None) -> None:
         buf = b""
-        with open(log, "wb") as lf:
+        with open(log or os.devnull, "wb") as lf:
             while True:
                 chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
                 if not chunk:
                     break
-                lf.write(chunk)
-                lf.flush()
+                if log is not None:
+                    lf.write(chunk)
+                    lf.flush()
                 if echo is not None:
                     try:
                         echo.write(chunk)
@@ -386,6 +436,7 @@ def boot_vm(
     impair: Impairment | None = None,
     extra_nics: tuple[tuple[Lab, str], ...] = (),
     tpm: Path | None = None,
+    keep: bool = False,
 ) -> BootResult:
     """Boot one blank VM in the lab and wait for its RAM root (or a failure, or the timeout).
 
@@ -399,6 +450,8 @@ def boot_vm(
     `extra_nics`: (lab, MAC) of more NICs, each on that lab's bridge (a node with a second link).
     `tpm`: a TPM 2.0 (swtpm) whose state is kept in this folder, made (with its EK certificate)
     the first time: the same folder is the same TPM at every boot.
+    `keep`: once booted, the VM keeps running (its console and monitor on unix sockets) until
+    `stop_vm` or the lab's teardown; on any other outcome it is stopped as usual.
     """
     if not lab.exists():
         raise LabError(f"the lab network {lab.ns} is not up; run: ramboot lab up")
@@ -412,7 +465,9 @@ def boot_vm(
         if echo is not None:
             echo.write(f"ramboot lab: {accel.upper()} ({why})\n".encode())
     base = api_base or lab.base_url
-    key = f"vm-{mac}"
+    key = vm_key(mac)
+    if lab.alive(key):
+        raise LabError(f"{mac} is already running in the lab; stop it with: ramboot lab vm --stop {mac}")
     lab.add_tap(tap)
     relay_key, relay_log, udp = f"impair-{mac}", workdir / "impair.log", None
     if impair is not None:
@@ -440,13 +495,19 @@ def boot_vm(
             fds.append(open_tap(nic_lab, tap_name(nic_mac)))
         argv = qemu_argv(firmware, mac, tap, accel, workdir, memory_mb, uuid, secure_boot, udp,
                          tuple(zip(fds, (normalize_mac(m) for _, m in extra_nics), strict=True)), tpm_sock,
-                         ipv6_only=lab.ipv6 == "only")
+                         ipv6_only=lab.ipv6 == "only", keep=keep)
         started = time.time()
-        proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=fds)
+        if keep:
+            for f in (console_socket(workdir), monitor_socket(workdir), workdir / "console.log"):
+                f.unlink(missing_ok=True)
+            proc = lab.spawn(key, argv, log=workdir / "qemu.log", pass_fds=fds)
+            console = _Console(_LogTail(workdir / "console.log", proc), None, echo)
+        else:
+            proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=fds)
+            console = _Console(proc.stdout, workdir / "console.log", echo)
     finally:
         for fd in fds:
             os.close(fd)  # QEMU holds its own copies
-    console = _Console(proc.stdout, workdir / "console.log", echo)
     ok, reason, api_events = False, "", []
     end_seen = 0.0
     deadline = time.monotonic() + timeout
@@ -498,13 +559,15 @@ def boot_vm(
                 break
     finally:
         ended = time.time()
-        _stop_child(lab, proc, key)
-        if impair is not None:
-            _stop_child(lab, relay, relay_key)
-        if tpm is not None:
-            lab.stop(tpm_key)
-        lab.del_tap(tap)
-        console.join()
+        kept = keep and ok and proc.poll() is None
+        if not kept:
+            _stop_child(lab, proc, key)
+            if impair is not None:
+                _stop_child(lab, relay, relay_key)
+            if tpm is not None:
+                lab.stop(tpm_key)
+            lab.del_tap(tap)
+            console.join()
     time.sleep(0.5)  # the server batches events a few times a second
     api_events = events_from_api(lab.api(f"/api/v1/nodes/{mac}/events", base, api_token), started) or api_events
     marks = merge_marks(console_marks(console.lines), api_events)
@@ -514,8 +577,109 @@ def boot_vm(
         for line in relay_log.read_text().splitlines():
             if line.startswith("{"):
                 wire = json.loads(line)
+    with console.cond:
+        lines = list(console.lines)
     return BootResult(ok, mac, firmware, accel, started, ended, stopped, reason, marks,
-                      workdir / "console.log", [t for _, t in console.lines[-5:]], wire, list(console.lines))
+                      workdir / "console.log", [t for _, t in lines[-5:]], wire, lines)
+
+
+def vm_key(mac: str) -> str:
+    """The VM's name among the lab's processes (its state file)."""
+    return f"vm-{normalize_mac(mac)}"
+
+
+def vm_dir(lab: Lab, mac: str) -> Path:
+    return lab.root / "vms" / normalize_mac(mac).replace(":", "")
+
+
+def kept_vms(lab: Lab) -> list[str]:
+    """The MACs of the VMs running in the lab now."""
+    return sorted(k[3:] for k in lab.state()["pids"] if k.startswith("vm-") and lab.alive(k))
+
+
+def _monitor(lab: Lab, mac: str, command: str) -> None:
+    """One HMP command on a kept VM's monitor socket."""
+    path = monitor_socket(vm_dir(lab, mac))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        try:
+            s.connect(str(path))
+        except OSError as e:
+            raise LabError(f"{mac} has no monitor at {path} ({e.strerror}): was it booted with --keep?") from None
+        s.recv(4096)  # the banner and the first prompt
+        s.sendall(command.encode() + b"\n")
+        s.recv(4096)
+
+
+def stop_vm(lab: Lab, mac: str, grace: float = 90.0) -> bool:
+    """Power a kept VM off with its ACPI button, as a person would; after `grace` seconds, end QEMU.
+
+    True when the guest powered itself off in time."""
+    mac = normalize_mac(mac)
+    key = vm_key(mac)
+    rec = lab.state()["pids"].get(key)
+    if not rec or not pid_alive(rec[0], rec[1]):
+        lab.forget(key)
+        raise LabError(f"{mac} is not running in the lab (running: {', '.join(kept_vms(lab)) or 'none'})")
+    _monitor(lab, mac, "system_powerdown")
+    deadline = time.monotonic() + grace
+    clean = False
+    while time.monotonic() < deadline:
+        try:  # reap it if this process started it (a test), so it does not linger as a zombie
+            os.waitpid(rec[0], os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not pid_alive(rec[0], rec[1]) or is_zombie(rec[0]):
+            clean = True
+            break
+        time.sleep(0.2)
+    lab.stop(key)
+    lab.stop(f"impair-{mac}")  # its wire's relay, when it was booted with --loss or --delay
+    lab.del_tap(tap_name(mac))
+    return clean
+
+
+def attach_console(lab: Lab, mac: str, stdin: IO[bytes], stdout: IO[bytes], detach: bytes = b"\x1d") -> None:
+    """Relay a kept VM's serial console to this terminal until `detach` (Ctrl-]) or the VM ends.
+
+    The terminal is raw meanwhile, so keys such as Ctrl-C go to the node."""
+    path = console_socket(vm_dir(lab, mac))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError as e:
+        sock.close()
+        raise LabError(f"{mac} has no console at {path} ({e.strerror}): was it booted with --keep?") from None
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd) if os.isatty(fd) else None
+    try:
+        if saved is not None:
+            tty.setraw(fd)
+        while True:
+            ready, _, _ = select.select([sock, fd], [], [])
+            if sock in ready:
+                data = sock.recv(4096)
+                if not data:
+                    return
+                stdout.write(data)
+                stdout.flush()
+            if fd in ready:
+                data = os.read(fd, 1024)
+                if not data or detach in data:
+                    if data.split(detach, 1)[0]:
+                        sock.sendall(data.split(detach, 1)[0])
+                    return
+                sock.sendall(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        sock.close()
+
+
+def address_of(result: BootResult) -> str | None:
+    """The address the node was last given (its newest DHCP answer), if the server said."""
+    acks = [m for m in result.marks if m.stage == "dhcp-ack" and m.detail.get("ip")]
+    return str(acks[-1].detail["ip"]) if acks else None
 
 
 def merge_marks(console: list[Mark], events: list[Mark]) -> list[Mark]:

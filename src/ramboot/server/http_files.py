@@ -41,6 +41,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
     "status.css": "text/css",
     "status.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
 }
 _RAW_REFUSED = ("%2e", "%2f", "%5c", "%00", "\\")
 
@@ -446,6 +447,11 @@ async def overlay_file(request: web.Request, name: names.Overlay) -> web.StreamR
 
 async def status_page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """`/favicon.ico`, which browsers and tools ask for whatever the page names: the same icon."""
+    return web.FileResponse(STATIC_DIR / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:

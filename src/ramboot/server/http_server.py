@@ -30,7 +30,7 @@ from . import api, event_stream
 from .cluster import Cluster
 from .events import EventLog
 from .http_context import CTX, Ctx, error_json
-from .http_files import namespace_file, static_file, status_page
+from .http_files import favicon, namespace_file, static_file, status_page
 from .seeding import Seeds
 
 log = logging.getLogger("ramboot.http")
@@ -115,6 +115,7 @@ def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store,
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/", status_page)
     app.router.add_get("/static/{name}", static_file)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/{tail:.*}", namespace_file)  # and HEAD
     return app
 
