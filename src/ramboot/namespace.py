@@ -177,16 +177,16 @@ class Namespace:
     def _grub(self, name: names.GrubConfig, requester: str | None) -> Resolved | None:
         if name.mac is None:
             return GeneratedFile(render.grub_entry().encode(), "entry-script")
-        d = self.booter_for(requester).decide(Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid, group=self._group(requester)),
-                               loader="grub")
+        client = Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid, group=self._group(requester))
+        d = self.booter_for(requester).decide(client, loader="grub")
         if d is None:
             return None
         token = self._mint(d, requester)
         return GeneratedFile(render.grub_cfg(d, token).encode(), "grub-cfg", name.mac if token else None)
 
     def _pxelinux(self, name: names.PxelinuxConfig, requester: str | None) -> Resolved | None:
-        d = self.booter_for(requester).decide(Client(name.mac or "", arch=0, uuid=name.uuid, group=self._group(requester)),
-                               loader="pxelinux")
+        client = Client(name.mac or "", arch=0, uuid=name.uuid, group=self._group(requester))
+        d = self.booter_for(requester).decide(client, loader="pxelinux")
         if d is None or (name.uuid and d.node is None):
             return None  # a UUID nobody registered: pxelinux goes on to 01-<mac>, then default
         token = self._mint(d, requester) if d.mac or d.node else None

@@ -32,8 +32,8 @@ import re
 import secrets
 import select
 import shutil
-import struct
 import socket
+import struct
 import subprocess
 import sys
 import termios

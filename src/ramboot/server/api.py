@@ -445,7 +445,6 @@ async def report_tpm(request: web.Request) -> web.Response:
 
 async def trust_tpm(request: web.Request) -> web.Response:
     """The operator trusts a node's pending TPM, or (`replace`) the last other one it refused."""
-    ctx = request.app[CTX]
     mac = mac_param(request)
     body = await body_of(request, S.TpmTrust)
     return json_response(await service(request, lambda svc: svc.trust_tpm(mac, body.replace)))

@@ -144,7 +144,8 @@ class Services:
                                              ipv6=self.server_ip6 is not None))
         self.servers.append(http)
         if ":" not in self.server_ip:
-            self.servers.append(await _bound(f"tftp port {cfg.tftp.port}", start_tftp(cfg, self.namespace, self.events)))
+            self.servers.append(await _bound(f"tftp port {cfg.tftp.port}",
+                                             start_tftp(cfg, self.namespace, self.events)))
         if self.server_ip6:
             self.servers.append(await _bound(f"tftp port {cfg.tftp.port} (IPv6)",
                                              start_tftp(cfg, self.namespace, self.events, host="::")))
