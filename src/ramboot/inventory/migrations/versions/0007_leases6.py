@@ -1,7 +1,7 @@
 """DHCPv6 leases (issue 19): one per IA, beside the IPv4 leases.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 import sqlalchemy as sa

@@ -1,7 +1,7 @@
 """Nodes' TPMs: the endorsement key each enrolled and whether it is trusted (tpm_gate.py).
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0007
 """
 
 import sqlalchemy as sa

@@ -1,7 +1,7 @@
 """Data-centre scale: each server's group (a rack, a row), so nodes name their own group's servers first.
 
 Revision ID: 0009
-Revises: 0005
+Revises: 0008
 """
 
 import sqlalchemy as sa
