@@ -13,13 +13,13 @@ DEBS=(
   udev kpartx iputils-arping  # host tools that `--initramfs dracut` copies in
   tpm2-tools swtpm swtpm-tools  # TPM identity: the initramfs carries tpm2-tools; the lab and tests run swtpm
   # real peers for the tests and benchmarks
-  isc-dhcp-client isc-dhcp-relay atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server
+  isc-dhcp-client isc-dhcp-relay atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server kea-dhcp6-server
   tcpdump curl nginx-light chromium wrk
   postgresql  # several servers on one database; the tests initdb a throwaway cluster of their own
   e2fsprogs xorriso  # LiveOS ext4 images (mkfs.ext4 -d) and live ISOs for the live-media tests
   python3-venv  # make deb: the package's venv is made by Debian's own python3 (dpkg-deb is in dpkg)
   ipmitool openipmi  # power: `node console` over IPMI SOL; ipmi_sim is the tests' BMC (docs/power.md)
-  libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu  # the libvirt driver's and Redfish tests' peer
+  libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu virtinst  # the libvirt driver's and Redfish tests' peer
   libvirt-dev pkg-config gcc python3-dev openssl  # libvirt-python builds against libvirt; the lab BMC's certificate
 )
 
