@@ -104,3 +104,26 @@ def test_node_show_sums_what_a_node_seeded_in_its_last_boot() -> None:
     got = seeding_out(last_boot(boot + served + [ev("seed-skipped", "server", 10, by="y", reason="sha256 mismatch")]))
     assert (got.state, got.reason) == ("skipped", "sha256 mismatch")
     assert seeding_out(last_boot(boot[:3])) is None
+
+
+def test_the_server_redirects_only_to_a_peer_that_accepts_a_connection() -> None:
+    """`_answers`: a listener on the seeding port is a live peer; a refused connection (a node
+    that shut down) is not, within CHECK_TIMEOUT, so no node is sent to it."""
+    import asyncio
+    import socket
+
+    from ramboot.server.http_files import CHECK_TIMEOUT, _answers
+
+    with socket.socket() as lsn:
+        lsn.bind(("127.0.0.2", SEED_PORT))
+        lsn.listen()
+
+        async def both() -> tuple[bool, bool, float]:
+            loop = asyncio.get_running_loop()
+            live = await _answers("127.0.0.2")
+            t0 = loop.time()
+            dead = await _answers("127.0.0.3")
+            return live, dead, loop.time() - t0
+
+        live, dead, took = asyncio.run(both())
+    assert live and not dead and took <= CHECK_TIMEOUT + 0.2

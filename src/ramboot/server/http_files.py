@@ -32,7 +32,7 @@ from ..proto import http_conditional
 from ..proto.pxe import Client
 from ..tpm_gate import seal
 from .http_context import CTX, Ctx, text_error
-from .seeding import FALLBACK, Seeds
+from .seeding import FALLBACK, SEED_PORT, Seeds
 
 log = logging.getLogger("ramboot.http")
 
@@ -315,6 +315,18 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
 
 
 SEEDED = (ROOTFS, MODULES)  # the files booted nodes serve to their peers
+CHECK_TIMEOUT = 0.5  # seconds a seeding peer has to accept the server's connection before a redirect
+
+
+async def _answers(ip: str) -> bool:
+    """Does the peer accept a connection on its seeding port? A node that shut down (no ARP
+    answer, or a reset) would otherwise cost each node sent to it a timeout first."""
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(ip, SEED_PORT), CHECK_TIMEOUT)
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    return True
 SEED_WAIT = 5.0  # seconds a root download may wait for a free seeder (the initramfs probes with a 10 s timeout)
 
 
@@ -341,6 +353,12 @@ async def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.I
     give_up = time.monotonic() + SEED_WAIT
     while True:
         peer = seeds.pick(mac, entry.sha256, group, time.time())
+        if peer is not None and not await _answers(peer.ip):
+            # Gone (shut down, or never reachable): skipped now, so no node waits on it.
+            seeds.refuse(mac or "", peer.url(f.file), "the server's check found no listener")
+            metrics.SEED_REFUSED.inc()
+            ctx.events.record(peer.mac, "seed-skipped", by="server", reason=peer.refused)
+            continue
         if peer is not None:
             metrics.SEED_REDIRECTS.inc()
             return peer.url(f.file)
