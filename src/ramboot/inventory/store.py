@@ -583,7 +583,12 @@ class Store:
     def save_leases6(self, upserts: Iterable[Lease6Record], deletes: Iterable[str] = ()) -> None:
         """One transaction for a batch from the DHCPv6 core, which is the authority (one server):
         one lease per key and per address, as the core keeps them."""
-        recs = list(upserts)
+        by_key: dict[str, Lease6Record] = {}
+        for rec in upserts:  # a batch may name a key twice (the SLAAC record of two IAs of one MAC): last wins
+            by_key.pop(rec.key, None)
+            by_key[rec.key] = rec
+        by_ip = {r.ip: r for r in by_key.values()}  # and an address once, its last holder
+        recs = list(by_ip.values())
         gone = list(deletes)
         if not recs and not gone:
             return
