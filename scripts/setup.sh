@@ -12,7 +12,7 @@ DEBS=(
   shim-signed grub-efi-amd64-signed sbsigntool  # Secure Boot: signed shim and GRUB, sbverify
   udev kpartx iputils-arping  # host tools that `--initramfs dracut` copies in
   # real peers for the tests and benchmarks
-  isc-dhcp-client atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server
+  isc-dhcp-client atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server kea-dhcp6-server isc-dhcp-relay
   tcpdump curl nginx-light chromium wrk
   postgresql  # several servers on one database; the tests initdb a throwaway cluster of their own
   e2fsprogs xorriso  # LiveOS ext4 images (mkfs.ext4 -d) and live ISOs for the live-media tests
