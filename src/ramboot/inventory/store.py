@@ -592,12 +592,10 @@ class Store:
         gone = list(deletes)
         if not recs and not gone:
             return
-        with self.engine.begin() as conn:
-            if gone:
-                conn.execute(delete(Lease6).where(Lease6.ip.in_(gone)))
-            for rec in recs:
-                conn.execute(delete(Lease6).where((Lease6.key == rec.key) | (Lease6.ip == rec.ip)))
+        with self.engine.begin() as conn:  # one statement per kind of change, not per lease
+            conn.execute(delete(Lease6).where(Lease6.ip.in_(gone + [r.ip for r in recs])))
             if recs:
+                conn.execute(delete(Lease6).where(Lease6.key.in_([r.key for r in recs])))
                 conn.execute(insert(Lease6), [{"ip": r.ip, "key": r.key, "mac": normalize_mac(r.mac),
                                                "expires": r.expires} for r in recs])
 
