@@ -42,6 +42,9 @@ POOL6 = ("fd00:77::1:0", "fd00:77::ffff:ffff")
 def _ipv6_up(net: NetnsPair) -> None:
     """The server's address (no duplicate address detection), and both link-locals out of theirs."""
     run(*net.exec(net.srv, "ip", "addr", "add", f"{SERVER6}/64", "dev", net.srv_if, "nodad"))
+    # perfdhcp sends from the client side's link-local address: no SLAAC address from ramboot's
+    # router advertisements there (perfdhcp would bind to it while it is still tentative).
+    run(*net.exec(net.cli, "sysctl", "-qw", f"net.ipv6.conf.{net.cli_if}.accept_ra=0"))
     end = time.monotonic() + 10
     for ns in (net.srv, net.cli):
         while "tentative" in run(*net.exec(ns, "ip", "-6", "addr"), check=False).stdout:

@@ -427,3 +427,26 @@ def test_rfc8415_golden_replies_byte_for_byte(tmp_path, name):
         if UPDATE_GOLDEN:
             f.write_text(got)
         assert f.read_text() == got, f"{f.name} changed (UPDATE_GOLDEN=1 to accept, then review the diff)"
+
+
+def test_rfc8415_leases_are_durable_in_the_store_one_per_key(tmp_path):
+    """A burst commits in one batch: two clients behind one MAC (perfdhcp's many DUIDs from one NIC)
+    name the same SLAAC record twice; the store keeps one row per key and per address."""
+    from ramboot.inventory.store import Store
+
+    core = make_core(tmp_path)
+    batch = []
+    for n in (1, 2):
+        duid = struct.pack("!HHI", 1, 1, 7) + bytes([2, 0, 0, 0, 0, n])
+        _, _, res = sarr(core, duid=duid)
+        batch += res.upserts
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        store.save_leases6(batch)
+        rows = {r.key: r.ip for r in store.load_leases6()}
+        assert len(rows) == 3 and f"slaac:{MAC}" in rows  # two leases and one SLAAC record
+        assert [x.ip for x in store.leases_of(MAC, now=1000.0)].count("fd00:172:22:33:5054:ff:fe12:3456") == 1
+        store.save_leases6([], ["fd00:172:22:33::100"])
+        assert len(store.load_leases6()) == 2
+    finally:
+        store.close()

@@ -679,16 +679,19 @@ class Store:
     def save_leases6(self, upserts: Iterable[Lease6Record], deletes: Iterable[str] = ()) -> None:
         """One transaction for a batch from the DHCPv6 core, which is the authority (one server):
         one lease per key and per address, as the core keeps them."""
-        recs = list(upserts)
+        by_key: dict[str, Lease6Record] = {}
+        for rec in upserts:  # a batch may name a key twice (the SLAAC record of two IAs of one MAC): last wins
+            by_key.pop(rec.key, None)
+            by_key[rec.key] = rec
+        by_ip = {r.ip: r for r in by_key.values()}  # and an address once, its last holder
+        recs = list(by_ip.values())
         gone = list(deletes)
         if not recs and not gone:
             return
-        with self.engine.begin() as conn:
-            if gone:
-                conn.execute(delete(Lease6).where(Lease6.ip.in_(gone)))
-            for rec in recs:
-                conn.execute(delete(Lease6).where((Lease6.key == rec.key) | (Lease6.ip == rec.ip)))
+        with self.engine.begin() as conn:  # one statement per kind of change, not per lease
+            conn.execute(delete(Lease6).where(Lease6.ip.in_(gone + [r.ip for r in recs])))
             if recs:
+                conn.execute(delete(Lease6).where(Lease6.key.in_([r.key for r in recs])))
                 conn.execute(insert(Lease6), [{"ip": r.ip, "key": r.key, "mac": normalize_mac(r.mac),
                                                "expires": r.expires} for r in recs])
 

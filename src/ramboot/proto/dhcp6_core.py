@@ -63,6 +63,8 @@ from .dhcp6_codec import (
     encode_vendor_class,
     eui64_mac,
     linklayer_mac,
+    ntop,
+    pton,
     status,
     vendor_class,
 )
@@ -153,7 +155,11 @@ class _Via:
 
 
 def _ip(n: int) -> str:
-    return str(ipaddress.IPv6Address(n))
+    return ntop(n.to_bytes(16, "big"))
+
+
+def _int(addr: str) -> int:
+    return int.from_bytes(pton(addr), "big")
 
 
 def lease_key(duid: bytes, iaid: int) -> str:
@@ -297,8 +303,8 @@ class Dhcp6Core:
             return []
         m = bytes.fromhex(mac.replace(":", ""))
         iid = bytes((m[0] ^ 2,)) + m[1:3] + b"\xff\xfe" + m[3:6]
-        addr = ipaddress.IPv6Address(self.prefix.network_address.packed[:8] + iid)
-        return [Lease6Record(SLAAC_KEY + mac, str(addr), mac, max(u.expires for u in upserts))]
+        addr = ntop(self.prefix.network_address.packed[:8] + iid)
+        return [Lease6Record(SLAAC_KEY + mac, addr, mac, max(u.expires for u in upserts))]
 
     def _release(self, msg: Message, kind: str, via: _Via, mac: str, now: float) -> Result6:
         duid = msg.get(Opt.CLIENTID) or b""
@@ -311,7 +317,7 @@ class Dhcp6Core:
             if held is None or held.key != key or not held.bound:
                 ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, 0, 0, [status(Status.NO_BINDING)]))))
                 continue
-            if any(int(ipaddress.IPv6Address(a.addr)) == held.ip for a in ia.addresses()):
+            if any(_int(a.addr) == held.ip for a in ia.addresses()):
                 self._remove(held)
                 deletes.append(_ip(held.ip))
                 if msg.msg_type == Msg.DECLINE:
@@ -349,7 +355,7 @@ class Dhcp6Core:
             if renew and not has:
                 ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, 0, 0, [status(Status.NO_BINDING)]))))
                 continue
-            hints = [int(ipaddress.IPv6Address(a.addr)) for a in ia.addresses()]
+            hints = [_int(a.addr) for a in ia.addresses()]
             ip = self._allocate(key, hints, now, commit and unknown)
             if ip is None:
                 ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, 0, 0, [status(Status.NO_ADDRS_AVAIL)]))))
