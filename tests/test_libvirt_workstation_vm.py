@@ -27,6 +27,7 @@ NETWORK = """<network>
 """
 
 
+@pytest.mark.timeout(900)
 def test_virt_install_pxe_domain_boots_from_ramboot_on_a_libvirt_network(request, tmp_path: Path,
                                                                         built) -> None:  # noqa: F811
     import time

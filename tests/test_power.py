@@ -81,7 +81,6 @@ def test_password_is_sealed_kept_through_a_round_trip_and_dropped_with_the_node(
     store.put_node(NodeSpec(mac=MAC, bmc="ipmi://admin:new@10.0.9.21:6230"))
     assert store.bmc(MAC).password == "new"
     raw = b"".join(p.read_bytes() for p in data_dir.glob("*.db*"))
-    assert b"new" not in raw.replace(b"aesgcm1:", b"") or b"admin:new" not in raw
     assert SECRET.encode() not in raw and b"admin:new@" not in raw
     store.remove_node(MAC)
     store.put_node(NodeSpec(mac=MAC, bmc="ipmi://admin:***@10.0.9.21:6230"))
@@ -139,7 +138,8 @@ def test_boot_once_is_decided_then_used_up_by_the_boot_that_ran_it(data_dir: Pat
         assert srv.report(MAC, "events", {"stage": "booted", "detail": {}})[0] == 202
         assert srv.store.get_node(MAC).boot_once is None
         assert srv.booter.decide(Client(mac=MAC)).image == "demo"
-        assert "boot-once-done" in [e.stage for e in srv.store.events(MAC)] or srv.events.flush() is None
+        srv.events.flush()
+        assert "boot-once-done" in [e.stage for e in srv.store.events(MAC)]
     finally:
         srv.close()
 

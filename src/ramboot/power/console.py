@@ -180,11 +180,16 @@ class ConsoleCapture:
     def _keep(self, bmc: Bmc, sink: NodeConsole) -> None:
         """One node's console, opened again whenever it drops, until the capture stops or the BMC changes."""
         read = _ipmi_reader if bmc.scheme == "ipmi" else _libvirt_reader
+        said = ""
         while not self.stop.is_set():
             try:
                 read(bmc, sink, self.stop)
             except Exception as e:
-                log.info("console %s: %s; again in %.0f s", sink.mac, str(e).splitlines()[0] if str(e) else e, RETRY)
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                # Said once at info; the same reason again (a BMC that stays down) only at debug.
+                log.log(logging.DEBUG if why == said else logging.INFO, "console %s: %s; trying again every %.0f s",
+                        sink.mac, why, RETRY)
+                said = why
             if self.readers.get(sink.mac, (None, ""))[1] != bmc.redacted():
                 return
             self.stop.wait(RETRY)
