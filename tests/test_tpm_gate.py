@@ -209,3 +209,17 @@ def test_a_node_without_a_tpm_keeps_the_access_rule(served: LiveServer) -> None:
     st, body = _send(served, "POST", f"/api/v1/nodes/{MAC}/events", NODE_IP, token,
                      {"stage": "untrusted-tpm", "detail": {}})
     assert st == 400  # a node cannot write the server's TPM notes into its own timeline
+
+
+def test_ek_certificates_for_another_key_are_refused_and_odd_ones_noted(served: LiveServer, tmp_path: Path) -> None:
+    gate = tpm_gate.TpmGate("first-boot", served.store.tpms, served.store.derived_key)
+    with swtpm(tmp_path / "a") as a, swtpm(tmp_path / "b") as b:
+        mine, theirs = _report(a), _report(b)
+    raw = {k: base64.b64decode(v) for k, v in mine.items()}
+    other_cert = base64.b64decode(theirs["ek_cert"])
+    answer = gate.attest(MAC, "0" * 64, raw["ek"], raw["ak"], other_cert)
+    assert answer.status == 400 and "another key" in answer.why and served.store.tpms.get(MAC) is None
+    answer = gate.attest(MAC, "0" * 64, raw["ek"], raw["ak"], b"\x30\x03\x02\x01\x00")
+    assert answer.status == 200 and answer.blob
+    rec = served.store.tpms.get(MAC)
+    assert rec is not None and rec.state == "trusted" and (rec.ek_cert or "").startswith("unreadable")

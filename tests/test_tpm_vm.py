@@ -41,6 +41,7 @@ def _cli(run: LabRun, *args: str) -> str:
     return p.stdout
 
 
+@pytest.mark.timeout(1200)  # four boots, and the probe image built once per run
 def test_tpm_enrols_then_only_that_tpm_opens_the_nodes_secrets(request, tmp_path: Path, probe_image) -> None:  # noqa: F811
     need_tools()
     run = LabRun("tpm", tmp_path, *probe_image)
@@ -81,6 +82,7 @@ def test_tpm_enrols_then_only_that_tpm_opens_the_nodes_secrets(request, tmp_path
     print(f"\nTPM steps (createek, createak, ActivateCredential) took {tpm_secs:.2f} s on {run.accel.upper()}")
 
 
+@pytest.mark.timeout(1200)  # a dracut image built once per run, and one slow systemd initramfs
 def test_dracut_image_opens_the_overlay_sealed_to_its_tpm(module_images, tmp_path: Path) -> None:  # noqa: F811
     need_tools()
     data, accel = module_images
@@ -89,7 +91,8 @@ def test_dracut_image_opens_the_overlay_sealed_to_its_tpm(module_images, tmp_pat
     try:
         mac = random_mac()
         run.node_add(mac, "--hostname", "drac-tpm")
-        r = boot_vm(run.lab, "bios", mac, BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base, accel=accel,
+        # dracut's systemd initramfs is three times ramboot's (31 MB) and slow under TCG on a busy machine.
+        r = boot_vm(run.lab, "bios", mac, 2 * BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base, accel=accel,
                     tpm=tmp_path / "tpm")
         run.keep(r)
         assert r.ok, _explain(r)

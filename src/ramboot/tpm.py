@@ -48,6 +48,10 @@ class TpmError(ValueError):
     """A public area, key or certificate that is not what it must be: one line."""
 
 
+class EkCertMismatch(TpmError):
+    """An EK certificate for another key than the EK beside it: never a mistake worth trusting."""
+
+
 @dataclass(frozen=True)
 class TpmPublic:
     """A TPMT_PUBLIC: what MakeCredential and the checks need of it, and its bytes."""
@@ -246,6 +250,6 @@ def parse_ek_cert(data: bytes, ek: TpmPublic) -> EkCert:
         raise TpmError(f"EK certificate: {e}") from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_bytes(serialization.Encoding.DER, spki) != ek.key.public_bytes(serialization.Encoding.DER, spki):
-        raise TpmError("EK certificate: it certifies another key than this EK")
+        raise EkCertMismatch("EK certificate: it certifies another key than this EK")
     return EkCert(cert.subject.rfc4514_string()[:200], cert.issuer.rfc4514_string()[:200],
                   cert.not_valid_after_utc.isoformat())

@@ -112,12 +112,19 @@ class TpmGate:
             ek, ak = tpm.parse_public(ek_raw), tpm.parse_public(ak_raw)
             tpm.check_ek(ek)
             tpm.check_ak(ak)
-            cert = tpm.parse_ek_cert(ek_cert, ek) if ek_cert else None
         except tpm.TpmError as e:
             return Attestation(400, str(e))
+        cert_text = None
+        if ek_cert:
+            try:
+                cert = tpm.parse_ek_cert(ek_cert, ek)
+                cert_text = f"issuer {cert.issuer}, until {cert.not_after}"
+            except tpm.EkCertMismatch as e:
+                return Attestation(400, str(e))
+            except tpm.TpmError as e:  # a vendor's odd encoding: the EK itself is what is enrolled
+                cert_text = f"unreadable ({e})"[:500]
         now = self.clock()
         public = base64.b64encode(ek_raw).decode()
-        cert_text = f"issuer {cert.issuer}, until {cert.not_after}" if cert else None
         state = "trusted" if self.enroll == "first-boot" else "pending"
         new = TpmRecord(node, ek.fingerprint, public, cert_text, state, now, now if state == "trusted" else None)
         kept = self.tpms.enrol(new)
