@@ -81,7 +81,7 @@ def inner_files(files: Path, demo: Path, token: str) -> None:
     (etc / "systemd/network").mkdir(parents=True)
     (etc / "systemd/network/10-prov.link").write_text(f"[Match]\nMACAddress={INNER_MAC}\n\n[Link]\nName=prov0\n")
     (etc / "systemd/network/10-prov.network").write_text(
-        f"[Match]\nName=prov0\n\n[Network]\nAddress={INNER_IP}/24\nLinkLocalAddressing=no\n")
+        f"[Match]\nName=prov0\n\n[Network]\nAddress={INNER_IP}/24\nLinkLocalAddressing=no\nConfigureWithoutCarrier=yes\n")
     wants = etc / "systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True)
     (wants / "ramboot.service").symlink_to("/lib/systemd/system/ramboot.service")
