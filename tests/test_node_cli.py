@@ -199,7 +199,8 @@ def test_list_shows_what_each_node_boots_and_its_address(cfg, data_dir):
 
     assert CliRunner().invoke(profile, ["add", "compute", "--image", "debian", "--config", cfg]).exit_code == 0
     host = "a-rather-long-hostname-that-does-not-fit.cluster.example.org"
-    assert run("add", MAC, "--hostname", host, "--profile", "compute", "--config", cfg).exit_code == 0
+    r = run("add", MAC, "--hostname", host, "--profile", "compute", "--config", cfg)
+    assert r.exit_code == 0 and f"node {MAC}: image debian (profile:compute)" in r.output, r.output  # not "None"
     r = run("list", "--config", cfg)  # into a pipe: one line per node, however long, nothing cut
     [row] = [line for line in r.output.splitlines() if MAC in line]
     assert host in row and "debian (profile:compute)" in row and "…" not in r.output, r.output
@@ -253,3 +254,27 @@ def test_image_list_and_show_json_have_the_api_fields(cfg, data_dir):
     assert {f["name"] for f in listed[0]["files"]} == {"vmlinuz", "initrd.img", "rootfs.squashfs"}
     shown = json.loads(CliRunner().invoke(image, ["show", "demo", "--json", "--config", cfg]).output)
     assert shown == listed[0]
+
+
+def test_lease_list_json_is_the_api_answer(cfg, data_dir):
+    """`lease list --json` locally and with --server: the same rows, the API's field names, ISO times."""
+    import time
+
+    from ramboot.inventory.cli import lease
+    from ramboot.inventory.store import LeaseRecord, Store
+    from ramboot.proto.dhcp_core import lease_key
+
+    store = Store(f"sqlite:///{data_dir / 'ramboot.db'}")
+    store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
+    store.close()
+    local = json.loads(CliRunner().invoke(lease, ["list", "--json", "--config", cfg]).output)
+    assert [(x["ip"], x["mac"], x["active"]) for x in local] == [("172.22.33.150", MAC, True)]
+    assert local[0]["expires"].endswith("+00:00")
+    srv = LiveServer(data_dir, "")
+    try:
+        remote = json.loads(CliRunner().invoke(lease, ["list", "--json", "--server", srv.base, "--config", cfg]).output)
+    finally:
+        srv.close()
+    assert remote == local
+    r = CliRunner().invoke(lease, ["list", "--config", cfg])
+    assert "172.22.33.150" in r.output and MAC in r.output

@@ -80,6 +80,20 @@ def test_a_bad_patch_changes_nothing(svc, patch, fragment):
     assert svc.show_node(MAC).hostname == "n1"
 
 
+def test_a_patch_checks_only_what_it_names(data_dir):
+    s = service(data_dir)
+    s.put_profile("compute", S.ProfileIn())
+    s.add_node(MAC, S.NodeIn(profiles=["compute"], loader="grub"))
+    s.remove_profile("compute")  # nodes that name it keep their settings
+    proxy = service(data_dir, '[dhcp]\nmode = "proxy"\n')
+    d = proxy.patch_node(MAC, {"hostname": "n1"})  # neither the gone profile nor the loader blocks it
+    assert d.hostname == "n1" and d.profiles == ["compute"] and d.loader == "grub"
+    with pytest.raises(ServiceError, match="no profile 'compute'"):
+        proxy.patch_node(MAC, {"profiles": ["compute"]})
+    proxy.store.close()
+    s.store.close()
+
+
 def test_patch_of_a_node_not_registered_is_not_found(svc):
     with pytest.raises(NotFound, match=f"no node {MAC}"):
         svc.patch_node(MAC, {"image": "demo"})
@@ -188,3 +202,16 @@ def test_remove_and_profiles(svc):
     svc.remove_profile("compute")
     with pytest.raises(NotFound, match="no profile compute"):
         svc.show_profile("compute")
+
+
+def test_status_rows_and_the_live_feed_say_the_same_effective(svc):
+    svc.put_profile("compute", S.ProfileIn(image="debian"))
+    svc.add_node(MAC, S.NodeIn(profiles=["compute"]))
+    svc.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC,
+                                       expires=time.time() + 600)])
+    [row] = svc.status()
+    assert row.effective == svc.show_node(MAC).effective
+    assert (row.effective.image_from, row.effective.ip) == ("profile:compute", "172.22.33.150")
+    other = "52:54:00:00:00:99"
+    live = svc.status([MAC, other])  # the live feed's rows: known or not
+    assert [(r.mac, r.effective.image_from) for r in live] == [(other, "default"), (MAC, "profile:compute")]

@@ -1,4 +1,4 @@
-"""The `ramboot` command line: serve, node, profile, overlay, ssh, image, lab, doctor, init.
+"""The `ramboot` command line: serve, node, profile, lease, overlay, ssh, image, lab, doctor, init.
 
 Every user error ends in one line on stderr and a non-zero exit, never a
 traceback.
@@ -19,7 +19,7 @@ from .doctor import doctor
 from .identity_cli import overlay, ssh
 from .images.cli import image
 from .init_cli import init
-from .inventory.cli import node, profile
+from .inventory.cli import lease, node, profile
 from .lab.cli import lab
 from .logs import setup_logging
 
@@ -83,6 +83,7 @@ def serve(config_path: str, verbose: bool) -> None:
 # Sub-command groups live beside the code they drive.
 main.add_command(node)
 main.add_command(profile)
+main.add_command(lease)
 main.add_command(overlay)
 main.add_command(ssh)
 main.add_command(image)

@@ -81,6 +81,9 @@ class Local:
     def rm_profile(self, name: str) -> None:
         self._do(lambda svc: svc.remove_profile(name))
 
+    def list_leases(self) -> list[S.LeaseOut]:
+        return self._do(lambda svc: svc.list_leases())
+
 
 class Remote:
     def __init__(self, url: str, token: str | None):
@@ -139,6 +142,9 @@ class Remote:
 
     def rm_profile(self, name: str) -> None:
         self.call("DELETE", f"/profiles/{name}")
+
+    def list_leases(self) -> list[S.LeaseOut]:
+        return [S.LeaseOut.model_validate(x) for x in self.call("GET", "/leases")]
 
 
 def _open(config_path: str | None, server: str | None, token: str | None) -> Local | Remote:
@@ -529,3 +535,28 @@ def profile_rm(name, config_path, server, token) -> None:
     """Remove a profile (nodes that name it keep their own settings)."""
     _open(config_path, server, token).rm_profile(name)
     click.echo(f"profile {name} removed")
+
+
+# -- leases ---------------------------------------------------------------------------
+@click.group()
+def lease() -> None:
+    """The DHCP leases this server (or its cluster) handed out."""
+
+
+@lease.command("list")
+@click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/leases)")
+@_backend_options
+def lease_list(as_json, config_path, server, token) -> None:
+    """Every lease, by address, with its MAC and when it ends."""
+    leases = _open(config_path, server, token).list_leases()
+    if as_json:
+        _json_out(leases)
+        return
+    table = Table(box=box.SIMPLE, pad_edge=False)
+    for col in ("IP", "MAC", "hostname", "client id", "expires"):
+        table.add_column(col, no_wrap=col != "client id", **_FIT)  # type: ignore[arg-type]
+    for x in leases:
+        ends = x.expires.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(x.ip, x.mac, x.hostname or "", x.client_id or "", ends if x.active else f"{ends} (expired)")
+    _console().print(table if leases else "no leases")
+

@@ -352,6 +352,7 @@ class NodeStatus(BaseModel):
     image: str | None = None
     inventory: InventoryOut | None = None
     last_boot: BootOut | None = None
+    effective: Effective = Effective()
 
 
 class EventIn(_Strict):

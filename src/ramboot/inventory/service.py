@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -96,7 +96,7 @@ class Service:
         if old is not None and not replace:
             raise Conflict(f"node {mac} exists: `node set` changes what it names, `node add --replace` "
                            "replaces it whole")
-        self._write(mac, body)
+        self._write(mac, body, body)
         return self._shown(mac, body), old is None
 
     def patch_node(self, mac: str, patch: dict[str, Any]) -> S.NodeDetail:
@@ -112,13 +112,18 @@ class Service:
             body = S.NodeIn.model_validate(_merge(current.model_dump(exclude_defaults=True), patch))
         except ValidationError as e:
             raise ServiceError(S.validation_message(e)) from None
-        self._write(mac, body)
+        # Only what the patch names is checked: a profile removed since, or a loader set before
+        # proxy mode, does not block an unrelated change (doctor names those).
+        named = S.NodeIn.model_validate({k: getattr(body, k) for k in ("loader", "profiles", "overlays")
+                                         if k in patch})
+        self._write(mac, body, named)
         return self._shown(mac, body)
 
-    def _write(self, mac: str, body: S.NodeIn) -> None:
-        if body.loader == "grub" and self.config.dhcp.mode == "proxy":
+    def _write(self, mac: str, body: S.NodeIn, named: S.NodeIn) -> None:
+        """Store `body`, after checking what `named` (all of it, or a patch's part) says."""
+        if named.loader == "grub" and self.config.dhcp.mode == "proxy":
             raise ServiceError(GRUB_PROXY_REFUSED)
-        self._check_names(body.profiles, body.overlays)
+        self._check_names(named.profiles, named.overlays)
         try:
             # discovered=False: an operator has now said what it is
             self.store.put_node(NodeSpec(mac=mac, **body.model_dump(), discovered=False))
@@ -143,15 +148,44 @@ class Service:
         by_mac = {n.mac: n for n in specs}
         events = self.store.recent_events(100)
         inventory = self.store.latest_inventory()
-        leases = _leases_by_mac(self.store.load_leases())
+        leases = _by_mac(self.store.active_leases())
         out = []
         for mac in sorted(by_mac.keys() | events.keys() | inventory.keys()):
             spec = by_mac.get(mac)
             evs = events.get(mac, [])
+            boot = last_boot(evs)
             seen = max([*(e.at for e in evs[-1:]), *([inventory[mac][0]] if mac in inventory else [])], default=None)
-            out.append(_node_out(spec or NodeSpec(mac=mac), last_boot(evs), S.NodeOut, spec is not None,
-                                 effective=_effective(booter, mac, leases.get(mac, []), seen, last_boot(evs))))
+            out.append(_node_out(spec or NodeSpec(mac=mac), boot, S.NodeOut, spec is not None,
+                                 effective=_effective(booter, mac, leases.get(mac, []), seen, boot)))
         return out
+
+    def status(self, macs: Collection[str] | None = None) -> list[S.NodeStatus]:
+        """The status page's rows: every machine known, or those of `macs` (the live feed), each
+        with its last boot (from its newest 200 events) and what it boots; six queries, however
+        many machines."""
+        specs = self.store.list_nodes(macs)
+        booter = self.booter.using(_Snapshot(specs, self.store.list_profiles()))
+        by_mac = {n.mac: n for n in specs}
+        events = self.store.recent_events(200, macs)
+        inventory = self.store.latest_inventory(macs)
+        leases = _by_mac(self.store.active_leases(macs))
+        rows = []
+        for mac in sorted(by_mac.keys() | events.keys() | inventory.keys() if macs is None else set(macs)):
+            spec = by_mac.get(mac)
+            evs = events.get(mac, [])
+            boot = last_boot(evs)
+            seen = max([*(e.at for e in evs[-1:]), *([inventory[mac][0]] if mac in inventory else [])], default=None)
+            rows.append(S.NodeStatus(
+                mac=mac,
+                registered=spec is not None,
+                discovered=bool(spec and spec.discovered),
+                hostname=spec.hostname if spec else None,
+                image=spec.image if spec else None,
+                inventory=inventory_out(inventory.get(mac)),
+                last_boot=boot_out(boot),
+                effective=_effective(booter, mac, leases.get(mac, []), seen, boot),
+            ))
+        return rows
 
     def show_node(self, mac: str) -> S.NodeDetail:
         """A machine with its inventory, last boot and what it boots; NotFound if nothing is known of it."""
@@ -273,12 +307,10 @@ def _plain(name: str) -> str:
         raise ServiceError(str(e)) from None
 
 
-def _leases_by_mac(leases: Iterable[LeaseRecord], now: float | None = None) -> dict[str, list[LeaseRecord]]:
-    now = time.time() if now is None else now
+def _by_mac(leases: Iterable[LeaseRecord]) -> dict[str, list[LeaseRecord]]:
     out: dict[str, list[LeaseRecord]] = {}
     for lease in leases:
-        if lease.expires > now:
-            out.setdefault(lease.mac, []).append(lease)
+        out.setdefault(lease.mac, []).append(lease)
     return out
 
 

@@ -582,6 +582,16 @@ class Store:
             return [_lease_record(r) for r in s.scalars(
                 select(Lease).where(Lease.mac == normalize_mac(mac), Lease.expires > now))]
 
+    def active_leases(self, macs: Collection[str] | None = None, now: float | None = None) -> list[LeaseRecord]:
+        """The unexpired leases of these MACs, or of every MAC: one query, for the nodes' views."""
+        now = time.time() if now is None else now
+        self.checkpoint_leases()
+        q = select(Lease).where(Lease.expires > now)
+        if macs is not None:
+            q = q.where(Lease.mac.in_([normalize_mac(m) for m in macs]))
+        with self._session() as s:
+            return [_lease_record(r) for r in s.scalars(q)]
+
     def lease_at(self, ip: str, now: float | None = None) -> LeaseRecord | None:
         """The unexpired lease on an address, if any."""
         now = time.time() if now is None else now

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from pydantic import ValidationError
 
 from ..images.manifest import Manifest
 from . import schemas as S
-from .store import EventRecord, Store
-from .timeline import Boot, last_boot
+from .store import EventRecord
+from .timeline import Boot
 
 
 def image_out(m: Manifest) -> S.ImageOut:
@@ -45,24 +43,3 @@ def inventory_out(latest: tuple[float, dict] | None) -> S.InventoryOut | None:
         return None
     at, data = latest
     return S.InventoryOut(at=at, report=report_of(data))
-
-
-def all_status(store: Store, macs: Collection[str] | None = None) -> list[S.NodeStatus]:
-    """The status page's rows: every machine known, or those of `macs` (the live feed), each
-    with its last boot from its newest 200 events; three queries, however many machines."""
-    specs = {n.mac: n for n in store.list_nodes(macs)}
-    events = store.recent_events(200, macs)
-    inventory = store.latest_inventory(macs)
-    rows = []
-    for mac in sorted(specs.keys() | events.keys() | inventory.keys() if macs is None else set(macs)):
-        spec = specs.get(mac)
-        rows.append(S.NodeStatus(
-            mac=mac,
-            registered=spec is not None,
-            discovered=bool(spec and spec.discovered),
-            hostname=spec.hostname if spec else None,
-            image=spec.image if spec else None,
-            inventory=inventory_out(inventory.get(mac)),
-            last_boot=boot_out(last_boot(events.get(mac, []))),
-        ))
-    return rows

@@ -42,7 +42,6 @@ from ..inventory import schemas as S
 from ..inventory.service import Service, ServiceError
 from ..inventory.store import StoreError
 from ..inventory.timeline import SERVER_STAGES
-from ..inventory.views import all_status
 from ..macaddr import BadMac, normalize_mac
 from ..proto.pxe import normalize_uuid
 from . import openapi as oa
@@ -126,7 +125,6 @@ def server_names(config: Config, server_ip: str) -> frozenset[str]:
 
 
 SERVER_NAMES = web.AppKey("server_names", frozenset)
-SERVICE = web.AppKey("service", Service)
 
 
 def check_site(request: web.Request) -> None:
@@ -293,7 +291,7 @@ R = TypeVar("R")
 
 async def service(request: web.Request, call: Callable[[Service], R]) -> R:
     """`call` on the service, in a worker thread (it reads the store); its refusal as an API error."""
-    svc = request.app[SERVICE]
+    svc = request.app[CTX].service
     try:
         return await asyncio.to_thread(call, svc)
     except ServiceError as e:
@@ -444,7 +442,7 @@ async def list_servers(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return json_response(await asyncio.to_thread(all_status, request.app[CTX].store))
+    return json_response(await service(request, lambda svc: svc.status()))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -524,7 +522,6 @@ def add_routes(app: web.Application) -> None:
     api = ctx.config.api
     app[SERVER_NAMES] = server_names(ctx.config, ctx.booter.server_ip)
     app[REPORTS] = ReportLimiter(api.report_rate, api.report_burst)
-    app[SERVICE] = Service(ctx.config, ctx.store, ctx.booter)
     for r in ROUTES:
         app.router.add_route(r.method, PREFIX + r.path, _guarded(r))
     app.router.add_route("*", "/api/{tail:.*}", api_not_found)

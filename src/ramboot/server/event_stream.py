@@ -17,7 +17,6 @@ from aiohttp import web
 from .. import metrics
 from ..inventory.store import EVENT_CHANNEL, EventRecord, Store
 from ..inventory.timeline import mbps_of, split_boots
-from ..inventory.views import all_status
 from .http_context import CTX, Ctx
 
 log = logging.getLogger("ramboot.events")
@@ -127,7 +126,7 @@ class Broadcaster:
         if not self.subscribers:
             return
         macs = sorted({mac for mac, _ in keys})
-        rows = await asyncio.to_thread(all_status, store, macs)
+        rows = await asyncio.to_thread(self.ctx.service.status, macs)
         for row in rows:
             msg = f"event: node\ndata: {row.model_dump_json()}\n\n".encode()
             for q in list(self.subscribers):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
 from ..config import Config
+from ..inventory.service import Service
 from ..inventory.store import Store
 from ..namespace import Namespace
 from ..policy import Booter
@@ -27,6 +28,10 @@ class Ctx:
     store: Store
     events: EventLog
     cluster: Cluster | None = None  # this server among the others on the database (`serve` makes one)
+    service: Service = field(init=False)  # the operators' reads and writes, shared with the CLI
+
+    def __post_init__(self) -> None:
+        self.service = Service(self.config, self.store, self.booter)
 
 
 CTX = web.AppKey("ramboot", Ctx)
