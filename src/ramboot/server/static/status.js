@@ -107,7 +107,7 @@ function withToken(url) {
 
 function eff(mac) {
   const n = nodes.get(mac), s = status.get(mac) || {};
-  const e = (n && n.effective) || {};
+  const e = s.effective || (n && n.effective) || {};  // the live feed's rows carry it, newest
   const profiles = e.profiles || (n && n.profiles) || [];
   return {
     mac, hostname: (n && n.hostname) || s.hostname || "",
@@ -120,6 +120,12 @@ function eff(mac) {
     lastSeen: e.last_seen || (s.last_boot && s.last_boot.updated) || (n && n.updated) || null,
     lastBoot: e.last_boot || (s.last_boot && s.last_boot.started) || null,
   };
+}
+
+function keepNode(n) {  // a node the API just answered with: its effective view is the newest
+  nodes.set(n.mac, n);
+  const s = status.get(n.mac);
+  if (s && n.effective) s.effective = n.effective;
 }
 
 function stageOf(x) { return x.boot ? x.boot.stage : ""; }
@@ -288,7 +294,7 @@ async function viewNode(sec, mac) {
   try { n = await api(`/nodes/${mac}`); } catch (e) { if (e.status !== 404) throw e; }
   try { evs = await api(`/nodes/${mac}/events?limit=200`); } catch (e) { if (e.status !== 404) throw e; }
   try { invs = await api(`/nodes/${mac}/inventory`); } catch (e) { if (e.status !== 404) throw e; }
-  if (n) nodes.set(n.mac, n);
+  if (n) keepNode(n);
   const x = eff(mac);
   const boot = (n && n.last_boot) || x.boot;
   const e = (n && n.effective) || {};
@@ -358,7 +364,7 @@ function actions(n, x) {
     try {
       const body = { image: pick.value || null };
       const out = await api(`/nodes/${n.mac}`, { method: "PATCH", body });
-      nodes.set(n.mac, out);
+      keepNode(out);
       await route();  // the page again, with what the server now says it boots
       $("#action-msg").textContent = `saved: the next boot uses ${eff(n.mac).image || "the default image"}`;
     } catch (e) { msg.textContent = `not saved: ${e.message}`; }
