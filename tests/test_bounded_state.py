@@ -13,7 +13,7 @@ import time
 from sqlalchemy import event
 
 from ramboot.config import parse_config
-from ramboot.inventory.schemas import REPORT_LIST, REPORT_STR, InventoryReport
+from ramboot.inventory.schemas import NIC_ADDRESSES, REPORT_LIST, REPORT_STR, InventoryReport
 from ramboot.inventory.service import Service
 from ramboot.inventory.store import EventRecord, NodeSpec, Store
 from ramboot.policy import Booter
@@ -39,18 +39,22 @@ def test_a_report_keeps_known_fields_only_and_stays_small() -> None:
         "cpu": {"model": "x" * 10_000, "count": 4, "flags": "y" * 50_000},
         "memory_kib": 1024,
         "padding": "z" * 60_000,
-        "nics": [{"name": "n" * 500, "mac": "m" * 500, "speed_mbps": 1000, "firmware": "f" * 500}] * 5000,
+        "nics": [{"name": "n" * 500, "mac": "m" * 500, "speed_mbps": 1000, "firmware": "f" * 500,
+                  "addresses": ["a" * 500] * 5000}] * 5000,
         "disks": [{"name": "d" * 500, "size_bytes": 1, "model": "q" * 500}] * 5000,
         "dmi": {"vendor": "v" * 500, "product": "p", "serial": "s", "uuid": "u", "bios": {"a": 1}},
     }
     kept = InventoryReport.model_validate(hostile).model_dump(mode="json")
     assert set(kept) == {"cpu", "memory_kib", "nics", "disks", "dmi"}  # unknown keys dropped, not refused
-    assert set(kept["cpu"]) == {"model", "count"} and set(kept["nics"][0]) == {"name", "mac", "speed_mbps"}
+    assert set(kept["cpu"]) == {"model", "count"}
+    assert set(kept["nics"][0]) == {"name", "mac", "speed_mbps", "addresses"}
+    assert len(kept["nics"][0]["addresses"]) == NIC_ADDRESSES and len(kept["nics"][0]["addresses"][0]) == 50
     assert len(kept["cpu"]["model"]) == REPORT_STR and len(kept["dmi"]["vendor"]) == REPORT_STR
     assert len(kept["nics"]) == REPORT_LIST and len(kept["disks"]) == REPORT_LIST
-    assert len(json.dumps(kept)) < 48 * 1024  # the worst case; a real report is a few hundred bytes
+    assert len(json.dumps(kept)) < 80 * 1024  # the worst case; a real report is a few hundred bytes
     real = {"cpu": {"model": "QEMU Virtual CPU", "count": 2}, "memory_kib": 2048,
-            "nics": [{"name": "eth0", "mac": "52:54:00:12:34:56", "speed_mbps": None}], "disks": [],
+            "nics": [{"name": "eth0", "mac": "52:54:00:12:34:56", "speed_mbps": None,
+                      "addresses": ["172.22.33.100/24", "fd00:172:22:33::1c4/64"]}], "disks": [],
             "dmi": {"vendor": "QEMU", "product": "Standard PC", "serial": "", "uuid": "abc"}}
     assert InventoryReport.model_validate(real).model_dump(mode="json") == real
 

@@ -315,6 +315,14 @@ def _first(v: object) -> object:
     return v[:REPORT_LIST] if isinstance(v, list) else v
 
 
+NIC_ADDRESSES = 8
+Address = Annotated[str, BeforeValidator(lambda v: v[:50] if isinstance(v, str) else v)]  # "addr/len", IPv6 at most 49
+
+
+def _first_addresses(v: object) -> object:
+    return v[:NIC_ADDRESSES] if isinstance(v, list) else v
+
+
 class _Report(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -328,8 +336,9 @@ class Nic(_Report):
     name: Text
     mac: Text | None = None
     speed_mbps: int | None = None
-    # The global addresses the NIC holds (IPv4 and IPv6), as the initramfs saw them.
-    addresses: Annotated[list[Text], BeforeValidator(_first)] = []
+    # The global addresses the NIC holds (IPv4 and IPv6), as the initramfs saw them; a NIC has a
+    # handful, so a hostile report cannot make them most of its size.
+    addresses: Annotated[list[Address], BeforeValidator(_first_addresses)] = []
 
 
 class Disk(_Report):
