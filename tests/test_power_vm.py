@@ -16,7 +16,7 @@ import pytest
 from ramboot.lab.bmc import start_ipmi_vm, wait_booted
 from ramboot.lab.netns import adopted_pid
 from ramboot.lab.server import link_image, ramboot_cmd
-from ramboot.lab.vm import random_mac
+from ramboot.lab.vm import random_mac, unix_time
 from test_e2e_lab import ARTIFACTS, LabRun, built, shared_dir  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
@@ -33,7 +33,7 @@ def _booted_image(run: LabRun, mac: str, since: float) -> set[str]:
     out = set()
     for e in run.events(mac):
         url = str(e["detail"].get("url") or "")
-        if e["at"] >= since and e["stage"] == "download-done" and "/images/" in url:
+        if unix_time(e["at"]) >= since and e["stage"] == "download-done" and "/images/" in url:
             out.add(url.split("/images/")[1].split("/")[0])
     return out
 
@@ -134,7 +134,7 @@ def test_ipmi_boot_once_then_the_nodes_own_image(request, tmp_path: Path, built)
     assert once.returncode == 0 and run.api(f"/api/v1/nodes/{mac}")["boot_once"] == "demo", once.stderr
     since = time.time()
     vm = start_ipmi_vm(run.lab, mac, accel)
-    assert _cli(run, "node", "add", mac, "--image", "second", "--bmc", vm.url).returncode == 0
+    assert _cli(run, "node", "add", mac, "--image", "second", "--bmc", vm.url, "--replace").returncode == 0
     ok, last = wait_booted(run.lab, mac, since, 300, run.base)
     assert ok and _booted_image(run, mac, since) == {"demo"}, last
     deadline = time.monotonic() + 10
@@ -179,7 +179,7 @@ def test_redfish_and_libvirt_power_and_reprovision(request, tmp_path: Path, buil
     for driver, bmc, target in (("redfish", base + "?verify=false", "second"),
                                 ("libvirt", f"libvirt:{domain}?uri={daemon.uri}", "demo")):
         assert _cli(run, "node", "add", mac, "--image", "demo" if target == "second" else "second",
-                    "--bmc", bmc).returncode == 0
+                    "--bmc", bmc, "--replace").returncode == 0
         assert _cli(run, "power", "status", mac).stdout.strip() == f"{mac} on"
         t1, since = time.monotonic(), time.time()
         rep = _cli(run, "node", "reprovision", mac, "--image", target, "--wait", "--timeout", "300", timeout=330)

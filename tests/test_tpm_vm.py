@@ -18,7 +18,7 @@ import pytest
 from ramboot.identity import Identities
 from ramboot.inventory.store import Store
 from ramboot.lab.server import ramboot_cmd
-from ramboot.lab.vm import boot_vm, random_mac
+from ramboot.lab.vm import boot_vm, random_mac, unix_time
 from test_e2e_lab import BOOT_TIMEOUT, LabRun, _explain
 from test_identity_vm import _probe, probe_image  # noqa: F401  (a fixture)
 from test_node_modules_vm import module_images  # noqa: F401  (a fixture)
@@ -63,8 +63,8 @@ def test_tpm_enrols_then_only_that_tpm_opens_the_nodes_secrets(request, tmp_path
     assert fp.startswith("sha256:")
     r2, two = _boot(run, mac, uuid, mine)
     assert two["hostkey"] != [""] and two["hostname"] == ["tpm-1"], two
-    tpm_stage = [e for e in run.events(mac) if e["stage"] == "tpm" and e["at"] >= r2.started]
-    overlay = [e for e in run.events(mac) if e["stage"] == "overlay" and e["at"] >= r2.started]
+    tpm_stage = [e for e in run.events(mac) if e["stage"] == "tpm" and unix_time(e["at"]) >= r2.started]
+    overlay = [e for e in run.events(mac) if e["stage"] == "overlay" and unix_time(e["at"]) >= r2.started]
     assert tpm_stage and overlay and overlay[-1]["detail"]["tpm"] is True, (tpm_stage, overlay)
     _, three = _boot(run, mac, uuid, mine)
     assert three["hostkey"] == two["hostkey"] and three["machine-id"] == two["machine-id"], (two, three)
@@ -73,7 +73,7 @@ def test_tpm_enrols_then_only_that_tpm_opens_the_nodes_secrets(request, tmp_path
     before = run.metric("ramboot_tpm_attestations_total", outcome="untrusted-tpm")
     r4, four = _boot(run, mac, uuid, other)
     assert four["hostkey"] == [""], four
-    untrusted = [e for e in run.events(mac) if e["stage"] == "untrusted-tpm" and e["at"] >= r4.started]
+    untrusted = [e for e in run.events(mac) if e["stage"] == "untrusted-tpm" and unix_time(e["at"]) >= r4.started]
     assert untrusted and untrusted[-1]["detail"]["ek"] != fp, untrusted
     assert run.metric("ramboot_tpm_attestations_total", outcome="untrusted-tpm") - before == 1
     show = _cli(run, "show", mac)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..macaddr import normalize_mac
 from .netns import Lab, LabError, call_in_netns
-from .vm import qemu_argv, tap_name
+from .vm import qemu_argv, tap_name, unix_time
 
 IPMI_USER = "admin"
 EMU = """mc_setbmc 0x20
@@ -138,7 +138,7 @@ def wait_booted(lab: Lab, mac: str, since: float, timeout: float, base: str | No
     last = "nothing yet"
     while time.monotonic() < deadline:
         events = lab.api(f"/api/v1/nodes/{mac}/events", base, token)
-        mine = [e for e in events if isinstance(e, dict) and float(e.get("at", 0)) >= since] \
+        mine = [e for e in events if isinstance(e, dict) and unix_time(e.get("at", 0)) >= since] \
             if isinstance(events, list) else []
         if mine:
             last = str(mine[-1].get("stage"))

@@ -25,6 +25,7 @@ bounded probe has booted a kernel to user space under it; otherwise TCG.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -80,6 +81,16 @@ _CONSOLE_MILESTONES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"Linux version \d"), "kernel-start"),
     (re.compile(r"Run /init as init process|Freeing unused kernel"), "kernel-init"),
 ]
+
+
+def unix_time(v: object) -> float:
+    """An API time (ISO 8601 with its offset, or a unix time) as a unix time; 0 if it is neither."""
+    if isinstance(v, int | float):
+        return float(v)
+    try:
+        return datetime.fromisoformat(str(v)).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def random_mac() -> str:
@@ -623,8 +634,14 @@ def stop_vm(lab: Lab, mac: str, grace: float = 90.0) -> bool:
         raise LabError(f"{mac} is not running in the lab (running: {', '.join(kept_vms(lab)) or 'none'})")
     _monitor(lab, mac, "system_powerdown")
     deadline = time.monotonic() + grace
-    clean = False
+    clean, press = False, time.monotonic() + 15
     while time.monotonic() < deadline:
+        if time.monotonic() >= press:
+            # Pressed again every 15 s: a press before systemd-logind listens (a node still
+            # starting, a slow TCG guest) is lost, as on a real machine.
+            with contextlib.suppress(LabError, OSError):
+                _monitor(lab, mac, "system_powerdown")
+            press = time.monotonic() + 15
         try:  # reap it if this process started it (a test), so it does not linger as a zombie
             os.waitpid(rec[0], os.WNOHANG)
         except ChildProcessError:
