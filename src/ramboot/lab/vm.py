@@ -629,9 +629,13 @@ def stop_vm(lab: Lab, mac: str, grace: float = 90.0) -> bool:
     mac = normalize_mac(mac)
     key = vm_key(mac)
     rec = lab.state()["pids"].get(key)
-    if not rec or not pid_alive(rec[0], rec[1]):
-        lab.forget(key)
+    if not rec:
         raise LabError(f"{mac} is not running in the lab (running: {', '.join(kept_vms(lab)) or 'none'})")
+    if not pid_alive(rec[0], rec[1]):  # it powered itself off (`poweroff` inside): what it left goes
+        lab.stop(key)
+        lab.stop(f"impair-{mac}")
+        lab.del_tap(tap_name(mac))
+        return True
     _monitor(lab, mac, "system_powerdown")
     deadline = time.monotonic() + grace
     clean, press = False, time.monotonic() + 15
