@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dhcp_bench import Point, _read, _settle, parse_perfdhcp  # noqa: E402
+from dhcp_bench import Point, _read, _settle, parse_perfdhcp, run_kea  # noqa: E402
 
 from ramboot.bench.util import Child, NetnsPair, cpu_seconds, have, ramboot_exe, rss_bytes, run  # noqa: E402
 
@@ -64,12 +64,7 @@ def start_kea6(net: NetnsPair, work: Path) -> Child:
                      "pools": [{"pool": f"{POOL6[0]} - {POOL6[1]}"}]}],
         "loggers": [{"name": "kea-dhcp6", "severity": "WARN", "output_options": [{"output": "stderr"}]}],
     }}
-    (work / "kea6.json").write_text(json.dumps(cfg, indent=1))
-    env = dict(os.environ, KEA_PIDFILE_DIR=str(work), KEA_LOCKFILE_DIR=str(work))
-    c = Child(net.exec(net.srv, "kea-dhcp6", "-c", str(work / "kea6.json")), log=work / "kea6.log", env=env)
-    _settle(c, lambda: "DHCP6_MULTI_THREADING_INFO" in _read(work / "kea6.log")
-            or "DHCP6_STARTED" in _read(work / "kea6.log"))
-    return c
+    return run_kea(net, work, "kea6", cfg, "DHCP6")
 
 
 def start_ramboot6(net: NetnsPair, work: Path) -> Child:

@@ -90,11 +90,16 @@ def start_kea(net: NetnsPair, work: Path, lease_database: dict | None = None) ->
             "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "stderr"}]}],
         }
     }
-    (work / "kea.json").write_text(json.dumps(cfg, indent=1))
+    return run_kea(net, work, "kea", cfg, "DHCP4")
+
+
+def run_kea(net: NetnsPair, work: Path, name: str, cfg: dict, family: str) -> Child:
+    """Kea (`kea-dhcp4` or `kea-dhcp6`, by `family`) in the server namespace with `cfg`, once it has started."""
+    conf, log = work / f"{name}.json", work / f"{name}.log"
+    conf.write_text(json.dumps(cfg, indent=1))
     env = dict(os.environ, KEA_PIDFILE_DIR=str(work), KEA_LOCKFILE_DIR=str(work))
-    c = Child(net.exec(net.srv, "kea-dhcp4", "-c", str(work / "kea.json")), log=work / "kea.log", env=env)
-    _settle(c, lambda: "DHCP4_STARTED" in _read(work / "kea.log")
-            or "DHCP4_MULTI_THREADING_INFO" in _read(work / "kea.log"))
+    c = Child(net.exec(net.srv, f"kea-{family.lower()}", "-c", str(conf)), log=log, env=env)
+    _settle(c, lambda: f"{family}_STARTED" in _read(log) or f"{family}_MULTI_THREADING_INFO" in _read(log))
     return c
 
 

@@ -13,10 +13,10 @@ import time
 import click
 
 from ..config import ConfigError, load_config
+from ..inventory.cli import _mac  # one MAC argument check for every command
 from ..inventory.records import NodeSpec
 from ..inventory.store import Store
 from ..inventory.timeline import last_boot
-from ..macaddr import BadMac, normalize_mac
 from . import ACTIONS, TIMEOUT, PowerError, driver_for
 from .fleet import Outcome, TargetError, record, run, targets
 
@@ -26,13 +26,6 @@ def _store(config_path: str) -> Store:
         return Store.for_config(load_config(config_path))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-
-
-def _mac(value: str) -> str:
-    try:
-        return normalize_mac(value)
-    except BadMac as e:
-        raise click.BadParameter(str(e)) from None
 
 
 _config = click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),

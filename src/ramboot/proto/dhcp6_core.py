@@ -68,7 +68,10 @@ from .dhcp6_codec import (
     status,
     vendor_class,
 )
-from .dhcp_core import Answer
+from .dhcp_core import (
+    Answer,
+    BootEvent,  # the same boot events as IPv4: one timeline
+)
 from .pxe import BootFile, Client
 
 OFFER_HOLD = 60.0  # seconds an advertised address stays held for its client
@@ -114,13 +117,6 @@ class Send6:
     port: int
 
 
-@dataclass(frozen=True)
-class BootEvent6:
-    mac: str
-    stage: str
-    detail: dict[str, object]
-
-
 @dataclass
 class Result6:
     kind: str
@@ -128,7 +124,7 @@ class Result6:
     sends: list[Send6] = field(default_factory=list)
     upserts: list[Lease6Record] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
-    events: list[BootEvent6] = field(default_factory=list)
+    events: list[BootEvent] = field(default_factory=list)
     bound: tuple[str, str] | None = None  # (ip, mac) of a new or renewed lease
     reason: str = ""
 
@@ -275,7 +271,7 @@ class Dhcp6Core:
         res.upserts = upserts + self._slaac(client.mac, upserts)
         if bound:
             stage = "dhcp-ack" if rapid else "dhcp-offer"
-            res.events.append(BootEvent6(client.mac, stage, _detail(bound, client, answer.boot_file)))
+            res.events.append(BootEvent(client.mac, stage, _detail(bound, client, answer.boot_file)))
             if rapid:
                 res.bound = (bound, client.mac)
         elif ias:
@@ -290,7 +286,7 @@ class Dhcp6Core:
         res = self._reply(msg, Msg.REPLY, kind, "reply", via, ias, client, answer)
         res.upserts = upserts + self._slaac(client.mac, upserts)
         if bound:
-            res.events.append(BootEvent6(client.mac, "dhcp-ack", _detail(bound, client, answer.boot_file)))
+            res.events.append(BootEvent(client.mac, "dhcp-ack", _detail(bound, client, answer.boot_file)))
             res.bound = (bound, client.mac)
         return res
 
