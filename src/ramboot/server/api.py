@@ -377,7 +377,7 @@ async def report_event(request: web.Request) -> web.Response:
     if body.stage == "booted":
         await asyncio.to_thread(consume_boot_once, ctx.store, ctx.events, mac)
     if ctx.seeds is not None:
-        seed_report(ctx, ctx.seeds, mac, body.stage, body.detail, request.remote)
+        await seed_report(ctx, ctx.seeds, mac, body.stage, body.detail, request.remote)
     return json_response(S.Accepted(), 202)
 
 

@@ -367,7 +367,18 @@ async def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.I
         await asyncio.sleep(0.1)
 
 
-def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict, ip: str | None) -> None:
+def _seeded_files(ctx: Ctx, mac: str) -> tuple[str, dict[str, str]] | None:
+    """The image this server tells `mac` to boot and the sha256 of its seedable files (reads the store)."""
+    d = ctx.booter.decide(Client(mac))
+    if d is None:
+        return None
+    try:
+        return d.image, {f: e.sha256 for f, e in ctx.booter.manifest(d.image).files.items() if f in SEEDED}
+    except ManifestError:
+        return None
+
+
+async def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict, ip: str | None) -> None:
     """What a node's report means for seeding: a new boot stops its seeding, a verified root
     starts it (at the address the report came from, for the image this server told it to
     boot), a finished or refused download is counted against the peer it came from."""
@@ -375,15 +386,11 @@ def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict, ip: 
     if stage in ("initramfs", "failed"):
         seeds.drop(mac)
     elif stage == "seeding" and ip:
-        d = ctx.booter.decide(Client(mac))
-        try:
-            files = {f: e.sha256 for f, e in ctx.booter.manifest(d.image).files.items() if f in SEEDED} if d else {}
-        except ManifestError:
-            files = {}
-        if d is None or not files.get(ROOTFS) or detail.get("sha256") != files[ROOTFS]:
+        seeded = await asyncio.to_thread(_seeded_files, ctx, mac)  # the store, off the loop
+        if seeded is None or not seeded[1].get(ROOTFS) or detail.get("sha256") != seeded[1][ROOTFS]:
             log.warning("seeding refused: not the root this server told it to boot", extra={"mac": mac})
             return
-        seeds.offer(mac, ip, d.image, files, ctx.config.dhcp.group_of(ip), now)
+        seeds.offer(mac, ip, seeded[0], seeded[1], ctx.config.dhcp.group_of(ip), now)
     elif stage in ("download-done", "modules"):
         nbytes = detail.get("bytes")
         peer = seeds.done(mac, str(detail.get("url", "")), nbytes if isinstance(nbytes, int) else 0)
