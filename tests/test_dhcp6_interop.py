@@ -152,6 +152,7 @@ def test_tftp_and_http_answer_over_ipv6(v6):
 
 def test_perfdhcp6_gets_leases(v6):
     pair, tmp, _ = v6
+    wait_dad(pair, pair.cli_ns)  # the server's RAs give the client a SLAAC address: perfdhcp binds to it once it is not tentative
     res = pair.run(pair.cli_ns, "perfdhcp", "-6", "-l", pair.cli_if, "-r", "50", "-n", "100", "-R", "100",
                    "-p", "10", timeout=60, check=False)
     m = re.search(r"sent packets: (\d+)\s+received packets: (\d+)", res.stdout)
