@@ -73,7 +73,7 @@ def serve(src: str, data_dir: str, port: int, host: str = "127.0.0.1") -> None:
     async def main() -> None:
         cfg = Config(data_dir=Path(data_dir), tftp=TftpConfig(max_per_source=256))  # all clients are 127.0.0.1
         store = Store(f"sqlite:///{data_dir}/bench.db")
-        await start_tftp(cfg, Namespace(Path(data_dir), Booter(cfg, store, host)), EventLog(store),
+        await start_tftp(cfg, Namespace(Path(data_dir), Booter(cfg, store.directory, host)), EventLog(store.events),
                          host=host, port=port)
         await asyncio.Event().wait()
 

@@ -43,8 +43,9 @@ def make_booter(data_dir: Path):
         cfg = parse_config(f'data_dir = "{data_dir}"\n{extra}')
         store = Store.for_config(cfg)
         stores.append(store)
-        return Booter(cfg, store, server_ip)
+        return Booter(cfg, store.directory, server_ip)
 
+    make.stores = stores  # type: ignore[attr-defined]  # the store behind each booter made, in order
     yield make
     for s in stores:
         s.close()

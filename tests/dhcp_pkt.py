@@ -47,12 +47,12 @@ class Rig:
         self.server_ip = server
         self.config = parse_config(f'data_dir = "{data_dir}"\n[dhcp]\nmode = "{mode}"\n{rng}lease_time = 600\n{extra}')
         self.store = Store.for_config(self.config)
-        self.booter = Booter(self.config, self.store, server)
+        self.booter = Booter(self.config, self.store.directory, server)
         self.now = 1_000_000.0
         self.server = self.make(leases)
 
     def make(self, leases=()) -> DhcpCore:
-        reserved = lambda: {n.ip: n.mac for n in self.store.list_nodes() if n.ip}  # noqa: E731
+        reserved = lambda: {n.ip: n.mac for n in self.store.nodes.all() if n.ip}  # noqa: E731
         return DhcpCore(dhcp_settings(self.config, self.server_ip), self.booter.decide, reserved, list(leases))
 
     def send(self, pkt: DhcpPacket | bytes, port: int = 67, src=("0.0.0.0", 68)):

@@ -21,8 +21,8 @@ from ramboot.server.events import EventLog
 async def main(config_path: str, server_ip: str) -> None:
     config = load_config(config_path)
     store = Store.for_config(config)
-    booter = Booter(config, store, server_ip)
-    events = EventLog(store, flush_interval=0.05)
+    booter = Booter(config, store.directory, server_ip)
+    events = EventLog(store.events, flush_interval=0.05)
     events.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -37,12 +37,12 @@ class LiveServer:
         ensure_admin_token(self.config)  # as `serve` does: DATA/api-token unless [api] token is set
         self.token = self.config.api.token
         self.store = Store.for_config(self.config)
-        self.booter = Booter(self.config, self.store, "127.0.0.1")
-        self.access = AccessRule(self.config.dhcp.mode, self.config.security.proxy_secrets, self.store,
+        self.booter = Booter(self.config, self.store.directory, "127.0.0.1")
+        self.access = AccessRule(self.config.dhcp.mode, self.config.security.proxy_secrets, self.store.directory,
                                  self.store.credentials)
         self.namespace = Namespace(self.config.data_dir, self.booter,
                                    OverlayRenderer(self.config.data_dir, self.store, self.booter), self.access)
-        self.events = EventLog(self.store, flush_interval=0.05)
+        self.events = EventLog(self.store.events, flush_interval=0.05)
         self.tokens: dict[str, str | None] = {}  # MAC -> its boot's credential (`report`)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

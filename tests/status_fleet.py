@@ -59,15 +59,15 @@ def populate(srv, count: int = 20, seed: int = 7) -> list[str]:
     for name in ("demo", "debian-12", "rocky-9"):
         write_fake_image(data, name)
     store, now = srv.store, time.time()
-    store.put_profile(ProfileSpec(name="compute", image="debian-12", labels={"role": "compute"}))
-    store.put_profile(ProfileSpec(name="storage", image="rocky-9", labels={"role": "storage"}))
+    store.profiles.put(ProfileSpec(name="compute", image="debian-12", labels={"role": "compute"}))
+    store.profiles.put(ProfileSpec(name="storage", image="rocky-9", labels={"role": "storage"}))
     macs, events, leases = [], [], []
     for i in range(count):
         mac = mac_of(i + 1)
         macs.append(mac)
         profile = "storage" if i % 5 == 4 else "compute"
         fixed = f"10.0.0.{10 + i}" if profile == "storage" else None
-        store.put_node(NodeSpec(mac=mac, hostname=f"{'st' if profile == 'storage' else 'cn'}{i + 1:02d}",
+        store.nodes.put(NodeSpec(mac=mac, hostname=f"{'st' if profile == 'storage' else 'cn'}{i + 1:02d}",
                                 profiles=[profile], ip=fixed, image="demo" if i == 7 else None,
                                 labels={"rack": f"r{1 + i // 8}"}))
         ip = fixed or f"10.0.0.{100 + i}"
@@ -83,9 +83,9 @@ def populate(srv, count: int = 20, seed: int = 7) -> list[str]:
                 e.detail["ip"] = ip
         events += evs
         if end != "failed" and end != "download-start":
-            store.add_inventory(mac, hardware(mac, rng), at=start + 4)
+            store.hardware.add(mac, hardware(mac, rng), at=start + 4)
     for j in (1, 2):  # machines that only asked: nobody registered them
         events += boot_events(f"52:54:00:ff:00:{j:02x}", now - 600 * j, rng, "script")
-    store.add_events(events)
-    store.save_leases(leases)
+    store.events.add(events)
+    store.leases.save(leases)
     return macs

@@ -44,13 +44,13 @@ def _guid_hex(uuid: str) -> str:
 @pytest.fixture
 def store(tmp_path: Path):
     s = Store(f"sqlite:///{tmp_path / 'r.db'}")
-    s.put_node(NodeSpec(MAC, image="demo", uuid=UUID))
+    s.nodes.put(NodeSpec(MAC, image="demo", uuid=UUID))
     yield s
     s.close()
 
 
 def rule(store: Store, mode: str = "full", proxy_secrets: str = "none") -> AccessRule:
-    return AccessRule(mode, proxy_secrets, store, store.credentials)
+    return AccessRule(mode, proxy_secrets, store.directory, store.credentials)
 
 
 # -- who is node M: its hardware lease, never a lease another client id took -----------------
@@ -63,13 +63,13 @@ def rule(store: Store, mode: str = "full", proxy_secrets: str = "none") -> Acces
     (_lease(ATT, NODE_IP), False),  # the address, but another MAC's lease
 ], ids=["no-client-id", "01-mac", "machine-id", "forged-machine-id", "forged-chaddr", "other-mac"])
 def test_only_the_hardware_lease_is_the_node(store, lease, ok):
-    store.save_leases([lease])
+    store.leases.save([lease])
     assert rule(store).is_node(MAC, NODE_IP).ok is ok
     assert (hardware_lease([lease], MAC, UUID) is not None) is ok
 
 
 def test_a_forged_chaddr_lease_beside_the_real_one_is_not_the_node(store):
-    store.save_leases([_lease(MAC, NODE_IP), _lease(MAC, ATT_IP, ATTACKER_CID)])
+    store.leases.save([_lease(MAC, NODE_IP), _lease(MAC, ATT_IP, ATTACKER_CID)])
     r = rule(store)
     assert r.is_node(MAC, NODE_IP).ok
     v = r.is_node(MAC, ATT_IP)
@@ -80,10 +80,10 @@ def test_a_forged_chaddr_lease_beside_the_real_one_is_not_the_node(store):
 def test_a_uuid_in_the_url_is_not_proof(store):
     """Item 1: the attacker's own NIC with the victim's UUID resolves to the victim's node, but
     its lease carries no such UUID (only the firmware's option 97 would), so nothing is minted."""
-    store.save_leases([_lease(ATT, ATT_IP)])
+    store.leases.save([_lease(ATT, ATT_IP)])
     r = rule(store)
     assert r.mint(ATT, MAC, UUID, ATT_IP) is None
-    store.save_leases([_lease(ATT, ATT_IP, uuid=UUID)])  # the firmware said this UUID in its DHCP
+    store.leases.save([_lease(ATT, ATT_IP, uuid=UUID)])  # the firmware said this UUID in its DHCP
     assert r.mint(ATT, MAC, UUID, ATT_IP) is not None
 
 
@@ -92,20 +92,20 @@ def test_a_firmwares_own_machine_id_opens_a_boot_but_claims_nothing(store):
     its UUID: its GRUB config gets a credential (the boot is opened), but secrets and reports
     need the MAC-keyed lease the initramfs takes. Anyone can forge a type 0 id and option 97."""
     other = "11112222-3333-4444-5555-666677778888"
-    store.put_node(NodeSpec(MAC, image="demo"))  # no UUID registered
-    store.save_leases([_lease(MAC, ATT_IP, "00" + _guid_hex(other), uuid=other)])
+    store.nodes.put(NodeSpec(MAC, image="demo"))  # no UUID registered
+    store.leases.save([_lease(MAC, ATT_IP, "00" + _guid_hex(other), uuid=other)])
     r = rule(store)
     token = r.mint(MAC, None, None, ATT_IP)
     assert token is not None
     assert r.claim(MAC, ATT_IP, token).status == 403
     assert not r.reporter(MAC, ATT_IP, token).ok
-    store.save_leases([_lease(MAC, NODE_IP)])  # the initramfs's own lease
+    store.leases.save([_lease(MAC, NODE_IP)])  # the initramfs's own lease
     assert r.claim(MAC, NODE_IP, token).status == 200
 
 
 # -- the credential: once per boot, a second claim is contested ------------------------------
 def test_the_credential_is_claimed_once_and_a_second_claim_is_contested(store):
-    store.save_leases([_lease(MAC, NODE_IP)])
+    store.leases.save([_lease(MAC, NODE_IP)])
     r = rule(store)
     token = r.mint(MAC, None, None, NODE_IP)
     assert token and r.claim(MAC, NODE_IP, token, peek=True).status == 200  # the sha256 file
@@ -116,7 +116,7 @@ def test_the_credential_is_claimed_once_and_a_second_claim_is_contested(store):
 
 
 def test_a_superseded_credential_is_contested_and_a_forged_one_refused(store):
-    store.save_leases([_lease(MAC, NODE_IP)])
+    store.leases.save([_lease(MAC, NODE_IP)])
     r = rule(store)
     first = r.mint(MAC, None, None, NODE_IP)
     second = r.mint(MAC, None, None, NODE_IP)  # a second script for the same node: the first is dead
@@ -147,7 +147,7 @@ def test_first_claim_is_the_weaker_rule_by_name(store, mode):
 
 
 def test_reports_need_the_hardware_lease_or_the_current_credential(store):
-    store.save_leases([_lease(MAC, NODE_IP), _lease(MAC, ATT_IP, ATTACKER_CID)])
+    store.leases.save([_lease(MAC, NODE_IP), _lease(MAC, ATT_IP, ATTACKER_CID)])
     r = rule(store)
     assert r.reporter(MAC, NODE_IP, None).ok
     assert not r.reporter(MAC, ATT_IP, None).ok  # the forged-chaddr lease (item 3)
@@ -187,7 +187,7 @@ def _token(script: bytes) -> str | None:
 
 def _stages(srv: LiveServer, mac: str) -> list[str]:
     srv.run(srv.events.flush)
-    return [e.stage for e in srv.store.events(mac)]
+    return [e.stage for e in srv.store.events.of(mac)]
 
 
 def _contested(srv: LiveServer) -> float:
@@ -205,8 +205,8 @@ def test_over_the_wire_forged_chaddr_uuid_address_and_port_get_nothing(data_dir)
     write_fake_image(data_dir, "demo")
     srv = LiveServer(data_dir, FULL)
     try:
-        srv.store.put_node(NodeSpec(MAC, image="demo", hostname="n1", uuid=UUID))
-        srv.store.save_leases([_lease(MAC, NODE_IP), _lease(MAC, OTHER_IP, ATTACKER_CID), _lease(ATT, ATT_IP)])
+        srv.store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1", uuid=UUID))
+        srv.store.leases.save([_lease(MAC, NODE_IP), _lease(MAC, OTHER_IP, ATTACKER_CID), _lease(ATT, ATT_IP)])
         mac_h, att_h = MAC.replace(":", "-"), ATT.replace(":", "-")
         forged = [
             (f"/boot/{mac_h}.ipxe", OTHER_IP, False),  # forged chaddr, own client id (item 3)
@@ -245,7 +245,7 @@ def test_over_the_wire_proxy_mode_hands_out_no_overlay(data_dir):
     write_fake_image(data_dir, "demo")
     srv = LiveServer(data_dir, '[dhcp]\nmode = "proxy"\n[security]\noverlay_over_http = true\n')
     try:
-        srv.store.put_node(NodeSpec(MAC, image="demo", hostname="n1"))
+        srv.store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1"))
         mac_h = MAC.replace(":", "-")
         st, script = _get(srv, f"/boot/{mac_h}.ipxe", ATT_IP)
         st, why = _get(srv, f"/overlay/{mac_h}.tar", ATT_IP, _token(script))
@@ -260,8 +260,8 @@ def test_overlays_go_over_https_unless_the_operator_allows_http(data_dir):
     srv = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n'
                                '[security]\noverlay_over_http = false\n')
     try:
-        srv.store.put_node(NodeSpec(MAC, image="demo"))
-        srv.store.save_leases([_lease(MAC, NODE_IP)])
+        srv.store.nodes.put(NodeSpec(MAC, image="demo"))
+        srv.store.leases.save([_lease(MAC, NODE_IP)])
         mac_h = MAC.replace(":", "-")
         _, script = _get(srv, f"/boot/{mac_h}.ipxe", NODE_IP)
         st, why = _get(srv, f"/overlay/{mac_h}.tar", NODE_IP, _token(script))
@@ -275,6 +275,6 @@ def test_a_forged_chaddr_lease_never_names_the_node_in_hosts_or_certificates(sto
     from its hardware lease; the lease a forger took for its chaddr names nothing."""
     from ramboot.overlays import addresses
 
-    store.save_leases([_lease(MAC, NODE_IP)])
-    store.save_leases([_lease(MAC, OTHER_IP, ATTACKER_CID)])  # newer: it expires later
+    store.leases.save([_lease(MAC, NODE_IP)])
+    store.leases.save([_lease(MAC, OTHER_IP, ATTACKER_CID)])  # newer: it expires later
     assert addresses(store)[MAC] == NODE_IP

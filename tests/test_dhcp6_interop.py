@@ -136,7 +136,7 @@ def test_dhclient6_gets_a_lease_and_its_boot_url(v6, fw, conf, url):
     # durable: the lease is in the store, found by the client's MAC (its EUI-64 link-local source)
     store = Store.for_config(load_config(cfg))
     try:
-        assert env["new_ip6_address"] in [x.ip for x in store.leases_of(mac)]
+        assert env["new_ip6_address"] in [x.ip for x in store.leases.leases_of(mac)]
     finally:
         store.close()
 
@@ -190,7 +190,7 @@ def test_a_client_behind_dhcrelay6_is_served(v6):
     mac = client_mac(pair, cli_ns, down + "c")
     store = Store.for_config(load_config(tmp / "ramboot.toml"))
     try:
-        assert env["new_ip6_address"] in [x.ip for x in store.leases_of(mac)]
+        assert env["new_ip6_address"] in [x.ip for x in store.leases.leases_of(mac)]
     finally:
         store.close()
     assert "Traceback" not in (tmp / "serve.log").read_text()

@@ -154,7 +154,7 @@ def test_served_files_become_events(srv, data_dir):
     curl("-o", "/dev/null", f"{srv.base}/snponly.efi")
     deadline = time.time() + 5
     while time.time() < deadline:
-        evs = srv.store.events(MAC)
+        evs = srv.store.events.of(MAC)
         if len(evs) >= 5:
             break
         time.sleep(0.05)

@@ -24,7 +24,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _table(store: Store) -> list[tuple]:
-    return sorted((r.ip, r.key, r.expires) for r in store.load_leases())
+    return sorted((r.ip, r.key, r.expires) for r in store.leases.load())
 
 
 op = st.one_of(
@@ -66,7 +66,7 @@ def test_the_journal_ends_as_writing_each_lease_in_turn(tmp_path_factory, templa
     for name in ("a.db", "b.db"):
         shutil.copy(template, tmp / name)
     direct, journaled = Store(f"sqlite:///{tmp / 'a.db'}"), Store(f"sqlite:///{tmp / 'b.db'}")
-    assert journaled.open_lease_journal()
+    assert journaled.leases.open_journal()
     table: dict[str, tuple[str, int]] = {}
     for n, batch in enumerate(batches):
         final: dict = {}
@@ -74,18 +74,18 @@ def test_the_journal_ends_as_writing_each_lease_in_turn(tmp_path_factory, templa
         moved: dict[str, str] = {}
         for o in batch:
             if o[0] == "u":
-                direct.save_leases([_rec(o[1], o[2], o[3])])  # the authority's write, one lease at a time
+                direct.leases.save([_rec(o[1], o[2], o[3])])  # the authority's write, one lease at a time
                 merge(final, [_rec(o[1], o[2], o[3])], [], ip_of_key)
             else:
-                direct.save_leases([], [o[1]])
+                direct.leases.save([], [o[1]])
                 merge(final, [], [o[1]], ip_of_key)
             _model(table, o, moved)  # (as the server merges moves: the first address a key left)
         # The batch as DhcpServer._flush_once hands it over: the results merged, address by address.
         ups = [r for r in final.values() if r is not None]
         dels = [ip for ip, r in final.items() if r is None]
-        journaled.save_leases(ups, dels, moved=moved, owners={})
+        journaled.leases.save(ups, dels, moved=moved, owners={})
         if n == checkpoint_at:
-            journaled.checkpoint_leases()  # a catch-up in the middle changes nothing
+            journaled.leases.checkpoint()  # a catch-up in the middle changes nothing
     assert _table(journaled) == _table(direct) == sorted((ip, k, 1000.0 + t) for ip, (k, t) in table.items())
     direct.close(), journaled.close()
 
@@ -97,12 +97,12 @@ def test_a_killed_server_loses_no_appended_lease(tmp_path: Path) -> None:
         sys.path.insert(0, {SRC!r})
         from ramboot.inventory.store import LeaseRecord, Store
         s = Store("sqlite:///{db}")
-        assert s.open_lease_journal()
+        assert s.leases.open_journal()
         for i in range(1, 40):
-            s.save_leases([LeaseRecord(key=f"k{{i}}", ip=f"10.0.1.{{i}}", mac="02:00:00:00:00:01", expires=9e9)],
+            s.leases.save([LeaseRecord(key=f"k{{i}}", ip=f"10.0.1.{{i}}", mac="02:00:00:00:00:01", expires=9e9)],
                           [], moved={{}}, owners={{}})
             if i == 20:
-                s.checkpoint_leases()  # half in the table, half only in the journal
+                s.leases.checkpoint()  # half in the table, half only in the journal
         os.kill(os.getpid(), 9)
     """)
     r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
@@ -112,38 +112,38 @@ def test_a_killed_server_loses_no_appended_lease(tmp_path: Path) -> None:
     with open(journal, "ab") as f:
         f.write(b'{"u":[["10.0.1.99","k99"')  # a line cut by the kill: never acknowledged
     s = Store(f"sqlite:///{db}")  # any process that opens the store while no server runs replays it
-    assert [r.ip for r in sorted(s.load_leases(), key=lambda r: int(r.ip.rsplit(".", 1)[1]))] == \
+    assert [r.ip for r in sorted(s.leases.load(), key=lambda r: int(r.ip.rsplit(".", 1)[1]))] == \
         [f"10.0.1.{i}" for i in range(1, 40)]
     assert journal.stat().st_size == 0
-    assert s.open_lease_journal()  # and a server after it starts from a clean journal
-    s.save_leases([LeaseRecord(key="k50", ip="10.0.1.50", mac="02:00:00:00:00:02", expires=9e9)], [],
+    assert s.leases.open_journal()  # and a server after it starts from a clean journal
+    s.leases.save([LeaseRecord(key="k50", ip="10.0.1.50", mac="02:00:00:00:00:02", expires=9e9)], [],
                   moved={}, owners={})
     s.close()
-    assert "10.0.1.50" in {r.ip for r in Store(f"sqlite:///{db}").load_leases()}
+    assert "10.0.1.50" in {r.ip for r in Store(f"sqlite:///{db}").leases.load()}
 
 
 def test_one_server_per_sqlite_store(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     first = Store(url)
-    assert first.open_lease_journal()
+    assert first.leases.open_journal()
     second = Store(url)
     with pytest.raises(StoreOpenError, match="another ramboot serve uses this SQLite store") as e:
-        second.open_lease_journal()
+        second.leases.open_journal()
     assert "\n" not in str(e.value)
     first.close()
-    assert second.open_lease_journal()  # the first is gone: the lock is free
+    assert second.leases.open_journal()  # the first is gone: the lock is free
     second.close()
 
 
 def test_reads_see_what_the_journal_holds(tmp_path: Path) -> None:
     s = Store(f"sqlite:///{tmp_path / 'r.db'}")
-    s.open_lease_journal()
-    s.save_leases([LeaseRecord(key="k1", ip="10.0.2.1", mac="02:00:00:00:00:03", expires=9e9)], [],
+    s.leases.open_journal()
+    s.leases.save([LeaseRecord(key="k1", ip="10.0.2.1", mac="02:00:00:00:00:03", expires=9e9)], [],
                   moved={}, owners={})
-    assert s.journal_pending
-    assert [r.ip for r in s.leases_of("02:00:00:00:00:03")] == ["10.0.2.1"]  # a read catches the table up first
-    assert not s.journal_pending
-    assert s.lease_at("10.0.2.1").mac == "02:00:00:00:00:03"
+    assert s.leases.journal_pending
+    assert [r.ip for r in s.leases.leases_of("02:00:00:00:00:03")] == ["10.0.2.1"]  # a read catches the table up first
+    assert not s.leases.journal_pending
+    assert s.leases.lease_at("10.0.2.1").mac == "02:00:00:00:00:03"
     s.close()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("r.db.leases-journal.") and
                 p.suffix[1:].isdigit()], os.listdir(tmp_path)

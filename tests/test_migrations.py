@@ -36,9 +36,9 @@ def test_create_all_database_is_adopted(tmp_path):
     engine.dispose()
     store = Store(url)
     try:
-        assert store.get_node("52:54:00:00:00:07").image == "demo"
-        store.put_node(NodeSpec(mac="52:54:00:00:00:08", image="demo"))
-        assert len(store.list_nodes()) == 2
+        assert store.nodes.get("52:54:00:00:00:07").image == "demo"
+        store.nodes.put(NodeSpec(mac="52:54:00:00:00:08", image="demo"))
+        assert len(store.nodes.all()) == 2
     finally:
         store.close()
     Store(url).close()  # reopening at head is a no-op

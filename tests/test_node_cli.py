@@ -85,7 +85,7 @@ def test_remote_with_token(data_dir):
         r = run("show", MAC, "--server", srv.base, "--token", "tkn-0123")
         assert r.exit_code == 0 and "cpu: 8 x Xeon" in r.output and "last boot: booted" in r.output and "dhcp-offer" in r.output
         assert run("rm", MAC, "--server", srv.base, "--token", "tkn-0123").exit_code == 0
-        assert srv.store.get_node(MAC) is None
+        assert srv.store.nodes.get(MAC) is None
     finally:
         srv.close()
     r = run("list", "--server", srv.base, "--token", "tkn-0123")
@@ -101,7 +101,7 @@ def test_remote_reads_the_token_serve_made(data_dir, cfg):
         assert run("add", MAC, "--image", "demo", "--server", srv.base).exit_code == 1  # no config: no token
         r = run("add", MAC, "--image", "demo", "--server", srv.base, "--config", cfg)
         assert r.exit_code == 0, r.output
-        assert srv.store.get_node(MAC) is not None
+        assert srv.store.nodes.get(MAC) is not None
     finally:
         srv.close()
 
@@ -265,7 +265,7 @@ def test_lease_list_json_is_the_api_answer(cfg, data_dir):
     from ramboot.proto.dhcp_core import lease_key
 
     store = Store(f"sqlite:///{data_dir / 'ramboot.db'}")
-    store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
+    store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=time.time() + 60)])
     store.close()
     local = json.loads(CliRunner().invoke(lease, ["list", "--json", "--config", cfg]).output)
     assert [(x["ip"], x["mac"], x["active"]) for x in local] == [("172.22.33.150", MAC, True)]

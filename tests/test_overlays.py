@@ -66,7 +66,7 @@ def rig(data_dir: Path):
     write_fake_image(data_dir, "demo")
     cfg = parse_config(f'data_dir = "{data_dir}"\n[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
     store = Store.for_config(cfg)
-    booter = Booter(cfg, store, "172.22.33.2")
+    booter = Booter(cfg, store.directory, "172.22.33.2")
     yield data_dir, store, booter, OverlayRenderer(data_dir, store, booter)
     store.close()
 
@@ -88,10 +88,10 @@ def test_identity_files_and_templates(rig):
     (ov / "etc" / "static.conf").write_text("as is {{ not rendered }}\n")
     (ov / "etc" / "static.conf").chmod(0o640)
     (ov / "etc" / "link").symlink_to("/etc/passwd")  # kept as a link, never read
-    store.put_node(NodeSpec(MAC, image="demo", hostname="n1", ip="172.22.33.50", labels={"rack": "a1"},
+    store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1", ip="172.22.33.50", labels={"rack": "a1"},
                             ssh_keys=[KEY], overlays=["motd"]))
-    store.put_node(NodeSpec(OTHER, image="demo", hostname="n2"))
-    store.save_leases([LeaseRecord(lease_key(None, OTHER), "172.22.33.101", OTHER, time.time() + 600)])
+    store.nodes.put(NodeSpec(OTHER, image="demo", hostname="n2"))
+    store.leases.save([LeaseRecord(lease_key(None, OTHER), "172.22.33.101", OTHER, time.time() + 600)])
     d = booter.decide(Client(MAC))
     files = _tar(renderer.archive(d))
     assert files["etc/hostname"] == b"n1\n"
@@ -112,7 +112,7 @@ def test_identity_files_and_templates(rig):
 
 def test_host_keys_stay_and_are_certified_by_the_ca(rig, tmp_path):
     data_dir, store, booter, renderer = rig
-    store.put_node(NodeSpec(MAC, image="demo", hostname="n1", ip="172.22.33.50"))
+    store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1", ip="172.22.33.50"))
     d = booter.decide(Client(MAC))
     first, second = renderer.archive(d), renderer.archive(d)
     assert first == second  # reproducible: the sha256 served beside it matches
@@ -128,7 +128,7 @@ def test_host_keys_stay_and_are_certified_by_the_ca(rig, tmp_path):
     ca_fp = subprocess.run(["ssh-keygen", "-lf", "-"], input=ca_line.split(" ", 2)[2], capture_output=True,
                            text=True, check=True).stdout.split()[1]
     assert f"Signing CA: ED25519 {ca_fp}" in shown
-    store.put_node(NodeSpec(MAC, image="demo", hostname="renamed", ip="172.22.33.50"))
+    store.nodes.put(NodeSpec(MAC, image="demo", hostname="renamed", ip="172.22.33.50"))
     renamed = _tar(renderer.archive(booter.decide(Client(MAC))))
     assert renamed["etc/ssh/ssh_host_ed25519_key"] == files["etc/ssh/ssh_host_ed25519_key"]  # same key
     assert renamed["etc/ssh/ssh_host_ed25519_key-cert.pub"] != files["etc/ssh/ssh_host_ed25519_key-cert.pub"]
@@ -137,7 +137,7 @@ def test_host_keys_stay_and_are_certified_by_the_ca(rig, tmp_path):
 def test_a_node_on_a_new_nic_keeps_its_identity(rig):
     _, store, booter, renderer = rig
     uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-    store.put_node(NodeSpec(MAC, image="demo", hostname="n1", uuid=uuid))
+    store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1", uuid=uuid))
     old = _tar(renderer.archive(booter.decide(Client(MAC))))
     new = _tar(renderer.archive(booter.decide(Client(OTHER, uuid=uuid))))
     assert new["etc/ssh/ssh_host_ed25519_key"] == old["etc/ssh/ssh_host_ed25519_key"]
@@ -154,7 +154,7 @@ def test_bad_templates_say_which_file(rig, template, fragment):
     data_dir, store, booter, renderer = rig
     (data_dir / "overlays" / "motd").mkdir(parents=True)
     (data_dir / "overlays" / "motd" / "motd.j2").write_text(template)
-    store.put_node(NodeSpec(MAC, image="demo", overlays=["motd"]))
+    store.nodes.put(NodeSpec(MAC, image="demo", overlays=["motd"]))
     with pytest.raises(OverlayError, match=fragment) as e:
         renderer.archive(booter.decide(Client(MAC)))
     assert "overlay 'motd'" in str(e.value) and "\n" not in str(e.value)
@@ -183,14 +183,14 @@ def test_overlay_served_to_the_lease_holder_only(data_dir, caplog):
     srv = LiveServer(data_dir, '[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n'
                                '[security]\noverlay_over_http = true\n')
     try:
-        srv.store.put_node(NodeSpec(MAC, image="demo", hostname="n1", ssh_keys=[KEY]))
+        srv.store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1", ssh_keys=[KEY]))
         url = f"{srv.base}/overlay/{MAC.replace(':', '-')}.tar"
         before = _refused(srv)
         script = f"{srv.base}/boot/{MAC.replace(':', '-')}.ipxe"
         assert b"ramboot.token=" not in _get(script)[1]  # 127.0.0.1 holds no lease for it: no credential
         assert _get(url)[0] == 403
         assert _get(url + ".sha256")[0] == 403
-        srv.store.save_leases([LeaseRecord(lease_key(None, MAC), "127.0.0.1", MAC, time.time() + 600)])
+        srv.store.leases.save([LeaseRecord(lease_key(None, MAC), "127.0.0.1", MAC, time.time() + 600)])
         token = _get(script)[1].split(b"ramboot.token=")[1].split()[0].decode()
         st2, sha = _get(url + ".sha256", token)
         st, body = _get(url, token)

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine
 from ramboot.config import ConfigError, parse_config
 from ramboot.inventory.migrate import head
 from ramboot.inventory.models import Base
+from ramboot.inventory.parts.leases import parse_notify
 from ramboot.inventory.store import (
     LEASE_CHANNEL,
     EventRecord,
@@ -60,24 +61,24 @@ def test_a_bind_is_refused_when_another_client_holds_the_address(pg_url: str) ->
     a, b = Store(pg_url), Store(pg_url)  # two servers
     try:
         now = time.time()
-        assert a.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 600)]).lost == set()
-        res = b.save_leases([_lease("52:54:00:00:00:0b", "10.0.0.5", now + 600)], moved={})
+        assert a.leases.save([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 600)]).lost == set()
+        res = b.leases.save([_lease("52:54:00:00:00:0b", "10.0.0.5", now + 600)], moved={})
         assert res.lost == {"10.0.0.5"}
         assert [(h.ip, h.mac) for h in res.holders] == [("10.0.0.5", "52:54:00:00:00:0a")]
         # the same client again, through the other server: its own lease, renewed
-        assert b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 900)], moved={}).lost == set()
+        assert b.leases.save([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 900)], moved={}).lost == set()
         # a client holding an unexpired address cannot be moved by a server that did not know it...
-        res = b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 900)], moved={})
+        res = b.leases.save([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 900)], moved={})
         assert res.lost == {"10.0.0.6"} and [h.ip for h in res.holders] == ["10.0.0.5"]
         # ...but can by one that did (the core says which address the key leaves)
-        assert b.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 900)],
+        assert b.leases.save([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 900)],
                              moved={lease_key(None, "52:54:00:00:00:0a"): "10.0.0.5"}).lost == set()
         # an expired lease is free for anyone
-        a.save_leases([_lease("52:54:00:00:00:0c", "10.0.0.7", now - 1)])
-        assert b.save_leases([_lease("52:54:00:00:00:0d", "10.0.0.7", now + 600)], moved={}).lost == set()
+        a.leases.save([_lease("52:54:00:00:00:0c", "10.0.0.7", now - 1)])
+        assert b.leases.save([_lease("52:54:00:00:00:0d", "10.0.0.7", now + 600)], moved={}).lost == set()
         # a release by a server whose view is stale deletes nothing that is not that client's
-        b.save_leases([], ["10.0.0.6"], owners={"10.0.0.6": lease_key(None, "52:54:00:00:00:0b")})
-        assert {(x.ip, x.mac) for x in a.load_leases()} == {("10.0.0.6", "52:54:00:00:00:0a"),
+        b.leases.save([], ["10.0.0.6"], owners={"10.0.0.6": lease_key(None, "52:54:00:00:00:0b")})
+        assert {(x.ip, x.mac) for x in a.leases.load()} == {("10.0.0.6", "52:54:00:00:00:0a"),
                                                            ("10.0.0.7", "52:54:00:00:00:0d")}
     finally:
         a.close()
@@ -104,7 +105,7 @@ def test_concurrent_batches_never_bind_one_address_to_two_clients(pg_url: str) -
             for rec in batch.values():
                 seen_ip.setdefault(rec.ip, rec)
             recs = list(seen_ip.values())
-            res = stores[i].save_leases(recs, moved={}, sender=f"s{i}")
+            res = stores[i].leases.save(recs, moved={}, sender=f"s{i}")
             with lock:
                 written.extend((r.ip, r.key) for r in recs if r.ip not in res.lost)
                 refused[0] += len(res.lost)
@@ -116,7 +117,7 @@ def test_concurrent_batches_never_bind_one_address_to_two_clients(pg_url: str) -
         holders.setdefault(ip, set()).add(key)
     twice = {ip: keys for ip, keys in holders.items() if len(keys) > 1}
     assert not twice, f"addresses bound to two clients: {twice}"
-    final = {(x.ip, x.key) for x in stores[0].load_leases()}
+    final = {(x.ip, x.key) for x in stores[0].leases.load()}
     assert final <= set(written) and len({ip for ip, _ in final}) == len(final)
     assert len(final) == 60 and refused[0] > 1000  # every address taken once; the rest contended and lost
     for s in stores:
@@ -127,10 +128,10 @@ def test_without_moved_the_caller_is_the_authority(pg_url: str) -> None:
     s = Store(pg_url)
     try:
         now = time.time()
-        s.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 600)])
-        assert s.save_leases([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 600)]).lost == set()
-        assert s.save_leases([_lease("52:54:00:00:00:0b", "10.0.0.6", now + 600)]).lost == set()
-        assert [(x.ip, x.mac) for x in s.load_leases()] == [("10.0.0.6", "52:54:00:00:00:0b")]
+        s.leases.save([_lease("52:54:00:00:00:0a", "10.0.0.5", now + 600)])
+        assert s.leases.save([_lease("52:54:00:00:00:0a", "10.0.0.6", now + 600)]).lost == set()
+        assert s.leases.save([_lease("52:54:00:00:00:0b", "10.0.0.6", now + 600)]).lost == set()
+        assert [(x.ip, x.mac) for x in s.leases.load()] == [("10.0.0.6", "52:54:00:00:00:0b")]
     finally:
         s.close()
 
@@ -141,9 +142,9 @@ def test_committed_lease_changes_are_notified_to_listeners(pg_url: str, pg_clust
         with psycopg.connect(s.listen_dsn(), autocommit=True) as conn:
             conn.execute(f'LISTEN "{LEASE_CHANNEL}"')
             now = time.time()
-            s.save_leases([_lease("52:54:00:00:01:01", "10.2.0.1", now + 60)], sender="one")
-            s.save_leases([], ["10.2.0.1"], owners={"10.2.0.1": lease_key(None, "52:54:00:00:01:01")}, sender="one")
-            got = [Store.parse_lease_notify(n.payload) for n in conn.notifies(timeout=5, stop_after=2)]
+            s.leases.save([_lease("52:54:00:00:01:01", "10.2.0.1", now + 60)], sender="one")
+            s.leases.save([], ["10.2.0.1"], owners={"10.2.0.1": lease_key(None, "52:54:00:00:01:01")}, sender="one")
+            got = [parse_notify(n.payload) for n in conn.notifies(timeout=5, stop_after=2)]
         assert got[0][0] == "one" and [(r.ip, r.mac) for r in got[0][1]] == [("10.2.0.1", "52:54:00:00:01:01")]
         assert got[1][2] == [("10.2.0.1", lease_key(None, "52:54:00:00:01:01"))]
     finally:
@@ -155,11 +156,11 @@ def test_servers_register_heartbeat_and_leave(pg_url: str) -> None:
     try:
         rec = ServerRecord(name="a", address="10.0.0.1", http_base="http://10.0.0.1", images={"demo": {"x": "ab"}},
                            started=1.0, last_seen=2.0)
-        s.heartbeat(rec)
-        assert s.touch_server("a", 5.0) and not s.touch_server("b", 5.0)
-        assert [(x.name, x.last_seen, x.images) for x in s.list_servers()] == [("a", 5.0, {"demo": {"x": "ab"}})]
-        s.remove_server("a")
-        assert s.list_servers() == []
+        s.servers.heartbeat(rec)
+        assert s.servers.touch("a", 5.0) and not s.servers.touch("b", 5.0)
+        assert [(x.name, x.last_seen, x.images) for x in s.servers.all()] == [("a", 5.0, {"demo": {"x": "ab"}})]
+        s.servers.remove("a")
+        assert s.servers.all() == []
     finally:
         s.close()
 
@@ -167,10 +168,10 @@ def test_servers_register_heartbeat_and_leave(pg_url: str) -> None:
 def test_events_from_other_servers_are_read_by_id(pg_url: str) -> None:
     s = Store(pg_url)
     try:
-        s.add_events([EventRecord("52:54:00:00:02:01", "dhcp-ack", 1.0, server="a"),
+        s.events.add([EventRecord("52:54:00:00:02:01", "dhcp-ack", 1.0, server="a"),
                       EventRecord("52:54:00:00:02:01", "rootfs", 2.0, server="b")])
-        assert [(e.stage, e.server) for _, e in s.events_after(0, not_server="a")] == [("rootfs", "b")]
-        assert s.events_after(s.last_event_id()) == []
+        assert [(e.stage, e.server) for _, e in s.events.after(0, not_server="a")] == [("rootfs", "b")]
+        assert s.events.after(s.events.last_id()) == []
     finally:
         s.close()
 

@@ -72,31 +72,31 @@ def test_bad_bmc_urls_are_one_line_without_the_password(url: str, why: str) -> N
 
 
 def test_password_is_sealed_kept_through_a_round_trip_and_dropped_with_the_node(store: Store, data_dir) -> None:
-    store.put_node(NodeSpec(mac=MAC, bmc=URL))
-    spec = store.get_node(MAC)
+    store.nodes.put(NodeSpec(mac=MAC, bmc=URL))
+    spec = store.nodes.get(MAC)
     assert spec.bmc == "ipmi://admin:***@10.0.9.21:6230"
-    assert store.bmc(MAC).password == SECRET
-    store.put_node(spec)  # what was read back, *** and all: the sealed password stays
-    assert store.bmc(MAC).password == SECRET
-    store.put_node(NodeSpec(mac=MAC, bmc="ipmi://admin:new@10.0.9.21:6230"))
-    assert store.bmc(MAC).password == "new"
+    assert store.power.bmc(MAC).password == SECRET
+    store.nodes.put(spec)  # what was read back, *** and all: the sealed password stays
+    assert store.power.bmc(MAC).password == SECRET
+    store.nodes.put(NodeSpec(mac=MAC, bmc="ipmi://admin:new@10.0.9.21:6230"))
+    assert store.power.bmc(MAC).password == "new"
     raw = b"".join(p.read_bytes() for p in data_dir.glob("*.db*"))
     assert SECRET.encode() not in raw and b"admin:new@" not in raw
-    store.remove_node(MAC)
-    store.put_node(NodeSpec(mac=MAC, bmc="ipmi://admin:***@10.0.9.21:6230"))
-    assert store.bmc(MAC).password is None  # the old node's password went with it
+    store.nodes.remove(MAC)
+    store.nodes.put(NodeSpec(mac=MAC, bmc="ipmi://admin:***@10.0.9.21:6230"))
+    assert store.power.bmc(MAC).password is None  # the old node's password went with it
     with pytest.raises(StoreError, match="--bmc"):
-        store.put_node(NodeSpec(mac=MAC, bmc="ipmi://nobody"))
+        store.nodes.put(NodeSpec(mac=MAC, bmc="ipmi://nobody"))
 
 
 def test_a_node_takes_its_last_profiles_bmc(store: Store) -> None:
-    store.put_profile(ProfileSpec(name="rack1", bmc="redfish://ops:one@10.0.0.1"))
-    store.put_profile(ProfileSpec(name="rack2", bmc="redfish://ops:two@10.0.0.2"))
-    assert store.get_profile("rack2").bmc == "redfish://ops:***@10.0.0.2"
-    store.put_node(NodeSpec(mac=MAC, profiles=["rack1", "rack2"]))
-    assert (store.bmc(MAC).host, store.bmc(MAC).password) == ("10.0.0.2", "two")
-    store.put_node(NodeSpec(mac=MAC, profiles=["rack1", "rack2"], bmc="libvirt:n1"))
-    assert store.bmc(MAC).domain == "n1"
+    store.profiles.put(ProfileSpec(name="rack1", bmc="redfish://ops:one@10.0.0.1"))
+    store.profiles.put(ProfileSpec(name="rack2", bmc="redfish://ops:two@10.0.0.2"))
+    assert store.profiles.get("rack2").bmc == "redfish://ops:***@10.0.0.2"
+    store.nodes.put(NodeSpec(mac=MAC, profiles=["rack1", "rack2"]))
+    assert (store.power.bmc(MAC).host, store.power.bmc(MAC).password) == ("10.0.0.2", "two")
+    store.nodes.put(NodeSpec(mac=MAC, profiles=["rack1", "rack2"], bmc="libvirt:n1"))
+    assert store.power.bmc(MAC).domain == "n1"
 
 
 def test_the_api_never_returns_a_bmc_password(data_dir: Path) -> None:
@@ -124,22 +124,22 @@ def test_boot_once_is_decided_then_used_up_by_the_boot_that_ran_it(data_dir: Pat
     write_fake_image(data_dir, "memtest")
     srv = LiveServer(data_dir)
     try:
-        srv.store.put_node(NodeSpec(mac=MAC, image="demo"))
-        srv.store.set_boot_once(MAC, "memtest")
+        srv.store.nodes.put(NodeSpec(mac=MAC, image="demo"))
+        srv.store.nodes.set_boot_once(MAC, "memtest")
         assert srv.booter.decide(Client(mac=MAC)).image == "memtest"
         # A boot of the node's own image (under way before boot-once was set) does not use it up.
         srv.report(MAC, "events", {"stage": "download-done", "detail": {"url": "http://s/images/demo/rootfs.squashfs"}})
         assert srv.report(MAC, "events", {"stage": "booted", "detail": {}})[0] == 202
-        assert srv.store.get_node(MAC).boot_once == "memtest"
+        assert srv.store.nodes.get(MAC).boot_once == "memtest"
         srv.report(MAC, "events", {"stage": "download-start", "detail": {}})  # a new boot
         srv.report(MAC, "events", {"stage": "download-done",
                                    "detail": {"url": "http://s/images/memtest/rootfs.squashfs"}})
         srv.events.flush()
         assert srv.report(MAC, "events", {"stage": "booted", "detail": {}})[0] == 202
-        assert srv.store.get_node(MAC).boot_once is None
+        assert srv.store.nodes.get(MAC).boot_once is None
         assert srv.booter.decide(Client(mac=MAC)).image == "demo"
         srv.events.flush()
-        assert "boot-once-done" in [e.stage for e in srv.store.events(MAC)]
+        assert "boot-once-done" in [e.stage for e in srv.store.events.of(MAC)]
     finally:
         srv.close()
 
@@ -163,10 +163,10 @@ def test_a_silent_bmc_costs_its_own_timeout_and_the_others_go_on(store: Store) -
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         quiet.append(s)
-        store.put_node(NodeSpec(mac=f"52:54:00:aa:cc:1{i}", hostname=f"q{i}", labels={"rack": "r1"},
+        store.nodes.put(NodeSpec(mac=f"52:54:00:aa:cc:1{i}", hostname=f"q{i}", labels={"rack": "r1"},
                                 bmc=f"ipmi://admin:x@127.0.0.1:{s.getsockname()[1]}"))
-    store.put_node(NodeSpec(mac="52:54:00:aa:cc:20", labels={"rack": "r1"}))  # no BMC at all
-    store.put_node(NodeSpec(mac="52:54:00:aa:cc:21", labels={"rack": "r2"}))
+    store.nodes.put(NodeSpec(mac="52:54:00:aa:cc:20", labels={"rack": "r1"}))  # no BMC at all
+    store.nodes.put(NodeSpec(mac="52:54:00:aa:cc:21", labels={"rack": "r2"}))
     nodes = fleet.targets(store, ("q0",), False, {"rack": "r1"})
     assert [n.mac for n in nodes] == [f"52:54:00:aa:cc:1{i}" for i in range(3)] + ["52:54:00:aa:cc:20"]
     with pytest.raises(fleet.TargetError, match="nope"):
@@ -178,18 +178,18 @@ def test_a_silent_bmc_costs_its_own_timeout_and_the_others_go_on(store: Store) -
     assert all(not o.ok and o.state == "unknown" for o in out)
     assert "no answer" in out[0].error and "no BMC registered" in out[3].error
     assert "FAILED" in out[0].line() and "\n" not in out[0].line()
-    power = [e for e in store.events("52:54:00:aa:cc:10") if e.stage == "power"]
+    power = [e for e in store.events.of("52:54:00:aa:cc:10") if e.stage == "power"]
     assert power and power[0].detail["result"] == "error"
-    assert store.power_counts() == {("cycle", "error"): 3}
+    assert store.power.counts() == {("cycle", "error"): 3}
     for s in quiet:
         s.close()
 
 
 def test_rate_spaces_the_starts(store: Store) -> None:
     for i in range(4):
-        store.put_node(NodeSpec(mac=f"52:54:00:aa:cc:3{i}", labels={"r": "1"}))
+        store.nodes.put(NodeSpec(mac=f"52:54:00:aa:cc:3{i}", labels={"r": "1"}))
     t0 = time.monotonic()
-    list(fleet.run(store, store.list_nodes(), "on", rate=5))  # nodes without BMCs: the waves still pace them
+    list(fleet.run(store, store.nodes.all(), "on", rate=5))  # nodes without BMCs: the waves still pace them
     assert time.monotonic() - t0 >= 0.55
 
 
@@ -223,14 +223,14 @@ def test_console_lines_join_the_last_boot(store: Store) -> None:
     from ramboot.policy import Booter
 
     cfg = parse_config('data_dir = "/nonexistent"\n')
-    show = Service(cfg, store, Booter(cfg, store, "127.0.0.1")).show_node
+    show = Service(cfg, store, Booter(cfg, store.directory, "127.0.0.1")).show_node
 
-    store.put_node(NodeSpec(mac=MAC))
-    store.add_console_lines(MAC, [(0.5, "old boot")], keep=10)
-    store.add_events([EventRecord(MAC, "power", 100.0, detail={"action": "cycle", "result": "ok"}),
+    store.nodes.put(NodeSpec(mac=MAC))
+    store.power.add_console_lines(MAC, [(0.5, "old boot")], keep=10)
+    store.events.add([EventRecord(MAC, "power", 100.0, detail={"action": "cycle", "result": "ok"}),
                       EventRecord(MAC, "booted", 110.0, source="node")])
-    store.add_console_lines(MAC, [(101.0, "Linux version 6.1"), (109.0, "ramboot: booted")], keep=10)
+    store.power.add_console_lines(MAC, [(101.0, "Linux version 6.1"), (109.0, "ramboot: booted")], keep=10)
     boot = show(MAC).last_boot
     assert [c.line for c in boot.console] == ["Linux version 6.1", "ramboot: booted"]
-    store.add_console_lines(MAC, [(111.0 + i, f"l{i}") for i in range(12)], keep=10)
-    assert len(store.console_lines(MAC, 0)) == 10
+    store.power.add_console_lines(MAC, [(111.0 + i, f"l{i}") for i in range(12)], keep=10)
+    assert len(store.power.console_lines(MAC, 0)) == 10

@@ -205,7 +205,7 @@ def test_unregistered_machines_have_a_cap_registered_ones_do_not(data_dir):
         assert [o.outcome for o in outcomes] == ["offer"] * 3 + ["ignored"] * 2
         assert outcomes[-1].reason == "unknown-cap"
         assert r.send(request(MsgType.DISCOVER, made_up[0]))[0].outcome == "offer"  # one that holds an offer
-        r.store.put_node(NodeSpec(B, image="demo"))
+        r.store.nodes.put(NodeSpec(B, image="demo"))
         r.server = r.make(())
         for m in made_up[:3]:
             r.send(request(MsgType.DISCOVER, m))
@@ -235,8 +235,8 @@ def test_inform_gives_configuration_without_an_address(rig):
 
 
 def test_fixed_address_for_a_known_node_and_kept_from_others(rig):
-    rig.store.put_node(NodeSpec(mac=A, image="demo", ip="10.231.9.101", hostname="n1"))
-    rig.store.put_node(NodeSpec(mac="52:54:00:00:00:09", image="demo", ip="10.231.9.100"))
+    rig.store.nodes.put(NodeSpec(mac=A, image="demo", ip="10.231.9.101", hostname="n1"))
+    rig.store.nodes.put(NodeSpec(mac="52:54:00:00:00:09", image="demo", ip="10.231.9.100"))
     offer, ack, _ = rig.dora(A)
     assert offer.yiaddr == ack.yiaddr == "10.231.9.101"
     assert ack.options[Opt.HOSTNAME] == b"n1"
@@ -248,7 +248,7 @@ def test_fixed_address_for_a_known_node_and_kept_from_others(rig):
 
 
 def test_fixed_address_outside_the_range_but_on_the_subnet(rig):
-    rig.store.put_node(NodeSpec(mac=A, image="demo", ip="10.231.9.20"))
+    rig.store.nodes.put(NodeSpec(mac=A, image="demo", ip="10.231.9.20"))
     _, ack, _ = rig.dora(A)
     assert ack.yiaddr == "10.231.9.20"
 
@@ -273,10 +273,10 @@ def test_one_mac_with_and_without_a_client_id_keeps_both_leases_across_a_restart
     offer2, ack2, res2 = rig.dora(A, cid)
     committed += res2.upserts
     assert ack1.yiaddr != ack2.yiaddr
-    rig.store.save_leases(committed)
-    assert sorted(lease.ip for lease in rig.store.load_leases()) == sorted([ack1.yiaddr, ack2.yiaddr])
+    rig.store.leases.save(committed)
+    assert sorted(lease.ip for lease in rig.store.leases.load()) == sorted([ack1.yiaddr, ack2.yiaddr])
 
-    rig.server = rig.make(rig.store.load_leases())  # the restart
+    rig.server = rig.make(rig.store.leases.load())  # the restart
     taken = {ack1.yiaddr, ack2.yiaddr}
     for i in range(3):  # the rest of the range goes to others, never a held address
         _, [o] = rig.send(request(MsgType.DISCOVER, f"52:54:00:00:01:{i:02x}"))
@@ -292,9 +292,9 @@ def test_store_keeps_one_lease_per_key(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'l.db'}")
     try:
         hw, cid = lease_key(None, A), lease_key("ff0001", A)
-        store.save_leases([LeaseRecord(hw, "10.231.9.100", A, 100.0), LeaseRecord(cid, "10.231.9.101", A, 100.0, "ff0001")])
-        store.save_leases([LeaseRecord(hw, "10.231.9.102", A, 200.0)])
-        assert sorted((r.key, r.ip) for r in store.load_leases()) == sorted([(cid, "10.231.9.101"), (hw, "10.231.9.102")])
+        store.leases.save([LeaseRecord(hw, "10.231.9.100", A, 100.0), LeaseRecord(cid, "10.231.9.101", A, 100.0, "ff0001")])
+        store.leases.save([LeaseRecord(hw, "10.231.9.102", A, 200.0)])
+        assert sorted((r.key, r.ip) for r in store.leases.load()) == sorted([(cid, "10.231.9.101"), (hw, "10.231.9.102")])
     finally:
         store.close()
 
@@ -356,7 +356,7 @@ def test_unknown_nodes_ignore_means_no_answer_at_all(data_dir):
     try:
         res, sends = r.send(request(MsgType.DISCOVER, A, options=PXE_BIOS))
         assert sends == [] and res.outcome == "ignored"
-        r.store.put_node(NodeSpec(mac=A, image="demo"))
+        r.store.nodes.put(NodeSpec(mac=A, image="demo"))
         _, ack, _ = r.dora(A, PXE_BIOS)
         assert ack.yiaddr.startswith("10.231.9.")
     finally:

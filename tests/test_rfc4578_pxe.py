@@ -264,14 +264,14 @@ def test_a_node_found_by_uuid_stays_that_node_when_its_os_asks(data_dir):
     rig = Rig(data_dir, extra='[boot]\nunknown_nodes = "ignore"\n')
     try:
         uuid = "6b1c3a52-7d1e-4c3b-9a55-2f1e0d9c8b7a"
-        rig.store.put_node(NodeSpec(mac="52:54:00:99:99:99", image="demo", uuid=uuid))
+        rig.store.nodes.put(NodeSpec(mac="52:54:00:99:99:99", image="demo", uuid=uuid))
         firmware = {**IPXE, Opt.CLIENT_UUID: b"\x00" + uuid_to_wire(uuid)}
         offer, ack, res = rig.dora(A, firmware)
         assert ack.boot_file == f"http://{SERVER}/boot/52-54-00-00-00-01/{uuid}.ipxe"
-        rig.store.save_leases(res.upserts)
+        rig.store.leases.save(res.upserts)
         os_offer, os_ack, _ = rig.dora(A)  # udhcpc in the initramfs: no option 97, no classes
         assert os_ack.yiaddr == ack.yiaddr
-        rig.server = rig.make(rig.store.load_leases())  # a restart: the UUID comes back from the store
+        rig.server = rig.make(rig.store.leases.load())  # a restart: the UUID comes back from the store
         _, [again] = rig.send(request(MsgType.DISCOVER, A))
         assert again.yiaddr == ack.yiaddr
         assert rig.send(request(MsgType.DISCOVER, "52:54:00:00:00:77"))[1] == []  # a stranger: still ignored

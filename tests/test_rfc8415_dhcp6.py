@@ -442,11 +442,11 @@ def test_rfc8415_leases_are_durable_in_the_store_one_per_key(tmp_path):
         batch += res.upserts
     store = Store(f"sqlite:///{tmp_path / 'r.db'}")
     try:
-        store.save_leases6(batch)
-        rows = {r.key: r.ip for r in store.load_leases6()}
+        store.leases.save6(batch)
+        rows = {r.key: r.ip for r in store.leases.load6()}
         assert len(rows) == 3 and f"slaac:{MAC}" in rows  # two leases and one SLAAC record
-        assert [x.ip for x in store.leases_of(MAC, now=1000.0)].count("fd00:172:22:33:5054:ff:fe12:3456") == 1
-        store.save_leases6([], ["fd00:172:22:33::100"])
-        assert len(store.load_leases6()) == 2
+        assert [x.ip for x in store.leases.leases_of(MAC, now=1000.0)].count("fd00:172:22:33:5054:ff:fe12:3456") == 1
+        store.leases.save6([], ["fd00:172:22:33::100"])
+        assert len(store.leases.load6()) == 2
     finally:
         store.close()

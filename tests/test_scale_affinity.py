@@ -46,13 +46,13 @@ def rig(tmp_path: Path):
     held = cluster.held["demo"]
     now = time.time()
     for name, base, group in PEERS:
-        store.heartbeat(ServerRecord(name=name, address=base[7:], http_base=base, images={"demo": held},
+        store.servers.heartbeat(ServerRecord(name=name, address=base[7:], http_base=base, images={"demo": held},
                                      started=now, last_seen=now, group=group))
-    store.heartbeat(ServerRecord(name="p-other-image", address="10.0.0.30", http_base="http://10.0.0.30",
+    store.servers.heartbeat(ServerRecord(name="p-other-image", address="10.0.0.30", http_base="http://10.0.0.30",
                                  images={"demo": {**held, "rootfs.squashfs": "0" * 64}}, started=now,
                                  last_seen=now, group="rack-a"))  # another build: never named
     cluster._refresh_peers()
-    booter = Booter(config, store, "10.0.0.1", mirrors=cluster.mirrors)
+    booter = Booter(config, store.directory, "10.0.0.1", mirrors=cluster.mirrors)
     yield store, cluster, booter, Namespace(data, booter)
     store.close()
 
@@ -83,12 +83,12 @@ def test_the_mirror_list_names_the_nodes_group_first(rig, requester, first) -> N
 
 def test_a_node_with_a_fixed_address_takes_the_group_of_its_subnet(rig) -> None:
     store, _, booter, _ = rig
-    store.put_node(NodeSpec(mac=MAC, image="demo", ip="10.60.1.140"))
+    store.nodes.put(NodeSpec(mac=MAC, image="demo", ip="10.60.1.140"))
     d = booter.decide(Client(MAC))
     assert d is not None and d.mirrors[:2] == ("http://10.0.0.11", "http://10.0.0.13"), d.mirrors
 
 
 def test_the_servers_table_keeps_each_servers_group(rig) -> None:
     store, _, _, _ = rig
-    got = {s.name: s.group for s in store.list_servers()}
+    got = {s.name: s.group for s in store.servers.all()}
     assert got["me"] == "rack-b" and got["p-a1"] == "rack-a" and got["p-none"] is None

@@ -123,7 +123,7 @@ def test_with_subnets_only_a_link_that_has_none_is_not_served(only_subnets) -> N
 @pytest.mark.parametrize(("giaddr", "gets_fixed"), [("10.50.1.1", True), ("10.50.2.1", False)])
 def test_a_fixed_address_is_given_only_on_its_own_subnet(rig, giaddr, gets_fixed) -> None:
     mac = "52:54:00:00:01:06"
-    rig.store.put_node(NodeSpec(mac=mac, image="demo", ip="10.50.1.77"))
+    rig.store.nodes.put(NodeSpec(mac=mac, image="demo", ip="10.50.1.77"))
     res, offers = rig.send(request(MsgType.DISCOVER, mac, giaddr=giaddr))
     assert res.outcome == "offer"
     if gets_fixed:

@@ -36,7 +36,7 @@ def _file_bytes(db: Path) -> bytes:
 def test_a_database_reader_finds_no_private_key(tmp_path: Path) -> None:
     cfg = parse_config(f'data_dir = "{tmp_path}"\n')
     store = Store.for_config(cfg)
-    ids = Identities(store)
+    ids = Identities(store.secrets)
     keys = ids.host_keys(MAC, ["n1", "172.22.33.50"])
     ca_private, _ = ids.ca()
     store.close()
@@ -50,7 +50,7 @@ def test_a_database_reader_finds_no_private_key(tmp_path: Path) -> None:
     raw = _file_bytes(tmp_path / "ramboot.db")
     assert b"PRIVATE KEY" not in raw and body and not any(ln.encode() in raw for ln in body)
     again = Store.for_config(cfg)  # the same key opens them: another process, the same identity
-    assert Identities(again).host_keys(MAC, ["n1", "172.22.33.50"]) == keys
+    assert Identities(again.secrets).host_keys(MAC, ["n1", "172.22.33.50"]) == keys
     again.close()
 
 
@@ -63,7 +63,7 @@ def test_rows_kept_in_clear_are_sealed_at_first_open(tmp_path: Path) -> None:
     assert b"PRIVATE KEY" in _file_bytes(db)
     store = Store.for_config(parse_config(f'data_dir = "{tmp_path}"\n'))
     assert all(v.startswith("aesgcm1:") for _, v in _raw(db))
-    assert store.secret("ssh-ca:private", lambda: "new") == FAKE_PEM
+    assert store.secrets.get("ssh-ca:private", lambda: "new") == FAKE_PEM
     store.close()
     assert b"PRIVATE KEY" not in _file_bytes(db) and b"b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ" not in \
         _file_bytes(db)  # no clear copy left in free pages or the WAL
@@ -72,7 +72,7 @@ def test_rows_kept_in_clear_are_sealed_at_first_open(tmp_path: Path) -> None:
 def test_the_wrong_key_or_a_missing_one_stops_in_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ramboot.db'}"
     store = Store(url, tmp_path / "a.key")
-    store.secret("ssh-ca:private", lambda: FAKE_PEM)
+    store.secrets.get("ssh-ca:private", lambda: FAKE_PEM)
     store.close()
     with pytest.raises(StoreOpenError) as e:
         Store(url, tmp_path / "b.key")  # a second server given no key file: never a new key over sealed rows
@@ -100,13 +100,13 @@ def test_an_exposed_or_malformed_key_is_refused(tmp_path: Path, mode: int, size:
 def test_a_sealed_value_moved_to_another_row_does_not_open(tmp_path: Path) -> None:
     db = tmp_path / "ramboot.db"
     store = Store(f"sqlite:///{db}", tmp_path / "secrets.key")
-    store.secret("machine-id:a", lambda: "aaaa")
-    store.secret("machine-id:b", lambda: "bbbb")
+    store.secrets.get("machine-id:a", lambda: "aaaa")
+    store.secrets.get("machine-id:b", lambda: "bbbb")
     with sqlite3.connect(db) as c:  # a database writer swaps one node's secret into another's row
         c.execute("UPDATE secrets SET value = (SELECT value FROM secrets WHERE name = 'machine-id:a') "
                   "WHERE name = 'machine-id:b'")
     with pytest.raises(SealError, match="AES-GCM"):
-        store.secret("machine-id:b", lambda: "new")
+        store.secrets.get("machine-id:b", lambda: "new")
     store.close()
 
 
@@ -117,10 +117,10 @@ def test_known_hosts_trusts_the_ca_for_the_cluster_only(tmp_path: Path) -> None:
     r = run()
     assert r.exit_code != 0 and "would name no host" in r.output
     store = Store.for_config(parse_config(cfg.read_text()))
-    store.put_node(NodeSpec(MAC, hostname="n1", ip="172.22.33.50"))
-    store.put_node(NodeSpec(OTHER, hostname="n2"))
+    store.nodes.put(NodeSpec(MAC, hostname="n1", ip="172.22.33.50"))
+    store.nodes.put(NodeSpec(OTHER, hostname="n2"))
     later = time.time() + 600
-    store.save_leases([LeaseRecord(lease_key(None, OTHER), "172.22.33.101", OTHER, later),
+    store.leases.save([LeaseRecord(lease_key(None, OTHER), "172.22.33.101", OTHER, later),
                        LeaseRecord(lease_key(None, STRANGER), "172.22.33.102", STRANGER, later)])
     store.close()
     r = run()

@@ -274,7 +274,7 @@ def test_doctor_names_unsigned_kernels_and_grub_in_proxy_mode(data_dir):
     cfg = parse_config(f'data_dir = "{data_dir}"\n')
     assert check_secure_boot(cfg) == []  # nobody uses grub: nothing to say
     store = Store.for_config(cfg)
-    store.put_node(NodeSpec(MAC, image="plain", loader="grub"))
+    store.nodes.put(NodeSpec(MAC, image="plain", loader="grub"))
     store.close()
     bad = [f for f in check_secure_boot(cfg) if not f.ok]
     assert len(bad) == 1 and "image plain" in bad[0].what and MAC in bad[0].what, bad

@@ -31,7 +31,7 @@ ISO_UTC = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00$"
 def service(data_dir: Path, extra: str = "") -> Service:
     config = parse_config(f'data_dir = "{data_dir}"\n{extra}')
     store = Store.for_config(config)
-    return Service(config, store, Booter(config, store, "172.22.33.2"))
+    return Service(config, store, Booter(config, store.directory, "172.22.33.2"))
 
 
 @pytest.fixture
@@ -143,8 +143,8 @@ def test_effective_says_what_the_node_boots_and_where_it_came_from(svc):
     assert svc.booter.decide(Client(MAC)).image == "demo"
     # a lease: its address and expiry; then a fixed address wins
     now = time.time()
-    svc.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=now + 600)])
-    svc.store.add_events([EventRecord(MAC, "dhcp-ack", now - 5), EventRecord(MAC, "booted", now - 1, "node")])
+    svc.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=now + 600)])
+    svc.store.events.add([EventRecord(MAC, "dhcp-ack", now - 5), EventRecord(MAC, "booted", now - 1, "node")])
     e = svc.show_node(MAC).effective
     assert (e.ip, e.ip_from) == ("172.22.33.150", "lease")
     assert e.lease_expires is not None and abs(e.lease_expires.timestamp() - (now + 600)) < 0.01
@@ -161,7 +161,7 @@ def test_effective_for_machines_nobody_registered(data_dir):
     for policy, image, source in (("boot", "demo", "default"), ("ignore", None, None)):
         (data_dir / policy).mkdir()
         s = service(data_dir / policy, f'[boot]\nunknown_nodes = "{policy}"\n')
-        s.store.add_events([EventRecord(MAC, "dhcp-offer", time.time())])
+        s.store.events.add([EventRecord(MAC, "dhcp-offer", time.time())])
         [n] = s.list_nodes()
         assert n.state == "seen" and (n.effective.image, n.effective.image_from) == (image, source)
         assert s.show_node(MAC).effective == n.effective
@@ -171,9 +171,9 @@ def test_effective_for_machines_nobody_registered(data_dir):
 def test_every_time_is_iso_8601_in_utc(svc):
     svc.add_node(MAC, S.NodeIn(image="demo"))
     now = time.time()
-    svc.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=now + 60)])
-    svc.store.add_events([EventRecord(MAC, "dhcp-ack", now - 2), EventRecord(MAC, "booted", now, "node")])
-    svc.store.add_inventory(MAC, {"memory_kib": 1})
+    svc.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC, expires=now + 60)])
+    svc.store.events.add([EventRecord(MAC, "dhcp-ack", now - 2), EventRecord(MAC, "booted", now, "node")])
+    svc.store.hardware.add(MAC, {"memory_kib": 1})
     detail = json.loads(svc.show_node(MAC).model_dump_json())
     times = [detail["updated"], detail["last_boot"]["started"], detail["last_boot"]["updated"],
              detail["inventory"]["at"], *(e["at"] for e in detail["last_boot"]["events"]),
@@ -207,7 +207,7 @@ def test_remove_and_profiles(svc):
 def test_status_rows_and_the_live_feed_say_the_same_effective(svc):
     svc.put_profile("compute", S.ProfileIn(image="debian"))
     svc.add_node(MAC, S.NodeIn(profiles=["compute"]))
-    svc.store.save_leases([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC,
+    svc.store.leases.save([LeaseRecord(key=lease_key(None, MAC), ip="172.22.33.150", mac=MAC,
                                        expires=time.time() + 600)])
     [row] = svc.status()
     assert row.effective == svc.show_node(MAC).effective

@@ -63,18 +63,18 @@ class ServerThread:
 def env(data_dir: Path, make_booter):
     """Server plus a data dir holding loaders/blob.bin (3 MB) and a pxelinux node."""
     booter = make_booter("[tftp]\nmax_per_source = 3\n", server_ip="127.0.0.1")
-    booter.directory.put_node(NodeSpec(mac=MAC, image="demo", loader="pxelinux"))
+    store = make_booter.stores[-1]
+    store.nodes.put(NodeSpec(mac=MAC, image="demo", loader="pxelinux"))
     (data_dir / "loaders").mkdir()
     (data_dir / "images" / "demo").mkdir(parents=True)
     blob = os.urandom(3 * 1024 * 1024 + 123)
     (data_dir / "loaders" / "blob.bin").write_bytes(blob)
     (data_dir / "images" / "demo" / "vmlinuz").write_bytes(os.urandom(200_000))
-    events = EventLog(booter.directory)
+    events = EventLog(store.events)
     events.mac_by_ip["127.0.0.1"] = MAC
-    store = booter.directory
-    access = AccessRule(booter.config.dhcp.mode, "none", store, store.credentials)
+    access = AccessRule(booter.config.dhcp.mode, "none", store.directory, store.credentials)
     srv = ServerThread(Namespace(data_dir, booter, access=access), events)
-    srv.data_dir, srv.blob, srv.events, srv.booter = data_dir, blob, events, booter
+    srv.data_dir, srv.blob, srv.events, srv.booter, srv.store = data_dir, blob, events, booter, store
     yield srv
     srv.close()
 
@@ -157,27 +157,42 @@ def test_generated_pxelinux_cfg(env, tmp_path):
 
 def test_generated_configs_never_touch_the_store_on_the_loop(env, tmp_path):
     """Issue 18: a pxelinux config asks the policy and mints a credential (the store, SQL); TFTP
-    does it in a worker thread, so DHCP on the same loop never waits behind the database."""
+    does it in a worker thread, so DHCP on the same loop never waits behind the database.
+    Watched twice: at the store's parts the policy and the access rule call, and at the engine
+    itself (every SQL statement, whoever runs it), each with the thread it ran on."""
     import threading
 
-    store = env.booter.directory
+    from sqlalchemy import event
+
+    directory, store = env.booter.directory, env.store
     loop_thread = env.thread.ident
     seen: list[tuple[str, int]] = []
+    statements: list[tuple[str, int]] = []
     originals = {}
     for name in ("get_node", "node_by_uuid", "get_profile", "leases_of", "lease_at"):
-        originals[name] = getattr(store, name)
-        setattr(store, name, lambda *a, _n=name, **k: seen.append((_n, threading.get_ident())) or originals[_n](*a, **k))
+        originals[name] = getattr(directory, name)
+        setattr(directory, name,
+                lambda *a, _n=name, **k: seen.append((_n, threading.get_ident())) or originals[_n](*a, **k))
     mint = store.credentials.mint
     store.credentials.mint = lambda *a, **k: seen.append(("mint", threading.get_ident())) or mint(*a, **k)
+
+    def on_sql(_conn, _cursor, statement, *_rest) -> None:
+        statements.append((statement.split()[0], threading.get_ident()))
+
+    event.listen(store.engine, "before_cursor_execute", on_sql)
     try:
         r = tftp_hpa(env, "pxelinux.cfg/01-52-54-00-12-34-56", tmp_path / "cfg")
         assert r.returncode == 0, r.stderr
     finally:
+        event.remove(store.engine, "before_cursor_execute", on_sql)
         for name, fn in originals.items():
-            setattr(store, name, fn)
+            setattr(directory, name, fn)
         store.credentials.mint = mint
+    assert b"KERNEL" in (tmp_path / "cfg").read_bytes().upper()  # a generated config came back
     assert {n for n, _ in seen} >= {"get_node", "mint"}, seen
     assert all(t != loop_thread for _, t in seen), seen
+    assert {kind.upper() for kind, _ in statements} >= {"SELECT", "INSERT"}, statements  # the node, the credential
+    assert all(t != loop_thread for _, t in statements), statements
 
 
 def test_netascii_mode(env, tmp_path):
@@ -370,7 +385,7 @@ def test_unconfirmed_requests_give_way(data_dir, make_booter):
     booter = make_booter("[tftp]\nmax_unconfirmed = 3\nmax_per_source = 2\n", server_ip="127.0.0.1")
     (data_dir / "loaders").mkdir()
     (data_dir / "loaders" / "blob.bin").write_bytes(b"x" * 5000)
-    srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.directory))
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(make_booter.stores[-1].events))
     target = ("127.0.0.1", srv.port)
     addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
     socks = []
@@ -438,7 +453,7 @@ def test_total_transfer_cap(data_dir, make_booter):
     booter = make_booter("[tftp]\nmax_transfers = 2\n", server_ip="127.0.0.1")
     (data_dir / "loaders").mkdir()
     (data_dir / "loaders" / "f").write_bytes(b"x" * 100)
-    srv = ServerThread(Namespace(data_dir, booter), EventLog(booter.directory))
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(make_booter.stores[-1].events))
     socks = [raw_socket() for _ in range(4)]
     server = ("127.0.0.1", srv.port)
     rrq = tftp.Request(tftp.RRQ, "f", "octet", {"tsize": "0"}).encode()

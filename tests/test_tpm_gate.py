@@ -61,7 +61,7 @@ def _report(t: Tpm) -> dict:
 
 def _stages(srv: LiveServer) -> list[tuple[str, dict]]:
     srv.run(srv.events.flush)
-    return [(e.stage, e.detail) for e in srv.store.events(MAC)]
+    return [(e.stage, e.detail) for e in srv.store.events.of(MAC)]
 
 
 def _untrusted_count(srv: LiveServer) -> float:
@@ -78,8 +78,8 @@ def served(data_dir: Path):
     write_fake_image(data_dir, "demo")
     (data_dir / "cfg.toml").write_text(f'data_dir = "{data_dir}"\n{FULL}')
     srv = LiveServer(data_dir, FULL)
-    srv.store.put_node(NodeSpec(MAC, image="demo", hostname="n1", uuid=UUID))
-    srv.store.save_leases([LeaseRecord(lease_key(None, MAC), NODE_IP, MAC, time.time() + 600, None, None, UUID)])
+    srv.store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1", uuid=UUID))
+    srv.store.leases.save([LeaseRecord(lease_key(None, MAC), NODE_IP, MAC, time.time() + 600, None, None, UUID)])
     yield srv
     srv.close()
 
@@ -152,7 +152,7 @@ def test_forged_requests_get_no_boot_key(served: LiveServer, tmp_path: Path) -> 
     srv = served
     srv.store.tpms.enrol(_trusted(tmp_path))
     # The attacker's lease for the node's chaddr under a client id of its own, and its own NIC.
-    srv.store.save_leases([
+    srv.store.leases.save([
         LeaseRecord(lease_key("ff00112233", MAC), OTHER_IP, MAC, time.time() + 600, "ff00112233", None, UUID),
         LeaseRecord(lease_key(None, ATT), ATT_IP, ATT, time.time() + 600, None, None, None)])
     with swtpm(tmp_path / "c") as c:
@@ -188,8 +188,8 @@ def test_first_boot_keeps_the_first_ek(data_dir: Path, tmp_path: Path) -> None:
     write_fake_image(data_dir, "demo")
     srv = LiveServer(data_dir, FULL + 'tpm_enroll = "first-boot"\n')
     try:
-        srv.store.put_node(NodeSpec(MAC, image="demo"))
-        srv.store.save_leases([LeaseRecord(lease_key(None, MAC), NODE_IP, MAC, time.time() + 600, None, None, None)])
+        srv.store.nodes.put(NodeSpec(MAC, image="demo"))
+        srv.store.leases.save([LeaseRecord(lease_key(None, MAC), NODE_IP, MAC, time.time() + 600, None, None, None)])
         with swtpm(tmp_path / "a") as a, swtpm(tmp_path / "b") as b:
             st, blob = _send(srv, "POST", f"/api/v1/nodes/{MAC}/tpm", NODE_IP, srv.node_token(MAC, NODE_IP),
                              _report(a))
@@ -216,7 +216,7 @@ def test_a_node_without_a_tpm_keeps_the_access_rule(served: LiveServer) -> None:
 
 
 def test_ek_certificates_for_another_key_are_refused_and_odd_ones_noted(served: LiveServer, tmp_path: Path) -> None:
-    gate = tpm_gate.TpmGate("first-boot", served.store.tpms, served.store.derived_key)
+    gate = tpm_gate.TpmGate("first-boot", served.store.tpms, served.store.secrets.derived_key)
     with swtpm(tmp_path / "a") as a, swtpm(tmp_path / "b") as b:
         mine, theirs = _report(a), _report(b)
     raw = {k: base64.b64decode(v) for k, v in mine.items()}

@@ -104,7 +104,7 @@ def test_dracut_image_opens_the_overlay_sealed_to_its_tpm(module_images, tmp_pat
         assert overlay and overlay[-1]["detail"]["tpm"] is True, overlay
         store = Store(f"sqlite:///{run.lab.data_dir / 'ramboot.db'}", run.lab.data_dir / "secrets.key")
         try:
-            want = Identities(store).machine_id(mac)
+            want = Identities(store.secrets).machine_id(mac)
         finally:
             store.close()
         assert f"mod-test: machine-id {want}\n" in console, console[-3000:]

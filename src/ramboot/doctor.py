@@ -525,7 +525,7 @@ def grub_nodes(cfg: Config) -> dict[str, list[str]]:
     try:
         store = Store.for_config(cfg)
         try:
-            nodes = store.list_nodes()
+            nodes = store.nodes.all()
         finally:
             store.close()
     except Exception:  # a doctor never dies of the database it diagnoses

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .inventory.store import Store
+from .inventory.ports import SecretSource
 
 HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 _KEYGEN_ARGS = {"ed25519": ["-t", "ed25519"], "ecdsa": ["-t", "ecdsa", "-b", "256"], "rsa": ["-t", "rsa", "-b", "3072"]}
@@ -64,13 +64,13 @@ def _run(argv: list[str]) -> None:
 class Identities:
     """Node identities kept in the store."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, secrets: SecretSource):
+        self.secrets = secrets  # the store's secrets part
 
     def ca(self) -> tuple[str, str]:
         """The CA's private key and public line (made once)."""
-        private = self.store.secret("ssh-ca:private", lambda: _keygen("ed25519", CA_NAME)[0])
-        public = self.store.secret("ssh-ca:public", lambda: self._public_of(private))
+        private = self.secrets.get("ssh-ca:private", lambda: _keygen("ed25519", CA_NAME)[0])
+        public = self.secrets.get("ssh-ca:public", lambda: self._public_of(private))
         return private, public
 
     def known_hosts_line(self, patterns: list[str]) -> str:
@@ -80,7 +80,7 @@ class Identities:
 
     def machine_id(self, node: str) -> str:
         """A machine id for /etc/machine-id: random once, then the same at every boot."""
-        return self.store.secret(f"machine-id:{node}", lambda: uuid.uuid4().hex)
+        return self.secrets.get(f"machine-id:{node}", lambda: uuid.uuid4().hex)
 
     def host_keys(self, node: str, principals: list[str]) -> list[HostKey]:
         """The node's host keys (made once), each with a certificate for `principals`.
@@ -90,16 +90,16 @@ class Identities:
         """
         out = []
         for kind in HOST_KEY_TYPES:
-            pair = self.store.secret(f"ssh-host:{node}:{kind}", lambda kind=kind: "\n".join(
+            pair = self.secrets.get(f"ssh-host:{node}:{kind}", lambda kind=kind: "\n".join(
                 reversed(_keygen(kind, f"root@{node}"))))
             public, private = pair.split("\n", 1)
             want = ",".join(principals)
             cert_key = f"ssh-cert:{node}:{kind}"
-            kept = self.store.secret(cert_key, lambda p=public, w=want: w + "\n" + self._sign(p, node, principals))
+            kept = self.secrets.get(cert_key, lambda p=public, w=want: w + "\n" + self._sign(p, node, principals))
             names, cert = kept.split("\n", 1)
             if names != want:
                 cert = self._sign(public, node, principals)
-                self.store.set_secret(cert_key, want + "\n" + cert)
+                self.secrets.set(cert_key, want + "\n" + cert)
             out.append(HostKey(kind, private, public, cert.strip()))
         return out
 

@@ -23,7 +23,7 @@ def _local(config_path: str):
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     address = str(config.network.address) if config.network.address else "127.0.0.1"
-    return config, store, Booter(config, store, address)
+    return config, store, Booter(config, store.directory, address)
 
 
 @click.group()
@@ -53,8 +53,8 @@ def render(name: str, mac: str, config_path: str) -> None:
                                        "it boots nothing")
         renderer = OverlayRenderer(Path(config.data_dir), store, booter)
         addr = addresses(store)
-        nodes = [node_context(n, n.mac, addr.get(n.mac)) for n in store.list_nodes()]
-        spec = store.get_node(d.node) if d.node else None
+        nodes = [node_context(n, n.mac, addr.get(n.mac)) for n in store.nodes.all()]
+        spec = store.nodes.get(d.node) if d.node else None
         me = node_context(spec, d.node or mac, addr.get(mac), d)
         files = renderer.tree(name, me, nodes)
     except OverlayError as e:
@@ -85,14 +85,14 @@ def known_hosts(config_path: str) -> None:
 
     config, store, _booter = _local(config_path)
     try:
-        nodes = store.list_nodes()
+        nodes = store.nodes.all()
         addr = addresses(store)  # fixed, else the hardware lease; of registered nodes only
         patterns = cluster_patterns([n.hostname for n in nodes], [addr[n.mac] for n in nodes if n.mac in addr],
                                     config.dhcp.domain)
         if not patterns:
             raise click.ClickException("no registered node has a hostname or an address yet, and [dhcp] domain "
                                        "is not set: the CA line would name no host")
-        click.echo(Identities(store).known_hosts_line(patterns))
+        click.echo(Identities(store.secrets).known_hosts_line(patterns))
     except IdentityError as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -78,10 +78,10 @@ def addresses(store: Store) -> dict[str, str]:
     import time
 
     now = time.time()
-    nodes = store.list_nodes()
+    nodes = store.nodes.all()
     uuid_of = {n.mac: n.uuid for n in nodes}
     by_mac: dict[str, list[LeaseRecord]] = {}
-    for lease in store.load_leases():
+    for lease in store.leases.load():
         if lease.expires > now:
             by_mac.setdefault(lease.mac, []).append(lease)
     out: dict[str, str] = {}
@@ -103,7 +103,7 @@ class OverlayRenderer:
         self.data_dir = Path(data_dir)
         self.store = store
         self.booter = booter
-        self.identities = Identities(store)
+        self.identities = Identities(store.secrets)
         self._env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                                         autoescape=False)
 
@@ -112,7 +112,7 @@ class OverlayRenderer:
         spec = self._spec(d)
         node_mac = d.node or d.mac
         addr = addresses(self.store)
-        nodes = [node_context(n, n.mac, addr.get(n.mac)) for n in self.store.list_nodes()]
+        nodes = [node_context(n, n.mac, addr.get(n.mac)) for n in self.store.nodes.all()]
         me = node_context(spec, node_mac, addr.get(d.mac) or addr.get(node_mac), d)
         out: dict[str, File] = {}
         for f in self._identity(d, me, nodes):
@@ -171,7 +171,7 @@ class OverlayRenderer:
             raise OverlayError(f"overlay {name!r}: {rel}.j2: {e}") from None
 
     def _spec(self, d: Decision) -> NodeSpec | None:
-        return self.store.get_node(d.node) if d.node else None
+        return self.store.nodes.get(d.node) if d.node else None
 
     def _identity(self, d: Decision, me: dict[str, Any], nodes: list[dict[str, Any]]) -> list[File]:
         node_mac = d.node or d.mac

@@ -43,7 +43,7 @@ class Local:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store.for_config(config)
         # The address only shapes URLs in a decision, which nothing here shows.
-        booter = Booter(config, store, str(config.network.address or "127.0.0.1"))
+        booter = Booter(config, store.directory, str(config.network.address or "127.0.0.1"))
         self.svc = Service(config, store, booter)
 
     def _do(self, call: Callable[[Service], T]) -> T:

@@ -17,7 +17,7 @@ store while no server holds the lock replays what a killed server left.
 Lines: `{"u": [[ip, key, mac, expires, client_id, hostname, uuid], ...], "d": [ip, ...], "k": {key: ip}}`
 (upserts, deletes, and each key that left an address: key -> that address).
 The server alone decides every lease, so the journal keeps only each address's
-last word; the table takes it as the authority's write (`Store.save_leases`
+last word; the table takes it as the authority's write (`LeaseRepo.save`
 with `moved=None`).
 """
 
@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ..proto.dhcp_core import LeaseRecord
+from .records import LeaseRecord
 
 CHECKPOINT_EVERY = 0.5  # seconds between the table's catch-ups while leases change
 
@@ -42,8 +42,8 @@ class JournalLocked(Exception):
     """Another process appends to this journal (a second server on one SQLite store)."""
 
 
-def merge(into: dict, upserts: Iterable[LeaseRecord], deletes: Iterable[str], ip_of_key: dict[str, str],
-          owners: dict[str, str] | None = None) -> None:
+def merge(into: dict[str, LeaseRecord | None], upserts: Iterable[LeaseRecord], deletes: Iterable[str],
+          ip_of_key: dict[str, str], owners: dict[str, str] | None = None) -> None:
     """Add one result's changes to `into` (address -> its last word, None for deleted), in the
     order of last writes. A key written at a new address has left the one it was written at
     before (the core freed it): that one becomes a delete (conditional on the key, in `owners`)."""

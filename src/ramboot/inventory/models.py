@@ -76,7 +76,7 @@ class Lease(Base):
     uuid: Mapped[str | None] = mapped_column(String(36))  # the firmware's option 97, kept with the lease
     expires: Mapped[float] = mapped_column(Float)  # unix time
     # When the row was last written (the database's clock on PostgreSQL): other servers
-    # load what changed since their last look (`Store.leases_since`).
+    # load what changed since their last look (`store.leases.since`).
     updated: Mapped[float] = mapped_column(Float, default=0.0, server_default="0", index=True)
 
 

@@ -1,13 +1,25 @@
 """The plain values the store reads and writes: no SQLAlchemy here.
 
 The policy and the protocol shells use these without importing the database
-layer; leases are the DHCP core's own `LeaseRecord`.
+layer.
+
+Leases: `LeaseRecord` and `Lease6Record` are the DHCP cores' own value types
+(`proto/` stands alone and builds them on every bind), named here so that
+nothing outside the cores and their shells imports them from `proto/`. One
+type, not a copy converted at the shell: the hot path stays one allocation per
+bind and the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..proto.dhcp6_core import Lease6Record
+from ..proto.dhcp_core import LeaseRecord
+
+__all__ = ["CredentialRecord", "EventRecord", "Lease6Record", "LeaseRecord", "NodeSpec", "ProfileSpec",
+           "ServerRecord", "TpmRecord"]
 
 
 @dataclass

@@ -298,7 +298,7 @@ class BootOut(BaseModel):
     console: list[ConsoleLineOut] = Field([], description="its serial console's lines (`[console] capture`)")
 
 
-# A hardware report is kept per boot (store.add_inventory): unknown keys are dropped (a newer
+# A hardware report is kept per boot (store.hardware.add): unknown keys are dropped (a newer
 # initramfs may send more; nothing unread is stored), strings and lists are cut to these.
 REPORT_STR = 128
 REPORT_LIST = 64

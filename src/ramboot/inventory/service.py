@@ -92,7 +92,7 @@ class Service:
         """Register a node; an existing one is refused unless `replace` (then it is replaced whole).
         Returns the node as shown, with its warnings, and whether it is new."""
         mac = normalize_mac(mac)
-        old = self.store.get_node(mac)
+        old = self.store.nodes.get(mac)
         if old is not None and not replace:
             raise Conflict(f"node {mac} exists: `node set` changes what it names, `node add --replace` "
                            "replaces it whole")
@@ -102,7 +102,7 @@ class Service:
     def patch_node(self, mac: str, patch: dict[str, Any]) -> S.NodeDetail:
         """Change what `patch` names (RFC 7396: a key sets, null unsets, an absent key keeps)."""
         mac = normalize_mac(mac)
-        old = self.store.get_node(mac)
+        old = self.store.nodes.get(mac)
         if old is None:
             raise NotFound(f"no node {mac}")
         if not isinstance(patch, dict):
@@ -126,7 +126,7 @@ class Service:
         self._check_names(named.profiles, named.overlays)
         try:
             # discovered=False: an operator has now said what it is
-            self.store.put_node(NodeSpec(mac=mac, **body.model_dump(), discovered=False))
+            self.store.nodes.put(NodeSpec(mac=mac, **body.model_dump(), discovered=False))
         except StoreError as e:
             raise Conflict(str(e)) from None
 
@@ -137,18 +137,18 @@ class Service:
 
     def remove_node(self, mac: str) -> None:
         mac = normalize_mac(mac)
-        if not self.store.remove_node(mac):
+        if not self.store.nodes.remove(mac):
             raise NotFound(f"no node {mac}")
 
     def list_nodes(self) -> list[S.NodeOut]:
         """Every machine that asked or booted, registered or not, with its last boot (from its
         newest 100 events) and what it boots; five queries, however many machines."""
-        specs = self.store.list_nodes()
-        booter = self.booter.using(_Snapshot(specs, self.store.list_profiles()))
+        specs = self.store.nodes.all()
+        booter = self.booter.using(_Snapshot(specs, self.store.profiles.all()))
         by_mac = {n.mac: n for n in specs}
-        events = self.store.recent_events(100)
-        inventory = self.store.latest_inventory()
-        leases = _by_mac(self.store.active_leases())
+        events = self.store.events.recent(100)
+        inventory = self.store.hardware.latest_of()
+        leases = _by_mac(self.store.leases.active())
         out = []
         for mac in sorted(by_mac.keys() | events.keys() | inventory.keys()):
             spec = by_mac.get(mac)
@@ -163,12 +163,12 @@ class Service:
         """The status page's rows: every machine known, or those of `macs` (the live feed), each
         with its last boot (from its newest 200 events) and what it boots; six queries, however
         many machines."""
-        specs = self.store.list_nodes(macs)
-        booter = self.booter.using(_Snapshot(specs, self.store.list_profiles()))
+        specs = self.store.nodes.all(macs)
+        booter = self.booter.using(_Snapshot(specs, self.store.profiles.all()))
         by_mac = {n.mac: n for n in specs}
-        events = self.store.recent_events(200, macs)
-        inventory = self.store.latest_inventory(macs)
-        leases = _by_mac(self.store.active_leases(macs))
+        events = self.store.events.recent(200, macs)
+        inventory = self.store.hardware.latest_of(macs)
+        leases = _by_mac(self.store.leases.active(macs))
         rows = []
         for mac in sorted(by_mac.keys() | events.keys() | inventory.keys() if macs is None else set(macs)):
             spec = by_mac.get(mac)
@@ -190,15 +190,15 @@ class Service:
     def show_node(self, mac: str) -> S.NodeDetail:
         """A machine with its inventory, last boot and what it boots; NotFound if nothing is known of it."""
         mac = normalize_mac(mac)
-        spec = self.store.get_node(mac)
-        events = self.store.events(mac)
-        hist = self.store.inventory_history(mac, limit=1)
+        spec = self.store.nodes.get(mac)
+        events = self.store.events.of(mac)
+        hist = self.store.hardware.history(mac, limit=1)
         inventory = inventory_out(hist[0] if hist else None)
         if spec is None and not events and inventory is None:
             raise NotFound(f"no node {mac}")
         boot = last_boot(events)
         seen = max([*(e.at for e in events[-1:]), *(at for at, _ in hist)], default=None)
-        effective = _effective(self.booter, mac, self.store.leases_of(mac), seen, boot)
+        effective = _effective(self.booter, mac, self.store.leases.leases_of(mac), seen, boot)
         rec = self.store.tpms.get(mac)
         tpm = S.TpmOut.model_validate(rec, from_attributes=True) if rec is not None else None
         out = boot_out(boot)
@@ -206,7 +206,8 @@ class Service:
             # The firmware prints before its first DHCP request: a boot's console starts a little
             # before its first event, unless that event is the power action that started it.
             since = boot.started - (0 if boot.events[0].stage == "power" else CONSOLE_LEAD)
-            out.console = [S.ConsoleLineOut(at=at, line=line) for at, line in self.store.console_lines(mac, since)]
+            out.console = [S.ConsoleLineOut(at=at, line=line)
+                           for at, line in self.store.power.console_lines(mac, since)]
         detail = _node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, spec is not None,
                            inventory=inventory, last_boot=out, effective=effective, tpm=tpm,
                            seeding=seeding_out(boot))
@@ -214,11 +215,11 @@ class Service:
         return detail
 
     def node_events(self, mac: str, limit: int) -> list[S.EventOut]:
-        return [event_out(e) for e in self.store.events(normalize_mac(mac), limit)]
+        return [event_out(e) for e in self.store.events.of(normalize_mac(mac), limit)]
 
     def node_inventory(self, mac: str, limit: int = 50) -> list[S.InventoryOut]:
         mac = normalize_mac(mac)
-        hist = self.store.inventory_history(mac, limit)
+        hist = self.store.hardware.history(mac, limit)
         if not hist:
             raise NotFound(f"no inventory for {mac}")
         return [S.InventoryOut(at=at, report=report_of(d)) for at, d in hist]
@@ -236,9 +237,9 @@ class Service:
         """Create or replace a profile; returns it with whether it is new, and its warnings."""
         name = _plain(name)
         self._check_names([], body.overlays)
-        old = self.store.get_profile(name)
+        old = self.store.profiles.get(name)
         try:
-            kept = self.store.put_profile(ProfileSpec(name=name, **body.model_dump()))
+            kept = self.store.profiles.put(ProfileSpec(name=name, **body.model_dump()))
         except StoreError as e:
             raise ServiceError(str(e)) from None
         # as kept: the BMC's password is sealed and shown as ***
@@ -246,16 +247,16 @@ class Service:
         return out, old is None
 
     def list_profiles(self) -> list[S.ProfileOut]:
-        return [S.ProfileOut(**asdict(p)) for p in self.store.list_profiles()]
+        return [S.ProfileOut(**asdict(p)) for p in self.store.profiles.all()]
 
     def show_profile(self, name: str) -> S.ProfileOut:
-        p = self.store.get_profile(_plain(name))
+        p = self.store.profiles.get(_plain(name))
         if p is None:
             raise NotFound(f"no profile {name}")
         return S.ProfileOut(**asdict(p))
 
     def remove_profile(self, name: str) -> None:
-        if not self.store.remove_profile(_plain(name)):
+        if not self.store.profiles.remove(_plain(name)):
             raise NotFound(f"no profile {name}")
 
     # -- images and leases ------------------------------------------------------------
@@ -284,7 +285,7 @@ class Service:
         return [
             S.LeaseOut(ip=lease.ip, mac=lease.mac, expires=lease.expires, active=lease.expires > now,
                        client_id=lease.client_id, hostname=lease.hostname)
-            for lease in sorted(self.store.load_leases(), key=lambda lease: ipaddress.IPv4Address(lease.ip))
+            for lease in sorted(self.store.leases.load(), key=lambda lease: ipaddress.IPv4Address(lease.ip))
         ]
 
     def list_servers(self, this: str | None = None) -> list[S.ServerOut]:
@@ -293,14 +294,14 @@ class Service:
             S.ServerOut(name=s.name, address=s.address, http_base=s.http_base, images=s.images, started=s.started,
                         last_seen=s.last_seen, alive=now - s.last_seen <= self.config.cluster.dead_after,
                         this=s.name == this, group=s.group)
-            for s in self.store.list_servers()
+            for s in self.store.servers.all()
         ]
 
     # -- checks -----------------------------------------------------------------------
     def _check_names(self, profiles: Iterable[str], overlays: Iterable[str]) -> None:
         """A profile or overlay named must exist: a typo would otherwise boot a node without it."""
         for p in profiles:
-            if self.store.get_profile(p) is None:
+            if self.store.profiles.get(p) is None:
                 raise ServiceError(f"no profile {p!r} (`ramboot profile list` shows them)")
         for o in overlays:
             if not (self.config.data_dir / OVERLAYS_DIR / o).is_dir():

@@ -78,15 +78,15 @@ def consume_boot_once(store: Store, events: EventLog, mac: str) -> bool:
     up and the node's own comes back at the next boot. Which image this boot ran is what it
     fetched (the node's download or the server's kernel, initrd and root events), not what is
     set now: a boot-once set while an older boot was under way stays for the next one."""
-    spec = store.get_node(mac)
+    spec = store.nodes.get(mac)
     if spec is None or not spec.boot_once:
         return False
     events.flush()
-    boot = last_boot(store.events(mac))
+    boot = last_boot(store.events.of(mac))
     mark = f"/images/{spec.boot_once}/"  # in a root URL, and in a served name with "/" before it
     ran = boot is not None and any(mark in "/" + str(e.detail.get("url") or e.detail.get("file") or "")
                                    for e in boot.events)
-    if ran and store.set_boot_once(mac, None, only_if=spec.boot_once):
+    if ran and store.nodes.set_boot_once(mac, None, only_if=spec.boot_once):
         events.record(mac, "boot-once-done", image=spec.boot_once)
         return True
     return False

@@ -75,7 +75,7 @@ def power(action, names, all_, labels, rate, timeout, as_json, config_path) -> N
 
 
 def _node_with_bmc(store: Store, mac: str) -> NodeSpec:
-    spec = store.get_node(mac)
+    spec = store.nodes.get(mac)
     if spec is None:
         raise click.ClickException(f"no node {mac}")
     return spec
@@ -83,7 +83,7 @@ def _node_with_bmc(store: Store, mac: str) -> NodeSpec:
 
 def _driver(store: Store, mac: str, timeout: float = TIMEOUT):
     try:
-        bmc = store.bmc(mac)
+        bmc = store.power.bmc(mac)
     except Exception as e:
         raise click.ClickException(f"{mac}: its BMC credentials do not open: {e}") from None
     if bmc is None:
@@ -126,7 +126,7 @@ def wait_booted(store: Store, mac: str, since: float, timeout: float, image: str
     deadline = time.monotonic() + timeout
     last = "nothing yet"
     while True:
-        events = [e for e in store.events(mac, limit=400) if e.at >= since]
+        events = [e for e in store.events.of(mac, limit=400) if e.at >= since]
         boot = last_boot(events)
         if boot is not None:
             last = boot.stage
@@ -157,7 +157,7 @@ def reprovision(mac, image, wait, timeout, config_path) -> None:
     if image:
         _image_exists(config_path, image)
         spec.image = image
-        store.put_node(spec)  # its BMC URL reads back with *** for the password, which keeps the sealed one
+        store.nodes.put(spec)  # its BMC URL reads back with *** for the password, which keeps the sealed one
     t0 = time.monotonic()
     since = _power_up(store, mac, driver)
     click.echo(f"{mac}: network boot next, power cycled" + (f"; image {image}" if image else ""))
@@ -181,11 +181,11 @@ def boot_once(mac, image, now, clear, config_path) -> None:
     store = _store(config_path)
     _node_with_bmc(store, mac)
     if clear:
-        store.set_boot_once(mac, None)
+        store.nodes.set_boot_once(mac, None)
         click.echo(f"{mac}: no boot-once image")
         return
     _image_exists(config_path, image)
-    store.set_boot_once(mac, image)
+    store.nodes.set_boot_once(mac, image)
     click.echo(f"{mac}: next boot only: image {image}")
     if now:
         _power_up(store, mac, _driver(store, mac))
@@ -205,7 +205,7 @@ def console(mac, config_path) -> None:
         argv = driver.console_argv()
     except PowerError as e:
         raise click.ClickException(f"{mac}: {e}") from None
-    bmc = store.bmc(mac)
+    bmc = store.power.bmc(mac)
     env = dict(os.environ)
     if bmc is not None and bmc.password is not None:
         env["IPMI_PASSWORD"] = bmc.password  # ipmitool -E: never on a command line

@@ -142,7 +142,7 @@ class ConsoleCapture:
         self.store = store
         keep = config.console.lines_per_boot * KEEP_BOOTS
         self.record: Callable[[str, list[tuple[float, str]]], None] = \
-            lambda mac, lines: store.add_console_lines(mac, lines, keep)
+            lambda mac, lines: store.power.add_console_lines(mac, lines, keep)
         self.dir = config.data_dir / "consoles"
         self.stop = threading.Event()
         self.readers: dict[str, tuple[threading.Thread, str]] = {}  # mac -> (thread, the BMC URL it reads)
@@ -164,8 +164,8 @@ class ConsoleCapture:
             self.stop.wait(RESCAN)
 
     def rescan(self) -> None:
-        for node in self.store.list_nodes():
-            bmc = self.store.bmc(node.mac)
+        for node in self.store.nodes.all():
+            bmc = self.store.power.bmc(node.mac)
             if bmc is None or bmc.scheme == "redfish":
                 continue
             seen = self.readers.get(node.mac)

@@ -49,7 +49,7 @@ class Outcome:
 def targets(store: Store, names: tuple[str, ...], all_: bool, labels: dict[str, str]) -> list[NodeSpec]:
     """The nodes meant: each MAC or hostname named, every node (`all_`), those with every label;
     in MAC order, each once. A name that matches nothing is an error (a typo powers nothing)."""
-    nodes = store.list_nodes()
+    nodes = store.nodes.all()
     chosen: dict[str, NodeSpec] = {}
     by_host = {n.hostname: n for n in nodes if n.hostname}
     by_mac = {n.mac: n for n in nodes}
@@ -77,10 +77,10 @@ def act(driver: Driver, action: str) -> str:
 
 def record(store: Store, mac: str, action: str, ok: bool, detail: dict) -> None:
     """The node's timeline gets the action (a status read is only counted) and the counter its result."""
-    store.count_power(action, "ok" if ok else "error")
+    store.power.count(action, "ok" if ok else "error")
     if action != "status":
         detail = {"action": action, "result": "ok" if ok else "error", **detail}
-        store.add_events([EventRecord(mac, "power", time.time(), "server", detail)])
+        store.events.add([EventRecord(mac, "power", time.time(), "server", detail)])
 
 
 def run(store: Store, nodes: list[NodeSpec], action: str, rate: float | None = None, timeout: float = TIMEOUT,
@@ -138,7 +138,7 @@ def budget(timeout: float) -> float:
 
 def _one(store: Store, node: NodeSpec, do: Callable[[Driver], str], timeout: float) -> tuple[str, str]:
     try:
-        bmc = store.bmc(node.mac)
+        bmc = store.power.bmc(node.mac)
     except Exception as e:  # a sealed password that does not open: this node only
         return "unknown", f"its BMC credentials do not open: {e}"
     if bmc is None:

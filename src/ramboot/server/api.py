@@ -389,14 +389,14 @@ async def report_inventory(request: web.Request) -> web.Response:
     report = await body_of(request, S.InventoryReport, ctx.config.api.max_report_kib)
 
     def work() -> bool:
-        ctx.store.add_inventory(mac, report.model_dump(mode="json"))
+        ctx.store.hardware.add(mac, report.model_dump(mode="json"))
         try:
             uuid = normalize_uuid(report.dmi.uuid) if report.dmi.uuid else None
         except ValueError:
             uuid = None
         spec = ctx.booter.discovered(mac, uuid)
         if spec is not None:
-            ctx.store.put_node(spec)
+            ctx.store.nodes.put(spec)
         return spec is not None
 
     try:

@@ -110,7 +110,7 @@ class Services:
         # the API takes a token for every read and write (docs/api.md); where it is, said once serving
         self.token_note = ensure_admin_token(config)
         self.store = Store.for_config(config)
-        self.booter = Booter(config, self.store, self.server_ip)
+        self.booter = Booter(config, self.store.directory, self.server_ip)
         # This server among the others on the database: the policy names every live one
         # holding an image to the node (fallback URLs).
         self.cluster = Cluster(config, self.store, self.server_ip, self.booter.http_base)
@@ -118,15 +118,15 @@ class Services:
         overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
         # ramboot holds the leases (IPv4, IPv6 or both): the access rule proves nodes by them.
         lease_mode = "full" if "full" in (config.dhcp.mode, config.dhcp6.mode) else config.dhcp.mode
-        access = AccessRule(lease_mode, config.security.proxy_secrets, self.store, self.store.credentials)
+        access = AccessRule(lease_mode, config.security.proxy_secrets, self.store.directory, self.store.credentials)
         # The HTTPS listener's certificate (made or renewed in DATA/tls/), and the CA nodes pin.
         v6 = (self.server_ip6,) if self.server_ip6 and self.server_ip6 != self.server_ip else ()
         self.tls: TlsFiles | None = ensure(config, self.server_ip, *v6) if config.http.https_port else None
         # Dual stack: requests over IPv6 get URLs that name the server's IPv6 address.
-        self.booter6 = self.booter.using(self.store, server_ip=v6[0]) if v6 else None
+        self.booter6 = self.booter.using(self.store.directory, server_ip=v6[0]) if v6 else None
         self.namespace = Namespace(config.data_dir, self.booter, overlays, access,
                                    ca=CaArchive(self.tls.ca) if self.tls else None, booter6=self.booter6)
-        self.events = EventLog(self.store, server=self.cluster.name, keep_days=config.database.events_keep_days,
+        self.events = EventLog(self.store.events, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
         self.servers: list = []
 

@@ -9,7 +9,7 @@ sha256 for every file), this server first if it holds it.
 
 On PostgreSQL a `Listener` keeps one connection of its own LISTENing, so lease
 changes and event batches committed by other servers arrive within
-milliseconds (`Store.save_leases` and `Store.add_events` NOTIFY in the same
+milliseconds (`store.leases.save` and `store.events.add` NOTIFY in the same
 transaction, so a notification means a commit). On SQLite there is one server
 and nothing to listen to.
 """
@@ -201,7 +201,7 @@ class Cluster:
         if self.listener is not None:
             await self.listener.close()
         try:
-            await asyncio.to_thread(self.store.remove_server, self.name)  # nodes stop being told at once
+            await asyncio.to_thread(self.store.servers.remove, self.name)  # nodes stop being told at once
         except Exception:
             log.exception("cluster: could not deregister %s", self.name)
 
@@ -211,16 +211,16 @@ class Cluster:
 
     def _refresh_peers(self) -> None:
         cutoff = time.time() - self.config.cluster.dead_after
-        self.peers = sorted((s for s in self.store.list_servers() if s.name != self.name and s.last_seen >= cutoff),
+        self.peers = sorted((s for s in self.store.servers.all() if s.name != self.name and s.last_seen >= cutoff),
                             key=lambda s: zlib.crc32(s.name.encode()))
 
     def _beat_once(self) -> None:
         held = self.images.scan()
-        if held != self.held or not self.store.touch_server(self.name, time.time()):
+        if held != self.held or not self.store.servers.touch(self.name, time.time()):
             if held != self.held:
                 log.info("cluster: images held verified now %s", ", ".join(sorted(held)) or "none")
             self.held = held
-            self.store.heartbeat(self._record())
+            self.store.servers.heartbeat(self._record())
         self._refresh_peers()
 
     async def _beat(self) -> None:

@@ -63,7 +63,7 @@ class Dhcp6Server:
         self.nodes = _NodeSnapshot(store)
         self.booter = booter.using(self.nodes, manifest_ttl=NODES_TTL, server_ip=server_ip)
         self.core = Dhcp6Core(dhcp6_settings(config, server_ip, our_duid(self.interface)), self.booter.decide,
-                              leases=store.load_leases6())
+                              leases=store.leases.load6())
         self.ifindex = socket.if_nametoindex(self.interface)
         self._loop = asyncio.get_running_loop()
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -110,7 +110,7 @@ class Dhcp6Server:
         deletes = [d for r in batch for d in r.deletes]
         if upserts or deletes:
             try:
-                self.store.save_leases6(upserts, deletes)
+                self.store.leases.save6(upserts, deletes)
             except Exception:
                 # Without the commit, no Reply: the clients retransmit and we answer again.
                 log.exception("dhcp6: lease commit failed; %d replies withheld", len(batch))

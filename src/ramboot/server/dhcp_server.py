@@ -1,7 +1,8 @@
-"""The DHCP server's asyncio shell: sockets, the group commit, events and metrics.
+"""The DHCP server's asyncio shell: sockets, the node cache, events and metrics.
 
 All decisions live in `ramboot.proto.dhcp_core` and the policy it is handed
-(`Booter.decide`, over a snapshot of the nodes). This module only moves bytes:
+(`Booter.decide`, over a snapshot of the nodes); how a lease becomes durable
+is `inventory.lease_commit`. This module moves bytes:
 - UDP sockets on port 67 (and 4011 in proxy mode), bound to the configured
   interface (SO_BINDTODEVICE), with SO_BROADCAST; `recvmsg` + IP_PKTINFO tells
   which interface a request came in on, and replies leave by that interface.
@@ -9,33 +10,31 @@ All decisions live in `ramboot.proto.dhcp_core` and the policy it is handed
   (no ARP entry, broadcast flag clear) are broadcast instead: adding ARP
   entries needs privileges and a per-packet netlink call; every client accepts
   a broadcast reply, so it is the robust choice.
-- Lease changes are committed in groups: datagrams that change leases are
-  held until the burst they came in is read, their changes go to the store in
-  one batch, and only then do their ACKs go out. An ACKed lease is therefore
-  already durable. Alone on SQLite the batch is one append to the lease journal
-  (`inventory/lease_journal.py`, a few microseconds), so every burst commits at
-  once and the table catches up in a worker thread; on a shared PostgreSQL the
-  batch is a transaction (in the loop: one executemany costs less than handing
-  the GIL to a worker thread), at most one per BATCH_WINDOW, so under load a
-  window's worth share one.
+- A reply whose result changes leases leaves only once `LeaseCommitter.commit()`
+  says its change is durable (group commit, the journal, the conditional binds
+  of several servers are all there); a bind the database refused becomes a NAK.
 - Any exception for one datagram is logged and the datagram dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import struct
 import time
 import zlib
+from typing import Any
 
 from .. import metrics
 from ..config import Config
-from ..inventory.lease_journal import merge
-from ..inventory.store import CHECKPOINT_EVERY, LEASE_CHANNEL, NodeSpec, ProfileSpec, Store
+from ..inventory.lease_commit import LeaseCommitter
+from ..inventory.parts.leases import LeaseCommit
+from ..inventory.ports import NodeReader, ProfileReader
+from ..inventory.records import NodeSpec, ProfileSpec
+from ..inventory.store import Store
 from ..netif import interface_netmask
 from ..policy import Booter
 from ..proto.dhcp_core import (
@@ -63,14 +62,7 @@ _ANC_SPACE = socket.CMSG_SPACE(_PKTINFO.size) + socket.CMSG_SPACE(_TIMEVAL.size)
 # server busy past its share of the CPU collapses instead of shedding load).
 STALE_AFTER = 1.0
 RCVBUF = 4 << 20
-# At most one lease commit per BATCH_WINDOW: after a quiet spell the first batch commits
-# as soon as the datagrams read with it are handled (no wait at low rates); under load
-# the replies of a whole window share one transaction (a commit costs ~0.2-0.5 ms of CPU
-# in SQLAlchemy and sqlite, a lease in it ~7 us).
-BATCH_WINDOW = 0.004
 NODES_TTL = 2.0  # seconds a snapshot of the nodes table serves lookups before it is re-read
-RELOAD_EVERY = 5.0  # seconds between loads of other servers' recent leases (a backstop to LISTEN/NOTIFY)
-RELOAD_OVERLAP = 15.0  # each load re-reads this many seconds back: commits finish out of order, clocks differ
 
 
 class _NodeSnapshot:
@@ -81,8 +73,8 @@ class _NodeSnapshot:
     seen within NODES_TTL seconds.
     """
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, nodes: NodeReader, profiles: ProfileReader):
+        self._nodes, self._profiles_of = nodes, profiles
         self._at = -NODES_TTL
         self._by_mac: dict[str, NodeSpec] = {}
         self._by_uuid: dict[str, NodeSpec] = {}
@@ -93,8 +85,8 @@ class _NodeSnapshot:
         now = time.monotonic()
         if now - self._at < NODES_TTL:
             return
-        nodes = self.store.list_nodes()
-        self._profiles = {p.name: p for p in self.store.list_profiles()}
+        nodes = self._nodes.all()
+        self._profiles = {p.name: p for p in self._profiles_of.all()}
         self._by_mac = {n.mac: n for n in nodes}
         self._by_uuid = {n.uuid: n for n in nodes if n.uuid}
         self.reserved = {n.ip: n.mac for n in nodes if n.ip}
@@ -183,41 +175,29 @@ class DhcpServer:
     def __init__(self, config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,
                  port: int, pxe_port: int, cluster: Cluster | None = None):
         self.config = config
-        self.store = store
         self.events = events
         self.cluster = cluster
         self.name = cluster.name if cluster else server_ip
         self.interface = config.network.interface
-        self.nodes = _NodeSnapshot(store)
+        self.nodes = _NodeSnapshot(store.nodes, store.profiles)
         # The same policy, reading nodes from the snapshot: no database read per packet.
         self.booter = booter.using(self.nodes, manifest_ttl=NODES_TTL)
         mask = interface_netmask(self.interface) if config.dhcp.mode == "full" else None
         full = config.dhcp.mode == "full"
-        # Alone on SQLite, lease batches go to the journal: a commit costs one write, not a transaction.
-        self._window = 0.0 if full and store.open_lease_journal() else BATCH_WINDOW
-        self._checkpoint: asyncio.Handle | asyncio.Future | None = None
-        self._loaded_at = time.time()
+        self.leases = LeaseCommitter(store.leases, sender=self.name, journal=full)
         self.core = DhcpCore(
             # Alone (SQLite), the search starts at the range's first address; several servers
             # on one database each start elsewhere, so their offers to new clients seldom meet.
             dhcp_settings(config, server_ip, mask, zlib.crc32(self.name.encode()) if store.shared else 0),
             self.booter.decide,
-            self.nodes.reserved_map, leases=store.load_leases() if full else [],
+            self.nodes.reserved_map, leases=store.leases.load() if full else [],
         )
-        self._reloader: asyncio.Task | None = None
         if full and store.shared:
-            # Other servers' binds reach this core within milliseconds (NOTIFY in their commit),
-            # and every RELOAD_EVERY seconds from the table itself, should a notification be missed.
-            if cluster is not None and cluster.listener is not None:
-                cluster.listener.on(LEASE_CHANNEL, self._notified)
-                cluster.listener.on_reconnect(self._reload_soon)
-            self._reloader = asyncio.get_running_loop().create_task(self._reload_loop())
+            # Other servers' binds reach this core within milliseconds (NOTIFY in their commit).
+            self.leases.follow(cluster.listener if cluster is not None else None, self.core.learn)
         self._loop = asyncio.get_running_loop()
-        self._pending: list[tuple[Result, int]] = []
-        self._counters: dict[tuple[str, str], object] = {}
-        self._anc: dict[int, list] = {0: []}  # ifindex -> the IP_PKTINFO ancillary data to send with
-        self._flusher: asyncio.Handle | None = None
-        self._last_commit = -BATCH_WINDOW  # loop time of the last lease commit
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._anc: dict[int, list[tuple[int, int, bytes]]] = {0: []}  # ifindex -> IP_PKTINFO data to send with
         self._socks: dict[int, socket.socket] = {}  # logical port (67/4011) -> socket
         ports = {SERVER_PORT: port}
         if config.dhcp.mode == "proxy":
@@ -268,94 +248,21 @@ class DhcpServer:
                 metrics.dropped("dhcp", res.reason or res.outcome)
                 if res.outcome == "dropped":
                     log.debug("dhcp: malformed datagram from %s:%d dropped: %s", src[0], src[1], res.reason)
-            if res.needs_commit:
-                self._pending.append((res, ifindex))
-                if self._flusher is None:  # a callback, not a task: no coroutine step per commit
-                    wait = self._last_commit + self._window - self._loop.time()
-                    self._flusher = (self._loop.call_later(wait, self._flush_due) if wait > 0
-                                     else self._loop.call_soon(self._flush_due))  # after this burst is read
+            if res.needs_commit:  # the reply leaves once its lease change is durable
+                self.leases.commit(res).add_done_callback(functools.partial(self._durable, res, ifindex))
             else:
                 self._emit(res, ifindex)
 
-    # -- other servers' leases -----------------------------------------------
-    def _notified(self, payload: str) -> None:
-        sender, written, deleted = self.store.parse_lease_notify(payload)
-        if sender != self.name:
-            self.core.learn(written, deleted)
-
-    def _reload_soon(self) -> None:
-        self._loop.create_task(self._reload_once())
-
-    async def _reload_once(self) -> None:
-        since = self._loaded_at - RELOAD_OVERLAP
-        self._loaded_at = time.time()
-        try:
-            recs = await asyncio.to_thread(self.store.leases_since, since)
-        except Exception as e:
-            log.warning("dhcp: loading other servers' leases failed: %s", str(e).splitlines()[0] if str(e) else e)
-            return
-        self.core.learn(recs)
-
-    async def _reload_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_EVERY)
-            await self._reload_once()
-
-    # -- group commit --------------------------------------------------------
-    def _flush_due(self) -> None:
-        self._flusher = None
-        self._flush_once()
-
-    def _flush_once(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        final: dict = {}  # the last change per address, in the order of last changes
-        ip_of_key: dict[str, str] = {}
-        moved: dict[str, str] = {}
-        owners: dict[str, str] = {}
-        for res, _ in batch:
-            if res.owners:
-                owners.update(res.owners)
-            merge(final, res.upserts, res.deletes, ip_of_key, owners)
-            if res.moved:
-                for key, left in res.moved.items():
-                    moved.setdefault(key, left)  # the first address a key left is the one the table holds
-        upserts = [r for r in final.values() if r is not None]
-        deletes = [ip for ip, r in final.items() if r is None]
-        started = time.perf_counter()
-        self._last_commit = self._loop.time()
-        try:
-            done = self.store.save_leases(upserts, deletes, moved=moved, owners=owners, sender=self.name)
-        except Exception:
-            # Without the commit, no ACK: the clients retry and we answer again.
-            log.exception("dhcp: lease commit failed; %d replies withheld", len(batch))
-            metrics.dropped("dhcp", "commit-failed", len(batch))
-            return
-        metrics.DHCP_COMMIT_SECONDS.observe(time.perf_counter() - started)
-        if self.store.journaled and self._checkpoint is None:
-            self._checkpoint = self._loop.call_later(CHECKPOINT_EVERY, self._checkpoint_due)
-        lost = done.lost
-        for res, ifindex in batch:
-            if lost and any(r.ip in lost for r in res.upserts):
-                # Another server's client holds it (or this client holds another address):
-                # the database said no, so this ACK never leaves; a NAK does.
-                res = self.core.refused(res, done.holders)
-                metrics.DHCP_BINDS_REFUSED.inc()
-            self._emit(res, ifindex)
-
-    def _checkpoint_due(self) -> None:
-        """The leases table catches up with the journal, in a worker thread (sqlite steps without the GIL)."""
-        fut = self._checkpoint = asyncio.ensure_future(asyncio.to_thread(self.store.checkpoint_leases))
-        fut.add_done_callback(self._checkpoint_done)
-
-    def _checkpoint_done(self, fut: asyncio.Future) -> None:
-        self._checkpoint = None
-        if not fut.cancelled() and fut.exception() is not None:
-            # The journal keeps the changes (durable) and the next catch-up tries again.
-            log.warning("dhcp: the leases table could not catch up with the journal: %s", fut.exception())
-        if self.store.journal_pending:  # what came in meanwhile, or what failed
-            self._checkpoint = self._loop.call_later(CHECKPOINT_EVERY, self._checkpoint_due)
+    def _durable(self, res: Result, ifindex: int, fut: asyncio.Future[LeaseCommit]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # not durable: no reply (the committer said so); the client retries
+        lost = fut.result().lost
+        if lost and any(r.ip in lost for r in res.upserts):
+            # Another server's client holds it (or this client holds another address):
+            # the database said no, so this ACK never leaves; a NAK does.
+            res = self.core.refused(res, fut.result().holders)
+            metrics.DHCP_BINDS_REFUSED.inc()
+        self._emit(res, ifindex)
 
     # -- sending -------------------------------------------------------------
     def _emit(self, res: Result, ifindex: int) -> None:
@@ -389,23 +296,10 @@ class DhcpServer:
         self._socks.clear()
 
     async def close(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
         for sock in self._socks.values():
             self._loop.remove_reader(sock.fileno())  # no new work; finish what is pending
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        self._flush_once()  # anything left: commit, then answer
+        await self.leases.close()  # anything left: committed, then answered
         self._close_sockets()
-        if isinstance(self._checkpoint, asyncio.Future):  # a catch-up running: let it finish
-            await asyncio.wait([self._checkpoint])
-        elif self._checkpoint is not None:  # a timer (uvloop's is no asyncio.Handle)
-            self._checkpoint.cancel()
-        self._checkpoint = None
-        await asyncio.to_thread(self.store.checkpoint_leases)
 
 
 async def start_dhcp(config: Config, booter: Booter, store: Store, events: EventLog, server_ip: str,

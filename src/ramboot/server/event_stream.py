@@ -89,13 +89,13 @@ class Broadcaster:
     async def _follow_others(self, me: str) -> None:
         """Other servers' events (after this server started) become live updates here too."""
         store = self.ctx.store
-        last = await asyncio.to_thread(store.last_event_id)
+        last = await asyncio.to_thread(store.events.last_id)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 2.0)
             self._wake.clear()
             try:
-                rows = await asyncio.to_thread(store.events_after, last, me)
+                rows = await asyncio.to_thread(store.events.after, last, me)
             except Exception:
                 log.exception("reading other servers' events failed")
                 continue
@@ -135,7 +135,7 @@ class Broadcaster:
 
 def boot_duration(store: Store, mac: str, booted_at: float) -> float | None:
     """The duration of the boot that reached `booted` at this time (later boots may have begun)."""
-    for boot in split_boots(store.events(mac)):
+    for boot in split_boots(store.events.of(mac)):
         if any(e.stage == "booted" and e.at == booted_at for e in boot.events):
             return boot.duration
     return None

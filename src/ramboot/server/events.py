@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..inventory.store import EventRecord, Store
+from ..inventory.ports import EventSink
+from ..inventory.records import EventRecord
 from ..macaddr import normalize_mac
 
 log = logging.getLogger("ramboot.events")
@@ -41,9 +42,9 @@ PRUNE_EVERY = 3600.0  # seconds between prunes of old events (the first runs at 
 
 
 class EventLog:
-    def __init__(self, store: Store, flush_interval: float = 0.2, server: str | None = None,
+    def __init__(self, sink: EventSink, flush_interval: float = 0.2, server: str | None = None,
                  keep_days: float = 90.0, keep_per_node: int = 5000):
-        self.store = store
+        self.sink = sink  # the store's events part
         self.server = server  # this server's name, kept with each event (several may share the database)
         self.flush_interval = flush_interval
         self.keep_days = keep_days
@@ -114,7 +115,7 @@ class EventLog:
         batch = self._take()
         if batch:
             try:
-                self.store.add_events(batch)
+                self.sink.add(batch)
             except Exception:
                 self._keep(batch)
                 raise
@@ -123,7 +124,7 @@ class EventLog:
         """Retention: a node's timeline keeps its last `keep_per_node` events and `keep_days` days."""
         self._pruned_at = time.monotonic()
         try:
-            gone = await asyncio.to_thread(self.store.prune_events, time.time() - self.keep_days * 86400,
+            gone = await asyncio.to_thread(self.sink.prune, time.time() - self.keep_days * 86400,
                                            self.keep_per_node)
         except Exception as e:
             log.warning("events: pruning failed: %s", str(e).splitlines()[0] if str(e) else e)
@@ -143,7 +144,7 @@ class EventLog:
             try:
                 # In a worker thread: a locked or slow database never stalls the loop (and the
                 # DHCP replies behind it); the insert is a few statements, so the GIL changes hands rarely.
-                await asyncio.to_thread(self.store.add_events, batch)
+                await asyncio.to_thread(self.sink.add, batch)
             except Exception as e:
                 self._keep(batch)
                 log.warning("events: flush failed, %d kept for the next try: %s", len(batch),

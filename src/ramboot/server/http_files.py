@@ -440,7 +440,7 @@ async def overlay_file(request: web.Request, name: names.Overlay) -> web.StreamR
     if claim.status != 200 or claim.credential is None:
         log.warning("overlay refused", extra={"mac": name.mac, "client": ip, "why": claim.why})
         metrics.HTTP_REFUSED.labels("overlay").inc()
-        if not claim.contested and await asyncio.to_thread(ctx.store.get_node, name.mac) is not None:
+        if not claim.contested and await asyncio.to_thread(ctx.store.nodes.get, name.mac) is not None:
             # In the registered node's timeline (a note: it opens no boot); retention bounds it.
             ctx.events.record(name.mac, "refused", ip=ip, why=claim.why[:200])
         return text_error(claim.status, f"refused: {claim.why}")

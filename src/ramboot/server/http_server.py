@@ -98,7 +98,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
         metrics.dropped("api", api.API_REASONS.get(e.status, "bad-request"))
         return error_json(e.status, e.message, e.headers)
     try:
-        metrics.POWER_ACTIONS.counts = await asyncio.to_thread(request.app[CTX].store.power_counts)
+        metrics.POWER_ACTIONS.counts = await asyncio.to_thread(request.app[CTX].store.power.counts)
     except Exception as e:  # a database that does not answer leaves the last counts, not a failed scrape
         log.warning("metrics: power counts not read: %s", str(e).splitlines()[0] if str(e) else e)
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -108,7 +108,7 @@ def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store,
              cluster: Cluster | None = None) -> web.Application:
     app = web.Application(client_max_size=config.api.max_body_kib << 10, middlewares=[api.error_middleware])
     app[CTX] = Ctx(config, namespace, booter, store, events, cluster,
-                   tpm=TpmGate(config.security.tpm_enroll, store.tpms, store.derived_key),
+                   tpm=TpmGate(config.security.tpm_enroll, store.tpms, store.secrets.derived_key),
                    seeds=Seeds(config.scale.seed_fanout) if config.scale.seed else None)
     event_stream.install(app)
     api.add_routes(app)
