@@ -41,7 +41,7 @@ class LiveServer:
         self.access = AccessRule(self.config.dhcp.mode, self.config.security.proxy_secrets, self.store.directory,
                                  self.store.credentials)
         self.namespace = Namespace(self.config.data_dir, self.booter,
-                                   OverlayRenderer(self.config.data_dir, self.store, self.booter), self.access)
+                                   OverlayRenderer(self.config.data_dir, self.store, self.booter.catalog), self.access)
         self.events = EventLog(self.store.events, flush_interval=0.05)
         self.tokens: dict[str, str | None] = {}  # MAC -> its boot's credential (`report`)
         self.loop = asyncio.new_event_loop()

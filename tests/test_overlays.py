@@ -67,7 +67,7 @@ def rig(data_dir: Path):
     cfg = parse_config(f'data_dir = "{data_dir}"\n[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n')
     store = Store.for_config(cfg)
     booter = Booter(cfg, store.directory, "172.22.33.2")
-    yield data_dir, store, booter, OverlayRenderer(data_dir, store, booter)
+    yield data_dir, store, booter, OverlayRenderer(data_dir, store, booter.catalog)
     store.close()
 
 
@@ -116,7 +116,7 @@ def test_host_keys_stay_and_are_certified_by_the_ca(rig, tmp_path):
     d = booter.decide(Client(MAC))
     first, second = renderer.archive(d), renderer.archive(d)
     assert first == second  # reproducible: the sha256 served beside it matches
-    again = OverlayRenderer(data_dir, store, booter).archive(d)  # another server process, same store
+    again = OverlayRenderer(data_dir, store, booter.catalog).archive(d)  # another server process, same store
     assert again == first
     files = _tar(first)
     cert = tmp_path / "cert.pub"

@@ -4,8 +4,8 @@
   the bytes must equal a fresh encoding, and a changed option must never reuse
   a stale part.
 - The DHCP server's booter (`Booter.using(..., manifest_ttl)`) decides once per
-  client per TTL and trusts a manifest for the TTL; the kernel command line of
-  a `Decision` is made when first read, and equals what the eager one was.
+  client per TTL and trusts a manifest for the TTL (its catalog's view); the
+  kernel command line of its `Decision` equals the one a per-request booter makes.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_the_dhcp_booter_decides_once_per_client_per_ttl(data_dir) -> None:
     d1 = dhcp.decide(c)
     assert dhcp.decide(c) is d1  # the REQUEST gets the DISCOVER's decision
     assert dhcp.decide(Client("52:54:00:00:00:99", arch=0)) is not d1
-    assert d1 is not None and d1.cmdline == plain.decide(c).cmdline  # lazy, and the same line
+    assert d1 is not None and d1.cmdline == plain.decide(c).cmdline  # the same line
     assert "ramboot.sha256=" in d1.cmdline
     dhcp._memo_at -= 61  # one TTL later: decided again
     assert dhcp.decide(c) is not d1 and dhcp.decide(c) == d1
@@ -84,13 +84,13 @@ def test_the_dhcp_booter_decides_once_per_client_per_ttl(data_dir) -> None:
 
 def test_the_dhcp_booter_trusts_a_manifest_for_its_ttl_the_others_stat_it(data_dir) -> None:
     plain, dhcp = _booters(data_dir, ttl=60)
-    sha = dhcp.manifest("demo").files["rootfs.squashfs"].sha256
+    sha = dhcp.catalog.manifest("demo").files["rootfs.squashfs"].sha256
     time.sleep(0.01)
     write_fake_image(data_dir, "demo", rootfs=b"another root")
-    assert plain.manifest("demo").files["rootfs.squashfs"].sha256 != sha  # HTTP and TFTP see it at once
-    assert dhcp.manifest("demo").files["rootfs.squashfs"].sha256 == sha  # DHCP within its TTL
-    dhcp._checked["demo"] = (dhcp._checked["demo"][0] - 61, dhcp._checked["demo"][1])
-    assert dhcp.manifest("demo").files["rootfs.squashfs"].sha256 != sha
+    assert plain.catalog.manifest("demo").files["rootfs.squashfs"].sha256 != sha  # HTTP and TFTP see it at once
+    assert dhcp.catalog.manifest("demo").files["rootfs.squashfs"].sha256 == sha  # DHCP within its TTL
+    dhcp.catalog._checked["demo"] = (dhcp.catalog._checked["demo"][0] - 61, dhcp.catalog._checked["demo"][1])
+    assert dhcp.catalog.manifest("demo").files["rootfs.squashfs"].sha256 != sha
 
 
 def test_the_arrival_time_and_interface_come_from_the_control_messages() -> None:

@@ -12,6 +12,7 @@ import pytest
 from conftest import write_fake_image
 from directory_fakes import FakeDirectory
 from ramboot import names, render
+from ramboot.access import discovered
 from ramboot.config import parse_config
 from ramboot.inventory.records import NodeSpec
 from ramboot.policy import Booter
@@ -123,12 +124,12 @@ def test_ipxe_script_carries_root_url_and_sha(data_dir):
 def test_pxelinux_config_uses_live_root(data_dir):
     write_fake_image(data_dir, "demo")
     b = booter(data_dir, NodeSpec(MAC, image="demo", loader="pxelinux"))
-    cfg = render.pxelinux_config(b.decide(Client(MAC, arch=0), loader="pxelinux"))
+    cfg = render.pxelinux_config(b.decide(Client(MAC, arch=0, asks="pxelinux-cfg")))
     assert "KERNEL images/demo/vmlinuz" in cfg
     assert "INITRD ca.cpio,images/demo/initrd.img" in cfg
     assert "root=live:http://172.22.33.2/images/demo/rootfs.squashfs" in cfg
     assert "IPAPPEND" not in cfg
-    default = render.pxelinux_config(b.decide(Client("", arch=0), loader="pxelinux"))
+    default = render.pxelinux_config(b.decide(Client("", arch=0, asks="pxelinux-cfg")))
     assert "BOOTIF" not in default.split("APPEND", 1)[1].split("\n")[0]
     assert "IPAPPEND 2" in default
 
@@ -151,11 +152,11 @@ def test_entry_script_chains_by_uuid_then_mac(data_dir):
 
 def test_discovery_is_policy(data_dir):
     b = booter(data_dir, NodeSpec(MAC, uuid=UUID), extra='[boot]\nunknown_nodes = "discover"')
-    assert b.discovered(MAC, None) is None  # registered
-    assert b.discovered(NEW_NIC, UUID) is None  # a known machine on a new NIC
-    spec = b.discovered("52:54:00:00:00:09", None)
+    assert discovered(b.config.boot, b.directory, MAC, None) is None  # registered
+    assert discovered(b.config.boot, b.directory, NEW_NIC, UUID) is None  # a known machine on a new NIC
+    spec = discovered(b.config.boot, b.directory, "52:54:00:00:00:09", None)
     assert spec is not None and spec.discovered and spec.image == "demo"
-    assert booter(data_dir).discovered("52:54:00:00:00:09", None) is None  # not in discover mode
+    assert discovered(booter(data_dir).config.boot, FakeDirectory(), "52:54:00:00:00:09", None) is None  # not in discover mode
 
 
 def test_modules_layer_goes_on_the_command_line_beside_each_root_url(data_dir):

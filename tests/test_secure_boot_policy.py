@@ -6,6 +6,7 @@ Table-driven over an in-memory directory (tests/directory_fakes.py): no store, n
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_grub_cfg_boots_the_kernel_and_initrd_over_tftp(data_dir):
     m = write_fake_image(data_dir, "demo")
     b = booter(data_dir, NodeSpec(MAC, image="demo", loader="grub", hostname="n1",
                                   kernel_args="quiet it's=$x"))
-    cfg = render.grub_cfg(b.decide(UEFI, loader="grub"))
+    cfg = render.grub_cfg(b.decide(replace(UEFI, asks="grub-cfg")))
     lines = cfg.splitlines()
     assert lines[1] == f"echo 'ramboot: booting demo on {MAC}'"
     linux = next(ln for ln in lines if ln.startswith("linux "))
@@ -160,7 +161,7 @@ def test_initrd_sha256_on_every_loaders_command_line(data_dir):
     m = write_fake_image(data_dir, "demo")
     want = f"ramboot.initrd_sha256={m.files['initrd.img'].sha256}"
     assert want in render.ipxe_script(booter(data_dir).decide(IPXE))
-    assert want in render.pxelinux_config(booter(data_dir).decide(BIOS, loader="pxelinux"))
+    assert want in render.pxelinux_config(booter(data_dir).decide(replace(BIOS, asks="pxelinux-cfg")))
 
 
 def test_namespace_generates_grub_configs(data_dir):

@@ -150,7 +150,7 @@ def test_generated_pxelinux_cfg(env, tmp_path):
     got = (tmp_path / "cfg").read_text()
     assert "ramboot.token=" in got  # off mode: the access rule takes the address at its word
     token = got.split("ramboot.token=")[1].split()[0]
-    assert got == render.pxelinux_config(env.booter.decide(Client(MAC, arch=0), loader="pxelinux"), token)
+    assert got == render.pxelinux_config(env.booter.decide(Client(MAC, arch=0, asks="pxelinux-cfg")), token)
     assert "root=live:http://127.0.0.1" in got and "BOOTIF=01-52-54-00-12-34-56" in got
     _wait_event(env, "script", name)
 

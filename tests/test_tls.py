@@ -107,8 +107,8 @@ def test_boot_scripts_load_ca_cpio_before_the_image_initrd(tmp_path: Path, https
     cfg = _config(tmp_path, f"[http]\nhttps_port = {https_port}\n")
     b = Booter(cfg, FakeDirectory(NodeSpec(MAC, image="demo")), "172.22.33.2")
     ipxe = render.ipxe_script(b.decide(Client(MAC, ipxe=True)))
-    pxe = render.pxelinux_config(b.decide(Client(MAC, arch=0), loader="pxelinux"))
-    grub = render.grub_cfg(b.decide(Client(MAC, arch=7), loader="grub"))
+    pxe = render.pxelinux_config(b.decide(Client(MAC, arch=0, asks="pxelinux-cfg")))
+    grub = render.grub_cfg(b.decide(Client(MAC, arch=7, asks="grub-cfg")))
     if named:
         lines = ipxe.splitlines()
         initrd = next(i for i, ln in enumerate(lines) if ln.startswith("initrd "))

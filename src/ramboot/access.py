@@ -25,6 +25,9 @@ The rule (docs/security.md has the threat model):
   second claim on a boot: refused, and the boot is marked `contested` (an event, a
   metric, `node show`). So a layer-2 impersonator who takes M's MAC and address
   before M boots takes at most that one boot, and M's own claim then fails loudly.
+- **Who may become a node.** With `[boot] unknown_nodes = "discover"`, a machine that
+  reports its hardware and that nobody registered, by MAC or by UUID, is registered
+  (`discovered`); nothing else ever writes a node from a node's request.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from .config import BootConfig
 from .inventory.records import CredentialRecord, NodeSpec
 from .macaddr import normalize_mac
 from .proto.dhcp_core import LeaseRecord
@@ -68,6 +72,14 @@ class LeaseDirectory(Protocol):
     def lease_at(self, ip: str, now: float) -> LeaseRecord | None: ...
 
     def get_node(self, mac: str) -> NodeSpec | None: ...
+
+
+class NodeDirectory(Protocol):
+    """The registered nodes, by NIC and by SMBIOS UUID (the store, or `policy.Directory`)."""
+
+    def get_node(self, mac: str) -> NodeSpec | None: ...
+
+    def node_by_uuid(self, uuid: str) -> NodeSpec | None: ...
 
 
 @dataclass(frozen=True)
@@ -220,3 +232,17 @@ class AccessRule:
                     return Verdict(True, "this boot's credential")
             return Verdict(False, f"not the current credential of {mac}")
         return Verdict(False, f"{self.mode} mode: a report needs this boot's credential (ramboot.token=)")
+
+
+# -- discovery ---------------------------------------------------------------------
+def discovered(boot: BootConfig, nodes: NodeDirectory, mac: str, uuid: str | None) -> NodeSpec | None:
+    """The node to register for a machine that reported its hardware, or None.
+
+    Only in `unknown_nodes = "discover"` and only for a machine nobody registered (by
+    this NIC, or by its UUID: a known machine on a new NIC is registered already).
+    """
+    if boot.unknown_nodes != "discover" or nodes.get_node(mac) is not None:
+        return None
+    if uuid and nodes.node_by_uuid(uuid) is not None:
+        return None
+    return NodeSpec(mac=normalize_mac(mac), image=boot.default_image, uuid=uuid, discovered=True)

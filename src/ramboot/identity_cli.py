@@ -51,7 +51,7 @@ def render(name: str, mac: str, config_path: str) -> None:
         if d is None:
             raise click.ClickException(f"{mac} is not registered and [boot] unknown_nodes is \"ignore\": "
                                        "it boots nothing")
-        renderer = OverlayRenderer(Path(config.data_dir), store, booter)
+        renderer = OverlayRenderer(Path(config.data_dir), store, booter.catalog)
         addr = addresses(store)
         nodes = [node_context(n, n.mac, addr.get(n.mac)) for n in store.nodes.all()]
         spec = store.nodes.get(d.node) if d.node else None

@@ -22,7 +22,9 @@ TFTP and HTTP share one namespace. A name is one of:
 The name a DHCP answer hands out carries everything the next request needs
 (MAC and UUID), so the script request finds the node the DHCP answer found.
 Validation is part of parsing: `..`, absolute paths, backslashes, NUL,
-control and percent characters never name anything.
+control and percent characters never name anything. A machine's script or
+config name is also what the policy is told of the machine (`client()`): its
+MAC, its UUID and what it asks for, which says the firmware or loader asking.
 
 One exception for one client: Debian's signed GRUB asks TFTP for `/grub/grub.cfg`
 (its prefix is `(tftp,<server>)/grub`, and it sends the path with its leading
@@ -38,7 +40,7 @@ import re
 from dataclasses import dataclass
 
 from .macaddr import BadMac, mac_hyphen, normalize_mac
-from .proto.pxe import normalize_uuid, uuid_from_wire
+from .proto.pxe import Client, normalize_uuid, uuid_from_wire
 
 ENTRY_SCRIPT = "boot.ipxe"
 CA_BUNDLE = "ca.cpio"
@@ -111,6 +113,21 @@ class Loader:
 
 
 Name = EntryScript | CaBundle | Script | PxelinuxConfig | GrubConfig | Overlay | ImageFile | Loader
+Asked = Script | PxelinuxConfig | GrubConfig  # a machine's own generated file: decided per request
+
+
+def client(name: Asked, group: str | None = None) -> Client:
+    """The machine a script or config name was asked for, as `policy.decide()` takes it: the
+    MAC and UUID the name carries and what it asks for (`Client.asks`), which tells the policy
+    the firmware or loader that asks. `group`: that of the subnet the request came from.
+    `grub/grub.cfg` names no machine: not asked of the policy."""
+    if isinstance(name, Script):
+        return Client(name.mac, uuid=name.uuid, group=group, asks="ipxe-script")
+    if isinstance(name, GrubConfig):
+        if name.mac is None:
+            raise ValueError("grub/grub.cfg names no machine")
+        return Client(name.mac, uuid=name.uuid, group=group, asks="grub-cfg")
+    return Client(name.mac or "", uuid=name.uuid, group=group, asks="pxelinux-cfg")
 
 
 # -- building -------------------------------------------------------------------

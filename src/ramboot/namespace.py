@@ -20,7 +20,7 @@ from .access import AccessRule
 from .names import PathRefused
 from .overlays import sha256_line
 from .policy import Booter, Decision
-from .proto.pxe import ARCH_UEFI_X64, Client
+from .proto.pxe import Client
 from .tls import CaArchive
 
 __all__ = ["GeneratedFile", "Namespace", "PathRefused", "Resolved", "StaticFile", "install_loaders"]
@@ -132,21 +132,14 @@ class Namespace:
         if isinstance(name, names.Loader):
             path = self._inside(self._loaders, [name.file])
             return StaticFile(path, "loader") if path else None
-        if isinstance(name, names.Script):
-            d = self.booter_for(requester).decide(Client(name.mac, uuid=name.uuid, user_class="iPXE", ipxe=True,
-                                          group=self._group(requester)))
-            if d is None:
-                return None
-            token = self._mint(d, requester)
-            return GeneratedFile(render.ipxe_script(d, token).encode(), "ipxe-script", name.mac if token else None)
         if isinstance(name, names.CaBundle):
             return GeneratedFile(self.ca.data(), "ca") if self.ca is not None else None
         if isinstance(name, names.EntryScript):
             return GeneratedFile(render.entry_script(self.booter_for(requester).http_base).encode(), "entry-script")
-        if isinstance(name, names.PxelinuxConfig):
-            return self._pxelinux(name, requester)
-        if isinstance(name, names.GrubConfig):
-            return self._grub(name, requester)
+        if isinstance(name, names.GrubConfig) and name.mac is None:
+            return GeneratedFile(render.grub_entry().encode(), "entry-script")
+        if isinstance(name, names.Script | names.PxelinuxConfig | names.GrubConfig):
+            return self._generated(names.client(name, self._group(requester)), requester)
         return None
 
     def _group(self, requester: str | None) -> str | None:
@@ -159,6 +152,22 @@ class Namespace:
             return None
         by_uuid = d.node is not None and d.node != d.mac
         return self.access.mint(d.mac, d.node, d.uuid if by_uuid else None, requester)
+
+    def _generated(self, client: Client, requester: str | None) -> GeneratedFile | None:
+        """A machine's script or config, as decided for it (None: not ours to answer), with
+        this boot's credential when the access rule takes the requester for that machine."""
+        d = self.booter_for(requester).decide(client)
+        if d is None:
+            return None
+        # `pxelinux.cfg/default` names no machine: the credential goes to a node's own name.
+        token = self._mint(d, requester) if d.mac or d.node else None
+        if client.asks == "ipxe-script":
+            text = render.ipxe_script(d, token)
+        elif client.asks == "grub-cfg":
+            text = render.grub_cfg(d, token)
+        else:
+            text = render.pxelinux_config(d, token)
+        return GeneratedFile(text.encode(), client.asks or "pxelinux-cfg", (d.mac or d.node) if token else None)
 
     def overlay(self, nic: str, uuid: str | None, node: str, checksum: bool) -> GeneratedFile | None:
         """The node's overlay archive (or its sha256 line), for a credential the access rule
@@ -173,25 +182,6 @@ class Namespace:
         if checksum:
             data = sha256_line(data, "overlay.tar")
         return GeneratedFile(data, "overlay", nic)
-
-    def _grub(self, name: names.GrubConfig, requester: str | None) -> Resolved | None:
-        if name.mac is None:
-            return GeneratedFile(render.grub_entry().encode(), "entry-script")
-        client = Client(name.mac, arch=ARCH_UEFI_X64, uuid=name.uuid, group=self._group(requester))
-        d = self.booter_for(requester).decide(client, loader="grub")
-        if d is None:
-            return None
-        token = self._mint(d, requester)
-        return GeneratedFile(render.grub_cfg(d, token).encode(), "grub-cfg", name.mac if token else None)
-
-    def _pxelinux(self, name: names.PxelinuxConfig, requester: str | None) -> Resolved | None:
-        client = Client(name.mac or "", arch=0, uuid=name.uuid, group=self._group(requester))
-        d = self.booter_for(requester).decide(client, loader="pxelinux")
-        if d is None or (name.uuid and d.node is None):
-            return None  # a UUID nobody registered: pxelinux goes on to 01-<mac>, then default
-        token = self._mint(d, requester) if d.mac or d.node else None
-        return GeneratedFile(render.pxelinux_config(d, token).encode(), "pxelinux-cfg",
-                             (name.mac or d.node) if token else None)
 
     def _inside(self, root: Path, parts: list[str]) -> Path | None:
         """The real path of root/parts if it is a regular file under root (already resolved), else None."""

@@ -30,10 +30,11 @@ import jinja2.sandbox
 
 from .access import hardware_lease
 from .identity import Identities
+from .images.catalog import Catalog
 from .images.manifest import ManifestError
 from .inventory.records import NodeSpec
 from .inventory.store import Store
-from .policy import Booter, Decision
+from .policy import Decision
 from .proto.dhcp_core import LeaseRecord
 
 OVERLAYS_DIR = "overlays"
@@ -97,12 +98,12 @@ def addresses(store: Store) -> dict[str, str]:
 
 # -- rendering ----------------------------------------------------------------------
 class OverlayRenderer:
-    """Renders a node's archive from its Decision, the store and `DATA/overlays/`."""
+    """Renders a node's archive from its Decision, the store, the image catalog and `DATA/overlays/`."""
 
-    def __init__(self, data_dir: Path, store: Store, booter: Booter):
+    def __init__(self, data_dir: Path, store: Store, catalog: Catalog):
         self.data_dir = Path(data_dir)
         self.store = store
-        self.booter = booter
+        self.catalog = catalog
         self.identities = Identities(store.secrets)
         self._env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                                         autoescape=False)
@@ -204,7 +205,7 @@ class OverlayRenderer:
 
     def _has_cloud_init(self, image: str) -> bool:
         try:
-            return self.booter.manifest(image).cloud_init
+            return self.catalog.manifest(image).cloud_init
         except ManifestError:
             return False
 

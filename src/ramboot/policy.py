@@ -1,10 +1,13 @@
 """The one policy seam: "who is this machine" in, a `Decision` out.
 
 DHCP, TFTP and HTTP each ask `Booter.decide()` once per request; none of them
-holds policy. Like Pixiecore's `BootSpec`, a `Decision` is a plain frozen value
-that says everything about one boot: which node this is, what it boots, how,
-and with which kernel command line. Boot scripts and configs are pure renderers
-of it (`render.py`). The node is chosen by specificity, as matchbox does: a
+holds policy. What it gets is a `Client`: what DHCP said of the machine, or what a
+TFTP or HTTP request's name said (`names.client`: its MAC and UUID, and whether it
+asks for an iPXE script, a pxelinux config or a GRUB config). Like Pixiecore's
+`BootSpec`, a `Decision` is a plain frozen value that says everything about one
+boot: which node this is, what it boots, how, and with which kernel command line
+(made here, from the image catalog, `images/catalog.py`). Boot scripts and configs
+are pure renderers of it (`render.py`). The node is chosen by specificity, as matchbox does: a
 node registered with this MAC, else one registered with this UUID, else the
 default for unknown machines (`[boot] unknown_nodes`); a node's boot-once image
 (`node boot-once`, `node reprovision`) is its image until a boot of it reports `booted`. Its settings are
@@ -18,23 +21,14 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
 from . import names
 from .config import Config
-from .images.manifest import (
-    INITRD,
-    KERNEL,
-    MANIFEST,
-    MODULES,
-    ROOTFS,
-    Manifest,
-    ManifestError,
-    images_dir,
-    load_manifest,
-)
+from .images.catalog import Catalog
+from .images.manifest import INITRD, KERNEL, MODULES, ROOTFS, ManifestError
 from .inventory.records import NodeSpec, ProfileSpec
 from .macaddr import mac_hyphen, normalize_mac
 from .proto.pxe import ARCH_BIOS, BootFile, Client, Firmware
@@ -49,6 +43,11 @@ LOADER_SHIM = "shimx64.efi"
 LOADER_GRUB = "grubx64.efi"
 
 DRACUT_LIVE_ARGS = "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1"
+
+# What a request for a generated file says of the machine: the firmware that runs what
+# it asks for, and the loader a config is for (an iPXE script names none: the node's is kept).
+ASKED_FIRMWARE = {"ipxe-script": Firmware.IPXE, "pxelinux-cfg": Firmware.BIOS, "grub-cfg": Firmware.UEFI}
+ASKED_LOADER = {"pxelinux-cfg": "pxelinux", "grub-cfg": "grub"}
 
 
 class Directory(Protocol):
@@ -93,14 +92,8 @@ class Decision:
     image_from: str = "default"
     # The operator's kernel arguments in `cmdline`: `[boot]`'s, then the profiles', then the node's.
     kernel_args: str = ""
-
-    # Makes `cmdline` when it is first read: DHCP never reads it, and it needs the image's manifest.
-    cmdline_of: Callable[[], str] = field(default=lambda: "", compare=False, repr=False)
-
-    @cached_property
-    def cmdline(self) -> str:
-        """The whole kernel command line (made once, on first use: TFTP and HTTP render it, DHCP does not)."""
-        return self.cmdline_of()
+    # The whole kernel command line, without this boot's credential (the renderers add it).
+    cmdline: str = ""
 
     @property
     def script(self) -> str:
@@ -109,37 +102,39 @@ class Decision:
 
 
 class Booter:
-    """Decides; holds the config, the node directory and a manifest cache, nothing per request."""
+    """Decides, over the config, the node directory and the image catalog; nothing per request
+    (but, with a TTL, a memo of this TTL's decisions)."""
 
     def __init__(self, config: Config, directory: Directory, server_ip: str,
-                 mirrors: Callable[[str, str | None], tuple[str, ...]] | None = None):
+                 mirrors: Callable[[str, str | None], tuple[str, ...]] | None = None,
+                 catalog: Catalog | None = None):
         self.config = config
         self.directory = directory
         self.server_ip = str(ipaddress.ip_address(server_ip))
-        self._manifests: dict[str, tuple[tuple[int, int], Manifest]] = {}  # image -> ((mtime_ns, size), manifest)
+        # The images and their manifests; None: the data directory's, read per request.
+        self.catalog = catalog if catalog is not None else Catalog(config.data_dir)
         # image -> the HTTP bases of the live servers holding it verified (server/cluster.py);
         # none, or an empty answer: this server alone.
         self.mirrors = mirrors
-        self.manifest_ttl = 0.0  # seconds a manifest is trusted without a stat (0: stat every time)
-        self._checked: dict[str, tuple[float, Manifest | ManifestError]] = {}  # image -> (when, what)
-        self._memo: dict[tuple[Client, str | None], Decision | None] = {}  # with manifest_ttl: this TTL's answers
+        self.memo_ttl = 0.0  # seconds a client's decision is kept (0: decided per request)
+        self._memo: dict[Client, Decision | None] = {}  # with memo_ttl: this TTL's answers
         self._memo_at = 0.0
 
     def using(self, directory: Directory, manifest_ttl: float = 0.0, server_ip: str | None = None) -> Booter:
-        """The same policy over another directory (the DHCP server's snapshot); shares the manifest cache.
+        """The same policy over another directory (the DHCP server's snapshot), over the same catalog.
 
-        `manifest_ttl`: trust a manifest (or its absence) that long without a stat. DHCP
-        reads no manifest field (only the boot file, fixed address and hostname), so its
-        booter checks as often as it re-reads the nodes, not per packet (a stat and a path
+        `manifest_ttl`: keep a decision, and trust a manifest (or its absence), that long.
+        DHCP reads the nodes no more often (its snapshot), so its booter decides once per
+        client per TTL and stats a manifest as often, not per packet (a stat and a path
         build were a fifth of a DORA's CPU). `server_ip`: the address the URLs name (DHCPv6
         and IPv6 requests get the server's IPv6 address).
         """
-        other = Booter(self.config, directory, server_ip or self.server_ip)
-        other._manifests = self._manifests
+        other = Booter(self.config, directory, server_ip or self.server_ip,
+                       catalog=self.catalog.with_ttl(manifest_ttl))
         # The cluster's mirror list names each server by the address this one registered with:
         # a booter for the other family names this server alone.
         other.mirrors = self.mirrors if other.server_ip == self.server_ip else None
-        other.manifest_ttl = manifest_ttl
+        other.memo_ttl = manifest_ttl
         return other
 
     def mirrors_of(self, image: str, group: str | None = None) -> tuple[str, ...]:
@@ -149,18 +144,17 @@ class Booter:
         found = self.mirrors(image, group) if self.mirrors is not None else ()
         return found or (self.http_base,)
 
-    def _memo_get(self, client: Client, loader: str | None) -> tuple[bool, Decision | None]:
-        """With a `manifest_ttl`, the same client's decision within one TTL is the same value
+    def _memo_get(self, client: Client) -> tuple[bool, Decision | None]:
+        """With a `memo_ttl`, the same client's decision within one TTL is the same value
         (the directory it reads, the DHCP snapshot, changes no faster): DISCOVER and REQUEST
         decide once per DORA. The memo is dropped whole every TTL, so it stays small."""
         now = time.monotonic()
-        if now - self._memo_at >= self.manifest_ttl or len(self._memo) > 65536:
+        if now - self._memo_at >= self.memo_ttl or len(self._memo) > 65536:
             self._memo.clear()
             self._memo_at = now
             return False, None
-        key = (client, loader)
-        if key in self._memo:
-            return True, self._memo[key]
+        if client in self._memo:
+            return True, self._memo[client]
         return False, None
 
     @cached_property
@@ -180,29 +174,33 @@ class Booter:
         return f"https://{host}" + ("" if port == 443 else f":{port}")
 
     # -- the decision ---------------------------------------------------------------
-    def decide(self, client: Client, loader: str | None = None) -> Decision | None:
-        """What this machine boots; None: do not boot it (unknown, and `unknown_nodes = "ignore"`).
+    def decide(self, client: Client) -> Decision | None:
+        """What this machine boots; None: do not boot it (unknown, and `unknown_nodes = "ignore"`;
+        or named by a UUID alone that nobody registered, where pxelinux goes on to its MAC).
 
-        `loader` is set when the request itself says which loader asks (a pxelinux config).
+        A request for a pxelinux or GRUB config (`client.asks`) says which loader asks.
         """
-        if self.manifest_ttl > 0:
-            hit, got = self._memo_get(client, loader)
+        if self.memo_ttl > 0:
+            hit, got = self._memo_get(client)
             if not hit:
-                got = self._memo[(client, loader)] = self._decide(client, loader)
+                got = self._memo[client] = self._decide(client)
             return got
-        return self._decide(client, loader)
+        return self._decide(client)
 
-    def _decide(self, client: Client, loader: str | None) -> Decision | None:
+    def _decide(self, client: Client) -> Decision | None:
         mac = normalize_mac(client.mac) if client.mac else ""
         spec = self.directory.get_node(mac) if mac else None
         if spec is None and client.uuid:
             spec = self.directory.node_by_uuid(client.uuid)
+            if spec is None and not mac:
+                return None  # `pxelinux.cfg/<uuid>` of a machine nobody registered: not ours to answer
         boot = self.config.boot
         if spec is None and boot.unknown_nodes == "ignore":
             return None
         layers = self._layers(spec)
         image, image_from = _image_of(spec, layers, boot.default_image)
-        loader = loader or (spec.loader if spec else None) or boot.loader
+        asked = ASKED_LOADER.get(client.asks) if client.asks else None
+        loader = asked or (spec.loader if spec else None) or boot.loader
         hostname = spec.hostname if spec else None
         node_args = " ".join(a for a in [*(p.kernel_args for p in layers), spec.kernel_args if spec else ""] if a)
         ssh_keys = _union([*(k for p in layers for k in p.ssh_keys), *(spec.ssh_keys if spec else [])])
@@ -229,8 +227,6 @@ class Booter:
             http_base=self.http_base,
             kernel=names.image_file(image, KERNEL),
             initrd=names.image_file(image, INITRD),
-            cmdline_of=lambda: self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url,
-                                             mirrors),
             root_urls=root_urls,
             profiles=tuple(p.name for p in layers),
             ssh_keys=ssh_keys,
@@ -241,6 +237,7 @@ class Booter:
             ca_initrd=names.CA_BUNDLE if self.config.http.https_port else None,
             image_from=image_from,
             kernel_args=" ".join(a for a in (boot.kernel_args, node_args) if a),
+            cmdline=self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url, mirrors),
         )
 
     def _layers(self, spec: NodeSpec | None) -> list[ProfileSpec]:
@@ -251,7 +248,7 @@ class Booter:
         return [p for p in (self.directory.get_profile(n) for n in wanted) if p is not None]
 
     def _boot_file(self, client: Client, loader: str, mac: str, uuid: str | None) -> BootFile:
-        fw = client.firmware
+        fw = ASKED_FIRMWARE[client.asks] if client.asks else client.firmware
         if loader == "grub" and fw is Firmware.UEFI and self.config.dhcp.mode != "proxy":
             # UEFI PXE only: shim, then GRUB beside it, then grub/grub.cfg, all over TFTP.
             # Over UEFI HTTP boot that GRUB has no way on (no http module, none loadable
@@ -275,7 +272,7 @@ class Booter:
         """The root URLs, the root's sha256 and where to report; BOOTIF when the MAC is known
         (pxelinux appends it itself otherwise: IPAPPEND 2)."""
         try:
-            manifest = self.manifest(image)
+            manifest = self.catalog.manifest(image)
             sha: str | None = manifest.files[ROOTFS].sha256
             initrd = manifest.files[INITRD].sha256 if INITRD in manifest.files else None
             dracut = manifest.initramfs == "dracut"
@@ -321,59 +318,6 @@ class Booter:
         if node_args:
             args.append(node_args)
         return " ".join(a for a in args if a)
-
-    # -- images ---------------------------------------------------------------------
-    def manifest(self, image: str) -> Manifest:
-        """An image's manifest, read again only when its image.toml changes; raises ManifestError.
-
-        Boot scripts and HTTP ETags ask for it per request: one stat, not a parse.
-        """
-        if self.manifest_ttl > 0:
-            now = time.monotonic()
-            seen = self._checked.get(image)
-            if seen is None or now - seen[0] >= self.manifest_ttl:
-                try:
-                    got: Manifest | ManifestError = self._stat_manifest(image)
-                except ManifestError as e:
-                    got = e
-                seen = self._checked[image] = (now, got)
-            if isinstance(seen[1], ManifestError):
-                raise seen[1]
-            return seen[1]
-        return self._stat_manifest(image)
-
-    def _stat_manifest(self, image: str) -> Manifest:
-        try:
-            st = (images_dir(self.config.data_dir) / image / MANIFEST).stat()
-        except OSError:
-            self._manifests.pop(image, None)
-            return load_manifest(self.config.data_dir, image)  # raises the right ManifestError
-        key = (st.st_mtime_ns, st.st_size)
-        cached = self._manifests.get(image)
-        if cached is None or cached[0] != key:
-            cached = (key, load_manifest(self.config.data_dir, image))
-            self._manifests[image] = cached
-        return cached[1]
-
-    def file_sha256(self, image: str, file: str, size: int) -> str | None:
-        """The manifest's sha256 for an image file, if the manifest lists it at this size (strong ETags)."""
-        try:
-            entry = self.manifest(image).files.get(file)
-        except ManifestError:
-            return None
-        return entry.sha256 if entry is not None and entry.size == size else None
-
-    # -- discovery --------------------------------------------------------------------
-    def discovered(self, mac: str, uuid: str | None) -> NodeSpec | None:
-        """The node to register for a machine that reported its hardware, or None.
-
-        Only in `unknown_nodes = "discover"` and only for a machine nobody registered.
-        """
-        if self.config.boot.unknown_nodes != "discover" or self.directory.get_node(mac) is not None:
-            return None
-        if uuid and self.directory.node_by_uuid(uuid) is not None:
-            return None  # a known machine on a new NIC: it is registered already
-        return NodeSpec(mac=normalize_mac(mac), image=self.config.boot.default_image, uuid=uuid, discovered=True)
 
 
 def _image_of(spec: NodeSpec | None, layers: list[ProfileSpec], default: str) -> tuple[str, str]:

@@ -312,7 +312,7 @@ class Service:
         if not image:
             return []
         try:
-            m: Manifest = self.booter.manifest(image)
+            m: Manifest = self.booter.catalog.manifest(image)
         except ManifestError:
             return [f"image {image!r} is not built yet; the node will not boot until it is built "
                     "(`ramboot image list` shows those built)"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 # RFC 4578 option 93 values (IANA "Processor Architecture Types").
 ARCH_BIOS = 0
@@ -28,6 +29,10 @@ class Firmware(StrEnum):
     UEFI_HTTP = "uefi-http"
     IPXE = "ipxe"
 
+# What a TFTP or HTTP request for a generated file asks for (its name says): a machine's iPXE
+# script, pxelinux config or GRUB config. The served file's kind carries the same word.
+Asks = Literal["ipxe-script", "pxelinux-cfg", "grub-cfg"]
+
 
 @dataclass(frozen=True)
 class Client:
@@ -40,6 +45,9 @@ class Client:
     uuid: str | None = None
     ipxe: bool = False  # user class "iPXE" or option 175 present
     group: str | None = None  # the group (rack) of the subnet it asks from: its mirrors' order
+    # What a TFTP or HTTP request asked for, read off its name (`names.client`): an iPXE
+    # script, a pxelinux config or a GRUB config. None for DHCP, which tells its firmware instead.
+    asks: Asks | None = None
 
     @property
     def firmware(self) -> Firmware:

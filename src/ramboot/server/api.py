@@ -39,6 +39,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .. import metrics
+from ..access import discovered as discovered_node
 from ..config import Config
 from ..inventory import schemas as S
 from ..inventory.service import Service, ServiceError
@@ -394,7 +395,7 @@ async def report_inventory(request: web.Request) -> web.Response:
             uuid = normalize_uuid(report.dmi.uuid) if report.dmi.uuid else None
         except ValueError:
             uuid = None
-        spec = ctx.booter.discovered(mac, uuid)
+        spec = discovered_node(ctx.config.boot, ctx.store, mac, uuid)
         if spec is not None:
             ctx.store.nodes.put(spec)
         return spec is not None

@@ -21,6 +21,7 @@ from .. import metrics
 from ..access import AccessRule
 from ..api_token import ensure_admin_token
 from ..config import Config, ConfigError
+from ..images.catalog import Catalog
 from ..inventory.store import Store
 from ..namespace import Namespace, install_loaders
 from ..netif import interface_exists, interface_ipv4, interface_ipv6
@@ -110,12 +111,14 @@ class Services:
         # the API takes a token for every read and write (docs/api.md); where it is, said once serving
         self.token_note = ensure_admin_token(config)
         self.store = Store.for_config(config)
-        self.booter = Booter(config, self.store.directory, self.server_ip)
+        # The images and their manifests, one cache for the policy, HTTP and the overlays.
+        self.catalog = Catalog(config.data_dir)
+        self.booter = Booter(config, self.store.directory, self.server_ip, catalog=self.catalog)
         # This server among the others on the database: the policy names every live one
         # holding an image to the node (fallback URLs).
         self.cluster = Cluster(config, self.store, self.server_ip, self.booter.http_base)
         self.booter.mirrors = self.cluster.mirrors
-        overlays = OverlayRenderer(config.data_dir, self.store, self.booter)
+        overlays = OverlayRenderer(config.data_dir, self.store, self.catalog)
         # ramboot holds the leases (IPv4, IPv6 or both): the access rule proves nodes by them.
         lease_mode = "full" if "full" in (config.dhcp.mode, config.dhcp6.mode) else config.dhcp.mode
         access = AccessRule(lease_mode, config.security.proxy_secrets, self.store.directory, self.store.credentials)

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..config import Config
+from ..images.catalog import Catalog
 from ..inventory.service import Service
 from ..inventory.store import Store
 from ..namespace import Namespace
@@ -36,6 +37,11 @@ class Ctx:
 
     def __post_init__(self) -> None:
         self.service = Service(self.config, self.store, self.booter)
+
+    @property
+    def catalog(self) -> Catalog:
+        """The images and their manifests: the catalog the policy decides with."""
+        return self.booter.catalog
 
 
 CTX = web.AppKey("ramboot", Ctx)

@@ -292,13 +292,13 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic()
     if isinstance(resolved, GeneratedFile):
         ca = resolved.kind == "ca"  # ca.cpio: the same bytes for every node, an archive
-        resp = web.Response(body=resolved.data, content_type="application/octet-stream" if ca else "text/plain",
-                            headers={"Cache-Control": "no-store"})
+        generated = web.Response(body=resolved.data, content_type="application/octet-stream" if ca else "text/plain",
+                                 headers={"Cache-Control": "no-store"})
         if request.method == "GET":
             metrics.HTTP_BYTES.labels("ca" if ca else "script").inc(len(resolved.data))
             ctx.events.served(ip, resolved.kind, name, resolved.mac, len(resolved.data), 0.0, "http")
-        return resp
-    sha_for = (functools.partial(ctx.booter.file_sha256, parsed.image, parsed.file)
+        return generated
+    sha_for = (functools.partial(ctx.catalog.file_sha256, parsed.image, parsed.file)
                if isinstance(parsed, names.ImageFile) else None)
     ctype = "application/toml" if name.endswith(".toml") else "application/octet-stream"
     if seeds is not None:
@@ -340,7 +340,7 @@ async def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.I
     if request.method not in ("GET", "HEAD") or request.query_string == FALLBACK or "Range" in request.headers:
         return None
     try:
-        m = ctx.booter.manifest(f.image)
+        m = ctx.catalog.manifest(f.image)
     except ManifestError:
         return None
     entry = m.files.get(f.file)
@@ -373,12 +373,13 @@ def _seeded_files(ctx: Ctx, mac: str) -> tuple[str, dict[str, str]] | None:
     if d is None:
         return None
     try:
-        return d.image, {f: e.sha256 for f, e in ctx.booter.manifest(d.image).files.items() if f in SEEDED}
+        return d.image, {f: e.sha256 for f, e in ctx.catalog.manifest(d.image).files.items() if f in SEEDED}
     except ManifestError:
         return None
 
 
-async def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict, ip: str | None) -> None:
+async def seed_report(ctx: Ctx, seeds: Seeds, mac: str, stage: str, detail: dict[str, object],
+                      ip: str | None) -> None:
     """What a node's report means for seeding: a new boot stops its seeding, a verified root
     starts it (at the address the report came from, for the image this server told it to
     boot), a finished or refused download is counted against the peer it came from."""
