@@ -617,9 +617,21 @@ def _monitor(lab: Lab, mac: str, command: str) -> None:
             s.connect(str(path))
         except OSError as e:
             raise LabError(f"{mac} has no monitor at {path} ({e.strerror}): was it booted with --keep?") from None
-        s.recv(4096)  # the banner and the first prompt
+        _read_to_prompt(s, b"")  # the banner and the first prompt
         s.sendall(command.encode() + b"\n")
-        s.recv(4096)
+        # Wait for the prompt after the command: HMP echoes the line a character at a time, and
+        # closing before it has run drops the rest of the line (the ACPI press was lost that way).
+        _read_to_prompt(s, b"\r\n")
+
+
+def _read_to_prompt(s: socket.socket, before: bytes) -> None:
+    """Read the monitor until `before` + its `(qemu) ` prompt (or the socket's timeout)."""
+    seen = b""
+    while not seen.endswith(before + b"(qemu) "):
+        chunk = s.recv(4096)
+        if not chunk:
+            return
+        seen += chunk
 
 
 def stop_vm(lab: Lab, mac: str, grace: float = 90.0) -> bool:
