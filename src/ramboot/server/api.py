@@ -395,7 +395,7 @@ async def report_inventory(request: web.Request) -> web.Response:
             uuid = normalize_uuid(report.dmi.uuid) if report.dmi.uuid else None
         except ValueError:
             uuid = None
-        spec = discovered_node(ctx.config.boot, ctx.store, mac, uuid)
+        spec = discovered_node(ctx.config.boot, ctx.store.directory, mac, uuid)
         if spec is not None:
             ctx.store.nodes.put(spec)
         return spec is not None

@@ -185,7 +185,7 @@ class Cluster:
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         self.held = await asyncio.to_thread(self.images.scan)
-        await asyncio.to_thread(self.store.heartbeat, self._record())
+        await asyncio.to_thread(self.store.servers.heartbeat, self._record())
         await asyncio.to_thread(self._refresh_peers)
         if self.listener is not None:
             self.listener.start()
