@@ -38,6 +38,7 @@ venv=$root/usr/lib/ramboot
 mkdir -p "$work/tree"
 cp -r pyproject.toml README.md src "$work/tree/"
 find "$work/tree" -name __pycache__ -prune -exec rm -rf {} +
+find "$work/tree" -name '*.so' -delete  # the tree's in-place mypyc build is for .venv's python; the package builds its own
 rm -rf "$work/tree/src/"*.egg-info
 sed -i "s/^version = \".*\"/version = \"$VERSION\"/" "$work/tree/pyproject.toml"
 
@@ -45,6 +46,9 @@ echo "deb: venv for ramboot $VERSION (python $PYMINOR)"; t0=$SECONDS
 "$PY" -m venv "$venv"
 "$venv/bin/pip" install -q --no-compile "$work/tree" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$venv/bin/python" -c 'import ramboot.cli' || fail "ramboot does not import in the venv"
+# pip built the hot paths with mypyc (setup.py, against Debian's python3-dev): the package ships them compiled.
+"$venv/bin/python" -W error -c 'import sys, ramboot.compiled as c; sys.exit(not all(c.status().values()))' \
+  || fail "the venv's ramboot runs its hot paths from source: $("$venv/bin/python" -c 'import ramboot.compiled as c; print(c.summary())')"
 "$venv/bin/pip" uninstall -q -y pip setuptools 2>&1 | grep -v "^WARNING: Location" >&2 || true
 rm -f "$venv"/bin/activate* "$venv"/bin/pip* "$venv/bin/Activate.ps1"
 # The venv must work at /usr/lib/ramboot, and not depend on where it was staged.

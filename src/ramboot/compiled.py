@@ -85,8 +85,13 @@ def built(name: str) -> str | None:
 
 
 def stale() -> list[str]:
-    """Sources of MODULES edited since their build (a tree's .py newer than the .so beside it)."""
-    out = []
+    """Sources of MODULES edited since their build (a tree's .py newer than the .so beside it).
+
+    Only in a source tree (src/ramboot beside setup.py: `make setup`'s in-place build); an
+    installed package's file times are the installer's, not the build's."""
+    out: list[str] = []
+    if not os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(_package_dir())), "setup.py")):
+        return out
     for name in MODULES:
         so = built(name)
         src = os.path.join(_package_dir(), *name.split(".")[1:]) + ".py"
