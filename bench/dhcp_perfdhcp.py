@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     base = servers[0]
     for server in servers[1:]:
         for rate in rates:
-            a, b = points.get((server, rate)), points.get((base, rate))
-            if not a or not b:
+            ours_pts, base_pts = points.get((server, rate)), points.get((base, rate))
+            if not ours_pts or not base_pts:
                 continue
-            cpu = [statistics.median(p.server_cpu_s / max(1.0, p.achieved) for p, _ in pts) for pts in (a, b)]
-            dl = [statistics.median(p.delay_ra_ms for p, _ in pts) for pts in (a, b)]
+            cpu = [statistics.median(p.server_cpu_s / max(1.0, p.achieved) for p, _ in pts)
+                   for pts in (ours_pts, base_pts)]
+            dl = [statistics.median(p.delay_ra_ms for p, _ in pts) for pts in (ours_pts, base_pts)]
             print(f"{server} / {base} at {rate}/s: CPU per DORA {cpu[0] / max(cpu[1], 1e-9):.2f}x, "
                   f"REQUEST-ACK delay {dl[0] / max(dl[1], 1e-9):.1f}x")
     print(f"load {load()} at the end")
