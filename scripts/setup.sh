@@ -57,6 +57,6 @@ fi
 if [ -z "${RAMBOOT_NO_MYPYC:-}" ] && ! .venv/bin/python -W ignore -c \
     'import sys, ramboot.compiled as c; sys.exit(bool(c.stale()) or not all(map(c.built, c.MODULES)))'; then
   echo "setup: compiling $(.venv/bin/python -W ignore -c 'import ramboot.compiled as c; print(len(c.MODULES))') modules with mypyc"
-  .venv/bin/python setup.py -q build_ext --inplace >/dev/null
+  PYTHONWARNINGS=ignore .venv/bin/python setup.py -q build_ext --inplace >/dev/null
 fi
 echo "setup: ok"
