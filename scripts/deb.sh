@@ -36,7 +36,7 @@ venv=$root/usr/lib/ramboot
 
 # The source as it is in the tree (uncommitted edits included), with the version to build.
 mkdir -p "$work/tree"
-cp -r pyproject.toml README.md src "$work/tree/"
+cp -r pyproject.toml setup.py README.md src "$work/tree/"
 find "$work/tree" -name __pycache__ -prune -exec rm -rf {} +
 find "$work/tree" -name '*.so' -delete  # the tree's in-place mypyc build is for .venv's python; the package builds its own
 rm -rf "$work/tree/src/"*.egg-info
