@@ -132,6 +132,13 @@ def test_package_holds_what_a_sysadmin_expects(debs: dict[str, Path]) -> None:
                  "./usr/share/doc/ramboot/changelog.gz"):
         assert want in files, want
     assert all(line.split()[1] == "root/root" for line in files.splitlines())
+    # the hot paths compiled with mypyc (ramboot/compiled.py), their .py source beside them
+    from ramboot.compiled import MODULES
+
+    for mod in MODULES:
+        path = "./usr/lib/ramboot/lib/python3.11/site-packages/" + mod.replace(".", "/")
+        assert f"{path}.py\n" in files and f"{path}.cpython-311-x86_64-linux-gnu.so\n" in files, mod
+    assert "site-packages/ramboot__mypyc.cpython-311-x86_64-linux-gnu.so\n" in files
     out = Path(str(deb) + ".x")
     subprocess.run(["dpkg-deb", "-R", str(deb), str(out)], check=True)
     try:
