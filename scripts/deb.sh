@@ -44,7 +44,8 @@ sed -i "s/^version = \".*\"/version = \"$VERSION\"/" "$work/tree/pyproject.toml"
 
 echo "deb: venv for ramboot $VERSION (python $PYMINOR)"; t0=$SECONDS
 "$PY" -m venv "$venv"
-"$venv/bin/pip" install -q --no-compile "$work/tree" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+# LDFLAGS: no build ID in the compiled modules, whose ID would hash the build directory's random path
+LDFLAGS="${LDFLAGS:-} -Wl,--build-id=none" "$venv/bin/pip" install -q --no-compile "$work/tree" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$venv/bin/python" -c 'import ramboot.cli' || fail "ramboot does not import in the venv"
 # pip built the hot paths with mypyc (setup.py, against Debian's python3-dev): the package ships them compiled.
 "$venv/bin/python" -W error -c 'import sys, ramboot.compiled as c; sys.exit(not all(c.status().values()))' \
