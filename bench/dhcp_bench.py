@@ -139,12 +139,13 @@ unknown_nodes = "boot"
 """
 
 
-def start_ramboot(net: NetnsPair, work: Path) -> Child:
+def start_ramboot(net: NetnsPair, work: Path, pure: bool = False) -> Child:
     data = work / "ramboot-data"
     data.mkdir(exist_ok=True)
     (work / "ramboot.toml").write_text(ramboot_config(net, data))
+    env = dict(os.environ, RAMBOOT_PURE_PYTHON="1") if pure else None
     c = Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(work / "ramboot.toml")),
-              log=work / "ramboot.log")
+              log=work / "ramboot.log", env=env)
     _settle(c, lambda: "serving on" in _read(work / "ramboot.log"), timeout=30)
     return c
 
@@ -190,9 +191,15 @@ def start_ramboot_pg(net: NetnsPair, work: Path) -> Child:
     return c
 
 
+def start_ramboot_pure(net: NetnsPair, work: Path) -> Child:
+    """The same ramboot with its mypyc-compiled modules run from their .py source (RAMBOOT_PURE_PYTHON=1)."""
+    return start_ramboot(net, work, pure=True)
+
+
 SERVERS = {"kea": start_kea, "dnsmasq": start_dnsmasq, "ramboot": start_ramboot, "kea-pg": start_kea_pg,
-           "ramboot-pg": start_ramboot_pg}
-NEEDS = {"kea": "kea-dhcp4", "dnsmasq": "dnsmasq", "ramboot": None, "kea-pg": "kea-dhcp4", "ramboot-pg": None}
+           "ramboot-pg": start_ramboot_pg, "ramboot-pure": start_ramboot_pure}
+NEEDS = {"kea": "kea-dhcp4", "dnsmasq": "dnsmasq", "ramboot": None, "kea-pg": "kea-dhcp4", "ramboot-pg": None,
+         "ramboot-pure": None}
 
 
 def _read(p: Path) -> str:

@@ -80,9 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for server in servers:
         print(f"{server}: highest rate with median drops under 1 % in both exchanges: {best.get(server, 0):,} DORA/s")
-    for ours, theirs in (("ramboot", "kea"), ("ramboot-pg", "kea-pg")):
+    for ours, theirs in (("ramboot", "kea"), ("ramboot-pg", "kea-pg"), ("ramboot-pure", "kea")):
         if ours in best and theirs in best:
             print(f"{ours} / {theirs}: {best[ours] / best[theirs]:.2f}")
+    # CPU per DORA and reply delay against the first server (Kea), rate by rate, from the medians
+    base = servers[0]
+    for server in servers[1:]:
+        for rate in rates:
+            ours_pts, base_pts = points.get((server, rate)), points.get((base, rate))
+            if not ours_pts or not base_pts:
+                continue
+            cpu = [statistics.median(p.server_cpu_s / max(1.0, p.achieved) for p, _ in pts)
+                   for pts in (ours_pts, base_pts)]
+            dl = [statistics.median(p.delay_ra_ms for p, _ in pts) for pts in (ours_pts, base_pts)]
+            print(f"{server} / {base} at {rate}/s: CPU per DORA {cpu[0] / max(cpu[1], 1e-9):.2f}x, "
+                  f"REQUEST-ACK delay {dl[0] / max(dl[1], 1e-9):.1f}x")
     print(f"load {load()} at the end")
     if a.json:
         a.json.write_text(json.dumps({f"{s}@{r}": [dict(asdict(p), load_before=ld) for p, ld in v]

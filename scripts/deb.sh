@@ -17,7 +17,7 @@ PY=/usr/bin/python3
 OUT=${DEB_OUT:-$SRC/dist}
 
 fail() { echo "deb: $*" >&2; exit 1; }
-for tool in dpkg-deb "$PY" gzip; do command -v "$tool" >/dev/null || fail "$tool: not installed (run: make setup)"; done
+for tool in dpkg-deb "$PY" gzip strip; do command -v "$tool" >/dev/null || fail "$tool: not installed (run: make setup)"; done
 
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1704067200)}
 export TZ=UTC LC_ALL=C.UTF-8 PYTHONHASHSEED=0 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -36,15 +36,22 @@ venv=$root/usr/lib/ramboot
 
 # The source as it is in the tree (uncommitted edits included), with the version to build.
 mkdir -p "$work/tree"
-cp -r pyproject.toml README.md src "$work/tree/"
+cp -r pyproject.toml setup.py README.md src "$work/tree/"
 find "$work/tree" -name __pycache__ -prune -exec rm -rf {} +
+find "$work/tree" -name '*.so' -delete  # the tree's in-place mypyc build is for .venv's python; the package builds its own
 rm -rf "$work/tree/src/"*.egg-info
 sed -i "s/^version = \".*\"/version = \"$VERSION\"/" "$work/tree/pyproject.toml"
 
 echo "deb: venv for ramboot $VERSION (python $PYMINOR)"; t0=$SECONDS
 "$PY" -m venv "$venv"
-"$venv/bin/pip" install -q --no-compile "$work/tree" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+# LDFLAGS: no build ID in the compiled modules, whose ID would hash the build directory's random path
+LDFLAGS="${LDFLAGS:-} -Wl,--build-id=none" "$venv/bin/pip" install -q --no-compile "$work/tree" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$venv/bin/python" -c 'import ramboot.cli' || fail "ramboot does not import in the venv"
+# pip built the hot paths with mypyc (setup.py, against Debian's python3-dev): the package ships them compiled.
+"$venv/bin/python" -W error -c 'import sys, ramboot.compiled as c; sys.exit(not all(c.status().values()))' \
+  || fail "the venv's ramboot runs its hot paths from source: $("$venv/bin/python" -c 'import ramboot.compiled as c; print(c.summary())')"
+# The compiled modules without their debug sections, which hold the random build directory's path.
+find "$venv/lib" \( -name 'ramboot__mypyc.*.so' -o -path '*/site-packages/ramboot/*.so' \) -exec strip --strip-debug {} +
 "$venv/bin/pip" uninstall -q -y pip setuptools 2>&1 | grep -v "^WARNING: Location" >&2 || true
 rm -f "$venv"/bin/activate* "$venv"/bin/pip* "$venv/bin/Activate.ps1"
 # The venv must work at /usr/lib/ramboot, and not depend on where it was staged.

@@ -20,7 +20,7 @@ DEBS=(
   python3-venv  # make deb: the package's venv is made by Debian's own python3 (dpkg-deb is in dpkg)
   ipmitool openipmi  # power: `node console` over IPMI SOL; ipmi_sim is the tests' BMC (docs/power.md)
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu virtinst  # the libvirt driver's and Redfish tests' peer
-  libvirt-dev pkg-config gcc python3-dev openssl  # libvirt-python builds against libvirt; the lab BMC's certificate
+  libvirt-dev pkg-config gcc python3-dev openssl  # libvirt-python builds against libvirt, mypyc's modules (setup.py); the lab BMC's certificate
 )
 
 missing=()
@@ -50,5 +50,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
+fi
+# The hot paths compiled with mypyc (the list: src/ramboot/compiled.py), rebuilt in place when a
+# source changed since its build: ramboot would otherwise run that source, and warn.
+# RAMBOOT_NO_MYPYC=1: no compiled modules (and no C compiler needed).
+if [ -z "${RAMBOOT_NO_MYPYC:-}" ] && ! .venv/bin/python -W ignore -c \
+    'import sys, ramboot.compiled as c; sys.exit(bool(c.stale()) or not all(map(c.built, c.MODULES)))'; then
+  echo "setup: compiling $(.venv/bin/python -W ignore -c 'import ramboot.compiled as c; print(len(c.MODULES))') modules with mypyc"
+  PYTHONWARNINGS=ignore .venv/bin/python setup.py -q build_ext --inplace >/dev/null
 fi
 echo "setup: ok"

@@ -132,6 +132,13 @@ def test_package_holds_what_a_sysadmin_expects(debs: dict[str, Path]) -> None:
                  "./usr/share/doc/ramboot/changelog.gz"):
         assert want in files, want
     assert all(line.split()[1] == "root/root" for line in files.splitlines())
+    # the hot paths compiled with mypyc (ramboot/compiled.py), their .py source beside them
+    from ramboot.compiled import MODULES
+
+    for mod in MODULES:
+        path = "./usr/lib/ramboot/lib/python3.11/site-packages/" + mod.replace(".", "/")
+        assert f"{path}.py\n" in files and f"{path}.cpython-311-x86_64-linux-gnu.so\n" in files, mod
+    assert "site-packages/ramboot__mypyc.cpython-311-x86_64-linux-gnu.so\n" in files
     out = Path(str(deb) + ".x")
     subprocess.run(["dpkg-deb", "-R", str(deb), str(out)], check=True)
     try:
@@ -155,7 +162,8 @@ def test_installs_on_bookworm_and_runs(debs: dict[str, Path], bookworm: tuple[Pa
                                        tmp_path: Path) -> None:
     cache = bookworm[1]
     install(chroot, cache, debs["n"])
-    assert ok(run_in(chroot, cache, "ramboot --version")).strip() == f"ramboot, version {BASE}"
+    assert ok(run_in(chroot, cache, "ramboot --version")).strip() == (f"ramboot, version {BASE}\n"
+                                                                      "mypyc: all 5 hot-path modules compiled")
     assert "Check this host for what would stop PXE boots" in ok(run_in(chroot, cache, "ramboot doctor --help"))
     # doctor runs against the package's placeholder config and names what is missing.
     p = run_in(chroot, cache, "ramboot doctor --probe-seconds 0")
@@ -209,7 +217,8 @@ def test_upgrade_keeps_nodes_images_leases_and_the_ssh_ca(debs: dict[str, Path],
     assert "['172.22.33.150'] ssh-ed25519 " in before
 
     install(chroot, cache, debs["next"])
-    assert ok(run_in(chroot, cache, "ramboot --version")).strip() == f"ramboot, version {NEXT}"
+    assert ok(run_in(chroot, cache, "ramboot --version")).strip() == (f"ramboot, version {NEXT}\n"
+                                                                      "mypyc: all 5 hot-path modules compiled")
     assert conf.read_text() == mine
     assert {p.name: sha(p) for p in (chroot / "var/lib/ramboot/images/demo").iterdir()} == image
     assert ok(run_in(chroot, cache, "/usr/lib/ramboot/bin/python /tmp/store.py check")) == before

@@ -2,6 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .compiled import choose
+
+choose()  # the mypyc-compiled hot paths, or their .py source (RAMBOOT_PURE_PYTHON=1; see compiled.py)
+
 try:
     # The one place the version lives is pyproject.toml; the installed metadata carries it.
     __version__ = version("ramboot")

@@ -48,8 +48,19 @@ class _Ramboot(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`--version`: the version, then whether the hot paths run compiled (ramboot/compiled.py)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .compiled import summary
+
+    click.echo(f"ramboot, version {__version__}\n{summary()}")
+    ctx.exit()
+
+
 @click.group(cls=_Ramboot, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="ramboot")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version (and whether the hot paths run compiled) and exit.")
 def main() -> None:
     """Boot diskless machines over the network into a root held in RAM."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -363,7 +364,7 @@ def encode(pkt: DhcpPacket, max_message: int | None = None) -> bytes:
     try:
         hit = _BODIES.get(key)
     except TypeError:  # an unhashable value (a bytearray): made afresh, not kept
-        hit = _body(options, limit, bytes(sname), bytes(file))
+        hit = _body(_as_bytes(options), limit, bytes(sname), bytes(file))
     else:
         if hit is None:
             hit = _body(options, limit, sname, file)
@@ -409,6 +410,18 @@ def _body(options: dict[int, bytes], limit: int, sname: bytes, file: bytes) -> t
                 sname = blob
         body = bytes((Opt.OVERLOAD, 1, overload)) + main + b"\xff"
     return body, sname, file
+
+
+def _as_bytes(options: Mapping[int, object]) -> dict[int, bytes]:
+    """`options` with bytes-like values as bytes (the compiled `_body` takes bytes only, as its type says)."""
+    out: dict[int, bytes] = {}
+    for code, v in options.items():
+        if isinstance(v, bytearray | memoryview):
+            v = bytes(v)
+        if not isinstance(v, bytes):
+            raise DhcpEncodeError(f"option {code}: {type(v).__name__}, not bytes")
+        out[code] = v
+    return out
 
 
 def socket_aton(ip: str) -> bytes:
