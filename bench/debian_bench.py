@@ -50,13 +50,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
-import e2e_bench  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from ramboot.bench.util import nginx_argv, table  # noqa: E402
+from bench import e2e_bench  # noqa: E402
+from bench.util import nginx_argv, table  # noqa: E402
 from ramboot.images.dracut import build_dracut  # noqa: E402
 from ramboot.images.errors import ImageError  # noqa: E402
 from ramboot.images.kernel import resolve_kernel  # noqa: E402

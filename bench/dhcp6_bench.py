@@ -27,12 +27,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
-from dhcp_bench import Point, _read, _settle, parse_perfdhcp, run_kea  # noqa: E402
-
-from ramboot.bench.util import Child, NetnsPair, cpu_seconds, have, ramboot_exe, rss_bytes, run  # noqa: E402
+from bench.dhcp_bench import Point, _read, _settle, parse_perfdhcp, run_kea  # noqa: E402
+from bench.util import Child, NetnsPair, cpu_seconds, have, ramboot_exe, rss_bytes, run  # noqa: E402
 
 PREFIX = "fd00:77::/64"
 SERVER6 = "fd00:77::1"

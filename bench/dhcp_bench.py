@@ -34,9 +34,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
-from ramboot.bench.util import Child, NetnsPair, cpu_seconds, have, ramboot_exe, ratio, rss_bytes, run, table  # noqa: E402
+from bench.util import Child, NetnsPair, cpu_seconds, have, ramboot_exe, ratio, rss_bytes, run, table  # noqa: E402
 
 POOL = ("10.77.1.0", "10.77.200.255")
 LADDER = [50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000, 12000, 15000, 20000]

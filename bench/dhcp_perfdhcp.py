@@ -27,12 +27,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
-import dhcp_bench  # noqa: E402
-
-from ramboot.bench.util import NetnsPair  # noqa: E402
+from bench import dhcp_bench  # noqa: E402
+from bench.util import NetnsPair  # noqa: E402
 
 dhcp_bench.NetnsPair = lambda: NetnsPair(tag="rbp" + secrets.token_hex(3))  # our own namespace names
 

@@ -42,9 +42,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
-from ramboot.bench.util import table  # noqa: E402
+from bench.util import table  # noqa: E402
 from ramboot.images.manifest import INITRD, KERNEL, ROOTFS, images_dir  # noqa: E402
 from ramboot.lab.netns import Lab, LabError  # noqa: E402
 from ramboot.lab.server import LAB_KERNEL_ARGS, build_image, has_image, lab_config_text, link_image, start_server  # noqa: E402

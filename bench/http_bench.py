@@ -30,9 +30,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
-from ramboot.bench.util import (  # noqa: E402
+from bench.util import (  # noqa: E402
     Child,
     NetnsPair,
     RssSampler,

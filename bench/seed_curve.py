@@ -4,8 +4,8 @@
     .venv/bin/python bench/seed_curve.py [--clients 100,300,1000] [--image-mb 64] [--link-mbit 1000]
                                          [--fanout 4] [--png docs/seed-curve.png] [--json FILE]
 
-Each point is `ramboot bench storm -n N --image-mb S --link-mbit L [--seeding]`
-(src/ramboot/bench/storm.py: a fresh namespace pair and server, the server's veth
+Each point is `python -m bench.storm -n N --image-mb S --link-mbit L [--seeding]`
+(bench/storm/: a fresh namespace pair and server, the server's veth
 limited with tc tbf, every byte compared with the manifest-checked files; with
 --seeding the simulated nodes follow the server's redirect to a peer, fall back,
 report, and then seed as booted nodes do). Per point: completion p50 and p99, the
@@ -29,9 +29,10 @@ import math
 import sys
 from pathlib import Path
 
-from storm_curve import run_point
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
+
+from bench.storm_curve import run_point  # noqa: E402
 
 
 def bounds(n: int, image_mb: float, link_mbit: float, fanout: int) -> tuple[float, float]:

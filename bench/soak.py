@@ -3,8 +3,8 @@
 
     .venv/bin/python bench/soak.py [--minutes 30] [--interval 5] [--out docs]     (`make soak`, SOAK_MINUTES)
 
-Set-up: two namespaces joined by a veth (`rbb<random>-s` / `-c`, as `ramboot bench
-storm`), one `ramboot serve` in full DHCP mode with an API token, and in the
+Set-up: two namespaces joined by a veth (`rbb<random>-s` / `-c`, as `python -m
+bench.storm`), one `ramboot serve` in full DHCP mode with an API token, and in the
 client namespace, all at once for the whole load phase:
 
 - storm loops: `--clients` simulated PXE clients (DHCP, TFTP, iPXE DHCP, HTTP
@@ -55,7 +55,7 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent)]  # this tree's ramboot, and the bench package
 
 DB_POOL = 15  # SQLAlchemy QueuePool: pool_size 5 + max_overflow 10 (the store's defaults)
 API_MACS = [f"02:50:4b:00:00:{i:02x}" for i in range(50)]
@@ -271,8 +271,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def orchestrate(a: argparse.Namespace) -> int:
-    from ramboot.bench.storm import POOL_NET, client_params, prepare_data, run_generators, server_config
-    from ramboot.bench.util import Child, NetnsPair, ramboot_exe, run
+    from bench.storm.common import POOL_NET
+    from bench.storm.orchestrator import client_params, prepare_data, run_generators, server_config
+    from bench.util import Child, NetnsPair, ramboot_exe, run
 
     if os.geteuid() != 0:
         print("soak: needs root (network namespaces)", file=sys.stderr)

@@ -4,7 +4,7 @@
     .venv/bin/python bench/storm_curve.py [--clients 100,300,1000,3000] [--image-mb 8]
                                           [--large 200x256] [--png docs/storm-curve.png]
 
-Runs `ramboot bench storm -n N --image-mb S` (src/ramboot/bench/storm.py: a
+Runs `python -m bench.storm -n N --image-mb S` (bench/storm/: a
 fresh namespace pair and server per point, N simulated BIOS PXE -> iPXE
 clients, every byte compared with the manifest-checked files) for each N in
 turn, then the `--large` point (N clients x an S MB image, its own row), prints
@@ -32,9 +32,9 @@ def run_point(n: int, image_mb: float, extra: list[str]) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     try:
-        cmd = [sys.executable, "-m", "ramboot.bench", "storm", "-n", str(n), "--image-mb", f"{image_mb:g}",
+        cmd = [sys.executable, "-m", "bench.storm", "-n", str(n), "--image-mb", f"{image_mb:g}",
                "--json", str(out), *extra]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
         sys.stderr.write(r.stdout[-2500:])
         if r.returncode != 0 and not out.stat().st_size:
             return {"clients": n, "image_mb": image_mb, "error": (r.stderr or r.stdout)[-500:]}

@@ -174,10 +174,11 @@ def main() -> None:
     if args.net == "veth":
         if os.geteuid() != 0:
             sys.exit("tftp_bench --net veth needs root (network namespaces); try --net loopback")
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        root = Path(__file__).resolve().parents[1]
+        sys.path[:0] = [str(root / "src"), str(root)]
         import secrets
 
-        from ramboot.bench.util import NetnsPair
+        from bench.util import NetnsPair
         net = NetnsPair(tag="rbt" + secrets.token_hex(3)).up()
     try:
         run_all(args, net)

@@ -1,6 +1,6 @@
 """kill -9 of the real `ramboot serve` in the middle of a perfdhcp storm (issue 13).
 
-Set-up: two namespaces and a veth (`ramboot.bench.util.NetnsPair`: server
+Set-up: two namespaces and a veth (`bench.util.NetnsPair`: server
 10.77.0.1/16, perfdhcp on 10.77.255.254/16, as in bench/dhcp_bench.py), the real
 `ramboot serve --config FILE` in full mode with its durable SQLite store, Kea's
 `perfdhcp` at a few hundred DORA a second with random MACs, and tcpdump on the
@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 
 import pytest
+from bench.util import NetnsPair
 
 from dhcp_netns import need, udp_payloads
-from ramboot.bench.util import NetnsPair
 from ramboot.proto.dhcp_codec import BOOTREPLY, BOOTREQUEST, Opt, decode
 
 pytestmark = [pytest.mark.netns]

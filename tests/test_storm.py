@@ -11,8 +11,9 @@ import os
 import shutil
 
 import pytest
+from bench.storm.orchestrator import run_storm
+from bench.storm.report import _pct, format_summary
 
-from ramboot.bench.storm import _pct, format_summary, run_storm
 from ramboot.lab.impair import Impairment
 
 needs_netns = pytest.mark.skipif(

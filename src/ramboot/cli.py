@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from . import __version__
-from .bench import bench
 from .config import ConfigError, load_config
 from .doctor import doctor
 from .identity_cli import overlay, ssh
@@ -105,5 +104,4 @@ main.add_command(ssh)
 main.add_command(image)
 main.add_command(lab)
 main.add_command(doctor)
-main.add_command(bench)
 main.add_command(init)

@@ -38,9 +38,10 @@ import random
 import signal
 import socket
 import struct
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from .netns import enter_netns, setns_fd
 
@@ -79,11 +80,27 @@ def open_tap(ifname: str, ns: str | None = None) -> int:
     return fd
 
 
+class WireCounters(TypedDict):
+    """One direction's counters, as the relay prints them on SIGTERM."""
+
+    frames: int
+    lost: int
+    queue_drops: int
+    sent: int
+
+
+class RelayReport(TypedDict):
+    """The relay's last line: what it did and its counters per direction."""
+
+    impairment: str
+    directions: dict[str, WireCounters]
+
+
 @dataclass
 class _Direction:
     name: str
-    send: object  # callable(bytes) -> None
-    queue: collections.deque = field(default_factory=collections.deque)
+    send: Callable[[bytes], object]
+    queue: collections.deque[tuple[float, bytes]] = field(default_factory=collections.deque)
     timer: asyncio.TimerHandle | None = None
     frames: int = 0
     lost: int = 0
@@ -119,7 +136,7 @@ class Relay:
         while q and q[0][0] <= now + 0.0005:
             frame = q.popleft()[1]
             try:
-                d.send(frame)  # type: ignore[operator]
+                d.send(frame)
                 d.sent += 1
             except (BlockingIOError, InterruptedError):
                 d.overflow += 1  # the receiving side is full: a drop, as on a wire
@@ -128,7 +145,7 @@ class Relay:
         if q:
             d.timer = self.loop.call_at(self.loop.time() + max(0.0, q[0][0] - now), self._flush, d)
 
-    def add(self, reader_fd: int, read, direction: _Direction) -> None:
+    def add(self, reader_fd: int, read: Callable[[], bytes | None], direction: _Direction) -> None:
         """Frames read from `reader_fd` (by `read()`, None when drained) go out by `direction`."""
 
         def readable() -> None:
@@ -146,8 +163,8 @@ class Relay:
         self.loop.add_reader(reader_fd, readable)
         self.dirs.append(direction)
 
-    def counters(self) -> dict:
-        return {d.name: {"frames": d.frames, "lost": d.lost, "queue_drops": d.overflow, "sent": d.sent}
+    def counters(self) -> dict[str, WireCounters]:
+        return {d.name: WireCounters(frames=d.frames, lost=d.lost, queue_drops=d.overflow, sent=d.sent)
                 for d in self.dirs}
 
 
@@ -158,6 +175,8 @@ class _Port:
         kind, _, rest = spec.partition(":")
         self.spec = spec
         self.udp: tuple[int, int] | None = None
+        self.read: Callable[[], bytes | None]
+        self.write: Callable[[bytes], object]
         if kind == "tap":
             ns, _, ifname = rest.rpartition(":")
             self.fd = open_tap(ifname, ns or None)
@@ -206,7 +225,7 @@ async def _main(a: argparse.Namespace) -> None:
     # ready [LISTEN PEER]: QEMU's end is `-netdev socket,udp=127.0.0.1:LISTEN,localaddr=127.0.0.1:PEER`
     print("ready" + (f" {udp[0][0]} {udp[0][1]}" if udp else ""), flush=True)
     await stop.wait()
-    print(json.dumps({"impairment": imp.describe(), "directions": relay.counters()}), flush=True)
+    print(json.dumps(RelayReport(impairment=imp.describe(), directions=relay.counters())), flush=True)
 
 
 def free_udp_port() -> int:
@@ -230,4 +249,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

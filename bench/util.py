@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..lab.impair import Impairment
+from ramboot.lab.impair import Impairment
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -326,8 +326,8 @@ def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int =
     """
     import hashlib
 
-    from ..images.build import sha256_file
-    from ..images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir
+    from ramboot.images.build import sha256_file
+    from ramboot.images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir
 
     d = images_dir(data_dir) / name
     d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,193 @@
+"""The storm's report: the summary of one run from its clients' results and the figures
+measured around them, which side bound it, and the text `storm` prints."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import TypedDict
+
+from ramboot.lab.impair import WireCounters
+
+from .common import ClientRecord
+
+
+class Summary(TypedDict):
+    clients: int
+    image_mb: float
+    ok: int
+    failed: int
+    failure_reasons: dict[str, int]
+    p50_s: float
+    p99_s: float
+    max_s: float
+    wall_s: float
+    phase_p50_s: dict[str, float]
+    phase_p99_s: dict[str, float]
+    dhcp_retries: int
+    tftp_retries: int
+    boot_retries: int
+    impairment: str
+    wire: dict[str, WireCounters]
+    bytes: int
+    aggregate_mb_s: float
+    bound_mb_s: float
+    server_cpu_s: float
+    server_cpu_pct: float
+    generator_cpu_s: float
+    generator_cpu_pct: float
+    generator_cpu_pct_max: float
+    machine_busy_pct: float
+    load_start: float
+    load_end: float
+    server_rss_mb_start: float
+    server_rss_mb_peak: float
+    server_alive: bool
+    stray_dhcp: int
+    workers: int
+    servers: int
+    killed_after_s: float | None
+    restarts: int
+    in_flight_at_kill: int
+    acks_by_server: dict[str, int]
+    seed: bool
+    link_mbit: float
+    server_tx_bytes: int
+    bound: str
+
+
+class Measured(TypedDict):
+    """What the orchestrator measured around the generators, for `summarize()`."""
+
+    wall: float  # the storm's own duration (from the common power-on), over which CPU shares are taken
+    bound_mb_s: float
+    server_tx_bytes: int
+    gen_cpu_s: list[float]
+    stray_dhcp: int
+    server_cpu_s: float
+    busy: tuple[int, int]  # the machine's (busy, total) jiffies over the storm
+    load_start: float
+    load_end: float
+    server_rss_start: int
+    server_rss_peak: int
+    server_alive: bool
+    killed_at: list[float]  # CLOCK_MONOTONIC when the first server was killed, if it was
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))
+    return xs[k]
+
+
+def _count_servers(results: list[ClientRecord]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        for sid in r.get("servers", ()):
+            out[sid] = out.get(sid, 0) + 1
+    return out
+
+
+def summarize(results: list[ClientRecord], m: Measured, *, clients: int, image_mb: float, workers: int,
+              servers: int, kill_after: float | None, impairment: str, wire: dict[str, WireCounters],
+              seed: bool, link_mbit: float) -> Summary:
+    ok = [r for r in results if r["ok"]]
+    bad = [r for r in results if not r["ok"]]
+    times = [r["total"] for r in ok]
+    nbytes = sum(r["bytes"] for r in results)
+    reasons: dict[str, int] = {}
+    for r in bad:
+        key = re.sub(r"\d+(\.\d+)?", "N", r["error"])[:120]
+        reasons[key] = reasons.get(key, 0) + 1
+    phases = sorted({k for r in ok for k in r["phases"]},
+                    key=lambda k: list(ok[0]["phases"]).index(k) if ok and k in ok[0]["phases"] else 99)
+    wall, cpu, gen, killed_at = m["wall"], m["server_cpu_s"], m["gen_cpu_s"], m["killed_at"]
+    summary = Summary(
+        clients=clients, image_mb=image_mb, ok=len(ok), failed=len(bad), failure_reasons=reasons,
+        p50_s=_pct(times, 0.5), p99_s=_pct(times, 0.99), max_s=max(times, default=0.0),
+        wall_s=wall,
+        phase_p50_s={k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.5) for k in phases},
+        phase_p99_s={k: _pct([r["phases"][k] for r in ok if k in r["phases"]], 0.99) for k in phases},
+        dhcp_retries=sum(r["dhcp_retries"] for r in results),
+        tftp_retries=sum(r["tftp_retries"] for r in results),
+        boot_retries=sum(r.get("boot_retries", 0) for r in results),
+        impairment=impairment,
+        wire=wire,
+        bytes=nbytes, aggregate_mb_s=nbytes / 2**20 / wall if wall else 0.0,
+        bound_mb_s=m["bound_mb_s"],
+        server_cpu_s=cpu, server_cpu_pct=100 * cpu / wall if wall else 0.0,
+        generator_cpu_s=sum(gen),
+        generator_cpu_pct=100 * sum(gen) / wall if wall else 0.0,
+        generator_cpu_pct_max=100 * max(gen) / wall if wall else 0.0,
+        machine_busy_pct=100 * m["busy"][0] / max(1, m["busy"][1]),
+        load_start=m["load_start"], load_end=m["load_end"],
+        server_rss_mb_start=m["server_rss_start"] / 2**20, server_rss_mb_peak=m["server_rss_peak"] / 2**20,
+        server_alive=m["server_alive"], stray_dhcp=m["stray_dhcp"], workers=workers,
+        servers=servers, killed_after_s=kill_after,
+        restarts=sum(r.get("restarts", 0) for r in results),
+        # boots under way when the server died (started before, ended after)
+        in_flight_at_kill=sum(1 for r in results if killed_at and r["start"] <= killed_at[0]
+                              <= r["start"] + r["total"]),
+        acks_by_server=_count_servers(results),
+        seed=seed, link_mbit=link_mbit, server_tx_bytes=m["server_tx_bytes"],
+        bound="",
+    )
+    summary["bound"] = bound_side(summary)
+    return summary
+
+
+def bound_side(s: Summary) -> str:
+    """Which side held the storm back. Within 80 % of the raw-TCP rate over the same veth it
+    is the link (the kernel's copies). The server is one thread, so near a whole core it is
+    the bound, and so is a generator process near its own. With the machine's cores full
+    (other people's jobs included), the side that used clearly more of them is."""
+    srv, gen, gmax, busy = (s["server_cpu_pct"], s["generator_cpu_pct"], s["generator_cpu_pct_max"],
+                            s["machine_busy_pct"])
+    if s["bound_mb_s"] and s["aggregate_mb_s"] >= 0.8 * s["bound_mb_s"]:
+        return f"link ({s['aggregate_mb_s'] / s['bound_mb_s']:.0%} of the raw-TCP rate)"
+    if busy >= 90:
+        if abs(srv - gen) < 0.15 * max(srv, gen):
+            return "both (the machine's cores, shared alike)"
+        return "server" if srv > gen else "generator"
+    if srv >= 85:
+        return "server"
+    if gmax >= 85:
+        return "generator"
+    return "neither (waits: round trips, timers)"
+
+
+def format_summary(s: Summary) -> str:
+    bound = s["bound_mb_s"]
+    lines = [
+        f"storm: {s['clients']} clients, image {s['image_mb']} MB: {s['ok']} booted, {s['failed']} failed"
+        + ("" if s["server_alive"] else "  (SERVER DIED)")
+        + (f"   wire: {s['impairment']}" if s.get("impairment") else ""),
+        f"  completion   p50 {s['p50_s']:.2f} s   p99 {s['p99_s']:.2f} s   max {s['max_s']:.2f} s"
+        f"   (wall {s['wall_s']:.2f} s)",
+        "  phase p50    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p50_s"].items()),
+        "  phase p99    " + "   ".join(f"{k} {v:.3f}" for k, v in s["phase_p99_s"].items()),
+        f"  retries      dhcp {s['dhcp_retries']}   tftp {s['tftp_retries']}   whole boots {s.get('restarts', 0)}",
+        f"  transfer     {s['bytes'] / 2**20:,.0f} MB at {s['aggregate_mb_s']:,.0f} MB/s aggregate"
+        + (f"; link bound {bound:,.0f} MB/s (raw TCP into the same generator processes, nothing checked)"
+           f" -> {s['aggregate_mb_s'] / bound:.0%}" if bound else ""),
+        f"  server       CPU {s['server_cpu_s']:.1f} s ({s['server_cpu_pct']:.0f}% of one core)"
+        f"   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
+        f"  generator    CPU {s['generator_cpu_s']:.1f} s ({s['generator_cpu_pct']:.0f}% of one core in"
+        f" {s['workers']} processes, the busiest {s['generator_cpu_pct_max']:.0f}%)",
+        f"  bound        {s['bound']}   (machine {s['machine_busy_pct']:.0f}% busy over its {os.cpu_count()} cores,"
+        f" load {s['load_start']:.1f} -> {s['load_end']:.1f})",
+    ]
+    if s.get("servers", 1) > 1:
+        killed = (f", server 1 killed -9 after {s['killed_after_s']} s with {s['in_flight_at_kill']} boots under way"
+                  if s.get("killed_after_s") is not None else "")
+        lines.insert(1, f"  servers      {s['servers']} on one PostgreSQL{killed}; DHCP ACKs by server "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(s["acks_by_server"].items())))
+    for name, c in s.get("wire", {}).items():
+        lines.append(f"  wire         {name}: {c['frames']} frames, {c['lost']} lost, {c['queue_drops']} queue drops")
+    for reason, count in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  FAILED x{count}: {reason}")
+    return "\n".join(lines)
+
