@@ -205,7 +205,8 @@ class DataSource(Protocol):
     `size` is the transfer size in bytes when known (for tsize).
     """
 
-    size: int | None
+    @property
+    def size(self) -> int | None: ...
 
     def readinto(self, bufs: list[memoryview], index: int) -> int: ...
 

@@ -32,6 +32,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import metrics, names
@@ -71,7 +72,7 @@ class _Transfer:
     timer: asyncio.TimerHandle | None = None
     counted: int = 0  # bytes already added to the Prometheus counter
     gso_bytes: int = 0  # bytes per GSO send, a whole number of segments; 0: one send per datagram
-    gso_cmsg: list | None = None  # the UDP_SEGMENT ancillary data for those sends
+    gso_cmsg: list[tuple[int, int, bytes]] | None = None  # the UDP_SEGMENT ancillary data for those sends
 
 
 class TftpServer:
@@ -139,7 +140,7 @@ class TftpServer:
                 metrics.dropped("tftp", "handler-error")
                 log.warning("tftp: request from %s dropped: %s: %s", peer[0], type(e).__name__, e)
 
-    def _reply_error(self, peer, code: proto.ErrorCode, message: str) -> None:
+    def _reply_error(self, peer: tuple[str, int], code: proto.ErrorCode, message: str) -> None:
         if self.sock is None:
             return
         try:
@@ -367,7 +368,7 @@ class TftpServer:
         metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         self._after(t)
 
-    def _drive(self, t: _Transfer, step) -> None:
+    def _drive(self, t: _Transfer, step: Callable[[float], list[bytes | memoryview]]) -> None:
         """Run one machine step, send its packets and read ahead; a read error ends the transfer, never the server."""
         try:
             packets = step(self.loop.time())
@@ -382,11 +383,11 @@ class TftpServer:
         except OSError as e:
             self._send(t, self._read_failed(t, e))
 
-    def _read_failed(self, t: _Transfer, e: OSError) -> list[bytes]:
+    def _read_failed(self, t: _Transfer, e: OSError) -> list[bytes | memoryview]:
         log.warning("tftp: reading %s failed: %s", t.name, e)
-        return t.machine.fail("read error")
+        return list(t.machine.fail("read error"))
 
-    def _send(self, t: _Transfer, packets) -> None:
+    def _send(self, t: _Transfer, packets: list[bytes | memoryview]) -> None:
         """Send a step's packets: a run of DATA packets in GSO sends, or one datagram at a time.
 
         A full send buffer drops the rest (the timer resends); a route that
@@ -401,7 +402,7 @@ class TftpServer:
                 pos, size = 0, len(p)
                 if t.gso_bytes:
                     try:
-                        step, sendmsg, cmsg = t.gso_bytes, t.sock.sendmsg, t.gso_cmsg
+                        step, sendmsg, cmsg = t.gso_bytes, t.sock.sendmsg, t.gso_cmsg or []
                         while pos < size:
                             sendmsg([p[pos : pos + step]], cmsg, 0, peer)
                             pos += step
@@ -507,7 +508,7 @@ def _open_source(resolved: Resolved, mode: str) -> proto.DataSource:
         raise
 
 
-def _local_address(ancdata) -> str | None:
+def _local_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
     """The local address a request reached (IP_PKTINFO's ipi_spec_dst), to answer from it."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
