@@ -4,8 +4,11 @@
 The three servers serve the same directory over loopback, each in its own
 process: tftpd-hpa and ramboot on 127.0.0.1 (random high ports), dnsmasq on
 port 69 of a random 127.77.x.y (it has no listen-port option for TFTP).
-ramboot's side is this script with `--serve`, on the event loop `ramboot serve`
-uses (uvloop when installed). Clients, as in BASELINES.md: curl lock-step with
+`--servers` picks who runs side by side: "ramboot" is the whole `ramboot serve`
+(its CLI, config file with DHCP off, store, HTTP, API), as a new user runs it;
+"ramboot-bare" is `start_tftp` alone in this script with `--serve`, on the same
+event loop (uvloop when installed). docs/benchmarks.md explains what differs.
+Clients, as in BASELINES.md: curl lock-step with
 512 and 1468 byte blocks, and atftp with blksize 1468 and windowsize 8/16/64
 (tftpd-hpa and dnsmasq refuse windowsize, so they answer those lock-step).
 Every cell is measured `--repeat` times, the servers' order rotating each
@@ -22,7 +25,8 @@ loopback, where the sender also runs the receiver's softirq. `--net loopback`
 is the earlier set-up (127.0.0.1, dnsmasq on a random 127.77.x.y).
 
 Usage: .venv/bin/python bench/tftp_bench.py [--size-mb 50] [--repeat 3] [--concurrent 50] [--net veth|loopback]
-       [--only curl1468] [--src OLD_TREE/src]   (serve another ramboot tree, for before/after runs)
+       [--servers tftpd-hpa,dnsmasq,ramboot,ramboot-bare] [--only "curl blksize 1468"]
+       [--src OLD_TREE/src]   (serve another ramboot tree, for before/after runs)
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ import time
 from pathlib import Path
 
 FILE = "bench.bin"
-SERVERS = ("tftpd-hpa", "dnsmasq", "ramboot")
+SERVERS = ("tftpd-hpa", "dnsmasq", "ramboot", "ramboot-bare")
+DEFAULT_SERVERS = "tftpd-hpa,dnsmasq,ramboot"
 
 
 def curl(blksize: int):
@@ -164,6 +169,8 @@ def main() -> None:
     ap.add_argument("--src", default=str(Path(__file__).resolve().parents[1] / "src"),
                     help="the ramboot source tree to serve")
     ap.add_argument("--net", choices=("veth", "loopback"), default="veth")
+    ap.add_argument("--servers", default=DEFAULT_SERVERS,
+                    help=f"comma-separated servers side by side, from {', '.join(SERVERS)} (default: %(default)s)")
     ap.add_argument("--only", help="comma-separated client names to run, by substring (e.g. 'curl blksize 1468')")
     ap.add_argument("--serve", nargs=3, metavar=("DIR", "PORT", "HOST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -187,10 +194,23 @@ def main() -> None:
             net.down()
 
 
+def serve_config(data: Path, port: int, host: str, iface: str | None) -> str:
+    """`ramboot serve`'s config for the bench, as a new user writes it: DHCP off, the file in
+    the TFTP root (DATA/loaders), HTTP on a free port, no HTTPS listener."""
+    net = f'interface = "{iface}"\n' if iface else ""
+    return (f'data_dir = "{data}"\n\n[network]\n{net}address = "{host}"\n\n[dhcp]\nmode = "off"\n\n'
+            f"[tftp]\nport = {port}\nmax_per_source = 256\n\n[http]\nport = {free_port()}\nhttps_port = 0\n")
+
+
 def run_all(args, net) -> None:
     srv_prefix = ["ip", "netns", "exec", net.srv] if net else []
     cli_prefix = ["ip", "netns", "exec", net.cli] if net else []
     clients = [(n, c) for n, c in CLIENTS if not args.only or any(o in n for o in args.only.split(","))]
+    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    if unknown := [s for s in servers if s not in SERVERS]:
+        sys.exit(f"unknown server(s) {', '.join(unknown)}: choose from {', '.join(SERVERS)}")
+    if "tftpd-hpa" not in servers:
+        sys.exit("--servers must include tftpd-hpa (the ratios are against it)")
     for tool in ("in.tftpd", "dnsmasq", "curl", "atftp"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (make setup installs tftpd-hpa, dnsmasq, curl and atftp)")
@@ -209,22 +229,31 @@ def run_all(args, net) -> None:
             p.chmod(0o755)  # tftpd-hpa and dnsmasq drop privileges before reading
         src.chmod(0o644)
 
-        if net:
-            addr = {"tftpd-hpa": (net.srv_ip, free_port()), "dnsmasq": (net.srv_ip, 69),
-                    "ramboot": (net.srv_ip, free_port())}
-        else:
-            addr = {"tftpd-hpa": ("127.0.0.1", free_port()), "dnsmasq": (free_loopback_69(), 69),
-                    "ramboot": ("127.0.0.1", free_port())}
+        host = net.srv_ip if net else "127.0.0.1"
+        addr = {s: (host, free_port()) for s in servers}
+        if "dnsmasq" in addr:
+            addr["dnsmasq"] = (net.srv_ip, 69) if net else (free_loopback_69(), 69)
         cmds = {
-            "tftpd-hpa": ["in.tftpd", "-L", "-4", "-a", f"{addr['tftpd-hpa'][0]}:{addr['tftpd-hpa'][1]:d}",
+            "tftpd-hpa": ["in.tftpd", "-L", "-4", "-a", "{}:{:d}".format(*addr["tftpd-hpa"]),
                           "-s", str(data / "loaders")],
-            "dnsmasq": ["dnsmasq", "--no-daemon", "--port=0", "--enable-tftp", f"--tftp-root={data / 'loaders'}",
-                        f"--listen-address={addr['dnsmasq'][0]}", "--bind-interfaces", "--tftp-max=256",
-                        "--conf-file=/dev/null", "--pid-file=", "--log-facility=-", "--quiet-tftp"],
-            "ramboot": [sys.executable, __file__, "--src", args.src, "--serve", str(data), str(addr["ramboot"][1]),
-                        addr["ramboot"][0]],
         }
-        for name in SERVERS:
+        if "dnsmasq" in addr:
+            cmds["dnsmasq"] = ["dnsmasq", "--no-daemon", "--port=0", "--enable-tftp",
+                               f"--tftp-root={data / 'loaders'}", f"--listen-address={addr['dnsmasq'][0]}",
+                               "--bind-interfaces", "--tftp-max=256", "--conf-file=/dev/null", "--pid-file=",
+                               "--log-facility=-", "--quiet-tftp"]
+        if "ramboot" in addr:  # the whole `ramboot serve`, its own data directory beside the others
+            rdata = work / "ramboot"
+            (rdata / "loaders").mkdir(parents=True)
+            os.link(src, rdata / "loaders" / FILE)
+            conf = work / "ramboot.toml"
+            conf.write_text(serve_config(rdata, addr["ramboot"][1], host, net.srv_if if net else None))
+            cmds["ramboot"] = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                               "from ramboot.cli import main; main()", args.src, "serve", "--config", str(conf)]
+        if "ramboot-bare" in addr:  # `start_tftp` alone in this script
+            cmds["ramboot-bare"] = [sys.executable, __file__, "--src", args.src, "--serve", str(data),
+                                    str(addr["ramboot-bare"][1]), addr["ramboot-bare"][0]]
+        for name in servers:
             children.append(subprocess.Popen([*srv_prefix, *cmds[name]], stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL))
             wait_ready(*addr[name], children[-1], cli_prefix)
@@ -232,10 +261,11 @@ def run_all(args, net) -> None:
         print(f"load average at start: {loadavg()}", file=sys.stderr)
         out = work / "out.bin"
         rows = []
+        k = len(servers)
         for name, cmd in clients:
-            runs: dict[str, list[float]] = {s: [] for s in SERVERS}
+            runs: dict[str, list[float]] = {s: [] for s in servers}
             for i in range(args.repeat):
-                for s in SERVERS[i % 3:] + SERVERS[: i % 3]:  # each server goes first in turn
+                for s in servers[i % k:] + servers[: i % k]:  # each server goes first in turn
                     runs[s].append(measure([*cli_prefix, *cmd(*addr[s], str(out))], out, src, size))
             rows.append((name, runs))
             print(f"  {name}: " + ", ".join(f"{s} median {statistics.median(v):.1f} (best {max(v):.1f})"
@@ -243,24 +273,28 @@ def run_all(args, net) -> None:
 
         storm = {}
         if args.concurrent:
-            for s in SERVERS:
+            for s in servers:
                 storm[s] = concurrent(args.concurrent, *addr[s], shm, src, size, cli_prefix)
                 print(f"  {args.concurrent} concurrent curl 1468: {s} {storm[s][0]:.1f} MB/s, "
                       f"{storm[s][1]} failed; load {loadavg()}", file=sys.stderr)
 
         where = "a veth pair between two namespaces" if net else "loopback"
+        ours = [s for s in servers if s.startswith("ramboot")]
+        peers = [s for s in ("tftpd-hpa", "dnsmasq") if s in servers]
         print(f"\nTFTP, {args.size_mb} MB file over {where}, MB/s: median (best) of {args.repeat} rounds, "
               f"ratios of medians; load average at the end {loadavg()}\n")
-        print("| client | tftpd-hpa | dnsmasq | ramboot | vs tftpd-hpa | vs dnsmasq |")
-        print("|---|---|---|---|---|---|")
+        ratio_cols = [f"{r} vs {p}" for r in ours for p in peers]
+        print(f"| client | {' | '.join(servers)} | {' | '.join(ratio_cols)} |")
+        print("|---" * (1 + len(servers) + len(ratio_cols)) + "|")
         for name, runs in rows:
-            h, d, r = (statistics.median(runs[s]) for s in SERVERS)
-            cells = " | ".join(f"{statistics.median(runs[s]):.1f} ({max(runs[s]):.1f})" for s in SERVERS)
-            print(f"| {name} | {cells} | {r / h:.2f}x | {r / d:.2f}x |")
+            med = {s: statistics.median(runs[s]) for s in servers}
+            cells = " | ".join(f"{med[s]:.1f} ({max(runs[s]):.1f})" for s in servers)
+            ratios = " | ".join(f"{med[r] / med[p]:.2f}x" for r in ours for p in peers)
+            print(f"| {name} | {cells} | {ratios} |")
         if storm:
-            h, d, r = (storm[s][0] for s in SERVERS)
-            cells = " | ".join(f"{storm[s][0]:.1f}, {storm[s][1]} failed" for s in SERVERS)
-            print(f"| {args.concurrent} concurrent curl 1468 (aggregate) | {cells} | {r / h:.2f}x | {r / d:.2f}x |")
+            cells = " | ".join(f"{storm[s][0]:.1f}, {storm[s][1]} failed" for s in servers)
+            ratios = " | ".join(f"{storm[r][0] / storm[p][0]:.2f}x" for r in ours for p in peers)
+            print(f"| {args.concurrent} concurrent curl 1468 (aggregate) | {cells} | {ratios} |")
         if any(f for _, f in storm.values()):
             sys.exit("failed transfers in the concurrent point")
     finally:

@@ -50,8 +50,9 @@ if want dhcp-sweep; then
   bench dhcp-sweep $PY bench/dhcp_bench.py --duration $d --json "$OUT/dhcp-sweep.json"
 fi
 if want tftp && [ -f bench/tftp_bench.py ]; then
-  # over a veth pair between two namespaces (--net veth, the default)
-  if ((QUICK)); then a="--size-mb 10 --repeat 1 --concurrent 10"; else a="--size-mb 40 --repeat 7"; fi
+  # over a veth pair between two namespaces (--net veth, the default); "ramboot" is the whole
+  # `ramboot serve` (DHCP off), "ramboot-bare" start_tftp alone in the bench script
+  if ((QUICK)); then a="--size-mb 10 --repeat 1 --concurrent 10"; else a="--size-mb 40 --repeat 7 --servers tftpd-hpa,dnsmasq,ramboot,ramboot-bare"; fi
   bench tftp $PY bench/tftp_bench.py $a
 fi
 if want http; then

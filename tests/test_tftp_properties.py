@@ -56,7 +56,7 @@ def test_random_packets_never_crash_a_transfer(junk, acks):
 def test_any_loss_pattern_delivers_exact_bytes(data, blksize, windowsize, lost):
     """Each datagram index in `lost` is dropped once; the transfer still completes exactly."""
     m = tftp.ReadTransfer(rrq(blksize=blksize, windowsize=windowsize), tftp.BytesSource(data),
-                          tftp.Limits(max_retries=50))
+                          tftp.Limits(max_retries=50, max_unconfirmed_retries=50))
     r = run(m, drop=lambda i, p: i in lost)
     assert r.outcome == "ok" and r.data == data
 
@@ -68,7 +68,7 @@ def test_runs_and_read_ahead_put_the_same_datagrams_on_the_wire(data, blksize, w
     """The shell's mode (runs for GSO, read-ahead after each send) changes no datagram, nor their order."""
     def machine(runs):
         return tftp.ReadTransfer(rrq(blksize=blksize, windowsize=windowsize), tftp.BytesSource(data),
-                                 tftp.Limits(max_retries=50), runs=runs)
+                                 tftp.Limits(max_retries=50, max_unconfirmed_retries=50), runs=runs)
 
     plain = run(machine(False), drop=lambda i, p: i in lost, dup_acks=dup_acks)
     batched = run(machine(True), drop=lambda i, p: i in lost, dup_acks=dup_acks, read_ahead=True)

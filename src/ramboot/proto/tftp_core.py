@@ -423,6 +423,8 @@ class ReadTransfer:
         self.deadline: float | None = None
         self.outcome: str | None = None
         self._closed = False
+        # Lock-step (windowsize 1) once the client has answered: `on_packet` takes a short path.
+        self._lockstep = False
 
     @property
     def done(self) -> bool:
@@ -444,7 +446,7 @@ class ReadTransfer:
 
     def on_packet(self, packet: bytes, now: float) -> list[bytes | memoryview]:
         """A datagram from the client's TID. Junk and stale ACKs are ignored."""
-        if self.done:
+        if self.outcome is not None:
             return []
         if len(packet) < 4 or packet[1] != ACK or packet[0]:  # hot path: no Packet object for an ACK
             if packet[:2] == b"\0\5":
@@ -453,6 +455,29 @@ class ReadTransfer:
                 self.ignored += 1
             return []
         block = packet[2] << 8 | packet[3]
+        sent = self.sent
+        if self._lockstep and block == sent & 0xFFFF and sent == self.acked + 1:
+            # Lock-step, the ACK of the one block in flight: what `_window` would do for a
+            # window of one, without its generality (the client waits on this path).
+            self.acked = sent
+            last = self.last
+            if last is not None and sent >= last:
+                self._finish("ok")
+                return []
+            self.retries = 0
+            self.deadline = now + self.neg.timeout
+            nxt = sent + 1
+            if self.read < nxt:
+                self._fill(nxt)
+                last = self.last
+            self.sent = nxt
+            seg = self.segment
+            off = (sent % self._nslots) * seg
+            if nxt == last:
+                self.bytes_sent += self._last_len
+                return [self._view[off : off + 4 + self._last_len]]
+            self.bytes_sent += seg - 4
+            return [self._view[off : off + seg]]
         if self._awaiting_oack_ack:
             if block != 0:
                 self.ignored += 1
@@ -462,6 +487,7 @@ class ReadTransfer:
                 return []
             self._awaiting_oack_ack = False
             self.confirmed = True
+            self._lockstep = self.neg.windowsize == 1
         else:
             delta = (block - self.acked) & 0xFFFF
             if delta == 0 or delta > self.sent - self.acked:
@@ -473,6 +499,7 @@ class ReadTransfer:
                 return []
             if not self.confirmed:
                 self.confirmed = True
+                self._lockstep = self.neg.windowsize == 1
                 self._resize(_ring_slots(self.window, self.segment, True))
             else:
                 self._grow(delta)
@@ -509,9 +536,10 @@ class ReadTransfer:
         Call it right after sending: the read then overlaps the client's work
         instead of delaying the answer to its next ACK.
         """
-        if self.done or not self.confirmed or self.last is not None:
+        if self.outcome is not None or not self.confirmed or self.last is not None:
             return
-        if self.acked + self._nslots - self.read >= self._nslots // 2:
+        n = self._nslots
+        if self.acked + n - self.read >= n // 2:
             self._fill(self.acked + self._nslots)
 
     def fail(self, message: str) -> list[bytes]:

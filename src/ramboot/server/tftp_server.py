@@ -331,15 +331,23 @@ class TftpServer:
             packets = m.on_packet(data, self.loop.time())
         except OSError as e:
             packets = self._read_failed(t, e)
+        if packets:
+            # Lock-step's one DATA packet goes out first: the client waits on it, the
+            # bookkeeping below can wait on the client.
+            if len(packets) == 1 and len(packets[0]) <= m.segment:
+                try:
+                    sock.sendto(packets[0], peer)
+                except OSError as e:  # a full buffer or a vanished route: the timer resends
+                    log.debug("tftp: send to %s failed: %s", peer, e)
+            else:
+                self._send(t, packets)
+            self._read_ahead(t)
         if m.ignored != ignored:
             metrics.dropped("tftp", "stale-or-junk")
         elif m.starved != starved:
             metrics.dropped("tftp", "memory")
         elif m.confirmed and self.unconfirmed:
             self.unconfirmed.pop(sock.fileno(), None)
-        if packets:
-            self._send(t, packets)
-            self._read_ahead(t)
         if m.retransmits != rexmit:
             metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         if m.bytes_sent - t.counted >= 1 << 20 or m.done:
