@@ -129,22 +129,6 @@ class ProfileRepo:
             return bool(s.execute(delete(Profile).where(Profile.name == name)).rowcount > 0)  # type: ignore[attr-defined]
 
 
-class StoreDirectory:
-    """`policy.Directory` over the nodes and profiles parts (read straight from the database)."""
-
-    def __init__(self, nodes: NodeRepo, profiles: ProfileRepo):
-        self.nodes, self.profiles = nodes, profiles
-
-    def get_node(self, mac: str) -> NodeSpec | None:
-        return self.nodes.get(mac)
-
-    def node_by_uuid(self, uuid: str) -> NodeSpec | None:
-        return self.nodes.by_uuid(uuid)
-
-    def get_profile(self, name: str) -> ProfileSpec | None:
-        return self.profiles.get(name)
-
-
 def _profile_spec(r: Profile) -> ProfileSpec:
     return ProfileSpec(name=r.name, image=r.image, kernel_args=r.kernel_args or "", ssh_keys=list(r.ssh_keys or []),
                        overlays=list(r.overlays or []), labels=dict(r.labels or {}), bmc=r.bmc)
