@@ -28,7 +28,7 @@ from sqlalchemy.orm import sessionmaker
 
 from ..config import ConfigError
 from ..macaddr import normalize_mac
-from ..power.bmc import Bmc, BmcError
+from ..power.bmc import AutoUnresolved, Bmc, BmcError, resolve_auto
 from ..power.bmc import parse as parse_bmc
 from ..proto.dhcp6_core import Lease6Record
 from ..proto.dhcp_core import LeaseRecord
@@ -315,26 +315,44 @@ class Store:
         with self._session.begin() as s:
             s.execute(delete(Secret).where(Secret.name == name))
 
-    def bmc(self, mac: str) -> Bmc | None:
-        """The node's BMC with its password (the node's own, else its last profile's that has one)."""
+    def _bmc_of(self, mac: str) -> tuple[str, str] | None:
+        """(the secret's name, the URL without password) of the node's BMC: its own, else its
+        last profile's that has one."""
         spec = self.get_node(mac)
         if spec is None:
             return None
-        found: tuple[str, str] | None = (f"bmc:node:{spec.mac}", spec.bmc) if spec.bmc else None
-        if found is None:
-            for name in reversed(spec.profiles):
-                p = self.get_profile(name)
-                if p is not None and p.bmc:
-                    found = (f"bmc:profile:{name}", p.bmc)
-                    break
+        if spec.bmc:
+            return f"bmc:node:{spec.mac}", spec.bmc
+        for name in reversed(spec.profiles):
+            p = self.get_profile(name)
+            if p is not None and p.bmc:
+                return f"bmc:profile:{name}", p.bmc
+        return None
+
+    def bmc(self, mac: str) -> Bmc | None:
+        """The node's BMC with its password (the node's own, else its last profile's that has one);
+        `@auto` resolved from its latest hardware report (AutoUnresolved when it has none)."""
+        found = self._bmc_of(mac)
         if found is None:
             return None
-        bmc = parse_bmc(found[1])
+        bmc = resolve_auto(parse_bmc(found[1]), self.inventory(mac))
         if not bmc.needs_password:
             return bmc
         with self._session() as s:
             row = s.get(Secret, found[0])
             return bmc.with_password(self._sealing().open(found[0], row.value) if row is not None else None)
+
+    def bmc_in_use(self, mac: str) -> str | None:
+        """The URL the node's BMC is reached at, password as ***: `@auto` resolved (or kept when the
+        node has reported none); None without a BMC. Opens no secret."""
+        found = self._bmc_of(mac)
+        if found is None:
+            return None
+        bmc = parse_bmc(found[1])
+        try:
+            return resolve_auto(bmc, self.inventory(mac)).redacted()
+        except AutoUnresolved:
+            return bmc.redacted()
 
     def count_power(self, action: str, result: str) -> None:
         with self._session.begin() as s:
