@@ -1,5 +1,5 @@
-"""ramboot's own initramfs: busybox-static, curl, tpm2-tools and openssl with their libraries, our init,
-and the kernel's modules it needs.
+"""ramboot's own initramfs: busybox-static, curl, tpm2-tools and openssl with their libraries (and
+ipmitool, with a kernel that has the IPMI drivers), our init, and the kernel's modules it needs.
 
 Modules are picked by name (filesystems, NICs, disks for the inventory) and
 closed over their dependencies through the kernel's own `modules.dep` (plus
@@ -47,6 +47,12 @@ TPM = ("tpm_tis", "tpm_crb")
 # that one); openssl opens the overlay sealed to the boot key they recover.
 TPM_TCTI = "libtss2-tcti-device.so.0"
 GENERIC_NIC_DIRS = ("kernel/drivers/net/ethernet/",)
+# The machine's own BMC, read in band (initramfs/bmc.sh), when the kernel has the IPMI drivers as
+# modules (Debian's generic kernel does, its cloud kernel has none). ipmi_si is loaded by bmc.sh
+# alone, in the background and only when the firmware names a BMC: its aliases are left out of
+# the initramfs's modules.alias, so coldplug never waits on a BMC that does not answer.
+IPMI = ("ipmi_si", "ipmi_devintf")
+IPMI_NO_COLDPLUG = "ipmi_si"
 
 
 def norm(name: str) -> str:
@@ -138,6 +144,8 @@ def select_modules(k: Kernel, idx: ModuleIndex) -> tuple[list[str], list[str]]:
     if not any(n not in ("virtio_pci",) for n in nics):
         raise ImageError(f"kernel {k.version} has no NIC driver ramboot knows (looked for {', '.join(CLOUD_NICS)})")
     wanted = list(REQUIRED) + nics + [d for d in DISKS + LIVE_FS + EFI_FS + TPM if idx.has(d)]
+    if all(m in idx.path for m in IPMI):
+        wanted += IPMI
     return idx.closure(wanted), nics
 
 
@@ -213,12 +221,15 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     for lib in closure:
         c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
     _carry_tpm_tools(c)
+    if IPMI_NO_COLDPLUG in mods:
+        _carry_ipmitool(c)
     # What init copies to /run/ramboot/curl/ for the root's own "booted" report.
     c.file("etc/ramboot/curl.files", "".join(f"{p}\n" for p in ["/bin/curl", *map(str, closure)]).encode())
     data = resources.files("ramboot.images") / "initramfs"
     c.file("init", (data / "init").read_bytes(), 0o755)
     c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)
     c.file("etc/ramboot/tpm.sh", (data / "tpm.sh").read_bytes(), 0o644)
+    c.file("etc/ramboot/bmc.sh", (data / "bmc.sh").read_bytes(), 0o644)
     c.file("etc/ramboot/nic-modules", ("\n".join(nics) + "\n").encode())
     base = f"lib/modules/{k.version}"
     keep = {idx.path[m] for m in mods}
@@ -228,7 +239,7 @@ def build_initramfs(k: Kernel, out: Path) -> None:
             raise ImageError(f"kernel {k.version}: modules.dep names {rel}, which is missing")
         c.file(f"{base}/{rel}", data)
     c.file(f"{base}/modules.dep", ("\n".join(ln for t, ln in idx.lines.items() if t in keep) + "\n").encode())
-    c.file(f"{base}/modules.alias", _filter_names(k, "modules.alias", set(mods), "alias", 2))
+    c.file(f"{base}/modules.alias", _filter_names(k, "modules.alias", set(mods) - {IPMI_NO_COLDPLUG}, "alias", 2))
     c.file(f"{base}/modules.softdep", _filter_names(k, "modules.softdep", set(mods), "softdep", 1))
     for extra in ("modules.builtin", "modules.order"):
         if (data := k.module_file(extra)) is not None:
@@ -254,6 +265,17 @@ def _carry_tpm_tools(c: Cpio) -> None:
         c.file(f"bin/{binary.name}", binary.read_bytes(), 0o755)
     c.file(str(tcti).lstrip("/"), tcti.resolve().read_bytes(), 0o755)
     for lib in sorted({*elf_closure(Path(tpm2)), *elf_closure(Path(openssl)), *elf_closure(tcti)}):
+        c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
+
+
+def _carry_ipmitool(c: Cpio) -> None:
+    """ipmitool with its libraries, for bmc.sh's `ipmitool lan print` over /dev/ipmi0; a build host
+    without it builds an initramfs that reads no BMC (bmc.sh finds no ipmitool and skips)."""
+    ipmitool = shutil.which("ipmitool")
+    if ipmitool is None:
+        return
+    c.file("bin/ipmitool", Path(ipmitool).read_bytes(), 0o755)
+    for lib in elf_closure(Path(ipmitool)):
         c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
 
 

@@ -420,6 +420,8 @@ def show(mac, as_json, config_path, server, token) -> None:
         v = getattr(n, k)
         if v:
             con.print(f"  {k}: {v}", markup=False)
+    if e.bmc and e.bmc != n.bmc:  # a profile's, or @auto resolved from the node's report
+        con.print(f"  bmc in use: {e.bmc}", markup=False)
     for k in ("profiles", "overlays"):
         if getattr(n, k):
             con.print(f"  {k}: {', '.join(getattr(n, k))}")
@@ -442,6 +444,11 @@ def show(mac, as_json, config_path, server, token) -> None:
         dmi = " ".join(x for x in (r.dmi.vendor, r.dmi.product, r.dmi.serial) if x)
         if dmi:
             con.print(f"  dmi: {dmi}", markup=False)
+        if r.bmc and (r.bmc.ip or r.bmc.mac):
+            extra = ", ".join(x for x in (r.bmc.ip_source, r.bmc.netmask and f"netmask {r.bmc.netmask}",
+                                          r.bmc.gateway and f"gateway {r.bmc.gateway}") if x)
+            con.print(f"  bmc: {r.bmc.ip or '?'} mac {r.bmc.mac or '?'}" + (f" ({extra})" if extra else "")
+                      + " (read in band)", markup=False)
     else:
         con.print("inventory: no report yet")
     b = n.last_boot

@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from ..config import no_control_chars
 from ..macaddr import normalize_mac
 from ..power.bmc import parse as parse_bmc
+from ..power.bmc import reported_address
 from ..proto import pxe
 
 IMAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -247,6 +248,8 @@ class Effective(BaseModel):
     profiles: list[str] = Field([], description="the profiles applied, [boot] profile first")
     last_seen: Time | None = Field(None, description="its newest event or hardware report")
     last_boot: Time | None = Field(None, description="when its last boot began")
+    bmc: str | None = Field(None, description="the BMC it is powered through, password as ***: its own or its "
+                            "profile's, `@auto` resolved from its latest report (node pages only)")
 
 
 class NodeOut(BaseModel):
@@ -354,6 +357,32 @@ class Dmi(_Report):
     uuid: Text | None = None
 
 
+def _bmc_mac(v: object) -> str | None:
+    if not isinstance(v, str):
+        return None
+    try:
+        mac = normalize_mac(v)
+    except ValueError:
+        return None
+    return None if mac in ("00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff") else mac
+
+
+class BmcReport(_Report):
+    """The machine's own BMC, as its initramfs read it in band (`ipmitool lan print` over KCS):
+    each field only when well formed, else null (a bad field never costs the whole report)."""
+
+    ip: Annotated[str | None, BeforeValidator(reported_address)] = None
+    mac: Annotated[str | None, BeforeValidator(_bmc_mac)] = None
+    ip_source: Literal["dhcp", "static", "bios", "other"] | None = None
+    netmask: Annotated[str | None, BeforeValidator(reported_address)] = None
+    gateway: Annotated[str | None, BeforeValidator(reported_address)] = None
+
+    @field_validator("ip_source", mode="before")
+    @classmethod
+    def _source(cls, v: object) -> object:
+        return v if v in ("dhcp", "static", "bios", "other") else None
+
+
 class InventoryReport(_Report):
     """A node's hardware, as its initramfs reports it (CONTRACTS.md): known keys only, strings cut
     to REPORT_STR characters and lists to REPORT_LIST items, so a report stays a few KiB."""
@@ -363,6 +392,12 @@ class InventoryReport(_Report):
     nics: Annotated[list[Nic], BeforeValidator(_first)] = []
     disks: Annotated[list[Disk], BeforeValidator(_first)] = []
     dmi: Dmi = Dmi()
+    bmc: BmcReport | None = Field(None, description="the machine's BMC, read in band; null: none read")
+
+    @field_validator("bmc", mode="before")
+    @classmethod
+    def _bmc(cls, v: object) -> object:
+        return v if isinstance(v, dict) else None
 
 
 class InventoryOut(BaseModel):

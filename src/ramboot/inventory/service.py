@@ -199,6 +199,7 @@ class Service:
         boot = last_boot(events)
         seen = max([*(e.at for e in events[-1:]), *(at for at, _ in hist)], default=None)
         effective = _effective(self.booter, mac, self.store.leases.leases_of(mac), seen, boot)
+        effective.bmc = self.store.power.bmc_in_use(mac)
         rec = self.store.tpms.get(mac)
         tpm = S.TpmOut.model_validate(rec, from_attributes=True) if rec is not None else None
         out = boot_out(boot)

@@ -79,7 +79,7 @@ class Store:
         self.events = EventRepo(db, seen_keep_days)
         self.servers = ServerRepo(db)
         self.hardware = HardwareRepo(db, inventory_keep)
-        self.power = PowerRepo(db, self.nodes, self.profiles, self.secrets)
+        self.power = PowerRepo(db, self.nodes, self.profiles, self.secrets, self.hardware)
         self.credentials = Credentials(db.session)
         self.tpms = Tpms(db.session)
         self.directory = StoreDirectory(self.nodes, self.profiles, self.leases)

@@ -35,6 +35,8 @@ class BmcVm:
     url: str  # what `node add --bmc` takes (with the password)
     workdir: Path
     console_log: Path
+    bmc_ip: str = ""  # ipmi: the BMC's LAN address and MAC, as it tells the machine in band
+    bmc_mac: str = ""
 
     @property
     def redacted(self) -> str:
@@ -63,8 +65,33 @@ def _free_ports(lab: Lab, n: int) -> list[int]:
     return call_in_netns(lab.ns, pick)
 
 
-def lan_conf(name: str, addr: str, lan_port: int, vm_port: int, sol_port: int, password: str, startcmd: str) -> str:
-    """ipmi_sim's lan.conf: one BMC, lanplus for one admin user, the VM codec, SOL, the VM's start command."""
+# ipmi_sim's `lan_config_program`: asked `DEV get PARAM…`, it answers `PARAM:VALUE` lines; these
+# are the LAN settings the BMC reports (Get LAN Configuration Parameters, in band and over LAN).
+LANCONTROL = """#!/bin/sh
+shift 2
+for p in "$@"; do
+  case $p in
+    ip_addr) echo "ip_addr:{ip}" ;;
+    ip_addr_src) echo "ip_addr_src:static" ;;
+    mac_addr) echo "mac_addr:{mac}" ;;
+    subnet_mask) echo "subnet_mask:255.255.255.0" ;;
+    default_gw_ip_addr | backup_gw_ip_addr) echo "$p:0.0.0.0" ;;
+    default_gw_mac_addr | backup_gw_mac_addr) echo "$p:00:00:00:00:00:00" ;;
+  esac
+done
+"""
+
+
+def bmc_mac_for(mac: str) -> str:
+    """The lab BMC's own MAC, from its machine's: the same bytes, locally administered (02:…)."""
+    return "02:" + normalize_mac(mac)[3:]
+
+
+def lan_conf(name: str, addr: str, lan_port: int, vm_port: int, sol_port: int, password: str, startcmd: str,
+             lancontrol: str = "") -> str:
+    """ipmi_sim's lan.conf: one BMC, lanplus for one admin user, its LAN settings (`lancontrol`),
+    the VM codec, SOL, the VM's start command."""
+    config_program = f'    lan_config_program "{lancontrol} lan0"\n' if lancontrol else ""
     return f"""name "{name}"
 set_working_mc 0x20
   startlan 1
@@ -75,7 +102,7 @@ set_working_mc 0x20
     allowed_auths_operator none md2 md5 straight
     allowed_auths_admin none md2 md5 straight
     guid {secrets.token_hex(16)}
-  endlan
+{config_program}  endlan
   serial 15 127.0.0.1 {vm_port} codec VM
   sol "tcp:127.0.0.1:{sol_port}" 115200
   startcmd "{startcmd}"
@@ -112,9 +139,12 @@ def start_ipmi_vm(lab: Lab, mac: str, accel: str, firmware: str = "bios", memory
     start = workdir / "start-vm.sh"
     start.write_text("#!/bin/sh\nexec " + shlex.join(argv) + f" >>{shlex.quote(str(workdir / 'qemu.log'))} 2>&1\n")
     start.chmod(0o755)
+    lancontrol = workdir / "lancontrol"
+    lancontrol.write_text(LANCONTROL.format(ip=lab.server_ip, mac=bmc_mac_for(mac)))
+    lancontrol.chmod(0o755)
     conf = workdir / "lan.conf"
     conf.write_text(lan_conf(f"rb{mac.replace(':', '')[6:]}", lab.server_ip, lan_port, vm_port, sol_port, password,
-                             str(start)))
+                             str(start), str(lancontrol)))
     (workdir / "bmc.emu").write_text(EMU)
     state = workdir / "ipmi-state"
     state.mkdir(exist_ok=True)
@@ -128,7 +158,7 @@ def start_ipmi_vm(lab: Lab, mac: str, accel: str, firmware: str = "bios", memory
             raise LabError(f"ipmi_sim did not start the VM: {log.read_text(errors='replace')[-500:]}")
         time.sleep(0.1)
     url = f"ipmi://{IPMI_USER}:{password}@{lab.server_ip}:{lan_port}"
-    return BmcVm(mac, url, workdir, console)
+    return BmcVm(mac, url, workdir, console, lab.server_ip, bmc_mac_for(mac))
 
 
 def wait_booted(lab: Lab, mac: str, since: float, timeout: float, base: str | None = None,

@@ -5,6 +5,10 @@ The password never leaves the store in clear: the node row keeps the URL with th
 cut out (`redacted()`), the password itself is a sealed secret (inventory/sealed.py). A URL
 given back with the password shown as `***` (as `node show` and the API print it) keeps the
 sealed one, so a read-modify-write through the API does not lose it.
+
+`ipmi://USER:PASS@auto[:PORT]` names the BMC the node itself reported in band (its initramfs
+reads `ipmitool lan print` over KCS): the host is taken from the node's latest hardware report
+each time the BMC is used (`resolve_auto`), so a BMC that moves is followed at its next report.
 """
 
 from __future__ import annotations
@@ -21,10 +25,18 @@ _DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SYSTEM = re.compile(r"^/redfish/v1/Systems/[A-Za-z0-9._~-]{1,128}$")
 _LIBVIRT_URI = re.compile(r"^[a-z+]+://[A-Za-z0-9._@:/\[\]-]*(\?[A-Za-z0-9._=&/-]*)?$")
 _DEFAULT_PORT = {"ipmi": 623, "redfish": 443}
+AUTO = "auto"  # the host of `ipmi://USER:PASS@auto`: the address the node reported in band
 
 
 class BmcError(ValueError):
     """A BMC URL that is not one of the three forms: one line, no password in it."""
+
+
+class AutoUnresolved(BmcError):
+    """`@auto` for a node that has reported no BMC address yet."""
+
+    def __init__(self) -> None:
+        super().__init__("its BMC address is 'auto' and the node has not reported one yet (boot it once)")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,37 @@ class Bmc:
     def needs_password(self) -> bool:
         return self.scheme != "libvirt"
 
+    @property
+    def auto(self) -> bool:
+        """Its host is `auto`: the address the node reports in band (`resolve_auto`)."""
+        return self.scheme == "ipmi" and self.host == AUTO
+
+
+def reported_address(v: object) -> str | None:
+    """A BMC address as a node reported it, if it is one to talk to: a unicast IP address (not
+    unset, loopback, multicast or broadcast); else None."""
+    if not isinstance(v, str):
+        return None
+    try:
+        a = ipaddress.ip_address(v.strip())
+    except ValueError:
+        return None
+    if a.is_unspecified or a.is_loopback or a.is_multicast or a == ipaddress.IPv4Address("255.255.255.255"):
+        return None
+    return str(a)
+
+
+def resolve_auto(bmc: Bmc, report: dict[str, object] | None) -> Bmc:
+    """`bmc` with `auto` replaced by the address in the node's latest hardware report (`report`,
+    as stored: `{"bmc": {"ip": …}}`); AutoUnresolved if it has none. Any other BMC as it is."""
+    if not bmc.auto:
+        return bmc
+    found = (report or {}).get("bmc")
+    host = reported_address(found.get("ip")) if isinstance(found, dict) else None
+    if host is None:
+        raise AutoUnresolved()
+    return replace(bmc, host=host)
+
 
 def parse(text: str) -> Bmc:
     """One of the three forms, or BmcError naming what is wrong (never echoing a password)."""
@@ -95,6 +138,9 @@ def parse(text: str) -> Bmc:
     if len(user) > 64 or (password is not None and len(password) > 128):
         raise BmcError(f"{u.scheme}: user or password too long")
     verify, system = True, ""
+    if host == AUTO and u.scheme != "ipmi":
+        raise BmcError(f"{u.scheme}: @auto is for ipmi:// only (the address a node reports in band is its IPMI"
+                       " LAN address; a Redfish password would go to whatever address the node names)")
     if u.scheme == "ipmi":
         if u.path not in ("", "/") or u.query:
             raise BmcError("ipmi: no path or query, only ipmi://USER:PASS@HOST[:PORT]")

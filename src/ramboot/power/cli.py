@@ -18,6 +18,7 @@ from ..inventory.records import NodeSpec
 from ..inventory.store import Store
 from ..inventory.timeline import last_boot
 from . import ACTIONS, TIMEOUT, PowerError, driver_for
+from .bmc import AutoUnresolved
 from .fleet import Outcome, TargetError, record, run, targets
 
 
@@ -84,6 +85,8 @@ def _node_with_bmc(store: Store, mac: str) -> NodeSpec:
 def _driver(store: Store, mac: str, timeout: float = TIMEOUT):
     try:
         bmc = store.power.bmc(mac)
+    except AutoUnresolved as e:
+        raise click.ClickException(f"{mac}: {e}") from None
     except Exception as e:
         raise click.ClickException(f"{mac}: its BMC credentials do not open: {e}") from None
     if bmc is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import Config
 from ..inventory.store import Store
-from .bmc import Bmc
+from .bmc import AutoUnresolved, Bmc
 
 log = logging.getLogger("ramboot.console")
 
@@ -165,7 +165,10 @@ class ConsoleCapture:
 
     def rescan(self) -> None:
         for node in self.store.nodes.all():
-            bmc = self.store.power.bmc(node.mac)
+            try:
+                bmc = self.store.power.bmc(node.mac)
+            except AutoUnresolved:
+                continue  # @auto before the node's first report: captured once it has reported
             if bmc is None or bmc.scheme == "redfish":
                 continue
             seen = self.readers.get(node.mac)

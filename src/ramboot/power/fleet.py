@@ -17,8 +17,11 @@ from ..inventory.records import EventRecord, NodeSpec
 from ..inventory.store import Store
 from ..macaddr import BadMac, normalize_mac
 from . import TIMEOUT, Driver, PowerError, driver_for
+from .bmc import AutoUnresolved
 
 MAX_WORKERS = 64  # BMCs asked at once
+# Errors before any BMC was asked: no power event for them (they are counted still).
+_NOTHING_ASKED = ("no BMC", str(AutoUnresolved()))
 
 
 class TargetError(ValueError):
@@ -126,7 +129,7 @@ def run(store: Store, nodes: list[NodeSpec], action: str, rate: float | None = N
             continue  # it answered after it was given up on
         pending.discard(i)
         node = nodes[i]
-        if not error.startswith("no BMC"):
+        if not error.startswith(_NOTHING_ASKED):
             record(store, node.mac, action, not error, {"state": state, **({"error": error} if error else {})})
         yield Outcome(node.mac, action, not error, state, error, time.monotonic() - started[i])
 
@@ -139,6 +142,8 @@ def budget(timeout: float) -> float:
 def _one(store: Store, node: NodeSpec, do: Callable[[Driver], str], timeout: float) -> tuple[str, str]:
     try:
         bmc = store.power.bmc(node.mac)
+    except AutoUnresolved as e:  # @auto before the node's first report: nothing to ask
+        return "unknown", str(e)
     except Exception as e:  # a sealed password that does not open: this node only
         return "unknown", f"its BMC credentials do not open: {e}"
     if bmc is None:

@@ -5,36 +5,56 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select
 
 from ...macaddr import normalize_mac
-from ...power.bmc import Bmc
+from ...power.bmc import AutoUnresolved, Bmc, resolve_auto
 from ...power.bmc import parse as parse_bmc
 from ..models import ConsoleLine, PowerCount
 from .db import Db
+from .hardware import HardwareRepo
 from .nodes import NodeRepo, ProfileRepo, node_bmc_secret, profile_bmc_secret
 from .secrets import SecretRepo
 
 
 class PowerRepo:
-    def __init__(self, db: Db, nodes: NodeRepo, profiles: ProfileRepo, secrets: SecretRepo):
+    def __init__(self, db: Db, nodes: NodeRepo, profiles: ProfileRepo, secrets: SecretRepo, hardware: HardwareRepo):
         self._db, self._nodes, self._profiles, self._secrets = db, nodes, profiles, secrets
+        self._hardware = hardware
 
-    def bmc(self, mac: str) -> Bmc | None:
-        """The node's BMC with its password (the node's own, else its last profile's that has one)."""
+    def _bmc_of(self, mac: str) -> tuple[str, str] | None:
+        """(the secret's name, the URL without password) of the node's BMC: its own, else its
+        last profile's that has one."""
         spec = self._nodes.get(mac)
         if spec is None:
             return None
-        found: tuple[str, str] | None = (node_bmc_secret(spec.mac), spec.bmc) if spec.bmc else None
-        if found is None:
-            for name in reversed(spec.profiles):
-                p = self._profiles.get(name)
-                if p is not None and p.bmc:
-                    found = (profile_bmc_secret(name), p.bmc)
-                    break
+        if spec.bmc:
+            return node_bmc_secret(spec.mac), spec.bmc
+        for name in reversed(spec.profiles):
+            p = self._profiles.get(name)
+            if p is not None and p.bmc:
+                return profile_bmc_secret(name), p.bmc
+        return None
+
+    def bmc(self, mac: str) -> Bmc | None:
+        """The node's BMC with its password (the node's own, else its last profile's that has one);
+        `@auto` resolved from its latest hardware report (AutoUnresolved when it has none)."""
+        found = self._bmc_of(mac)
         if found is None:
             return None
-        bmc = parse_bmc(found[1])
+        bmc = resolve_auto(parse_bmc(found[1]), self._hardware.latest(mac))
         if not bmc.needs_password:
             return bmc
         return bmc.with_password(self._secrets.peek(found[0]))
+
+    def bmc_in_use(self, mac: str) -> str | None:
+        """The URL the node's BMC is reached at, password as ***: `@auto` resolved (or kept when the
+        node has reported none); None without a BMC. Opens no secret."""
+        found = self._bmc_of(mac)
+        if found is None:
+            return None
+        bmc = parse_bmc(found[1])
+        try:
+            return resolve_auto(bmc, self._hardware.latest(mac)).redacted()
+        except AutoUnresolved:
+            return bmc.redacted()
 
     def count(self, action: str, result: str) -> None:
         with self._db.session.begin() as s:
