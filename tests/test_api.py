@@ -85,7 +85,7 @@ def test_patch_is_a_json_merge_patch_and_nodes_say_what_they_boot(srv):
     assert body["effective"] == {"image": "demo", "image_from": "profile:compute", "loader": "ipxe",
                                  "kernel_args": body["effective"]["kernel_args"], "ip": "172.22.33.61",
                                  "ip_from": "fixed", "lease_expires": None, "profiles": ["compute"],
-                                 "last_seen": None, "last_boot": None}
+                                 "last_seen": None, "last_boot": None, "bmc": None}
     assert body["effective"]["kernel_args"].endswith("quiet")
     st, body = srv.request("PATCH", f"/api/v1/nodes/{MAC}", {"image": "demo"}, TOKEN)  # plain JSON too
     assert st == 200 and body["effective"]["image_from"] == "node"

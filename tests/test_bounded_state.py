@@ -43,9 +43,11 @@ def test_a_report_keeps_known_fields_only_and_stays_small() -> None:
                   "addresses": ["a" * 500] * 5000}] * 5000,
         "disks": [{"name": "d" * 500, "size_bytes": 1, "model": "q" * 500}] * 5000,
         "dmi": {"vendor": "v" * 500, "product": "p", "serial": "s", "uuid": "u", "bios": {"a": 1}},
+        "bmc": {"ip": "1" * 500, "mac": "m" * 500, "ip_source": "evil", "gateway": "10.0.0.1; reboot", "x": 1},
     }
     kept = InventoryReport.model_validate(hostile).model_dump(mode="json")
-    assert set(kept) == {"cpu", "memory_kib", "nics", "disks", "dmi"}  # unknown keys dropped, not refused
+    assert set(kept) == {"cpu", "memory_kib", "nics", "disks", "dmi", "bmc"}  # unknown keys dropped, not refused
+    assert kept["bmc"] == {"ip": None, "mac": None, "ip_source": None, "netmask": None, "gateway": None}
     assert set(kept["cpu"]) == {"model", "count"}
     assert set(kept["nics"][0]) == {"name", "mac", "speed_mbps", "addresses"}
     assert len(kept["nics"][0]["addresses"]) == NIC_ADDRESSES and len(kept["nics"][0]["addresses"][0]) == 50
@@ -55,7 +57,9 @@ def test_a_report_keeps_known_fields_only_and_stays_small() -> None:
     real = {"cpu": {"model": "QEMU Virtual CPU", "count": 2}, "memory_kib": 2048,
             "nics": [{"name": "eth0", "mac": "52:54:00:12:34:56", "speed_mbps": None,
                       "addresses": ["172.22.33.100/24", "fd00:172:22:33::1c4/64"]}], "disks": [],
-            "dmi": {"vendor": "QEMU", "product": "Standard PC", "serial": "", "uuid": "abc"}}
+            "dmi": {"vendor": "QEMU", "product": "Standard PC", "serial": "", "uuid": "abc"},
+            "bmc": {"ip": "172.22.33.250", "mac": "52:54:00:aa:bb:cc", "ip_source": "static",
+                    "netmask": "255.255.255.0", "gateway": None}}
     assert InventoryReport.model_validate(real).model_dump(mode="json") == real
 
 

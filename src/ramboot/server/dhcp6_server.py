@@ -60,7 +60,7 @@ class Dhcp6Server:
         self.store = store
         self.events = events
         self.interface = config.network.interface
-        self.nodes = _NodeSnapshot(store)
+        self.nodes = _NodeSnapshot(store.nodes, store.profiles)
         self.booter = booter.using(self.nodes, manifest_ttl=NODES_TTL, server_ip=server_ip)
         self.core = Dhcp6Core(dhcp6_settings(config, server_ip, our_duid(self.interface)), self.booter.decide,
                               leases=store.leases.load6())
