@@ -42,7 +42,7 @@ def test_spec_example_loads():
         ('[dhcp]\nmode = "full"', 'dhcp: Value error, dhcp.mode = "full" needs dhcp.range'),
         ("[tftp]\nport = 70000", "tftp.port"),
         ('[security]\ntpm_enroll = "tofu"', "security.tpm_enroll: must be one of 'manual' or 'first-boot'"),
-        ("[security]\ntpm_measured = true", "security.tpm_measured: Value error, true is not supported yet"),
+        ("[security]\ntpm_measured = 2", "security.tpm_measured"),
         ('[boot]\nunknown_nodes = "maybe"', "boot.unknown_nodes: must be one of"),
         ("[http]\nprot = 80", "http.prot: unknown key"),
         ("bogus = 1", "bogus: unknown key"),

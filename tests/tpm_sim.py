@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-TOOLS = ("swtpm", "swtpm_setup", "tpm2_createek", "tpm2_createak", "tpm2_activatecredential", "tpm2_nvread")
+TOOLS = ("swtpm", "swtpm_setup", "tpm2_createek", "tpm2_createak", "tpm2_activatecredential", "tpm2_nvread",
+         "tpm2_sign", "tpm2_quote", "tpm2_pcrread", "tpm2_pcrextend")
 
 
 def need_tools() -> None:
@@ -39,12 +41,31 @@ class Tpm:
             raise AssertionError(f"{' '.join(args)}: {p.stderr.decode(errors='replace')[-2000:]}")
         return p
 
-    def ek_ak(self, alg: str = "rsa") -> tuple[bytes, bytes]:
+    def ek_ak(self, alg: str = "rsa", ak_alg: str | None = None) -> tuple[bytes, bytes]:
         """Create the EK and an AK (contexts ek.ctx, ak.ctx); their TPM2B_PUBLIC bytes."""
+        ak_alg = ak_alg or alg
         self.run("tpm2_createek", "-c", "ek.ctx", "-G", alg, "-u", "ek.pub")
-        self.run("tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", alg, "-g", "sha256", "-s",
-                 "rsassa" if alg == "rsa" else "ecdsa", "-u", "ak.pub", "-n", "ak.name")
+        self.run("tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", ak_alg, "-g", "sha256", "-s",
+                 "rsassa" if ak_alg == "rsa" else "ecdsa", "-u", "ak.pub", "-n", "ak.name")
         return (self.root / "ek.pub").read_bytes(), (self.root / "ak.pub").read_bytes()
+
+    def sign(self, message: bytes) -> bytes:
+        """`tpm2_sign` by the AK (a restricted key: the TPM hashes the message itself)."""
+        (self.root / "sign.in").write_bytes(message)
+        self.run("tpm2_sign", "-c", "ak.ctx", "-g", "sha256", "-o", "sign.out", "sign.in")
+        return (self.root / "sign.out").read_bytes()
+
+    def extend(self, pcr: int, data: bytes) -> None:
+        """What a boot loader does with what it loads: its sha256 into a PCR."""
+        self.run("tpm2_pcrextend", f"{pcr}:sha256={hashlib.sha256(data).hexdigest()}")
+
+    def quote(self, pcrs: str, nonce: bytes) -> tuple[bytes, bytes, bytes]:
+        """`tpm2_quote` by the AK over `nonce`, and `tpm2_pcrread -o` of the same PCRs: the
+        TPMS_ATTEST, its TPMT_SIGNATURE and the values, as the initramfs sends them."""
+        self.run("tpm2_quote", "-c", "ak.ctx", "-l", f"sha256:{pcrs}", "-q", nonce.hex(), "-g", "sha256",
+                 "-m", "quote.msg", "-s", "quote.sig")
+        self.run("tpm2_pcrread", "-o", "pcrs.bin", f"sha256:{pcrs}")
+        return tuple((self.root / f).read_bytes() for f in ("quote.msg", "quote.sig", "pcrs.bin"))  # type: ignore[return-value]
 
     def activate(self, blob: bytes) -> bytes | None:
         """TPM2_ActivateCredential with the EK's policy session: the secret, or None if refused."""

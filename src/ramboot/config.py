@@ -230,16 +230,9 @@ class SecurityConfig(_Section):
     # A node's TPM (tpm_gate.py): "manual", its first EK waits for `ramboot node trust MAC`;
     # "first-boot", the first EK seen is trusted. Either way a different EK later is refused.
     tpm_enroll: Literal["manual", "first-boot"] = "manual"
-    # Measured boot (a PCR quote before secrets): the key is taken so configs can name it,
-    # but only false until it is built (docs/security.md#a-nodes-tpm).
+    # Measured boot: the TPM quotes its PCRs (tpm_gate.PCRS) before the boot key is released;
+    # the first values per node and image are kept, a boot quoting others gets no key.
     tpm_measured: bool = False
-
-    @field_validator("tpm_measured")
-    @classmethod
-    def _measured_not_yet(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("true is not supported yet: secrets are bound to the TPM, not yet to PCR values")
-        return v
 
 
 def no_control_chars(v: str) -> str:

@@ -26,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.decrepit.ciphers.modes import CFB  # TPM2's own choice for credentials
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 ALG_RSA, ALG_ECC = 0x0001, 0x0023
@@ -253,3 +255,83 @@ def parse_ek_cert(data: bytes, ek: TpmPublic) -> EkCert:
         raise EkCertMismatch("EK certificate: it certifies another key than this EK")
     return EkCert(cert.subject.rfc4514_string()[:200], cert.issuer.rfc4514_string()[:200],
                   cert.not_valid_after_utc.isoformat())
+
+
+# -- signatures and quotes by an attestation key --------------------------------------------
+ALG_RSASSA, ALG_ECDSA = 0x0014, 0x0018
+TPM_GENERATED, ST_ATTEST_QUOTE = 0xFF544347, 0x8018
+MAX_SIGNATURE = 1024
+
+
+def verify_signature(ak: TpmPublic, message: bytes, sig: bytes) -> None:
+    """A TPMT_SIGNATURE (what `tpm2_sign -o` and `tpm2_quote -s` write) by `ak` over
+    `message`, hashed as the signature says (sha256 or better); TpmError if it is not."""
+    if len(sig) > MAX_SIGNATURE:
+        raise TpmError("signature: too long")
+    r = _Reader(sig)
+    try:
+        alg, hash_alg = r.u16(), r.u16()
+        name, algo = _hash(hash_alg)
+        if alg == ALG_ECDSA and isinstance(ak.key, ec.EllipticCurvePublicKey):
+            rr, ss = int.from_bytes(r.tpm2b(), "big"), int.from_bytes(r.tpm2b(), "big")
+            der = encode_dss_signature(rr, ss)
+            if r.pos != len(sig):
+                raise TpmError("signature: trailing bytes")
+            ak.key.verify(der, message, ec.ECDSA(algo()))
+        elif alg == ALG_RSASSA and isinstance(ak.key, rsa.RSAPublicKey):
+            raw = r.tpm2b()
+            if r.pos != len(sig):
+                raise TpmError("signature: trailing bytes")
+            ak.key.verify(raw, message, padding.PKCS1v15(), algo())
+        else:
+            raise TpmError(f"signature: scheme 0x{alg:04x} is not the attestation key's (ECDSA or RSASSA)")
+    except InvalidSignature:
+        raise TpmError(f"signature: not made by this attestation key over this message ({name})") from None
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A TPMS_ATTEST of type quote: the caller's nonce and the digest of the PCRs it selected."""
+
+    nonce: bytes
+    selection: tuple[tuple[int, tuple[int, ...]], ...]  # (hash algorithm, PCR indices ascending)
+    pcr_digest: bytes
+
+
+def parse_quote(data: bytes) -> Quote:
+    """`tpm2_quote -m`: a TPM2B_ATTEST or a bare TPMS_ATTEST, made by the TPM (its magic)."""
+    if len(data) > MAX_PUBLIC or len(data) < 8:
+        raise TpmError(f"quote: {len(data)} bytes is not a TPM attestation")
+    if struct.unpack(">H", data[:2])[0] == len(data) - 2:
+        data = data[2:]
+    r = _Reader(data)
+    if r.u32() != TPM_GENERATED or r.u16() != ST_ATTEST_QUOTE:
+        raise TpmError("quote: not a quote made by a TPM (magic, type)")
+    r.tpm2b()  # qualifiedSigner
+    nonce = r.tpm2b()
+    r.take(17 + 8)  # clockInfo, firmwareVersion
+    selection = []
+    for _ in range(r.u32()):
+        alg, size = r.u16(), r.take(1)[0]
+        bits = r.take(size)
+        selection.append((alg, tuple(i for i in range(size * 8) if bits[i // 8] >> (i % 8) & 1)))
+    digest = r.tpm2b()
+    if r.pos != len(data):
+        raise TpmError("quote: trailing bytes")
+    return Quote(nonce, tuple(selection), digest)
+
+
+def verify_quote(ak: TpmPublic, attest: bytes, sig: bytes, nonce: bytes, pcr_bank: int,
+                 values: dict[int, bytes]) -> None:
+    """`attest` signed by `ak`, over `nonce`, and quoting exactly the PCRs `values` holds
+    (one bank, `pcr_bank`): the values are then what the TPM held. TpmError if not."""
+    verify_signature(ak, attest, sig)
+    q = parse_quote(attest)
+    if not hmac.compare_digest(q.nonce, nonce):
+        raise TpmError("quote: over another nonce (a replayed quote, or one for another boot)")
+    if q.selection != ((pcr_bank, tuple(sorted(values))),):
+        raise TpmError("quote: it selects other PCRs than the values sent")
+    name = _hash(pcr_bank)[0]
+    joined = b"".join(values[i] for i in sorted(values))
+    if not hmac.compare_digest(hashlib.new(name, joined).digest(), q.pcr_digest):
+        raise TpmError("quote: the PCR values sent are not the ones the TPM quoted")

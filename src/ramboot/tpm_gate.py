@@ -14,6 +14,14 @@ hold this boot's credential from the node's address. Then:
 - **The overlay.** A node with an enrolled TPM gets its overlay only encrypted under the
   boot key (`seal`): whoever fetches it without that TPM holds ciphertext. A pending TPM
   gets no overlay at all. A node with no TPM enrolled keeps the access rule alone.
+- **Reports.** Once a boot's AK got its credential, a trusted node's stage and inventory
+  reports must be signed by that AK (`check_report`) over the boot's report nonce, a
+  counter and the body's sha256. The nonce is an HMAC of the boot key: only the TPM that
+  ran ActivateCredential knows it, and a new boot has another one. The counter must grow,
+  so a report is taken once.
+- **Measured boot** (`[security] tpm_measured`). The TPM report carries a quote of PCRS by
+  the AK, over a nonce of this boot's credential; the first values seen for a node and
+  image are kept, and a later boot whose values differ gets no key, the PCR named.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from . import tpm
 from .inventory.records import TpmRecord
 
+PCRS = tuple(range(10))  # sha256 bank: firmware and its settings (0-7), boot loader's cmdline and files (8, 9)
+PCR_BANK = 0x000B  # sha256
+SIGNATURE_HEADER = "X-Ramboot-Signature"  # SEQ:base64 TPMT_SIGNATURE, on a node's reports
 MAGIC = b"RBTPM1\0\0"  # an overlay sealed to a boot key: MAGIC, IV (16), AES-256-CTR text, HMAC-SHA256 (32)
 KEY_BYTES = 32
 
@@ -43,6 +54,14 @@ class TpmStore(Protocol):
     def enrol(self, rec: TpmRecord) -> TpmRecord: ...
 
     def refused(self, node: str, fingerprint: str, public: str, now: float) -> None: ...
+
+    def bind_boot(self, node: str, boot: str, ak_public: str) -> None: ...
+
+    def advance(self, node: str, boot: str, seq: int) -> bool: ...
+
+    def keep_pcrs(self, node: str, image: str, values: dict[str, str]) -> dict[str, str]: ...
+
+    def pcr_refused(self, node: str, why: str, now: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,30 @@ class OverlayKey:
 def boot_key(derive: Callable[[bytes], bytes], token_sha256: str) -> bytes:
     """This boot's key: bound to its credential, derived from the secrets key."""
     return derive(b"tpm boot key\0" + token_sha256.encode())
+
+
+def report_nonce(key: bytes) -> str:
+    """The nonce a boot's reports are signed over: only the TPM that recovered `key` knows it."""
+    return hmac.new(key, b"ramboot-report-nonce", hashlib.sha256).hexdigest()
+
+
+def report_message(kind: str, mac: str, nonce: str, seq: int, body: bytes) -> bytes:
+    """What the AK signs for one report (tpm.sh's rb_tpm_sign writes the same)."""
+    return f"ramboot-report {kind} {mac} {nonce} {seq} {hashlib.sha256(body).hexdigest()}".encode()
+
+
+def quote_nonce(token_sha256: str) -> bytes:
+    """A quote's qualifying data: of this boot's credential, so a quote of another boot fails."""
+    return hashlib.sha256(b"ramboot-quote " + token_sha256.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A boot's quote as the node sent it (TpmReport's quote, quote_sig, pcrs)."""
+
+    attest: bytes
+    signature: bytes
+    values: bytes  # the PCRS' values, concatenated
 
 
 def _subkeys(key: bytes) -> tuple[bytes, bytes]:
@@ -99,14 +142,15 @@ def unseal(key: bytes, sealed: bytes) -> bytes:
 
 class TpmGate:
     def __init__(self, enroll: str, tpms: TpmStore, derive: Callable[[bytes], bytes],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, measured: bool = False):
         self.enroll = enroll
+        self.measured = measured
         self.tpms = tpms
         self.derive = derive
         self.clock = clock
 
     def attest(self, node: str, token_sha256: str, ek_raw: bytes, ak_raw: bytes,
-               ek_cert: bytes | None) -> Attestation:
+               ek_cert: bytes | None, quote: Measured | None = None, image: str = "") -> Attestation:
         """A node's TPM report, for the boot whose credential the access rule accepted."""
         try:
             ek, ak = tpm.parse_public(ek_raw), tpm.parse_public(ak_raw)
@@ -137,7 +181,12 @@ class TpmGate:
         if kept.state != "trusted":
             return Attestation(403, f"TPM pending: its EK {fp} waits for `ramboot node trust {node}`",
                                event="tpm-pending", fingerprint=fp)
+        if self.measured:
+            refused = self._pcrs(node, image, token_sha256, ak, quote)
+            if refused is not None:
+                return refused
         blob = tpm.make_credential(ek, ak.name, boot_key(self.derive, token_sha256))
+        self.tpms.bind_boot(node, token_sha256, base64.b64encode(ak_raw).decode())
         return Attestation(200, "boot key wrapped to the enrolled EK", blob,
                            event="tpm-enrolled" if kept is new else "tpm-attested", fingerprint=fp)
 
@@ -149,3 +198,54 @@ class TpmGate:
         if rec.state != "trusted":
             return OverlayKey("refused", f"its TPM is pending: `ramboot node trust {node}` first")
         return OverlayKey("sealed", "sealed to the boot key its TPM recovers", boot_key(self.derive, token_sha256))
+
+    def _pcrs(self, node: str, image: str, token_sha256: str, ak: tpm.TpmPublic,
+              quote: Measured | None) -> Attestation | None:
+        """Measured boot: None if this boot quotes the node's trusted PCR values for `image`
+        (the first seen are kept), else the refusal naming the PCRs that changed."""
+        if quote is None:
+            return Attestation(403, "measured boot: no PCR quote; this server releases keys only to a quoted boot",
+                               event="untrusted-boot")
+        size = 32
+        if len(quote.values) != size * len(PCRS):
+            return Attestation(400, f"measured boot: {len(PCRS)} sha256 PCR values expected")
+        values = {i: quote.values[n * size:(n + 1) * size] for n, i in enumerate(PCRS)}
+        try:
+            tpm.verify_quote(ak, quote.attest, quote.signature, quote_nonce(token_sha256), PCR_BANK, values)
+        except tpm.TpmError as e:
+            return Attestation(403, f"measured boot: {e}", event="untrusted-boot")
+        now = {str(i): v.hex() for i, v in values.items()}
+        kept = self.tpms.keep_pcrs(node, image, now)
+        changed = [i for i in PCRS if not hmac.compare_digest(kept.get(str(i), ""), now[str(i)])]
+        if changed:
+            why = (f"PCR {', '.join(map(str, changed))} changed since the first trusted boot of image "
+                   f"{image or '?'}: no key released (`ramboot node trust {node}` takes the new values)")
+            self.tpms.pcr_refused(node, why, self.clock())
+            return Attestation(403, f"measured boot: {why}", event="untrusted-boot")
+        return None
+
+    def check_report(self, node: str, kind: str, body: bytes, header: str | None) -> str | None:
+        """A node's stage or inventory report: None if it may be taken, else why not (one line).
+        A node with no trusted TPM, or whose TPM has not attested a boot yet, reports unsigned."""
+        rec = self.tpms.get(node)
+        if rec is None or rec.state != "trusted" or rec.ak_public is None or rec.boot is None:
+            return None
+        if not header:
+            return f"{node} has a trusted TPM: its reports must be signed by its attestation key ({SIGNATURE_HEADER})"
+        seq_text, _, sig_text = header.partition(":")
+        try:
+            seq = int(seq_text)
+            sig = base64.b64decode(sig_text, validate=True)
+            ak = tpm.parse_public(base64.b64decode(rec.ak_public))
+        except (ValueError, tpm.TpmError):
+            return f"{SIGNATURE_HEADER}: not SEQ:base64"
+        if not 0 < seq < 2**31:
+            return f"{SIGNATURE_HEADER}: counter out of range"
+        nonce = report_nonce(boot_key(self.derive, rec.boot))
+        try:
+            tpm.verify_signature(ak, report_message(kind, node, nonce, seq, body), sig)
+        except tpm.TpmError as e:
+            return f"report not signed by this boot's attestation key of {node}: {e}"
+        if not self.tpms.advance(node, rec.boot, seq):
+            return f"report counter {seq} taken already: a replayed report"
+        return None

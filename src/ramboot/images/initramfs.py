@@ -220,11 +220,13 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     closure = elf_closure(Path(curl))
     for lib in closure:
         c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
-    _carry_tpm_tools(c)
+    tpm_files = _carry_tpm_tools(c)
     if IPMI_NO_COLDPLUG in mods:
         _carry_ipmitool(c)
-    # What init copies to /run/ramboot/curl/ for the root's own "booted" report.
-    c.file("etc/ramboot/curl.files", "".join(f"{p}\n" for p in ["/bin/curl", *map(str, closure)]).encode())
+    # What init copies to /run/ramboot/curl/ for the root's own "booted" report (signed by
+    # the TPM's attestation key when the node has one: tpm2 and its TCTI too).
+    carried = dict.fromkeys(["/bin/curl", *map(str, closure), *tpm_files])
+    c.file("etc/ramboot/curl.files", "".join(f"{p}\n" for p in carried).encode())
     data = resources.files("ramboot.images") / "initramfs"
     c.file("init", (data / "init").read_bytes(), 0o755)
     c.file("etc/ramboot/udhcpc.script", (data / "udhcpc.script").read_bytes(), 0o755)
@@ -252,8 +254,9 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     out.write_bytes(proc.stdout)
 
 
-def _carry_tpm_tools(c: Cpio) -> None:
-    """tpm2-tools (`tpm2 SUBCOMMAND`), its device TCTI and openssl, with their libraries."""
+def _carry_tpm_tools(c: Cpio) -> list[str]:
+    """tpm2-tools (`tpm2 SUBCOMMAND`), its device TCTI and openssl, with their libraries; the
+    paths of tpm2, its TCTI and their libraries (the root signs its "booted" report with them)."""
     tpm2, openssl = shutil.which("tpm2"), shutil.which("openssl")
     if tpm2 is None or openssl is None:
         raise ImageError("tpm2 (tpm2-tools) or openssl not found on the build host: run `make setup`")
@@ -266,6 +269,7 @@ def _carry_tpm_tools(c: Cpio) -> None:
     c.file(str(tcti).lstrip("/"), tcti.resolve().read_bytes(), 0o755)
     for lib in sorted({*elf_closure(Path(tpm2)), *elf_closure(Path(openssl)), *elf_closure(tcti)}):
         c.file(str(lib).lstrip("/"), lib.resolve().read_bytes(), 0o755)
+    return ["/bin/tpm2", str(tcti), *map(str, sorted({*elf_closure(Path(tpm2)), *elf_closure(tcti)}))]
 
 
 def _carry_ipmitool(c: Cpio) -> None:

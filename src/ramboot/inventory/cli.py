@@ -19,6 +19,7 @@ import click
 from pydantic import BaseModel, ValidationError
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import ConfigError, load_config
@@ -493,6 +494,12 @@ def _show_tpm(con: Console, n: S.NodeDetail) -> None:
     if t.refused_fingerprint:
         con.print(f"  [bold red]tpm REFUSED[/]: another TPM (EK {t.refused_fingerprint}) asked for this node's "
                   f"secrets {_ago(t.refused_at)} (untrusted-tpm); `node trust {n.mac} --replace` if the board changed")
+    if t.signed_reports:
+        con.print("  tpm reports: signed by this boot's attestation key (unsigned ones are refused)")
+    if t.measured_images:
+        con.print(f"  tpm measured boot: trusted PCR values for {', '.join(t.measured_images)}")
+    if t.pcr_refused:
+        con.print(f"  [bold red]tpm BOOT REFUSED[/] {_ago(t.pcr_refused_at)}: {escape(t.pcr_refused)}")
 
 
 @node.command()

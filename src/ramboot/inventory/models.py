@@ -165,6 +165,15 @@ class Tpm(Base):
     refused_fingerprint: Mapped[str | None] = mapped_column(String(71))  # the last other EK that asked
     refused_public: Mapped[str | None] = mapped_column(Text)
     refused_at: Mapped[float | None] = mapped_column(Float)
+    # This boot's attestation key (its credential's sha256, the AK's TPM2B_PUBLIC in base64)
+    # and the last report counter it signed: a report signed again with it is a replay.
+    boot: Mapped[str | None] = mapped_column(String(64))
+    ak_public: Mapped[str | None] = mapped_column(Text)
+    report_seq: Mapped[int | None] = mapped_column(Integer)
+    # Measured boot: {image: {pcr: hex}} as first trusted, and the last boot refused for a PCR.
+    pcrs: Mapped[dict[str, dict[str, str]] | None] = mapped_column(JSON)
+    pcr_refused: Mapped[str | None] = mapped_column(String(300))
+    pcr_refused_at: Mapped[float | None] = mapped_column(Float)
 
 
 class PowerCount(Base):

@@ -107,3 +107,9 @@ class TpmRecord:
     refused_fingerprint: str | None = None
     refused_public: str | None = None
     refused_at: float | None = None
+    boot: str | None = None  # the credential's sha256 of the boot whose AK signs reports
+    ak_public: str | None = None  # base64 TPM2B_PUBLIC of that AK
+    report_seq: int | None = None  # the last report counter accepted from it
+    pcrs: dict[str, dict[str, str]] | None = None  # measured boot: {image: {pcr: hex}}, first trusted
+    pcr_refused: str | None = None  # the last boot refused for its PCRs: which, and for which image
+    pcr_refused_at: float | None = None

@@ -415,6 +415,10 @@ class TpmOut(BaseModel):
     trusted_at: Time | None = None
     refused_fingerprint: str | None = None  # the last other TPM that asked for this node's secrets
     refused_at: Time | None = None
+    signed_reports: bool = False  # this boot's reports must carry its AK's signature
+    measured_images: list[str] = []  # images whose PCR values are recorded (tpm_measured)
+    pcr_refused: str | None = None  # the last boot refused for a changed PCR, and which
+    pcr_refused_at: Time | None = None
 
 
 class SeedingOut(BaseModel):
@@ -457,6 +461,11 @@ class TpmReport(_Strict):
     ek: str = Field(pattern=B64, min_length=8, max_length=1400)
     ak: str = Field(pattern=B64, min_length=8, max_length=1400)
     ek_cert: str | None = Field(None, pattern=B64, max_length=6000)
+    # Measured boot ([security] tpm_measured): TPM2_Quote by the AK over this boot's quote
+    # nonce (TPMS_ATTEST, TPMT_SIGNATURE) and the quoted PCRs' values concatenated, base64.
+    quote: str | None = Field(None, pattern=B64, max_length=1400)
+    quote_sig: str | None = Field(None, pattern=B64, max_length=1400)
+    pcrs: str | None = Field(None, pattern=B64, max_length=1400)
 
 
 class TpmTrust(_Strict):

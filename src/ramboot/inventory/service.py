@@ -202,6 +202,9 @@ class Service:
         effective.bmc = self.store.power.bmc_in_use(mac)
         rec = self.store.tpms.get(mac)
         tpm = S.TpmOut.model_validate(rec, from_attributes=True) if rec is not None else None
+        if tpm is not None and rec is not None:
+            tpm.signed_reports = rec.state == "trusted" and rec.ak_public is not None
+            tpm.measured_images = sorted(rec.pcrs or {})
         out = boot_out(boot)
         if boot is not None and out is not None:
             # The firmware prints before its first DHCP request: a boot's console starts a little

@@ -29,6 +29,7 @@ START = DHCP | {"loader", "script"}
 # someone else's requests cannot open a phantom boot in a node's timeline.
 # What the TPM rule saw (tpm_gate.py) is a note too.
 NOTES = frozenset({"refused", "contested", "tpm-enrolled", "tpm-attested", "tpm-pending", "untrusted-tpm",
+                   "untrusted-report", "untrusted-boot",
                    "seed-served", "seed-skipped"})  # the last two: what a seeding node did
 
 

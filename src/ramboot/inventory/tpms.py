@@ -17,7 +17,8 @@ from .models import Tpm
 from .records import TpmRecord
 
 _FIELDS = ("node", "ek_fingerprint", "ek_public", "ek_cert", "state", "seen", "trusted_at",
-           "refused_fingerprint", "refused_public", "refused_at")
+           "refused_fingerprint", "refused_public", "refused_at", "boot", "ak_public", "report_seq",
+           "pcrs", "pcr_refused", "pcr_refused_at")
 
 
 def _record(row: Tpm) -> TpmRecord:
@@ -65,4 +66,36 @@ class Tpms:
                 row.refused_fingerprint = row.refused_public = None
                 row.refused_at = None
             row.state, row.trusted_at = "trusted", now
+            row.pcrs = row.pcr_refused = row.pcr_refused_at = None  # the next boot's PCRs are the trusted ones
             return _record(row)
+
+    def bind_boot(self, node: str, boot: str, ak_public: str) -> None:
+        """This boot's AK signs the node's reports from now on, its counter from 0."""
+        with self._session.begin() as s:  # type: ignore[attr-defined]
+            s.execute(update(Tpm).where(Tpm.node == node)
+                      .values(boot=boot, ak_public=ak_public, report_seq=0))
+
+    def advance(self, node: str, boot: str, seq: int) -> bool:
+        """Take report counter `seq` of this boot, if it is past the last one taken: one
+        conditional UPDATE, so of two servers shown the same report only one accepts it."""
+        with self._session.begin() as s:  # type: ignore[attr-defined]
+            done = s.execute(update(Tpm).where(Tpm.node == node, Tpm.boot == boot, Tpm.report_seq < seq)
+                             .values(report_seq=seq))
+            return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def keep_pcrs(self, node: str, image: str, values: dict[str, str]) -> dict[str, str]:
+        """`values` as the image's trusted PCRs unless some are kept already; those kept."""
+        with self._session.begin() as s:  # type: ignore[attr-defined]
+            row = s.get(Tpm, node, with_for_update=True)
+            if row is None:
+                return values
+            pcrs = dict(row.pcrs or {})
+            if image in pcrs:
+                return pcrs[image]
+            pcrs[image] = values
+            row.pcrs = pcrs
+            return values
+
+    def pcr_refused(self, node: str, why: str, now: float) -> None:
+        with self._session.begin() as s:  # type: ignore[attr-defined]
+            s.execute(update(Tpm).where(Tpm.node == node).values(pcr_refused=why[:300], pcr_refused_at=now))

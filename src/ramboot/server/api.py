@@ -48,6 +48,7 @@ from ..inventory.timeline import NOTES, OPERATOR_STAGES, SERVER_STAGES
 from ..inventory.views import consume_boot_once
 from ..macaddr import BadMac, normalize_mac
 from ..proto.pxe import normalize_uuid
+from ..tpm_gate import SIGNATURE_HEADER, Measured
 from . import openapi as oa
 from .event_stream import BROADCAST, event_stream
 from .http_context import CTX, error_json, json_response
@@ -219,6 +220,26 @@ async def check_reporter(request: web.Request, mac: str) -> None:
         raise ApiError(403, verdict.why)
 
 
+async def signed_body_of(request: web.Request, model: type[M], mac: str, kind: str) -> M:
+    """A report's body as `model`, once the TPM rule takes it: a node with a trusted TPM signs
+    its reports with this boot's attestation key (tpm_gate.py); an unsigned or forged one is
+    403, recorded as `untrusted-report`."""
+    ctx = request.app[CTX]
+    raw = await raw_body(request, ctx.config.api.max_report_kib)
+    if ctx.tpm is not None:
+        why = await asyncio.to_thread(ctx.tpm.check_report, mac, kind, raw,
+                                      request.headers.get(SIGNATURE_HEADER))
+        if why is not None:
+            metrics.TPM_ATTESTATIONS.labels("untrusted-report").inc()
+            ctx.events.record(mac, "untrusted-report", ip=request.remote or "", why=why[:200])
+            log.warning("untrusted report", extra={"mac": mac, "client": request.remote, "why": why})
+            raise ApiError(403, why)
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as e:
+        raise ApiError(400, S.validation_message(e)) from None
+
+
 class ReportLimiter:
     """Per source address token buckets for node reports; pure bookkeeping, time passed in.
 
@@ -367,7 +388,7 @@ async def report_event(request: web.Request) -> web.Response:
     mac = mac_param(request)
     rate_limit_report(request)
     await check_reporter(request, mac)
-    body = await body_of(request, S.EventIn, ctx.config.api.max_report_kib)
+    body = await signed_body_of(request, S.EventIn, mac, "events")
     if body.stage in SERVER_STAGES or body.stage in NOTES or body.stage in OPERATOR_STAGES:
         raise ApiError(400, f"stage {body.stage!r} is recorded by the server, not reported by nodes")
     if clash := _RESERVED_DETAIL & set(body.detail):
@@ -387,7 +408,7 @@ async def report_inventory(request: web.Request) -> web.Response:
     mac = mac_param(request)
     rate_limit_report(request)
     await check_reporter(request, mac)
-    report = await body_of(request, S.InventoryReport, ctx.config.api.max_report_kib)
+    report = await signed_body_of(request, S.InventoryReport, mac, "inventory")
 
     def work() -> bool:
         ctx.store.hardware.add(mac, report.model_dump(mode="json"))
@@ -432,7 +453,13 @@ async def report_tpm(request: web.Request) -> web.Response:
     except binascii.Error:
         raise ApiError(400, "ek, ak, ek_cert: not base64") from None
     rec = claim.credential
-    answer = await asyncio.to_thread(gate.attest, rec.node, rec.token_sha256, ek, ak, cert)
+    measured = None
+    if body.quote and body.quote_sig and body.pcrs:
+        measured = Measured(base64.b64decode(body.quote), base64.b64decode(body.quote_sig),
+                            base64.b64decode(body.pcrs))
+    spec = await asyncio.to_thread(ctx.store.nodes.get, rec.node)
+    image = spec.image if spec is not None and spec.image else "default"  # one name for profile/default images
+    answer = await asyncio.to_thread(gate.attest, rec.node, rec.token_sha256, ek, ak, cert, measured, image)
     metrics.TPM_ATTESTATIONS.labels(answer.event or "invalid").inc()
     if answer.event:
         ctx.events.record(rec.node, answer.event, ip=ip, ek=answer.fingerprint, why=answer.why[:200])

@@ -108,7 +108,8 @@ def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store,
              cluster: Cluster | None = None) -> web.Application:
     app = web.Application(client_max_size=config.api.max_body_kib << 10, middlewares=[api.error_middleware])
     app[CTX] = Ctx(config, namespace, booter, store, events, cluster,
-                   tpm=TpmGate(config.security.tpm_enroll, store.tpms, store.secrets.derived_key),
+                   tpm=TpmGate(config.security.tpm_enroll, store.tpms, store.secrets.derived_key,
+                               measured=config.security.tpm_measured),
                    seeds=Seeds(config.scale.seed_fanout) if config.scale.seed else None)
     event_stream.install(app)
     api.add_routes(app)

@@ -41,11 +41,14 @@ install() {
     # The root reports "booted" with curl, its libraries and the loader, left in /run (over
     # HTTPS, pinned to the server's CA); this static busybox stands in where they are not.
     [ -x /bin/busybox ] && inst_simple /bin/busybox /usr/lib/ramboot/busybox
-    local curl lib
-    curl=$(command -v curl)
-    inst_simple "$curl" /usr/lib/ramboot/curl/curl
-    for lib in $(ldd "$curl" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }'); do
-        inst_simple "$(readlink -f "$lib")" "/usr/lib/ramboot/curl/${lib##*/}"
+    # With a TPM, that report is signed by its attestation key: tpm2 and its device TCTI too.
+    local bin lib tcti
+    tcti=$(find /lib /usr/lib -name 'libtss2-tcti-device.so.0' 2> /dev/null | head -n 1)
+    for bin in $(command -v curl) $(command -v tpm2) $tcti; do
+        inst_simple "$(readlink -f "$bin")" "/usr/lib/ramboot/curl/${bin##*/}"
+        for lib in $(ldd "$bin" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }'); do
+            inst_simple "$(readlink -f "$lib")" "/usr/lib/ramboot/curl/${lib##*/}"
+        done
     done
     return 0
 }

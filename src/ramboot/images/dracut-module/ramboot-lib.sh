@@ -46,13 +46,16 @@ rb_curl() { # rb_curl ARGS...: curl with this boot's credential, pinned to the s
     fi
 }
 
-rb_post() { # rb_post PATH JSON: one short attempt, never blocks the boot for long
-    local server mac
+rb_post() { # rb_post PATH JSON: one short attempt, never blocks the boot for long; signed by
+    # this boot's TPM key when it has one (ramboot-tpm.sh)
+    local server mac sig
     server=$(rb_server)
     mac=$(rb_mac)
     [ -n "$server" ] && [ -n "$mac" ] || return 1
-    rb_curl -sf -m 5 -o /dev/null -H 'Content-Type: application/json' --data "$2" \
-        "$server/api/v1/nodes/$mac/$1"
+    type rb_tpm_sign > /dev/null 2>&1 || . /lib/ramboot-tpm.sh
+    sig=$(rb_tpm_sign "$1" "$mac" "$2")
+    rb_curl -sf -m 5 -o /dev/null -H 'Content-Type: application/json' ${sig:+-H "X-Ramboot-Signature: $sig"} \
+        --data "$2" "$server/api/v1/nodes/$mac/$1"
 }
 
 rb_stage() { # rb_stage NAME [DETAIL-JSON]
@@ -62,7 +65,9 @@ rb_stage() { # rb_stage NAME [DETAIL-JSON]
     [ -n "$d" ] || d='{}'
     ev="{\"stage\":\"$1\",\"detail\":$d}"
     [ -n "$(rb_server)" ] || return 0
-    if [ -n "$(rb_mac)" ]; then
+    type rb_tpm_waiting > /dev/null 2>&1 || . /lib/ramboot-tpm.sh
+    # With a TPM, reports wait for its boot key (pre-pivot): a trusted TPM's must be signed.
+    if [ -n "$(rb_mac)" ] && ! rb_tpm_waiting; then
         rb_post events "$ev" || rb_console "could not report stage $1 to $(rb_server)"
     else
         echo "$ev" >> "$RB_DIR/pending"
@@ -72,6 +77,8 @@ rb_stage() { # rb_stage NAME [DETAIL-JSON]
 rb_flush() { # the events queued before the network was up
     local ev
     [ -s "$RB_DIR/pending" ] || return 0
+    type rb_tpm_waiting > /dev/null 2>&1 || . /lib/ramboot-tpm.sh
+    ! rb_tpm_waiting || return 0
     while read -r ev; do
         rb_post events "$ev" || rb_console "could not report to $(rb_server)"
     done < "$RB_DIR/pending"

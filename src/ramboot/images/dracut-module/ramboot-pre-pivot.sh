@@ -7,11 +7,14 @@ type rb_stage > /dev/null 2>&1 || . /lib/ramboot-lib.sh
 
 # This boot's key from the node's TPM, when it has one (tpm.sh): the overlay of a node
 # whose TPM the server trusts comes sealed to it.
+# The reports queued meanwhile go now, signed with it when the server trusts this TPM.
 rb_tpm() {
     [ -c /dev/tpmrm0 ] || return 0
     if rb_tpm_key "$(rb_server)" "$(rb_mac)" "$(getarg ramboot.token=)" "$RB_CA"; then
+        rb_flush
         rb_stage tpm "{\"seconds\":$RB_TPM_SECS,\"ek_cert\":$RB_TPM_CERT}"
     else
+        rb_flush
         rb_console "TPM: no boot key: an overlay sealed to this node's TPM will not open"
     fi
 }
@@ -101,6 +104,7 @@ rb_host=$(getarg ramboot.hostname=)
 [ -x /usr/lib/ramboot/busybox ] && cp /usr/lib/ramboot/busybox "$RB_DIR/busybox"
 [ -d /usr/lib/ramboot/curl ] && cp -r /usr/lib/ramboot/curl "$RB_DIR/curl"
 [ -s "$RB_CA" ] && cp "$RB_CA" "$RB_DIR/ca.pem"
+cp /lib/ramboot-tpm.sh "$RB_DIR/tpm.sh"
 # node.env holds the credential (for the root's "booted" report): root's alone.
 (umask 077; printf 'RAMBOOT_SERVER=%s\nRAMBOOT_MAC=%s\nRAMBOOT_IFACE=%s\nRAMBOOT_TOKEN=%s\n' "$(rb_server)" \
     "$(rb_mac)" "$(cat "$RB_DIR/iface" 2> /dev/null)" "$(getarg ramboot.token=)" > "$RB_DIR/node.env")

@@ -8,19 +8,31 @@
 # boot key wrapped by MakeCredential to that EK and AK, which only TPM2_ActivateCredential
 # in this TPM undoes. Sets RB_TPMKEY (hex), RB_TPM_SECS and RB_TPM_CERT (true|false); on
 # failure says why on the console and returns 1.
+# Measured boot: the same request carries a TPM2_Quote of PCRs 0-9 (sha256) by the AK over
+# a nonce of this boot's credential, and the PCRs' values; the server takes it or not.
+# rb_tpm_sign KIND MAC BODY: once the boot key is here, a report's proof for the server
+# ("SEQ:base64 signature", header X-Ramboot-Signature): the AK signs the report nonce (an
+# HMAC of the boot key, so only this TPM knows it), a counter that grows, and the body's sha256.
+# (RB_TPM_DIR and RB_TCTI: where its files are and which TPM; tests point them at a swtpm.)
+# rb_tpm_waiting: true while a TPM's boot key is still to be asked for (reports wait for it).
 # rb_unseal FILE: the overlay sealed to RB_TPMKEY (AES-256-CTR, then HMAC-SHA256 over all
 # before it; tpm_gate.seal), its HMAC checked first, then opened in place.
 RB_TPMKEY=
+RB_TPM_DIR=${RB_TPM_DIR:-/run/ramboot/tpm}
+RB_PCRS=0,1,2,3,4,5,6,7,8,9  # tpm_gate.PCRS
 
 rb_tpm_say() { if type rb_console >/dev/null 2>&1; then rb_console "TPM: $*"; else echo "ramboot: TPM: $*"; fi; }
 
 rb_tpm_uptime() { read -r up _ < /proc/uptime; echo "$up"; }
 
+rb_tpm_waiting() { [ -c /dev/tpmrm0 ] && [ ! -e $RB_TPM_DIR/tried ]; }
+
 rb_tpm_key() {
   server=$1 mac=$2 token=$3 ca=$4
+  mkdir -p $RB_TPM_DIR && : > $RB_TPM_DIR/tried
   [ -c /dev/tpmrm0 ] && [ -n "$server" ] && [ -n "$token" ] && [ -n "$mac" ] || return 1
   t0=$(rb_tpm_uptime)
-  mkdir -p /run/ramboot/tpm && cd /run/ramboot/tpm || return 1
+  cd $RB_TPM_DIR || return 1
   export TPM2TOOLS_TCTI=device:/dev/tpmrm0
   if ! tpm2 createek -c ek.ctx -G rsa -u ek.pub >/dev/null ||
      ! tpm2 createak -C ek.ctx -c ak.ctx -G ecc -g sha256 -s ecdsa -u ak.pub -n ak.name >/dev/null; then
@@ -28,7 +40,13 @@ rb_tpm_key() {
   fi
   cert=
   tpm2 nvread -o ekcert.der 0x1c00002 >/dev/null 2>&1 && cert=$(base64 -w 0 ekcert.der)
-  body="{\"ek\":\"$(base64 -w 0 ek.pub)\",\"ak\":\"$(base64 -w 0 ak.pub)\"${cert:+,\"ek_cert\":\"$cert\"}}"
+  quote=
+  qn=$(printf 'ramboot-quote %s' "$(printf %s "$token" | sha256sum | cut -d' ' -f1)" | sha256sum | cut -d' ' -f1)
+  if tpm2 quote -c ak.ctx -l sha256:$RB_PCRS -q "$qn" -g sha256 -m quote.msg -s quote.sig >/dev/null &&
+     tpm2 pcrread -o pcrs.bin sha256:$RB_PCRS >/dev/null; then
+    quote=",\"quote\":\"$(base64 -w 0 quote.msg)\",\"quote_sig\":\"$(base64 -w 0 quote.sig)\",\"pcrs\":\"$(base64 -w 0 pcrs.bin)\""
+  fi
+  body="{\"ek\":\"$(base64 -w 0 ek.pub)\",\"ak\":\"$(base64 -w 0 ak.pub)\"${cert:+,\"ek_cert\":\"$cert\"}$quote}"
   cacert=
   [ -s "$ca" ] && cacert="--cacert $ca"
   # shellcheck disable=SC2086  # $cacert is two words or none
@@ -46,10 +64,23 @@ rb_tpm_key() {
   rm -f key.bin cred.blob
   cd /
   [ -n "$RB_TPMKEY" ] || { rb_tpm_say "ActivateCredential refused the server's credential"; return 1; }
+  printf ramboot-report-nonce | rb_hmac "$RB_TPMKEY" > $RB_TPM_DIR/nonce
+  echo 0 > $RB_TPM_DIR/seq
   RB_TPM_SECS=$(awk -v a="$t0" -v b="$(rb_tpm_uptime)" 'BEGIN { printf "%.2f", b - a }')
   RB_TPM_CERT=false
   [ -n "$cert" ] && RB_TPM_CERT=true
   return 0
+}
+
+rb_tpm_sign() {
+  [ -s $RB_TPM_DIR/nonce ] || return 1
+  seq=$(($(cat $RB_TPM_DIR/seq) + 1))
+  echo $seq > $RB_TPM_DIR/seq
+  printf 'ramboot-report %s %s %s %s %s' "$1" "$2" "$(cat $RB_TPM_DIR/nonce)" $seq \
+    "$(printf %s "$3" | sha256sum | cut -d' ' -f1)" > $RB_TPM_DIR/report.msg
+  TPM2TOOLS_TCTI=${RB_TCTI:-device:/dev/tpmrm0} tpm2 sign -c $RB_TPM_DIR/ak.ctx -g sha256 -o $RB_TPM_DIR/report.sig \
+    $RB_TPM_DIR/report.msg >/dev/null 2>&1 || return 1
+  echo "$seq:$(base64 -w 0 $RB_TPM_DIR/report.sig)"
 }
 
 rb_hmac() { openssl dgst -sha256 -mac HMAC -macopt "hexkey:$1" -r | cut -d' ' -f1; }

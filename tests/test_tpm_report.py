@@ -1,0 +1,221 @@
+"""A node's TPM speaks for it (tpm_gate.py): reports signed by this boot's attestation key,
+and measured boot (a PCR quote before the boot key). Real TPMs (swtpm, tpm2-tools), a real
+server on loopback, and the initramfs' own signing code (tpm.sh) run by sh."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from conftest import write_fake_image
+from httpserver import LiveServer
+from ramboot import tpm, tpm_gate
+from ramboot.inventory.records import NodeSpec
+from ramboot.inventory.store import LeaseRecord
+from ramboot.proto.dhcp_core import lease_key
+from tpm_sim import Tpm, swtpm
+
+MAC, OTHER = "52:54:00:21:00:02", "52:54:00:21:00:03"
+NODE_IP = "127.0.0.2"
+RAMBOOT = str(Path(sys.executable).with_name("ramboot"))
+FULL = ('[dhcp]\nmode = "full"\nrange = "172.22.33.100-172.22.33.200"\n[security]\noverlay_over_http = true\n'
+        'tpm_enroll = "first-boot"\n')
+TPM_SH = resources.files("ramboot.images") / "initramfs" / "tpm.sh"
+PCRS = ",".join(map(str, tpm_gate.PCRS))
+
+
+def _post(srv: LiveServer, path: str, token: str | None, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=20, source_address=(NODE_IP, 0))
+    h = {"Content-Type": "application/json", **headers}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("POST", path, body=body, headers=h)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _tpm_report(t: Tpm) -> dict[str, str]:
+    """As the initramfs: an RSA EK and an ECDSA AK (tpm.sh)."""
+    ek, ak = t.ek_ak("rsa", "ecc")
+    return {"ek": base64.b64encode(ek).decode(), "ak": base64.b64encode(ak).decode()}
+
+
+def _header(t: Tpm, kind: str, mac: str, nonce: str, seq: int, body: bytes) -> str:
+    sig = t.sign(tpm_gate.report_message(kind, mac, nonce, seq, body))
+    return f"{seq}:{base64.b64encode(sig).decode()}"
+
+
+def _shell_sign(t: Tpm, kind: str, mac: str, body: str) -> str:
+    """tpm.sh's rb_tpm_sign, as the initramfs runs it, on this swtpm."""
+    env = {**t.env(), "RB_TPM_DIR": str(t.root), "RB_TCTI": f"swtpm:path={t.sock}"}
+    p = subprocess.run(["sh", "-c", f'. "{TPM_SH}"; rb_tpm_sign "$@"', "sh", kind, mac, body], env=env,
+                       capture_output=True, text=True)
+    subprocess.run(["tpm2_flushcontext", "-t"], env=t.env(), capture_output=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+@pytest.fixture
+def served(data_dir: Path):
+    write_fake_image(data_dir, "demo")
+    (data_dir / "cfg.toml").write_text(f'data_dir = "{data_dir}"\n{FULL}')
+    srv = LiveServer(data_dir, FULL)
+    srv.store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1"))
+    srv.store.leases.save([LeaseRecord(lease_key(None, MAC), NODE_IP, MAC, time.time() + 600, None, None, None)])
+    yield srv
+    srv.close()
+
+
+def _untrusted_reports(srv: LiveServer) -> list[str]:
+    srv.run(srv.events.flush)
+    return [e.detail["why"] for e in srv.store.events.of(MAC) if e.stage == "untrusted-report"]
+
+
+def test_reports_of_a_trusted_tpm_must_be_signed_by_this_boots_ak(served: LiveServer, tmp_path: Path) -> None:
+    srv = served
+    ev = f"/api/v1/nodes/{MAC}/events"
+    body = json.dumps({"stage": "verified", "detail": {"sha256": "ab" * 32}}).encode()
+    with swtpm(tmp_path / "a") as a, swtpm(tmp_path / "b") as b:
+        token = srv.node_token(MAC, NODE_IP)
+        # Before any TPM is enrolled: today's rules, unsigned.
+        assert _post(srv, ev, token, body, {})[0] == 202
+        st, blob = _post(srv, f"/api/v1/nodes/{MAC}/tpm", token, json.dumps(_tpm_report(a)).encode(), {})
+        assert st == 200, blob
+        key = a.activate(blob)
+        assert key is not None
+        nonce = tpm_gate.report_nonce(key)
+        # The node's own code: tpm.sh signs with its AK over the nonce it derived from the key.
+        (a.root / "nonce").write_text(nonce)
+        (a.root / "seq").write_text("0\n")
+        sig = _shell_sign(a, "events", MAC, body.decode())
+        assert sig.startswith("1:")
+        assert _post(srv, ev, token, body, {tpm_gate.SIGNATURE_HEADER: sig})[0] == 202
+        inv = json.dumps({"cpu": {"model": "x", "count": 1}, "memory_kib": 1, "nics": [], "disks": []}).encode()
+        sig = _shell_sign(a, "inventory", MAC, inv.decode())
+        assert _post(srv, f"/api/v1/nodes/{MAC}/inventory", token, inv, {tpm_gate.SIGNATURE_HEADER: sig})[0] == 202
+
+        b.ek_ak("rsa", "ecc")
+        forged = {
+            "unsigned": "",
+            "replayed counter": _header(a, "events", MAC, nonce, 1, body),
+            "wrong key": _header(b, "events", MAC, nonce, 5, body),
+            "wrong nonce": _header(a, "events", MAC, tpm_gate.report_nonce(b"\0" * 32), 6, body),
+            "other MAC": _header(a, "events", OTHER, nonce, 7, body),
+            "other kind": _header(a, "inventory", MAC, nonce, 8, body),
+            "other body": _header(a, "events", MAC, nonce, 9, body + b" "),
+            "garbage": "10:AAAA",
+        }
+        for case, header in forged.items():
+            st, why = _post(srv, ev, token, body, {tpm_gate.SIGNATURE_HEADER: header} if header else {})
+            assert st == 403, (case, why)
+            assert b"\n" not in why.strip()
+        whys = _untrusted_reports(srv)
+        assert len(whys) == len(forged), whys
+        assert "must be signed" in whys[0] and "replayed" in whys[1] and "not signed by" in whys[2]
+        # The same report, signed once more with a new counter: taken.
+        assert _post(srv, ev, token, body, {tpm_gate.SIGNATURE_HEADER: _header(a, "events", MAC, nonce, 11, body)})[0] \
+            == 202
+
+        # A new boot: its AK and its nonce; the last boot's signature no longer speaks for the node.
+        old = _header(a, "events", MAC, nonce, 12, body)
+        token = srv.node_token(MAC, NODE_IP)
+        st, blob = _post(srv, f"/api/v1/nodes/{MAC}/tpm", token, json.dumps(_tpm_report(a)).encode(), {})
+        assert st == 200
+        key2 = a.activate(blob)
+        assert key2 is not None and key2 != key
+        assert _post(srv, ev, token, body, {tpm_gate.SIGNATURE_HEADER: old})[0] == 403
+        new = _header(a, "events", MAC, tpm_gate.report_nonce(key2), 1, body)
+        assert _post(srv, ev, token, body, {tpm_gate.SIGNATURE_HEADER: new})[0] == 202
+    show = subprocess.run([RAMBOOT, "node", "show", MAC, "--config", str(srv.config.data_dir / "cfg.toml")],
+                          capture_output=True, text=True)
+    assert "tpm reports: signed" in show.stdout, show.stdout + show.stderr
+
+
+def test_verify_signature_refuses_what_the_ak_did_not_sign(tmp_path: Path) -> None:
+    with swtpm(tmp_path / "a") as a:
+        for alg in ("ecc", "rsa"):
+            _, ak_raw = a.ek_ak("rsa", alg)
+            ak = tpm.parse_public(ak_raw)
+            sig = a.sign(b"hello")
+            tpm.verify_signature(ak, b"hello", sig)
+            with pytest.raises(tpm.TpmError, match="not made by this attestation key"):
+                tpm.verify_signature(ak, b"hellO", sig)
+            with pytest.raises(tpm.TpmError):
+                tpm.verify_signature(ak, b"hello", sig[:-1])
+
+
+def _measured(srv: LiveServer) -> tpm_gate.TpmGate:
+    return tpm_gate.TpmGate("first-boot", srv.store.tpms, srv.store.secrets.derived_key, measured=True)
+
+
+def _boot(t: Tpm, gate: tpm_gate.TpmGate, token_sha: str, nonce: bytes | None = None,
+          image: str = "demo") -> tpm_gate.Attestation:
+    """One boot's TPM report with its quote, as tpm.sh makes it."""
+    ek, ak = t.ek_ak("rsa", "ecc")
+    attest, sig, values = t.quote(PCRS, nonce if nonce is not None else tpm_gate.quote_nonce(token_sha))
+    return gate.attest(MAC, token_sha, ek, ak, None, tpm_gate.Measured(attest, sig, values), image)
+
+
+def test_measured_boot_releases_the_key_only_to_the_first_trusted_pcrs(served: LiveServer, tmp_path: Path) -> None:
+    srv = served
+    gate = _measured(srv)
+    boots = iter(hashlib.sha256(str(i).encode()).hexdigest() for i in range(100))
+    with swtpm(tmp_path / "a") as a, swtpm(tmp_path / "b") as b:
+        a.extend(4, b"the kernel")
+        a.extend(8, b"console=ttyS0 ramboot.server=...")
+        assert _boot(a, gate, next(boots)).status == 200  # first boot: its PCRs are kept
+        rec = srv.store.tpms.get(MAC)
+        assert rec is not None and rec.pcrs is not None and set(rec.pcrs["demo"]) == {str(i) for i in tpm_gate.PCRS}
+        first = _boot(a, gate, next(boots))
+        assert first.status == 200 and first.blob and a.activate(first.blob) is not None
+
+        # Forged quotes: for another boot's nonce, PCR values other than those quoted,
+        # signed by another TPM's AK, none at all.
+        ek, ak = a.ek_ak("rsa", "ecc")
+        stale = a.quote(PCRS, tpm_gate.quote_nonce("f" * 64))
+        assert "another nonce" in gate.attest(MAC, next(boots), ek, ak, None, tpm_gate.Measured(*stale), "demo").why
+        sha = next(boots)
+        attest, sig, values = a.quote(PCRS, tpm_gate.quote_nonce(sha))
+        lie = tpm_gate.Measured(attest, sig, values[:32 * 8] + bytes(32) + values[32 * 9:])
+        assert "not the ones the TPM quoted" in gate.attest(MAC, sha, ek, ak, None, lie, "demo").why
+        _, b_ak = b.ek_ak("rsa", "ecc")
+        b_quote = b.quote(PCRS, tpm_gate.quote_nonce(sha))
+        answer = gate.attest(MAC, sha, ek, b_ak, None, tpm_gate.Measured(*b_quote), "demo")
+        assert answer.status == 403 and answer.blob is None  # b's PCRs (all zero) are not the trusted ones
+        answer = gate.attest(MAC, sha, ek, ak, None, None, "demo")
+        assert answer.status == 403 and "no PCR quote" in answer.why
+
+        # The kernel command line changes (the boot loader measures it into PCR 8): refused, named.
+        a.extend(8, b"console=ttyS0 ramboot.server=... init=/bin/sh")
+        answer = _boot(a, gate, next(boots))
+        assert answer.status == 403 and answer.blob is None and answer.event == "untrusted-boot"
+        assert "PCR 8 changed" in answer.why, answer.why
+        # Another image is another set of trusted values.
+        assert _boot(a, gate, next(boots), image="other").status == 200
+    show = subprocess.run([RAMBOOT, "node", "show", MAC, "--config", str(srv.config.data_dir / "cfg.toml")],
+                          capture_output=True, text=True)
+    assert "BOOT REFUSED" in show.stdout and "PCR 8 changed" in show.stdout, show.stdout + show.stderr
+    # The operator trusts the new values on purpose: the next boot's are kept.
+    assert srv.request("POST", f"/api/v1/nodes/{MAC}/tpm/trust", {})[0] == 200
+    rec = srv.store.tpms.get(MAC)
+    assert rec is not None and rec.pcrs is None and rec.pcr_refused is None
+
+
+def test_quote_parsing_refuses_what_no_tpm_made() -> None:
+    with pytest.raises(tpm.TpmError, match="not a quote"):
+        tpm.parse_quote(b"\x00" * 80)
+    with pytest.raises(tpm.TpmError):
+        tpm.parse_quote(os.urandom(3000))
