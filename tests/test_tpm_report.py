@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -161,50 +162,89 @@ def _measured(srv: LiveServer) -> tpm_gate.TpmGate:
     return tpm_gate.TpmGate("first-boot", srv.store.tpms, srv.store.secrets.derived_key, measured=True)
 
 
-def _boot(t: Tpm, gate: tpm_gate.TpmGate, token_sha: str, nonce: bytes | None = None,
-          image: str = "demo") -> tpm_gate.Attestation:
-    """One boot's TPM report with its quote, as tpm.sh makes it."""
+class Firmware:
+    """A boot's measurements as OVMF and GRUB make them: into the swtpm, and into a TCG2
+    crypto-agile event log (Spec ID header, then one sha256 event each)."""
+
+    SPEC = b"Spec ID Event03\0" + struct.pack("<IBBBBI", 0, 0, 2, 0, 2, 1) + struct.pack("<HH", 0x000B, 32) + b"\0"
+    HEADER = struct.pack("<II", 0, 3) + bytes(20) + struct.pack("<I", len(SPEC)) + SPEC
+
+    def __init__(self, t: Tpm):
+        self.t = t
+        t.reboot()
+        self.log = self.HEADER
+
+    def measure(self, pcr: int, data: bytes, digest: bytes | None = None, log_only: bool = False) -> None:
+        digest = digest or hashlib.sha256(data).digest()
+        if not log_only:
+            self.t.run("tpm2_pcrextend", f"{pcr}:sha256={digest.hex()}")
+        self.log += struct.pack("<III", pcr, 0xD, 1) + struct.pack("<H", 0x000B) + digest + \
+            struct.pack("<I", len(data) + 1) + data + b"\0"
+
+    def grub(self, token: str, args: str = "") -> None:
+        """GRUB: its config file, the kernel and initrd files (PCR 9), the commands and command line (PCR 8)."""
+        self.measure(4, b"grubx64.efi")
+        cmdline = f"console=ttyS0 ramboot.token={token}{args}"
+        self.measure(9, b"(tftp)/grub/node.cfg", hashlib.sha256(f"linux /vmlinuz {cmdline}".encode()).digest())
+        self.measure(8, f"grub_cmd: linux /vmlinuz {cmdline}".encode())
+        self.measure(9, b"(tftp)/vmlinuz", hashlib.sha256(b"the kernel").digest())
+        self.measure(8, f"kernel_cmdline: /vmlinuz {cmdline}".encode())
+
+
+def _boot(t: Tpm, gate: tpm_gate.TpmGate, token: str, args: str = "", image: str = "demo",
+          nonce: bytes | None = None, lie: bool = False) -> tpm_gate.Attestation:
+    """One boot: GRUB measures, then the initramfs' TPM report with its quote (as tpm.sh)."""
+    fw = Firmware(t)
+    fw.grub(token, args)
+    if lie:  # a log that says the usual command line while the TPM measured another
+        fw.log = Firmware.HEADER
+        fw.measure(8, b"grub_cmd: linux /vmlinuz console=ttyS0", log_only=True)
+    sha = hashlib.sha256(token.encode()).hexdigest()
     ek, ak = t.ek_ak("rsa", "ecc")
-    attest, sig, values = t.quote(PCRS, nonce if nonce is not None else tpm_gate.quote_nonce(token_sha))
-    return gate.attest(MAC, token_sha, ek, ak, None, tpm_gate.Measured(attest, sig, values), image)
+    attest, sig, values = t.quote(PCRS, nonce if nonce is not None else tpm_gate.quote_nonce(sha))
+    return gate.attest(MAC, sha, ek, ak, None, tpm_gate.Measured(attest, sig, values, fw.log), image)
 
 
 def test_measured_boot_releases_the_key_only_to_the_first_trusted_pcrs(served: LiveServer, tmp_path: Path) -> None:
     srv = served
     gate = _measured(srv)
-    boots = iter(hashlib.sha256(str(i).encode()).hexdigest() for i in range(100))
+    tokens = iter(f"token-{i}-{os.urandom(8).hex()}" for i in range(100))
     with swtpm(tmp_path / "a") as a, swtpm(tmp_path / "b") as b:
-        a.extend(4, b"the kernel")
-        a.extend(8, b"console=ttyS0 ramboot.server=...")
-        assert _boot(a, gate, next(boots)).status == 200  # first boot: its PCRs are kept
+        assert _boot(a, gate, next(tokens)).status == 200  # first boot: its PCRs are kept
         rec = srv.store.tpms.get(MAC)
-        assert rec is not None and rec.pcrs is not None and set(rec.pcrs["demo"]) == {str(i) for i in tpm_gate.PCRS}
-        first = _boot(a, gate, next(boots))
-        assert first.status == 200 and first.blob and a.activate(first.blob) is not None
+        assert rec is not None and rec.pcrs is not None
+        assert "kernel_cmdline: /vmlinuz console=ttyS0 ramboot.token=(this boot's)" in rec.pcrs["demo"]["8:log"]
+        # The next boot, its own credential on the same command line: the key.
+        first = _boot(a, gate, next(tokens))
+        assert first.status == 200 and first.blob and a.activate(first.blob) is not None, first.why
 
-        # Forged quotes: for another boot's nonce, PCR values other than those quoted,
-        # signed by another TPM's AK, none at all.
+        # Forged: a quote for another boot's nonce; a log that does not replay to the quote;
+        # PCR values other than those quoted; another TPM's quote; none at all; another
+        # boot's credential on the command line.
+        assert "another nonce" in _boot(a, gate, next(tokens), nonce=tpm_gate.quote_nonce("f" * 64)).why
+        assert "does not replay to the quoted PCR 8" in _boot(a, gate, next(tokens), lie=True).why
+        token = next(tokens)
+        sha = hashlib.sha256(token.encode()).hexdigest()
+        fw = Firmware(a)
+        fw.grub(token)
         ek, ak = a.ek_ak("rsa", "ecc")
-        stale = a.quote(PCRS, tpm_gate.quote_nonce("f" * 64))
-        assert "another nonce" in gate.attest(MAC, next(boots), ek, ak, None, tpm_gate.Measured(*stale), "demo").why
-        sha = next(boots)
         attest, sig, values = a.quote(PCRS, tpm_gate.quote_nonce(sha))
-        lie = tpm_gate.Measured(attest, sig, values[:32 * 8] + bytes(32) + values[32 * 9:])
-        assert "not the ones the TPM quoted" in gate.attest(MAC, sha, ek, ak, None, lie, "demo").why
+        forged = tpm_gate.Measured(attest, sig, values[:32 * 4] + bytes(32) + values[32 * 5:], fw.log)
+        assert "not the ones the TPM quoted" in gate.attest(MAC, sha, ek, ak, None, forged, "demo").why
         _, b_ak = b.ek_ak("rsa", "ecc")
         b_quote = b.quote(PCRS, tpm_gate.quote_nonce(sha))
-        answer = gate.attest(MAC, sha, ek, b_ak, None, tpm_gate.Measured(*b_quote), "demo")
-        assert answer.status == 403 and answer.blob is None  # b's PCRs (all zero) are not the trusted ones
+        assert gate.attest(MAC, sha, ek, b_ak, None, tpm_gate.Measured(*b_quote, fw.log), "demo").status == 403
         answer = gate.attest(MAC, sha, ek, ak, None, None, "demo")
         assert answer.status == 403 and "no PCR quote" in answer.why
+        stale = _boot(a, gate, next(tokens), args=f" ramboot.token={token}")
+        assert stale.status == 403 and "PCR 8 changed" in stale.why
 
-        # The kernel command line changes (the boot loader measures it into PCR 8): refused, named.
-        a.extend(8, b"console=ttyS0 ramboot.server=... init=/bin/sh")
-        answer = _boot(a, gate, next(boots))
+        # One more kernel argument: refused, the PCR and the new command named.
+        answer = _boot(a, gate, next(tokens), args=" init=/bin/sh")
         assert answer.status == 403 and answer.blob is None and answer.event == "untrusted-boot"
-        assert "PCR 8 changed" in answer.why, answer.why
+        assert "PCR 8 changed" in answer.why and "init=/bin/sh" in answer.why, answer.why
         # Another image is another set of trusted values.
-        assert _boot(a, gate, next(boots), image="other").status == 200
+        assert _boot(a, gate, next(tokens), args=" init=/bin/sh", image="other").status == 200
     show = subprocess.run([RAMBOOT, "node", "show", MAC, "--config", str(srv.config.data_dir / "cfg.toml")],
                           capture_output=True, text=True)
     assert "BOOT REFUSED" in show.stdout and "PCR 8 changed" in show.stdout, show.stdout + show.stderr
@@ -219,3 +259,6 @@ def test_quote_parsing_refuses_what_no_tpm_made() -> None:
         tpm.parse_quote(b"\x00" * 80)
     with pytest.raises(tpm.TpmError):
         tpm.parse_quote(os.urandom(3000))
+    for log in (b"\0" * 40, os.urandom(200)):
+        with pytest.raises(tpm.TpmError):
+            tpm.parse_event_log(log)

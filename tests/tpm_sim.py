@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 TOOLS = ("swtpm", "swtpm_setup", "tpm2_createek", "tpm2_createak", "tpm2_activatecredential", "tpm2_nvread",
-         "tpm2_sign", "tpm2_quote", "tpm2_pcrread", "tpm2_pcrextend")
+         "tpm2_sign", "tpm2_quote", "tpm2_pcrread", "tpm2_pcrextend", "tpm2_startup", "tpm2_shutdown", "swtpm_ioctl")
 
 
 def need_tools() -> None:
@@ -58,6 +58,14 @@ class Tpm:
     def extend(self, pcr: int, data: bytes) -> None:
         """What a boot loader does with what it loads: its sha256 into a PCR."""
         self.run("tpm2_pcrextend", f"{pcr}:sha256={hashlib.sha256(data).hexdigest()}")
+
+    def reboot(self) -> None:
+        """The machine resets (after an orderly shutdown, else the TPM counts a possible attack):
+        TPM_Init then Startup(CLEAR), the PCRs back to zero."""
+        self.run("tpm2_shutdown", "-c")
+        p = subprocess.run(["swtpm_ioctl", "--unix", f"{self.sock}.ctrl", "-i"], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        self.run("tpm2_startup", "-c")
 
     def quote(self, pcrs: str, nonce: bytes) -> tuple[bytes, bytes, bytes]:
         """`tpm2_quote` by the AK over `nonce`, and `tpm2_pcrread -o` of the same PCRs: the

@@ -335,3 +335,75 @@ def verify_quote(ak: TpmPublic, attest: bytes, sig: bytes, nonce: bytes, pcr_ban
     joined = b"".join(values[i] for i in sorted(values))
     if not hmac.compare_digest(hashlib.new(name, joined).digest(), q.pcr_digest):
         raise TpmError("quote: the PCR values sent are not the ones the TPM quoted")
+
+
+# -- the firmware's event log ---------------------------------------------------------------
+EV_NO_ACTION = 0x3
+MAX_EVENT_LOG = 1 << 20
+
+
+@dataclass(frozen=True)
+class Event:
+    pcr: int
+    type: int
+    sha256: bytes
+    data: bytes
+
+
+def parse_event_log(data: bytes) -> list[Event]:
+    """The TCG PC Client crypto-agile event log (`binary_bios_measurements`): its events with a
+    sha256 digest. Only the PCR values the TPM quoted make it true; `replay` checks that."""
+    if len(data) > MAX_EVENT_LOG:
+        raise TpmError("event log: too long")
+    if not data:
+        return []
+
+    def u32(at: int) -> int:
+        if at + 4 > len(data):
+            raise TpmError("event log: truncated")
+        return int(struct.unpack_from("<I", data, at)[0])
+
+    # The first event, in the old SHA-1 format, is the Spec ID event naming the digest sizes.
+    size = u32(28)
+    spec = data[32:32 + size]
+    if not spec.startswith(b"Spec ID Event03\0") or len(spec) < 28:
+        raise TpmError("event log: not a crypto-agile (TCG2) log")
+    sizes = {}
+    for n in range(struct.unpack_from("<I", spec, 24)[0]):
+        if 28 + 4 * n + 4 > len(spec):
+            raise TpmError("event log: truncated")
+        alg, dsize = struct.unpack_from("<HH", spec, 28 + 4 * n)
+        sizes[alg] = dsize
+    at, out = 32 + size, []
+    while at < len(data):
+        pcr, typ, count = u32(at), u32(at + 4), u32(at + 8)
+        at += 12
+        digest = b""
+        for _ in range(count):
+            if at + 2 > len(data):
+                raise TpmError("event log: truncated")
+            alg = struct.unpack_from("<H", data, at)[0]
+            if alg not in sizes:
+                raise TpmError(f"event log: digest algorithm 0x{alg:04x} not in its header")
+            if alg == 0x000B:
+                digest = data[at + 2:at + 2 + sizes[alg]]
+            at += 2 + sizes[alg]
+        n = u32(at)
+        body = data[at + 4:at + 4 + n]
+        if len(body) != n:
+            raise TpmError("event log: truncated")
+        at += 4 + n
+        if typ != EV_NO_ACTION:
+            if len(digest) != 32:
+                raise TpmError("event log: an event without a sha256 digest")
+            out.append(Event(pcr, typ, digest, body))
+    return out
+
+
+def replay(events: list[Event], pcr: int) -> bytes:
+    """The sha256 PCR value `events` extend `pcr` to, from zero."""
+    value = bytes(32)
+    for e in events:
+        if e.pcr == pcr:
+            value = hashlib.sha256(value + e.sha256).digest()
+    return value

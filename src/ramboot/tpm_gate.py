@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from .inventory.records import TpmRecord
 
 PCRS = tuple(range(10))  # sha256 bank: firmware and its settings (0-7), boot loader's cmdline and files (8, 9)
 PCR_BANK = 0x000B  # sha256
+LOGGED = (8, 9)  # judged by their events (measurements): GRUB's commands and files
 SIGNATURE_HEADER = "X-Ramboot-Signature"  # SEQ:base64 TPMT_SIGNATURE, on a node's reports
 MAGIC = b"RBTPM1\0\0"  # an overlay sealed to a boot key: MAGIC, IV (16), AES-256-CTR text, HMAC-SHA256 (32)
 KEY_BYTES = 32
@@ -106,11 +108,52 @@ def quote_nonce(token_sha256: str) -> bytes:
 
 @dataclass(frozen=True)
 class Measured:
-    """A boot's quote as the node sent it (TpmReport's quote, quote_sig, pcrs)."""
+    """A boot's quote as the node sent it (TpmReport's quote, quote_sig, pcrs, eventlog)."""
 
     attest: bytes
     signature: bytes
     values: bytes  # the PCRS' values, concatenated
+    eventlog: bytes = b""  # the firmware's TCG event log, for the PCRs judged by their events
+
+
+_TOKEN = re.compile(rb"ramboot\.token=(\S+)")
+
+
+def _this_boot(token_sha256: str) -> Callable[[re.Match[bytes]], bytes]:
+    def sub(m: re.Match[bytes]) -> bytes:
+        mine = hmac.compare_digest(hashlib.sha256(m.group(1)).hexdigest(), token_sha256)
+        return b"ramboot.token=(this boot's)" if mine else m.group(0)
+    return sub
+
+
+def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256: str) -> dict[str, str]:
+    """What is compared from boot to boot. PCRs 0-7 (firmware, its settings, the loaders) by
+    value. PCRs 8 and 9 by their events, which must replay to the quoted values: GRUB measures
+    each command it runs (the kernel command line among them) into 8 as text, and each file it
+    loads into 9. This boot's credential is on the command line and in grub.cfg, so its value
+    in 8 is taken as "this boot's" when it is this boot's (else it stays and differs), and the
+    config files in 9 count by name only: what of them ran is in 8."""
+    out = {str(i): v.hex() for i, v in values.items() if i not in LOGGED}
+    for i in LOGGED:
+        if i not in values:
+            continue
+        if not hmac.compare_digest(tpm.replay(events, i), values[i]):
+            raise tpm.TpmError(f"the event log does not replay to the quoted PCR {i}")
+        lines = []
+        for e in (e for e in events if e.pcr == i):
+            text = e.data.rstrip(b"\0")
+            if i == 8:
+                if not hmac.compare_digest(hashlib.sha256(text).digest(), e.sha256):
+                    raise tpm.TpmError("PCR 8: an event's text is not what was measured")
+                line = _TOKEN.sub(_this_boot(token_sha256), text)
+            elif text.endswith(b".cfg"):
+                line = text + b" (config: its commands are in PCR 8)"
+            else:
+                line = text + b" " + e.sha256.hex().encode()
+            lines.append(line.decode("utf-8", "replace").replace("\n", " "))
+        out[f"{i}:log"] = "\n".join(lines)
+        out[str(i)] = hashlib.sha256(out[f"{i}:log"].encode()).hexdigest()
+    return out
 
 
 def _subkeys(key: bytes) -> tuple[bytes, bytes]:
@@ -212,14 +255,17 @@ class TpmGate:
         values = {i: quote.values[n * size:(n + 1) * size] for n, i in enumerate(PCRS)}
         try:
             tpm.verify_quote(ak, quote.attest, quote.signature, quote_nonce(token_sha256), PCR_BANK, values)
+            now = measurements(values, tpm.parse_event_log(quote.eventlog), token_sha256)
         except tpm.TpmError as e:
             return Attestation(403, f"measured boot: {e}", event="untrusted-boot")
-        now = {str(i): v.hex() for i, v in values.items()}
         kept = self.tpms.keep_pcrs(node, image, now)
         changed = [i for i in PCRS if not hmac.compare_digest(kept.get(str(i), ""), now[str(i)])]
         if changed:
+            new = [line for i in changed for line in now.get(f"{i}:log", "").splitlines()
+                   if line not in kept.get(f"{i}:log", "").splitlines()]
             why = (f"PCR {', '.join(map(str, changed))} changed since the first trusted boot of image "
-                   f"{image or '?'}: no key released (`ramboot node trust {node}` takes the new values)")
+                   f"{image or '?'}{f' (new: {new[0][:120]})' if new else ''}: no key released "
+                   f"(`ramboot node trust {node}` takes the next boot's values)")
             self.tpms.pcr_refused(node, why, self.clock())
             return Attestation(403, f"measured boot: {why}", event="untrusted-boot")
         return None

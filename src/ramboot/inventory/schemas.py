@@ -466,6 +466,7 @@ class TpmReport(_Strict):
     quote: str | None = Field(None, pattern=B64, max_length=1400)
     quote_sig: str | None = Field(None, pattern=B64, max_length=1400)
     pcrs: str | None = Field(None, pattern=B64, max_length=1400)
+    eventlog: str | None = Field(None, pattern=B64, max_length=60000)  # binary_bios_measurements
 
 
 class TpmTrust(_Strict):

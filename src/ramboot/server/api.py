@@ -456,7 +456,7 @@ async def report_tpm(request: web.Request) -> web.Response:
     measured = None
     if body.quote and body.quote_sig and body.pcrs:
         measured = Measured(base64.b64decode(body.quote), base64.b64decode(body.quote_sig),
-                            base64.b64decode(body.pcrs))
+                            base64.b64decode(body.pcrs), base64.b64decode(body.eventlog or ""))
     spec = await asyncio.to_thread(ctx.store.nodes.get, rec.node)
     image = spec.image if spec is not None and spec.image else "default"  # one name for profile/default images
     answer = await asyncio.to_thread(gate.attest, rec.node, rec.token_sha256, ek, ak, cert, measured, image)

@@ -9,7 +9,8 @@
 # in this TPM undoes. Sets RB_TPMKEY (hex), RB_TPM_SECS and RB_TPM_CERT (true|false); on
 # failure says why on the console and returns 1.
 # Measured boot: the same request carries a TPM2_Quote of PCRs 0-9 (sha256) by the AK over
-# a nonce of this boot's credential, and the PCRs' values; the server takes it or not.
+# a nonce of this boot's credential, the PCRs' values and the firmware's event log; the
+# server takes them or not.
 # rb_tpm_sign KIND MAC BODY: once the boot key is here, a report's proof for the server
 # ("SEQ:base64 signature", header X-Ramboot-Signature): the AK signs the report nonce (an
 # HMAC of the boot key, so only this TPM knows it), a counter that grows, and the body's sha256.
@@ -45,6 +46,10 @@ rb_tpm_key() {
   if tpm2 quote -c ak.ctx -l sha256:$RB_PCRS -q "$qn" -g sha256 -m quote.msg -s quote.sig >/dev/null &&
      tpm2 pcrread -o pcrs.bin sha256:$RB_PCRS >/dev/null; then
     quote=",\"quote\":\"$(base64 -w 0 quote.msg)\",\"quote_sig\":\"$(base64 -w 0 quote.sig)\",\"pcrs\":\"$(base64 -w 0 pcrs.bin)\""
+    # The firmware's event log: the server replays PCRs 8 and 9 from it (GRUB's commands and files).
+    log=/sys/kernel/security/tpm0/binary_bios_measurements
+    [ -e $log ] || mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+    [ -s $log ] && cat $log > eventlog.bin && quote="$quote,\"eventlog\":\"$(base64 -w 0 eventlog.bin)\""
   fi
   body="{\"ek\":\"$(base64 -w 0 ek.pub)\",\"ak\":\"$(base64 -w 0 ak.pub)\"${cert:+,\"ek_cert\":\"$cert\"}$quote}"
   cacert=
