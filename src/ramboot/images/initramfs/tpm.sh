@@ -49,7 +49,7 @@ rb_tpm_key() {
     # The firmware's event log: the server replays PCRs 8 and 9 from it (GRUB's commands and files).
     log=/sys/kernel/security/tpm0/binary_bios_measurements
     [ -e $log ] || mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
-    [ -s $log ] && cat $log > eventlog.bin && quote="$quote,\"eventlog\":\"$(base64 -w 0 eventlog.bin)\""
+    cat $log > eventlog.bin 2>/dev/null && [ -s eventlog.bin ] && quote="$quote,\"eventlog\":\"$(base64 -w 0 eventlog.bin)\""
   fi
   body="{\"ek\":\"$(base64 -w 0 ek.pub)\",\"ak\":\"$(base64 -w 0 ak.pub)\"${cert:+,\"ek_cert\":\"$cert\"}$quote}"
   cacert=
