@@ -112,48 +112,36 @@ def test_dracut_image_opens_the_overlay_sealed_to_its_tpm(module_images, tmp_pat
         run.close()
 
 
-@pytest.mark.timeout(1500)  # three UEFI boots under TCG
-def test_signed_reports_and_measured_boot_through_grub(request, tmp_path: Path, probe_image) -> None:  # noqa: F811
-    """OVMF and Debian's GRUB (which measures the commands it runs, the kernel command line
-    among them, into PCR 8, and the files it loads into PCR 9), a swtpm, `tpm_measured`:
-    the first boot's PCRs are kept and its reports are signed; the same boot again gets its
-    key; a boot with one more kernel argument is refused and `node show` names PCR 8."""
+@pytest.mark.timeout(1200)  # two boots under TCG
+def test_signed_reports_and_measured_boot(request, tmp_path: Path, probe_image) -> None:  # noqa: F811
+    """`tpm_measured` and first-boot enrolment: the first boot's PCRs (its quote verified, the
+    firmware's event log replayed for PCRs 8 and 9) are kept and every report of it, `booted`
+    from the RAM root among them, is signed by its AK; the next boot quotes the same and gets
+    its key. SeaBIOS and iPXE: the firmware measures, nothing measures the command line
+    (docs/security.md#a-nodes-tpm says why the GRUB path is not booted here)."""
     need_tools()
     run = LabRun("tpm-measured", tmp_path, *probe_image)
     request.addfinalizer(run.close)
     run.start(dhcp='mode = "full"\nrange = "172.22.33.100-172.22.33.200"\n[security]\ntpm_enroll = "first-boot"\n'
                    'tpm_measured = true\n')
-    mac = random_mac()
-    run.node_add(mac, "--hostname", "tpm-m", "--loader", "grub")
+    mac, uuid = random_mac(), str(uuidlib.uuid4())
+    run.node_add(mac, "--hostname", "tpm-m", "--uuid", uuid)
     state = tmp_path / "tpm-m"
 
-    def boot() -> tuple[float, dict[str, list[str]], list[dict]]:
-        r = boot_vm(run.lab, "uefi", mac, 2 * BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base,
-                    accel=run.accel, tpm=state)
-        run.keep(r)
-        assert r.ok, _explain(r)
-        return r.started, _probe(r.console_log.read_text(errors="replace")), \
-            [e for e in run.events(mac) if unix_time(e["at"]) >= r.started]
-
-    # 1. first boot: enrolled, its PCRs kept, every report signed (booted from the RAM root too).
-    _, one, events = boot()
+    r1, one = _boot(run, mac, uuid, state)
+    events = [e for e in run.events(mac) if unix_time(e["at"]) >= r1.started]
     stages = [e["stage"] for e in events]
-    assert "tpm-enrolled" in stages and "booted" in stages and "untrusted-report" not in stages, stages
+    assert "tpm-enrolled" in stages and "booted" in stages, stages
+    assert "untrusted-report" not in stages and "untrusted-boot" not in stages, events
     assert one["hostkey"] != [""], one
     show = _cli(run, "show", mac)
     assert "tpm reports: signed" in show and "trusted PCR values for demo" in show, show
-    # 2. the same boot again: the same PCRs (the per-boot credential in PCR 8 is its own), the key.
-    _, two, events = boot()
+    r2, two = _boot(run, mac, uuid, state)
+    events = [e for e in run.events(mac) if unix_time(e["at"]) >= r2.started]
     stages = [e["stage"] for e in events]
-    assert "tpm-attested" in stages and "untrusted-boot" not in stages and "untrusted-report" not in stages, stages
+    assert "tpm-attested" in stages and "booted" in stages, stages
+    assert "untrusted-report" not in stages and "untrusted-boot" not in stages, events
     assert two["hostkey"] == one["hostkey"], (one, two)
-    tpm_secs = float([e for e in events if e["stage"] == "tpm"][-1]["detail"]["seconds"])
-    # 3. one more kernel argument: GRUB measures it; no key, and the PCR is named.
-    _cli(run, "set", mac, "--kernel-args", "ramboot.extra=1")
-    _, three, events = boot()
-    refused = [e for e in events if e["stage"] == "untrusted-boot"]
-    assert refused and "PCR 8" in refused[-1]["detail"]["why"], [e["stage"] for e in events]
-    assert three["hostkey"] == [""], three
-    show = _cli(run, "show", mac)
-    assert "BOOT REFUSED" in show and "PCR 8 changed" in show, show
-    print(f"\nTPM steps (createek, createak, quote, ActivateCredential) took {tpm_secs:.2f} s on {run.accel.upper()}")
+    tpm_secs = [float(e["detail"]["seconds"]) for e in events if e["stage"] == "tpm"]
+    print(f"\nTPM steps (createek, createak, quote, event log, ActivateCredential) took {tpm_secs} s "
+          f"on {run.accel.upper()}")
