@@ -4,6 +4,8 @@ A node enrols its TPM (manual: pending, no secret; then `ramboot node trust`), b
 host key, and has the same one at its next boot; a second VM with another TPM and the same
 MAC and UUID boots but reaches no secret, and the server records `untrusted-tpm`. The dracut
 image (`--initramfs dracut`) does the same with the same TPM client (first-boot enrolment).
+With `tpm_measured`, two boots: the first one's PCRs are kept, the second quotes the same and
+gets its key, and every report of a trusted TPM's boot is signed by its attestation key.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def test_tpm_enrols_then_only_that_tpm_opens_the_nodes_secrets(request, tmp_path
     show = _cli(run, "show", mac)
     assert "tpm: trusted" in show and fp in show and "REFUSED" in show, show
     tpm_secs = float(tpm_stage[-1]["detail"]["seconds"])
-    print(f"\nTPM steps (createek, createak, ActivateCredential) took {tpm_secs:.2f} s on {run.accel.upper()}")
+    print(f"\nTPM steps (createek, createak, quote, ActivateCredential) took {tpm_secs:.2f} s on {run.accel.upper()}")
 
 
 @pytest.mark.timeout(1200)  # a dracut image built once per run, and one slow systemd initramfs
