@@ -122,3 +122,38 @@ class PowerActions:
 
 POWER_ACTIONS = PowerActions()
 REGISTRY.register(POWER_ACTIONS)
+
+
+def exposition() -> str:
+    """This process's samples as Prometheus text (a worker's report to the main process)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest().decode()
+
+
+class Merged:
+    """This process's metrics and each worker's last report, one family per name; a worker's
+    samples carry `worker="N"` (sum them over `worker` for the server's total)."""
+
+    def __init__(self, workers: dict[str, str]):
+        self.workers = workers
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client import REGISTRY
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = {f.name: f for f in REGISTRY.collect()}
+        for index, text in list(self.workers.items()):
+            try:
+                parsed = list(text_string_to_metric_families(text))
+            except ValueError:
+                continue
+            for fam in parsed:
+                samples = [s._replace(labels={**s.labels, "worker": index}) for s in fam.samples]
+                have = families.get(fam.name)
+                if have is None:
+                    fam.samples = samples
+                    families[fam.name] = fam
+                else:
+                    have.samples.extend(samples)
+        yield from families.values()
