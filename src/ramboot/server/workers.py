@@ -27,13 +27,14 @@ server) and stops them all on SIGTERM/SIGINT. docs/decisions.md, "Workers".
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import json
 import logging
 import os
-import pickle
 import secrets
 import signal
 import socket
@@ -48,7 +49,7 @@ from aiohttp import web
 
 from .. import metrics, names
 from ..config import Config
-from ..namespace import Namespace, PathRefused, Resolved
+from ..namespace import GeneratedFile, Namespace, PathRefused, Resolved
 from .cluster import Cluster
 from .events import EventLog
 from .http_context import CTX
@@ -125,7 +126,7 @@ class WorkerPool:
             start_new_session=True)  # ^C reaches the main process only, which stops the workers in order
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps({"config": self.config.model_dump(mode="json"), "key": self.key,
-                                     "parent": os.getpid()}).encode())
+                                     "parent": os.getpid(), "workers": self.count}).encode())
         proc.stdin.close()
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
@@ -193,30 +194,35 @@ class WorkerPool:
             raise web.HTTPNotFound()
 
     async def _lookup(self, request: web.Request) -> web.Response:
-        """A generated name, decided here, where the leases are current (a trusted worker's pickle)."""
+        """A generated name, decided here, where the leases are current (a trusted worker's call)."""
         self._trusted(request)
-        parsed, requester = pickle.loads(await request.read())
-        out: tuple[str, object]
+        ask = await request.json()
+        kind = {"Script": names.Script, "PxelinuxConfig": names.PxelinuxConfig, "GrubConfig": names.GrubConfig}
+        parsed = kind[ask["type"]](**ask["fields"])
         try:
-            out = ("ok", await asyncio.to_thread(request.app[CTX].namespace.lookup, parsed, requester))
+            got = await asyncio.to_thread(request.app[CTX].namespace.lookup, parsed, ask["requester"])
         except PathRefused as e:
-            out = ("refused", str(e))
-        return web.Response(body=pickle.dumps(out))
+            return web.json_response({"refused": str(e)})
+        if not isinstance(got, GeneratedFile):
+            return web.json_response({"none": True})
+        return web.json_response({"data": base64.b64encode(got.data).decode(), "kind": got.kind, "mac": got.mac})
 
     async def _report(self, request: web.Request) -> web.Response:
         """A worker's events since its last report, recorded as this server's own; its metrics."""
         self._trusted(request)
         body = await request.json()
         events: EventLog = request.app[CTX].events
+        worker = str(body.get("worker"))
         for op, args in body.get("events", ()):
             if op == "served":
                 events.served(*args)
+                metrics.WORKER_SERVED.labels(worker, args[-1]).inc()
             elif op == "add":
                 events.add(*args)
             elif op == "bind":
                 events.bind(*args)
         if isinstance(body.get("metrics"), str):
-            self.metrics[str(body.get("worker"))] = body["metrics"]
+            self.metrics[worker] = body["metrics"]
         return web.Response(status=204)
 
 
@@ -255,18 +261,23 @@ class RemoteNamespace(Namespace):
     def lookup(self, name: names.Name | None, requester: str | None = None) -> Resolved | None:
         if not isinstance(name, names.Script | names.PxelinuxConfig | names.GrubConfig):
             return super().lookup(name, requester)
+        ask = {"type": type(name).__name__, "requester": requester,
+               "fields": {f.name: getattr(name, f.name) for f in dataclasses.fields(name)}}
         conn = _UnixHttp(self.socket_path)
         try:
-            conn.request("POST", INTERNAL + "lookup", body=pickle.dumps((name, requester)), headers={KEY: self.key})
+            conn.request("POST", INTERNAL + "lookup", body=json.dumps(ask),
+                         headers={KEY: self.key, "Content-Type": "application/json"})
             resp = conn.getresponse()
             if resp.status != 200:
                 raise OSError(f"main process answered {resp.status} to a lookup")
-            status, value = pickle.loads(resp.read())
+            got = json.loads(resp.read())
         finally:
             conn.close()
-        if status == "refused":
-            raise PathRefused(value)
-        return value  # type: ignore[no-any-return]
+        if "refused" in got:
+            raise PathRefused(got["refused"])
+        if "data" not in got:
+            return None
+        return GeneratedFile(base64.b64decode(got["data"]), got["kind"], got["mac"])
 
 
 class ForwardingEvents(EventLog):
@@ -386,6 +397,17 @@ def proxy_middleware(session: aiohttp.ClientSession, seeding: bool) -> Any:
     return to_main
 
 
+def share_caps(config: Config, workers: int) -> Config:
+    """One worker's share of TFTP's server-wide caps (transfers, unconfirmed ones, ring memory),
+    so N workers together hold what one process would. `max_per_source` stays per worker: the
+    kernel spreads one client's ports over the workers, so a source may get up to N times it."""
+    t = config.tftp
+    share = t.model_copy(update={"max_transfers": max(1, t.max_transfers // workers),
+                                 "max_unconfirmed": max(1, t.max_unconfirmed // workers),
+                                 "max_memory_mib": max(1, t.max_memory_mib // workers)})
+    return config.model_copy(update={"tftp": share})
+
+
 def _die_with_parent(parent: int) -> None:
     """A worker whose main process was killed outright goes too (PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -457,7 +479,7 @@ def main() -> None:
     index, socket_path = int(sys.argv[1]), sys.argv[2]
     given = json.loads(sys.stdin.read())
     _die_with_parent(given["parent"])
-    config = Config.model_validate(given["config"])
+    config = share_caps(Config.model_validate(given["config"]), given["workers"])
     setup_logging("-v" in sys.argv[3:], config.log.format)
     logging.getLogger().name = f"worker{index}"
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
