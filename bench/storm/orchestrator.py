@@ -245,7 +245,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 say(f"storm: {n} clients in {workers} generator processes, image {image_mb} MB,"
                     f" server pid {srv.pid} in {net.srv}")
                 rss0 = rss_bytes(srv.pid)
-                cpu0 = cpu_seconds(srv.pid)
+                cpu0, main0 = cpu_seconds(srv.pid), cpu_seconds(srv.pid, include_children=False)
                 killer: threading.Timer | None = None
                 killed_at: list[float] = []  # CLOCK_MONOTONIC is one clock for every process here
                 # the generators start, import, and check the references against the manifest first
@@ -277,6 +277,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 if killer is not None:
                     killer.cancel()
                 cpu = cpu_seconds(srv.pid) - cpu0 if srv.alive() else 0.0
+                main_cpu = cpu_seconds(srv.pid, include_children=False) - main0 if srv.alive() else 0.0
                 # the storm's own duration (from the common power-on), over which CPU shares are taken
                 wall = max(o["wall"] for o in outs)
                 out = StormTotals(wall=wall, bound_mb_s=bound, server_tx_bytes=server_tx,
@@ -295,7 +296,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
             gen_cpu_s=out["gen_cpu_s"], stray_dhcp=out["stray_dhcp"], server_cpu_s=cpu,
             busy=(busy1[0] - busy0[0][0], busy1[1] - busy0[0][1]), load_start=load0, load_end=os.getloadavg()[0],
             server_rss_start=rss0, server_rss_peak=rs.peak, server_alive=server_alive, killed_at=killed_at,
-            api_ms=api.get("latencies_ms", []), api_errors=api.get("errors", 0),
+            api_ms=api.get("latencies_ms", []), api_errors=api.get("errors", 0), server_main_cpu_s=main_cpu,
         )
         summary = summarize(
             out["results"], measured, clients=n, image_mb=image_mb, workers=workers, servers=servers,
