@@ -10,9 +10,10 @@ transfer's own socket stays in the worker that took its RRQ.
 
 A worker serves files itself: loaders, kernels, initrds, images (sendfile).
 Whatever needs the main process's state goes there over the unix socket:
-- generated names (iPXE scripts, pxelinux and GRUB configs): the worker asks
-  `POST /_worker/lookup`, so the decision and the access rule read the leases
-  the DHCP server has just committed (its journal is checkpointed on read);
+- generated names (iPXE scripts, pxelinux and GRUB configs) are decided in the
+  worker, after `POST /_worker/checkpoint`: the main process's DHCP server
+  appends leases to its journal first, and the table takes them on that call,
+  so the access rule reads every lease committed before the request;
 - everything else on the HTTP port (the API, `/`, `/metrics`, the event stream,
   overlays, seedable root downloads): proxied as it is, with the client's
   address and scheme in two headers the main process alone trusts;
@@ -27,10 +28,8 @@ server) and stops them all on SIGTERM/SIGINT. docs/decisions.md, "Workers".
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ctypes
-import dataclasses
 import http.client
 import json
 import logging
@@ -49,7 +48,7 @@ from aiohttp import web
 
 from .. import metrics, names
 from ..config import Config
-from ..namespace import GeneratedFile, Namespace, PathRefused, Resolved
+from ..namespace import Namespace, PathRefused, Resolved
 from .cluster import Cluster
 from .events import EventLog
 from .http_context import CTX
@@ -112,7 +111,7 @@ class WorkerPool:
         """The main process's application: trust the workers' headers, answer their calls."""
         app.middlewares.insert(0, _from_worker)
         app[WORKER_METRICS] = self.metrics
-        app.router.add_post(INTERNAL + "lookup", self._lookup)
+        app.router.add_post(INTERNAL + "checkpoint", self._checkpoint)
         app.router.add_post(INTERNAL + "report", self._report)
 
     def _argv(self, index: int) -> list[str]:
@@ -193,19 +192,12 @@ class WorkerPool:
         if not secrets.compare_digest(request.headers.get(KEY, ""), self.key):
             raise web.HTTPNotFound()
 
-    async def _lookup(self, request: web.Request) -> web.Response:
-        """A generated name, decided here, where the leases are current (a trusted worker's call)."""
+    async def _checkpoint(self, request: web.Request) -> web.Response:
+        """The leases table takes what the lease journal holds, before a worker reads it: a worker's
+        script decision then sees every lease committed (and ACKed) before it asked, as this process would."""
         self._trusted(request)
-        ask = await request.json()
-        kind = {"Script": names.Script, "PxelinuxConfig": names.PxelinuxConfig, "GrubConfig": names.GrubConfig}
-        parsed = kind[ask["type"]](**ask["fields"])
-        try:
-            got = await asyncio.to_thread(request.app[CTX].namespace.lookup, parsed, ask["requester"])
-        except PathRefused as e:
-            return web.json_response({"refused": str(e)})
-        if not isinstance(got, GeneratedFile):
-            return web.json_response({"none": True})
-        return web.json_response({"data": base64.b64encode(got.data).decode(), "kind": got.kind, "mac": got.mac})
+        await asyncio.to_thread(request.app[CTX].store.leases.checkpoint)
+        return web.Response(status=204)
 
     async def _report(self, request: web.Request) -> web.Response:
         """A worker's events since its last report, recorded as this server's own; its metrics."""
@@ -238,7 +230,7 @@ async def _from_worker(request: web.Request, handler: Any) -> web.StreamResponse
 # ------------------------------------------------------------------ worker process
 
 class _UnixHttp(http.client.HTTPConnection):
-    """A plain HTTP connection to the main process's socket (the blocking lookups, in threads)."""
+    """A plain HTTP connection to the main process's socket (the checkpoint calls, from threads)."""
 
     def __init__(self, path: str):
         super().__init__("localhost", timeout=30)
@@ -251,33 +243,26 @@ class _UnixHttp(http.client.HTTPConnection):
         self.sock = s
 
 
-class RemoteNamespace(Namespace):
-    """The worker's namespace: files from the disk here, generated names decided by the main process."""
+class CurrentNamespace(Namespace):
+    """The worker's namespace: a generated name is decided here, over the leases table once the
+    main process has brought it up to date (its DHCP server appends to the lease journal first)."""
 
     def __init__(self, local: Namespace, socket_path: str, key: str):  # noqa: D107
         self.__dict__.update(local.__dict__)
         self.socket_path, self.key = socket_path, key
 
     def lookup(self, name: names.Name | None, requester: str | None = None) -> Resolved | None:
-        if not isinstance(name, names.Script | names.PxelinuxConfig | names.GrubConfig):
-            return super().lookup(name, requester)
-        ask = {"type": type(name).__name__, "requester": requester,
-               "fields": {f.name: getattr(name, f.name) for f in dataclasses.fields(name)}}
-        conn = _UnixHttp(self.socket_path)
-        try:
-            conn.request("POST", INTERNAL + "lookup", body=json.dumps(ask),
-                         headers={KEY: self.key, "Content-Type": "application/json"})
-            resp = conn.getresponse()
-            if resp.status != 200:
-                raise OSError(f"main process answered {resp.status} to a lookup")
-            got = json.loads(resp.read())
-        finally:
-            conn.close()
-        if "refused" in got:
-            raise PathRefused(got["refused"])
-        if "data" not in got:
-            return None
-        return GeneratedFile(base64.b64decode(got["data"]), got["kind"], got["mac"])
+        if isinstance(name, names.Script | names.PxelinuxConfig | names.GrubConfig):
+            conn = _UnixHttp(self.socket_path)
+            try:
+                conn.request("POST", INTERNAL + "checkpoint", headers={KEY: self.key})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 204:
+                    raise OSError(f"main process answered {resp.status} to a checkpoint")
+            finally:
+                conn.close()
+        return super().lookup(name, requester)
 
 
 class ForwardingEvents(EventLog):
@@ -431,7 +416,7 @@ async def run_worker(config: Config, index: int, socket_path: str, key: str) -> 
     session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path), auto_decompress=False,
                                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
     events = ForwardingEvents(session, index, key)
-    namespace = RemoteNamespace(svc.namespace, socket_path, key)
+    namespace = CurrentNamespace(svc.namespace, socket_path, key)
     servers: list[Any] = []
     try:
         metrics.watch_tasks(loop)
