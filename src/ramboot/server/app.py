@@ -106,7 +106,6 @@ class Services:
         """`workers` > 1: HTTP and TFTP are served by that many worker processes (server/workers.py);
         this process keeps DHCP, the API and the status page, on a private socket for them."""
         self.config = config
-        self.pool = WorkerPool(config, workers) if workers > 1 else None
         self.server_ip = server_address(config)
         self.server_ip6 = server_address6(config)
         validate_range(config, self.server_ip)
@@ -136,6 +135,7 @@ class Services:
         self.events = EventLog(self.store.events, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
         self.servers: list = []
+        self.pool = WorkerPool(config, workers) if workers > 1 else None  # last: it makes a directory
 
     async def start(self) -> None:
         """Every listener is bound before anything says it serves: a port in use is the first

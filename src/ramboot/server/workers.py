@@ -141,8 +141,16 @@ class WorkerPool:
         return proc
 
     async def start(self) -> None:
+        """All N at once (each takes a second or more to import and bind); one that fails stops the rest."""
+        got = await asyncio.gather(*(self._spawn(i) for i in range(self.count)), return_exceptions=True)
+        for i, proc in enumerate(got):
+            if isinstance(proc, asyncio.subprocess.Process):
+                self.procs[i] = proc
+        failed = next((e for e in got if isinstance(e, BaseException)), None)
+        if failed is not None:
+            await self.close()
+            raise failed
         for i in range(self.count):
-            self.procs[i] = await self._spawn(i)
             self._watchers[i] = asyncio.get_running_loop().create_task(self._watch(i))
         log.info("workers: %d serving HTTP and TFTP (pids %s)", self.count,
                  ", ".join(str(p.pid) for p in self.procs.values()))
