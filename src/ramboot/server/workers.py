@@ -105,7 +105,6 @@ class WorkerPool:
         self.metrics: dict[str, str] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
-        self.restarts = 0
 
     def install(self, app: web.Application) -> None:
         """The main process's application: trust the workers' headers, answer their calls."""
@@ -170,7 +169,6 @@ class WorkerPool:
                 await asyncio.sleep(delay)
                 try:
                     self.procs[index] = await self._spawn(index)
-                    self.restarts += 1
                     log.info("workers: worker %d is pid %d", index, self.procs[index].pid)
                     break
                 except OSError as e:
@@ -474,7 +472,6 @@ def main() -> None:
     _die_with_parent(given["parent"])
     config = share_caps(Config.model_validate(given["config"]), given["workers"])
     setup_logging("-v" in sys.argv[3:], config.log.format)
-    logging.getLogger().name = f"worker{index}"
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(run_worker(config, index, socket_path, given["key"]))
 
