@@ -389,13 +389,13 @@ def proxy_middleware(session: aiohttp.ClientSession, seeding: bool) -> Any:
 
 
 def share_caps(config: Config, workers: int) -> Config:
-    """One worker's share of TFTP's server-wide caps (transfers, unconfirmed ones, ring memory),
-    so N workers together hold what one process would. `max_per_source` stays per worker: the
-    kernel spreads one client's ports over the workers, so a source may get up to N times it."""
+    """One worker's share of TFTP's ring memory (`max_memory_mib`, 1/N each), so N workers
+    together hold what one process would. The counts (`max_transfers`, `max_unconfirmed`,
+    `max_per_source`) stay per worker: the kernel's hash spreads a burst unevenly, and an
+    exact 1/N share refused RRQs a single process took (1,000 clients at a cap of 1,000:
+    126 TFTP retries); what a count costs is ring memory, and that is bounded."""
     t = config.tftp
-    share = t.model_copy(update={"max_transfers": max(1, t.max_transfers // workers),
-                                 "max_unconfirmed": max(1, t.max_unconfirmed // workers),
-                                 "max_memory_mib": max(1, t.max_memory_mib // workers)})
+    share = t.model_copy(update={"max_memory_mib": max(1, t.max_memory_mib // workers)})
     return config.model_copy(update={"tftp": share})
 
 
