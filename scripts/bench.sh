@@ -2,7 +2,7 @@
 # `make bench`: every benchmark in bench/, each side by side with its peer, then
 # the boot storm. Not part of `make test`. Needs root (network namespaces).
 #
-#   BENCH_ONLY="dhcp http"  run only these (dhcp dhcp-sweep dhcp6 tftp http storm seed e2e debian bigroot;
+#   BENCH_ONLY="dhcp http"  run only these (dhcp dhcp-sweep dhcp6 tftp http storm workers seed e2e debian bigroot;
 #                           bigroot, a 1 GiB root in a 2 GiB VM, about 7 min, runs only when named)
 #   BENCH_QUICK=1           shorter points (for a smoke run; figures are noisier)
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=test-artifacts/bench
 mkdir -p "$OUT"
-ONLY=${BENCH_ONLY:-dhcp dhcp-sweep dhcp6 tftp http storm seed e2e debian}
+ONLY=${BENCH_ONLY:-dhcp dhcp-sweep dhcp6 tftp http storm workers seed e2e debian}
 QUICK=${BENCH_QUICK:-0}
 failed=()
 
@@ -65,6 +65,12 @@ if want storm; then
   if ((QUICK)); then c="100,300"; l="50x64"; else c="100,300,1000,3000"; l="200x256"; fi
   bench storm-curve $PY bench/storm_curve.py --clients "$c" --image-mb 8 --large "$l" \
     --json "$OUT/storm-curve.json" --png "$OUT/storm-curve.png"
+fi
+if want workers; then
+  # `[serve] workers` 1 and 2 side by side in one run (issue 26): the storm's p99 ratio, and the
+  # API's and status page's p99 during it (bench/storm/apiprobe.py).
+  if ((QUICK)); then c=300; else c=3000; fi
+  bench storm-workers $PY -m bench.storm -n $c --image-mb 8 --serve-workers 1,2 --json "$OUT/storm-workers.json"
 fi
 if want seed; then
   # Booted nodes seeding their peers (issue 20): N nodes on a 64 MB image behind a 1 Gbit/s

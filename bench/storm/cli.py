@@ -45,6 +45,9 @@ from .linkbound import blast as run_blast
               help="booted clients serve their root to later ones, as nodes do ([scale] seed)")
 @click.option("--link-mbit", type=click.FloatRange(0), default=0.0, show_default=True,
               help="limit what the server sends to this rate (tc tbf on its veth; 0: no limit)")
+@click.option("--serve-workers", default="1", show_default=True,
+              help="the server's `[serve] workers`; a list (1,2) runs one storm per value, side by side in one"
+                   " run, and prints the p99 ratio")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="write the summary here")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="keep the server log and raw results here")
@@ -54,7 +57,8 @@ from .linkbound import blast as run_blast
 def storm(
     n: int, image_mb: float, blksize: int, windowsize: int, ramp: float, workers: int, timeout: float, servers: int,
     kill_after: float | None, loss: float, delay_ms: float, seed: int | None, seeding: bool, link_mbit: float,
-    json_out: Path | None, keep: Path | None, client_params: str | None, client_out: str | None, blast: str | None,
+    serve_workers: str, json_out: Path | None, keep: Path | None, client_params: str | None,
+    client_out: str | None, blast: str | None,
 ) -> None:
     """Simulate N PXE clients booting at once against a real `ramboot serve` in a namespace."""
     if blast:
@@ -75,17 +79,27 @@ def storm(
         Path(client_out).write_text(json.dumps(out))
         return
     from .orchestrator import run_storm  # not in a generator process: it loads the server's code
-    from .report import format_summary
+    from .report import compare_workers, format_summary
 
     if kill_after is not None and servers < 2:
         raise click.ClickException("storm: --kill-after needs --servers 2 or more (someone must be left)")
+    try:
+        counts = [int(x) for x in serve_workers.split(",")]
+    except ValueError:
+        raise click.BadParameter("a number or a list like 1,2", param_hint="--serve-workers") from None
     impair = Impairment(loss / 100, delay_ms / 1000, seed=seed) if loss or delay_ms else None
-    s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep, workers=workers, servers=servers,
-                  kill_after=kill_after, impair=impair, seed=seeding, link_mbit=link_mbit)
-    click.echo(format_summary(s))
+    runs = []
+    for count in counts:
+        s = run_storm(n, image_mb, blksize, windowsize, ramp, timeout, keep / f"workers{count}" if keep else None,
+                      workers=workers, servers=servers, kill_after=kill_after, impair=impair, seed=seeding,
+                      link_mbit=link_mbit, serve_workers=count)
+        click.echo(f"[serve] workers = {count}\n" + format_summary(s) if len(counts) > 1 else format_summary(s))
+        runs.append(s)
+    if len(runs) > 1:
+        click.echo(compare_workers(runs))
     if json_out:
-        json_out.write_text(json.dumps(s, indent=1))
-    if s["failed"] or not s["server_alive"]:
+        json_out.write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=1))
+    if any(s["failed"] or not s["server_alive"] or s["addresses_twice"] for s in runs):
         sys.exit(1)
 
 

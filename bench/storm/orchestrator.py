@@ -48,12 +48,14 @@ def generator_argv(*args: str) -> list[str]:
 
 
 def server_config(data_dir: Path, ifname: str, lease_time: int = 3600, address: str = "10.77.0.1",
-                  db_url: str | None = None, name: str | None = None, clients: int = 0, seed: bool = True) -> str:
+                  db_url: str | None = None, name: str | None = None, clients: int = 0, seed: bool = True,
+                  serve_workers: int = 1) -> str:
     """A full-mode config, without the TLS listener: the storm measures the boot path (DHCP,
     TFTP, script, kernel, initrd, root), and its clients report `booted` over plain HTTP
     (`overlay_over_http`), not what 3,000 TLS handshakes cost. With `clients`, TFTP's caps
     on transfers (1,024) and on transfers not yet ACKed (256) are raised to that many, as a
-    site with that many nodes would: all of them ask for the boot program in the same second."""
+    site with that many nodes would: all of them ask for the boot program in the same second.
+    `serve_workers`: `[serve] workers`; reads are open, so the API probe needs no token."""
     shared = "" if db_url is None else (f'[database]\nurl = "{db_url}"\n'
                                          f'[cluster]\nname = "{name}"\nheartbeat = 0.5\ndead_after = 3.0\n')
     caps = f"max_transfers = {max(1024, clients)}\nmax_unconfirmed = {max(256, clients)}\n" if clients else ""
@@ -77,6 +79,10 @@ seed = {"true" if seed else "false"}
 [boot]
 default_image = "bench"
 unknown_nodes = "boot"
+[serve]
+workers = {serve_workers}
+[api]
+read_requires_token = false
 """
 
 def _spawn(net: NetnsPair, work: Path, base: Params, workers: int, mode: str, start_at: float,
@@ -152,11 +158,14 @@ def prepare_data(data: Path, image_mb: float) -> dict[str, str]:
 def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize: int = 0, ramp: float = 0.0,
               timeout: float = 600, keep: Path | None = None, bound_seconds: float = 2.0, verbose: bool = True,
               workers: int = 2, servers: int = 1, kill_after: float | None = None,
-              impair: Impairment | None = None, seed: bool = False, link_mbit: float = 0.0) -> Summary:
+              impair: Impairment | None = None, seed: bool = False, link_mbit: float = 0.0,
+              serve_workers: int = 1) -> Summary:
     """Run one storm end to end (namespaces, servers, clients); returns the summary dict.
 
     `seed`: booted clients serve their root to later ones as nodes do (`[scale] seed`), else
     the server has seeding off. `link_mbit`: the server's veth limited to that rate (tc tbf).
+    `serve_workers`: the servers' `[serve] workers`. Throughout the storm an operator's probe
+    (`apiprobe`) asks the first server's API and status page ten times a second.
 
     `servers` > 1: that many `ramboot serve` on one bridge and one throwaway PostgreSQL
     cluster (same range, full DHCP). `kill_after`: SIGKILL the first server that many
@@ -210,7 +219,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                         shutil.copytree(ldir, d / "loaders", copy_function=os.link)
                     cfg = work / f"ramboot{i + 1}.toml"
                     cfg.write_text(server_config(d, ifname, address=addr, db_url=db_url, name=f"s{i + 1}", clients=n,
-                                                 seed=seed))
+                                                 seed=seed, serve_workers=serve_workers))
                     log = work / ("server.log" if i == 0 else f"server{i + 1}.log")
                     children.append(Child(net.exec(ns, ramboot_exe(), "serve", "--config", str(cfg)), log=log))
                     end = time.monotonic() + 30
@@ -236,7 +245,7 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 say(f"storm: {n} clients in {workers} generator processes, image {image_mb} MB,"
                     f" server pid {srv.pid} in {net.srv}")
                 rss0 = rss_bytes(srv.pid)
-                cpu0 = cpu_seconds(srv.pid)
+                cpu0, main0 = cpu_seconds(srv.pid), cpu_seconds(srv.pid, include_children=False)
                 killer: threading.Timer | None = None
                 killed_at: list[float] = []  # CLOCK_MONOTONIC is one clock for every process here
                 # the generators start, import, and check the references against the manifest first
@@ -254,14 +263,21 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
                 at_start.start()
                 tx_path = f"/sys/class/net/{net.srv_if}/statistics/tx_bytes"
                 tx0 = int(run("ip", "netns", "exec", net.srv, "cat", tx_path).stdout)
-                with RssSampler(srv.pid) as rs:
-                    outs = run_generators(net, work, base, workers, "storm", start_at, timeout)
+                probe = Child(net.exec(net.cli, sys.executable, "-m", "bench.storm.apiprobe", net.srv_ip,
+                                       str(HTTP_PORT), str(work / "api.json")), log=work / "api.log", cwd=str(ROOT))
+                try:
+                    with RssSampler(srv.pid) as rs:
+                        outs = run_generators(net, work, base, workers, "storm", start_at, timeout)
+                finally:
+                    probe.stop()
+                api = json.loads((work / "api.json").read_text()) if (work / "api.json").exists() else {}
                 server_tx = int(run("ip", "netns", "exec", net.srv, "cat", tx_path).stdout) - tx0
                 busy1 = _machine_jiffies()
                 at_start.join()
                 if killer is not None:
                     killer.cancel()
                 cpu = cpu_seconds(srv.pid) - cpu0 if srv.alive() else 0.0
+                main_cpu = cpu_seconds(srv.pid, include_children=False) - main0 if srv.alive() else 0.0
                 # the storm's own duration (from the common power-on), over which CPU shares are taken
                 wall = max(o["wall"] for o in outs)
                 out = StormTotals(wall=wall, bound_mb_s=bound, server_tx_bytes=server_tx,
@@ -280,11 +296,13 @@ def run_storm(n: int = 100, image_mb: float = 8, blksize: int = 1456, windowsize
             gen_cpu_s=out["gen_cpu_s"], stray_dhcp=out["stray_dhcp"], server_cpu_s=cpu,
             busy=(busy1[0] - busy0[0][0], busy1[1] - busy0[0][1]), load_start=load0, load_end=os.getloadavg()[0],
             server_rss_start=rss0, server_rss_peak=rs.peak, server_alive=server_alive, killed_at=killed_at,
+            api_ms=api.get("latencies_ms", []), api_errors=api.get("errors", 0), server_main_cpu_s=main_cpu,
         )
         summary = summarize(
             out["results"], measured, clients=n, image_mb=image_mb, workers=workers, servers=servers,
             kill_after=kill_after, impairment=impair.describe() if impair else "",
             wire=net.relay_counters().get("directions", {}) if impair else {}, seed=seed, link_mbit=link_mbit,
+            serve_workers=serve_workers,
         )
         if keep:
             keep.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,13 @@ class Summary(TypedDict):
     link_mbit: float
     server_tx_bytes: int
     bound: str
+    serve_workers: int  # the server's `[serve] workers`
+    api_requests: int  # the operator's probe during the storm (apiprobe.py)
+    api_errors: int
+    api_p50_ms: float
+    api_p99_ms: float
+    addresses_twice: int  # booted clients that were given an address another booted client also got
+    server_main_cpu_s: float  # of server_cpu_s, the main process's own (DHCP, scripts, API); the rest: workers
 
 
 class Measured(TypedDict):
@@ -73,6 +80,9 @@ class Measured(TypedDict):
     server_rss_peak: int
     server_alive: bool
     killed_at: list[float]  # CLOCK_MONOTONIC when the first server was killed, if it was
+    api_ms: list[float]  # the API probe's latencies through the storm
+    api_errors: int
+    server_main_cpu_s: float  # the first server's main process alone (without its workers)
 
 
 def _pct(xs: Sequence[float], q: float) -> float:
@@ -93,7 +103,7 @@ def _count_servers(results: list[ClientRecord]) -> dict[str, int]:
 
 def summarize(results: list[ClientRecord], m: Measured, *, clients: int, image_mb: float, workers: int,
               servers: int, kill_after: float | None, impairment: str, wire: dict[str, WireCounters],
-              seed: bool, link_mbit: float) -> Summary:
+              seed: bool, link_mbit: float, serve_workers: int = 1) -> Summary:
     ok = [r for r in results if r["ok"]]
     bad = [r for r in results if not r["ok"]]
     times = [r["total"] for r in ok]
@@ -134,6 +144,9 @@ def summarize(results: list[ClientRecord], m: Measured, *, clients: int, image_m
         acks_by_server=_count_servers(results),
         seed=seed, link_mbit=link_mbit, server_tx_bytes=m["server_tx_bytes"],
         bound="",
+        serve_workers=serve_workers, api_requests=len(m["api_ms"]), api_errors=m["api_errors"],
+        api_p50_ms=_pct(m["api_ms"], 0.5), api_p99_ms=_pct(m["api_ms"], 0.99),
+        addresses_twice=len(ok) - len({r["ip"] for r in ok}), server_main_cpu_s=m["server_main_cpu_s"],
     )
     summary["bound"] = bound_side(summary)
     return summary
@@ -174,9 +187,14 @@ def format_summary(s: Summary) -> str:
         + (f"; link bound {bound:,.0f} MB/s (raw TCP into the same generator processes, nothing checked)"
            f" -> {s['aggregate_mb_s'] / bound:.0%}" if bound else ""),
         f"  server       CPU {s['server_cpu_s']:.1f} s ({s['server_cpu_pct']:.0f}% of one core)"
-        f"   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB",
+        f"   RSS {s['server_rss_mb_start']:.0f} -> peak {s['server_rss_mb_peak']:.0f} MB"
+        + (f"; main process {s['server_main_cpu_s']:.1f} s, workers {s['server_cpu_s'] - s['server_main_cpu_s']:.1f} s"
+           if s.get("serve_workers", 1) > 1 else ""),
         f"  generator    CPU {s['generator_cpu_s']:.1f} s ({s['generator_cpu_pct']:.0f}% of one core in"
         f" {s['workers']} processes, the busiest {s['generator_cpu_pct_max']:.0f}%)",
+        f"  api          p50 {s.get('api_p50_ms', 0):.1f} ms   p99 {s.get('api_p99_ms', 0):.1f} ms over"
+        f" {s.get('api_requests', 0)} requests, {s.get('api_errors', 0)} errors (the API and the status page,"
+        f" `[serve] workers = {s.get('serve_workers', 1)}`); addresses given twice: {s.get('addresses_twice', 0)}",
         f"  bound        {s['bound']}   (machine {s['machine_busy_pct']:.0f}% busy over its {os.cpu_count()} cores,"
         f" load {s['load_start']:.1f} -> {s['load_end']:.1f})",
     ]
@@ -191,3 +209,17 @@ def format_summary(s: Summary) -> str:
         lines.append(f"  FAILED x{count}: {reason}")
     return "\n".join(lines)
 
+
+
+def compare_workers(runs: Sequence[Summary]) -> str:
+    """The storms of one run side by side by `[serve] workers`: p99 and the API's p99, and the
+    first one's p99 over each other's (the issue's goal: >= 1.6 with 2 workers on 2 cores)."""
+    first = runs[0]
+    lines = ["workers   booted  failed  twice   p50 s   p99 s  p99 ratio   api p50 ms  api p99 ms  server CPU s"
+             "  (main)"]
+    for s in runs:
+        ratio = first["p99_s"] / s["p99_s"] if s["p99_s"] else 0.0
+        lines.append(f"{s['serve_workers']:>7}  {s['ok']:>7} {s['failed']:>7} {s['addresses_twice']:>6}"
+                     f" {s['p50_s']:>7.2f} {s['p99_s']:>7.2f} {ratio:>9.2f}x  {s['api_p50_ms']:>11.1f}"
+                     f" {s['api_p99_ms']:>11.1f} {s['server_cpu_s']:>13.1f} {s['server_main_cpu_s']:>7.1f}")
+    return "\n".join(lines)

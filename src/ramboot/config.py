@@ -7,6 +7,7 @@ A wrong key or value stops with one line naming the key and what is allowed
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -352,6 +353,17 @@ class ConsoleConfig(_Section):
     lines_per_boot: int = Field(2000, ge=0, le=100_000)  # console lines kept as timeline events per boot
 
 
+class ServeConfig(_Section):
+    """How `serve` uses the machine's cores (docs/config.md, docs/decisions.md "Workers")."""
+
+    # Processes serving HTTP and TFTP, each on its own SO_REUSEPORT socket; DHCP, the API and
+    # the status page stay in the main process. None: one per core; 1: one process, as before.
+    workers: int | None = Field(None, ge=1, le=256)
+
+    def worker_count(self) -> int:
+        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
+
+
 class LogConfig(_Section):
     """How `serve` writes its log lines to stderr (docs/config.md)."""
 
@@ -374,6 +386,7 @@ class Config(_Section):
     console: ConsoleConfig = ConsoleConfig()
     scale: ScaleConfig = ScaleConfig()
     log: LogConfig = LogConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _grub_needs_our_dhcp(self) -> Config:

@@ -122,3 +122,54 @@ class PowerActions:
 
 POWER_ACTIONS = PowerActions()
 REGISTRY.register(POWER_ACTIONS)
+
+
+def exposition() -> str:
+    """This process's samples as Prometheus text (a worker's report to the main process)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest().decode()
+
+
+WORKER_SERVED = Counter("ramboot_worker_served", "Files served by each worker process ([serve] workers)",
+                        ["worker", "protocol"])
+
+
+class Merged:
+    """This process's metrics with each worker's last report added in: the same names and
+    labels as one process would show (counters, gauges and histograms summed; a ring peak
+    becomes the sum of the workers' peaks, a bound). The interpreter's own `process_*` and
+    `python_*` figures stay this process's. `ramboot_worker_served_total` tells the workers apart."""
+
+    def __init__(self, workers: dict[str, str]):
+        self.workers = workers
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = {f.name: f for f in REGISTRY.collect()}
+        index = {(s.name, tuple(sorted(s.labels.items()))): (f, i)
+                 for f in families.values() for i, s in enumerate(f.samples)}
+        for text in list(self.workers.values()):
+            try:
+                parsed = list(text_string_to_metric_families(text))
+            except ValueError:
+                continue
+            for fam in parsed:
+                if fam.name.startswith(("process_", "python_")) or fam.name.endswith("_created"):
+                    continue
+                have = families.setdefault(fam.name, fam)
+                for s in fam.samples:
+                    if s.name.endswith("_created"):
+                        continue  # a time, not an amount: this process's stands
+                    key = (s.name, tuple(sorted(s.labels.items())))
+                    at = index.get(key)
+                    if at is not None:
+                        f, i = at
+                        f.samples[i] = f.samples[i]._replace(value=f.samples[i].value + s.value)
+                    elif have is not fam:
+                        have.samples.append(s)
+                        index[key] = (have, len(have.samples) - 1)
+                    else:
+                        index[key] = (fam, fam.samples.index(s))
+        yield from families.values()

@@ -32,9 +32,10 @@ from .cluster import Cluster
 from .dhcp6_server import start_dhcp6
 from .dhcp_server import start_dhcp
 from .events import EventLog
-from .http_server import start_http
+from .http_server import make_app, start_http
 from .ra_server import start_ra
 from .tftp_server import start_tftp
+from .workers import WorkerPool, probe_ports
 
 log = logging.getLogger("ramboot.serve")
 
@@ -101,7 +102,9 @@ def validate_range(config: Config, server_ip: str) -> None:
 class Services:
     """The running servers, so tests and the CLI can start and stop them as one."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, cluster_type: type[Cluster] = Cluster, workers: int = 1):
+        """`workers` > 1: HTTP and TFTP are served by that many worker processes (server/workers.py);
+        this process keeps DHCP, the API and the status page, on a private socket for them."""
         self.config = config
         self.server_ip = server_address(config)
         self.server_ip6 = server_address6(config)
@@ -116,7 +119,7 @@ class Services:
         self.booter = Booter(config, self.store.directory, self.server_ip, catalog=self.catalog)
         # This server among the others on the database: the policy names every live one
         # holding an image to the node (fallback URLs).
-        self.cluster = Cluster(config, self.store, self.server_ip, self.booter.http_base)
+        self.cluster = cluster_type(config, self.store, self.server_ip, self.booter.http_base)
         self.booter.mirrors = self.cluster.mirrors
         overlays = OverlayRenderer(config.data_dir, self.store, self.catalog)
         # ramboot holds the leases (IPv4, IPv6 or both): the access rule proves nodes by them.
@@ -132,24 +135,32 @@ class Services:
         self.events = EventLog(self.store.events, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
         self.servers: list = []
+        self.pool = WorkerPool(config, workers) if workers > 1 else None  # last: it makes a directory
 
     async def start(self) -> None:
         """Every listener is bound before anything says it serves: a port in use is the first
         and only line (naming the port), not the last of several that suggest success."""
         raise_fd_limit()
+        if self.pool is not None:  # the workers share their ports with each other, and with nothing else
+            probe_ports(self.config, ":" not in self.server_ip, self.server_ip6 is not None, self.tls is not None)
         metrics.watch_tasks(asyncio.get_running_loop())
         loaders = install_loaders(self.config.data_dir)
         self.events.start()
         cfg = self.config
         what = f"http port {cfg.http.port}" + (f" or https port {cfg.http.https_port}" if self.tls else "")
+        app = None
+        if self.pool is not None:
+            app = make_app(cfg, self.namespace, self.booter, self.store, self.events, self.cluster)
+            self.pool.install(app)
         http = await _bound(what, start_http(cfg, self.namespace, self.booter, self.store, self.events,
                                              cluster=self.cluster, tls=self.tls.context() if self.tls else None,
-                                             ipv6=self.server_ip6 is not None))
+                                             ipv6=self.server_ip6 is not None, app=app,
+                                             unix_path=self.pool.socket_path if self.pool else None))
         self.servers.append(http)
-        if ":" not in self.server_ip:
+        if ":" not in self.server_ip and self.pool is None:  # with workers, they serve TFTP (below)
             self.servers.append(await _bound(f"tftp port {cfg.tftp.port}",
                                              start_tftp(cfg, self.namespace, self.events)))
-        if self.server_ip6:
+        if self.server_ip6 and self.pool is None:
             self.servers.append(await _bound(f"tftp port {cfg.tftp.port} (IPv6)",
                                              start_tftp(cfg, self.namespace, self.events, host="::")))
         # Registered (and LISTENing for the others' leases) before DHCP loads them: none is missed.
@@ -162,6 +173,9 @@ class Services:
         if cfg.dhcp6.mode == "full" and self.server_ip6:
             self.servers.append(await _bound(f"dhcp6 on interface {cfg.network.interface!r}",
                                              start_dhcp6(cfg, self.booter, self.store, self.events, self.server_ip6)))
+        if self.pool is not None:
+            self.servers.append(self.pool)  # stopped first: no file is served once DHCP and the API stop
+            await self.pool.start()
         log.info("cluster: %s registered as %s with images %s", self.cluster.name, self.cluster.http_base,
                  ", ".join(sorted(self.cluster.held)) or "none")
         if self.token_note:
@@ -279,7 +293,7 @@ def log_memory() -> None:
 
 async def serve(config: Config) -> None:
     limit_malloc_arenas()
-    services = Services(config)
+    services = Services(config, workers=config.serve.worker_count())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,6 +35,8 @@ from .seeding import Seeds
 
 log = logging.getLogger("ramboot.http")
 
+WORKER_METRICS = web.AppKey("worker_metrics", dict)  # with workers: each one's last Prometheus text, by index
+
 
 # aiohttp's exception classes for a request it could not parse, as the reason label.
 _REASONS = {
@@ -101,7 +103,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
         metrics.POWER_ACTIONS.counts = await asyncio.to_thread(request.app[CTX].store.power.counts)
     except Exception as e:  # a database that does not answer leaves the last counts, not a failed scrape
         log.warning("metrics: power counts not read: %s", str(e).splitlines()[0] if str(e) else e)
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    workers = request.app.get(WORKER_METRICS)
+    body = generate_latest(metrics.Merged(workers)) if workers else generate_latest()  # type: ignore[arg-type]
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def make_app(config: Config, namespace: Namespace, booter: Booter, store: Store, events: EventLog,
@@ -143,26 +147,37 @@ async def start_http(
     tls: ssl.SSLContext | None = None,
     https_port: int | None = None,
     ipv6: bool = False,
+    reuse_port: bool = False,
+    unix_path: str | None = None,
+    app: web.Application | None = None,
 ) -> HttpServer:
     """Serve until `close()`. host None: `http.bind`; port None: `http.port` (0: any free port).
     `ipv6`: with the default bind, listen on IPv6 as well.
 
     With `tls`, the same application also listens with TLS on `https_port` (None:
     `http.https_port`; 0: any free port), so every route works over both.
+    `reuse_port`: a worker's sockets, one of several on the port (server/workers.py).
+    `unix_path`: the main process of several workers listens there only, for them.
+    `app`: an application made already (a worker's); None: `make_app`.
     """
-    app = make_app(config, namespace, booter, store, events, cluster)
+    app = app or make_app(config, namespace, booter, store, events, cluster)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, logger=RequestLog())
     await runner.setup()
+    if unix_path is not None:
+        site_unix = web.UnixSite(runner, unix_path)
+        await site_unix.start()
+        return HttpServer(runner, config.http.port, config.http.https_port if tls else None)
     bind = host or config.http.bind
     if ipv6 and bind == "0.0.0.0" and port != 0:
         # IPv6 too, on a socket of its own (asyncio sets IPV6_V6ONLY): IPv4 peers keep their
         # plain addresses, never `::ffff:` ones, so leases and the access rule still match.
         bind = ["0.0.0.0", "::"]  # type: ignore[assignment]
-    site = web.TCPSite(runner, bind, config.http.port if port is None else port, reuse_address=True, backlog=4096)
+    site = web.TCPSite(runner, bind, config.http.port if port is None else port, reuse_address=True, backlog=4096,
+                       reuse_port=reuse_port or None)
     secure = None
     if tls is not None:
         secure = web.TCPSite(runner, bind, config.http.https_port if https_port is None else https_port,
-                             ssl_context=tls, reuse_address=True, backlog=4096)
+                             ssl_context=tls, reuse_address=True, backlog=4096, reuse_port=reuse_port or None)
     try:
         await site.start()
         if secure is not None:

@@ -95,12 +95,17 @@ class TftpServer:
         metrics.TFTP_ACTIVE.labels("all").set_function(lambda: len(self.transfers))
         self.gso: bool | None = None  # kernel UDP GSO: None until the first windowed transfer asks
 
-    def listen(self, host: str, port: int) -> None:
-        """On `host`: "0.0.0.0" (IPv4) or "::" (IPv6 only; IPv4 has its own server and socket)."""
+    def listen(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """On `host`: "0.0.0.0" (IPv4) or "::" (IPv6 only; IPv4 has its own server and socket).
+        `reuse_port`: one of several workers' sockets on the port; the kernel spreads requests by
+        the client's address and port, so a retransmitted RRQ reaches the same worker, and each
+        transfer's own socket stays in the worker that took its RRQ."""
         v6 = ":" in host
         s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if v6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             else:
@@ -517,9 +522,9 @@ def _local_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
 
 
 async def start_tftp(config: Config, namespace: Namespace, events: EventLog,
-                     host: str = "0.0.0.0", port: int | None = None) -> TftpServer:
+                     host: str = "0.0.0.0", port: int | None = None, reuse_port: bool = False) -> TftpServer:
     """Listen for TFTP requests; `port=None` means `[tftp] port`, 0 an ephemeral one."""
     server = TftpServer(config, namespace, events)
-    server.listen(host, config.tftp.port if port is None else port)
+    server.listen(host, config.tftp.port if port is None else port, reuse_port)
     log.debug("tftp: listening on %s:%d", host, server.port)
     return server

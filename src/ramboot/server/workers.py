@@ -1,0 +1,480 @@
+"""`serve` on every core: worker processes serve HTTP and TFTP, the main process keeps the rest.
+
+With `[serve] workers = N` (N > 1) the main process holds DHCP (v4 and v6, the
+leases, their journal), the router advertisements, the cluster registration,
+the API, the status page, `/metrics` and the live feed, and listens only on a
+unix socket in a private directory. N worker processes (`python -m
+ramboot.server.workers`) each bind the public HTTP, HTTPS and TFTP ports with
+SO_REUSEPORT, so the kernel spreads connections and RRQs over them; a TFTP
+transfer's own socket stays in the worker that took its RRQ.
+
+A worker serves files itself: loaders, kernels, initrds, images (sendfile).
+Whatever needs the main process's state goes there over the unix socket:
+- generated names (iPXE scripts, pxelinux and GRUB configs) are decided in the
+  worker, after `POST /_worker/checkpoint`: the main process's DHCP server
+  appends leases to its journal first, and the table takes them on that call,
+  so the access rule reads every lease committed before the request;
+- everything else on the HTTP port (the API, `/`, `/metrics`, the event stream,
+  overlays, seedable root downloads): proxied as it is, with the client's
+  address and scheme in two headers the main process alone trusts;
+- events and metrics: batched to `POST /_worker/report` every EVERY seconds;
+  the main process records them as its own (its EventLog names an address by
+  the lease), and `/metrics` adds each worker's samples with a `worker` label.
+
+The main process restarts a worker that exits (one crash never stops the
+server) and stops them all on SIGTERM/SIGINT. docs/decisions.md, "Workers".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import http.client
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import time
+import zlib
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .. import metrics, names
+from ..config import Config
+from ..namespace import Namespace, PathRefused, Resolved
+from .cluster import Cluster
+from .events import EventLog
+from .http_context import CTX
+from .http_files import SEEDED, namespace_file
+from .http_server import WORKER_METRICS
+from .seeding import FALLBACK
+
+log = logging.getLogger("ramboot.workers")
+
+PEER, SCHEME, KEY = "X-Ramboot-Peer", "X-Ramboot-Scheme", "X-Ramboot-Worker-Key"
+WORKER = "X-Ramboot-Worker"
+INTERNAL = "/_worker/"
+EVERY = 0.5  # seconds between a worker's reports (events, metrics)
+READY_TIMEOUT = 60.0  # seconds a worker has to bind its sockets at start
+RESTART_DELAY = (0.2, 5.0)  # first and longest wait before a crashed worker starts again
+_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer",
+                  "proxy-authorization", "proxy-authenticate", "host", PEER.lower(), SCHEME.lower(), KEY.lower()})
+
+
+# ------------------------------------------------------------------ main process
+
+def probe_ports(config: Config, ipv4: bool, ipv6: bool, tls: bool) -> None:
+    """Each public port is free, tried with a plain bind (no SO_REUSEPORT) before any worker
+    binds it: a process of the same user holding it with SO_REUSEPORT (a second `serve`) would
+    otherwise be joined silently and take half the requests. OSError names the port."""
+    http_hosts = [config.http.bind] + (["::"] if ipv6 and config.http.bind == "0.0.0.0" else [])
+    checks = [(f"http port {config.http.port}", socket.SOCK_STREAM, h, config.http.port) for h in http_hosts]
+    if tls:
+        checks += [(f"https port {config.http.https_port}", socket.SOCK_STREAM, h, config.http.https_port)
+                   for h in http_hosts]
+    checks += [(f"tftp port {config.tftp.port}", socket.SOCK_DGRAM, h, config.tftp.port)
+               for h, on in (("0.0.0.0", ipv4), ("::", ipv6)) if on]
+    for what, kind, host, port in checks:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT is no holder
+            if ":" in host:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise OSError(f"{what}: {os.strerror(e.errno) if e.errno else e}") from None
+
+
+class WorkerPool:
+    """The N worker processes of one `serve`: started, watched, restarted, stopped."""
+
+    def __init__(self, config: Config, count: int):
+        self.config = config
+        self.count = count
+        self.dir = tempfile.mkdtemp(prefix="ramboot-workers-")  # 0700: only this user reaches the socket
+        self.socket_path = os.path.join(self.dir, "main.sock")
+        self.key = secrets.token_hex(16)
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.metrics: dict[str, str] = {}
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    def install(self, app: web.Application) -> None:
+        """The main process's application: trust the workers' headers, answer their calls."""
+        app.middlewares.insert(0, _from_worker)
+        app[WORKER_METRICS] = self.metrics
+        app.router.add_post(INTERNAL + "checkpoint", self._checkpoint)
+        app.router.add_post(INTERNAL + "report", self._report)
+
+    def _argv(self, index: int) -> list[str]:
+        verbose = ["-v"] if logging.getLogger().isEnabledFor(logging.DEBUG) else []
+        return [sys.executable, "-m", "ramboot.server.workers", str(index), self.socket_path, *verbose]
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        """One worker, bound and ready (its first stdout line), or OSError."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv(index), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)  # ^C reaches the main process only, which stops the workers in order
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"config": self.config.model_dump(mode="json"), "key": self.key,
+                                     "parent": os.getpid(), "workers": self.count}).encode())
+        proc.stdin.close()
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), READY_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            if line.startswith(b"error "):
+                raise OSError(line[6:].decode(errors="replace").strip())
+            raise OSError(f"worker {index} did not start (exit status {proc.returncode}; its log says why)")
+        return proc
+
+    async def start(self) -> None:
+        """All N at once (each takes a second or more to import and bind); one that fails stops the rest."""
+        got = await asyncio.gather(*(self._spawn(i) for i in range(self.count)), return_exceptions=True)
+        for i, proc in enumerate(got):
+            if isinstance(proc, asyncio.subprocess.Process):
+                self.procs[i] = proc
+        failed = next((e for e in got if isinstance(e, BaseException)), None)
+        if failed is not None:
+            await self.close()
+            raise failed
+        for i in range(self.count):
+            self._watchers[i] = asyncio.get_running_loop().create_task(self._watch(i))
+        log.info("workers: %d serving HTTP and TFTP (pids %s)", self.count,
+                 ", ".join(str(p.pid) for p in self.procs.values()))
+
+    async def _watch(self, index: int) -> None:
+        delay = RESTART_DELAY[0]
+        while True:
+            proc = self.procs[index]
+            started = time.monotonic()
+            code = await proc.wait()
+            if self._stopping:
+                return
+            self.metrics.pop(str(index), None)
+            log.warning("workers: worker %d (pid %d) exited with status %s; starting it again", index, proc.pid, code)
+            delay = RESTART_DELAY[0] if time.monotonic() - started > 30 else min(delay * 2, RESTART_DELAY[1])
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                try:
+                    self.procs[index] = await self._spawn(index)
+                    log.info("workers: worker %d is pid %d", index, self.procs[index].pid)
+                    break
+                except OSError as e:
+                    log.warning("workers: %s; again in %.1f s", e, delay)
+                    delay = min(delay * 2, RESTART_DELAY[1])
+
+    async def close(self) -> None:
+        self._stopping = True
+        for t in self._watchers.values():
+            t.cancel()
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(self.socket_path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.dir)
+
+    def _trusted(self, request: web.Request) -> None:
+        if not secrets.compare_digest(request.headers.get(KEY, ""), self.key):
+            raise web.HTTPNotFound()
+
+    async def _checkpoint(self, request: web.Request) -> web.Response:
+        """The leases table takes what the lease journal holds, before a worker reads it: a worker's
+        script decision then sees every lease committed (and ACKed) before it asked, as this process would."""
+        self._trusted(request)
+        await asyncio.to_thread(request.app[CTX].store.leases.checkpoint)
+        return web.Response(status=204)
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """A worker's events since its last report, recorded as this server's own; its metrics."""
+        self._trusted(request)
+        body = await request.json()
+        events: EventLog = request.app[CTX].events
+        worker = str(body.get("worker"))
+        for op, args in body.get("events", ()):
+            if op == "served":
+                events.served(*args)
+                metrics.WORKER_SERVED.labels(worker, args[-1]).inc()
+            elif op == "add":
+                events.add(*args)
+            elif op == "bind":
+                events.bind(*args)
+        if isinstance(body.get("metrics"), str):
+            self.metrics[worker] = body["metrics"]
+        return web.Response(status=204)
+
+
+@web.middleware
+async def _from_worker(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Requests come from the workers, over the private socket: the client is the one they name."""
+    peer = request.headers.get(PEER)
+    if peer:
+        request = request.clone(remote=peer, scheme=request.headers.get(SCHEME, "http"))
+    return await handler(request)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ worker process
+
+class _UnixHttp(http.client.HTTPConnection):
+    """A plain HTTP connection to the main process's socket (the checkpoint calls, from threads)."""
+
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.path)
+        self.sock = s
+
+
+class CurrentNamespace(Namespace):
+    """The worker's namespace: a generated name is decided here, over the leases table once the
+    main process has brought it up to date (its DHCP server appends to the lease journal first)."""
+
+    def __init__(self, local: Namespace, socket_path: str, key: str):  # noqa: D107
+        self.__dict__.update(local.__dict__)
+        self.socket_path, self.key = socket_path, key
+
+    def lookup(self, name: names.Name | None, requester: str | None = None) -> Resolved | None:
+        if isinstance(name, names.Script | names.PxelinuxConfig | names.GrubConfig):
+            conn = _UnixHttp(self.socket_path)
+            try:
+                conn.request("POST", INTERNAL + "checkpoint", headers={KEY: self.key})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 204:
+                    raise OSError(f"main process answered {resp.status} to a checkpoint")
+            finally:
+                conn.close()
+        return super().lookup(name, requester)
+
+
+class ForwardingEvents(EventLog):
+    """The worker's event log: every call goes to the main process's, in batches."""
+
+    def __init__(self, session: aiohttp.ClientSession, index: int, key: str):
+        super().__init__(sink=None, server=None)  # type: ignore[arg-type]
+        self.session, self.index, self.key = session, index, key
+        self._calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def add(self, mac: str, stage: str, detail: dict, source: str = "server") -> None:  # type: ignore[type-arg]
+        self._calls.append(("add", (mac, stage, detail, source)))
+
+    def bind(self, ip: str, mac: str, lease: bool = False) -> None:
+        self._calls.append(("bind", (ip, mac, lease)))
+
+    def served(self, ip: str, kind: str, name: str, mac: str | None, nbytes: int, seconds: float,
+               protocol: str) -> None:
+        self._calls.append(("served", (ip, kind, name, mac, nbytes, seconds, protocol)))
+
+    async def send(self) -> None:
+        calls, self._calls = self._calls, []
+        body = {"worker": self.index, "events": calls, "metrics": metrics.exposition()}
+        try:
+            async with self.session.post("http://main" + INTERNAL + "report", json=body,
+                                         headers={KEY: self.key}) as r:
+                r.raise_for_status()
+        except (aiohttp.ClientError, OSError) as e:
+            self._calls[:0] = calls[-10_000:]
+            log.warning("worker %d: report not taken (%s); kept for the next", self.index, e)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(EVERY)
+            await self.send()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.send()
+
+
+class Follower(Cluster):
+    """The cluster as the worker sees it: the main process's registration, read from the store."""
+
+    async def start(self) -> None:
+        self.listener = None
+        await asyncio.to_thread(self._follow_once)
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    def _follow_once(self) -> None:
+        cutoff = time.time() - self.config.cluster.dead_after
+        records = self.store.servers.all()
+        mine = next((r for r in records if r.name == self.name), None)
+        self.held = mine.images if mine else {}
+        self.peers = sorted((r for r in records if r.name != self.name and r.last_seen >= cutoff),
+                            key=lambda r: zlib.crc32(r.name.encode()))
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cluster.heartbeat)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._follow_once)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _to_main(request: web.Request, seeding: bool) -> bool:
+    """Does the main process answer this request? Everything but the files a worker serves itself."""
+    if request.path.startswith(INTERNAL):
+        return False  # never reachable from outside: the worker answers 404 itself
+    if request.match_info.route.handler is not namespace_file:
+        return True
+    try:
+        parsed = names.parse(request.match_info.get("tail", ""))
+    except PathRefused:
+        return False
+    if isinstance(parsed, names.Overlay):
+        return True
+    return (seeding and isinstance(parsed, names.ImageFile) and parsed.file in SEEDED
+            and request.query_string != FALLBACK and "Range" not in request.headers)
+
+
+def proxy_middleware(session: aiohttp.ClientSession, seeding: bool) -> Any:
+    @web.middleware
+    async def to_main(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(INTERNAL):
+            raise web.HTTPNotFound()
+        if not _to_main(request, seeding):
+            return await handler(request)  # type: ignore[no-any-return]
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers["Host"] = request.host
+        headers[PEER], headers[SCHEME] = request.remote or "", request.scheme
+        body = await request.read() if request.can_read_body else None
+        try:
+            upstream = await session.request(request.method, "http://main" + request.path_qs, headers=headers,
+                                             data=body, allow_redirects=False)
+        except (aiohttp.ClientError, OSError):
+            return web.Response(status=503, text="the main process does not answer\n")
+        async with upstream:
+            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for k, v in upstream.headers.items():
+                if k.lower() not in _HOP:
+                    resp.headers.add(k, v)
+            await resp.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+        return resp
+
+    return to_main
+
+
+def share_caps(config: Config, workers: int) -> Config:
+    """One worker's share of TFTP's ring memory (`max_memory_mib`, 1/N each), so N workers
+    together hold what one process would. The counts (`max_transfers`, `max_unconfirmed`,
+    `max_per_source`) stay per worker: the kernel's hash spreads a burst unevenly, and an
+    exact 1/N share refused RRQs a single process took (1,000 clients at a cap of 1,000:
+    126 TFTP retries); what a count costs is ring memory, and that is bounded."""
+    t = config.tftp
+    share = t.model_copy(update={"max_memory_mib": max(1, t.max_memory_mib // workers)})
+    return config.model_copy(update={"tftp": share})
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker whose main process was killed outright goes too (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+async def run_worker(config: Config, index: int, socket_path: str, key: str) -> None:
+    from .app import Services, _bound, limit_malloc_arenas, raise_fd_limit, tune_interpreter
+    from .http_server import make_app, start_http
+    from .tftp_server import start_tftp
+
+    limit_malloc_arenas()
+    raise_fd_limit()
+    svc = Services(config, cluster_type=Follower)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path), auto_decompress=False,
+                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+    events = ForwardingEvents(session, index, key)
+    namespace = CurrentNamespace(svc.namespace, socket_path, key)
+    servers: list[Any] = []
+    try:
+        metrics.watch_tasks(loop)
+        events.start()
+        await svc.cluster.start()
+        app = make_app(config, namespace, svc.booter, svc.store, events, svc.cluster)
+        app[CTX].seeds = None  # seedable root downloads go to the main process, which holds the seeders
+        app.middlewares.insert(0, proxy_middleware(session, config.scale.seed))
+
+        async def which(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers.setdefault(WORKER, str(index))  # which worker answered (tests, and curl -i)
+        app.on_response_prepare.append(which)
+        try:
+            servers.append(await _bound(f"http port {config.http.port}", start_http(
+                config, namespace, svc.booter, svc.store, events, cluster=svc.cluster,
+                tls=svc.tls.context() if svc.tls else None, ipv6=svc.server_ip6 is not None, reuse_port=True,
+                app=app)))
+            if ":" not in svc.server_ip:
+                servers.append(await _bound(f"tftp port {config.tftp.port}",
+                                            start_tftp(config, namespace, events, reuse_port=True)))
+            if svc.server_ip6:
+                servers.append(await _bound(f"tftp port {config.tftp.port} (IPv6)",
+                                            start_tftp(config, namespace, events, host="::", reuse_port=True)))
+        except OSError as e:
+            print(f"error {e}", flush=True)  # the main process says it, in one line
+            return
+        tune_interpreter()
+        print("ready", flush=True)
+        await stop.wait()
+    finally:
+        for s in reversed(servers):
+            with contextlib.suppress(Exception):
+                await s.close()
+        await svc.cluster.close()
+        await events.stop()
+        await session.close()
+        svc.store.close()
+
+
+def main() -> None:
+    """`python -m ramboot.server.workers INDEX SOCKET [-v]`, the config and key on stdin (from WorkerPool)."""
+    from ..cli import _loop_factory
+    from ..logs import setup_logging
+
+    index, socket_path = int(sys.argv[1]), sys.argv[2]
+    given = json.loads(sys.stdin.read())
+    _die_with_parent(given["parent"])
+    config = share_caps(Config.model_validate(given["config"]), given["workers"])
+    setup_logging("-v" in sys.argv[3:], config.log.format)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run_worker(config, index, socket_path, given["key"]))
+
+
+if __name__ == "__main__":
+    main()
