@@ -115,7 +115,7 @@ class Net:
         log = open(tmp / "server.log", "ab")
         p = self.popen(ns, sys.executable, str(HERE / "dhcp_server_main.py"), str(cfg), address,
                        stdout=subprocess.PIPE, stderr=log)
-        if _readline(p, 15).strip() != b"ready":
+        if _readline(p, 60).strip() != b"ready":  # a loaded CI machine starts Python slowly
             pytest.fail(f"dhcp server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
 
     def close(self) -> None:

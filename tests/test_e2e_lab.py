@@ -309,7 +309,7 @@ def test_lab_cli_up_vm_down(tmp_path: Path) -> None:
     env = {**os.environ, "RAMBOOT_LAB_NS": ns, "RAMBOOT_LAB_DIR": str(root)}
     user_lab = Path("/run/netns/ramboot-lab").exists()
 
-    def lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def lab(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:  # `up` builds an image: minutes on a loaded machine
         return subprocess.run([*ramboot_cmd(), "lab", *args], env=env, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
