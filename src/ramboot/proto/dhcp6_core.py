@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from .dhcp6_codec import (
     CLIENT_PORT,
@@ -71,6 +72,7 @@ from .dhcp6_codec import (
 from .dhcp_core import (
     Answer,
     BootEvent,  # the same boot events as IPv4: one timeline
+    LeaseRecord,
 )
 from .pxe import BootFile, Client
 
@@ -80,6 +82,7 @@ SCAN_LIMIT = 4096  # addresses looked at per allocation (a /64 range is never se
 DECLINE_HOLD = 3600.0  # seconds a declined address stays out of the pool
 SLAAC_KEY = "slaac:"  # a record of the address a machine takes by SLAAC, not a lease the core hands out
 _KIND = {int(m): m.name.lower().replace("_", "-") for m in Msg}
+_NOTHING: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -100,14 +103,9 @@ class Dhcp6Settings:
 Decide = Callable[[Client], Answer | None]  # the policy seam, as over IPv4
 
 
-@dataclass(frozen=True)
-class Lease6Record:
-    """One bound lease as the store keeps it."""
-
-    key: str  # "<duid hex>/<iaid>"
-    ip: str
-    mac: str
-    expires: float
+# One bound lease as the store keeps it: IPv4's record (key "<duid hex>/<iaid>"; client_id, hostname
+# and uuid unset), so one lease journal and one `LeaseCommitter` make both families durable.
+Lease6Record = LeaseRecord
 
 
 @dataclass(frozen=True)
@@ -131,6 +129,15 @@ class Result6:
     @property
     def needs_commit(self) -> bool:
         return bool(self.upserts or self.deletes)
+
+    @property
+    def moved(self) -> Mapping[str, str]:
+        """IPv4's conditional binds' inputs (`LeaseChanges`): none here, the core is the one authority."""
+        return _NOTHING
+
+    @property
+    def owners(self) -> Mapping[str, str]:
+        return _NOTHING
 
 
 @dataclass
