@@ -414,27 +414,46 @@ class Lease6Repo(_Journaled):
         self.checkpoint()
         changes = Changes()
         changes.add(list(upserts), list(deletes), {})
-        self._apply_changes(changes)
+        if not changes:
+            return LeaseCommit()
+        recs = _last_rows(changes)
+        with self._db.engine.begin() as conn:  # any dialect (PostgreSQL has no journal): a statement per kind
+            conn.execute(delete(Lease6).where(Lease6.ip.in_(list(changes.by_ip))))
+            if recs:
+                conn.execute(delete(Lease6).where(Lease6.key.in_(sorted(changes.keys))))
+                conn.execute(insert(Lease6), [{"ip": r.ip, "key": r.key, "mac": normalize_mac(r.mac),
+                                               "expires": r.expires} for r in recs])
         return LeaseCommit()
 
     def _apply_changes(self, changes: Changes) -> None:
-        """The rows of every address and every key written go, then each key's last row goes in."""
+        """The journal's changes (SQLite), in a few plain statements as IPv4's catch-up: the rows of
+        every address and every key written go, then each key's last row goes in."""
         if not changes:
             return
-        last: dict[str, LeaseRecord] = {}  # key -> its last row; an address once, its last holder
-        for rec in changes.by_ip.values():
-            if rec is not None:
-                last.pop(rec.key, None)
-                last[rec.key] = rec
+        recs = _last_rows(changes)
         with self._db.engine.begin() as conn:
-            for column, values in ((Lease6.ip, list(changes.by_ip)), (Lease6.key, sorted(changes.keys))):
-                for i in range(0, len(values), CHUNK):  # any dialect: PostgreSQL has no journal, writes here
-                    conn.execute(delete(Lease6).where(column.in_(values[i:i + CHUNK])))
-            recs = list(last.values())
+            for column, values in (("ip", list(changes.by_ip)), ("key", sorted(changes.keys))):
+                for i in range(0, len(values), CHUNK):
+                    part = values[i:i + CHUNK]
+                    conn.exec_driver_sql(f"DELETE FROM leases6 WHERE {column} IN ({', '.join('?' * len(part))})",
+                                         tuple(part))
             for i in range(0, len(recs), CHUNK):
                 chunk = recs[i:i + CHUNK]
-                conn.execute(insert(Lease6), [{"ip": r.ip, "key": r.key, "mac": normalize_mac(r.mac),
-                                               "expires": r.expires} for r in chunk])
+                params: list[Any] = []
+                for r in chunk:
+                    params += [r.ip, r.key, normalize_mac(r.mac), r.expires]
+                conn.exec_driver_sql("INSERT INTO leases6 (ip, key, mac, expires) VALUES "
+                                     + ", ".join(["(?, ?, ?, ?)"] * len(chunk)), tuple(params))
+
+
+def _last_rows(changes: Changes) -> list[LeaseRecord]:
+    """Each key's last row (one lease per key), an address once (its last holder)."""
+    last: dict[str, LeaseRecord] = {}
+    for rec in changes.by_ip.values():
+        if rec is not None:
+            last.pop(rec.key, None)
+            last[rec.key] = rec
+    return list(last.values())
 
 
 _LEASES = cast(Table, Lease.__table__)
