@@ -43,7 +43,6 @@ from .dhcp6_codec import (
     MAX_RELAY_DEPTH,
     SERVER_PORT,
     Dhcp6DecodeError,
-    IaAddr,
     IaNa,
     Message,
     Msg,
@@ -60,11 +59,15 @@ from .dhcp6_codec import (
     encode,
     encode_domains,
     encode_ia_na,
-    encode_iaaddr,
+    encode_options,
     encode_vendor_class,
     eui64_mac,
+    header,
+    ia_na_option,
+    iaaddr_option,
     linklayer_mac,
     ntop,
+    option,
     pton,
     status,
     vendor_class,
@@ -83,6 +86,10 @@ DECLINE_HOLD = 3600.0  # seconds a declined address stays out of the pool
 SLAAC_KEY = "slaac:"  # a record of the address a machine takes by SLAAC, not a lease the core hands out
 _KIND = {int(m): m.name.lower().replace("_", "-") for m in Msg}
 _NOTHING: Mapping[str, str] = MappingProxyType({})
+_PREFERENCE = option(Opt.PREFERENCE, b"\xff")
+_RAPID_COMMIT = option(Opt.RAPID_COMMIT, b"")
+_NO_BINDING = option(*status(Status.NO_BINDING))
+_NO_ADDRS = option(*status(Status.NO_ADDRS_AVAIL))
 
 
 @dataclass(frozen=True)
@@ -195,7 +202,10 @@ class Dhcp6Core:
             if rec.key.startswith(SLAAC_KEY):
                 continue
             self._put(_Lease(int(ipaddress.IPv6Address(rec.ip)), rec.key, rec.mac, rec.expires, True))
+        # Encoded once: what every reply carries whoever asks.
         self._config = self._config_options()
+        self._server_id = option(Opt.SERVERID, self.duid)
+        self._boot: dict[BootFile, bytes] = {}  # a boot file's options, encoded (512 at most)
 
     # -- entry point -----------------------------------------------------------
     def handle(self, data: bytes, src: tuple[str, int], now: float) -> Result6:
@@ -328,7 +338,7 @@ class Dhcp6Core:
         rep = Message(Msg.REPLY, msg.txid, [(Opt.CLIENTID, duid), (Opt.SERVERID, self.duid),
                                               status(Status.SUCCESS), *ias])
         outcome = "declined" if msg.msg_type == Msg.DECLINE else "released"
-        return Result6(kind, outcome if deletes else "no-binding", [self._send(rep, via)], deletes=deletes)
+        return Result6(kind, outcome if deletes else "no-binding", [self._send(encode(rep), via)], deletes=deletes)
 
     def _confirm(self, msg: Message, kind: str, via: _Via) -> Result6:
         """RFC 8415 §18.3.3: are the client's addresses on this link? No addresses: no reply."""
@@ -339,14 +349,14 @@ class Dhcp6Core:
         code = Status.SUCCESS if on_link else Status.NOT_ON_LINK
         rep = Message(Msg.REPLY, msg.txid, [(Opt.CLIENTID, msg.get(Opt.CLIENTID) or b""), (Opt.SERVERID, self.duid),
                                               status(code)])
-        return Result6(kind, "reply" if on_link else "not-on-link", [self._send(rep, via)])
+        return Result6(kind, "reply" if on_link else "not-on-link", [self._send(encode(rep), via)])
 
     # -- addresses ----------------------------------------------------------------------
     def _assign(self, msg: Message, duid: bytes, mac: str, now: float, *, commit: bool, unknown: bool,
-                renew: bool = False) -> tuple[list[tuple[int, bytes]], list[Lease6Record], str | None]:
+                renew: bool = False) -> tuple[list[bytes], list[Lease6Record], str | None]:
         """One address per IA_NA of the message: the IA options to answer with, the leases to commit,
         and the first address handed out (for the event)."""
-        ias: list[tuple[int, bytes]] = []
+        ias: list[bytes] = []
         upserts: list[Lease6Record] = []
         first: str | None = None
         t1, t2, valid = self.lease_time // 2, self.lease_time * 4 // 5, self.lease_time
@@ -356,20 +366,23 @@ class Dhcp6Core:
             held = self.by_ip.get(self.by_key.get(key, -1))
             has = held is not None and held.key == key and held.bound and held.expires > now
             if renew and not has:
-                ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, 0, 0, [status(Status.NO_BINDING)]))))
+                ias.append(ia_na_option(ia.iaid, 0, 0, _NO_BINDING))
                 continue
             hints = [_int(a.addr) for a in ia.addresses()]
             ip = self._allocate(key, hints, now, commit and unknown)
             if ip is None:
-                ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, 0, 0, [status(Status.NO_ADDRS_AVAIL)]))))
+                ias.append(ia_na_option(ia.iaid, 0, 0, _NO_ADDRS))
                 continue
             expires = now + (valid if commit else OFFER_HOLD)
             self._put(_Lease(ip, key, mac, expires, commit))
-            addr = _ip(ip)
-            opts: Options = [(Opt.IAADDR, encode_iaaddr(IaAddr(addr, valid, valid)))]
+            packed = ip.to_bytes(16, "big")
+            addr = ntop(packed)
+            inner = iaaddr_option(packed, valid, valid)
             # Addresses the client asked for and does not get: lifetimes 0, so it drops them (§18.3.4).
-            opts += [(Opt.IAADDR, encode_iaaddr(IaAddr(_ip(h), 0, 0))) for h in hints if h != ip]
-            ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, t1, t2, opts))))
+            for h in hints:
+                if h != ip:
+                    inner += iaaddr_option(h.to_bytes(16, "big"), 0, 0)
+            ias.append(ia_na_option(ia.iaid, t1, t2, inner))
             if commit:
                 upserts.append(Lease6Record(key, addr, mac, expires))
             first = first or addr
@@ -441,35 +454,42 @@ class Dhcp6Core:
             del self.by_key[lease.key]
 
     # -- replies --------------------------------------------------------------------------
-    def _config_options(self) -> Options:
+    def _config_options(self) -> bytes:
         st = self.settings
         out: Options = []
         if st.dns:
             out.append((Opt.DNS_SERVERS, b"".join(ipaddress.IPv6Address(a).packed for a in st.dns)))
         if st.domain:
             out.append((Opt.DOMAIN_LIST, encode_domains([st.domain])))
-        return out
+        return encode_options(out)
 
-    def _reply(self, msg: Message, mt: Msg, kind: str, outcome: str, via: _Via, ias: list[tuple[int, bytes]],
+    def _reply(self, msg: Message, mt: Msg, kind: str, outcome: str, via: _Via, ias: list[bytes],
                client: Client, answer: Answer) -> Result6:
-        opts: Options = []
+        """The reply as bytes: the client's id, then the options encoded once (ours, the preference or
+        rapid commit, the configuration, the boot options per distinct boot file)."""
+        parts = [header(mt, msg.txid)]
         duid = msg.get(Opt.CLIENTID)
         if duid is not None:
-            opts.append((Opt.CLIENTID, duid))
-        opts.append((Opt.SERVERID, self.duid))
-        opts += ias
+            parts.append(option(Opt.CLIENTID, duid))
+        parts.append(self._server_id)
+        parts += ias
         if mt == Msg.ADVERTISE:
-            opts.append((Opt.PREFERENCE, b"\xff"))
+            parts.append(_PREFERENCE)
         if mt == Msg.REPLY and msg.msg_type == Msg.SOLICIT:
-            opts.append((Opt.RAPID_COMMIT, b""))
-        opts += self._config
-        opts += self._boot_options(client, answer.boot_file)
-        return Result6(kind, outcome, [self._send(Message(mt, msg.txid, opts), via)])
+            parts.append(_RAPID_COMMIT)
+        parts.append(self._config)
+        if client.is_pxe:
+            bf = answer.boot_file
+            boot = self._boot.get(bf)
+            if boot is None:
+                if len(self._boot) >= 512:
+                    self._boot.clear()
+                boot = self._boot[bf] = encode_options(self._boot_options(bf))
+            parts.append(boot)
+        return Result6(kind, outcome, [self._send(b"".join(parts), via)])
 
-    def _boot_options(self, client: Client, bf: BootFile) -> Options:
+    def _boot_options(self, bf: BootFile) -> Options:
         """RFC 5970 option 59 (and the vendor class the firmware looks for), for boot firmware only."""
-        if not client.is_pxe:
-            return []
         if bf.http or bf.filename.startswith("http"):
             url = bf.filename
         else:
@@ -483,10 +503,9 @@ class Dhcp6Core:
             out.append((Opt.VENDOR_CLASS, encode_vendor_class(ENTERPRISE_UEFI, b"HTTPClient")))
         return out
 
-    def _send(self, rep: Message, via: _Via) -> Send6:
-        """Directly to the client's port 546, or wrapped back through each relay (RFC 8415 §19.3),
-        echoing its interface-id, to the outermost relay's port 547."""
-        data = encode(rep)
+    def _send(self, data: bytes, via: _Via) -> Send6:
+        """The encoded reply directly to the client's port 546, or wrapped back through each relay
+        (RFC 8415 §19.3), echoing its interface-id, to the outermost relay's port 547."""
         if not via.relays:
             return Send6(data, via.src[0], via.src[1] or CLIENT_PORT)
         for relay in reversed(via.relays):
