@@ -24,6 +24,8 @@ from types import ModuleType
 MODULES = (
     "ramboot.proto.dhcp_codec",
     "ramboot.proto.dhcp_core",
+    "ramboot.proto.dhcp6_codec",
+    "ramboot.proto.dhcp6_core",
     "ramboot.proto.tftp_core",
     "ramboot.names",
     "ramboot.render",
