@@ -263,18 +263,25 @@ def status(code: Status, message: str = "") -> tuple[int, bytes]:
 # -- what a client says about itself ------------------------------------------------
 
 
+_DUID_LLT_ETHER = struct.pack("!HH", Duid.LLT, HWTYPE_ETHERNET)
+_DUID_LL_ETHER = struct.pack("!HH", Duid.LL, HWTYPE_ETHERNET)
+_DUID_UUID = struct.pack("!H", Duid.UUID)
+_ETHER = struct.pack("!H", HWTYPE_ETHERNET)
+_LINK_LOCAL64 = bytes.fromhex("fe80000000000000")
+
+
 def duid_mac(duid: bytes) -> str | None:
     """The Ethernet MAC inside a DUID-LLT or DUID-LL, else None (DUID-EN and DUID-UUID carry none)."""
-    if duid[:4] == struct.pack("!HH", Duid.LLT, HWTYPE_ETHERNET) and len(duid) == 14:
+    if duid[:4] == _DUID_LLT_ETHER and len(duid) == 14:
         return duid[8:14].hex(":")
-    if duid[:4] == struct.pack("!HH", Duid.LL, HWTYPE_ETHERNET) and len(duid) == 10:
+    if duid[:4] == _DUID_LL_ETHER and len(duid) == 10:
         return duid[4:10].hex(":")
     return None
 
 
 def duid_uuid(duid: bytes) -> str | None:
     """The UUID of a DUID-UUID (RFC 6355; iPXE and edk2 build it from SMBIOS), else None."""
-    if len(duid) == 18 and duid[:2] == struct.pack("!H", Duid.UUID):
+    if len(duid) == 18 and duid[:2] == _DUID_UUID:
         raw = bytes(duid[2:])
         return None if raw in (bytes(16), b"\xff" * 16) else str(uuidlib.UUID(bytes=raw))
     return None
@@ -282,7 +289,7 @@ def duid_uuid(duid: bytes) -> str | None:
 
 def linklayer_mac(value: bytes) -> str | None:
     """RFC 6939 option 79: link-layer type (2 bytes), then the address."""
-    if len(value) == 8 and value[:2] == struct.pack("!H", HWTYPE_ETHERNET):
+    if len(value) == 8 and value[:2] == _ETHER:
         return value[2:].hex(":")
     return None
 
@@ -293,7 +300,7 @@ def eui64_mac(addr: str) -> str | None:
         a = pton(addr.split("%")[0])
     except ValueError:
         return None
-    if a[:8] != bytes.fromhex("fe80000000000000") or a[11:13] != b"\xff\xfe":
+    if a[:8] != _LINK_LOCAL64 or a[11:13] != b"\xff\xfe":
         return None
     return (bytes((a[8] ^ 2,)) + a[9:11] + a[13:16]).hex(":")
 

@@ -190,6 +190,7 @@ class Dhcp6Core:
         if self.last < self.first:
             raise ValueError("range6: the last address is below the first")
         self.prefix = ipaddress.IPv6Network(st.prefix, strict=False)
+        self._prefix64 = self.prefix.network_address.packed[:8] if self.prefix.prefixlen == 64 else None
         self._server_int = int(ipaddress.IPv6Address(st.server_ip))
         self.lease_time = st.lease_time
         self.by_ip: dict[int, _Lease] = {}
@@ -312,11 +313,11 @@ class Dhcp6Core:
         its MAC, RFC 4862 and RFC 4291 appendix A), recorded with its lease and expiring with it:
         ramboot's initramfs has no DHCPv6 client (busybox's udhcpc6 is not built in Debian) and
         comes back from that address, which the access rule and the timeline must know."""
-        if not upserts or self.prefix.prefixlen != 64:
+        if not upserts or self._prefix64 is None:
             return []
         m = bytes.fromhex(mac.replace(":", ""))
         iid = bytes((m[0] ^ 2,)) + m[1:3] + b"\xff\xfe" + m[3:6]
-        addr = ntop(self.prefix.network_address.packed[:8] + iid)
+        addr = ntop(self._prefix64 + iid)
         return [Lease6Record(SLAAC_KEY + mac, addr, mac, max(u.expires for u in upserts))]
 
     def _release(self, msg: Message, kind: str, via: _Via, mac: str, now: float) -> Result6:
