@@ -201,7 +201,8 @@ def test_no_reply_leaves_while_the_dhcp6_lease_journal_cannot_be_written(tmp_pat
     need("perfdhcp")
     data = tmp_path / "data"
     data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(data)], check=True)
+    # room for the boot loaders `serve` puts there at start, then filled
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(data)], check=True)
     pair = NetnsPair(bridge=True)
     try:
         ipv6_only(pair)
