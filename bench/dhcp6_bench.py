@@ -2,6 +2,7 @@
 """DHCPv6 side by side: Kea's kea-dhcp6 and ramboot at fixed rates, alternating, several rounds.
 
     .venv/bin/python bench/dhcp6_bench.py [--rates 500,1000,2000,3000] [--rounds 3] [--duration 10]
+        [--before DIR/src]   # also an earlier ramboot, in the same rounds (before/after a change)
 
 The set-up is bench/dhcp_bench.py's for IPv4 with IPv6 in it: a fresh veth pair
 of namespaces and a fresh server with an empty, durable lease database per
