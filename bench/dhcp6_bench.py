@@ -2,6 +2,7 @@
 """DHCPv6 side by side: Kea's kea-dhcp6 and ramboot at fixed rates, alternating, several rounds.
 
     .venv/bin/python bench/dhcp6_bench.py [--rates 500,1000,2000,3000] [--rounds 3] [--duration 10]
+        [--before DIR/src]   # also an earlier ramboot, in the same rounds (before/after a change)
 
 The set-up is bench/dhcp_bench.py's for IPv4 with IPv6 in it: a fresh veth pair
 of namespaces and a fresh server with an empty, durable lease database per
@@ -24,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,7 +68,8 @@ def start_kea6(net: NetnsPair, work: Path) -> Child:
     return run_kea(net, work, "kea6", cfg, "DHCP6")
 
 
-def start_ramboot6(net: NetnsPair, work: Path) -> Child:
+def start_ramboot6(net: NetnsPair, work: Path, src: Path | None = None) -> Child:
+    """`src`: another tree's `src/` to run instead of this one's (the "ramboot-before" server)."""
     data = work / "ramboot-data"
     data.mkdir(exist_ok=True)
     (work / "ramboot.toml").write_text(f"""data_dir = "{data}"
@@ -88,13 +91,14 @@ https_port = 0
 [boot]
 default_image = "bench"
 """)
+    env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
     c = Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(work / "ramboot.toml")),
-              log=work / "ramboot.log")
+              log=work / "ramboot.log", env=env)
     _settle(c, lambda: "serving on" in _read(work / "ramboot.log"), timeout=30)
     return c
 
 
-SERVERS = {"kea": start_kea6, "ramboot": start_ramboot6}
+SERVERS: dict[str, Callable[[NetnsPair, Path], Child]] = {"kea": start_kea6, "ramboot": start_ramboot6}
 
 
 def measure(server: str, rate: int, duration: int) -> Point:
@@ -137,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", default="kea,ramboot")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--before", type=Path, metavar="SRC",
+                    help="also run the ramboot of another tree's src/ (say `git archive REV src | tar -x -C DIR`,"
+                         " then DIR/src) as the server ramboot-before, in the same rounds")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("dhcp6_bench: needs root (network namespaces)", file=sys.stderr)
@@ -146,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dhcp6_bench: {tool} not installed (Debian: kea-admin, kea-dhcp6-server)", file=sys.stderr)
             return 2
     servers = a.servers.split(",")
+    if a.before is not None:
+        before = a.before.resolve()
+        SERVERS["ramboot-before"] = lambda net, work: start_ramboot6(net, work, before)
+        servers.append("ramboot-before")
     points: dict[tuple[str, int], list[Point]] = {}
     for rate in (int(r) for r in a.rates.split(",")):
         for rnd in range(a.rounds):
@@ -153,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                 load = open("/proc/loadavg").read().split()[0]
                 pt = measure(server, rate, a.duration)
                 points.setdefault((server, rate), []).append(pt)
-                print(f"  round {rnd + 1}  load {load:>5}  {server:8s} {rate:6d}/s  achieved {pt.achieved:8.1f}"
+                print(f"  round {rnd + 1}  load {load:>5}  {server:14s} {rate:6d}/s  achieved {pt.achieved:8.1f}"
                       f"  drops {pt.drops_do:6.3f}% / {pt.drops_ra:6.3f}%  delay {pt.delay_do_ms:.2f}/"
                       f"{pt.delay_ra_ms:.2f} ms  cpu {pt.server_cpu_s:.2f}s" + (f"  ERROR {pt.error}" if pt.error
                                                                               else ""), flush=True)
     print(f"\nDHCPv6: perfdhcp -6 -l IF -r RATE -R 1000000 -p {a.duration} (veth pair of namespaces)")
-    print(f"{'server':8s} {'rate':>6s}  {'median drops S-A / R-R':>24s}  {'median delay ms':>16s}"
+    print(f"{'server':14s} {'rate':>6s}  {'median drops S-A / R-R':>24s}  {'median delay ms':>16s}"
           f"  {'CPU ms/exch':>11s}  ok rounds")
     best: dict[str, int] = {}
     cpu_at: dict[tuple[str, int], float] = {}
@@ -168,14 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         dl = statistics.median(p.delay_ra_ms for p in pts)
         cpu = cpu_at[(server, rate)] = statistics.median(
             1000 * p.server_cpu_s / max(1.0, p.achieved * a.duration) for p in pts)
-        print(f"{server:8s} {rate:6d}  {sa:10.3f}% / {rr:8.3f}%  {dl:16.2f}  {cpu:11.3f}  {sum(p.ok for p in pts)}/"
+        print(f"{server:14s} {rate:6d}  {sa:10.3f}% / {rr:8.3f}%  {dl:16.2f}  {cpu:11.3f}  {sum(p.ok for p in pts)}/"
               f"{len(pts)}")
         if sa < 1 and rr < 1:
             best[server] = max(best.get(server, 0), rate)
     for server in servers:
         print(f"{server}: highest rate with median drops under 1 % in both exchanges: {best.get(server, 0):,}/s")
-    if best.get("kea") and "ramboot" in best:
-        print(f"ramboot / kea: {best['ramboot'] / best['kea']:.2f}")
+    for server in ("ramboot", "ramboot-before"):
+        if best.get("kea") and server in best:
+            print(f"{server} / kea: {best[server] / best['kea']:.2f}")
     if a.json:
         a.json.write_text(json.dumps({f"{s}@{r}": [asdict(p) for p in v] for (s, r), v in points.items()}, indent=1))
     return 0

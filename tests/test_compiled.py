@@ -16,7 +16,7 @@ PURE = bool(os.environ.get(compiled.PURE_ENV))
 
 def test_the_hot_paths_are_the_compiled_modules_in_the_main_run_and_the_source_in_the_pure_one() -> None:
     st = compiled.status()
-    assert set(st) == set(compiled.MODULES) and len(st) == 5
+    assert set(st) == set(compiled.MODULES) and len(st) == 7
     assert st == dict.fromkeys(compiled.MODULES, not PURE), compiled.summary()
     from ramboot.proto import dhcp_codec
 
@@ -32,9 +32,9 @@ def test_the_switch_loads_all_of_them_from_source_and_version_says_so() -> None:
     env = dict(os.environ, **{compiled.PURE_ENV: "1"})
     out = subprocess.run([sys.executable, "-c", "import ramboot.compiled as c; print(sorted(c.status().values()))"],
                          env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str([False] * 5)
+    assert out.strip() == str([False] * 7)
     ver = subprocess.run([sys.executable, "-c", "from ramboot.cli import main; main()", "--version"], env=env, capture_output=True, text=True)
-    assert "0 of 5 hot-path modules compiled" in ver.stdout, ver.stdout + ver.stderr
+    assert "0 of 7 hot-path modules compiled" in ver.stdout, ver.stdout + ver.stderr
     env.pop(compiled.PURE_ENV)
     ver = subprocess.run([sys.executable, "-c", "from ramboot.cli import main; main()", "--version"], env=env, capture_output=True, text=True)
-    assert ver.stdout.splitlines()[1] == "mypyc: all 5 hot-path modules compiled", ver.stdout + ver.stderr
+    assert ver.stdout.splitlines()[1] == "mypyc: all 7 hot-path modules compiled", ver.stdout + ver.stderr

@@ -5,6 +5,7 @@ a client behind ISC `dhcrelay -6`; then TFTP and HTTP over IPv6, and the leases 
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ def wait_dad(pair: NetnsPair, ns: str, timeout: float = 10) -> None:
 def start_serve(pair: NetnsPair, tmp: Path) -> Path:
     """`ramboot serve` with IPv4 off entirely: no IPv4 address, `[dhcp] mode = "off"`, DHCPv6 full."""
     data = tmp / "data"
-    data.mkdir()
+    data.mkdir(exist_ok=True)
     cfg = tmp / "ramboot.toml"
     cfg.write_text(
         f'data_dir = "{data}"\n[network]\ninterface = "{pair.srv_if}"\naddress6 = "{SERVER6}"\n'
@@ -60,17 +61,21 @@ def start_serve(pair: NetnsPair, tmp: Path) -> Path:
     pytest.fail(f"ramboot serve did not start: {log.read_text()[-2000:]}")
 
 
+def ipv6_only(pair: NetnsPair) -> None:
+    """No IPv4 anywhere: NetnsPair gave the server one, take it away; the server's IPv6 address."""
+    sh("ip", "-n", pair.srv_ns, "addr", "flush", "dev", pair.srv_if, "scope", "global")
+    sh("ip", "-n", pair.srv_ns, "addr", "add", f"{SERVER6}/64", "dev", pair.srv_if, "nodad")
+    wait_dad(pair, pair.srv_ns)
+    wait_dad(pair, pair.cli_ns)
+
+
 @pytest.fixture(scope="module")
 def v6(tmp_path_factory):
     need("dhclient", "perfdhcp", "dhcrelay", "curl", "tftp")
     tmp = tmp_path_factory.mktemp("dhcp6")
     pair = NetnsPair(bridge=True)
     try:
-        # No IPv4 anywhere: NetnsPair gave the server one, take it away.
-        sh("ip", "-n", pair.srv_ns, "addr", "flush", "dev", pair.srv_if, "scope", "global")
-        sh("ip", "-n", pair.srv_ns, "addr", "add", f"{SERVER6}/64", "dev", pair.srv_if, "nodad")
-        wait_dad(pair, pair.srv_ns)
-        wait_dad(pair, pair.cli_ns)
+        ipv6_only(pair)
         cfg = start_serve(pair, tmp)
         yield pair, tmp, cfg
     finally:
@@ -105,6 +110,22 @@ def dhclient6(pair: NetnsPair, tmp: Path, conf: str = "", ns: str | None = None,
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
 
 
+def stored_leases(cfg: Path, mac: str, ip: str) -> list[str]:
+    """The addresses the leases table holds for `mac`, once it holds `ip` (or after 5 s): the Reply left
+    once the lease was in the running server's lease journal, and the table catches up within
+    CHECKPOINT_EVERY."""
+    end = time.monotonic() + 5
+    while True:
+        store = Store.for_config(load_config(cfg))
+        try:
+            got = [x.ip for x in store.leases.leases_of(mac)]
+        finally:
+            store.close()
+        if ip in got or time.monotonic() > end:
+            return got
+        time.sleep(0.1)
+
+
 def client_mac(pair: NetnsPair, ns: str, ifname: str) -> str:
     return pair.run(ns, "cat", f"/sys/class/net/{ifname}/address").stdout.strip()
 
@@ -134,11 +155,7 @@ def test_dhclient6_gets_a_lease_and_its_boot_url(v6, fw, conf, url):
     got = env.get("new_dhcp6_bootfile_url")
     assert got == (url.format(server=SERVER6, mac=mac_hyphen(mac)) if url else None)
     # durable: the lease is in the store, found by the client's MAC (its EUI-64 link-local source)
-    store = Store.for_config(load_config(cfg))
-    try:
-        assert env["new_ip6_address"] in [x.ip for x in store.leases.leases_of(mac)]
-    finally:
-        store.close()
+    assert env["new_ip6_address"] in stored_leases(cfg, mac, env["new_ip6_address"])
 
 
 def test_tftp_and_http_answer_over_ipv6(v6):
@@ -162,6 +179,49 @@ def test_perfdhcp6_gets_leases(v6):
     # both exchanges (Solicit-Advertise, Request-Reply) answered, nearly all of them
     assert len(received) == 2 and int(received[1]) >= 90, res.stdout
     assert int(sent[0]) == 100
+
+
+def perfdhcp6_received(pair: NetnsPair) -> list[int]:
+    """perfdhcp -6, 20 clients at 10/s: the replies it received (Advertises, Replies)."""
+    wait_dad(pair, pair.cli_ns)  # perfdhcp binds to the client's SLAAC address once it is not tentative
+    res = pair.run(pair.cli_ns, "perfdhcp", "-6", "-l", pair.cli_if, "-r", "10", "-n", "20", "-R", "20", "-p", "4",
+                   timeout=60, check=False)
+    got = [int(n) for n in re.findall(r"received packets: (\d+)", res.stdout)]
+    assert got, res.stdout + res.stderr
+    return got
+
+
+def test_no_reply_leaves_while_the_dhcp6_lease_journal_cannot_be_written(tmp_path: Path) -> None:
+    """A lease that cannot be made durable withholds its Reply, as over IPv4
+    (tests/test_dhcp_commit_failure.py): the data directory is a small tmpfs, filled up, so
+    the lease journal's append fails. Advertises commit nothing and still leave; no Reply
+    does. Once space is freed, the Requests are answered and their leases reach the table."""
+    from test_dhcp_commit_failure import _fill
+
+    need("perfdhcp")
+    data = tmp_path / "data"
+    data.mkdir()
+    # room for the boot loaders `serve` puts there at start, then filled
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,mode=0700", "tmpfs", str(data)], check=True)
+    pair = NetnsPair(bridge=True)
+    try:
+        ipv6_only(pair)
+        start_serve(pair, tmp_path)
+        fill = _fill(data)
+        advertises, replies = perfdhcp6_received(pair)
+        assert advertises >= 15 and replies == 0, (advertises, replies)
+        log = (tmp_path / "serve.log").read_text()
+        assert "lease commit failed" in log and "No space left" in log, log[-2000:]
+        fill.unlink()
+        advertises, replies = perfdhcp6_received(pair)
+        assert replies >= 15, (advertises, replies)
+        end = time.monotonic() + 5
+        while not sqlite3.connect(data / "ramboot.db").execute("select count(*) from leases6").fetchone()[0]:
+            assert time.monotonic() < end, "the leases6 table never caught up with the journal"
+            time.sleep(0.1)
+    finally:
+        pair.close()
+        subprocess.run(["umount", "-l", str(data)], check=False)
 
 
 def test_a_client_behind_dhcrelay6_is_served(v6):
@@ -188,9 +248,5 @@ def test_a_client_behind_dhcrelay6_is_served(v6):
     env = dhclient6(pair, tmp, ns=cli_ns, ifname=down + "c")
     assert in_range(env["new_ip6_address"])
     mac = client_mac(pair, cli_ns, down + "c")
-    store = Store.for_config(load_config(tmp / "ramboot.toml"))
-    try:
-        assert env["new_ip6_address"] in [x.ip for x in store.leases.leases_of(mac)]
-    finally:
-        store.close()
+    assert env["new_ip6_address"] in stored_leases(tmp / "ramboot.toml", mac, env["new_ip6_address"])
     assert "Traceback" not in (tmp / "serve.log").read_text()

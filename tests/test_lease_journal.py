@@ -147,3 +147,61 @@ def test_reads_see_what_the_journal_holds(tmp_path: Path) -> None:
     s.close()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("r.db.leases-journal.") and
                 p.suffix[1:].isdigit()], os.listdir(tmp_path)
+
+
+# -- DHCPv6 (`leases6`): its own journal, the same component -----------------------------------------
+
+IP6S = [f"fd00::{i}" for i in range(1, 6)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(st.one_of(
+    st.tuples(st.just("u"), st.sampled_from(IP6S), st.sampled_from(KEYS), st.integers(1, 9)),
+    st.tuples(st.just("d"), st.sampled_from(IP6S))), min_size=1, max_size=4), min_size=1, max_size=8),
+    checkpoint_at=st.integers(0, 8))
+def test_the_dhcp6_journal_ends_as_the_authoritys_writes(tmp_path_factory, template, batches, checkpoint_at) -> None:
+    tmp = tmp_path_factory.mktemp("j6")
+    for name in ("a.db", "b.db"):
+        shutil.copy(template, tmp / name)
+    direct, journaled = Store(f"sqlite:///{tmp / 'a.db'}"), Store(f"sqlite:///{tmp / 'b.db'}")
+    assert journaled.leases.v6.open_journal()
+    for n, batch in enumerate(batches):
+        ups = [_rec(o[1], o[2], o[3]) for o in batch if o[0] == "u"]
+        dels = [o[1] for o in batch if o[0] == "d"]
+        direct.leases.save6(ups, dels)  # one transaction, as the server wrote it before its journal
+        journaled.leases.v6.save(ups, dels, moved={})
+        if n == checkpoint_at:
+            journaled.leases.v6.checkpoint()
+
+    def table(s: Store) -> list[tuple]:
+        return sorted((r.ip, r.key, r.expires) for r in s.leases.load6())
+
+    assert table(journaled) == table(direct)
+    keys = [k for _, k, _ in table(direct)]
+    assert len(keys) == len(set(keys))  # one lease per key
+    direct.close(), journaled.close()
+
+
+def test_a_killed_server_loses_no_appended_dhcp6_lease(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    child = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {SRC!r})
+        from ramboot.inventory.records import Lease6Record
+        from ramboot.inventory.store import Store
+        s = Store("sqlite:///{db}")
+        assert s.leases.v6.open_journal()
+        for i in range(1, 40):
+            s.leases.v6.save([Lease6Record(f"k{{i}}", f"fd00::{{i:x}}", "02:00:00:00:00:01", 9e9)], [], moved={{}})
+            if i == 20:
+                s.leases.v6.checkpoint()  # half in the table, half only in the journal
+        os.kill(os.getpid(), 9)
+    """)
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, r.stderr
+    journal = Path(f"{db}.leases6-journal")
+    assert journal.stat().st_size > 0
+    s = Store(f"sqlite:///{db}")  # replayed by the next process that opens the store
+    assert sorted(r.ip for r in s.leases.load6()) == sorted(f"fd00::{i:x}" for i in range(1, 40))
+    assert journal.stat().st_size == 0
+    s.close()

@@ -24,6 +24,8 @@ from types import ModuleType
 MODULES = (
     "ramboot.proto.dhcp_codec",
     "ramboot.proto.dhcp_core",
+    "ramboot.proto.dhcp6_codec",
+    "ramboot.proto.dhcp6_core",
     "ramboot.proto.tftp_core",
     "ramboot.names",
     "ramboot.render",
@@ -92,10 +94,15 @@ def stale() -> list[str]:
     out: list[str] = []
     if not os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(_package_dir())), "setup.py")):
         return out
+    # The code is in the group's library (ramboot__mypyc.*.so beside the package); a module's own
+    # .so is a shim that a rebuild leaves alone (and its time with it) when only the code changed.
+    group = max((os.path.getmtime(os.path.join(os.path.dirname(_package_dir()), f))
+                 for f in os.listdir(os.path.dirname(_package_dir())) if f.startswith("ramboot__mypyc.")),
+                default=0.0)
     for name in MODULES:
         so = built(name)
         src = os.path.join(_package_dir(), *name.split(".")[1:]) + ".py"
-        if so and os.path.isfile(src) and os.path.getmtime(src) > os.path.getmtime(so):
+        if so and os.path.isfile(src) and os.path.getmtime(src) > max(os.path.getmtime(so), group):
             out.append(os.path.relpath(src, os.path.dirname(_package_dir())))
     return out
 

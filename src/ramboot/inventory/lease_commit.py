@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from .. import metrics
@@ -58,10 +58,28 @@ class LeaseChanges(Protocol):
     def deletes(self) -> list[str]: ...
 
     @property
-    def moved(self) -> dict[str, str]: ...  # lease key -> the address it left (the core knew it held)
+    def moved(self) -> Mapping[str, str]: ...  # lease key -> the address it left (the core knew it held)
 
     @property
-    def owners(self) -> dict[str, str]: ...  # deleted address -> the key that held it
+    def owners(self) -> Mapping[str, str]: ...  # deleted address -> the key that held it
+
+
+class DurableLeases(Protocol):
+    """A leases table with its journal: `LeaseRepo` (IPv4) and `Lease6Repo` (DHCPv6)."""
+
+    @property
+    def journaled(self) -> bool: ...
+
+    @property
+    def journal_pending(self) -> bool: ...
+
+    def open_journal(self) -> bool: ...
+
+    def checkpoint(self) -> None: ...
+
+    def save(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = (), *,
+             moved: Mapping[str, str] | None = None, owners: Mapping[str, str] | None = None,
+             now: float | None = None, sender: str = "") -> LeaseCommit: ...
 
 
 class Notifications(Protocol):
@@ -75,7 +93,7 @@ class Notifications(Protocol):
 class LeaseCommitter:
     """The one component that makes a DHCP server's lease changes durable; see the module notes."""
 
-    def __init__(self, leases: LeaseRepo, *, sender: str, journal: bool = True):
+    def __init__(self, leases: DurableLeases, *, sender: str, journal: bool = True):
         """`journal`: use the lease journal when this server is alone on a SQLite file
         (the DHCP server in full mode); `sender`: this server's name in notifications."""
         self.leases = leases
@@ -174,6 +192,7 @@ class LeaseCommitter:
     async def _reload_once(self) -> None:
         since = self._loaded_at - RELOAD_OVERLAP
         self._loaded_at = time.time()
+        assert isinstance(self.leases, LeaseRepo)  # follow(): IPv4's several servers
         try:
             recs = await asyncio.to_thread(self.leases.since, since)
         except Exception as e:

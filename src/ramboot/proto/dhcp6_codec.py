@@ -142,13 +142,19 @@ class RelayMessage:
         return _get(self.options, code)
 
 
+_HEAD = struct.Struct("!HH")  # an option's code and length
+_IA = struct.Struct("!HHIII")  # an IA_NA option's head: code, length, IAID, T1, T2
+_IAADDR = struct.Struct("!HH16sII")  # an IAADDR option without options of its own
+
+
 def decode_options(data: bytes, reason: str = "options") -> Options:
     out: Options = []
     i, n = 0, len(data)
+    unpack = _HEAD.unpack_from
     while i < n:
         if i + 4 > n:
             raise Dhcp6DecodeError(reason + "-truncated")
-        code, length = struct.unpack_from("!HH", data, i)
+        code, length = unpack(data, i)
         i += 4
         if i + length > n:
             raise Dhcp6DecodeError(reason + "-overrun")
@@ -157,13 +163,27 @@ def decode_options(data: bytes, reason: str = "options") -> Options:
     return out
 
 
+def option(code: int, value: bytes) -> bytes:
+    """One option on the wire (a server's replies are built from these, constant ones encoded once)."""
+    if len(value) > 0xFFFF:
+        raise ValueError(f"option {code} too long")
+    return _HEAD.pack(code, len(value)) + value
+
+
 def encode_options(options: Options) -> bytes:
-    parts = []
-    for code, value in options:
-        if len(value) > 0xFFFF:
-            raise ValueError(f"option {code} too long")
-        parts.append(struct.pack("!HH", code, len(value)) + value)
-    return b"".join(parts)
+    return b"".join([option(code, value) for code, value in options])
+
+
+def ia_na_option(iaid: int, t1: int, t2: int, inner: bytes) -> bytes:
+    """An IA_NA option (3) around its already encoded options: `encode_ia_na` without the objects."""
+    if len(inner) > 0xFFFF - 12:
+        raise ValueError("IA_NA too long")
+    return _IA.pack(Opt.IA_NA, 12 + len(inner), iaid, t1, t2) + inner
+
+
+def iaaddr_option(addr: bytes, preferred: int, valid: int) -> bytes:
+    """An IAADDR option (5) for a 16-byte address, with no options inside."""
+    return _IAADDR.pack(Opt.IAADDR, 24, addr, preferred, valid)
 
 
 def decode(data: bytes) -> Message | RelayMessage:
@@ -180,11 +200,16 @@ def decode(data: bytes) -> Message | RelayMessage:
     return Message(mt, int.from_bytes(data[1:4], "big"), decode_options(data[4:]))
 
 
+def header(msg_type: int, txid: int) -> bytes:
+    """A client or server message's first four bytes: its type and 24-bit transaction id."""
+    return (((msg_type & 0xFF) << 24) | (txid & 0xFFFFFF)).to_bytes(4, "big")
+
+
 def encode(msg: Message | RelayMessage) -> bytes:
     if isinstance(msg, RelayMessage):
         head = bytes((msg.msg_type, msg.hop_count)) + pton(msg.link_address) + pton(msg.peer_address)
         return head + encode_options(msg.options)
-    return bytes((msg.msg_type,)) + (msg.txid & 0xFFFFFF).to_bytes(3, "big") + encode_options(msg.options)
+    return header(msg.msg_type, msg.txid) + encode_options(msg.options)
 
 
 # -- IA_NA and its addresses -----------------------------------------------------
@@ -238,18 +263,25 @@ def status(code: Status, message: str = "") -> tuple[int, bytes]:
 # -- what a client says about itself ------------------------------------------------
 
 
+_DUID_LLT_ETHER = struct.pack("!HH", Duid.LLT, HWTYPE_ETHERNET)
+_DUID_LL_ETHER = struct.pack("!HH", Duid.LL, HWTYPE_ETHERNET)
+_DUID_UUID = struct.pack("!H", Duid.UUID)
+_ETHER = struct.pack("!H", HWTYPE_ETHERNET)
+_LINK_LOCAL64 = bytes.fromhex("fe80000000000000")
+
+
 def duid_mac(duid: bytes) -> str | None:
     """The Ethernet MAC inside a DUID-LLT or DUID-LL, else None (DUID-EN and DUID-UUID carry none)."""
-    if duid[:4] == struct.pack("!HH", Duid.LLT, HWTYPE_ETHERNET) and len(duid) == 14:
+    if duid[:4] == _DUID_LLT_ETHER and len(duid) == 14:
         return duid[8:14].hex(":")
-    if duid[:4] == struct.pack("!HH", Duid.LL, HWTYPE_ETHERNET) and len(duid) == 10:
+    if duid[:4] == _DUID_LL_ETHER and len(duid) == 10:
         return duid[4:10].hex(":")
     return None
 
 
 def duid_uuid(duid: bytes) -> str | None:
     """The UUID of a DUID-UUID (RFC 6355; iPXE and edk2 build it from SMBIOS), else None."""
-    if len(duid) == 18 and duid[:2] == struct.pack("!H", Duid.UUID):
+    if len(duid) == 18 and duid[:2] == _DUID_UUID:
         raw = bytes(duid[2:])
         return None if raw in (bytes(16), b"\xff" * 16) else str(uuidlib.UUID(bytes=raw))
     return None
@@ -257,7 +289,7 @@ def duid_uuid(duid: bytes) -> str | None:
 
 def linklayer_mac(value: bytes) -> str | None:
     """RFC 6939 option 79: link-layer type (2 bytes), then the address."""
-    if len(value) == 8 and value[:2] == struct.pack("!H", HWTYPE_ETHERNET):
+    if len(value) == 8 and value[:2] == _ETHER:
         return value[2:].hex(":")
     return None
 
@@ -268,7 +300,7 @@ def eui64_mac(addr: str) -> str | None:
         a = pton(addr.split("%")[0])
     except ValueError:
         return None
-    if a[:8] != bytes.fromhex("fe80000000000000") or a[11:13] != b"\xff\xfe":
+    if a[:8] != _LINK_LOCAL64 or a[11:13] != b"\xff\xfe":
         return None
     return (bytes((a[8] ^ 2,)) + a[9:11] + a[13:16]).hex(":")
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from .dhcp6_codec import (
     CLIENT_PORT,
@@ -42,7 +43,6 @@ from .dhcp6_codec import (
     MAX_RELAY_DEPTH,
     SERVER_PORT,
     Dhcp6DecodeError,
-    IaAddr,
     IaNa,
     Message,
     Msg,
@@ -59,11 +59,15 @@ from .dhcp6_codec import (
     encode,
     encode_domains,
     encode_ia_na,
-    encode_iaaddr,
+    encode_options,
     encode_vendor_class,
     eui64_mac,
+    header,
+    ia_na_option,
+    iaaddr_option,
     linklayer_mac,
     ntop,
+    option,
     pton,
     status,
     vendor_class,
@@ -71,6 +75,7 @@ from .dhcp6_codec import (
 from .dhcp_core import (
     Answer,
     BootEvent,  # the same boot events as IPv4: one timeline
+    LeaseRecord,
 )
 from .pxe import BootFile, Client
 
@@ -80,6 +85,11 @@ SCAN_LIMIT = 4096  # addresses looked at per allocation (a /64 range is never se
 DECLINE_HOLD = 3600.0  # seconds a declined address stays out of the pool
 SLAAC_KEY = "slaac:"  # a record of the address a machine takes by SLAAC, not a lease the core hands out
 _KIND = {int(m): m.name.lower().replace("_", "-") for m in Msg}
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+_PREFERENCE = option(Opt.PREFERENCE, b"\xff")
+_RAPID_COMMIT = option(Opt.RAPID_COMMIT, b"")
+_NO_BINDING = option(*status(Status.NO_BINDING))
+_NO_ADDRS = option(*status(Status.NO_ADDRS_AVAIL))
 
 
 @dataclass(frozen=True)
@@ -100,14 +110,9 @@ class Dhcp6Settings:
 Decide = Callable[[Client], Answer | None]  # the policy seam, as over IPv4
 
 
-@dataclass(frozen=True)
-class Lease6Record:
-    """One bound lease as the store keeps it."""
-
-    key: str  # "<duid hex>/<iaid>"
-    ip: str
-    mac: str
-    expires: float
+# One bound lease as the store keeps it: IPv4's record (key "<duid hex>/<iaid>"; client_id, hostname
+# and uuid unset), so one lease journal and one `LeaseCommitter` make both families durable.
+Lease6Record = LeaseRecord
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,15 @@ class Result6:
     @property
     def needs_commit(self) -> bool:
         return bool(self.upserts or self.deletes)
+
+    @property
+    def moved(self) -> Mapping[str, str]:
+        """IPv4's conditional binds' inputs (`LeaseChanges`): none here, the core is the one authority."""
+        return _NOTHING
+
+    @property
+    def owners(self) -> Mapping[str, str]:
+        return _NOTHING
 
 
 @dataclass
@@ -176,6 +190,7 @@ class Dhcp6Core:
         if self.last < self.first:
             raise ValueError("range6: the last address is below the first")
         self.prefix = ipaddress.IPv6Network(st.prefix, strict=False)
+        self._prefix64 = self.prefix.network_address.packed[:8] if self.prefix.prefixlen == 64 else None
         self._server_int = int(ipaddress.IPv6Address(st.server_ip))
         self.lease_time = st.lease_time
         self.by_ip: dict[int, _Lease] = {}
@@ -188,7 +203,10 @@ class Dhcp6Core:
             if rec.key.startswith(SLAAC_KEY):
                 continue
             self._put(_Lease(int(ipaddress.IPv6Address(rec.ip)), rec.key, rec.mac, rec.expires, True))
+        # Encoded once: what every reply carries whoever asks.
         self._config = self._config_options()
+        self._server_id = option(Opt.SERVERID, self.duid)
+        self._boot: dict[BootFile, bytes] = {}  # a boot file's options, encoded (512 at most)
 
     # -- entry point -----------------------------------------------------------
     def handle(self, data: bytes, src: tuple[str, int], now: float) -> Result6:
@@ -295,11 +313,11 @@ class Dhcp6Core:
         its MAC, RFC 4862 and RFC 4291 appendix A), recorded with its lease and expiring with it:
         ramboot's initramfs has no DHCPv6 client (busybox's udhcpc6 is not built in Debian) and
         comes back from that address, which the access rule and the timeline must know."""
-        if not upserts or self.prefix.prefixlen != 64:
+        if not upserts or self._prefix64 is None:
             return []
         m = bytes.fromhex(mac.replace(":", ""))
         iid = bytes((m[0] ^ 2,)) + m[1:3] + b"\xff\xfe" + m[3:6]
-        addr = ntop(self.prefix.network_address.packed[:8] + iid)
+        addr = ntop(self._prefix64 + iid)
         return [Lease6Record(SLAAC_KEY + mac, addr, mac, max(u.expires for u in upserts))]
 
     def _release(self, msg: Message, kind: str, via: _Via, mac: str, now: float) -> Result6:
@@ -321,7 +339,7 @@ class Dhcp6Core:
         rep = Message(Msg.REPLY, msg.txid, [(Opt.CLIENTID, duid), (Opt.SERVERID, self.duid),
                                               status(Status.SUCCESS), *ias])
         outcome = "declined" if msg.msg_type == Msg.DECLINE else "released"
-        return Result6(kind, outcome if deletes else "no-binding", [self._send(rep, via)], deletes=deletes)
+        return Result6(kind, outcome if deletes else "no-binding", [self._send(encode(rep), via)], deletes=deletes)
 
     def _confirm(self, msg: Message, kind: str, via: _Via) -> Result6:
         """RFC 8415 §18.3.3: are the client's addresses on this link? No addresses: no reply."""
@@ -332,14 +350,14 @@ class Dhcp6Core:
         code = Status.SUCCESS if on_link else Status.NOT_ON_LINK
         rep = Message(Msg.REPLY, msg.txid, [(Opt.CLIENTID, msg.get(Opt.CLIENTID) or b""), (Opt.SERVERID, self.duid),
                                               status(code)])
-        return Result6(kind, "reply" if on_link else "not-on-link", [self._send(rep, via)])
+        return Result6(kind, "reply" if on_link else "not-on-link", [self._send(encode(rep), via)])
 
     # -- addresses ----------------------------------------------------------------------
     def _assign(self, msg: Message, duid: bytes, mac: str, now: float, *, commit: bool, unknown: bool,
-                renew: bool = False) -> tuple[list[tuple[int, bytes]], list[Lease6Record], str | None]:
+                renew: bool = False) -> tuple[list[bytes], list[Lease6Record], str | None]:
         """One address per IA_NA of the message: the IA options to answer with, the leases to commit,
         and the first address handed out (for the event)."""
-        ias: list[tuple[int, bytes]] = []
+        ias: list[bytes] = []
         upserts: list[Lease6Record] = []
         first: str | None = None
         t1, t2, valid = self.lease_time // 2, self.lease_time * 4 // 5, self.lease_time
@@ -349,20 +367,23 @@ class Dhcp6Core:
             held = self.by_ip.get(self.by_key.get(key, -1))
             has = held is not None and held.key == key and held.bound and held.expires > now
             if renew and not has:
-                ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, 0, 0, [status(Status.NO_BINDING)]))))
+                ias.append(ia_na_option(ia.iaid, 0, 0, _NO_BINDING))
                 continue
             hints = [_int(a.addr) for a in ia.addresses()]
             ip = self._allocate(key, hints, now, commit and unknown)
             if ip is None:
-                ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, 0, 0, [status(Status.NO_ADDRS_AVAIL)]))))
+                ias.append(ia_na_option(ia.iaid, 0, 0, _NO_ADDRS))
                 continue
             expires = now + (valid if commit else OFFER_HOLD)
             self._put(_Lease(ip, key, mac, expires, commit))
-            addr = _ip(ip)
-            opts: Options = [(Opt.IAADDR, encode_iaaddr(IaAddr(addr, valid, valid)))]
+            packed = ip.to_bytes(16, "big")
+            addr = ntop(packed)
+            inner = iaaddr_option(packed, valid, valid)
             # Addresses the client asked for and does not get: lifetimes 0, so it drops them (§18.3.4).
-            opts += [(Opt.IAADDR, encode_iaaddr(IaAddr(_ip(h), 0, 0))) for h in hints if h != ip]
-            ias.append((Opt.IA_NA, encode_ia_na(IaNa(ia.iaid, t1, t2, opts))))
+            for h in hints:
+                if h != ip:
+                    inner += iaaddr_option(h.to_bytes(16, "big"), 0, 0)
+            ias.append(ia_na_option(ia.iaid, t1, t2, inner))
             if commit:
                 upserts.append(Lease6Record(key, addr, mac, expires))
             first = first or addr
@@ -434,35 +455,42 @@ class Dhcp6Core:
             del self.by_key[lease.key]
 
     # -- replies --------------------------------------------------------------------------
-    def _config_options(self) -> Options:
+    def _config_options(self) -> bytes:
         st = self.settings
         out: Options = []
         if st.dns:
             out.append((Opt.DNS_SERVERS, b"".join(ipaddress.IPv6Address(a).packed for a in st.dns)))
         if st.domain:
             out.append((Opt.DOMAIN_LIST, encode_domains([st.domain])))
-        return out
+        return encode_options(out)
 
-    def _reply(self, msg: Message, mt: Msg, kind: str, outcome: str, via: _Via, ias: list[tuple[int, bytes]],
+    def _reply(self, msg: Message, mt: Msg, kind: str, outcome: str, via: _Via, ias: list[bytes],
                client: Client, answer: Answer) -> Result6:
-        opts: Options = []
+        """The reply as bytes: the client's id, then the options encoded once (ours, the preference or
+        rapid commit, the configuration, the boot options per distinct boot file)."""
+        parts = [header(mt, msg.txid)]
         duid = msg.get(Opt.CLIENTID)
         if duid is not None:
-            opts.append((Opt.CLIENTID, duid))
-        opts.append((Opt.SERVERID, self.duid))
-        opts += ias
+            parts.append(option(Opt.CLIENTID, duid))
+        parts.append(self._server_id)
+        parts += ias
         if mt == Msg.ADVERTISE:
-            opts.append((Opt.PREFERENCE, b"\xff"))
+            parts.append(_PREFERENCE)
         if mt == Msg.REPLY and msg.msg_type == Msg.SOLICIT:
-            opts.append((Opt.RAPID_COMMIT, b""))
-        opts += self._config
-        opts += self._boot_options(client, answer.boot_file)
-        return Result6(kind, outcome, [self._send(Message(mt, msg.txid, opts), via)])
+            parts.append(_RAPID_COMMIT)
+        parts.append(self._config)
+        if client.is_pxe:
+            bf = answer.boot_file
+            boot = self._boot.get(bf)
+            if boot is None:
+                if len(self._boot) >= 512:
+                    self._boot.clear()
+                boot = self._boot[bf] = encode_options(self._boot_options(bf))
+            parts.append(boot)
+        return Result6(kind, outcome, [self._send(b"".join(parts), via)])
 
-    def _boot_options(self, client: Client, bf: BootFile) -> Options:
+    def _boot_options(self, bf: BootFile) -> Options:
         """RFC 5970 option 59 (and the vendor class the firmware looks for), for boot firmware only."""
-        if not client.is_pxe:
-            return []
         if bf.http or bf.filename.startswith("http"):
             url = bf.filename
         else:
@@ -476,10 +504,9 @@ class Dhcp6Core:
             out.append((Opt.VENDOR_CLASS, encode_vendor_class(ENTERPRISE_UEFI, b"HTTPClient")))
         return out
 
-    def _send(self, rep: Message, via: _Via) -> Send6:
-        """Directly to the client's port 546, or wrapped back through each relay (RFC 8415 §19.3),
-        echoing its interface-id, to the outermost relay's port 547."""
-        data = encode(rep)
+    def _send(self, data: bytes, via: _Via) -> Send6:
+        """The encoded reply directly to the client's port 546, or wrapped back through each relay
+        (RFC 8415 §19.3), echoing its interface-id, to the outermost relay's port 547."""
         if not via.relays:
             return Send6(data, via.src[0], via.src[1] or CLIENT_PORT)
         for relay in reversed(via.relays):

@@ -77,12 +77,20 @@ def parse_notify(payload: str) -> tuple[str, list[LeaseRecord], list[tuple[str, 
     return str(msg.get("from", "")), written, deleted
 
 
-class LeaseRepo:
+class _Journaled:
+    """A leases table with the lease journal of one server on SQLite in front (lease_journal.py):
+    IPv4's `leases` and DHCPv6's `leases6`, each with a journal file of its own."""
+
+    SUFFIX = ""  # the journal file: the SQLite file's name and this
+
     def __init__(self, db: Db):
         self._db = db
         self._journal: LeaseJournal | None = None
         self._checkpoint_lock = threading.Lock()
         self._recover_journal()
+
+    def _apply_changes(self, changes: Changes) -> None:
+        raise NotImplementedError
 
     # -- the lease journal (one server on SQLite; lease_journal.py) --------
     def _journal_path(self) -> Path | None:
@@ -90,7 +98,7 @@ class LeaseRepo:
         if not url.startswith("sqlite:///"):
             return None
         db = url.removeprefix("sqlite:///")
-        return Path(db + ".leases-journal") if db and db != ":memory:" else None
+        return Path(db + self.SUFFIX) if db and db != ":memory:" else None
 
     def _recover_journal(self) -> None:
         """What a killed server appended and the table missed, taken in now, unless a server runs."""
@@ -156,6 +164,18 @@ class LeaseRepo:
             self.checkpoint()
             self._journal.close()
             self._journal = None
+
+
+class LeaseRepo(_Journaled):
+    SUFFIX = ".leases-journal"
+
+    def __init__(self, db: Db):
+        super().__init__(db)
+        self.v6 = Lease6Repo(db)
+
+    def close(self) -> None:
+        super().close()
+        self.v6.close()
 
     def _apply_changes(self, changes: Changes) -> None:
         """The journal's changes, written as the authority in a few statements (SQLite): the rows of
@@ -326,6 +346,7 @@ class LeaseRepo:
     def _v6_where(self, cond: ColumnElement[bool], now: float) -> list[LeaseRecord]:
         """IPv6 leases as the access rule reads leases: the machine's own (`hw:` + its MAC),
         the MAC being what the DHCPv6 core learned it by (option 79, EUI-64 source, DUID)."""
+        self.v6.checkpoint()
         with self._db.session() as s:
             return [LeaseRecord(key="hw:" + r.mac, ip=r.ip, mac=r.mac, expires=r.expires)
                     for r in s.scalars(select(Lease6).where(cond, Lease6.expires > now))]
@@ -360,29 +381,79 @@ class LeaseRepo:
             r = s.scalar(select(Lease).where(Lease.ip == ip, Lease.expires > now))
             return _lease_record(r) if r else None
 
-    # -- DHCPv6 leases ----------------------------------------------------
+    # -- DHCPv6 leases (the `v6` table's; kept here for the CLI and tests) ----------
     def load6(self) -> list[Lease6Record]:
+        return self.v6.load()
+
+    def save6(self, upserts: Iterable[Lease6Record], deletes: Iterable[str] = ()) -> None:
+        """A batch written as the authority (the CLI's and tests' call; the server's go through `v6.save`)."""
+        self.v6.save(upserts, deletes)
+
+
+class Lease6Repo(_Journaled):
+    """DHCPv6 leases (`leases6`). The DHCPv6 core is the one authority on them (one server), so a
+    batch needs no conditional binds: alone on SQLite it is one append to its own journal, and
+    the table catches up as IPv4's does (the same `LeaseCommitter` drives both)."""
+
+    SUFFIX = ".leases6-journal"
+
+    def load(self) -> list[Lease6Record]:
+        self.checkpoint()
         with self._db.session() as s:
             return [Lease6Record(r.key, r.ip, r.mac, r.expires) for r in s.scalars(select(Lease6))]
 
-    def save6(self, upserts: Iterable[Lease6Record], deletes: Iterable[str] = ()) -> None:
-        """One transaction for a batch from the DHCPv6 core, which is the authority (one server):
-        one lease per key and per address, as the core keeps them."""
-        by_key: dict[str, Lease6Record] = {}
-        for rec in upserts:  # a batch may name a key twice (the SLAAC record of two IAs of one MAC): last wins
-            by_key.pop(rec.key, None)
-            by_key[rec.key] = rec
-        by_ip = {r.ip: r for r in by_key.values()}  # and an address once, its last holder
-        recs = list(by_ip.values())
-        gone = list(deletes)
-        if not recs and not gone:
-            return
-        with self._db.engine.begin() as conn:  # one statement per kind of change, not per lease
-            conn.execute(delete(Lease6).where(Lease6.ip.in_(gone + [r.ip for r in recs])))
+    def save(self, upserts: Iterable[Lease6Record], deletes: Iterable[str] = (), *,
+             moved: Mapping[str, str] | None = None, owners: Mapping[str, str] | None = None,
+             now: float | None = None, sender: str = "") -> LeaseCommit:
+        """One batch from the DHCPv6 core: one lease per key and per address, as the core keeps them.
+        With the journal open and `moved` given (the server's call), one append; else one transaction.
+        Nothing is ever refused (`owners`, `now` and `sender` are IPv4's several-server arguments)."""
+        if self._journal is not None and moved is not None:
+            self._journal.append(list(upserts), list(deletes), moved)
+            return LeaseCommit()
+        self.checkpoint()
+        changes = Changes()
+        changes.add(list(upserts), list(deletes), {})
+        if not changes:
+            return LeaseCommit()
+        recs = _last_rows(changes)
+        with self._db.engine.begin() as conn:  # any dialect (PostgreSQL has no journal): a statement per kind
+            conn.execute(delete(Lease6).where(Lease6.ip.in_(list(changes.by_ip))))
             if recs:
-                conn.execute(delete(Lease6).where(Lease6.key.in_([r.key for r in recs])))
+                conn.execute(delete(Lease6).where(Lease6.key.in_(sorted(changes.keys))))
                 conn.execute(insert(Lease6), [{"ip": r.ip, "key": r.key, "mac": normalize_mac(r.mac),
                                                "expires": r.expires} for r in recs])
+        return LeaseCommit()
+
+    def _apply_changes(self, changes: Changes) -> None:
+        """The journal's changes (SQLite), in a few plain statements as IPv4's catch-up: the rows of
+        every address and every key written go, then each key's last row goes in."""
+        if not changes:
+            return
+        recs = _last_rows(changes)
+        with self._db.engine.begin() as conn:
+            for column, values in (("ip", list(changes.by_ip)), ("key", sorted(changes.keys))):
+                for i in range(0, len(values), CHUNK):
+                    part = values[i:i + CHUNK]
+                    conn.exec_driver_sql(f"DELETE FROM leases6 WHERE {column} IN ({', '.join('?' * len(part))})",
+                                         tuple(part))
+            for i in range(0, len(recs), CHUNK):
+                chunk = recs[i:i + CHUNK]
+                params: list[Any] = []
+                for r in chunk:
+                    params += [r.ip, r.key, normalize_mac(r.mac), r.expires]
+                conn.exec_driver_sql("INSERT INTO leases6 (ip, key, mac, expires) VALUES "
+                                     + ", ".join(["(?, ?, ?, ?)"] * len(chunk)), tuple(params))
+
+
+def _last_rows(changes: Changes) -> list[LeaseRecord]:
+    """Each key's last row (one lease per key), an address once (its last holder)."""
+    last: dict[str, LeaseRecord] = {}
+    for rec in changes.by_ip.values():
+        if rec is not None:
+            last.pop(rec.key, None)
+            last[rec.key] = rec
+    return list(last.values())
 
 
 _LEASES = cast(Table, Lease.__table__)
