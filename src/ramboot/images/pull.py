@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from . import blobs
 from .build import check_name
@@ -62,9 +63,10 @@ def opener(data_dir: Path, base: str, ca: Path | None, insecure_http: bool) -> u
     return urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), _NoDowngrade())
 
 
-def _get(op: urllib.request.OpenerDirector, url: str, timeout: float):
+def _get(op: urllib.request.OpenerDirector, url: str, timeout: float) -> IO[bytes]:
     try:
-        return op.open(url, timeout=timeout)
+        r: IO[bytes] = op.open(url, timeout=timeout)  # typeshed: Any (an HTTPResponse here)
+        return r
     except urllib.error.HTTPError as e:
         raise ImageError(f"{url}: HTTP {e.code}") from None
     except (urllib.error.URLError, OSError) as e:

@@ -15,7 +15,7 @@ import resource
 import signal
 import sys
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .. import metrics
 from ..access import AccessRule
@@ -37,6 +37,12 @@ from .ra_server import start_ra
 from .tftp_server import start_tftp
 
 log = logging.getLogger("ramboot.serve")
+
+
+class _Closes(Protocol):
+    """What `App` runs: a server, the cluster member, the console capture."""
+
+    async def close(self) -> None: ...
 
 
 def server_address6(config: Config) -> str | None:
@@ -131,7 +137,7 @@ class Services:
                                    ca=CaArchive(self.tls.ca) if self.tls else None, booter6=self.booter6)
         self.events = EventLog(self.store.events, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
-        self.servers: list = []
+        self.servers: list[_Closes] = []
 
     async def start(self) -> None:
         """Every listener is bound before anything says it serves: a port in use is the first
