@@ -26,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from http.client import HTTPMessage
 from pathlib import Path
 from typing import IO
 
@@ -38,7 +39,8 @@ from .manifest import MANIFEST, Manifest, ManifestError, images_dir, load_manife
 class _NoDowngrade(urllib.request.HTTPRedirectHandler):
     """A redirect may not leave HTTPS: the manifest's authenticity would go with it."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
         if req.full_url.startswith("https:") and not newurl.startswith("https:"):
             raise ImageError(f"{req.full_url}: redirected to {newurl}, off HTTPS: refused")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
