@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
@@ -195,11 +196,11 @@ def milestones(lines: list[tuple[float, str]], started: float) -> dict[str, floa
 
 
 def boot_once(stack: str, img: Path, initrd: Path | None, accel: str, timeout: float, args: str,
-              keep: Path | None) -> dict:
+              keep: Path | None) -> dict[str, Any]:
     tag = "rbd" + secrets.token_hex(3)
     work = Path(tempfile.mkdtemp(prefix=f"rbd-debian-{stack}-"))
     lab = Lab(ns=f"{tag}-lab", root=work)
-    out: dict = {"stack": stack, "ok": False}
+    out: dict[str, Any] = {"stack": stack, "ok": False}
     mac = random_mac()
     probe = None
     try:
@@ -207,6 +208,7 @@ def boot_once(stack: str, img: Path, initrd: Path | None, accel: str, timeout: f
         if stack == "ramboot":
             api = start_ramboot(lab, work, img, args)
         elif stack == "seed":
+            assert initrd is not None  # main makes it when the seed stack runs
             api = start_seed(lab, work, img, args, initrd)
         else:
             api = start_seed_ramboot_initrd(lab, work, img, args)
@@ -214,6 +216,8 @@ def boot_once(stack: str, img: Path, initrd: Path | None, accel: str, timeout: f
         # From QEMU's start: the VM's address (the lab's neighbour entry for its MAC), then port 22's banner.
         probe = subprocess.Popen(["ip", "netns", "exec", lab.ns, sys.executable, "-c", PROBE, mac, lab.bridge,
                                   str(timeout)], stdout=subprocess.PIPE, text=True)
+        said = probe.stdout
+        assert said is not None  # a PIPE
 
         def wait_sshd() -> None:
             """`booted` and sshd's banner come in either order: the VM runs until both have."""
@@ -224,7 +228,7 @@ def boot_once(stack: str, img: Path, initrd: Path | None, accel: str, timeout: f
 
         res = boot_vm(lab, "bios", mac, timeout=timeout, accel=accel, memory_mb=2048, api_base=api,
                       on_booted=wait_sshd)
-        sshd_at = float(probe.stdout.read().strip() or 0) if probe.poll() == 0 else None
+        sshd_at = float(said.read().strip() or 0) if probe.poll() == 0 else None
         marks = milestones(res.lines, res.started)
         if sshd_at:
             marks["sshd answers"] = round(sshd_at - res.started, 2)
@@ -242,8 +246,8 @@ def boot_once(stack: str, img: Path, initrd: Path | None, accel: str, timeout: f
             probe.wait()
         lab.teardown()
         if keep:
-            for f in work.glob("*.log"):
-                shutil.copy(f, keep / f"{stack}-{tag}.{f.name}")
+            for log in work.glob("*.log"):
+                shutil.copy(log, keep / f"{stack}-{tag}.{log.name}")
         shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImageError as e:
         print(f"debian_bench: {e}", file=sys.stderr)
         return 2
-    runs: dict[str, list[dict]] = {s: [] for s in stacks}
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in stacks}
     load_start = os.getloadavg()[0]
     for i in range(a.runs):
         for s in stacks:
@@ -299,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[n] + [f"{med(s, n):.1f}" if med(s, n) is not None else "-" for s in stacks] for n in names]
     seed = med("seed", "sshd answers") if "seed" in runs else None
     rows.append(["ok"] + [f"{sum(r['ok'] for r in runs[s])}/{len(runs[s])}" for s in stacks])
-    rows.append(["vs seed (sshd)"] + [f"{med(s, 'sshd answers') / seed:.2f}x" if seed and med(s, "sshd answers")
-                                      else "-" for s in stacks])
+    sshd = [med(s, "sshd answers") for s in stacks]
+    rows.append(["vs seed (sshd)"] + [f"{v / seed:.2f}x" if seed and v else "-" for v in sshd])
     print(table(["milestone (s since QEMU start, median)", *stacks], rows,
                 title=f"Debian root (systemd, sshd), blank SeaBIOS/iPXE VM, {a.accel.upper()}, {a.runs} runs, "
                       f"load {load_start:.1f} -> {load_end:.1f}"))

@@ -31,8 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
@@ -76,7 +78,7 @@ class Result:
 # -- the servers -------------------------------------------------------------
 
 
-def start_kea(net: NetnsPair, work: Path, lease_database: dict | None = None) -> Child:
+def start_kea(net: NetnsPair, work: Path, lease_database: dict[str, Any] | None = None) -> Child:
     """Kea on the server side of `net`; its lease database is memfile (persisted) unless given."""
     os.makedirs("/run/kea", exist_ok=True)
     leases = lease_database or {
@@ -94,7 +96,7 @@ def start_kea(net: NetnsPair, work: Path, lease_database: dict | None = None) ->
     return run_kea(net, work, "kea", cfg, "DHCP4")
 
 
-def run_kea(net: NetnsPair, work: Path, name: str, cfg: dict, family: str) -> Child:
+def run_kea(net: NetnsPair, work: Path, name: str, cfg: dict[str, Any], family: str) -> Child:
     """Kea (`kea-dhcp4` or `kea-dhcp6`, by `family`) in the server namespace with `cfg`, once it has started."""
     conf, log = work / f"{name}.json", work / f"{name}.log"
     conf.write_text(json.dumps(cfg, indent=1))
@@ -210,7 +212,7 @@ def _read(p: Path) -> str:
         return ""
 
 
-def _settle(c: Child, ready, timeout: float = 15) -> None:
+def _settle(c: Child, ready: Callable[[], object], timeout: float = 15) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if not c.alive():
@@ -228,8 +230,8 @@ def _settle(c: Child, ready, timeout: float = 15) -> None:
 _SECTION = re.compile(r"\*\*\*Statistics for: (\S+)\*\*\*(.*?)(?=\*\*\*|\Z)", re.S)
 
 
-def parse_perfdhcp(out: str) -> dict:
-    res: dict = {}
+def parse_perfdhcp(out: str) -> dict[str, Any]:
+    res: dict[str, Any] = {}
     m = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
     res["achieved"] = float(m.group(1)) if m else 0.0
     for name, body in _SECTION.findall(out):
@@ -251,11 +253,12 @@ def perfdhcp_cmd(iface: str, rate: int, duration: int) -> list[str]:
     return ["perfdhcp", "-4", "-l", iface, "-r", str(rate), "-R", "1000000", "-p", str(duration)]
 
 
-def measure(server: str, rate: int, duration: int, keep: Path | None) -> Point:
+def measure(server: str, rate: int, duration: int, keep: Path | None, net_tag: str | None = None) -> Point:
+    """One run of perfdhcp at `rate` against `server`; `net_tag` names its namespaces (default: rbb…)."""
     pt = Point(rate)
     work = Path(tempfile.mkdtemp(prefix=f"rbb-dhcp-{server}-"))
     try:
-        with NetnsPair() as net:
+        with NetnsPair(tag=net_tag) if net_tag else NetnsPair() as net:
             try:
                 srv = SERVERS[server](net, work)
             except RuntimeError as e:
@@ -359,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     names = []
     for name in a.servers.split(","):
-        if NEEDS.get(name) and not have(NEEDS[name]):
-            results.append(Result(name, error=f"{NEEDS[name]} not installed"))
+        tool = NEEDS.get(name)
+        if tool and not have(tool):
+            results.append(Result(name, error=f"{tool} not installed"))
         else:
             names.append(name)
     if not a.quiet:

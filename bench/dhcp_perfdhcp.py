@@ -31,9 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
 from bench import dhcp_bench  # noqa: E402
-from bench.util import NetnsPair  # noqa: E402
-
-dhcp_bench.NetnsPair = lambda: NetnsPair(tag="rbp" + secrets.token_hex(3))  # our own namespace names
 
 
 def load() -> str:
@@ -53,14 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     servers = a.servers.split(",")
     rates = [int(r) for r in a.rates.split(",")]
-    points: dict[tuple[str, int], list] = {}
+    points: dict[tuple[str, int], list[tuple[dhcp_bench.Point, str]]] = {}
     print(f"dhcp side by side: {os.cpu_count()} cores, load {load()} at start", flush=True)
     for rate in rates:
         for rnd in range(a.rounds):
             order = servers if rnd % 2 == 0 else servers[::-1]  # alternate who goes first
             for server in order:
                 before = load()
-                pt = dhcp_bench.measure(server, rate, a.duration, None)
+                pt = dhcp_bench.measure(server, rate, a.duration, None,
+                                        net_tag="rbp" + secrets.token_hex(3))  # our own namespace names
                 points.setdefault((server, rate), []).append((pt, before))
                 print(f"  round {rnd + 1}  load {before:>5}  " + dhcp_bench._line(server, pt)[2:], flush=True)
     print()
@@ -89,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             ours_pts, base_pts = points.get((server, rate)), points.get((base, rate))
             if not ours_pts or not base_pts:
                 continue
-            cpu = [statistics.median(p.server_cpu_s / max(1.0, p.achieved) for p, _ in pts)
-                   for pts in (ours_pts, base_pts)]
-            dl = [statistics.median(p.delay_ra_ms for p, _ in pts) for pts in (ours_pts, base_pts)]
-            print(f"{server} / {base} at {rate}/s: CPU per DORA {cpu[0] / max(cpu[1], 1e-9):.2f}x, "
-                  f"REQUEST-ACK delay {dl[0] / max(dl[1], 1e-9):.1f}x")
+            cpus = [statistics.median(p.server_cpu_s / max(1.0, p.achieved) for p, _ in pts)
+                    for pts in (ours_pts, base_pts)]
+            delays = [statistics.median(p.delay_ra_ms for p, _ in pts) for pts in (ours_pts, base_pts)]
+            print(f"{server} / {base} at {rate}/s: CPU per DORA {cpus[0] / max(cpus[1], 1e-9):.2f}x, "
+                  f"REQUEST-ACK delay {delays[0] / max(delays[1], 1e-9):.1f}x")
     print(f"load {load()} at the end")
     if a.json:
         a.json.write_text(json.dumps({f"{s}@{r}": [dict(asdict(p), load_before=ld) for p, ld in v]

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
@@ -48,7 +49,7 @@ from bench.util import table  # noqa: E402
 from ramboot.images.manifest import INITRD, KERNEL, ROOTFS, images_dir  # noqa: E402
 from ramboot.lab.netns import Lab, LabError  # noqa: E402
 from ramboot.lab.server import LAB_KERNEL_ARGS, build_image, has_image, lab_config_text, link_image, start_server  # noqa: E402
-from ramboot.lab.vm import boot_vm, format_timeline  # noqa: E402
+from ramboot.lab.vm import BootResult, boot_vm, format_timeline  # noqa: E402
 
 SERVER = "172.22.33.2"
 HTTP_PORT = 8000
@@ -150,7 +151,7 @@ STACKS = {"ramboot": start_ramboot, "ramboot-proxy": start_ramboot_proxy, "seed"
           "dnsmasq-ipxe": start_dnsmasq_ipxe}
 
 
-def milestones(res) -> dict[str, float | None]:
+def milestones(res: BootResult) -> dict[str, float | None]:
     def t(stage: str) -> float | None:
         m = res.first(stage)
         return round(m.at - res.started, 2) if m else None
@@ -159,11 +160,11 @@ def milestones(res) -> dict[str, float | None]:
                               "booted")}
 
 
-def boot_once(stack: str, img: Path, accel: str, timeout: float, keep: Path | None) -> dict:
+def boot_once(stack: str, img: Path, accel: str, timeout: float, keep: Path | None) -> dict[str, Any]:
     tag = "rbb" + secrets.token_hex(3)
     work = Path(tempfile.mkdtemp(prefix=f"rbb-e2e-{stack}-"))
     lab = Lab(ns=f"{tag}-lab", root=work)
-    out: dict = {"stack": stack, "ok": False}
+    out: dict[str, Any] = {"stack": stack, "ok": False}
     try:
         lab.create()
         api = STACKS[stack](lab, work, img)
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     img = image_dir(a.cache)
     stacks = a.stacks.split(",")
-    runs: dict[str, list[dict]] = {s: [] for s in stacks}
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in stacks}
     for i in range(a.runs):
         for s in stacks:
             r = boot_once(s, img, a.accel, a.timeout, a.keep)

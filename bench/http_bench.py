@@ -243,10 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     peer = {r.clients: r for r in runs if r.server == "nginx"}
     rows = []
     for r in runs:
-        p = peer.get(r.clients)
-        vs = p and r.server != "nginx"
+        p = peer.get(r.clients) if r.server != "nginx" else None
         rows.append([r.server, r.clients or "-", f"{r.mb_s:,.0f}", f"{r.cpu_s_per_gb:.3f}", f"{r.rss_mb:.1f}",
-                     ratio(r.mb_s, p.mb_s) if vs else "", ratio(r.cpu_s_per_gb, p.cpu_s_per_gb) if vs else "",
+                     ratio(r.mb_s, p.mb_s) if p else "", ratio(r.cpu_s_per_gb, p.cpu_s_per_gb) if p else "",
                      r.errors])
     print(table(["server", "clients", "MB/s", "CPU s/GB", "peak RSS MB", "MB/s vs nginx", "CPU/GB vs nginx", "errors"],
                 rows,

@@ -28,6 +28,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
@@ -40,7 +41,7 @@ def bounds(n: int, image_mb: float, link_mbit: float, fanout: int) -> tuple[floa
     return n * per, per * fanout * max(1.0, math.log(max(n, 2), fanout))
 
 
-def plot(rows: list[dict], png: Path, image_mb: float, link_mbit: float) -> None:
+def plot(rows: list[dict[str, Any]], png: Path, image_mb: float, link_mbit: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -53,6 +53,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any, TypedDict
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent)]  # this tree's ramboot, and the bench package
@@ -64,10 +65,29 @@ API_MACS = [f"02:50:4b:00:00:{i:02x}" for i in range(50)]
 # -- the load workers (run inside the client namespace) ------------------------------
 
 
+class ApiCounts(TypedDict):
+    """What the API worker writes to its stats file."""
+
+    puts: int
+    gets: int
+    deletes: int
+    errors: int
+    last_error: str
+
+
+class SseCounts(TypedDict):
+    """What the SSE worker writes to its stats file."""
+
+    connects: int
+    events: int
+    errors: int
+    last_error: str
+
+
 async def api_worker(base: str, token: str, rate: float, stats: Path, stop: Path) -> None:
     import aiohttp
 
-    c = {"puts": 0, "gets": 0, "deletes": 0, "errors": 0, "last_error": ""}
+    c: ApiCounts = {"puts": 0, "gets": 0, "deletes": 0, "errors": 0, "last_error": ""}
     hdr = {"Authorization": f"Bearer {token}"}
     i = 0
     last = 0.0
@@ -103,7 +123,7 @@ async def api_worker(base: str, token: str, rate: float, stats: Path, stop: Path
 async def sse_worker(base: str, token: str, n: int, stats: Path, stop: Path) -> None:
     import aiohttp
 
-    c = {"connects": 0, "events": 0, "errors": 0, "last_error": ""}
+    c: SseCounts = {"connects": 0, "events": 0, "errors": 0, "last_error": ""}
 
     async def reader(slot: int, session: aiohttp.ClientSession) -> None:
         while not stop.exists():
@@ -151,7 +171,8 @@ def metrics_of(ns: str, url: str, token: str) -> dict[str, float]:
     def get() -> str:
         with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
                                     timeout=10) as r:
-            return r.read().decode()
+            body: bytes = r.read()
+            return body.decode()
 
     out: dict[str, float] = {}
     for line in call_in_netns(ns, get).splitlines():
@@ -191,7 +212,7 @@ def _slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
-def verdict(rows: list[dict], failures: dict) -> tuple[bool, list[str]]:
+def verdict(rows: list[dict[str, Any]], failures: dict[str, int]) -> tuple[bool, list[str]]:
     """The flatness criterion of the module notes; returns (ok, one line per check)."""
     load = [r for r in rows if r["phase"] == "load"]
     head = [r for r in rows if r["phase"] == "idle-before"]
@@ -220,8 +241,9 @@ def verdict(rows: list[dict], failures: dict) -> tuple[bool, list[str]]:
         a, b = statistics.median(r[key] for r in first), statistics.median(r[key] for r in last)
         # Idle again, the database's files are the connection pool's (SQLAlchemy's QueuePool keeps
         # up to DB_POOL connections, a file and its WAL each): bounded, not left behind.
-        def own(r: dict, key: str = key) -> float:
-            return r[key] - r["db_fds"] if key == "fds" else r[key]
+        def own(r: dict[str, Any], key: str = key) -> float:
+            n: float = r[key] - r["db_fds"] if key == "fds" else r[key]
+            return n
 
         idle0, idle1 = statistics.median(own(r) for r in head), own(tail[-1])
         good = b <= a + 5 and idle1 <= idle0 + 2
@@ -241,7 +263,7 @@ def verdict(rows: list[dict], failures: dict) -> tuple[bool, list[str]]:
     return ok, lines
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -284,7 +306,7 @@ def orchestrate(a: argparse.Namespace) -> int:
     data = work / "data"
     token = secrets.token_hex(16)
     man = prepare_data(data, a.image_mb)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     failures = {"boots": 0, "api": 0, "sse": 0, "server_died": 0}
     counts = {"storms": 0, "boots_ok": 0}
     try:
@@ -417,10 +439,10 @@ def orchestrate(a: argparse.Namespace) -> int:
                 srv.stop()
                 shutil.copy(work / "server.log", out / f"{a.name}-server.log") if a.keep_log else None
         csv_path, png_path = out / f"{a.name}.csv", out / f"{a.name}.png"
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        with open(csv_path, "w", newline="") as out_csv:
+            writer = csv.DictWriter(out_csv, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
         ok, lines = verdict(rows, failures)
         last = rows[-1]
         title = (f"ramboot serve soak: {a.minutes} min of storms ({a.clients} clients a round, {last['storms']} "

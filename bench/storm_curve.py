@@ -24,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_point(n: int, image_mb: float, extra: list[str]) -> dict:
+def run_point(n: int, image_mb: float, extra: list[str]) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     try:
@@ -38,16 +39,17 @@ def run_point(n: int, image_mb: float, extra: list[str]) -> dict:
         sys.stderr.write(r.stdout[-2500:])
         if r.returncode != 0 and not out.stat().st_size:
             return {"clients": n, "image_mb": image_mb, "error": (r.stderr or r.stdout)[-500:]}
-        return json.loads(out.read_text())
+        point: dict[str, Any] = json.loads(out.read_text())
+        return point
     finally:
         out.unlink(missing_ok=True)
 
 
-def _label(p: dict, head: str) -> str:
+def _label(p: dict[str, Any], head: str) -> str:
     return f"{head}\n{p['bound'].split(' ')[0]}-bound\nload {p['load_before']:.1f}"
 
 
-def plot(curve: list[dict], large: list[dict], png: Path, image_mb: float) -> None:
+def plot(curve: list[dict[str, Any]], large: list[dict[str, Any]], png: Path, image_mb: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +112,7 @@ def main() -> int:
     if a.large:
         n, mb = a.large.split("x")
         todo.append((int(n), float(mb), "large"))
-    points: list[dict] = []
+    points: list[dict[str, Any]] = []
     print(f"{'N':>6} {'MB':>5} {'load':>5} {'booted':>11} {'p50 s':>6} {'p99 s':>6} {'max s':>6} {'MB/s':>6}"
           f" {'srv CPU s':>9} {'srv %':>5} {'gen CPU s':>9} {'gen %':>5} {'busy %':>6}  bound")
     for n, mb, kind in todo:

@@ -43,19 +43,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.util import NetnsPair
 
 FILE = "bench.bin"
 SERVERS = ("tftpd-hpa", "dnsmasq", "ramboot", "ramboot-bare")
 DEFAULT_SERVERS = "tftpd-hpa,dnsmasq,ramboot"
 
 
-def curl(blksize: int):
+# A client's command line: (server host, port, file to write) -> argv.
+Client = Callable[[str, int, str], list[str]]
+
+
+def curl(blksize: int) -> Client:
     return lambda host, port, out: ["curl", "-sS", "--tftp-blksize", str(blksize), "-o", out,
                                     f"tftp://{host}:{port}/{FILE}"]
 
 
-def atftp(window: int):
+def atftp(window: int) -> Client:
     return lambda host, port, out: ["atftp", "--option", "blksize 1468", "--option", f"windowsize {window}",
                                     "-g", "-r", FILE, "-l", out, host, str(port)]
 
@@ -89,7 +98,8 @@ def serve(src: str, data_dir: str, port: int, host: str = "127.0.0.1") -> None:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def free_loopback_69() -> str:
@@ -105,7 +115,7 @@ def free_loopback_69() -> str:
     sys.exit("no free 127.77.x.y:69 for dnsmasq")
 
 
-def wait_ready(host: str, port: int, proc: subprocess.Popen, prefix: list[str] | None = None) -> None:
+def wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], prefix: list[str] | None = None) -> None:
     """Ready when a request for a missing file gets a TFTP ERROR back."""
     if prefix:  # from the client namespace: curl says 68 (file not found) once a server answers
         for _ in range(100):
@@ -202,7 +212,7 @@ def serve_config(data: Path, port: int, host: str, iface: str | None) -> str:
             f"[tftp]\nport = {port}\nmax_per_source = 256\n\n[http]\nport = {free_port()}\nhttps_port = 0\n")
 
 
-def run_all(args, net) -> None:
+def run_all(args: argparse.Namespace, net: NetnsPair | None) -> None:
     srv_prefix = ["ip", "netns", "exec", net.srv] if net else []
     cli_prefix = ["ip", "netns", "exec", net.cli] if net else []
     clients = [(n, c) for n, c in CLIENTS if not args.only or any(o in n for o in args.only.split(","))]
@@ -217,7 +227,7 @@ def run_all(args, net) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="rbt-tftp-bench-"))
     shm = Path(tempfile.mkdtemp(prefix="rbt-tftp-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    children: list[subprocess.Popen] = []
+    children: list[subprocess.Popen[bytes]] = []
     try:
         data = work / "data"
         (data / "loaders").mkdir(parents=True)

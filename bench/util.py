@@ -13,8 +13,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from ramboot.lab.impair import Impairment
 
@@ -26,7 +28,7 @@ CLIENT_IP = "10.77.255.254"
 PREFIX = 16
 
 
-def run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def run(*cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), check=check, capture_output=True, text=True, **kw)
 
 
@@ -117,14 +119,14 @@ class NetnsPair:
         for ns, ifname in ((self.srv, self.srv_if), (self.cli, self.cli_if)):
             run("ip", "-n", ns, "tuntap", "add", "dev", ifname, "mode", "tap")
         assert self.impair is not None
-        self.relay_log = Path(tempfile.mkdtemp(prefix=f"{self.tag}-relay-")) / "relay.log"
-        self.relay = Child([sys.executable, "-m", "ramboot.lab.impair", "--port", f"tap:{self.srv}:{self.srv_if}",
-                            "--port", f"tap:{self.cli}:{self.cli_if}", *self.impair.argv()], log=self.relay_log)
-        wait_for(lambda: "ready" in self.relay_log.read_text() or not self.relay.alive(), what="the impair relay")
-        if not self.relay.alive():
-            raise RuntimeError(f"impair relay: {self.relay.tail(5)}")
+        log = self.relay_log = Path(tempfile.mkdtemp(prefix=f"{self.tag}-relay-")) / "relay.log"
+        ports = ["--port", f"tap:{self.srv}:{self.srv_if}", "--port", f"tap:{self.cli}:{self.cli_if}"]
+        relay = self.relay = Child([sys.executable, "-m", "ramboot.lab.impair", *ports, *self.impair.argv()], log=log)
+        wait_for(lambda: "ready" in log.read_text() or not relay.alive(), what="the impair relay")
+        if not relay.alive():
+            raise RuntimeError(f"impair relay: {relay.tail(5)}")
 
-    def relay_counters(self) -> dict:
+    def relay_counters(self) -> dict[str, Any]:
         """The relay's JSON counters (after `down()` stopped it), or {}."""
         import json
 
@@ -132,7 +134,8 @@ class NetnsPair:
             return {}
         for line in reversed(self.relay_log.read_text().splitlines()):
             if line.startswith("{"):
-                return json.loads(line)
+                counters: dict[str, Any] = json.loads(line)
+                return counters
         return {}
 
     def down(self) -> None:
@@ -146,7 +149,7 @@ class NetnsPair:
     def __enter__(self) -> NetnsPair:
         return self.up()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.down()
 
     def exec(self, ns: str, *cmd: str) -> list[str]:
@@ -157,10 +160,11 @@ class NetnsPair:
 class Child:
     """A child process we started; stopped by its PID only."""
 
-    def __init__(self, cmd: list[str], log: Path | None = None, env: dict | None = None, cwd: str | None = None):
+    def __init__(self, cmd: list[str], log: Path | None = None, env: dict[str, str] | None = None,
+                 cwd: str | None = None):
         self.cmd = cmd
         self.log_path = log
-        self._log = open(log, "wb") if log else subprocess.DEVNULL
+        self._log: BinaryIO | int = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
             start_new_session=True,
@@ -180,7 +184,7 @@ class Child:
                 self.proc.wait()
             except ProcessLookupError:
                 pass
-        if self._log is not subprocess.DEVNULL:
+        if not isinstance(self._log, int):  # not DEVNULL
             self._log.close()
         return self.proc.returncode
 
@@ -259,12 +263,12 @@ class RssSampler:
         self._t.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join()
 
 
-def wait_for(pred, timeout: float = 15, interval: float = 0.05, what: str = "condition") -> None:
+def wait_for(pred: Callable[[], object], timeout: float = 15, interval: float = 0.05, what: str = "condition") -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
@@ -319,15 +323,15 @@ def ramboot_exe() -> str:
 # -- images ------------------------------------------------------------------
 
 
-def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int = 0, initrd_bytes: int = 0) -> dict:
+def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int = 0, initrd_bytes: int = 0,
+               ) -> dict[str, str]:
     """A synthetic image (random bytes) with a real manifest; returns {file: sha256}.
 
     The bytes are random so nothing on the path can compress or dedupe them.
     """
     import hashlib
 
-    from ramboot.images.build import sha256_file
-    from ramboot.images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir
+    from ramboot.images.manifest import INITRD, KERNEL, MANIFEST, ROOTFS, FileEntry, Manifest, images_dir, sha256_file
 
     d = images_dir(data_dir) / name
     d.mkdir(parents=True, exist_ok=True)
@@ -361,7 +365,7 @@ def make_image(data_dir: Path, name: str, rootfs_bytes: int, kernel_bytes: int =
 # -- output ------------------------------------------------------------------
 
 
-def table(headers: list[str], rows: list[list], title: str | None = None) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> str:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []

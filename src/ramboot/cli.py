@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -64,7 +65,7 @@ def main() -> None:
     """Boot diskless machines over the network into a root held in RAM."""
 
 
-def _loop_factory():
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop (a cheaper loop per datagram) where it is installed: a dependency on Linux."""
     try:
         import uvloop

@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -358,7 +359,7 @@ def _port_match(right: object, port: int) -> bool:
             return any(_port_match(x, port) for x in right["set"])
         if "range" in right:
             lo, hi = right["range"]
-            return lo <= port <= hi
+            return bool(lo <= port <= hi)
     if isinstance(right, list):
         return any(_port_match(x, port) for x in right)
     return False
@@ -370,7 +371,7 @@ def _in_set(right: object, value: str) -> bool:
     return right == value
 
 
-def _rule_matches(exprs: list[dict], proto: str, port: int, ifname: str) -> bool | None:
+def _rule_matches(exprs: list[dict[str, Any]], proto: str, port: int, ifname: str) -> bool | None:
     """True/False if the rule surely does/does not match a new proto/port packet on ifname; None if unsure."""
     for e in exprs:
         if set(e) & {"counter", "log", "limit", "comment"}:
@@ -395,20 +396,22 @@ def _rule_matches(exprs: list[dict], proto: str, port: int, ifname: str) -> bool
     return True
 
 
-def _verdict(exprs: list[dict]) -> tuple[str, str | None] | None:
+def _verdict(exprs: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The rule's verdict and, for a jump or goto, the chain it names."""
     for e in exprs:
         for v in ("accept", "drop", "reject", "return"):
             if v in e:
-                return v, None
+                return v, ""
         for v in ("jump", "goto"):
             if v in e:
                 return v, e[v]["target"]
     return None
 
 
-def nft_blocks(ruleset: list[dict], proto: str, port: int, ifname: str) -> list[tuple[str, str, str]]:
+def nft_blocks(ruleset: list[dict[str, Any]], proto: str, port: int, ifname: str) -> list[tuple[str, str, str]]:
     """(family, table, chain) of each input base chain that drops a new proto/port packet."""
-    chains, rules = {}, {}
+    chains: dict[tuple[str, str, str], dict[str, Any]] = {}
+    rules: dict[tuple[str, str, str], list[list[dict[str, Any]]]] = {}
     for item in ruleset:
         if "chain" in item:
             c = item["chain"]

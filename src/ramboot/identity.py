@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from .inventory.ports import SecretSource
@@ -42,6 +43,11 @@ class HostKey:
     private: str  # OpenSSH private key
     public: str  # one line
     certificate: str  # one line, signed by the CA for the node's names
+
+
+def _key_pair(kind: str, comment: str) -> str:
+    """What is kept for a host key: the public line, a newline, the private key."""
+    return "\n".join(reversed(_keygen(kind, comment)))
 
 
 def _keygen(kind: str, comment: str) -> tuple[str, str]:
@@ -90,18 +96,21 @@ class Identities:
         """
         out = []
         for kind in HOST_KEY_TYPES:
-            pair = self.secrets.get(f"ssh-host:{node}:{kind}", lambda kind=kind: "\n".join(
-                reversed(_keygen(kind, f"root@{node}"))))
+            pair = self.secrets.get(f"ssh-host:{node}:{kind}", partial(_key_pair, kind, f"root@{node}"))
             public, private = pair.split("\n", 1)
             want = ",".join(principals)
             cert_key = f"ssh-cert:{node}:{kind}"
-            kept = self.secrets.get(cert_key, lambda p=public, w=want: w + "\n" + self._sign(p, node, principals))
+            kept = self.secrets.get(cert_key, partial(self._names_and_cert, public, node, principals))
             names, cert = kept.split("\n", 1)
             if names != want:
                 cert = self._sign(public, node, principals)
                 self.secrets.set(cert_key, want + "\n" + cert)
             out.append(HostKey(kind, private, public, cert.strip()))
         return out
+
+    def _names_and_cert(self, public: str, node: str, principals: list[str]) -> str:
+        """What is kept for a certificate: the names it was signed for, a newline, the certificate."""
+        return ",".join(principals) + "\n" + self._sign(public, node, principals)
 
     def _sign(self, public: str, node: str, principals: list[str]) -> str:
         private, _ = self.ca()

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .config import ConfigError, load_config
 from .macaddr import BadMac, normalize_mac
 
+if TYPE_CHECKING:
+    from .config import Config
+    from .inventory.store import Store
+    from .policy import Booter
+
 DEFAULT_CONFIG = "/etc/ramboot/ramboot.toml"
 
 
-def _local(config_path: str):
+def _local(config_path: str) -> tuple[Config, Store, Booter]:
     """The config, store and booter of a local data directory."""
     from .inventory.store import Store
     from .policy import Booter

@@ -69,7 +69,7 @@ class _MigrationsAtDebug(logging.Filter):
 def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
     # The formatter prints none of these, and gathering them costs on every record
     # (the logging docs' "Optimization" section): the caller's frame, thread, process.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

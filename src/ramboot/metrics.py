@@ -6,9 +6,13 @@ Every server appends its own here, so `/metrics` shows them all in one place.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
+
+if TYPE_CHECKING:
+    import asyncio
 
 HTTP_BYTES = Counter("ramboot_http_bytes", "Bytes sent over HTTP, by kind of file", ["kind"])
 HTTP_REFUSED = Counter("ramboot_http_refused", "HTTP requests refused (403) by what they asked for", ["kind"])
@@ -71,7 +75,7 @@ SQLITE_MEMORY = Gauge("ramboot_sqlite_memory_bytes", "Memory SQLite's library ho
                       "more; sqlite3_memory_used)")
 
 
-def watch_tasks(loop: object) -> None:
+def watch_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """ASYNCIO_TASKS reads `len(asyncio.all_tasks(loop))` whenever /metrics is scraped (in the loop);
     the Python and SQLite memory gauges are read then too, so a soak can tell where RSS goes."""
     import asyncio
@@ -80,7 +84,7 @@ def watch_tasks(loop: object) -> None:
     import sqlite3
     import sys
 
-    ASYNCIO_TASKS.set_function(lambda: float(len(asyncio.all_tasks(loop))))  # type: ignore[arg-type]
+    ASYNCIO_TASKS.set_function(lambda: float(len(asyncio.all_tasks(loop))))
     PY_BLOCKS.set_function(lambda: float(sys.getallocatedblocks()))
     del sqlite3  # loaded first, so the library below is the one Python's sqlite3 module uses
     name = ctypes.util.find_library("sqlite3")
@@ -93,7 +97,7 @@ def watch_tasks(loop: object) -> None:
         SQLITE_MEMORY.set_function(lambda: float(used()))
 
 
-_dropped: dict[tuple[str, str], object] = {}
+_dropped: dict[tuple[str, str], Counter] = {}
 
 
 def dropped(protocol: str, reason: str, n: int = 1) -> None:
@@ -101,7 +105,7 @@ def dropped(protocol: str, reason: str, n: int = 1) -> None:
     c = _dropped.get((protocol, reason))
     if c is None:
         c = _dropped[(protocol, reason)] = DROPPED.labels(protocol, reason)
-    c.inc(n)  # type: ignore[attr-defined]
+    c.inc(n)
 
 
 class PowerActions:

@@ -11,6 +11,7 @@ fixed, so the same kernel gives the same bytes.
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import re
@@ -185,7 +186,7 @@ class Cpio:
         self._entry(out, 0, "TRAILER!!!", 0, b"", 0)
         return out.getvalue()
 
-    def _entry(self, out: io.BytesIO, ino: int, name: str, mode: int, data: bytes, rdev: int) -> None:
+    def _entry(self, out: io.BytesIO, ino: int, name: str, mode: int, data: builtins.bytes, rdev: int) -> None:
         nlink = 2 if stat.S_ISDIR(mode) else 1
         fields = (ino, mode, 0, 0, nlink, self.mtime if name != "TRAILER!!!" else 0, len(data), 0, 0,
                   os.major(rdev), os.minor(rdev), len(name) + 1, 0)
@@ -236,16 +237,16 @@ def build_initramfs(k: Kernel, out: Path) -> None:
     base = f"lib/modules/{k.version}"
     keep = {idx.path[m] for m in mods}
     for rel in sorted(keep):
-        data = k.module_file(rel)
-        if data is None:
+        module = k.module_file(rel)
+        if module is None:
             raise ImageError(f"kernel {k.version}: modules.dep names {rel}, which is missing")
-        c.file(f"{base}/{rel}", data)
+        c.file(f"{base}/{rel}", module)
     c.file(f"{base}/modules.dep", ("\n".join(ln for t, ln in idx.lines.items() if t in keep) + "\n").encode())
     c.file(f"{base}/modules.alias", _filter_names(k, "modules.alias", set(mods) - {IPMI_NO_COLDPLUG}, "alias", 2))
     c.file(f"{base}/modules.softdep", _filter_names(k, "modules.softdep", set(mods), "softdep", 1))
     for extra in ("modules.builtin", "modules.order"):
-        if (data := k.module_file(extra)) is not None:
-            c.file(f"{base}/{extra}", data)
+        if (table := k.module_file(extra)) is not None:
+            c.file(f"{base}/{extra}", table)
     comp = _compressor(k)
     raw = c.bytes()
     proc = subprocess.run(comp, input=raw, capture_output=True)

@@ -35,12 +35,15 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .errors import ImageError
+
+if TYPE_CHECKING:
+    from pycdlib import PyCdlib
 
 SQUASHFS_MAGIC = b"hsqs"  # 0x73717368, little-endian: every squashfs 4 image starts with it
 EROFS_MAGIC = b"\xe2\xe1\xf5\xe0"  # 0xE0F5E1E2 at offset 1024
@@ -113,7 +116,7 @@ def _matches(found: str, wanted: str) -> bool:
     return f == wanted.lower() or f == _level1(wanted)
 
 
-def _open_iso(path: Path, text: str):
+def _open_iso(path: Path, text: str) -> PyCdlib:
     import pycdlib
     from pycdlib.pycdlibexception import PyCdlibException
 
@@ -127,7 +130,7 @@ def _open_iso(path: Path, text: str):
     return iso
 
 
-def _trees(iso) -> list[str]:
+def _trees(iso: PyCdlib) -> list[str]:
     keys = []
     if iso.has_rock_ridge():
         keys.append("rr_path")
@@ -139,7 +142,7 @@ def _trees(iso) -> list[str]:
     return keys
 
 
-def _listing(iso, key: str) -> dict[str, list[str]]:
+def _listing(iso: PyCdlib, key: str) -> dict[str, list[str]]:
     """{top-level directory as spelled: [its file names]} for live/, LiveOS/ and casper/ only."""
     out: dict[str, list[str]] = {}
     for depth, (here, dirs, files) in enumerate(iso.walk(**{key: "/"})):
@@ -151,7 +154,7 @@ def _listing(iso, key: str) -> dict[str, list[str]]:
     return out
 
 
-def _size(iso, key: str, path: str) -> int:
+def _size(iso: PyCdlib, key: str, path: str) -> int:
     return int(iso.get_record(**{key: path}).get_data_length())
 
 
@@ -205,7 +208,7 @@ _SINGLE = (("live", "filesystem.squashfs", "live/filesystem.squashfs", "debian-l
            ("liveos", "squashfs.img", "LiveOS/squashfs.img", "fedora-liveos"))
 
 
-def _pick(iso, key: str, tops: dict[str, list[str]]) -> IsoRoot | None:
+def _pick(iso: PyCdlib, key: str, tops: dict[str, list[str]]) -> IsoRoot | None:
     def full(d: str, n: str) -> str:
         return f"/{d}/{n}"
 
@@ -220,11 +223,11 @@ def _pick(iso, key: str, tops: dict[str, list[str]]) -> IsoRoot | None:
         if _plain(d) == "casper":
             sizes = {n: _size(iso, key, full(d, n)) for n in files
                      if _plain(n).endswith((".squashfs", ".squ"))}
-            n = _casper_pick(files, sizes)
-            if n is not None:
-                p = full(d, n)
-                member = "casper/" + _plain(n)
-                return IsoRoot(key, p, member, "ubuntu-casper", sizes[n])
+            base = _casper_pick(files, sizes)
+            if base is not None:
+                p = full(d, base)
+                member = "casper/" + _plain(base)
+                return IsoRoot(key, p, member, "ubuntu-casper", sizes[base])
     return None
 
 

@@ -11,6 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "image.toml"
 KERNEL = "vmlinuz"
@@ -131,7 +132,7 @@ def load_manifest(data_dir: Path, name: str) -> Manifest:
         raise ManifestError(f"{path}: bad manifest: {e}") from None
 
 
-def _check(raw: dict) -> None:
+def _check(raw: dict[str, Any]) -> None:
     """Refuse what could make a path, a command line or a log line of a manifest's words."""
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):

@@ -26,7 +26,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from http.client import HTTPMessage
 from pathlib import Path
+from typing import IO
 
 from . import blobs
 from .build import check_name
@@ -37,7 +39,8 @@ from .manifest import MANIFEST, Manifest, ManifestError, images_dir, load_manife
 class _NoDowngrade(urllib.request.HTTPRedirectHandler):
     """A redirect may not leave HTTPS: the manifest's authenticity would go with it."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
         if req.full_url.startswith("https:") and not newurl.startswith("https:"):
             raise ImageError(f"{req.full_url}: redirected to {newurl}, off HTTPS: refused")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -62,9 +65,10 @@ def opener(data_dir: Path, base: str, ca: Path | None, insecure_http: bool) -> u
     return urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), _NoDowngrade())
 
 
-def _get(op: urllib.request.OpenerDirector, url: str, timeout: float):
+def _get(op: urllib.request.OpenerDirector, url: str, timeout: float) -> IO[bytes]:
     try:
-        return op.open(url, timeout=timeout)
+        r: IO[bytes] = op.open(url, timeout=timeout)  # typeshed: Any (an HTTPResponse here)
+        return r
     except urllib.error.HTTPError as e:
         raise ImageError(f"{url}: HTTP {e.code}") from None
     except (urllib.error.URLError, OSError) as e:

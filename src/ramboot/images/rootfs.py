@@ -33,14 +33,18 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .errors import ImageError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -306,11 +310,15 @@ def oci_layers(layout: Path) -> list[Layer]:
     for i, desc in enumerate(layers):
         digest = desc.get("digest", "") if isinstance(desc, dict) else ""
         blob = _blob_path(layout, digest, f"oci:{layout}")
-        out.append((f"layer {i + 1}/{len(layers)}", (lambda b=blob: open(b, "rb")), digest))
+        out.append((f"layer {i + 1}/{len(layers)}", partial(_open_blob, blob), digest))
     return out
 
 
-def _oci_pick(layout: Path, index: dict, where: str, depth: int = 0) -> dict:
+def _open_blob(path: Path) -> IO[bytes]:
+    return open(path, "rb")
+
+
+def _oci_pick(layout: Path, index: dict[str, Any], where: str, depth: int = 0) -> dict[str, Any]:
     """Follow an index (possibly nested) to one linux/amd64 image manifest."""
     manifests = index.get("manifests")
     if not isinstance(manifests, list) or not manifests:
@@ -318,9 +326,9 @@ def _oci_pick(layout: Path, index: dict, where: str, depth: int = 0) -> dict:
     if depth > 4:
         raise ImageError(f"{where}: indexes nest too deeply")
 
-    def platform_ok(m: dict) -> bool:
+    def platform_ok(m: dict[str, Any]) -> bool:
         p = m.get("platform") or {}
-        return p.get("os", "linux") == "linux" and p.get("architecture", "amd64") == "amd64"
+        return bool(p.get("os", "linux") == "linux" and p.get("architecture", "amd64") == "amd64")
 
     chosen = next((m for m in manifests if isinstance(m, dict) and platform_ok(m)), None)
     if chosen is None:
@@ -341,7 +349,7 @@ def _blob_path(layout: Path, digest: str, where: str) -> Path:
     return p
 
 
-def _json(path: Path, where: str) -> dict:
+def _json(path: Path, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -376,7 +384,7 @@ def docker_archive_layers(outer: tarfile.TarFile, where: str) -> list[Layer]:
         except KeyError:
             raise ImageError(f"{where}: missing layer {name}") from None
 
-        def opener(m=member, n=name) -> IO[bytes]:
+        def opener(m: tarfile.TarInfo = member, n: object = name) -> IO[bytes]:
             f = outer.extractfile(m)
             if f is None:
                 raise ImageError(f"{where}: layer {n} is not a file")
@@ -395,10 +403,11 @@ class _Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
-        data = self.raw.read(len(buf))
+    def readinto(self, buf: WriteableBuffer) -> int:
+        view = memoryview(buf)
+        data = self.raw.read(len(view))
         n = len(data)
-        buf[:n] = data
+        view[:n] = data
         self.sha.update(data)
         self.advance(n)
         return n
@@ -425,7 +434,7 @@ def apply_layers(tree: Path, layers: Iterable[Layer], prog: Progress, limits: Li
     for label, opener, digest in layers:
         with opener() as raw:
             task = prog.add_task(label, total=_size_of(raw))
-            reader = _Reader(raw, lambda n, t=task: prog.advance(t, n))
+            reader = _Reader(raw, partial(prog.advance, task))
             _apply_stream(tree, io.BufferedReader(reader, 1 << 20), label, limits, done)
             reader.drain()
             if digest and "sha256:" + reader.sha.hexdigest() != digest:
@@ -438,6 +447,7 @@ def _apply_stream(tree: Path, stream: IO[bytes], label: str, limits: Limits, don
     head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""
     if head == ZSTD_MAGIC:
         proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None  # both PIPE
         feeder = threading.Thread(target=_feed, args=(stream, proc.stdin), daemon=True)
         feeder.start()
         try:
@@ -470,12 +480,15 @@ META_MAX = 1 << 20
 class _BoundedTarInfo(tarfile.TarInfo):
     """A tar header whose long-name and pax records are refused past META_MAX bytes."""
 
-    def _proc_member(self, tarfile_):  # type: ignore[no-untyped-def]
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         meta = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                 tarfile.SOLARIS_XHDTYPE)
         if self.type in meta and self.size > META_MAX:
-            raise tarfile.SubsequentHeaderError(f"a {self.size}-byte name or pax header (at most {META_MAX})")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
+            # tarfile's own error for a bad extended header; typeshed leaves it and _proc_member out
+            raise tarfile.SubsequentHeaderError(  # type: ignore[attr-defined]
+                f"a {self.size}-byte name or pax header (at most {META_MAX})")
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
 
 def _apply_tar(tree: Path, stream: IO[bytes], label: str, limits: Limits | None = None,

@@ -6,6 +6,7 @@ looks the same from the CLI, the API and the status page.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from pydantic import BaseModel, ValidationError
 from rich import box
-from rich.console import Console
+from rich.console import Console, OverflowMethod
 from rich.markup import escape
 from rich.table import Table
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .service import Service
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Local:
@@ -61,7 +64,7 @@ class Local:
     def patch(self, mac: str, patch: dict[str, Any]) -> S.NodeDetail:
         return self._do(lambda svc: svc.patch_node(mac, patch))
 
-    def list(self) -> list[S.NodeOut]:
+    def list(self) -> builtins.list[S.NodeOut]:
         return self._do(lambda svc: svc.list_nodes())
 
     def show(self, mac: str) -> S.NodeDetail:
@@ -76,7 +79,7 @@ class Local:
     def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
         return self._do(lambda svc: svc.put_profile(name, body))[0]
 
-    def list_profiles(self) -> list[S.ProfileOut]:
+    def list_profiles(self) -> builtins.list[S.ProfileOut]:
         return self._do(lambda svc: svc.list_profiles())
 
     def show_profile(self, name: str) -> S.ProfileOut:
@@ -85,7 +88,7 @@ class Local:
     def rm_profile(self, name: str) -> None:
         self._do(lambda svc: svc.remove_profile(name))
 
-    def list_leases(self) -> list[S.LeaseOut]:
+    def list_leases(self) -> builtins.list[S.LeaseOut]:
         return self._do(lambda svc: svc.list_leases())
 
 
@@ -96,7 +99,7 @@ class Remote:
         self.base = url.rstrip("/") + "/api/v1"
         self.token = token
 
-    def call(self, method: str, path: str, body: dict | None = None) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -126,7 +129,7 @@ class Remote:
     def patch(self, mac: str, patch: dict[str, Any]) -> S.NodeDetail:
         return S.NodeDetail.model_validate(self.call("PATCH", f"/nodes/{mac}", patch))
 
-    def list(self) -> list[S.NodeOut]:
+    def list(self) -> builtins.list[S.NodeOut]:
         return [S.NodeOut.model_validate(n) for n in self.call("GET", "/nodes")]
 
     def show(self, mac: str) -> S.NodeDetail:
@@ -141,7 +144,7 @@ class Remote:
     def put_profile(self, name: str, body: S.ProfileIn) -> S.ProfileOut:
         return S.ProfileOut.model_validate(self.call("PUT", f"/profiles/{name}", body.model_dump()))
 
-    def list_profiles(self) -> list[S.ProfileOut]:
+    def list_profiles(self) -> builtins.list[S.ProfileOut]:
         return [S.ProfileOut.model_validate(p) for p in self.call("GET", "/profiles")]
 
     def show_profile(self, name: str) -> S.ProfileOut:
@@ -150,7 +153,7 @@ class Remote:
     def rm_profile(self, name: str) -> None:
         self.call("DELETE", f"/profiles/{name}")
 
-    def list_leases(self) -> list[S.LeaseOut]:
+    def list_leases(self) -> builtins.list[S.LeaseOut]:
         return [S.LeaseOut.model_validate(x) for x in self.call("GET", "/leases")]
 
 
@@ -218,7 +221,7 @@ def _ip_of(e: S.Effective) -> str:
     return e.ip + (" (lease)" if e.ip_from == "lease" else "")
 
 
-def _backend_options(f):
+def _backend_options(f: F) -> F:
     f = click.option("--token", envvar="RAMBOOT_TOKEN",
                      help="API bearer token (or $RAMBOOT_TOKEN; default with --server: the one in the "
                           "config's data directory, DATA/api-token)")(f)
@@ -252,7 +255,7 @@ def _read_keys(files: tuple[str, ...]) -> list[str]:
     return keys
 
 
-def _validated(model, param_names: dict[str, str], **fields):
+def _validated(model: type[M], param_names: dict[str, str], **fields: Any) -> M:
     """The pydantic model, or the CLI's one-line error naming the option."""
     try:
         return model(**fields)
@@ -295,8 +298,10 @@ _NAMES = {"bmc": "--bmc", "ssh_keys": "--ssh-key", "profiles": "--profile", "ove
 @click.option("--bmc", metavar="URL", help=S.BMC_HELP)
 @click.option("--replace", is_flag=True, help="replace a node already registered, whole (else it is refused)")
 @_backend_options
-def add(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, bmc, replace,
-        config_path, server, token) -> None:
+def add(mac: str, image: str | None, hostname: str | None, ip: str | None, loader: str | None, kernel_args: str,
+        uuid: str | None, labels: tuple[str, ...], ssh_keys: tuple[str, ...], profiles: tuple[str, ...],
+        overlays: tuple[str, ...], bmc: str | None, replace: bool,
+        config_path: str | None, server: str | None, token: str | None) -> None:
     """Register a node (`--replace`: replace one registered before; `node set` changes one field)."""
     body = _validated(S.NodeIn, _NAMES, image=image, hostname=hostname, ip=ip, loader=loader,
                       kernel_args=kernel_args, uuid=uuid, labels=_labels(labels), ssh_keys=_read_keys(ssh_keys),
@@ -336,8 +341,10 @@ _UNSET = {"image": "image", "hostname": "hostname", "ip": "ip", "loader": "loade
 @click.option("--unset", "unset", multiple=True, metavar="FIELD",
               help="back to the default: " + ", ".join(_UNSET) + ", or label.KEY (repeatable)")
 @_backend_options
-def set_(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, profiles, overlays, unset,
-         config_path, server, token) -> None:
+def set_(mac: str, image: str | None, hostname: str | None, ip: str | None, loader: str | None,
+         kernel_args: str | None, uuid: str | None, labels: tuple[str, ...], ssh_keys: tuple[str, ...],
+         profiles: tuple[str, ...], overlays: tuple[str, ...], unset: tuple[str, ...],
+         config_path: str | None, server: str | None, token: str | None) -> None:
     """Change only what the options name on a registered node (a JSON merge patch, as PATCH takes)."""
     given = {k: v for k, v in {
         "image": image, "hostname": hostname, "ip": ip, "loader": loader, "kernel_args": kernel_args, "uuid": uuid,
@@ -359,7 +366,7 @@ def set_(mac, image, hostname, ip, loader, kernel_args, uuid, labels, ssh_keys, 
     _said(_open(config_path, server, token).patch(mac, patch))
 
 
-_FIT = {"overflow": "fold"}  # a narrow terminal wraps a cell, never cuts it
+_FIT: OverflowMethod = "fold"  # a narrow terminal wraps a cell, never cuts it
 
 
 def _console() -> Console:
@@ -370,7 +377,7 @@ def _console() -> Console:
 @node.command("list")
 @click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/nodes)")
 @_backend_options
-def list_(as_json, config_path, server, token) -> None:
+def list_(as_json: bool, config_path: str | None, server: str | None, token: str | None) -> None:
     """Every machine that asked or booted, registered or not: what it boots, its address, its last stage."""
     nodes = _open(config_path, server, token).list()
     if as_json:
@@ -379,7 +386,7 @@ def list_(as_json, config_path, server, token) -> None:
     table = Table(box=box.SIMPLE, pad_edge=False)
     for col in ("MAC", "hostname", "IP", "image", "loader", "stage", "seen"):
         # what is short never wraps; a long hostname or image folds onto more lines
-        table.add_column(col, no_wrap=col not in ("hostname", "image"), **_FIT)  # type: ignore[arg-type]
+        table.add_column(col, no_wrap=col not in ("hostname", "image"), overflow=_FIT)
     for n in nodes:
         stage = n.stage or "—"
         style = "green" if stage == "booted" else "red" if stage == "failed" else None
@@ -399,7 +406,7 @@ def list_(as_json, config_path, server, token) -> None:
 @click.argument("mac", callback=lambda c, p, v: _mac(v))
 @click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/nodes/MAC)")
 @_backend_options
-def show(mac, as_json, config_path, server, token) -> None:
+def show(mac: str, as_json: bool, config_path: str | None, server: str | None, token: str | None) -> None:
     """One node: what it boots, its inventory and its last boot timeline."""
     n = _open(config_path, server, token).show(mac)
     if as_json:
@@ -506,7 +513,7 @@ def _show_tpm(con: Console, n: S.NodeDetail) -> None:
 @click.argument("mac", callback=lambda c, p, v: _mac(v))
 @click.option("--replace", is_flag=True, help="trust the TPM last refused instead (a replaced board or TPM)")
 @_backend_options
-def trust(mac, replace, config_path, server, token) -> None:
+def trust(mac: str, replace: bool, config_path: str | None, server: str | None, token: str | None) -> None:
     """Trust a node's pending TPM: from then on its secrets open only in that TPM."""
     t = _open(config_path, server, token).trust(mac, replace)
     click.echo(f"node {mac}: TPM trusted, EK {t.ek_fingerprint}")
@@ -515,7 +522,7 @@ def trust(mac, replace, config_path, server, token) -> None:
 @node.command()
 @click.argument("mac", callback=lambda c, p, v: _mac(v))
 @_backend_options
-def rm(mac, config_path, server, token) -> None:
+def rm(mac: str, config_path: str | None, server: str | None, token: str | None) -> None:
     """Forget a node (its events and inventory are kept)."""
     _open(config_path, server, token).rm(mac)
     click.echo(f"node {mac} removed")
@@ -537,7 +544,9 @@ def profile() -> None:
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
 @click.option("--bmc", metavar="URL", help="the BMC of nodes that name none of their own: " + S.BMC_HELP)
 @_backend_options
-def profile_add(name, image, kernel_args, ssh_keys, overlays, labels, bmc, config_path, server, token) -> None:
+def profile_add(name: str, image: str | None, kernel_args: str, ssh_keys: tuple[str, ...], overlays: tuple[str, ...],
+                labels: tuple[str, ...], bmc: str | None,
+                config_path: str | None, server: str | None, token: str | None) -> None:
     """Create a profile (or replace it)."""
     try:
         S.plain_name(name)
@@ -554,7 +563,7 @@ def profile_add(name, image, kernel_args, ssh_keys, overlays, labels, bmc, confi
 @profile.command("list")
 @click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/profiles)")
 @_backend_options
-def profile_list(as_json, config_path, server, token) -> None:
+def profile_list(as_json: bool, config_path: str | None, server: str | None, token: str | None) -> None:
     """All profiles."""
     profiles = _open(config_path, server, token).list_profiles()
     if as_json:
@@ -562,7 +571,7 @@ def profile_list(as_json, config_path, server, token) -> None:
         return
     table = Table(box=box.SIMPLE, pad_edge=False)
     for col in ("name", "image", "kernel args", "ssh keys", "overlays", "labels"):
-        table.add_column(col, **_FIT)  # type: ignore[arg-type]
+        table.add_column(col, overflow=_FIT)
     for p in profiles:
         table.add_row(p.name, p.image or "", p.kernel_args, str(len(p.ssh_keys)), ", ".join(p.overlays),
                       ", ".join(f"{k}={v}" for k, v in sorted(p.labels.items())))
@@ -573,7 +582,7 @@ def profile_list(as_json, config_path, server, token) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/profiles/NAME)")
 @_backend_options
-def profile_show(name, as_json, config_path, server, token) -> None:
+def profile_show(name: str, as_json: bool, config_path: str | None, server: str | None, token: str | None) -> None:
     """One profile."""
     p = _open(config_path, server, token).show_profile(name)
     if as_json:
@@ -594,7 +603,7 @@ def profile_show(name, as_json, config_path, server, token) -> None:
 @profile.command("rm")
 @click.argument("name")
 @_backend_options
-def profile_rm(name, config_path, server, token) -> None:
+def profile_rm(name: str, config_path: str | None, server: str | None, token: str | None) -> None:
     """Remove a profile (nodes that name it keep their own settings)."""
     _open(config_path, server, token).rm_profile(name)
     click.echo(f"profile {name} removed")
@@ -609,7 +618,7 @@ def lease() -> None:
 @lease.command("list")
 @click.option("--json", "as_json", is_flag=True, help="the API's JSON (GET /api/v1/leases)")
 @_backend_options
-def lease_list(as_json, config_path, server, token) -> None:
+def lease_list(as_json: bool, config_path: str | None, server: str | None, token: str | None) -> None:
     """Every lease, by address, with its MAC and when it ends."""
     leases = _open(config_path, server, token).list_leases()
     if as_json:
@@ -617,7 +626,7 @@ def lease_list(as_json, config_path, server, token) -> None:
         return
     table = Table(box=box.SIMPLE, pad_edge=False)
     for col in ("IP", "MAC", "hostname", "client id", "expires"):
-        table.add_column(col, no_wrap=col != "client id", **_FIT)  # type: ignore[arg-type]
+        table.add_column(col, no_wrap=col != "client id", overflow=_FIT)
     for x in leases:
         ends = x.expires.astimezone().strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(x.ip, x.mac, x.hostname or "", x.client_id or "", ends if x.active else f"{ends} (expired)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -26,12 +27,12 @@ class Node(Base):
     image: Mapped[str | None] = mapped_column(String(128))
     loader: Mapped[str | None] = mapped_column(String(16))
     kernel_args: Mapped[str] = mapped_column(Text, default="")
-    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     discovered: Mapped[bool] = mapped_column(default=False)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    ssh_keys: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
-    profiles: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
-    overlays: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    ssh_keys: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    profiles: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    overlays: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     bmc: Mapped[str | None] = mapped_column(String(1024))  # the BMC URL, password cut out (sealed in secrets)
     boot_once: Mapped[str | None] = mapped_column(String(128))  # an image for the next boot only
 
@@ -44,9 +45,9 @@ class Profile(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     image: Mapped[str | None] = mapped_column(String(128))
     kernel_args: Mapped[str] = mapped_column(Text, default="")
-    ssh_keys: Mapped[list] = mapped_column(JSON, default=list)
-    overlays: Mapped[list] = mapped_column(JSON, default=list)
-    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    ssh_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+    overlays: Mapped[list[str]] = mapped_column(JSON, default=list)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     bmc: Mapped[str | None] = mapped_column(String(1024))
 
 
@@ -100,7 +101,8 @@ class Server(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     address: Mapped[str] = mapped_column(String(45))
     http_base: Mapped[str] = mapped_column(String(255))  # http://HOST[:PORT], what nodes are told
-    images: Mapped[dict] = mapped_column(JSON, default=dict)  # image name -> {file: sha256}, verified only
+    # image name -> {file: sha256}, verified only
+    images: Mapped[dict[str, dict[str, str]]] = mapped_column(JSON, default=dict)
     started: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float, index=True)  # unix time of the last heartbeat
     group: Mapped[str | None] = mapped_column("group_name", String(63), nullable=True)  # [cluster] group
@@ -116,7 +118,7 @@ class Event(Base):
     mac: Mapped[str] = mapped_column(String(17))
     stage: Mapped[str] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(String(8), default="server")  # server | node
-    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     at: Mapped[float] = mapped_column(Float)  # unix time, sub-second
     server: Mapped[str | None] = mapped_column(String(64))  # which server recorded it (several on one database)
 
@@ -128,7 +130,7 @@ class Inventory(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     mac: Mapped[str] = mapped_column(String(17), index=True)
-    data: Mapped[dict] = mapped_column(JSON)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
     at: Mapped[float] = mapped_column(Float)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
 
@@ -25,9 +25,17 @@ STAGE = r"^[a-z][a-z0-9-]{0,31}$"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
-def _from_unix(v: object) -> object:
+def unix_time(t: float) -> datetime:
     """The store keeps unix times; the API says them in ISO 8601, in UTC."""
-    return datetime.fromtimestamp(v, UTC) if isinstance(v, int | float) and not isinstance(v, bool) else v
+    return datetime.fromtimestamp(t, UTC)
+
+
+def unix_time_or_none(t: float | None) -> datetime | None:
+    return None if t is None else unix_time(t)
+
+
+def _from_unix(v: object) -> object:
+    return unix_time(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
 
 def _iso(v: datetime) -> str:
@@ -279,7 +287,7 @@ class EventOut(BaseModel):
     stage: str
     source: Literal["server", "node"] | str
     at: Time
-    detail: dict
+    detail: dict[str, Any]
 
 
 class ConsoleLineOut(BaseModel):
@@ -475,7 +483,7 @@ class TpmTrust(_Strict):
 
 class EventIn(_Strict):
     stage: str = Field(pattern=STAGE)
-    detail: dict = {}
+    detail: dict[str, Any] = {}
 
 
 class ImageFile(BaseModel):

@@ -15,7 +15,7 @@ import ipaddress
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -210,7 +210,7 @@ class Service:
             # The firmware prints before its first DHCP request: a boot's console starts a little
             # before its first event, unless that event is the power action that started it.
             since = boot.started - (0 if boot.events[0].stage == "power" else CONSOLE_LEAD)
-            out.console = [S.ConsoleLineOut(at=at, line=line)
+            out.console = [S.ConsoleLineOut(at=S.unix_time(at), line=line)
                            for at, line in self.store.power.console_lines(mac, since)]
         detail = _node_out(spec or NodeSpec(mac=mac), boot, S.NodeDetail, spec is not None,
                            inventory=inventory, last_boot=out, effective=effective, tpm=tpm,
@@ -226,7 +226,7 @@ class Service:
         hist = self.store.hardware.history(mac, limit)
         if not hist:
             raise NotFound(f"no inventory for {mac}")
-        return [S.InventoryOut(at=at, report=report_of(d)) for at, d in hist]
+        return [S.InventoryOut(at=S.unix_time(at), report=report_of(d)) for at, d in hist]
 
     def trust_tpm(self, mac: str, replace: bool) -> S.TpmOut:
         """Trust the node's pending TPM, or (`replace`) the last other one it refused."""
@@ -287,7 +287,7 @@ class Service:
     def list_leases(self) -> list[S.LeaseOut]:
         now = time.time()
         return [
-            S.LeaseOut(ip=lease.ip, mac=lease.mac, expires=lease.expires, active=lease.expires > now,
+            S.LeaseOut(ip=lease.ip, mac=lease.mac, expires=S.unix_time(lease.expires), active=lease.expires > now,
                        client_id=lease.client_id, hostname=lease.hostname)
             for lease in sorted(self.store.leases.load(), key=lambda lease: ipaddress.IPv4Address(lease.ip))
         ]
@@ -295,9 +295,9 @@ class Service:
     def list_servers(self, this: str | None = None) -> list[S.ServerOut]:
         now = time.time()
         return [
-            S.ServerOut(name=s.name, address=s.address, http_base=s.http_base, images=s.images, started=s.started,
-                        last_seen=s.last_seen, alive=now - s.last_seen <= self.config.cluster.dead_after,
-                        this=s.name == this, group=s.group)
+            S.ServerOut(name=s.name, address=s.address, http_base=s.http_base, images=s.images,
+                        started=S.unix_time(s.started), last_seen=S.unix_time(s.last_seen),
+                        alive=now - s.last_seen <= self.config.cluster.dead_after, this=s.name == this, group=s.group)
             for s in self.store.servers.all()
         ]
 
@@ -347,6 +347,7 @@ def _effective(booter: Booter, mac: str, leases: list[LeaseRecord], seen: float 
     d = booter.decide(Client(mac))
     lease = hardware_lease(leases, mac, None, firmware=True) or max(leases, key=lambda x: x.expires, default=None)
     fixed = d.fixed_ip if d else None
+    ip_from: Literal["fixed", "lease"] | None
     if fixed:
         ip, ip_from, expires = fixed, "fixed", lease.expires if lease and lease.ip == fixed else None
     elif lease:
@@ -355,13 +356,15 @@ def _effective(booter: Booter, mac: str, leases: list[LeaseRecord], seen: float 
         ip, ip_from, expires = None, None, None
     return S.Effective(
         image=d.image if d else None, image_from=d.image_from if d else None, loader=d.loader if d else None,
-        kernel_args=d.kernel_args if d else "", ip=ip, ip_from=ip_from, lease_expires=expires,
-        profiles=list(d.profiles) if d else [], last_seen=seen, last_boot=boot.started if boot else None)
+        kernel_args=d.kernel_args if d else "", ip=ip, ip_from=ip_from, lease_expires=S.unix_time_or_none(expires),
+        profiles=list(d.profiles) if d else [], last_seen=S.unix_time_or_none(seen),
+        last_boot=S.unix_time(boot.started) if boot else None)
 
 
 def _node_out(spec: NodeSpec, boot: Boot | None, cls: type[S.NodeOut], registered: bool, **extra: Any) -> S.NodeOut:
     fields = asdict(spec)
     fields["labels"] = {str(k): str(v) for k, v in spec.labels.items()}
-    state = "seen" if not registered else "discovered" if spec.discovered else "registered"
-    return cls(**fields, state=state, stage=boot.stage if boot else None, updated=boot.updated if boot else None,
-               **extra)
+    state: Literal["registered", "discovered", "seen"] = (
+        "seen" if not registered else "discovered" if spec.discovered else "registered")
+    return cls(**fields, state=state, stage=boot.stage if boot else None,
+               updated=S.unix_time(boot.updated) if boot else None, **extra)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .store import EventRecord
 
@@ -107,7 +108,7 @@ class Boot:
         return None
 
 
-def mbps_of(detail: dict) -> float | None:
+def mbps_of(detail: dict[str, Any]) -> float | None:
     """Megabits per second from an event's `bytes` and `seconds`, if both are sane."""
     try:
         nbytes, seconds = float(detail["bytes"]), float(detail["seconds"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -36,19 +36,19 @@ def boot_out(boot: Boot | None) -> S.BootOut | None:
     return None if boot is None else S.BootOut.model_validate(boot, from_attributes=True)
 
 
-def report_of(data: dict) -> S.InventoryReport:
+def report_of(data: dict[str, Any]) -> S.InventoryReport:
     try:
         return S.InventoryReport.model_validate(data)
     except ValidationError:  # stored by an older, looser version: show what we can
         return S.InventoryReport()
 
 
-def inventory_out(latest: tuple[float, dict] | None) -> S.InventoryOut | None:
+def inventory_out(latest: tuple[float, dict[str, Any]] | None) -> S.InventoryOut | None:
     """A node's newest hardware report, (unix time, report) as the store gives it."""
     if latest is None:
         return None
     at, data = latest
-    return S.InventoryOut(at=at, report=report_of(data))
+    return S.InventoryOut(at=S.unix_time(at), report=report_of(data))
 
 
 CONSOLE_LEAD = 30.0  # seconds of console before a boot's first event that are its firmware's
@@ -58,7 +58,8 @@ def seeding_out(boot: Boot | None) -> S.SeedingOut | None:
     """Seeding in a boot, from its events: `seeding` (the node), `seed-served` and `seed-skipped` (the server)."""
     if boot is None:
         return None
-    state, served, downloads, why = None, 0, 0, ""
+    state: Literal["seeding", "skipped"] | None = None
+    served, downloads, why = 0, 0, ""
     for e in boot.events:
         if e.stage == "seeding" and e.source == "node":
             state = state or "seeding"

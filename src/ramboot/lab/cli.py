@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -158,7 +159,7 @@ def _kept(the_lab: Lab, console_mac: str | None, stop_mac: str | None, timeout: 
         _fail(str(e))
 
 
-def _vm_behind_bmc(the_lab: Lab, st: dict, kind: str, firmware: str, mac: str | None, timeout: float) -> None:
+def _vm_behind_bmc(the_lab: Lab, st: dict[str, Any], kind: str, firmware: str, mac: str | None, timeout: float) -> None:
     import time
 
     from ..power import PowerError

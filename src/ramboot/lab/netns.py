@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..api_token import TOKEN_FILE, client_token
 from ..config import ConfigError, load_config
@@ -71,7 +71,7 @@ def default_lab_ns() -> str:
     return os.environ.get("RAMBOOT_LAB_NS") or LAB_NS
 
 
-def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure raise LabError with its own stderr."""
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -163,21 +163,22 @@ def call_in_netns(ns: str, fn: Callable[[], T]) -> T:
     Lets the host-side CLI and tests talk to the server at 172.22.33.2 without a
     route into the lab.
     """
-    box: dict = {}
+    value: list[T] = []
+    error: list[BaseException] = []
 
     def run() -> None:
         try:
             enter_netns(ns)
-            box["value"] = fn()
+            value.append(fn())
         except BaseException as e:  # handed back to the caller's thread
-            box["error"] = e
+            error.append(e)
 
     t = threading.Thread(target=run, name=f"netns-{ns}")
     t.start()
     t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    if error:
+        raise error[0]
+    return value[0]
 
 
 @dataclass
@@ -215,7 +216,7 @@ class Lab:
         return self.root / "serve.log"
 
     @contextmanager
-    def _state(self) -> Iterator[dict]:
+    def _state(self) -> Iterator[dict[str, Any]]:
         """Read-modify-write the state file under a lock (several `lab vm` at once)."""
         self.root.mkdir(parents=True, exist_ok=True)
         lock = self.root / f".{self.ns}.lock"
@@ -235,11 +236,11 @@ class Lab:
             tmp.write_text(json.dumps(state, indent=2))
             os.replace(tmp, self.state_file)
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         with self._state() as s:
             return dict(s)
 
-    def remember(self, **values) -> None:
+    def remember(self, **values: Any) -> None:
         """Keep facts for later commands (the server's URL, its config)."""
         with self._state() as s:
             s.update(values)
@@ -248,7 +249,7 @@ class Lab:
     def exists(self) -> bool:
         return Path(f"/run/netns/{self.ns}").exists()
 
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ip", "-n", self.ns, *args, check=check)
 
     def create(self) -> None:
@@ -304,8 +305,8 @@ class Lab:
 
     # -- processes -----------------------------------------------------------
     def spawn(
-        self, key: str, cmd: list[str], log: Path | None = None, netns: str | None = None, **popen
-    ) -> subprocess.Popen:
+        self, key: str, cmd: list[str], log: Path | None = None, netns: str | None = None, **popen: Any
+    ) -> subprocess.Popen[bytes]:
         """Start cmd inside the namespace (or a peer's), in its own session, and record its PID."""
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +414,8 @@ class Lab:
 
         return call_in_netns(self.ns, go)
 
-    def api(self, path: str, base: str | None = None, token: str | None = None) -> dict | list | None:
+    def api(self, path: str, base: str | None = None, token: str | None = None) -> object:
+        """The JSON document at `path` (callers check its shape), or None if the server did not give one."""
         status, body = self.http(f"{base or self.base_url}{path}", token=token)
         if status != 200:
             return None

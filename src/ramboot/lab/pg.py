@@ -47,7 +47,7 @@ class TempCluster:
         assert self.dir is not None
         return self.dir
 
-    def _as_user(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def _as_user(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = list(cmd) if os.geteuid() != 0 else ["runuser", "-u", self.user, "--", *cmd]
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/")
         if p.returncode != 0:

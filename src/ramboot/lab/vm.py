@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..macaddr import mac_from_bytes, normalize_mac
 from .impair import Impairment
@@ -64,7 +64,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>cDEHM78]")
 
 # Console text -> milestone, for the timeline and for "where did it stop".
 # Markers from ramboot's own scripts come first; the rest are the firmwares' words.
-_CONSOLE_MILESTONES: list[tuple[re.Pattern, str]] = [
+_CONSOLE_MILESTONES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^ramboot: booted\b"), "booted"),
     (re.compile(r"^ramboot: FAILED\b"), "failed"),
     (re.compile(r"^ramboot: stage (\S+)"), r"\1"),
@@ -191,7 +191,7 @@ def choose_accel(lab: Lab, kernel: Path | None) -> tuple[str, str]:
 
 # -- the VM ------------------------------------------------------------------------
 
-def _stop_child(lab: Lab, proc: subprocess.Popen, key: str) -> None:
+def _stop_child(lab: Lab, proc: subprocess.Popen[bytes], key: str) -> None:
     """Stop a child of this boot (QEMU, its impair relay) by its PID and drop it from the lab's records."""
     stop_pid(proc.pid, None, grace=5)
     try:
@@ -299,7 +299,7 @@ class Mark:
     at: float  # epoch seconds
     stage: str
     source: str  # console | server | node
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -315,7 +315,7 @@ class BootResult:
     marks: list[Mark]
     console_log: Path
     last_console: list[str]
-    wire: dict = field(default_factory=dict)  # the impair relay's counters, when the wire was impaired
+    wire: dict[str, Any] = field(default_factory=dict)  # the impair relay's counters, when the wire was impaired
     lines: list[tuple[float, str]] = field(default_factory=list)  # the console, cleaned, with arrival times
 
     @property
@@ -329,7 +329,7 @@ class BootResult:
 class _LogTail:
     """A kept VM's console as a stream: `console.log` as QEMU writes it, until QEMU exits."""
 
-    def __init__(self, log: Path, proc: subprocess.Popen):
+    def __init__(self, log: Path, proc: subprocess.Popen[bytes]):
         self.log, self.proc, self.pos = log, proc, 0
 
     def read1(self, n: int) -> bytes:
@@ -414,7 +414,7 @@ def console_marks(lines: list[tuple[float, str]]) -> list[Mark]:
     return out
 
 
-def events_from_api(raw: list | None, since: float) -> list[Mark]:
+def events_from_api(raw: object, since: float) -> list[Mark]:
     """This boot's server and node events from `GET /api/v1/nodes/{mac}/events`, oldest first."""
     out = []
     for e in raw if isinstance(raw, list) else []:
@@ -515,6 +515,7 @@ def boot_vm(
             console = _Console(_LogTail(workdir / "console.log", proc), None, echo)
         else:
             proc = lab.spawn(key, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=fds)
+            assert proc.stdout is not None  # a PIPE
             console = _Console(proc.stdout, workdir / "console.log", echo)
     finally:
         for fd in fds:
@@ -689,7 +690,8 @@ def attach_console(lab: Lab, mac: str, stdin: IO[bytes], stdout: IO[bytes], deta
         if saved is not None:
             tty.setraw(fd)
         while True:
-            ready, _, _ = select.select([sock, fd], [], [])
+            waited: list[socket.socket | int] = [sock, fd]
+            ready, _, _ = select.select(waited, [], [])
             if sock in ready:
                 data = sock.recv(4096)
                 if not data:
@@ -745,7 +747,7 @@ def _fmt_detail(m: Mark) -> str:
     if m.stage == "verified" and d.get("sha256"):
         return f"sha256 {str(d['sha256'])[:16]}…"
     if m.source == "console":
-        return d.get("line", "")[:70]
+        return str(d.get("line", ""))[:70]
     return " ".join(f"{k}={v}" for k, v in d.items())[:70]
 
 

@@ -17,7 +17,7 @@ from ..inventory.cli import _mac  # one MAC argument check for every command
 from ..inventory.records import NodeSpec
 from ..inventory.store import Store
 from ..inventory.timeline import last_boot
-from . import ACTIONS, TIMEOUT, PowerError, driver_for
+from . import ACTIONS, TIMEOUT, Driver, PowerError, driver_for
 from .bmc import AutoUnresolved
 from .fleet import Outcome, TargetError, record, run, targets
 
@@ -44,7 +44,8 @@ _config = click.option("--config", "config_path", required=True, type=click.Path
               help="seconds each BMC gets to answer")
 @click.option("--json", "as_json", is_flag=True, help="one JSON list of results on stdout")
 @_config
-def power(action, names, all_, labels, rate, timeout, as_json, config_path) -> None:
+def power(action: str, names: tuple[str, ...], all_: bool, labels: tuple[str, ...], rate: float | None,
+          timeout: float, as_json: bool, config_path: str) -> None:
     """Power nodes on, off, cycle or reset them through their BMCs, or read their power state.
 
     A TARGET is a MAC or a hostname. Each node's BMC is asked on its own: one that does not
@@ -82,7 +83,7 @@ def _node_with_bmc(store: Store, mac: str) -> NodeSpec:
     return spec
 
 
-def _driver(store: Store, mac: str, timeout: float = TIMEOUT):
+def _driver(store: Store, mac: str, timeout: float = TIMEOUT) -> Driver:
     try:
         bmc = store.power.bmc(mac)
     except AutoUnresolved as e:
@@ -106,7 +107,7 @@ def _image_exists(config_path: str, image: str) -> None:
         raise click.BadParameter(str(e), param_hint="--image") from None
 
 
-def _power_up(store: Store, mac: str, driver, action: str = "cycle") -> float:
+def _power_up(store: Store, mac: str, driver: Driver, action: str = "cycle") -> float:
     """The node's next boot is a network boot, then `action`; returns when it was done (epoch)."""
     try:
         driver.boot_network_once()
@@ -152,7 +153,7 @@ def wait_booted(store: Store, mac: str, since: float, timeout: float, image: str
 @click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True,
               help="seconds --wait waits")
 @_config
-def reprovision(mac, image, wait, timeout, config_path) -> None:
+def reprovision(mac: str, image: str | None, wait: bool, timeout: float, config_path: str) -> None:
     """Set the node's image, make its next boot a network boot, and power-cycle it."""
     store = _store(config_path)
     spec = _node_with_bmc(store, mac)
@@ -178,7 +179,7 @@ def reprovision(mac, image, wait, timeout, config_path) -> None:
 @click.option("--now", is_flag=True, help="and power-cycle the node through its BMC")
 @click.option("--clear", is_flag=True, help="forget a boot-once image not used yet")
 @_config
-def boot_once(mac, image, now, clear, config_path) -> None:
+def boot_once(mac: str, image: str, now: bool, clear: bool, config_path: str) -> None:
     """The node's next boot only is of another image (an installer, a memory test); once that
     boot reports booted, the node boots its own image again."""
     store = _store(config_path)
@@ -198,7 +199,7 @@ def boot_once(mac, image, now, clear, config_path) -> None:
 @click.command()
 @click.argument("mac", callback=lambda c, p, v: _mac(v))
 @_config
-def console(mac, config_path) -> None:
+def console(mac: str, config_path: str) -> None:
     """Attach this terminal to the node's serial console (IPMI Serial-over-LAN, the libvirt
     console, or the SSH serial console a Redfish BMC offers)."""
     store = _store(config_path)

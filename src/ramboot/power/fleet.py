@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ..inventory.records import EventRecord, NodeSpec
 from ..inventory.store import Store
@@ -44,7 +45,7 @@ class Outcome:
             return f"{self.mac} {self.action}: ok, now {self.state}"
         return f"{self.mac} {self.action}: FAILED: {self.error}"
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, object]:
         return {"mac": self.mac, "action": self.action, "ok": self.ok, "state": self.state, "error": self.error or None,
                 "seconds": round(self.seconds, 3)}
 
@@ -78,7 +79,7 @@ def act(driver: Driver, action: str) -> str:
     return driver.status()
 
 
-def record(store: Store, mac: str, action: str, ok: bool, detail: dict) -> None:
+def record(store: Store, mac: str, action: str, ok: bool, detail: dict[str, Any]) -> None:
     """The node's timeline gets the action (a status read is only counted) and the counter its result."""
     store.power.count(action, "ok" if ok else "error")
     if action != "status":

@@ -31,13 +31,14 @@ class IpmiDriver:
                 raise PowerError(f"ipmi {self.bmc.host}:{self.bmc.port}: {_why(e)}") from None
         return self._cmd
 
-    def _raw(self, netfn: int, command: int, data: list[int]) -> dict:
+    def _raw(self, netfn: int, command: int, data: list[int]) -> dict[str, Any]:
         from pyghmi.exceptions import IpmiException
 
         try:
             # A short wait per try (pyghmi sends again): a BMC busy starting or killing its
             # machine may drop one request, which should cost a retry, not the whole timeout.
-            r = self._session().raw_command(netfn=netfn, command=command, data=data, timeout=min(3.0, self.timeout))
+            r: dict[str, Any] = self._session().raw_command(netfn=netfn, command=command, data=data,
+                                                            timeout=min(3.0, self.timeout))
         except (IpmiException, OSError) as e:
             raise PowerError(f"ipmi {self.bmc.host}:{self.bmc.port}: {_why(e)}") from None
         if "error" in r:

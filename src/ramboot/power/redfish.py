@@ -30,7 +30,7 @@ class RedfishDriver:
             self.ctx.verify_mode = ssl.CERT_NONE
         self._system = bmc.system
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         auth = base64.b64encode(f"{self.bmc.user}:{self.bmc.password or ''}".encode()).decode()
@@ -64,7 +64,7 @@ class RedfishDriver:
 
     def status(self) -> str:
         state = (self._call("GET", self.system()) or {}).get("PowerState")
-        return {"On": "on", "Off": "off"}.get(state, "unknown")
+        return {"On": "on", "Off": "off"}.get(state, "unknown") if isinstance(state, str) else "unknown"
 
     def power(self, action: str) -> None:
         if action == "cycle":

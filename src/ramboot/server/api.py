@@ -69,7 +69,8 @@ class ApiError(Exception):
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                           ) -> web.StreamResponse:
     """API errors are JSON `{"error": ...}` with the right status; other paths are untouched."""
     if not request.path.startswith("/api/"):
         return await handler(request)

@@ -15,7 +15,7 @@ import resource
 import signal
 import sys
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .. import metrics
 from ..access import AccessRule
@@ -38,6 +38,12 @@ from .tftp_server import start_tftp
 from .workers import WorkerPool, probe_ports
 
 log = logging.getLogger("ramboot.serve")
+
+
+class _Closes(Protocol):
+    """What `App` runs: a server, the cluster member, the console capture."""
+
+    async def close(self) -> None: ...
 
 
 def server_address6(config: Config) -> str | None:
@@ -134,7 +140,7 @@ class Services:
                                    ca=CaArchive(self.tls.ca) if self.tls else None, booter6=self.booter6)
         self.events = EventLog(self.store.events, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
-        self.servers: list = []
+        self.servers: list[_Closes] = []
         self.pool = WorkerPool(config, workers) if workers > 1 else None  # last: it makes a directory
 
     async def start(self) -> None:

@@ -94,7 +94,7 @@ class Listener:
         self.store = store
         self._handlers: dict[str, list[Callable[[str], None]]] = {}
         self._reconnected: list[Callable[[], None]] = []
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
     def on(self, channel: str, fn: Callable[[str], None]) -> None:
@@ -125,8 +125,8 @@ class Listener:
                         await conn.execute(f'LISTEN "{ch}"')
                     self.connected.set()
                     if not first:
-                        for fn in self._reconnected:
-                            fn()
+                        for reload in self._reconnected:
+                            reload()
                     first, delay = False, 0.5
                     async for n in conn.notifies():
                         for fn in self._handlers.get(n.channel, ()):
@@ -158,7 +158,7 @@ class Cluster:
         self.held: dict[str, dict[str, str]] = {}
         self.peers: list[ServerRecord] = []  # the other live servers, as of the last heartbeat
         self.listener: Listener | None = Listener(store) if store.shared else None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.seed = zlib.crc32(self.name.encode())
 
     # -- what the policy asks -------------------------------------------------

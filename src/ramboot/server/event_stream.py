@@ -34,10 +34,10 @@ class Broadcaster:
         self.ctx = ctx
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: asyncio.Queue[tuple[str, float | None]] = asyncio.Queue()  # (mac, booted at)
-        self.subscribers: set[asyncio.Queue] = set()
+        self.subscribers: set[asyncio.Queue[bytes | None]] = set()
         self._unwatch: Callable[[], None] | None = None
-        self._task: asyncio.Task | None = None
-        self._others: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._others: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     def on_event(self, rec: EventRecord) -> None:
@@ -56,12 +56,12 @@ class Broadcaster:
         if self.subscribers:
             self.pending.put_nowait((mac, None))
 
-    def subscribe(self) -> asyncio.Queue:
-        q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+    def subscribe(self) -> asyncio.Queue[bytes | None]:
+        q: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1000)
         self.subscribers.add(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue) -> None:
+    def unsubscribe(self, q: asyncio.Queue[bytes | None]) -> None:
         self.subscribers.discard(q)
 
     async def start(self, _app: web.Application) -> None:
@@ -141,7 +141,7 @@ def boot_duration(store: Store, mac: str, booted_at: float) -> float | None:
     return None
 
 
-def _offer(q: asyncio.Queue, msg: bytes | None) -> None:
+def _offer(q: asyncio.Queue[bytes | None], msg: bytes | None) -> None:
     """Never block the feed on one slow browser: drop its oldest message instead."""
     if q.full():
         q.get_nowait()

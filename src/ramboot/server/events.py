@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..inventory.ports import EventSink
 from ..inventory.records import EventRecord
@@ -53,12 +54,12 @@ class EventLog:
         self.mac_by_ip: dict[str, str] = {}  # who holds an address, so TFTP/HTTP can name the node
         self._pending: list[EventRecord] = []
         self._watchers: list[Callable[[EventRecord], None]] = []
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    def record(self, mac: str, stage: str, source: str = "server", **detail) -> None:
+    def record(self, mac: str, stage: str, source: str = "server", **detail: Any) -> None:
         self.add(mac, stage, detail, source)
 
-    def add(self, mac: str, stage: str, detail: dict, source: str = "server") -> None:
+    def add(self, mac: str, stage: str, detail: dict[str, Any], source: str = "server") -> None:
         """`record()` with the detail as a dict (the DHCP hot path: no keyword unpacking)."""
         rec = EventRecord(normalize_mac(mac), stage, time.time(), source, detail, self.server)
         self._pending.append(rec)

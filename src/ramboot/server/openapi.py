@@ -56,8 +56,8 @@ def document(routes: list[Route]) -> dict[str, Any]:
         if params:
             op["parameters"] = params
         if r.body is not None:
-            media = ["application/json"] + (["application/merge-patch+json"] if r.method == "PATCH" else [])
-            op["requestBody"] = {"required": True, "content": {m: {"schema": ref(r.body)} for m in media}}
+            accepts = ["application/json"] + (["application/merge-patch+json"] if r.method == "PATCH" else [])
+            op["requestBody"] = {"required": True, "content": {m: {"schema": ref(r.body)} for m in accepts}}
         ok: dict[str, Any]
         if r.response is not None:
             schema = {"type": "array", "items": ref(r.response)} if r.many else ref(r.response)

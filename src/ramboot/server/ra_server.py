@@ -36,8 +36,14 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..netif import interface_mac
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..inventory.records import EventRecord
+    from .events import EventLog
 
 log = logging.getLogger("ramboot.ra")
 
@@ -183,7 +189,7 @@ class RaServer:
         if prefix is not None:
             self._send(ALL_NODES)  # one unsolicited RA at start: hosts already up learn the prefix
 
-    def on_event(self, rec) -> None:
+    def on_event(self, rec: EventRecord) -> None:
         """An EventLog watcher: a PXE stage for a MAC marks it as booting through us."""
         if rec.stage in PXE_STAGES:
             dest = self.guard.pxe_client(rec.mac, time.monotonic())
@@ -230,7 +236,7 @@ class RaServer:
     _unwatch: Callable[[], None] | None = None
 
 
-async def start_ra(config, events=None) -> RaServer | None:
+async def start_ra(config: Config, events: EventLog | None = None) -> RaServer | None:
     """Answer router solicitations on the DHCP interface (see the module notes); None if not.
 
     `events` (the EventLog) tells a guarded responder which MACs are PXE-booting through us.
