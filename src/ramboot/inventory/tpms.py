@@ -81,7 +81,7 @@ class Tpms:
         with self._session.begin() as s:  # type: ignore[attr-defined]
             done = s.execute(update(Tpm).where(Tpm.node == node, Tpm.boot == boot, Tpm.report_seq < seq)
                              .values(report_seq=seq))
-            return bool(done.rowcount)  # type: ignore[attr-defined]
+            return bool(done.rowcount)
 
     def keep_pcrs(self, node: str, image: str, values: dict[str, str]) -> dict[str, str]:
         """`values` as the image's trusted PCRs unless some are kept already; those kept."""
@@ -91,7 +91,7 @@ class Tpms:
                 return values
             pcrs = dict(row.pcrs or {})
             if image in pcrs:
-                return pcrs[image]
+                return dict(pcrs[image])
             pcrs[image] = values
             row.pcrs = pcrs
             return values

@@ -104,7 +104,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     except Exception as e:  # a database that does not answer leaves the last counts, not a failed scrape
         log.warning("metrics: power counts not read: %s", str(e).splitlines()[0] if str(e) else e)
     workers = request.app.get(WORKER_METRICS)
-    body = generate_latest(metrics.Merged(workers)) if workers else generate_latest()  # type: ignore[arg-type]
+    body = generate_latest(metrics.Merged(workers)) if workers else generate_latest()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
