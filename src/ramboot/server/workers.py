@@ -4,7 +4,7 @@ With `[serve] workers = N` (N > 1) the main process holds DHCP (v4 and v6, the
 leases, their journal), the router advertisements, the cluster registration,
 the API, the status page, `/metrics` and the live feed, and listens only on a
 unix socket in a private directory. N worker processes (`python -m
-ramboot.server.workers`) each bind the public HTTP, HTTPS and TFTP ports with
+ramboot.server.worker_main`) each bind the public HTTP, HTTPS and TFTP ports with
 SO_REUSEPORT, so the kernel spreads connections and RRQs over them; a TFTP
 transfer's own socket stays in the worker that took its RRQ.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import http.client
 import json
 import logging
@@ -115,7 +114,7 @@ class WorkerPool:
 
     def _argv(self, index: int) -> list[str]:
         verbose = ["-v"] if logging.getLogger().isEnabledFor(logging.DEBUG) else []
-        return [sys.executable, "-m", "ramboot.server.workers", str(index), self.socket_path, *verbose]
+        return [sys.executable, "-m", "ramboot.server.worker_main", str(index), self.socket_path, *verbose]
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         """One worker, bound and ready (its first stdout line), or OSError."""
@@ -397,84 +396,3 @@ def share_caps(config: Config, workers: int) -> Config:
     t = config.tftp
     share = t.model_copy(update={"max_memory_mib": max(1, t.max_memory_mib // workers)})
     return config.model_copy(update={"tftp": share})
-
-
-def _die_with_parent(parent: int) -> None:
-    """A worker whose main process was killed outright goes too (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
-async def run_worker(config: Config, index: int, socket_path: str, key: str) -> None:
-    from .app import Services, _bound, limit_malloc_arenas, raise_fd_limit, tune_interpreter
-    from .http_server import make_app, start_http
-    from .tftp_server import start_tftp
-
-    limit_malloc_arenas()
-    raise_fd_limit()
-    svc = Services(config, cluster_type=Follower)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path), auto_decompress=False,
-                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-    events = ForwardingEvents(session, index, key)
-    namespace = CurrentNamespace(svc.namespace, socket_path, key)
-    servers: list[Any] = []
-    try:
-        metrics.watch_tasks(loop)
-        events.start()
-        await svc.cluster.start()
-        app = make_app(config, namespace, svc.booter, svc.store, events, svc.cluster)
-        app[CTX].seeds = None  # seedable root downloads go to the main process, which holds the seeders
-        app.middlewares.insert(0, proxy_middleware(session, config.scale.seed))
-
-        async def which(request: web.Request, response: web.StreamResponse) -> None:
-            response.headers.setdefault(WORKER, str(index))  # which worker answered (tests, and curl -i)
-        app.on_response_prepare.append(which)
-        try:
-            servers.append(await _bound(f"http port {config.http.port}", start_http(
-                config, namespace, svc.booter, svc.store, events, cluster=svc.cluster,
-                tls=svc.tls.context() if svc.tls else None, ipv6=svc.server_ip6 is not None, reuse_port=True,
-                app=app)))
-            if ":" not in svc.server_ip:
-                servers.append(await _bound(f"tftp port {config.tftp.port}",
-                                            start_tftp(config, namespace, events, reuse_port=True)))
-            if svc.server_ip6:
-                servers.append(await _bound(f"tftp port {config.tftp.port} (IPv6)",
-                                            start_tftp(config, namespace, events, host="::", reuse_port=True)))
-        except OSError as e:
-            print(f"error {e}", flush=True)  # the main process says it, in one line
-            return
-        tune_interpreter()
-        print("ready", flush=True)
-        await stop.wait()
-    finally:
-        for s in reversed(servers):
-            with contextlib.suppress(Exception):
-                await s.close()
-        await svc.cluster.close()
-        await events.stop()
-        await session.close()
-        svc.store.close()
-
-
-def main() -> None:
-    """`python -m ramboot.server.workers INDEX SOCKET [-v]`, the config and key on stdin (from WorkerPool)."""
-    from ..cli import _loop_factory
-    from ..logs import setup_logging
-
-    index, socket_path = int(sys.argv[1]), sys.argv[2]
-    given = json.loads(sys.stdin.read())
-    _die_with_parent(given["parent"])
-    config = share_caps(Config.model_validate(given["config"]), given["workers"])
-    setup_logging("-v" in sys.argv[3:], config.log.format)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(run_worker(config, index, socket_path, given["key"]))
-
-
-if __name__ == "__main__":
-    main()
