@@ -49,7 +49,8 @@ def test_dracut_node_refuses_a_bad_peer_then_seeds_the_next(module_images: tuple
         def step() -> None:  # each VM starts once the one before has booted; all keep running
             if len(boots) < 2:
                 boots.append(None)
-                boots[-1] = run.boot(on_booted=step)
+                i = len(boots) - 1  # the next VM's boot runs inside this one's (on_booted)
+                boots[i] = run.boot(on_booted=step)
 
         step()
         assert len(boots) == 2 and all(r is not None and r.ok for r in boots), "\n".join(
