@@ -162,7 +162,7 @@ def start_seed(lab: Lab, work: Path, img: Path, args: str, initrd: Path) -> str:
     shutil.copyfile(initrd, tftp / "initrd.img")
     shutil.copyfile(img / "rootfs.squashfs", www / "rootfs.squashfs")
     kargs = " ".join(a for a in (LAB_KERNEL_ARGS, f"root=live:http://{SERVER}/rootfs.squashfs", DRACUT_LIVE_ARGS,
-                                 args) if a)
+                                 "ip=dhcp", args) if a)
     (tftp / "pxelinux.cfg" / "default").write_text(
         "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd.img\n"
         f"  APPEND {kargs}\n  IPAPPEND 2\n")

@@ -22,7 +22,7 @@ def test_base_with_ramboots_module(tmp_path: Path) -> None:
     assert (base / "modules.d/90livenet").resolve() == (dracut / "modules.d/90livenet").resolve()
     mine = base / "modules.d" / MODULE
     scripts = sorted(p.name for p in mine.iterdir())
-    assert "module-setup.sh" in scripts and "ramboot-verify-root.sh" in scripts
+    assert "module-setup.sh" in scripts and "ramboot-livenetroot.sh" in scripts
     assert all(os.access(mine / s, os.X_OK) for s in scripts)
     assert sorted(p.name for p in (dracut / "modules.d").iterdir()) == ["90livenet"]
 

@@ -140,8 +140,23 @@ def test_dracut_image_gets_the_livenet_command_line(data_dir):
     (data_dir / "images" / "classic" / "image.toml").write_text(m.to_toml())
     script = render.ipxe_script(booter(data_dir, NodeSpec(MAC, image="classic")).decide(Client(MAC, ipxe=True)))
     assert "root=live:http://172.22.33.2/images/classic/rootfs.squashfs" in script
-    assert "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1" in script
-    assert "ramboot.url=" not in script
+    assert "rd.neednet=1 rd.live.overlay.overlayfs=1 ip=dhcp " in script
+    assert "ramboot.url=" not in script  # one server: nothing after root=live:
+    assert "ramboot.seed=1" in script  # ramboot's livenetroot falls back to the server (docs/scale.md)
+
+
+def test_dracut_image_booted_over_ipv6_asks_for_slaac_and_ipv6_urls(data_dir):
+    """Issue 19: a node that booted over IPv6 gets dracut's `ip=auto6` and URLs naming the server's
+    IPv6 address in brackets, never `ip=dhcp` (no DHCPv4 answer may exist)."""
+    m = write_fake_image(data_dir, "classic")
+    m.initramfs = "dracut"
+    (data_dir / "images" / "classic" / "image.toml").write_text(m.to_toml())
+    b = booter(data_dir, NodeSpec(MAC, image="classic")).using(FakeDirectory(NodeSpec(MAC, image="classic")),
+                                                               server_ip="fd00:172:22:33::2")
+    script = render.ipxe_script(b.decide(Client(MAC, ipxe=True)))
+    assert "root=live:http://[fd00:172:22:33::2]/images/classic/rootfs.squashfs" in script
+    assert " ip=auto6 " in script and "ip=dhcp" not in script
+    assert "ramboot.server=http://[fd00:172:22:33::2]" in script or "ramboot.server=https://[fd00:172:22:33::2]" in script
 
 
 def test_entry_script_chains_by_uuid_then_mac(data_dir):

@@ -127,3 +127,53 @@ def test_the_server_redirects_only_to_a_peer_that_accepts_a_connection() -> None
 
         live, dead, took = asyncio.run(both())
     assert live and not dead and took <= CHECK_TIMEOUT + 0.2
+
+
+def test_an_ipv6_peer_is_named_in_brackets_and_its_reports_match() -> None:
+    s = Seeds(2)
+    s.offer("52:54:00:00:00:06", "fd00:172:22:33::106", "demo", {"rootfs.squashfs": ROOT}, None, 1.0)
+    peer = s.pick("52:54:00:00:00:07", ROOT, None, 2.0)
+    url = f"http://[fd00:172:22:33::106]:{SEED_PORT}/images/demo/rootfs.squashfs"
+    assert peer is not None and peer.url("rootfs.squashfs") == url
+    assert s.done("52:54:00:00:00:07", url, 5) is peer and peer.served_bytes == 5
+
+
+def test_a_dracut_image_is_redirected_only_for_a_client_that_declares_its_fall_back(data_dir) -> None:
+    """A dracut initrd built before ramboot's module fetched the root itself (stock livenet) would
+    mount whatever a peer sent: its downloads stay the server's. ramboot's module sends
+    X-Ramboot-Fallback: 1, and gets the peer, as ramboot's initramfs does; `?seed=0` never does."""
+    import socket
+    import subprocess
+    import time
+
+    from conftest import write_fake_image
+    from httpserver import LiveServer
+    from ramboot.server.http_context import CTX
+    from ramboot.server.seeding import FALLBACK_HEADER
+
+    m = write_fake_image(data_dir, "demo")
+    m.initramfs = "dracut"
+    (data_dir / "images" / "demo" / "image.toml").write_text(m.to_toml())
+    srv = LiveServer(data_dir)
+    try:
+        ip = "127.0.0.77"
+        with socket.socket() as lsn:  # the peer's seeding port accepts (the server checks before a redirect)
+            lsn.bind((ip, SEED_PORT))
+            lsn.listen()
+            seeds = srv.server.runner.app[CTX].seeds
+            sha = m.files["rootfs.squashfs"].sha256
+            srv.run(seeds.offer, "52:54:00:00:00:77", ip, "demo", {"rootfs.squashfs": sha}, None, time.time())
+
+            def status(*args: str) -> tuple[str, str]:
+                p = subprocess.run(["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                                    *args], capture_output=True, text=True, timeout=20)
+                code, _, loc = p.stdout.partition(" ")
+                return code, loc
+
+            root = f"{srv.base}/images/demo/rootfs.squashfs"
+            assert status(root) == ("200", "")
+            peer = f"http://{ip}:{SEED_PORT}/images/demo/rootfs.squashfs"
+            assert status("-H", f"{FALLBACK_HEADER}: 1", root) == ("302", peer)
+            assert status("-H", f"{FALLBACK_HEADER}: 1", root + "?seed=0") == ("200", "")
+    finally:
+        srv.close()

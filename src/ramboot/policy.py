@@ -42,7 +42,7 @@ LOADER_PXELINUX = "pxelinux.0"
 LOADER_SHIM = "shimx64.efi"
 LOADER_GRUB = "grubx64.efi"
 
-DRACUT_LIVE_ARGS = "rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1"
+DRACUT_LIVE_ARGS = "rd.neednet=1 rd.live.overlay.overlayfs=1"
 
 # What a request for a generated file says of the machine: the firmware that runs what
 # it asks for, and the loader a config is for (an iPXE script names none: the node's is kept).
@@ -281,23 +281,25 @@ class Booter:
             sha, initrd, dracut, mods = None, None, False, None
         args = [self.config.boot.kernel_args]
         if loader == "pxelinux" or dracut:
-            # The classic form; dracut's livenet takes one root, ramboot's initramfs any.
+            # The classic form (dracut's livenet parses it), the other servers after it.
             args.append(f"root=live:{root_urls[0]}")
-            if not dracut:
-                args += [f"ramboot.url={u}" for u in root_urls[1:]]
+            args += [f"ramboot.url={u}" for u in root_urls[1:]]
         else:
             args += [f"ramboot.url={u}" for u in root_urls]
         if dracut:
             # dracut's livenet needs the network up in the initramfs, and an overlayfs
-            # (not device-mapper) writable layer over the squashfs.
+            # (not device-mapper) writable layer over the squashfs. A node that booted over
+            # IPv6 (its URLs name the server's IPv6 address) takes its address by SLAAC, as
+            # ramboot's initramfs does: dracut's `ip=auto6`.
             args.append(DRACUT_LIVE_ARGS)
+            args.append("ip=auto6" if root_urls[0].startswith("http://[") else "ip=dhcp")
         if sha:
             args.append(f"ramboot.sha256={sha}")
         if mods:
             # The kernel's modules layer sits beside the root image: the same servers, in the same order.
             args += [f"ramboot.modules={u.rsplit('/', 1)[0]}/{MODULES}" for u in root_urls]
             args.append(f"ramboot.modules.sha256={mods.sha256}")
-        if self.config.scale.seed and not dracut:
+        if self.config.scale.seed:
             args.append("ramboot.seed=1")  # serve the verified root to peers (server/seeding.py)
         if initrd:
             # Nothing in the chain verifies the initrd (docs/uefi-bios.md): the command

@@ -5,11 +5,13 @@ dracut is run from Debian's packages unpacked into ramboot's cache
 `dracut` package would replace the host's initramfs-tools. The host tools
 dracut copies into the image (udev, dmsetup, kpartx, dhclient, arping) come
 from `make setup`. The node's command line then needs the dracut form:
-`root=live:URL rd.neednet=1 ip=dhcp rd.live.overlay.overlayfs=1`.
+`root=live:URL rd.neednet=1 rd.live.overlay.overlayfs=1 ip=dhcp` (`ip=auto6` over IPv6).
 
 ramboot adds a dracut module of its own (`dracut-module/`, installed as
-`99ramboot`): it checks the root image's sha256 (`ramboot.sha256=`) between
-livenet's download and dmsquash-live's mount and refuses a mismatch, reports the
+`99ramboot`): it downloads the root in livenet's place (every server in turn,
+seeding peers with a fall-back to the server), checks its sha256
+(`ramboot.sha256=`) before dmsquash-live mounts it and refuses a mismatch, seeds
+the verified files to peers after switch-root, reports the
 boot stages to `ramboot.server=`, makes the overlay directories that systemd's
 sysroot.mount needs, lays the node's overlay (its identity) on the writable layer,
 mounts the kernel's modules layer, and leaves the root what it needs to report

@@ -32,7 +32,7 @@ from ..proto import http_conditional
 from ..proto.pxe import Client
 from ..tpm_gate import seal
 from .http_context import CTX, Ctx, text_error
-from .seeding import FALLBACK, SEED_PORT, Seeds
+from .seeding import FALLBACK, FALLBACK_HEADER, SEED_PORT, Seeds
 
 log = logging.getLogger("ramboot.http")
 
@@ -344,8 +344,11 @@ async def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.I
     except ManifestError:
         return None
     entry = m.files.get(f.file)
-    if m.initramfs != "ramboot":
-        return None  # only ramboot's initramfs falls back to the server when a peer's bytes are wrong
+    if m.initramfs != "ramboot" and request.headers.get(FALLBACK_HEADER) != "1":
+        # Only a client that checks a peer's bytes and falls back to the server gets a peer:
+        # ramboot's initramfs, and ramboot's dracut module, which says so (a dracut image
+        # built before it, stock livenet, would mount what a bad peer sent, or fail the boot).
+        return None
     if entry is None:
         return None
     ip = request.remote or ""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 SEED_PORT = 8790  # where a seeding node's httpd listens (the initramfs's SEED_PORT, the same)
 HOLD = 120.0  # a redirect counts against its peer until the node reports the download, or this long
 FALLBACK = "seed=0"  # the query that asks the server for the file itself (a node's fall-back)
+FALLBACK_HEADER = "X-Ramboot-Fallback"  # "1": a dracut node that checks a peer's bytes and falls back (its module)
 
 
 @dataclass
@@ -36,8 +37,13 @@ class Peer:
     refused: str = ""  # why a downloading node refused it: skipped from then on
 
     @property
+    def host(self) -> str:
+        """The URL's authority: an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+        return f"[{self.ip}]:{SEED_PORT}" if ":" in self.ip else f"{self.ip}:{SEED_PORT}"
+
+    @property
     def base(self) -> str:
-        return f"http://{self.ip}:{SEED_PORT}"
+        return f"http://{self.host}"
 
     def url(self, file: str) -> str:
         return f"{self.base}/images/{self.image}/{file}"
@@ -105,6 +111,6 @@ class Seeds:
     def _at(self, url: str) -> Peer | None:
         host = url.split("://", 1)[-1].split("/", 1)[0]
         for peer in self.peers.values():
-            if host == f"{peer.ip}:{SEED_PORT}":
+            if host == peer.host:
                 return peer
         return None

@@ -1,16 +1,18 @@
 #!/bin/bash
 # ramboot's own dracut module (installed as 99ramboot by images/dracut.py).
-# It makes dracut's livenet path as trustworthy as ramboot's initramfs: the root
-# image's sha256 is checked between livenet's download and dmsquash-live's mount,
-# the boot stages are reported to ramboot.server, the kernel's modules layer is
-# fetched, and the root is left what it needs to report "booted" itself.
+# It makes dracut's livenet path as trustworthy as ramboot's initramfs: the root image
+# is downloaded by ramboot's own livenetroot (every server in turn, seeding peers with a
+# fall-back to the server) and its sha256 checked before dmsquash-live mounts it, the
+# boot stages are reported to ramboot.server, the kernel's modules layer is fetched, the
+# verified files are seeded to peers, and the root is left what it needs to report
+# "booted" itself.
 
 check() {
     return 255 # only when asked for: --add ramboot
 }
 
 depends() {
-    echo livenet dmsquash-live url-lib
+    echo livenet dmsquash-live url-lib bash
 }
 
 installkernel() {
@@ -18,7 +20,7 @@ installkernel() {
 }
 
 install() {
-    inst_multiple sha256sum curl cut tr stat awk mkdir cp tar wc
+    inst_multiple sha256sum curl cut tr stat awk mkdir cp tar wc ln grep sleep
     inst_simple "$moddir/ramboot-lib.sh" /lib/ramboot-lib.sh
     # The node's TPM (tpm.sh, shared with ramboot's own initramfs): tpm2-tools, the device
     # TCTI it loads with dlopen, and openssl to open the overlay sealed to the boot key.
@@ -29,17 +31,18 @@ install() {
     inst_hook netroot 50 "$moddir/ramboot-netroot.sh"
     inst_hook pre-mount 10 "$moddir/ramboot-overlay-dirs.sh"
     inst_hook pre-pivot 90 "$moddir/ramboot-pre-pivot.sh"
-    # livenet hands the downloaded file to /sbin/dmsquash-live-root: the check goes
-    # in front of it, and dmsquash-live's own script runs only on verified bytes.
-    local live="$initdir/sbin/dmsquash-live-root"
-    [ -e "$live" ] || {
-        derror "ramboot: dmsquash-live-root is not in the image"
+    # netroot hands `livenet:URL` to /sbin/livenetroot: ramboot's takes its place (livenet's
+    # downloads one URL with no check and no fall-back), and hands dmsquash-live's own
+    # /sbin/dmsquash-live-root only verified bytes.
+    [ -e "$initdir/sbin/livenetroot" ] && [ -e "$initdir/sbin/dmsquash-live-root" ] || {
+        derror "ramboot: livenetroot or dmsquash-live-root is not in the image"
         return 1
     }
-    mv "$live" "$live.dracut"
-    inst_script "$moddir/ramboot-verify-root.sh" /sbin/dmsquash-live-root
+    rm -f "$initdir/sbin/livenetroot" # dracut-install leaves a file that exists as it is
+    inst_script "$moddir/ramboot-livenetroot.sh" /sbin/livenetroot
     # The root reports "booted" with curl, its libraries and the loader, left in /run (over
-    # HTTPS, pinned to the server's CA); this static busybox stands in where they are not.
+    # HTTPS, pinned to the server's CA); this static busybox stands in where they are not,
+    # and its httpd seeds the verified root to peers (ramboot-pre-pivot.sh).
     [ -x /bin/busybox ] && inst_simple /bin/busybox /usr/lib/ramboot/busybox
     # With a TPM, that report is signed by its attestation key: tpm2 and its device TCTI too.
     local bin lib tcti

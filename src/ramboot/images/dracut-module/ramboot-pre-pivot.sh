@@ -60,27 +60,20 @@ rb_overlay() {
 }
 
 rb_modules() {
-    local urls sha url file mnt kv t0 bytes secs target
+    local urls sha file mnt kv target
     urls=$(getargs ramboot.modules=)
     [ -n "$urls" ] || return 0
     sha=$(getarg ramboot.modules.sha256= | tr A-F a-f)
-    file=$RB_DIR/modules.squashfs
+    rb_image_tmpfs || rb_fail "cannot mount a tmpfs on $RB_IMG"
+    file=$RB_IMG/modules.squashfs
     mnt=$RB_DIR/modules
     kv=$(uname -r)
-    for url in $urls; do
-        t0=$(rb_now)
-        if curl -sf --connect-timeout 10 -o "$file" "$url"; then
-            bytes=$(stat -c %s "$file")
-            secs=$(awk -v a="$t0" -v b="$(rb_now)" 'BEGIN { printf "%.2f", b - a }')
-            rb_console "fetched the modules layer: $bytes bytes in $secs s from $url"
-            break
-        fi
-        rb_console "download of the modules layer from $url failed"
-        rm -f "$file"
-    done
-    [ -s "$file" ] || rb_fail "could not download the modules layer from any of: $urls"
+    set -f
+    # shellcheck disable=SC2086 # the URL list is split on spaces, on purpose
+    rb_download "$file" "modules layer" "$sha" $urls || rb_fail "could not download the modules layer from any of: $urls"
+    set +f
     if [ -n "$sha" ]; then
-        rb_verify "$file" "modules layer" "$sha" "$url" || return 1
+        rb_verify "$file" "modules layer" "$sha" "$RB_GOT" || return 1
     else
         RB_SUM=
         rb_console "WARNING: no ramboot.modules.sha256= given: the modules layer is NOT verified"
@@ -93,12 +86,46 @@ rb_modules() {
     [ -L "$NEWROOT/lib" ] && target=$NEWROOT/$(readlink "$NEWROOT/lib" | sed 's|^/||')/modules/$kv
     mkdir -p "$target" && mount --bind "$mnt/lib/modules/$kv" "$target" ||
         rb_fail "cannot mount the modules layer on /lib/modules/$kv"
-    rb_stage modules "{\"url\":\"$(rb_jstr "$url")\",\"bytes\":$bytes,\"seconds\":$secs,\"sha256\":\"$RB_SUM\"}"
+    rb_stage modules "{\"url\":\"$(rb_jstr "$RB_GOT")\",\"bytes\":$RB_BYTES,\"seconds\":$RB_SECS,\"sha256\":\"$RB_SUM\"}"
+}
+
+# Seeding (ramboot.seed=1, [scale] seed): the verified root (and modules layer) go on to
+# peers from this RAM copy, over HTTP on RB_SEED_PORT, until the node shuts down, with
+# nothing added to the operator's root. The static busybox's httpd serves hard links to the
+# verified files, and is started here so that it outlives switch-root: its argv[0] begins
+# with '@', which systemd's kill of the initramfs's processes at switch-root (and its
+# shutdown's) spares (systemd.io/ROOT_STORAGE_DAEMONS); dracut's hook units stop only their
+# main process (KillMode=process); and it is moved to the root cgroup, so no unit of the
+# booted system owns it. /run, where the files are, moves into the booted root.
+rb_seed() {
+    local sha first name sd pid
+    [ "$(getarg ramboot.seed=)" = 1 ] || return 0
+    sha=$(getarg ramboot.sha256= | tr A-F a-f)
+    [ -n "$sha" ] && [ -s "$RB_IMG/rootfs.squashfs" ] && [ -x /usr/lib/ramboot/busybox ] || return 0
+    first=$(getarg root=)
+    first=${first#live:}
+    name=${first%/*}
+    name=${name##*/}
+    sd=$RB_IMG/seed/images/$name
+    if mkdir -p "$sd" && ln -f "$RB_IMG/rootfs.squashfs" "$sd/rootfs.squashfs" &&
+        { [ ! -s "$RB_IMG/modules.squashfs" ] || ln -f "$RB_IMG/modules.squashfs" "$sd/modules.squashfs"; }; then
+        (exec -a "@$RB_DIR/httpd" /usr/lib/ramboot/busybox -f -p "$RB_SEED_PORT" -h "$RB_IMG/seed" \
+            < /dev/null > /dev/null 2>&1) &
+        pid=$!
+        [ -w /sys/fs/cgroup/cgroup.procs ] && echo "$pid" > /sys/fs/cgroup/cgroup.procs 2> /dev/null
+        sleep 0.2
+        if kill -0 "$pid" 2> /dev/null; then
+            rb_stage seeding "{\"sha256\":\"$sha\",\"port\":$RB_SEED_PORT}"
+            return 0
+        fi
+    fi
+    rb_console "could not start seeding (httpd on port $RB_SEED_PORT)"
 }
 
 rb_tpm
 rb_overlay
 rb_modules
+rb_seed
 rb_host=$(getarg ramboot.hostname=)
 [ -n "$rb_host" ] && [ ! -s "$NEWROOT/etc/hostname" ] && echo "$rb_host" > "$NEWROOT/etc/hostname"
 [ -x /usr/lib/ramboot/busybox ] && cp /usr/lib/ramboot/busybox "$RB_DIR/busybox"
