@@ -36,6 +36,7 @@ def debian_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         return img, accel_for(root, img / "vmlinuz")
 
 
+@pytest.mark.timeout(1200)  # a Debian root built (mmdebstrap) and booted twice under TCG: minutes on a loaded machine
 def test_debian_node_ssh_with_its_key_and_a_certified_host_key(request, tmp_path: Path, debian_image) -> None:
     run = LabRun("debian-ssh", tmp_path, *debian_image)
     request.addfinalizer(run.close)
