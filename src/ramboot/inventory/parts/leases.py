@@ -89,7 +89,25 @@ class _Journaled:
         self._checkpoint_lock = threading.Lock()
         self._recover_journal()
 
+    TABLE = ""  # the leases table the journal writes through to
+
     def _apply_changes(self, changes: Changes) -> None:
+        """The journal's changes, written as the authority in a few statements (SQLite): the rows of
+        every address and every key written go, then each key's last row goes in. Few statements,
+        so the worker thread doing it takes the GIL back a few times, not once per row."""
+        if not changes:
+            return
+        recs = _last_rows(changes)
+        with self._db.engine.begin() as conn:
+            for column, values in (("ip", list(changes.by_ip)), ("key", sorted(changes.keys))):
+                for i in range(0, len(values), CHUNK):
+                    part = values[i:i + CHUNK]
+                    conn.exec_driver_sql(f"DELETE FROM {self.TABLE} WHERE {column} IN ({', '.join('?' * len(part))})",
+                                         tuple(part))
+            for i in range(0, len(recs), CHUNK):
+                self._insert(conn, recs[i:i + CHUNK])
+
+    def _insert(self, conn: Connection, chunk: list[LeaseRecord]) -> None:
         raise NotImplementedError
 
     # -- the lease journal (one server on SQLite; lease_journal.py) --------
@@ -168,6 +186,7 @@ class _Journaled:
 
 class LeaseRepo(_Journaled):
     SUFFIX = ".leases-journal"
+    TABLE = "leases"
 
     def __init__(self, db: Db):
         super().__init__(db)
@@ -177,33 +196,14 @@ class LeaseRepo(_Journaled):
         super().close()
         self.v6.close()
 
-    def _apply_changes(self, changes: Changes) -> None:
-        """The journal's changes, written as the authority in a few statements (SQLite): the rows of
-        every address and every key written go, then each key's last row goes in. Few statements,
-        so the worker thread doing it takes the GIL back a few times, not once per row."""
-        if not changes:
-            return
-        last: dict[str, LeaseRecord] = {}  # key -> the row it ends with (one lease per key)
-        for rec in changes.by_ip.values():
-            if rec is not None:
-                last.pop(rec.key, None)
-                last[rec.key] = rec
+    def _insert(self, conn: Connection, chunk: list[LeaseRecord]) -> None:
         now = time.time()
-        with self._db.engine.begin() as conn:
-            for column, values in (("ip", list(changes.by_ip)), ("key", sorted(changes.keys))):
-                for i in range(0, len(values), CHUNK):
-                    part = values[i:i + CHUNK]
-                    conn.exec_driver_sql(f"DELETE FROM leases WHERE {column} IN ({', '.join('?' * len(part))})",
-                                         tuple(part))
-            recs = list(last.values())
-            for i in range(0, len(recs), CHUNK):
-                chunk = recs[i:i + CHUNK]
-                params: list[Any] = []
-                for r in chunk:
-                    params += [r.ip, r.key, r.mac, r.expires, r.client_id, r.hostname, r.uuid, now]
-                conn.exec_driver_sql(
-                    "INSERT INTO leases (ip, key, mac, expires, client_id, hostname, uuid, updated) VALUES "
-                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)), tuple(params))
+        params: list[Any] = []
+        for r in chunk:
+            params += [r.ip, r.key, r.mac, r.expires, r.client_id, r.hostname, r.uuid, now]
+        conn.exec_driver_sql(
+            "INSERT INTO leases (ip, key, mac, expires, client_id, hostname, uuid, updated) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)), tuple(params))
 
     # -- writes --------------------------------------------------------------
     def save(self, upserts: Iterable[LeaseRecord], deletes: Iterable[str] = (), *,
@@ -396,6 +396,7 @@ class Lease6Repo(_Journaled):
     the table catches up as IPv4's does (the same `LeaseCommitter` drives both)."""
 
     SUFFIX = ".leases6-journal"
+    TABLE = "leases6"
 
     def load(self) -> list[Lease6Record]:
         self.checkpoint()
@@ -425,25 +426,12 @@ class Lease6Repo(_Journaled):
                                                "expires": r.expires} for r in recs])
         return LeaseCommit()
 
-    def _apply_changes(self, changes: Changes) -> None:
-        """The journal's changes (SQLite), in a few plain statements as IPv4's catch-up: the rows of
-        every address and every key written go, then each key's last row goes in."""
-        if not changes:
-            return
-        recs = _last_rows(changes)
-        with self._db.engine.begin() as conn:
-            for column, values in (("ip", list(changes.by_ip)), ("key", sorted(changes.keys))):
-                for i in range(0, len(values), CHUNK):
-                    part = values[i:i + CHUNK]
-                    conn.exec_driver_sql(f"DELETE FROM leases6 WHERE {column} IN ({', '.join('?' * len(part))})",
-                                         tuple(part))
-            for i in range(0, len(recs), CHUNK):
-                chunk = recs[i:i + CHUNK]
-                params: list[Any] = []
-                for r in chunk:
-                    params += [r.ip, r.key, normalize_mac(r.mac), r.expires]
-                conn.exec_driver_sql("INSERT INTO leases6 (ip, key, mac, expires) VALUES "
-                                     + ", ".join(["(?, ?, ?, ?)"] * len(chunk)), tuple(params))
+    def _insert(self, conn: Connection, chunk: list[LeaseRecord]) -> None:
+        params: list[Any] = []
+        for r in chunk:
+            params += [r.ip, r.key, normalize_mac(r.mac), r.expires]
+        conn.exec_driver_sql("INSERT INTO leases6 (ip, key, mac, expires) VALUES "
+                             + ", ".join(["(?, ?, ?, ?)"] * len(chunk)), tuple(params))
 
 
 def _last_rows(changes: Changes) -> list[LeaseRecord]:
