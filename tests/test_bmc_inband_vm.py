@@ -7,7 +7,6 @@ address and MAC, and `ipmi://USER:PASS@auto:PORT` powers the node through that a
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import re
 import shutil
 import subprocess
@@ -22,21 +21,12 @@ from ramboot.lab.netns import Lab
 from ramboot.lab.server import ramboot_cmd
 from ramboot.lab.vm import choose_accel, random_mac
 from test_e2e_lab import ARTIFACTS, LabRun
+from test_node_modules_vm import image_code_key
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
 # bmc.sh's console line: how long the read took, and how much of it the boot waited for.
 READ_LINE = re.compile(r"ramboot: BMC read in band in (\d+\.\d+) s, waited (\d+\.\d+) s: (.*)")
-
-
-def _code_key() -> str:
-    """What the cached image depends on: ramboot's image code, and the week (the mirror's kernel)."""
-    h = hashlib.sha256(b"debian:generic" + str(int(time.time() // (7 * 86400))).encode())
-    src = Path(__file__).resolve().parent.parent / "src/ramboot/images"
-    for p in sorted(src.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts:
-            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +35,7 @@ def generic_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     across runs, keyed by ramboot's image code (the build takes minutes on a busy machine)."""
     root = cache_dir() / "test-images"
     root.mkdir(parents=True, exist_ok=True)
-    data = root / f"bmc-generic-{_code_key()}"
+    data = root / f"bmc-generic-{image_code_key('debian:generic')}"
     img = data / "images" / "demo"
     with open(root / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -23,7 +23,7 @@ from ramboot.images.manifest import MODULES, ROOTFS, load_manifest
 from ramboot.server.seeding import SEED_PORT
 from test_e2e_lab import LabRun, _explain
 from test_node_modules_vm import module_images  # noqa: F401  (a fixture)
-from test_scale_seed_vm import _fake_peer
+from test_scale_seed_vm import _fake_peer, refused_then_server
 
 pytestmark = [
     pytest.mark.vm,
@@ -59,15 +59,9 @@ def test_dracut_node_refuses_a_bad_peer_then_seeds_the_next(module_images: tuple
         console = first.console_log.read_text(errors="replace").replace("\r", "")
         assert "ramboot.seed=1" in console and "ramboot: initramfs (dracut) on" in console
 
-        ev = run.events(first.mac)
-        refused = [e for e in ev if e["stage"] == "seed-refused"]
-        assert refused and refused[0]["detail"]["url"] == fake_url, ev
-        assert refused[0]["detail"]["reason"] == "sha256 mismatch"
-        done = [e for e in ev if e["stage"] == "download-done"]
-        assert done[-1]["detail"]["url"].endswith("/images/demo/rootfs.squashfs?seed=0"), done  # the server, itself
+        ev = refused_then_server(run, first.mac, fake_mac, fake_url)
         verified = [e for e in ev if e["stage"] == "verified"]
         assert verified and verified[0]["detail"]["sha256"] == m.files[ROOTFS].sha256, ev
-        assert any(e["stage"] == "seed-skipped" for e in run.events(fake_mac))
         stages = [e["stage"] for e in ev if e["source"] == "node"]
         assert stages.index("seeding") < stages.index("switch-root") < stages.index("booted"), stages
 

@@ -108,6 +108,19 @@ def _tx_bytes(run: LabRun) -> int:
     return int(out)
 
 
+def refused_then_server(run: LabRun, mac: str, fake_mac: str, fake_url: str) -> list[dict]:
+    """The node refused the fake peer's altered bytes by their sha256 and took the server's own
+    copy (`?seed=0`), and the peer was skipped from then on; the node's events."""
+    ev = run.events(mac)
+    refused = [e for e in ev if e["stage"] == "seed-refused"]
+    assert refused and refused[0]["detail"]["url"] == fake_url, ev
+    assert refused[0]["detail"]["reason"] == "sha256 mismatch"
+    done = [e for e in ev if e["stage"] == "download-done"]
+    assert done[-1]["detail"]["url"].endswith("/images/demo/rootfs.squashfs?seed=0"), done  # the server, itself
+    assert any(e["stage"] == "seed-skipped" for e in run.events(fake_mac))
+    return ev
+
+
 @pytest.mark.timeout(1200)
 def test_later_nodes_take_their_root_from_a_peer_and_altered_bytes_are_refused(built, tmp_path: Path) -> None:  # noqa: F811
     need("tc")
@@ -129,13 +142,7 @@ def test_later_nodes_take_their_root_from_a_peer_and_altered_bytes_are_refused(b
         boots = _boot_chain(run, 4)
         assert len(boots) == 4 and all(r.ok for r in boots), "\n".join(_explain(r) for r in boots)
         first, later = boots[0], boots[1:]
-        ev = run.events(first.mac)
-        refused = [e for e in ev if e["stage"] == "seed-refused"]
-        assert refused and refused[0]["detail"]["url"] == fake_url, ev
-        assert refused[0]["detail"]["reason"] == "sha256 mismatch"
-        done = [e for e in ev if e["stage"] == "download-done"]
-        assert done[-1]["detail"]["url"].endswith("/images/demo/rootfs.squashfs?seed=0"), done  # the server, itself
-        assert any(e["stage"] == "seed-skipped" for e in run.events(fake_mac))
+        ev = refused_then_server(run, first.mac, fake_mac, fake_url)
         assert any(e["stage"] == "seeding" for e in ev), ev
 
         for r in later:
