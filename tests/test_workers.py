@@ -165,3 +165,31 @@ def test_two_workers_stop_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert "stopped" in text and "Traceback" not in text and "exited with status" not in text, text
     finally:
         pair.close()
+
+
+@pytest.mark.netns
+def test_a_client_cannot_speak_as_a_worker(tmp_path: Path) -> None:
+    """The main process believes a worker's client-address and scheme headers (they come over its
+    private socket); a client that sends them itself, in any letter case, with a made-up worker
+    key, is taken for what it is: plain HTTP from its own address, refused a node's overlay."""
+    data = tmp_path / "data"
+    write_fake_image(data, "demo")
+    pair = NetnsPair()
+    try:
+        _serve(pair, tmp_path, data)
+        lease = udhcpc(pair, tmp_path, "-x", "0x5d:0000", "-V", "PXEClient:Arch:00000:UNDI:002001")
+        pair.run(pair.cli_ns, "ip", "addr", "add", f"{lease['ip']}/24", "dev", pair.cli_if)
+        url = f"http://{SERVER_IP}/overlay/52-54-00-12-34-56.tar"
+        for case in (str, str.lower, str.upper):
+            forged = [f"{case('X-Ramboot-Peer')}: {SERVER_IP}", f"{case('X-Ramboot-Scheme')}: https",
+                      f"{case('X-Ramboot-Worker-Key')}: 00112233445566778899aabbccddeeff"]
+            args = [a for h in forged for a in ("-H", h)]
+            got = pair.run(pair.cli_ns, "curl", "-s", "-i", *args, url)
+            assert got.stdout.startswith("HTTP/1.1 403"), got.stdout
+            assert "overlay and reports go over HTTPS" in got.stdout, got.stdout  # the scheme was not believed
+            assert re.search(r"(?im)^x-ramboot-worker: [01]\r?$", got.stdout), got.stdout  # a worker took it
+            internal = pair.run(pair.cli_ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args,
+                                "-X", "POST", f"http://{SERVER_IP}/_worker/report")
+            assert internal.stdout == "404", internal.stdout  # the workers' own calls are not on the public port
+    finally:
+        pair.close()
