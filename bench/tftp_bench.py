@@ -76,7 +76,8 @@ CLIENTS = [("curl blksize 512", curl(512)), ("curl blksize 1468", curl(1468))] +
 def serve(src: str, data_dir: str, port: int, host: str = "127.0.0.1") -> None:
     """The ramboot side: the real server with a real namespace over `data_dir`."""
     sys.path.insert(0, src)
-    from ramboot.cli import _loop_factory
+    import uvloop
+
     from ramboot.config import Config, TftpConfig
     from ramboot.inventory.store import Store
     from ramboot.namespace import Namespace
@@ -91,7 +92,7 @@ def serve(src: str, data_dir: str, port: int, host: str = "127.0.0.1") -> None:
                          host=host, port=port)
         await asyncio.Event().wait()
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `serve` runs, in any tree
         runner.run(main())
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -65,26 +64,18 @@ def main() -> None:
     """Boot diskless machines over the network into a root held in RAM."""
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop (a cheaper loop per datagram) where it is installed: a dependency on Linux."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="TOML config file")
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def serve(config_path: str, verbose: bool) -> None:
     """Run the DHCP, TFTP and HTTP servers in the foreground until SIGTERM."""
+    from .server.app import loop_factory
     from .server.app import serve as run
 
     try:
         config = load_config(config_path)
         setup_logging(verbose, config.log.format)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(run(config))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None

@@ -14,7 +14,7 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from .. import metrics
@@ -39,6 +39,14 @@ from .workers import WorkerPool, probe_ports
 
 log = logging.getLogger("ramboot.serve")
 
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop (a cheaper loop per datagram) where it is installed: a dependency on Linux."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 class _Closes(Protocol):
     """What `App` runs: a server, the cluster member, the console capture."""

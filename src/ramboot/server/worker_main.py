@@ -18,10 +18,9 @@ import aiohttp
 from aiohttp import web
 
 from .. import metrics
-from ..cli import _loop_factory
 from ..config import Config
 from ..logs import setup_logging
-from .app import Services, _bound, limit_malloc_arenas, raise_fd_limit, tune_interpreter
+from .app import Services, _bound, limit_malloc_arenas, loop_factory, raise_fd_limit, tune_interpreter
 from .http_context import CTX
 from .http_server import make_app, start_http
 from .tftp_server import start_tftp
@@ -94,7 +93,7 @@ def main() -> None:
     _die_with_parent(given["parent"])
     config = share_caps(Config.model_validate(given["config"]), given["workers"])
     setup_logging("-v" in sys.argv[3:], config.log.format)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(run_worker(config, index, socket_path, given["key"]))
 
 
