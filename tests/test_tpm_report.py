@@ -174,12 +174,29 @@ class Firmware:
         t.reboot()
         self.log = self.HEADER
 
-    def measure(self, pcr: int, data: bytes, digest: bytes | None = None, log_only: bool = False) -> None:
-        digest = digest or hashlib.sha256(data).digest()
+    def measure(self, pcr: int, data: bytes, digest: bytes | None = None, log_only: bool = False,
+                typ: int = 0xD) -> None:
+        """One event (EV_IPL unless `typ`): `data` as its text, NUL-terminated; measured `digest` (of `data`)."""
+        self.event(pcr, typ, data + b"\0", digest or hashlib.sha256(data).digest(), log_only)
+
+    def event(self, pcr: int, typ: int, body: bytes, digest: bytes, log_only: bool = False) -> None:
         if not log_only:
             self.t.run("tpm2_pcrextend", f"{pcr}:sha256={digest.hex()}")
-        self.log += struct.pack("<III", pcr, 0xD, 1) + struct.pack("<H", 0x000B) + digest + \
-            struct.pack("<I", len(data) + 1) + data + b"\0"
+        self.log += struct.pack("<III", pcr, typ, 1) + struct.pack("<H", 0x000B) + digest + \
+            struct.pack("<I", len(body)) + body
+
+    def efi_stub(self, load_options: str, initrd: bytes = b"the initrd", lie: str | None = None) -> None:
+        """OVMF loads iPXE and the kernel (PCR 4); Linux's EFI stub measures the initrd and its
+        LoadOptions (as iPXE passes them) into PCR 9 as tagged events: a tag, then a description.
+        `lie`: the log shows that command line's digest, the TPM was extended with the other."""
+        self.measure(4, b"snponly.efi")
+        self.measure(4, b"vmlinuz")
+        self.event(9, tpm_gate.EV_EVENT_TAG, struct.pack("<II", 0x8F3B22EC, 13) + b"Linux initrd\0",
+                   hashlib.sha256(initrd).digest())
+        tag = struct.pack("<II", tpm_gate.TAG_LOAD_OPTIONS, 26) + b"LOADED_IMAGE::LoadOptions\0"
+        self.event(9, tpm_gate.EV_EVENT_TAG, tag, tpm_gate.load_options_digest(load_options), log_only=lie is not None)
+        if lie is not None:
+            self.t.run("tpm2_pcrextend", f"9:sha256={tpm_gate.load_options_digest(lie).hex()}")
 
     def grub(self, token: str, args: str = "") -> None:
         """GRUB: its config file, the kernel and initrd files (PCR 9), the commands and command line (PCR 8)."""
@@ -252,6 +269,58 @@ def test_measured_boot_releases_the_key_only_to_the_first_trusted_pcrs(served: L
     assert srv.request("POST", f"/api/v1/nodes/{MAC}/tpm/trust", {})[0] == 200
     rec = srv.store.tpms.get(MAC)
     assert rec is not None and rec.pcrs is None and rec.pcr_refused is None
+
+
+def _efi_boot(t: Tpm, gate: tpm_gate.TpmGate, token: str, served: str = "", booted: str | None = None,
+              lie: str | None = None) -> tpm_gate.Attestation:
+    """One boot through iPXE under UEFI: the server rendered `served` extra arguments, the
+    kernel was handed `booted` ones (the same unless given), the stub measured them."""
+    line = "vmlinuz initrd=ca.cpio initrd=initrd.img console=ttyS0 ramboot.server=http://172.22.33.2{} " \
+        "ramboot.token=" + token
+    fw = Firmware(t)
+    fw.efi_stub(line.format(served if booted is None else booted), lie=lie and line.format(lie))
+    sha = hashlib.sha256(token.encode()).hexdigest()
+    ek, ak = t.ek_ak("rsa", "ecc")
+    attest, sig, values = t.quote(PCRS, tpm_gate.quote_nonce(sha))
+    return gate.attest(MAC, sha, ek, ak, None, tpm_gate.Measured(attest, sig, values, fw.log), "demo",
+                       line.format(served))
+
+
+def test_measured_efi_boot_knows_this_boots_command_line_by_its_digest(served: LiveServer, tmp_path: Path) -> None:
+    """iPXE under UEFI: Linux's EFI stub measures the command line into PCR 9 as a digest alone.
+    The one served this boot (its credential in it) counts as the same from boot to boot; an
+    argument the server did not serve, a changed one, or a log that lies are refused, PCR 9 named."""
+    gate = _measured(served)
+    tokens = iter(f"token-{i}-{os.urandom(8).hex()}" for i in range(100))
+    with swtpm(tmp_path / "a") as a:
+        assert _efi_boot(a, gate, next(tokens)).status == 200
+        rec = served.store.tpms.get(MAC)
+        assert rec is not None and rec.pcrs is not None
+        log = rec.pcrs["demo"]["9:log"]
+        assert "LoadOptions: vmlinuz initrd=ca.cpio" in log and "ramboot.token=(this boot's)" in log, log
+        assert f"Linux initrd {hashlib.sha256(b'the initrd').hexdigest()}" in log, log
+        again = _efi_boot(a, gate, next(tokens))
+        assert again.status == 200 and again.blob and a.activate(again.blob) is not None, again.why
+
+        # An argument typed at iPXE's prompt (not served): its digest is no command line of this boot.
+        typed = _efi_boot(a, gate, next(tokens), booted=" init=/bin/sh")
+        assert typed.status == 403 and typed.event == "untrusted-boot" and "PCR 9 changed" in typed.why, typed.why
+        assert "not the command line served" in typed.why, typed.why
+        # Another boot's credential on the command line is not this boot's either.
+        old = next(tokens)
+        stale = _efi_boot(a, gate, next(tokens), booted=f" ramboot.token={old}")
+        assert stale.status == 403 and "PCR 9 changed" in stale.why, stale.why
+        # A log that shows the served command line while the TPM measured another.
+        assert "does not replay to the quoted PCR 9" in _efi_boot(a, gate, next(tokens), lie=" init=/bin/sh").why
+        # The operator's new kernel argument, served and booted: still not the trusted boot's.
+        changed = _efi_boot(a, gate, next(tokens), served=" ramboot.extra=1")
+        assert changed.status == 403 and "PCR 9 changed" in changed.why, changed.why
+        assert "(new: LoadOptions: ... +ramboot.extra=1)" in changed.why, changed.why
+        assert "PCR 4" not in changed.why and "PCR 8" not in changed.why, changed.why
+        # Trusted again on purpose: that boot's values are kept, and the one after gets its key.
+        assert served.request("POST", f"/api/v1/nodes/{MAC}/tpm/trust", {})[0] == 200
+        assert _efi_boot(a, gate, next(tokens), served=" ramboot.extra=1").status == 200
+        assert _efi_boot(a, gate, next(tokens), served=" ramboot.extra=1").status == 200
 
 
 def test_quote_parsing_refuses_what_no_tpm_made() -> None:

@@ -29,8 +29,8 @@ from tpm_sim import need_tools
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
 
-def _boot(run: LabRun, mac: str, uuid: str, state: Path):
-    r = boot_vm(run.lab, "bios", mac, BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base, accel=run.accel,
+def _boot(run: LabRun, mac: str, uuid: str, state: Path, firmware: str = "bios"):
+    r = boot_vm(run.lab, firmware, mac, BOOT_TIMEOUT, echo=sys.stdout.buffer, api_base=run.base, accel=run.accel,
                 uuid=uuid, tpm=state)
     run.keep(r)
     assert r.ok, _explain(r)
@@ -147,3 +147,38 @@ def test_signed_reports_and_measured_boot(request, tmp_path: Path, probe_image) 
     tpm_secs = [float(e["detail"]["seconds"]) for e in events if e["stage"] == "tpm"]
     print(f"\nTPM steps (createek, createak, quote, event log, ActivateCredential) took {tpm_secs} s "
           f"on {run.accel.upper()}")
+
+
+def _kept_pcrs(run: LabRun, mac: str) -> dict:
+    store = Store(f"sqlite:///{run.lab.data_dir / 'ramboot.db'}", run.lab.data_dir / "secrets.key")
+    try:
+        rec = store.tpms.get(mac)
+    finally:
+        store.close()
+    assert rec is not None and rec.pcrs, rec
+    return rec.pcrs
+
+
+@pytest.mark.timeout(1500)  # three UEFI boots under TCG
+def test_measured_uefi_boot_refuses_a_changed_command_line(request, tmp_path: Path, probe_image) -> None:  # noqa: F811
+    """OVMF + iPXE (EFI): the kernel's EFI stub runs, hands the firmware's event log to the kernel
+    and measures its command line (LoadOptions) into PCR 9. The first boot's PCRs are kept; after
+    the operator changes the node's kernel arguments the next boot is refused its key
+    (`untrusted-boot`, `node show` names PCR 9 and the new argument); `node trust` takes the
+    boot after that."""
+    need_tools()
+    run = LabRun("tpm-efi", tmp_path, *probe_image)
+    request.addfinalizer(run.close)
+    run.start(dhcp='mode = "full"\nrange = "172.22.33.100-172.22.33.200"\n[security]\ntpm_enroll = "first-boot"\n'
+                   'tpm_measured = true\n')
+    mac, uuid = random_mac(), str(uuidlib.uuid4())
+    run.node_add(mac, "--hostname", "tpm-e", "--uuid", uuid)
+    state = tmp_path / "tpm-e"
+
+    r1, one = _boot(run, mac, uuid, state, "uefi")
+    events = [e for e in run.events(mac) if unix_time(e["at"]) >= r1.started]
+    stages = [e["stage"] for e in events]
+    assert "tpm-enrolled" in stages and "booted" in stages and "untrusted-boot" not in stages, events
+    assert one["hostkey"] != [""], one
+    kept = _kept_pcrs(run, mac)["demo"]
+    print("\nkept PCR 9 log:\n" + kept.get("9:log", "(none)"))

@@ -169,6 +169,15 @@ class Namespace:
             text = render.pxelinux_config(d, token)
         return GeneratedFile(text.encode(), client.asks or "pxelinux-cfg", (d.mac or d.node) if token else None)
 
+    def load_options(self, nic: str, uuid: str | None, node: str, token: str, requester: str) -> str | None:
+        """The command line this boot's iPXE script handed the kernel, as an EFI image gets it
+        (`render.ipxe_load_options`), decided again as the script was; None if the NIC and UUID
+        no longer resolve to `node` or boot another way."""
+        d = self.booter_for(requester).decide(Client(nic, uuid=uuid, group=self._group(requester), asks="ipxe-script"))
+        if d is None or (d.node or d.mac) != node or d.loader != "ipxe":
+            return None
+        return render.ipxe_load_options(d, token)
+
     def overlay(self, nic: str, uuid: str | None, node: str, checksum: bool) -> GeneratedFile | None:
         """The node's overlay archive (or its sha256 line), for a credential the access rule
         accepted: decided again for the NIC and UUID the credential was minted for, and

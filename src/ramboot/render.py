@@ -48,11 +48,8 @@ def ipxe_script(d: Decision, credential: str | None = None) -> str:
     Fetching an image again under the same name replaces it.
     """
     bases = d.mirrors or (d.http_base,)
-    name = d.initrd.rsplit("/", 1)[-1]
-    cmdline = _cmdline(d, credential)
-    # Under UEFI this iPXE hands the kernel's EFI stub the files its `initrd=` arguments name.
-    files = (f"initrd={d.ca_initrd} " if d.ca_initrd else "") + f"initrd={name}"
-    kernel = " || ".join(f"kernel {b}/{d.kernel} {files} {cmdline}" for b in bases)
+    args = _ipxe_kernel_args(d, credential)
+    kernel = " || ".join(f"kernel {b}/{d.kernel} {args}" for b in bases)
     initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
     if d.ca_initrd:  # the CA the node pins, first (see above)
         initrd = " || ".join(f"initrd {b}/{d.ca_initrd}" for b in bases) + " || goto ramboot_retry\n" + initrd
@@ -73,6 +70,19 @@ def ipxe_script(d: Decision, credential: str | None = None) -> str:
         f"echo ramboot: FAILED the kernel and initrd could not be fetched in {IPXE_FETCH_TRIES} tries\n"
         "exit 1\n"
     )
+
+
+def _ipxe_kernel_args(d: Decision, credential: str | None) -> str:
+    # Under UEFI this iPXE hands the kernel's EFI stub the files its `initrd=` arguments name.
+    files = (f"initrd={d.ca_initrd} " if d.ca_initrd else "") + f"initrd={d.initrd.rsplit('/', 1)[-1]}"
+    return f"{files} {_cmdline(d, credential)}"
+
+
+def ipxe_load_options(d: Decision, credential: str | None = None) -> str:
+    """The command line `ipxe_script` gives the kernel as iPXE passes it to an EFI image
+    (its LoadOptions): the image's name (the URL's last part), a space, the arguments.
+    Linux's EFI stub measures it into PCR 9; tpm_gate recognises this boot's by it."""
+    return f"{d.kernel.rsplit('/', 1)[-1]} {_ipxe_kernel_args(d, credential)}"
 
 
 def entry_script(http_base: str) -> str:

@@ -30,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import re
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,9 @@ from .inventory.records import TpmRecord
 
 PCRS = tuple(range(10))  # sha256 bank: firmware and its settings (0-7), boot loader's cmdline and files (8, 9)
 PCR_BANK = 0x000B  # sha256
-LOGGED = (8, 9)  # judged by their events (measurements): GRUB's commands and files
+LOGGED = (8, 9)  # judged by their events (measurements): GRUB's commands and files, Linux's EFI stub's
+EV_EVENT_TAG = 0x6  # a tagged event: a u32 tag, a u32 size, that many bytes (a description, not the data)
+TAG_LOAD_OPTIONS = 0x8F3B22ED  # Linux's EFI stub: its LoadOptions (the command line) into PCR 9
 SIGNATURE_HEADER = "X-Ramboot-Signature"  # SEQ:base64 TPMT_SIGNATURE, on a node's reports
 MAGIC = b"RBTPM1\0\0"  # an overlay sealed to a boot key: MAGIC, IV (16), AES-256-CTR text, HMAC-SHA256 (32)
 KEY_BYTES = 32
@@ -119,6 +122,20 @@ class Measured:
 _TOKEN = re.compile(rb"ramboot\.token=(\S+)")
 
 
+def load_options_digest(cmdline: str) -> bytes:
+    """What Linux's EFI stub measures of a command line iPXE passed it: iPXE widens each byte
+    to a UCS-2 character and counts the NUL in LoadOptionsSize; the stub hashes all of it."""
+    return hashlib.sha256(cmdline.encode().decode("latin-1").encode("utf-16-le") + b"\0\0").digest()
+
+
+def _tagged(data: bytes) -> tuple[int, bytes] | None:
+    """A tagged event's tag and description (TCG_PCClientTaggedEvent), None if not one."""
+    if len(data) < 8:
+        return None
+    tag, size = struct.unpack_from("<II", data)
+    return (tag, data[8:8 + size].rstrip(b"\0")) if 8 + size <= len(data) else None
+
+
 def _this_boot(token_sha256: str) -> Callable[[re.Match[bytes]], bytes]:
     def sub(m: re.Match[bytes]) -> bytes:
         mine = hmac.compare_digest(hashlib.sha256(m.group(1)).hexdigest(), token_sha256)
@@ -126,13 +143,18 @@ def _this_boot(token_sha256: str) -> Callable[[re.Match[bytes]], bytes]:
     return sub
 
 
-def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256: str) -> dict[str, str]:
+def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256: str,
+                 load_options: str | None = None) -> dict[str, str]:
     """What is compared from boot to boot. PCRs 0-7 (firmware, its settings, the loaders) by
     value. PCRs 8 and 9 by their events, which must replay to the quoted values: GRUB measures
     each command it runs (the kernel command line among them) into 8 as text, and each file it
     loads into 9. This boot's credential is on the command line and in grub.cfg, so its value
     in 8 is taken as "this boot's" when it is this boot's (else it stays and differs), and the
-    config files in 9 count by name only: what of them ran is in 8."""
+    config files in 9 count by name only: what of them ran is in 8.
+    Linux's EFI stub (iPXE under UEFI) measures its command line into 9 as a tagged event that
+    carries a digest only: it counts as `load_options` (the command line this server rendered
+    for this boot, its credential made "this boot's") if the digest is that one's, else as
+    its digest, which differs. Other tagged events (the initrd) count by digest."""
     out = {str(i): v.hex() for i, v in values.items() if i not in LOGGED}
     for i in LOGGED:
         if i not in values:
@@ -142,7 +164,15 @@ def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256
         lines = []
         for e in (e for e in events if e.pcr == i):
             text = e.data.rstrip(b"\0")
-            if i == 8:
+            tagged = _tagged(e.data) if e.type == EV_EVENT_TAG else None
+            if tagged is not None and tagged[0] == TAG_LOAD_OPTIONS:
+                if load_options is not None and hmac.compare_digest(load_options_digest(load_options), e.sha256):
+                    line = b"LoadOptions: " + _TOKEN.sub(_this_boot(token_sha256), load_options.encode())
+                else:
+                    line = b"LoadOptions " + e.sha256.hex().encode() + b" (not the command line served this boot)"
+            elif tagged is not None:
+                line = tagged[1] + b" " + e.sha256.hex().encode()
+            elif i == 8:
                 if not hmac.compare_digest(hashlib.sha256(text).digest(), e.sha256):
                     raise tpm.TpmError("PCR 8: an event's text is not what was measured")
                 line = _TOKEN.sub(_this_boot(token_sha256), text)
@@ -154,6 +184,18 @@ def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256
         out[f"{i}:log"] = "\n".join(lines)
         out[str(i)] = hashlib.sha256(out[f"{i}:log"].encode()).hexdigest()
     return out
+
+
+def _what_changed(line: str, kept: list[str]) -> str:
+    """A new event of a PCR, for the operator: whole if short; else its label and the words
+    it has (+) and lacks (-) against the kept events of that label (a long command line)."""
+    if len(line) <= 120:
+        return line
+    label = line.split(" ", 1)[0]
+    words = set(line.split())
+    old = {w for k in kept if k.split(" ", 1)[0] == label for w in k.split()}
+    diff = [f"+{w}" for w in line.split() if w not in old] + [f"-{w}" for w in sorted(old - words)]
+    return f"{label} ... {' '.join(diff)}"[:160]
 
 
 def _subkeys(key: bytes) -> tuple[bytes, bytes]:
@@ -193,8 +235,10 @@ class TpmGate:
         self.clock = clock
 
     def attest(self, node: str, token_sha256: str, ek_raw: bytes, ak_raw: bytes,
-               ek_cert: bytes | None, quote: Measured | None = None, image: str = "") -> Attestation:
-        """A node's TPM report, for the boot whose credential the access rule accepted."""
+               ek_cert: bytes | None, quote: Measured | None = None, image: str = "",
+               load_options: str | None = None) -> Attestation:
+        """A node's TPM report, for the boot whose credential the access rule accepted.
+        `load_options`: the command line served this boot, as an EFI kernel gets it from iPXE."""
         try:
             ek, ak = tpm.parse_public(ek_raw), tpm.parse_public(ak_raw)
             tpm.check_ek(ek)
@@ -225,7 +269,7 @@ class TpmGate:
             return Attestation(403, f"TPM pending: its EK {fp} waits for `ramboot node trust {node}`",
                                event="tpm-pending", fingerprint=fp)
         if self.measured:
-            refused = self._pcrs(node, image, token_sha256, ak, quote)
+            refused = self._pcrs(node, image, token_sha256, ak, quote, load_options)
             if refused is not None:
                 return refused
         blob = tpm.make_credential(ek, ak.name, boot_key(self.derive, token_sha256))
@@ -243,7 +287,7 @@ class TpmGate:
         return OverlayKey("sealed", "sealed to the boot key its TPM recovers", boot_key(self.derive, token_sha256))
 
     def _pcrs(self, node: str, image: str, token_sha256: str, ak: tpm.TpmPublic,
-              quote: Measured | None) -> Attestation | None:
+              quote: Measured | None, load_options: str | None) -> Attestation | None:
         """Measured boot: None if this boot quotes the node's trusted PCR values for `image`
         (the first seen are kept), else the refusal naming the PCRs that changed."""
         if quote is None:
@@ -255,16 +299,16 @@ class TpmGate:
         values = {i: quote.values[n * size:(n + 1) * size] for n, i in enumerate(PCRS)}
         try:
             tpm.verify_quote(ak, quote.attest, quote.signature, quote_nonce(token_sha256), PCR_BANK, values)
-            now = measurements(values, tpm.parse_event_log(quote.eventlog), token_sha256)
+            now = measurements(values, tpm.parse_event_log(quote.eventlog), token_sha256, load_options)
         except tpm.TpmError as e:
             return Attestation(403, f"measured boot: {e}", event="untrusted-boot")
         kept = self.tpms.keep_pcrs(node, image, now)
         changed = [i for i in PCRS if not hmac.compare_digest(kept.get(str(i), ""), now[str(i)])]
         if changed:
-            new = [line for i in changed for line in now.get(f"{i}:log", "").splitlines()
-                   if line not in kept.get(f"{i}:log", "").splitlines()]
+            logs = {i: (now.get(f"{i}:log", "").splitlines(), kept.get(f"{i}:log", "").splitlines()) for i in changed}
+            new = [_what_changed(line, was) for lines, was in logs.values() for line in lines if line not in was]
             why = (f"PCR {', '.join(map(str, changed))} changed since the first trusted boot of image "
-                   f"{image or '?'}{f' (new: {new[0][:120]})' if new else ''}: no key released "
+                   f"{image or '?'}{f' (new: {new[0]})' if new else ''}: no key released "
                    f"(`ramboot node trust {node}` takes the next boot's values)")
             self.tpms.pcr_refused(node, why, self.clock())
             return Attestation(403, f"measured boot: {why}", event="untrusted-boot")

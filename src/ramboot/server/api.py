@@ -460,7 +460,12 @@ async def report_tpm(request: web.Request) -> web.Response:
                             base64.b64decode(body.pcrs), base64.b64decode(body.eventlog or ""))
     spec = await asyncio.to_thread(ctx.store.nodes.get, rec.node)
     image = spec.image if spec is not None and spec.image else "default"  # one name for profile/default images
-    answer = await asyncio.to_thread(gate.attest, rec.node, rec.token_sha256, ek, ak, cert, measured, image)
+    # The command line this boot was served, rendered again with the credential it presents
+    # (the claim checked it): what an EFI kernel's stub measured, if nothing changed it.
+    token = node_credential(request) or ""
+    cmdline = (await asyncio.to_thread(ctx.namespace.load_options, rec.nic, rec.uuid, rec.node, token, ip)
+               if measured else None)
+    answer = await asyncio.to_thread(gate.attest, rec.node, rec.token_sha256, ek, ak, cert, measured, image, cmdline)
     metrics.TPM_ATTESTATIONS.labels(answer.event or "invalid").inc()
     if answer.event:
         ctx.events.record(rec.node, answer.event, ip=ip, ek=answer.fingerprint, why=answer.why[:200])
