@@ -283,7 +283,7 @@ def _efi_boot(t: Tpm, gate: tpm_gate.TpmGate, token: str, served: str = "", boot
     ek, ak = t.ek_ak("rsa", "ecc")
     attest, sig, values = t.quote(PCRS, tpm_gate.quote_nonce(sha))
     return gate.attest(MAC, sha, ek, ak, None, tpm_gate.Measured(attest, sig, values, fw.log), "demo",
-                       line.format(served))
+                       (line.format(served).replace("172.22.33.2", "10.0.0.1"), line.format(served)))
 
 
 def test_measured_efi_boot_knows_this_boots_command_line_by_its_digest(served: LiveServer, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +21,7 @@ from .access import AccessRule
 from .names import PathRefused
 from .overlays import sha256_line
 from .policy import Booter, Decision
-from .proto.pxe import Client
+from .proto.pxe import Client, normalize_uuid
 from .tls import CaArchive
 
 __all__ = ["GeneratedFile", "Namespace", "PathRefused", "Resolved", "StaticFile", "install_loaders"]
@@ -169,14 +170,26 @@ class Namespace:
             text = render.pxelinux_config(d, token)
         return GeneratedFile(text.encode(), client.asks or "pxelinux-cfg", (d.mac or d.node) if token else None)
 
-    def load_options(self, nic: str, uuid: str | None, node: str, token: str, requester: str) -> str | None:
-        """The command line this boot's iPXE script handed the kernel, as an EFI image gets it
-        (`render.ipxe_load_options`), decided again as the script was; None if the NIC and UUID
-        no longer resolve to `node` or boot another way."""
-        d = self.booter_for(requester).decide(Client(nic, uuid=uuid, group=self._group(requester), asks="ipxe-script"))
-        if d is None or (d.node or d.mac) != node or d.loader != "ipxe":
-            return None
-        return render.ipxe_load_options(d, token)
+    def load_options(self, nic: str, uuid: str | None, node: str, token: str, requester: str) -> tuple[str, ...]:
+        """The command lines this boot's iPXE script may have handed the kernel, as an EFI image
+        gets them (`render.ipxe_load_options`), decided again as the script was. The script's
+        name carried the machine's UUID, which the credential keeps only when the node was found
+        by it, so each UUID the server knows for the machine (the credential's, the node's, its
+        leases') is tried, and none. Empty if none resolves to `node` booting through iPXE."""
+        uuids: list[str | None] = [uuid]
+        if self.access is not None:
+            spec = self.access.directory.get_node(node)
+            uuids += [spec.uuid if spec else None, *(x.uuid for x in self.access.directory.leases_of(nic, time.time()))]
+        out: dict[str, None] = {}
+        for u in dict.fromkeys([*uuids, None]):
+            try:
+                u = normalize_uuid(u) if u else None
+            except ValueError:
+                continue
+            d = self.booter_for(requester).decide(Client(nic, uuid=u, group=self._group(requester), asks="ipxe-script"))
+            if d is not None and (d.node or d.mac) == node and d.loader == "ipxe":
+                out[render.ipxe_load_options(d, token)] = None
+        return tuple(out)
 
     def overlay(self, nic: str, uuid: str | None, node: str, checksum: bool) -> GeneratedFile | None:
         """The node's overlay archive (or its sha256 line), for a credential the access rule

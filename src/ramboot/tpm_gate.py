@@ -21,7 +21,9 @@ hold this boot's credential from the node's address. Then:
   so a report is taken once.
 - **Measured boot** (`[security] tpm_measured`). The TPM report carries a quote of PCRS by
   the AK, over a nonce of this boot's credential; the first values seen for a node and
-  image are kept, and a later boot whose values differ gets no key, the PCR named.
+  image are kept, and a later boot whose values differ gets no key, the PCR named. The
+  command line is judged in PCR 8 (GRUB's text) or 9 (Linux's EFI stub under iPXE, a digest
+  the server checks against the command line it served this boot).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import hmac
 import re
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -144,7 +146,7 @@ def _this_boot(token_sha256: str) -> Callable[[re.Match[bytes]], bytes]:
 
 
 def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256: str,
-                 load_options: str | None = None) -> dict[str, str]:
+                 load_options: Sequence[str] = ()) -> dict[str, str]:
     """What is compared from boot to boot. PCRs 0-7 (firmware, its settings, the loaders) by
     value. PCRs 8 and 9 by their events, which must replay to the quoted values: GRUB measures
     each command it runs (the kernel command line among them) into 8 as text, and each file it
@@ -152,9 +154,9 @@ def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256
     in 8 is taken as "this boot's" when it is this boot's (else it stays and differs), and the
     config files in 9 count by name only: what of them ran is in 8.
     Linux's EFI stub (iPXE under UEFI) measures its command line into 9 as a tagged event that
-    carries a digest only: it counts as `load_options` (the command line this server rendered
-    for this boot, its credential made "this boot's") if the digest is that one's, else as
-    its digest, which differs. Other tagged events (the initrd) count by digest."""
+    carries a digest only: it counts as the one of `load_options` (the command lines this
+    server would have served this boot, its credential made "this boot's") whose digest it is,
+    else as its digest, which differs. Other tagged events (the initrd) count by digest."""
     out = {str(i): v.hex() for i, v in values.items() if i not in LOGGED}
     for i in LOGGED:
         if i not in values:
@@ -166,8 +168,9 @@ def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256
             text = e.data.rstrip(b"\0")
             tagged = _tagged(e.data) if e.type == EV_EVENT_TAG else None
             if tagged is not None and tagged[0] == TAG_LOAD_OPTIONS:
-                if load_options is not None and hmac.compare_digest(load_options_digest(load_options), e.sha256):
-                    line = b"LoadOptions: " + _TOKEN.sub(_this_boot(token_sha256), load_options.encode())
+                served = [c for c in load_options if hmac.compare_digest(load_options_digest(c), e.sha256)]
+                if served:
+                    line = b"LoadOptions: " + _TOKEN.sub(_this_boot(token_sha256), served[0].encode())
                 else:
                     line = b"LoadOptions " + e.sha256.hex().encode() + b" (not the command line served this boot)"
             elif tagged is not None:
@@ -236,9 +239,9 @@ class TpmGate:
 
     def attest(self, node: str, token_sha256: str, ek_raw: bytes, ak_raw: bytes,
                ek_cert: bytes | None, quote: Measured | None = None, image: str = "",
-               load_options: str | None = None) -> Attestation:
+               load_options: Sequence[str] = ()) -> Attestation:
         """A node's TPM report, for the boot whose credential the access rule accepted.
-        `load_options`: the command line served this boot, as an EFI kernel gets it from iPXE."""
+        `load_options`: the command lines served this boot, as an EFI kernel gets them from iPXE."""
         try:
             ek, ak = tpm.parse_public(ek_raw), tpm.parse_public(ak_raw)
             tpm.check_ek(ek)
@@ -287,7 +290,7 @@ class TpmGate:
         return OverlayKey("sealed", "sealed to the boot key its TPM recovers", boot_key(self.derive, token_sha256))
 
     def _pcrs(self, node: str, image: str, token_sha256: str, ak: tpm.TpmPublic,
-              quote: Measured | None, load_options: str | None) -> Attestation | None:
+              quote: Measured | None, load_options: Sequence[str]) -> Attestation | None:
         """Measured boot: None if this boot quotes the node's trusted PCR values for `image`
         (the first seen are kept), else the refusal naming the PCRs that changed."""
         if quote is None:

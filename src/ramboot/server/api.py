@@ -464,7 +464,7 @@ async def report_tpm(request: web.Request) -> web.Response:
     # (the claim checked it): what an EFI kernel's stub measured, if nothing changed it.
     token = node_credential(request) or ""
     cmdline = (await asyncio.to_thread(ctx.namespace.load_options, rec.nic, rec.uuid, rec.node, token, ip)
-               if measured else None)
+               if measured else ())
     answer = await asyncio.to_thread(gate.attest, rec.node, rec.token_sha256, ek, ak, cert, measured, image, cmdline)
     metrics.TPM_ATTESTATIONS.labels(answer.event or "invalid").inc()
     if answer.event:
