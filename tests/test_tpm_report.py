@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -321,6 +322,41 @@ def test_measured_efi_boot_knows_this_boots_command_line_by_its_digest(served: L
         assert served.request("POST", f"/api/v1/nodes/{MAC}/tpm/trust", {})[0] == 200
         assert _efi_boot(a, gate, next(tokens), served=" ramboot.extra=1").status == 200
         assert _efi_boot(a, gate, next(tokens), served=" ramboot.extra=1").status == 200
+
+
+def test_the_server_knows_the_command_line_its_script_served_in_pcr_9(data_dir: Path, tmp_path: Path) -> None:
+    """Through the server: the kernel line of the node's iPXE script (asked by MAC and UUID), as
+    iPXE hands it to the EFI stub, is what the TPM report's PCR 9 is judged against; after
+    the operator adds a kernel argument, the next boot is refused, PCR 9 named."""
+    write_fake_image(data_dir, "demo")
+    srv = LiveServer(data_dir, FULL + "tpm_measured = true\n")
+    uuid = "8d6bc9f6-3e6a-4c59-a3a4-8b6b5a4c2f10"
+    srv.store.leases.save([LeaseRecord(lease_key(None, MAC), NODE_IP, MAC, time.time() + 600, None, None, None)])
+    try:
+        with swtpm(tmp_path / "a") as a:
+            for args, status in (("", 200), ("", 200), ("ramboot.extra=1", 403)):
+                srv.store.nodes.put(NodeSpec(MAC, image="demo", hostname="n1", uuid=uuid, kernel_args=args))
+                conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10, source_address=(NODE_IP, 0))
+                conn.request("GET", f"/boot/{MAC.replace(':', '-')}/{uuid}.ipxe")
+                script = conn.getresponse().read().decode()
+                conn.close()
+                m = re.search(r"^kernel \S+/(\S+) (.*ramboot\.token=(\S+)) \|\| goto", script, re.M)
+                assert m, script
+                fw = Firmware(a)
+                fw.efi_stub(f"{m[1]} {m[2]}")
+                keys = _tpm_report(a)
+                attest, sig, values = a.quote(PCRS, tpm_gate.quote_nonce(hashlib.sha256(m[3].encode()).hexdigest()))
+                body = {**keys, "quote": attest, "quote_sig": sig, "pcrs": values, "eventlog": fw.log}
+                st, why = _post(srv, f"/api/v1/nodes/{MAC}/tpm", m[3], json.dumps(
+                    {k: v if isinstance(v, str) else base64.b64encode(v).decode() for k, v in body.items()}).encode(), {})
+                assert st == status, why
+        assert b"PCR 9 changed" in why and b"+ramboot.extra=1" in why, why
+        rec = srv.store.tpms.get(MAC)
+        assert rec is not None and rec.pcrs is not None
+        log = rec.pcrs["demo"]["9:log"]  # the script was asked by UUID: its overlay URL names it
+        assert "LoadOptions: vmlinuz initrd=" in log and f"/{uuid}.tar ramboot.token=(this boot's)" in log, log
+    finally:
+        srv.close()
 
 
 def test_quote_parsing_refuses_what_no_tpm_made() -> None:
