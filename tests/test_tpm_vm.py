@@ -161,7 +161,7 @@ def _kept_pcrs(run: LabRun, mac: str) -> dict:
     return rec.pcrs
 
 
-@pytest.mark.timeout(1500)  # three UEFI boots under TCG
+@pytest.mark.timeout(1200)  # three UEFI boots under TCG
 def test_measured_uefi_boot_refuses_a_changed_command_line(request, tmp_path: Path, probe_image) -> None:  # noqa: F811
     """OVMF + iPXE (EFI): the kernel's EFI stub runs, hands the firmware's event log to the kernel
     and measures its command line (LoadOptions) into PCR 9. The first boot's PCRs are kept; after
