@@ -64,13 +64,20 @@ class Run:
     errors: str = ""
 
 
-def start_nginx(net: NetnsPair, work: Path, data: Path, port: int) -> Child:
-    return Child(net.exec(net.srv, *nginx_argv(work, data, f"127.0.0.1:{port} reuseport")), log=work / "nginx.log")
+def start_nginx(net: NetnsPair, work: Path, data: Path, port: int, workers: int | None = None) -> Child:
+    """nginx, `worker_processes auto` unless `workers` is given; its config and logs in a directory of its own."""
+    own = work / f"nginx-{port}"
+    return Child(net.exec(net.srv, *nginx_argv(own, data, f"127.0.0.1:{port} reuseport",
+                                                workers=str(workers) if workers else "auto")),
+                 log=work / f"nginx-{port}.log")
 
 
-def start_ramboot(net: NetnsPair, work: Path, data: Path, port: int, src: Path | None = None) -> Child:
-    """`ramboot serve`; with `src`, the code of that source tree (its `src/` first on PYTHONPATH)."""
+def start_ramboot(net: NetnsPair, work: Path, data: Path, port: int, workers: int | None = None,
+                  src: Path | None = None) -> Child:
+    """`ramboot serve` (`[serve] workers` left at its default unless `workers` is given); with
+    `src`, the code of that source tree (its `src/` first on PYTHONPATH)."""
     cfg = work / f"ramboot-{port}.toml"
+    serve = f"[serve]\nworkers = {workers}\n" if workers else ""
     cfg.write_text(f"""data_dir = "{data}"
 [network]
 interface = "lo"
@@ -85,13 +92,19 @@ bind = "127.0.0.1"
 https_port = 0
 [boot]
 default_image = "bench"
-""")
+{serve}""")
     env = dict(os.environ, PYTHONPATH=str(src / "src")) if src else None
     return Child(net.exec(net.srv, ramboot_exe(), "serve", "--config", str(cfg)), log=work / f"ramboot-{port}.log",
                  env=env)
 
 
 SERVERS = {"nginx": start_nginx, "ramboot": start_ramboot}
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """`nginx` -> (nginx, None); `ramboot:2` -> (ramboot, 2 workers); `ramboot@TREE:1` -> (ramboot@TREE, 1)."""
+    base, _, n = name.partition(":")
+    return base, int(n) if n else None
 
 
 def url(port: int) -> str:
@@ -173,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per point")
     ap.add_argument("--clients", default="1,10,100")
-    ap.add_argument("--servers", default="nginx,ramboot")
+    ap.add_argument("--servers", default="nginx,ramboot",
+                    help="comma-separated; NAME:N runs it with N worker processes (nginx's worker_processes, "
+                         "ramboot's [serve] workers), e.g. nginx:1,nginx:2,ramboot:1,ramboot:2")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per point, interleaved; the median is reported")
     ap.add_argument("--also", type=Path, action="append", default=[], metavar="TREE",
                     help="also a ramboot from this source tree (e.g. a worktree at an older commit), "
                          "reported as ramboot@NAME; repeatable")
+    ap.add_argument("--also-workers", default="",
+                    help="comma-separated worker counts for each --also tree (e.g. 1,2); default: its default")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep logs here")
     a = ap.parse_args(argv)
@@ -190,14 +207,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     clients = [int(c) for c in a.clients.split(",")]
     a.also = {t.resolve().name: t.resolve() for t in a.also}
+    a.also_workers = [f":{w}" for w in a.also_workers.split(",") if w] or [""]
     work = Path(tempfile.mkdtemp(prefix="rbb-http-"))
     data = work / "data"
     runs: list[Run] = []
     load0 = os.getloadavg()[0]
     try:
         make_image(data, "bench", a.size_mb << 20)
-        names = [n for n in a.servers.split(",") if n != "nginx" or have("nginx")] + [f"ramboot@{t}" for t in a.also]
-        if "nginx" in a.servers.split(",") and "nginx" not in names:
+        names = ([n for n in a.servers.split(",") if not n.startswith("nginx") or have("nginx")]
+                 + [f"ramboot@{t}{w}" for t in a.also for w in a.also_workers])
+        if not have("nginx") and any(n.startswith("nginx") for n in a.servers.split(",")):
             runs.append(Run("nginx", 0, errors="nginx not installed"))
         # Both servers run at once on their own ports and are measured in turn at
         # each client count, so a neighbour's load drifting affects both alike.
@@ -206,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for i, name in enumerate(names):
                     port = PORT + i
-                    if name.startswith("ramboot@"):
-                        servers[name] = start_ramboot(net, work, data, port, a.also[name.partition("@")[2]])
+                    base, workers = split_name(name)
+                    if base.startswith("ramboot@"):
+                        servers[name] = start_ramboot(net, work, data, port, workers, a.also[base.partition("@")[2]])
                     else:
-                        servers[name] = SERVERS[name](net, work, data, port)
+                        servers[name] = SERVERS[base](net, work, data, port, workers)
                     wait_http(net, servers[name], port)
                     # warm the page cache
                     run(*net.exec(net.srv, "curl", "-s", "-o", "/dev/null", url(port)), check=False)
@@ -241,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         rounds.setdefault((r.server, r.clients), []).append(r)
     runs = [median_run(rs) for rs in rounds.values()]
     peer = {r.clients: r for r in runs if r.server == "nginx"}
+    if not peer:  # only nginx:N given: the first of them is the peer
+        first = next((r.server for r in runs if r.server.startswith("nginx")), None)
+        peer = {r.clients: r for r in runs if r.server == first}
     rows = []
     for r in runs:
-        p = peer.get(r.clients) if r.server != "nginx" else None
+        p = peer.get(r.clients) if not r.server.startswith("nginx") else None
         rows.append([r.server, r.clients or "-", f"{r.mb_s:,.0f}", f"{r.cpu_s_per_gb:.3f}", f"{r.rss_mb:.1f}",
                      ratio(r.mb_s, p.mb_s) if p else "", ratio(r.cpu_s_per_gb, p.cpu_s_per_gb) if p else "",
                      r.errors])
