@@ -11,9 +11,14 @@ seconds per GB sent (utime+stime of the server's whole process tree, from
 of clients.
 
 nginx is tuned the usual way: `worker_processes auto` (2 here), `sendfile on`,
-`tcp_nopush on`, `access_log off`. ramboot runs as `ramboot serve` with DHCP off.
+`tcp_nopush on`, `access_log off`. ramboot runs as `ramboot serve` with DHCP off
+and `[serve] workers` at its default (one per core), and with `[scale] seed = false`
+so that it, like nginx, sends every request at once; `ramboot+seed` keeps seeding
+on, under which it sends at most `seed_fanout` root downloads at a time.
+`NAME:N` runs a server with N worker processes (`nginx:1`, `ramboot:2`).
 
-Usage: .venv/bin/python bench/http_bench.py [--size-mb 200] [--duration 10] [--clients 1,10,100] [--also TREE]
+Usage: .venv/bin/python bench/http_bench.py [--size-mb 200] [--duration 10] [--clients 1,10,100]
+       [--servers nginx,ramboot] [--also TREE [--also-as SUFFIXES]]
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ class Run:
     errors: str = ""
 
 
-def start_nginx(net: NetnsPair, work: Path, data: Path, port: int, workers: int | None = None) -> Child:
+def start_nginx(net: NetnsPair, work: Path, data: Path, port: int, workers: int | None = None,
+                seed: bool = False) -> Child:
     """nginx, `worker_processes auto` unless `workers` is given; its config and logs in a directory of its own."""
     own = work / f"nginx-{port}"
     return Child(net.exec(net.srv, *nginx_argv(own, data, f"127.0.0.1:{port} reuseport",
@@ -73,11 +79,16 @@ def start_nginx(net: NetnsPair, work: Path, data: Path, port: int, workers: int 
 
 
 def start_ramboot(net: NetnsPair, work: Path, data: Path, port: int, workers: int | None = None,
-                  src: Path | None = None) -> Child:
+                  seed: bool = False, src: Path | None = None) -> Child:
     """`ramboot serve` (`[serve] workers` left at its default unless `workers` is given); with
-    `src`, the code of that source tree (its `src/` first on PYTHONPATH)."""
+    `src`, the code of that source tree (its `src/` first on PYTHONPATH).
+
+    `[scale] seed = false` unless `seed`: with seeding on (the default) the server sends at most
+    `seed_fanout` (4) root downloads at once and parks the rest up to 5 s for a peer that wrk
+    never becomes, which is not the work nginx is asked to do (docs/benchmarks.md)."""
     cfg = work / f"ramboot-{port}.toml"
     serve = f"[serve]\nworkers = {workers}\n" if workers else ""
+    serve += "" if seed else "[scale]\nseed = false\n"
     cfg.write_text(f"""data_dir = "{data}"
 [network]
 interface = "lo"
@@ -101,10 +112,12 @@ default_image = "bench"
 SERVERS = {"nginx": start_nginx, "ramboot": start_ramboot}
 
 
-def split_name(name: str) -> tuple[str, int | None]:
-    """`nginx` -> (nginx, None); `ramboot:2` -> (ramboot, 2 workers); `ramboot@TREE:1` -> (ramboot@TREE, 1)."""
-    base, _, n = name.partition(":")
-    return base, int(n) if n else None
+def split_name(name: str) -> tuple[str, int | None, bool]:
+    """NAME[:N][+seed]: `nginx` -> (nginx, None, False); `ramboot:2` -> 2 workers;
+    `ramboot@TREE:1+seed` -> (ramboot@TREE, 1, seeding on)."""
+    rest, plus, _ = name.partition("+seed")
+    base, _, n = rest.partition(":")
+    return base, int(n) if n else None, bool(plus)
 
 
 def url(port: int) -> str:
@@ -187,14 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds of wrk per point")
     ap.add_argument("--clients", default="1,10,100")
     ap.add_argument("--servers", default="nginx,ramboot",
-                    help="comma-separated; NAME:N runs it with N worker processes (nginx's worker_processes, "
-                         "ramboot's [serve] workers), e.g. nginx:1,nginx:2,ramboot:1,ramboot:2")
+                    help="comma-separated NAME[:N][+seed]: N worker processes (nginx's worker_processes, "
+                         "ramboot's [serve] workers), e.g. nginx:1,nginx:2,ramboot:1,ramboot:2; +seed: ramboot "
+                         "with `[scale] seed` at its default (on), e.g. ramboot+seed")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per point, interleaved; the median is reported")
     ap.add_argument("--also", type=Path, action="append", default=[], metavar="TREE",
                     help="also a ramboot from this source tree (e.g. a worktree at an older commit), "
                          "reported as ramboot@NAME; repeatable")
-    ap.add_argument("--also-workers", default="",
-                    help="comma-separated worker counts for each --also tree (e.g. 1,2); default: its default")
+    ap.add_argument("--also-as", default="",
+                    help="comma-separated suffixes each --also tree runs with, as in --servers (e.g. ':1,:2,+seed'); "
+                         "default: the tree's defaults, seeding off")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep logs here")
     a = ap.parse_args(argv)
@@ -207,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     clients = [int(c) for c in a.clients.split(",")]
     a.also = {t.resolve().name: t.resolve() for t in a.also}
-    a.also_workers = [f":{w}" for w in a.also_workers.split(",") if w] or [""]
+    a.also_as = a.also_as.split(",")
     work = Path(tempfile.mkdtemp(prefix="rbb-http-"))
     data = work / "data"
     runs: list[Run] = []
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         make_image(data, "bench", a.size_mb << 20)
         names = ([n for n in a.servers.split(",") if not n.startswith("nginx") or have("nginx")]
-                 + [f"ramboot@{t}{w}" for t in a.also for w in a.also_workers])
+                 + [f"ramboot@{t}{suffix}" for t in a.also for suffix in a.also_as])
         if not have("nginx") and any(n.startswith("nginx") for n in a.servers.split(",")):
             runs.append(Run("nginx", 0, errors="nginx not installed"))
         # Both servers run at once on their own ports and are measured in turn at
@@ -225,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for i, name in enumerate(names):
                     port = PORT + i
-                    base, workers = split_name(name)
+                    base, workers, seed = split_name(name)
                     if base.startswith("ramboot@"):
-                        servers[name] = start_ramboot(net, work, data, port, workers, a.also[base.partition("@")[2]])
+                        servers[name] = start_ramboot(net, work, data, port, workers, seed,
+                                                      a.also[base.partition("@")[2]])
                     else:
-                        servers[name] = SERVERS[base](net, work, data, port, workers)
+                        servers[name] = SERVERS[base](net, work, data, port, workers, seed)
                     wait_http(net, servers[name], port)
                     # warm the page cache
                     run(*net.exec(net.srv, "curl", "-s", "-o", "/dev/null", url(port)), check=False)
