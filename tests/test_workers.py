@@ -225,8 +225,11 @@ def test_a_root_download_is_sent_by_a_worker_within_the_servers_fan_out(tmp_path
         assert again < 1.0, again  # the slot came back
         want = hashlib.sha256(root).hexdigest()
         assert all(hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() == want for n in "abc")
+        # a Range request is never a peer's: the worker sends exactly those bytes, without asking
+        part = pair.run(pair.cli_ns, "curl", "-sf", "-r", "5000000-5000999", "-o", str(tmp_path / "r"), url)
+        assert part.returncode == 0 and (tmp_path / "r").read_bytes() == root[5000000:5001000]
         time.sleep(1.5)  # the workers' reports (every 0.5 s)
-        assert sum(_served_by(_metrics(pair), "http").values()) - before == 3  # sent by workers, not the main process
+        assert sum(_served_by(_metrics(pair), "http").values()) - before == 4  # sent by workers, not the main process
         assert "Traceback" not in log.read_text(), log.read_text()
     finally:
         pair.close()
