@@ -28,7 +28,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's ramboot, and the bench package
 
 from bench.util import (  # noqa: E402
+    CLK_TCK,
     Child,
     NetnsPair,
     RssSampler,
@@ -50,7 +53,9 @@ from bench.util import (  # noqa: E402
     ratio,
     run,
     table,
+    tree,
 )
+from bench.util import _stat as proc_stat  # noqa: E402
 
 PORT = 18480
 URL_PATH = "/images/bench/rootfs.squashfs"
@@ -66,7 +71,30 @@ class Run:
     cpu_s: float = 0.0
     cpu_s_per_gb: float = 0.0
     rss_mb: float = 0.0
+    user_s_per_gb: float = 0.0
+    per_gb: dict[str, float] | None = None  # with --perf: system calls and softirqs per GB, whole process tree
     errors: str = ""
+
+
+# --perf: what the server's processes do per GB (sendfile calls, loop wake-ups, and the softirqs
+# run in their context: on loopback, the receiver's processing when the server's send transmits)
+PERF_EVENTS = {"syscalls:sys_enter_sendfile64": "sendfile", "syscalls:sys_enter_epoll_wait": "epoll",
+               "syscalls:sys_enter_epoll_pwait": "epoll", "irq:softirq_entry": "softirq"}
+
+
+def user_seconds(pid: int) -> float:
+    """User CPU seconds of pid and its live descendants (cpu_seconds is user + system)."""
+    return sum(int(st[11]) for st in map(proc_stat, tree(pid)) if st) / CLK_TCK
+
+
+def perf_counts(err: str) -> dict[str, float]:
+    """`perf stat -x,` output, summed into PERF_EVENTS' names."""
+    got: dict[str, float] = {}
+    for line in err.splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].strip().isdigit() and f[2] in PERF_EVENTS:
+            got[PERF_EVENTS[f[2]]] = got.get(PERF_EVENTS[f[2]], 0) + int(f[0])
+    return got
 
 
 def start_nginx(net: NetnsPair, work: Path, data: Path, port: int, workers: int | None = None,
@@ -163,14 +191,24 @@ def parse_wrk(out: str) -> tuple[int, float, float, str]:
     return int(m.group(1)), secs, _bytes(m.group(4), m.group(5)), "; ".join(errs)
 
 
-def one(net: NetnsPair, srv: Child, name: str, clients: int, duration: int, port: int) -> Run:
+def one(net: NetnsPair, srv: Child, name: str, clients: int, duration: int, port: int, perf: bool = False) -> Run:
     r = Run(name, clients)
     threads = 1 if clients < 10 else 2
     cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{duration}s", "--timeout", "300s", url(port)]
-    cpu0 = cpu_seconds(srv.pid)
+    counter = None
+    if perf:
+        counter = subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(PERF_EVENTS), "-p",
+                                    ",".join(map(str, tree(srv.pid)))], stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)  # attached before the load starts
+    cpu0, user0 = cpu_seconds(srv.pid), user_seconds(srv.pid)
     with RssSampler(srv.pid) as rss:
         out = run(*net.exec(net.srv, *cmd), check=False, timeout=duration + 120)
     r.cpu_s = cpu_seconds(srv.pid) - cpu0
+    user = user_seconds(srv.pid) - user0
+    counts: dict[str, float] = {}
+    if counter is not None:
+        counter.send_signal(signal.SIGINT)
+        counts = perf_counts(counter.communicate(timeout=30)[1])
     r.rss_mb = rss.peak / 2**20
     req, secs, nbytes, err = parse_wrk(out.stdout + out.stderr)
     r.requests, r.errors = req, err
@@ -178,6 +216,9 @@ def one(net: NetnsPair, srv: Child, name: str, clients: int, duration: int, port
         r.mb_s = nbytes / 2**20 / secs
         r.gb = nbytes / 2**30
         r.cpu_s_per_gb = r.cpu_s / r.gb if r.gb else 0.0
+        r.user_s_per_gb = user / r.gb if r.gb else 0.0
+        if perf and r.gb:
+            r.per_gb = {k: v / r.gb for k, v in counts.items()}
     if not srv.alive():
         r.errors = (r.errors + "; " if r.errors else "") + "server died"
     return r
@@ -186,8 +227,11 @@ def one(net: NetnsPair, srv: Child, name: str, clients: int, duration: int, port
 def median_run(rs: list[Run]) -> Run:
     """One Run of the medians of MB/s and CPU per GB (and the sums' medians), the peak RSS, every error."""
     m = Run(rs[0].server, rs[0].clients)
-    for f in ("mb_s", "gb", "cpu_s", "cpu_s_per_gb"):
+    for f in ("mb_s", "gb", "cpu_s", "cpu_s_per_gb", "user_s_per_gb"):
         setattr(m, f, statistics.median(getattr(r, f) for r in rs))
+    counted = [r.per_gb for r in rs if r.per_gb]
+    if counted:
+        m.per_gb = {k: statistics.median(c.get(k, 0.0) for c in counted) for k in counted[0]}
     m.requests = int(statistics.median(r.requests for r in rs))
     m.rss_mb = max(r.rss_mb for r in rs)
     m.errors = "; ".join(sorted({r.errors for r in rs if r.errors}))
@@ -210,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also-as", default="",
                     help="comma-separated suffixes each --also tree runs with, as in --servers (e.g. ':1,:2,+seed'); "
                          "default: the tree's defaults, seeding off")
+    ap.add_argument("--perf", action="store_true",
+                    help="also count each server's sendfile calls, epoll waits and softirqs per GB (perf stat)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep logs here")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("http_bench: needs root (network namespaces)", file=sys.stderr)
         return 2
-    for tool in ("wrk", "curl"):
+    for tool in ("wrk", "curl") + (("perf",) if a.perf else ()):
         if not have(tool):
             print(f"http_bench: {tool} not installed (make setup adds it)", file=sys.stderr)
             return 2
@@ -252,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                 for c in clients:
                     for _ in range(a.rounds):
                         for i, name in enumerate(names):
-                            r = one(net, servers[name], name, c, a.duration, PORT + i)
-                            print(f"  {name:8s} c={c:<4d} {r.mb_s:9.1f} MB/s  {r.cpu_s_per_gb:6.2f} CPU s/GB"
-                                  f"  RSS {r.rss_mb:6.1f} MB"
+                            r = one(net, servers[name], name, c, a.duration, PORT + i, a.perf)
+                            print(f"  {name:8s} c={c:<4d} {r.mb_s:9.1f} MB/s  {r.cpu_s_per_gb:6.3f} CPU s/GB"
+                                  f" (user {r.user_s_per_gb:.3f})  RSS {r.rss_mb:6.1f} MB"
+                                  + (" " + _per_gb(r) if r.per_gb else "")
                                   + (f"  {r.errors}" if r.errors else ""), flush=True)
                             runs.append(r)
             except RuntimeError as e:
@@ -283,16 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in runs:
         p = peer.get(r.clients) if not r.server.startswith("nginx") else None
-        rows.append([r.server, r.clients or "-", f"{r.mb_s:,.0f}", f"{r.cpu_s_per_gb:.3f}", f"{r.rss_mb:.1f}",
-                     ratio(r.mb_s, p.mb_s) if p else "", ratio(r.cpu_s_per_gb, p.cpu_s_per_gb) if p else "",
-                     r.errors])
-    print(table(["server", "clients", "MB/s", "CPU s/GB", "peak RSS MB", "MB/s vs nginx", "CPU/GB vs nginx", "errors"],
+        rows.append([r.server, r.clients or "-", f"{r.mb_s:,.0f}", f"{r.cpu_s_per_gb:.3f}", f"{r.user_s_per_gb:.3f}",
+                     f"{r.rss_mb:.1f}", ratio(r.mb_s, p.mb_s) if p else "",
+                     ratio(r.cpu_s_per_gb, p.cpu_s_per_gb) if p else "", _per_gb(r), r.errors])
+    print(table(["server", "clients", "MB/s", "CPU s/GB", "user s/GB", "peak RSS MB", "MB/s vs nginx",
+                 "CPU/GB vs nginx", "per GB (--perf)", "errors"],
                 rows,
                 title=f"HTTP: {a.size_mb} MB file over loopback, wrk --timeout 300s -d {a.duration}s, "
                       f"median of {a.rounds} rounds, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}"))
     if a.json:
         a.json.write_text(json.dumps([asdict(r) for r in runs], indent=1))
     return 0
+
+
+def _per_gb(r: Run) -> str:
+    return " ".join(f"{k} {v:,.0f}" for k, v in sorted(r.per_gb.items())) if r.per_gb else ""
 
 
 if __name__ == "__main__":
