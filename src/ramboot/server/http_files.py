@@ -284,8 +284,8 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         metrics.dropped("http", "not-found")
         return text_error(404, f"not found: {name[:200]}")
     ip = request.remote or ""
-    seeds = ctx.seeds if isinstance(parsed, names.ImageFile) and seed_eligible(request, parsed) else None
-    if seeds is not None and isinstance(parsed, names.ImageFile):
+    seeds = ctx.seeds if isinstance(parsed, names.ImageFile) and parsed.file in SEEDED else None
+    if seeds is not None and isinstance(parsed, names.ImageFile) and seed_eligible(request, parsed):
         to = await seed_redirect(ctx, seeds, request, parsed)
         if to is not None:
             return web.Response(status=302, headers={"Location": to, "Cache-Control": "no-store"})
