@@ -57,7 +57,7 @@ if want tftp && [ -f bench/tftp_bench.py ]; then
 fi
 if want http; then
   if ((QUICK)); then d=3; r=1; else d=10; r=2; fi
-  bench http $PY bench/http_bench.py --duration $d --rounds $r --json "$OUT/http.json"
+  bench http $PY bench/http_bench.py --duration $d --rounds $r --servers nginx,ramboot,ramboot+seed --json "$OUT/http.json"
 fi
 if want storm; then
   # The scale curve (p50/p99, server and generator CPU against N at 8 MB), and one large image

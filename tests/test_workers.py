@@ -19,12 +19,12 @@ from dhcp_netns import RANGE, SERVER_IP, NetnsPair, udhcpc
 RAMBOOT = [str(Path(sys.executable).with_name("ramboot"))]
 
 
-def _serve(pair: NetnsPair, tmp: Path, data: Path) -> tuple[subprocess.Popen, Path, Path]:
+def _serve(pair: NetnsPair, tmp: Path, data: Path, extra: str = "") -> tuple[subprocess.Popen, Path, Path]:
     cfg = tmp / "ramboot.toml"
     cfg.write_text(
         f'data_dir = "{data}"\n[network]\ninterface = "{pair.srv_if}"\n'
         f'[dhcp]\nmode = "full"\nrange = "{RANGE}"\n[tftp]\nport = 69\n[http]\nport = 80\n'
-        f'[api]\nread_requires_token = false\n[serve]\nworkers = 2\n'
+        f'[api]\nread_requires_token = false\n[serve]\nworkers = 2\n{extra}'
     )
     log = tmp / "serve.log"
     p = pair.popen(pair.srv_ns, *RAMBOOT, "serve", "--config", str(cfg), stdout=subprocess.DEVNULL,
@@ -191,5 +191,45 @@ def test_a_client_cannot_speak_as_a_worker(tmp_path: Path) -> None:
             internal = pair.run(pair.cli_ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args,
                                 "-X", "POST", f"http://{SERVER_IP}/_worker/report")
             assert internal.stdout == "404", internal.stdout  # the workers' own calls are not on the public port
+    finally:
+        pair.close()
+
+
+@pytest.mark.netns
+def test_a_root_download_is_sent_by_a_worker_within_the_servers_fan_out(tmp_path: Path) -> None:
+    """A seedable root download with no peer to take it: the main process counts it on one of the
+    server's `seed_fanout` slots and a worker sends the bytes (they used to be proxied through the
+    main process: 7x nginx's CPU per GB). The fan-out holds across both workers (a second download
+    waits while the one slot is busy) and the slot comes back when the body is out."""
+    import hashlib
+
+    data = tmp_path / "data"
+    root = os.urandom(24 << 20)
+    write_fake_image(data, "demo", rootfs=root)
+    pair = NetnsPair()
+    try:
+        _, log, _ = _serve(pair, tmp_path, data, extra="[scale]\nseed_fanout = 1\n")
+        lease = udhcpc(pair, tmp_path, "-x", "0x5d:0000", "-V", "PXEClient:Arch:00000:UNDI:002001")
+        pair.run(pair.cli_ns, "ip", "addr", "add", f"{lease['ip']}/24", "dev", pair.cli_if)
+        url = f"http://{SERVER_IP}/images/demo/rootfs.squashfs"
+        # ramboot's dracut module's header: a download a peer could take, whatever the image's initramfs
+        get = ["curl", "-sf", "-H", "X-Ramboot-Fallback: 1", "-w", "%{time_starttransfer}"]
+        before = sum(_served_by(_metrics(pair), "http").values())
+        slow = pair.popen(pair.cli_ns, *get, "--limit-rate", "4M", "-o", str(tmp_path / "a"), url,
+                          stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # the slow one holds the one slot
+        waited = float(pair.run(pair.cli_ns, *get, "-o", str(tmp_path / "b"), url).stdout)
+        assert slow.wait(30) == 0
+        again = float(pair.run(pair.cli_ns, *get, "-o", str(tmp_path / "c"), url).stdout)
+        assert waited > 1.5, waited  # behind the slow one (6 s at 4 MB/s, less what the socket buffers hold), or SEED_WAIT
+        assert again < 1.0, again  # the slot came back
+        want = hashlib.sha256(root).hexdigest()
+        assert all(hashlib.sha256((tmp_path / n).read_bytes()).hexdigest() == want for n in "abc")
+        # a Range request is never a peer's: the worker sends exactly those bytes, without asking
+        part = pair.run(pair.cli_ns, "curl", "-sf", "-r", "5000000-5000999", "-o", str(tmp_path / "r"), url)
+        assert part.returncode == 0 and (tmp_path / "r").read_bytes() == root[5000000:5001000]
+        time.sleep(1.5)  # the workers' reports (every 0.5 s)
+        assert sum(_served_by(_metrics(pair), "http").values()) - before == 4  # sent by workers, not the main process
+        assert "Traceback" not in log.read_text(), log.read_text()
     finally:
         pair.close()

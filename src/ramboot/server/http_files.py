@@ -285,7 +285,7 @@ async def namespace_file(request: web.Request) -> web.StreamResponse:
         return text_error(404, f"not found: {name[:200]}")
     ip = request.remote or ""
     seeds = ctx.seeds if isinstance(parsed, names.ImageFile) and parsed.file in SEEDED else None
-    if seeds is not None and isinstance(parsed, names.ImageFile):
+    if seeds is not None and isinstance(parsed, names.ImageFile) and seed_eligible(request, parsed):
         to = await seed_redirect(ctx, seeds, request, parsed)
         if to is not None:
             return web.Response(status=302, headers={"Location": to, "Cache-Control": "no-store"})
@@ -330,15 +330,21 @@ async def _answers(ip: str) -> bool:
 SEED_WAIT = 5.0  # seconds a root download may wait for a free seeder (the initramfs probes with a 10 s timeout)
 
 
+def seed_eligible(request: web.Request, f: names.ImageFile) -> bool:
+    """Could a peer send this download? A root or modules GET or HEAD; a node's fall-back
+    (`?seed=0`) and Range requests are always the server's."""
+    return (f.file in SEEDED and request.method in ("GET", "HEAD") and request.query_string != FALLBACK
+            and "Range" not in request.headers)
+
+
 async def seed_redirect(ctx: Ctx, seeds: Seeds, request: web.Request, f: names.ImageFile) -> str | None:
-    """A seeding peer's URL for this root (or modules) download, if one is free; None: the
-    server sends it. A node's fall-back (`?seed=0`) and Range requests are always the server's.
+    """A seeding peer's URL for this root (or modules) download (`seed_eligible`), if one is
+    free; None: the server sends it. Reads only the client's address and FALLBACK_HEADER of
+    `request` (a worker's question to the main process carries both).
 
     The server itself sends at most `seed_fanout` of these at a time: beyond that a request
     waits (up to SEED_WAIT seconds, inside the node's 10 s probe) for a peer's slot or the
     server's, so a storm grows a tree of seeders instead of splitting the server's link N ways."""
-    if request.method not in ("GET", "HEAD") or request.query_string == FALLBACK or "Range" in request.headers:
-        return None
     try:
         m = ctx.catalog.manifest(f.image)
     except ManifestError:

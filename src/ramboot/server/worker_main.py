@@ -53,8 +53,8 @@ async def run_worker(config: Config, index: int, socket_path: str, key: str) -> 
         events.start()
         await svc.cluster.start()
         app = make_app(config, namespace, svc.booter, svc.store, events, svc.cluster)
-        app[CTX].seeds = None  # seedable root downloads go to the main process, which holds the seeders
-        app.middlewares.insert(0, proxy_middleware(session, config.scale.seed))
+        app[CTX].seeds = None  # the main process holds the seeders: it says where a seedable download goes
+        app.middlewares.insert(0, proxy_middleware(session, config.scale.seed, key, index))
 
         async def which(request: web.Request, response: web.StreamResponse) -> None:
             response.headers.setdefault(WORKER, str(index))  # which worker answered (tests, and curl -i)

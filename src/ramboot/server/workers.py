@@ -14,9 +14,16 @@ Whatever needs the main process's state goes there over the unix socket:
   worker, after `POST /_worker/checkpoint`: the main process's DHCP server
   appends leases to its journal first, and the table takes them on that call,
   so the access rule reads every lease committed before the request;
+- a seedable root download (`[scale] seed`): the main process, which holds the
+  seeders and the server's fan-out, says where it goes (`POST /_worker/seed`):
+  to a peer (the worker answers the redirect) or here, on one of the server's
+  slots, which the worker gives back when the body is out (`/_worker/seed-done`;
+  a worker that exits gives back all of its own). The bytes never go through
+  the main process: proxied, they were copied through two Pythons, 7x nginx's
+  CPU per GB (docs/benchmarks.md, "HTTP: CPU per GB");
 - everything else on the HTTP port (the API, `/`, `/metrics`, the event stream,
-  overlays, seedable root downloads): proxied as it is, with the client's
-  address and scheme in two headers the main process alone trusts;
+  overlays): proxied as it is, with the client's address and scheme in two
+  headers the main process alone trusts;
 - events and metrics: batched to `POST /_worker/report` every EVERY seconds;
   the main process records them as its own (its EventLog names an address by
   the lease), and `/metrics` adds each worker's samples with a `worker` label.
@@ -40,7 +47,7 @@ import sys
 import tempfile
 import time
 import zlib
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -51,9 +58,9 @@ from ..namespace import Namespace, PathRefused, Resolved
 from .cluster import Cluster
 from .events import EventLog
 from .http_context import CTX
-from .http_files import SEEDED, namespace_file
+from .http_files import namespace_file, seed_eligible, seed_redirect
 from .http_server import WORKER_METRICS
-from .seeding import FALLBACK
+from .seeding import FALLBACK_HEADER
 
 log = logging.getLogger("ramboot.workers")
 
@@ -102,6 +109,8 @@ class WorkerPool:
         self.key = secrets.token_hex(16)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.metrics: dict[str, str] = {}
+        self.slots: dict[str, int] = {}  # the server's seeding slots each worker holds (`_seed`)
+        self.app: web.Application | None = None
         self._watchers: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
 
@@ -109,8 +118,11 @@ class WorkerPool:
         """The main process's application: trust the workers' headers, answer their calls."""
         app.middlewares.insert(0, _from_worker)
         app[WORKER_METRICS] = self.metrics
+        self.app = app
         app.router.add_post(INTERNAL + "checkpoint", self._checkpoint)
         app.router.add_post(INTERNAL + "report", self._report)
+        app.router.add_post(INTERNAL + "seed", self._seed)
+        app.router.add_post(INTERNAL + "seed-done", self._seed_done)
 
     def _argv(self, index: int) -> list[str]:
         verbose = ["-v"] if logging.getLogger().isEnabledFor(logging.DEBUG) else []
@@ -162,6 +174,7 @@ class WorkerPool:
             if self._stopping:
                 return
             self.metrics.pop(str(index), None)
+            self._give_back(str(index), self.slots.get(str(index), 0))
             log.warning("workers: worker %d (pid %d) exited with status %s; starting it again", index, proc.pid, code)
             delay = RESTART_DELAY[0] if time.monotonic() - started > 30 else min(delay * 2, RESTART_DELAY[1])
             while not self._stopping:
@@ -221,6 +234,38 @@ class WorkerPool:
         if isinstance(body.get("metrics"), str):
             self.metrics[worker] = body["metrics"]
         return web.Response(status=204)
+
+
+    async def _seed(self, request: web.Request) -> web.Response:
+        """Where a worker's seedable download goes: `{"to": URL}` a peer's, or `{"to": null}` the
+        worker sends it, on one of the server's `seed_fanout` slots (`"slot": true`) it gives back."""
+        self._trusted(request)
+        ctx = request.app[CTX]
+        parsed = names.parse(str((await request.json()).get("name", "")))
+        if ctx.seeds is None or not isinstance(parsed, names.ImageFile):
+            return web.json_response({"to": None, "slot": False})
+        to = await seed_redirect(ctx, ctx.seeds, request, parsed)
+        if to is not None:
+            return web.json_response({"to": to, "slot": False})
+        worker = request.headers.get(WORKER, "")
+        ctx.seeds.serving += 1
+        self.slots[worker] = self.slots.get(worker, 0) + 1
+        return web.json_response({"to": None, "slot": True})
+
+    async def _seed_done(self, request: web.Request) -> web.Response:
+        self._trusted(request)
+        self._give_back(request.headers.get(WORKER, ""), 1)
+        return web.Response(status=204)
+
+    def _give_back(self, worker: str, n: int) -> None:
+        """`n` of the seeding slots `worker` holds back to the server (never more than it holds)."""
+        n = min(n, self.slots.get(worker, 0))
+        if not n:
+            return
+        self.slots[worker] -= n
+        seeds = self.app[CTX].seeds if self.app is not None else None
+        if seeds is not None:
+            seeds.serving -= n
 
 
 @web.middleware
@@ -341,29 +386,57 @@ class Follower(Cluster):
                 await self._task
 
 
-def _to_main(request: web.Request, seeding: bool) -> bool:
-    """Does the main process answer this request? Everything but the files a worker serves itself."""
+def _where(request: web.Request, seeding: bool) -> Literal["here", "main", "ask"]:
+    """Who answers this request: the worker (the files it serves), the main process (everything
+    else), or the worker once the main process said no peer takes it (a seedable download)."""
     if request.path.startswith(INTERNAL):
-        return False  # never reachable from outside: the worker answers 404 itself
+        return "here"  # never reachable from outside: the worker answers 404 itself
     if request.match_info.route.handler is not namespace_file:
-        return True
+        return "main"
     try:
         parsed = names.parse(request.match_info.get("tail", ""))
     except PathRefused:
-        return False
+        return "here"
     if isinstance(parsed, names.Overlay):
-        return True
-    return (seeding and isinstance(parsed, names.ImageFile) and parsed.file in SEEDED
-            and request.query_string != FALLBACK and "Range" not in request.headers)
+        return "main"
+    return "ask" if seeding and isinstance(parsed, names.ImageFile) and seed_eligible(request, parsed) else "here"
 
 
-def proxy_middleware(session: aiohttp.ClientSession, seeding: bool) -> Any:
+def proxy_middleware(session: aiohttp.ClientSession, seeding: bool, key: str, index: int) -> Any:
+    releases: set[asyncio.Task[None]] = set()
+
+    async def release() -> None:
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            async with session.post("http://main" + INTERNAL + "seed-done", headers={KEY: key, WORKER: str(index)}):
+                pass
+
     @web.middleware
     async def to_main(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith(INTERNAL):
             raise web.HTTPNotFound()
-        if not _to_main(request, seeding):
+        where = _where(request, seeding)
+        if where == "here":
             return await handler(request)  # type: ignore[no-any-return]
+        if where == "ask":
+            headers = {KEY: key, WORKER: str(index), PEER: request.remote or "", SCHEME: request.scheme}
+            if FALLBACK_HEADER in request.headers:
+                headers[FALLBACK_HEADER] = request.headers[FALLBACK_HEADER]
+            try:
+                async with session.post("http://main" + INTERNAL + "seed", headers=headers,
+                                        json={"name": request.match_info.get("tail", "")}) as r:
+                    r.raise_for_status()
+                    said = await r.json()
+            except (aiohttp.ClientError, OSError, ValueError):
+                return web.Response(status=503, text="the main process does not answer\n")
+            if said.get("to"):
+                return web.Response(status=302, headers={"Location": str(said["to"]), "Cache-Control": "no-store"})
+            try:
+                return await handler(request)  # type: ignore[no-any-return]
+            finally:
+                if said.get("slot"):  # given back in a task of its own: a cancelled handler still gives it
+                    task = asyncio.get_running_loop().create_task(release())
+                    releases.add(task)
+                    task.add_done_callback(releases.discard)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Host"] = request.host
         headers[PEER], headers[SCHEME] = request.remote or "", request.scheme
