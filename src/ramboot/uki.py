@@ -113,30 +113,38 @@ class UkiCache:
     def __init__(self, images: Path, stub: Path = STUB):
         self.images = images
         self.stub = stub
-        self._lock = threading.Lock()  # one build at a time (worker threads of one server)
-        # image -> (its inputs' hash, the file built: inode, mtime, size)
-        self._built: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        self._lock = threading.Lock()  # one check or build at a time (worker threads of one server)
+        # image -> (what it was built from: the files' identities and the CA's hash; the file built)
+        self._built: dict[str, tuple[tuple[object, ...], tuple[int, int, int]]] = {}
 
     def path(self, image: str, ca: bytes | None) -> Path:
         """`images/<image>/ramboot-uki.efi`, up to date: the image's kernel, and as its initrd
-        the CA archive (when the server has one) then the image's initrd, as the script would load."""
+        the CA archive (when the server has one) then the image's initrd, as the script would
+        load. Whether it is up to date is a few lstat calls (a boot storm asks once per node);
+        only a build reads the files."""
         image_dir = self.images / image
         with self._lock:
+            try:
+                if not stat.S_ISDIR(image_dir.lstat().st_mode):
+                    raise UkiError(f"{image}: not a directory of the images (a symlink?)")
+            except OSError as e:
+                raise UkiError(f"{image}: {e.strerror}") from None
+            key = (_identity(self.stub), _identity(image_dir / KERNEL), _identity(image_dir / INITRD),
+                   hashlib.sha256(ca or b"").digest())
+            out = image_dir / NAME
+            if (0, 0, 0) not in key and self._built.get(image) == (key, _identity(out)):
+                return out
             kernel, initrd = _read(image_dir, KERNEL), _read(image_dir, INITRD)
             if not self.stub.is_file():
                 raise UkiError(f"{self.stub} is missing: install systemd-boot-efi")
-            stub = self.stub.read_bytes()
             parts = [*([ca] if ca else []), initrd]  # ca.cpio is a multiple of 512 bytes: the next starts aligned
-            key = hashlib.sha256(b"".join(hashlib.sha256(x).digest() for x in (stub, kernel, *parts))).hexdigest()
-            out = image_dir / NAME
-            if self._built.get(image) == (key, _identity(out)):
-                return out
             build(self.stub, kernel, b"".join(parts), _osrel(image), out)
             self._built[image] = (key, _identity(out))
             return out
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
+    """A regular file's inode, mtime and size (not through a symlink); zeros for anything else."""
     try:
         st = path.lstat()
     except OSError:
