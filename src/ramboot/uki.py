@@ -11,8 +11,8 @@ Built with objcopy at section addresses above the stub's own (systemd 252's reci
 as `images/<image>/ramboot-uki.efi` and built again when the kernel, the initrd, the CA
 archive or the stub change (what it was built from is kept in memory only, so a file of
 that name that came with an image is never taken for ours: each server builds its own
-once). The image's files are hostile: read only when they are regular
-files directly in the image's directory, never through a symlink.
+once). The image's files are hostile: read only when they are regular files directly in
+the image's directory, never through a symlink.
 """
 
 from __future__ import annotations
