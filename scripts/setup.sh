@@ -12,6 +12,7 @@ DEBS=(
   shim-signed grub-efi-amd64-signed sbsigntool  # Secure Boot: signed shim and GRUB, sbverify
   udev kpartx iputils-arping  # host tools that `--initramfs dracut` copies in
   tpm2-tools swtpm swtpm-tools  # TPM identity: the initramfs carries tpm2-tools; the lab and tests run swtpm
+  systemd-boot-efi binutils  # measured UEFI boots: systemd-stub made into a UKI per image by objcopy (uki.py)
   # real peers for the tests and benchmarks
   isc-dhcp-client isc-dhcp-relay atftp tftp-hpa tftpd-hpa dnsmasq-base kea-admin kea-dhcp4-server kea-dhcp6-server
   tcpdump curl nginx-light chromium wrk

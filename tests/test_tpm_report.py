@@ -16,6 +16,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,6 +200,31 @@ class Firmware:
         if lie is not None:
             self.t.run("tpm2_pcrextend", f"9:sha256={tpm_gate.load_options_digest(lie).hex()}")
 
+    def uki(self, load_options: str, kernel: bytes = b"the kernel", initrd: bytes = b"the initrd",
+            lie: str | None = None, text: str | None = None) -> None:
+        """OVMF loads iPXE and the UKI (PCR 4, the UKI whole); systemd-stub measures its sections,
+        each name then its bytes (PCR 11), and the command line iPXE gave it as UTF-16 text (PCR
+        12, EV_IPL); the kernel it starts measures that command line and the initrd into PCR 9.
+        `lie`: the TPM's PCR 12 was extended with that command line, the log shows the served one.
+        `text`: the PCR 12 event shows that text with the served line's digest."""
+        sections = ((".linux", kernel), (".osrel", b"ID=ramboot\n"), (".initrd", initrd))
+        self.measure(4, b"snponly.efi")
+        self.event(4, 0x80000003, b"the UKI's device path", hashlib.sha256(b"".join(d for _, d in sections)).digest())
+        for name, data in sections:
+            label = name.encode("utf-16-le") + b"\0\0"
+            self.event(11, tpm_gate.EV_IPL, label, hashlib.sha256(name.encode() + b"\0").digest())
+            self.event(11, tpm_gate.EV_IPL, label, hashlib.sha256(data).digest())
+        wide = load_options.encode("utf-16-le") + b"\0\0"
+        shown = text.encode("utf-16-le") + b"\0\0" if text is not None else wide
+        self.event(12, tpm_gate.EV_IPL, shown, hashlib.sha256(wide).digest(), log_only=lie is not None)
+        if lie is not None:
+            measured = hashlib.sha256(lie.encode("utf-16-le") + b"\0\0").hexdigest()
+            self.t.run("tpm2_pcrextend", f"12:sha256={measured}")
+        tag = struct.pack("<II", tpm_gate.TAG_LOAD_OPTIONS, 26) + b"LOADED_IMAGE::LoadOptions\0"
+        self.event(9, tpm_gate.EV_EVENT_TAG, tag, tpm_gate.load_options_digest(lie or load_options))
+        self.event(9, tpm_gate.EV_EVENT_TAG, struct.pack("<II", 0x8F3B22EC, 13) + b"Linux initrd\0",
+                   hashlib.sha256(initrd).digest())
+
     def grub(self, token: str, args: str = "") -> None:
         """GRUB: its config file, the kernel and initrd files (PCR 9), the commands and command line (PCR 8)."""
         self.measure(4, b"grubx64.efi")
@@ -324,10 +350,73 @@ def test_measured_efi_boot_knows_this_boots_command_line_by_its_digest(served: L
         assert _efi_boot(a, gate, next(tokens), served=" ramboot.extra=1").status == 200
 
 
+def _uki_boot(t: Tpm, gate: tpm_gate.TpmGate, token: str, served: str = "", booted: str | None = None,
+              **measured: Any) -> tpm_gate.Attestation:
+    """One boot of a UKI through iPXE under UEFI: the server rendered `served` extra arguments,
+    the UKI was handed `booted` ones (the same unless given); `measured`: Firmware.uki's."""
+    line = "ramboot-uki.efi console=ttyS0 ramboot.server=http://172.22.33.2{} ramboot.token=" + token
+    fw = Firmware(t)
+    lie = measured.pop("lie", None)
+    fw.uki(line.format(served if booted is None else booted), lie=lie and line.format(lie), **measured)
+    sha = hashlib.sha256(token.encode()).hexdigest()
+    ek, ak = t.ek_ak("rsa", "ecc")
+    attest, sig, values = t.quote(PCRS, tpm_gate.quote_nonce(sha))
+    return gate.attest(MAC, sha, ek, ak, None, tpm_gate.Measured(attest, sig, values, fw.log), "demo",
+                       (line.format(served),))
+
+
+def test_measured_uki_boot_refuses_a_changed_initrd_kernel_or_command_line(served: LiveServer,
+                                                                           tmp_path: Path) -> None:
+    """A UKI (systemd-stub) under iPXE: the UKI whole in PCR 4 and its sections in 11 compare by
+    value, so a changed initrd or kernel is refused; the command line systemd-stub measured into
+    12 as text counts with this boot's credential made "this boot's", so the next boot is the
+    same and a changed argument is refused, PCRs 9 and 12 named."""
+    gate = _measured(served)
+    tokens = iter(f"token-{i}-{os.urandom(8).hex()}" for i in range(100))
+    with swtpm(tmp_path / "a") as a:
+        assert _uki_boot(a, gate, next(tokens)).status == 200
+        rec = served.store.tpms.get(MAC)
+        assert rec is not None and rec.pcrs is not None
+        kept = rec.pcrs["demo"]
+        assert kept["12:log"] == "LoadOptions: ramboot-uki.efi console=ttyS0 ramboot.server=http://172.22.33.2 " \
+            "ramboot.token=(this boot's)", kept
+        assert kept["11"] != "00" * 32 and "11:log" not in kept, kept
+        again = _uki_boot(a, gate, next(tokens))
+        assert again.status == 200 and again.blob and a.activate(again.blob) is not None, again.why
+
+        # The image's initrd changed (the kernel measures it into 9 too), or its kernel.
+        initrd = _uki_boot(a, gate, next(tokens), initrd=b"the initrd, and a file more")
+        assert initrd.status == 403 and initrd.event == "untrusted-boot", initrd.why
+        assert "PCR 4, 9, 11 changed" in initrd.why and "(new: Linux initrd " in initrd.why, initrd.why
+        kernel = _uki_boot(a, gate, next(tokens), kernel=b"another kernel")
+        assert kernel.status == 403 and "PCR 4, 11 changed" in kernel.why, kernel.why
+
+        # The operator's new kernel argument: its text in 12, the kernel's digest in 9.
+        changed = _uki_boot(a, gate, next(tokens), served=" ramboot.extra=1")
+        assert changed.status == 403 and "PCR 9, 12 changed" in changed.why, changed.why
+        assert "(new: LoadOptions: ramboot-uki.efi " in changed.why and " ramboot.extra=1 " in changed.why, changed.why
+        # One typed at iPXE's prompt; another boot's credential: both on the line, so both differ.
+        typed = _uki_boot(a, gate, next(tokens), booted=" init=/bin/sh")
+        assert typed.status == 403 and "PCR 9, 12 changed" in typed.why and " init=/bin/sh " in typed.why, typed.why
+        old = next(tokens)
+        stale = _uki_boot(a, gate, next(tokens), booted=f" ramboot.token={old}")
+        assert stale.status == 403 and "PCR 9, 12 changed" in stale.why, stale.why
+        # A log that shows the served line while the TPM measured another; a PCR 12 event whose
+        # text is not what its digest is of (it counts by its digest, which is no kept one).
+        assert "does not replay to the quoted PCR 12" in _uki_boot(a, gate, next(tokens), lie=" init=/bin/sh").why
+        token = next(tokens)
+        shown = f"ramboot-uki.efi console=ttyS0 ramboot.server=http://172.22.33.2 ramboot.token={token}"
+        forged = _uki_boot(a, gate, token, text=shown + " ")
+        assert forged.status == 403 and "PCR 12 changed" in forged.why, forged.why
+        # Nothing changed: still the key.
+        assert _uki_boot(a, gate, next(tokens)).status == 200
+
+
 def test_the_server_knows_the_command_line_its_script_served_in_pcr_9(data_dir: Path, tmp_path: Path) -> None:
-    """Through the server: the kernel line of the node's iPXE script (asked by MAC and UUID), as
-    iPXE hands it to the EFI stub, is what the TPM report's PCR 9 is judged against; after
-    the operator adds a kernel argument, the next boot is refused, PCR 9 named."""
+    """Through the server: the UKI line of the node's iPXE script (asked by MAC and UUID), as
+    iPXE hands it to systemd-stub and that to the kernel's EFI stub, is what the TPM report's
+    PCRs 9 and 12 are judged against; after the operator adds a kernel argument, the next boot
+    is refused, both named."""
     write_fake_image(data_dir, "demo")
     srv = LiveServer(data_dir, FULL + "tpm_measured = true\n")
     uuid = "8d6bc9f6-3e6a-4c59-a3a4-8b6b5a4c2f10"
@@ -340,21 +429,22 @@ def test_the_server_knows_the_command_line_its_script_served_in_pcr_9(data_dir: 
                 conn.request("GET", f"/boot/{MAC.replace(':', '-')}/{uuid}.ipxe")
                 script = conn.getresponse().read().decode()
                 conn.close()
-                m = re.search(r"^kernel \S+/(\S+) (.*ramboot\.token=(\S+)) \|\| goto", script, re.M)
+                m = re.search(r"^kernel \S+/(ramboot-uki\.efi) (.*ramboot\.token=(\S+)) \|\| goto", script, re.M)
                 assert m, script
                 fw = Firmware(a)
-                fw.efi_stub(f"{m[1]} {m[2]}")
+                fw.uki(f"{m[1]} {m[2]}")
                 keys = _tpm_report(a)
                 attest, sig, values = a.quote(PCRS, tpm_gate.quote_nonce(hashlib.sha256(m[3].encode()).hexdigest()))
                 body = {**keys, "quote": attest, "quote_sig": sig, "pcrs": values, "eventlog": fw.log}
                 st, why = _post(srv, f"/api/v1/nodes/{MAC}/tpm", m[3], json.dumps(
                     {k: v if isinstance(v, str) else base64.b64encode(v).decode() for k, v in body.items()}).encode(), {})
                 assert st == status, why
-        assert b"PCR 9 changed" in why and b"+ramboot.extra=1" in why, why
+        assert b"PCR 9, 12 changed" in why and b"+ramboot.extra=1" in why, why
         rec = srv.store.tpms.get(MAC)
         assert rec is not None and rec.pcrs is not None
-        log = rec.pcrs["demo"]["9:log"]  # the script was asked by UUID: its overlay URL names it
-        assert "LoadOptions: vmlinuz initrd=" in log and f"/{uuid}.tar ramboot.token=(this boot's)" in log, log
+        for pcr in ("9", "12"):  # the script was asked by UUID: its overlay URL names it
+            log = rec.pcrs["demo"][f"{pcr}:log"]
+            assert "LoadOptions: ramboot-uki.efi " in log and f"/{uuid}.tar ramboot.token=(this boot's)" in log, log
     finally:
         srv.close()
 

@@ -6,12 +6,13 @@ MAC and UUID boots but reaches no secret, and the server records `untrusted-tpm`
 image (`--initramfs dracut`) does the same with the same TPM client (first-boot enrolment).
 With `tpm_measured`, two boots: the first one's PCRs are kept, the second quotes the same and
 gets its key, and every report of a trusted TPM's boot is signed by its attestation key.
-Under UEFI (OVMF, iPXE's EFI build), where Linux's EFI stub measures the command line into
-PCR 9, a boot after the operator changed the node's kernel arguments is refused its key.
+Under UEFI (OVMF, iPXE's EFI build) the script loads the image's UKI: a boot after the operator
+changed the node's kernel arguments, or after the image's initrd changed, is refused its key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import uuid as uuidlib
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ramboot import uki
 from ramboot.identity import Identities
 from ramboot.inventory.store import Store
 from ramboot.lab.server import ramboot_cmd
@@ -161,18 +163,44 @@ def _kept_pcrs(run: LabRun, mac: str) -> dict:
     return rec.pcrs
 
 
-@pytest.mark.timeout(1200)  # three UEFI boots under TCG
-def test_measured_uefi_boot_refuses_a_changed_command_line(request, tmp_path: Path, probe_image) -> None:  # noqa: F811
-    """OVMF + iPXE (EFI): the kernel's EFI stub runs, hands the firmware's event log to the kernel
-    and measures its command line (LoadOptions) into PCR 9. The first boot's PCRs are kept; after
-    the operator changes the node's kernel arguments the next boot is refused its key
-    (`untrusted-boot`, `node show` names PCR 9 and the new argument); `node trust` takes the
-    boot after that."""
+def _pcr11(pe: bytes) -> str:
+    """What systemd-stub (252) measures of a UKI into PCR 11: for each section it knows, in its
+    order, the section's name (with its NUL) and then its bytes."""
+    pcr = bytes(32)
+    secs = {s.name: s for s in uki.sections(pe)}
+    for name in (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey"):
+        if name in secs:
+            s = secs[name]
+            for data in (name.encode() + b"\0", pe[s.offset:s.offset + s.size]):
+                pcr = hashlib.sha256(pcr + hashlib.sha256(data).digest()).digest()
+    return pcr.hex()
+
+
+def _extra_cpio(tmp: Path) -> bytes:
+    """A newc archive with one file: appended to an initrd, the kernel unpacks it too."""
+    (tmp / "cpio").mkdir()
+    (tmp / "cpio/tampered").write_text("added after the image was trusted\n")
+    p = subprocess.run(["cpio", "-o", "-H", "newc"], input=b"tampered\n", cwd=tmp / "cpio", capture_output=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@pytest.mark.timeout(2400)  # four UEFI boots under TCG
+def test_measured_uefi_boot_refuses_a_changed_command_line_or_initrd(request, tmp_path: Path,
+                                                                     probe_image) -> None:  # noqa: F811
+    """OVMF + iPXE (EFI) with `tpm_measured`: the script loads the image's UKI (systemd-stub with
+    the kernel and the initrd in it). The firmware measures it whole into PCR 4, the stub its
+    sections into 11 and the command line into 12 (as text), the kernel the command line and the
+    initrd into 9. The first boot's PCRs are kept; after the operator changes the node's kernel
+    arguments the next boot is refused its key (`untrusted-boot`, `node show` names PCRs 9 and 12
+    and the new argument); `node trust` takes the boot after that; then the image's initrd is
+    replaced on the server's disk (a file added to it) and the next boot is refused, PCRs 4 and
+    11 named."""
     need_tools()
     run = LabRun("tpm-efi", tmp_path, *probe_image)
     request.addfinalizer(run.close)
     run.start(dhcp='mode = "full"\nrange = "172.22.33.100-172.22.33.200"\n[security]\ntpm_enroll = "first-boot"\n'
-                   'tpm_measured = true\n')
+                   'tpm_measured = true\n', copy_image=True)
     mac, uuid = random_mac(), str(uuidlib.uuid4())
     run.node_add(mac, "--hostname", "tpm-e", "--uuid", uuid)
     state = tmp_path / "tpm-e"
@@ -182,9 +210,17 @@ def test_measured_uefi_boot_refuses_a_changed_command_line(request, tmp_path: Pa
     stages = [e["stage"] for e in events]
     assert "tpm-enrolled" in stages and "booted" in stages and "untrusted-boot" not in stages, events
     assert one["hostkey"] != [""], one
-    log = _kept_pcrs(run, mac)["demo"]["9:log"]
-    # The stub's LoadOptions event was recognised as the command line served this boot.
-    assert "LoadOptions: vmlinuz initrd=" in log and "ramboot.token=(this boot's)" in log, log
+    kept = _kept_pcrs(run, mac)["demo"]
+    print("\nPCR 9:", kept["9:log"], "\nPCR 12:", kept["12:log"], "\nPCR 11:", kept["11"], "\nPCR 4:", kept["4"])
+    # systemd-stub measured the command line iPXE gave the UKI, recognised as this boot's; the
+    # kernel measured it too, and the initrd it got from the stub (the UKI's, CA archive first).
+    assert "LoadOptions: ramboot-uki.efi " in kept["12:log"] and "ramboot.token=(this boot's)" in kept["12:log"], kept
+    pe = (run.lab.data_dir / "images/demo" / uki.NAME).read_bytes()
+    initrd = next(pe[s.offset:s.offset + s.size] for s in uki.sections(pe) if s.name == ".initrd")
+    assert "LoadOptions: ramboot-uki.efi " in kept["9:log"], kept
+    assert f"Linux initrd {hashlib.sha256(initrd).hexdigest()}" in kept["9:log"], kept
+    # PCR 11 is exactly the UKI's sections as the server built them, each name then its bytes.
+    assert kept["11"] == _pcr11(pe), kept
 
     # The operator changes the node's kernel arguments: the next boot is refused its key.
     _cli(run, "set", mac, "--kernel-args", "ramboot.extra=1")
@@ -192,11 +228,10 @@ def test_measured_uefi_boot_refuses_a_changed_command_line(request, tmp_path: Pa
     assert "ramboot.extra=1" in r2.console_log.read_text(errors="replace")
     events = [e for e in run.events(mac) if unix_time(e["at"]) >= r2.started]
     refused = [e for e in events if e["stage"] == "untrusted-boot"]
-    assert refused and "PCR 9 changed" in refused[-1]["detail"]["why"], events
+    assert refused and "PCR 9, 12 changed" in refused[-1]["detail"]["why"], events
     assert two["hostkey"] == [""], two  # no key, no overlay: no host key in its root
     show = _cli(run, "show", mac)
-    assert "BOOT REFUSED" in show and "PCR 9 changed" in show and "+ramboot.extra=1" in show, show
-    assert "PCR 4" not in show and "PCR 1," not in show, show  # the firmware and the kernel are the same
+    assert "BOOT REFUSED" in show and "PCR 9, 12 changed" in show and "+ramboot.extra=1" in show, show
 
     # The operator trusts the new command line on purpose: the next boot's values are kept, its key released.
     _cli(run, "trust", mac)
@@ -206,5 +241,25 @@ def test_measured_uefi_boot_refuses_a_changed_command_line(request, tmp_path: Pa
     assert "tpm-attested" in stages and "untrusted-boot" not in stages, events
     assert three["hostkey"] == one["hostkey"], (one, three)
     tpm_secs = [float(e["detail"]["seconds"]) for e in events if e["stage"] == "tpm"]
+
+    # The image's initrd is replaced on the server's disk (what a compromised image store or
+    # mirror would do): one more archive in it, the command line the same. The server builds
+    # the UKI again; the boot is refused, the PCRs of the UKI named.
+    initrd = run.lab.data_dir / "images/demo/initrd.img"
+    tampered = initrd.read_bytes()
+    tampered += bytes(-len(tampered) % 4) + _extra_cpio(tmp_path)
+    tmp = initrd.with_suffix(".new")
+    tmp.write_bytes(tampered)
+    tmp.replace(initrd)
+    before = (run.lab.data_dir / "images/demo" / uki.NAME).read_bytes()
+    r4, four = _boot(run, mac, uuid, state, "uefi")
+    after = (run.lab.data_dir / "images/demo" / uki.NAME).read_bytes()
+    assert after != before and _pcr11(after) != kept["11"]  # built again, with the new initrd
+    events = [e for e in run.events(mac) if unix_time(e["at"]) >= r4.started]
+    refused = [e for e in events if e["stage"] == "untrusted-boot"]
+    assert refused and "PCR 4, 9, 11 changed" in refused[-1]["detail"]["why"], events
+    assert four["hostkey"] == [""], four
+    show = _cli(run, "show", mac)
+    assert "BOOT REFUSED" in show and "PCR 4, 9, 11 changed" in show, show
     print(f"\nTPM steps (createek, createak, quote, event log, ActivateCredential) took {tpm_secs} s "
-          f"on {run.accel.upper()}, OVMF + iPXE")
+          f"on {run.accel.upper()}, OVMF + iPXE + UKI")

@@ -23,6 +23,8 @@ from .overlays import sha256_line
 from .policy import Booter, Decision
 from .proto.pxe import Client, normalize_uuid
 from .tls import CaArchive
+from .uki import NAME as UKI_NAME
+from .uki import UkiCache, UkiError
 
 __all__ = ["GeneratedFile", "Namespace", "PathRefused", "Resolved", "StaticFile", "install_loaders"]
 
@@ -90,7 +92,8 @@ class Archiver(Protocol):
 
 class Namespace:
     def __init__(self, data_dir: Path, booter: Booter, overlays: Archiver | None = None,
-                 access: AccessRule | None = None, ca: CaArchive | None = None, booter6: Booter | None = None):
+                 access: AccessRule | None = None, ca: CaArchive | None = None, booter6: Booter | None = None,
+                 uki: UkiCache | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.booter = booter
         # The same policy naming the server's IPv6 address, for requests that come over IPv6:
@@ -102,6 +105,8 @@ class Namespace:
         self.access = access
         # `ca.cpio`, the CA nodes pin (tls.py); None: no HTTPS listener, no such file.
         self.ca = ca
+        # The images' UKIs (`[security] tpm_measured`: what a UEFI iPXE boot loads); None: not served.
+        self.uki = uki
         # The trees files are served from, resolved once (not per request).
         self._images = (self.data_dir / names.IMAGES).resolve()
         self._loaders = (self.data_dir / LOADERS_DIR).resolve()
@@ -127,6 +132,8 @@ class Namespace:
         the access rule whether `requester` is that machine (then they carry its credential)."""
         if isinstance(name, names.Overlay):
             return None
+        if isinstance(name, names.ImageFile) and name.file == UKI_NAME:
+            return self._uki(name.image)
         if isinstance(name, names.ImageFile):
             path = self._inside(self._images, [name.image, name.file])
             return StaticFile(path, _KINDS.get(name.file, "file")) if path else None
@@ -142,6 +149,15 @@ class Namespace:
         if isinstance(name, names.Script | names.PxelinuxConfig | names.GrubConfig):
             return self._generated(names.client(name, self._group(requester)), requester)
         return None
+
+    def _uki(self, image: str) -> StaticFile | None:
+        """An image's UKI, built (again) if its kernel, initrd or the CA archive changed."""
+        if self.uki is None or not (self._images / image).is_dir():
+            return None
+        try:
+            return StaticFile(self.uki.path(image, self.ca.data() if self.ca is not None else None), "kernel")
+        except UkiError as e:
+            raise PathRefused(f"no UKI for image {image}: {e}") from None
 
     def _group(self, requester: str | None) -> str | None:
         """The group (rack) of the subnet the request came from: its servers come first."""
@@ -189,6 +205,8 @@ class Namespace:
             d = self.booter_for(requester).decide(Client(nic, uuid=u, group=self._group(requester), asks="ipxe-script"))
             if d is not None and (d.node or d.mac) == node and d.loader == "ipxe":
                 out[render.ipxe_load_options(d, token)] = None
+                if d.uki:
+                    out[render.ipxe_uki_load_options(d, token)] = None
         return tuple(out)
 
     def overlay(self, nic: str, uuid: str | None, node: str, checksum: bool) -> GeneratedFile | None:

@@ -32,6 +32,7 @@ from .images.manifest import INITRD, KERNEL, MODULES, ROOTFS, ManifestError
 from .inventory.records import NodeSpec, ProfileSpec
 from .macaddr import mac_hyphen, normalize_mac
 from .proto.pxe import ARCH_BIOS, BootFile, Client, Firmware
+from .uki import NAME as UKI
 
 # Boot programs, in the namespace's top level (copied from Debian's packages).
 LOADER_BIOS = "undionly.kpxe"
@@ -94,6 +95,9 @@ class Decision:
     kernel_args: str = ""
     # The whole kernel command line, without this boot's credential (the renderers add it).
     cmdline: str = ""
+    # `[security] tpm_measured` with iPXE: the image's UKI (`images/<image>/ramboot-uki.efi`,
+    # uki.py), which the script loads instead of kernel and initrd when iPXE runs under UEFI.
+    uki: str | None = None
 
     @property
     def script(self) -> str:
@@ -238,6 +242,7 @@ class Booter:
             image_from=image_from,
             kernel_args=" ".join(a for a in (boot.kernel_args, node_args) if a),
             cmdline=self._cmdline(image, loader, mac, hostname, node_args, root_urls, overlay_url, mirrors),
+            uki=names.image_file(image, UKI) if self.config.security.tpm_measured and loader == "ipxe" else None,
         )
 
     def _layers(self, spec: NodeSpec | None) -> list[ProfileSpec]:

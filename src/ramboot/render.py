@@ -46,9 +46,18 @@ def ipxe_script(d: Decision, credential: str | None = None) -> str:
     The tries are counted in a string setting (one `x` per retry, compared with an `x`
     in front so neither side is empty): `iseq` is in every iPXE build, `inc` is not.
     Fetching an image again under the same name replaces it.
+
+    With a UKI in the decision (measured boot) an iPXE running under UEFI (`${platform}`
+    is `efi`) loads that one image, kernel and initrd inside it, with the command line alone:
+    what it boots is then measured whole (uki.py). Under BIOS it has no use.
     """
     bases = d.mirrors or (d.http_base,)
     args = _ipxe_kernel_args(d, credential)
+    uki = ""
+    if d.uki:
+        line = " || ".join(f"kernel {b}/{d.uki} {_cmdline(d, credential)}" for b in bases)
+        uki = (f"iseq ${{platform}} efi || goto ramboot_kernel\n{line} || goto ramboot_retry\n"
+               "boot || goto ramboot_retry\n:ramboot_kernel\n")
     kernel = " || ".join(f"kernel {b}/{d.kernel} {args}" for b in bases)
     initrd = " || ".join(f"initrd {b}/{d.initrd}" for b in bases)
     if d.ca_initrd:  # the CA the node pins, first (see above)
@@ -58,6 +67,7 @@ def ipxe_script(d: Decision, credential: str | None = None) -> str:
         "#!ipxe\n"
         f"echo ramboot: booting {d.image} on {d.mac}\n"
         ":ramboot_fetch\n"
+        f"{uki}"
         f"{kernel} || goto ramboot_retry\n"
         f"{initrd} || goto ramboot_retry\n"
         "boot || goto ramboot_retry\n"
@@ -83,6 +93,13 @@ def ipxe_load_options(d: Decision, credential: str | None = None) -> str:
     (its LoadOptions): the image's name (the URL's last part), a space, the arguments.
     Linux's EFI stub measures it into PCR 9; tpm_gate recognises this boot's by it."""
     return f"{d.kernel.rsplit('/', 1)[-1]} {_ipxe_kernel_args(d, credential)}"
+
+
+def ipxe_uki_load_options(d: Decision, credential: str | None = None) -> str:
+    """The same for the UKI an iPXE under UEFI loads (`d.uki`): its name, the command line.
+    systemd-stub measures it into PCR 12, and hands it on to the kernel, whose stub measures
+    it into PCR 9 as above."""
+    return f"{(d.uki or '').rsplit('/', 1)[-1]} {_cmdline(d, credential)}"
 
 
 def entry_script(http_base: str) -> str:

@@ -22,8 +22,9 @@ hold this boot's credential from the node's address. Then:
 - **Measured boot** (`[security] tpm_measured`). The TPM report carries a quote of PCRS by
   the AK, over a nonce of this boot's credential; the first values seen for a node and
   image are kept, and a later boot whose values differ gets no key, the PCR named. The
-  command line is judged in PCR 8 (GRUB's text) or 9 (Linux's EFI stub under iPXE, a digest
-  the server checks against the command line it served this boot).
+  command line is judged in PCR 8 (GRUB's text), 9 (Linux's EFI stub under iPXE, a digest
+  the server checks against the command line it served this boot) or 12 (systemd-stub's
+  text, a UKI under iPXE); a UKI's kernel and initrd are in 4 and 11, by value.
 """
 
 from __future__ import annotations
@@ -43,9 +44,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from . import tpm
 from .inventory.records import TpmRecord
 
-PCRS = tuple(range(10))  # sha256 bank: firmware and its settings (0-7), boot loader's cmdline and files (8, 9)
+# sha256 bank: firmware and its settings (0-7), boot loader's cmdline and files (8, 9), a UKI's
+# sections (11) and the command line systemd-stub was given (12). Not 10: IMA's boot aggregate
+# hashes PCRs 0-9, this boot's credential among them, so it differs at every boot.
+PCRS = (*range(10), 11, 12)
 PCR_BANK = 0x000B  # sha256
-LOGGED = (8, 9)  # judged by their events (measurements): GRUB's commands and files, Linux's EFI stub's
+LOGGED = (8, 9, 12)  # judged by their events: GRUB's commands and files, Linux's EFI stub's, systemd-stub's
+EV_IPL = 0xD
+NOT_SERVED = "not the command line served this boot"
 EV_EVENT_TAG = 0x6  # a tagged event: a u32 tag, a u32 size, that many bytes (a description, not the data)
 TAG_LOAD_OPTIONS = 0x8F3B22ED  # Linux's EFI stub: its LoadOptions (the command line) into PCR 9
 SIGNATURE_HEADER = "X-Ramboot-Signature"  # SEQ:base64 TPMT_SIGNATURE, on a node's reports
@@ -145,18 +151,37 @@ def _this_boot(token_sha256: str) -> Callable[[re.Match[bytes]], bytes]:
     return sub
 
 
+def _stub_event(e: tpm.Event, token_sha256: str) -> bytes:
+    """A systemd-stub event in PCR 12: the command line it was given is measured as its own
+    UTF-16 text, which is the event's data; anything else (a credentials archive) shows as
+    its description and digest."""
+    measured_text = hmac.compare_digest(hashlib.sha256(e.data).digest(), e.sha256)
+    if e.type == EV_IPL and len(e.data) % 2 == 0 and measured_text:
+        try:
+            text = e.data.decode("utf-16-le").rstrip("\0").encode()
+        except UnicodeDecodeError:
+            text = b""
+        if text:
+            return b"LoadOptions: " + _TOKEN.sub(_this_boot(token_sha256), text)
+    description = e.data.decode("utf-16-le", "replace") if e.type == EV_IPL else e.data.decode("latin-1")
+    return description.rstrip("\0").encode("utf-8", "replace") + b" " + e.sha256.hex().encode()
+
+
 def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256: str,
                  load_options: Sequence[str] = ()) -> dict[str, str]:
-    """What is compared from boot to boot. PCRs 0-7 (firmware, its settings, the loaders) by
-    value. PCRs 8 and 9 by their events, which must replay to the quoted values: GRUB measures
-    each command it runs (the kernel command line among them) into 8 as text, and each file it
-    loads into 9. This boot's credential is on the command line and in grub.cfg, so its value
-    in 8 is taken as "this boot's" when it is this boot's (else it stays and differs), and the
-    config files in 9 count by name only: what of them ran is in 8.
+    """What is compared from boot to boot. PCRs 0-7 (firmware, its settings, the loaders) and
+    11 (a UKI's sections, as systemd-stub measures them) by value. PCRs 8, 9 and 12 by their
+    events, which must replay to the quoted values: GRUB measures each command it runs (the
+    kernel command line among them) into 8 as text, and each file it loads into 9. This boot's
+    credential is on the command line and in grub.cfg, so its value in 8 is taken as "this
+    boot's" when it is this boot's (else it stays and differs), and the config files in 9
+    count by name only: what of them ran is in 8.
     Linux's EFI stub (iPXE under UEFI) measures its command line into 9 as a tagged event that
     carries a digest only: it counts as the one of `load_options` (the command lines this
     server would have served this boot, its credential made "this boot's") whose digest it is,
-    else as its digest, which differs. Other tagged events (the initrd) count by digest."""
+    else as its digest, which differs. Other tagged events (the initrd) count by digest.
+    systemd-stub (a UKI) measures the command line it was given into 12 as its text, the
+    credential made "this boot's" as in 8."""
     out = {str(i): v.hex() for i, v in values.items() if i not in LOGGED}
     for i in LOGGED:
         if i not in values:
@@ -172,9 +197,11 @@ def measurements(values: dict[int, bytes], events: list[tpm.Event], token_sha256
                 if served:
                     line = b"LoadOptions: " + _TOKEN.sub(_this_boot(token_sha256), served[0].encode())
                 else:
-                    line = b"LoadOptions " + e.sha256.hex().encode() + b" (not the command line served this boot)"
+                    line = b"LoadOptions " + e.sha256.hex().encode() + f" ({NOT_SERVED})".encode()
             elif tagged is not None:
                 line = tagged[1] + b" " + e.sha256.hex().encode()
+            elif i == 12:
+                line = _stub_event(e, token_sha256)
             elif i == 8:
                 if not hmac.compare_digest(hashlib.sha256(text).digest(), e.sha256):
                     raise tpm.TpmError("PCR 8: an event's text is not what was measured")
@@ -310,6 +337,7 @@ class TpmGate:
         if changed:
             logs = {i: (now.get(f"{i}:log", "").splitlines(), kept.get(f"{i}:log", "").splitlines()) for i in changed}
             new = [_what_changed(line, was) for lines, was in logs.values() for line in lines if line not in was]
+            new.sort(key=lambda line: NOT_SERVED in line)  # a command line's text (PCR 12) says more than its digest
             why = (f"PCR {', '.join(map(str, changed))} changed since the first trusted boot of image "
                    f"{image or '?'}{f' (new: {new[0]})' if new else ''}: no key released "
                    f"(`ramboot node trust {node}` takes the next boot's values)")

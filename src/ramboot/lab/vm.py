@@ -271,6 +271,38 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
     return argv
 
 
+def _forgive_power_cuts(state: Path, workdir: Path) -> None:
+    """The lab ends a VM by killing QEMU, a power cut to its TPM: each one counts as a failed
+    authorisation (a TPM cannot tell a cut from an attack), and swtpm's default of 3 locks the
+    AK out of quotes and ActivateCredential at a VM's fourth boot. Before each boot the lab
+    clears that count (TPM2_DictionaryAttackLockReset, the lockout auth is empty) and shuts the
+    TPM down in order, as an operator of a machine it owns would. docs/security.md says what
+    this means for real nodes."""
+    sock, ctrl = workdir / "swtpm-da.sock", workdir / "swtpm-da.sock.ctrl"  # the swtpm TCTI wants both
+    sock.unlink(missing_ok=True)
+    ctrl.unlink(missing_ok=True)
+    proc = subprocess.Popen(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server",
+                             f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={ctrl}",
+                             "--flags", "not-need-init,startup-clear"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (sock.exists() and ctrl.exists()):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise LabError("swtpm did not start to clear its lockout count")
+            time.sleep(0.05)
+        env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:path={sock}"}
+        for argv in (["tpm2_dictionarylockout", "--clear-lockout"], ["tpm2_shutdown", "--clear"]):
+            p = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+            if p.returncode != 0:
+                raise LabError(f"{argv[0]}: {p.stderr.strip()[-300:]}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sock.unlink(missing_ok=True)
+        ctrl.unlink(missing_ok=True)
+
+
 def start_swtpm(lab: Lab, key: str, state: Path, workdir: Path) -> Path:
     """A swtpm (TPM 2.0) for one VM, its state in `state`: manufactured on first use by
     swtpm_setup (an EK and its certificate in NV, as a vendor ships it). Its socket."""
@@ -281,6 +313,7 @@ def start_swtpm(lab: Lab, key: str, state: Path, workdir: Path) -> Path:
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
             raise LabError(f"swtpm_setup failed: {(p.stderr or p.stdout).strip()[-300:]}; apt-get install swtpm-tools")
+    _forgive_power_cuts(state, workdir)
     sock = workdir / "swtpm.sock"
     sock.unlink(missing_ok=True)
     log = workdir / "swtpm.log"

@@ -23,11 +23,13 @@ from ..api_token import ensure_admin_token
 from ..config import Config, ConfigError
 from ..images.catalog import Catalog
 from ..inventory.store import Store
+from ..names import IMAGES
 from ..namespace import Namespace, install_loaders
 from ..netif import interface_exists, interface_ipv4, interface_ipv6
 from ..overlays import OverlayRenderer
 from ..policy import Booter
 from ..tls import CaArchive, TlsFiles, ensure
+from ..uki import UkiCache
 from .cluster import Cluster
 from .dhcp6_server import start_dhcp6
 from .dhcp_server import start_dhcp
@@ -145,7 +147,8 @@ class Services:
         # Dual stack: requests over IPv6 get URLs that name the server's IPv6 address.
         self.booter6 = self.booter.using(self.store.directory, server_ip=v6[0]) if v6 else None
         self.namespace = Namespace(config.data_dir, self.booter, overlays, access,
-                                   ca=CaArchive(self.tls.ca) if self.tls else None, booter6=self.booter6)
+                                   ca=CaArchive(self.tls.ca) if self.tls else None, booter6=self.booter6,
+                                   uki=UkiCache(config.data_dir / IMAGES) if config.security.tpm_measured else None)
         self.events = EventLog(self.store.events, server=self.cluster.name, keep_days=config.database.events_keep_days,
                                keep_per_node=config.database.events_keep_per_node)
         self.servers: list[_Closes] = []

@@ -8,7 +8,7 @@
 # boot key wrapped by MakeCredential to that EK and AK, which only TPM2_ActivateCredential
 # in this TPM undoes. Sets RB_TPMKEY (hex), RB_TPM_SECS and RB_TPM_CERT (true|false); on
 # failure says why on the console and returns 1.
-# Measured boot: the same request carries a TPM2_Quote of PCRs 0-9 (sha256) by the AK over
+# Measured boot: the same request carries a TPM2_Quote of PCRs 0-9, 11, 12 (sha256) by the AK over
 # a nonce of this boot's credential, the PCRs' values and the firmware's event log; the
 # server takes them or not.
 # rb_tpm_sign KIND MAC BODY: once the boot key is here, a report's proof for the server
@@ -20,7 +20,7 @@
 # before it; tpm_gate.seal), its HMAC checked first, then opened in place.
 RB_TPMKEY=
 RB_TPM_DIR=${RB_TPM_DIR:-/run/ramboot/tpm}
-RB_PCRS=0,1,2,3,4,5,6,7,8,9  # tpm_gate.PCRS
+RB_PCRS=0,1,2,3,4,5,6,7,8,9,11,12  # tpm_gate.PCRS
 
 rb_tpm_say() { if type rb_console >/dev/null 2>&1; then rb_console "TPM: $*"; else echo "ramboot: TPM: $*"; fi; }
 
