@@ -21,11 +21,19 @@ one DATA or three OACKs, and ends after 7 s. `max_per_source` is a hard cap
 is dropped to make room, so forged requests from many addresses cannot lock
 real clients out. All rings together stay under `max_memory_mib`
 (`proto.MemoryBudget`).
+
+Lock-step transfers (windowsize 1), once confirmed, are served each by a
+thread of its own from a small pool (`[tftp] lockstep_threads`), as tftpd-hpa
+serves each client from a process: a blocking `recvfrom` on the transfer's
+socket, the core's answer, one `sendto`, with no event loop between the ACK
+and the DATA it calls for (docs/decisions.md). Past the pool's size they stay
+on the loop. The core makes every decision on both paths.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -33,6 +41,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .. import metrics, names
@@ -50,6 +59,7 @@ _GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT)  # no offload on the
 _CMSG_SPACE = socket.CMSG_SPACE(12)
 _RECV_SIZE = 65536
 _ACK_RECV_SIZE = 1024  # a transfer socket only needs ACK and ERROR headers; longer datagrams are cut
+_RCVTIMEO_SLACK = 0.005  # a thread's receive timeout is reset only when the deadline moved more than this
 
 
 def _limits(config: Config) -> proto.Limits:
@@ -73,6 +83,9 @@ class _Transfer:
     counted: int = 0  # bytes already added to the Prometheus counter
     gso_bytes: int = 0  # bytes per GSO send, a whole number of segments; 0: one send per datagram
     gso_cmsg: list[tuple[int, int, bytes]] | None = None  # the UDP_SEGMENT ancillary data for those sends
+    thread: Future[None] | None = None  # served by a thread (lock-step): the loop leaves it alone till it ends
+    held: int = 0  # ring bytes taken from the budget before the thread took the transfer
+    stopping: bool = False  # the server closes: the thread stops at its next wake-up
 
 
 class TftpServer:
@@ -94,6 +107,11 @@ class TftpServer:
         metrics.TFTP_ACTIVE.labels("unconfirmed").set_function(lambda: len(self.unconfirmed))
         metrics.TFTP_ACTIVE.labels("all").set_function(lambda: len(self.transfers))
         self.gso: bool | None = None  # kernel UDP GSO: None until the first windowed transfer asks
+        self.max_threads = config.tftp.lockstep_threads
+        self.pool = (ThreadPoolExecutor(self.max_threads, thread_name_prefix="tftp-lockstep")
+                     if self.max_threads else None)
+        self.threaded: dict[int, _Transfer] = {}  # by transfer socket fd, the transfers threads serve
+        metrics.TFTP_ACTIVE.labels("thread").set_function(lambda: len(self.threaded))
 
     def listen(self, host: str, port: int, reuse_port: bool = False) -> None:
         """On `host`: "0.0.0.0" (IPv4) or "::" (IPv6 only; IPv4 has its own server and socket).
@@ -120,8 +138,22 @@ class TftpServer:
         self.loop.add_reader(s.fileno(), self._on_request_ready)
 
     async def close(self) -> None:
+        """End every transfer; threads are woken (a shutdown of the socket they wait on) and
+        joined, so none is left behind."""
+        threaded = list(self.threaded.values())
+        for t in threaded:
+            t.stopping = True
+            with contextlib.suppress(OSError):  # ENOTCONN on UDP, but the blocked recvfrom wakes
+                t.sock.shutdown(socket.SHUT_RD)
         for t in list(self.transfers.values()):
-            self._end(t)
+            if t.thread is None:
+                self._end(t)
+        if threaded:
+            await asyncio.wait([asyncio.wrap_future(t.thread) for t in threaded if t.thread is not None])
+            for t in threaded:
+                self._thread_done(t)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)  # its threads are idle by now: they exit at once
         if self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
@@ -324,12 +356,7 @@ class TftpServer:
             log.debug("tftp: recv error %s", e)
             return
         if peer != t.peer:
-            # RFC 1350: another TID gets ERROR 5 and the transfer goes on.
-            metrics.dropped("tftp", "unknown-tid")
-            try:
-                sock.sendto(proto.error_packet(proto.ErrorCode.UNKNOWN_TID, "unknown transfer ID"), peer)
-            except OSError:
-                pass
+            _unknown_tid(sock, peer)
             return
         rexmit, ignored, starved = m.retransmits, m.ignored, m.starved
         try:
@@ -357,8 +384,101 @@ class TftpServer:
             metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         if m.bytes_sent - t.counted >= 1 << 20 or m.done:
             self._count_bytes(t)
-        if m.done or t.timer is None:
+        if m.lockstep and len(self.threaded) < self.max_threads and not m.done:
+            self._to_thread(t)
+        elif m.done or t.timer is None:
             self._after(t)
+
+    def _to_thread(self, t: _Transfer) -> None:
+        """Hand a confirmed lock-step transfer to a thread of the pool (`_lockstep`), its DATA in flight."""
+        assert self.pool is not None
+        fd = t.sock.fileno()
+        self.loop.remove_reader(fd)
+        if t.timer is not None:
+            t.timer.cancel()
+            t.timer = None
+        t.held = t.machine.detach_budget()  # the budget is the loop's; given back in `_end`
+        self.threaded[fd] = t
+        t.thread = self.pool.submit(self._lockstep, t)
+        t.thread.add_done_callback(lambda _f: self._from_thread(t))
+
+    def _from_thread(self, t: _Transfer) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: `close` ended the transfer already
+            self.loop.call_soon_threadsafe(self._thread_done, t)
+
+    def _thread_done(self, t: _Transfer) -> None:
+        """Back on the loop: the end-of-transfer bookkeeping, as for a transfer the loop served."""
+        if t.thread is not None and not t.thread.cancelled() and (e := t.thread.exception()) is not None:
+            log.warning("tftp: %s to %s: %s: %s", t.name, t.peer[0], type(e).__name__, e)
+            t.machine.close("error")
+        self._end(t)
+
+    def _lockstep(self, t: _Transfer) -> None:
+        """A lock-step transfer in a thread: blocking `recvfrom` (SO_RCVTIMEO set to the core's
+        deadline) → `on_packet` → `sendto`, two system calls a block. Retransmission, duplicates,
+        junk and the end are the core's decisions, as on the loop; the time passed in is the
+        loop's clock (CLOCK_MONOTONIC for asyncio's loop and uvloop alike). Runs until the
+        transfer is done or the server closes; the loop then ends it (`_thread_done`)."""
+        sock, m, peer = t.sock, t.machine, t.peer
+        recvfrom, sendto, on_packet, clock = sock.recvfrom, sock.sendto, m.on_packet, time.monotonic
+        sock.setblocking(True)
+        rcvtimeo = 0.0
+        now = clock()
+        while not t.stopping:
+            deadline = m.deadline
+            if deadline is None:
+                return  # done
+            wait = deadline - now
+            if wait <= 0:
+                rexmit = m.retransmits
+                try:
+                    packets = m.on_timer(now)
+                except OSError as e:
+                    packets = self._read_failed(t, e)
+                self._send_blocking(t, packets)
+                metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
+                now = clock()
+                continue
+            if abs(wait - rcvtimeo) > _RCVTIMEO_SLACK:
+                rcvtimeo = wait
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait))
+            try:
+                data, src = recvfrom(_ACK_RECV_SIZE)
+            except OSError as e:  # BlockingIOError: the receive timeout ran out (the loop's top sees it)
+                if not isinstance(e, BlockingIOError):
+                    log.debug("tftp: recv error %s", e)
+                now = clock()
+                continue
+            now = clock()
+            if src != peer:
+                if src is not None:  # None: `close` shut the socket down
+                    _unknown_tid(sock, src)
+                continue
+            ignored = m.ignored
+            try:
+                packets = on_packet(data, now)
+            except OSError as e:
+                packets = self._read_failed(t, e)
+            for p in packets:  # lock-step: one DATA (or the ERROR that ends it)
+                try:
+                    sendto(p, peer)
+                except OSError as e:  # a vanished route: the timer resends
+                    log.debug("tftp: send to %s failed: %s", peer, e)
+            if m.ignored != ignored:
+                metrics.dropped("tftp", "stale-or-junk")
+            try:
+                m.read_ahead()
+            except OSError as e:
+                self._send_blocking(t, self._read_failed(t, e))
+            if m.bytes_sent - t.counted >= 1 << 20:
+                self._count_bytes(t)
+
+    def _send_blocking(self, t: _Transfer, packets: list[bytes | memoryview]) -> None:
+        for p in packets:
+            try:
+                t.sock.sendto(p, t.peer)
+            except OSError as e:
+                log.debug("tftp: send to %s failed: %s", t.peer, e)
 
     def _count_bytes(self, t: _Transfer) -> None:
         """Feed the bytes counter in 1 MiB steps, not per packet (it takes a lock)."""
@@ -444,7 +564,11 @@ class TftpServer:
         if self.transfers.pop(fd, None) is None:
             return
         self.unconfirmed.pop(fd, None)
-        self.loop.remove_reader(fd)
+        if t.thread is None:
+            self.loop.remove_reader(fd)
+        else:
+            self.threaded.pop(fd, None)
+            self.budget.give(t.held)
         self._count_bytes(t)
         if t.timer is not None:
             t.timer.cancel()
@@ -511,6 +635,19 @@ def _open_source(resolved: Resolved, mode: str) -> proto.DataSource:
     except OSError:
         os.close(fd)
         raise
+
+
+def _unknown_tid(sock: socket.socket, peer: tuple[str, int]) -> None:
+    """RFC 1350: a datagram from another TID gets ERROR 5, and the transfer goes on."""
+    metrics.dropped("tftp", "unknown-tid")
+    with contextlib.suppress(OSError):
+        sock.sendto(proto.error_packet(proto.ErrorCode.UNKNOWN_TID, "unknown transfer ID"), peer)
+
+
+def _timeval(seconds: float) -> bytes:
+    """SO_RCVTIMEO's struct timeval; never zero (zero would mean no timeout)."""
+    usec = max(1000, int(seconds * 1e6))
+    return struct.pack("@ll", usec // 1_000_000, usec % 1_000_000)
 
 
 def _local_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
