@@ -286,8 +286,11 @@ def run_all(args: argparse.Namespace, net: NetnsPair | None) -> None:
         for name in servers:
             # PYTHONPATH, not only sys.path: `serve`'s workers (which answer TFTP) are processes of their own.
             env = dict(os.environ, PYTHONPATH=trees[name]) if name in trees else None
+            # Each server in a session of its own, as a daemon runs: with autogroup scheduling a session is
+            # a scheduling group, and `serve`'s workers start their own sessions; a server left in this
+            # script's session, beside the clients, got faster wake-ups than one outside it (up to 1.4x).
             children.append(subprocess.Popen([*srv_prefix, *cmds[name]], stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL, env=env))
+                                             stderr=subprocess.DEVNULL, env=env, start_new_session=True))
             wait_ready(*addr[name], children[-1], cli_prefix)
 
         print(f"load average at start: {loadavg()}", file=sys.stderr)
