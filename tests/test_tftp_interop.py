@@ -676,6 +676,8 @@ def test_a_forged_port_mid_transfer_gets_error_5_from_the_thread(env):
     """A datagram from another port to a threaded transfer's TID gets ERROR 5 from that TID, and the
     transfer completes byte for byte, undisturbed; a duplicate ACK is never answered."""
     tid5 = sample("ramboot_dropped_total", protocol="tftp", reason="unknown-tid")
+    stale = sample("ramboot_dropped_total", protocol="tftp", reason="stale-or-junk")
+    rex = sample("ramboot_tftp_retransmits_total")
     with raw_socket() as s, raw_socket() as intruder:
         def on_block(n, tid):
             if n == 5:
@@ -687,6 +689,8 @@ def test_a_forged_port_mid_transfer_gets_error_5_from_the_thread(env):
                 s.sendto(tftp.Ack(5).encode(), tid)  # a duplicate: no answer (Sorcerer's Apprentice)
         assert _fetch_lockstep(s, ("127.0.0.1", env.port), "blob.bin", on_block=on_block) == env.blob
     assert sample("ramboot_dropped_total", protocol="tftp", reason="unknown-tid") - tid5 == 1
+    assert sample("ramboot_dropped_total", protocol="tftp", reason="stale-or-junk") - stale >= 1  # the duplicate
+    assert sample("ramboot_tftp_retransmits_total") == rex  # ... never answered
 
 
 def test_the_thread_retransmits_on_timeout_then_gives_up(env):
@@ -717,9 +721,9 @@ def test_the_thread_retransmits_on_timeout_then_gives_up(env):
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(gaps) == 3, gaps  # 2 resends, then the ERROR
     assert 0.8 <= gaps[0] <= 1.5 and 1.8 <= gaps[1] <= 2.6 and 1.8 <= gaps[2] <= 2.6, gaps  # 1 s, 2 s, capped
-    assert _soon(lambda: not env.server.threaded)
+    assert _soon(lambda: sample("ramboot_tftp_transfers_total", outcome="timeout") - timeout0 == 1)
+    assert not env.server.threaded and not env.server.transfers
     assert sample("ramboot_tftp_retransmits_total") - rex0 == 2
-    assert sample("ramboot_tftp_transfers_total", outcome="timeout") - timeout0 == 1
 
 
 def test_a_full_pool_leaves_lockstep_transfers_on_the_loop(data_dir, make_booter, tmp_path):

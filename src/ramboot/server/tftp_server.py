@@ -24,10 +24,12 @@ real clients out. All rings together stay under `max_memory_mib`
 
 Lock-step transfers (windowsize 1), once confirmed, are served each by a
 thread of its own from a small pool (`[tftp] lockstep_threads`), as tftpd-hpa
-serves each client from a process: a blocking `recvfrom` on the transfer's
-socket, the core's answer, one `sendto`, with no event loop between the ACK
-and the DATA it calls for (docs/decisions.md). Past the pool's size they stay
-on the loop. The core makes every decision on both paths.
+serves each client from a process: a blocking `recv` on the transfer's
+socket, connected to the client, the core's answer, one `send`, with no event
+loop between the ACK and the DATA it calls for (docs/decisions.md). A sibling
+socket on the same port, on the loop, answers everyone else with ERROR 5.
+Past the pool's size they stay on the loop. The core makes every decision on
+both paths.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class _Transfer:
     thread: Future[None] | None = None  # served by a thread (lock-step): the loop leaves it alone till it ends
     held: int = 0  # ring bytes taken from the budget before the thread took the transfer
     stopping: bool = False  # the server closes: the thread stops at its next wake-up
+    strangers: socket.socket | None = None  # with `thread`: the port's other socket, for everyone but the client
 
 
 class TftpServer:
@@ -363,6 +366,9 @@ class TftpServer:
             packets = m.on_packet(data, self.loop.time())
         except OSError as e:
             packets = self._read_failed(t, e)
+        # A thread takes it from here: connected before the DATA leaves, so that the client
+        # can only be repeating itself in the instant the socket changes (see `_connect`).
+        handoff = m.lockstep and len(self.threaded) < self.max_threads and not m.done and self._connect(t)
         if packets:
             # Lock-step's one DATA packet goes out first: the client waits on it, the
             # bookkeeping below can wait on the client.
@@ -384,10 +390,53 @@ class TftpServer:
             metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
         if m.bytes_sent - t.counted >= 1 << 20 or m.done:
             self._count_bytes(t)
-        if m.lockstep and len(self.threaded) < self.max_threads and not m.done:
+        if handoff:
             self._to_thread(t)
         elif m.done or t.timer is None:
             self._after(t)
+
+    def _connect(self, t: _Transfer) -> bool:
+        """Connect a transfer's socket to its client, for the thread: the kernel then looks the
+        route up once, not per send, and delivers to it only the client's datagrams. Everyone
+        else's reach a sibling socket on the same port (SO_REUSEPORT: the same user only; a
+        group with a connected member prefers it for its peer), and get ERROR 5 from the loop,
+        from the same port as before. False, with nothing changed: the transfer stays on the loop."""
+        sock = t.sock
+        try:
+            sib = socket.socket(sock.family, socket.SOCK_DGRAM)
+        except OSError:
+            return False
+        try:
+            sib.setblocking(False)
+            sib.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # bound already: its port stays its own
+            sib.bind(sock.getsockname())
+            sock.connect(t.peer)  # after the sibling joined, so the group knows it has a connected member
+        except OSError as e:
+            sib.close()
+            log.debug("tftp: no connected socket for %s (%s): the transfer stays on the loop", t.peer[0], e)
+            return False
+        t.strangers = sib
+        self.loop.add_reader(sib.fileno(), self._on_stranger, t)
+        return True
+
+    def _on_stranger(self, t: _Transfer) -> None:
+        """A datagram to a threaded transfer's port from anyone but its client: ERROR 5, as on the loop.
+        The client's own land here only in the instant before `connect`, with its DATA not yet sent:
+        a repeated ACK, which the core would ignore too."""
+        assert t.strangers is not None
+        for _ in range(64):
+            try:
+                data, peer = t.strangers.recvfrom(_ACK_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("tftp: recv error %s", e)
+                return
+            if peer == t.peer:
+                metrics.dropped("tftp", "stale-or-junk")
+            else:
+                _unknown_tid(t.strangers, peer)
 
     def _to_thread(self, t: _Transfer) -> None:
         """Hand a confirmed lock-step transfer to a thread of the pool (`_lockstep`), its DATA in flight."""
@@ -414,15 +463,16 @@ class TftpServer:
         self._end(t)
 
     def _lockstep(self, t: _Transfer) -> None:
-        """A lock-step transfer in a thread: blocking `recvfrom` (SO_RCVTIMEO set to the core's
-        deadline) → `on_packet` → `sendto`, two system calls a block. Retransmission, duplicates,
+        """A lock-step transfer in a thread, on its connected socket: blocking `recv` (SO_RCVTIMEO set
+        to the core's deadline) → `on_packet` → `send`, two system calls a block. Retransmission, duplicates,
         junk and the end are the core's decisions, as on the loop; the time passed in is the
         loop's clock (CLOCK_MONOTONIC for asyncio's loop and uvloop alike). Runs until the
         transfer is done or the server closes; the loop then ends it (`_thread_done`)."""
         sock, m, peer = t.sock, t.machine, t.peer
-        recvfrom, sendto, on_packet, clock = sock.recvfrom, sock.sendto, m.on_packet, time.monotonic
+        recv, send, on_packet, clock = sock.recv, sock.send, m.on_packet, time.monotonic
         sock.setblocking(True)
         rcvtimeo = 0.0
+        queued = True  # datagrams that came before `connect` may be anyone's: read with their address first
         now = clock()
         while not t.stopping:
             deadline = m.deadline
@@ -439,21 +489,29 @@ class TftpServer:
                 metrics.TFTP_RETRANSMITS.inc(m.retransmits - rexmit)
                 now = clock()
                 continue
-            if abs(wait - rcvtimeo) > _RCVTIMEO_SLACK:
-                rcvtimeo = wait
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait))
-            try:
-                data, src = recvfrom(_ACK_RECV_SIZE)
-            except OSError as e:  # BlockingIOError: the receive timeout ran out (the loop's top sees it)
-                if not isinstance(e, BlockingIOError):
-                    log.debug("tftp: recv error %s", e)
-                now = clock()
-                continue
-            now = clock()
-            if src != peer:
-                if src is not None:  # None: `close` shut the socket down
+            if queued:
+                try:
+                    data, src = sock.recvfrom(_ACK_RECV_SIZE, socket.MSG_DONTWAIT)
+                except OSError:  # BlockingIOError: none left; from now on only the client's arrive
+                    queued = False
+                    continue
+                if src != peer:
                     _unknown_tid(sock, src)
-                continue
+                    continue
+            else:
+                if abs(wait - rcvtimeo) > _RCVTIMEO_SLACK:
+                    rcvtimeo = wait
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(wait))
+                try:
+                    data = recv(_ACK_RECV_SIZE)
+                except OSError as e:  # BlockingIOError: the receive timeout ran out (the loop's top sees it)
+                    if not isinstance(e, BlockingIOError):
+                        log.debug("tftp: recv error %s", e)
+                    now = clock()
+                    continue
+                if not data and t.stopping:
+                    return  # `close` shut the socket down
+            now = clock()
             ignored = m.ignored
             try:
                 packets = on_packet(data, now)
@@ -461,7 +519,7 @@ class TftpServer:
                 packets = self._read_failed(t, e)
             for p in packets:  # lock-step: one DATA (or the ERROR that ends it)
                 try:
-                    sendto(p, peer)
+                    send(p)
                 except OSError as e:  # a vanished route: the timer resends
                     log.debug("tftp: send to %s failed: %s", peer, e)
             if m.ignored != ignored:
@@ -569,6 +627,9 @@ class TftpServer:
         else:
             self.threaded.pop(fd, None)
             self.budget.give(t.held)
+            if t.strangers is not None:
+                self.loop.remove_reader(t.strangers.fileno())
+                t.strangers.close()
         self._count_bytes(t)
         if t.timer is not None:
             t.timer.cancel()
