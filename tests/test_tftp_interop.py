@@ -788,3 +788,33 @@ def test_closing_mid_transfer_leaves_no_thread_behind(data_dir, make_booter):
     assert not _lockstep_threads()
     assert not srv.server.transfers and not srv.server.threaded and srv.server.budget.used == 0
     assert sample("ramboot_tftp_transfers_total", outcome="aborted") - aborted0 == 1
+
+
+def test_ipv6_lockstep_stays_on_the_loop(data_dir, make_booter):
+    """Over IPv6 a lock-step transfer is not handed to a thread (the connected socket and its
+    sibling do not share the port reliably there: docs/decisions.md); it completes on the loop."""
+    booter = make_booter("", server_ip="127.0.0.1")
+    (data_dir / "loaders").mkdir()
+    blob = os.urandom(100_000)
+    (data_dir / "loaders" / "blob.bin").write_bytes(blob)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cfg = booter.config
+    server = asyncio.run_coroutine_threadsafe(
+        start_tftp(cfg, Namespace(data_dir, booter), EventLog(make_booter.stores[-1].events), host="::", port=0),
+        loop).result(10)
+    seen = []
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            s.settimeout(3)
+            got = _fetch_lockstep(s, ("::1", server.port), "blob.bin",
+                                  on_block=lambda n, _t: n == 3 and seen.append((len(server.threaded),
+                                                                                  len(server.transfers))))
+        assert got == blob and seen == [(0, 1)]
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

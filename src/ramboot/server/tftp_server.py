@@ -400,8 +400,13 @@ class TftpServer:
         route up once, not per send, and delivers to it only the client's datagrams. Everyone
         else's reach a sibling socket on the same port (SO_REUSEPORT: the same user only; a
         group with a connected member prefers it for its peer), and get ERROR 5 from the loop,
-        from the same port as before. False, with nothing changed: the transfer stays on the loop."""
+        from the same port as before. False, with nothing changed: the transfer stays on the loop.
+
+        IPv4 only: over IPv6 to a link-local client (a PXE ROM's usual address) the client's ACKs
+        reached the sibling, not the connected socket, and the transfer stalled (test_dhcp6_interop)."""
         sock = t.sock
+        if sock.family != socket.AF_INET:
+            return False
         try:
             sib = socket.socket(sock.family, socket.SOCK_DGRAM)
         except OSError:
