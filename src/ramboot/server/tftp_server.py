@@ -146,7 +146,7 @@ class TftpServer:
         threaded = list(self.threaded.values())
         for t in threaded:
             t.stopping = True
-            with contextlib.suppress(OSError):  # ENOTCONN on UDP, but the blocked recvfrom wakes
+            with contextlib.suppress(OSError):  # the thread's blocked recv returns b"" at once
                 t.sock.shutdown(socket.SHUT_RD)
         for t in list(self.transfers.values()):
             if t.thread is None:
