@@ -608,3 +608,213 @@ def test_gso_never_splits_an_oack_longer_than_a_block(env):
         s.sendto(tftp.Ack(0).encode(), tid)
         window = [tftp.parse(s.recvfrom(1000)[0]) for _ in range(4)]
         assert [(d.block, d.payload) for d in window] == [(b, env.blob[(b - 1) * 8 : b * 8]) for b in range(1, 5)]
+
+
+# ------------------------------------------------- lock-step on a thread
+
+def _lockstep_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("tftp-lockstep")]
+
+
+def _soon(cond, seconds: float = 5) -> bool:
+    """`cond()` within `seconds` (the DATA leaves before the loop hands its transfer to a thread)."""
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return cond()
+
+
+def _fetch_lockstep(sock: socket.socket, server: tuple[str, int], name: str, blksize: int = 1024,
+                    on_block=None) -> bytes:
+    """A raw lock-step client: RRQ with blksize, ACK 0, then ACK each block; `on_block(n, tid)` after each."""
+    sock.sendto(tftp.Request(tftp.RRQ, name, "octet", {"blksize": str(blksize)}).encode(), server)
+    oack, tid = sock.recvfrom(70000)
+    assert tftp.parse(oack) == tftp.OAck({"blksize": str(blksize)})
+    sock.sendto(tftp.Ack(0).encode(), tid)
+    got, block = bytearray(), 0
+    while True:
+        d = tftp.parse(sock.recvfrom(70000)[0])
+        if isinstance(d, tftp.OAck) or (isinstance(d, tftp.Data) and d.block == block & 0xFFFF):
+            continue  # a retransmission, when this machine is slow
+        assert isinstance(d, tftp.Data) and d.block == (block + 1) & 0xFFFF, d
+        block += 1
+        got += d.payload
+        if on_block is not None:
+            on_block(block, tid)
+        sock.sendto(tftp.Ack(d.block).encode(), tid)
+        if len(d.payload) < blksize:
+            return bytes(got)
+
+
+def test_lockstep_is_served_by_a_thread(env, tmp_path):
+    """Once confirmed, a lock-step transfer leaves the loop for a thread of the pool; it ends with the
+    loop's bookkeeping (event, metrics, per-source count, the budget given back)."""
+    ok0, bytes0 = sample("ramboot_tftp_transfers_total", outcome="ok"), sample("ramboot_tftp_bytes_total")
+    seen = []
+
+    def on_block(n, tid):
+        if n == 3:
+            seen.append((len(env.server.threaded), sample("ramboot_tftp_transfers_active", state="thread"),
+                         len(_lockstep_threads())))
+
+    with raw_socket() as s:
+        assert _fetch_lockstep(s, ("127.0.0.1", env.port), "blob.bin", on_block=on_block) == env.blob
+    assert seen == [(1, 1.0, 1)]
+    rec = _wait_event(env, "loader", "blob.bin")
+    assert rec.detail["bytes"] == len(env.blob)
+    assert _soon(lambda: not env.server.transfers)
+    assert not env.server.threaded and not env.server.per_source
+    assert env.server.budget.used == 0
+    assert sample("ramboot_tftp_transfers_total", outcome="ok") - ok0 == 1
+    assert sample("ramboot_tftp_bytes_total") - bytes0 == len(env.blob)
+    r = curl(env, "blob.bin", tmp_path / "out")  # and a real client, the same way
+    assert r.returncode == 0, r.stderr
+    assert sha((tmp_path / "out").read_bytes()) == sha(env.blob)
+
+
+def test_a_forged_port_mid_transfer_gets_error_5_from_the_thread(env):
+    """A datagram from another port to a threaded transfer's TID gets ERROR 5 from that TID, and the
+    transfer completes byte for byte, undisturbed; a duplicate ACK is never answered."""
+    tid5 = sample("ramboot_dropped_total", protocol="tftp", reason="unknown-tid")
+    stale = sample("ramboot_dropped_total", protocol="tftp", reason="stale-or-junk")
+    rex = sample("ramboot_tftp_retransmits_total")
+    with raw_socket() as s, raw_socket() as intruder:
+        def on_block(n, tid):
+            if n == 5:
+                assert len(env.server.threaded) == 1
+                intruder.sendto(tftp.Ack(5).encode(), tid)  # the ACK the transfer waits for, forged
+                err, src = intruder.recvfrom(100)
+                assert tftp.parse(err).code == tftp.ErrorCode.UNKNOWN_TID and src == tid
+            if n == 6:
+                s.sendto(tftp.Ack(5).encode(), tid)  # a duplicate: no answer (Sorcerer's Apprentice)
+        assert _fetch_lockstep(s, ("127.0.0.1", env.port), "blob.bin", on_block=on_block) == env.blob
+    assert sample("ramboot_dropped_total", protocol="tftp", reason="unknown-tid") - tid5 == 1
+    assert sample("ramboot_dropped_total", protocol="tftp", reason="stale-or-junk") - stale >= 1  # the duplicate
+    assert sample("ramboot_tftp_retransmits_total") == rex  # ... never answered
+
+
+def test_the_thread_retransmits_on_timeout_then_gives_up(env):
+    """On the thread the core's timer still decides: an unacknowledged DATA comes again after the
+    1 s timeout, with backoff, and a client that stops answering ends the transfer with ERROR
+    "timed out" (two retries here, backoff capped at 2 s, to keep the test short)."""
+    payload = os.urandom(5000)
+    (env.data_dir / "loaders" / "small.bin").write_bytes(payload)
+    env.server.limits = tftp.Limits(max_retries=2, max_timeout=2.0)
+    rex0, timeout0 = sample("ramboot_tftp_retransmits_total"), sample("ramboot_tftp_transfers_total",
+                                                                       outcome="timeout")
+    with raw_socket() as s:
+        s.settimeout(10)
+        s.sendto(tftp.Request(tftp.RRQ, "small.bin", "octet", {}).encode(), ("127.0.0.1", env.port))
+        first, tid = s.recvfrom(70000)
+        assert first == tftp.Data(1, payload[:512]).encode()
+        s.sendto(tftp.Ack(1).encode(), tid)
+        second, _ = s.recvfrom(70000)
+        times = [time.monotonic()]
+        assert _soon(lambda: len(env.server.threaded) == 1)
+        while True:  # never ACKed again: resent with backoff, then given up
+            data, src = s.recvfrom(70000)
+            times.append(time.monotonic())
+            assert src == tid
+            if tftp.parse(data) == tftp.Error(tftp.ErrorCode.NOT_DEFINED, "timed out"):
+                break
+            assert data == second == tftp.Data(2, payload[512:1024]).encode()
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(gaps) == 3, gaps  # 2 resends, then the ERROR
+    assert 0.8 <= gaps[0] <= 1.5 and 1.8 <= gaps[1] <= 2.6 and 1.8 <= gaps[2] <= 2.6, gaps  # 1 s, 2 s, capped
+    assert _soon(lambda: sample("ramboot_tftp_transfers_total", outcome="timeout") - timeout0 == 1)
+    assert not env.server.threaded and not env.server.transfers
+    assert sample("ramboot_tftp_retransmits_total") - rex0 == 2
+
+
+def test_a_full_pool_leaves_lockstep_transfers_on_the_loop(data_dir, make_booter, tmp_path):
+    """lockstep_threads = 1: while one transfer holds the thread, a second is served on the loop,
+    byte for byte; once the thread is free, the next transfer takes it."""
+    booter = make_booter("[tftp]\nlockstep_threads = 1\n", server_ip="127.0.0.1")
+    (data_dir / "loaders").mkdir()
+    blob = os.urandom(300_000)
+    (data_dir / "loaders" / "blob.bin").write_bytes(blob)
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(make_booter.stores[-1].events))
+    server = ("127.0.0.1", srv.port)
+    try:
+        with raw_socket() as a:
+            a.sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {}).encode(), server)
+            _, tid = a.recvfrom(70000)
+            a.sendto(tftp.Ack(1).encode(), tid)  # confirmed: the thread takes it
+            a.recvfrom(70000)
+            assert _soon(lambda: len(srv.server.threaded) == 1)
+            on_loop = []
+
+            def on_block(n, _tid):
+                if n == 3:
+                    on_loop.append((len(srv.server.threaded), len(srv.server.transfers)))
+            with raw_socket() as b:
+                assert _fetch_lockstep(b, server, "blob.bin", on_block=on_block) == blob
+            assert on_loop == [(1, 2)]  # the second ran beside the first, not on a thread
+            r = run([tool("curl"), "-sS", "--tftp-blksize", "1468", "-o", str(tmp_path / "c"),
+                     f"tftp://127.0.0.1:{srv.port}/blob.bin"], tmp_path)
+            assert r.returncode == 0 and (tmp_path / "c").read_bytes() == blob, r.stderr
+            a.sendto(tftp.Error(tftp.ErrorCode.NOT_DEFINED, "bye").encode(), tid)  # the first aborts
+        assert _soon(lambda: not srv.server.threaded)
+        seen = []
+        with raw_socket() as c:
+            assert _fetch_lockstep(c, server, "blob.bin",
+                                   on_block=lambda n, _t: n == 3 and seen.append(len(srv.server.threaded))) == blob
+        assert seen == [1]  # the thread is free again: the next transfer takes it
+    finally:
+        srv.close()
+
+
+def test_closing_mid_transfer_leaves_no_thread_behind(data_dir, make_booter):
+    """The server closes while a threaded transfer waits for an ACK: the thread wakes, the transfer
+    ends as aborted with its bookkeeping, and the pool's threads are gone."""
+    booter = make_booter("", server_ip="127.0.0.1")
+    (data_dir / "loaders").mkdir()
+    (data_dir / "loaders" / "blob.bin").write_bytes(os.urandom(100_000))
+    srv = ServerThread(Namespace(data_dir, booter), EventLog(make_booter.stores[-1].events))
+    aborted0 = sample("ramboot_tftp_transfers_total", outcome="aborted")
+    try:
+        with raw_socket() as s:
+            s.sendto(tftp.Request(tftp.RRQ, "blob.bin", "octet", {"blksize": "1468"}).encode(),
+                     ("127.0.0.1", srv.port))
+            _, tid = s.recvfrom(70000)
+            s.sendto(tftp.Ack(0).encode(), tid)
+            s.recvfrom(70000)  # DATA 1, never ACKed: the thread waits in recvfrom (timeout 1 s)
+            assert _soon(lambda: len(srv.server.threaded) == 1) and len(_lockstep_threads()) == 1
+            t0 = time.monotonic()
+            srv._call(srv.server.close())
+            assert time.monotonic() - t0 < 0.5  # woken at once, not at its receive timeout
+    finally:
+        srv.close()
+    assert not _lockstep_threads()
+    assert not srv.server.transfers and not srv.server.threaded and srv.server.budget.used == 0
+    assert sample("ramboot_tftp_transfers_total", outcome="aborted") - aborted0 == 1
+
+
+def test_ipv6_lockstep_stays_on_the_loop(data_dir, make_booter):
+    """Over IPv6 a lock-step transfer is not handed to a thread (the connected socket and its
+    sibling do not share the port reliably there: docs/decisions.md); it completes on the loop."""
+    booter = make_booter("", server_ip="127.0.0.1")
+    (data_dir / "loaders").mkdir()
+    blob = os.urandom(100_000)
+    (data_dir / "loaders" / "blob.bin").write_bytes(blob)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cfg = booter.config
+    server = asyncio.run_coroutine_threadsafe(
+        start_tftp(cfg, Namespace(data_dir, booter), EventLog(make_booter.stores[-1].events), host="::", port=0),
+        loop).result(10)
+    seen = []
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            s.settimeout(3)
+            got = _fetch_lockstep(s, ("::1", server.port), "blob.bin",
+                                  on_block=lambda n, _t: n == 3 and seen.append((len(server.threaded),
+                                                                                  len(server.transfers))))
+        assert got == blob and seen == [(0, 1)]
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

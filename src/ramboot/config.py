@@ -191,6 +191,9 @@ class TftpConfig(_Section):
     max_unconfirmed: int = Field(256, ge=1)
     # Every transfer's ring together (MiB): windows stop growing, then new transfers wait, above it.
     max_memory_mib: int = Field(256, ge=1, le=65536)
+    # Lock-step transfers served each by a thread of its own, off the event loop, while this
+    # process has no more transfers than this (more: the loop serves them). 0: all on the loop.
+    lockstep_threads: int = Field(4, ge=0, le=256)
 
 
 class HttpConfig(_Section):

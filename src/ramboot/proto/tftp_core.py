@@ -423,8 +423,9 @@ class ReadTransfer:
         self.deadline: float | None = None
         self.outcome: str | None = None
         self._closed = False
-        # Lock-step (windowsize 1) once the client has answered: `on_packet` takes a short path.
-        self._lockstep = False
+        # Lock-step (windowsize 1) once the client has answered: `on_packet` takes a short path,
+        # and the shell may serve the rest from a thread of its own (server/tftp_server.py).
+        self.lockstep = False
 
     @property
     def done(self) -> bool:
@@ -456,7 +457,7 @@ class ReadTransfer:
             return []
         block = packet[2] << 8 | packet[3]
         sent = self.sent
-        if self._lockstep and block == sent & 0xFFFF and sent == self.acked + 1:
+        if self.lockstep and block == sent & 0xFFFF and sent == self.acked + 1:
             # Lock-step, the ACK of the one block in flight: what `_window` would do for a
             # window of one, without its generality (the client waits on this path).
             self.acked = sent
@@ -487,7 +488,7 @@ class ReadTransfer:
                 return []
             self._awaiting_oack_ack = False
             self.confirmed = True
-            self._lockstep = self.neg.windowsize == 1
+            self.lockstep = self.neg.windowsize == 1
         else:
             delta = (block - self.acked) & 0xFFFF
             if delta == 0 or delta > self.sent - self.acked:
@@ -499,7 +500,7 @@ class ReadTransfer:
                 return []
             if not self.confirmed:
                 self.confirmed = True
-                self._lockstep = self.neg.windowsize == 1
+                self.lockstep = self.neg.windowsize == 1
                 self._resize(_ring_slots(self.window, self.segment, True))
             else:
                 self._grow(delta)
@@ -541,6 +542,14 @@ class ReadTransfer:
         n = self._nslots
         if self.acked + n - self.read >= n // 2:
             self._fill(self.acked + self._nslots)
+
+    def detach_budget(self) -> int:
+        """Stop taking from and giving to the shared budget: the transfer goes on in another
+        thread, and the budget belongs to the one that holds the others. Returns the bytes
+        the ring holds now, for the caller to give back when the transfer ends. A lock-step
+        transfer's ring never grows again, so nothing is taken unaccounted."""
+        self.budget = None
+        return len(self._ring)
 
     def fail(self, message: str) -> list[bytes]:
         """The data source failed (an I/O error): end with outcome `error` and tell the client."""
