@@ -720,7 +720,8 @@ def test_the_thread_retransmits_on_timeout_then_gives_up(env):
             assert data == second == tftp.Data(2, payload[512:1024]).encode()
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(gaps) == 3, gaps  # 2 resends, then the ERROR
-    assert 0.8 <= gaps[0] <= 1.5 and 1.8 <= gaps[1] <= 2.6 and 1.8 <= gaps[2] <= 2.6, gaps  # 1 s, 2 s, capped
+    # 1 s, then 2 s (doubled), then 2 s (capped); the upper bounds leave room for a loaded machine
+    assert 0.8 <= gaps[0] <= 1.7 and 1.8 <= gaps[1] <= 3.5 and 1.8 <= gaps[2] <= 3.5, gaps
     assert _soon(lambda: sample("ramboot_tftp_transfers_total", outcome="timeout") - timeout0 == 1)
     assert not env.server.threaded and not env.server.transfers
     assert sample("ramboot_tftp_retransmits_total") - rex0 == 2
