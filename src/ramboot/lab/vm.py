@@ -37,6 +37,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import threading
 import time
@@ -271,16 +272,17 @@ def qemu_argv(firmware: str, mac: str, tap: str, accel: str, workdir: Path, memo
     return argv
 
 
-def _forgive_power_cuts(state: Path, workdir: Path) -> None:
+def _forgive_power_cuts(state: Path) -> None:
     """The lab ends a VM by killing QEMU, a power cut to its TPM: each one counts as a failed
     authorisation (a TPM cannot tell a cut from an attack), and swtpm's default of 3 locks the
     AK out of quotes and ActivateCredential at a VM's fourth boot. Before each boot the lab
     clears that count (TPM2_DictionaryAttackLockReset, the lockout auth is empty) and shuts the
     TPM down in order, as an operator of a machine it owns would. docs/security.md says what
     this means for real nodes."""
-    sock, ctrl = workdir / "swtpm-da.sock", workdir / "swtpm-da.sock.ctrl"  # the swtpm TCTI wants both
-    sock.unlink(missing_ok=True)
-    ctrl.unlink(missing_ok=True)
+    # A short directory of its own: a unix socket's path holds at most 107 bytes, and a VM's
+    # workdir under pytest's temporary tree can take nearly all of them.
+    short = Path(tempfile.mkdtemp(prefix="rbtpm-"))
+    sock, ctrl = short / "da.sock", short / "da.sock.ctrl"  # the swtpm TCTI wants both
     proc = subprocess.Popen(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server",
                              f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={ctrl}",
                              "--flags", "not-need-init,startup-clear"],
@@ -299,8 +301,7 @@ def _forgive_power_cuts(state: Path, workdir: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
-        sock.unlink(missing_ok=True)
-        ctrl.unlink(missing_ok=True)
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def start_swtpm(lab: Lab, key: str, state: Path, workdir: Path) -> Path:
@@ -313,7 +314,7 @@ def start_swtpm(lab: Lab, key: str, state: Path, workdir: Path) -> Path:
                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if p.returncode != 0:
             raise LabError(f"swtpm_setup failed: {(p.stderr or p.stdout).strip()[-300:]}; apt-get install swtpm-tools")
-    _forgive_power_cuts(state, workdir)
+    _forgive_power_cuts(state)
     sock = workdir / "swtpm.sock"
     sock.unlink(missing_ok=True)
     log = workdir / "swtpm.log"
