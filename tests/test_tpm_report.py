@@ -306,11 +306,16 @@ def _efi_boot(t: Tpm, gate: tpm_gate.TpmGate, token: str, served: str = "", boot
         "ramboot.token=" + token
     fw = Firmware(t)
     fw.efi_stub(line.format(served if booted is None else booted), lie=lie and line.format(lie))
+    return _attest(t, gate, token, fw, (line.format(served).replace("172.22.33.2", "10.0.0.1"), line.format(served)))
+
+
+def _attest(t: Tpm, gate: tpm_gate.TpmGate, token: str, fw: Firmware, served: tuple[str, ...]) -> tpm_gate.Attestation:
+    """The node's TPM report for this boot: its EK and AK, a quote over this boot's nonce and
+    `fw`'s event log; `served`: the command lines the server rendered for it."""
     sha = hashlib.sha256(token.encode()).hexdigest()
     ek, ak = t.ek_ak("rsa", "ecc")
     attest, sig, values = t.quote(PCRS, tpm_gate.quote_nonce(sha))
-    return gate.attest(MAC, sha, ek, ak, None, tpm_gate.Measured(attest, sig, values, fw.log), "demo",
-                       (line.format(served).replace("172.22.33.2", "10.0.0.1"), line.format(served)))
+    return gate.attest(MAC, sha, ek, ak, None, tpm_gate.Measured(attest, sig, values, fw.log), "demo", served)
 
 
 def test_measured_efi_boot_knows_this_boots_command_line_by_its_digest(served: LiveServer, tmp_path: Path) -> None:
@@ -358,11 +363,7 @@ def _uki_boot(t: Tpm, gate: tpm_gate.TpmGate, token: str, served: str = "", boot
     fw = Firmware(t)
     lie = measured.pop("lie", None)
     fw.uki(line.format(served if booted is None else booted), lie=lie and line.format(lie), **measured)
-    sha = hashlib.sha256(token.encode()).hexdigest()
-    ek, ak = t.ek_ak("rsa", "ecc")
-    attest, sig, values = t.quote(PCRS, tpm_gate.quote_nonce(sha))
-    return gate.attest(MAC, sha, ek, ak, None, tpm_gate.Measured(attest, sig, values, fw.log), "demo",
-                       (line.format(served),))
+    return _attest(t, gate, token, fw, (line.format(served),))
 
 
 def test_measured_uki_boot_refuses_a_changed_initrd_kernel_or_command_line(served: LiveServer,

@@ -70,6 +70,23 @@ def test_the_uki_holds_the_kernel_and_initrd_above_the_stub(data_dir: Path, make
     assert uki.UkiCache(data_dir / "images").path("demo", None).read_bytes() == cache.path("demo", None).read_bytes()
 
 
+def test_two_workers_do_not_rebuild_each_others_uki(data_dir: Path) -> None:
+    """Each worker process has its own cache: when one builds the UKI again (the same bytes, a new
+    inode), the other takes that file once its hash matches, and neither builds it again after."""
+    _need_stub()
+    write_fake_image(data_dir, "demo")
+    one, two = uki.UkiCache(data_dir / "images"), uki.UkiCache(data_dir / "images")
+    one.path("demo", None)
+    ino = two.path("demo", None).stat().st_ino  # built by the second: a new inode
+    for cache in (one, two, one, two):
+        assert cache.path("demo", None).stat().st_ino == ino
+    # Different bytes under the name (not what this cache built): built again.
+    out = data_dir / "images/demo" / uki.NAME
+    out.unlink()
+    out.write_bytes(b"MZ someone else's")
+    assert one.path("demo", None).read_bytes() != b"MZ someone else's"
+
+
 def test_the_server_serves_the_uki_and_the_script_loads_it_under_uefi(data_dir: Path, make_booter) -> None:
     _need_stub()
     write_fake_image(data_dir, "demo")

@@ -188,9 +188,10 @@ def test_a_client_cannot_speak_as_a_worker(tmp_path: Path) -> None:
             assert got.stdout.startswith("HTTP/1.1 403"), got.stdout
             assert "overlay and reports go over HTTPS" in got.stdout, got.stdout  # the scheme was not believed
             assert re.search(r"(?im)^x-ramboot-worker: [01]\r?$", got.stdout), got.stdout  # a worker took it
-            internal = pair.run(pair.cli_ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args,
-                                "-X", "POST", f"http://{SERVER_IP}/_worker/report")
-            assert internal.stdout == "404", internal.stdout  # the workers' own calls are not on the public port
+            for call in ("report", "seed", "seed-done"):  # the workers' own calls are not on the public port
+                internal = pair.run(pair.cli_ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *args,
+                                    "-X", "POST", f"http://{SERVER_IP}/_worker/{call}")
+                assert internal.stdout == "404", (call, internal.stdout)
     finally:
         pair.close()
 

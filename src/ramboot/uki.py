@@ -114,14 +114,17 @@ class UkiCache:
         self.images = images
         self.stub = stub
         self._lock = threading.Lock()  # one check or build at a time (worker threads of one server)
-        # image -> (what it was built from: the files' identities and the CA's hash; the file built)
-        self._built: dict[str, tuple[tuple[object, ...], tuple[int, int, int]]] = {}
+        # image -> (what it was built from: the files' identities and the CA's hash; the file
+        # built; its sha256)
+        self._built: dict[str, tuple[tuple[object, ...], tuple[int, int, int], bytes]] = {}
 
     def path(self, image: str, ca: bytes | None) -> Path:
         """`images/<image>/ramboot-uki.efi`, up to date: the image's kernel, and as its initrd
         the CA archive (when the server has one) then the image's initrd, as the script would
         load. Whether it is up to date is a few lstat calls (a boot storm asks once per node);
-        only a build reads the files."""
+        only a build reads the files. Another process of the server (`[serve] workers`) may have
+        built it again from the same inputs: the same bytes under a new inode, taken once its
+        hash is checked, so the workers do not rebuild it in turn for every request."""
         image_dir = self.images / image
         with self._lock:
             try:
@@ -132,15 +135,29 @@ class UkiCache:
             key = (_identity(self.stub), _identity(image_dir / KERNEL), _identity(image_dir / INITRD),
                    hashlib.sha256(ca or b"").digest())
             out = image_dir / NAME
-            if (0, 0, 0) not in key and self._built.get(image) == (key, _identity(out)):
-                return out
+            built = self._built.get(image)
+            if (0, 0, 0) not in key and built is not None and built[0] == key:
+                now = _identity(out)
+                if now == built[1]:
+                    return out
+                if now != (0, 0, 0) and built[2] and _sha256(image_dir) == built[2]:
+                    self._built[image] = (key, now, built[2])
+                    return out
             kernel, initrd = _read(image_dir, KERNEL), _read(image_dir, INITRD)
             if not self.stub.is_file():
                 raise UkiError(f"{self.stub} is missing: install systemd-boot-efi")
             parts = [*([ca] if ca else []), initrd]  # ca.cpio is a multiple of 512 bytes: the next starts aligned
             build(self.stub, kernel, b"".join(parts), _osrel(image), out)
-            self._built[image] = (key, _identity(out))
+            self._built[image] = (key, _identity(out), _sha256(image_dir))
             return out
+
+
+def _sha256(image_dir: Path) -> bytes:
+    """The UKI's hash, read as every other file of the image is (`_read`: no symlink)."""
+    try:
+        return hashlib.sha256(_read(image_dir, NAME)).digest()
+    except UkiError:
+        return b""
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

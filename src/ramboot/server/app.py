@@ -50,6 +50,7 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     return uvloop.new_event_loop
 
+
 class _Closes(Protocol):
     """What `App` runs: a server, the cluster member, the console capture."""
 

@@ -477,7 +477,7 @@ class TftpServer:
         loop's clock (CLOCK_MONOTONIC for asyncio's loop and uvloop alike). Runs until the
         transfer is done or the server closes; the loop then ends it (`_thread_done`)."""
         sock, m, peer = t.sock, t.machine, t.peer
-        recv, send, on_packet, clock = sock.recv, sock.send, m.on_packet, time.monotonic
+        recv, on_packet, clock = sock.recv, m.on_packet, time.monotonic
         sock.setblocking(True)
         rcvtimeo = 0.0
         queued = True  # datagrams that came before `connect` may be anyone's: read with their address first
@@ -525,11 +525,7 @@ class TftpServer:
                 packets = on_packet(data, now)
             except OSError as e:
                 packets = self._read_failed(t, e)
-            for p in packets:  # lock-step: one DATA (or the ERROR that ends it)
-                try:
-                    send(p)
-                except OSError as e:  # a vanished route: the timer resends
-                    log.debug("tftp: send to %s failed: %s", peer, e)
+            self._send_blocking(t, packets)  # lock-step: one DATA (or the ERROR that ends it)
             if m.ignored != ignored:
                 metrics.dropped("tftp", "stale-or-junk")
             try:
@@ -540,9 +536,11 @@ class TftpServer:
                 self._count_bytes(t)
 
     def _send_blocking(self, t: _Transfer, packets: list[bytes | memoryview]) -> None:
+        """From the thread, on the socket connected to the client; a failure (a vanished route)
+        is left to the core's timer, which sends again."""
         for p in packets:
             try:
-                t.sock.sendto(p, t.peer)
+                t.sock.send(p)
             except OSError as e:
                 log.debug("tftp: send to %s failed: %s", t.peer, e)
 
